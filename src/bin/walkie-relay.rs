@@ -1,0 +1,216 @@
+//! `walkie-relay`: runs the relay and administers its users and channels (thin CLI shell).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use walkie::clip::validate_name;
+use walkie::relay::{self, RelayConfig, auth};
+use walkie::store::Store;
+use walkie::store::sqlite::SqliteStore;
+
+/// The walkie relay: stores voice clips durably and pushes them to their recipients.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Where the relay keeps its database, clips and certificate
+    /// (default: the platform data dir, e.g. ~/.local/share/walkie-relay).
+    #[arg(long, global = true, env = "WALKIE_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve clients; prints `listening on ADDR` and the certificate fingerprint.
+    Serve {
+        /// UDP address to listen on.
+        #[arg(long, default_value = "[::]:7300", value_name = "ADDR")]
+        listen: SocketAddr,
+        /// Longest clip accepted, in seconds.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        max_clip_secs: u32,
+    },
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Manage channels.
+    #[command(subcommand)]
+    Channel(ChannelCmd),
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Add a user; prints their new token alone on the last line.
+    Add {
+        /// User name: 1-32 of a-z, 0-9, '.', '_', '-'.
+        name: String,
+    },
+    /// List users.
+    List,
+    /// Remove a user (their memberships and undelivered clips go too).
+    Remove {
+        /// User name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ChannelCmd {
+    /// Create a channel with its members.
+    Add {
+        /// Channel name.
+        name: String,
+        /// Comma-separated member names (existing users).
+        #[arg(long, value_delimiter = ',', required = true)]
+        members: Vec<String>,
+    },
+    /// List channels and their members.
+    List,
+    /// Show a channel's members, adding or removing some first.
+    Members {
+        /// Channel name.
+        name: String,
+        /// Users to add, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        add: Vec<String>,
+        /// Users to remove, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        remove: Vec<String>,
+    },
+}
+
+fn data_dir(cli: &Option<PathBuf>) -> Result<PathBuf, String> {
+    match cli {
+        Some(d) => Ok(d.clone()),
+        None => directories::ProjectDirs::from("", "", "walkie-relay")
+            .map(|d| d.data_dir().to_path_buf())
+            .ok_or_else(|| "cannot find a data directory; pass --data-dir DIR".to_string()),
+    }
+}
+
+fn check_names(names: &[String]) -> Result<(), String> {
+    names.iter().try_for_each(|n| validate_name(n).map_err(|e| e.to_string()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let dir = data_dir(&cli.data_dir)?;
+    let store = SqliteStore::open(&dir).map_err(|e| format!("cannot open the relay's data in {}: {e}", dir.display()))?;
+    match cli.command {
+        Command::Serve { listen, max_clip_secs } => {
+            let config = RelayConfig { listen, max_clip_ms: max_clip_secs.saturating_mul(1000), ..RelayConfig::default() };
+            serve(config, dir, Arc::new(store))
+        }
+        Command::User(cmd) => user(&store, cmd),
+        Command::Channel(cmd) => channel(&store, cmd),
+    }
+}
+
+fn serve(config: RelayConfig, dir: PathBuf, store: Arc<dyn Store>) -> Result<(), String> {
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async move {
+        let handle = relay::start(config, &dir, store).await.map_err(|e| e.to_string())?;
+        println!("listening on {}", handle.addr);
+        println!("fingerprint {}", handle.fingerprint);
+        println!("certificate {}", handle.cert_path.display());
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        handle.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn user(store: &SqliteStore, cmd: UserCmd) -> Result<(), String> {
+    match cmd {
+        UserCmd::Add { name } => {
+            validate_name(&name).map_err(|e| e.to_string())?;
+            let token = auth::new_token();
+            store.add_user(&name, &auth::hash_token(&token)).map_err(|e| e.to_string())?;
+            println!("added user {name}; their token (shown once, keep it secret):");
+            println!("{token}");
+        }
+        UserCmd::List => {
+            for u in store.users().map_err(|e| e.to_string())? {
+                println!("{u}");
+            }
+        }
+        UserCmd::Remove { name } => {
+            if !store.remove_user(&name).map_err(|e| e.to_string())? {
+                return Err(format!("there is no user {name:?}; `walkie-relay user list` shows who exists"));
+            }
+            println!("removed user {name}");
+        }
+    }
+    Ok(())
+}
+
+fn channel(store: &SqliteStore, cmd: ChannelCmd) -> Result<(), String> {
+    match cmd {
+        ChannelCmd::Add { name, members } => {
+            validate_name(&name).map_err(|e| e.to_string())?;
+            check_names(&members)?;
+            store.add_channel(&name, &members).map_err(|e| e.to_string())?;
+            println!("added channel {name} with members {}", members.join(","));
+        }
+        ChannelCmd::List => {
+            for c in store.channels().map_err(|e| e.to_string())? {
+                println!("{} {}", c.name, c.members.join(","));
+            }
+        }
+        ChannelCmd::Members { name, add, remove } => {
+            check_names(&add)?;
+            check_names(&remove)?;
+            let members = if add.is_empty() && remove.is_empty() {
+                store.members(&name).map_err(|e| e.to_string())?.ok_or_else(|| format!("there is no channel {name:?}"))?
+            } else {
+                store.update_members(&name, &add, &remove).map_err(|e| e.to_string())?
+            };
+            for m in members {
+                println!("{m}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,340 @@
+//! `walkie`: the client command line (thin shell: parse, call the library, print).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use walkie::client::ops::{self, ListenOptions};
+use walkie::client::outbox::Outbox;
+use walkie::client::profile::{self, Profile};
+use walkie::client::{Client, ClientConfig, ClientError};
+use walkie::clip::{ClipId, Target};
+use walkie::codec::{self, EncoderConfig};
+
+/// walkie: push-to-talk voice messages over QUIC.
+///
+/// Connection settings come from flags, then environment variables, then the profile saved
+/// by `walkie login`.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(flatten)]
+    conn: ConnArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ConnArgs {
+    /// Relay address.
+    #[arg(long, global = true, env = "WALKIE_RELAY", value_name = "HOST:PORT")]
+    relay: Option<String>,
+    /// Your user name.
+    #[arg(long, global = true, env = "WALKIE_USER", value_name = "NAME")]
+    user: Option<String>,
+    /// Your secret token (from `walkie-relay user add`).
+    #[arg(long, global = true, env = "WALKIE_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The relay's certificate to trust (its DATA_DIR/cert.pem).
+    #[arg(long, global = true, env = "WALKIE_CERT", value_name = "PATH")]
+    cert: Option<PathBuf>,
+    /// The relay's certificate fingerprint to trust, as printed by `walkie-relay serve`.
+    #[arg(long, global = true, env = "WALKIE_FINGERPRINT", value_name = "sha256:HEX")]
+    fingerprint: Option<String>,
+}
+
+#[derive(Args, Clone)]
+struct EncodeArgs {
+    /// Opus bitrate in bits per second (6000-510000).
+    #[arg(long, default_value_t = 24_000, value_name = "BPS")]
+    bitrate: u32,
+    /// Encoder complexity, 0 (fastest) to 10 (best).
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    complexity: u8,
+    /// Frame length in milliseconds: 10, 20, 40 or 60.
+    #[arg(long, default_value_t = 20, value_name = "MS")]
+    frame_ms: u32,
+}
+
+impl EncodeArgs {
+    fn config(&self) -> Result<EncoderConfig, ClientError> {
+        let cfg = EncoderConfig { bitrate: self.bitrate, complexity: self.complexity, frame_ms: self.frame_ms };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Save the connection settings given (flags or environment) as your profile.
+    Login,
+    /// Send a WAV file as a clip; exits 0 once the relay has stored it, printing its id last.
+    Send {
+        /// A channel (`crew`) or a user (`@bob`).
+        #[arg(long, value_name = "TARGET")]
+        to: String,
+        /// The WAV file to send (8-96 kHz, mono or stereo, 16/24-bit or float).
+        file: PathBuf,
+        #[command(flatten)]
+        encode: EncodeArgs,
+        /// Keep retrying an unreachable relay for this long before giving up.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        retry_for: u64,
+    },
+    /// Receive clips (the backlog first, then live ones), one line each:
+    /// `CLIPID FROM TARGET DURATION_MS`.
+    Listen {
+        /// Save each clip as DIR/CLIPID.opus and DIR/CLIPID.wav.
+        #[arg(long, value_name = "DIR")]
+        save_dir: Option<PathBuf>,
+        /// Exit after this many clips.
+        #[arg(long, value_name = "N")]
+        count: Option<usize>,
+        /// Exit with status 1 if this many seconds pass first.
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+    },
+    /// Show a conversation, newest last: `CLIPID FROM TARGET STARTED_AT DURATION_MS BYTES`.
+    History {
+        /// A channel (`crew`) or a user (`@bob`).
+        target: String,
+        /// How many clips.
+        #[arg(long, default_value_t = 50, value_name = "N")]
+        limit: u32,
+        /// Print a JSON array instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download a stored clip: `.opus` keeps the stored file, `.wav` decodes it.
+    Fetch {
+        /// The clip id.
+        clip: String,
+        /// Output file ending in .opus or .wav.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Export every clip you may read as DIR/CLIPID.opus plus DIR/index.json.
+    Export {
+        /// Output directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Encode a WAV file to Ogg Opus (the same code path as live clips).
+    Encode {
+        /// Input WAV.
+        input: PathBuf,
+        /// Output .opus file.
+        output: PathBuf,
+        #[command(flatten)]
+        encode: EncodeArgs,
+    },
+    /// Decode an Ogg Opus file to a 48 kHz mono 16-bit WAV.
+    Decode {
+        /// Input .opus file.
+        input: PathBuf,
+        /// Output WAV.
+        output: PathBuf,
+    },
+    /// Run a relay in-process with two users, send a bundled sample and receive it.
+    Demo {
+        /// Where to write the received clip (default: a new temporary directory).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+}
+
+/// An error with the exit code it maps to.
+struct Failure(String, u8);
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Failure(e.to_string(), 1)
+    }
+}
+
+impl From<String> for Failure {
+    fn from(e: String) -> Self {
+        Failure(e, 1)
+    }
+}
+
+fn usage(msg: impl Into<String>) -> Failure {
+    Failure(msg.into(), 2)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(msg, code)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn settings(args: &ConnArgs) -> Result<Profile, ClientError> {
+    let flags = Profile {
+        relay: args.relay.clone(),
+        user: args.user.clone(),
+        token: args.token.clone(),
+        cert: args.cert.clone(),
+        fingerprint: args.fingerprint.clone(),
+    };
+    Ok(flags.or(Profile::load(&profile::profile_path()?)?))
+}
+
+fn client_config(args: &ConnArgs) -> Result<ClientConfig, ClientError> {
+    settings(args)?.client_config()
+}
+
+fn parse_target(s: &str) -> Result<Target, Failure> {
+    s.parse::<Target>().map_err(|e| usage(format!("--to/target {s:?}: {e}; use a channel name or @user")))
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Login => {
+            let mut p = settings(&cli.conn)?;
+            if let Some(cert) = &p.cert {
+                let abs = std::path::absolute(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
+                p.cert = Some(abs);
+            }
+            let cfg = p.client_config()?;
+            // Check the settings work before saving them.
+            Client::connect(&cfg).await?.close().await;
+            let path = profile::profile_path()?;
+            p.save(&path)?;
+            println!("logged in as {} at {}; profile saved to {}", cfg.user, cfg.relay, path.display());
+        }
+        Command::Send { to, file, encode, retry_for } => {
+            let target = parse_target(&to)?;
+            let enc = encode.config()?;
+            let cfg = client_config(&cli.conn)?;
+            let outbox = Outbox::open(&profile::outbox_dir(&cfg.user)?)?;
+            let (header, _) = ops::queue_wav(&outbox, &file, target, &enc)?;
+            let id = header.id;
+            let report = ops::flush_with_retry(&cfg, &outbox, Some(id), Duration::from_secs(retry_for))
+                .await
+                .map_err(|e| format!("clip {id} was not acknowledged after {retry_for} s ({e}); it stays in the outbox {} and the next `walkie send` or `walkie listen` retries it", outbox.dir().display()))?;
+            for (rid, err) in &report.rejected {
+                if *rid == id {
+                    return Err(Failure(format!("the relay refused {}: {err}", file.display()), 1));
+                }
+                eprintln!("warning: an earlier clip {rid} was refused ({err}) and moved to {}/failed", outbox.dir().display());
+            }
+            for (sid, seq) in &report.stored {
+                if *sid != id {
+                    eprintln!("sent earlier clip {sid} from the outbox (seq {seq})");
+                }
+            }
+            println!("{id}");
+        }
+        Command::Listen { save_dir, count, timeout } => {
+            let cfg = client_config(&cli.conn)?;
+            let outbox = Outbox::open(&profile::outbox_dir(&cfg.user)?)?;
+            let mut client = Client::connect(&cfg).await?;
+            let report = ops::flush(&client, &outbox).await?;
+            for (id, _) in &report.stored {
+                eprintln!("sent queued clip {id} from the outbox");
+            }
+            let opts = ListenOptions { save_dir, count, timeout: timeout.map(Duration::from_secs) };
+            let result = ops::listen(&mut client, &opts, |clip| {
+                println!("{} {} {} {}", clip.header.id, clip.header.from, clip.header.to, clip.duration_ms());
+            })
+            .await;
+            client.close().await;
+            match result {
+                Ok(_) => {}
+                Err(ClientError::Timeout(_)) => {
+                    let secs = timeout.unwrap_or_default();
+                    return Err(Failure(
+                        match count {
+                            Some(n) => format!("fewer than {n} clips arrived within {secs} s"),
+                            None => format!("stopped after {secs} s"),
+                        },
+                        1,
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Command::History { target, limit, json } => {
+            let target = parse_target(&target)?;
+            let cfg = client_config(&cli.conn)?;
+            let client = Client::connect(&cfg).await?;
+            let clips = client.history(Some(target), limit, None).await;
+            client.close().await;
+            let clips = clips?;
+            if json {
+                let all: Vec<_> = clips.iter().map(ops::history_json).collect();
+                println!("{}", serde_json::to_string_pretty(&all).map_err(|e| e.to_string())?);
+            } else {
+                for c in clips {
+                    println!("{} {} {} {} {} {}", c.id, c.from, c.to, ops::rfc3339(c.started_at_ms), c.duration_ms, c.bytes);
+                }
+            }
+        }
+        Command::Fetch { clip, out } => {
+            let id: ClipId = clip.parse().map_err(|e: walkie::clip::ClipError| usage(e.to_string()))?;
+            let ext = out.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+            if !matches!(ext.as_deref(), Some("opus" | "wav")) {
+                return Err(usage(format!("--out {}: the file must end in .opus or .wav", out.display())));
+            }
+            let cfg = client_config(&cli.conn)?;
+            let client = Client::connect(&cfg).await?;
+            let fetched = client.fetch(id).await;
+            client.close().await;
+            let (meta, bytes) = fetched?;
+            if ext.as_deref() == Some("wav") {
+                let parsed = codec::ogg::read_ogg(&bytes).map_err(ClientError::from)?;
+                let pcm = codec::decode_packets(&parsed.params, &parsed.packets, parsed.samples).map_err(ClientError::from)?;
+                walkie::audio::wav::write_wav_mono16(&out, 48_000, &pcm).map_err(|e| ClientError::from(codec::CodecError::from(e)))?;
+            } else {
+                std::fs::write(&out, &bytes).map_err(|e| format!("{}: {e}", out.display()))?;
+            }
+            println!("{} {} {} {} -> {}", meta.id, meta.from, meta.to, meta.duration_ms, out.display());
+        }
+        Command::Export { out } => {
+            let cfg = client_config(&cli.conn)?;
+            let client = Client::connect(&cfg).await?;
+            let n = ops::export(&client, &out).await;
+            client.close().await;
+            println!("exported {} clips to {}", n?, out.display());
+        }
+        Command::Encode { input, output, encode } => {
+            let enc = encode.config()?;
+            let clip = codec::encode_file(&input, &output, &enc).map_err(ClientError::from)?;
+            let bytes: usize = clip.packets.iter().map(Vec::len).sum();
+            println!(
+                "{} -> {}: {} ms, {} packets, {} bytes of Opus",
+                input.display(),
+                output.display(),
+                (clip.samples + 24) / 48,
+                clip.packets.len(),
+                bytes
+            );
+        }
+        Command::Decode { input, output } => {
+            let samples = codec::decode_file(&input, &output).map_err(ClientError::from)?;
+            println!("{} -> {}: {} ms at 48 kHz", input.display(), output.display(), (samples + 24) / 48);
+        }
+        Command::Demo { out } => {
+            let report = walkie::demo::run(out.as_deref()).await.map_err(|e| e.to_string())?;
+            print!("{report}");
+        }
+    }
+    Ok(())
+}

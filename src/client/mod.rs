@@ -1,0 +1,370 @@
+//! The async client engine: connects to a relay with pinned trust, authenticates, sends
+//! clips, receives pushed clips, and makes history and fetch requests.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `mod.rs` | [`Client`]: connection, request routing, uploads |
+//! | `receive.rs` | incoming streams: delivered clips and fetched files |
+//! | `outbox.rs` | the on-disk outbox of unacknowledged clips |
+//! | `profile.rs` | where the client keeps its state; saved login profiles |
+//! | `ops.rs` | whole operations the CLI and the app run (send, listen, export, …) |
+
+pub mod ops;
+pub mod outbox;
+pub mod profile;
+mod receive;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clip::{ClipHeader, ClipId, ClipMeta, Target};
+use crate::net::{self, Fingerprint, NetError, read_frame, write_frame};
+use crate::proto::{ClientMsg, ErrorCode, ErrorMsg, MAX_CONTROL_FRAME, MAX_STREAM_FRAME, ServerMsg, StreamFrame};
+pub use receive::ReceivedClip;
+
+/// How long a request may wait for its reply.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Errors of the client engine.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Network, TLS or framing failure.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The relay address does not resolve.
+    #[error("cannot resolve relay address {0:?}; give HOST:PORT")]
+    Resolve(String),
+    /// The relay refused something, with its code.
+    #[error("the relay refused: {} ({})", .0.message, .0.code.name())]
+    Refused(ErrorMsg),
+    /// The connection closed.
+    #[error("connection to the relay lost: {0}")]
+    Closed(String),
+    /// The relay did not answer in time.
+    #[error("the relay did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The relay sent something the protocol does not allow here.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A local file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// Which file.
+        path: std::path::PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// Encoding or decoding audio failed.
+    #[error(transparent)]
+    Codec(#[from] crate::codec::CodecError),
+    /// Settings are missing or invalid.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl ClientError {
+    /// True if retrying later may succeed (network trouble, a busy or failing relay); false
+    /// when the relay refused the request for good (not a member, too long, …).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Refused(e) => matches!(e.code, ErrorCode::Busy { .. } | ErrorCode::Storage | ErrorCode::Timeout | ErrorCode::Internal),
+            ClientError::Net(_) | ClientError::Closed(_) | ClientError::Timeout(_) | ClientError::Resolve(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// How to reach and authenticate with a relay.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// `HOST:PORT`.
+    pub relay: String,
+    /// User name.
+    pub user: String,
+    /// Secret token.
+    pub token: String,
+    /// Pinned relay certificate fingerprint.
+    pub pin: Fingerprint,
+}
+
+/// Something the relay pushed.
+#[derive(Debug)]
+pub enum Event {
+    /// A live clip started (its packets are arriving).
+    LiveStarted(crate::proto::DeliverHeader),
+    /// A clip arrived completely and is stored at the relay.
+    Clip(ReceivedClip),
+    /// A live clip was abandoned by its sender or the relay.
+    Aborted(ErrorMsg),
+    /// The relay reported an error not tied to a request.
+    Error(ErrorMsg),
+}
+
+enum Reply {
+    History(Vec<ClipMeta>),
+    File(ClipMeta, Vec<u8>),
+    Error(ErrorMsg),
+}
+
+/// Where replies go, by request id or clip id.
+#[derive(Default)]
+struct Waiters {
+    requests: HashMap<u64, oneshot::Sender<Reply>>,
+    uploads: HashMap<ClipId, oneshot::Sender<Result<(u64, bool), ErrorMsg>>>,
+}
+
+type SharedWaiters = Arc<Mutex<Waiters>>;
+
+fn lock(w: &SharedWaiters) -> MutexGuard<'_, Waiters> {
+    w.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A connected, authenticated client.
+pub struct Client {
+    conn: quinn::Connection,
+    endpoint: quinn::Endpoint,
+    control: mpsc::Sender<ClientMsg>,
+    waiters: SharedWaiters,
+    events: mpsc::Receiver<Event>,
+    next_req: AtomicU64,
+    user: String,
+}
+
+async fn resolve(relay: &str) -> Result<SocketAddr, ClientError> {
+    tokio::net::lookup_host(relay)
+        .await
+        .map_err(|_| ClientError::Resolve(relay.to_string()))?
+        .next()
+        .ok_or_else(|| ClientError::Resolve(relay.to_string()))
+}
+
+impl Client {
+    /// Connects, says hello and waits for the welcome.
+    pub async fn connect(cfg: &ClientConfig) -> Result<Client, ClientError> {
+        let addr = resolve(&cfg.relay).await?;
+        let bind: SocketAddr = if addr.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }
+            .map_err(|_| ClientError::Config("bad bind address".into()))?;
+        let endpoint = net::client_endpoint(cfg.pin, bind)?;
+        let connecting = endpoint
+            .connect(addr, net::SERVER_NAME)
+            .map_err(|e| NetError::Connect { addr: cfg.relay.clone(), reason: e.to_string() })?;
+        let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
+            .await
+            .map_err(|_| NetError::Connect { addr: cfg.relay.clone(), reason: "no answer within 10 s (is the relay running?)".into() })?
+            .map_err(|e| NetError::Connect { addr: cfg.relay.clone(), reason: e.to_string() })?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| ClientError::Closed(e.to_string()))?;
+        let hello = ClientMsg::Hello {
+            user: cfg.user.clone(),
+            token: cfg.token.clone(),
+            client: format!("walkie/{}", env!("CARGO_PKG_VERSION")),
+        };
+        write_frame(&mut send, &hello, MAX_CONTROL_FRAME).await?;
+        let welcome = tokio::time::timeout(REQUEST_TIMEOUT, read_frame::<ServerMsg>(&mut recv, MAX_CONTROL_FRAME))
+            .await
+            .map_err(|_| ClientError::Timeout(REQUEST_TIMEOUT))?;
+        match welcome {
+            Ok(Some(ServerMsg::Welcome { .. })) => {}
+            Ok(Some(ServerMsg::Error(e))) => return Err(ClientError::Refused(e)),
+            Ok(Some(other)) => return Err(ClientError::Protocol(format!("expected a welcome, got {other:?}"))),
+            Ok(None) => return Err(ClientError::Closed("the relay closed the control stream".into())),
+            Err(e) => {
+                // The relay may have closed the connection with a reason.
+                if let Some(reason) = conn.close_reason() {
+                    return Err(ClientError::Closed(reason.to_string()));
+                }
+                return Err(e.into());
+            }
+        }
+        let waiters = SharedWaiters::default();
+        let (control, control_rx) = mpsc::channel(64);
+        let (events_tx, events) = mpsc::channel(256);
+        tokio::spawn(write_control(send, control_rx));
+        tokio::spawn(read_control(recv, waiters.clone(), events_tx.clone()));
+        tokio::spawn(receive::accept_streams(conn.clone(), waiters.clone(), events_tx));
+        Ok(Client { conn, endpoint, control, waiters, events, next_req: AtomicU64::new(1), user: cfg.user.clone() })
+    }
+
+    /// The authenticated user.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// Waits for the next pushed event; `None` when the connection is gone.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// Why the connection closed, if it has.
+    pub fn close_reason(&self) -> Option<String> {
+        self.conn.close_reason().map(|r| r.to_string())
+    }
+
+    async fn control(&self, msg: ClientMsg) -> Result<(), ClientError> {
+        self.control.send(msg).await.map_err(|_| ClientError::Closed(self.close_reason().unwrap_or_else(|| "control stream ended".into())))
+    }
+
+    async fn request(&self, make: impl FnOnce(u64) -> ClientMsg) -> Result<Reply, ClientError> {
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiters).requests.insert(req, tx);
+        self.control(make(req)).await?;
+        let reply = tokio::time::timeout(REQUEST_TIMEOUT, rx).await;
+        lock(&self.waiters).requests.remove(&req);
+        match reply {
+            Ok(Ok(Reply::Error(e))) => Err(ClientError::Refused(e)),
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err(ClientError::Closed(self.close_reason().unwrap_or_else(|| "connection ended".into()))),
+            Err(_) => Err(ClientError::Timeout(REQUEST_TIMEOUT)),
+        }
+    }
+
+    /// A page of history: a conversation, or everything readable with `None`; newest last.
+    pub async fn history(&self, target: Option<Target>, limit: u32, before_seq: Option<u64>) -> Result<Vec<ClipMeta>, ClientError> {
+        match self.request(|req| ClientMsg::History { req, target, limit, before_seq }).await? {
+            Reply::History(clips) => Ok(clips),
+            _ => Err(ClientError::Protocol("unexpected reply to a history request".into())),
+        }
+    }
+
+    /// A stored clip's metadata and Ogg Opus file.
+    pub async fn fetch(&self, id: ClipId) -> Result<(ClipMeta, Vec<u8>), ClientError> {
+        match self.request(|req| ClientMsg::Fetch { req, id }).await? {
+            Reply::File(meta, bytes) => Ok((meta, bytes)),
+            _ => Err(ClientError::Protocol("unexpected reply to a fetch".into())),
+        }
+    }
+
+    /// Tells the relay a delivered clip is safely held.
+    pub async fn ack(&self, id: ClipId) -> Result<(), ClientError> {
+        self.control(ClientMsg::Ack { id }).await
+    }
+
+    /// Starts an upload: returns a stream to push packets into, and registers for its ack.
+    pub async fn start_clip(&self, header: &ClipHeader) -> Result<Upload, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiters).uploads.insert(header.id, tx);
+        let mut send = self.conn.open_uni().await.map_err(|e| ClientError::Closed(e.to_string()))?;
+        write_frame(&mut send, &StreamFrame::Upload(header.clone()), MAX_STREAM_FRAME).await?;
+        Ok(Upload { send, ack: rx, packets: 0, id: header.id, waiters: self.waiters.clone() })
+    }
+
+    /// Sends a whole clip and waits until the relay has stored it: `(seq, duplicate)`.
+    pub async fn send_clip(&self, header: &ClipHeader, packets: &[Vec<u8>], samples: u64) -> Result<(u64, bool), ClientError> {
+        let mut up = self.start_clip(header).await?;
+        for p in packets {
+            up.packet(p.clone()).await?;
+        }
+        up.finish(samples).await
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(self) {
+        self.conn.close(0u32.into(), b"bye");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// A clip being uploaded.
+pub struct Upload {
+    send: quinn::SendStream,
+    ack: oneshot::Receiver<Result<(u64, bool), ErrorMsg>>,
+    packets: u32,
+    id: ClipId,
+    waiters: SharedWaiters,
+}
+
+impl Upload {
+    /// Sends one Opus packet.
+    pub async fn packet(&mut self, packet: Vec<u8>) -> Result<(), ClientError> {
+        // A refusal (too long, not a member) may arrive while we are still sending.
+        if let Ok(Err(refusal)) = self.ack.try_recv() {
+            return Err(ClientError::Refused(refusal));
+        }
+        self.packets += 1;
+        self.write(&StreamFrame::Packet(packet)).await
+    }
+
+    async fn write(&mut self, frame: &StreamFrame) -> Result<(), ClientError> {
+        match write_frame(&mut self.send, frame, MAX_STREAM_FRAME).await {
+            Ok(()) => Ok(()),
+            // The relay stopped the stream: its reason arrives on the control stream.
+            Err(e) => match tokio::time::timeout(Duration::from_secs(5), &mut self.ack).await {
+                Ok(Ok(Err(refusal))) => Err(ClientError::Refused(refusal)),
+                _ => Err(e.into()),
+            },
+        }
+    }
+
+    /// Sends the end marker and waits for the relay's `ClipStored`: `(seq, duplicate)`.
+    pub async fn finish(mut self, samples: u64) -> Result<(u64, bool), ClientError> {
+        let end = StreamFrame::End { packets: self.packets, samples };
+        if let Err(e) = self.write(&end).await {
+            return Err(e);
+        }
+        let _ = self.send.finish();
+        match tokio::time::timeout(REQUEST_TIMEOUT, &mut self.ack).await {
+            Ok(Ok(Ok(stored))) => Ok(stored),
+            Ok(Ok(Err(refusal))) => Err(ClientError::Refused(refusal)),
+            Ok(Err(_)) => Err(ClientError::Closed("connection ended before the clip was acknowledged".into())),
+            Err(_) => Err(ClientError::Timeout(REQUEST_TIMEOUT)),
+        }
+    }
+
+    /// Abandons the clip (the relay discards it).
+    pub fn cancel(mut self) {
+        let _ = self.send.reset(0u32.into());
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        lock(&self.waiters).uploads.remove(&self.id);
+    }
+}
+
+async fn write_control(mut send: quinn::SendStream, mut rx: mpsc::Receiver<ClientMsg>) {
+    while let Some(msg) = rx.recv().await {
+        if write_frame(&mut send, &msg, MAX_CONTROL_FRAME).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+}
+
+async fn read_control(mut recv: quinn::RecvStream, waiters: SharedWaiters, events: mpsc::Sender<Event>) {
+    while let Ok(Some(msg)) = read_frame::<ServerMsg>(&mut recv, MAX_CONTROL_FRAME).await {
+        match msg {
+            ServerMsg::ClipStored { id, seq, duplicate } => {
+                if let Some(tx) = lock(&waiters).uploads.remove(&id) {
+                    let _ = tx.send(Ok((seq, duplicate)));
+                }
+            }
+            ServerMsg::History { req, clips } => {
+                if let Some(tx) = lock(&waiters).requests.remove(&req) {
+                    let _ = tx.send(Reply::History(clips));
+                }
+            }
+            ServerMsg::Error(e) => {
+                let waiter_req = e.req.and_then(|r| lock(&waiters).requests.remove(&r));
+                let waiter_clip = e.clip.and_then(|c| lock(&waiters).uploads.remove(&c));
+                if let Some(tx) = waiter_req {
+                    let _ = tx.send(Reply::Error(e));
+                } else if let Some(tx) = waiter_clip {
+                    let _ = tx.send(Err(e));
+                } else {
+                    let _ = events.send(Event::Error(e)).await;
+                }
+            }
+            ServerMsg::Welcome { .. } | ServerMsg::Pong { .. } => {}
+        }
+    }
+    // Wake every waiter: dropping their senders reports the closed connection.
+    let mut w = lock(&waiters);
+    w.requests.clear();
+    w.uploads.clear();
+}

@@ -1,0 +1,412 @@
+//! The codec path: encoder settings, PCM <-> Opus packets for whole clips, and WAV <-> Ogg Opus files.
+//!
+//! [`opus`] wraps libopus (48 kHz mono), [`ogg`] reads and writes RFC 7845 Ogg Opus files.
+//! A clip is encoded with enough trailing zero frames to cover the encoder's lookahead, so
+//! that after dropping `pre_skip` samples at the start and trimming at the end the decoder
+//! returns exactly as many samples as went in, aligned with the input.
+
+pub mod ogg;
+pub mod opus;
+
+use std::path::Path;
+
+use crate::audio::{self, AudioError, frames::Framer};
+use crate::clip::CodecParams;
+
+/// Longest Opus packet, in 48 kHz samples (120 ms, RFC 6716).
+pub const MAX_PACKET_SAMPLES: u32 = 5_760;
+/// Largest Opus packet walkie accepts, in bytes (48 frames of 1275 bytes fit).
+pub const MAX_PACKET_BYTES: usize = 64 * 1024;
+/// Longest clip walkie encodes, writes or reads: 10 minutes at 48 kHz.
+pub const MAX_SAMPLES: u64 = 10 * 60 * 48_000;
+
+/// Errors of the codec path.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// An encoder setting is out of range.
+    #[error("invalid encoder setting: {0}")]
+    Config(String),
+    /// libopus refused an operation.
+    #[error("{context}: {source}")]
+    Opus {
+        /// What walkie was doing.
+        context: &'static str,
+        /// What libopus reported.
+        #[source]
+        source: ::opus::Error,
+    },
+    /// A PCM frame handed to the encoder has the wrong length.
+    #[error("an Opus frame must have {expected} samples, got {got}")]
+    FrameSize {
+        /// The configured frame size.
+        expected: usize,
+        /// The length of the frame given.
+        got: usize,
+    },
+    /// An Opus packet is empty, malformed, too long or undecodable.
+    #[error("invalid Opus packet: {0}")]
+    Packet(String),
+    /// Ogg data is not Ogg Opus at all (wrong magic, other codec, missing header).
+    #[error("not an Ogg Opus file: {0}")]
+    NotOpus(String),
+    /// Ogg Opus data is corrupt or truncated.
+    #[error("corrupt Ogg Opus file: {0}")]
+    Corrupt(String),
+    /// Ogg Opus data is valid but uses a feature walkie does not support.
+    #[error("unsupported Ogg Opus file: {0}")]
+    Unsupported(String),
+    /// A clip or file exceeds one of walkie's size or duration caps.
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// A clip's sample count does not fit its packets.
+    #[error("inconsistent clip: {0}")]
+    Inconsistent(String),
+    /// A file could not be read or written.
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        /// "read" or "write".
+        action: &'static str,
+        /// The file path.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An error in the Ogg Opus file at `path`.
+    #[error("{path}: {source}")]
+    InFile {
+        /// The file path.
+        path: String,
+        /// The error found in it.
+        #[source]
+        source: Box<CodecError>,
+    },
+    /// The WAV side failed (reading, resampling or writing).
+    #[error(transparent)]
+    Audio(#[from] AudioError),
+}
+
+/// Opus encoder settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EncoderConfig {
+    /// Target bitrate in bits per second (VBR), 6000..=510000.
+    pub bitrate: u32,
+    /// Encoder complexity, 0 (fastest) ..= 10 (best).
+    pub complexity: u8,
+    /// Frame duration in milliseconds: 10, 20, 40 or 60.
+    pub frame_ms: u32,
+}
+
+impl EncoderConfig {
+    /// Checks every setting against what libopus and walkie support.
+    pub fn validate(&self) -> Result<(), CodecError> {
+        if !(6_000..=510_000).contains(&self.bitrate) {
+            return Err(CodecError::Config(format!(
+                "bitrate {} b/s is outside 6000..=510000",
+                self.bitrate
+            )));
+        }
+        if self.complexity > 10 {
+            return Err(CodecError::Config(format!("complexity {} is outside 0..=10", self.complexity)));
+        }
+        if ![10, 20, 40, 60].contains(&self.frame_ms) {
+            return Err(CodecError::Config(format!(
+                "frame duration {} ms is not one of 10, 20, 40, 60",
+                self.frame_ms
+            )));
+        }
+        Ok(())
+    }
+
+    /// Samples per frame at 48 kHz (960 for 20 ms).
+    pub fn frame_samples(&self) -> usize {
+        48 * self.frame_ms as usize
+    }
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        Self { bitrate: 24_000, complexity: 10, frame_ms: 20 }
+    }
+}
+
+/// A whole clip as Opus packets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedClip {
+    /// How the packets were encoded.
+    pub params: CodecParams,
+    /// The Opus packets, one per frame.
+    pub packets: Vec<Vec<u8>>,
+    /// The input length at 48 kHz: the decoded length after pre-skip and end trimming.
+    pub samples: u64,
+}
+
+/// Number of 48 kHz samples in an Opus packet, from its TOC byte and frame count (RFC 6716 §3.1).
+/// Refuses empty and malformed packets and packets longer than 120 ms.
+pub fn packet_samples(packet: &[u8]) -> Result<u32, CodecError> {
+    if packet.is_empty() {
+        return Err(CodecError::Packet("the packet is empty".into()));
+    }
+    if packet.len() > MAX_PACKET_BYTES {
+        return Err(CodecError::Packet(format!(
+            "{} bytes is more than the {MAX_PACKET_BYTES}-byte limit",
+            packet.len()
+        )));
+    }
+    let bad = |e: ::opus::Error| CodecError::Packet(format!("malformed packet ({})", e.description()));
+    let frames = ::opus::packet::parse(packet).map_err(bad)?.frames.len();
+    let per_frame = ::opus::packet::get_samples_per_frame(packet, 48_000).map_err(bad)?;
+    let total = u32::try_from(frames * per_frame).unwrap_or(u32::MAX);
+    if total == 0 || total > MAX_PACKET_SAMPLES {
+        return Err(CodecError::Packet(format!("{total} samples is not 1 to {MAX_PACKET_SAMPLES}")));
+    }
+    Ok(total)
+}
+
+/// Encodes mono 48 kHz PCM into Opus packets, zero-padding the end so that the decoder can
+/// return every input sample despite the encoder's lookahead.
+pub fn encode_pcm(pcm48: &[f32], cfg: &EncoderConfig) -> Result<EncodedClip, CodecError> {
+    let samples = pcm48.len() as u64;
+    if samples > MAX_SAMPLES {
+        return Err(CodecError::TooLarge(format!(
+            "{samples} samples is longer than the {MAX_SAMPLES}-sample (10 minute) limit"
+        )));
+    }
+    let mut enc = opus::Encoder::new(cfg)?;
+    let mut framer = Framer::new(cfg.frame_samples());
+    framer.push(pcm48);
+    framer.push(&vec![0.0; usize::from(enc.pre_skip())]);
+    let mut packets = Vec::with_capacity(framer.pending() / cfg.frame_samples() + 1);
+    while let Some(frame) = framer.pop() {
+        packets.push(enc.encode(frame)?);
+    }
+    if let Some((frame, _)) = framer.finish() {
+        packets.push(enc.encode(frame)?);
+    }
+    Ok(EncodedClip { params: enc.params(), packets, samples })
+}
+
+/// Decodes packets, drops the first `pre_skip` samples and trims to `samples` (or returns
+/// what there is when the packets hold fewer).
+pub fn decode_packets(params: &CodecParams, packets: &[Vec<u8>], samples: u64) -> Result<Vec<f32>, CodecError> {
+    let mut dec = opus::Decoder::new()?;
+    let want = usize::try_from(samples).unwrap_or(usize::MAX);
+    let mut skip = usize::from(params.pre_skip);
+    let mut out = Vec::with_capacity(want.min(MAX_SAMPLES as usize));
+    for packet in packets {
+        if out.len() >= want {
+            break;
+        }
+        let pcm = dec.decode(packet)?;
+        let drop = skip.min(pcm.len());
+        skip -= drop;
+        out.extend_from_slice(&pcm[drop..]);
+    }
+    out.truncate(want);
+    Ok(out)
+}
+
+/// Encodes a WAV file (any supported rate, mono or stereo) to an Ogg Opus file with a random serial.
+pub fn encode_file(input_wav: &Path, output_opus: &Path, cfg: &EncoderConfig) -> Result<EncodedClip, CodecError> {
+    cfg.validate()?;
+    let pcm = audio::load_wav_48k_mono(input_wav)?;
+    let clip = encode_pcm(&pcm, cfg)?;
+    let bytes = ogg::write_ogg(&clip.params, &clip.packets, clip.samples, rand::random())?;
+    std::fs::write(output_opus, bytes).map_err(|source| CodecError::Io {
+        action: "write",
+        path: output_opus.display().to_string(),
+        source,
+    })?;
+    Ok(clip)
+}
+
+/// Decodes an Ogg Opus file to a 48 kHz mono 16-bit WAV file; returns the number of samples written.
+pub fn decode_file(input_opus: &Path, output_wav: &Path) -> Result<u64, CodecError> {
+    let file = ogg::read_ogg_file(input_opus)?;
+    let pcm = decode_packets(&file.params, &file.packets, file.samples).map_err(|e| CodecError::InFile {
+        path: input_opus.display().to_string(),
+        source: Box::new(e),
+    })?;
+    audio::wav::write_wav_mono16(output_wav, 48_000, &pcm)?;
+    Ok(pcm.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::f32::consts::TAU;
+
+    /// A chirp from 200 Hz to 2 kHz over `len` samples at 48 kHz.
+    pub(crate) fn chirp(len: usize) -> Vec<f32> {
+        let secs = len as f32 / 48_000.0;
+        (0..len)
+            .map(|i| {
+                let t = i as f32 / 48_000.0;
+                0.5 * (TAU * (200.0 * t + 900.0 * t * t / secs.max(1e-3))).sin()
+            })
+            .collect()
+    }
+
+    /// (lag of the maximum normalized cross-correlation within ±max_lag, its value).
+    fn best_lag(x: &[f32], y: &[f32], max_lag: i64) -> (i64, f32) {
+        let mut best = (0, f32::MIN);
+        for lag in -max_lag..=max_lag {
+            let (mut dot, mut ex, mut ey) = (0.0f64, 0.0f64, 0.0f64);
+            for i in 0..x.len() as i64 {
+                let j = i + lag;
+                if j >= 0 && (j as usize) < y.len() {
+                    let (a, b) = (f64::from(x[i as usize]), f64::from(y[j as usize]));
+                    dot += a * b;
+                    ex += a * a;
+                    ey += b * b;
+                }
+            }
+            let c = (dot / (ex * ey).sqrt()) as f32;
+            if c > best.1 {
+                best = (lag, c);
+            }
+        }
+        best
+    }
+
+    #[test]
+    fn a_second_of_chirp_round_trips_aligned_and_exact() {
+        let input = chirp(48_000);
+        let clip = encode_pcm(&input, &EncoderConfig::default()).unwrap();
+        assert_eq!(clip.samples, 48_000);
+        let pre = u64::from(clip.params.pre_skip);
+        assert_eq!(clip.packets.len() as u64, (48_000 + pre).div_ceil(960));
+        let out = decode_packets(&clip.params, &clip.packets, clip.samples).unwrap();
+        assert_eq!(out.len(), input.len());
+        let (lag, c) = best_lag(&input, &out, 20);
+        assert!(lag.abs() <= 2, "best alignment at lag {lag}");
+        assert!(c > 0.9, "correlation {c}");
+        // The very end survives too: the last 10 ms carry the chirp, not silence.
+        let tail = &out[out.len() - 480..];
+        assert!(tail.iter().map(|s| s.abs()).fold(0.0, f32::max) > 0.2);
+    }
+
+
+    #[test]
+    fn zz_experiment() {
+        for (name, sig) in [
+            ("noise", { let mut seed = 1u32; (0..48_000).map(|_| { seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223); ((seed >> 8) as f32 / 16_777_216.0 - 0.5) * 0.5 }).collect::<Vec<f32>>() }),
+            ("chirp", chirp(48_000)),
+            ("c1k4k", (0..48_000).map(|i| { let t = i as f32 / 48_000.0; 0.5 * (TAU * (1000.0 * t + 1500.0 * t * t)).sin() }).collect()),
+            ("sine440", (0..48_000).map(|i| 0.5 * (TAU * 440.0 * i as f32 / 48_000.0).sin()).collect()),
+            ("sine1k", (0..48_000).map(|i| 0.5 * (TAU * 1000.0 * i as f32 / 48_000.0).sin()).collect()),
+            ("wide", (0..48_000).map(|i| { let t = i as f32 / 48_000.0; 0.5 * (TAU * (100.0 * t + 3950.0 * t * t)).sin() }).collect()),
+            ("buzz", (0..48_000).map(|i| { let t = i as f32 / 48_000.0; (1..27).map(|k| 0.3 / k as f32 * (TAU * 150.0 * k as f32 * t).sin()).sum::<f32>() }).collect()),
+            ("clicks", (0..48_000).map(|i| if i % 4800 == 2400 { 0.8 } else { 0.0 }).collect()),
+        ] {
+            for (br, ms) in [(24_000, 20), (64_000, 20), (128_000, 20), (24_000, 10), (32_000, 10)] {
+                let cfg = EncoderConfig { bitrate: br, complexity: 10, frame_ms: ms };
+                let clip = encode_pcm(&sig, &cfg).unwrap();
+                let out = decode_packets(&clip.params, &clip.packets, clip.samples).unwrap();
+                let (lag, c) = best_lag(&sig, &out, 40);
+                println!("{name} {br} {ms}ms: lag {lag} corr {c:.3}");
+            }
+        }
+    }
+
+    #[test]
+    fn pre_skip_is_what_libopus_reports() {
+        let mut reference = ::opus::Encoder::new(48_000, ::opus::Channels::Mono, ::opus::Application::Voip).unwrap();
+        let lookahead = reference.get_lookahead().unwrap();
+        let clip = encode_pcm(&chirp(4_800), &EncoderConfig::default()).unwrap();
+        assert_eq!(i32::from(clip.params.pre_skip), lookahead);
+        assert_eq!(clip.params.bitrate, 24_000);
+        assert_eq!(clip.params.frame_samples, 960);
+    }
+
+    #[test]
+    fn every_frame_size_gives_exact_lengths() {
+        for ms in [10u32, 20, 40, 60] {
+            let cfg = EncoderConfig { frame_ms: ms, bitrate: 32_000, complexity: 5 };
+            let input = chirp(12_345);
+            let clip = encode_pcm(&input, &cfg).unwrap();
+            for p in &clip.packets {
+                assert_eq!(packet_samples(p).unwrap(), 48 * ms);
+            }
+            let out = decode_packets(&clip.params, &clip.packets, clip.samples).unwrap();
+            assert_eq!(out.len(), 12_345, "{ms} ms");
+            let (lag, c) = best_lag(&input[..6_000], &out[..6_000], 10);
+            assert!(lag.abs() <= 2 && c > 0.8, "{ms} ms: lag {lag}, correlation {c}");
+        }
+    }
+
+    #[test]
+    fn empty_and_short_inputs_and_short_packet_lists() {
+        let clip = encode_pcm(&[], &EncoderConfig::default()).unwrap();
+        assert_eq!((clip.samples, clip.packets.len()), (0, 1));
+        assert!(decode_packets(&clip.params, &clip.packets, 0).unwrap().is_empty());
+        let clip = encode_pcm(&chirp(9_600), &EncoderConfig::default()).unwrap();
+        let some = decode_packets(&clip.params, &clip.packets[..3], clip.samples).unwrap();
+        assert_eq!(some.len(), 3 * 960 - usize::from(clip.params.pre_skip));
+        assert!(encode_pcm(&[0.0; 10], &EncoderConfig { frame_ms: 25, ..Default::default() }).is_err());
+        let mut bad = clip.packets.clone();
+        bad[2] = vec![0x03, 0x00];
+        assert!(matches!(decode_packets(&clip.params, &bad, clip.samples), Err(CodecError::Packet(_))));
+    }
+
+    #[test]
+    fn packet_samples_reads_the_toc() {
+        assert!(packet_samples(&[]).is_err());
+        // Config 1 (SILK NB 20 ms), code 0: one frame of 960 samples.
+        assert_eq!(packet_samples(&[1 << 3, 0xaa]).unwrap(), 960);
+        // Config 3 (SILK NB 60 ms), code 1: two frames = 120 ms.
+        assert_eq!(packet_samples(&[(3 << 3) | 1, 0xaa, 0xbb]).unwrap(), 5_760);
+        // Config 16 (CELT NB 2.5 ms), code 3 with 48 frames = 120 ms; 49 frames is too long.
+        assert_eq!(packet_samples(&[16 << 3 | 3, 48]).unwrap(), 5_760);
+        assert!(packet_samples(&[16 << 3 | 3, 49]).is_err());
+        assert!(packet_samples(&[3 << 3 | 3, 3]).is_err());
+    }
+
+    #[test]
+    fn wav_files_encode_and_decode() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wav, opus, out) = (dir.path().join("in.wav"), dir.path().join("c.opus"), dir.path().join("out.wav"));
+        let spec = hound::WavSpec { channels: 1, sample_rate: 16_000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+        let mut w = hound::WavWriter::create(&wav, spec).unwrap();
+        for i in 0..8_000 {
+            w.write_sample(((i as f32 * 0.2).sin() * 8_000.0) as i16).unwrap();
+        }
+        w.finalize().unwrap();
+        let clip = encode_file(&wav, &opus, &EncoderConfig::default()).unwrap();
+        assert_eq!(clip.samples, 24_000);
+        assert_eq!(decode_file(&opus, &out).unwrap(), 24_000);
+        let r = hound::WavReader::open(&out).unwrap();
+        assert_eq!((r.spec().sample_rate, r.spec().channels, r.len()), (48_000, 1, 24_000));
+        let err = decode_file(&dir.path().join("missing.opus"), &out).unwrap_err().to_string();
+        assert!(err.contains("missing.opus"), "{err}");
+        std::fs::write(&opus, b"OggS garbage").unwrap();
+        let err = decode_file(&opus, &out).unwrap_err().to_string();
+        assert!(err.contains("c.opus"), "{err}");
+        assert!(encode_file(&dir.path().join("none.wav"), &opus, &EncoderConfig::default()).is_err());
+    }
+
+    /// Runs an opus-tools program; a missing tool fails the test with install advice.
+    fn run_tool(tool: &str, args: &[&std::ffi::OsStr]) -> std::process::Output {
+        std::process::Command::new(tool).args(args).output().unwrap_or_else(|e| {
+            panic!("{tool} could not be run ({e}): install opus-tools (e.g. `apt-get install opus-tools`)")
+        })
+    }
+
+    #[test]
+    fn opus_tools_accept_our_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (opus, wav) = (dir.path().join("clip.opus"), dir.path().join("clip.wav"));
+        let input = chirp(3 * 48_000 + 123);
+        let clip = encode_pcm(&input, &EncoderConfig::default()).unwrap();
+        std::fs::write(&opus, ogg::write_ogg(&clip.params, &clip.packets, clip.samples, 7).unwrap()).unwrap();
+        let info = run_tool("opusinfo", &[opus.as_os_str()]);
+        let text = format!("{}{}", String::from_utf8_lossy(&info.stdout), String::from_utf8_lossy(&info.stderr));
+        assert!(info.status.success(), "opusinfo failed:\n{text}");
+        assert!(!text.contains("WARNING") && !text.contains("ERROR"), "opusinfo complained:\n{text}");
+        let dec = run_tool("opusdec", &["--rate".as_ref(), "48000".as_ref(), opus.as_os_str(), wav.as_os_str()]);
+        assert!(dec.status.success(), "opusdec failed: {}", String::from_utf8_lossy(&dec.stderr));
+        let r = hound::WavReader::open(&wav).unwrap();
+        assert_eq!((r.spec().sample_rate, r.spec().channels), (48_000, 1));
+        assert_eq!(u64::from(r.duration()), clip.samples);
+    }
+}

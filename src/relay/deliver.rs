@@ -1,0 +1,129 @@
+//! Delivery to one session: the pump that sends every unacknowledged clip from the user's
+//! inbox, oldest first, each on its own stream; and fetches of stored files.
+
+use std::sync::Arc;
+
+use tracing::{debug, warn};
+
+use super::registry::Session;
+use super::{RelayError, Shared};
+use crate::clip::{ClipId, ClipMeta};
+use crate::codec;
+use crate::net::write_frame;
+use crate::proto::{DeliverHeader, ErrorCode, ErrorMsg, FILE_CHUNK_BYTES, MAX_STREAM_FRAME, ServerMsg, StreamFrame};
+
+use super::conn::ControlTx;
+
+const PAGE: usize = 64;
+
+/// Sends the session's inbox, then waits to be woken for more, until the connection ends.
+pub(crate) async fn pump(shared: Arc<Shared>, session: Arc<Session>) {
+    let mut after = 0u64;
+    loop {
+        let user = session.user.clone();
+        let page = match shared.store(move |s| s.pending(&user, after, PAGE)).await {
+            Ok(page) => page,
+            Err(e) => {
+                warn!(user = %session.user, "cannot read inbox: {e}");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        for meta in &page {
+            after = after.max(meta.seq);
+            if session.take_live_sent(&meta.id) {
+                continue;
+            }
+            if let Err(e) = send_stored(&shared, &session, meta).await {
+                debug!(user = %session.user, clip = %meta.id, "delivery stopped: {e}");
+                return;
+            }
+        }
+        if page.len() < PAGE {
+            session.wake.notified().await;
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error(transparent)]
+    Relay(#[from] RelayError),
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+    #[error("stored clip is unreadable: {0}")]
+    Codec(#[from] codec::CodecError),
+    #[error("connection lost: {0}")]
+    Conn(#[from] quinn::ConnectionError),
+}
+
+async fn load_audio(shared: &Shared, id: ClipId) -> Result<Vec<u8>, RelayError> {
+    shared.store(move |s| s.clip_audio(&id)).await
+}
+
+async fn send_stored(shared: &Shared, session: &Session, meta: &ClipMeta) -> Result<(), SendError> {
+    let ogg = load_audio(shared, meta.id).await?;
+    let parsed = codec::ogg::read_ogg(&ogg)?;
+    let mut send = session.conn.open_uni().await?;
+    let header = DeliverHeader {
+        id: meta.id,
+        from: meta.from.clone(),
+        to: meta.to.clone(),
+        started_at_ms: meta.started_at_ms,
+        codec: meta.codec,
+        live: false,
+        seq: meta.seq,
+    };
+    write_frame(&mut send, &StreamFrame::Deliver(header), MAX_STREAM_FRAME).await?;
+    let packets = parsed.packets.len() as u32;
+    for p in parsed.packets {
+        write_frame(&mut send, &StreamFrame::Packet(p), MAX_STREAM_FRAME).await?;
+    }
+    write_frame(&mut send, &StreamFrame::End { packets, samples: parsed.samples }, MAX_STREAM_FRAME).await?;
+    let _ = send.finish();
+    Ok(())
+}
+
+/// Answers a fetch: checks the user may read the clip, then streams its stored file.
+pub(crate) async fn fetch(shared: Arc<Shared>, session: Arc<Session>, req: u64, id: ClipId, tx: ControlTx) {
+    let fail = |code: ErrorCode, message: String| ServerMsg::Error(ErrorMsg { req: Some(req), clip: Some(id), code, message });
+    let meta = match shared.store(move |s| s.clip(&id)).await {
+        Ok(Some(meta)) => meta,
+        Ok(None) => {
+            let _ = tx.send(fail(ErrorCode::NotFound, format!("there is no clip {id} you may read"))).await;
+            return;
+        }
+        Err(e) => {
+            let _ = tx.send(ServerMsg::Error(e.to_wire(Some(req), Some(id)))).await;
+            return;
+        }
+    };
+    if !may_read(&shared, &session.user, &meta).await {
+        // Same answer as for a missing clip, so ids cannot be probed.
+        let _ = tx.send(fail(ErrorCode::NotFound, format!("there is no clip {id} you may read"))).await;
+        return;
+    }
+    let result: Result<(), SendError> = async {
+        let ogg = load_audio(&shared, id).await?;
+        let mut send = session.conn.open_uni().await?;
+        write_frame(&mut send, &StreamFrame::File { req, meta: meta.clone() }, MAX_STREAM_FRAME).await?;
+        for chunk in ogg.chunks(FILE_CHUNK_BYTES) {
+            write_frame(&mut send, &StreamFrame::Chunk(chunk.to_vec()), MAX_STREAM_FRAME).await?;
+        }
+        write_frame(&mut send, &StreamFrame::End { packets: meta.packets, samples: 0 }, MAX_STREAM_FRAME).await?;
+        let _ = send.finish();
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        let _ = tx.send(fail(ErrorCode::Storage, format!("cannot send clip {id}: {e}"))).await;
+    }
+}
+
+/// A user may read a channel clip if they are a member now, and a direct clip they sent or received.
+pub(crate) async fn may_read(shared: &Shared, user: &str, meta: &ClipMeta) -> bool {
+    match &meta.to {
+        crate::clip::Target::User(to) => meta.from == user || to == user,
+        t @ crate::clip::Target::Channel(_) => super::conn::may_access(shared, user, t).await.is_ok(),
+    }
+}

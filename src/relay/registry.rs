@@ -1,0 +1,105 @@
+//! Who is online: the sessions of each user, how to wake their delivery pumps, and which
+//! clips each session already received live (so the pump does not send them twice).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use crate::clip::ClipId;
+
+/// One authenticated connection.
+#[derive(Debug)]
+pub struct Session {
+    /// Unique per relay process.
+    pub id: u64,
+    /// The authenticated user.
+    pub user: String,
+    /// The QUIC connection.
+    pub conn: quinn::Connection,
+    /// Wakes the delivery pump when the user's inbox grows.
+    pub wake: Notify,
+    live_sent: Mutex<HashSet<ClipId>>,
+}
+
+impl Session {
+    /// Remembers that this session received `id` completely while it was live.
+    pub fn mark_live_sent(&self, id: ClipId) {
+        lock(&self.live_sent).insert(id);
+    }
+
+    /// True (once) if `id` was already delivered live to this session.
+    pub fn take_live_sent(&self, id: &ClipId) -> bool {
+        lock(&self.live_sent).remove(id)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave the maps inconsistent (single inserts and
+    // removes), so a poisoned lock is still safe to use.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// All online sessions by user.
+#[derive(Debug, Default)]
+pub struct Registry {
+    next_id: AtomicU64,
+    sessions: Mutex<HashMap<String, Vec<Arc<Session>>>>,
+}
+
+impl Registry {
+    /// Adds a session for `user`.
+    pub fn register(&self, user: &str, conn: quinn::Connection) -> Arc<Session> {
+        let session = Arc::new(Session {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            user: user.to_string(),
+            conn,
+            wake: Notify::new(),
+            live_sent: Mutex::new(HashSet::new()),
+        });
+        lock(&self.sessions).entry(user.to_string()).or_default().push(session.clone());
+        session
+    }
+
+    /// Removes a session.
+    pub fn unregister(&self, session: &Session) {
+        let mut map = lock(&self.sessions);
+        if let Some(list) = map.get_mut(&session.user) {
+            list.retain(|s| s.id != session.id);
+            if list.is_empty() {
+                map.remove(&session.user);
+            }
+        }
+    }
+
+    /// Online sessions of `user`.
+    pub fn sessions_of(&self, user: &str) -> Vec<Arc<Session>> {
+        lock(&self.sessions).get(user).cloned().unwrap_or_default()
+    }
+
+    /// Wakes the delivery pumps of these users.
+    pub fn wake(&self, users: &[String]) {
+        let map = lock(&self.sessions);
+        for user in users {
+            for s in map.get(user).into_iter().flatten() {
+                s.wake.notify_one();
+            }
+        }
+    }
+
+    /// Number of online sessions.
+    pub fn len(&self) -> usize {
+        lock(&self.sessions).values().map(Vec::len).sum()
+    }
+
+    /// True when nobody is online.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every online session (for shutdown).
+    pub fn all(&self) -> Vec<Arc<Session>> {
+        lock(&self.sessions).values().flatten().cloned().collect()
+    }
+}

@@ -1,0 +1,159 @@
+//! Clip audio files under `DIR/clips/`: where they live, how one is written durably, and
+//! which files a crash may leave behind.
+//!
+//! Locking is the caller's job: [`super::SqliteStore`] writes files and sweeps leftovers only
+//! while it holds the database write lock, so that no file here is ever half-way through a
+//! commit while it is judged.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::clip::ClipId;
+use crate::store::StoreError;
+
+/// Subdirectory of `clips/` for files being written. Three letters, so never a shard name.
+pub(super) const TMP_DIR: &str = "tmp";
+const PARTIAL_EXT: &str = "partial";
+const CLIP_EXT: &str = "opus";
+
+/// Wraps an I/O error with the path it concerns.
+pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where a clip's file lives, relative to `clips/`: `<first 2 hex>/<32 hex>.opus`.
+pub(super) fn relative_path(id: &ClipId) -> String {
+    let hex = id.to_string();
+    format!("{}/{hex}.{CLIP_EXT}", &hex[..2])
+}
+
+/// Writes `bytes` to `clips_dir/rel` so that once this returns the file and its directory
+/// entry survive a power cut: temp file, fsync, rename, fsync of the directory (and of
+/// `clips_dir` when the shard directory was created just now). An existing file at `rel`
+/// is replaced; the caller has established, under the write lock, that no row refers to it.
+pub(super) fn write_durably(
+    clips_dir: &Path,
+    rel: &str,
+    bytes: &[u8],
+) -> Result<PathBuf, StoreError> {
+    let final_path = clips_dir.join(rel);
+    let shard = final_path.parent().unwrap_or(clips_dir).to_path_buf();
+    let created_shard = match fs::create_dir(&shard) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(io_err(&shard)(e)),
+    };
+    if created_shard {
+        sync_dir(clips_dir)?;
+    }
+    let file_name = final_path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("clip");
+    let suffix: u64 = rand::random();
+    let tmp = clips_dir
+        .join(TMP_DIR)
+        .join(format!("{file_name}.{suffix:016x}.{PARTIAL_EXT}"));
+    let written = (|| {
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    })()
+    .map_err(io_err(&tmp));
+    if let Err(e) =
+        written.and_then(|()| fs::rename(&tmp, &final_path).map_err(io_err(&final_path)))
+    {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir(&shard)?;
+    Ok(final_path)
+}
+
+/// Makes a directory's entries (creations, renames, removals) durable.
+pub(super) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// Files that look like crash leftovers, all older than the age asked for.
+#[derive(Debug, Default)]
+pub(super) struct Leftovers {
+    /// `clips/tmp/*.partial`: writes that never reached their rename.
+    pub(super) partial: Vec<PathBuf>,
+    /// `clips/xx/<id>.opus` files; orphans only if no row has that id.
+    pub(super) clips: Vec<(ClipId, PathBuf)>,
+}
+
+/// Lists temp files and clip files last modified more than `min_age` ago. Files that
+/// vanish or cannot be examined during the scan are skipped; only an unreadable `clips_dir`
+/// is an error.
+pub(super) fn scan(clips_dir: &Path, min_age: Duration) -> Result<Leftovers, StoreError> {
+    let now = SystemTime::now();
+    let old_enough = |path: &Path| {
+        fs::symlink_metadata(path)
+            .ok()
+            .filter(|m| m.is_file())
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age >= min_age)
+    };
+    let mut out = Leftovers::default();
+    for path in list_dir(&clips_dir.join(TMP_DIR)) {
+        if path.extension().is_some_and(|e| e == PARTIAL_EXT) && old_enough(&path) {
+            out.partial.push(path);
+        }
+    }
+    let shards = fs::read_dir(clips_dir).map_err(io_err(clips_dir))?;
+    for shard in shards.filter_map(Result::ok) {
+        let shard_name = shard.file_name();
+        let Some(shard_name) = shard_name.to_str().filter(|n| n.len() == 2) else {
+            continue;
+        };
+        for path in list_dir(&shard.path()) {
+            let id = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".opus"))
+                .filter(|hex| hex.starts_with(shard_name))
+                .and_then(|hex| hex.parse::<ClipId>().ok());
+            if let Some(id) = id.filter(|_| old_enough(&path)) {
+                out.clips.push((id, path));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The entries of a directory, or none if it cannot be read.
+fn list_dir(dir: &Path) -> Vec<PathBuf> {
+    match fs::read_dir(dir) {
+        Ok(entries) => entries.filter_map(Result::ok).map(|e| e.path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Removes a leftover file; one already gone is fine, any other failure is logged and skipped.
+pub(super) fn remove_leftover(path: &Path) -> bool {
+    match fs::remove_file(path) {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "removed leftover clip file");
+            true
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove leftover clip file");
+            false
+        }
+    }
+}

@@ -1,0 +1,527 @@
+//! Tests of [`super::SqliteStore`] against real temp dirs: every `Store` method, crash
+//! leftovers, reopening, and two stores (relay and admin) sharing one dir.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::*;
+use crate::clip::CodecParams;
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// A store with users alice, bob, carol and channel crew = {alice, bob}.
+fn setup() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    for (i, user) in ["alice", "bob", "carol"].into_iter().enumerate() {
+        store.add_user(user, &[i as u8; 32]).unwrap();
+    }
+    store
+        .add_channel("crew", &names(&["alice", "bob"]))
+        .unwrap();
+    (dir, store)
+}
+
+fn meta(from: &str, to: &str) -> ClipMeta {
+    ClipMeta {
+        id: ClipId::random(),
+        from: from.into(),
+        to: to.parse().unwrap(),
+        started_at_ms: 1_700_000_000_000,
+        duration_ms: 1234,
+        packets: 62,
+        bytes: 0,
+        codec: CodecParams {
+            frame_samples: 960,
+            bitrate: 24_000,
+            pre_skip: 312,
+        },
+        seq: 0,
+    }
+}
+
+fn audio(m: &ClipMeta) -> Vec<u8> {
+    [b"OggS".as_slice(), &m.id.0, m.from.as_bytes()].concat()
+}
+
+/// Commits a clip from `from` to `to` ("crew" or "@bob"), queued for `recipients`.
+fn send(store: &SqliteStore, from: &str, to: &str, recipients: &[&str]) -> ClipMeta {
+    let mut m = meta(from, to);
+    let ogg = audio(&m);
+    let CommitOutcome::Stored(seq) = store.commit_clip(&m, &names(recipients), &ogg).unwrap()
+    else {
+        panic!("new clip reported as duplicate")
+    };
+    m.seq = seq;
+    m.bytes = ogg.len() as u64;
+    m
+}
+
+fn ids(clips: &[ClipMeta]) -> Vec<ClipId> {
+    clips.iter().map(|c| c.id).collect()
+}
+
+fn clip_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for shard in fs::read_dir(dir.join("clips")).unwrap() {
+        let shard = shard.unwrap().path();
+        if shard.file_name().unwrap() != "tmp" {
+            out.extend(fs::read_dir(shard).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    out
+}
+
+fn make_old(path: &Path) {
+    let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
+}
+
+#[test]
+fn users_roundtrip_and_duplicates_are_refused() {
+    let (_dir, store) = setup();
+    assert_eq!(store.users().unwrap(), names(&["alice", "bob", "carol"]));
+    assert_eq!(store.token_hash("bob").unwrap(), Some([1; 32]));
+    assert_eq!(store.token_hash("nobody").unwrap(), None);
+    assert!(matches!(
+        store.add_user("bob", &[9; 32]),
+        Err(StoreError::Exists { kind: "user", .. })
+    ));
+    assert_eq!(store.token_hash("bob").unwrap(), Some([1; 32]));
+    assert!(store.remove_user("bob").unwrap());
+    assert!(!store.remove_user("bob").unwrap());
+    assert_eq!(store.users().unwrap(), names(&["alice", "carol"]));
+    assert_eq!(store.token_hash("bob").unwrap(), None);
+}
+
+#[test]
+fn removing_a_user_drops_memberships_and_inbox() {
+    let (_dir, store) = setup();
+    send(&store, "alice", "crew", &["alice", "bob"]);
+    assert!(store.remove_user("bob").unwrap());
+    assert_eq!(store.members("crew").unwrap(), Some(names(&["alice"])));
+    store.add_user("bob", &[7; 32]).unwrap();
+    assert_eq!(store.pending("bob", 0, 10).unwrap(), vec![]);
+    assert_eq!(store.members("crew").unwrap(), Some(names(&["alice"])));
+    assert_eq!(store.pending("alice", 0, 10).unwrap().len(), 1);
+}
+
+#[test]
+fn channels_need_existing_members() {
+    let (_dir, store) = setup();
+    let err = store
+        .add_channel("ops", &names(&["alice", "mallory"]))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { kind: "user", ref name } if name == "mallory"));
+    assert_eq!(
+        store.members("ops").unwrap(),
+        None,
+        "a refused channel is not half-created"
+    );
+    assert!(matches!(
+        store.add_channel("crew", &[]),
+        Err(StoreError::Exists {
+            kind: "channel",
+            ..
+        })
+    ));
+    store.add_channel("empty", &[]).unwrap();
+    assert_eq!(store.members("empty").unwrap(), Some(vec![]));
+    assert_eq!(
+        store.channels().unwrap(),
+        vec![
+            ChannelInfo {
+                name: "crew".into(),
+                members: names(&["alice", "bob"])
+            },
+            ChannelInfo {
+                name: "empty".into(),
+                members: vec![]
+            },
+        ]
+    );
+    let err = store
+        .update_members("crew", &names(&["carol", "mallory"]), &[])
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { kind: "user", .. }));
+    assert_eq!(
+        store.members("crew").unwrap(),
+        Some(names(&["alice", "bob"])),
+        "refused update changes nothing"
+    );
+    let err = store.update_members("nope", &[], &[]).unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::NotFound {
+            kind: "channel",
+            ..
+        }
+    ));
+    let now = store
+        .update_members(
+            "crew",
+            &names(&["carol", "carol"]),
+            &names(&["alice", "ghost"]),
+        )
+        .unwrap();
+    assert_eq!(now, names(&["bob", "carol"]));
+    assert_eq!(store.members("crew").unwrap(), Some(now));
+}
+
+#[test]
+fn committed_clip_reads_back_byte_equal() {
+    let (dir, store) = setup();
+    let m = send(&store, "alice", "crew", &["bob"]);
+    assert_eq!(store.clip(&m.id).unwrap(), Some(m.clone()));
+    assert_eq!(store.clip_audio(&m.id).unwrap(), audio(&m));
+    let hex = m.id.to_string();
+    let on_disk = dir
+        .path()
+        .join("clips")
+        .join(&hex[..2])
+        .join(format!("{hex}.opus"));
+    assert_eq!(fs::read(on_disk).unwrap(), audio(&m));
+    let unknown = ClipId::random();
+    assert_eq!(store.clip(&unknown).unwrap(), None);
+    assert!(matches!(
+        store.clip_audio(&unknown),
+        Err(StoreError::NotFound { kind: "clip", .. })
+    ));
+    assert!(
+        fs::read_dir(dir.path().join("clips/tmp"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "no temp file left"
+    );
+}
+
+#[test]
+fn retry_is_a_duplicate_and_another_sender_conflicts() {
+    let (dir, store) = setup();
+    let m = send(&store, "alice", "crew", &["bob"]);
+    let again = store
+        .commit_clip(&m, &names(&["bob"]), b"different bytes")
+        .unwrap();
+    assert_eq!(again, CommitOutcome::Duplicate(m.seq));
+    let mut forged = m.clone();
+    forged.from = "carol".into();
+    assert!(
+        matches!(store.commit_clip(&forged, &[], b"x"), Err(StoreError::IdConflict(id)) if id == m.id)
+    );
+    assert_eq!(store.readable("alice").unwrap(), vec![m.clone()]);
+    assert_eq!(store.pending("bob", 0, 10).unwrap().len(), 1);
+    assert_eq!(clip_files(dir.path()).len(), 1);
+    assert_eq!(
+        store.clip_audio(&m.id).unwrap(),
+        audio(&m),
+        "neither retry touched the file"
+    );
+}
+
+#[test]
+fn pending_is_oldest_first_per_recipient_and_ack_removes() {
+    let (_dir, store) = setup();
+    let a = send(&store, "alice", "crew", &["alice", "bob"]);
+    let b = send(&store, "bob", "@alice", &["alice"]);
+    let c = send(&store, "bob", "crew", &["alice", "bob", "bob", "ghost"]);
+    assert!(a.seq < b.seq && b.seq < c.seq);
+    assert_eq!(
+        store.pending("alice", 0, 10).unwrap(),
+        vec![a.clone(), b.clone(), c.clone()]
+    );
+    assert_eq!(ids(&store.pending("bob", 0, 10).unwrap()), vec![a.id, c.id]);
+    assert_eq!(
+        ids(&store.pending("alice", a.seq, 10).unwrap()),
+        vec![b.id, c.id]
+    );
+    assert_eq!(ids(&store.pending("alice", 0, 1).unwrap()), vec![a.id]);
+    assert_eq!(store.pending("carol", 0, 10).unwrap(), vec![]);
+    store.ack("alice", &a.id).unwrap();
+    store.ack("alice", &ClipId::random()).unwrap();
+    assert_eq!(
+        ids(&store.pending("alice", 0, 10).unwrap()),
+        vec![b.id, c.id]
+    );
+    assert_eq!(
+        ids(&store.pending("bob", 0, 10).unwrap()),
+        vec![a.id, c.id],
+        "bob's inbox is his own"
+    );
+}
+
+#[test]
+fn channel_history_is_newest_last_with_limit_and_before() {
+    let (_dir, store) = setup();
+    store.add_channel("ops", &names(&["carol"])).unwrap();
+    let crew: Vec<ClipMeta> = (0..5).map(|_| send(&store, "alice", "crew", &[])).collect();
+    send(&store, "carol", "ops", &[]);
+    send(&store, "alice", "@bob", &[]);
+    let target = Target::Channel("crew".into());
+    assert_eq!(store.history("alice", &target, 10, None).unwrap(), crew);
+    assert_eq!(store.history("alice", &target, 3, None).unwrap(), crew[2..]);
+    assert_eq!(
+        store
+            .history("alice", &target, 2, Some(crew[3].seq))
+            .unwrap(),
+        crew[1..3]
+    );
+    assert_eq!(
+        store
+            .history("alice", &target, 10, Some(crew[0].seq))
+            .unwrap(),
+        vec![]
+    );
+    assert_eq!(store.history("alice", &target, 0, None).unwrap(), vec![]);
+}
+
+#[test]
+fn direct_history_has_both_directions_and_nobody_else() {
+    let (_dir, store) = setup();
+    let a1 = send(&store, "alice", "@bob", &["bob"]);
+    send(&store, "carol", "@alice", &["alice"]);
+    let b1 = send(&store, "bob", "@alice", &["alice"]);
+    send(&store, "alice", "@carol", &["carol"]);
+    send(&store, "bob", "@carol", &["carol"]);
+    send(&store, "bob", "crew", &[]);
+    let a2 = send(&store, "alice", "@bob", &["bob"]);
+    let dm = vec![a1, b1.clone(), a2.clone()];
+    assert_eq!(
+        store
+            .history("alice", &Target::User("bob".into()), 10, None)
+            .unwrap(),
+        dm
+    );
+    assert_eq!(
+        store
+            .history("bob", &Target::User("alice".into()), 10, None)
+            .unwrap(),
+        dm
+    );
+    assert_eq!(
+        store
+            .history("alice", &Target::User("bob".into()), 2, None)
+            .unwrap(),
+        dm[1..]
+    );
+    assert_eq!(
+        store
+            .history("bob", &Target::User("alice".into()), 1, Some(a2.seq))
+            .unwrap(),
+        vec![b1]
+    );
+    let carol_bob = store
+        .history("carol", &Target::User("bob".into()), 10, None)
+        .unwrap();
+    assert_eq!(carol_bob.len(), 1);
+    assert_eq!(
+        (carol_bob[0].from.as_str(), &carol_bob[0].to),
+        ("bob", &Target::User("carol".into()))
+    );
+}
+
+#[test]
+fn readable_follows_current_membership_and_own_direct_clips() {
+    let (_dir, store) = setup();
+    store.add_channel("ops", &names(&["bob", "carol"])).unwrap();
+    let crew = send(&store, "bob", "crew", &[]);
+    send(&store, "bob", "ops", &[]);
+    let to_alice = send(&store, "carol", "@alice", &[]);
+    send(&store, "bob", "@carol", &[]);
+    let from_alice = send(&store, "alice", "@bob", &[]);
+    assert_eq!(
+        store.readable("alice").unwrap(),
+        vec![crew, to_alice.clone(), from_alice.clone()]
+    );
+    store
+        .update_members("crew", &[], &names(&["alice"]))
+        .unwrap();
+    assert_eq!(store.readable("alice").unwrap(), vec![to_alice, from_alice]);
+    assert_eq!(store.readable("nobody").unwrap(), vec![]);
+}
+
+#[test]
+fn everything_survives_a_reopen() {
+    let (dir, store) = setup();
+    let m = send(&store, "alice", "crew", &["bob"]);
+    drop(store);
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(store.users().unwrap(), names(&["alice", "bob", "carol"]));
+    assert_eq!(store.token_hash("carol").unwrap(), Some([2; 32]));
+    assert_eq!(
+        store.members("crew").unwrap(),
+        Some(names(&["alice", "bob"]))
+    );
+    assert_eq!(store.clip(&m.id).unwrap(), Some(m.clone()));
+    assert_eq!(store.clip_audio(&m.id).unwrap(), audio(&m));
+    assert_eq!(store.pending("bob", 0, 10).unwrap(), vec![m.clone()]);
+    assert_eq!(
+        store.commit_clip(&m, &[], &audio(&m)).unwrap(),
+        CommitOutcome::Duplicate(m.seq)
+    );
+    assert!(send(&store, "bob", "crew", &[]).seq > m.seq);
+}
+
+#[test]
+fn open_sweeps_old_leftovers_only() {
+    let (dir, store) = setup();
+    let kept = send(&store, "alice", "crew", &[]);
+    let committed_file = clip_files(dir.path()).remove(0);
+    make_old(&committed_file);
+    let partial = dir.path().join("clips/tmp/x.opus.0123.partial");
+    fs::write(&partial, b"half").unwrap();
+    make_old(&partial);
+    let orphan_path = |id: ClipId| {
+        let hex = id.to_string();
+        let shard = dir.path().join("clips").join(&hex[..2]);
+        fs::create_dir_all(&shard).unwrap();
+        let path = shard.join(format!("{hex}.opus"));
+        fs::write(&path, b"OggS orphan").unwrap();
+        path
+    };
+    let old_orphan = orphan_path(ClipId::random());
+    make_old(&old_orphan);
+    let fresh_orphan = orphan_path(ClipId::random());
+    let fresh_partial = dir.path().join("clips/tmp/y.opus.4567.partial");
+    fs::write(&fresh_partial, b"in progress elsewhere").unwrap();
+    drop(store);
+
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert!(
+        !partial.exists() && !old_orphan.exists(),
+        "old leftovers are removed"
+    );
+    assert!(
+        fresh_partial.exists() && fresh_orphan.exists(),
+        "young files may belong to another process"
+    );
+    assert!(committed_file.exists());
+    assert_eq!(store.clip_audio(&kept.id).unwrap(), audio(&kept));
+}
+
+#[test]
+fn a_missing_file_is_an_io_error_naming_it() {
+    let (dir, store) = setup();
+    let m = send(&store, "alice", "crew", &[]);
+    let file = clip_files(dir.path()).remove(0);
+    fs::remove_file(&file).unwrap();
+    assert!(matches!(store.clip_audio(&m.id), Err(StoreError::Io { path, .. }) if path == file));
+}
+
+#[test]
+fn corrupt_rows_and_newer_schemas_are_errors() {
+    let (dir, store) = setup();
+    let m = send(&store, "alice", "crew", &[]);
+    let raw = Connection::open(dir.path().join("walkie.db")).unwrap();
+    raw.execute_batch("PRAGMA ignore_check_constraints = 1; UPDATE clips SET target_kind = 'x';")
+        .unwrap();
+    assert!(matches!(store.clip(&m.id), Err(StoreError::Corrupt(_))));
+    raw.execute_batch("UPDATE clips SET target_kind = 'c', duration_ms = -5;")
+        .unwrap();
+    assert!(matches!(
+        store.history("alice", &"crew".parse().unwrap(), 5, None),
+        Err(StoreError::Corrupt(_))
+    ));
+    raw.execute_batch("UPDATE clips SET duration_ms = 5, file = '../../walkie.db';")
+        .unwrap();
+    assert!(matches!(
+        store.clip_audio(&m.id),
+        Err(StoreError::Corrupt(_))
+    ));
+    raw.execute_batch("PRAGMA user_version = 99;").unwrap();
+    drop((raw, store));
+    assert!(matches!(
+        SqliteStore::open(dir.path()),
+        Err(StoreError::Corrupt(_))
+    ));
+}
+
+#[test]
+fn two_stores_on_one_dir_see_each_others_writes() {
+    let (dir, relay) = setup();
+    let admin = SqliteStore::open(dir.path()).unwrap();
+    admin.add_user("dave", &[3; 32]).unwrap();
+    assert_eq!(relay.token_hash("dave").unwrap(), Some([3; 32]));
+    admin
+        .update_members("crew", &names(&["dave"]), &[])
+        .unwrap();
+    assert_eq!(
+        relay.members("crew").unwrap(),
+        Some(names(&["alice", "bob", "dave"]))
+    );
+    let m = send(&relay, "alice", "crew", &["dave"]);
+    assert_eq!(admin.pending("dave", 0, 10).unwrap(), vec![m.clone()]);
+    assert_eq!(admin.clip_audio(&m.id).unwrap(), audio(&m));
+    admin.ack("dave", &m.id).unwrap();
+    assert_eq!(relay.pending("dave", 0, 10).unwrap(), vec![]);
+    assert!(admin.remove_user("dave").unwrap());
+    assert_eq!(relay.token_hash("dave").unwrap(), None);
+}
+
+#[test]
+fn concurrent_commits_from_two_stores_get_unique_seqs() {
+    let (dir, store) = setup();
+    let stores = [
+        Arc::new(store),
+        Arc::new(SqliteStore::open(dir.path()).unwrap()),
+    ];
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let store = Arc::clone(&stores[t % 2]);
+            std::thread::spawn(move || {
+                (0..50)
+                    .map(|_| send(&store, "alice", "crew", &["bob"]).seq)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let seqs: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert_eq!(seqs.len(), 200);
+    assert_eq!(seqs.iter().collect::<HashSet<_>>().len(), 200);
+    let stored = stores[0]
+        .history("alice", &"crew".parse().unwrap(), 1000, None)
+        .unwrap();
+    assert_eq!(stored.len(), 200);
+    assert_eq!(stores[1].pending("bob", 0, 1000).unwrap().len(), 200);
+    assert_eq!(clip_files(dir.path()).len(), 200);
+}
+
+#[test]
+fn a_failed_metadata_commit_leaves_no_file() {
+    let (dir, store) = setup();
+    let raw = Connection::open(dir.path().join("walkie.db")).unwrap();
+    raw.execute_batch(
+        "CREATE TRIGGER full BEFORE INSERT ON clips BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+    )
+    .unwrap();
+    let m = meta("alice", "crew");
+    assert!(matches!(
+        store.commit_clip(&m, &names(&["bob"]), &audio(&m)),
+        Err(StoreError::Db(_))
+    ));
+    assert_eq!(clip_files(dir.path()), Vec::<PathBuf>::new());
+    assert!(
+        fs::read_dir(dir.path().join("clips/tmp"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    assert_eq!(store.clip(&m.id).unwrap(), None);
+    raw.execute_batch("DROP TRIGGER full;").unwrap();
+    assert!(matches!(
+        store.commit_clip(&m, &[], &audio(&m)).unwrap(),
+        CommitOutcome::Stored(_)
+    ));
+    assert_eq!(store.clip_audio(&m.id).unwrap(), audio(&m));
+}

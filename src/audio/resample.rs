@@ -13,8 +13,21 @@ pub const RATE_48K: u32 = 48_000;
 pub const MIN_RESAMPLE_RATE: u32 = 1_000;
 /// Highest rate the resampler accepts, in Hz.
 pub const MAX_RESAMPLE_RATE: u32 = 384_000;
-/// Input frames per resampler call; also sets the FFT size and so the filter's sharpness.
+/// Rough input frames per resampler call; also sets the FFT size and so the filter's sharpness.
 const CHUNK: usize = 1024;
+
+/// Input frames per call: a multiple of the smallest FFT unit (`from / gcd`) with an EVEN count
+/// of units, so both FFT sizes are even and rubato's reported delay (`fft_size_out / 2`) is
+/// exact; with an odd size its filter centre sits half a sample off.
+fn chunk_size(from: u32, to: u32) -> usize {
+    let (mut a, mut b) = (from, to);
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    let unit = (from / a.max(1)) as usize;
+    let units = CHUNK.div_ceil(unit).next_multiple_of(2);
+    units * unit
+}
 
 /// Resamples mono audio at `rate` Hz to 48 kHz. A copy when `rate` is already 48 kHz.
 pub fn to_48k(mono: &[f32], rate: u32) -> Result<Vec<f32>, AudioError> {
@@ -47,16 +60,17 @@ pub fn resample(mono: &[f32], from: u32, to: u32) -> Result<Vec<f32>, AudioError
         return Ok(Vec::new());
     }
     let fail = |e: &dyn std::fmt::Display| AudioError::Resample(e.to_string());
-    let mut rs = FftFixedIn::<f32>::new(from as usize, to as usize, CHUNK, 1, 1).map_err(|e| fail(&e))?;
+    let chunk = chunk_size(from, to);
+    let mut rs = FftFixedIn::<f32>::new(from as usize, to as usize, chunk, 1, 1).map_err(|e| fail(&e))?;
     let delay = rs.output_delay();
     let wanted = delay + target;
     let mut out = Vec::with_capacity(wanted + rs.output_frames_max());
-    let mut input = vec![0.0f32; CHUNK];
+    let mut input = vec![0.0f32; chunk];
     let mut chunk_out = rs.output_buffer_allocate(true);
     let mut pos = 0usize;
     // Feed the input, then zeros, until the delayed output covers the whole signal.
     while out.len() < wanted {
-        let n = mono.len().saturating_sub(pos).min(CHUNK);
+        let n = mono.len().saturating_sub(pos).min(chunk);
         input[..n].copy_from_slice(&mono[pos..pos + n]);
         input[n..].fill(0.0);
         pos += n;

@@ -101,10 +101,7 @@ impl EncoderConfig {
     /// Checks every setting against what libopus and walkie support.
     pub fn validate(&self) -> Result<(), CodecError> {
         if !(6_000..=510_000).contains(&self.bitrate) {
-            return Err(CodecError::Config(format!(
-                "bitrate {} b/s is outside 6000..=510000",
-                self.bitrate
-            )));
+            return Err(CodecError::Config(format!("bitrate {} b/s is outside 6000..=510000", self.bitrate)));
         }
         if self.complexity > 10 {
             return Err(CodecError::Config(format!("complexity {} is outside 0..=10", self.complexity)));
@@ -223,10 +220,8 @@ pub fn encode_file(input_wav: &Path, output_opus: &Path, cfg: &EncoderConfig) ->
 /// Decodes an Ogg Opus file to a 48 kHz mono 16-bit WAV file; returns the number of samples written.
 pub fn decode_file(input_opus: &Path, output_wav: &Path) -> Result<u64, CodecError> {
     let file = ogg::read_ogg_file(input_opus)?;
-    let pcm = decode_packets(&file.params, &file.packets, file.samples).map_err(|e| CodecError::InFile {
-        path: input_opus.display().to_string(),
-        source: Box::new(e),
-    })?;
+    let pcm = decode_packets(&file.params, &file.packets, file.samples)
+        .map_err(|e| CodecError::InFile { path: input_opus.display().to_string(), source: Box::new(e) })?;
     audio::wav::write_wav_mono16(output_wav, 48_000, &pcm)?;
     Ok(pcm.len() as u64)
 }
@@ -236,13 +231,13 @@ mod tests {
     use super::*;
     use std::f32::consts::TAU;
 
-    /// A chirp from 200 Hz to 2 kHz over `len` samples at 48 kHz.
-    pub(crate) fn chirp(len: usize) -> Vec<f32> {
-        let secs = len as f32 / 48_000.0;
+    /// A linear chirp from `f0` to `f1` Hz over `len` samples at 48 kHz.
+    fn chirp(len: usize, f0: f32, f1: f32) -> Vec<f32> {
+        let secs = (len as f32 / 48_000.0).max(1e-3);
         (0..len)
             .map(|i| {
                 let t = i as f32 / 48_000.0;
-                0.5 * (TAU * (200.0 * t + 900.0 * t * t / secs.max(1e-3))).sin()
+                0.5 * (TAU * (f0 * t + (f1 - f0) / (2.0 * secs) * t * t)).sin()
             })
             .collect()
     }
@@ -269,9 +264,26 @@ mod tests {
         best
     }
 
+    /// Clicks every 100 ms, starting at 50 ms, with a different sign each time.
+    fn clicks(len: usize) -> Vec<f32> {
+        (0..len).map(|i| if i % 4_800 == 2_400 { if i % 9_600 == 2_400 { 0.8 } else { -0.8 } } else { 0.0 }).collect()
+    }
+
+    /// Asserts every click of `clicks(out.len())` comes out as the loudest sample near it, within ±2.
+    fn assert_clicks_aligned(out: &[f32], what: &str) {
+        for at in (2_400..out.len().saturating_sub(200)).step_by(4_800) {
+            let window = at - 200..at + 200;
+            let peak = window.clone().max_by(|&a, &b| out[a].abs().total_cmp(&out[b].abs())).unwrap();
+            assert!(peak.abs_diff(at) <= 2, "{what}: click at {at} decoded at {peak}");
+        }
+    }
+
     #[test]
     fn a_second_of_chirp_round_trips_aligned_and_exact() {
-        let input = chirp(48_000);
+        // Tones coded by SILK come out up to 2 samples early (libopus's own SILK path; clicks land
+        // exactly, see below), and VOIP's high-pass filter advances tones below ~1 kHz by a few
+        // more samples, so this chirp stays above 1.5 kHz.
+        let input = chirp(48_000, 1_500.0, 4_000.0);
         let clip = encode_pcm(&input, &EncoderConfig::default()).unwrap();
         assert_eq!(clip.samples, 48_000);
         let pre = u64::from(clip.params.pre_skip);
@@ -286,26 +298,17 @@ mod tests {
         assert!(tail.iter().map(|s| s.abs()).fold(0.0, f32::max) > 0.2);
     }
 
-
     #[test]
-    fn zz_experiment() {
-        for (name, sig) in [
-            ("noise", { let mut seed = 1u32; (0..48_000).map(|_| { seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223); ((seed >> 8) as f32 / 16_777_216.0 - 0.5) * 0.5 }).collect::<Vec<f32>>() }),
-            ("chirp", chirp(48_000)),
-            ("c1k4k", (0..48_000).map(|i| { let t = i as f32 / 48_000.0; 0.5 * (TAU * (1000.0 * t + 1500.0 * t * t)).sin() }).collect()),
-            ("sine440", (0..48_000).map(|i| 0.5 * (TAU * 440.0 * i as f32 / 48_000.0).sin()).collect()),
-            ("sine1k", (0..48_000).map(|i| 0.5 * (TAU * 1000.0 * i as f32 / 48_000.0).sin()).collect()),
-            ("wide", (0..48_000).map(|i| { let t = i as f32 / 48_000.0; 0.5 * (TAU * (100.0 * t + 3950.0 * t * t)).sin() }).collect()),
-            ("buzz", (0..48_000).map(|i| { let t = i as f32 / 48_000.0; (1..27).map(|k| 0.3 / k as f32 * (TAU * 150.0 * k as f32 * t).sin()).sum::<f32>() }).collect()),
-            ("clicks", (0..48_000).map(|i| if i % 4800 == 2400 { 0.8 } else { 0.0 }).collect()),
-        ] {
-            for (br, ms) in [(24_000, 20), (64_000, 20), (128_000, 20), (24_000, 10), (32_000, 10)] {
-                let cfg = EncoderConfig { bitrate: br, complexity: 10, frame_ms: ms };
-                let clip = encode_pcm(&sig, &cfg).unwrap();
-                let out = decode_packets(&clip.params, &clip.packets, clip.samples).unwrap();
-                let (lag, c) = best_lag(&sig, &out, 40);
-                println!("{name} {br} {ms}ms: lag {lag} corr {c:.3}");
-            }
+    fn pre_skip_trimming_aligns_clicks_to_the_sample() {
+        for ms in [10u32, 20, 40, 60] {
+            let cfg = EncoderConfig { frame_ms: ms, ..Default::default() };
+            let input = clicks(48_000);
+            let clip = encode_pcm(&input, &cfg).unwrap();
+            let out = decode_packets(&clip.params, &clip.packets, clip.samples).unwrap();
+            assert_eq!(out.len(), input.len());
+            assert_clicks_aligned(&out, &format!("{ms} ms"));
+            let (lag, _) = best_lag(&input, &out, 20);
+            assert!(lag.abs() <= 2, "{ms} ms: best lag {lag}");
         }
     }
 
@@ -313,7 +316,7 @@ mod tests {
     fn pre_skip_is_what_libopus_reports() {
         let mut reference = ::opus::Encoder::new(48_000, ::opus::Channels::Mono, ::opus::Application::Voip).unwrap();
         let lookahead = reference.get_lookahead().unwrap();
-        let clip = encode_pcm(&chirp(4_800), &EncoderConfig::default()).unwrap();
+        let clip = encode_pcm(&chirp(4_800, 200.0, 2_000.0), &EncoderConfig::default()).unwrap();
         assert_eq!(i32::from(clip.params.pre_skip), lookahead);
         assert_eq!(clip.params.bitrate, 24_000);
         assert_eq!(clip.params.frame_samples, 960);
@@ -323,15 +326,15 @@ mod tests {
     fn every_frame_size_gives_exact_lengths() {
         for ms in [10u32, 20, 40, 60] {
             let cfg = EncoderConfig { frame_ms: ms, bitrate: 32_000, complexity: 5 };
-            let input = chirp(12_345);
+            let input = chirp(12_345, 1_000.0, 1_000.0);
             let clip = encode_pcm(&input, &cfg).unwrap();
             for p in &clip.packets {
                 assert_eq!(packet_samples(p).unwrap(), 48 * ms);
             }
             let out = decode_packets(&clip.params, &clip.packets, clip.samples).unwrap();
             assert_eq!(out.len(), 12_345, "{ms} ms");
-            let (lag, c) = best_lag(&input[..6_000], &out[..6_000], 10);
-            assert!(lag.abs() <= 2 && c > 0.8, "{ms} ms: lag {lag}, correlation {c}");
+            let (_, c) = best_lag(&input, &out, 4);
+            assert!(c > 0.9, "{ms} ms: correlation {c}");
         }
     }
 
@@ -340,7 +343,7 @@ mod tests {
         let clip = encode_pcm(&[], &EncoderConfig::default()).unwrap();
         assert_eq!((clip.samples, clip.packets.len()), (0, 1));
         assert!(decode_packets(&clip.params, &clip.packets, 0).unwrap().is_empty());
-        let clip = encode_pcm(&chirp(9_600), &EncoderConfig::default()).unwrap();
+        let clip = encode_pcm(&chirp(9_600, 200.0, 2_000.0), &EncoderConfig::default()).unwrap();
         let some = decode_packets(&clip.params, &clip.packets[..3], clip.samples).unwrap();
         assert_eq!(some.len(), 3 * 960 - usize::from(clip.params.pre_skip));
         assert!(encode_pcm(&[0.0; 10], &EncoderConfig { frame_ms: 25, ..Default::default() }).is_err());
@@ -366,7 +369,12 @@ mod tests {
     fn wav_files_encode_and_decode() {
         let dir = tempfile::tempdir().unwrap();
         let (wav, opus, out) = (dir.path().join("in.wav"), dir.path().join("c.opus"), dir.path().join("out.wav"));
-        let spec = hound::WavSpec { channels: 1, sample_rate: 16_000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 16_000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
         let mut w = hound::WavWriter::create(&wav, spec).unwrap();
         for i in 0..8_000 {
             w.write_sample(((i as f32 * 0.2).sin() * 8_000.0) as i16).unwrap();
@@ -396,7 +404,7 @@ mod tests {
     fn opus_tools_accept_our_files() {
         let dir = tempfile::tempdir().unwrap();
         let (opus, wav) = (dir.path().join("clip.opus"), dir.path().join("clip.wav"));
-        let input = chirp(3 * 48_000 + 123);
+        let input = chirp(3 * 48_000 + 123, 200.0, 2_000.0);
         let clip = encode_pcm(&input, &EncoderConfig::default()).unwrap();
         std::fs::write(&opus, ogg::write_ogg(&clip.params, &clip.packets, clip.samples, 7).unwrap()).unwrap();
         let info = run_tool("opusinfo", &[opus.as_os_str()]);

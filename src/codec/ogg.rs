@@ -285,6 +285,8 @@ mod tests {
         seq: u32,
         body_len: usize,
         packet_ends: usize,
+        /// Header, lacing and body: the page's whole size.
+        len: usize,
     }
 
     /// Splits a file into pages, checking each CRC with the ogg crate's page parser.
@@ -304,6 +306,7 @@ mod tests {
                 seq: u32::from_le_bytes(header[18..22].try_into().unwrap()),
                 body_len,
                 packet_ends: lacing.iter().filter(|&&l| l < 255).count(),
+                len: 27 + nseg + body_len,
             });
             b = &b[27 + nseg + body_len..];
         }
@@ -344,7 +347,8 @@ mod tests {
                 continue;
             }
             let prev = decoded;
-            decoded += packets[done..done + p.packet_ends].iter().map(|q| u64::from(packet_samples(q).unwrap())).sum::<u64>();
+            decoded +=
+                packets[done..done + p.packet_ends].iter().map(|q| u64::from(packet_samples(q).unwrap())).sum::<u64>();
             done += p.packet_ends;
             assert!(p.granule > prev || i == 2, "granules must increase");
             if i + 1 < pages.len() {
@@ -372,13 +376,18 @@ mod tests {
         assert!(w.finish(MAX_SAMPLES + 1).is_err());
     }
 
-    fn ogg_stream(packets: &[&[u8]]) -> Vec<u8> {
+    /// An Ogg stream with valid pages holding `packets`, one per page, every page at `granule`.
+    fn ogg_stream_at(packets: &[&[u8]], granule: u64) -> Vec<u8> {
         let mut w = PacketWriter::new(Vec::new());
         for (i, p) in packets.iter().enumerate() {
             let info = if i + 1 == packets.len() { PacketWriteEndInfo::EndStream } else { PacketWriteEndInfo::EndPage };
-            w.write_packet(p.to_vec(), 9, info, 2_000).unwrap();
+            w.write_packet(p.to_vec(), 9, info, granule).unwrap();
         }
         w.into_inner()
+    }
+
+    fn ogg_stream(packets: &[&[u8]]) -> Vec<u8> {
+        ogg_stream_at(packets, 2_000)
     }
 
     #[test]
@@ -388,7 +397,7 @@ mod tests {
         for cut in [0, 1, 26, 27, 40, good.len() / 2, good.len() - 1] {
             assert!(read_ogg(&good[..cut]).is_err(), "cut at {cut}");
         }
-        let last_page_len = 27 + 1 + packets.last().unwrap().len();
+        let last_page_len = pages(&good).last().map(|p| p.len).unwrap();
         let err = read_ogg(&good[..good.len() - last_page_len]).unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");
         for i in 0..good.len() {
@@ -423,7 +432,7 @@ mod tests {
         assert!(read_ogg(&only_headers).is_err());
         let bad_tags = ogg_stream(&[head, b"OpusTags\xff\0\0\0x", &packets[0]]);
         assert!(read_ogg(&bad_tags).unwrap_err().to_string().contains("OpusTags"));
-        // Headers and one packet: fine with granule 2000 of pre-skip 312 + 960 decoded? No: 2000 > 960.
+        // ogg_stream ends on granule 2000: beyond one packet's 960 samples, within three packets' 2880.
         assert!(read_ogg(&ogg_stream(&[head, tags, &packets[0]])).is_err());
         assert!(read_ogg(&ogg_stream(&[head, tags, &packets[0], &packets[1], &packets[2]])).is_ok());
     }
@@ -449,6 +458,26 @@ mod tests {
             let mut ogg = b"OggS\0\x02".to_vec();
             ogg.extend_from_slice(&bytes);
             let _ = read_ogg(&ogg);
+            let mut no_crc = PageParsingOptions::default();
+            no_crc.verify_checksum = false;
+            let _ = read_with(&ogg, no_crc);
+        }
+
+        #[test]
+        fn arbitrary_packets_in_valid_pages_never_panic(
+            packets in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..400), 0..6),
+            granule in prop_oneof![any::<u64>(), 0..4_000u64],
+            pre_skip in any::<u16>(),
+        ) {
+            let mut head = b"OpusHead\x01\x01".to_vec();
+            head.extend_from_slice(&pre_skip.to_le_bytes());
+            head.extend_from_slice(&[0x80, 0xbb, 0, 0, 0, 0, 0]);
+            let mut all: Vec<&[u8]> = vec![&head, b"OpusTags\0\0\0\0\0\0\0\0"];
+            all.extend(packets.iter().map(Vec::as_slice));
+            if let Ok(file) = read_ogg(&ogg_stream_at(&all, granule)) {
+                prop_assert!(file.samples <= file.packets.len() as u64 * 5_760);
+                let _ = crate::codec::decode_packets(&file.params, &file.packets, file.samples);
+            }
         }
 
         #[test]

@@ -44,9 +44,7 @@ impl Encoder {
         if frame.len() != self.frame_samples {
             return Err(CodecError::FrameSize { expected: self.frame_samples, got: frame.len() });
         }
-        self.inner
-            .encode_vec_float(frame, MAX_ENCODED_BYTES)
-            .map_err(opus_err("the Opus encoder failed on a frame"))
+        self.inner.encode_vec_float(frame, MAX_ENCODED_BYTES).map_err(opus_err("the Opus encoder failed on a frame"))
     }
 
     /// The encoder's lookahead in 48 kHz samples, as libopus reports it: the Ogg pre-skip.
@@ -74,8 +72,7 @@ pub struct Decoder {
 impl Decoder {
     /// Creates a 48 kHz mono decoder.
     pub fn new() -> Result<Decoder, CodecError> {
-        let inner = ::opus::Decoder::new(48_000, Channels::Mono)
-            .map_err(opus_err("cannot set up the Opus decoder"))?;
+        let inner = ::opus::Decoder::new(48_000, Channels::Mono).map_err(opus_err("cannot set up the Opus decoder"))?;
         Ok(Decoder { inner, buf: vec![0.0; MAX_PACKET_SAMPLES as usize] })
     }
 
@@ -95,7 +92,7 @@ impl Decoder {
     /// Invents `samples` samples for a lost packet (packet-loss concealment). `samples` must be
     /// a multiple of 120 (2.5 ms) from 120 to 5760.
     pub fn conceal(&mut self, samples: usize) -> Result<Vec<f32>, CodecError> {
-        if samples == 0 || samples > self.buf.len() || samples % CONCEAL_STEP != 0 {
+        if samples == 0 || samples > self.buf.len() || !samples.is_multiple_of(CONCEAL_STEP) {
             return Err(CodecError::Packet(format!(
                 "cannot conceal {samples} samples: use a multiple of {CONCEAL_STEP} up to {MAX_PACKET_SAMPLES}"
             )));

@@ -1,0 +1,141 @@
+//! Shared test helpers: a real relay on 127.0.0.1:0 with a temp data dir, users and
+//! channels, speech samples, the raw-libopus baseline, and wide-band PESQ scoring.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use walkie::client::{Client, ClientConfig};
+use walkie::relay::{self, RelayConfig, RelayHandle, auth};
+use walkie::store::Store;
+use walkie::store::sqlite::SqliteStore;
+
+/// A relay running in this process on loopback.
+pub struct TestRelay {
+    pub handle: RelayHandle,
+    pub data: PathBuf,
+    pub store: Arc<SqliteStore>,
+}
+
+/// Starts a relay on `127.0.0.1:0` with its data in `data`.
+pub async fn start_relay(data: &Path, config: RelayConfig) -> TestRelay {
+    let store = Arc::new(SqliteStore::open(data).expect("store opens"));
+    let config = RelayConfig { listen: ([127, 0, 0, 1], 0).into(), ..config };
+    let handle = relay::start(config, data, store.clone()).await.expect("relay starts");
+    TestRelay { handle, data: data.to_path_buf(), store }
+}
+
+impl TestRelay {
+    /// Adds a user and returns their connection config.
+    pub fn add_user(&self, name: &str) -> ClientConfig {
+        let token = auth::new_token();
+        self.store.add_user(name, &auth::hash_token(&token)).expect("user added");
+        self.config_for(name, &token)
+    }
+
+    /// A connection config for `name` with `token`.
+    pub fn config_for(&self, name: &str, token: &str) -> ClientConfig {
+        ClientConfig { relay: self.handle.addr.to_string(), user: name.into(), token: token.into(), pin: self.handle.fingerprint }
+    }
+
+    /// Creates a channel.
+    pub fn add_channel(&self, name: &str, members: &[&str]) {
+        let members: Vec<String> = members.iter().map(|m| m.to_string()).collect();
+        self.store.add_channel(name, &members).expect("channel added");
+    }
+
+    /// Connects a client.
+    pub async fn connect(&self, cfg: &ClientConfig) -> Client {
+        Client::connect(cfg).await.expect("client connects")
+    }
+}
+
+/// Path of a committed sample.
+pub fn sample_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("samples").join(name)
+}
+
+/// A sample at 48 kHz mono through walkie's WAV path.
+pub fn sample_48k(name: &str) -> Vec<f32> {
+    walkie::audio::load_wav_48k_mono(&sample_path(name)).expect("sample loads")
+}
+
+/// The same audio straight through the `opus` crate (raw libopus), no walkie code: VOIP,
+/// VBR, the given bitrate and complexity, 20 ms frames; decoded with the lookahead dropped.
+pub fn raw_libopus(pcm: &[f32], bitrate: i32, complexity: i32) -> Vec<f32> {
+    let mut enc = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).expect("encoder");
+    enc.set_vbr(true).expect("vbr");
+    enc.set_bitrate(opus::Bitrate::Bits(bitrate)).expect("bitrate");
+    enc.set_complexity(complexity).expect("complexity");
+    let lookahead = enc.get_lookahead().expect("lookahead") as usize;
+    let mut dec = opus::Decoder::new(48_000, opus::Channels::Mono).expect("decoder");
+    let mut padded = pcm.to_vec();
+    padded.resize(pcm.len().div_ceil(960) * 960 + 960, 0.0);
+    let mut out = Vec::with_capacity(padded.len());
+    let mut buf = [0f32; 960];
+    for frame in padded.chunks(960) {
+        let packet = enc.encode_vec_float(frame, 4000).expect("encodes");
+        let n = dec.decode_float(&packet, &mut buf, false).expect("decodes");
+        out.extend_from_slice(&buf[..n]);
+    }
+    out.drain(..lookahead.min(out.len()));
+    out.truncate(pcm.len());
+    out
+}
+
+/// The lag (in samples) of `degraded` against `reference` that maximises their
+/// cross-correlation, searched within ±`max_lag`.
+pub fn best_lag(reference: &[f32], degraded: &[f32], max_lag: usize) -> isize {
+    let n = reference.len().min(degraded.len());
+    let step = 4; // coarse search over every 4th sample is ample at 48 kHz for speech
+    let mut best = (0isize, f64::MIN);
+    for lag in -(max_lag as isize)..=(max_lag as isize) {
+        let mut acc = 0f64;
+        let mut i = 0usize;
+        while i < n {
+            let j = i as isize + lag;
+            if j >= 0 && (j as usize) < degraded.len() {
+                acc += f64::from(reference[i]) * f64::from(degraded[j as usize]);
+            }
+            i += step;
+        }
+        if acc > best.1 {
+            best = (lag, acc);
+        }
+    }
+    best.0
+}
+
+/// Shifts `degraded` by `lag` samples (dropping its first `lag` samples, or padding).
+pub fn align(degraded: &[f32], lag: isize) -> Vec<f32> {
+    if lag >= 0 {
+        degraded[(lag as usize).min(degraded.len())..].to_vec()
+    } else {
+        let mut v = vec![0.0; (-lag) as usize];
+        v.extend_from_slice(degraded);
+        v
+    }
+}
+
+fn to_16k_i16(pcm48: &[f32]) -> Vec<i16> {
+    walkie::audio::resample::from_48k(pcm48, 16_000)
+        .expect("resamples")
+        .iter()
+        .map(|s| (s.clamp(-1.0, 1.0) * 32767.0).round() as i16)
+        .collect()
+}
+
+/// Wide-band PESQ (P.862.2 MOS-LQO) of `degraded` against `reference`, both 48 kHz mono,
+/// after aligning the delay (±50 ms search) and scoring at 16 kHz.
+pub fn pesq_wb(reference: &[f32], degraded: &[f32]) -> f32 {
+    let lag = best_lag(reference, degraded, 2400);
+    let aligned = align(degraded, lag);
+    let n = reference.len().min(aligned.len());
+    pesq::pesq_wb(&to_16k_i16(&reference[..n]), &to_16k_i16(&aligned[..n])).expect("pesq scores")
+}
+
+/// Runs `fut` with a deadline so a hung test fails instead of blocking CI.
+pub async fn within<T>(secs: u64, what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), fut).await.unwrap_or_else(|_| panic!("{what} did not finish within {secs} s"))
+}

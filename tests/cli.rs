@@ -1,0 +1,253 @@
+//! The command-line contract, driven through the real binaries: `walkie-relay serve`, user
+//! and channel admin while it runs, and every `walkie` subcommand with its output format
+//! and exit codes.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+const WALKIE: &str = env!("CARGO_BIN_EXE_walkie");
+const RELAY: &str = env!("CARGO_BIN_EXE_walkie-relay");
+
+fn sample(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("samples").join(name)
+}
+
+struct Served {
+    child: Child,
+    addr: String,
+    fingerprint: String,
+    data: PathBuf,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(data: &Path) -> Served {
+    let mut child = Command::new(RELAY)
+        .args(["--data-dir"])
+        .arg(data)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("relay starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("a line").expect("utf-8");
+    let second = lines.next().expect("a line").expect("utf-8");
+    let addr = first.strip_prefix("listening on ").expect("listening line").to_string();
+    let fingerprint = second.strip_prefix("fingerprint ").expect("fingerprint line").to_string();
+    assert!(fingerprint.starts_with("sha256:") && fingerprint.len() == 7 + 64, "{fingerprint}");
+    // Keep draining stdout so the relay never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Served { child, addr, fingerprint, data: data.to_path_buf() }
+}
+
+fn admin(data: &Path, args: &[&str]) -> Output {
+    Command::new(RELAY).arg("--data-dir").arg(data).args(args).output().expect("runs")
+}
+
+fn ok_stdout(out: Output) -> String {
+    assert!(out.status.success(), "failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn add_user(data: &Path, name: &str) -> String {
+    let out = ok_stdout(admin(data, &["user", "add", name]));
+    out.lines().last().expect("token line").trim().to_string()
+}
+
+/// A `walkie` command for `user`, with its own home (profile, outbox) under `home`.
+fn walkie(relay: &Served, home: &Path, user: &str, token: &str) -> Command {
+    let mut cmd = Command::new(WALKIE);
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("XDG_DATA_HOME", home.join("data"))
+        .env("WALKIE_RELAY", &relay.addr)
+        .env("WALKIE_USER", user)
+        .env("WALKIE_TOKEN", token)
+        .env("WALKIE_CERT", relay.data.join("cert.pem"));
+    cmd
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn full_cli_contract_over_a_real_relay() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("relay");
+    let relay = serve(&data);
+    assert!(data.join("cert.pem").exists());
+
+    // Admin commands work while the relay runs, and it sees them without a restart.
+    let alice = add_user(&data, "alice");
+    let bob = add_user(&data, "bob");
+    let carol = add_user(&data, "carol");
+    assert_eq!(alice.len(), 64);
+    assert_eq!(ok_stdout(admin(&data, &["user", "list"])), "alice\nbob\ncarol\n");
+    ok_stdout(admin(&data, &["channel", "add", "crew", "--members", "alice,bob"]));
+    assert_eq!(ok_stdout(admin(&data, &["channel", "members", "crew", "--add", "carol"])), "alice\nbob\ncarol\n");
+    assert_eq!(ok_stdout(admin(&data, &["channel", "list"])), "crew alice,bob,carol\n");
+    let dup = admin(&data, &["user", "add", "alice"]);
+    assert_eq!(dup.status.code(), Some(1));
+    assert!(stderr(&dup).contains("already exists"), "{}", stderr(&dup));
+    let bad = admin(&data, &["user", "add", "../evil"]);
+    assert_eq!(bad.status.code(), Some(1));
+
+    let homes = tmp.path().join("homes");
+    // bob listens in the background; alice sends with the fingerprint instead of the cert.
+    let save = tmp.path().join("bob-saved");
+    let bob_listen = walkie(&relay, &homes.join("bob"), "bob", &bob)
+        .args(["listen", "--count", "1", "--timeout", "60", "--save-dir"])
+        .arg(&save)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("listen starts");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let sent = walkie(&relay, &homes.join("alice"), "alice", &alice)
+        .env_remove("WALKIE_CERT")
+        .env("WALKIE_FINGERPRINT", &relay.fingerprint)
+        .args(["send", "--to", "crew"])
+        .arg(sample("hello-crew.wav"))
+        .output()
+        .expect("send runs");
+    let id = ok_stdout(sent).lines().last().expect("id line").to_string();
+    assert_eq!(id.len(), 32, "clip id on the last line: {id}");
+
+    let listened = bob_listen.wait_with_output().expect("listen ends");
+    let line = ok_stdout(listened);
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&fields[..3], &[id.as_str(), "alice", "crew"], "{line}");
+    let duration: u64 = fields[3].parse().expect("duration");
+    assert!(duration.abs_diff(7394) <= 20, "duration {duration}");
+    let wav = hound::WavReader::open(save.join(format!("{id}.wav"))).expect("saved wav");
+    assert_eq!((wav.spec().sample_rate, wav.spec().channels, wav.spec().bits_per_sample), (48_000, 1, 16));
+    assert!(save.join(format!("{id}.opus")).exists());
+
+    // carol was offline: her listen gets the backlog.
+    let carol_out = walkie(&relay, &homes.join("carol"), "carol", &carol)
+        .args(["listen", "--count", "1", "--timeout", "30"])
+        .output()
+        .expect("runs");
+    assert!(ok_stdout(carol_out).starts_with(&id));
+
+    // history, text and JSON.
+    let text = ok_stdout(walkie(&relay, &homes.join("bob"), "bob", &bob).args(["history", "crew"]).output().expect("runs"));
+    assert!(text.starts_with(&format!("{id} alice crew ")), "{text}");
+    let json = ok_stdout(walkie(&relay, &homes.join("bob"), "bob", &bob).args(["history", "crew", "--json"]).output().expect("runs"));
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    let first = &v.as_array().expect("array")[0];
+    assert_eq!(first["id"], id.as_str());
+    assert_eq!(first["from"], "alice");
+    assert_eq!(first["to"], "crew");
+    assert!(chrono::DateTime::parse_from_rfc3339(first["started_at"].as_str().expect("string")).is_ok());
+    assert!(first["duration_ms"].as_u64().expect("number") > 7000);
+    assert!(first["bytes"].as_u64().expect("number") > 10_000);
+
+    // fetch: .opus is the stored file (opusinfo-clean), .wav decodes.
+    let fetched = tmp.path().join("fetched.opus");
+    ok_stdout(walkie(&relay, &homes.join("bob"), "bob", &bob).args(["fetch", &id, "--out"]).arg(&fetched).output().expect("runs"));
+    let info = Command::new("opusinfo").arg(&fetched).output().expect("opusinfo is installed (opus-tools)");
+    assert!(info.status.success() && !String::from_utf8_lossy(&info.stdout).contains("WARNING"), "{info:?}");
+    let fetched_wav = tmp.path().join("fetched.wav");
+    ok_stdout(walkie(&relay, &homes.join("bob"), "bob", &bob).args(["fetch", &id, "--out"]).arg(&fetched_wav).output().expect("runs"));
+    assert_eq!(hound::WavReader::open(&fetched_wav).expect("wav").duration(), 354_891);
+    let bad_ext = walkie(&relay, &homes.join("bob"), "bob", &bob).args(["fetch", &id, "--out", "x.mp3"]).output().expect("runs");
+    assert_eq!(bad_ext.status.code(), Some(2));
+
+    // export: every readable clip plus index.json.
+    let export = tmp.path().join("export");
+    ok_stdout(walkie(&relay, &homes.join("bob"), "bob", &bob).args(["export", "--out"]).arg(&export).output().expect("runs"));
+    assert!(export.join(format!("{id}.opus")).exists());
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(export.join("index.json")).expect("index")).expect("json");
+    assert_eq!(index.as_array().expect("array").len(), 1);
+
+    // A listen with nothing to receive times out with status 1 and a sentence.
+    let idle = walkie(&relay, &homes.join("bob"), "bob", &bob).args(["listen", "--count", "1", "--timeout", "1"]).output().expect("runs");
+    assert_eq!(idle.status.code(), Some(1));
+    assert!(stderr(&idle).contains("within 1 s"), "{}", stderr(&idle));
+
+    // A wrong token is refused with a clear message and status 1.
+    let wrong = walkie(&relay, &homes.join("bob"), "bob", &carol).args(["history", "crew"]).output().expect("runs");
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(stderr(&wrong).contains("wrong token"), "{}", stderr(&wrong));
+
+    // login saves a profile that later commands use without flags or environment.
+    ok_stdout(walkie(&relay, &homes.join("dave"), "bob", &bob).arg("login").output().expect("runs"));
+    let from_profile = walkie(&relay, &homes.join("dave"), "bob", &bob)
+        .env_remove("WALKIE_RELAY")
+        .env_remove("WALKIE_USER")
+        .env_remove("WALKIE_TOKEN")
+        .env_remove("WALKIE_CERT")
+        .args(["history", "crew"])
+        .output()
+        .expect("runs");
+    assert!(ok_stdout(from_profile).starts_with(&id));
+
+    // Removing a user refuses their next connection.
+    ok_stdout(admin(&data, &["user", "remove", "carol"]));
+    let gone = walkie(&relay, &homes.join("carol"), "carol", &carol).args(["history", "crew"]).output().expect("runs");
+    assert_eq!(gone.status.code(), Some(1));
+}
+
+#[test]
+fn relay_shuts_down_gracefully_on_sigterm() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut relay = serve(&tmp.path().join("relay"));
+    let pid = relay.child.id();
+    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill runs");
+    assert!(status.success());
+    let exit = relay.child.wait().expect("relay exits");
+    assert!(exit.success(), "relay exit status after SIGTERM: {exit:?}");
+}
+
+#[test]
+fn offline_codec_commands_and_their_errors() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let opus = tmp.path().join("out.opus");
+    let wav = tmp.path().join("out.wav");
+    let run = |args: &[&std::ffi::OsStr]| Command::new(WALKIE).args(args).output().expect("runs");
+    let out = run(&["encode".as_ref(), sample("status-report.wav").as_os_str(), opus.as_os_str(), "--bitrate".as_ref(), "16000".as_ref()]);
+    ok_stdout(out);
+    let info = Command::new("opusinfo").arg(&opus).output().expect("opusinfo is installed (opus-tools)");
+    assert!(info.status.success(), "{info:?}");
+    let dec = Command::new("opusdec").args(["--rate", "48000"]).arg(&opus).arg(tmp.path().join("c.wav")).output().expect("opusdec is installed");
+    assert!(dec.status.success(), "{dec:?}");
+    assert_eq!(hound::WavReader::open(tmp.path().join("c.wav")).expect("wav").duration(), 302_058);
+    ok_stdout(run(&["decode".as_ref(), opus.as_os_str(), wav.as_os_str()]));
+    assert_eq!(hound::WavReader::open(&wav).expect("wav").duration(), 302_058);
+
+    // A corrupt Ogg file: one clear sentence, status 1, no panic.
+    let corrupt = tmp.path().join("corrupt.opus");
+    let mut bytes = std::fs::read(&opus).expect("read");
+    bytes.truncate(bytes.len() / 3);
+    for b in bytes.iter_mut().skip(200).step_by(7) {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&corrupt, &bytes).expect("write");
+    let out = run(&["decode".as_ref(), corrupt.as_os_str(), wav.as_os_str()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.starts_with("error: ") && err.contains("corrupt.opus") && !err.contains("panicked"), "{err}");
+    let not_ogg = run(&["decode".as_ref(), sample("hello-crew.wav").as_os_str(), wav.as_os_str()]);
+    assert_eq!(not_ogg.status.code(), Some(1));
+    assert!(!stderr(&not_ogg).contains("panicked"));
+
+    // Usage errors exit with 2; bad settings with 1 and a sentence.
+    assert_eq!(run(&["encode".as_ref()]).status.code(), Some(2));
+    assert_eq!(run(&["send".as_ref(), "--to".as_ref(), "../x".as_ref(), "a.wav".as_ref()]).status.code(), Some(2));
+    let bad_rate = run(&["encode".as_ref(), sample("hello-crew.wav").as_os_str(), opus.as_os_str(), "--frame-ms".as_ref(), "7".as_ref()]);
+    assert_eq!(bad_rate.status.code(), Some(1));
+    let missing = run(&["encode".as_ref(), "/nonexistent.wav".as_ref(), opus.as_os_str()]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(stderr(&missing).contains("/nonexistent.wav"), "{}", stderr(&missing));
+}

@@ -121,19 +121,9 @@ mod tests {
     fn load_resamples_a_stereo_file_to_48k() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.wav");
-        let spec = hound::WavSpec {
-            channels: 2,
-            sample_rate: 16_000,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
-        };
-        let mut w = hound::WavWriter::create(&path, spec).unwrap();
-        for i in 0..16_000 {
-            let v = ((i as f32 * 0.05).sin() * 10_000.0) as i16;
-            w.write_sample(v).unwrap();
-            w.write_sample(v).unwrap();
-        }
-        w.finalize().unwrap();
+        let stereo: Vec<i16> =
+            (0..32_000).map(|i| ((i / 2) as f32 * 0.05).sin() * 10_000.0).map(|v| v as i16).collect();
+        wav::write_i16_wav(&path, 16_000, 2, &stereo);
         let out = load_wav_48k_mono(&path).unwrap();
         assert_eq!(out.len(), 48_000);
         let peak = out.iter().fold(0.0f32, |m, s| m.max(s.abs()));

@@ -71,6 +71,17 @@ fn read_from<R: Read>(mut reader: WavReader<R>, name: &str) -> Result<Pcm, Audio
     Ok(Pcm { sample_rate: spec.sample_rate, channels: spec.channels, samples })
 }
 
+/// Writes interleaved 16-bit samples as a WAV file: a fixture for tests across the crate.
+#[cfg(test)]
+pub(crate) fn write_i16_wav(path: &Path, sample_rate: u32, channels: u16, samples: &[i16]) {
+    let spec = WavSpec { channels, sample_rate, bits_per_sample: 16, sample_format: SampleFormat::Int };
+    let mut w = WavWriter::create(path, spec).unwrap();
+    for &s in samples {
+        w.write_sample(s).unwrap();
+    }
+    w.finalize().unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,11 +103,7 @@ mod tests {
     fn reads_16_and_24_bit_integer_files() {
         let dir = tempfile::tempdir().unwrap();
         let p16 = dir.path().join("a16.wav");
-        let mut w = WavWriter::create(&p16, spec(1, 16_000, 16, SampleFormat::Int)).unwrap();
-        for v in [0i16, 16_384, -32_768, 32_767] {
-            w.write_sample(v).unwrap();
-        }
-        w.finalize().unwrap();
+        write_i16_wav(&p16, 16_000, 1, &[0, 16_384, -32_768, 32_767]);
         let pcm = read_wav(&p16).unwrap();
         assert_eq!((pcm.sample_rate, pcm.channels), (16_000, 1));
         assert_eq!(pcm.samples, vec![0.0, 0.5, -1.0, 32_767.0 / 32_768.0]);

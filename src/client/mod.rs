@@ -111,11 +111,14 @@ enum Reply {
     Error(ErrorMsg),
 }
 
+/// Where an upload's outcome goes: `(seq, duplicate)` or the relay's refusal.
+type UploadWaiter = oneshot::Sender<Result<(u64, bool), ErrorMsg>>;
+
 /// Where replies go, by request id or clip id.
 #[derive(Default)]
 struct Waiters {
     requests: HashMap<u64, oneshot::Sender<Reply>>,
-    uploads: HashMap<ClipId, oneshot::Sender<Result<(u64, bool), ErrorMsg>>>,
+    uploads: HashMap<ClipId, UploadWaiter>,
 }
 
 type SharedWaiters = Arc<Mutex<Waiters>>;
@@ -303,9 +306,7 @@ impl Upload {
     /// Sends the end marker and waits for the relay's `ClipStored`: `(seq, duplicate)`.
     pub async fn finish(mut self, samples: u64) -> Result<(u64, bool), ClientError> {
         let end = StreamFrame::End { packets: self.packets, samples };
-        if let Err(e) = self.write(&end).await {
-            return Err(e);
-        }
+        self.write(&end).await?;
         let _ = self.send.finish();
         match tokio::time::timeout(REQUEST_TIMEOUT, &mut self.ack).await {
             Ok(Ok(Ok(stored))) => Ok(stored),

@@ -369,17 +369,8 @@ mod tests {
     fn wav_files_encode_and_decode() {
         let dir = tempfile::tempdir().unwrap();
         let (wav, opus, out) = (dir.path().join("in.wav"), dir.path().join("c.opus"), dir.path().join("out.wav"));
-        let spec = hound::WavSpec {
-            channels: 1,
-            sample_rate: 16_000,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
-        };
-        let mut w = hound::WavWriter::create(&wav, spec).unwrap();
-        for i in 0..8_000 {
-            w.write_sample(((i as f32 * 0.2).sin() * 8_000.0) as i16).unwrap();
-        }
-        w.finalize().unwrap();
+        let tone: Vec<i16> = (0..8_000).map(|i| ((i as f32 * 0.2).sin() * 8_000.0) as i16).collect();
+        audio::wav::write_i16_wav(&wav, 16_000, 1, &tone);
         let clip = encode_file(&wav, &opus, &EncoderConfig::default()).unwrap();
         assert_eq!(clip.samples, 24_000);
         assert_eq!(decode_file(&opus, &out).unwrap(), 24_000);

@@ -48,6 +48,7 @@ pub struct ClipAssembler {
     max_samples: u64,
     packets: Vec<Vec<u8>>,
     decoded_samples: u64,
+    last_packet_samples: u64,
     bytes: usize,
 }
 
@@ -68,6 +69,7 @@ impl ClipAssembler {
             max_samples: u64::from(max_clip_ms) * 48,
             packets: Vec::new(),
             decoded_samples: 0,
+            last_packet_samples: 0,
             bytes: 0,
         }
     }
@@ -89,6 +91,7 @@ impl ClipAssembler {
         let n = codec::packet_samples(&packet)
             .map_err(|e| IngestError::new(ErrorCode::BadRequest, format!("packet {} is not valid Opus: {e}", self.packets.len())))?;
         self.decoded_samples += u64::from(n);
+        self.last_packet_samples = u64::from(n);
         let allowance = self.max_samples + self.pre_skip + 5760;
         if self.decoded_samples > allowance {
             return Err(self.too_long());
@@ -116,7 +119,10 @@ impl ClipAssembler {
         if self.packets.is_empty() {
             return Err(IngestError::new(ErrorCode::BadRequest, "the clip has no audio packets"));
         }
-        if samples == 0 || samples + self.pre_skip > self.decoded_samples {
+        // The end must fall inside the last packet (RFC 7845 end trimming): a sender may not
+        // claim more audio than it sent, nor send whole packets past the end.
+        let before_last = self.decoded_samples - self.last_packet_samples;
+        if samples == 0 || samples + self.pre_skip > self.decoded_samples || samples + self.pre_skip <= before_last {
             return Err(IngestError::new(
                 ErrorCode::BadRequest,
                 format!(
@@ -187,7 +193,12 @@ mod tests {
             asm.push(p.clone()).expect("valid");
         }
         let n = clip.packets.len() as u32;
+        let mut short = ClipAssembler::new(&header(clip.params.pre_skip), 60_000);
+        for p in &clip.packets {
+            short.push(p.clone()).expect("valid");
+        }
         assert_eq!(asm.finish(n, 48_000 * 10).expect_err("samples").code, ErrorCode::BadRequest);
+        assert_eq!(short.finish(n, 960).expect_err("claims too little").code, ErrorCode::BadRequest);
     }
 
     #[test]

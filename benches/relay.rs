@@ -1,0 +1,2 @@
+//! Relay load benchmark (work in progress).
+fn main() {}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs the Debian/Ubuntu packages walkie needs to build and to run its tests.
+# Uses sudo when not run as root. Safe to run again.
+set -euo pipefail
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+# build:  cmake (bundled libopus), pkg-config + libasound2-dev (cpal's ALSA backend), a C toolchain
+# tests:  opus-tools (opusinfo/opusdec check our Ogg files), espeak-ng + sox (speech samples)
+$SUDO apt-get install -y -q --no-install-recommends \
+  cmake pkg-config libasound2-dev build-essential \
+  opus-tools espeak-ng sox

@@ -22,6 +22,7 @@ pub mod audio;
 pub mod client;
 pub mod clip;
 pub mod codec;
+pub mod config;
 pub mod demo;
 pub mod net;
 pub mod proto;

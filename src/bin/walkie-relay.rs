@@ -127,38 +127,40 @@ fn run(cli: Cli) -> Result<(), String> {
 fn serve(config: RelayConfig, dir: PathBuf, store: Arc<dyn Store>) -> Result<(), String> {
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the async runtime: {e}"))?;
     runtime.block_on(async move {
+        // Handlers first, so a signal that arrives right after the "listening" line is caught.
+        let stop = stop_signal()?;
         let handle = relay::start(config, &dir, store).await.map_err(|e| e.to_string())?;
         println!("listening on {}", handle.addr);
         println!("fingerprint {}", handle.fingerprint);
         println!("certificate {}", handle.cert_path.display());
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        wait_for_signal().await;
+        stop.await;
         tracing::info!("shutting down");
         handle.shutdown().await;
         Ok(())
     })
 }
 
-async fn wait_for_signal() {
+/// A future that completes on SIGINT or SIGTERM; the handlers are installed when it is made.
+fn stop_signal() -> Result<impl std::future::Future<Output = ()>, String> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+        let mut term = signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
 

@@ -103,6 +103,12 @@ pub enum Event {
     Aborted(ErrorMsg),
     /// The relay reported an error not tied to a request.
     Error(ErrorMsg),
+    /// Who among the people you share a channel with is online now.
+    Online(Vec<String>),
+    /// Someone came online (`true`) or went offline.
+    Presence(String, bool),
+    /// A recipient played one of your clips.
+    PlayedBy(ClipId, String),
 }
 
 enum Reply {
@@ -136,6 +142,7 @@ pub struct Client {
     events: mpsc::Receiver<Event>,
     next_req: AtomicU64,
     user: String,
+    writer: tokio::task::JoinHandle<()>,
 }
 
 async fn resolve(relay: &str) -> Result<SocketAddr, ClientError> {
@@ -160,13 +167,15 @@ impl Client {
             .await
             .map_err(|_| NetError::Connect { addr: cfg.relay.clone(), reason: "no answer within 10 s (is the relay running?)".into() })?
             .map_err(|e| NetError::Connect { addr: cfg.relay.clone(), reason: e.to_string() })?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| ClientError::Closed(e.to_string()))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| connection_error(&e))?;
         let hello = ClientMsg::Hello {
             user: cfg.user.clone(),
             token: cfg.token.clone(),
             client: format!("walkie/{}", env!("CARGO_PKG_VERSION")),
         };
-        write_frame(&mut send, &hello, MAX_CONTROL_FRAME).await?;
+        if let Err(e) = write_frame(&mut send, &hello, MAX_CONTROL_FRAME).await {
+            return Err(conn.close_reason().map_or(e.into(), |r| connection_error(&r)));
+        }
         let welcome = tokio::time::timeout(REQUEST_TIMEOUT, read_frame::<ServerMsg>(&mut recv, MAX_CONTROL_FRAME))
             .await
             .map_err(|_| ClientError::Timeout(REQUEST_TIMEOUT))?;
@@ -176,9 +185,9 @@ impl Client {
             Ok(Some(other)) => return Err(ClientError::Protocol(format!("expected a welcome, got {other:?}"))),
             Ok(None) => return Err(ClientError::Closed("the relay closed the control stream".into())),
             Err(e) => {
-                // The relay may have closed the connection with a reason.
+                // The relay may have closed the connection with a reason (busy, say).
                 if let Some(reason) = conn.close_reason() {
-                    return Err(ClientError::Closed(reason.to_string()));
+                    return Err(connection_error(&reason));
                 }
                 return Err(e.into());
             }
@@ -186,10 +195,10 @@ impl Client {
         let waiters = SharedWaiters::default();
         let (control, control_rx) = mpsc::channel(64);
         let (events_tx, events) = mpsc::channel(256);
-        tokio::spawn(write_control(send, control_rx));
+        let writer = tokio::spawn(write_control(send, control_rx));
         tokio::spawn(read_control(recv, waiters.clone(), events_tx.clone()));
         tokio::spawn(receive::accept_streams(conn.clone(), waiters.clone(), events_tx));
-        Ok(Client { conn, endpoint, control, waiters, events, next_req: AtomicU64::new(1), user: cfg.user.clone() })
+        Ok(Client { conn, endpoint, control, waiters, events, next_req: AtomicU64::new(1), user: cfg.user.clone(), writer })
     }
 
     /// The authenticated user.
@@ -204,11 +213,16 @@ impl Client {
 
     /// Why the connection closed, if it has.
     pub fn close_reason(&self) -> Option<String> {
-        self.conn.close_reason().map(|r| r.to_string())
+        self.conn.close_reason().map(|r| connection_error(&r).to_string())
+    }
+
+    /// The error for a connection that is gone (or a request that failed because of it).
+    fn gone(&self, fallback: &str) -> ClientError {
+        self.conn.close_reason().map_or_else(|| ClientError::Closed(fallback.into()), |r| connection_error(&r))
     }
 
     async fn control(&self, msg: ClientMsg) -> Result<(), ClientError> {
-        self.control.send(msg).await.map_err(|_| ClientError::Closed(self.close_reason().unwrap_or_else(|| "control stream ended".into())))
+        self.control.send(msg).await.map_err(|_| self.gone("control stream ended"))
     }
 
     async fn request(&self, make: impl FnOnce(u64) -> ClientMsg) -> Result<Reply, ClientError> {
@@ -221,7 +235,7 @@ impl Client {
         match reply {
             Ok(Ok(Reply::Error(e))) => Err(ClientError::Refused(e)),
             Ok(Ok(r)) => Ok(r),
-            Ok(Err(_)) => Err(ClientError::Closed(self.close_reason().unwrap_or_else(|| "connection ended".into()))),
+            Ok(Err(_)) => Err(self.gone("connection ended")),
             Err(_) => Err(ClientError::Timeout(REQUEST_TIMEOUT)),
         }
     }
@@ -242,6 +256,11 @@ impl Client {
         }
     }
 
+    /// Tells the relay you played a clip; its sender gets a receipt.
+    pub async fn played(&self, id: ClipId) -> Result<(), ClientError> {
+        self.control(ClientMsg::Played { id }).await
+    }
+
     /// Tells the relay a delivered clip is safely held.
     pub async fn ack(&self, id: ClipId) -> Result<(), ClientError> {
         self.control(ClientMsg::Ack { id }).await
@@ -251,7 +270,7 @@ impl Client {
     pub async fn start_clip(&self, header: &ClipHeader) -> Result<Upload, ClientError> {
         let (tx, rx) = oneshot::channel();
         lock(&self.waiters).uploads.insert(header.id, tx);
-        let mut send = self.conn.open_uni().await.map_err(|e| ClientError::Closed(e.to_string()))?;
+        let mut send = self.conn.open_uni().await.map_err(|e| connection_error(&e))?;
         write_frame(&mut send, &StreamFrame::Upload(header.clone()), MAX_STREAM_FRAME).await?;
         Ok(Upload { send, ack: rx, packets: 0, id: header.id, waiters: self.waiters.clone() })
     }
@@ -265,8 +284,11 @@ impl Client {
         up.finish(samples).await
     }
 
-    /// Closes the connection politely.
+    /// Closes the connection politely: queued control messages (acks, receipts) reach the
+    /// relay first.
     pub async fn close(self) {
+        drop(self.control);
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.writer).await;
         self.conn.close(0u32.into(), b"bye");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
     }
@@ -328,13 +350,40 @@ impl Drop for Upload {
     }
 }
 
+/// What a closed connection means: the relay's "busy, retry after N ms" and "removed"
+/// closes become refusals with their codes; anything else is a lost connection.
+fn connection_error(e: &quinn::ConnectionError) -> ClientError {
+    let quinn::ConnectionError::ApplicationClosed(close) = e else {
+        return ClientError::Closed(e.to_string());
+    };
+    let message = String::from_utf8_lossy(&close.reason).into_owned();
+    let code = u64::from(close.error_code);
+    let refused = |code| ClientError::Refused(ErrorMsg { req: None, clip: None, code, message: message.clone() });
+    if code == u64::from(ErrorCode::Busy { retry_after_ms: 0 }.quic_code()) {
+        let retry_after_ms = message
+            .split("retry after ")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1000);
+        refused(ErrorCode::Busy { retry_after_ms })
+    } else if code == u64::from(ErrorCode::Unauthorized.quic_code()) {
+        refused(ErrorCode::Unauthorized)
+    } else {
+        ClientError::Closed(if message.is_empty() { e.to_string() } else { message })
+    }
+}
+
 async fn write_control(mut send: quinn::SendStream, mut rx: mpsc::Receiver<ClientMsg>) {
     while let Some(msg) = rx.recv().await {
         if write_frame(&mut send, &msg, MAX_CONTROL_FRAME).await.is_err() {
             return;
         }
     }
-    let _ = send.finish();
+    // Wait until the relay has read everything, so nothing queued is lost to the close.
+    if send.finish().is_ok() {
+        let _ = send.stopped().await;
+    }
 }
 
 async fn read_control(mut recv: quinn::RecvStream, waiters: SharedWaiters, events: mpsc::Sender<Event>) {
@@ -360,6 +409,15 @@ async fn read_control(mut recv: quinn::RecvStream, waiters: SharedWaiters, event
                 } else {
                     let _ = events.send(Event::Error(e)).await;
                 }
+            }
+            ServerMsg::Online { users } => {
+                let _ = events.send(Event::Online(users)).await;
+            }
+            ServerMsg::Presence { user, online } => {
+                let _ = events.send(Event::Presence(user, online)).await;
+            }
+            ServerMsg::PlayedBy { id, user } => {
+                let _ = events.send(Event::PlayedBy(id, user)).await;
             }
             ServerMsg::Welcome { .. } | ServerMsg::Pong { .. } => {}
         }

@@ -49,6 +49,11 @@ pub enum ClientMsg {
         /// Echoed back.
         nonce: u64,
     },
+    /// The user has listened to this clip; the relay tells its sender (a read receipt).
+    Played {
+        /// The clip.
+        id: ClipId,
+    },
 }
 
 /// Messages the relay sends on a control stream.
@@ -86,6 +91,25 @@ pub enum ServerMsg {
         /// The ping's nonce.
         nonce: u64,
     },
+    /// Who among the people you share a channel with is online (sent after the welcome).
+    Online {
+        /// User names, sorted.
+        users: Vec<String>,
+    },
+    /// Someone you share a channel with came online or went offline.
+    Presence {
+        /// The user.
+        user: String,
+        /// True when they came online.
+        online: bool,
+    },
+    /// A recipient played one of your clips.
+    PlayedBy {
+        /// Your clip.
+        id: ClipId,
+        /// Who played it.
+        user: String,
+    },
 }
 
 /// An error reported to a peer: what failed, a stable code, and a sentence for humans.
@@ -116,11 +140,13 @@ pub enum ErrorCode {
     TooLong,
     /// A frame, packet or clip is larger than allowed.
     TooLarge,
-    /// Try again later.
+    /// The relay is overloaded or a rate limit was hit: try again later.
     Busy {
         /// How long to wait before retrying.
         retry_after_ms: u32,
     },
+    /// Someone else is talking on the channel (the message names them).
+    FloorTaken,
     /// The clip id is taken by another sender.
     Conflict,
     /// The relay could not store the clip.
@@ -142,6 +168,7 @@ impl ErrorCode {
             ErrorCode::TooLong => "too-long",
             ErrorCode::TooLarge => "too-large",
             ErrorCode::Busy { .. } => "busy",
+            ErrorCode::FloorTaken => "floor-taken",
             ErrorCode::Conflict => "conflict",
             ErrorCode::Storage => "storage",
             ErrorCode::Timeout => "timeout",
@@ -163,6 +190,7 @@ impl ErrorCode {
             ErrorCode::Storage => 9,
             ErrorCode::Timeout => 10,
             ErrorCode::Internal => 11,
+            ErrorCode::FloorTaken => 12,
         }
     }
 }
@@ -261,6 +289,7 @@ mod tests {
             Just(ErrorCode::TooLong),
             Just(ErrorCode::TooLarge),
             any::<u32>().prop_map(|retry_after_ms| ErrorCode::Busy { retry_after_ms }),
+            Just(ErrorCode::FloorTaken),
             Just(ErrorCode::Conflict),
             Just(ErrorCode::Storage),
             Just(ErrorCode::Timeout),
@@ -279,6 +308,7 @@ mod tests {
             (any::<u64>(), arb_id()).prop_map(|(req, id)| ClientMsg::Fetch { req, id }),
             arb_id().prop_map(|id| ClientMsg::Ack { id }),
             any::<u64>().prop_map(|nonce| ClientMsg::Ping { nonce }),
+            arb_id().prop_map(|id| ClientMsg::Played { id }),
         ]
     }
     fn arb_server() -> impl Strategy<Value = ServerMsg> {
@@ -289,6 +319,9 @@ mod tests {
             (any::<u64>(), proptest::collection::vec(arb_meta(), 0..5)).prop_map(|(req, clips)| ServerMsg::History { req, clips }),
             arb_error().prop_map(ServerMsg::Error),
             any::<u64>().prop_map(|nonce| ServerMsg::Pong { nonce }),
+            proptest::collection::vec(arb_name(), 0..4).prop_map(|users| ServerMsg::Online { users }),
+            (arb_name(), any::<bool>()).prop_map(|(user, online)| ServerMsg::Presence { user, online }),
+            (arb_id(), arb_name()).prop_map(|(id, user)| ServerMsg::PlayedBy { id, user }),
         ]
     }
     fn arb_stream() -> impl Strategy<Value = StreamFrame> {

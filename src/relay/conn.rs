@@ -2,8 +2,9 @@
 //! loop, and the accept loop for clip uploads.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::{debug, info, warn};
 
 use super::registry::Session;
@@ -19,7 +20,16 @@ fn error(req: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Serve
     ServerMsg::Error(ErrorMsg { req, clip: None, code, message: message.into() })
 }
 
-pub(crate) async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming) {
+/// Counts an authenticated-or-authenticating connection; uncounts it when dropped.
+struct Admitted<'a>(&'a AtomicUsize);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub(crate) async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming, handshake_slot: OwnedSemaphorePermit) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(c) => c,
@@ -28,6 +38,14 @@ pub(crate) async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming) {
             return;
         }
     };
+    drop(handshake_slot);
+    let _admitted = Admitted(&shared.connections);
+    if shared.connections.fetch_add(1, Ordering::Relaxed) >= shared.config.max_connections {
+        let busy = shared.busy();
+        debug!(%remote, "refused: {}", busy.message);
+        conn.close(busy.code.quic_code().into(), busy.message.as_bytes());
+        return;
+    }
     let accepted = tokio::time::timeout(shared.config.hello_timeout, conn.accept_bi()).await;
     let Ok(Ok((mut send, mut recv))) = accepted else {
         conn.close(ErrorCode::Timeout.quic_code().into(), b"no control stream");
@@ -58,10 +76,34 @@ pub(crate) async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming) {
     if write_frame(&mut send, &welcome, MAX_CONTROL_FRAME).await.is_err() {
         return;
     }
-    let session = shared.registry.register(&user, conn.clone());
-    run_session(&shared, &session, send, recv).await;
-    shared.registry.unregister(&session);
+    let (tx, rx) = mpsc::channel::<ServerMsg>(256);
+    let peers = co_members(&shared, &user).await;
+    let (session, first) = shared.registry.register(&user, conn.clone(), tx.clone());
+    let _ = tx.send(ServerMsg::Online { users: shared.registry.online_among(&peers) }).await;
+    if first {
+        shared.registry.tell(&peers, &ServerMsg::Presence { user: user.clone(), online: true });
+    }
+    run_session(&shared, &session, send, recv, tx, rx).await;
+    if shared.registry.unregister(&session) {
+        let peers = co_members(&shared, &user).await;
+        shared.registry.tell(&peers, &ServerMsg::Presence { user: user.clone(), online: false });
+    }
     info!(%user, "session closed");
+}
+
+/// Everyone who shares a channel with `user`, without `user`.
+async fn co_members(shared: &Shared, user: &str) -> Vec<String> {
+    let me = user.to_string();
+    let channels = shared.store(|s| s.channels()).await.unwrap_or_default();
+    let mut peers: Vec<String> = channels
+        .into_iter()
+        .filter(|c| c.members.contains(&me))
+        .flat_map(|c| c.members)
+        .filter(|m| *m != me)
+        .collect();
+    peers.sort();
+    peers.dedup();
+    peers
 }
 
 async fn refuse(conn: &quinn::Connection, send: &mut quinn::SendStream, code: ErrorCode, message: &str) {
@@ -85,8 +127,14 @@ async fn authenticate(shared: &Shared, user: &str, token: &str) -> Result<(), St
     }
 }
 
-async fn run_session(shared: &Arc<Shared>, session: &Arc<Session>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-    let (tx, mut rx) = mpsc::channel::<ServerMsg>(256);
+async fn run_session(
+    shared: &Arc<Shared>,
+    session: &Arc<Session>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    tx: ControlTx,
+    mut rx: mpsc::Receiver<ServerMsg>,
+) {
     let writer = async move {
         while let Some(msg) = rx.recv().await {
             if write_frame(&mut send, &msg, MAX_CONTROL_FRAME).await.is_err() {
@@ -144,6 +192,10 @@ async fn control_loop(shared: &Arc<Shared>, session: &Arc<Session>, recv: &mut q
                     Err(e) => Some(ServerMsg::Error(e.to_wire(None, Some(id)))),
                 }
             }
+            ClientMsg::Played { id } => {
+                receipt(shared, &session.user, id).await;
+                None
+            }
             ClientMsg::History { req, target, limit, before_seq } => Some(history(shared, &session.user, req, target, limit, before_seq).await),
             ClientMsg::Fetch { req, id } => {
                 // Fetches stream a file; run them beside the control loop.
@@ -156,6 +208,14 @@ async fn control_loop(shared: &Arc<Shared>, session: &Arc<Session>, recv: &mut q
         {
             return;
         }
+    }
+}
+
+/// Tells the sender of clip `id` that `user` played it, if `user` may read it.
+async fn receipt(shared: &Shared, user: &str, id: crate::clip::ClipId) {
+    let Ok(Some(meta)) = shared.store(move |s| s.clip(&id)).await else { return };
+    if meta.from != user && deliver::may_read(shared, user, &meta).await {
+        shared.registry.tell(&[meta.from.clone()], &ServerMsg::PlayedBy { id, user: user.to_string() });
     }
 }
 

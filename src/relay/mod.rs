@@ -8,21 +8,28 @@
 //! | `upload.rs` | one uploaded clip: checks, live fan-out, commit, ack |
 //! | `deliver.rs` | a session's delivery pump (inbox, oldest first) and fetches |
 //! | `ingest.rs` | clip validation without I/O |
-//! | `registry.rs` | who is online |
+//! | `registry.rs` | who is online, presence |
+//! | `floor.rs` | one talker per channel (no I/O) |
+//! | `limits.rs` | per-user rate limits (no I/O) |
+//! | `maintenance.rs` | revoking removed users' sessions, retention |
 
 pub mod auth;
 mod conn;
 mod deliver;
+pub mod floor;
 pub mod ingest;
+pub mod limits;
+mod maintenance;
 pub mod registry;
 mod upload;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::net::{self, Fingerprint, NetError, RelayIdentity};
@@ -48,6 +55,23 @@ pub struct RelayConfig {
     /// Frames queued per live recipient before its live stream is dropped (default 256,
     /// about 5 s of audio); the recipient still gets the stored clip from its inbox.
     pub live_queue: usize,
+    /// Authenticated connections at once; more are told "busy, retry after" (default 10 000).
+    pub max_connections: usize,
+    /// TLS handshakes in progress at once (default 128): handshakes are CPU-bound, so this
+    /// decides how a connection storm is absorbed.
+    pub max_handshakes: usize,
+    /// Connection attempts waiting for a handshake slot; beyond it they are refused at once
+    /// and the client retries (default 4096).
+    pub max_pending_handshakes: usize,
+    /// Clips one user may send per minute (default 60).
+    pub clips_per_minute: u32,
+    /// Upload bytes per second per user, with bursts of 1 MiB (default 64 KiB/s, eight
+    /// times Opus's highest bitrate); faster senders are slowed down, not refused.
+    pub bytes_per_second: u64,
+    /// Clips older than this are deleted (default: kept forever).
+    pub retention: Option<Duration>,
+    /// The retry delay suggested with a "busy" refusal (default 1000 ms).
+    pub busy_retry_ms: u32,
 }
 
 impl Default for RelayConfig {
@@ -60,6 +84,13 @@ impl Default for RelayConfig {
             hello_timeout: Duration::from_secs(10),
             max_streams_per_conn: 32,
             live_queue: 256,
+            max_connections: 10_000,
+            max_handshakes: 128,
+            max_pending_handshakes: 4096,
+            clips_per_minute: 60,
+            bytes_per_second: 64 * 1024,
+            retention: None,
+            busy_retry_ms: 1000,
         }
     }
 }
@@ -91,9 +122,25 @@ pub(crate) struct Shared {
     pub registry: Registry,
     pub config: RelayConfig,
     pub shutdown: watch::Receiver<bool>,
+    pub floors: Mutex<floor::Floors>,
+    pub limits: Mutex<limits::UserLimits>,
+    /// Authenticated connections now.
+    pub connections: AtomicUsize,
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (single inserts,
+/// removes and counter updates).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Shared {
+    /// The message sent with a "busy" refusal.
+    pub fn busy(&self) -> ErrorMsg {
+        let ms = self.config.busy_retry_ms;
+        ErrorMsg { req: None, clip: None, code: ErrorCode::Busy { retry_after_ms: ms }, message: format!("busy, retry after {ms} ms") }
+    }
+
     /// Runs a blocking store call off the async threads.
     pub async fn store<T, F>(&self, f: F) -> Result<T, RelayError>
     where
@@ -142,7 +189,17 @@ pub async fn start(config: RelayConfig, data_dir: &Path, store: Arc<dyn Store>) 
     let endpoint = net::server_endpoint(config.listen, &identity, config.idle_timeout, config.max_streams_per_conn)?;
     let addr = endpoint.local_addr().map_err(|source| NetError::Bind { addr: config.listen, source })?;
     let (stop, shutdown) = watch::channel(false);
-    let shared = Arc::new(Shared { store, registry: Registry::default(), config, shutdown });
+    let limits = limits::UserLimits::new(config.clips_per_minute, config.bytes_per_second);
+    let shared = Arc::new(Shared {
+        store,
+        registry: Registry::default(),
+        config,
+        shutdown,
+        floors: Mutex::new(floor::Floors::default()),
+        limits: Mutex::new(limits),
+        connections: AtomicUsize::new(0),
+    });
+    tokio::spawn(maintenance::run(shared.clone()));
     let task = tokio::spawn(accept_loop(endpoint.clone(), shared));
     Ok(RelayHandle { addr, fingerprint: identity.fingerprint(), cert_path: identity.cert_path, endpoint, stop, task })
 }
@@ -150,11 +207,28 @@ pub async fn start(config: RelayConfig, data_dir: &Path, store: Arc<dyn Store>) 
 async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.clone();
     let mut tasks = tokio::task::JoinSet::new();
+    let handshakes = Arc::new(Semaphore::new(shared.config.max_handshakes.max(1)));
+    let waiting = Arc::new(AtomicUsize::new(0));
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                tasks.spawn(conn::handle(shared.clone(), incoming));
+                // Admission: a bounded number of handshakes run at once (they are CPU-bound);
+                // a bounded number wait for a slot; the rest are refused at once and retry.
+                if waiting.load(Ordering::Relaxed) >= shared.config.max_pending_handshakes {
+                    incoming.refuse();
+                    continue;
+                }
+                waiting.fetch_add(1, Ordering::Relaxed);
+                let (shared, handshakes, waiting) = (shared.clone(), handshakes.clone(), waiting.clone());
+                tasks.spawn(async move {
+                    let permit = tokio::time::timeout(HANDSHAKE_QUEUE_WAIT, handshakes.acquire_owned()).await;
+                    waiting.fetch_sub(1, Ordering::Relaxed);
+                    match permit {
+                        Ok(Ok(permit)) => conn::handle(shared, incoming, permit).await,
+                        _ => incoming.refuse(),
+                    }
+                });
             }
             _ = shutdown.changed() => break,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
@@ -169,3 +243,6 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
         tasks.abort_all();
     }
 }
+
+/// How long a connection attempt may wait for a handshake slot before it is refused.
+const HANDSHAKE_QUEUE_WAIT: Duration = Duration::from_secs(5);

@@ -5,9 +5,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
 use crate::clip::ClipId;
+use crate::proto::ServerMsg;
 
 /// One authenticated connection.
 #[derive(Debug)]
@@ -20,6 +21,8 @@ pub struct Session {
     pub conn: quinn::Connection,
     /// Wakes the delivery pump when the user's inbox grows.
     pub wake: Notify,
+    /// The session's control-stream writer.
+    pub control: mpsc::Sender<ServerMsg>,
     live_sent: Mutex<HashSet<ClipId>>,
 }
 
@@ -49,27 +52,50 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Adds a session for `user`.
-    pub fn register(&self, user: &str, conn: quinn::Connection) -> Arc<Session> {
+    /// Adds a session for `user`; also says whether it is the user's first (they just came online).
+    pub fn register(&self, user: &str, conn: quinn::Connection, control: mpsc::Sender<ServerMsg>) -> (Arc<Session>, bool) {
         let session = Arc::new(Session {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user: user.to_string(),
             conn,
             wake: Notify::new(),
+            control,
             live_sent: Mutex::new(HashSet::new()),
         });
-        lock(&self.sessions).entry(user.to_string()).or_default().push(session.clone());
-        session
+        let mut map = lock(&self.sessions);
+        let list = map.entry(user.to_string()).or_default();
+        list.push(session.clone());
+        let first = list.len() == 1;
+        (session, first)
     }
 
-    /// Removes a session.
-    pub fn unregister(&self, session: &Session) {
+    /// Removes a session; says whether it was the user's last (they went offline).
+    pub fn unregister(&self, session: &Session) -> bool {
         let mut map = lock(&self.sessions);
-        if let Some(list) = map.get_mut(&session.user) {
-            list.retain(|s| s.id != session.id);
-            if list.is_empty() {
-                map.remove(&session.user);
-            }
+        let Some(list) = map.get_mut(&session.user) else { return false };
+        let before = list.len();
+        list.retain(|s| s.id != session.id);
+        let last = list.is_empty() && before > 0;
+        if list.is_empty() {
+            map.remove(&session.user);
+        }
+        last
+    }
+
+    /// Which of `users` are online, sorted.
+    pub fn online_among(&self, users: &[String]) -> Vec<String> {
+        let map = lock(&self.sessions);
+        let mut online: Vec<String> = users.iter().filter(|u| map.contains_key(*u)).cloned().collect();
+        online.sort();
+        online.dedup();
+        online
+    }
+
+    /// Sends `msg` to every session of `users` (best effort: a full queue drops it).
+    pub fn tell(&self, users: &[String], msg: &ServerMsg) {
+        let map = lock(&self.sessions);
+        for s in users.iter().filter_map(|u| map.get(u)).flatten() {
+            let _ = s.control.try_send(msg.clone());
         }
     }
 

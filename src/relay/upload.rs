@@ -133,6 +133,19 @@ async fn receive(
         return Ok(());
     }
 
+    let now = std::time::Instant::now();
+    if let Err(wait) = super::lock(&shared.limits).admit_clip(&session.user, now) {
+        let ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1);
+        return Err(ingest(
+            ErrorCode::Busy { retry_after_ms: ms },
+            format!("busy, retry after {ms} ms: at most {} clips per minute", shared.config.clips_per_minute),
+        ));
+    }
+    let _floor = match &header.to {
+        Target::Channel(channel) => Some(FloorGuard::take(shared, channel, &session.user, id)?),
+        Target::User(_) => None,
+    };
+
     let deliver = DeliverHeader {
         id,
         from: session.user.clone(),
@@ -147,7 +160,7 @@ async fn receive(
         .flat_map(|r| shared.registry.sessions_of(r))
         .map(|s| LiveSink::open(s, deliver.clone(), shared.config.live_queue))
         .collect();
-    let result = collect(shared, recv, &header, &mut sinks).await;
+    let result = collect(shared, &session.user, recv, &header, &mut sinks).await;
     let assembled = match result {
         Ok(a) => a,
         Err(err) => {
@@ -216,18 +229,29 @@ async fn receive(
 /// Reads packets until the end marker, forwarding each to the live sinks.
 async fn collect(
     shared: &Shared,
+    user: &str,
     recv: &mut quinn::RecvStream,
     header: &ClipHeader,
     sinks: &mut [LiveSink],
 ) -> Result<super::ingest::Assembled, IngestError> {
     let mut asm = ClipAssembler::new(header, shared.config.max_clip_ms);
+    let deadline = tokio::time::Instant::now() + max_hold(shared);
     loop {
+        if tokio::time::Instant::now() > deadline {
+            return Err(ingest(ErrorCode::TooLong, "the clip went on longer than the relay's maximum duration"));
+        }
         let frame = tokio::time::timeout(shared.config.stream_idle, read_frame::<StreamFrame>(recv, MAX_STREAM_FRAME))
             .await
             .map_err(|_| ingest(ErrorCode::Timeout, "no audio arrived for too long; the clip was dropped"))?
             .map_err(|e| ingest(ErrorCode::BadRequest, format!("bad clip stream: {e}")))?;
         match frame {
             Some(StreamFrame::Packet(p)) => {
+                let pause = super::lock(&shared.limits).pace_bytes(user, p.len(), std::time::Instant::now());
+                if !pause.is_zero() {
+                    // Over the per-user upload rate: slow the sender down (QUIC flow control
+                    // pushes back) rather than refuse.
+                    tokio::time::sleep(pause).await;
+                }
                 asm.push(p.clone())?;
                 for sink in sinks.iter_mut() {
                     sink.push(StreamFrame::Packet(p.clone()));
@@ -245,5 +269,34 @@ fn abort_live(sinks: &mut [LiveSink], id: ClipId, err: &IngestError) {
     for sink in sinks {
         sink.push(StreamFrame::Abort(ErrorMsg { req: None, clip: Some(id), code: err.code, message: err.message.clone() }));
         sink.tx = None;
+    }
+}
+
+/// How long a talker may hold a floor or a clip stream: the maximum clip plus a grace period.
+fn max_hold(shared: &Shared) -> std::time::Duration {
+    std::time::Duration::from_millis(u64::from(shared.config.max_clip_ms)) + std::time::Duration::from_secs(5)
+}
+
+/// Holds a channel's floor for one clip; releases it when dropped (clip stored, refused, or
+/// the talker gone).
+struct FloorGuard<'a> {
+    shared: &'a Shared,
+    channel: String,
+    clip: ClipId,
+}
+
+impl<'a> FloorGuard<'a> {
+    fn take(shared: &'a Shared, channel: &str, user: &str, clip: ClipId) -> Result<Self, IngestError> {
+        let now = std::time::Instant::now();
+        super::lock(&shared.floors).try_take(channel, user, clip, now, max_hold(shared)).map_err(|holder| {
+            ingest(ErrorCode::FloorTaken, format!("busy: {} is talking on {channel}; try again when they finish", holder.user))
+        })?;
+        Ok(Self { shared, channel: channel.to_string(), clip })
+    }
+}
+
+impl Drop for FloorGuard<'_> {
+    fn drop(&mut self) {
+        super::lock(&self.shared.floors).release(&self.channel, self.clip);
     }
 }

@@ -47,6 +47,15 @@ pub enum StoreError {
     /// Stored data does not parse (a row with an invalid target, say).
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The NATS cluster failed: unreachable, no quorum or no reply within the deadline.
+    #[error("the NATS cluster failed: {0}")]
+    Backend(String),
+    /// This store cannot do that operation.
+    #[error("this store does not support {0}")]
+    Unsupported(&'static str),
+    /// The storage backend failed or is out of space (full disk, I/O error, cluster down).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// A channel and its members.
@@ -112,4 +121,20 @@ pub trait Store: Send + Sync + 'static {
     /// Every clip `user` may read: clips of channels they are a member of now, and direct
     /// clips they sent or received; oldest first.
     fn readable(&self, user: &str) -> Result<Vec<ClipMeta>, StoreError>;
+
+    /// Deletes the audio of every clip `user` sent (the files are overwritten, then removed),
+    /// removes those clips from every inbox, and anonymises their metadata (sender becomes
+    /// [`PURGED_SENDER`]); returns how many clips were purged.
+    fn purge_user(&self, _user: &str) -> Result<usize, StoreError> {
+        Err(StoreError::Unsupported("purging a user's clips"))
+    }
+
+    /// Deletes clips stored before `before_ms` (milliseconds since the epoch), with their
+    /// audio and inbox entries; returns how many.
+    fn delete_clips_before(&self, _before_ms: i64) -> Result<usize, StoreError> {
+        Err(StoreError::Unsupported("retention"))
+    }
 }
+
+/// The sender name that purged clips keep in their metadata.
+pub const PURGED_SENDER: &str = "purged-user";

@@ -108,7 +108,8 @@ impl SqliteStore {
             .iter()
             .filter(|p| files::remove_leftover(p))
             .count();
-        let mut known = tx.prepare("SELECT 1 FROM clips WHERE id = ?1")?;
+        // A purged clip keeps its row but not its file (`file = ''`).
+        let mut known = tx.prepare("SELECT 1 FROM clips WHERE id = ?1 AND file != ''")?;
         for (id, path) in &found.clips {
             if !known.exists([id.0])? && files::remove_leftover(path) {
                 removed += 1;
@@ -434,8 +435,10 @@ impl Store for SqliteStore {
                 kind: "clip",
                 name: id.to_string(),
             })?;
-        if file.is_empty()
-            || !Path::new(&file)
+        if file.is_empty() {
+            return Err(StoreError::NotFound { kind: "clip audio (purged)", name: id.to_string() });
+        }
+        if !Path::new(&file)
                 .components()
                 .all(|c| matches!(c, Component::Normal(_)))
         {
@@ -507,6 +510,36 @@ impl Store for SqliteStore {
             ))?;
             query_clips(&mut stmt, [user])
         })
+    }
+
+    fn purge_user(&self, user: &str) -> Result<usize, StoreError> {
+        // Metadata first, in one transaction; the files go after the commit. A crash in
+        // between leaves files no row points to, which the next open sweeps away.
+        let files = self.write(|tx| {
+            let files = strings(tx, "SELECT file FROM clips WHERE sender = ?1 AND file != ''", [user])?;
+            tx.execute("DELETE FROM inbox WHERE seq IN (SELECT seq FROM clips WHERE sender = ?1)", [user])?;
+            tx.execute(
+                "UPDATE clips SET sender = ?2, file = '', bytes = 0, packets = 0 WHERE sender = ?1",
+                params![user, super::PURGED_SENDER],
+            )?;
+            Ok(files)
+        })?;
+        for rel in &files {
+            files::shred(&self.clips_dir.join(rel))?;
+        }
+        Ok(files.len())
+    }
+
+    fn delete_clips_before(&self, before_ms: i64) -> Result<usize, StoreError> {
+        let files = self.write(|tx| {
+            let files = strings(tx, "SELECT file FROM clips WHERE stored_at_ms < ?1 AND file != ''", [before_ms])?;
+            tx.execute("DELETE FROM clips WHERE stored_at_ms < ?1", [before_ms])?;
+            Ok(files)
+        })?;
+        for rel in &files {
+            files::shred(&self.clips_dir.join(rel))?;
+        }
+        Ok(files.len())
     }
 }
 

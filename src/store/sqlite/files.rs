@@ -75,6 +75,33 @@ pub(super) fn write_durably(
     Ok(final_path)
 }
 
+/// Overwrites a clip file with zeros, syncs it, and removes it, so its audio does not
+/// linger in the file's old blocks. A file already gone is fine.
+pub(super) fn shred(path: &Path) -> Result<(), StoreError> {
+    let len = match fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    (|| {
+        let mut file = OpenOptions::new().write(true).open(path)?;
+        let zeros = vec![0u8; 64 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            file.write_all(&zeros[..n])?;
+            left -= n as u64;
+        }
+        file.sync_all()?;
+        fs::remove_file(path)
+    })()
+    .map_err(io_err(path))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
 /// Makes a directory's entries (creations, renames, removals) durable.
 pub(super) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     #[cfg(unix)]

@@ -1,0 +1,195 @@
+//! Relay policies seen from clients over loopback: live forwarding while the talker talks,
+//! floor control (one talker per channel), presence, and played receipts.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use walkie::client::{Client, ClientError, Event};
+use walkie::clip::{ClipHeader, ClipId, CodecParams, Target, now_ms};
+use walkie::codec::{self, EncoderConfig};
+use walkie::proto::ErrorCode;
+use walkie::relay::RelayConfig;
+
+fn tone_clip(ms: usize) -> (CodecParams, Vec<Vec<u8>>, u64) {
+    let pcm: Vec<f32> = (0..ms * 48).map(|i| (i as f32 * 0.02).sin() * 0.3).collect();
+    let clip = codec::encode_pcm(&pcm, &EncoderConfig::default()).expect("encodes");
+    (clip.params, clip.packets, clip.samples)
+}
+
+fn header(to: Target, codec: CodecParams) -> ClipHeader {
+    ClipHeader { id: ClipId::random(), to, started_at_ms: now_ms(), codec }
+}
+
+fn crew() -> Target {
+    Target::Channel("crew".into())
+}
+
+/// Waits for the first event matching `pick`, skipping others.
+async fn wait_for<T>(client: &mut Client, secs: u64, mut pick: impl FnMut(Event) -> Option<T>) -> T {
+    within(secs, "an expected event", async {
+        loop {
+            let e = client.next_event().await.expect("connection stays up");
+            if let Some(t) = pick(e) {
+                return t;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_reach_listeners_while_the_talker_still_talks() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(&tmp.path().join("relay"), RelayConfig::default()).await;
+    let alice = relay.add_user("alice");
+    let bob = relay.add_user("bob");
+    relay.add_channel("crew", &["alice", "bob"]);
+    let mut bob_c = relay.connect(&bob).await;
+    let alice_c = relay.connect(&alice).await;
+    let (params, packets, samples) = tone_clip(1000);
+    let h = header(crew(), params);
+    let mut up = alice_c.start_clip(&h).await.expect("starts");
+    for p in &packets[..10] {
+        up.packet(p.clone()).await.expect("sends");
+    }
+    // bob hears of the clip before alice has finished it.
+    let live = wait_for(&mut bob_c, 10, |e| match e {
+        Event::LiveStarted(h) => Some(h),
+        _ => None,
+    })
+    .await;
+    assert_eq!((live.id, live.from.as_str(), live.live), (h.id, "alice", true));
+    for p in &packets[10..] {
+        up.packet(p.clone()).await.expect("sends");
+    }
+    up.finish(samples).await.expect("stored");
+    let clip = wait_for(&mut bob_c, 10, |e| match e {
+        Event::Clip(c) => Some(c),
+        _ => None,
+    })
+    .await;
+    assert_eq!(clip.packets, packets);
+    assert_eq!(clip.samples, samples);
+    relay.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_talker_per_channel_and_the_floor_frees_when_the_clip_ends_or_the_talker_leaves() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(&tmp.path().join("relay"), RelayConfig::default()).await;
+    let alice = relay.add_user("alice");
+    let bob = relay.add_user("bob");
+    relay.add_user("carol");
+    relay.add_channel("crew", &["alice", "bob", "carol"]);
+    let alice_c = relay.connect(&alice).await;
+    let bob_c = relay.connect(&bob).await;
+    let (params, packets, samples) = tone_clip(500);
+
+    let h = header(crew(), params);
+    let mut up = alice_c.start_clip(&h).await.expect("starts");
+    up.packet(packets[0].clone()).await.expect("sends");
+    // Give the relay a moment to grant alice the floor.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let e = bob_c.send_clip(&header(crew(), params), &packets, samples).await.expect_err("busy");
+    let ClientError::Refused(m) = e else { panic!("expected a refusal, got {e}") };
+    assert_eq!(m.code, ErrorCode::FloorTaken);
+    assert!(m.message.contains("alice is talking on crew"), "{}", m.message);
+    // Direct clips are not floor-controlled.
+    bob_c.send_clip(&header(Target::User("carol".into()), params), &packets, samples).await.expect("direct clip goes through");
+    // When alice's clip ends, bob may talk.
+    for p in &packets[1..] {
+        up.packet(p.clone()).await.expect("sends");
+    }
+    up.finish(samples).await.expect("stored");
+    bob_c.send_clip(&header(crew(), params), &packets, samples).await.expect("floor is free again");
+
+    // A talker who disconnects mid-clip frees the floor too.
+    let mut up = bob_c.start_clip(&header(crew(), params)).await.expect("starts");
+    up.packet(packets[0].clone()).await.expect("sends");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(alice_c.send_clip(&header(crew(), params), &packets, samples).await.is_err(), "bob holds the floor");
+    drop(up);
+    bob_c.close().await;
+    let freed = within(10, "floor release", async {
+        loop {
+            match alice_c.send_clip(&header(crew(), params), &packets, samples).await {
+                Ok(_) => return true,
+                Err(ClientError::Refused(m)) if m.code == ErrorCode::FloorTaken => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(e) => panic!("unexpected error {e}"),
+            }
+        }
+    })
+    .await;
+    assert!(freed);
+    relay.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_members_see_who_is_online() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(&tmp.path().join("relay"), RelayConfig::default()).await;
+    let alice = relay.add_user("alice");
+    let bob = relay.add_user("bob");
+    let dave = relay.add_user("dave");
+    relay.add_channel("crew", &["alice", "bob"]);
+    relay.add_channel("solo", &["dave"]);
+    let mut bob_c = relay.connect(&bob).await;
+    let first = wait_for(&mut bob_c, 10, |e| match e {
+        Event::Online(u) => Some(u),
+        _ => None,
+    })
+    .await;
+    assert!(first.is_empty(), "nobody else online yet: {first:?}");
+    let dave_c = relay.connect(&dave).await;
+    let mut alice_c = relay.connect(&alice).await;
+    let came = wait_for(&mut bob_c, 10, |e| match e {
+        Event::Presence(u, on) => Some((u, on)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(came, ("alice".to_string(), true), "dave shares no channel with bob, so bob hears only of alice");
+    let online = wait_for(&mut alice_c, 10, |e| match e {
+        Event::Online(u) => Some(u),
+        _ => None,
+    })
+    .await;
+    assert_eq!(online, vec!["bob".to_string()]);
+    alice_c.close().await;
+    let went = wait_for(&mut bob_c, 10, |e| match e {
+        Event::Presence(u, on) => Some((u, on)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(went, ("alice".to_string(), false));
+    dave_c.close().await;
+    relay.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sender_learns_who_played_their_clip() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(&tmp.path().join("relay"), RelayConfig::default()).await;
+    let alice = relay.add_user("alice");
+    let bob = relay.add_user("bob");
+    let dave = relay.add_user("dave");
+    relay.add_channel("crew", &["alice", "bob"]);
+    let mut alice_c = relay.connect(&alice).await;
+    let bob_c = relay.connect(&bob).await;
+    let dave_c = relay.connect(&dave).await;
+    let (params, packets, samples) = tone_clip(300);
+    let h = header(crew(), params);
+    alice_c.send_clip(&h, &packets, samples).await.expect("stored");
+    // dave may not read it: his "played" is ignored. bob's is reported.
+    dave_c.played(h.id).await.expect("sent");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    bob_c.played(h.id).await.expect("sent");
+    let receipt = wait_for(&mut alice_c, 10, |e| match e {
+        Event::PlayedBy(id, u) => Some((id, u)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(receipt, (h.id, "bob".to_string()));
+    relay.handle.shutdown().await;
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use walkie::clip::validate_name;
+use walkie::config::RelayFile;
 use walkie::relay::{self, RelayConfig, auth};
 use walkie::store::Store;
 use walkie::store::sqlite::SqliteStore;
@@ -19,6 +20,9 @@ struct Cli {
     /// (default: the platform data dir, e.g. ~/.local/share/walkie-relay).
     #[arg(long, global = true, env = "WALKIE_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// A TOML file of relay limits (see the README's "Configuration"); flags override it.
+    #[arg(long, global = true, env = "WALKIE_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,12 +31,12 @@ struct Cli {
 enum Command {
     /// Serve clients; prints `listening on ADDR` and the certificate fingerprint.
     Serve {
-        /// UDP address to listen on.
-        #[arg(long, default_value = "[::]:7300", value_name = "ADDR")]
-        listen: SocketAddr,
-        /// Longest clip accepted, in seconds.
-        #[arg(long, default_value_t = 60, value_name = "SECS")]
-        max_clip_secs: u32,
+        /// UDP address to listen on [default: [::]:7300, or the config file's].
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// Longest clip accepted, in seconds [default: 60, or the config file's].
+        #[arg(long, value_name = "SECS")]
+        max_clip_secs: Option<u32>,
     },
     /// Manage users.
     #[command(subcommand)]
@@ -51,8 +55,15 @@ enum UserCmd {
     },
     /// List users.
     List,
-    /// Remove a user (their memberships and undelivered clips go too).
+    /// Remove a user (their memberships and undelivered clips go too); a running relay
+    /// closes their sessions within a second.
     Remove {
+        /// User name.
+        name: String,
+    },
+    /// Delete the audio of every clip a user sent (overwritten, then removed) and anonymise
+    /// those clips' metadata. Export the user's history first with `walkie export`.
+    Purge {
         /// User name.
         name: String,
     },
@@ -116,7 +127,16 @@ fn run(cli: Cli) -> Result<(), String> {
     let store = SqliteStore::open(&dir).map_err(|e| format!("cannot open the relay's data in {}: {e}", dir.display()))?;
     match cli.command {
         Command::Serve { listen, max_clip_secs } => {
-            let config = RelayConfig { listen, max_clip_ms: max_clip_secs.saturating_mul(1000), ..RelayConfig::default() };
+            let mut config = match &cli.config {
+                Some(path) => RelayFile::load(path).map_err(|e| e.to_string())?.apply(RelayConfig::default()),
+                None => RelayConfig::default(),
+            };
+            if let Some(listen) = listen {
+                config.listen = listen;
+            }
+            if let Some(secs) = max_clip_secs {
+                config.max_clip_ms = secs.saturating_mul(1000);
+            }
             serve(config, dir, Arc::new(store))
         }
         Command::User(cmd) => user(&store, cmd),
@@ -183,6 +203,11 @@ fn user(store: &SqliteStore, cmd: UserCmd) -> Result<(), String> {
                 return Err(format!("there is no user {name:?}; `walkie-relay user list` shows who exists"));
             }
             println!("removed user {name}");
+        }
+        UserCmd::Purge { name } => {
+            validate_name(&name).map_err(|e| e.to_string())?;
+            let n = store.purge_user(&name).map_err(|e| e.to_string())?;
+            println!("purged the audio of {n} clips sent by {name}");
         }
     }
     Ok(())

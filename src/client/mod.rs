@@ -72,7 +72,10 @@ impl ClientError {
     /// when the relay refused the request for good (not a member, too long, …).
     pub fn is_transient(&self) -> bool {
         match self {
-            ClientError::Refused(e) => matches!(e.code, ErrorCode::Busy { .. } | ErrorCode::Storage | ErrorCode::Timeout | ErrorCode::Internal),
+            ClientError::Refused(e) => matches!(
+                e.code,
+                ErrorCode::Busy { .. } | ErrorCode::FloorTaken | ErrorCode::Storage | ErrorCode::Timeout | ErrorCode::Internal
+            ),
             ClientError::Net(_) | ClientError::Closed(_) | ClientError::Timeout(_) | ClientError::Resolve(_) => true,
             _ => false,
         }

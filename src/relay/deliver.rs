@@ -34,9 +34,15 @@ pub(crate) async fn pump(shared: Arc<Shared>, session: Arc<Session>) {
             if session.take_live_sent(&meta.id) {
                 continue;
             }
-            if let Err(e) = send_stored(&shared, &session, meta).await {
-                debug!(user = %session.user, clip = %meta.id, "delivery stopped: {e}");
-                return;
+            match send_stored(&shared, &session, meta).await {
+                Ok(()) => {}
+                // The connection is gone: this session's delivery ends.
+                Err(e @ (SendError::Net(_) | SendError::Conn(_))) => {
+                    debug!(user = %session.user, clip = %meta.id, "delivery stopped: {e}");
+                    return;
+                }
+                // One unreadable clip must not hold up the rest; it stays in the inbox.
+                Err(e) => warn!(user = %session.user, clip = %meta.id, "cannot deliver a stored clip: {e}"),
             }
         }
         if page.len() < PAGE {
@@ -115,8 +121,14 @@ pub(crate) async fn fetch(shared: Arc<Shared>, session: Arc<Session>, req: u64, 
         Ok(())
     }
     .await;
-    if let Err(e) = result {
-        let _ = tx.send(fail(ErrorCode::Storage, format!("cannot send clip {id}: {e}"))).await;
+    match result {
+        Ok(()) => {}
+        Err(SendError::Relay(RelayError::Store(crate::store::StoreError::NotFound { .. }))) => {
+            let _ = tx.send(fail(ErrorCode::NotFound, format!("the audio of clip {id} was deleted"))).await;
+        }
+        Err(e) => {
+            let _ = tx.send(fail(ErrorCode::Storage, format!("cannot send clip {id}: {e}"))).await;
+        }
     }
 }
 

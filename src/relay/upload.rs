@@ -73,14 +73,14 @@ pub(crate) async fn handle(shared: Arc<Shared>, session: Arc<Session>, mut recv:
         Ok(Ok(Some(StreamFrame::Upload(h)))) => h,
         Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
             let _ = recv.stop(ErrorCode::BadRequest.quic_code().into());
-            let _ = tx
-                .send(ServerMsg::Error(ErrorMsg {
-                    req: None,
-                    clip: None,
-                    code: ErrorCode::BadRequest,
-                    message: "a clip stream must start with an upload header".into(),
-                }))
-                .await;
+            // Refusals never wait for a client that does not read its control stream: a
+            // full queue drops them, so a flood of bad streams cannot pile up tasks here.
+            let _ = tx.try_send(ServerMsg::Error(ErrorMsg {
+                req: None,
+                clip: None,
+                code: ErrorCode::BadRequest,
+                message: "a clip stream must start with an upload header".into(),
+            }));
             return;
         }
     };
@@ -88,7 +88,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, session: Arc<Session>, mut recv:
     if let Err(err) = receive(&shared, &session, &mut recv, header, &tx).await {
         debug!(user = %session.user, clip = %id, "upload refused: {}", err.message);
         let _ = recv.stop(err.code.quic_code().into());
-        let _ = tx.send(refusal(id, &err)).await;
+        let _ = tx.try_send(refusal(id, &err));
     }
 }
 

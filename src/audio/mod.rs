@@ -4,9 +4,20 @@
 //! [`load_wav_48k_mono`] (read + [`mix_to_mono`] + [`resample::to_48k`]) followed by
 //! [`frames::Framer`] cutting the stream into Opus frames.
 
+pub mod backend;
+pub mod capture;
+pub mod cpal;
+pub mod denoise;
 pub mod frames;
+pub mod null;
+pub mod pipeline;
+pub mod playback;
 pub mod resample;
+pub mod ring;
+pub mod stamp;
+pub mod stream_resample;
 pub mod wav;
+pub mod wav_source;
 
 use std::path::Path;
 
@@ -71,6 +82,50 @@ pub enum AudioError {
     /// The resampler itself failed.
     #[error("resampling failed: {0}")]
     Resample(String),
+    /// No audio device of that kind goes by the name asked for.
+    #[error("no {kind} device named {name:?}; available: {}", available.join(", "))]
+    NoDevice {
+        /// "input" or "output".
+        kind: &'static str,
+        /// The name asked for.
+        name: String,
+        /// Names of the devices that can be opened (see `walkie devices`).
+        available: Vec<String>,
+    },
+    /// The system has no default audio device of that kind.
+    #[error("no default {kind} device (is a sound server or sound card available?)")]
+    NoDefaultDevice {
+        /// "input" or "output".
+        kind: &'static str,
+    },
+    /// The audio backend (cpal) failed to enumerate, configure or run a device.
+    #[error("{context}: {source}")]
+    Device {
+        /// What walkie was doing, naming the device.
+        context: String,
+        /// What cpal reported.
+        #[source]
+        source: ::cpal::Error,
+    },
+    /// A device offers no configuration walkie can use.
+    #[error("device {name:?} cannot be used: {reason}")]
+    Unsupported {
+        /// The device name.
+        name: String,
+        /// Why not (sample format, rate or channel count).
+        reason: String,
+    },
+    /// A device stopped working while open (unplugged, or the sound server went away).
+    #[error("audio device {name:?} stopped: {reason}")]
+    DeviceLost {
+        /// The device name.
+        name: String,
+        /// What the backend reported.
+        reason: String,
+    },
+    /// An audio worker thread could not be started or has died.
+    #[error("audio worker failed: {0}")]
+    Worker(String),
 }
 
 /// Interleaved PCM audio as read from a file or device.

@@ -9,8 +9,11 @@
 //! | `profile.rs` | where the client keeps its state; saved login profiles |
 //! | `ops.rs` | whole operations the CLI and the app run (send, listen, export, …) |
 
+pub mod jitter;
 pub mod ops;
 pub mod outbox;
+pub mod playback;
+pub mod player;
 pub mod profile;
 mod receive;
 

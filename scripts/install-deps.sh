@@ -8,6 +8,7 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
 # build:  cmake (bundled libopus), pkg-config + libasound2-dev (cpal's ALSA backend), a C toolchain
 # tests:  opus-tools (opusinfo/opusdec check our Ogg files), espeak-ng + sox (speech samples)
+#         nats-server (the NATS JetStream store's tests run a 3-node cluster: scripts/nats-cluster.sh)
 $SUDO apt-get install -y -q --no-install-recommends \
   cmake pkg-config libasound2-dev build-essential \
-  opus-tools espeak-ng sox
+  opus-tools espeak-ng sox nats-server

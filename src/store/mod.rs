@@ -4,6 +4,7 @@
 //! Every method is synchronous and may block on disk: async callers use `spawn_blocking`.
 //! The store holds no authorization logic; the relay decides who may read or write what.
 
+pub mod nats;
 pub mod faulty;
 pub mod sqlite;
 

@@ -1,0 +1,396 @@
+//! The replicated store: [`NatsStore`] keeps everything in a NATS JetStream cluster, so that
+//! several relays share users, channels, clips and inboxes (`--store nats://HOST:PORT,...`).
+//!
+//! Same contract as the embedded [`super::sqlite::SqliteStore`]; what differs is where the
+//! bytes live and what "durable" means: a write is acknowledged once a quorum of the stream's
+//! replicas (2 of 3) has it. NATS fsyncs on its own schedule, so an acked write survives the
+//! loss of any one node, not the simultaneous power loss of a quorum.
+//!
+//! # Layout (prefix `P`, `walkie` by default; names are encoded by `layout::encode`)
+//! ```text
+//! KV P_users     key <user>     {token_hash (hex of SHA-256), created_at_ms, nonce}
+//! KV P_channels  key <channel>  {members (sorted), created_at_ms, nonce}
+//! KV P_clipids   key <clip id>  {from, subject, seq?, done}            the idempotency claim
+//! stream P_clips  P.clip.c.<channel>.<id> | P.clip.d.<a>.<b>.<id>      one metadata message
+//!                 per clip (a <= b: the two users of a direct clip); its stream sequence IS
+//!                 the clip's seq, so seqs are global, increasing, and never reused
+//! stream P_audio  P.audio.<id>.<attempt>.<n>   the Ogg bytes in 512 KiB chunks (max payload
+//!                 is 1 MiB), one message per subject
+//! stream P_inbox  P.inbox.<user>.<seq>         one message per undelivered (user, clip)
+//! ```
+//! The KV buckets use the standard `KV_<bucket>` stream layout (the `nats kv` tool reads them),
+//! created by this module with `allow_direct` off: every read goes to the stream leader, so a
+//! write acked to one relay is seen by the next read of any other (no stale replica reads).
+//! Every stream has `replicas` replicas ([`NatsConfig::replicas`]).
+//!
+//! # Commit protocol ([`Store::commit_clip`])
+//! 1. claim: create `P_clipids/<id>` = {from, subject} (compare-and-set on "no value", so one
+//!    claim wins cluster-wide); an existing claim from another sender is
+//!    [`StoreError::IdConflict`], a finished one from the same sender is a
+//!    [`CommitOutcome::Duplicate`], an unfinished one is taken over (step 2 on) unless it
+//!    names another target (then it is not a retry: `IdConflict` too);
+//! 2. audio: the chunks under a fresh random attempt name, each publish acked;
+//! 3. metadata: one message on the clip's subject, published only if that subject has no
+//!    message yet (`Nats-Expected-Last-Subject-Sequence: 0`). Its sequence is the seq. This is
+//!    the commit point: the clip is now visible to `clip`, `history` and `readable`;
+//! 4. the seq is recorded in the claim; 5. an inbox entry per recipient that is a user;
+//! 6. the claim is marked done. Then [`CommitOutcome::Stored`].
+//!
+//! A crash or a cluster failure between two steps leaves no half clip visible (metadata only
+//! ever points at complete audio) and the sender's retry (same id) completes the commit from
+//! where it stopped, with the same seq. Two concurrent attempts of one clip agree on the one
+//! metadata message; the loser deletes its chunks. What a crash can leave behind is invisible:
+//! chunks of an attempt that never got its metadata written. A commit interrupted after some
+//! inbox entries and retried after a recipient acked may queue the clip for them again.
+//!
+//! # Cost of each call (n = messages matched, R = one request to a stream leader)
+//! users/channels: one subject listing + one R per key; token_hash/members: one R;
+//! commit: ~6 + chunks + 2 x recipients acked publishes/reads; clip: 2 R; clip_audio: 2 + chunks R;
+//! pending: one subject listing of the user's undelivered entries + one R per returned clip;
+//! ack: 2 R; history: consumers over windows of the clip stream scanned backwards from
+//! `before`, each 4 x the last (from 4 x limit), until `limit` clips are found, so the work is
+//! proportional to the stream span that holds them; readable: one scan per channel of the
+//! user plus two for direct clips, over the whole clip stream (as SQLite, it returns all).
+//!
+//! # Blocking
+//! [`Store`] is synchronous. The store owns a small tokio runtime; each method hands its work
+//! to that runtime and blocks the calling thread until it is done. Call it from plain threads
+//! or `spawn_blocking` (as the relay does): calling from async code does not panic or deadlock
+//! but blocks that executor thread for the duration of the call. Each JetStream request waits
+//! up to [`NatsConfig::request_timeout`] and failing calls are retried for up to
+//! [`NatsConfig::deadline`], which spans a leader election (up to ~4 s after a node dies).
+
+mod js;
+mod layout;
+mod ops;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use self::js::Js;
+use self::layout::Layout;
+use self::ops::Inner;
+use super::{ChannelInfo, CommitOutcome, Store, StoreError, TokenHash};
+use crate::clip::{ClipId, ClipMeta, Target};
+
+/// Where a NATS store lives and how it talks to the cluster.
+#[derive(Clone, Debug)]
+pub struct NatsConfig {
+    /// Server addresses, `HOST:PORT` or `nats://HOST:PORT`; entries may be comma-separated
+    /// lists themselves. The client fails over between them.
+    pub servers: Vec<String>,
+    /// Prefix of every stream, bucket and subject name (`[A-Za-z0-9_-]`, at most 32): several
+    /// independent stores can share one cluster.
+    pub prefix: String,
+    /// Replicas of the streams created by this store; `None` picks 3 when the server reports
+    /// a cluster of at least 3 servers, else 1. Existing streams keep theirs.
+    pub replicas: Option<usize>,
+    /// How long one JetStream request or publish ack may take before it is retried.
+    pub request_timeout: Duration,
+    /// How long one store call keeps retrying before it fails with [`StoreError::Backend`].
+    pub deadline: Duration,
+}
+
+impl NatsConfig {
+    /// The defaults: prefix `walkie`, replicas picked from the cluster size, 5 s requests,
+    /// 30 s per call.
+    pub fn new(servers: &[String]) -> NatsConfig {
+        NatsConfig {
+            servers: servers.to_vec(),
+            prefix: "walkie".to_string(),
+            replicas: None,
+            request_timeout: Duration::from_secs(5),
+            deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The steps of a commit, for tests that interrupt one after a given step (see
+/// [`NatsStore::commit_clip_interrupted`]).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitStep {
+    /// The id is claimed.
+    Claim,
+    /// The audio chunks are stored.
+    Audio,
+    /// The metadata message is stored (the commit point).
+    Metadata,
+    /// The seq is recorded in the claim.
+    Seq,
+    /// One inbox entry is written.
+    FirstInbox,
+}
+
+/// A [`Store`] in a NATS JetStream cluster. Cheap to share behind an `Arc`; any number of
+/// stores, in any number of processes, may use the same cluster and prefix at once.
+pub struct NatsStore {
+    inner: Arc<Inner>,
+    /// Runs every call; `None` only while dropping.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for NatsStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsStore")
+            .field("prefix", &self.inner.layout.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Splits `nats://a:1,b:2`-style lists into `nats://HOST:PORT` URLs.
+pub fn server_urls(servers: &[String]) -> Vec<String> {
+    servers
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let bare = s.strip_prefix("nats://").unwrap_or(s);
+            format!("nats://{bare}")
+        })
+        .collect()
+}
+
+impl NatsStore {
+    /// Connects to the cluster at `servers` with the default [`NatsConfig`] and opens (creating
+    /// them on first use) the store's buckets and streams.
+    pub fn connect(servers: &[String]) -> Result<NatsStore, StoreError> {
+        Self::connect_with(NatsConfig::new(servers))
+    }
+
+    /// Connects with an explicit configuration.
+    pub fn connect_with(config: NatsConfig) -> Result<NatsStore, StoreError> {
+        let layout = Layout::new(&config.prefix)?;
+        let urls = server_urls(&config.servers);
+        if urls.is_empty() {
+            return Err(StoreError::Backend("no NATS server given".into()));
+        }
+        let addrs = urls
+            .iter()
+            .map(|u| u.parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                StoreError::Backend(format!("bad NATS server address in {urls:?}: {e}"))
+            })?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("walkie-nats")
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                StoreError::Backend(format!("cannot start the NATS store's runtime: {e}"))
+            })?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        runtime.spawn(async move {
+            let _ = tx.send(open(config, layout, addrs).await);
+        });
+        let inner = rx
+            .recv()
+            .map_err(|_| StoreError::Backend("the NATS store's runtime stopped".into()))??;
+        Ok(NatsStore {
+            inner: Arc::new(inner),
+            runtime: Some(runtime),
+        })
+    }
+
+    /// The replicas of the streams this store creates.
+    pub fn replicas(&self) -> usize {
+        self.inner.js.replicas
+    }
+
+    /// Runs `f` on the store's runtime and waits for it (see "Blocking" in the module docs).
+    fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Inner>) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let Some(runtime) = &self.runtime else {
+            return Err(StoreError::Backend("the NATS store is closed".into()));
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let fut = f(Arc::clone(&self.inner));
+        runtime.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv()
+            .map_err(|_| StoreError::Backend("the NATS store's call was cancelled".into()))?
+    }
+
+    /// A commit that stops with an error right after `after`, as if the relay had died there.
+    /// For tests of the commit protocol's recovery; a later [`Store::commit_clip`] of the same
+    /// clip completes it.
+    #[doc(hidden)]
+    pub fn commit_clip_interrupted(
+        &self,
+        meta: &ClipMeta,
+        recipients: &[String],
+        ogg: &[u8],
+        after: CommitStep,
+    ) -> Result<CommitOutcome, StoreError> {
+        let (meta, recipients, ogg) = (
+            meta.clone(),
+            recipients.to_vec(),
+            Bytes::copy_from_slice(ogg),
+        );
+        self.run(move |s| async move { s.commit_clip(&meta, &recipients, ogg, Some(after)).await })
+    }
+}
+
+/// Connects and opens every bucket and stream.
+async fn open(
+    config: NatsConfig,
+    layout: Layout,
+    addrs: Vec<async_nats::ServerAddr>,
+) -> Result<Inner, StoreError> {
+    let started = std::time::Instant::now();
+    let client = loop {
+        let options = async_nats::ConnectOptions::new()
+            .name("walkie-store")
+            .connection_timeout(config.request_timeout)
+            .request_timeout(Some(config.request_timeout));
+        match options.connect(addrs.clone()).await {
+            Ok(client) => break client,
+            Err(e) if started.elapsed() + Duration::from_millis(200) < config.deadline => {
+                tracing::debug!("NATS connect failed, retrying: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                return Err(StoreError::Backend(format!(
+                    "cannot connect to NATS at {addrs:?}: {e}"
+                )));
+            }
+        }
+    };
+    let replicas = config.replicas.unwrap_or_else(|| {
+        // `connect_urls` lists the client URLs of every server in the cluster.
+        if client.server_info().connect_urls.len() >= 3 {
+            3
+        } else {
+            1
+        }
+    });
+    let mut ctx = async_nats::jetstream::new(client);
+    ctx.set_timeout(config.request_timeout);
+    let js = Js {
+        ctx,
+        deadline: config.deadline,
+        replicas,
+    };
+    Inner::open(js, layout).await
+}
+
+impl Drop for NatsStore {
+    /// Stops the runtime without waiting, which is allowed in async contexts too.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Store for NatsStore {
+    fn add_user(&self, name: &str, token_hash: &TokenHash) -> Result<(), StoreError> {
+        let (name, hash) = (name.to_string(), *token_hash);
+        self.run(move |s| async move { s.add_user(&name, &hash).await })
+    }
+
+    fn remove_user(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.run(move |s| async move { s.remove_user(&name).await })
+    }
+
+    fn users(&self) -> Result<Vec<String>, StoreError> {
+        self.run(|s| async move { s.users().await })
+    }
+
+    fn token_hash(&self, name: &str) -> Result<Option<TokenHash>, StoreError> {
+        let name = name.to_string();
+        self.run(move |s| async move { s.token_hash(&name).await })
+    }
+
+    fn add_channel(&self, name: &str, members: &[String]) -> Result<(), StoreError> {
+        let (name, members) = (name.to_string(), members.to_vec());
+        self.run(move |s| async move { s.add_channel(&name, &members).await })
+    }
+
+    fn channels(&self) -> Result<Vec<ChannelInfo>, StoreError> {
+        self.run(|s| async move { s.channels().await })
+    }
+
+    fn members(&self, channel: &str) -> Result<Option<Vec<String>>, StoreError> {
+        let channel = channel.to_string();
+        self.run(move |s| async move { s.members(&channel).await })
+    }
+
+    /// Additions are applied before removals, so a name in both lists ends up removed.
+    fn update_members(
+        &self,
+        channel: &str,
+        add: &[String],
+        remove: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let (channel, add, remove) = (channel.to_string(), add.to_vec(), remove.to_vec());
+        self.run(move |s| async move { s.change_members(&channel, &add, &remove).await })
+    }
+
+    /// The stored `bytes` is the length of `ogg`, whatever `meta.bytes` says.
+    fn commit_clip(
+        &self,
+        meta: &ClipMeta,
+        recipients: &[String],
+        ogg: &[u8],
+    ) -> Result<CommitOutcome, StoreError> {
+        let (meta, recipients, ogg) = (
+            meta.clone(),
+            recipients.to_vec(),
+            Bytes::copy_from_slice(ogg),
+        );
+        self.run(move |s| async move { s.commit_clip(&meta, &recipients, ogg, None).await })
+    }
+
+    fn clip(&self, id: &ClipId) -> Result<Option<ClipMeta>, StoreError> {
+        let id = *id;
+        self.run(move |s| async move { s.clip(&id).await })
+    }
+
+    fn clip_audio(&self, id: &ClipId) -> Result<Vec<u8>, StoreError> {
+        let id = *id;
+        self.run(move |s| async move { s.clip_audio(&id).await })
+    }
+
+    fn pending(
+        &self,
+        user: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<ClipMeta>, StoreError> {
+        let user = user.to_string();
+        self.run(move |s| async move { s.pending(&user, after_seq, limit).await })
+    }
+
+    fn ack(&self, user: &str, id: &ClipId) -> Result<(), StoreError> {
+        let (user, id) = (user.to_string(), *id);
+        self.run(move |s| async move { s.ack(&user, &id).await })
+    }
+
+    fn history(
+        &self,
+        viewer: &str,
+        target: &Target,
+        limit: usize,
+        before_seq: Option<u64>,
+    ) -> Result<Vec<ClipMeta>, StoreError> {
+        let (viewer, target) = (viewer.to_string(), target.clone());
+        self.run(move |s| async move { s.history(&viewer, &target, limit, before_seq).await })
+    }
+
+    fn readable(&self, user: &str) -> Result<Vec<ClipMeta>, StoreError> {
+        let user = user.to_string();
+        self.run(move |s| async move { s.readable(&user).await })
+    }
+}

@@ -1,0 +1,868 @@
+//! Tests of the NATS JetStream store against a real 3-node cluster on loopback: every `Store`
+//! behaviour the SQLite store's tests check, plus two stores sharing a cluster, concurrent and
+//! interrupted commits, chunked audio, and `kill -9` of a node during a run of commits.
+//!
+//! The cluster is `scripts/nats-cluster.sh` with its own dir and ports (client 24222-24224,
+//! cluster 26222-26224, monitor 28222-28224), started on first use and left running for the
+//! next run (`scripts/nats-cluster.sh stop /tmp/walkie-nats-test` with those ports in
+//! `NATS_CLIENT_PORT` etc. stops it). Each test uses its own random name prefix and deletes its
+//! streams at the end. Without `nats-server` installed the tests fail, saying how to install it.
+
+use std::collections::{HashMap, HashSet};
+use std::process::Command;
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use walkie::clip::{ClipId, ClipMeta, CodecParams, Target};
+use walkie::store::nats::{CommitStep, NatsConfig, NatsStore};
+use walkie::store::{ChannelInfo, CommitOutcome, Store, StoreError};
+
+const BASE_DIR: &str = "/tmp/walkie-nats-test";
+const CLIENT_PORT: u16 = 24222;
+const CLUSTER_PORT: u16 = 26222;
+const MONITOR_PORT: u16 = 28222;
+
+// ---- the cluster ----
+
+/// Runs `scripts/nats-cluster.sh ARGS` with this test's dir and ports; returns its stdout.
+fn cluster_script(args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/nats-cluster.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .args(args)
+        .env("NATS_CLIENT_PORT", CLIENT_PORT.to_string())
+        .env("NATS_CLUSTER_PORT", CLUSTER_PORT.to_string())
+        .env("NATS_MONITOR_PORT", MONITOR_PORT.to_string())
+        .output()
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "scripts/nats-cluster.sh {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Starts the cluster (if it is not running) and returns its servers.
+fn start_cluster() -> Vec<String> {
+    let installed = Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        installed,
+        "nats-server is not installed: these tests need it. Install it with scripts/install-deps.sh \
+         (or `apt-get install -y nats-server`), then run them again"
+    );
+    let out = cluster_script(&["start", BASE_DIR]);
+    let list = out.lines().last().unwrap_or_default();
+    let list = list.strip_prefix("nats://").unwrap_or(list);
+    list.split(',').map(str::to_string).collect()
+}
+
+fn servers() -> &'static [String] {
+    static SERVERS: OnceLock<Vec<String>> = OnceLock::new();
+    SERVERS.get_or_init(start_cluster)
+}
+
+/// Normal tests share the cluster; the node-kill test has it to itself (while a node is down,
+/// creating 3-replica streams fails, so other tests must not start then).
+static CLUSTER: RwLock<()> = RwLock::new(());
+
+fn shared_cluster() -> RwLockReadGuard<'static, ()> {
+    CLUSTER.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn exclusive_cluster() -> RwLockWriteGuard<'static, ()> {
+    CLUSTER.write().unwrap_or_else(|e| e.into_inner())
+}
+
+// ---- a store with its own prefix ----
+
+/// A store on a fresh prefix; deletes every stream of that prefix when dropped.
+struct Fixture {
+    prefix: String,
+    store: NatsStore,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let prefix = format!("t{:08x}", rand::random::<u32>());
+        let store = open_store(&prefix);
+        assert_eq!(store.replicas(), 3);
+        Fixture { prefix, store }
+    }
+
+    /// A second, independent store on the same data (another relay, or an admin command).
+    fn another(&self) -> NatsStore {
+        open_store(&self.prefix)
+    }
+}
+
+fn open_store(prefix: &str) -> NatsStore {
+    let config = NatsConfig {
+        prefix: prefix.to_string(),
+        replicas: Some(3),
+        ..NatsConfig::new(servers())
+    };
+    NatsStore::connect_with(config).expect("the NATS store opens")
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        let urls: Vec<String> = servers().iter().map(|s| format!("nats://{s}")).collect();
+        let prefix = self.prefix.clone();
+        rt.block_on(async move {
+            let Ok(client) = async_nats::connect(urls.join(",")).await else {
+                return;
+            };
+            let js = async_nats::jetstream::new(client);
+            let names: Vec<String> = js
+                .stream_names()
+                .filter_map(|n| async move { n.ok() })
+                .collect()
+                .await;
+            for name in names {
+                if name.starts_with(&format!("{prefix}_"))
+                    || name.starts_with(&format!("KV_{prefix}_"))
+                {
+                    let _ = js.delete_stream(&name).await;
+                }
+            }
+        });
+    }
+}
+
+// ---- helpers, as in the SQLite store's tests ----
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// Users alice, bob, carol and channel crew = {alice, bob}.
+fn setup() -> (RwLockReadGuard<'static, ()>, Fixture) {
+    let guard = shared_cluster();
+    let fx = Fixture::new();
+    populate(&fx.store);
+    (guard, fx)
+}
+
+fn populate(store: &NatsStore) {
+    for (i, user) in ["alice", "bob", "carol"].into_iter().enumerate() {
+        store.add_user(user, &[i as u8; 32]).unwrap();
+    }
+    store
+        .add_channel("crew", &names(&["alice", "bob"]))
+        .unwrap();
+}
+
+fn meta(from: &str, to: &str) -> ClipMeta {
+    ClipMeta {
+        id: ClipId::random(),
+        from: from.into(),
+        to: to.parse().unwrap(),
+        started_at_ms: 1_700_000_000_000,
+        duration_ms: 1234,
+        packets: 62,
+        bytes: 0,
+        codec: CodecParams {
+            frame_samples: 960,
+            bitrate: 24_000,
+            pre_skip: 312,
+        },
+        seq: 0,
+    }
+}
+
+fn audio(m: &ClipMeta) -> Vec<u8> {
+    [b"OggS".as_slice(), &m.id.0, m.from.as_bytes()].concat()
+}
+
+/// Commits a clip from `from` to `to` ("crew" or "@bob"), queued for `recipients`.
+fn send(store: &dyn Store, from: &str, to: &str, recipients: &[&str]) -> ClipMeta {
+    let mut m = meta(from, to);
+    let ogg = audio(&m);
+    let CommitOutcome::Stored(seq) = store.commit_clip(&m, &names(recipients), &ogg).unwrap()
+    else {
+        panic!("new clip reported as duplicate")
+    };
+    m.seq = seq;
+    m.bytes = ogg.len() as u64;
+    m
+}
+
+fn ids(clips: &[ClipMeta]) -> Vec<ClipId> {
+    clips.iter().map(|c| c.id).collect()
+}
+
+// ---- the SQLite store's behaviours ----
+
+#[test]
+fn users_roundtrip_and_duplicates_are_refused() {
+    let (_g, fx) = setup();
+    let store = &fx.store;
+    assert_eq!(store.users().unwrap(), names(&["alice", "bob", "carol"]));
+    assert_eq!(store.token_hash("bob").unwrap(), Some([1; 32]));
+    assert_eq!(store.token_hash("nobody").unwrap(), None);
+    assert!(matches!(
+        store.add_user("bob", &[9; 32]),
+        Err(StoreError::Exists { kind: "user", .. })
+    ));
+    assert_eq!(store.token_hash("bob").unwrap(), Some([1; 32]));
+    assert!(store.remove_user("bob").unwrap());
+    assert!(!store.remove_user("bob").unwrap());
+    assert_eq!(store.users().unwrap(), names(&["alice", "carol"]));
+    assert_eq!(store.token_hash("bob").unwrap(), None);
+    // Names with dots are distinct keys.
+    store.add_user("a.b", &[5; 32]).unwrap();
+    store.add_user("a-b", &[6; 32]).unwrap();
+    assert_eq!(store.token_hash("a.b").unwrap(), Some([5; 32]));
+    assert_eq!(
+        store.users().unwrap(),
+        names(&["a-b", "a.b", "alice", "carol"])
+    );
+}
+
+#[test]
+fn removing_a_user_drops_memberships_and_inbox() {
+    let (_g, fx) = setup();
+    let store = &fx.store;
+    send(store, "alice", "crew", &["alice", "bob"]);
+    assert!(store.remove_user("bob").unwrap());
+    assert_eq!(store.members("crew").unwrap(), Some(names(&["alice"])));
+    store.add_user("bob", &[7; 32]).unwrap();
+    assert_eq!(store.pending("bob", 0, 10).unwrap(), vec![]);
+    assert_eq!(store.members("crew").unwrap(), Some(names(&["alice"])));
+    assert_eq!(store.pending("alice", 0, 10).unwrap().len(), 1);
+}
+
+#[test]
+fn channels_need_existing_members() {
+    let (_g, fx) = setup();
+    let store = &fx.store;
+    let err = store
+        .add_channel("ops", &names(&["alice", "mallory"]))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { kind: "user", ref name } if name == "mallory"));
+    assert_eq!(
+        store.members("ops").unwrap(),
+        None,
+        "a refused channel is not half-created"
+    );
+    assert!(matches!(
+        store.add_channel("crew", &[]),
+        Err(StoreError::Exists {
+            kind: "channel",
+            ..
+        })
+    ));
+    store.add_channel("empty", &[]).unwrap();
+    assert_eq!(store.members("empty").unwrap(), Some(vec![]));
+    assert_eq!(
+        store.channels().unwrap(),
+        vec![
+            ChannelInfo {
+                name: "crew".into(),
+                members: names(&["alice", "bob"])
+            },
+            ChannelInfo {
+                name: "empty".into(),
+                members: vec![]
+            },
+        ]
+    );
+    let err = store
+        .update_members("crew", &names(&["carol", "mallory"]), &[])
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { kind: "user", .. }));
+    assert_eq!(
+        store.members("crew").unwrap(),
+        Some(names(&["alice", "bob"])),
+        "refused update changes nothing"
+    );
+    let err = store.update_members("nope", &[], &[]).unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::NotFound {
+            kind: "channel",
+            ..
+        }
+    ));
+    let now = store
+        .update_members(
+            "crew",
+            &names(&["carol", "carol"]),
+            &names(&["alice", "ghost"]),
+        )
+        .unwrap();
+    assert_eq!(now, names(&["bob", "carol"]));
+    assert_eq!(store.members("crew").unwrap(), Some(now));
+}
+
+#[test]
+fn committed_clip_reads_back_byte_equal_even_when_chunked() {
+    let (_g, fx) = setup();
+    let store = &fx.store;
+    let m = send(store, "alice", "crew", &["bob"]);
+    assert_eq!(store.clip(&m.id).unwrap(), Some(m.clone()));
+    assert_eq!(store.clip_audio(&m.id).unwrap(), audio(&m));
+    let unknown = ClipId::random();
+    assert_eq!(store.clip(&unknown).unwrap(), None);
+    assert!(matches!(
+        store.clip_audio(&unknown),
+        Err(StoreError::NotFound { kind: "clip", .. })
+    ));
+
+    // 60 s at the highest bitrate is about 4 MiB: 8 chunks under the 1 MiB message limit.
+    let mut big = meta("bob", "@alice");
+    let ogg: Vec<u8> = (0..4 * 1024 * 1024 + 12_345)
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let CommitOutcome::Stored(seq) = store.commit_clip(&big, &names(&["alice"]), &ogg).unwrap()
+    else {
+        panic!()
+    };
+    big.seq = seq;
+    big.bytes = ogg.len() as u64;
+    assert!(seq > m.seq);
+    assert_eq!(store.clip(&big.id).unwrap(), Some(big.clone()));
+    assert!(
+        store.clip_audio(&big.id).unwrap() == ogg,
+        "4 MiB clip reads back byte-equal"
+    );
+    // An empty file is stored as one empty chunk.
+    let empty = meta("alice", "crew");
+    store.commit_clip(&empty, &[], &[]).unwrap();
+    assert_eq!(store.clip_audio(&empty.id).unwrap(), Vec::<u8>::new());
+}
+
+#[test]
+fn retry_is_a_duplicate_and_another_sender_conflicts() {
+    let (_g, fx) = setup();
+    let store = &fx.store;
+    let m = send(store, "alice", "crew", &["bob"]);
+    let again = store
+        .commit_clip(&m, &names(&["bob"]), b"different bytes")
+        .unwrap();
+    assert_eq!(again, CommitOutcome::Duplicate(m.seq));
+    let mut forged = m.clone();
+    forged.from = "carol".into();
+    assert!(
+        matches!(store.commit_clip(&forged, &[], b"x"), Err(StoreError::IdConflict(id)) if id == m.id)
+    );
+    assert_eq!(store.readable("alice").unwrap(), vec![m.clone()]);
+    assert_eq!(store.pending("bob", 0, 10).unwrap().len(), 1);
+    assert_eq!(
+        store.clip_audio(&m.id).unwrap(),
+        audio(&m),
+        "neither retry touched the audio"
+    );
+}
+
+#[test]
+fn pending_is_oldest_first_per_recipient_and_ack_removes() {
+    let (_g, fx) = setup();
+    let store = &fx.store;
+    let a = send(store, "alice", "crew", &["alice", "bob"]);
+    let b = send(store, "bob", "@alice", &["alice"]);
+    let c = send(store, "bob", "crew", &["alice", "bob", "bob", "ghost"]);
+    assert!(a.seq < b.seq && b.seq < c.seq);
+    assert_eq!(
+        store.pending("alice", 0, 10).unwrap(),
+        vec![a.clone(), b.clone(), c.clone()]
+    );
+    assert_eq!(ids(&store.pending("bob", 0, 10).unwrap()), vec![a.id, c.id]);
+    assert_eq!(
+        ids(&store.pending("alice", a.seq, 10).unwrap()),
+        vec![b.id, c.id]
+    );
+    assert_eq!(ids(&store.pending("alice", 0, 1).unwrap()), vec![a.id]);
+    assert_eq!(store.pending("carol", 0, 10).unwrap(), vec![]);
+    assert_eq!(
+        store.pending("ghost", 0, 10).unwrap(),
+        vec![],
+        "no inbox for a non-user"
+    );
+    store.ack("alice", &a.id).unwrap();
+    store.ack("alice", &ClipId::random()).unwrap();
+    assert_eq!(
+        ids(&store.pending("alice", 0, 10).unwrap()),
+        vec![b.id, c.id]
+    );
+    assert_eq!(
+        ids(&store.pending("bob", 0, 10).unwrap()),
+        vec![a.id, c.id],
+        "bob's inbox is his own"
+    );
+}
+
+#[test]
+fn channel_history_is_newest_last_with_limit_and_before() {
+    let (_g, fx) = setup();
+    let store = &fx.store;
+    store.add_channel("ops", &names(&["carol"])).unwrap();
+    let crew: Vec<ClipMeta> = (0..5).map(|_| send(store, "alice", "crew", &[])).collect();
+    send(store, "carol", "ops", &[]);
+    send(store, "alice", "@bob", &[]);
+    let target = Target::Channel("crew".into());
+    assert_eq!(store.history("alice", &target, 10, None).unwrap(), crew);
+    assert_eq!(store.history("alice", &target, 3, None).unwrap(), crew[2..]);
+    assert_eq!(
+        store
+            .history("alice", &target, 2, Some(crew[3].seq))
+            .unwrap(),
+        crew[1..3]
+    );
+    assert_eq!(
+        store
+            .history("alice", &target, 10, Some(crew[0].seq))
+            .unwrap(),
+        vec![]
+    );
+    assert_eq!(store.history("alice", &target, 0, None).unwrap(), vec![]);
+}
+
+#[test]
+fn history_finds_old_clips_behind_many_newer_ones_elsewhere() {
+    let (_g, fx) = setup();
+    let store = &fx.store;
+    store.add_channel("ops", &names(&["carol"])).unwrap();
+    let old: Vec<ClipMeta> = (0..3).map(|_| send(store, "alice", "crew", &[])).collect();
+    // Enough other clips that the first windows of the backward scan find nothing.
+    for _ in 0..300 {
+        send(store, "carol", "ops", &[]);
+    }
+    let newest = send(store, "bob", "crew", &[]);
+    let target = Target::Channel("crew".into());
+    let all: Vec<ClipMeta> = old.iter().cloned().chain([newest.clone()]).collect();
+    assert_eq!(store.history("bob", &target, 10, None).unwrap(), all);
+    assert_eq!(store.history("bob", &target, 2, None).unwrap(), all[2..]);
+    assert_eq!(
+        store.history("bob", &target, 2, Some(newest.seq)).unwrap(),
+        old[1..]
+    );
+    assert_eq!(
+        store
+            .history("carol", &"ops".parse().unwrap(), 1000, None)
+            .unwrap()
+            .len(),
+        300
+    );
+    assert_eq!(store.readable("alice").unwrap(), all);
+}
+
+#[test]
+fn direct_history_has_both_directions_and_nobody_else() {
+    let (_g, fx) = setup();
+    let store = &fx.store;
+    let a1 = send(store, "alice", "@bob", &["bob"]);
+    send(store, "carol", "@alice", &["alice"]);
+    let b1 = send(store, "bob", "@alice", &["alice"]);
+    send(store, "alice", "@carol", &["carol"]);
+    send(store, "bob", "@carol", &["carol"]);
+    send(store, "bob", "crew", &[]);
+    let a2 = send(store, "alice", "@bob", &["bob"]);
+    let dm = vec![a1, b1.clone(), a2.clone()];
+    assert_eq!(
+        store
+            .history("alice", &Target::User("bob".into()), 10, None)
+            .unwrap(),
+        dm
+    );
+    assert_eq!(
+        store
+            .history("bob", &Target::User("alice".into()), 10, None)
+            .unwrap(),
+        dm
+    );
+    assert_eq!(
+        store
+            .history("alice", &Target::User("bob".into()), 2, None)
+            .unwrap(),
+        dm[1..]
+    );
+    assert_eq!(
+        store
+            .history("bob", &Target::User("alice".into()), 1, Some(a2.seq))
+            .unwrap(),
+        vec![b1]
+    );
+    let carol_bob = store
+        .history("carol", &Target::User("bob".into()), 10, None)
+        .unwrap();
+    assert_eq!(carol_bob.len(), 1);
+    assert_eq!(
+        (carol_bob[0].from.as_str(), &carol_bob[0].to),
+        ("bob", &Target::User("carol".into()))
+    );
+}
+
+#[test]
+fn readable_follows_current_membership_and_own_direct_clips() {
+    let (_g, fx) = setup();
+    let store = &fx.store;
+    store.add_channel("ops", &names(&["bob", "carol"])).unwrap();
+    let crew = send(store, "bob", "crew", &[]);
+    send(store, "bob", "ops", &[]);
+    let to_alice = send(store, "carol", "@alice", &[]);
+    send(store, "bob", "@carol", &[]);
+    let from_alice = send(store, "alice", "@bob", &[]);
+    let to_self = send(store, "alice", "@alice", &[]);
+    assert_eq!(
+        store.readable("alice").unwrap(),
+        vec![crew, to_alice.clone(), from_alice.clone(), to_self.clone()]
+    );
+    store
+        .update_members("crew", &[], &names(&["alice"]))
+        .unwrap();
+    assert_eq!(
+        store.readable("alice").unwrap(),
+        vec![to_alice, from_alice, to_self]
+    );
+    assert_eq!(store.readable("nobody").unwrap(), vec![]);
+}
+
+#[test]
+fn two_stores_see_each_others_writes_at_once() {
+    let (_g, fx) = setup();
+    let relay = &fx.store;
+    let admin = fx.another();
+    admin.add_user("dave", &[3; 32]).unwrap();
+    assert_eq!(relay.token_hash("dave").unwrap(), Some([3; 32]));
+    admin
+        .update_members("crew", &names(&["dave"]), &[])
+        .unwrap();
+    assert_eq!(
+        relay.members("crew").unwrap(),
+        Some(names(&["alice", "bob", "dave"]))
+    );
+    let m = send(relay, "alice", "crew", &["dave"]);
+    assert_eq!(admin.pending("dave", 0, 10).unwrap(), vec![m.clone()]);
+    assert_eq!(admin.clip_audio(&m.id).unwrap(), audio(&m));
+    assert_eq!(
+        admin
+            .history("dave", &"crew".parse().unwrap(), 10, None)
+            .unwrap(),
+        vec![m.clone()]
+    );
+    admin.ack("dave", &m.id).unwrap();
+    assert_eq!(relay.pending("dave", 0, 10).unwrap(), vec![]);
+    assert!(admin.remove_user("dave").unwrap());
+    assert_eq!(relay.token_hash("dave").unwrap(), None);
+    // A store that connects later (a restarted relay) sees everything too.
+    drop(admin);
+    let later = fx.another();
+    assert_eq!(later.clip(&m.id).unwrap(), Some(m.clone()));
+    assert_eq!(
+        later.commit_clip(&m, &[], &audio(&m)).unwrap(),
+        CommitOutcome::Duplicate(m.seq)
+    );
+    assert!(send(&later, "bob", "crew", &[]).seq > m.seq);
+}
+
+#[test]
+fn concurrent_commits_from_two_stores_get_unique_seqs() {
+    let (_g, fx) = setup();
+    let stores = [Arc::new(fx.another()), Arc::new(fx.another())];
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let store = Arc::clone(&stores[t % 2]);
+            std::thread::spawn(move || {
+                (0..25)
+                    .map(|_| send(store.as_ref(), "alice", "crew", &["bob"]).seq)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let seqs: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert_eq!(seqs.len(), 100);
+    assert_eq!(seqs.iter().collect::<HashSet<_>>().len(), 100);
+    let stored = fx
+        .store
+        .history("alice", &"crew".parse().unwrap(), 1000, None)
+        .unwrap();
+    assert_eq!(stored.len(), 100);
+    assert_eq!(fx.store.pending("bob", 0, 1000).unwrap().len(), 100);
+}
+
+#[test]
+fn concurrent_commits_of_one_clip_store_it_once() {
+    let (_g, fx) = setup();
+    let stores: Vec<Arc<NatsStore>> = (0..3).map(|_| Arc::new(fx.another())).collect();
+    for _ in 0..5 {
+        let m = meta("alice", "crew");
+        let threads: Vec<_> = stores
+            .iter()
+            .map(|store| {
+                let (store, m) = (Arc::clone(store), m.clone());
+                std::thread::spawn(move || {
+                    store.commit_clip(&m, &names(&["bob"]), &audio(&m)).unwrap()
+                })
+            })
+            .collect();
+        let outcomes: Vec<CommitOutcome> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let seqs: HashSet<u64> = outcomes
+            .iter()
+            .map(|o| match o {
+                CommitOutcome::Stored(s) | CommitOutcome::Duplicate(s) => *s,
+            })
+            .collect();
+        assert_eq!(seqs.len(), 1, "one seq for one clip: {outcomes:?}");
+        assert_eq!(fx.store.clip_audio(&m.id).unwrap(), audio(&m));
+    }
+    let history = fx
+        .store
+        .history("bob", &"crew".parse().unwrap(), 100, None)
+        .unwrap();
+    assert_eq!(history.len(), 5, "each clip stored once");
+    assert_eq!(
+        fx.store.pending("bob", 0, 100).unwrap().len(),
+        5,
+        "and queued once"
+    );
+}
+
+#[test]
+fn an_interrupted_commit_is_hidden_until_the_retry_completes_it() {
+    let (_g, fx) = setup();
+    let store = &fx.store;
+    let steps = [
+        CommitStep::Claim,
+        CommitStep::Audio,
+        CommitStep::Metadata,
+        CommitStep::Seq,
+        CommitStep::FirstInbox,
+    ];
+    let mut seqs = Vec::new();
+    for step in steps {
+        let m = meta("alice", "crew");
+        let rcpt = names(&["alice", "bob"]);
+        let err = store
+            .commit_clip_interrupted(&m, &rcpt, &audio(&m), step)
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Backend(_)), "{err}");
+        let committed = matches!(
+            step,
+            CommitStep::Metadata | CommitStep::Seq | CommitStep::FirstInbox
+        );
+        assert_eq!(
+            store.clip(&m.id).unwrap().is_some(),
+            committed,
+            "after {step:?}: visible only once the metadata is stored"
+        );
+        // Another sender still conflicts with the claim.
+        let forged = ClipMeta {
+            from: "carol".into(),
+            ..m.clone()
+        };
+        assert!(matches!(
+            store.commit_clip(&forged, &[], b"x"),
+            Err(StoreError::IdConflict(_))
+        ));
+        // So does the same id to another target: it is not a retry of this clip.
+        let elsewhere = ClipMeta {
+            to: "@bob".parse().unwrap(),
+            ..m.clone()
+        };
+        assert!(matches!(
+            store.commit_clip(&elsewhere, &[], b"x"),
+            Err(StoreError::IdConflict(_))
+        ));
+        // The sender's retry, through another store (another relay), completes it.
+        let CommitOutcome::Stored(seq) = fx.another().commit_clip(&m, &rcpt, &audio(&m)).unwrap()
+        else {
+            panic!("after {step:?}: the retry of an unfinished commit stores it")
+        };
+        assert_eq!(
+            store.commit_clip(&m, &rcpt, &audio(&m)).unwrap(),
+            CommitOutcome::Duplicate(seq)
+        );
+        assert_eq!(store.clip(&m.id).unwrap().map(|c| c.seq), Some(seq));
+        assert_eq!(store.clip_audio(&m.id).unwrap(), audio(&m));
+        seqs.push(seq);
+    }
+    let pending: Vec<u64> = store
+        .pending("bob", 0, 100)
+        .unwrap()
+        .iter()
+        .map(|c| c.seq)
+        .collect();
+    assert_eq!(
+        pending, seqs,
+        "every completed commit queued once, in order"
+    );
+    assert_eq!(store.pending("alice", 0, 100).unwrap().len(), 5);
+    assert_eq!(
+        store
+            .history("bob", &"crew".parse().unwrap(), 100, None)
+            .unwrap()
+            .len(),
+        5
+    );
+}
+
+#[test]
+fn replicas_follow_the_cluster_size() {
+    let _g = shared_cluster();
+    let prefix = format!("t{:08x}", rand::random::<u32>());
+    let config = NatsConfig {
+        prefix: prefix.clone(),
+        ..NatsConfig::new(servers())
+    };
+    let fx = Fixture {
+        store: NatsStore::connect_with(config).expect("store opens"),
+        prefix,
+    };
+    assert_eq!(fx.store.replicas(), 3, "3 replicas on a 3-node cluster");
+
+    // A lone server without a cluster gets 1 replica, and works the same.
+    let dir = tempfile::tempdir().unwrap();
+    let server = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", "24230", "-js", "-sd"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nats-server starts");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Kill(server);
+    let single = NatsStore::connect(&["nats://127.0.0.1:24230".to_string()])
+        .expect("store opens on a lone server");
+    assert_eq!(single.replicas(), 1);
+    populate(&single);
+    let m = send(&single, "alice", "crew", &["bob"]);
+    assert_eq!(single.pending("bob", 0, 10).unwrap(), vec![m]);
+}
+
+// ---- failure of a NATS node ----
+
+/// One commit of the node-kill test: the clip, its audio, what the commit returned, how long it took.
+type Attempt = (ClipMeta, Vec<u8>, Result<CommitOutcome, String>, Duration);
+
+/// Restarts every stopped node when dropped, even if the test panicked.
+struct RestartNodes;
+
+impl Drop for RestartNodes {
+    fn drop(&mut self) {
+        cluster_script(&["start", BASE_DIR]);
+    }
+}
+
+#[test]
+fn a_node_killed_during_commits_loses_and_duplicates_nothing() {
+    let _g = exclusive_cluster();
+    let fx = Fixture::new();
+    populate(&fx.store);
+    let restart = RestartNodes;
+    const CLIPS: usize = 50;
+    const KILL_AT: usize = 15;
+    /// From this commit on, the node is certainly down.
+    const DOWN_FROM: usize = 25;
+    let mut results: Vec<Attempt> = Vec::new();
+    let mut killer = None;
+    let mut killed_at = None;
+    let t0 = Instant::now();
+    let mut started = Vec::new();
+    for i in 0..CLIPS {
+        if i == KILL_AT {
+            // kill -9 the node on port 24224 while the next commits run.
+            killer = Some(std::thread::spawn(|| {
+                cluster_script(&["kill", "3", BASE_DIR]);
+                Instant::now()
+            }));
+        }
+        if i == DOWN_FROM {
+            killed_at = killer.take().map(|k| k.join().expect("node 3 killed"));
+        }
+        let m = meta("alice", "crew");
+        let ogg: Vec<u8> = audio(&m).into_iter().cycle().take(20_000).collect();
+        let start = Instant::now();
+        started.push(start);
+        let result = fx
+            .store
+            .commit_clip(&m, &names(&["bob"]), &ogg)
+            .map_err(|e| e.to_string());
+        results.push((m, ogg, result, start.elapsed()));
+    }
+    let killed_at = killed_at.expect("the kill finished");
+    let failed: Vec<usize> = (0..CLIPS).filter(|&i| results[i].2.is_err()).collect();
+    let mean = |r: &[Attempt]| r.iter().map(|r| r.3).sum::<Duration>() / r.len().max(1) as u32;
+    let in_flight =
+        (0..CLIPS).find(|&i| started[i] <= killed_at && killed_at <= started[i] + results[i].3);
+    let (slowest_i, slowest) = results
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (i, r.3))
+        .max_by_key(|x| x.1)
+        .unwrap_or_default();
+    eprintln!(
+        "node kill: {} of {CLIPS} commits returned Ok, {} failed {:?}; node 3 died {:?} into the run, during commit #{in_flight:?}",
+        CLIPS - failed.len(),
+        failed.len(),
+        failed.iter().map(|&i| &results[i].2).collect::<Vec<_>>(),
+        killed_at - t0,
+    );
+    eprintln!(
+        "node kill: mean commit {:?} before the kill, {:?} with node 3 down (#{DOWN_FROM}..); slowest #{slowest_i} {:?}",
+        mean(&results[..KILL_AT]),
+        mean(&results[DOWN_FROM..]),
+        slowest
+    );
+    // The sender's outbox resends what failed, with the same ids; all of it lands.
+    for &i in &failed {
+        let (m, ogg, _, _) = &results[i];
+        fx.store
+            .commit_clip(m, &names(&["bob"]), ogg)
+            .expect("the resend after a failed commit succeeds");
+    }
+    // Commits keep succeeding on the remaining two nodes.
+    assert!(
+        results[DOWN_FROM..].iter().all(|r| r.2.is_ok()),
+        "every commit with node 3 down succeeds"
+    );
+    let extra = send(&fx.store, "bob", "crew", &["alice"]);
+
+    // With node 3 back, a fresh store (another relay) reads every acked clip, once.
+    drop(restart);
+    let fresh = fx.another();
+    let mut seqs = HashMap::new();
+    for (m, ogg, result, _) in &results {
+        let stored = fresh.clip(&m.id).unwrap().expect("every commit is stored");
+        if let Ok(CommitOutcome::Stored(seq) | CommitOutcome::Duplicate(seq)) = result {
+            assert_eq!(stored.seq, *seq, "the acked seq is the stored seq");
+        }
+        assert_eq!(&fresh.clip_audio(&m.id).unwrap(), ogg);
+        assert!(
+            seqs.insert(stored.seq, m.id).is_none(),
+            "seq {} given twice",
+            stored.seq
+        );
+    }
+    let history = fresh
+        .history("alice", &"crew".parse().unwrap(), 1000, None)
+        .unwrap();
+    assert_eq!(history.len(), CLIPS + 1, "no clip stored twice");
+    assert_eq!(
+        history.iter().map(|c| c.id).collect::<HashSet<_>>().len(),
+        CLIPS + 1
+    );
+    let pending = fresh.pending("bob", 0, 1000).unwrap();
+    assert_eq!(pending.len(), CLIPS, "each clip queued once for bob");
+    assert_eq!(fresh.pending("alice", 0, 10).unwrap(), vec![extra]);
+}

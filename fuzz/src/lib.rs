@@ -1,0 +1,455 @@
+//! The bodies of walkie's fuzz targets, shared by the cargo-fuzz binaries in `fuzz_targets/` and
+//! by the corpus replay in `tests/fuzz_corpus.rs` (which includes this file with `#[path]`, so
+//! it may use only `walkie`, `serde` and `std`).
+//!
+//! Each function takes untrusted bytes, runs them through one parser of the library and then
+//! checks properties the parser promises; a broken promise is a panic, which libFuzzer reports
+//! as a crash. Each returns a verdict so that the replay test can hold known-good seeds
+//! (`ok-*`) to being accepted and known-bad ones (`bad-*`) to being refused.
+
+use std::fmt::Debug;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use walkie::audio::{self, resample, wav};
+use walkie::clip::{ClipHeader, ClipId, CodecParams, Target};
+use walkie::codec::{self, ogg};
+use walkie::proto::{
+    self, ClientMsg, ErrorCode, FrameError, MAX_CONTROL_FRAME, MAX_STREAM_FRAME, ServerMsg, StreamFrame,
+};
+use walkie::relay::ingest::{ClipAssembler, check_header};
+
+/// Whether a parser accepted an input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Parsed (and, for streams, nothing was left over).
+    Accepted,
+    /// Refused with an error.
+    Refused,
+    /// Needs more bytes (a frame stream that stops inside a frame).
+    Incomplete,
+    /// The fuzz input is too short to build the parser's arguments from (clip ingest only).
+    Short,
+}
+
+// ---------------------------------------------------------------------------------------------
+// wire_frames
+// ---------------------------------------------------------------------------------------------
+
+/// How a byte stream decodes as a sequence of frames of one message type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamReport {
+    /// Complete frames decoded before the stream stopped.
+    pub frames: usize,
+    /// How it stopped: `Accepted` (every byte used), `Incomplete` or `Refused`.
+    pub verdict: Verdict,
+}
+
+/// The input decoded as control frames from a client, from the relay, and as clip/file stream frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WireReport {
+    /// As [`ClientMsg`] frames capped at [`MAX_CONTROL_FRAME`].
+    pub client: StreamReport,
+    /// As [`ServerMsg`] frames capped at [`MAX_CONTROL_FRAME`].
+    pub server: StreamReport,
+    /// As [`StreamFrame`]s capped at [`MAX_STREAM_FRAME`].
+    pub stream: StreamReport,
+}
+
+/// Fuzz target `wire_frames`: the bytes as a stream of frames of each message type, decoded
+/// whole and fed in pieces split at input-dependent points.
+pub fn wire_frames(data: &[u8]) -> WireReport {
+    let client = frames::<ClientMsg>(data, MAX_CONTROL_FRAME);
+    let server = frames::<ServerMsg>(data, MAX_CONTROL_FRAME);
+    let stream = frames::<StreamFrame>(data, MAX_STREAM_FRAME);
+    // A stream frame within the stream cap decodes the same under the larger control cap.
+    let first_small = proto::decode_frame::<StreamFrame>(data, MAX_STREAM_FRAME);
+    if let Ok(Some(small)) = first_small {
+        let big = proto::decode_frame::<StreamFrame>(data, MAX_CONTROL_FRAME);
+        assert_eq!(big, Ok(Some(small)), "a frame under the stream cap decodes differently under the control cap");
+    }
+    WireReport { client, server, stream }
+}
+
+/// How decoding a whole buffer frame after frame ended.
+#[derive(Debug, PartialEq)]
+enum Tail {
+    /// Every byte was used.
+    Clean,
+    /// These many bytes at the end do not hold a complete frame yet.
+    Partial(usize),
+    /// Decoding failed.
+    Failed(FrameError),
+}
+
+fn frames<T>(data: &[u8], cap: usize) -> StreamReport
+where
+    T: Serialize + DeserializeOwned + PartialEq + Debug,
+{
+    // Decoded all at once.
+    let mut whole = Vec::new();
+    let mut off = 0;
+    let tail = loop {
+        if off == data.len() {
+            break Tail::Clean;
+        }
+        match proto::decode_frame::<T>(&data[off..], cap) {
+            Ok(Some((msg, used))) => {
+                check_frame(&data[off..], cap, &msg, used);
+                whole.push(msg);
+                off += used;
+            }
+            Ok(None) => {
+                let rest = &data[off..];
+                if let Some(prefix) = rest.get(..4) {
+                    let len = u32::from_be_bytes(prefix.try_into().expect("4 bytes")) as usize;
+                    assert!(
+                        len <= cap && 4 + len > rest.len(),
+                        "incomplete, yet {len} of {} bytes are there",
+                        rest.len()
+                    );
+                }
+                break Tail::Partial(rest.len());
+            }
+            Err(e) => {
+                if let FrameError::TooLarge { len, cap: c } = &e {
+                    assert!(*len > cap && *c == cap, "TooLarge for {len} under cap {cap}");
+                }
+                break Tail::Failed(e);
+            }
+        }
+    };
+
+    // Fed in pieces, as a QUIC stream delivers it: every piece ends somewhere arbitrary.
+    let mut pieces = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut rest = data;
+    let mut rng = Rng::from_bytes(data);
+    let mut failed = None;
+    'feed: while !rest.is_empty() {
+        let n = rng.piece_len().min(rest.len());
+        buf.extend_from_slice(&rest[..n]);
+        rest = &rest[n..];
+        loop {
+            match proto::decode_frame::<T>(&buf, cap) {
+                Ok(Some((msg, used))) => {
+                    pieces.push(msg);
+                    buf.drain(..used);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    failed = Some(e);
+                    break 'feed;
+                }
+            }
+        }
+    }
+    let piece_tail = match failed {
+        Some(e) => Tail::Failed(e),
+        None if buf.is_empty() => Tail::Clean,
+        None => Tail::Partial(buf.len()),
+    };
+    assert_eq!(pieces, whole, "decoding in pieces gave other messages than decoding at once");
+    assert_eq!(piece_tail, tail, "decoding in pieces stopped differently than decoding at once");
+
+    let verdict = match tail {
+        Tail::Clean => Verdict::Accepted,
+        Tail::Partial(_) => Verdict::Incomplete,
+        Tail::Failed(_) => Verdict::Refused,
+    };
+    StreamReport { frames: whole.len(), verdict }
+}
+
+/// Properties of one frame that decoded from the start of `buf`, using `used` bytes.
+fn check_frame<T>(buf: &[u8], cap: usize, msg: &T, used: usize)
+where
+    T: Serialize + DeserializeOwned + PartialEq + Debug,
+{
+    assert!((4..=buf.len()).contains(&used) && used - 4 <= cap, "used {used} of {} bytes, cap {cap}", buf.len());
+    // Every strict prefix of the frame asks for more bytes: never an error, never a message.
+    for cut in 0..used {
+        assert_eq!(proto::decode_frame::<T>(&buf[..cut], cap), Ok(None), "prefix of {cut} bytes");
+    }
+    // The message encodes again, no longer than it came, and decodes to itself.
+    let again = proto::encode_frame(msg, cap).expect("a decoded message encodes again within its cap");
+    assert!(again.len() <= used, "re-encoding grew from {used} to {} bytes", again.len());
+    let (back, n) = proto::decode_frame::<T>(&again, cap).expect("re-encoded frame decodes").expect("complete");
+    assert_eq!((&back, n), (msg, again.len()), "re-encoded frame decodes to something else");
+}
+
+// ---------------------------------------------------------------------------------------------
+// ogg_reader
+// ---------------------------------------------------------------------------------------------
+
+/// Most samples decoded per input, after pre-skip (100 ms), so a run stays fast.
+pub const DECODE_LIMIT: u64 = 4_800;
+
+/// Fuzz target `ogg_reader`: [`ogg::read_ogg`], then the first [`DECODE_LIMIT`] samples of
+/// what it read through [`codec::decode_packets`]; the same again for a copy of the input with
+/// every page checksum made right, so that mutations reach past the Ogg layer into the Opus
+/// checks. The verdict is the one for the input as it is.
+pub fn ogg_reader(data: &[u8]) -> Verdict {
+    let fixed = fix_ogg_checksums(data);
+    if fixed != data {
+        read_and_decode_ogg(&fixed);
+    }
+    read_and_decode_ogg(data)
+}
+
+fn read_and_decode_ogg(data: &[u8]) -> Verdict {
+    let Ok(file) = ogg::read_ogg(data) else { return Verdict::Refused };
+    assert!(!file.packets.is_empty(), "a file without audio packets was accepted");
+    let mut decoded = 0u64;
+    for (i, p) in file.packets.iter().enumerate() {
+        let n = codec::packet_samples(p).unwrap_or_else(|e| panic!("accepted packet {i} is invalid: {e}"));
+        decoded += u64::from(n);
+    }
+    let pre_skip = u64::from(file.params.pre_skip);
+    assert!(
+        file.samples + pre_skip <= decoded,
+        "{} samples after pre-skip {pre_skip} claimed, the packets hold {decoded}",
+        file.samples
+    );
+    assert!(file.samples <= codec::MAX_SAMPLES, "{} samples is over the cap", file.samples);
+    let first = codec::packet_samples(&file.packets[0]).expect("checked above");
+    assert_eq!(file.params.frame_samples, first, "frame_samples is not the first packet's duration");
+
+    let want = file.samples.min(DECODE_LIMIT);
+    if let Ok(pcm) = codec::decode_packets(&file.params, &file.packets, want) {
+        // The packets hold at least `samples` after pre-skip, so decoding gives all that was asked.
+        assert_eq!(pcm.len() as u64, want, "decoded {} of {want} samples", pcm.len());
+        assert!(pcm.iter().all(|s| s.is_finite()), "the decoder produced a non-finite sample");
+    }
+    Verdict::Accepted
+}
+
+/// The Ogg CRC-32 of a page (polynomial 0x04c11db7, not reflected, starting at zero), computed
+/// with its checksum field as it is: zero it first.
+pub fn ogg_crc(page: &[u8]) -> u32 {
+    page.iter().fold(0u32, |mut crc, &b| {
+        crc ^= u32::from(b) << 24;
+        for _ in 0..8 {
+            crc = if crc & 0x8000_0000 != 0 { (crc << 1) ^ 0x04c1_1db7 } else { crc << 1 };
+        }
+        crc
+    })
+}
+
+/// A copy of `data` in which every complete page, read back to back from the start, carries
+/// the right checksum; bytes after the last complete page are left as they are.
+pub fn fix_ogg_checksums(data: &[u8]) -> Vec<u8> {
+    let mut out = data.to_vec();
+    let mut at = 0;
+    while let Some(header) = out.get(at..at + 27) {
+        let nseg = usize::from(header[26]);
+        let Some(lacing) = out.get(at + 27..at + 27 + nseg) else { break };
+        let end = at + 27 + nseg + lacing.iter().map(|&l| usize::from(l)).sum::<usize>();
+        let Some(page) = out.get_mut(at..end) else { break };
+        page[22..26].fill(0);
+        let crc = ogg_crc(page);
+        page[22..26].copy_from_slice(&crc.to_le_bytes());
+        at = end;
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// wav_reader
+// ---------------------------------------------------------------------------------------------
+
+/// Longest mono signal (in samples) that is also resampled to 48 kHz.
+pub const RESAMPLE_LIMIT: usize = 2_048;
+
+/// Fuzz target `wav_reader`: [`wav::read_wav_bytes`], then [`audio::mix_to_mono`] and, for short
+/// signals, [`resample::to_48k`].
+pub fn wav_reader(data: &[u8]) -> Verdict {
+    let Ok(pcm) = wav::read_wav_bytes(data) else { return Verdict::Refused };
+    assert!((1..=2).contains(&pcm.channels), "{} channels accepted", pcm.channels);
+    assert!((audio::MIN_RATE..=audio::MAX_RATE).contains(&pcm.sample_rate), "{} Hz accepted", pcm.sample_rate);
+    assert!(pcm.samples.iter().all(|s| s.is_finite()), "a non-finite sample was read");
+    let mono = audio::mix_to_mono(&pcm);
+    assert_eq!(mono.len(), pcm.samples.len() / usize::from(pcm.channels), "mixing lost or invented frames");
+    if mono.len() <= RESAMPLE_LIMIT {
+        let out = resample::to_48k(&mono, pcm.sample_rate).expect("an accepted rate resamples");
+        let want = resample::output_len(mono.len(), pcm.sample_rate, resample::RATE_48K);
+        assert_eq!(out.len(), want, "resampled {} samples at {} Hz", mono.len(), pcm.sample_rate);
+    }
+    Verdict::Accepted
+}
+
+// ---------------------------------------------------------------------------------------------
+// clip_ingest
+// ---------------------------------------------------------------------------------------------
+
+/// The relay's upload checks fed from a fuzz input, laid out as (integers little-endian):
+///
+/// ```text
+/// u32 frame_samples | u16 pre_skip | u32 max_clip_ms | u8 target (bit 7: user, bits 0-5: name
+/// length n) | n bytes name (lossy UTF-8) | u32 end.packets | u64 end.samples |
+/// then packets until the input ends, each u16 length + bytes (the last may be short)
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngestInput {
+    /// The header as the sender announced it.
+    pub header: ClipHeader,
+    /// The relay's maximum clip duration.
+    pub max_clip_ms: u32,
+    /// The packets, in order.
+    pub packets: Vec<Vec<u8>>,
+    /// The end marker: packet count.
+    pub end_packets: u32,
+    /// The end marker: decoded length in 48 kHz samples.
+    pub end_samples: u64,
+}
+
+impl IngestInput {
+    /// Reads the layout above; `None` when the input ends before the end marker.
+    pub fn parse(data: &[u8]) -> Option<Self> {
+        let mut r = Reader(data);
+        let frame_samples = u32::from_le_bytes(r.take(4)?.try_into().ok()?);
+        let pre_skip = u16::from_le_bytes(r.take(2)?.try_into().ok()?);
+        let max_clip_ms = u32::from_le_bytes(r.take(4)?.try_into().ok()?);
+        let target = r.take(1)?[0];
+        let name = String::from_utf8_lossy(r.take(usize::from(target & 0x3f))?).into_owned();
+        let to = if target & 0x80 != 0 { Target::User(name) } else { Target::Channel(name) };
+        let end_packets = u32::from_le_bytes(r.take(4)?.try_into().ok()?);
+        let end_samples = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
+        let mut packets = Vec::new();
+        while let Some(len) = r.take(2) {
+            let len = usize::from(u16::from_le_bytes(len.try_into().ok()?));
+            let body = r.take(len).unwrap_or_else(|| r.take(r.0.len()).expect("the rest"));
+            packets.push(body.to_vec());
+        }
+        let codec = CodecParams { frame_samples, bitrate: 24_000, pre_skip };
+        let header = ClipHeader { id: ClipId([7; 16]), to, started_at_ms: 0, codec };
+        Some(Self { header, max_clip_ms, packets, end_packets, end_samples })
+    }
+
+    /// The bytes [`IngestInput::parse`] reads back as `self` (packets must be under 64 KiB).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let name = self.header.to.name().as_bytes();
+        assert!(name.len() <= 0x3f, "name too long for the layout");
+        let mut out = Vec::new();
+        out.extend_from_slice(&self.header.codec.frame_samples.to_le_bytes());
+        out.extend_from_slice(&self.header.codec.pre_skip.to_le_bytes());
+        out.extend_from_slice(&self.max_clip_ms.to_le_bytes());
+        let user = if matches!(self.header.to, Target::User(_)) { 0x80 } else { 0 };
+        out.push(user | name.len() as u8);
+        out.extend_from_slice(name);
+        out.extend_from_slice(&self.end_packets.to_le_bytes());
+        out.extend_from_slice(&self.end_samples.to_le_bytes());
+        for p in &self.packets {
+            out.extend_from_slice(&u16::try_from(p.len()).expect("packet under 64 KiB").to_le_bytes());
+            out.extend_from_slice(p);
+        }
+        out
+    }
+}
+
+/// Fuzz target `clip_ingest`: [`check_header`], a [`ClipAssembler`] fed every packet, the end
+/// marker; a clip it accepts must also make a valid Ogg Opus file, as the relay stores it.
+pub fn clip_ingest(data: &[u8]) -> Verdict {
+    let Some(input) = IngestInput::parse(data) else { return Verdict::Short };
+    if let Err(e) = check_header(&input.header) {
+        assert_eq!(e.code, ErrorCode::BadRequest, "header refused with {e:?}");
+        return Verdict::Refused;
+    }
+    let pre_skip = u64::from(input.header.codec.pre_skip);
+    let mut asm = ClipAssembler::new(&input.header, input.max_clip_ms);
+    let (mut decoded, mut last) = (0u64, 0u64);
+    for p in &input.packets {
+        let before = asm.samples_so_far();
+        if let Err(e) = asm.push(p.clone()) {
+            let codes = [ErrorCode::BadRequest, ErrorCode::TooLarge, ErrorCode::TooLong];
+            assert!(codes.contains(&e.code), "packet refused with {e:?}");
+            return Verdict::Refused;
+        }
+        last = u64::from(codec::packet_samples(p).expect("an accepted packet is valid Opus"));
+        decoded += last;
+        assert!(asm.samples_so_far() >= before, "the clip got shorter");
+        assert_eq!(asm.samples_so_far(), decoded.saturating_sub(pre_skip));
+    }
+    let done = match asm.finish(input.end_packets, input.end_samples) {
+        Ok(done) => done,
+        Err(e) => {
+            assert!([ErrorCode::BadRequest, ErrorCode::TooLong].contains(&e.code), "end refused with {e:?}");
+            return Verdict::Refused;
+        }
+    };
+    assert_eq!(done.packets, input.packets, "the assembled packets differ from those sent");
+    assert_eq!(done.samples, input.end_samples);
+    assert!(
+        done.samples >= 1 && done.samples <= u64::from(input.max_clip_ms) * 48,
+        "{} samples accepted",
+        done.samples
+    );
+    // RFC 7845 end trimming: the end falls inside the last packet.
+    let end = done.samples + pre_skip;
+    assert!(end <= decoded && end > decoded - last, "end {end} outside the last packet {}..={decoded}", decoded - last);
+    // The relay writes what it accepted as an Ogg Opus file; within the 10-minute file cap that
+    // must work and read back as the same clip.
+    if done.samples <= codec::MAX_SAMPLES {
+        let file = ogg::write_ogg(&input.header.codec, &done.packets, done.samples, 1)
+            .unwrap_or_else(|e| panic!("an accepted clip cannot be written as Ogg Opus: {e}"));
+        let back = ogg::read_ogg(&file)
+            .unwrap_or_else(|e| panic!("the relay's Ogg file of an accepted clip is unreadable: {e}"));
+        assert_eq!(back.packets, done.packets);
+        assert_eq!((back.samples, back.params.pre_skip), (done.samples, input.header.codec.pre_skip));
+    }
+    Verdict::Accepted
+}
+
+// ---------------------------------------------------------------------------------------------
+// helpers
+// ---------------------------------------------------------------------------------------------
+
+/// Takes bytes off the front of a slice.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (self.0.get(..n)?, &self.0[n..]);
+        self.0 = rest;
+        Some(head)
+    }
+}
+
+/// A small deterministic generator (xorshift64*), seeded from the input so that each input
+/// is split its own way and a crash reproduces from the input alone.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from a fixed seed.
+    pub fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+
+    /// A generator seeded with the FNV-1a hash of `data`.
+    pub fn from_bytes(data: &[u8]) -> Self {
+        let h = data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        Self::new(h)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// The length of the next piece of a split stream: mostly short, sometimes long.
+    fn piece_len(&mut self) -> usize {
+        match self.below(8) {
+            0 => 1 + self.below(4096),
+            1..=3 => 1,
+            _ => 1 + self.below(16),
+        }
+    }
+}

@@ -65,6 +65,9 @@ pub async fn flush(client: &Client, outbox: &Outbox) -> Result<FlushReport, Clie
     Ok(report)
 }
 
+/// Longest pause between two attempts to reach the relay.
+const MAX_BACKOFF: Duration = Duration::from_secs(3);
+
 /// Connects and flushes the outbox, retrying with backoff for up to `retry_for`, until
 /// `want` (if given) is acknowledged or refused. Returns the report of everything sent.
 pub async fn flush_with_retry(
@@ -111,9 +114,11 @@ pub async fn flush_with_retry(
             },
             _ => backoff,
         };
+        // Jitter (50-150%) spreads a crowd of clients refused together over time.
+        let wait = wait.mul_f64(rand::random_range(0.5..1.5));
         warn!("relay unavailable ({err}); retrying in {} ms", wait.as_millis());
         tokio::time::sleep(wait.min(deadline - now)).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 

@@ -20,6 +20,9 @@ fn error(req: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Serve
     ServerMsg::Error(ErrorMsg { req, clip: None, code, message: message.into() })
 }
 
+/// Longest a TLS handshake may take once it has a slot.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Counts an authenticated-or-authenticating connection; uncounts it when dropped.
 struct Admitted<'a>(&'a AtomicUsize);
 
@@ -31,10 +34,16 @@ impl Drop for Admitted<'_> {
 
 pub(crate) async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming, handshake_slot: OwnedSemaphorePermit) {
     let remote = incoming.remote_address();
-    let conn = match incoming.await {
-        Ok(c) => c,
-        Err(e) => {
+    // A handshake slot is precious in a storm: a peer that stalls (or gave up) loses it
+    // after HANDSHAKE_TIMEOUT instead of holding it for the whole idle timeout.
+    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
             debug!(%remote, "handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            debug!(%remote, "handshake took longer than {HANDSHAKE_TIMEOUT:?}; dropped");
             return;
         }
     };

@@ -13,7 +13,6 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use walkie::clip::{ClipId, ClipMeta, CodecParams, Target};
 use walkie::store::nats::{CommitStep, NatsConfig, NatsStore};
 use walkie::store::{ChannelInfo, CommitOutcome, Store, StoreError};
@@ -117,23 +116,23 @@ impl Drop for Fixture {
         else {
             return;
         };
-        let urls: Vec<String> = servers().iter().map(|s| format!("nats://{s}")).collect();
+        let urls: Vec<async_nats::ServerAddr> = servers()
+            .iter()
+            .filter_map(|s| format!("nats://{s}").parse().ok())
+            .collect();
         let prefix = self.prefix.clone();
         rt.block_on(async move {
-            let Ok(client) = async_nats::connect(urls.join(",")).await else {
-                return;
+            let client = match async_nats::connect(urls).await {
+                Ok(client) => client,
+                Err(e) => return eprintln!("cleanup: cannot connect: {e}"),
             };
             let js = async_nats::jetstream::new(client);
-            let names: Vec<String> = js
-                .stream_names()
-                .filter_map(|n| async move { n.ok() })
-                .collect()
-                .await;
-            for name in names {
-                if name.starts_with(&format!("{prefix}_"))
-                    || name.starts_with(&format!("KV_{prefix}_"))
-                {
-                    let _ = js.delete_stream(&name).await;
+            // The streams of one store (see the layout in src/store/nats.rs).
+            let streams = ["clips", "audio", "inbox"].map(|s| format!("{prefix}_{s}"));
+            let buckets = ["users", "channels", "clipids"].map(|b| format!("KV_{prefix}_{b}"));
+            for name in streams.iter().chain(&buckets) {
+                if let Err(e) = js.delete_stream(name).await {
+                    eprintln!("cleanup: deleting stream {name}: {e}");
                 }
             }
         });

@@ -1,2 +1,939 @@
-//! Relay load benchmark (work in progress).
-fn main() {}
+//! Relay load benchmark: a real `walkie-relay serve` in a child process on 127.0.0.1 and a
+//! load generator in this process that multiplexes many QUIC connections over a few client
+//! endpoints.
+//!
+//! * fan-out: one talker (the real [`Client`] API, paced at 20 ms per packet) streams a 10 s
+//!   clip live to N listeners of one channel; each listener is a bare connection (hello on
+//!   a control stream, then the relay's unidirectional streams read with
+//!   `walkie::net::read_frame`) that records when each packet index arrives. Delay = receive
+//!   instant − the talker's send instant of the same index (one clock: same process).
+//! * ingest: M talkers (real clients) on M channels send 5 s clips back to back, each as soon
+//!   as the previous one is acknowledged (durable): clips/s and ack latency (end marker
+//!   written → `ClipStored`).
+//! * idle: K authenticated connections held past the idle timeout (keep-alives only), then
+//!   pinged: how many hold, and the relay's RSS growth per connection.
+//!
+//! Relay CPU comes from `/proc/PID/stat` (utime+stime) and RSS from `/proc/PID/status`, so
+//! the load generator's own work is not counted. `cargo bench --bench relay` runs the full
+//! plan (about 4 minutes); `cargo bench --bench relay -- fanout` runs the sections whose
+//! name contains the filter; without `--bench` (as `cargo test --benches` runs it) a tiny
+//! smoke plan checks that everything works. Results: markdown on stdout and in
+//! `target/walkie-bench/relay.md`, the chart in `target/walkie-bench/fanout-delay.png`.
+//! Environment overrides: `WALKIE_BENCH_FANOUT=10,100,1000`, `WALKIE_BENCH_INGEST=1,10,100`,
+//! `WALKIE_BENCH_IDLE=1000,10000`, `WALKIE_BENCH_HOLD_SECS=35`, `WALKIE_BENCH_OUT=DIR`.
+
+#[path = "support/chart.rs"]
+mod chart;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep, sleep_until, timeout, timeout_at};
+use walkie::client::{Client, ClientConfig};
+use walkie::clip::{ClipHeader, ClipId, CodecParams, Target, now_ms};
+use walkie::codec::{self, EncoderConfig};
+use walkie::net::{self, Fingerprint, read_frame, write_frame};
+use walkie::proto::{ClientMsg, MAX_CONTROL_FRAME, MAX_STREAM_FRAME, ServerMsg, StreamFrame};
+use walkie::relay::auth;
+use walkie::store::Store;
+use walkie::store::sqlite::SqliteStore;
+
+/// Connections per client endpoint (one UDP socket and one driver task each).
+const CONNS_PER_ENDPOINT: usize = 100;
+/// Handshakes the load generator keeps in flight.
+const CONNECT_CONCURRENCY: usize = 64;
+/// Users the idle connections log in as (each holds several sessions).
+const IDLE_USERS: usize = 1_000;
+
+/// What to run.
+#[derive(Clone, Debug)]
+struct Plan {
+    fanout: Vec<usize>,
+    ingest: Vec<usize>,
+    idle: Vec<usize>,
+    hold: Duration,
+    fanout_clip_s: usize,
+    ingest_clip_s: usize,
+    ingest_for: Duration,
+    filter: Option<String>,
+}
+
+impl Plan {
+    fn from_env(full: bool, filter: Option<String>) -> Plan {
+        let list = |var: &str, default: &[usize]| -> Vec<usize> {
+            std::env::var(var)
+                .ok()
+                .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+                .unwrap_or_else(|| default.to_vec())
+        };
+        let secs = |var: &str, default: u64| {
+            Duration::from_secs(std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default))
+        };
+        if full {
+            Plan {
+                fanout: list("WALKIE_BENCH_FANOUT", &[10, 100, 1000]),
+                ingest: list("WALKIE_BENCH_INGEST", &[1, 10, 100]),
+                idle: list("WALKIE_BENCH_IDLE", &[1000, 10_000]),
+                hold: secs("WALKIE_BENCH_HOLD_SECS", 35),
+                fanout_clip_s: 10,
+                ingest_clip_s: 5,
+                ingest_for: Duration::from_secs(10),
+                filter,
+            }
+        } else {
+            Plan {
+                fanout: vec![3],
+                ingest: vec![2],
+                idle: vec![10],
+                hold: Duration::from_secs(1),
+                fanout_clip_s: 1,
+                ingest_clip_s: 1,
+                ingest_for: Duration::from_secs(1),
+                filter,
+            }
+        }
+    }
+
+    fn wants(&self, section: &str) -> bool {
+        self.filter.as_deref().is_none_or(|f| section.contains(f))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The relay process.
+
+/// Clock ticks per second of /proc/PID/stat.
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// utime+stime of a process in seconds.
+fn cpu_secs(pid: &str, ticks: f64) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / ticks
+}
+
+/// Resident set size of a process in KiB.
+fn rss_kib(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+struct Relay {
+    child: Child,
+    _stdout: BufReader<ChildStdout>,
+    addr: SocketAddr,
+    pin: Fingerprint,
+    pid: String,
+    ticks: f64,
+}
+
+impl Relay {
+    /// Starts `walkie-relay serve` on 127.0.0.1:0 with `data_dir` and the bench config file.
+    fn start(data_dir: &Path, config: Option<&Path>, log: &Path, ticks: f64) -> Relay {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_walkie-relay"));
+        cmd.arg("--data-dir").arg(data_dir);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).expect("relay log file"));
+        let mut child = cmd.spawn().expect("walkie-relay starts");
+        let mut out = BufReader::new(child.stdout.take().expect("relay stdout"));
+        let (mut addr, mut pin) = (None, None);
+        let mut line = String::new();
+        while addr.is_none() || pin.is_none() {
+            line.clear();
+            if out.read_line(&mut line).expect("relay stdout readable") == 0 {
+                let _ = child.kill();
+                panic!("walkie-relay exited before listening; see {}", log.display());
+            }
+            if let Some(a) = line.trim().strip_prefix("listening on ") {
+                addr = Some(a.parse::<SocketAddr>().expect("relay address"));
+            } else if let Some(f) = line.trim().strip_prefix("fingerprint ") {
+                pin = Some(Fingerprint::parse(f).expect("relay fingerprint"));
+            }
+        }
+        let pid = child.id().to_string();
+        Relay { child, _stdout: out, addr: addr.expect("address"), pin: pin.expect("pin"), pid, ticks }
+    }
+
+    fn cpu(&self) -> f64 {
+        cpu_secs(&self.pid, self.ticks)
+    }
+
+    fn rss_kib(&self) -> u64 {
+        rss_kib(&self.pid)
+    }
+
+    /// Waits until the relay uses under 5% of a core over two 250 ms windows (at most `max`).
+    async fn settle(&self, max: Duration) {
+        let end = Instant::now() + max;
+        let mut quiet = 0;
+        while quiet < 2 && Instant::now() < end {
+            let c0 = self.cpu();
+            sleep(Duration::from_millis(250)).await;
+            quiet = if self.cpu() - c0 < 0.0125 { quiet + 1 } else { 0 };
+        }
+    }
+
+    /// SIGTERM (graceful shutdown), then SIGKILL after 10 s.
+    fn stop(mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.pid]).status();
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn self_cpu(ticks: f64) -> f64 {
+    cpu_secs("self", ticks)
+}
+
+// ---------------------------------------------------------------------------------------
+// Bare sessions: the control stream only, with a task draining what the relay says on it.
+
+struct Session {
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    pongs: mpsc::UnboundedReceiver<u64>,
+}
+
+impl Session {
+    async fn connect(ep: quinn::Endpoint, addr: SocketAddr, user: String, token: String) -> Result<Session, String> {
+        let connecting = ep.connect(addr, net::SERVER_NAME).map_err(|e| format!("connect: {e}"))?;
+        let conn = timeout(Duration::from_secs(30), connecting)
+            .await
+            .map_err(|_| "handshake timed out".to_string())?
+            .map_err(|e| format!("handshake: {e}"))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| format!("open control: {e}"))?;
+        let hello = ClientMsg::Hello { user, token, client: "walkie-bench".into() };
+        write_frame(&mut send, &hello, MAX_CONTROL_FRAME).await.map_err(|e| format!("hello: {e}"))?;
+        match timeout(Duration::from_secs(30), read_frame::<ServerMsg>(&mut recv, MAX_CONTROL_FRAME)).await {
+            Ok(Ok(Some(ServerMsg::Welcome { .. }))) => {}
+            Ok(Ok(Some(ServerMsg::Error(e)))) => return Err(format!("refused: {} ({})", e.message, e.code.name())),
+            Ok(Ok(other)) => return Err(format!("unexpected reply to hello: {other:?}")),
+            Ok(Err(e)) => return Err(format!("welcome: {e}")),
+            Err(_) => return Err("no welcome within 30 s".into()),
+        }
+        let (tx, pongs) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(msg)) = read_frame::<ServerMsg>(&mut recv, MAX_CONTROL_FRAME).await {
+                if let ServerMsg::Pong { nonce } = msg {
+                    let _ = tx.send(nonce);
+                }
+            }
+        });
+        Ok(Session { conn, send, pongs })
+    }
+
+    /// A ping answered within `wait`. The relay handles control messages in order, so a pong
+    /// also means every earlier message (an ack) was processed.
+    async fn ping(&mut self, nonce: u64, wait: Duration) -> bool {
+        if write_frame(&mut self.send, &ClientMsg::Ping { nonce }, MAX_CONTROL_FRAME).await.is_err() {
+            return false;
+        }
+        let end = Instant::now() + wait;
+        loop {
+            match timeout_at(end, self.pongs.recv()).await {
+                Ok(Some(n)) if n == nonce => return true,
+                Ok(Some(_)) => {}
+                _ => return false,
+            }
+        }
+    }
+
+    fn close(&self) {
+        self.conn.close(0u32.into(), b"bench done");
+    }
+}
+
+fn endpoints(pin: Fingerprint, conns: usize) -> Vec<quinn::Endpoint> {
+    let bind: SocketAddr = "127.0.0.1:0".parse().expect("bind address");
+    (0..conns.div_ceil(CONNS_PER_ENDPOINT).max(1)).map(|_| net::client_endpoint(pin, bind).expect("client endpoint")).collect()
+}
+
+/// Connects one session per user name, `CONNECT_CONCURRENCY` handshakes at a time. Returns
+/// the sessions in order (errors where a connection failed) and the time it took.
+async fn connect_many(
+    eps: &[quinn::Endpoint],
+    addr: SocketAddr,
+    users: Vec<String>,
+    token: &str,
+) -> (Vec<Result<Session, String>>, Duration) {
+    let start = Instant::now();
+    let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let mut tasks = JoinSet::new();
+    let n = users.len();
+    for (i, user) in users.into_iter().enumerate() {
+        let (ep, gate, token) = (eps[i % eps.len()].clone(), gate.clone(), token.to_string());
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            (i, Session::connect(ep, addr, user, token).await)
+        });
+    }
+    let mut out: Vec<Option<Result<Session, String>>> = (0..n).map(|_| None).collect();
+    while let Some(r) = tasks.join_next().await {
+        let (i, s) = r.expect("connect task");
+        out[i] = Some(s);
+    }
+    (out.into_iter().map(|s| s.expect("every slot filled")).collect(), start.elapsed())
+}
+
+fn tally_errors<'a>(errors: impl Iterator<Item = &'a String>) -> String {
+    let mut by: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in errors {
+        *by.entry(e.as_str()).or_default() += 1;
+    }
+    by.iter().map(|(e, n)| format!("{n}× {e}")).collect::<Vec<_>>().join("; ")
+}
+
+async fn close_all(sessions: impl IntoIterator<Item = Session>, eps: &[quinn::Endpoint]) {
+    for s in sessions {
+        s.close();
+    }
+    for ep in eps {
+        let _ = timeout(Duration::from_secs(3), ep.wait_idle()).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Statistics.
+
+/// Nearest-rank percentile of sorted values.
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+// ---------------------------------------------------------------------------------------
+// Fixtures.
+
+/// `secs` seconds of speech from samples/ as Opus packets (walkie's default settings).
+fn speech_clip(secs: usize) -> (CodecParams, Vec<Vec<u8>>, u64) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .expect("samples/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "wav"))
+        .collect();
+    names.sort();
+    let speech: Vec<f32> = names.iter().flat_map(|p| walkie::audio::load_wav_48k_mono(p).expect("sample loads")).collect();
+    let pcm: Vec<f32> = speech.iter().copied().cycle().take(secs * 48_000).collect();
+    let clip = codec::encode_pcm(&pcm, &EncoderConfig::default()).expect("encodes");
+    (clip.params, clip.packets, clip.samples)
+}
+
+struct Setup {
+    _root: tempfile::TempDir,
+    data: PathBuf,
+    config: Option<PathBuf>,
+    logs: PathBuf,
+    token: String,
+    ticks: f64,
+}
+
+impl Setup {
+    /// Users: `talker`, `l0..` (listeners, in channels `fan{N}`), `t0..` (ingest talkers, each
+    /// in `in{i}` with the offline user `offline`), `i0..` (idle, in no channel). One token for all.
+    fn new(plan: &Plan) -> Setup {
+        let root = tempfile::tempdir().expect("tempdir");
+        let data = root.path().join("relay");
+        let logs = root.path().join("logs");
+        std::fs::create_dir_all(&logs).expect("log dir");
+        let token = auth::new_token();
+        let hash = auth::hash_token(&token);
+        let t = std::time::Instant::now();
+        let store = SqliteStore::open(&data).expect("store opens");
+        let listeners = plan.fanout.iter().copied().max().unwrap_or(0);
+        let talkers = plan.ingest.iter().copied().max().unwrap_or(0);
+        let idle = plan.idle.iter().copied().max().unwrap_or(0).min(IDLE_USERS);
+        let mut users = vec!["talker".to_string(), "offline".to_string()];
+        users.extend((0..listeners).map(|i| format!("l{i}")));
+        users.extend((0..talkers).map(|i| format!("t{i}")));
+        users.extend((0..idle).map(|i| format!("i{i}")));
+        for u in &users {
+            store.add_user(u, &hash).expect("add user");
+        }
+        for &n in &plan.fanout {
+            let mut members = vec!["talker".to_string()];
+            members.extend((0..n).map(|i| format!("l{i}")));
+            store.add_channel(&format!("fan{n}"), &members).expect("add channel");
+        }
+        for i in 0..talkers {
+            store.add_channel(&format!("in{i}"), &[format!("t{i}"), "offline".into()]).expect("add channel");
+        }
+        drop(store);
+        eprintln!("setup: {} users in {:.1} s", users.len(), t.elapsed().as_secs_f64());
+        // Lift the per-user rate limits and the connection cap: this measures capacity, not policy.
+        let config = root.path().join("relay.toml");
+        std::fs::write(
+            &config,
+            "max_connections = 50000\nclips_per_minute = 1000000\nbytes_per_second = 1073741824\nmax_streams_per_conn = 64\n",
+        )
+        .expect("config file");
+        let help = Command::new(env!("CARGO_BIN_EXE_walkie-relay")).arg("--help").output().expect("walkie-relay --help");
+        let config = if String::from_utf8_lossy(&help.stdout).contains("--config") {
+            Some(config)
+        } else {
+            eprintln!("note: this walkie-relay has no --config; running with its default limits");
+            None
+        };
+        Setup { data, config, logs, token, ticks: clock_ticks(), _root: root }
+    }
+
+    fn relay(&self, name: &str) -> Relay {
+        Relay::start(&self.data, self.config.as_deref(), &self.logs.join(format!("{name}.log")), self.ticks)
+    }
+
+    fn client_config(&self, relay: &Relay, user: &str) -> ClientConfig {
+        ClientConfig { relay: relay.addr.to_string(), user: user.into(), token: self.token.clone(), pin: relay.pin }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Fan-out.
+
+/// What one listener heard.
+struct Heard {
+    at: Vec<Option<Instant>>,
+    ended: bool,
+    acked: bool,
+}
+
+async fn listen(mut s: Session, clip: ClipId, packets: usize, done: mpsc::UnboundedSender<()>, deadline: Instant) -> (Session, Heard) {
+    let mut heard = Heard { at: vec![None; packets], ended: false, acked: false };
+    loop {
+        let Ok(Ok(mut recv)) = timeout_at(deadline, s.conn.accept_uni()).await else { break };
+        match timeout_at(deadline, read_frame::<StreamFrame>(&mut recv, MAX_STREAM_FRAME)).await {
+            Ok(Ok(Some(StreamFrame::Deliver(h)))) if h.id == clip => {
+                let mut i = 0;
+                while let Ok(Ok(Some(frame))) = timeout_at(deadline, read_frame::<StreamFrame>(&mut recv, MAX_STREAM_FRAME)).await {
+                    match frame {
+                        StreamFrame::Packet(_) => {
+                            if let Some(slot) = heard.at.get_mut(i) {
+                                *slot = Some(Instant::now());
+                            }
+                            i += 1;
+                        }
+                        StreamFrame::End { .. } => {
+                            heard.ended = true;
+                            break;
+                        }
+                        _ => break,
+                    }
+                }
+                break;
+            }
+            Ok(Ok(Some(StreamFrame::Deliver(h)))) => {
+                // A clip from an earlier run still in this user's inbox: take it and ack it.
+                while let Ok(Ok(Some(_))) = timeout_at(deadline, read_frame::<StreamFrame>(&mut recv, MAX_STREAM_FRAME)).await {}
+                let _ = write_frame(&mut s.send, &ClientMsg::Ack { id: h.id }, MAX_CONTROL_FRAME).await;
+            }
+            _ => {}
+        }
+    }
+    let _ = done.send(());
+    if heard.ended && write_frame(&mut s.send, &ClientMsg::Ack { id: clip }, MAX_CONTROL_FRAME).await.is_ok() {
+        heard.acked = s.ping(1, Duration::from_secs(60)).await;
+    }
+    (s, heard)
+}
+
+struct FanoutRow {
+    n: usize,
+    connected: usize,
+    connect_s: f64,
+    packets: usize,
+    complete: usize,
+    lost: usize,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+    worst_listener_p99: f64,
+    median_listener_p99: f64,
+    relay_cpu_s: f64,
+    audio_s: f64,
+    gen_cpu_s: f64,
+    talker_ack_ms: f64,
+    acks_s: f64,
+    acked: usize,
+    errors: String,
+}
+
+async fn fanout(setup: &Setup, n: usize, clip_s: usize) -> FanoutRow {
+    let (params, packets, samples) = speech_clip(clip_s);
+    let npk = packets.len();
+    let relay = setup.relay(&format!("fanout-{n}"));
+    let eps = endpoints(relay.pin, n);
+    let users = (0..n).map(|i| format!("l{i}")).collect();
+    let (sessions, connect) = connect_many(&eps, relay.addr, users, &setup.token).await;
+    let errors = tally_errors(sessions.iter().filter_map(|s| s.as_ref().err()));
+    let sessions: Vec<Session> = sessions.into_iter().filter_map(Result::ok).collect();
+    let connected = sessions.len();
+    let talker = Client::connect(&setup.client_config(&relay, "talker")).await.expect("talker connects");
+    relay.settle(Duration::from_secs(30)).await;
+
+    let clip = ClipId::random();
+    let header = ClipHeader { id: clip, to: Target::Channel(format!("fan{n}")), started_at_ms: now_ms(), codec: params };
+    let deadline = Instant::now() + Duration::from_secs(clip_s as u64 + 60);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let mut tasks = JoinSet::new();
+    for s in sessions {
+        tasks.spawn(listen(s, clip, npk, done_tx.clone(), deadline));
+    }
+    drop(done_tx);
+
+    let (cpu0, gen0) = (relay.cpu(), self_cpu(setup.ticks));
+    let mut up = talker.start_clip(&header).await.expect("clip starts");
+    let t0 = Instant::now() + Duration::from_millis(20);
+    let mut sent = Vec::with_capacity(npk);
+    for (i, p) in packets.iter().enumerate() {
+        sleep_until(t0 + Duration::from_millis(20 * i as u64)).await;
+        sent.push(Instant::now());
+        up.packet(p.clone()).await.expect("packet sent");
+    }
+    let fin = Instant::now();
+    up.finish(samples).await.expect("clip acknowledged");
+    let talker_ack_ms = fin.elapsed().as_secs_f64() * 1e3;
+    let mut ended = 0;
+    while ended < connected && timeout_at(deadline, done_rx.recv()).await.ok().flatten().is_some() {
+        ended += 1;
+    }
+    let ends_at = Instant::now();
+    let (cpu1, gen1) = (relay.cpu(), self_cpu(setup.ticks));
+
+    let mut all = Vec::with_capacity(connected * npk);
+    let mut listener_p99 = Vec::with_capacity(connected);
+    let (mut complete, mut received, mut acked) = (0, 0, 0);
+    let mut back = Vec::with_capacity(connected);
+    while let Some(r) = tasks.join_next().await {
+        let (s, heard) = r.expect("listener task");
+        let delays: Vec<f64> = heard
+            .at
+            .iter()
+            .zip(&sent)
+            .filter_map(|(got, sent)| got.map(|g| g.saturating_duration_since(*sent).as_secs_f64() * 1e3))
+            .collect();
+        received += delays.len();
+        if delays.len() == npk && heard.ended {
+            complete += 1;
+        }
+        acked += usize::from(heard.acked);
+        listener_p99.push(pct(&sorted(delays.clone()), 99.0));
+        all.extend(delays);
+        back.push(s);
+    }
+    let acks_s = ends_at.elapsed().as_secs_f64();
+    let all = sorted(all);
+    let listener_p99 = sorted(listener_p99);
+    talker.close().await;
+    close_all(back, &eps).await;
+    relay.stop();
+    FanoutRow {
+        n,
+        connected,
+        connect_s: connect.as_secs_f64(),
+        packets: npk,
+        complete,
+        lost: connected * npk - received,
+        p50: pct(&all, 50.0),
+        p99: pct(&all, 99.0),
+        p999: pct(&all, 99.9),
+        max: all.last().copied().unwrap_or(f64::NAN),
+        worst_listener_p99: listener_p99.last().copied().unwrap_or(f64::NAN),
+        median_listener_p99: pct(&listener_p99, 50.0),
+        relay_cpu_s: cpu1 - cpu0,
+        audio_s: received as f64 * 0.020,
+        gen_cpu_s: gen1 - gen0,
+        talker_ack_ms,
+        acks_s,
+        acked,
+        errors,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Ingest.
+
+struct IngestRow {
+    m: usize,
+    acked: usize,
+    failed: usize,
+    elapsed_s: f64,
+    ack_p50: f64,
+    ack_p99: f64,
+    upload_p50: f64,
+    relay_cpu_s: f64,
+    audio_s: f64,
+    errors: String,
+}
+
+async fn ingest(setup: &Setup, m: usize, clip_s: usize, run_for: Duration) -> IngestRow {
+    let (params, packets, samples) = speech_clip(clip_s);
+    let packets = Arc::new(packets);
+    let relay = setup.relay(&format!("ingest-{m}"));
+    let mut connecting = JoinSet::new();
+    for i in 0..m {
+        let cfg = setup.client_config(&relay, &format!("t{i}"));
+        connecting.spawn(async move { (i, Client::connect(&cfg).await.expect("ingest talker connects")) });
+    }
+    let mut clients = Vec::new();
+    while let Some(r) = connecting.join_next().await {
+        clients.push(r.expect("connect task"));
+    }
+    relay.settle(Duration::from_secs(10)).await;
+
+    let cpu0 = relay.cpu();
+    let start = Instant::now();
+    let stop_at = start + run_for;
+    let mut tasks = JoinSet::new();
+    for (i, client) in clients {
+        let packets = packets.clone();
+        tasks.spawn(async move {
+            let mut acks = Vec::new();
+            let mut uploads = Vec::new();
+            let mut errors = Vec::new();
+            let mut last = start;
+            while Instant::now() < stop_at {
+                let header = ClipHeader { id: ClipId::random(), to: Target::Channel(format!("in{i}")), started_at_ms: now_ms(), codec: params };
+                let t_start = Instant::now();
+                let sent = async {
+                    let mut up = client.start_clip(&header).await?;
+                    for p in packets.iter() {
+                        up.packet(p.clone()).await?;
+                    }
+                    Ok::<_, walkie::client::ClientError>(up)
+                }
+                .await;
+                let result = match sent {
+                    Ok(up) => {
+                        let t_end = Instant::now();
+                        uploads.push((t_end - t_start).as_secs_f64() * 1e3);
+                        up.finish(samples).await.map(|_| t_end.elapsed())
+                    }
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(lat) => {
+                        acks.push(lat.as_secs_f64() * 1e3);
+                        last = Instant::now();
+                    }
+                    Err(e) => {
+                        errors.push(e.to_string());
+                        sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+            client.close().await;
+            (acks, uploads, errors, last)
+        });
+    }
+    let (mut acks, mut uploads, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+    let mut last = start;
+    while let Some(r) = tasks.join_next().await {
+        let (a, u, e, l) = r.expect("ingest task");
+        acks.extend(a);
+        uploads.extend(u);
+        errors.extend(e);
+        last = last.max(l);
+    }
+    let cpu1 = relay.cpu();
+    relay.stop();
+    let acked = acks.len();
+    let (acks, uploads) = (sorted(acks), sorted(uploads));
+    IngestRow {
+        m,
+        acked,
+        failed: errors.len(),
+        elapsed_s: (last - start).as_secs_f64(),
+        ack_p50: pct(&acks, 50.0),
+        ack_p99: pct(&acks, 99.0),
+        upload_p50: pct(&uploads, 50.0),
+        relay_cpu_s: cpu1 - cpu0,
+        audio_s: (acked * clip_s) as f64,
+        errors: tally_errors(errors.iter()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Idle connections.
+
+struct IdleRow {
+    k: usize,
+    connected: usize,
+    connect_s: f64,
+    alive: usize,
+    ponged: usize,
+    rss0_mib: f64,
+    rss_mib: f64,
+    per_conn_kib: f64,
+    gen_per_conn_kib: f64,
+    hold_s: f64,
+    hold_cpu_pct: f64,
+    connect_cpu_s: f64,
+    errors: String,
+}
+
+async fn idle(setup: &Setup, k: usize, hold: Duration) -> IdleRow {
+    let relay = setup.relay(&format!("idle-{k}"));
+    relay.settle(Duration::from_secs(5)).await;
+    let (rss0, gen_rss0, cpu0) = (relay.rss_kib(), rss_kib("self"), relay.cpu());
+    let eps = endpoints(relay.pin, k);
+    let users = (0..k).map(|i| format!("i{}", i % IDLE_USERS)).collect();
+    let (sessions, connect) = connect_many(&eps, relay.addr, users, &setup.token).await;
+    let errors = tally_errors(sessions.iter().filter_map(|s| s.as_ref().err()));
+    let mut sessions: Vec<Session> = sessions.into_iter().filter_map(Result::ok).collect();
+    let connected = sessions.len();
+    relay.settle(Duration::from_secs(30)).await;
+    let cpu1 = relay.cpu();
+    let t_hold = Instant::now();
+    sleep(hold).await;
+    let hold_s = t_hold.elapsed().as_secs_f64();
+    let cpu2 = relay.cpu();
+    let (rss1, gen_rss1) = (relay.rss_kib(), rss_kib("self"));
+    let alive = sessions.iter().filter(|s| s.conn.close_reason().is_none()).count();
+    let mut pings = JoinSet::new();
+    for (i, mut s) in sessions.drain(..).enumerate() {
+        pings.spawn(async move {
+            let ok = s.ping(i as u64 + 7, Duration::from_secs(30)).await;
+            (s, ok)
+        });
+    }
+    let mut ponged = 0;
+    let mut back = Vec::with_capacity(connected);
+    while let Some(r) = pings.join_next().await {
+        let (s, ok) = r.expect("ping task");
+        ponged += usize::from(ok);
+        back.push(s);
+    }
+    close_all(back, &eps).await;
+    relay.stop();
+    let per = |a: u64, b: u64| (b as f64 - a as f64) / connected.max(1) as f64;
+    IdleRow {
+        k,
+        connected,
+        connect_s: connect.as_secs_f64(),
+        alive,
+        ponged,
+        rss0_mib: rss0 as f64 / 1024.0,
+        rss_mib: rss1 as f64 / 1024.0,
+        per_conn_kib: per(rss0, rss1),
+        gen_per_conn_kib: per(gen_rss0, gen_rss1),
+        hold_s,
+        hold_cpu_pct: (cpu2 - cpu1) / hold_s * 100.0,
+        connect_cpu_s: cpu1 - cpu0,
+        errors,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Report.
+
+fn out_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("WALKIE_BENCH_OUT") {
+        return PathBuf::from(d);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("walkie-bench")
+}
+
+fn report_fanout(rows: &[FanoutRow], md: &mut String) {
+    let _ = writeln!(md, "\n## Fan-out: one talker, a {} s clip paced at 20 ms/packet, N listeners\n", rows.first().map_or(0, |r| r.packets / 50));
+    let _ = writeln!(md, "| N | connected (s to connect) | complete listeners | packets lost | delay p50 | p99 | p99.9 | max | listener p99: median / worst | relay CPU s per delivered audio-s | relay CPU % (of one core) | load-gen CPU s | talker ack after end | listener acks stored |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let window = r.packets as f64 * 0.020;
+        let _ = writeln!(
+            md,
+            "| {} | {} ({:.1} s) | {}/{} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.1} ms | {:.2} / {:.2} ms | {:.5} | {:.0}% | {:.1} | {:.0} ms | {} in {:.1} s |",
+            r.n,
+            r.connected,
+            r.connect_s,
+            r.complete,
+            r.n,
+            r.lost,
+            r.p50,
+            r.p99,
+            r.p999,
+            r.max,
+            r.median_listener_p99,
+            r.worst_listener_p99,
+            r.relay_cpu_s / r.audio_s.max(1e-9),
+            r.relay_cpu_s / window * 100.0,
+            r.gen_cpu_s,
+            r.talker_ack_ms,
+            r.acked,
+            r.acks_s
+        );
+        if !r.errors.is_empty() {
+            let _ = writeln!(md, "\nN={} connection errors: {}\n", r.n, r.errors);
+        }
+    }
+}
+
+fn report_ingest(rows: &[IngestRow], md: &mut String) {
+    let _ = writeln!(md, "\n## Ingest: M talkers on M channels, back-to-back {} s clips, each after the previous ack\n", rows.first().map_or(0, |r| (r.audio_s / r.acked.max(1) as f64).round() as usize));
+    let _ = writeln!(md, "| M | clips acked | in | clips/s | audio ingested (x real time) | ack p50 | ack p99 | upload p50 (250 packets) | relay CPU s per audio-s | failures |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.1} s | {:.1} | {:.0}x | {:.1} ms | {:.1} ms | {:.1} ms | {:.5} | {} |",
+            r.m,
+            r.acked,
+            r.elapsed_s,
+            r.acked as f64 / r.elapsed_s,
+            r.audio_s / r.elapsed_s,
+            r.ack_p50,
+            r.ack_p99,
+            r.upload_p50,
+            r.relay_cpu_s / r.audio_s.max(1e-9),
+            if r.failed == 0 { "0".to_string() } else { format!("{}: {}", r.failed, r.errors) }
+        );
+    }
+}
+
+fn report_idle(rows: &[IdleRow], md: &mut String) {
+    let _ = writeln!(md, "\n## Idle authenticated connections (keep-alive only)\n");
+    let _ = writeln!(md, "| K | connected (time) | relay CPU s to accept | alive after hold | answered a ping | relay RSS before → after | relay RSS per connection | load-gen RSS per connection | relay CPU while idle |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} ({:.1} s, {:.0}/s) | {:.1} | {} after {:.0} s | {} | {:.1} → {:.1} MiB | {:.1} KiB | {:.1} KiB | {:.1}% |",
+            r.k,
+            r.connected,
+            r.connect_s,
+            r.connected as f64 / r.connect_s,
+            r.connect_cpu_s,
+            r.alive,
+            r.hold_s,
+            r.ponged,
+            r.rss0_mib,
+            r.rss_mib,
+            r.per_conn_kib,
+            r.gen_per_conn_kib,
+            r.hold_cpu_pct
+        );
+        if !r.errors.is_empty() {
+            let _ = writeln!(md, "\nK={} connection errors: {}\n", r.k, r.errors);
+        }
+    }
+}
+
+fn chart(rows: &[FanoutRow], dir: &Path) {
+    let line = |name: &str, f: &dyn Fn(&FanoutRow) -> f64| chart::Series {
+        name: name.into(),
+        points: rows.iter().map(|r| (r.n as f64, f(r))).filter(|p| p.1.is_finite() && p.1 > 0.0).collect(),
+        dashed: false,
+    };
+    let mut series = vec![line("p50", &|r| r.p50), line("p99", &|r| r.p99), line("max", &|r| r.max)];
+    // The ceiling measured for quinn alone on this machine kind (shared/notes/quinn.md).
+    series.push(chart::Series {
+        name: "p99, quinn alone (reference)".into(),
+        points: vec![(10.0, 0.9), (100.0, 2.8), (1000.0, 16.0)],
+        dashed: true,
+    });
+    let path = dir.join("fanout-delay.png");
+    match chart::fanout_png(&path, "walkie relay fan-out: frame delay vs listeners (2 vCPU, loopback)", &series, (900, 560)) {
+        Ok(()) => println!("chart: {}", path.display()),
+        Err(e) => eprintln!("no chart: {e}"),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let full = args.iter().any(|a| a == "--bench");
+    let filter = args.iter().find(|a| !a.starts_with('-')).cloned();
+    let plan = Plan::from_env(full, filter);
+    let setup = Setup::new(&plan);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    let dir = out_dir();
+    std::fs::create_dir_all(&dir).expect("output dir");
+    let mut md = String::new();
+    rt.block_on(async {
+        if plan.wants("fanout") {
+            let mut rows = Vec::new();
+            for &n in &plan.fanout {
+                eprintln!("fan-out N={n} ...");
+                rows.push(fanout(&setup, n, plan.fanout_clip_s).await);
+            }
+            report_fanout(&rows, &mut md);
+            if full {
+                chart(&rows, &dir);
+            }
+        }
+        if plan.wants("ingest") {
+            let mut rows = Vec::new();
+            for &m in &plan.ingest {
+                eprintln!("ingest M={m} ...");
+                rows.push(ingest(&setup, m, plan.ingest_clip_s, plan.ingest_for).await);
+            }
+            report_ingest(&rows, &mut md);
+        }
+        if plan.wants("idle") {
+            let mut rows = Vec::new();
+            for &k in &plan.idle {
+                eprintln!("idle K={k} ...");
+                rows.push(idle(&setup, k, plan.hold).await);
+            }
+            report_idle(&rows, &mut md);
+        }
+    });
+    println!("{md}");
+    if full {
+        let path = dir.join("relay.md");
+        std::fs::write(&path, &md).expect("write relay.md");
+        println!("results: {}", path.display());
+    }
+}

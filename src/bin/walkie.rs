@@ -1,6 +1,6 @@
 //! `walkie`: the client command line (thin shell: parse, call the library, print).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -120,21 +120,27 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
-    /// Encode a WAV file to Ogg Opus (the same code path as live clips).
+    /// Encode a WAV file to Ogg Opus (the same code path as live clips): `IN.wav OUT.opus`,
+    /// or `--out-dir DIR IN.wav...` for many files at once on every core.
     Encode {
-        /// Input WAV.
-        input: PathBuf,
-        /// Output .opus file.
-        output: PathBuf,
+        /// `IN.wav OUT.opus`; with --out-dir, the input WAV files.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Write DIR/NAME.opus for each input NAME.wav, encoding files in parallel.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
         #[command(flatten)]
         encode: EncodeArgs,
     },
-    /// Decode an Ogg Opus file to a 48 kHz mono 16-bit WAV.
+    /// Decode an Ogg Opus file to a 48 kHz mono 16-bit WAV: `IN.opus OUT.wav`, or
+    /// `--out-dir DIR IN.opus...` for many files at once on every core.
     Decode {
-        /// Input .opus file.
-        input: PathBuf,
-        /// Output WAV.
-        output: PathBuf,
+        /// `IN.opus OUT.wav`; with --out-dir, the input .opus files.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Write DIR/NAME.wav for each input NAME.opus, decoding files in parallel.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
     },
     /// Run a relay in-process with two users, send a bundled sample and receive it.
     Demo {
@@ -183,6 +189,94 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// The (input, output) pairs of `walkie encode`/`decode`: `IN OUT`, or with `--out-dir DIR`
+/// every FILE to `DIR/STEM.EXT`. Refuses two inputs that would write the same output.
+fn codec_jobs(files: Vec<PathBuf>, out_dir: Option<&Path>, cmd: &str, ext: &str) -> Result<Vec<(PathBuf, PathBuf)>, Failure> {
+    let Some(dir) = out_dir else {
+        return match <[PathBuf; 2]>::try_from(files) {
+            Ok([input, output]) => Ok(vec![(input, output)]),
+            Err(files) => Err(usage(format!(
+                "walkie {cmd} takes IN OUT ({} file(s) given), or --out-dir DIR followed by any number of inputs",
+                files.len()
+            ))),
+        };
+    };
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut seen = std::collections::HashMap::new();
+    let mut jobs = Vec::with_capacity(files.len());
+    for input in files {
+        let Some(stem) = input.file_stem() else {
+            return Err(usage(format!("{}: not a file name", input.display())));
+        };
+        let output = dir.join(stem).with_extension(ext);
+        if let Some(other) = seen.insert(output.clone(), input.clone()) {
+            return Err(usage(format!(
+                "{} and {} would both write {}; rename one or use two runs",
+                other.display(),
+                input.display(),
+                output.display()
+            )));
+        }
+        jobs.push((input, output));
+    }
+    Ok(jobs)
+}
+
+/// Runs `work` on every job, on as many threads as there are cores (never more than jobs),
+/// then prints each result line in input order; failures go to stderr and make the exit
+/// status 1 once every other file is done.
+fn run_codec_jobs(
+    jobs: &[(PathBuf, PathBuf)],
+    work: impl Fn(&Path, &Path) -> Result<String, ClientError> + Sync,
+) -> Result<(), Failure> {
+    if let [(input, output)] = jobs {
+        println!("{}", work(input, output)?);
+        return Ok(());
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(jobs.len()).max(1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<Option<Result<String, ClientError>>> = (0..jobs.len()).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((input, output)) = jobs.get(i) else { break };
+                        done.push((i, work(input, output)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        for worker in workers {
+            // A panicking worker loses only its own files, which stay None below.
+            for (i, r) in worker.join().unwrap_or_default() {
+                results[i] = Some(r);
+            }
+        }
+    });
+    let mut failed = 0;
+    for (r, (input, _)) in results.into_iter().zip(jobs) {
+        match r {
+            Some(Ok(line)) => println!("{line}"),
+            Some(Err(e)) => {
+                failed += 1;
+                eprintln!("error: {e}");
+            }
+            None => {
+                failed += 1;
+                eprintln!("error: {}: the worker handling it crashed", input.display());
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(Failure(format!("{failed} of {} files failed", jobs.len()), 1));
+    }
+    Ok(())
 }
 
 fn settings(args: &ConnArgs) -> Result<Profile, ClientError> {
@@ -314,22 +408,28 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             client.close().await;
             println!("exported {} clips to {}", n?, out.display());
         }
-        Command::Encode { input, output, encode } => {
+        Command::Encode { files, out_dir, encode } => {
             let enc = encode.config()?;
-            let clip = codec::encode_file(&input, &output, &enc).map_err(ClientError::from)?;
-            let bytes: usize = clip.packets.iter().map(Vec::len).sum();
-            println!(
-                "{} -> {}: {} ms, {} packets, {} bytes of Opus",
-                input.display(),
-                output.display(),
-                (clip.samples + 24) / 48,
-                clip.packets.len(),
-                bytes
-            );
+            let jobs = codec_jobs(files, out_dir.as_deref(), "encode", "opus")?;
+            run_codec_jobs(&jobs, |input, output| {
+                let clip = codec::encode_file(input, output, &enc).map_err(ClientError::from)?;
+                let bytes: usize = clip.packets.iter().map(Vec::len).sum();
+                Ok(format!(
+                    "{} -> {}: {} ms, {} packets, {} bytes of Opus",
+                    input.display(),
+                    output.display(),
+                    (clip.samples + 24) / 48,
+                    clip.packets.len(),
+                    bytes
+                ))
+            })?;
         }
-        Command::Decode { input, output } => {
-            let samples = codec::decode_file(&input, &output).map_err(ClientError::from)?;
-            println!("{} -> {}: {} ms at 48 kHz", input.display(), output.display(), (samples + 24) / 48);
+        Command::Decode { files, out_dir } => {
+            let jobs = codec_jobs(files, out_dir.as_deref(), "decode", "wav")?;
+            run_codec_jobs(&jobs, |input, output| {
+                let samples = codec::decode_file(input, output).map_err(ClientError::from)?;
+                Ok(format!("{} -> {}: {} ms at 48 kHz", input.display(), output.display(), (samples + 24) / 48))
+            })?;
         }
         Command::Demo { out } => {
             let report = walkie::demo::run(out.as_deref()).await.map_err(|e| e.to_string())?;

@@ -10,7 +10,7 @@ pub mod opus;
 
 use std::path::Path;
 
-use crate::audio::{self, AudioError, frames::Framer};
+use crate::audio::{self, AudioError};
 use crate::clip::CodecParams;
 
 /// Longest Opus packet, in 48 kHz samples (120 ms, RFC 6716).
@@ -170,15 +170,19 @@ pub fn encode_pcm(pcm48: &[f32], cfg: &EncoderConfig) -> Result<EncodedClip, Cod
         )));
     }
     let mut enc = opus::Encoder::new(cfg)?;
-    let mut framer = Framer::new(cfg.frame_samples());
-    framer.push(pcm48);
-    framer.push(&vec![0.0; usize::from(enc.pre_skip())]);
-    let mut packets = Vec::with_capacity(framer.pending() / cfg.frame_samples() + 1);
-    while let Some(frame) = framer.pop() {
-        packets.push(enc.encode(frame)?);
+    let frame = cfg.frame_samples();
+    // Full frames straight from the input (no copy of the clip); then the rest of the input
+    // and the lookahead's zeros, zero-padded to whole frames.
+    let whole = pcm48.len() / frame * frame;
+    let total = pcm48.len() + usize::from(enc.pre_skip());
+    let mut packets = Vec::with_capacity(total.div_ceil(frame));
+    for f in pcm48[..whole].chunks_exact(frame) {
+        packets.push(enc.encode(f)?);
     }
-    if let Some((frame, _)) = framer.finish() {
-        packets.push(enc.encode(frame)?);
+    let mut tail = pcm48[whole..].to_vec();
+    tail.resize((total - whole).div_ceil(frame) * frame, 0.0);
+    for f in tail.chunks_exact(frame) {
+        packets.push(enc.encode(f)?);
     }
     Ok(EncodedClip { params: enc.params(), packets, samples })
 }
@@ -194,12 +198,14 @@ pub fn decode_packets(params: &CodecParams, packets: &[Vec<u8>], samples: u64) -
         if out.len() >= want {
             break;
         }
-        let pcm = dec.decode(packet)?;
+        let pcm = dec.decode_slice(packet)?;
         let drop = skip.min(pcm.len());
         skip -= drop;
-        out.extend_from_slice(&pcm[drop..]);
+        // Never past `want`: the last packet's padding would make `out` grow (double) for
+        // samples that are cut anyway.
+        let keep = (pcm.len() - drop).min(want - out.len());
+        out.extend_from_slice(&pcm[drop..drop + keep]);
     }
-    out.truncate(want);
     Ok(out)
 }
 

@@ -60,7 +60,7 @@ for t in $targets; do
     summary+=("FAILED $line (exit $rc)")
     echo "fuzz-smoke: $t FAILED; the end of its log:"
     tail -n 60 "$log"
-    artifact="$(grep -o 'fuzz/artifacts/[^ ]*' "$log" | head -1 || true)"
+    artifact="$(grep -Eo "fuzz/artifacts/$t/[a-z-]+-[0-9a-f]+" "$log" | tail -1 || true)"
     if [ -n "$artifact" ]; then
       echo "fuzz-smoke: reproduce with: RUSTC_BOOTSTRAP=1 cargo fuzz run ${flags[*]} $t $artifact"
       echo "fuzz-smoke: or on stable without cargo-fuzz: FUZZ_REPLAY=\"$t $artifact\" cargo test --test fuzz_corpus -- --ignored replay_files --nocapture"

@@ -75,9 +75,9 @@ impl Capture {
     /// Opens an input device (the default one for `None`, else by name; see `walkie devices`)
     /// at whatever rate, channel count and sample format it offers, and starts capturing.
     pub fn open(device: Option<&str>, cfg: CaptureConfig) -> Result<Capture, AudioError> {
-        let (dev, name) = find_device(Direction::Input, device)?;
+        let (dev, name, host) = find_device(Direction::Input, device)?;
         let (config, format) = choose_config(&dev, &name, Direction::Input)?;
-        let info = stream_info(&name, &config, format);
+        let info = stream_info(host, &name, &config, format);
         let capacity = (info.rate as usize * usize::from(info.channels)).saturating_mul(RING_MS as usize) / 1000;
         let (writer, reader) = sample_ring(capacity);
         let state = Arc::new(CallbackState::default());

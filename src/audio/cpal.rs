@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use ::cpal::traits::{DeviceTrait, HostTrait};
 use ::cpal::{
-    BufferSize, Device, ErrorKind, FromSample, I24, InputCallbackInfo, OutputCallbackInfo, Sample, SampleFormat, SizedSample, Stream,
+    BufferSize, Device, ErrorKind, FromSample, HostId, I24, InputCallbackInfo, OutputCallbackInfo, Sample, SampleFormat, SizedSample, Stream,
     StreamConfig, SupportedBufferSize, SupportedStreamConfig, SupportedStreamConfigRange,
 };
 
@@ -76,6 +76,8 @@ pub struct DeviceList {
 /// The configuration a stream was opened with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamInfo {
+    /// The cpal host ("PulseAudio", "ALSA", …).
+    pub host: String,
     /// The device name (as in [`DeviceInfo::name`]).
     pub device: String,
     /// Device sample rate in Hz.
@@ -167,8 +169,9 @@ fn device_name(device: &Device) -> String {
 }
 
 /// Finds a device by name (id with or without the host prefix, or description; case
-/// insensitive), or the default device when `name` is `None`.
-pub fn find_device(direction: Direction, name: Option<&str>) -> Result<(Device, String), AudioError> {
+/// insensitive), or the default device when `name` is `None`. Returns it with its name and
+/// its host. `HOST:NAME` (e.g. `alsa:default`) reaches a host other than the default one.
+pub fn find_device(direction: Direction, name: Option<&str>) -> Result<(Device, String, HostId), AudioError> {
     let host = ::cpal::default_host();
     let kind = direction.name();
     let Some(wanted) = name else {
@@ -178,8 +181,14 @@ pub fn find_device(direction: Direction, name: Option<&str>) -> Result<(Device, 
         };
         let device = device.ok_or(AudioError::NoDefaultDevice { kind })?;
         let name = device_name(&device);
-        return Ok((device, name));
+        return Ok((device, name, host.id()));
     };
+    let other_host = wanted
+        .split_once(':')
+        .and_then(|(h, _)| h.parse::<HostId>().ok())
+        .filter(|id| *id != host.id() && ::cpal::available_hosts().contains(id))
+        .and_then(|id| ::cpal::host_from_id(id).ok());
+    let host = other_host.unwrap_or(host);
     let devices = host.devices().map_err(|source| AudioError::Device { context: format!("cannot list {kind} devices"), source })?;
     let mut available = Vec::new();
     for device in devices {
@@ -194,7 +203,7 @@ pub fn find_device(direction: Direction, name: Option<&str>) -> Result<(Device, 
         let full = device.id().map(|id| id.to_string()).unwrap_or_default();
         let description = device.description().map(|d| d.name().to_string()).unwrap_or_default();
         if [&short, &full, &description].iter().any(|n| n.eq_ignore_ascii_case(wanted)) {
-            return Ok((device, short));
+            return Ok((device, short, host.id()));
         }
         available.push(short);
     }
@@ -247,12 +256,12 @@ pub fn choose_config(device: &Device, name: &str, direction: Direction) -> Resul
 }
 
 /// Describes an opened configuration.
-pub fn stream_info(device: &str, config: &StreamConfig, format: SampleFormat) -> StreamInfo {
+pub fn stream_info(host: HostId, device: &str, config: &StreamConfig, format: SampleFormat) -> StreamInfo {
     let period = match config.buffer_size {
         BufferSize::Fixed(n) => Some(n),
         BufferSize::Default => None,
     };
-    StreamInfo { device: device.into(), rate: config.sample_rate, channels: config.channels, format: format.to_string(), period }
+    StreamInfo { host: host.name().into(), device: device.into(), rate: config.sample_rate, channels: config.channels, format: format.to_string(), period }
 }
 
 /// The error callback: counts errors and flags a lost device. Atomics only.

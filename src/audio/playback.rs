@@ -60,9 +60,9 @@ impl Playback {
     /// Opens an output device (the default one for `None`, else by name) at its native rate,
     /// channel count and sample format, and starts it (playing silence until audio comes).
     pub fn open(device: Option<&str>) -> Result<Playback, AudioError> {
-        let (dev, name) = find_device(Direction::Output, device)?;
+        let (dev, name, host) = find_device(Direction::Output, device)?;
         let (config, format) = choose_config(&dev, &name, Direction::Output)?;
-        let info = stream_info(&name, &config, format);
+        let info = stream_info(host, &name, &config, format);
         let capacity = (info.rate as usize).saturating_mul(RING_MS as usize) / 1000;
         let (writer, reader) = sample_ring(capacity);
         let state = Arc::new(CallbackState::default());
@@ -108,6 +108,12 @@ impl Playback {
         let in_ring = self.capacity.saturating_sub(self.writer.free()) as u64;
         let ms = in_ring * 1000 / u64::from(self.info.rate.max(1)) + self.resampler.pending() as u64 * 1000 / u64::from(RATE);
         u32::try_from(ms).unwrap_or(u32::MAX)
+    }
+
+    /// Flushes, then waits until everything queued has been handed to the device or
+    /// `timeout` passes; true if it drained.
+    pub fn wait_drained(&mut self, timeout: Duration) -> Result<bool, AudioError> {
+        AudioSink::wait_drained(self, timeout)
     }
 
     /// Total 48 kHz samples accepted by [`Playback::play`].

@@ -285,10 +285,12 @@ impl<S: AudioSink + 'static> PlayerHandle<S> {
         &self.events
     }
 
-    /// Lets everything queued play to the end, then returns the sink.
-    pub fn finish(mut self) -> Option<S> {
+    /// Lets everything queued play to the end, then returns the sink (`None` if the player
+    /// thread panicked) and the events not yet taken.
+    pub fn finish(mut self) -> (Option<S>, Vec<Result<PlayerEvent, String>>) {
         self.tx.take();
-        self.thread.take().and_then(|t| t.join().ok())
+        let sink = self.thread.take().and_then(|t| t.join().ok());
+        (sink, self.events.try_iter().collect())
     }
 }
 
@@ -370,7 +372,8 @@ mod tests {
             }
         }
         assert_eq!(seen, vec!["started 7", "played 7"]);
-        let sink = handle.finish().unwrap();
+        let (sink, _) = handle.finish();
+        let sink = sink.unwrap();
         let out = sink.recorded();
         // Live: no trimming, and waits for late packets are filled with concealment.
         assert!(out.len() + 960 >= pcm.len() && out.len() <= pcm.len() + 9_600, "{} samples for {}", out.len(), pcm.len());

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
-use criterion::{BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use opus::{Application, Bitrate, Channels};
 use walkie::clip::CodecParams;
 use walkie::codec::{self, EncodedClip, EncoderConfig};
@@ -242,7 +242,12 @@ fn decode_walkie(clip: &EncodedClip) -> Vec<f32> {
 fn criterion_groups(c: &mut Criterion<Timer>, pcm: &[f32], clips: &[(EncoderConfig, EncodedClip)]) {
     let mut enc = c.benchmark_group("encode_60s");
     enc.throughput(Throughput::Elements(pcm.len() as u64));
-    enc.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(8));
+    // Flat sampling: ~1 s per iteration at complexity 10 would make criterion's default linear
+    // sampling (1+2+...+10 iterations) take a minute per benchmark.
+    enc.sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
     for (cfg, _) in clips {
         let id = label(cfg);
         enc.bench_with_input(BenchmarkId::new("walkie", &id), cfg, |b, cfg| b.iter(|| encode_walkie(black_box(pcm), cfg)));
@@ -252,7 +257,10 @@ fn criterion_groups(c: &mut Criterion<Timer>, pcm: &[f32], clips: &[(EncoderConf
 
     let mut dec = c.benchmark_group("decode_60s");
     dec.throughput(Throughput::Elements(pcm.len() as u64));
-    dec.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+    dec.sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(1));
     for (cfg, clip) in clips {
         let id = label(cfg);
         dec.bench_with_input(BenchmarkId::new("walkie", &id), clip, |b, clip| b.iter(|| decode_walkie(black_box(clip))));

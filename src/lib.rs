@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod app;
 pub mod audio;
 pub mod client;
 pub mod clip;

@@ -148,6 +148,14 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// Open the desktop app: hold Space (or the talk button) to talk, release to send, Esc to
+    /// cancel. Connects with the profile, flags or environment; else shows the connect screen.
+    App {
+        /// Start an in-process relay with users alice and bob and channel crew, and connect
+        /// as alice (bob answers, and talks when asked).
+        #[arg(long)]
+        demo: bool,
+    },
 }
 
 /// An error with the exit code it maps to.
@@ -434,6 +442,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Demo { out } => {
             let report = walkie::demo::run(out.as_deref()).await.map_err(|e| e.to_string())?;
             print!("{report}");
+        }
+        Command::App { demo } => {
+            let profile = settings(&cli.conn)?;
+            // The window's event loop blocks this (main) thread until it closes.
+            tokio::task::block_in_place(|| walkie::app::run(profile, demo))?;
         }
     }
     Ok(())

@@ -9,6 +9,7 @@
 //! | `profile.rs` | where the client keeps its state; saved login profiles |
 //! | `ops.rs` | whole operations the CLI and the app run (send, listen, export, …) |
 
+pub mod engine;
 pub mod jitter;
 pub mod ops;
 pub mod outbox;

@@ -1,0 +1,389 @@
+//! UI tests of the desktop app with egui_kittest: the real app over a real relay on loopback,
+//! with the WAV file source as the microphone and the null sink as the speaker. Each test
+//! drives the window the way a person would (mouse press and release on the talk button,
+//! Space, Esc, clicks) and checks what the window shows and what the relay stored.
+//!
+//! Audio runs in real time, so a "hold" is a real hold: the harness steps while real time
+//! passes. The app repaints while talking, so the harness runs fixed steps (`run_steps`).
+//! `cargo test --test app -- --ignored screenshot` renders docs/app.png with wgpu.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eframe::egui;
+use egui_kittest::Harness;
+use egui_kittest::kittest::{NodeT, Queryable};
+use walkie::app::WalkieApp;
+use walkie::client::engine::settings::AppFile;
+use walkie::client::engine::{Engine, EngineOptions, NoticeKind, Snapshot, Talk};
+use walkie::client::profile::Profile;
+use walkie::client::{Client, ClientConfig, Event};
+use walkie::clip::{ClipHeader, ClipId, Target, now_ms};
+use walkie::codec::{EncoderConfig, encode_pcm};
+use walkie::relay::RelayConfig;
+
+/// A relay with alice (the app) and bob (another client) in channel `crew`, and the app.
+struct World {
+    rt: tokio::runtime::Runtime,
+    _relay: support::TestRelay,
+    bob: ClientConfig,
+    _dirs: tempfile::TempDir,
+}
+
+fn crew() -> Target {
+    Target::Channel("crew".into())
+}
+
+fn world() -> (World, Harness<'static, WalkieApp>) {
+    let (world, app) = world_app();
+    let harness = Harness::builder().with_size([1000.0, 700.0]).build_ui_state(|ui, app: &mut WalkieApp| app.ui(ui), app);
+    (world, ready(harness))
+}
+
+/// Waits until the app is connected and shows crew.
+fn ready(mut harness: Harness<'static, WalkieApp>) -> Harness<'static, WalkieApp> {
+    let ready = harness.state().engine().wait_for(Duration::from_secs(15), |s| {
+        s.connection.is_connected() && s.selected == Some(crew())
+    });
+    assert!(ready.is_some(), "the app connects and shows crew: {:?}", harness.state().engine().snapshot().connection);
+    harness.run_steps(2);
+    harness
+}
+
+fn world_app() -> (World, WalkieApp) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let dirs = tempfile::tempdir().expect("tempdir");
+    let relay = rt.block_on(support::start_relay(&dirs.path().join("relay"), RelayConfig::default()));
+    let alice = relay.add_user("alice");
+    let bob = relay.add_user("bob");
+    relay.add_channel("crew", &["alice", "bob"]);
+    let config_dir = dirs.path().join("config");
+    let mut file = AppFile::default();
+    file.settings.conversations.push("crew".into());
+    file.save(&AppFile::path(&config_dir)).expect("app settings");
+    let profile = Profile {
+        relay: Some(alice.relay.clone()),
+        user: Some(alice.user.clone()),
+        token: Some(alice.token.clone()),
+        cert: None,
+        fingerprint: Some(alice.pin.to_string()),
+    };
+    let opts = EngineOptions {
+        config_dir,
+        data_dir: dirs.path().join("data"),
+        input: Some(format!("wav:{}", support::sample_path("hello-crew.wav").display())),
+        output: Some("null".into()),
+        profile: Some(profile),
+        demo: false,
+    };
+    let app = WalkieApp::new(Engine::start(opts).expect("engine starts"));
+    (World { rt, _relay: relay, bob, _dirs: dirs }, app)
+}
+
+/// Steps the UI while `real` time passes (audio and the network run in real time).
+fn pass(harness: &mut Harness<'_, WalkieApp>, real: Duration) {
+    let end = Instant::now() + real;
+    while Instant::now() < end {
+        harness.run_steps(1);
+        std::thread::sleep(Duration::from_millis(40));
+    }
+}
+
+/// Steps the UI until the engine's snapshot satisfies `pred` (or fails after `secs`).
+fn until(harness: &mut Harness<'_, WalkieApp>, secs: u64, what: &str, pred: impl Fn(&Snapshot) -> bool) -> Arc<Snapshot> {
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        harness.run_steps(1);
+        let snap = harness.state().engine().snapshot();
+        if pred(&snap) {
+            harness.run_steps(2);
+            return snap;
+        }
+        assert!(Instant::now() < end, "{what} within {secs} s; state: talk {:?}, notice {:?}", snap.talk, snap.notice);
+        std::thread::sleep(Duration::from_millis(40));
+    }
+}
+
+fn clips_in_crew(s: &Snapshot) -> usize {
+    s.conversation(&crew()).map_or(0, |c| c.clips.len())
+}
+
+fn talking(s: &Snapshot) -> bool {
+    matches!(s.talk, Talk::Talking { .. })
+}
+
+fn talk_button_center(harness: &Harness<'_, WalkieApp>) -> egui::Pos2 {
+    harness.get_by_label("Hold to talk").rect().center()
+}
+
+fn pointer(harness: &Harness<'_, WalkieApp>, pos: egui::Pos2, pressed: bool) {
+    harness.event(egui::Event::PointerMoved(pos));
+    harness.event(egui::Event::PointerButton { pos, button: egui::PointerButton::Primary, pressed, modifiers: egui::Modifiers::default() });
+}
+
+/// Labels of the clip bubbles on screen from `sender`.
+fn bubbles(harness: &Harness<'_, WalkieApp>, sender: &str) -> Vec<String> {
+    let needle = format!("clip from {sender}");
+    harness.query_all_by_label_contains(&needle).map(|n| n.accesskit_node().label().unwrap_or_default()).collect()
+}
+
+/// What the relay holds for crew, read by bob.
+fn stored(world: &World) -> Vec<walkie::clip::ClipMeta> {
+    world.rt.block_on(async {
+        let bob = Client::connect(&world.bob).await.expect("bob connects");
+        let h = bob.history(Some(crew()), 50, None).await.expect("history");
+        bob.close().await;
+        h
+    })
+}
+
+#[test]
+fn holding_the_talk_button_with_the_mouse_sends_a_clip_the_relay_stores() {
+    let (world, mut harness) = world();
+    let center = talk_button_center(&harness);
+    pointer(&harness, center, true);
+    harness.run_steps(1);
+    until(&mut harness, 5, "talking after the press", talking);
+    // Held for longer than egui's click duration (0.8 s): still talking.
+    pass(&mut harness, Duration::from_millis(1_500));
+    assert!(talking(&harness.state().engine().snapshot()), "a hold over 1 s keeps talking");
+    assert!(harness.query_by_label_contains("input level").is_some(), "the level meter shows while talking");
+    pointer(&harness, center, false);
+    let snap = until(&mut harness, 20, "the clip stored and shown", |s| matches!(s.talk, Talk::Idle) && clips_in_crew(s) == 1);
+    let clip = &snap.conversation(&crew()).expect("crew").clips[0];
+    assert!(clip.mine && clip.duration_ms >= 1_400, "{clip:?}");
+    assert_eq!(bubbles(&harness, "alice").len(), 1, "the new clip is on screen");
+    let at_relay = stored(&world);
+    assert_eq!(at_relay.len(), 1);
+    assert_eq!((at_relay[0].id, at_relay[0].from.as_str()), (clip.id, "alice"));
+    assert!(at_relay[0].duration_ms >= 1_400, "{} ms stored", at_relay[0].duration_ms);
+}
+
+#[test]
+fn holding_space_sends_and_esc_or_dragging_off_cancels() {
+    let (world, mut harness) = world();
+    // Space held over a second, then released: one clip.
+    harness.key_down(egui::Key::Space);
+    harness.run_steps(1);
+    until(&mut harness, 5, "talking after Space", talking);
+    pass(&mut harness, Duration::from_millis(1_200));
+    assert!(talking(&harness.state().engine().snapshot()));
+    harness.key_up(egui::Key::Space);
+    until(&mut harness, 20, "the Space clip stored", |s| matches!(s.talk, Talk::Idle) && clips_in_crew(s) == 1);
+    assert_eq!(bubbles(&harness, "alice").len(), 1);
+
+    // Esc while holding the button: cancelled, nothing sent, even when the mouse lets go.
+    let center = talk_button_center(&harness);
+    pointer(&harness, center, true);
+    harness.run_steps(1);
+    until(&mut harness, 5, "talking again", talking);
+    pass(&mut harness, Duration::from_millis(600));
+    harness.key_down(egui::Key::Escape);
+    harness.run_steps(1);
+    harness.key_up(egui::Key::Escape);
+    pointer(&harness, center, false);
+    let snap = until(&mut harness, 10, "the clip cancelled", |s| {
+        matches!(s.talk, Talk::Idle) && s.notice.as_ref().is_some_and(|n| n.text.starts_with("Cancelled"))
+    });
+    assert_eq!(clips_in_crew(&snap), 1, "a cancelled clip is not shown");
+
+    // Press, drag off the button, let go there: cancelled too.
+    pointer(&harness, center, true);
+    harness.run_steps(1);
+    until(&mut harness, 5, "talking a third time", talking);
+    pass(&mut harness, Duration::from_millis(400));
+    let away = center + egui::vec2(0.0, -250.0);
+    harness.event(egui::Event::PointerMoved(away));
+    harness.run_steps(1);
+    assert!(harness.query_by_label_contains("Let go here to cancel").is_some(), "off the button, letting go cancels");
+    pointer(&harness, away, false);
+    let snap = until(&mut harness, 10, "the dragged-off clip cancelled", |s| matches!(s.talk, Talk::Idle));
+    assert_eq!(clips_in_crew(&snap), 1);
+    pass(&mut harness, Duration::from_millis(500));
+    assert_eq!(stored(&world).len(), 1, "the relay stored only the Space clip");
+}
+
+/// Bob says the first `ms` of the sample to crew, a packet every 20 ms as a person talking
+/// would (a burst is live audio arriving late, which the jitter buffer drops); returns its id.
+fn bob_sends(world: &World, bob: &Client, ms: usize) -> ClipId {
+    let pcm = support::sample_48k("hello-crew.wav");
+    let enc = encode_pcm(&pcm[..ms * 48], &EncoderConfig::default()).expect("encodes");
+    let header = ClipHeader { id: ClipId::random(), to: crew(), started_at_ms: now_ms(), codec: enc.params };
+    world.rt.block_on(async {
+        let mut up = bob.start_clip(&header).await.expect("bob starts");
+        for p in &enc.packets {
+            up.packet(p.clone()).await.expect("packet");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        up.finish(enc.samples).await.expect("bob's clip stored");
+    });
+    header.id
+}
+
+#[test]
+fn a_clip_from_another_client_shows_unplayed_then_plays_and_sends_a_receipt() {
+    let (world, mut harness) = world();
+    let mut bob = world.rt.block_on(Client::connect(&world.bob)).expect("bob connects");
+    let id = bob_sends(&world, &bob, 2_000);
+    let snap = until(&mut harness, 10, "bob's clip shown", |s| clips_in_crew(s) == 1);
+    let clip = &snap.conversation(&crew()).expect("crew").clips[0];
+    assert_eq!((clip.id, clip.from.as_str(), clip.played), (id, "bob", false));
+    let label = bubbles(&harness, "bob").pop().expect("bob's bubble");
+    assert!(label.contains("unplayed") || label.contains("playing"), "{label}");
+    assert!(harness.query_by_label_contains("1 unread").is_some(), "the list counts it unread");
+    // Auto-play: the null sink plays in real time; then it is marked played.
+    until(&mut harness, 15, "bob's clip played", |s| s.conversation(&crew()).is_some_and(|c| c.clips[0].played && c.unread == 0));
+    let label = bubbles(&harness, "bob").pop().expect("bob's bubble");
+    assert!(label.ends_with(", played"), "{label}");
+    assert!(harness.query_by_label_contains("unread").is_none());
+    // Bob hears about it.
+    let receipt = world.rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match bob.next_event().await {
+                    Some(Event::PlayedBy(clip, user)) => return Some((clip, user)),
+                    Some(_) => continue,
+                    None => return None,
+                }
+            }
+        })
+        .await
+    });
+    assert_eq!(receipt.ok().flatten(), Some((id, "alice".to_string())));
+    // Click to replay.
+    harness.get_by_label_contains("clip from bob").click();
+    until(&mut harness, 10, "the replay starts", |s| s.playing == Some(id));
+    world.rt.block_on(bob.close());
+}
+
+#[test]
+fn someone_else_holding_the_floor_shows_who_talks_and_a_busy_notice() {
+    let (world, mut harness) = world();
+    let bob = world.rt.block_on(Client::connect(&world.bob)).expect("bob connects");
+    let pcm = support::sample_48k("hello-crew.wav");
+    let enc = encode_pcm(&pcm[..48_000], &EncoderConfig::default()).expect("encodes");
+    let header = ClipHeader { id: ClipId::random(), to: crew(), started_at_ms: now_ms(), codec: enc.params };
+    let mut upload = world.rt.block_on(bob.start_clip(&header)).expect("bob starts talking");
+    for p in &enc.packets[..10] {
+        world.rt.block_on(upload.packet(p.clone())).expect("packet");
+    }
+    until(&mut harness, 10, "bob shown talking", |s| s.conversation(&crew()).is_some_and(|c| c.talking.as_deref() == Some("bob")));
+    assert!(harness.query_by_label_contains("bob is talking").is_some());
+    // Alice tries to talk over him.
+    harness.key_down(egui::Key::Space);
+    harness.run_steps(1);
+    let snap = until(&mut harness, 10, "the busy notice", |s| s.notice.as_ref().is_some_and(|n| n.kind == NoticeKind::Busy));
+    let notice = snap.notice.clone().expect("notice");
+    assert!(notice.text.contains("bob is talking"), "{}", notice.text);
+    assert!(harness.query_by_label_contains("Busy: bob is talking").is_some(), "the notice is on screen");
+    harness.key_up(egui::Key::Space);
+    harness.run_steps(2);
+    upload.cancel();
+    world.rt.block_on(bob.close());
+    assert!(stored(&world).is_empty(), "nothing was stored");
+}
+
+#[test]
+fn the_connect_screen_shows_without_a_profile_and_explains_a_wrong_token() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let dirs = tempfile::tempdir().expect("tempdir");
+    let relay = rt.block_on(support::start_relay(&dirs.path().join("relay"), RelayConfig::default()));
+    let alice = relay.add_user("alice");
+    let opts = EngineOptions {
+        config_dir: dirs.path().join("config"),
+        data_dir: dirs.path().join("data"),
+        input: Some("null".into()),
+        output: Some("null".into()),
+        ..Default::default()
+    };
+    let app = WalkieApp::new(Engine::start(opts).expect("engine"));
+    let mut harness = Harness::builder().with_size([1000.0, 700.0]).build_ui_state(|ui, app: &mut WalkieApp| app.ui(ui), app);
+    harness.run_steps(2);
+    for (label, text) in [("Relay", alice.relay.clone()), ("User", "alice".into()), ("Token", "0".repeat(64)), ("Fingerprint", alice.pin.to_string())] {
+        harness.get_by_label(label).focus();
+        harness.run_steps(1);
+        harness.get_by_label(label).type_text(&text);
+        harness.run_steps(1);
+    }
+    harness.get_by_label("Connect").click();
+    let snap = until(&mut harness, 15, "the refusal", |s| matches!(s.connection, walkie::client::engine::Connection::Failed(_)));
+    assert!(format!("{:?}", snap.connection).contains("Wrong user name or token"), "{:?}", snap.connection);
+    assert!(harness.query_by_label_contains("Wrong user name or token").is_some());
+    // The right token connects, and the profile is remembered.
+    harness.get_by_label("Token").focus();
+    harness.run_steps(1);
+    harness.key_down_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
+    harness.run_steps(1);
+    harness.get_by_label("Token").type_text(&alice.token);
+    harness.run_steps(1);
+    harness.get_by_label("Connect").click();
+    until(&mut harness, 15, "connected", |s| s.connection.is_connected());
+    let saved = AppFile::load(&AppFile::path(&dirs.path().join("config"))).expect("app.toml");
+    assert_eq!(saved.profiles.first().and_then(|p| p.user.clone()).as_deref(), Some("alice"));
+    drop(relay);
+}
+
+/// Bob's next event that `pick` accepts, within 10 s.
+fn bob_waits<T>(world: &World, bob: &mut Client, pick: impl Fn(Event) -> Option<T>) -> Option<T> {
+    world.rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(e) = bob.next_event().await {
+                if let Some(t) = pick(e) {
+                    return Some(t);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+    })
+}
+
+#[test]
+#[ignore = "renders docs/app.png with wgpu; run by hand: cargo test --test app -- --ignored screenshot"]
+fn screenshot() {
+    let (world, app) = world_app();
+    let harness = Harness::builder().with_size([1000.0, 640.0]).wgpu().build_ui_state(|ui, app: &mut WalkieApp| app.ui(ui), app);
+    let mut harness = ready(harness);
+    let mut bob = world.rt.block_on(Client::connect(&world.bob)).expect("bob connects");
+    bob_sends(&world, &bob, 2_600);
+    until(&mut harness, 15, "bob's clip played", |s| s.conversation(&crew()).is_some_and(|c| c.unread == 0 && c.clips.len() == 1));
+    // Alice answers; bob plays it, so it shows "played by bob".
+    harness.key_down(egui::Key::Space);
+    pass(&mut harness, Duration::from_millis(1_800));
+    harness.key_up(egui::Key::Space);
+    until(&mut harness, 20, "alice's clip stored", |s| matches!(s.talk, Talk::Idle) && clips_in_crew(s) == 2);
+    let id = bob_waits(&world, &mut bob, |e| match e {
+        Event::Clip(c) if c.header.from == "alice" => Some(c.header.id),
+        _ => None,
+    })
+    .expect("bob receives alice's clip");
+    world.rt.block_on(bob.played(id)).expect("receipt");
+    until(&mut harness, 10, "the receipt", |s| {
+        s.conversation(&crew()).is_some_and(|c| c.clips.iter().any(|c| !c.played_by.is_empty()))
+    });
+    // Two more from bob: the first plays, the second waits its turn (unplayed).
+    bob_sends(&world, &bob, 1_400);
+    bob_sends(&world, &bob, 1_200);
+    until(&mut harness, 10, "bob's next clips", |s| clips_in_crew(s) == 4);
+    // Bob talks live now.
+    let pcm = support::sample_48k("status-report.wav");
+    let enc = encode_pcm(&pcm[..48_000], &EncoderConfig::default()).expect("encodes");
+    let header = ClipHeader { id: ClipId::random(), to: crew(), started_at_ms: now_ms(), codec: enc.params };
+    let mut upload = world.rt.block_on(bob.start_clip(&header)).expect("bob talks");
+    for p in &enc.packets[..20] {
+        world.rt.block_on(upload.packet(p.clone())).expect("packet");
+    }
+    until(&mut harness, 10, "bob talking", |s| s.someone_talking().is_some());
+    pass(&mut harness, Duration::from_millis(200));
+    let image = harness.render().expect("renders with wgpu");
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/app.png");
+    std::fs::create_dir_all(out.parent().expect("docs dir")).expect("docs dir");
+    image.save(&out).expect("saves the png");
+    upload.cancel();
+    world.rt.block_on(bob.close());
+}

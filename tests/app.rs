@@ -30,7 +30,7 @@ struct World {
     rt: tokio::runtime::Runtime,
     _relay: support::TestRelay,
     bob: ClientConfig,
-    _dirs: tempfile::TempDir,
+    dirs: tempfile::TempDir,
 }
 
 fn crew() -> Target {
@@ -45,9 +45,7 @@ fn world() -> (World, Harness<'static, WalkieApp>) {
 
 /// Waits until the app is connected and shows crew.
 fn ready(mut harness: Harness<'static, WalkieApp>) -> Harness<'static, WalkieApp> {
-    let ready = harness.state().engine().wait_for(Duration::from_secs(15), |s| {
-        s.connection.is_connected() && s.selected == Some(crew())
-    });
+    let ready = harness.state().engine().wait_for(Duration::from_secs(15), |s| s.connection.is_connected() && s.selected == Some(crew()));
     assert!(ready.is_some(), "the app connects and shows crew: {:?}", harness.state().engine().snapshot().connection);
     harness.run_steps(2);
     harness
@@ -80,7 +78,7 @@ fn world_app() -> (World, WalkieApp) {
         demo: false,
     };
     let app = WalkieApp::new(Engine::start(opts).expect("engine starts"));
-    (World { rt, _relay: relay, bob, _dirs: dirs }, app)
+    (World { rt, _relay: relay, bob, dirs }, app)
 }
 
 /// Steps the UI while `real` time passes (audio and the network run in real time).
@@ -160,6 +158,22 @@ fn holding_the_talk_button_with_the_mouse_sends_a_clip_the_relay_stores() {
     assert_eq!(at_relay.len(), 1);
     assert_eq!((at_relay[0].id, at_relay[0].from.as_str()), (clip.id, "alice"));
     assert!(at_relay[0].duration_ms >= 1_400, "{} ms stored", at_relay[0].duration_ms);
+    // Export the conversation to a folder of .opus files.
+    let out = world.dirs.path().join("export");
+    harness.get_by_label("to folder").focus();
+    harness.run_steps(1);
+    harness.get_by_label("to folder").type_text(&out.display().to_string());
+    harness.run_steps(1);
+    harness.get_by_label("Export").click();
+    until(&mut harness, 15, "the export", |s| s.notice.as_ref().is_some_and(|n| n.text.starts_with("Exported 1 clip")));
+    let files: Vec<String> =
+        std::fs::read_dir(&out).expect("export dir").filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let opus: Vec<&String> = files.iter().filter(|f| f.ends_with(".opus")).collect();
+    assert_eq!(opus.len(), 1, "{files:?}");
+    assert!(opus[0].contains(&format!("-alice-{}", clip.id)), "{files:?}");
+    assert!(files.contains(&"index.json".to_string()));
+    let bytes = std::fs::read(out.join(opus[0])).expect("opus file");
+    assert_eq!(&bytes[..4], b"OggS", "a standard Ogg Opus file");
 }
 
 #[test]
@@ -302,7 +316,9 @@ fn the_connect_screen_shows_without_a_profile_and_explains_a_wrong_token() {
     let app = WalkieApp::new(Engine::start(opts).expect("engine"));
     let mut harness = Harness::builder().with_size([1000.0, 700.0]).build_ui_state(|ui, app: &mut WalkieApp| app.ui(ui), app);
     harness.run_steps(2);
-    for (label, text) in [("Relay", alice.relay.clone()), ("User", "alice".into()), ("Token", "0".repeat(64)), ("Fingerprint", alice.pin.to_string())] {
+    for (label, text) in
+        [("Relay", alice.relay.clone()), ("User", "alice".into()), ("Token", "0".repeat(64)), ("Fingerprint", alice.pin.to_string())]
+    {
         harness.get_by_label(label).focus();
         harness.run_steps(1);
         harness.get_by_label(label).type_text(&text);
@@ -363,9 +379,7 @@ fn screenshot() {
     })
     .expect("bob receives alice's clip");
     world.rt.block_on(bob.played(id)).expect("receipt");
-    until(&mut harness, 10, "the receipt", |s| {
-        s.conversation(&crew()).is_some_and(|c| c.clips.iter().any(|c| !c.played_by.is_empty()))
-    });
+    until(&mut harness, 10, "the receipt", |s| s.conversation(&crew()).is_some_and(|c| c.clips.iter().any(|c| !c.played_by.is_empty())));
     // Two more from bob: the first plays, the second waits its turn (unplayed).
     bob_sends(&world, &bob, 1_400);
     bob_sends(&world, &bob, 1_200);

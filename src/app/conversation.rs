@@ -52,7 +52,8 @@ fn bubble(ui: &mut Ui, c: &ClipView, playing: bool) -> egui::Response {
         let right = if c.queued { "waiting…".to_string() } else { widgets::duration_text(c.duration_ms) };
         painter.text(inner.right_top(), egui::Align2::RIGHT_TOP, right, FontId::proportional(12.0), text);
         widgets::paint_play_icon(&painter, egui::pos2(inner.left() + 6.0, inner.bottom() - 12.0), playing, text);
-        let wave = egui::Rect::from_min_max(egui::pos2(inner.left() + 20.0, inner.top() + 20.0), egui::pos2(inner.right() - 14.0, inner.bottom()));
+        let wave =
+            egui::Rect::from_min_max(egui::pos2(inner.left() + 20.0, inner.top() + 20.0), egui::pos2(inner.right() - 14.0, inner.bottom()));
         widgets::paint_waveform(ui, wave, &c.peaks, if c.mine { ACCENT } else { text.gamma_multiply(0.7) });
         if !c.played && !c.mine {
             painter.circle_filled(egui::pos2(inner.right() - 3.0, inner.bottom() - 8.0), 4.0, ALERT);
@@ -80,8 +81,7 @@ pub fn show(ui: &mut Ui, conv: &Conversation, playing: Option<ClipId>, engine: &
         ui.with_layout(Layout::right_to_left(Align::Center), |ui| {
             let export = ui.button("Export");
             let l = ui.label("to folder");
-            ui.add(egui::TextEdit::singleline(&mut state.export_dir).hint_text("/path/to/folder").desired_width(180.0))
-                .labelled_by(l.id);
+            ui.add(egui::TextEdit::singleline(&mut state.export_dir).hint_text("/path/to/folder").desired_width(180.0)).labelled_by(l.id);
             if export.clicked() {
                 let dir = state.export_dir.trim();
                 if !dir.is_empty() {

@@ -69,11 +69,7 @@ pub fn level_meter(ui: &mut Ui, level: f32, width: f32) -> egui::Response {
 
 /// `2.4 s` or `1:05`.
 pub fn duration_text(ms: u64) -> String {
-    if ms < 60_000 {
-        format!("{:.1} s", ms as f64 / 1000.0)
-    } else {
-        format!("{}:{:02}", ms / 60_000, (ms / 1000) % 60)
-    }
+    if ms < 60_000 { format!("{:.1} s", ms as f64 / 1000.0) } else { format!("{}:{:02}", ms / 60_000, (ms / 1000) % 60) }
 }
 
 /// Elapsed talking time: `0:03`.

@@ -12,7 +12,9 @@
 //! | `engine.rs` | [`Engine`], [`Command`], [`EngineOptions`] |
 //! | `engine/state.rs` | the [`Snapshot`] and what is in it |
 //! | `engine/book.rs` | conversations, clips in order, played marks, unread counts, presence |
-//! | `engine/worker.rs` | the loop on the engine thread, commands, connecting, background fetches |
+//! | `engine/worker.rs` | the loop on the engine thread, start-up, connecting, losing the connection |
+//! | `engine/commands.rs` | what each command does |
+//! | `engine/jobs.rs` | background fetches: history pages, clip audio for waveforms and playing |
 //! | `engine/events.rs` | relay events, player events, the mic test's packets, reconnecting |
 //! | `engine/session.rs` | connection errors in words, history pages, fetching audio, played marks |
 //! | `engine/talking.rs` | one push-to-talk clip from press to stored, busy or cancelled |
@@ -25,9 +27,11 @@
 
 mod audio_clip;
 mod book;
+mod commands;
 mod demo;
 mod events;
 mod export;
+mod jobs;
 mod mic;
 mod session;
 pub mod settings;

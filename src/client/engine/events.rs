@@ -158,7 +158,9 @@ impl Worker {
         };
         if self.session.is_none() {
             let me = "you".to_string();
-            if let Err(p) = self.speaker.start(self.opts.output.clone().or_else(|| self.snap.settings.output_device.clone()).as_deref(), &me) {
+            if let Err(p) =
+                self.speaker.start(self.opts.output.clone().or_else(|| self.snap.settings.output_device.clone()).as_deref(), &me)
+            {
                 self.snap.audio_problem = Some(p);
             }
         }

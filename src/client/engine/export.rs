@@ -43,11 +43,14 @@ pub async fn export(client: &Client, target: &Target, dir: &Path) -> Result<usiz
         let path = dir.join(file_name(meta));
         std::fs::write(&path, bytes).map_err(|source| ClientError::Io { path, source })?;
     }
-    let index: Vec<_> = clips.iter().map(|m| {
-        let mut v = ops::history_json(m);
-        v["file"] = file_name(m).into();
-        v
-    }).collect();
+    let index: Vec<_> = clips
+        .iter()
+        .map(|m| {
+            let mut v = ops::history_json(m);
+            v["file"] = file_name(m).into();
+            v
+        })
+        .collect();
     let text = serde_json::to_vec_pretty(&index).map_err(|e| ClientError::Config(e.to_string()))?;
     let path = dir.join("index.json");
     std::fs::write(&path, text).map_err(|source| ClientError::Io { path, source })?;

@@ -69,9 +69,8 @@ impl Unplayed {
     /// Loads the list (unreadable lines are skipped; a missing file is an empty list).
     pub fn load(data_dir: &Path, user: &str) -> Unplayed {
         let path = data_dir.join("app").join(user).join("unplayed.txt");
-        let ids = std::fs::read_to_string(&path)
-            .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
-            .unwrap_or_default();
+        let ids =
+            std::fs::read_to_string(&path).map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect()).unwrap_or_default();
         Unplayed { path, ids }
     }
 
@@ -125,7 +124,10 @@ mod tests {
             message: "unknown user or wrong token".into(),
         });
         assert!(explain(&refused, &cfg).starts_with("Wrong user name or token"));
-        let pin = ClientError::Net(NetError::Connect { addr: "h:1".into(), reason: "the relay's certificate sha256:aa does not match the pinned sha256:bb".into() });
+        let pin = ClientError::Net(NetError::Connect {
+            addr: "h:1".into(),
+            reason: "the relay's certificate sha256:aa does not match the pinned sha256:bb".into(),
+        });
         assert!(explain(&pin, &cfg).starts_with("Unknown certificate"));
         let gone = ClientError::Net(NetError::Connect { addr: "h:1".into(), reason: "no answer within 10 s".into() });
         assert!(explain(&gone, &cfg).starts_with("Cannot reach the relay at h:1"));

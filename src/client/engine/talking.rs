@@ -89,7 +89,7 @@ impl Worker {
                     TalkOutcome::Stored { id, seq, duration } => {
                         let ms = u32::try_from(duration.as_millis()).unwrap_or(u32::MAX);
                         book::add_clip(&mut self.snap.conversations, &me, &meta(id, seq, ms), true);
-                        self.jobs.push_back(super::worker::Job::Audio(id));
+                        self.jobs.push_back(super::jobs::Job::Audio(id));
                     }
                     TalkOutcome::Queued { id, reason } => {
                         book::add_clip(&mut self.snap.conversations, &me, &meta(id, 0, 0), true);

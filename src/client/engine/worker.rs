@@ -9,28 +9,26 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use tracing::warn;
 
 use super::audio_clip::ClipAudio;
 use super::book;
 use super::demo::Demo;
+use super::jobs::{Job, JobDone};
 use super::mic::{MicMsg, Microphone};
 use super::session::{self, Unplayed};
 use super::settings::AppFile;
 use super::speaker::Speaker;
 use super::state::{Connection, Devices, Notice, NoticeKind, Snapshot};
-use super::{Command, EngineOptions, Shared, export};
+use super::{Command, EngineOptions, Shared};
 use crate::client::outbox::Outbox;
 use crate::client::profile::Profile;
 use crate::client::{Client, ClientConfig, ClientError, Event, ops};
-use crate::clip::{ClipId, ClipMeta, Target};
+use crate::clip::{ClipId, Target};
 use crate::codec::EncoderConfig;
 use crate::proto::MAX_HISTORY_PAGE;
 
 /// How often player events are collected and reconnects tried.
 const TICK: Duration = Duration::from_millis(40);
-/// Decoded audio kept for replays, at most.
-const AUDIO_CACHE_BYTES: usize = 32 << 20;
 /// Pause before reconnecting after a lost connection (doubling up to 30 s).
 const RECONNECT_FIRST: Duration = Duration::from_secs(1);
 
@@ -39,15 +37,6 @@ pub(super) struct Session {
     pub cfg: ClientConfig,
     pub outbox: Outbox,
     pub unplayed: Unplayed,
-}
-
-/// Background work that needs the relay.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum Job {
-    /// Load a history page of a conversation (before its oldest clip when `older`).
-    Page { target: Target, older: bool },
-    /// Fetch a clip's audio (for its waveform, and to play it if it waits for that).
-    Audio(ClipId),
 }
 
 /// The engine's state on its thread.
@@ -63,7 +52,7 @@ pub(super) struct Worker {
     pub mic: Microphone,
     pub speaker: Speaker,
     pub audio: HashMap<ClipId, ClipAudio>,
-    audio_order: VecDeque<ClipId>,
+    pub audio_order: VecDeque<ClipId>,
     pub jobs: VecDeque<Job>,
     /// Unplayed clips to auto-play once their audio is fetched.
     pub autoplay: HashSet<ClipId>,
@@ -87,14 +76,6 @@ enum Wake {
     Mic(MicMsg),
     Job(Job, Result<JobDone, ClientError>),
     Tick,
-}
-
-/// What a background job brought back.
-pub(super) enum JobDone {
-    /// A history page.
-    Page { target: Target, clips: Vec<ClipMeta>, more: bool, older: bool },
-    /// A clip's audio.
-    Audio(ClipId, ClipAudio),
 }
 
 async fn next_event(client: &mut Option<Client>) -> Option<Event> {
@@ -199,17 +180,17 @@ impl Worker {
         AppFile::path(&self.opts.config_dir)
     }
 
-    fn save_file(&mut self) {
+    pub(super) fn save_file(&mut self) {
         if let Err(e) = self.file.save(&self.app_file_path()) {
             self.notice(NoticeKind::Error, format!("Cannot save the settings: {e}"));
         }
     }
 
-    fn input_spec(&self) -> Option<String> {
+    pub(super) fn input_spec(&self) -> Option<String> {
         self.opts.input.clone().or_else(|| self.snap.settings.input_device.clone())
     }
 
-    fn output_spec(&self) -> Option<String> {
+    pub(super) fn output_spec(&self) -> Option<String> {
         self.opts.output.clone().or_else(|| self.snap.settings.output_device.clone())
     }
 
@@ -250,7 +231,7 @@ impl Worker {
         }
     }
 
-    fn list_devices(&mut self) {
+    pub(super) fn list_devices(&mut self) {
         self.snap.devices = match crate::audio::cpal::list_devices() {
             Ok(list) => Devices {
                 inputs: list.inputs.into_iter().map(|d| d.name).collect(),
@@ -310,7 +291,7 @@ impl Worker {
     }
 
     /// Opens the speaker and (for a device) the microphone.
-    fn start_audio(&mut self) {
+    pub(super) fn start_audio(&mut self) {
         let Some(me) = self.snap.me().map(str::to_string) else { return };
         let mut problems = Vec::new();
         if let Err(p) = self.speaker.start(self.output_spec().as_deref(), &me) {
@@ -366,117 +347,7 @@ impl Worker {
         }
     }
 
-    /// Shows a conversation and queues its history and waveforms.
-    pub fn select(&mut self, target: Target) {
-        book::ensure(&mut self.snap.conversations, &target);
-        self.snap.selected = Some(target.clone());
-        let job = Job::Page { target, older: false };
-        if !self.jobs.contains(&job) {
-            self.jobs.push_back(job);
-        }
-    }
-
-    /// Queues waveforms for clips of a conversation that have none.
-    fn queue_waveforms(&mut self, target: &Target) {
-        let Some(conv) = self.snap.conversation(target) else { return };
-        let missing: Vec<ClipId> = conv.clips.iter().rev().filter(|c| c.peaks.is_empty() && !c.queued).map(|c| c.id).collect();
-        for id in missing {
-            if !self.jobs.contains(&Job::Audio(id)) {
-                self.jobs.push_back(Job::Audio(id));
-            }
-        }
-    }
-
-    async fn run_job(&self, client: &Client, job: &Job) -> Result<JobDone, ClientError> {
-        match job {
-            Job::Page { target, older } => {
-                let before = match older {
-                    true => self.snap.conversation(target).and_then(book::oldest_seq),
-                    false => None,
-                };
-                let (clips, more) = session::page(client, target, before).await?;
-                Ok(JobDone::Page { target: target.clone(), clips, more, older: *older })
-            }
-            Job::Audio(id) => {
-                if let Some(a) = self.audio.get(id) {
-                    return Ok(JobDone::Audio(*id, a.clone()));
-                }
-                Ok(JobDone::Audio(*id, session::fetch_audio(client, *id).await?))
-            }
-        }
-    }
-
-    /// Remembers a clip's audio (bounded), sets its waveform, and plays it if it waits.
-    pub fn got_audio(&mut self, id: ClipId, audio: ClipAudio) {
-        if let Ok(p) = audio.peaks() {
-            book::set_peaks(&mut self.snap.conversations, id, p);
-        }
-        if let Some((conv, clip)) = book::find(&self.snap.conversations, id) {
-            let mut rc = audio.to_received(id, &clip.from, conv.target.clone(), clip.started_at_ms);
-            rc.header.seq = clip.seq;
-            if self.autoplay.remove(&id) && !clip.played {
-                self.in_player.insert(id);
-                self.speaker.queue(rc);
-            } else if self.replays.remove(&id) {
-                self.in_player.insert(id);
-                self.speaker.replay(id, rc);
-            }
-        }
-        if !self.audio.contains_key(&id) {
-            self.audio_order.push_back(id);
-            self.audio.insert(id, audio);
-        }
-        let mut total: usize = self.audio.values().map(ClipAudio::bytes).sum();
-        while total > AUDIO_CACHE_BYTES {
-            let Some(old) = self.audio_order.pop_front() else { break };
-            total -= self.audio.remove(&old).map_or(0, |a| a.bytes());
-        }
-    }
-
-    fn job_done(&mut self, job: Job, done: Result<JobDone, ClientError>) {
-        match done {
-            Ok(JobDone::Page { target, clips, more, older }) => {
-                let me = self.snap.me().unwrap_or_default().to_string();
-                for meta in &clips {
-                    let played = !self.session.as_ref().is_some_and(|s| s.unplayed.contains(&meta.id));
-                    book::add_clip(&mut self.snap.conversations, &me, meta, played);
-                }
-                let conv = book::ensure(&mut self.snap.conversations, &target);
-                conv.loading = false;
-                if older || conv.clips.len() <= clips.len() {
-                    conv.has_older = more;
-                }
-                self.queue_waveforms(&target);
-            }
-            Ok(JobDone::Audio(id, audio)) => self.got_audio(id, audio),
-            Err(e) => {
-                warn!("background {job:?} failed: {e}");
-                match job {
-                    Job::Page { target, .. } => {
-                        if let Some(c) = self.snap.conversations.iter_mut().find(|c| c.target == target) {
-                            c.loading = false;
-                        }
-                        self.notice(NoticeKind::Error, format!("Cannot load the history of {target}: {e}"));
-                    }
-                    Job::Audio(id) => {
-                        self.autoplay.remove(&id);
-                        self.replays.remove(&id);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Marks a clip unplayed or played, persistently.
-    pub fn set_unplayed(&mut self, id: ClipId, unplayed: bool) {
-        if let Some(s) = &mut self.session
-            && let Err(e) = s.unplayed.set(id, unplayed)
-        {
-            warn!("cannot save played marks: {e}");
-        }
-    }
-
-    async fn disconnect(&mut self, client: &mut Option<Client>) {
+    pub(super) async fn disconnect(&mut self, client: &mut Option<Client>) {
         if let Some(c) = client.take() {
             c.close().await;
         }
@@ -504,100 +375,5 @@ impl Worker {
         }
         self.snap.connection = Connection::Lost(format!("Connection lost ({why}); reconnecting…"));
         self.reconnect = Some((Instant::now() + RECONNECT_FIRST, RECONNECT_FIRST));
-    }
-
-    async fn command(&mut self, cmd: Command, client: &mut Option<Client>, rx: &mut mpsc::UnboundedReceiver<Command>) {
-        match cmd {
-            Command::Connect(p) => {
-                self.reconnect = None;
-                self.connect(p, client, rx).await;
-            }
-            Command::Disconnect => {
-                self.reconnect = None;
-                self.profile = None;
-                self.disconnect(client).await;
-            }
-            Command::Select(t) => self.select(t),
-            Command::AddConversation(t) => {
-                let name = t.to_string();
-                if !self.snap.settings.conversations.contains(&name) {
-                    self.snap.settings.conversations.push(name);
-                    self.file.settings = self.snap.settings.clone();
-                    self.save_file();
-                }
-                if client.is_some() {
-                    self.select(t);
-                }
-            }
-            Command::TalkStart(to) => match client.as_ref() {
-                Some(c) => self.talk(c, to, rx).await,
-                None => self.notice(NoticeKind::Error, "Not connected: the clip cannot be sent now."),
-            },
-            // Release and cancel outside a clip: the clip already ended (refused or too long).
-            Command::TalkRelease | Command::TalkCancel => {}
-            Command::Play(id) => self.play(id),
-            Command::LoadOlder(t) => {
-                if let Some(c) = self.snap.conversations.iter_mut().find(|c| c.target == t) {
-                    c.loading = true;
-                }
-                self.jobs.push_front(Job::Page { target: t, older: true });
-            }
-            Command::Export { target, dir } => match client.as_ref() {
-                Some(c) => {
-                    self.notice(NoticeKind::Info, format!("Exporting {target} to {}…", dir.display()));
-                    self.publish();
-                    match export::export(c, &target, &dir).await {
-                        Ok(n) => self.notice(NoticeKind::Info, format!("Exported {n} clip(s) of {target} to {}.", dir.display())),
-                        Err(e) => self.notice(NoticeKind::Error, format!("Export failed: {e}")),
-                    }
-                }
-                None => self.notice(NoticeKind::Error, "Not connected: export needs the relay."),
-            },
-            Command::SetSettings(s) => self.apply_settings(s),
-            Command::RefreshDevices => self.list_devices(),
-            Command::MicTest => self.mic_test(),
-            Command::DismissNotice => self.snap.notice = None,
-            Command::DemoPeerTalk => match &self.demo {
-                Some(d) => d.bob_talks(),
-                None => self.notice(NoticeKind::Error, "Only the demo has a simulated bob."),
-            },
-            Command::Shutdown => {}
-        }
-    }
-
-    fn apply_settings(&mut self, s: super::AppSettings) {
-        let old = std::mem::replace(&mut self.snap.settings, s);
-        self.file.settings = self.snap.settings.clone();
-        self.save_file();
-        let new = &self.snap.settings;
-        if new.input_device != old.input_device || new.noise_suppression != old.noise_suppression {
-            self.mic.configure(self.input_spec(), self.snap.settings.noise_suppression);
-            if self.session.is_some() {
-                self.start_audio();
-            }
-        } else if new.output_device != old.output_device && self.session.is_some() {
-            self.start_audio();
-        }
-    }
-
-    /// Plays a clip (again): now if its audio is here, else once fetched. An unplayed clip
-    /// already waiting for its turn is left to play then.
-    fn play(&mut self, id: ClipId) {
-        let Some((conv, clip)) = book::find(&self.snap.conversations, id) else { return };
-        if self.in_player.contains(&id) || self.autoplay.contains(&id) {
-            return;
-        }
-        let rc = self.audio.get(&id).map(|a| a.to_received(id, &clip.from, conv.target.clone(), clip.started_at_ms));
-        match rc {
-            Some(rc) => {
-                self.in_player.insert(id);
-                self.speaker.replay(id, rc);
-            }
-            None => {
-                self.replays.insert(id);
-                self.jobs.retain(|j| *j != Job::Audio(id));
-                self.jobs.push_front(Job::Audio(id));
-            }
-        }
     }
 }

@@ -9,10 +9,12 @@ $SUDO apt-get update -q
 # build:  cmake (bundled libopus), pkg-config + libasound2-dev (cpal's ALSA backend), a C toolchain
 # tests:  opus-tools (opusinfo/opusdec check our Ogg files), espeak-ng + sox (speech samples)
 #         nats-server (the NATS JetStream store's tests run a 3-node cluster: scripts/nats-cluster.sh)
+#         pulseaudio + pulseaudio-utils + libasound2-plugins (real-device tests through null sinks:
+#         scripts/pulse-setup.sh; paplay/parecord play into the virtual mic and record the speaker)
 # app:    libvulkan1 + mesa-vulkan-drivers (wgpu on lavapipe without a GPU), libegl1 + libgl1-mesa-dri (GL
 #         fallback), libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6 (winit on X11; all loaded at run
 #         time), xvfb + xauth (`xvfb-run walkie app` and the app's screenshot on a headless machine)
 $SUDO apt-get install -y -q --no-install-recommends \
   cmake pkg-config libasound2-dev build-essential \
-  opus-tools espeak-ng sox nats-server \
+  opus-tools espeak-ng sox nats-server pulseaudio pulseaudio-utils libasound2-plugins \
   libvulkan1 mesa-vulkan-drivers libegl1 libgl1-mesa-dri libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6 xvfb xauth

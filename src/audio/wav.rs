@@ -54,7 +54,8 @@ fn read_from<R: Read>(mut reader: WavReader<R>, name: &str) -> Result<Pcm, Audio
         (SampleFormat::Float, 32) => {
             for s in reader.samples::<f32>() {
                 let s = s.map_err(read_err)?;
-                samples.push(if s.is_finite() { s } else { 0.0 });
+                // Out-of-range floats (up to f32::MAX) would overflow mixing and the resampler's FFT.
+                samples.push(if s.is_finite() { s.clamp(-1.0, 1.0) } else { 0.0 });
             }
         }
         (SampleFormat::Int, bits @ (8 | 16 | 24 | 32)) => {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use walkie::client::live;
 use walkie::client::ops::{self, ListenOptions};
 use walkie::client::outbox::Outbox;
 use walkie::client::profile::{self, Profile};
@@ -82,9 +83,36 @@ enum Command {
         #[arg(long, default_value_t = 60, value_name = "SECS")]
         retry_for: u64,
     },
+    /// List audio input and output devices (`*` marks the default).
+    Devices,
+    /// Talk live: hold Space (or Enter to start, Enter to send; Esc cancels), or with
+    /// --seconds capture that long from the microphone and send it as one live clip.
+    Talk {
+        /// A channel (`crew`) or a user (`@bob`).
+        #[arg(long, value_name = "TARGET")]
+        to: String,
+        /// Input device name (see `walkie devices`), `wav:PATH` to talk a file in real time,
+        /// or `null` for silence.
+        #[arg(long, value_name = "NAME")]
+        input_device: Option<String>,
+        /// Capture this many seconds and send them, without waiting for keys.
+        #[arg(long, value_name = "S")]
+        seconds: Option<f64>,
+        /// Turn noise suppression off.
+        #[arg(long)]
+        no_noise_suppression: bool,
+        #[command(flatten)]
+        encode: EncodeArgs,
+    },
     /// Receive clips (the backlog first, then live ones), one line each:
     /// `CLIPID FROM TARGET DURATION_MS`.
     Listen {
+        /// Play clips as they come (live ones start before they end), one after another.
+        #[arg(long)]
+        play: bool,
+        /// Output device name (see `walkie devices`), or `null`.
+        #[arg(long, value_name = "NAME", requires = "play")]
+        output_device: Option<String>,
         /// Save each clip as DIR/CLIPID.opus and DIR/CLIPID.wav.
         #[arg(long, value_name = "DIR")]
         save_dir: Option<PathBuf>,
@@ -344,7 +372,26 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             println!("{id}");
         }
-        Command::Listen { save_dir, count, timeout } => {
+        Command::Devices => {
+            let list = walkie::audio::cpal::list_devices().map_err(|e| e.to_string())?;
+            print!("{list}");
+        }
+        Command::Talk { to, input_device, seconds, no_noise_suppression, encode } => {
+            let target = parse_target(&to)?;
+            let enc = encode.config()?;
+            if seconds.is_some_and(|s| !(s > 0.0 && s <= 600.0)) {
+                return Err(usage("--seconds must be between 0 and 600"));
+            }
+            let cfg = client_config(&cli.conn)?;
+            let opts = live::TalkArgs { target, encoder: enc, device: input_device, seconds, noise_suppression: !no_noise_suppression };
+            live::talk(&cfg, opts).await?;
+        }
+        Command::Listen { play: true, output_device, save_dir, count, timeout } => {
+            let cfg = client_config(&cli.conn)?;
+            let opts = ListenOptions { save_dir, count, timeout: timeout.map(Duration::from_secs) };
+            live::listen_and_play(&cfg, output_device, opts).await?;
+        }
+        Command::Listen { play: false, save_dir, count, timeout, .. } => {
             let cfg = client_config(&cli.conn)?;
             let outbox = Outbox::open(&profile::outbox_dir(&cfg.user)?)?;
             let mut client = Client::connect(&cfg).await?;

@@ -8,14 +8,18 @@
 //! | `outbox.rs` | the on-disk outbox of unacknowledged clips |
 //! | `profile.rs` | where the client keeps its state; saved login profiles |
 //! | `ops.rs` | whole operations the CLI and the app run (send, listen, export, …) |
+//! | `talk.rs` | live push-to-talk from an audio source |
+//! | `live.rs` | `walkie talk` (scripted and in the terminal) and `walkie listen --play` |
 
 pub mod engine;
 pub mod jitter;
+pub mod live;
 pub mod ops;
 pub mod outbox;
 pub mod playback;
 pub mod player;
 pub mod profile;
+pub mod talk;
 mod receive;
 
 use std::collections::HashMap;
@@ -89,7 +93,8 @@ impl ClientError {
 /// How to reach and authenticate with a relay.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    /// `HOST:PORT`.
+    /// `HOST:PORT`, or several comma-separated for the relays of one cluster (which present
+    /// the same certificate): [`Client::connect`] fails over between them.
     pub relay: String,
     /// User name.
     pub user: String,
@@ -104,6 +109,8 @@ pub struct ClientConfig {
 pub enum Event {
     /// A live clip started (its packets are arriving).
     LiveStarted(crate::proto::DeliverHeader),
+    /// The next packet of a live clip, as it arrives (before the clip ends).
+    LivePacket(ClipId, Vec<u8>),
     /// A clip arrived completely and is stored at the relay.
     Clip(ReceivedClip),
     /// A live clip was abandoned by its sender or the relay.
@@ -160,20 +167,74 @@ async fn resolve(relay: &str) -> Result<SocketAddr, ClientError> {
         .ok_or_else(|| ClientError::Resolve(relay.to_string()))
 }
 
+/// How long one relay of several may take to answer before the next is tried.
+const FAILOVER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The relay of each multi-relay list that answered last, so reconnects start there.
+static LAST_GOOD: Mutex<Vec<(String, usize)>> = Mutex::new(Vec::new());
+/// Lists remembered at most (a process uses one or two).
+const LAST_GOOD_LISTS: usize = 16;
+
+fn last_good(list: &str) -> usize {
+    LAST_GOOD.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(l, _)| l == list).map_or(0, |(_, i)| *i)
+}
+
+fn remember_good(list: &str, index: usize) {
+    let mut good = LAST_GOOD.lock().unwrap_or_else(|p| p.into_inner());
+    good.retain(|(l, _)| l != list);
+    if good.len() >= LAST_GOOD_LISTS {
+        good.remove(0);
+    }
+    good.push((list.to_string(), index));
+}
+
 impl Client {
-    /// Connects, says hello and waits for the welcome.
+    /// Connects, says hello and waits for the welcome. With several relays in
+    /// [`ClientConfig::relay`], tries them in turn, starting from the one that answered last,
+    /// and moves on from one that does not answer, is busy or fails; a refusal for good (a
+    /// wrong token, say) is returned at once.
     pub async fn connect(cfg: &ClientConfig) -> Result<Client, ClientError> {
-        let addr = resolve(&cfg.relay).await?;
+        if !cfg.relay.contains(',') {
+            return Self::connect_to(cfg, &cfg.relay, Duration::from_secs(10)).await;
+        }
+        let relays: Vec<&str> = cfg.relay.split(',').map(str::trim).filter(|r| !r.is_empty()).collect();
+        if relays.is_empty() {
+            return Err(ClientError::Resolve(cfg.relay.clone()));
+        }
+        let first = last_good(&cfg.relay) % relays.len();
+        let mut last_err = None;
+        for k in (0..relays.len()).map(|i| (first + i) % relays.len()) {
+            match Self::connect_to(cfg, relays[k], FAILOVER_CONNECT_TIMEOUT).await {
+                Ok(client) => {
+                    remember_good(&cfg.relay, k);
+                    return Ok(client);
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::debug!("relay {} unavailable ({e}); trying the next", relays[k]);
+                    last_err = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| ClientError::Resolve(cfg.relay.clone())))
+    }
+
+    /// Connects to the one relay at `relay`, waiting at most `timeout` for its handshake.
+    async fn connect_to(cfg: &ClientConfig, relay: &str, timeout: Duration) -> Result<Client, ClientError> {
+        let addr = resolve(relay).await?;
         let bind: SocketAddr = if addr.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }
             .map_err(|_| ClientError::Config("bad bind address".into()))?;
         let endpoint = net::client_endpoint(cfg.pin, bind)?;
         let connecting = endpoint
             .connect(addr, net::SERVER_NAME)
-            .map_err(|e| NetError::Connect { addr: cfg.relay.clone(), reason: e.to_string() })?;
-        let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
+            .map_err(|e| NetError::Connect { addr: relay.to_string(), reason: e.to_string() })?;
+        let conn = tokio::time::timeout(timeout, connecting)
             .await
-            .map_err(|_| NetError::Connect { addr: cfg.relay.clone(), reason: "no answer within 10 s (is the relay running?)".into() })?
-            .map_err(|e| NetError::Connect { addr: cfg.relay.clone(), reason: e.to_string() })?;
+            .map_err(|_| NetError::Connect {
+                addr: relay.to_string(),
+                reason: format!("no answer within {} s (is the relay running?)", timeout.as_secs()),
+            })?
+            .map_err(|e| NetError::Connect { addr: relay.to_string(), reason: e.to_string() })?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| connection_error(&e))?;
         let hello = ClientMsg::Hello {
             user: cfg.user.clone(),
@@ -294,6 +355,9 @@ impl Client {
     /// Closes the connection politely: queued control messages (acks, receipts) reach the
     /// relay first.
     pub async fn close(self) {
+        // A barrier: the relay answers control messages in order, so once this reply is
+        // back every earlier ack and receipt has been applied, not just received.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.history(None, 1, Some(0))).await;
         drop(self.control);
         let _ = tokio::time::timeout(Duration::from_secs(2), self.writer).await;
         self.conn.close(0u32.into(), b"bye");

@@ -172,7 +172,12 @@ pub async fn listen(
                 client.ack(id).await?;
             }
             Event::Error(e) => warn!("relay error: {} ({})", e.message, e.code.name()),
-            Event::LiveStarted(_) | Event::Aborted(_) | Event::Online(_) | Event::Presence(..) | Event::PlayedBy(..) => {}
+            Event::LiveStarted(_)
+            | Event::LivePacket(..)
+            | Event::Aborted(_)
+            | Event::Online(_)
+            | Event::Presence(..)
+            | Event::PlayedBy(..) => {}
         }
     }
     Ok(received)

@@ -77,12 +77,12 @@ pub(super) async fn accept_streams(conn: quinn::Connection, waiters: SharedWaite
         match first {
             Ok(Some(StreamFrame::Deliver(header))) if header.live => {
                 let _ = events.send(Event::LiveStarted(header.clone())).await;
-                live.spawn(read_clip(recv, header, events.clone()));
+                live.spawn(read_clip(recv, header, events.clone(), true));
             }
             Ok(Some(StreamFrame::Deliver(header))) => {
                 // Inbox clips: in order. The relay may resend one it delivered live moments ago.
                 if seen.insert(header.id) {
-                    read_clip(recv, header, events.clone()).await;
+                    read_clip(recv, header, events.clone(), false).await;
                 }
             }
             Ok(Some(StreamFrame::File { req, meta })) => {
@@ -106,11 +106,16 @@ pub(super) async fn accept_streams(conn: quinn::Connection, waiters: SharedWaite
     }
 }
 
-async fn read_clip(mut recv: quinn::RecvStream, header: DeliverHeader, events: mpsc::Sender<Event>) {
+async fn read_clip(mut recv: quinn::RecvStream, header: DeliverHeader, events: mpsc::Sender<Event>, live: bool) {
     let mut packets = Vec::new();
     loop {
         match read_frame::<StreamFrame>(&mut recv, MAX_STREAM_FRAME).await {
-            Ok(Some(StreamFrame::Packet(p))) if packets.len() < MAX_PACKETS => packets.push(p),
+            Ok(Some(StreamFrame::Packet(p))) if packets.len() < MAX_PACKETS => {
+                if live {
+                    let _ = events.send(Event::LivePacket(header.id, p.clone())).await;
+                }
+                packets.push(p);
+            }
             Ok(Some(StreamFrame::End { samples, .. })) => {
                 let clip = ReceivedClip { header, packets, samples };
                 let _ = events.send(Event::Clip(clip)).await;

@@ -122,7 +122,9 @@ impl ClipAssembler {
         // The end must fall inside the last packet (RFC 7845 end trimming): a sender may not
         // claim more audio than it sent, nor send whole packets past the end.
         let before_last = self.decoded_samples - self.last_packet_samples;
-        if samples == 0 || samples + self.pre_skip > self.decoded_samples || samples + self.pre_skip <= before_last {
+        // The peer controls `samples`: an overflow is as wrong as any other bad end marker.
+        let end = samples.checked_add(self.pre_skip).unwrap_or(u64::MAX);
+        if samples == 0 || end > self.decoded_samples || end <= before_last {
             return Err(IngestError::new(
                 ErrorCode::BadRequest,
                 format!(

@@ -26,6 +26,8 @@ pub struct Demo {
     pub alice: Profile,
     /// Where the app keeps its settings and data during the demo.
     pub dir: PathBuf,
+    /// The bundled speech sample, the demo's microphone when there is no real one.
+    pub sample: PathBuf,
     relay: Option<RelayHandle>,
     bob: mpsc::UnboundedSender<()>,
     _work: tempfile::TempDir,
@@ -64,13 +66,14 @@ impl Demo {
         std::fs::write(&sample, crate::demo::SAMPLE).map_err(io(&sample))?;
         let outbox = Outbox::open(&work.path().join("bob-outbox"))?;
         let (bob, asks) = mpsc::unbounded_channel();
+        let bob_sample = sample.clone();
         tokio::spawn(async move {
-            if let Err(e) = run_bob(bob_cfg, sample, outbox, asks).await {
+            if let Err(e) = run_bob(bob_cfg, bob_sample, outbox, asks).await {
                 warn!("demo: bob stopped: {e}");
             }
         });
         let dir = work.path().join("app");
-        Ok(Demo { alice, dir, relay: Some(relay), bob, _work: work })
+        Ok(Demo { alice, dir, sample, relay: Some(relay), bob, _work: work })
     }
 
     /// Asks bob to say something on `crew`.

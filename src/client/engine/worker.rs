@@ -298,7 +298,15 @@ impl Worker {
             problems.push(p);
         }
         if let Err(e) = self.mic.warm_up() {
-            problems.push(format!("microphone: {e}"));
+            match &self.demo {
+                // The demo can be tried without a microphone: you "say" the bundled sample.
+                Some(d) if self.opts.input.is_none() => {
+                    self.opts.input = Some(format!("wav:{}", d.sample.display()));
+                    self.mic.configure(self.input_spec(), self.snap.settings.noise_suppression);
+                    problems.push(format!("microphone: {e}; the demo talks with a bundled sample instead"));
+                }
+                _ => problems.push(format!("microphone: {e}")),
+            }
         }
         self.snap.audio_problem = (!problems.is_empty()).then(|| problems.join("; "));
     }

@@ -1,6 +1,7 @@
 //! Tests of the NATS JetStream store against a real 3-node cluster on loopback: every `Store`
 //! behaviour the SQLite store's tests check, plus two stores sharing a cluster, concurrent and
-//! interrupted commits, chunked audio, and `kill -9` of a node during a run of commits.
+//! interrupted commits, chunked audio, purge and retention (checked in the raw streams too),
+//! and `kill -9` of a node during a run of commits.
 //!
 //! The cluster is `scripts/nats-cluster.sh` with its own dir and ports (client 24222-24224,
 //! cluster 26222-26224, monitor 28222-28224), started on first use and left running for the
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use walkie::clip::{ClipId, ClipMeta, CodecParams, Target};
 use walkie::store::nats::{CommitStep, NatsConfig, NatsStore};
-use walkie::store::{ChannelInfo, CommitOutcome, Store, StoreError};
+use walkie::store::{ChannelInfo, CommitOutcome, PURGED_SENDER, Store, StoreError};
 
 const BASE_DIR: &str = "/tmp/walkie-nats-test";
 const CLIENT_PORT: u16 = 24222;
@@ -129,7 +130,8 @@ impl Drop for Fixture {
             let js = async_nats::jetstream::new(client);
             // The streams of one store (see the layout in src/store/nats.rs).
             let streams = ["clips", "audio", "inbox"].map(|s| format!("{prefix}_{s}"));
-            let buckets = ["users", "channels", "clipids"].map(|b| format!("KV_{prefix}_{b}"));
+            let buckets =
+                ["users", "channels", "clipids", "purged"].map(|b| format!("KV_{prefix}_{b}"));
             for name in streams.iter().chain(&buckets) {
                 if let Err(e) = js.delete_stream(name).await {
                     eprintln!("cleanup: deleting stream {name}: {e}");
@@ -747,6 +749,164 @@ fn replicas_follow_the_cluster_size() {
     populate(&single);
     let m = send(&single, "alice", "crew", &["bob"]);
     assert_eq!(single.pending("bob", 0, 10).unwrap(), vec![m]);
+}
+
+// ---- purge and retention ----
+
+/// Every message of stream `{prefix}_{name}` as (seq, subject, payload), read by sequence
+/// straight from JetStream (not through the store).
+fn raw_messages(prefix: &str, name: &str) -> Vec<(u64, String, Vec<u8>)> {
+    let urls: Vec<async_nats::ServerAddr> = servers()
+        .iter()
+        .filter_map(|s| format!("nats://{s}").parse().ok())
+        .collect();
+    let stream_name = format!("{prefix}_{name}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let client = async_nats::connect(urls).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream(&stream_name).await.unwrap();
+        let state = stream.info().await.unwrap().state.clone();
+        let mut out = Vec::new();
+        for seq in state.first_sequence..=state.last_sequence {
+            if let Ok(m) = stream.get_raw_message(seq).await {
+                out.push((seq, m.subject.to_string(), m.payload.to_vec()));
+            }
+        }
+        out
+    })
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn anonymised(m: &ClipMeta) -> ClipMeta {
+    ClipMeta {
+        from: PURGED_SENDER.into(),
+        packets: 0,
+        bytes: 0,
+        ..m.clone()
+    }
+}
+
+#[test]
+fn purge_erases_the_users_audio_and_keeps_their_clips_anonymised() {
+    let (_g, fx) = setup();
+    let store = &fx.store;
+    let a1 = send(store, "alice", "crew", &["bob"]);
+    let b1 = send(store, "bob", "crew", &["alice"]);
+    let a2 = send(store, "alice", "@bob", &["bob"]);
+    // A chunked one: three audio messages.
+    let mut a3 = meta("alice", "crew");
+    let big: Vec<u8> = audio(&a3).into_iter().cycle().take(1_200_000).collect();
+    let CommitOutcome::Stored(seq) = store.commit_clip(&a3, &names(&["bob"]), &big).unwrap() else {
+        panic!("stored")
+    };
+    (a3.seq, a3.bytes) = (seq, big.len() as u64);
+    let crew: Target = "crew".parse().unwrap();
+
+    assert_eq!(store.purge_user("alice").unwrap(), 3);
+    for m in [&a1, &a2, &a3] {
+        assert_eq!(store.clip(&m.id).unwrap(), Some(anonymised(m)));
+        assert!(
+            matches!(store.clip_audio(&m.id), Err(StoreError::NotFound { .. })),
+            "the audio of {} is gone",
+            m.id
+        );
+    }
+    assert_eq!(store.clip_audio(&b1.id).unwrap(), audio(&b1), "bob's clip is untouched");
+    // The clips stay in their conversations, anonymised, in order.
+    assert_eq!(
+        store.history("bob", &crew, 10, None).unwrap(),
+        vec![anonymised(&a1), b1.clone(), anonymised(&a3)]
+    );
+    assert_eq!(
+        store.history("bob", &crew, 1, Some(b1.seq)).unwrap(),
+        vec![anonymised(&a1)]
+    );
+    assert_eq!(
+        store.history("bob", &"@alice".parse().unwrap(), 10, None).unwrap(),
+        vec![anonymised(&a2)]
+    );
+    assert_eq!(
+        store.readable("bob").unwrap(),
+        vec![anonymised(&a1), b1.clone(), anonymised(&a2), anonymised(&a3)]
+    );
+    assert_eq!(store.pending("bob", 0, 10).unwrap(), vec![], "purged clips leave every inbox");
+    assert_eq!(store.pending("alice", 0, 10).unwrap(), vec![b1.clone()]);
+    // Another relay's store sees the same at once.
+    assert_eq!(fx.another().clip(&a2.id).unwrap(), Some(anonymised(&a2)));
+
+    // In JetStream itself: no audio message of a purged clip, no byte of its audio, and no
+    // metadata message naming alice.
+    let audio_msgs = raw_messages(&fx.prefix, "audio");
+    assert_eq!(audio_msgs.len(), 1, "only bob's audio is left: {audio_msgs:?}");
+    for m in [&a1, &a2, &a3] {
+        for (_, subject, payload) in &audio_msgs {
+            assert!(!subject.contains(&m.id.to_string()) && !contains(payload, &m.id.0));
+        }
+    }
+    let clip_msgs = raw_messages(&fx.prefix, "clips");
+    assert_eq!(clip_msgs.iter().map(|m| m.0).collect::<Vec<_>>(), vec![b1.seq]);
+    assert!(clip_msgs.iter().all(|(_, _, p)| !contains(p, b"\"alice\"")));
+
+    // A resend of a purged clip is a conflict; a second purge finds nothing.
+    assert!(matches!(
+        store.commit_clip(&a1, &names(&["bob"]), &audio(&a1)),
+        Err(StoreError::IdConflict(_))
+    ));
+    assert_eq!(store.purge_user("alice").unwrap(), 0);
+    assert_eq!(store.purge_user("nobody").unwrap(), 0);
+}
+
+#[test]
+fn retention_deletes_old_clips_with_their_audio_inbox_entries_and_claims() {
+    let (_g, fx) = setup();
+    let store = &fx.store;
+    let old1 = send(store, "alice", "crew", &["bob"]);
+    let old2 = send(store, "bob", "@alice", &["alice"]);
+    let old3 = send(store, "carol", "@bob", &["bob"]);
+    assert_eq!(store.purge_user("carol").unwrap(), 1);
+    std::thread::sleep(Duration::from_millis(20));
+    let cut = walkie::clip::now_ms();
+    std::thread::sleep(Duration::from_millis(20));
+    let new1 = send(store, "alice", "crew", &["bob"]);
+    let new2 = send(store, "bob", "@alice", &["alice"]);
+
+    assert_eq!(store.delete_clips_before(cut).unwrap(), 2, "two clips with audio deleted");
+    for m in [&old1, &old2, &old3] {
+        assert_eq!(store.clip(&m.id).unwrap(), None);
+        assert!(matches!(store.clip_audio(&m.id), Err(StoreError::NotFound { .. })));
+    }
+    let crew: Target = "crew".parse().unwrap();
+    assert_eq!(store.history("bob", &crew, 10, None).unwrap(), vec![new1.clone()]);
+    assert_eq!(
+        store.history("alice", &"@bob".parse().unwrap(), 10, None).unwrap(),
+        vec![new2.clone()]
+    );
+    assert_eq!(
+        store.history("bob", &"@carol".parse().unwrap(), 10, None).unwrap(),
+        vec![],
+        "the purged record went too"
+    );
+    assert_eq!(store.readable("bob").unwrap(), vec![new1.clone(), new2.clone()]);
+    assert_eq!(store.pending("bob", 0, 10).unwrap(), vec![new1.clone()]);
+    assert_eq!(store.pending("alice", 0, 10).unwrap(), vec![new2.clone()]);
+    let audio_msgs = raw_messages(&fx.prefix, "audio");
+    assert_eq!(audio_msgs.len(), 2, "only the new clips' audio is left");
+    for m in [&old1, &old2, &old3] {
+        assert!(audio_msgs.iter().all(|(_, s, _)| !s.contains(&m.id.to_string())));
+    }
+    assert_eq!(store.delete_clips_before(cut).unwrap(), 0, "nothing more to delete");
+    // The claim went with the clip: a (very) late resend is stored anew.
+    assert!(matches!(
+        store.commit_clip(&old1, &names(&["bob"]), &audio(&old1)),
+        Ok(CommitOutcome::Stored(_))
+    ));
 }
 
 // ---- failure of a NATS node ----

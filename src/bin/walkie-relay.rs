@@ -8,8 +8,10 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use walkie::clip::validate_name;
 use walkie::config::RelayFile;
+use walkie::relay::cluster::nats::NatsCluster;
 use walkie::relay::{self, RelayConfig, auth};
 use walkie::store::Store;
+use walkie::store::nats::{NatsConfig, NatsStore};
 use walkie::store::sqlite::SqliteStore;
 
 /// The walkie relay: stores voice clips durably and pushes them to their recipients.
@@ -20,6 +22,15 @@ struct Cli {
     /// (default: the platform data dir, e.g. ~/.local/share/walkie-relay).
     #[arg(long, global = true, env = "WALKIE_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Where users, channels and clips live: `sqlite` (the embedded store in the data dir,
+    /// the default) or `nats://HOST:PORT[,HOST:PORT...]`, a NATS JetStream cluster that
+    /// several relays share (the data dir then holds only the certificate).
+    #[arg(long, global = true, env = "WALKIE_STORE", value_name = "STORE")]
+    store: Option<String>,
+    /// Name prefix of the NATS store's streams, buckets and subjects: relays with the same
+    /// servers and prefix share one store [default: walkie].
+    #[arg(long, global = true, env = "WALKIE_STORE_PREFIX", value_name = "NAME")]
+    store_prefix: Option<String>,
     /// A TOML file of relay limits (see the README's "Configuration"); flags override it.
     #[arg(long, global = true, env = "WALKIE_CONFIG", value_name = "PATH")]
     config: Option<PathBuf>,
@@ -123,9 +134,47 @@ fn main() -> ExitCode {
     }
 }
 
+/// Which store `--store` names.
+enum StoreChoice {
+    /// The embedded SQLite store in the data dir.
+    Sqlite,
+    /// A NATS JetStream cluster.
+    Nats(NatsConfig),
+}
+
+fn store_choice(cli: &Cli) -> Result<StoreChoice, String> {
+    let spec = cli.store.as_deref().map(str::trim).unwrap_or("sqlite");
+    if spec.is_empty() || spec == "sqlite" {
+        if cli.store_prefix.is_some() {
+            return Err("--store-prefix applies to a NATS store only (--store nats://HOST:PORT,...)".into());
+        }
+        return Ok(StoreChoice::Sqlite);
+    }
+    if !spec.starts_with("nats://") {
+        return Err(format!("--store {spec:?} is not `sqlite` nor `nats://HOST:PORT[,HOST:PORT...]`"));
+    }
+    let mut config = NatsConfig::new(&[spec.to_string()]);
+    if let Some(prefix) = &cli.store_prefix {
+        config.prefix = prefix.clone();
+    }
+    Ok(StoreChoice::Nats(config))
+}
+
+fn open_store(choice: &StoreChoice, dir: &std::path::Path) -> Result<Arc<dyn Store>, String> {
+    match choice {
+        StoreChoice::Sqlite => SqliteStore::open(dir)
+            .map(|s| Arc::new(s) as Arc<dyn Store>)
+            .map_err(|e| format!("cannot open the relay's data in {}: {e}", dir.display())),
+        StoreChoice::Nats(config) => NatsStore::connect_with(config.clone())
+            .map(|s| Arc::new(s) as Arc<dyn Store>)
+            .map_err(|e| format!("cannot open the NATS store at {}: {e}", config.servers.join(","))),
+    }
+}
+
 fn run(cli: Cli) -> Result<(), String> {
+    let choice = store_choice(&cli)?;
     let dir = data_dir(&cli.data_dir)?;
-    let store = SqliteStore::open(&dir).map_err(|e| format!("cannot open the relay's data in {}: {e}", dir.display()))?;
+    let store = open_store(&choice, &dir)?;
     match cli.command {
         Command::Serve { listen, max_clip_secs } => {
             let mut config = match &cli.config {
@@ -138,19 +187,26 @@ fn run(cli: Cli) -> Result<(), String> {
             if let Some(secs) = max_clip_secs {
                 config.max_clip_ms = secs.saturating_mul(1000);
             }
-            serve(config, dir, Arc::new(store))
+            serve(config, dir, store, choice)
         }
-        Command::User(cmd) => user(&store, cmd),
-        Command::Channel(cmd) => channel(&store, cmd),
+        Command::User(cmd) => user(store.as_ref(), cmd),
+        Command::Channel(cmd) => channel(store.as_ref(), cmd),
     }
 }
 
-fn serve(config: RelayConfig, dir: PathBuf, store: Arc<dyn Store>) -> Result<(), String> {
+fn serve(config: RelayConfig, dir: PathBuf, store: Arc<dyn Store>, choice: StoreChoice) -> Result<(), String> {
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the async runtime: {e}"))?;
     runtime.block_on(async move {
         // Handlers first, so a signal that arrives right after the "listening" line is caught.
         let stop = stop_signal()?;
-        let handle = relay::start(config, &dir, store).await.map_err(|e| e.to_string())?;
+        let handle = match &choice {
+            StoreChoice::Sqlite => relay::start(config, &dir, store).await,
+            StoreChoice::Nats(nats) => {
+                let cluster = NatsCluster::connect(nats).await.map_err(|e| format!("cannot link to the other relays over NATS: {e}"))?;
+                relay::start_with(config, &dir, store, Arc::new(cluster)).await
+            }
+        }
+        .map_err(|e| e.to_string())?;
         println!("listening on {}", handle.addr);
         println!("fingerprint {}", handle.fingerprint);
         println!("certificate {}", handle.cert_path.display());
@@ -185,7 +241,7 @@ fn stop_signal() -> Result<impl std::future::Future<Output = ()>, String> {
     }
 }
 
-fn user(store: &SqliteStore, cmd: UserCmd) -> Result<(), String> {
+fn user(store: &dyn Store, cmd: UserCmd) -> Result<(), String> {
     match cmd {
         UserCmd::Add { name } => {
             validate_name(&name).map_err(|e| e.to_string())?;
@@ -214,7 +270,7 @@ fn user(store: &SqliteStore, cmd: UserCmd) -> Result<(), String> {
     Ok(())
 }
 
-fn channel(store: &SqliteStore, cmd: ChannelCmd) -> Result<(), String> {
+fn channel(store: &dyn Store, cmd: ChannelCmd) -> Result<(), String> {
     match cmd {
         ChannelCmd::Add { name, members } => {
             validate_name(&name).map_err(|e| e.to_string())?;

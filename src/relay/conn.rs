@@ -90,12 +90,12 @@ pub(crate) async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming, hands
     let (session, first) = shared.registry.register(&user, conn.clone(), tx.clone());
     let _ = tx.send(ServerMsg::Online { users: shared.registry.online_among(&peers) }).await;
     if first {
-        shared.registry.tell(&peers, &ServerMsg::Presence { user: user.clone(), online: true });
+        shared.tell_everywhere(&peers, &ServerMsg::Presence { user: user.clone(), online: true });
     }
     run_session(&shared, &session, send, recv, tx, rx).await;
     if shared.registry.unregister(&session) {
         let peers = co_members(&shared, &user).await;
-        shared.registry.tell(&peers, &ServerMsg::Presence { user: user.clone(), online: false });
+        shared.tell_everywhere(&peers, &ServerMsg::Presence { user: user.clone(), online: false });
     }
     info!(%user, "session closed");
 }
@@ -224,7 +224,7 @@ async fn control_loop(shared: &Arc<Shared>, session: &Arc<Session>, recv: &mut q
 async fn receipt(shared: &Shared, user: &str, id: crate::clip::ClipId) {
     let Ok(Some(meta)) = shared.store(move |s| s.clip(&id)).await else { return };
     if meta.from != user && deliver::may_read(shared, user, &meta).await {
-        shared.registry.tell(&[meta.from.clone()], &ServerMsg::PlayedBy { id, user: user.to_string() });
+        shared.tell_everywhere(&[meta.from.clone()], &ServerMsg::PlayedBy { id, user: user.to_string() });
     }
 }
 

@@ -1,6 +1,7 @@
 //! Delivery to one session: the pump that sends every unacknowledged clip from the user's
 //! inbox, oldest first, each on its own stream; and fetches of stored files.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use tracing::{debug, warn};
@@ -17,36 +18,59 @@ use super::conn::ControlTx;
 const PAGE: usize = 64;
 
 /// Sends the session's inbox, then waits to be woken for more, until the connection ends.
+///
+/// Each round reads the whole inbox from the start, oldest first, and sends what this
+/// session was not sent yet: with a replicated store, a clip committed on another relay (or
+/// by a slower commit here) can enter the inbox after a clip with a higher seq, so a cursor
+/// that only moves forward could skip it. What was sent stays in the inbox until the client
+/// acknowledges it; the set of sent clips is trimmed to the inbox after every full read.
 pub(crate) async fn pump(shared: Arc<Shared>, session: Arc<Session>) {
-    let mut after = 0u64;
+    let mut sent: HashSet<ClipId> = HashSet::new();
     loop {
-        let user = session.user.clone();
-        let page = match shared.store(move |s| s.pending(&user, after, PAGE)).await {
-            Ok(page) => page,
-            Err(e) => {
-                warn!(user = %session.user, "cannot read inbox: {e}");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                continue;
+        let mut after = 0u64;
+        let mut inbox: HashSet<ClipId> = HashSet::new();
+        let complete = loop {
+            let user = session.user.clone();
+            let page = match shared.store(move |s| s.pending(&user, after, PAGE)).await {
+                Ok(page) => page,
+                Err(e) => {
+                    warn!(user = %session.user, "cannot read inbox: {e}");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    break false;
+                }
+            };
+            for meta in &page {
+                after = after.max(meta.seq);
+                inbox.insert(meta.id);
+                if !sent.insert(meta.id) || session.take_live_sent(&meta.id) {
+                    continue;
+                }
+                match send_stored(&shared, &session, meta).await {
+                    Ok(()) => {}
+                    // The connection is gone: this session's delivery ends.
+                    Err(e @ (SendError::Net(_) | SendError::Conn(_))) => {
+                        debug!(user = %session.user, clip = %meta.id, "delivery stopped: {e}");
+                        return;
+                    }
+                    // One unreadable clip must not hold up the rest; it stays in the inbox.
+                    Err(e) => warn!(user = %session.user, clip = %meta.id, "cannot deliver a stored clip: {e}"),
+                }
+            }
+            if page.len() < PAGE {
+                break true;
             }
         };
-        for meta in &page {
-            after = after.max(meta.seq);
-            if session.take_live_sent(&meta.id) {
-                continue;
-            }
-            match send_stored(&shared, &session, meta).await {
-                Ok(()) => {}
-                // The connection is gone: this session's delivery ends.
-                Err(e @ (SendError::Net(_) | SendError::Conn(_))) => {
-                    debug!(user = %session.user, clip = %meta.id, "delivery stopped: {e}");
-                    return;
-                }
-                // One unreadable clip must not hold up the rest; it stays in the inbox.
-                Err(e) => warn!(user = %session.user, clip = %meta.id, "cannot deliver a stored clip: {e}"),
-            }
+        if !complete {
+            continue;
         }
-        if page.len() < PAGE {
-            session.wake.notified().await;
+        sent.retain(|id| inbox.contains(id));
+        match shared.cluster.inbox_poll() {
+            // Other relays' wake-ups travel over the network and may be lost: look again
+            // now and then even without one.
+            Some(every) => {
+                let _ = tokio::time::timeout(every, session.wake.notified()).await;
+            }
+            None => session.wake.notified().await,
         }
     }
 }

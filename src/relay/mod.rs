@@ -6,19 +6,23 @@
 //! | `auth.rs` | tokens: generation, hashing, constant-time checks |
 //! | `conn.rs` | one connection: hello, control requests, stream accept loop |
 //! | `upload.rs` | one uploaded clip: checks, live fan-out, commit, ack |
+//! | `live.rs` | live copies to sessions; live clips and notices from other relays |
+//! | `cluster.rs` | the link to the other relays: floors, notices (`cluster/nats.rs` over NATS) |
 //! | `deliver.rs` | a session's delivery pump (inbox, oldest first) and fetches |
 //! | `ingest.rs` | clip validation without I/O |
 //! | `registry.rs` | who is online, presence |
-//! | `floor.rs` | one talker per channel (no I/O) |
+//! | `floor.rs` | one talker per channel (no I/O), for a relay alone |
 //! | `limits.rs` | per-user rate limits (no I/O) |
 //! | `maintenance.rs` | revoking removed users' sessions, retention |
 
 pub mod auth;
+pub mod cluster;
 mod conn;
 mod deliver;
 pub mod floor;
 pub mod ingest;
 pub mod limits;
+mod live;
 mod maintenance;
 pub mod registry;
 mod upload;
@@ -34,7 +38,9 @@ use tokio::task::JoinHandle;
 
 use crate::net::{self, Fingerprint, NetError, RelayIdentity};
 use crate::proto::{ErrorCode, ErrorMsg};
+use crate::proto::ServerMsg;
 use crate::store::{Store, StoreError};
+use cluster::{Cluster, LocalCluster, Notice};
 use registry::Registry;
 
 /// Relay settings, with the defaults documented on each field.
@@ -122,7 +128,8 @@ pub(crate) struct Shared {
     pub registry: Registry,
     pub config: RelayConfig,
     pub shutdown: watch::Receiver<bool>,
-    pub floors: Mutex<floor::Floors>,
+    /// The other relays sharing the store (floors, live clips, wake-ups), or none.
+    pub cluster: Arc<dyn Cluster>,
     pub limits: Mutex<limits::UserLimits>,
     /// Authenticated connections now.
     pub connections: AtomicUsize,
@@ -139,6 +146,22 @@ impl Shared {
     pub fn busy(&self) -> ErrorMsg {
         let ms = self.config.busy_retry_ms;
         ErrorMsg { req: None, clip: None, code: ErrorCode::Busy { retry_after_ms: ms }, message: format!("busy, retry after {ms} ms") }
+    }
+
+    /// Wakes the delivery pumps of these users, here and on the other relays.
+    pub fn wake_everywhere(&self, users: &[String]) {
+        self.registry.wake(users);
+        if self.cluster.spans_relays() && !users.is_empty() {
+            self.cluster.publish(Notice::Wake { users: users.to_vec() });
+        }
+    }
+
+    /// Sends `msg` to every session of `users`, here and on the other relays (best effort).
+    pub fn tell_everywhere(&self, users: &[String], msg: &ServerMsg) {
+        self.registry.tell(users, msg);
+        if self.cluster.spans_relays() && !users.is_empty() {
+            self.cluster.publish(Notice::Tell { users: users.to_vec(), msg: msg.clone() });
+        }
     }
 
     /// Runs a blocking store call off the async threads.
@@ -183,8 +206,20 @@ impl RelayHandle {
     }
 }
 
-/// Starts a relay on `config.listen` with the identity kept in `data_dir`, serving `store`.
+/// Starts a relay on `config.listen` with the identity kept in `data_dir`, serving `store`
+/// alone (floors in memory: the embedded store's setting).
 pub async fn start(config: RelayConfig, data_dir: &Path, store: Arc<dyn Store>) -> Result<RelayHandle, RelayError> {
+    start_with(config, data_dir, store, Arc::new(LocalCluster::default())).await
+}
+
+/// Like [`start`], as one of several relays sharing `store`, linked by `cluster` (a
+/// [`cluster::nats::NatsCluster`] on the same NATS servers and prefix as the store).
+pub async fn start_with(
+    config: RelayConfig,
+    data_dir: &Path,
+    store: Arc<dyn Store>,
+    cluster: Arc<dyn Cluster>,
+) -> Result<RelayHandle, RelayError> {
     let identity = RelayIdentity::load_or_create(data_dir)?;
     let endpoint = net::server_endpoint(config.listen, &identity, config.idle_timeout, config.max_streams_per_conn)?;
     let addr = endpoint.local_addr().map_err(|source| NetError::Bind { addr: config.listen, source })?;
@@ -195,11 +230,14 @@ pub async fn start(config: RelayConfig, data_dir: &Path, store: Arc<dyn Store>) 
         registry: Registry::default(),
         config,
         shutdown,
-        floors: Mutex::new(floor::Floors::default()),
+        cluster: cluster.clone(),
         limits: Mutex::new(limits),
         connections: AtomicUsize::new(0),
     });
     tokio::spawn(maintenance::run(shared.clone()));
+    if let Some(incoming) = cluster.incoming() {
+        tokio::spawn(live::run_inbound(shared.clone(), incoming));
+    }
     let task = tokio::spawn(accept_loop(endpoint.clone(), shared));
     Ok(RelayHandle { addr, fingerprint: identity.fingerprint(), cert_path: identity.cert_path, endpoint, stop, task })
 }
@@ -216,6 +254,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
                 // Admission: a bounded number of handshakes run at once (they are CPU-bound);
                 // a bounded number wait for a slot; the rest are refused at once and retry.
                 if waiting.load(Ordering::Relaxed) >= shared.config.max_pending_handshakes {
+                    tracing::debug!(remote = %incoming.remote_address(), "refused: too many connection attempts waiting for a handshake");
                     incoming.refuse();
                     continue;
                 }
@@ -226,7 +265,10 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
                     waiting.fetch_sub(1, Ordering::Relaxed);
                     match permit {
                         Ok(Ok(permit)) => conn::handle(shared, incoming, permit).await,
-                        _ => incoming.refuse(),
+                        _ => {
+                            tracing::debug!(remote = %incoming.remote_address(), "refused: no handshake slot within {HANDSHAKE_QUEUE_WAIT:?}");
+                            incoming.refuse();
+                        }
                     }
                 });
             }

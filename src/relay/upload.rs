@@ -1,67 +1,24 @@
-//! One uploaded clip: reads the header, checks who may send where, forwards each packet to
-//! online recipients as it arrives, and on the end marker stores the clip durably, acks the
-//! sender with `ClipStored`, and only then ends the live streams.
+//! One uploaded clip: reads the header, checks who may send where, takes the channel's floor
+//! (cluster-wide, through [`super::cluster::Cluster`]), forwards each packet to online
+//! recipients as it arrives (this relay's sessions, and the other relays of a cluster), and on
+//! the end marker stores the clip durably, acks the sender with `ClipStored`, and only then
+//! ends the live streams and wakes the recipients' delivery pumps on every relay.
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
+use super::Shared;
+use super::cluster::{Cluster, FloorError};
 use super::conn::{ControlTx, may_access};
 use super::ingest::{ClipAssembler, IngestError, check_header};
+use super::live::{LiveSink, RemoteOut, abort_live, end_live};
 use super::registry::Session;
-use super::Shared;
 use crate::clip::{ClipHeader, ClipId, ClipMeta, Target};
 use crate::codec;
-use crate::net::{read_frame, write_frame};
+use crate::net::read_frame;
 use crate::proto::{DeliverHeader, ErrorCode, ErrorMsg, MAX_STREAM_FRAME, ServerMsg, StreamFrame};
 use crate::store::CommitOutcome;
-
-/// A live copy of the clip going to one recipient session.
-struct LiveSink {
-    session: Arc<Session>,
-    tx: Option<mpsc::Sender<StreamFrame>>,
-    task: JoinHandle<bool>,
-}
-
-impl LiveSink {
-    fn open(session: Arc<Session>, header: DeliverHeader, queue: usize) -> Self {
-        let (tx, mut rx) = mpsc::channel::<StreamFrame>(queue);
-        let conn = session.conn.clone();
-        let task = tokio::spawn(async move {
-            let Ok(mut send) = conn.open_uni().await else { return false };
-            if write_frame(&mut send, &StreamFrame::Deliver(header), MAX_STREAM_FRAME).await.is_err() {
-                return false;
-            }
-            let mut ended = false;
-            while let Some(frame) = rx.recv().await {
-                ended = matches!(frame, StreamFrame::End { .. });
-                if write_frame(&mut send, &frame, MAX_STREAM_FRAME).await.is_err() {
-                    return false;
-                }
-            }
-            if ended {
-                let _ = send.finish();
-            } else {
-                let _ = send.reset(ErrorCode::BadRequest.quic_code().into());
-            }
-            ended
-        });
-        Self { session, tx: Some(tx), task }
-    }
-
-    /// Queues a frame; a recipient that cannot keep up loses its live copy (it gets the
-    /// stored clip from its inbox instead), so a slow reader never grows the relay's memory.
-    fn push(&mut self, frame: StreamFrame) {
-        if let Some(tx) = &self.tx
-            && tx.try_send(frame).is_err()
-        {
-            self.tx = None;
-            self.task.abort();
-        }
-    }
-}
 
 fn refusal(id: ClipId, err: &IngestError) -> ServerMsg {
     ServerMsg::Error(ErrorMsg { req: None, clip: Some(id), code: err.code, message: err.message.clone() })
@@ -122,7 +79,7 @@ async fn receive(
     check_header(&header)?;
     let recipients = recipients(shared, &session.user, &header.to).await?;
     let id = header.id;
-    let known = shared.store(move |s| s.clip(&id)).await.map_err(|e| ingest(ErrorCode::Storage, e.to_string()))?;
+    let known = shared.store(move |s| s.committed(&id)).await.map_err(|e| ingest(ErrorCode::Storage, e.to_string()))?;
     if let Some(meta) = known {
         if meta.from != session.user {
             return Err(ingest(ErrorCode::Conflict, format!("clip id {id} is already taken; send it with a new id")));
@@ -141,8 +98,8 @@ async fn receive(
             format!("busy, retry after {ms} ms: at most {} clips per minute", shared.config.clips_per_minute),
         ));
     }
-    let _floor = match &header.to {
-        Target::Channel(channel) => Some(FloorGuard::take(shared, channel, &session.user, id)?),
+    let floor = match &header.to {
+        Target::Channel(channel) => Some(FloorGuard::take(shared, channel, &session.user, id).await?),
         Target::User(_) => None,
     };
 
@@ -160,11 +117,15 @@ async fn receive(
         .flat_map(|r| shared.registry.sessions_of(r))
         .map(|s| LiveSink::open(s, deliver.clone(), shared.config.live_queue))
         .collect();
-    let result = collect(shared, &session.user, recv, &header, &mut sinks).await;
+    let mut remote = RemoteOut::start(shared, &deliver, &recipients);
+    let result = collect(shared, &session.user, recv, &header, &mut sinks, &mut remote).await;
+    // The talker has let go (or the clip failed): the floor is free before the sender hears
+    // `ClipStored`, so whoever is told "stored" may talk next.
+    drop(floor);
     let assembled = match result {
         Ok(a) => a,
         Err(err) => {
-            abort_live(&mut sinks, id, &err);
+            abort_all(&mut sinks, &mut remote, id, &err);
             return Err(err);
         }
     };
@@ -174,7 +135,7 @@ async fn receive(
     let ogg = match ogg {
         Ok(o) => o,
         Err(err) => {
-            abort_live(&mut sinks, id, &err);
+            abort_all(&mut sinks, &mut remote, id, &err);
             return Err(err);
         }
     };
@@ -209,21 +170,22 @@ async fn receive(
             for sink in &sinks {
                 sink.session.take_live_sent(&id);
             }
-            abort_live(&mut sinks, id, &err);
+            abort_all(&mut sinks, &mut remote, id, &err);
             return Err(err);
         }
     };
     info!(clip = %id, from = %meta.from, to = %meta.to, ms = meta.duration_ms, seq, "clip stored");
     let _ = tx.send(ServerMsg::ClipStored { id, seq, duplicate: false }).await;
-    for sink in &mut sinks {
-        sink.push(StreamFrame::End { packets: meta.packets, samples: assembled.samples });
-        if sink.tx.take().is_none() {
-            // Its live copy was dropped: the pump sends the stored clip instead.
-            sink.session.take_live_sent(&id);
-        }
-    }
-    shared.registry.wake(&recipients);
+    // A live copy that was dropped is unmarked: the pump sends the stored clip instead.
+    end_live(&mut sinks, id, meta.packets, assembled.samples);
+    remote.end(meta.packets, assembled.samples);
+    shared.wake_everywhere(&recipients);
     Ok(())
+}
+
+fn abort_all(sinks: &mut [LiveSink], remote: &mut RemoteOut, id: ClipId, err: &IngestError) {
+    abort_live(sinks, id, err.code, &err.message);
+    remote.abort(err.code, &err.message);
 }
 
 /// Reads packets until the end marker, forwarding each to the live sinks.
@@ -233,6 +195,7 @@ async fn collect(
     recv: &mut quinn::RecvStream,
     header: &ClipHeader,
     sinks: &mut [LiveSink],
+    remote: &mut RemoteOut,
 ) -> Result<super::ingest::Assembled, IngestError> {
     let mut asm = ClipAssembler::new(header, shared.config.max_clip_ms);
     let deadline = tokio::time::Instant::now() + max_hold(shared);
@@ -253,6 +216,7 @@ async fn collect(
                     tokio::time::sleep(pause).await;
                 }
                 asm.push(p.clone())?;
+                remote.packet(&p);
                 for sink in sinks.iter_mut() {
                     sink.push(StreamFrame::Packet(p.clone()));
                 }
@@ -265,38 +229,33 @@ async fn collect(
     }
 }
 
-fn abort_live(sinks: &mut [LiveSink], id: ClipId, err: &IngestError) {
-    for sink in sinks {
-        sink.push(StreamFrame::Abort(ErrorMsg { req: None, clip: Some(id), code: err.code, message: err.message.clone() }));
-        sink.tx = None;
-    }
-}
-
 /// How long a talker may hold a floor or a clip stream: the maximum clip plus a grace period.
-fn max_hold(shared: &Shared) -> std::time::Duration {
+pub(crate) fn max_hold(shared: &Shared) -> std::time::Duration {
     std::time::Duration::from_millis(u64::from(shared.config.max_clip_ms)) + std::time::Duration::from_secs(5)
 }
 
 /// Holds a channel's floor for one clip; releases it when dropped (clip stored, refused, or
 /// the talker gone).
-struct FloorGuard<'a> {
-    shared: &'a Shared,
+struct FloorGuard {
+    cluster: Arc<dyn Cluster>,
     channel: String,
     clip: ClipId,
 }
 
-impl<'a> FloorGuard<'a> {
-    fn take(shared: &'a Shared, channel: &str, user: &str, clip: ClipId) -> Result<Self, IngestError> {
-        let now = std::time::Instant::now();
-        super::lock(&shared.floors).try_take(channel, user, clip, now, max_hold(shared)).map_err(|holder| {
-            ingest(ErrorCode::FloorTaken, format!("busy: {} is talking on {channel}; try again when they finish", holder.user))
+impl FloorGuard {
+    async fn take(shared: &Shared, channel: &str, user: &str, clip: ClipId) -> Result<Self, IngestError> {
+        shared.cluster.take_floor(channel, user, clip, max_hold(shared)).await.map_err(|e| match e {
+            FloorError::Taken { user, channel } => {
+                ingest(ErrorCode::FloorTaken, format!("busy: {user} is talking on {channel}; try again when they finish"))
+            }
+            e @ FloorError::Unavailable { .. } => ingest(ErrorCode::Storage, e.to_string()),
         })?;
-        Ok(Self { shared, channel: channel.to_string(), clip })
+        Ok(Self { cluster: shared.cluster.clone(), channel: channel.to_string(), clip })
     }
 }
 
-impl Drop for FloorGuard<'_> {
+impl Drop for FloorGuard {
     fn drop(&mut self) {
-        super::lock(&self.shared.floors).release(&self.channel, self.clip);
+        self.cluster.release_floor(&self.channel, self.clip);
     }
 }

@@ -49,15 +49,15 @@ pub enum StoreError {
     /// Stored data does not parse (a row with an invalid target, say).
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
-    /// The NATS cluster failed: unreachable, no quorum or no reply within the deadline.
-    #[error("the NATS cluster failed: {0}")]
+    /// The storage backend failed or cannot be reached: the NATS cluster is unreachable,
+    /// has no quorum or did not answer within the deadline. (A full disk or a failing file
+    /// of the embedded store is [`StoreError::Io`] or [`StoreError::Db`].) The relay reports
+    /// every store failure to clients with the `storage` error code.
+    #[error("storage unavailable: {0}")]
     Backend(String),
     /// This store cannot do that operation.
     #[error("this store does not support {0}")]
     Unsupported(&'static str),
-    /// The storage backend failed or is out of space (full disk, I/O error, cluster down).
-    #[error("storage unavailable: {0}")]
-    Unavailable(String),
 }
 
 /// A channel and its members.
@@ -107,6 +107,13 @@ pub trait Store: Send + Sync + 'static {
     fn commit_clip(&self, meta: &ClipMeta, recipients: &[String], ogg: &[u8]) -> Result<CommitOutcome, StoreError>;
     /// Metadata of one stored clip.
     fn clip(&self, id: &ClipId) -> Result<Option<ClipMeta>, StoreError>;
+    /// Metadata of a clip whose commit is complete (stored and queued for every recipient):
+    /// the relay acknowledges a resend of such a clip without reading it again. A store whose
+    /// commit is not atomic (NATS) answers `None` for a clip whose commit was interrupted, so
+    /// that the resend completes it.
+    fn committed(&self, id: &ClipId) -> Result<Option<ClipMeta>, StoreError> {
+        self.clip(id)
+    }
     /// The stored Ogg Opus bytes of a clip.
     fn clip_audio(&self, id: &ClipId) -> Result<Vec<u8>, StoreError>;
 

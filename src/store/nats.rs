@@ -10,7 +10,9 @@
 //! ```text
 //! KV P_users     key <user>     {token_hash (hex of SHA-256), created_at_ms, nonce}
 //! KV P_channels  key <channel>  {members (sorted), created_at_ms, nonce}
-//! KV P_clipids   key <clip id>  {from, subject, seq?, done}            the idempotency claim
+//! KV P_clipids   key <clip id>  {from, subject, seq?, done, purged}    the idempotency claim
+//! KV P_purged    key c.<channel>.<seq> | d.<a>.<b>.<seq>  the anonymised metadata of a
+//!                purged clip (sender "purged-user", no audio), in place of its erased message
 //! stream P_clips  P.clip.c.<channel>.<id> | P.clip.d.<a>.<b>.<id>      one metadata message
 //!                 per clip (a <= b: the two users of a direct clip); its stream sequence IS
 //!                 the clip's seq, so seqs are global, increasing, and never reused
@@ -43,6 +45,29 @@
 //! chunks of an attempt that never got its metadata written. A commit interrupted after some
 //! inbox entries and retried after a recipient acked may queue the clip for them again.
 //!
+//! # Purge and retention
+//! Both delete with JetStream's secure erase (`STREAM.MSG.DELETE` without `no_erase`): the
+//! message is removed and its bytes in the stream's block files are overwritten with random
+//! data on every replica. [`Store::purge_user`] scans the whole clip stream in windows of
+//! 1024 sequences for clips whose sender is the user; for each: (1) the anonymised record goes
+//! to `P_purged` under the clip's seq, (2) the claim is marked purged (sender "purged-user"),
+//! (3) its inbox entries are removed, (4) every audio chunk of every attempt is erased, (5)
+//! its metadata message is erased. Reads merge the purged records into scans (history,
+//! readable: one extra subject listing per call) and `clip` reads the record once the claim
+//! says purged, so the clip stays in its conversation, anonymised, with no audio
+//! (`clip_audio` is `NotFound`). [`Store::delete_clips_before`] scans the clip stream from its
+//! first message in time order and, for each clip stored before the cutoff, removes its inbox
+//! entries, erases its audio, deletes its claim and erases its metadata message; it stops at
+//! the first clip stored later (clips are stored in time order up to clock skew between
+//! relays, so a clip a skewed relay stored a little out of order goes at the next run); then
+//! it deletes the purged records older than the cutoff. Both keep the metadata message for
+//! last, so that a run interrupted by a crash or a cluster failure is completed by the next.
+//!
+//! What erasing does not reach: the servers' Raft logs of a replicated stream keep a copy of
+//! each write until their next compaction (NATS compacts them after a snapshot, within
+//! minutes), and freed disk blocks are not scrubbed. A purge makes the audio unreadable
+//! through NATS at once; the bytes leave the servers' disks with that compaction.
+//!
 //! # Cost of each call (n = messages matched, R = one request to a stream leader)
 //! users/channels: one subject listing + one R per key; token_hash/members: one R;
 //! commit: ~6 + chunks + 2 x recipients acked publishes/reads; clip: 2 R; clip_audio: 2 + chunks R;
@@ -60,8 +85,8 @@
 //! up to [`NatsConfig::request_timeout`] and failing calls are retried for up to
 //! [`NatsConfig::deadline`], which spans a leader election (up to ~4 s after a node dies).
 
-mod js;
-mod layout;
+pub(crate) mod js;
+pub(crate) mod layout;
 mod ops;
 
 use std::future::Future;
@@ -165,17 +190,7 @@ impl NatsStore {
     /// Connects with an explicit configuration.
     pub fn connect_with(config: NatsConfig) -> Result<NatsStore, StoreError> {
         let layout = Layout::new(&config.prefix)?;
-        let urls = server_urls(&config.servers);
-        if urls.is_empty() {
-            return Err(StoreError::Backend("no NATS server given".into()));
-        }
-        let addrs = urls
-            .iter()
-            .map(|u| u.parse::<async_nats::ServerAddr>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                StoreError::Backend(format!("bad NATS server address in {urls:?}: {e}"))
-            })?;
+        server_addrs(&config)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("walkie-nats")
@@ -186,7 +201,11 @@ impl NatsStore {
             })?;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         runtime.spawn(async move {
-            let _ = tx.send(open(config, layout, addrs).await);
+            let opened = async {
+                let js = connect_js(&config, "walkie-store", config.deadline).await?;
+                Inner::open(js, layout).await
+            };
+            let _ = tx.send(opened.await);
         });
         let inner = rx
             .recv()
@@ -241,19 +260,48 @@ impl NatsStore {
     }
 }
 
-/// Connects and opens every bucket and stream.
-async fn open(
-    config: NatsConfig,
-    layout: Layout,
-    addrs: Vec<async_nats::ServerAddr>,
-) -> Result<Inner, StoreError> {
+/// The server addresses of `config`, parsed.
+fn server_addrs(config: &NatsConfig) -> Result<Vec<async_nats::ServerAddr>, StoreError> {
+    let urls = server_urls(&config.servers);
+    if urls.is_empty() {
+        return Err(StoreError::Backend("no NATS server given".into()));
+    }
+    urls.iter()
+        .map(|u| u.parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| StoreError::Backend(format!("bad NATS server address in {urls:?}: {e}")))
+}
+
+/// Connects to the cluster of `config` (retrying until `config.deadline`) with the client
+/// name `name`; the returned JetStream handle retries each call for up to `deadline`.
+/// Must run inside a tokio runtime, which then drives the connection.
+pub(crate) async fn connect_js(
+    config: &NatsConfig,
+    name: &str,
+    deadline: Duration,
+) -> Result<Js, StoreError> {
+    Ok(connect_client(config, name, deadline, async_nats::ConnectOptions::new)
+        .await?
+        .1)
+}
+
+/// Like [`connect_js`], with extra connect options from `options` (event callbacks, say);
+/// also returns the plain client for core NATS pub/sub. Once connected, the client
+/// reconnects by itself (to any server of the cluster) for as long as it lives.
+pub(crate) async fn connect_client(
+    config: &NatsConfig,
+    name: &str,
+    deadline: Duration,
+    options: impl Fn() -> async_nats::ConnectOptions,
+) -> Result<(async_nats::Client, Js), StoreError> {
+    let addrs = server_addrs(config)?;
     let started = std::time::Instant::now();
     let client = loop {
-        let options = async_nats::ConnectOptions::new()
-            .name("walkie-store")
+        let opts = options()
+            .name(name)
             .connection_timeout(config.request_timeout)
             .request_timeout(Some(config.request_timeout));
-        match options.connect(addrs.clone()).await {
+        match opts.connect(addrs.clone()).await {
             Ok(client) => break client,
             Err(e) if started.elapsed() + Duration::from_millis(200) < config.deadline => {
                 tracing::debug!("NATS connect failed, retrying: {e}");
@@ -274,14 +322,14 @@ async fn open(
             1
         }
     });
-    let mut ctx = async_nats::jetstream::new(client);
+    let mut ctx = async_nats::jetstream::new(client.clone());
     ctx.set_timeout(config.request_timeout);
     let js = Js {
         ctx,
-        deadline: config.deadline,
+        deadline,
         replicas,
     };
-    Inner::open(js, layout).await
+    Ok((client, js))
 }
 
 impl Drop for NatsStore {
@@ -358,6 +406,12 @@ impl Store for NatsStore {
         self.run(move |s| async move { s.clip(&id).await })
     }
 
+    /// `None` until the claim is marked done (every inbox entry written).
+    fn committed(&self, id: &ClipId) -> Result<Option<ClipMeta>, StoreError> {
+        let id = *id;
+        self.run(move |s| async move { s.committed(&id).await })
+    }
+
     fn clip_audio(&self, id: &ClipId) -> Result<Vec<u8>, StoreError> {
         let id = *id;
         self.run(move |s| async move { s.clip_audio(&id).await })
@@ -392,5 +446,16 @@ impl Store for NatsStore {
     fn readable(&self, user: &str) -> Result<Vec<ClipMeta>, StoreError> {
         let user = user.to_string();
         self.run(move |s| async move { s.readable(&user).await })
+    }
+
+    /// See "Purge and retention" in the module docs.
+    fn purge_user(&self, user: &str) -> Result<usize, StoreError> {
+        let user = user.to_string();
+        self.run(move |s| async move { s.purge_user(&user).await })
+    }
+
+    /// See "Purge and retention" in the module docs.
+    fn delete_clips_before(&self, before_ms: i64) -> Result<usize, StoreError> {
+        self.run(move |s| async move { s.delete_clips_before(before_ms).await })
     }
 }

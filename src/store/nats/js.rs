@@ -27,7 +27,7 @@ use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::context::{Publish, PublishErrorKind};
 use async_nats::jetstream::stream::{
-    Config, DiscardPolicy, LastRawMessageErrorKind, StorageType, Stream,
+    Config, DeleteMessageErrorKind, DiscardPolicy, LastRawMessageErrorKind, StorageType, Stream,
 };
 use async_nats::jetstream::{self, Context};
 use async_nats::{HeaderMap, HeaderValue, header};
@@ -41,7 +41,7 @@ const SCAN_BATCH: usize = 256;
 
 /// Why one attempt failed.
 #[derive(Debug)]
-pub(super) enum Fail {
+pub(crate) enum Fail {
     /// Possibly transient: try again until the deadline.
     Retry(String),
     /// Final: give up with this error.
@@ -55,13 +55,13 @@ impl From<StoreError> for Fail {
 }
 
 /// A transient failure described by `what` and its cause.
-pub(super) fn transient(what: &str, e: impl std::fmt::Display) -> Fail {
+pub(crate) fn transient(what: &str, e: impl std::fmt::Display) -> Fail {
     Fail::Retry(format!("{what}: {e}"))
 }
 
 /// A message read back from a stream.
 #[derive(Clone, Debug)]
-pub(super) struct Msg {
+pub(crate) struct Msg {
     /// Its subject.
     pub subject: String,
     /// Its stream sequence.
@@ -72,7 +72,7 @@ pub(super) struct Msg {
 
 /// The outcome of a compare-and-set publish.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Cas {
+pub(crate) enum Cas {
     /// Written (or found written by an earlier attempt of this same call) at this sequence.
     Done(u64),
     /// The subject's last sequence was not the expected one: someone else wrote first.
@@ -81,7 +81,7 @@ pub(super) enum Cas {
 
 /// What a stream is for, which decides its configuration.
 #[derive(Clone, Copy, Debug)]
-pub(super) enum Kind {
+pub(crate) enum Kind {
     /// An append-only log: every message is kept (clip metadata).
     Log,
     /// One message per subject, a newer one replaces it (audio chunks, inbox entries).
@@ -94,7 +94,7 @@ pub(super) enum Kind {
 
 /// A JetStream context with the store's timeouts.
 #[derive(Clone)]
-pub(super) struct Js {
+pub(crate) struct Js {
     /// The context; its timeout bounds each request and each publish ack.
     pub ctx: Context,
     /// How long one operation may keep retrying.
@@ -257,6 +257,30 @@ impl Js {
         .await
     }
 
+    /// Deletes the message with sequence `seq` and overwrites its bytes in the stream's
+    /// files on every replica (JetStream's secure erase: `STREAM.MSG.DELETE` without
+    /// `no_erase`). A message that is already gone counts as erased.
+    pub async fn erase(&self, stream: &Stream, seq: u64) -> Result<(), StoreError> {
+        self.retry("erasing a message", || async {
+            match stream.delete_message(seq).await {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    let final_answer = matches!(e.kind(), DeleteMessageErrorKind::JetStream(_));
+                    // "No message found" is a final answer, as is any JetStream error for a
+                    // message that no longer exists; anything else may be transient.
+                    match stream.get_raw_message(seq).await {
+                        Err(g) if g.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(()),
+                        _ if final_answer => Err(Fail::Stop(StoreError::Backend(format!(
+                            "erasing message {seq}: {e}"
+                        )))),
+                        _ => Err(transient("message delete", e)),
+                    }
+                }
+            }
+        })
+        .await
+    }
+
     /// Every subject with at least one message that matches `filter`, from the stream
     /// leader's subject index (no consumer, no message bodies).
     pub async fn subjects(&self, stream: &Stream, filter: &str) -> Result<Vec<String>, StoreError> {
@@ -271,6 +295,19 @@ impl Js {
                 out.insert(subject, count);
             }
             Ok(out.into_keys().collect())
+        })
+        .await
+    }
+
+    /// The sequences of the first and last messages in the stream (`last < first` when it
+    /// is empty).
+    pub async fn span(&self, stream: &Stream) -> Result<(u64, u64), StoreError> {
+        self.retry("stream info", || async {
+            stream
+                .get_info()
+                .await
+                .map(|info| (info.state.first_sequence, info.state.last_sequence))
+                .map_err(|e| transient("stream info", e))
         })
         .await
     }
@@ -421,7 +458,7 @@ impl Js {
 /// A key-value bucket: one subject per key in a [`Kind::Bucket`] stream, where the last
 /// message is the value and its sequence the revision. A deleted key has no message at all.
 #[derive(Clone)]
-pub(super) struct Bucket {
+pub(crate) struct Bucket {
     /// The bucket's stream.
     pub stream: Stream,
     /// `$KV.<bucket>.`
@@ -494,8 +531,14 @@ impl Bucket {
 
     /// Every key that has a value, unsorted.
     pub async fn keys(&self, js: &Js) -> Result<Vec<String>, StoreError> {
+        self.keys_matching(js, ">").await
+    }
+
+    /// Every key that has a value and matches `filter` (subject wildcards: `*` one token,
+    /// `>` the rest), unsorted.
+    pub async fn keys_matching(&self, js: &Js, filter: &str) -> Result<Vec<String>, StoreError> {
         let subjects = js
-            .subjects(&self.stream, &format!("{}>", self.prefix))
+            .subjects(&self.stream, &format!("{}{filter}", self.prefix))
             .await?;
         Ok(subjects
             .into_iter()

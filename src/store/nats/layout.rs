@@ -14,7 +14,7 @@ const MAX_PREFIX_LEN: usize = 32;
 
 /// Every stream, bucket and subject name of one store, derived from its prefix.
 #[derive(Clone, Debug)]
-pub(super) struct Layout {
+pub(crate) struct Layout {
     /// The prefix itself, `[A-Za-z0-9_-]{1,32}`.
     pub prefix: String,
 }
@@ -50,6 +50,33 @@ impl Layout {
     /// KV bucket of clip ids (key: id in hex, value: [`IdRec`]).
     pub fn ids_bucket(&self) -> String {
         format!("{}_clipids", self.prefix)
+    }
+
+    /// KV bucket of purged clips: the anonymised metadata that replaces an erased clip
+    /// message (key: [`Layout::purged_key`], value: [`ClipRec`] with `meta.seq` set).
+    pub fn purged_bucket(&self) -> String {
+        format!("{}_purged", self.prefix)
+    }
+
+    /// KV bucket of the relays' floor leases (key: encoded channel name), used by the
+    /// relays' cluster link (`relay::cluster`), not by the store.
+    pub fn floors_bucket(&self) -> String {
+        format!("{}_floors", self.prefix)
+    }
+
+    /// Subject of the relays' notices about one live clip (`relay::cluster`).
+    pub fn relay_live_subject(&self, id: &ClipId) -> String {
+        format!("{}.relay.live.{id}", self.prefix)
+    }
+
+    /// Subject of the relays' other notices (inbox wake-ups, messages to users).
+    pub fn relay_notice_subject(&self) -> String {
+        format!("{}.relay.notice", self.prefix)
+    }
+
+    /// Every subject of the relays' notices, which each relay subscribes to.
+    pub fn relay_all(&self) -> String {
+        format!("{}.relay.>", self.prefix)
     }
 
     /// Stream of clip metadata; its message sequence is the clip's `seq`.
@@ -114,6 +141,35 @@ impl Layout {
         ]
     }
 
+    /// The key of a purged clip in the purged bucket: its metadata subject without the
+    /// `P.clip.` head, with the seq in place of the id (`c.<channel>.<seq>`,
+    /// `d.<a>.<b>.<seq>`), so that [`Layout::purged_filter`] of a conversation filter finds
+    /// the purged clips of that conversation.
+    pub fn purged_key(&self, clip_subject: &str, seq: u64) -> Result<String, StoreError> {
+        let head = format!("{}.clip.", self.prefix);
+        clip_subject
+            .strip_prefix(&head)
+            .and_then(|rest| rest.rsplit_once('.'))
+            .map(|(conversation, _id)| format!("{conversation}.{seq}"))
+            .ok_or_else(|| StoreError::Corrupt(format!("{clip_subject:?} is not a clip subject")))
+    }
+
+    /// The purged-bucket key filter that matches what the clip subject filter `filter`
+    /// (from [`Layout::conversation_filter`], [`Layout::direct_filters`] or
+    /// [`Layout::clips_all`]) matches.
+    pub fn purged_filter(&self, filter: &str) -> String {
+        let head = format!("{}.clip.", self.prefix);
+        filter.strip_prefix(&head).unwrap_or(filter).to_string()
+    }
+
+    /// The seq of a purged clip from its key.
+    pub fn purged_seq(&self, key: &str) -> Result<u64, StoreError> {
+        key.rsplit('.')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| StoreError::Corrupt(format!("purged key {key:?} has no seq")))
+    }
+
     /// Subject of audio chunk `n` of one commit attempt of a clip.
     pub fn audio_subject(&self, id: &ClipId, attempt: &str, n: u32) -> String {
         format!("{}.audio.{id}.{attempt}.{n}", self.prefix)
@@ -122,6 +178,16 @@ impl Layout {
     /// Filter of every chunk of one commit attempt.
     pub fn audio_attempt_filter(&self, id: &ClipId, attempt: &str) -> String {
         format!("{}.audio.{id}.{attempt}.>", self.prefix)
+    }
+
+    /// Filter of every chunk of every commit attempt of a clip.
+    pub fn audio_clip_filter(&self, id: &ClipId) -> String {
+        format!("{}.audio.{id}.>", self.prefix)
+    }
+
+    /// Filter of the inbox entries of one clip, in every user's inbox.
+    pub fn inbox_clip_filter(&self, seq: u64) -> String {
+        format!("{}.inbox.*.{seq}", self.prefix)
     }
 
     /// Subject of one inbox entry.
@@ -148,7 +214,7 @@ impl Layout {
 /// every other byte becomes `=XX` (hex). Valid names (`[a-z0-9._-]`) only ever need `.` → `=2E`.
 /// Injective, so distinct names never share a key; the empty name (never valid, but the store
 /// takes any string) is `=`, which no other name encodes to.
-pub(super) fn encode(name: &str) -> String {
+pub(crate) fn encode(name: &str) -> String {
     if name.is_empty() {
         return "=".to_string();
     }
@@ -218,6 +284,10 @@ pub(super) struct IdRec {
     pub seq: Option<u64>,
     /// True once every inbox entry is written: a repeat is then a plain duplicate.
     pub done: bool,
+    /// True once the sender was purged: the clip's metadata is in the purged bucket and its
+    /// audio and metadata message are (being) erased; `from` is then the purged sender.
+    #[serde(default)]
+    pub purged: bool,
 }
 
 /// Where a clip's audio is: `chunks` messages of one commit attempt, and its digest.
@@ -229,6 +299,17 @@ pub(super) struct AudioRef {
     pub chunks: u32,
     /// SHA-256 of the whole Ogg file, in hex.
     pub sha256: String,
+}
+
+impl AudioRef {
+    /// No audio: the reference of a purged clip.
+    pub fn none() -> AudioRef {
+        AudioRef {
+            attempt: String::new(),
+            chunks: 0,
+            sha256: String::new(),
+        }
+    }
 }
 
 /// The message stored in the clips stream; `meta.seq` is 0 there (the message's stream
@@ -244,7 +325,7 @@ pub(super) struct ClipRec {
 }
 
 /// Parses a stored JSON record, naming `what` in the error.
-pub(super) fn parse<T: serde::de::DeserializeOwned>(
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(
     what: &str,
     bytes: &[u8],
 ) -> Result<T, StoreError> {
@@ -252,7 +333,7 @@ pub(super) fn parse<T: serde::de::DeserializeOwned>(
 }
 
 /// Serializes a record (never fails for these plain structs, but no unwrap).
-pub(super) fn json<T: Serialize>(value: &T) -> Result<bytes::Bytes, StoreError> {
+pub(crate) fn json<T: Serialize>(value: &T) -> Result<bytes::Bytes, StoreError> {
     serde_json::to_vec(value)
         .map(bytes::Bytes::from)
         .map_err(|e| StoreError::Corrupt(format!("cannot serialize a record: {e}")))
@@ -350,6 +431,23 @@ mod tests {
                 && Layout::new("").is_err()
                 && Layout::new(&"x".repeat(33)).is_err()
         );
+    }
+
+    #[test]
+    fn purged_keys_follow_the_conversation_filters() {
+        let l = Layout::new("w").unwrap();
+        let subject = l.clip_subject(&meta("alice", "crew"));
+        assert_eq!(l.purged_key(&subject, 42).unwrap(), "c.crew.42");
+        let direct = l.clip_subject(&meta("bob", "@alice"));
+        assert_eq!(l.purged_key(&direct, 7).unwrap(), "d.alice.bob.7");
+        assert_eq!(l.purged_seq("d.alice.bob.7").unwrap(), 7);
+        assert!(l.purged_key("w.inbox.bob.3", 1).is_err());
+        let crew = l.conversation_filter("x", &"crew".parse().unwrap());
+        assert_eq!(l.purged_filter(&crew), "c.crew.*");
+        assert_eq!(l.purged_filter(&l.direct_filters("bob")[1]), "d.*.bob.*");
+        assert_eq!(l.purged_filter(&l.clips_all()), ">");
+        assert_eq!(l.inbox_clip_filter(9), "w.inbox.*.9");
+        assert_eq!(l.audio_clip_filter(&ClipId([0xab; 16])), format!("w.audio.{}.>", ClipId([0xab; 16])));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! synchronous shell in `nats.rs` runs them on its own runtime. See `nats.rs` for the layout
 //! and the commit protocol.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use async_nats::jetstream::stream::Stream;
 use bytes::Bytes;
@@ -16,7 +16,13 @@ use super::layout::{
     encode, json, parse,
 };
 use crate::clip::{ClipId, ClipMeta, Target, now_ms};
-use crate::store::{ChannelInfo, CommitOutcome, StoreError, TokenHash};
+use crate::store::{ChannelInfo, CommitOutcome, PURGED_SENDER, StoreError, TokenHash};
+
+/// Sequences of the clip stream read at once by purge and retention (bounds their memory).
+const SWEEP_WINDOW: u64 = 1024;
+/// Compare-and-set attempts on one claim before purge gives up (each loss means another
+/// writer changed it in between, which only a concurrent purge or commit does).
+const CLAIM_TRIES: usize = 16;
 
 /// The opened buckets and streams of one store.
 pub(super) struct Inner {
@@ -25,6 +31,7 @@ pub(super) struct Inner {
     users: Bucket,
     channels: Bucket,
     ids: Bucket,
+    purged: Bucket,
     clips: Stream,
     audio: Stream,
     inbox: Stream,
@@ -63,10 +70,11 @@ impl Inner {
     /// Opens every bucket and stream, creating the missing ones.
     pub async fn open(js: Js, layout: Layout) -> Result<Inner, StoreError> {
         let l = &layout;
-        let (users, channels, ids) = tokio::try_join!(
+        let (users, channels, ids, purged) = tokio::try_join!(
             Bucket::open(&js, l.users_bucket()),
             Bucket::open(&js, l.channels_bucket()),
             Bucket::open(&js, l.ids_bucket()),
+            Bucket::open(&js, l.purged_bucket()),
         )?;
         let (clips, audio, inbox) = tokio::try_join!(
             js.ensure_stream(l.clips_stream(), vec![l.clips_all()], Kind::Log),
@@ -79,6 +87,7 @@ impl Inner {
             users,
             channels,
             ids,
+            purged,
             clips,
             audio,
             inbox,
@@ -292,6 +301,7 @@ impl Inner {
                 subject: self.layout.clip_subject(meta),
                 seq: None,
                 done: false,
+                purged: false,
             };
             if let Cas::Done(rev) = self.ids.create(&self.js, &key, json(&rec)?).await? {
                 break (rec, rev);
@@ -485,6 +495,11 @@ impl Inner {
         let Some((rec, _)) = self.id_rec(&id.to_string()).await? else {
             return Ok(None);
         };
+        if rec.purged {
+            let Some(seq) = rec.seq else { return Ok(None) };
+            let key = self.layout.purged_key(&rec.subject, seq)?;
+            return Ok(self.purged_meta(&key).await?.map(|meta| (meta, AudioRef::none())));
+        }
         let msg = match rec.seq {
             Some(seq) => self.js.by_seq(&self.clips, seq).await?,
             None => self.js.last(&self.clips, &rec.subject).await?,
@@ -496,6 +511,14 @@ impl Inner {
                 msg.seq, msg.subject
             ))),
             None => Ok(None),
+        }
+    }
+
+    /// The clip, if its commit is complete (a purged clip's was).
+    pub async fn committed(&self, id: &ClipId) -> Result<Option<ClipMeta>, StoreError> {
+        match self.id_rec(&id.to_string()).await? {
+            Some((rec, _)) if rec.done || rec.purged => self.clip(id).await,
+            _ => Ok(None),
         }
     }
 
@@ -511,6 +534,12 @@ impl Inner {
                 kind: "clip",
                 name: id.to_string(),
             })?;
+        if audio.chunks == 0 {
+            return Err(StoreError::NotFound {
+                kind: "clip audio (purged)",
+                name: id.to_string(),
+            });
+        }
         let parts = try_join_all((0..audio.chunks).map(|n| {
             let subject = self.layout.audio_subject(id, &audio.attempt, n);
             async move { self.js.last(&self.audio, &subject).await }
@@ -550,15 +579,15 @@ impl Inner {
         seqs.sort_unstable();
         seqs.truncate(limit);
         let msgs = try_join_all(seqs.iter().map(|&seq| self.js.by_seq(&self.clips, seq))).await?;
-        seqs.iter()
-            .zip(msgs)
-            .map(|(seq, msg)| {
-                let msg = msg.ok_or_else(|| {
-                    StoreError::Corrupt(format!("inbox of {user:?} names missing clip seq {seq}"))
-                })?;
-                self.clip_from(msg, None).map(|(meta, _)| meta)
-            })
-            .collect()
+        let mut out = Vec::with_capacity(msgs.len());
+        for (seq, msg) in seqs.iter().zip(msgs) {
+            match msg {
+                Some(msg) => out.push(self.clip_from(msg, None)?.0),
+                // Retention or a purge is deleting that clip: its inbox entry goes next.
+                None => tracing::debug!(user, seq, "inbox entry of a clip being deleted"),
+            }
+        }
+        Ok(out)
     }
 
     pub async fn ack(&self, user: &str, id: &ClipId) -> Result<(), StoreError> {
@@ -579,25 +608,27 @@ impl Inner {
 
     // ---- history ----
 
-    /// The newest `limit` messages matching `filter` with seq < `before`, oldest first: scans
+    /// The newest `limit` clips matching `filter` with seq < `before`, oldest first: scans
     /// windows of the stream backwards from `before`, each 4 times the last, until `limit`
-    /// are found or the start is reached.
+    /// are found or the start is reached. Purged clips are read from the purged bucket.
     async fn newest(
         &self,
         filter: &str,
         before: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<Msg>, StoreError> {
+    ) -> Result<Vec<ClipMeta>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
+        let purged = self.purged_seqs(filter).await?;
         let end = self.js.last_seq(&self.clips).await?.saturating_add(1);
         let mut hi = before.map_or(end, |b| b.min(end));
         let mut window = (limit as u64).saturating_mul(4).max(64);
-        let mut out: Vec<Msg> = Vec::new();
+        let mut out: Vec<ClipMeta> = Vec::new();
         while hi > 1 && out.len() < limit {
             let lo = hi.saturating_sub(window).max(1);
-            let mut part = self.js.scan(&self.clips, filter, lo, hi).await?;
+            let part = self.js.scan(&self.clips, filter, lo, hi).await?;
+            let mut part = self.with_purged(part, &purged, lo, hi).await?;
             part.append(&mut out);
             out = part;
             hi = lo;
@@ -615,11 +646,7 @@ impl Inner {
         before: Option<u64>,
     ) -> Result<Vec<ClipMeta>, StoreError> {
         let filter = self.layout.conversation_filter(viewer, target);
-        self.newest(&filter, before, limit)
-            .await?
-            .into_iter()
-            .map(|m| self.clip_from(m, None).map(|(meta, _)| meta))
-            .collect()
+        self.newest(&filter, before, limit).await
     }
 
     pub async fn readable(&self, user: &str) -> Result<Vec<ClipMeta>, StoreError> {
@@ -633,17 +660,214 @@ impl Inner {
             }
         }
         let end = self.js.last_seq(&self.clips).await?.saturating_add(1);
-        let parts = join_all(filters.iter().map(|f| self.js.scan(&self.clips, f, 1, end))).await;
+        let parts = join_all(filters.iter().map(|f| async move {
+            let purged = self.purged_seqs(f).await?;
+            let msgs = self.js.scan(&self.clips, f, 1, end).await?;
+            self.with_purged(msgs, &purged, 1, end).await
+        }))
+        .await;
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for part in parts {
-            for msg in part? {
-                if seen.insert(msg.seq) {
-                    out.push(self.clip_from(msg, None)?.0);
+            for meta in part? {
+                if seen.insert(meta.seq) {
+                    out.push(meta);
                 }
             }
         }
         out.sort_by_key(|m| m.seq);
         Ok(out)
+    }
+
+    // ---- purged clips ----
+
+    /// The purged clips whose metadata subjects match the clip filter `filter`: seq -> key
+    /// in the purged bucket. One request (a subject listing, no bodies).
+    async fn purged_seqs(&self, filter: &str) -> Result<BTreeMap<u64, String>, StoreError> {
+        let keys = self
+            .purged
+            .keys_matching(&self.js, &self.layout.purged_filter(filter))
+            .await?;
+        keys.into_iter()
+            .map(|k| Ok((self.layout.purged_seq(&k)?, k)))
+            .collect()
+    }
+
+    /// The anonymised metadata of a purged clip.
+    async fn purged_meta(&self, key: &str) -> Result<Option<ClipMeta>, StoreError> {
+        let Some((bytes, _)) = self.purged.get(&self.js, key).await? else {
+            return Ok(None);
+        };
+        let rec: ClipRec = parse(&format!("purged clip {key}"), &bytes)?;
+        Ok(Some(rec.meta))
+    }
+
+    /// The clips of scanned messages with `lo <= seq < hi`, merged with the purged clips of
+    /// that range (a purged clip's record wins over its message, which is being erased);
+    /// sorted by seq.
+    async fn with_purged(
+        &self,
+        msgs: Vec<Msg>,
+        purged: &BTreeMap<u64, String>,
+        lo: u64,
+        hi: u64,
+    ) -> Result<Vec<ClipMeta>, StoreError> {
+        let mut out = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            if !purged.contains_key(&msg.seq) {
+                out.push(self.clip_from(msg, None)?.0);
+            }
+        }
+        let keys: Vec<&String> = purged.range(lo..hi).map(|(_, k)| k).collect();
+        let metas = try_join_all(keys.iter().map(|k| self.purged_meta(k))).await?;
+        out.extend(metas.into_iter().flatten());
+        out.sort_by_key(|m| m.seq);
+        Ok(out)
+    }
+
+    // ---- purge and retention ----
+
+    /// Every clip `user` sent: its audio is erased, its inbox entries removed and its
+    /// metadata replaced by an anonymised record. See "Purge and retention" in `nats.rs`.
+    pub async fn purge_user(&self, user: &str) -> Result<usize, StoreError> {
+        let mut count = 0;
+        let (first, last) = self.js.span(&self.clips).await?;
+        let mut from = first.max(1);
+        while from <= last {
+            let until = from.saturating_add(SWEEP_WINDOW).min(last.saturating_add(1));
+            let msgs = self
+                .js
+                .scan(&self.clips, &self.layout.clips_all(), from, until)
+                .await?;
+            for msg in msgs {
+                let rec: ClipRec = parse(&format!("clip message {}", msg.seq), &msg.payload)?;
+                if rec.meta.from == user {
+                    self.purge_clip(msg.seq, &msg.subject, rec).await?;
+                    count += 1;
+                }
+            }
+            from = until;
+        }
+        Ok(count)
+    }
+
+    /// Purges one clip, in an order that a repeat completes and that never shows a half
+    /// state: anonymised record, claim, inbox entries, audio, then the metadata message.
+    async fn purge_clip(&self, seq: u64, subject: &str, rec: ClipRec) -> Result<(), StoreError> {
+        let id = rec.meta.id;
+        let anonymised = ClipRec {
+            meta: ClipMeta {
+                from: PURGED_SENDER.to_string(),
+                packets: 0,
+                bytes: 0,
+                seq,
+                ..rec.meta
+            },
+            audio: AudioRef::none(),
+            stored_at_ms: rec.stored_at_ms,
+        };
+        let key = self.layout.purged_key(subject, seq)?;
+        // Lost: a record is there already (an earlier, interrupted purge of this clip).
+        self.purged.create(&self.js, &key, json(&anonymised)?).await?;
+        let claim = id.to_string();
+        let mut marked = false;
+        for _ in 0..CLAIM_TRIES {
+            let Some((rec, rev)) = self.id_rec(&claim).await? else {
+                marked = true;
+                break;
+            };
+            if rec.purged {
+                marked = true;
+                break;
+            }
+            let next = IdRec {
+                from: PURGED_SENDER.to_string(),
+                seq: Some(seq),
+                purged: true,
+                ..rec
+            };
+            if let Cas::Done(_) = self.ids.update(&self.js, &claim, json(&next)?, rev).await? {
+                marked = true;
+                break;
+            }
+        }
+        if !marked {
+            return Err(StoreError::Backend(format!(
+                "clip {id}: its claim kept changing while it was purged"
+            )));
+        }
+        self.js
+            .purge(&self.inbox, &self.layout.inbox_clip_filter(seq))
+            .await?;
+        self.erase_audio(&id).await?;
+        self.js.erase(&self.clips, seq).await
+    }
+
+    /// Erases every audio chunk of a clip, of every commit attempt (left-overs included).
+    async fn erase_audio(&self, id: &ClipId) -> Result<(), StoreError> {
+        let subjects = self
+            .js
+            .subjects(&self.audio, &self.layout.audio_clip_filter(id))
+            .await?;
+        try_join_all(subjects.iter().map(|subject| async move {
+            match self.js.last(&self.audio, subject).await? {
+                Some(msg) => self.js.erase(&self.audio, msg.seq).await,
+                None => Ok(()),
+            }
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes the clips stored before `before_ms`, oldest first, stopping at the first one
+    /// stored later; then the purged records older than that. Returns how many clips with
+    /// audio were deleted.
+    pub async fn delete_clips_before(&self, before_ms: i64) -> Result<usize, StoreError> {
+        let (first, last) = self.js.span(&self.clips).await?;
+        let mut cutoff = last.saturating_add(1);
+        let mut count = 0;
+        let mut from = first.max(1);
+        'scan: while from <= last {
+            let until = from.saturating_add(SWEEP_WINDOW).min(last.saturating_add(1));
+            let msgs = self
+                .js
+                .scan(&self.clips, &self.layout.clips_all(), from, until)
+                .await?;
+            for msg in msgs {
+                let rec: ClipRec = parse(&format!("clip message {}", msg.seq), &msg.payload)?;
+                if rec.stored_at_ms >= before_ms {
+                    cutoff = msg.seq;
+                    break 'scan;
+                }
+                self.delete_clip(msg.seq, &rec.meta.id).await?;
+                count += 1;
+            }
+            from = until;
+        }
+        for (seq, key) in self.purged_seqs(&self.layout.clips_all()).await? {
+            if seq >= cutoff {
+                break;
+            }
+            let Some((bytes, _)) = self.purged.get(&self.js, &key).await? else {
+                continue;
+            };
+            let rec: ClipRec = parse(&format!("purged clip {key}"), &bytes)?;
+            if rec.stored_at_ms < before_ms {
+                self.delete_clip(seq, &rec.meta.id).await?;
+                self.purged.delete(&self.js, &key).await?;
+            }
+        }
+        Ok(count)
+    }
+
+    /// Deletes one clip: inbox entries, audio, claim, and the metadata message last, so that
+    /// the next run finds and finishes an interrupted deletion.
+    async fn delete_clip(&self, seq: u64, id: &ClipId) -> Result<(), StoreError> {
+        self.js
+            .purge(&self.inbox, &self.layout.inbox_clip_filter(seq))
+            .await?;
+        self.erase_audio(id).await?;
+        self.ids.delete(&self.js, &id.to_string()).await?;
+        self.js.erase(&self.clips, seq).await
     }
 }

@@ -69,6 +69,10 @@ pub enum NetError {
     /// A stream failed or the peer closed it.
     #[error("stream failed: {0}")]
     Stream(String),
+    /// The peer reset the stream with this application code (a client resets a clip it
+    /// cancels with code 0).
+    #[error("the peer reset the stream (code {0})")]
+    Reset(u64),
     /// A frame was too large or malformed.
     #[error(transparent)]
     Frame(#[from] FrameError),
@@ -294,7 +298,7 @@ pub async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream, cap: 
         Err(quinn::ReadExactError::FinishedEarly(n)) => {
             return Err(NetError::Frame(FrameError::Malformed(format!("stream ended inside a frame header ({n} of 4 bytes)"))));
         }
-        Err(quinn::ReadExactError::ReadError(e)) => return Err(NetError::Stream(e.to_string())),
+        Err(quinn::ReadExactError::ReadError(e)) => return Err(read_error(e)),
     }
     let len = proto::frame::frame_len(prefix, cap)?;
     let mut body = vec![0u8; len];
@@ -302,9 +306,16 @@ pub async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream, cap: 
         quinn::ReadExactError::FinishedEarly(n) => {
             NetError::Frame(FrameError::Malformed(format!("stream ended inside a frame ({n} of {len} bytes)")))
         }
-        quinn::ReadExactError::ReadError(e) => NetError::Stream(e.to_string()),
+        quinn::ReadExactError::ReadError(e) => read_error(e),
     })?;
     Ok(Some(proto::frame::decode_body(&body)?))
+}
+
+fn read_error(e: quinn::ReadError) -> NetError {
+    match e {
+        quinn::ReadError::Reset(code) => NetError::Reset(code.into_inner()),
+        e => NetError::Stream(e.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -59,9 +59,8 @@ fn world_app() -> (World, WalkieApp) {
     let bob = relay.add_user("bob");
     relay.add_channel("crew", &["alice", "bob"]);
     let config_dir = dirs.path().join("config");
-    let mut file = AppFile::default();
-    file.settings.conversations.push("crew".into());
-    file.save(&AppFile::path(&config_dir)).expect("app settings");
+    // No conversation saved: crew is listed because the relay names alice's channels.
+    AppFile::default().save(&AppFile::path(&config_dir)).expect("app settings");
     let profile = Profile {
         relay: Some(alice.relay.clone()),
         user: Some(alice.user.clone()),

@@ -95,10 +95,6 @@ fn try_run(target: &str, data: &[u8], what: &str) -> Result<Outcome, String> {
     })
 }
 
-fn run_reporting(target: &str, data: &[u8], what: &str) -> Outcome {
-    try_run(target, data, what).unwrap_or_else(|e| panic!("{e}"))
-}
-
 /// The known bug a panic message shows, if any (see [`KNOWN_BUGS`]).
 fn known_bug(target: &str, panic: &str) -> Option<&'static str> {
     KNOWN_BUGS.iter().find(|(t, text, _)| *t == target && panic.contains(text)).map(|(_, _, what)| *what)

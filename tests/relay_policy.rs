@@ -11,6 +11,7 @@ use walkie::clip::{ClipHeader, ClipId, CodecParams, Target, now_ms};
 use walkie::codec::{self, EncoderConfig};
 use walkie::proto::ErrorCode;
 use walkie::relay::RelayConfig;
+use walkie::store::Store;
 
 fn tone_clip(ms: usize) -> (CodecParams, Vec<Vec<u8>>, u64) {
     let pcm: Vec<f32> = (0..ms * 48).map(|i| (i as f32 * 0.02).sin() * 0.3).collect();
@@ -191,5 +192,54 @@ async fn the_sender_learns_who_played_their_clip() {
     })
     .await;
     assert_eq!(receipt, (h.id, "bob".to_string()));
+    relay.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_clip_is_dropped_by_listeners_and_nothing_is_stored_or_reported() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(&tmp.path().join("relay"), RelayConfig::default()).await;
+    let alice = relay.add_user("alice");
+    let bob = relay.add_user("bob");
+    relay.add_channel("crew", &["alice", "bob"]);
+    let mut bob_c = relay.connect(&bob).await;
+    let mut alice_c = relay.connect(&alice).await;
+    let (params, packets, samples) = tone_clip(600);
+    let h = header(crew(), params);
+    let mut up = alice_c.start_clip(&h).await.expect("starts");
+    for p in &packets[..10] {
+        up.packet(p.clone()).await.expect("sends");
+    }
+    let live = wait_for(&mut bob_c, 10, |e| match e {
+        Event::LiveStarted(h) => Some(h),
+        _ => None,
+    })
+    .await;
+    assert_eq!(live.id, h.id);
+    // Esc: the client resets the stream.
+    up.cancel();
+    let abort = wait_for(&mut bob_c, 10, |e| match e {
+        Event::Aborted(m) => Some(m),
+        Event::Clip(c) => panic!("a cancelled clip was delivered: {}", c.header.id),
+        _ => None,
+    })
+    .await;
+    assert_eq!((abort.clip, abort.code), (Some(h.id), ErrorCode::Cancelled), "{}", abort.message);
+    assert!(abort.message.contains("alice cancelled"), "{}", abort.message);
+    // The talker is not told off for cancelling: no error event reaches alice.
+    let quiet = tokio::time::timeout(Duration::from_millis(800), async {
+        loop {
+            match alice_c.next_event().await {
+                Some(Event::Error(e)) => return e,
+                Some(_) => {}
+                None => std::future::pending::<()>().await,
+            }
+        }
+    })
+    .await;
+    assert!(quiet.is_err(), "alice got an error for her own cancel: {:?}", quiet.ok());
+    assert!(relay.store.clip(&h.id).expect("store").is_none(), "nothing stored");
+    // The floor is free again at once.
+    alice_c.send_clip(&header(crew(), params), &packets, samples).await.expect("the next clip goes through");
     relay.handle.shutdown().await;
 }

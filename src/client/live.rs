@@ -261,7 +261,7 @@ pub async fn listen_and_play(cfg: &ClientConfig, device: Option<String>, opts: L
                 client.ack(id).await?;
             }
             Event::Error(e) => eprintln!("relay error: {} ({})", e.message, e.code.name()),
-            Event::Online(_) | Event::Presence(..) => {}
+            Event::Channels(_) | Event::Online(_) | Event::Presence(..) => {}
             Event::PlayedBy(id, user) => eprintln!("{id} played by {user}"),
         }
     };

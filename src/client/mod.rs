@@ -117,6 +117,8 @@ pub enum Event {
     Aborted(ErrorMsg),
     /// The relay reported an error not tied to a request.
     Error(ErrorMsg),
+    /// The channels you are a member of (once, after connecting).
+    Channels(Vec<String>),
     /// Who among the people you share a channel with is online now.
     Online(Vec<String>),
     /// Someone came online (`true`) or went offline.
@@ -153,7 +155,8 @@ pub struct Client {
     endpoint: quinn::Endpoint,
     control: mpsc::Sender<ClientMsg>,
     waiters: SharedWaiters,
-    events: mpsc::Receiver<Event>,
+    /// Behind a lock so that events can be read while an upload borrows the client.
+    events: tokio::sync::Mutex<mpsc::Receiver<Event>>,
     next_req: AtomicU64,
     user: String,
     writer: tokio::task::JoinHandle<()>,
@@ -266,7 +269,7 @@ impl Client {
         let writer = tokio::spawn(write_control(send, control_rx));
         tokio::spawn(read_control(recv, waiters.clone(), events_tx.clone()));
         tokio::spawn(receive::accept_streams(conn.clone(), waiters.clone(), events_tx));
-        Ok(Client { conn, endpoint, control, waiters, events, next_req: AtomicU64::new(1), user: cfg.user.clone(), writer })
+        Ok(Client { conn, endpoint, control, waiters, events: tokio::sync::Mutex::new(events), next_req: AtomicU64::new(1), user: cfg.user.clone(), writer })
     }
 
     /// The authenticated user.
@@ -276,7 +279,13 @@ impl Client {
 
     /// Waits for the next pushed event; `None` when the connection is gone.
     pub async fn next_event(&mut self) -> Option<Event> {
-        self.events.recv().await
+        self.events.get_mut().recv().await
+    }
+
+    /// Like [`Client::next_event`], through a shared reference: for a caller that is also
+    /// uploading on this client (the app receives while its user talks). One reader at a time.
+    pub async fn next_event_shared(&self) -> Option<Event> {
+        self.events.lock().await.recv().await
     }
 
     /// Why the connection closed, if it has.
@@ -340,7 +349,7 @@ impl Client {
         lock(&self.waiters).uploads.insert(header.id, tx);
         let mut send = self.conn.open_uni().await.map_err(|e| connection_error(&e))?;
         write_frame(&mut send, &StreamFrame::Upload(header.clone()), MAX_STREAM_FRAME).await?;
-        Ok(Upload { send, ack: rx, packets: 0, id: header.id, waiters: self.waiters.clone() })
+        Ok(Upload { send, ack: rx, early: None, packets: 0, id: header.id, waiters: self.waiters.clone() })
     }
 
     /// Sends a whole clip and waits until the relay has stored it: `(seq, duplicate)`.
@@ -369,6 +378,9 @@ impl Client {
 pub struct Upload {
     send: quinn::SendStream,
     ack: oneshot::Receiver<Result<(u64, bool), ErrorMsg>>,
+    /// An answer that came before the end marker was sent: a refusal, or "already stored"
+    /// for a resent clip (the relay then stops reading the stream).
+    early: Option<Result<(u64, bool), ErrorMsg>>,
     packets: u32,
     id: ClipId,
     waiters: SharedWaiters,
@@ -377,12 +389,21 @@ pub struct Upload {
 impl Upload {
     /// Sends one Opus packet.
     pub async fn packet(&mut self, packet: Vec<u8>) -> Result<(), ClientError> {
-        // A refusal (too long, not a member) may arrive while we are still sending.
-        if let Ok(Err(refusal)) = self.ack.try_recv() {
-            return Err(ClientError::Refused(refusal));
+        // A refusal (too long, not a member) may arrive while we are still sending, and so
+        // may "already stored" for a resent clip: then there is nothing left to send.
+        if self.early.is_none()
+            && let Ok(answer) = self.ack.try_recv()
+        {
+            self.early = Some(answer);
         }
-        self.packets += 1;
-        self.write(&StreamFrame::Packet(packet)).await
+        match &self.early {
+            Some(Err(refusal)) => Err(ClientError::Refused(refusal.clone())),
+            Some(Ok(_)) => Ok(()),
+            None => {
+                self.packets += 1;
+                self.write(&StreamFrame::Packet(packet)).await
+            }
+        }
     }
 
     async fn write(&mut self, frame: &StreamFrame) -> Result<(), ClientError> {
@@ -391,6 +412,10 @@ impl Upload {
             // The relay stopped the stream: its reason arrives on the control stream.
             Err(e) => match tokio::time::timeout(Duration::from_secs(5), &mut self.ack).await {
                 Ok(Ok(Err(refusal))) => Err(ClientError::Refused(refusal)),
+                Ok(Ok(Ok(stored))) => {
+                    self.early = Some(Ok(stored));
+                    Ok(())
+                }
                 _ => Err(e.into()),
             },
         }
@@ -398,8 +423,14 @@ impl Upload {
 
     /// Sends the end marker and waits for the relay's `ClipStored`: `(seq, duplicate)`.
     pub async fn finish(mut self, samples: u64) -> Result<(u64, bool), ClientError> {
+        if let Some(answer) = self.early.take() {
+            return answer.map_err(ClientError::Refused);
+        }
         let end = StreamFrame::End { packets: self.packets, samples };
         self.write(&end).await?;
+        if let Some(answer) = self.early.take() {
+            return answer.map_err(ClientError::Refused);
+        }
         let _ = self.send.finish();
         match tokio::time::timeout(REQUEST_TIMEOUT, &mut self.ack).await {
             Ok(Ok(Ok(stored))) => Ok(stored),
@@ -480,6 +511,9 @@ async fn read_control(mut recv: quinn::RecvStream, waiters: SharedWaiters, event
                 } else {
                     let _ = events.send(Event::Error(e)).await;
                 }
+            }
+            ServerMsg::Channels { channels } => {
+                let _ = events.send(Event::Channels(channels)).await;
             }
             ServerMsg::Online { users } => {
                 let _ = events.send(Event::Online(users)).await;

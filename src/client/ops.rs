@@ -175,6 +175,7 @@ pub async fn listen(
             Event::LiveStarted(_)
             | Event::LivePacket(..)
             | Event::Aborted(_)
+            | Event::Channels(_)
             | Event::Online(_)
             | Event::Presence(..)
             | Event::PlayedBy(..) => {}

@@ -110,6 +110,12 @@ pub enum ServerMsg {
         /// Who played it.
         user: String,
     },
+    /// The channels you are a member of (sent once after the welcome), so a client can list
+    /// them before any clip arrives.
+    Channels {
+        /// Channel names, sorted.
+        channels: Vec<String>,
+    },
 }
 
 /// An error reported to a peer: what failed, a stable code, and a sentence for humans.
@@ -155,6 +161,9 @@ pub enum ErrorCode {
     Timeout,
     /// Something went wrong inside the relay.
     Internal,
+    /// The talker cancelled the clip (Esc, slide-to-cancel): nothing is stored, and live
+    /// listeners drop what they heard of it.
+    Cancelled,
 }
 
 impl ErrorCode {
@@ -173,6 +182,7 @@ impl ErrorCode {
             ErrorCode::Storage => "storage",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
+            ErrorCode::Cancelled => "cancelled",
         }
     }
 
@@ -191,6 +201,7 @@ impl ErrorCode {
             ErrorCode::Timeout => 10,
             ErrorCode::Internal => 11,
             ErrorCode::FloorTaken => 12,
+            ErrorCode::Cancelled => 13,
         }
     }
 }
@@ -322,6 +333,7 @@ mod tests {
             proptest::collection::vec(arb_name(), 0..4).prop_map(|users| ServerMsg::Online { users }),
             (arb_name(), any::<bool>()).prop_map(|(user, online)| ServerMsg::Presence { user, online }),
             (arb_id(), arb_name()).prop_map(|(id, user)| ServerMsg::PlayedBy { id, user }),
+            proptest::collection::vec(arb_name(), 0..4).prop_map(|channels| ServerMsg::Channels { channels }),
         ]
     }
     fn arb_stream() -> impl Strategy<Value = StreamFrame> {

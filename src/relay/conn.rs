@@ -86,8 +86,9 @@ pub(crate) async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming, hands
         return;
     }
     let (tx, rx) = mpsc::channel::<ServerMsg>(256);
-    let peers = co_members(&shared, &user).await;
+    let (channels, peers) = memberships(&shared, &user).await;
     let (session, first) = shared.registry.register(&user, conn.clone(), tx.clone());
+    let _ = tx.send(ServerMsg::Channels { channels }).await;
     let _ = tx.send(ServerMsg::Online { users: shared.registry.online_among(&peers) }).await;
     if first {
         shared.tell_everywhere(&peers, &ServerMsg::Presence { user: user.clone(), online: true });
@@ -102,17 +103,20 @@ pub(crate) async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming, hands
 
 /// Everyone who shares a channel with `user`, without `user`.
 async fn co_members(shared: &Shared, user: &str) -> Vec<String> {
+    memberships(shared, user).await.1
+}
+
+/// The channels `user` is a member of, and everyone they share one with (both sorted).
+async fn memberships(shared: &Shared, user: &str) -> (Vec<String>, Vec<String>) {
     let me = user.to_string();
     let channels = shared.store(|s| s.channels()).await.unwrap_or_default();
-    let mut peers: Vec<String> = channels
-        .into_iter()
-        .filter(|c| c.members.contains(&me))
-        .flat_map(|c| c.members)
-        .filter(|m| *m != me)
-        .collect();
+    let mine: Vec<_> = channels.into_iter().filter(|c| c.members.contains(&me)).collect();
+    let mut names: Vec<String> = mine.iter().map(|c| c.name.clone()).collect();
+    names.sort();
+    let mut peers: Vec<String> = mine.into_iter().flat_map(|c| c.members).filter(|m| *m != me).collect();
     peers.sort();
     peers.dedup();
-    peers
+    (names, peers)
 }
 
 async fn refuse(conn: &quinn::Connection, send: &mut quinn::SendStream, code: ErrorCode, message: &str) {

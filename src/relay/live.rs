@@ -43,7 +43,9 @@ impl LiveSink {
             }
             let mut ended = false;
             while let Some(frame) = rx.recv().await {
-                ended = matches!(frame, StreamFrame::End { .. });
+                // An end marker or an abort is the stream's last frame: finish, so it is
+                // delivered (a reset would discard it).
+                ended = matches!(frame, StreamFrame::End { .. } | StreamFrame::Abort(_));
                 if write_frame(&mut send, &frame, MAX_STREAM_FRAME).await.is_err() {
                     return false;
                 }

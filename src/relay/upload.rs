@@ -42,11 +42,21 @@ pub(crate) async fn handle(shared: Arc<Shared>, session: Arc<Session>, mut recv:
         }
     };
     let id = header.id;
-    if let Err(err) = receive(&shared, &session, &mut recv, header, &tx).await {
-        debug!(user = %session.user, clip = %id, "upload refused: {}", err.message);
-        let _ = recv.stop(err.code.quic_code().into());
-        let _ = tx.try_send(refusal(id, &err));
+    match receive(&shared, &session, &mut recv, header, &tx).await {
+        Ok(()) => {}
+        // The talker let go with Esc or slid off the button: nobody waits for an answer.
+        Err(err) if err.code == ErrorCode::Cancelled => debug!(user = %session.user, clip = %id, "clip cancelled"),
+        Err(err) => {
+            debug!(user = %session.user, clip = %id, "upload refused: {}", err.message);
+            let _ = recv.stop(err.code.quic_code().into());
+            let _ = tx.try_send(refusal(id, &err));
+        }
     }
+}
+
+/// The talker cancelled the clip: live listeners are told, the sender is not answered.
+fn cancelled(user: &str) -> IngestError {
+    ingest(ErrorCode::Cancelled, format!("{user} cancelled the clip"))
 }
 
 fn ingest(code: ErrorCode, message: impl Into<String>) -> IngestError {
@@ -206,7 +216,10 @@ async fn collect(
         let frame = tokio::time::timeout(shared.config.stream_idle, read_frame::<StreamFrame>(recv, MAX_STREAM_FRAME))
             .await
             .map_err(|_| ingest(ErrorCode::Timeout, "no audio arrived for too long; the clip was dropped"))?
-            .map_err(|e| ingest(ErrorCode::BadRequest, format!("bad clip stream: {e}")))?;
+            .map_err(|e| match e {
+                crate::net::NetError::Reset(0) => cancelled(user),
+                e => ingest(ErrorCode::BadRequest, format!("bad clip stream: {e}")),
+            })?;
         match frame {
             Some(StreamFrame::Packet(p)) => {
                 let pause = super::lock(&shared.limits).pace_bytes(user, p.len(), std::time::Instant::now());
@@ -222,7 +235,7 @@ async fn collect(
                 }
             }
             Some(StreamFrame::End { packets, samples }) => return asm.finish(packets, samples),
-            Some(StreamFrame::Abort(_)) => return Err(ingest(ErrorCode::BadRequest, "the sender cancelled the clip")),
+            Some(StreamFrame::Abort(_)) => return Err(cancelled(user)),
             Some(_) => return Err(ingest(ErrorCode::BadRequest, "unexpected frame in a clip stream")),
             None => return Err(ingest(ErrorCode::BadRequest, "the clip stream ended without an end marker")),
         }

@@ -79,6 +79,11 @@ impl Worker {
                 tracing::debug!("relay error about an unfinished upload: {}", e.message);
             }
             Event::Error(e) => self.notice(NoticeKind::Error, format!("The relay reported: {}", e.message)),
+            Event::Channels(names) => {
+                for name in names {
+                    book::ensure(&mut self.snap.conversations, &crate::clip::Target::Channel(name));
+                }
+            }
             Event::Online(users) => book::set_online(&mut self.snap.conversations, &me, &users),
             Event::Presence(user, online) => book::set_presence(&mut self.snap.conversations, &me, &user, online),
             Event::PlayedBy(id, user) => book::add_receipt(&mut self.snap.conversations, id, &user),

@@ -1,7 +1,7 @@
 //! One push-to-talk clip, from the key going down to stored, queued, refused or cancelled.
-//! While it records, the loop keeps serving release and cancel and the player; relay events
-//! wait in the client's queue (the clip borrows the connection), and other commands are
-//! done right after.
+//! While it records, the loop keeps serving release and cancel, the player and relay events
+//! (clips, presence, receipts keep arriving while you talk); other commands are done right
+//! after.
 
 use std::time::Duration;
 
@@ -46,9 +46,18 @@ impl Worker {
         let clip = talk::talk(client, &outbox, source, &opts, control.clone(), Some(MAX_CLIP));
         tokio::pin!(clip);
         let mut tick = tokio::time::interval(Duration::from_millis(40));
+        // A lost connection ends the talk with its error; until then, events are served.
+        let mut events_open = true;
         let result = loop {
             tokio::select! {
                 r = &mut clip => break r,
+                e = client.next_event_shared(), if events_open => match e {
+                    Some(e) => {
+                        self.event(e, Some(client)).await;
+                        self.publish();
+                    }
+                    None => events_open = false,
+                },
                 cmd = rx.recv() => match cmd {
                     Some(Command::TalkRelease) => {
                         control.release();

@@ -216,9 +216,6 @@ impl Worker {
             Ok(f) => self.file = f,
             Err(e) => self.notice(NoticeKind::Error, format!("{e}; using default settings")),
         }
-        if self.snap.demo && self.file.settings.conversations.is_empty() {
-            self.file.settings.conversations.push("crew".into());
-        }
         self.snap.settings = self.file.settings.clone();
         self.snap.profiles = self.file.profiles.clone();
         self.mic.configure(self.input_spec(), self.snap.settings.noise_suppression);

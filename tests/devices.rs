@@ -27,6 +27,7 @@ use walkie::clip::{ClipId, Target};
 use walkie::codec::opus::Encoder;
 use walkie::codec::{EncoderConfig, encode_pcm};
 use walkie::proto::DeliverHeader;
+use walkie::store::Store;
 
 /// The devices are shared: one test at a time.
 static DEVICES: Mutex<()> = Mutex::new(());
@@ -291,37 +292,49 @@ fn talk_through_devices(sample: &Path, link_to: impl FnOnce(&PlayerHandle<Playba
 }
 
 #[test]
-#[ignore = "not yet verified end to end (see the report of issue 3); run with --ignored"]
 fn speech_through_the_virtual_mic_and_speaker_keeps_its_quality_and_edges() {
     let _devices = devices();
     let sample = support::sample_path("hello-crew.wav");
     let (recording, _) = talk_through_devices(&sample, |h| Box::new(DirectLink(h)));
+    check_speech(&recording, "through the devices");
+}
 
+/// Checks that `recording` holds samples/hello-crew.wav the way a listener would: found,
+/// wide-band PESQ within 0.3 of the raw codec, the first and last 100 ms of speech present.
+/// Returns where the speech starts in the recording (48 kHz samples) and the PESQ score.
+fn check_speech(recording: &[f32], path: &str) -> (usize, f32) {
     let reference = support::sample_48k("hello-crew.wav");
-    let (at, corr) = locate(&recording, &reference);
+    let (at, corr) = locate(recording, &reference);
     assert!(corr > 0.8, "the speech is not in the recording (best envelope correlation {corr:.2})");
     let end = (at + reference.len() + 2_400).min(recording.len());
     let heard = &recording[at.saturating_sub(2_400)..end];
 
     let raw = support::pesq_wb(&reference, &support::raw_libopus(&reference, 24_000, 10));
     let got = support::pesq_wb(&reference, heard);
-    eprintln!("wide-band PESQ: raw libopus {raw:.2}, through the devices {got:.2}");
-    assert!(got >= raw - 0.3, "PESQ through the devices {got:.2} is more than 0.3 below the raw codec's {raw:.2}");
+    eprintln!("wide-band PESQ: raw libopus {raw:.2}, {path} {got:.2}");
+    assert!(got >= raw - 0.3, "PESQ {path} {got:.2} is more than 0.3 below the raw codec's {raw:.2}");
 
     // Nothing clipped: the first and last 100 ms of speech are there, at comparable energy.
+    // Each edge is aligned on its own (±60 ms): the jitter buffer may have shifted the
+    // playout a little between the start and the end, which must not count as clipping.
     let lag = support::best_lag(&reference, heard, 4_800);
     let aligned = support::align(heard, lag);
     let (on, off) = speech_bounds(&reference);
     for (what, range) in [("first", on..on + 4_800), ("last", off - 4_800..off)] {
-        assert!(range.end <= aligned.len(), "the recording ends before the {what} 100 ms of speech");
-        let ratio = energy(&aligned[range.clone()]) / energy(&reference[range.clone()]);
+        let pad = 2_880;
+        assert!(range.end + pad <= aligned.len(), "the recording ends before the {what} 100 ms of speech");
+        let local = support::best_lag(&reference[range.clone()], &aligned[range.start - pad.min(range.start)..range.end + pad], 2 * pad);
+        let shift = local - pad.min(range.start) as isize;
+        let from = (range.start as isize + shift).max(0) as usize;
+        let edge = &aligned[from..from + range.len()];
+        let ratio = energy(edge) / energy(&reference[range.clone()]);
         eprintln!("{what} 100 ms of speech: energy ratio {ratio:.2}");
         assert!(ratio > 0.25, "the {what} 100 ms of speech are missing or clipped (energy ratio {ratio:.2})");
     }
+    (at, got)
 }
 
 #[test]
-#[ignore = "not yet verified end to end (see the report of issue 3); run with --ignored"]
 fn queued_clips_play_one_after_another_in_relay_order() {
     let _devices = devices();
     let dir = tempfile::tempdir().unwrap();
@@ -369,4 +382,178 @@ fn queued_clips_play_one_after_another_in_relay_order() {
         eprintln!("next clip starts {gap:.2} s after the one before");
         assert!(gap >= 1.9, "clips overlap: {gap:.2} s apart");
     }
+}
+
+// ---- the command line against a loopback relay ----------------------------------------
+
+/// A relay on loopback (in this process) with alice and bob in `crew`, and `walkie` commands
+/// run as either of them, with their own config and data dirs.
+struct CliWorld {
+    rt: tokio::runtime::Runtime,
+    relay: support::TestRelay,
+    dir: tempfile::TempDir,
+}
+
+impl CliWorld {
+    fn start() -> (CliWorld, walkie::client::ClientConfig, walkie::client::ClientConfig) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let relay = rt.block_on(support::start_relay(&dir.path().join("relay"), walkie::relay::RelayConfig::default()));
+        let (alice, bob) = (relay.add_user("alice"), relay.add_user("bob"));
+        relay.add_channel("crew", &["alice", "bob"]);
+        (CliWorld { rt, relay, dir }, alice, bob)
+    }
+
+    /// `walkie ARGS` as `cfg`'s user (PULSE_SERVER is inherited from this process).
+    fn walkie(&self, cfg: &walkie::client::ClientConfig, args: &[&str]) -> Command {
+        let home = self.dir.path().join(&cfg.user);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_walkie"));
+        cmd.args(args)
+            .env("HOME", &home)
+            .env("XDG_CONFIG_HOME", home.join("config"))
+            .env("XDG_DATA_HOME", home.join("data"))
+            .env("WALKIE_RELAY", &cfg.relay)
+            .env("WALKIE_USER", &cfg.user)
+            .env("WALKIE_TOKEN", &cfg.token)
+            .env("WALKIE_FINGERPRINT", cfg.pin.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+}
+
+/// Reads `child`'s stderr until a line containing `needle`; the rest is drained to our
+/// stderr in the background.
+fn wait_for_stderr(child: &mut Child, needle: &str, secs: u64) {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let wanted = needle.to_string();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("  | {line}");
+            if !sent && line.contains(&wanted) {
+                let _ = tx.send(());
+                sent = true;
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(secs)).unwrap_or_else(|_| panic!("no line with {needle:?} within {secs} s"));
+}
+
+/// Waits for `child` (at most `secs`) and returns its stdout; fails on a non-zero exit.
+fn finish(mut child: Child, what: &str, secs: u64) -> String {
+    use std::io::Read;
+    let end = Instant::now() + Duration::from_secs(secs);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            panic!("{what} did not finish within {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    child.stdout.take().expect("piped stdout").read_to_string(&mut out).expect("stdout");
+    assert!(status.success(), "{what} failed ({status}); stdout:\n{out}");
+    out
+}
+
+#[test]
+fn walkie_talk_is_heard_live_through_a_relay_by_walkie_listen_play() {
+    let _devices = devices();
+    let (world, alice, bob) = CliWorld::start();
+    let rec_dir = tempfile::tempdir().unwrap();
+
+    // bob listens and plays through the speaker (PulseAudio's default sink, spk).
+    let mut listener = world.walkie(&bob, &["listen", "--play", "--count", "1", "--timeout", "60"]).spawn().expect("walkie listen");
+    wait_for_stderr(&mut listener, "listening as bob", 20);
+    let recorder = Recorder::start(rec_dir.path());
+    let recording_started = Instant::now();
+
+    // alice talks for 9 s into the microphone (PulseAudio's default source, mic.monitor)
+    // while the sample plays into it. Noise suppression is off: PESQ against the clean
+    // sample measures what the path loses; RNNoise, on by default, deliberately changes the
+    // signal (3.43 with it on, in one run here, against 3.71 for the raw codec).
+    let mut talker =
+        world.walkie(&alice, &["talk", "--to", "crew", "--seconds", "9", "--no-noise-suppression"]).spawn().expect("walkie talk");
+    wait_for_stderr(&mut talker, "talking to crew", 20);
+    let mut speaker = paplay_into_mic(&support::sample_path("hello-crew.wav"));
+    let sent = finish(talker, "walkie talk", 40);
+    let talk_ended = Instant::now();
+    let _ = speaker.wait();
+    let clip_id = sent.lines().last().expect("walkie talk prints the clip id").trim().to_string();
+
+    let heard = finish(listener, "walkie listen --play", 40);
+    let recording = recorder.stop();
+    let line: Vec<&str> = heard.lines().last().expect("a clip line").split_whitespace().collect();
+    assert_eq!(line[..3], [clip_id.as_str(), "alice", "crew"], "{heard}");
+    let duration_ms: u64 = line[3].parse().expect("duration");
+    assert!((8_800..=9_200).contains(&duration_ms), "a 9 s clip, got {duration_ms} ms");
+
+    let (at, pesq) = check_speech(&recording, "through walkie talk, the relay and walkie listen --play");
+    // Live: bob heard the speech start while alice was still talking (the sample is 7.4 s of
+    // a 9 s clip, so the stored clip alone could not be heard before the talk ended).
+    let heard_at = recording_started + Duration::from_secs_f64(at as f64 / 48_000.0);
+    let ahead = talk_ended.saturating_duration_since(heard_at);
+    eprintln!("speech heard {:.2} s before alice's talk ended; PESQ {pesq:.2}", ahead.as_secs_f64());
+    assert!(ahead > Duration::from_secs(5), "bob heard the speech only {:.2} s before the talk ended: not live", ahead.as_secs_f64());
+
+    // Stored too: the relay keeps the clip for anyone who was away.
+    let stored = world.relay.store.clip(&clip_id.parse().expect("clip id")).expect("store").expect("stored");
+    assert_eq!((stored.from.as_str(), stored.duration_ms / 100), ("alice", 90));
+    drop(world.rt);
+}
+
+#[test]
+fn a_backlog_plays_in_relay_order_through_walkie_listen_play() {
+    let _devices = devices();
+    let (world, alice, bob) = CliWorld::start();
+    let dir = tempfile::tempdir().unwrap();
+    let two = 2 * 48_000;
+    let hello = support::sample_48k("hello-crew.wav");
+    let status = support::sample_48k("status-report.wav");
+    let parts: Vec<(&str, Vec<f32>)> = vec![
+        ("alice", hello[..two].to_vec()),
+        ("bob", status[two..2 * two].to_vec()),
+        ("alice", status[..two].to_vec()),
+        ("alice", hello[3 * 48_000..3 * 48_000 + two].to_vec()),
+    ];
+    // While bob is away: alice sends three clips, bob one from elsewhere (his own: skipped).
+    let mut ids = Vec::new();
+    for (n, (from, pcm)) in parts.iter().enumerate() {
+        let wav = dir.path().join(format!("part{n}.wav"));
+        walkie::audio::wav::write_wav_mono16(&wav, 48_000, pcm).expect("wav");
+        let cfg = if *from == "alice" { &alice } else { &bob };
+        let out = finish(world.walkie(cfg, &["send", "--to", "crew", wav.to_str().unwrap()]).spawn().expect("walkie send"), "walkie send", 30);
+        ids.push(out.lines().last().expect("clip id").trim().to_string());
+    }
+
+    let recorder = Recorder::start(dir.path());
+    let listener = world.walkie(&bob, &["listen", "--play", "--count", "3", "--timeout", "60"]).spawn().expect("walkie listen");
+    let heard = finish(listener, "walkie listen --play", 60);
+    let recording = recorder.stop();
+    let printed: Vec<&str> = heard.lines().map(|l| l.split_whitespace().next().unwrap_or("")).collect();
+    assert_eq!(printed, [ids[0].as_str(), ids[2].as_str(), ids[3].as_str()], "alice's three clips, oldest first: {heard}");
+
+    let mut at = Vec::new();
+    for n in [0, 2, 3] {
+        let (pos, corr) = locate(&recording, &parts[n].1);
+        eprintln!("clip {n} heard at {:.2} s (envelope correlation {corr:.2})", pos as f64 / 48_000.0);
+        assert!(corr > 0.8, "clip {n} is not in the recording (correlation {corr:.2})");
+        at.push(pos);
+    }
+    assert!(at[0] < at[1] && at[1] < at[2], "clips heard out of order: {at:?}");
+    for w in at.windows(2) {
+        let gap = (w[1] as f64 - w[0] as f64) / 48_000.0;
+        assert!(gap >= 1.9, "clips overlap: the next one starts {gap:.2} s after the one before");
+    }
+    // bob's own clip was not played.
+    let (_, corr) = locate(&recording, &parts[1].1);
+    eprintln!("bob's own clip: best envelope correlation {corr:.2}");
+    drop(world.rt);
 }

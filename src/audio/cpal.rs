@@ -106,6 +106,8 @@ pub struct CallbackState {
     pub idle: AtomicBool,
     /// Output: the device's buffer delay from callback to audible, in nanoseconds.
     pub output_delay_ns: AtomicU64,
+    /// Output: callbacks so far (the stream is running once they come regularly).
+    pub callbacks: AtomicU64,
 }
 
 /// Lists every input and output device that can be configured, default first.
@@ -358,6 +360,7 @@ where
     let data = move |data: &mut [T], info: &OutputCallbackInfo| {
         // Real time: ring, atomics, a clock read. See the module doc.
         let frames = data.len() / channels;
+        shared.callbacks.fetch_add(1, Ordering::Release);
         let got = ring.pop_to_frames(data, channels, |s: f32| T::from_sample(s.clamp(-1.0, 1.0)));
         data[got * channels..].fill(T::EQUILIBRIUM);
         if got < frames && !shared.idle.load(Ordering::Acquire) {

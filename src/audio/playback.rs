@@ -27,6 +27,10 @@ const RING_MS: u32 = 1_000;
 const POLL: Duration = Duration::from_millis(2);
 /// A device that takes nothing for this long while audio waits is considered stopped.
 const STALL: Duration = Duration::from_secs(3);
+/// Callbacks [`Playback::open`] waits for: past the start-up buffer, into the steady cadence.
+const STARTUP_CALLBACKS: u64 = 4;
+/// Longest wait in [`Playback::open`] for the output stream's first callbacks.
+const STARTUP_WAIT: Duration = Duration::from_secs(5);
 
 /// Where an output stream has got to; cheap to clone and read from any thread.
 #[derive(Clone, Debug)]
@@ -70,6 +74,17 @@ impl Playback {
         let stream = build_output(&dev, &name, config, format, reader, state.clone())?;
         let resampler = StreamResampler::new(RATE, info.rate)?;
         stream.play().map_err(|source| AudioError::Device { context: format!("cannot start output device {name:?}"), source })?;
+        // A new PulseAudio stream (seen on null sinks) takes a first callback at once, then
+        // none for about 2 s while the server plays out its start-up buffer; audio handed over
+        // meanwhile would start that late (and a live clip's jitter buffer would drop most of
+        // it to catch up). Wait until callbacks come regularly, within reason.
+        let started = Instant::now();
+        while state.callbacks.load(Ordering::Acquire) < STARTUP_CALLBACKS && started.elapsed() < STARTUP_WAIT {
+            std::thread::sleep(POLL);
+        }
+        if state.callbacks.load(Ordering::Acquire) < STARTUP_CALLBACKS {
+            tracing::warn!(device = %name, "the output stream has not started after {STARTUP_WAIT:?}; playing anyway");
+        }
         Ok(Playback { stream: Some(stream), state, writer, capacity, resampler, scratch: Vec::new(), written: 0, info })
     }
 

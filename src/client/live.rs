@@ -55,6 +55,7 @@ async fn scripted(client: &Client, outbox: &Outbox, source: Box<dyn AudioSource>
     let control = TalkControl::new();
     // The tail is part of the asked-for length here: capture exactly `secs`.
     let opts = TalkOptions { tail: Duration::ZERO, preroll: Duration::ZERO, ..opts.clone() };
+    eprintln!("talking to {} for {:.1} s", opts.to, secs.as_secs_f64());
     let (outcome, _source) = talk::talk(client, outbox, source, &opts, control, Some(secs)).await?;
     report(&outcome)
 }
@@ -203,6 +204,7 @@ pub async fn listen_and_play(cfg: &ClientConfig, device: Option<String>, opts: L
     }
     let handle = player::spawn(Player::new(sink, &cfg.user, PlayerConfig::default()))
         .map_err(|e| ClientError::Config(format!("cannot start the player: {e}")))?;
+    eprintln!("listening as {}; clips play as they come", cfg.user);
     let deadline = opts.timeout.map(|t| Instant::now() + t);
     let mut played = 0usize;
     let mut seen = std::collections::HashSet::new();

@@ -280,6 +280,12 @@ impl<S: AudioSink + 'static> PlayerHandle<S> {
         self.tx.as_ref().is_some_and(|tx| tx.send(input).is_ok())
     }
 
+    /// Another way in, for a task that feeds the player while this handle stays here (the
+    /// player runs until every sender is gone, so drop it before [`PlayerHandle::finish`]).
+    pub fn sender(&self) -> Option<Sender<PlayerInput>> {
+        self.tx.clone()
+    }
+
     /// Events as they happen; an `Err` is the error that stopped the player.
     pub fn events(&self) -> &Receiver<Result<PlayerEvent, String>> {
         &self.events

@@ -204,9 +204,26 @@ pub fn server_endpoint(
 }
 
 /// Binds a UDP socket with large buffers so bursts of handshakes and ACKs are not dropped.
+/// Send and receive buffer asked for on every endpoint's UDP socket. With Linux's default
+/// 208 KiB a relay drops handshake packets in a connection storm and ACKs at 1,000 listeners
+/// (../shared/notes/quinn.md). The kernel caps the request at `net.core.rmem_max` and
+/// `wmem_max` (4 MiB on our machines; raise them where they are lower).
+const SOCKET_BUFFER: usize = 4 << 20;
+
 fn bind_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, NetError> {
-    let socket = std::net::UdpSocket::bind(addr).map_err(|source| NetError::Bind { addr, source })?;
-    Ok(socket)
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind = |source| NetError::Bind { addr, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(bind)?;
+    if addr.is_ipv6() {
+        // [::] takes IPv4 too, as std's bind does by default on Linux.
+        let _ = socket.set_only_v6(false);
+    }
+    // Best effort: a smaller buffer still works, it only drops more in bursts.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    tracing::debug!(%addr, recv = ?socket.recv_buffer_size().ok(), send = ?socket.send_buffer_size().ok(), "UDP socket buffers");
+    socket.bind(&addr.into()).map_err(bind)?;
+    Ok(socket.into())
 }
 
 /// What the client trusts: one pinned certificate fingerprint.
@@ -321,6 +338,19 @@ fn read_error(e: quinn::ReadError) -> NetError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoint_sockets_get_large_buffers() {
+        let cap = |f: &str| std::fs::read_to_string(f).ok().and_then(|s| s.trim().parse::<usize>().ok()).unwrap_or(SOCKET_BUFFER);
+        for addr in ["127.0.0.1:0", "[::1]:0"] {
+            let Ok(socket) = bind_socket(addr.parse().expect("addr")) else { continue }; // no IPv6 here
+            let sock = socket2::SockRef::from(&socket);
+            let (recv, send) = (sock.recv_buffer_size().expect("recv"), sock.send_buffer_size().expect("send"));
+            // Linux reports twice the size asked for (bookkeeping), capped by the sysctls.
+            assert!(recv >= SOCKET_BUFFER.min(cap("/proc/sys/net/core/rmem_max")), "{addr}: recv buffer {recv}");
+            assert!(send >= SOCKET_BUFFER.min(cap("/proc/sys/net/core/wmem_max")), "{addr}: send buffer {send}");
+        }
+    }
 
     #[test]
     fn fingerprints_parse_and_print() {

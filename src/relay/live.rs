@@ -16,6 +16,8 @@ use super::cluster::{Cluster, Inbound, Notice};
 use super::registry::Session;
 use crate::clip::ClipId;
 use crate::net::write_frame;
+use crate::proto::encode_frame;
+use bytes::Bytes;
 use crate::proto::{DeliverHeader, ErrorCode, ErrorMsg, MAX_PACKET_BYTES, MAX_STREAM_FRAME, StreamFrame};
 
 /// Live clips from other relays followed at once; more are not forwarded live (their
@@ -24,17 +26,41 @@ const MAX_REMOTE_CLIPS: usize = 4096;
 /// Most recipients accepted in one remote live clip.
 const MAX_RECIPIENTS: usize = 100_000;
 
+/// A wire-encoded stream frame, shared by every live copy (encoded once per packet, not
+/// once per listener), and whether it is the stream's last.
+pub(crate) struct Encoded {
+    bytes: Bytes,
+    last: bool,
+}
+
+impl Encoded {
+    /// Encodes `frame` (an end marker or an abort is a stream's last frame).
+    pub fn of(frame: &StreamFrame) -> Option<Encoded> {
+        let last = matches!(frame, StreamFrame::End { .. } | StreamFrame::Abort(_));
+        encode_frame(frame, MAX_STREAM_FRAME).ok().map(|v| Encoded { bytes: Bytes::from(v), last })
+    }
+
+    /// Encodes an Opus packet frame.
+    pub fn packet(packet: &[u8]) -> Option<Encoded> {
+        Encoded::of(&StreamFrame::Packet(packet.to_vec()))
+    }
+
+    fn share(&self) -> Encoded {
+        Encoded { bytes: self.bytes.clone(), last: self.last }
+    }
+}
+
 /// A live copy of a clip going to one recipient session.
 pub(crate) struct LiveSink {
     pub session: Arc<Session>,
-    pub tx: Option<mpsc::Sender<StreamFrame>>,
+    pub tx: Option<mpsc::Sender<Encoded>>,
     task: JoinHandle<bool>,
 }
 
 impl LiveSink {
     /// Opens a stream to `session` and sends `header`; frames pushed later follow it.
     pub fn open(session: Arc<Session>, header: DeliverHeader, queue: usize) -> Self {
-        let (tx, mut rx) = mpsc::channel::<StreamFrame>(queue.max(1));
+        let (tx, mut rx) = mpsc::channel::<Encoded>(queue.max(1));
         let conn = session.conn.clone();
         let task = tokio::spawn(async move {
             let Ok(mut send) = conn.open_uni().await else { return false };
@@ -45,8 +71,9 @@ impl LiveSink {
             while let Some(frame) = rx.recv().await {
                 // An end marker or an abort is the stream's last frame: finish, so it is
                 // delivered (a reset would discard it).
-                ended = matches!(frame, StreamFrame::End { .. } | StreamFrame::Abort(_));
-                if write_frame(&mut send, &frame, MAX_STREAM_FRAME).await.is_err() {
+                ended = frame.last;
+                // The shared bytes go to quinn as they are: no copy per listener.
+                if send.write_chunk(frame.bytes).await.is_err() {
                     return false;
                 }
             }
@@ -63,9 +90,9 @@ impl LiveSink {
     /// Queues a frame; a recipient that cannot keep up loses its live copy (it gets the
     /// stored clip from its inbox instead), so a slow reader never grows the relay's memory.
     /// False once the copy is dropped.
-    pub fn push(&mut self, frame: StreamFrame) -> bool {
+    pub fn push(&mut self, frame: &Encoded) -> bool {
         if let Some(tx) = &self.tx
-            && tx.try_send(frame).is_err()
+            && tx.try_send(frame.share()).is_err()
         {
             self.tx = None;
             self.task.abort();
@@ -76,8 +103,11 @@ impl LiveSink {
 
 /// Sends `Abort` to every live copy and closes them.
 pub(crate) fn abort_live(sinks: &mut [LiveSink], id: ClipId, code: ErrorCode, message: &str) {
+    let abort = Encoded::of(&StreamFrame::Abort(ErrorMsg { req: None, clip: Some(id), code, message: message.to_string() }));
     for sink in sinks {
-        sink.push(StreamFrame::Abort(ErrorMsg { req: None, clip: Some(id), code, message: message.to_string() }));
+        if let Some(abort) = &abort {
+            sink.push(abort);
+        }
         sink.tx = None;
     }
 }
@@ -85,8 +115,11 @@ pub(crate) fn abort_live(sinks: &mut [LiveSink], id: ClipId, code: ErrorCode, me
 /// Sends the end marker to every live copy and closes them. A session whose copy was
 /// dropped is unmarked, so its delivery pump sends the stored clip instead.
 pub(crate) fn end_live(sinks: &mut [LiveSink], id: ClipId, packets: u32, samples: u64) {
+    let end = Encoded::of(&StreamFrame::End { packets, samples });
     for sink in sinks {
-        sink.push(StreamFrame::End { packets, samples });
+        if let Some(end) = &end {
+            sink.push(end);
+        }
         if sink.tx.take().is_none() {
             sink.session.take_live_sent(&id);
         }
@@ -220,9 +253,10 @@ fn handle(shared: &Shared, live: &mut HashMap<ClipId, Remote>, notice: Notice) {
                 return;
             }
             r.next += 1;
+            let Some(frame) = Encoded::packet(&data) else { return };
             for sink in &mut r.sinks {
                 // Too slow for live: the copy is dropped and the pump sends the stored clip.
-                sink.push(StreamFrame::Packet(data.clone()));
+                sink.push(&frame);
             }
         }
         Notice::LiveEnd { clip, packets, samples } => {

@@ -12,7 +12,7 @@ use super::Shared;
 use super::cluster::{Cluster, FloorError};
 use super::conn::{ControlTx, may_access};
 use super::ingest::{ClipAssembler, IngestError, check_header};
-use super::live::{LiveSink, RemoteOut, abort_live, end_live};
+use super::live::{Encoded, LiveSink, RemoteOut, abort_live, end_live};
 use super::registry::Session;
 use crate::clip::{ClipHeader, ClipId, ClipMeta, Target};
 use crate::codec;
@@ -228,10 +228,14 @@ async fn collect(
                     // pushes back) rather than refuse.
                     tokio::time::sleep(pause).await;
                 }
+                // Checked (size, TOC) before anyone hears it; encoded once for every listener.
+                let frame = (!sinks.is_empty()).then(|| Encoded::packet(&p)).flatten();
                 asm.push(p.clone())?;
                 remote.packet(&p);
-                for sink in sinks.iter_mut() {
-                    sink.push(StreamFrame::Packet(p.clone()));
+                if let Some(frame) = frame {
+                    for sink in sinks.iter_mut() {
+                        sink.push(&frame);
+                    }
                 }
             }
             Some(StreamFrame::End { packets, samples }) => return asm.finish(packets, samples),

@@ -46,7 +46,7 @@ mod schema;
 
 use std::fs;
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rusqlite::{
@@ -71,6 +71,110 @@ pub struct SqliteStore {
     clips_dir: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    /// Clips whose files are synced, waiting for the next group commit.
+    queue: Mutex<Vec<Arc<Job>>>,
+}
+
+/// One clip in a group commit.
+#[derive(Debug)]
+struct Job {
+    meta: ClipMeta,
+    recipients: Vec<String>,
+    /// Where its file goes, relative to `clips/`.
+    rel: String,
+    /// Its synced temp file.
+    tmp: PathBuf,
+    len: usize,
+    /// Set by the lock holder that committed it.
+    result: Mutex<Option<Result<CommitOutcome, StoreError>>>,
+}
+
+impl Job {
+    fn take(&self) -> Option<Result<CommitOutcome, StoreError>> {
+        self.result.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    fn set(&self, r: Result<CommitOutcome, StoreError>) {
+        *self.result.lock().unwrap_or_else(PoisonError::into_inner) = Some(r);
+    }
+}
+
+/// Commits `group` in one transaction. Each clip: a known id is a duplicate (same sender) or a
+/// conflict, and its temp file goes; a new one has its file renamed into place and its rows
+/// inserted (a later clip of the group with the same id sees it). Then every touched
+/// directory is fsynced once, and the transaction commits. On a failure nothing of the group
+/// is kept and every clip of it gets the error (its files removed: no row refers to them).
+fn commit_group(conn: &mut Connection, clips_dir: &Path, group: &[Arc<Job>]) {
+    let mut placed: Vec<PathBuf> = Vec::new();
+    let run = (|| -> Result<Vec<Result<CommitOutcome, StoreError>>, StoreError> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut outcomes = Vec::with_capacity(group.len());
+        let mut dirty: Vec<PathBuf> = Vec::new();
+        for job in group {
+            let existing = tx
+                .query_row(
+                    "SELECT seq, sender FROM clips WHERE id = ?1",
+                    [job.meta.id.0],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+                )
+                .optional()?;
+            if let Some((seq, sender)) = existing {
+                let _ = fs::remove_file(&job.tmp);
+                outcomes.push(if sender == job.meta.from {
+                    to_seq(seq).map(CommitOutcome::Duplicate)
+                } else {
+                    Err(StoreError::IdConflict(job.meta.id))
+                });
+                continue;
+            }
+            let (path, dirs) = files::place(clips_dir, &job.rel, &job.tmp)?;
+            placed.push(path);
+            for d in dirs {
+                if !dirty.contains(&d) {
+                    dirty.push(d);
+                }
+            }
+            let seq = insert_clip(&tx, &job.meta, &job.recipients, &job.rel, job.len)?;
+            outcomes.push(Ok(CommitOutcome::Stored(seq)));
+        }
+        // Shards before clips/: a new shard's own entry is synced after its contents.
+        for d in &dirty {
+            files::sync_dir(d)?;
+        }
+        tx.commit()?;
+        Ok(outcomes)
+    })();
+    match run {
+        Ok(outcomes) => {
+            for (job, outcome) in group.iter().zip(outcomes) {
+                job.set(outcome);
+            }
+        }
+        Err(e) => {
+            // Rolled back: no row refers to the files placed for this group.
+            for path in &placed {
+                let _ = fs::remove_file(path);
+            }
+            let copy = |e: &StoreError| clone_error(e, &e.to_string());
+            let copies: Vec<StoreError> = group.iter().skip(1).map(|_| copy(&e)).collect();
+            for (job, err) in group.iter().zip(std::iter::once(e).chain(copies)) {
+                let _ = fs::remove_file(&job.tmp);
+                job.set(Err(err));
+            }
+        }
+    }
+}
+
+/// The same failure for every clip of a group (I/O errors keep their kind and message).
+fn clone_error(e: &StoreError, message: &str) -> StoreError {
+    match e {
+        StoreError::Io { path, source } => StoreError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        StoreError::IdConflict(id) => StoreError::IdConflict(*id),
+        _ => StoreError::Backend(message.to_string()),
+    }
 }
 
 impl SqliteStore {
@@ -89,6 +193,7 @@ impl SqliteStore {
             clips_dir,
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
+            queue: Mutex::new(Vec::new()),
         };
         store.sweep_leftovers(LEFTOVER_MIN_AGE)?;
         Ok(store)
@@ -371,48 +476,39 @@ impl Store for SqliteStore {
     }
 
     /// The stored `bytes` is the length of `ogg`, whatever `meta.bytes` says.
+    /// Group commit: the clip's file is written and fsynced without a lock (so concurrent
+    /// commits sync in parallel), then queued; whoever holds the write lock next commits every
+    /// queued clip at once (renames, one fsync per touched directory, one transaction), so
+    /// under load many clips share each directory and WAL fsync.
     fn commit_clip(
         &self,
         meta: &ClipMeta,
         recipients: &[String],
         ogg: &[u8],
     ) -> Result<CommitOutcome, StoreError> {
-        let mut conn = self.writer();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let existing = tx
-            .query_row(
-                "SELECT seq, sender FROM clips WHERE id = ?1",
-                [meta.id.0],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
-            )
-            .optional()?;
-        if let Some((seq, sender)) = existing {
-            return if sender == meta.from {
-                Ok(CommitOutcome::Duplicate(to_seq(seq)?))
-            } else {
-                Err(StoreError::IdConflict(meta.id))
-            };
-        }
         let rel = files::relative_path(&meta.id);
-        let path = files::write_durably(&self.clips_dir, &rel, ogg)?;
-        let committed = (move || {
-            let seq = insert_clip(&tx, meta, recipients, &rel, ogg.len())?;
-            tx.commit()?;
-            Ok(seq)
-        })();
-        match committed {
-            Ok(seq) => Ok(CommitOutcome::Stored(seq)),
-            Err(e) => {
-                // Rolled back. Remove the file only if we can tell that no row refers to it.
-                let row = conn
-                    .query_row("SELECT 1 FROM clips WHERE id = ?1", [meta.id.0], |_| Ok(()))
-                    .optional();
-                if matches!(row, Ok(None)) {
-                    let _ = fs::remove_file(&path);
-                }
-                Err(e)
-            }
+        let tmp = files::write_tmp(&self.clips_dir, &rel, ogg)?;
+        let job = Arc::new(Job {
+            meta: meta.clone(),
+            recipients: recipients.to_vec(),
+            rel,
+            tmp,
+            len: ogg.len(),
+            result: Mutex::new(None),
+        });
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(job.clone());
+        let mut conn = self.writer();
+        if let Some(done) = job.take() {
+            return done; // an earlier lock holder committed it with its group
         }
+        let group = std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner));
+        commit_group(&mut conn, &self.clips_dir, &group);
+        job.take().unwrap_or_else(|| {
+            Err(StoreError::Corrupt(format!("clip {} was left out of its group commit", meta.id)))
+        })
     }
 
     fn clip(&self, id: &ClipId) -> Result<Option<ClipMeta>, StoreError> {

@@ -1,9 +1,10 @@
 //! Clip audio files under `DIR/clips/`: where they live, how one is written durably, and
 //! which files a crash may leave behind.
 //!
-//! Locking is the caller's job: [`super::SqliteStore`] writes files and sweeps leftovers only
-//! while it holds the database write lock, so that no file here is ever half-way through a
-//! commit while it is judged.
+//! Locking is the caller's job: [`super::SqliteStore`] writes and fsyncs a clip's temp file
+//! without a lock (so concurrent commits sync in parallel), and renames it into place and
+//! sweeps leftovers only while it holds the database write lock. The sweep only judges temp
+//! files older than a minute, so a temp file being written is never taken for a leftover.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -32,47 +33,41 @@ pub(super) fn relative_path(id: &ClipId) -> String {
     format!("{}/{hex}.{CLIP_EXT}", &hex[..2])
 }
 
-/// Writes `bytes` to `clips_dir/rel` so that once this returns the file and its directory
-/// entry survive a power cut: temp file, fsync, rename, fsync of the directory (and of
-/// `clips_dir` when the shard directory was created just now). An existing file at `rel`
-/// is replaced; the caller has established, under the write lock, that no row refers to it.
-pub(super) fn write_durably(
-    clips_dir: &Path,
-    rel: &str,
-    bytes: &[u8],
-) -> Result<PathBuf, StoreError> {
-    let final_path = clips_dir.join(rel);
-    let shard = final_path.parent().unwrap_or(clips_dir).to_path_buf();
-    let created_shard = match fs::create_dir(&shard) {
-        Ok(()) => true,
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
-        Err(e) => return Err(io_err(&shard)(e)),
-    };
-    if created_shard {
-        sync_dir(clips_dir)?;
-    }
-    let file_name = final_path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("clip");
+/// First half of a group commit: writes `bytes` to a new temp file under `clips/tmp` and
+/// fsyncs it, without any lock (concurrent commits sync their files in parallel). Returns
+/// the temp path for [`place`].
+pub(super) fn write_tmp(clips_dir: &Path, rel: &str, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+    let file_name = Path::new(rel).file_name().and_then(|n| n.to_str()).unwrap_or("clip");
     let suffix: u64 = rand::random();
-    let tmp = clips_dir
-        .join(TMP_DIR)
-        .join(format!("{file_name}.{suffix:016x}.{PARTIAL_EXT}"));
+    let tmp = clips_dir.join(TMP_DIR).join(format!("{file_name}.{suffix:016x}.{PARTIAL_EXT}"));
     let written = (|| {
         let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()
     })()
     .map_err(io_err(&tmp));
-    if let Err(e) =
-        written.and_then(|()| fs::rename(&tmp, &final_path).map_err(io_err(&final_path)))
-    {
+    if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    sync_dir(&shard)?;
-    Ok(final_path)
+    Ok(tmp)
+}
+
+/// Second half, under the write lock: renames a synced temp file to its place
+/// `clips_dir/rel`, creating the shard directory if needed. Returns the final path and the
+/// directories whose entries changed: the caller fsyncs each once for the whole group
+/// (shard first, then `clips_dir` for a new shard) before it commits the rows.
+pub(super) fn place(clips_dir: &Path, rel: &str, tmp: &Path) -> Result<(PathBuf, Vec<PathBuf>), StoreError> {
+    let final_path = clips_dir.join(rel);
+    let shard = final_path.parent().unwrap_or(clips_dir).to_path_buf();
+    let mut dirty = vec![shard.clone()];
+    match fs::create_dir(&shard) {
+        Ok(()) => dirty.push(clips_dir.to_path_buf()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_err(&shard)(e)),
+    }
+    fs::rename(tmp, &final_path).map_err(io_err(&final_path))?;
+    Ok((final_path, dirty))
 }
 
 /// Overwrites a clip file with zeros, syncs it, and removes it, so its audio does not

@@ -525,3 +525,52 @@ fn a_failed_metadata_commit_leaves_no_file() {
     ));
     assert_eq!(store.clip_audio(&m.id).unwrap(), audio(&m));
 }
+
+#[test]
+fn a_group_commit_keeps_each_clip_once_and_tells_duplicates_from_conflicts() {
+    let (dir, store) = setup();
+    let store = Arc::new(store);
+    // 8 threads, 25 clips each; every clip is also sent again by its sender and by a thief,
+    // all at once, so groups hold new clips, resends and conflicting ids together.
+    let clips: Vec<ClipMeta> = (0..200).map(|_| meta("alice", "crew")).collect();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let (store, clips) = (Arc::clone(&store), clips.clone());
+            std::thread::spawn(move || {
+                let mut outcomes = Vec::new();
+                for m in clips.iter().skip(t % 2).step_by(2) {
+                    let mine = if t < 4 { m.clone() } else { ClipMeta { from: "mallory".into(), ..m.clone() } };
+                    outcomes.push((m.id, t < 4, store.commit_clip(&mine, &names(&["bob"]), &audio(m))));
+                }
+                outcomes
+            })
+        })
+        .collect();
+    // Per id: (stored by alice, stored by mallory, duplicates of alice, of mallory, conflicts).
+    let mut per_id: std::collections::HashMap<ClipId, [u32; 5]> = std::collections::HashMap::new();
+    let mut seqs = HashSet::new();
+    for (id, alice, outcome) in threads.into_iter().flat_map(|t| t.join().unwrap()) {
+        let c = per_id.entry(id).or_default();
+        match outcome {
+            Ok(CommitOutcome::Stored(seq)) => {
+                c[usize::from(!alice)] += 1;
+                assert!(seqs.insert(seq), "seq {seq} given twice");
+            }
+            Ok(CommitOutcome::Duplicate(_)) => c[2 + usize::from(!alice)] += 1,
+            Err(StoreError::IdConflict(_)) => c[4] += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // Each id is stored once, by whoever came first; that sender's resend is a duplicate and
+    // both sends of the other sender are conflicts.
+    for (id, c) in &per_id {
+        assert!(*c == [1, 0, 1, 0, 2] || *c == [0, 1, 0, 1, 2], "{id}: {c:?}");
+    }
+    assert_eq!(per_id.len(), 200);
+    assert_eq!(clip_files(dir.path()).len(), 200);
+    assert!(fs::read_dir(dir.path().join("clips/tmp")).unwrap().next().is_none(), "no temp file left");
+    for m in &clips {
+        assert_eq!(store.clip_audio(&m.id).unwrap(), audio(m));
+    }
+    assert_eq!(store.pending("bob", 0, 1000).unwrap().len(), 200);
+}

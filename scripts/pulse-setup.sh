@@ -53,6 +53,23 @@ done
 pactl set-default-sink spk
 pactl set-default-source mic.monitor
 
+# Keep both null sinks awake. A null sink with no low-latency stream renders in blocks of up
+# to 2 s, so a new stream (paplay into mic, walkie's playback, parecord of spk.monitor) waited
+# a random 0-2 s before its audio moved, which cut the start or the end of what the tests
+# play and record. A 10 ms recorder on each monitor, discarding what it reads, keeps them
+# rendering in small blocks. Started once (pid files in the runtime dir), detached.
+runtime_dir=$(pactl info | sed -n 's/^Server String: //p' | sed 's#^unix:##; s#/native$##')
+[ -d "$runtime_dir" ] || runtime_dir=${TMPDIR:-/tmp}
+for name in spk mic; do
+  pidfile="$runtime_dir/walkie-keepawake-$name.pid"
+  if [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    continue
+  fi
+  setsid parecord -d "$name.monitor" --raw --latency-msec=10 --rate=48000 --channels=1 /dev/null \
+    </dev/null >/dev/null 2>&1 &
+  echo $! >"$pidfile"
+done
+
 echo "pulse-setup: PulseAudio $(pactl info | sed -n 's/^Server Version: //p') ready;" \
   "default sink $(pactl get-default-sink), default source $(pactl get-default-source)"
 server=$(pactl info | sed -n 's/^Server String: //p')

@@ -66,6 +66,14 @@ async fn two_thousand_clients_in_a_second_all_get_their_clip_stored_once() {
         .spawn()
         .expect("relay starts");
     let pid = child.id();
+    // Killed however the test ends (a failed assertion must not leave a relay running).
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").args(["-9", &self.0.to_string()]).status();
+        }
+    }
+    let _reaper = KillOnDrop(pid);
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let addr = lines.next().expect("line").expect("utf-8").replace("listening on ", "");
     let pin = Fingerprint::parse(&lines.next().expect("line").expect("utf-8").replace("fingerprint ", "")).expect("fp");

@@ -279,6 +279,7 @@ impl PlaybackQueue {
                         Playout::Packet(p) => Some(Step::Packet(p)),
                         Playout::Conceal => Some(Step::Conceal),
                         Playout::Ended => {
+                            tracing::debug!(clip = %id, stats = ?jb.stats(), "live clip played through the jitter buffer");
                             let samples = cur.entry.end.unwrap_or_default();
                             self.current = None;
                             Some(Step::Finished { id, samples })

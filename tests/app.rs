@@ -52,12 +52,22 @@ fn ready(mut harness: Harness<'static, WalkieApp>) -> Harness<'static, WalkieApp
 }
 
 fn world_app() -> (World, WalkieApp) {
+    world_app_with(RelayConfig::default(), |_, _, _| {})
+}
+
+/// Like [`world_app`], with the relay's settings, and `before` run (with alice's and bob's
+/// configs) once the relay is up and before the app starts.
+fn world_app_with(
+    config: RelayConfig,
+    before: impl FnOnce(&tokio::runtime::Runtime, &ClientConfig, &ClientConfig),
+) -> (World, WalkieApp) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let dirs = tempfile::tempdir().expect("tempdir");
-    let relay = rt.block_on(support::start_relay(&dirs.path().join("relay"), RelayConfig::default()));
+    let relay = rt.block_on(support::start_relay(&dirs.path().join("relay"), config));
     let alice = relay.add_user("alice");
     let bob = relay.add_user("bob");
     relay.add_channel("crew", &["alice", "bob"]);
+    before(&rt, &alice, &bob);
     let config_dir = dirs.path().join("config");
     // No conversation saved: crew is listed because the relay names alice's channels.
     AppFile::default().save(&AppFile::path(&config_dir)).expect("app settings");
@@ -399,4 +409,57 @@ fn screenshot() {
     image.save(&out).expect("saves the png");
     upload.cancel();
     world.rt.block_on(bob.close());
+}
+
+#[test]
+fn load_older_clips_pages_back_through_the_history() {
+    // 215 short clips from bob that alice has already heard (acknowledged): the app shows the
+    // newest 200 it loads on connect, and "Load older clips" fetches the rest from the relay.
+    const CLIPS: usize = 215;
+    let config = RelayConfig { clips_per_minute: 10_000, ..RelayConfig::default() };
+    let (world, app) = world_app_with(config, |rt, alice, bob| {
+        rt.block_on(async {
+            let bob = Client::connect(bob).await.expect("bob connects");
+            let enc = encode_pcm(&[0.0; 960], &EncoderConfig::default()).expect("encodes");
+            for _ in 0..CLIPS {
+                let header = ClipHeader { id: ClipId::random(), to: crew(), started_at_ms: now_ms(), codec: enc.params };
+                bob.send_clip(&header, &enc.packets, enc.samples).await.expect("stored");
+            }
+            bob.close().await;
+            let mut alice = Client::connect(alice).await.expect("alice connects");
+            let opts = walkie::client::ops::ListenOptions { save_dir: None, count: Some(CLIPS), timeout: Some(Duration::from_secs(60)) };
+            walkie::client::ops::listen(&mut alice, &opts, |_| {}).await.expect("alice hears them all");
+            alice.close().await;
+        });
+    });
+    let harness = Harness::builder().with_size([1000.0, 700.0]).build_ui_state(|ui, app: &mut WalkieApp| app.ui(ui), app);
+    let mut harness = ready(harness);
+    let snap = until(&mut harness, 15, "the history on screen", |s| clips_in_crew(s) >= 200);
+    assert!(clips_in_crew(&snap) < CLIPS, "not everything is loaded at first: {}", clips_in_crew(&snap));
+    let mut clicks = 0;
+    while clips_in_crew(&harness.state().engine().snapshot()) < CLIPS {
+        assert!(clicks < 5, "Load older clips did not bring the history in");
+        // The button is at the top of the conversation: scroll up to it with the mouse wheel,
+        // as a person would, then click it.
+        let over = harness.query_all_by_label_contains("clip from bob").last().expect("a clip").rect().center();
+        harness.event(egui::Event::PointerMoved(over));
+        for _ in 0..20 {
+            harness.event(egui::Event::MouseWheel {
+                unit: egui::MouseWheelUnit::Point,
+                delta: egui::vec2(0.0, 2_000.0),
+                modifiers: egui::Modifiers::default(),
+                phase: egui::TouchPhase::Move,
+                source: egui::MouseWheelSource::Wheel,
+            });
+            harness.run_steps(1);
+        }
+        harness.get_by_label("Load older clips").click();
+        clicks += 1;
+        let before = clips_in_crew(&harness.state().engine().snapshot());
+        until(&mut harness, 15, "an older page", |s| clips_in_crew(s) > before);
+    }
+    let snap = until(&mut harness, 15, "the end of the history", |s| s.conversation(&crew()).is_some_and(|c| !c.has_older && !c.loading));
+    assert_eq!(clips_in_crew(&snap), CLIPS, "every clip once");
+    assert!(harness.query_by_label("Load older clips").is_none(), "no more to load");
+    drop(world);
 }

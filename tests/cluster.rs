@@ -15,6 +15,8 @@
 //! Relays of one deployment share one certificate: the tests copy relay 1's `cert.pem` and
 //! `key.pem` into the other relays' data dirs, as an operator does.
 
+mod support;
+
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -34,45 +36,19 @@ use walkie::relay::{self, RelayConfig, RelayHandle, auth};
 use walkie::store::Store;
 use walkie::store::nats::{NatsConfig, NatsStore};
 
-const BASE_DIR: &str = "/tmp/walkie-nats-cluster-test";
-const CLIENT_PORT: u16 = 34222;
-const CLUSTER_PORT: u16 = 36222;
-const MONITOR_PORT: u16 = 38222;
+const NATS: support::NatsTestCluster = support::NatsTestCluster {
+    base_dir: "/tmp/walkie-nats-cluster-test",
+    client_port: 34222,
+    cluster_port: 36222,
+    monitor_port: 38222,
+};
 const RELAY_BIN: &str = env!("CARGO_BIN_EXE_walkie-relay");
 
 // ---- the NATS cluster ----
 
-/// Runs `scripts/nats-cluster.sh ARGS` with this file's dir and ports; returns its stdout.
-fn cluster_script(args: &[&str]) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/nats-cluster.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .args(args)
-        .env("NATS_CLIENT_PORT", CLIENT_PORT.to_string())
-        .env("NATS_CLUSTER_PORT", CLUSTER_PORT.to_string())
-        .env("NATS_MONITOR_PORT", MONITOR_PORT.to_string())
-        .output()
-        .expect("bash runs");
-    assert!(out.status.success(), "scripts/nats-cluster.sh {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn start_cluster() -> Vec<String> {
-    let installed = Command::new("nats-server").arg("--version").output().is_ok_and(|o| o.status.success());
-    assert!(
-        installed,
-        "nats-server is not installed: these tests need it. Install it with scripts/install-deps.sh \
-         (or `apt-get install -y nats-server`), then run them again"
-    );
-    let out = cluster_script(&["start", BASE_DIR]);
-    let list = out.lines().last().unwrap_or_default();
-    let list = list.strip_prefix("nats://").unwrap_or(list);
-    list.split(',').map(str::to_string).collect()
-}
-
 fn servers() -> &'static [String] {
     static SERVERS: OnceLock<Vec<String>> = OnceLock::new();
-    SERVERS.get_or_init(start_cluster)
+    SERVERS.get_or_init(|| NATS.start())
 }
 
 /// `nats://HOST:PORT,HOST:PORT,...`, as `--store` takes it.
@@ -97,7 +73,7 @@ struct RestartNodes;
 
 impl Drop for RestartNodes {
     fn drop(&mut self) {
-        cluster_script(&["start", BASE_DIR]);
+        NATS.script(&["start"]);
     }
 }
 
@@ -542,7 +518,7 @@ async fn every_acked_clip_survives_a_nats_node_kill_and_the_relays_keep_working(
     for i in 0..CLIPS {
         if i == KILL_AT {
             killer = Some(std::thread::spawn(move || {
-                cluster_script(&["kill", &victim.to_string(), BASE_DIR]);
+                NATS.script(&["kill", &victim.to_string()]);
                 Instant::now()
             }));
         }

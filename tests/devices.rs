@@ -218,6 +218,24 @@ fn speech_bounds(x: &[f32]) -> (usize, usize) {
     (first * 480, (last + 1) * 480)
 }
 
+/// Each 2 s clip is in the recording (envelope correlation over 0.8), in the order given, one
+/// after another: none starts before the one before it has ended.
+fn assert_heard_in_order(recording: &[f32], clips: &[(String, &[f32])]) {
+    let mut at = Vec::new();
+    for (name, pcm) in clips {
+        let (pos, corr) = locate(recording, pcm);
+        eprintln!("clip {name} heard at {:.2} s (envelope correlation {corr:.2})", pos as f64 / 48_000.0);
+        assert!(corr > 0.8, "clip {name} is not in the recording (correlation {corr:.2})");
+        at.push(pos);
+    }
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "clips heard out of order: {at:?}");
+    for w in at.windows(2) {
+        let gap = (w[1] as f64 - w[0] as f64) / 48_000.0;
+        eprintln!("next clip starts {gap:.2} s after the one before");
+        assert!(gap >= 1.9, "clips overlap: the next one starts {gap:.2} s after the one before");
+    }
+}
+
 fn energy(x: &[f32]) -> f32 {
     x.iter().map(|s| s * s).sum()
 }
@@ -414,20 +432,7 @@ fn queued_clips_play_one_after_another_in_relay_order() {
     let played: Vec<u8> =
         events.iter().filter_map(|e| if let Ok(PlayerEvent::Played { id }) = e { Some(id.0[0]) } else { None }).collect();
     assert_eq!(played, vec![11, 12, 13], "played in seq order, own clip skipped");
-    let mut at = Vec::new();
-    for (seq, _, pcm) in &clips {
-        let (pos, corr) = locate(&recording, pcm);
-        eprintln!("clip {seq} heard at {:.2} s (envelope correlation {corr:.2})", pos as f64 / 48_000.0);
-        assert!(corr > 0.8, "clip {seq} is not in the recording (correlation {corr:.2})");
-        at.push(pos);
-    }
-    assert!(at[0] < at[1] && at[1] < at[2], "clips heard out of order: {at:?}");
-    // One after another: none starts before the one before it has ended.
-    for w in at.windows(2) {
-        let gap = (w[1] as f64 - w[0] as f64) / 48_000.0;
-        eprintln!("next clip starts {gap:.2} s after the one before");
-        assert!(gap >= 1.9, "clips overlap: {gap:.2} s apart");
-    }
+    assert_heard_in_order(&recording, &clips.iter().map(|(seq, _, pcm)| (seq.to_string(), *pcm)).collect::<Vec<_>>());
 }
 
 // ---- the command line against a loopback relay ----------------------------------------
@@ -592,18 +597,7 @@ fn a_backlog_plays_in_relay_order_through_walkie_listen_play() {
     let printed: Vec<&str> = heard.lines().map(|l| l.split_whitespace().next().unwrap_or("")).collect();
     assert_eq!(printed, [ids[0].as_str(), ids[2].as_str(), ids[3].as_str()], "alice's three clips, oldest first: {heard}");
 
-    let mut at = Vec::new();
-    for n in [0, 2, 3] {
-        let (pos, corr) = locate(&recording, &parts[n].1);
-        eprintln!("clip {n} heard at {:.2} s (envelope correlation {corr:.2})", pos as f64 / 48_000.0);
-        assert!(corr > 0.8, "clip {n} is not in the recording (correlation {corr:.2})");
-        at.push(pos);
-    }
-    assert!(at[0] < at[1] && at[1] < at[2], "clips heard out of order: {at:?}");
-    for w in at.windows(2) {
-        let gap = (w[1] as f64 - w[0] as f64) / 48_000.0;
-        assert!(gap >= 1.9, "clips overlap: the next one starts {gap:.2} s after the one before");
-    }
+    assert_heard_in_order(&recording, &[0, 2, 3].map(|n| (n.to_string(), &parts[n].1[..])));
     // bob's own clip was not played.
     let (_, corr) = locate(&recording, &parts[1].1);
     eprintln!("bob's own clip: best envelope correlation {corr:.2}");

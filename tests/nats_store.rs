@@ -9,6 +9,8 @@
 //! `NATS_CLIENT_PORT` etc. stops it). Each test uses its own random name prefix and deletes its
 //! streams at the end. Without `nats-server` installed the tests fail, saying how to install it.
 
+mod support;
+
 use std::collections::{HashMap, HashSet};
 use std::process::Command;
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -18,52 +20,18 @@ use walkie::clip::{ClipId, ClipMeta, CodecParams, Target};
 use walkie::store::nats::{CommitStep, NatsConfig, NatsStore};
 use walkie::store::{ChannelInfo, CommitOutcome, PURGED_SENDER, Store, StoreError};
 
-const BASE_DIR: &str = "/tmp/walkie-nats-test";
-const CLIENT_PORT: u16 = 24222;
-const CLUSTER_PORT: u16 = 26222;
-const MONITOR_PORT: u16 = 28222;
+const NATS: support::NatsTestCluster = support::NatsTestCluster {
+    base_dir: "/tmp/walkie-nats-test",
+    client_port: 24222,
+    cluster_port: 26222,
+    monitor_port: 28222,
+};
 
 // ---- the cluster ----
 
-/// Runs `scripts/nats-cluster.sh ARGS` with this test's dir and ports; returns its stdout.
-fn cluster_script(args: &[&str]) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/nats-cluster.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .args(args)
-        .env("NATS_CLIENT_PORT", CLIENT_PORT.to_string())
-        .env("NATS_CLUSTER_PORT", CLUSTER_PORT.to_string())
-        .env("NATS_MONITOR_PORT", MONITOR_PORT.to_string())
-        .output()
-        .expect("bash runs");
-    assert!(
-        out.status.success(),
-        "scripts/nats-cluster.sh {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Starts the cluster (if it is not running) and returns its servers.
-fn start_cluster() -> Vec<String> {
-    let installed = Command::new("nats-server")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        installed,
-        "nats-server is not installed: these tests need it. Install it with scripts/install-deps.sh \
-         (or `apt-get install -y nats-server`), then run them again"
-    );
-    let out = cluster_script(&["start", BASE_DIR]);
-    let list = out.lines().last().unwrap_or_default();
-    let list = list.strip_prefix("nats://").unwrap_or(list);
-    list.split(',').map(str::to_string).collect()
-}
-
 fn servers() -> &'static [String] {
     static SERVERS: OnceLock<Vec<String>> = OnceLock::new();
-    SERVERS.get_or_init(start_cluster)
+    SERVERS.get_or_init(|| NATS.start())
 }
 
 /// Normal tests share the cluster; the node-kill test has it to itself (while a node is down,
@@ -919,7 +887,7 @@ struct RestartNodes;
 
 impl Drop for RestartNodes {
     fn drop(&mut self) {
-        cluster_script(&["start", BASE_DIR]);
+        NATS.script(&["start"]);
     }
 }
 
@@ -942,7 +910,7 @@ fn a_node_killed_during_commits_loses_and_duplicates_nothing() {
         if i == KILL_AT {
             // kill -9 the node on port 24224 while the next commits run.
             killer = Some(std::thread::spawn(|| {
-                cluster_script(&["kill", "3", BASE_DIR]);
+                NATS.script(&["kill", "3"]);
                 Instant::now()
             }));
         }

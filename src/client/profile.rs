@@ -51,23 +51,31 @@ impl Profile {
 
     /// Saves the profile (mode 0600: it holds a token).
     pub fn save(&self, path: &Path) -> Result<(), ClientError> {
-        let text = toml::to_string(self).map_err(|e| ClientError::Config(e.to_string()))?;
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| ClientError::Io { path: dir.to_path_buf(), source })?;
-        }
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        use std::io::Write;
-        opts.open(path)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
-            .map_err(|source| ClientError::Io { path: path.to_path_buf(), source })
+        save_private_toml(path, self)
     }
+}
 
+/// Writes `value` as TOML to `path` with mode 0600 (it may hold a token), creating its
+/// directory: the profile, and the app's settings with the profiles used before.
+pub fn save_private_toml<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), ClientError> {
+    let text = toml::to_string(value).map_err(|e| ClientError::Config(e.to_string()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| ClientError::Io { path: dir.to_path_buf(), source })?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    use std::io::Write;
+    opts.open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|source| ClientError::Io { path: path.to_path_buf(), source })
+}
+
+impl Profile {
     /// Fields of `self` where set, otherwise those of `fallback`. A cert given here replaces
     /// a fingerprint given there and the other way round.
     pub fn or(self, fallback: Profile) -> Profile {

@@ -155,8 +155,7 @@ fn commit_group(conn: &mut Connection, clips_dir: &Path, group: &[Arc<Job>]) {
             for path in &placed {
                 let _ = fs::remove_file(path);
             }
-            let copy = |e: &StoreError| clone_error(e, &e.to_string());
-            let copies: Vec<StoreError> = group.iter().skip(1).map(|_| copy(&e)).collect();
+            let copies: Vec<StoreError> = group.iter().skip(1).map(|_| clone_error(&e)).collect();
             for (job, err) in group.iter().zip(std::iter::once(e).chain(copies)) {
                 let _ = fs::remove_file(&job.tmp);
                 job.set(Err(err));
@@ -166,14 +165,14 @@ fn commit_group(conn: &mut Connection, clips_dir: &Path, group: &[Arc<Job>]) {
 }
 
 /// The same failure for every clip of a group (I/O errors keep their kind and message).
-fn clone_error(e: &StoreError, message: &str) -> StoreError {
+fn clone_error(e: &StoreError) -> StoreError {
     match e {
         StoreError::Io { path, source } => StoreError::Io {
             path: path.clone(),
             source: std::io::Error::new(source.kind(), source.to_string()),
         },
         StoreError::IdConflict(id) => StoreError::IdConflict(*id),
-        _ => StoreError::Backend(message.to_string()),
+        _ => StoreError::Backend(e.to_string()),
     }
 }
 

@@ -139,3 +139,44 @@ pub fn pesq_wb(reference: &[f32], degraded: &[f32]) -> f32 {
 pub async fn within<T>(secs: u64, what: &str, fut: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(secs), fut).await.unwrap_or_else(|_| panic!("{what} did not finish within {secs} s"))
 }
+
+/// A 3-node NATS JetStream cluster on loopback run by `scripts/nats-cluster.sh`, with its own
+/// base dir and first ports, so test files that use one do not disturb each other.
+pub struct NatsTestCluster {
+    pub base_dir: &'static str,
+    pub client_port: u16,
+    pub cluster_port: u16,
+    pub monitor_port: u16,
+}
+
+impl NatsTestCluster {
+    /// Runs `scripts/nats-cluster.sh ARGS BASE_DIR` with this cluster's ports; its stdout.
+    pub fn script(&self, args: &[&str]) -> String {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/nats-cluster.sh");
+        let out = std::process::Command::new("bash")
+            .arg(script)
+            .args(args)
+            .arg(self.base_dir)
+            .env("NATS_CLIENT_PORT", self.client_port.to_string())
+            .env("NATS_CLUSTER_PORT", self.cluster_port.to_string())
+            .env("NATS_MONITOR_PORT", self.monitor_port.to_string())
+            .output()
+            .expect("bash runs");
+        assert!(out.status.success(), "scripts/nats-cluster.sh {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Starts the nodes that are not running and returns the servers (`HOST:PORT`).
+    pub fn start(&self) -> Vec<String> {
+        let installed = std::process::Command::new("nats-server").arg("--version").output().is_ok_and(|o| o.status.success());
+        assert!(
+            installed,
+            "nats-server is not installed: these tests need it. Install it with scripts/install-deps.sh \
+             (or `apt-get install -y nats-server`), then run them again"
+        );
+        let out = self.script(&["start"]);
+        let list = out.lines().last().unwrap_or_default();
+        let list = list.strip_prefix("nats://").unwrap_or(list);
+        list.split(',').map(str::to_string).collect()
+    }
+}

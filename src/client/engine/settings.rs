@@ -63,21 +63,7 @@ impl AppFile {
 
     /// Writes the file (mode 0600), creating its directory.
     pub fn save(&self, path: &Path) -> Result<(), ClientError> {
-        let text = toml::to_string(self).map_err(|e| ClientError::Config(e.to_string()))?;
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| ClientError::Io { path: dir.to_path_buf(), source })?;
-        }
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        use std::io::Write;
-        opts.open(path)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
-            .map_err(|source| ClientError::Io { path: path.to_path_buf(), source })
+        crate::client::profile::save_private_toml(path, self)
     }
 
     /// Puts `profile` first, dropping an older one for the same relay and user.

@@ -305,6 +305,7 @@ mod tests {
             Just(ErrorCode::Storage),
             Just(ErrorCode::Timeout),
             Just(ErrorCode::Internal),
+            Just(ErrorCode::Cancelled),
         ]
     }
     fn arb_error() -> impl Strategy<Value = ErrorMsg> {

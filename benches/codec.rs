@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use opus::{Application, Bitrate, Channels};
-use walkie::clip::CodecParams;
-use walkie::codec::{self, EncodedClip, EncoderConfig};
+use walkie_proto::clip::CodecParams;
+use walkie_media::codec::{self, EncodedClip, EncoderConfig};
 
 /// Counts heap allocations, so the report can show what each path allocates per clip.
 struct CountingAlloc;
@@ -91,7 +91,7 @@ fn speech_60s() -> Vec<f32> {
     names.sort();
     let mut speech = Vec::new();
     for path in &names {
-        speech.extend(walkie::audio::load_wav_48k_mono(path).expect("sample WAV loads"));
+        speech.extend(walkie_media::audio::load_wav_48k_mono(path).expect("sample WAV loads"));
     }
     assert!(!speech.is_empty(), "no WAV in samples/");
     speech.iter().copied().cycle().take(SIGNAL_SAMPLES).collect()

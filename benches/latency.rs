@@ -29,17 +29,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use walkie::audio::backend::{AudioSource, Pull};
-use walkie::audio::capture::{Capture, CaptureConfig};
-use walkie::audio::playback::{Playback, PlaybackClock};
-use walkie::client::outbox::Outbox;
-use walkie::client::player::{self, Player, PlayerConfig, PlayerEvent, PlayerInput};
-use walkie::client::talk::{self, TalkControl, TalkOptions, TalkOutcome};
-use walkie::client::{Client, ClientConfig, Event};
-use walkie::clip::{ClipId, Target};
-use walkie::relay::{self, RelayConfig, auth};
-use walkie::store::Store;
-use walkie::store::sqlite::SqliteStore;
+use walkie_media::audio::source::{AudioSource, Pull};
+use walkie_media::audio::capture::Capture;
+use walkie_media::audio::open::CaptureConfig;
+use walkie_media::audio::speaker::{Speaker, SpeakerClock};
+use walkie_client::outbox::Outbox;
+use walkie_media::player::{self, Player, PlayerConfig, PlayerEvent, PlayerInput};
+use walkie_client::talk::{self, TalkControl, TalkOptions, TalkOutcome};
+use walkie_client::{Client, ClientConfig, Event};
+use walkie_proto::clip::{ClipId, Target};
+use walkie_relay::{self as relay, RelayConfig, auth};
+use walkie_store::Store;
+use walkie_store::sqlite::SqliteStore;
 
 /// Everything needed is started here; a missing PulseAudio is an error, not a skip.
 fn pulse() -> Result<(), String> {
@@ -98,7 +99,7 @@ struct Stamped {
 }
 
 impl AudioSource for Stamped {
-    fn next_frame(&mut self, timeout: Duration) -> Result<Pull, walkie::audio::AudioError> {
+    fn next_frame(&mut self, timeout: Duration) -> Result<Pull, walkie_media::audio::AudioError> {
         let pull = self.inner.next_frame(timeout)?;
         if let Pull::Frame(f) = &pull {
             self.stamps.lock().unwrap_or_else(|e| e.into_inner()).push(f.captured_at);
@@ -115,7 +116,7 @@ impl AudioSource for Stamped {
 }
 
 /// Polls the playback clock every millisecond: (48 kHz samples handed out, when).
-fn timeline(clock: PlaybackClock, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<(u64, Instant)>> {
+fn timeline(clock: SpeakerClock, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<(u64, Instant)>> {
     std::thread::spawn(move || {
         let mut points: Vec<(u64, Instant)> = Vec::new();
         while !stop.load(Ordering::Relaxed) {
@@ -184,7 +185,7 @@ fn run() -> Result<(), String> {
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/status-report.wav");
     let _speaker = Speaker::start(sample);
     let capture = Capture::open(None, CaptureConfig::default()).map_err(|e| format!("capture: {e}"))?;
-    let playback = Playback::open(None).map_err(|e| format!("playback: {e}"))?;
+    let playback = Speaker::open(None).map_err(|e| format!("playback: {e}"))?;
     let machine = format!("capture {:?}; playback {:?}", capture.info(), playback.info());
     let clock = playback.clock();
     let player = player::spawn(Player::new(playback, "bob", PlayerConfig::default())).map_err(|e| e.to_string())?;

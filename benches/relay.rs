@@ -5,7 +5,7 @@
 //! * fan-out: one talker (the real [`Client`] API, paced at 20 ms per packet) streams a 10 s
 //!   clip live to N listeners of one channel; each listener is a bare connection (hello on
 //!   a control stream, then the relay's unidirectional streams read with
-//!   `walkie::net::read_frame`) that records when each packet index arrives. Delay = receive
+//!   `walkie_net::read_frame`) that records when each packet index arrives. Delay = receive
 //!   instant − the talker's send instant of the same index (one clock: same process).
 //! * ingest: M talkers (real clients) on M channels send 5 s clips back to back, each as soon
 //!   as the previous one is acknowledged (durable): clips/s and ack latency (end marker
@@ -39,14 +39,14 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until, timeout, timeout_at};
-use walkie::client::{Client, ClientConfig};
-use walkie::clip::{ClipHeader, ClipId, CodecParams, Target, now_ms};
-use walkie::codec::{self, EncoderConfig};
-use walkie::net::{self, Fingerprint, read_frame, write_frame};
-use walkie::proto::{ClientMsg, MAX_CONTROL_FRAME, MAX_STREAM_FRAME, ServerMsg, StreamFrame};
-use walkie::relay::auth;
-use walkie::store::Store;
-use walkie::store::sqlite::SqliteStore;
+use walkie_client::{Client, ClientConfig};
+use walkie_proto::clip::{ClipHeader, ClipId, CodecParams, Target, now_ms};
+use walkie_media::codec::{self, EncoderConfig};
+use walkie_net::{self, Fingerprint, read_frame, write_frame};
+use walkie_proto::wire::{ClientMsg, MAX_CONTROL_FRAME, MAX_STREAM_FRAME, ServerMsg, StreamFrame};
+use walkie_relay::auth;
+use walkie_store::Store;
+use walkie_store::sqlite::SqliteStore;
 
 /// Connections per client endpoint (one UDP socket and one driver task each).
 const CONNS_PER_ENDPOINT: usize = 100;
@@ -294,7 +294,7 @@ struct Session {
 
 impl Session {
     async fn connect(ep: quinn::Endpoint, addr: SocketAddr, user: String, token: String) -> Result<Session, String> {
-        let connecting = ep.connect(addr, net::SERVER_NAME).map_err(|e| format!("connect: {e}"))?;
+        let connecting = ep.connect(addr, walkie_net::SERVER_NAME).map_err(|e| format!("connect: {e}"))?;
         let conn = timeout(Duration::from_secs(30), connecting)
             .await
             .map_err(|_| "handshake timed out".to_string())?
@@ -343,7 +343,7 @@ impl Session {
 
 fn endpoints(pin: Fingerprint, conns: usize) -> Vec<quinn::Endpoint> {
     let bind: SocketAddr = "127.0.0.1:0".parse().expect("bind address");
-    (0..conns.div_ceil(CONNS_PER_ENDPOINT).max(1)).map(|_| net::client_endpoint(pin, bind).expect("client endpoint")).collect()
+    (0..conns.div_ceil(CONNS_PER_ENDPOINT).max(1)).map(|_| walkie_net::client_endpoint(pin, bind).expect("client endpoint")).collect()
 }
 
 /// Connects one session per user name, `CONNECT_CONCURRENCY` handshakes at a time. Returns
@@ -419,7 +419,7 @@ fn speech_clip(secs: usize) -> (CodecParams, Vec<Vec<u8>>, u64) {
         .filter(|p| p.extension().is_some_and(|x| x == "wav"))
         .collect();
     names.sort();
-    let speech: Vec<f32> = names.iter().flat_map(|p| walkie::audio::load_wav_48k_mono(p).expect("sample loads")).collect();
+    let speech: Vec<f32> = names.iter().flat_map(|p| walkie_media::audio::load_wav_48k_mono(p).expect("sample loads")).collect();
     let pcm: Vec<f32> = speech.iter().copied().cycle().take(secs * 48_000).collect();
     let clip = codec::encode_pcm(&pcm, &EncoderConfig::default()).expect("encodes");
     (clip.params, clip.packets, clip.samples)
@@ -717,7 +717,7 @@ async fn ingest(setup: &Setup, m: usize, clip_s: usize, run_for: Duration) -> In
                     for p in packets.iter() {
                         up.packet(p.clone()).await?;
                     }
-                    Ok::<_, walkie::client::ClientError>(up)
+                    Ok::<_, walkie_client::ClientError>(up)
                 }
                 .await;
                 let result = match sent {

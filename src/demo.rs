@@ -4,20 +4,16 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::client::ops::{self, ListenOptions};
-use crate::client::outbox::Outbox;
-use crate::client::{Client, ClientConfig, ClientError};
-use crate::clip::Target;
-use crate::codec::EncoderConfig;
-use crate::relay::{self, RelayConfig, RelayError, auth};
-use crate::store::sqlite::SqliteStore;
-use crate::store::{Store, StoreError};
-
-/// The speech sample the demo sends (espeak-ng, 22.05 kHz mono; see samples/README.md).
-pub const SAMPLE: &[u8] = include_bytes!("../samples/hello-crew.wav");
+use walkie_client::ops::{self, ListenOptions};
+use walkie_client::outbox::Outbox;
+use walkie_client::{Client, ClientConfig, ClientError};
+use walkie_media::audio::DEMO_SPEECH;
+use walkie_media::codec::EncoderConfig;
+use walkie_proto::clip::Target;
+use walkie_relay::RelayError;
+use walkie_relay::demo::DemoRelay;
 
 /// Errors of the demo.
 #[derive(Debug, thiserror::Error)]
@@ -30,9 +26,6 @@ pub enum DemoError {
         /// What failed.
         source: std::io::Error,
     },
-    /// The embedded store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
     /// The relay failed.
     #[error(transparent)]
     Relay(#[from] RelayError),
@@ -92,28 +85,20 @@ pub async fn run(out: Option<&Path>) -> Result<DemoReport, DemoError> {
     };
     std::fs::create_dir_all(&out_dir).map_err(io(&out_dir))?;
 
-    let data = work.path().join("relay");
-    let store = SqliteStore::open(&data)?;
-    let tokens: Vec<(String, String)> = ["alice", "bob"].iter().map(|u| (u.to_string(), auth::new_token())).collect();
-    for (user, token) in &tokens {
-        store.add_user(user, &auth::hash_token(token))?;
-    }
-    store.add_channel("crew", &["alice".to_string(), "bob".to_string()])?;
-    let config = RelayConfig { listen: ([127, 0, 0, 1], 0).into(), ..RelayConfig::default() };
-    let relay = relay::start(config, &data, Arc::new(store)).await?;
+    let relay = DemoRelay::start().await?;
     lap("start relay (store, certificate, users)", &mut stages);
 
     let cfg = |i: usize| ClientConfig {
-        relay: relay.addr.to_string(),
-        user: tokens[i].0.clone(),
-        token: tokens[i].1.clone(),
-        pin: relay.fingerprint,
+        relay: relay.handle.addr.to_string(),
+        user: relay.users[i].0.clone(),
+        token: relay.users[i].1.clone(),
+        pin: relay.handle.fingerprint,
     };
     let mut bob = Client::connect(&cfg(1)).await?;
     lap("bob connects (QUIC + TLS 1.3 + hello)", &mut stages);
 
     let wav = work.path().join("hello-crew.wav");
-    std::fs::write(&wav, SAMPLE).map_err(io(&wav))?;
+    std::fs::write(&wav, DEMO_SPEECH).map_err(io(&wav))?;
     let outbox = Outbox::open(&work.path().join("outbox"))?;
     let (header, clip) = ops::queue_wav(&outbox, &wav, Target::Channel("crew".into()), &EncoderConfig::default())?;
     lap("alice encodes the WAV to Opus (24 kb/s)", &mut stages);
@@ -128,7 +113,7 @@ pub async fn run(out: Option<&Path>) -> Result<DemoReport, DemoError> {
     ops::listen(&mut bob, &opts, |_| {}).await?;
     lap("bob receives, decodes, writes WAV + Opus", &mut stages);
     bob.close().await;
-    let relay_addr = relay.addr;
+    let relay_addr = relay.handle.addr;
     relay.shutdown().await;
     lap("shut down", &mut stages);
 

@@ -1,31 +1,19 @@
-//! walkie: push-to-talk voice messaging. Opus clips travel over QUIC through a relay that
-//! stores them durably and pushes them to every recipient, live while the talker talks and
-//! from a per-user inbox for whoever was away.
+//! The `walkie` command line's own pieces: the self-contained demo behind `walkie demo`, and
+//! the live commands (`walkie talk`, `walkie listen --play`) in the terminal. Everything else
+//! lives in the workspace's crates (see the README's "Where to look"):
 //!
-//! # Where to look
-//! | concept | module |
+//! | crate | owns |
 //! |---|---|
-//! | clip ids, targets, metadata | [`clip`] |
-//! | WAV in/out, mixing, resampling to 48 kHz, 20 ms frames | [`audio`] |
-//! | Opus encoder/decoder, Ogg Opus files (RFC 7845) | [`codec`] |
-//! | storage contract and the embedded SQLite store | [`store`] |
-//! | wire messages and framing (no I/O) | [`proto`] |
-//! | QUIC endpoints, TLS identity and certificate pinning | [`net`] |
-//! | the relay: sessions, uploads, live fan-out, inbox delivery | [`relay`] |
-//! | the client engine, outbox, profiles and operations | [`client`] |
-//! | the self-contained demo behind `walkie demo` | [`demo`] |
+//! | `walkie-proto` | ids, wire messages, Ogg Opus, the TOC reader, the upload and floor state machines (no I/O) |
+//! | `walkie-net` | QUIC endpoints, TLS identity and pinning, framed streams |
+//! | `walkie-store` | the `Store` trait, SQLite, NATS, the fault-injecting store, the conformance suite |
+//! | `walkie-relay` | the relay and `walkie-relay` |
+//! | `walkie-media` | WAV, resampling, RNNoise, Opus, jitter buffer, playback queue, player, devices |
+//! | `walkie-client` | the connection to a relay, the outbox, profiles, whole operations |
+//! | `walkie-app` | the desktop app: engine and views |
 
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
-pub mod app;
-pub mod audio;
-pub mod client;
-pub mod clip;
-pub mod codec;
-pub mod config;
 pub mod demo;
-pub mod net;
-pub mod proto;
-pub mod relay;
-pub mod store;
+pub mod live;

@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 use eframe::egui;
 use egui_kittest::Harness;
 use egui_kittest::kittest::{NodeT, Queryable};
-use walkie::app::WalkieApp;
-use walkie::client::engine::settings::AppFile;
-use walkie::client::engine::{Engine, EngineOptions, NoticeKind, Snapshot, Talk};
-use walkie::client::profile::Profile;
-use walkie::client::{Client, ClientConfig, Event};
-use walkie::clip::{ClipHeader, ClipId, Target, now_ms};
-use walkie::codec::{EncoderConfig, encode_pcm};
-use walkie::relay::RelayConfig;
+use walkie_app::WalkieApp;
+use walkie_app::engine::settings::AppFile;
+use walkie_app::engine::{Engine, EngineOptions, NoticeKind, Snapshot, Talk};
+use walkie_client::profile::Profile;
+use walkie_client::{Client, ClientConfig, Event};
+use walkie_proto::clip::{ClipHeader, ClipId, Target, now_ms};
+use walkie_media::codec::{EncoderConfig, encode_pcm};
+use walkie_relay::RelayConfig;
 
 /// A relay with alice (the app) and bob (another client) in channel `crew`, and the app.
 struct World {
@@ -138,7 +138,7 @@ fn bubbles(harness: &Harness<'_, WalkieApp>, sender: &str) -> Vec<String> {
 }
 
 /// What the relay holds for crew, read by bob.
-fn stored(world: &World) -> Vec<walkie::clip::ClipMeta> {
+fn stored(world: &World) -> Vec<walkie_proto::clip::ClipMeta> {
     world.rt.block_on(async {
         let bob = Client::connect(&world.bob).await.expect("bob connects");
         let h = bob.history(Some(crew()), 50, None).await.expect("history");
@@ -334,7 +334,7 @@ fn the_connect_screen_shows_without_a_profile_and_explains_a_wrong_token() {
         harness.run_steps(1);
     }
     harness.get_by_label("Connect").click();
-    let snap = until(&mut harness, 15, "the refusal", |s| matches!(s.connection, walkie::client::engine::Connection::Failed(_)));
+    let snap = until(&mut harness, 15, "the refusal", |s| matches!(s.connection, walkie_app::engine::Connection::Failed(_)));
     assert!(format!("{:?}", snap.connection).contains("Wrong user name or token"), "{:?}", snap.connection);
     assert!(harness.query_by_label_contains("Wrong user name or token").is_some());
     // The right token connects, and the profile is remembered.
@@ -427,8 +427,8 @@ fn load_older_clips_pages_back_through_the_history() {
             }
             bob.close().await;
             let mut alice = Client::connect(alice).await.expect("alice connects");
-            let opts = walkie::client::ops::ListenOptions { save_dir: None, count: Some(CLIPS), timeout: Some(Duration::from_secs(60)) };
-            walkie::client::ops::listen(&mut alice, &opts, |_| {}).await.expect("alice hears them all");
+            let opts = walkie_client::ops::ListenOptions { save_dir: None, count: Some(CLIPS), timeout: Some(Duration::from_secs(60)) };
+            walkie_client::ops::listen(&mut alice, &opts, |_| {}).await.expect("alice hears them all");
             alice.close().await;
         });
     });

@@ -24,17 +24,17 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use walkie::client::outbox::Outbox;
-use walkie::client::{Client, ClientConfig, ClientError, Event, ReceivedClip, ops};
-use walkie::clip::{ClipHeader, ClipId, CodecParams, Target, now_ms};
-use walkie::codec::{self, EncodedClip, EncoderConfig};
-use walkie::net::Fingerprint;
-use walkie::proto::ErrorCode;
-use walkie::relay::cluster::nats::NatsCluster;
-use walkie::relay::cluster::{Cluster, FloorError};
-use walkie::relay::{self, RelayConfig, RelayHandle, auth};
-use walkie::store::Store;
-use walkie::store::nats::{NatsConfig, NatsStore};
+use walkie_client::outbox::Outbox;
+use walkie_client::{Client, ClientConfig, ClientError, Event, ReceivedClip, ops};
+use walkie_proto::clip::{ClipHeader, ClipId, CodecParams, Target, now_ms};
+use walkie_media::codec::{self, EncodedClip, EncoderConfig};
+use walkie_net::Fingerprint;
+use walkie_proto::wire::ErrorCode;
+use walkie_relay::cluster::nats::NatsCluster;
+use walkie_relay::cluster::{Cluster, FloorError};
+use walkie_relay::{self as relay, RelayConfig, RelayHandle, auth};
+use walkie_store::Store;
+use walkie_store::nats::{NatsConfig, NatsStore};
 
 const NATS: support::NatsTestCluster = support::NatsTestCluster {
     base_dir: "/tmp/walkie-nats-cluster-test",
@@ -802,7 +802,7 @@ async fn figures_ingest_and_fanout_cluster_vs_embedded() {
     // Embedded: one relay with the SQLite store.
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("embedded");
-    let sqlite = Arc::new(walkie::store::sqlite::SqliteStore::open(&data).expect("opens"));
+    let sqlite = Arc::new(walkie_store::sqlite::SqliteStore::open(&data).expect("opens"));
     let handle = relay::start(RelayConfig { listen: ([127, 0, 0, 1], 0).into(), ..config.clone() }, &data, sqlite.clone()).await.expect("starts");
     let mut embedded = Bench { talkers: Vec::new(), listeners: Vec::new() };
     let add = |store: &dyn Store, name: &str, relay: &str, pin: Fingerprint| {

@@ -1,7 +1,10 @@
 //! Crash safety: while 100 senders upload clips concurrently, the relay process is killed
-//! with SIGKILL at 20 random points and restarted on the same data dir. The clients'
-//! outboxes retry with the same clip ids. Afterwards every clip is stored exactly once,
-//! intact (decodes to its full length) and delivered; nothing half-written is ever served.
+//! with SIGKILL 20 times and restarted on the same data dir. Each kill waits for its moment
+//! instead of hoping for it: the restarted relay has acknowledged a clip (it is serving) and
+//! clips are queued that are not acknowledged yet (uploads are in flight); then it lands at a
+//! random point within the next 40 ms. The clients' outboxes retry with the same clip ids.
+//! Afterwards every clip is stored exactly once, intact (decodes to its full length) and
+//! delivered; nothing half-written is ever served.
 
 mod support;
 
@@ -15,18 +18,20 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use support::within;
-use walkie::client::outbox::Outbox;
-use walkie::client::{Client, ClientConfig, ops};
-use walkie::clip::{ClipHeader, ClipId, Target, now_ms};
-use walkie::codec::{self, EncoderConfig};
-use walkie::net::Fingerprint;
-use walkie::relay::auth;
-use walkie::store::Store;
-use walkie::store::sqlite::SqliteStore;
+use walkie_client::outbox::Outbox;
+use walkie_client::{Client, ClientConfig, ops};
+use walkie_proto::clip::{ClipHeader, ClipId, Target, now_ms};
+use walkie_media::codec::{self, EncoderConfig};
+use walkie_net::Fingerprint;
+use walkie_relay::auth;
+use walkie_store::Store;
+use walkie_store::sqlite::SqliteStore;
 
 const SENDERS: usize = 100;
 const KILLS: usize = 20;
-const CLIPS_PER_SENDER: usize = 3;
+/// Senders keep sending while the killing goes on, up to this many clips each, so that
+/// uploads are in flight at every kill however fast the machine is.
+const MAX_CLIPS_PER_SENDER: usize = 20;
 
 struct RelayProcess {
     child: Child,
@@ -103,11 +108,11 @@ async fn sigkill_at_twenty_points_loses_and_duplicates_nothing() {
         let (killing, queued, acked) = (killing.clone(), queued.clone(), acked.clone());
         senders.spawn(async move {
             let outbox = Outbox::open(&dir).expect("outbox");
-            for k in 0..CLIPS_PER_SENDER {
+            for k in 0..MAX_CLIPS_PER_SENDER {
                 if k > 0 && !killing.load(Ordering::Relaxed) {
                     break;
                 }
-                let clip = codec::encode_pcm(&clip_audio(n * CLIPS_PER_SENDER + k), &EncoderConfig::default()).expect("encodes");
+                let clip = codec::encode_pcm(&clip_audio(n * MAX_CLIPS_PER_SENDER + k), &EncoderConfig::default()).expect("encodes");
                 let header = ClipHeader { id: ClipId::random(), to: Target::User("ear".into()), started_at_ms: now_ms(), codec: clip.params };
                 outbox.add(&header, &clip).expect("queued");
                 queued.lock().expect("lock").push((header.id, clip.samples));
@@ -119,15 +124,33 @@ async fn sigkill_at_twenty_points_loses_and_duplicates_nothing() {
         });
     }
 
-    // The killer: 20 SIGKILLs at random points, each followed by a restart on the same dir.
+    // The killer: 20 SIGKILLs, each once the relay serves and uploads are in flight, at a
+    // random point after that; each followed by a restart on the same dir.
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
     let mut relay = relay;
     let started = Instant::now();
     let mut acked_before_kills = Vec::new();
+    let mut in_flight_at_kills = Vec::new();
     for kill in 0..KILLS {
-        let wait = rng.random_range(20..250u64);
-        tokio::time::sleep(Duration::from_millis(wait)).await;
-        acked_before_kills.push(acked.lock().expect("lock").len());
+        let since_restart = acked.lock().expect("lock").len();
+        let counts = || (acked.lock().expect("lock").len(), queued.lock().expect("lock").len());
+        let (a, q) = within(120, &format!("kill {kill}: the relay acknowledges a clip while others are in flight"), async {
+            loop {
+                let (a, q) = counts();
+                if a > since_restart && q > a {
+                    // A random point from here on, as long as uploads are still in flight then.
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(0..40u64))).await;
+                    let (a, q) = counts();
+                    if q > a {
+                        return (a, q);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        acked_before_kills.push(a);
+        in_flight_at_kills.push(q - a);
         relay.kill9();
         let (r, fp) = RelayProcess::start(&data, &config, port);
         assert_eq!(fp, pin, "kill {kill}: the restarted relay keeps its certificate");
@@ -143,22 +166,22 @@ async fn sigkill_at_twenty_points_loses_and_duplicates_nothing() {
     let queued = queued.lock().expect("lock").clone();
     let acked: Vec<ClipId> = acked.lock().expect("lock").clone();
     println!(
-        "{KILLS} kills in {:.1} s; clips acked before each kill: {acked_before_kills:?}; {} clips queued, {} acks",
+        "{KILLS} kills in {:.1} s; clips acked before each kill: {acked_before_kills:?}; queued and not yet acked at each kill: {in_flight_at_kills:?}; {} clips queued, {} acks",
         started.elapsed().as_secs_f64(),
         queued.len(),
         acked.len()
     );
-    assert!(acked_before_kills.iter().any(|&n| n > 0 && n < queued.len()), "kills landed while uploads were in flight");
+    assert!(in_flight_at_kills.iter().all(|&n| n > 0), "every kill landed while uploads were in flight");
 
     // Stored exactly once and intact.
     let store = SqliteStore::open(&data).expect("store");
-    let stored = store.readable("ear").expect("readable");
+    let stored = walkie_store::conformance::readable_all(&store, "ear");
     let stored_ids: HashSet<ClipId> = stored.iter().map(|m| m.id).collect();
     assert_eq!(stored.len(), stored_ids.len(), "no clip stored twice");
     assert_eq!(stored_ids, queued.iter().map(|q| q.0).collect::<HashSet<_>>(), "every clip stored, nothing else");
     for (id, samples) in &queued {
         let bytes = store.clip_audio(id).expect("audio present");
-        let ogg = codec::ogg::read_ogg(&bytes).expect("a complete Ogg Opus file");
+        let ogg = walkie_proto::ogg::read_ogg(&bytes).expect("a complete Ogg Opus file");
         assert_eq!(ogg.samples, *samples, "clip {id} is intact");
         assert_eq!(codec::decode_packets(&ogg.params, &ogg.packets, ogg.samples).expect("decodes").len() as u64, *samples);
     }
@@ -171,7 +194,7 @@ async fn sigkill_at_twenty_points_loses_and_duplicates_nothing() {
     ops::listen(&mut ear, &opts, |c| {
         let expected = queued.iter().find(|q| q.0 == c.header.id).map(|q| q.1);
         assert_eq!(Some(c.samples), expected, "a delivered clip is complete");
-        assert_eq!(c.decode().expect("decodes").len() as u64, c.samples);
+        assert_eq!(walkie_media::codec::decode_clip(c).expect("decodes").len() as u64, c.samples);
         if !got.insert(c.header.id) {
             dups += 1;
         }

@@ -19,15 +19,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use walkie::audio::capture::{Capture, CaptureConfig};
-use walkie::audio::playback::{Playback, PlaybackClock};
-use walkie::client::ReceivedClip;
-use walkie::client::player::{self, Player, PlayerConfig, PlayerEvent, PlayerHandle, PlayerInput};
-use walkie::clip::{ClipId, Target};
-use walkie::codec::opus::Encoder;
-use walkie::codec::{EncoderConfig, encode_pcm};
-use walkie::proto::DeliverHeader;
-use walkie::store::Store;
+use walkie_media::audio::capture::Capture;
+use walkie_media::audio::open::CaptureConfig;
+use walkie_media::audio::speaker::{Speaker, SpeakerClock};
+use walkie_client::ReceivedClip;
+use walkie_media::player::{self, Player, PlayerConfig, PlayerEvent, PlayerHandle, PlayerInput};
+use walkie_proto::clip::{ClipId, Target};
+use walkie_media::codec::opus::Encoder;
+use walkie_media::codec::{EncoderConfig, encode_pcm};
+use walkie_proto::wire::DeliverHeader;
+use walkie_store::Store;
 
 /// The devices are shared: one test at a time.
 static DEVICES: Mutex<()> = Mutex::new(());
@@ -71,7 +72,7 @@ trait Link {
 }
 
 /// Packets go straight to the player, as fast as they are produced.
-struct DirectLink<'a>(&'a PlayerHandle<Playback>);
+struct DirectLink<'a>(&'a PlayerHandle<Speaker>);
 
 impl Link for DirectLink<'_> {
     fn start(&mut self, header: DeliverHeader) {
@@ -136,7 +137,7 @@ struct Timeline {
 }
 
 impl Timeline {
-    fn start(clock: PlaybackClock) -> Timeline {
+    fn start(clock: SpeakerClock) -> Timeline {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -169,7 +170,7 @@ fn handed_at(timeline: &[(u64, Instant)], pos: u64) -> Option<Instant> {
 
 /// RMS of consecutive windows of `win` samples.
 fn envelope(x: &[f32], win: usize) -> Vec<f32> {
-    x.chunks(win).map(walkie::audio::backend::rms).collect()
+    x.chunks(win).map(walkie_media::audio::source::rms).collect()
 }
 
 /// RMS over 20 ms windows every 5 ms: smooth enough that a shift by a fraction of the hop
@@ -245,7 +246,7 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-fn header(id: ClipId, from: &str, live: bool, seq: u64, codec: walkie::clip::CodecParams) -> DeliverHeader {
+fn header(id: ClipId, from: &str, live: bool, seq: u64, codec: walkie_proto::clip::CodecParams) -> DeliverHeader {
     DeliverHeader { id, from: from.into(), to: Target::Channel("crew".into()), started_at_ms: 0, codec, live, seq }
 }
 
@@ -253,10 +254,10 @@ fn header(id: ClipId, from: &str, live: bool, seq: u64, codec: walkie::clip::Cod
 
 /// Captures `sample` from the virtual microphone as one live clip and plays it through the
 /// link; returns the recording of `spk.monitor`, and prints the latency figures.
-fn talk_through_devices(sample: &Path, link_to: impl FnOnce(&PlayerHandle<Playback>) -> Box<dyn Link + '_>) -> (Vec<f32>, Vec<f64>) {
+fn talk_through_devices(sample: &Path, link_to: impl FnOnce(&PlayerHandle<Speaker>) -> Box<dyn Link + '_>) -> (Vec<f32>, Vec<f64>) {
     let dir = tempfile::tempdir().unwrap();
     let capture = Capture::open(None, CaptureConfig { noise_suppression: false, ..Default::default() }).expect("capture opens");
-    let playback = Playback::open(None).expect("playback opens");
+    let playback = Speaker::open(None).expect("playback opens");
     eprintln!("capture: {:?}\nplayback: {:?}", capture.info(), playback.info());
     assert_eq!((capture.info().device.as_str(), playback.info().device.as_str()), ("mic.monitor", "spk"), "PulseAudio's devices");
     let clock = playback.clock();
@@ -413,7 +414,7 @@ fn queued_clips_play_one_after_another_in_relay_order() {
         ReceivedClip { header: header(id, from, false, seq, enc.params), packets: enc.packets, samples: enc.samples }
     };
 
-    let playback = Playback::open(None).expect("playback opens");
+    let playback = Speaker::open(None).expect("playback opens");
     let mut player = Player::new(playback, "bob", PlayerConfig::default());
     // The backlog after reconnecting, delivered out of order, with one of bob's own clips.
     let now = Instant::now();
@@ -446,17 +447,17 @@ struct CliWorld {
 }
 
 impl CliWorld {
-    fn start() -> (CliWorld, walkie::client::ClientConfig, walkie::client::ClientConfig) {
+    fn start() -> (CliWorld, walkie_client::ClientConfig, walkie_client::ClientConfig) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         let dir = tempfile::tempdir().expect("tempdir");
-        let relay = rt.block_on(support::start_relay(&dir.path().join("relay"), walkie::relay::RelayConfig::default()));
+        let relay = rt.block_on(support::start_relay(&dir.path().join("relay"), walkie_relay::RelayConfig::default()));
         let (alice, bob) = (relay.add_user("alice"), relay.add_user("bob"));
         relay.add_channel("crew", &["alice", "bob"]);
         (CliWorld { rt, relay, dir }, alice, bob)
     }
 
     /// `walkie ARGS` as `cfg`'s user (PULSE_SERVER is inherited from this process).
-    fn walkie(&self, cfg: &walkie::client::ClientConfig, args: &[&str]) -> Command {
+    fn walkie(&self, cfg: &walkie_client::ClientConfig, args: &[&str]) -> Command {
         let home = self.dir.path().join(&cfg.user);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_walkie"));
         cmd.args(args)
@@ -523,7 +524,7 @@ fn walkie_talk_is_heard_live_through_a_relay_by_walkie_listen_play() {
         // bob listens and plays through the speaker (PulseAudio's default sink, spk).
         let mut listener = world
             .walkie(&bob, &["listen", "--play", "--count", "1", "--timeout", "60"])
-            .env("RUST_LOG", "walkie::client::playback=debug")
+            .env("RUST_LOG", "walkie_client::playback=debug")
             .spawn()
             .expect("walkie listen");
         wait_for_stderr(&mut listener, "listening as bob", 20);
@@ -584,7 +585,7 @@ fn a_backlog_plays_in_relay_order_through_walkie_listen_play() {
     let mut ids = Vec::new();
     for (n, (from, pcm)) in parts.iter().enumerate() {
         let wav = dir.path().join(format!("part{n}.wav"));
-        walkie::audio::wav::write_wav_mono16(&wav, 48_000, pcm).expect("wav");
+        walkie_media::audio::wav::write_wav_mono16(&wav, 48_000, pcm).expect("wav");
         let cfg = if *from == "alice" { &alice } else { &bob };
         let out = finish(world.walkie(cfg, &["send", "--to", "crew", wav.to_str().unwrap()]).spawn().expect("walkie send"), "walkie send", 30);
         ids.push(out.lines().last().expect("clip id").trim().to_string());

@@ -6,14 +6,14 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use walkie::client::ops::{self, ListenOptions};
-use walkie::client::outbox::Outbox;
-use walkie::client::{Client, ClientError, ReceivedClip};
-use walkie::clip::{ClipHeader, ClipId, Target, now_ms};
-use walkie::codec::{self, EncoderConfig};
-use walkie::proto::ErrorCode;
-use walkie::relay::RelayConfig;
-use walkie::store::Store;
+use walkie_client::ops::{self, ListenOptions};
+use walkie_client::outbox::Outbox;
+use walkie_client::{Client, ClientError, ReceivedClip};
+use walkie_proto::clip::{ClipHeader, ClipId, Target, now_ms};
+use walkie_media::codec::{self, EncoderConfig};
+use walkie_proto::wire::ErrorCode;
+use walkie_relay::RelayConfig;
+use walkie_store::Store;
 
 const SAMPLE: &str = "hello-crew.wav";
 
@@ -22,7 +22,7 @@ fn crew() -> Target {
 }
 
 /// Queues `sample` for `to` in a fresh outbox under `dir` and sends it; returns the id.
-async fn send_sample(cfg: &walkie::client::ClientConfig, dir: &std::path::Path, sample: &str, to: Target) -> ClipId {
+async fn send_sample(cfg: &walkie_client::ClientConfig, dir: &std::path::Path, sample: &str, to: Target) -> ClipId {
     let outbox = Outbox::open(&dir.join(format!("outbox-{}", cfg.user))).expect("outbox");
     let (header, _) = ops::queue_wav(&outbox, &sample_path(sample), to, &EncoderConfig::default()).expect("queues");
     let report = within(30, "send", ops::flush_with_retry(cfg, &outbox, Some(header.id), Duration::from_secs(10)))
@@ -76,7 +76,7 @@ async fn channel_clip_reaches_online_and_offline_members_with_codec_quality() {
 
     // The received audio is the codec's output and nothing worse.
     let original = sample_48k(SAMPLE);
-    let received = clip.decode().expect("decodes");
+    let received = walkie_media::codec::decode_clip(&clip).expect("decodes");
     assert!(received.len().abs_diff(original.len()) <= 960, "duration {} vs {}", received.len(), original.len());
     assert_eq!(received.len(), original.len(), "end trimming restores the exact length");
     let raw = raw_libopus(&original, 24_000, 10);
@@ -137,7 +137,7 @@ async fn restarted_relay_still_serves_history_and_inboxes() {
     let (meta, after) = c.fetch(id).await.expect("fetch after restart");
     assert_eq!(after, before, "the stored Ogg file is served byte for byte");
     assert_eq!(meta.bytes, after.len() as u64);
-    let parsed = codec::ogg::read_ogg(&after).expect("valid Ogg Opus");
+    let parsed = walkie_proto::ogg::read_ogg(&after).expect("valid Ogg Opus");
     assert_eq!(parsed.samples, sample_48k("status-report.wav").len() as u64);
     let mut carol_client = relay.connect(&carol).await;
     assert_eq!(receive(&mut carol_client, 1, 20).await[0].header.id, id);
@@ -191,7 +191,7 @@ async fn wrong_tokens_and_unknown_users_are_refused() {
     let relay = start_relay(&tmp.path().join("relay"), RelayConfig::default()).await;
     let alice = relay.add_user("alice");
     for cfg in [
-        relay.config_for("alice", &walkie::relay::auth::new_token()),
+        relay.config_for("alice", &walkie_relay::auth::new_token()),
         relay.config_for("alice", ""),
         relay.config_for("mallory", &alice.token),
     ] {
@@ -200,7 +200,7 @@ async fn wrong_tokens_and_unknown_users_are_refused() {
     }
     // A client pinning another certificate refuses the relay.
     let mut wrong_pin = alice.clone();
-    wrong_pin.pin = walkie::net::Fingerprint([7; 32]);
+    wrong_pin.pin = walkie_net::Fingerprint([7; 32]);
     let e = Client::connect(&wrong_pin).await.err().expect("refused");
     assert!(e.to_string().contains("does not match the pinned"), "{e}");
     relay.handle.shutdown().await;

@@ -19,10 +19,12 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
 use targets::{IngestInput, Rng, StreamReport, Verdict};
-use walkie::clip::{ClipHeader, ClipId, ClipMeta, CodecParams, Target};
-use walkie::codec::{self, EncoderConfig, ogg};
-use walkie::proto::{
-    ClientMsg, DeliverHeader, ErrorCode, ErrorMsg, MAX_CONTROL_FRAME, MAX_PACKET_BYTES, MAX_STREAM_FRAME, ServerMsg,
+use walkie_proto::clip::{ClipHeader, ClipId, ClipMeta, CodecParams, Target};
+use walkie_media::codec::{self, EncoderConfig};
+use walkie_proto::ogg;
+use walkie_proto::toc::MAX_PACKET_BYTES;
+use walkie_proto::wire::{
+    ClientMsg, DeliverHeader, ErrorCode, ErrorMsg, MAX_CONTROL_FRAME, MAX_STREAM_FRAME, ServerMsg,
     StreamFrame, encode_frame,
 };
 

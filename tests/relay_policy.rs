@@ -6,12 +6,12 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use walkie::client::{Client, ClientError, Event};
-use walkie::clip::{ClipHeader, ClipId, CodecParams, Target, now_ms};
-use walkie::codec::{self, EncoderConfig};
-use walkie::proto::ErrorCode;
-use walkie::relay::RelayConfig;
-use walkie::store::Store;
+use walkie_client::{Client, ClientError, Event};
+use walkie_proto::clip::{ClipHeader, ClipId, CodecParams, Target, now_ms};
+use walkie_media::codec::{self, EncoderConfig};
+use walkie_proto::wire::ErrorCode;
+use walkie_relay::RelayConfig;
+use walkie_store::Store;
 
 fn tone_clip(ms: usize) -> (CodecParams, Vec<Vec<u8>>, u64) {
     let pcm: Vec<f32> = (0..ms * 48).map(|i| (i as f32 * 0.02).sin() * 0.3).collect();

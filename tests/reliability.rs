@@ -9,17 +9,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::*;
-use walkie::client::outbox::Outbox;
-use walkie::client::ops;
-use walkie::client::{Client, ClientError, Event};
-use walkie::clip::{ClipHeader, ClipId, CodecParams, Target, now_ms};
-use walkie::codec::{self, EncoderConfig};
-use walkie::net::{self, read_frame, write_frame};
-use walkie::proto::{ClientMsg, ErrorCode, MAX_CONTROL_FRAME, MAX_STREAM_FRAME, ServerMsg, StreamFrame};
-use walkie::relay::{self, RelayConfig, auth};
-use walkie::store::faulty::FaultyStore;
-use walkie::store::sqlite::SqliteStore;
-use walkie::store::{PURGED_SENDER, Store};
+use walkie_client::outbox::Outbox;
+use walkie_client::ops;
+use walkie_client::{Client, ClientError, Event};
+use walkie_proto::clip::{ClipHeader, ClipId, CodecParams, Target, now_ms};
+use walkie_media::codec::{self, EncoderConfig};
+use walkie_net::{self, read_frame, write_frame};
+use walkie_proto::wire::{ClientMsg, ErrorCode, MAX_CONTROL_FRAME, MAX_STREAM_FRAME, ServerMsg, StreamFrame};
+use walkie_relay::{self as relay, RelayConfig, auth};
+use walkie_store::faulty::FaultyStore;
+use walkie_store::sqlite::SqliteStore;
+use walkie_store::{PURGED_SENDER, Store};
 
 fn tone_clip(ms: usize) -> (CodecParams, Vec<Vec<u8>>, u64) {
     let pcm: Vec<f32> = (0..ms * 48).map(|i| (i as f32 * 0.02).sin() * 0.3).collect();
@@ -35,7 +35,7 @@ fn crew() -> Target {
     Target::Channel("crew".into())
 }
 
-fn refusal(e: ClientError) -> walkie::proto::ErrorMsg {
+fn refusal(e: ClientError) -> walkie_proto::wire::ErrorMsg {
     match e {
         ClientError::Refused(m) => m,
         other => panic!("expected a refusal, got {other}"),
@@ -53,7 +53,7 @@ async fn a_full_disk_refuses_new_clips_keeps_serving_reads_and_recovers() {
     let cfg = |user: &str| {
         let token = auth::new_token();
         sqlite.add_user(user, &auth::hash_token(&token)).expect("user");
-        walkie::client::ClientConfig { relay: handle.addr.to_string(), user: user.into(), token, pin: handle.fingerprint }
+        walkie_client::ClientConfig { relay: handle.addr.to_string(), user: user.into(), token, pin: handle.fingerprint }
     };
     let (alice, bob) = (cfg("alice"), cfg("bob"));
     sqlite.add_channel("crew", &["alice".into(), "bob".into()]).expect("channel");
@@ -83,7 +83,7 @@ async fn a_full_disk_refuses_new_clips_keeps_serving_reads_and_recovers() {
     // The outbox keeps the refused clip and delivers it once space returns.
     let outbox = Outbox::open(&tmp.path().join("outbox")).expect("outbox");
     let wav = tmp.path().join("tone.wav");
-    walkie::audio::wav::write_wav_mono16(&wav, 48_000, &vec![0.2f32; 9_600]).expect("wav");
+    walkie_media::audio::wav::write_wav_mono16(&wav, 48_000, &vec![0.2f32; 9_600]).expect("wav");
     let (queued, _) = ops::queue_wav(&outbox, &wav, crew(), &EncoderConfig::default()).expect("queued");
     let retry = tokio::spawn({
         let (alice, outbox) = (alice.clone(), outbox.clone());
@@ -233,10 +233,10 @@ async fn tokens_never_appear_in_the_relays_log() {
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().expect("stdout")));
     let addr = lines.next().expect("line").expect("utf-8").replace("listening on ", "");
     let fp = lines.next().expect("line").expect("utf-8").replace("fingerprint ", "");
-    let pin = net::Fingerprint::parse(&fp).expect("fingerprint");
-    let good = walkie::client::ClientConfig { relay: addr.clone(), user: "alice".into(), token: token.clone(), pin };
+    let pin = walkie_net::Fingerprint::parse(&fp).expect("fingerprint");
+    let good = walkie_client::ClientConfig { relay: addr.clone(), user: "alice".into(), token: token.clone(), pin };
     let wrong_token = auth::new_token();
-    let bad = walkie::client::ClientConfig { token: wrong_token.clone(), ..good.clone() };
+    let bad = walkie_client::ClientConfig { token: wrong_token.clone(), ..good.clone() };
     Client::connect(&good).await.expect("connects").close().await;
     assert!(Client::connect(&bad).await.is_err());
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -252,9 +252,9 @@ async fn tokens_never_appear_in_the_relays_log() {
 }
 
 /// A raw QUIC connection to the relay, authenticated as `cfg`'s user.
-async fn raw_session(cfg: &walkie::client::ClientConfig) -> (quinn::Endpoint, quinn::Connection, quinn::SendStream, quinn::RecvStream) {
-    let ep = net::client_endpoint(cfg.pin, "127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-    let conn = ep.connect(cfg.relay.parse().expect("addr"), net::SERVER_NAME).expect("connect").await.expect("handshake");
+async fn raw_session(cfg: &walkie_client::ClientConfig) -> (quinn::Endpoint, quinn::Connection, quinn::SendStream, quinn::RecvStream) {
+    let ep = walkie_net::client_endpoint(cfg.pin, "127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let conn = ep.connect(cfg.relay.parse().expect("addr"), walkie_net::SERVER_NAME).expect("connect").await.expect("handshake");
     let (mut send, mut recv) = conn.open_bi().await.expect("control stream");
     let hello = ClientMsg::Hello { user: cfg.user.clone(), token: cfg.token.clone(), client: "raw".into() };
     write_frame(&mut send, &hello, MAX_CONTROL_FRAME).await.expect("hello");
@@ -264,7 +264,7 @@ async fn raw_session(cfg: &walkie::client::ClientConfig) -> (quinn::Endpoint, qu
 }
 
 /// Reads control messages until an error arrives.
-async fn next_error(recv: &mut quinn::RecvStream) -> walkie::proto::ErrorMsg {
+async fn next_error(recv: &mut quinn::RecvStream) -> walkie_proto::wire::ErrorMsg {
     within(15, "an error on the control stream", async {
         loop {
             match read_frame::<ServerMsg>(recv, MAX_CONTROL_FRAME).await.expect("reads").expect("open") {
@@ -288,14 +288,14 @@ async fn bad_input_closes_only_the_offending_stream_or_connection() {
     let (params, packets, samples) = tone_clip(300);
 
     // A wrong ALPN (another protocol version) fails the handshake.
-    let ep = net::client_endpoint_with_alpn(alice.pin, "127.0.0.1:0".parse().expect("addr"), b"walkie/0").expect("endpoint");
-    let err = ep.connect(relay.handle.addr, net::SERVER_NAME).expect("connect").await.expect_err("refused");
+    let ep = walkie_net::client_endpoint_with_alpn(alice.pin, "127.0.0.1:0".parse().expect("addr"), b"walkie/0").expect("endpoint");
+    let err = ep.connect(relay.handle.addr, walkie_net::SERVER_NAME).expect("connect").await.expect_err("refused");
     assert!(err.to_string().to_lowercase().contains("alpn") || err.to_string().contains("120"), "{err}");
 
     // A hello announcing a 4 GiB frame: refused before allocating, connection closed.
     {
-        let ep = net::client_endpoint(alice.pin, "127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-        let conn = ep.connect(relay.handle.addr, net::SERVER_NAME).expect("connect").await.expect("handshake");
+        let ep = walkie_net::client_endpoint(alice.pin, "127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+        let conn = ep.connect(relay.handle.addr, walkie_net::SERVER_NAME).expect("connect").await.expect("handshake");
         let (mut send, mut recv) = conn.open_bi().await.expect("stream");
         send.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await.expect("write");
         let e = match read_frame::<ServerMsg>(&mut recv, MAX_CONTROL_FRAME).await {
@@ -308,8 +308,8 @@ async fn bad_input_closes_only_the_offending_stream_or_connection() {
     }
     // A truncated hello.
     {
-        let ep = net::client_endpoint(alice.pin, "127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-        let conn = ep.connect(relay.handle.addr, net::SERVER_NAME).expect("connect").await.expect("handshake");
+        let ep = walkie_net::client_endpoint(alice.pin, "127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+        let conn = ep.connect(relay.handle.addr, walkie_net::SERVER_NAME).expect("connect").await.expect("handshake");
         let (mut send, mut recv) = conn.open_bi().await.expect("stream");
         send.write_all(&[0, 0, 0, 40, 0, 5]).await.expect("write");
         send.finish().expect("finish");

@@ -13,14 +13,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::within;
-use walkie::client::outbox::Outbox;
-use walkie::client::{Client, ClientConfig, ops};
-use walkie::clip::{ClipHeader, ClipId, Target, now_ms};
-use walkie::codec::{self, EncoderConfig};
-use walkie::net::Fingerprint;
-use walkie::relay::auth;
-use walkie::store::Store;
-use walkie::store::sqlite::SqliteStore;
+use walkie_client::outbox::Outbox;
+use walkie_client::{Client, ClientConfig, ops};
+use walkie_proto::clip::{ClipHeader, ClipId, Target, now_ms};
+use walkie_media::codec::{self, EncoderConfig};
+use walkie_net::Fingerprint;
+use walkie_relay::auth;
+use walkie_store::Store;
+use walkie_store::sqlite::SqliteStore;
 
 const CLIENTS: usize = 2_000;
 const USERS: usize = 200;
@@ -137,7 +137,7 @@ async fn two_thousand_clients_in_a_second_all_get_their_clip_stored_once() {
 
     // Stored exactly once, and delivered to the recipient.
     let store = SqliteStore::open(&data).expect("store");
-    let stored = store.readable("sink").expect("readable");
+    let stored = walkie_store::conformance::readable_all(&store, "sink");
     assert_eq!(stored.len(), CLIENTS, "every clip stored exactly once");
     assert_eq!(stored.iter().map(|m| m.id).collect::<HashSet<_>>(), ids);
     let mut sink = Client::connect(&cfg("sink", &sink_token)).await.expect("sink connects");

@@ -5,13 +5,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use walkie::client::live;
-use walkie::client::ops::{self, ListenOptions};
-use walkie::client::outbox::Outbox;
-use walkie::client::profile::{self, Profile};
-use walkie::client::{Client, ClientConfig, ClientError};
-use walkie::clip::{ClipId, Target};
-use walkie::codec::{self, EncoderConfig};
+use walkie::live;
+use walkie_client::ops::{self, ListenOptions};
+use walkie_client::outbox::Outbox;
+use walkie_client::profile::{self, Profile};
+use walkie_client::{Client, ClientConfig, ClientError};
+use walkie_media::codec::{self, EncoderConfig};
+use walkie_proto::clip::{ClipError, ClipId, Target};
+use walkie_proto::ogg;
 
 /// walkie: push-to-talk voice messages over QUIC.
 ///
@@ -373,7 +374,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             println!("{id}");
         }
         Command::Devices => {
-            let list = walkie::audio::cpal::list_devices().map_err(|e| e.to_string())?;
+            let list = walkie_media::audio::cpal::list_devices().map_err(|e| e.to_string())?;
             print!("{list}");
         }
         Command::Talk { to, input_device, seconds, no_noise_suppression, encode } => {
@@ -437,7 +438,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Fetch { clip, out } => {
-            let id: ClipId = clip.parse().map_err(|e: walkie::clip::ClipError| usage(e.to_string()))?;
+            let id: ClipId = clip.parse().map_err(|e: ClipError| usage(e.to_string()))?;
             let ext = out.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
             if !matches!(ext.as_deref(), Some("opus" | "wav")) {
                 return Err(usage(format!("--out {}: the file must end in .opus or .wav", out.display())));
@@ -448,9 +449,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             client.close().await;
             let (meta, bytes) = fetched?;
             if ext.as_deref() == Some("wav") {
-                let parsed = codec::ogg::read_ogg(&bytes).map_err(ClientError::from)?;
+                let parsed = ogg::read_ogg(&bytes).map_err(ClientError::from)?;
                 let pcm = codec::decode_packets(&parsed.params, &parsed.packets, parsed.samples).map_err(ClientError::from)?;
-                walkie::audio::wav::write_wav_mono16(&out, 48_000, &pcm).map_err(|e| ClientError::from(codec::CodecError::from(e)))?;
+                walkie_media::audio::wav::write_wav_mono16(&out, 48_000, &pcm).map_err(|e| ClientError::from(codec::CodecError::from(e)))?;
             } else {
                 std::fs::write(&out, &bytes).map_err(|e| format!("{}: {e}", out.display()))?;
             }
@@ -493,7 +494,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::App { demo } => {
             let profile = settings(&cli.conn)?;
             // The window's event loop blocks this (main) thread until it closes.
-            tokio::task::block_in_place(|| walkie::app::run(profile, demo))?;
+            tokio::task::block_in_place(|| walkie_app::run(profile, demo))?;
         }
     }
     Ok(())

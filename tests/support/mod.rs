@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use walkie::client::{Client, ClientConfig};
-use walkie::relay::{self, RelayConfig, RelayHandle, auth};
-use walkie::store::Store;
-use walkie::store::sqlite::SqliteStore;
+use walkie_client::{Client, ClientConfig};
+use walkie_relay::{self as relay, RelayConfig, RelayHandle, auth};
+use walkie_store::Store;
+use walkie_store::sqlite::SqliteStore;
 
 /// A relay running in this process on loopback.
 pub struct TestRelay {
@@ -58,7 +58,7 @@ pub fn sample_path(name: &str) -> PathBuf {
 
 /// A sample at 48 kHz mono through walkie's WAV path.
 pub fn sample_48k(name: &str) -> Vec<f32> {
-    walkie::audio::load_wav_48k_mono(&sample_path(name)).expect("sample loads")
+    walkie_media::audio::load_wav_48k_mono(&sample_path(name)).expect("sample loads")
 }
 
 /// The same audio straight through the `opus` crate (raw libopus), no walkie code: VOIP,
@@ -119,7 +119,7 @@ pub fn align(degraded: &[f32], lag: isize) -> Vec<f32> {
 }
 
 fn to_16k_i16(pcm48: &[f32]) -> Vec<i16> {
-    walkie::audio::resample::from_48k(pcm48, 16_000)
+    walkie_media::audio::resample::from_48k(pcm48, 16_000)
         .expect("resamples")
         .iter()
         .map(|s| (s.clamp(-1.0, 1.0) * 32767.0).round() as i16)

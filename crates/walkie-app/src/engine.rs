@@ -1,0 +1,216 @@
+//! The app-facing client engine: everything the desktop app does, without any UI, so it can
+//! be driven and tested on its own.
+//!
+//! [`Engine::start`] runs a tokio runtime on a thread of its own. That thread owns the
+//! [`Client`](super::Client), the outbox, the microphone (kept open between clips so no
+//! first syllable is lost) and a [`Player`](super::player::Player). The app sends it
+//! [`Command`]s and reads a [`Snapshot`] that is replaced whole whenever something changes;
+//! [`Engine::on_change`] asks for a repaint then.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `engine.rs` | [`Engine`], [`Command`], [`EngineOptions`] |
+//! | `engine/state.rs` | the [`Snapshot`] and what is in it |
+//! | `engine/book.rs` | conversations, clips in order, played marks, unread counts, presence |
+//! | `engine/worker.rs` | the loop on the engine thread, start-up, connecting, losing the connection |
+//! | `engine/commands.rs` | what each command does |
+//! | `engine/jobs.rs` | background fetches: history pages, clip audio for waveforms and playing |
+//! | `engine/events.rs` | relay events, player events, the mic test's packets, reconnecting |
+//! | `engine/session.rs` | connection errors in words, history pages, fetching audio, played marks |
+//! | `engine/talking.rs` | one push-to-talk clip from press to stored, busy or cancelled |
+//! | `engine/speaker.rs` | the player and what it plays (auto-play, replays, the mic test) |
+//! | `engine/mic.rs` | the microphone kept open, and the microphone test |
+//! | `engine/export.rs` | a conversation to a folder of `.opus` files |
+//! | `engine/settings.rs` | `app.toml`: settings and remembered profiles |
+//! | `engine/audio_clip.rs` | a clip's packets and waveform |
+//! | `engine/demo.rs` | `walkie app --demo`: a relay in-process with alice, bob and a channel |
+
+mod audio_clip;
+mod book;
+mod commands;
+mod demo;
+mod events;
+mod export;
+mod jobs;
+mod mic;
+mod session;
+pub mod settings;
+mod speaker;
+pub mod state;
+mod talking;
+mod worker;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+pub use audio_clip::{PEAKS, peaks};
+pub use settings::{AppSettings, BITRATE_RANGE};
+pub use state::{ClipView, Connection, Conversation, Devices, Meter, Notice, NoticeKind, Snapshot, Talk};
+
+use walkie_client::ClientError;
+use walkie_client::profile::Profile;
+use walkie_proto::clip::{ClipId, Target};
+
+/// What the app asks the engine to do.
+#[derive(Clone, Debug)]
+pub enum Command {
+    /// Connect with these settings (and remember them once they work).
+    Connect(Profile),
+    /// Disconnect and show the connect screen.
+    Disconnect,
+    /// Show this conversation (loads its history and waveforms).
+    Select(Target),
+    /// Add a channel or contact to the list by hand.
+    AddConversation(Target),
+    /// The talk key went down: start a live clip to this conversation.
+    TalkStart(Target),
+    /// The talk key went up: send the clip.
+    TalkRelease,
+    /// Abandon the clip being recorded.
+    TalkCancel,
+    /// Play (or replay) a clip; it plays after whatever is playing.
+    Play(ClipId),
+    /// Fetch the page of history before the oldest clip shown.
+    LoadOlder(Target),
+    /// Write every clip of a conversation to `dir` as `.opus` files plus `index.json`.
+    Export {
+        /// The conversation.
+        target: Target,
+        /// The folder (created if missing).
+        dir: PathBuf,
+    },
+    /// Apply and save new settings.
+    SetSettings(AppSettings),
+    /// List the audio devices again.
+    RefreshDevices,
+    /// Record a few seconds from the microphone and play them back.
+    MicTest,
+    /// Hide the notice.
+    DismissNotice,
+    /// Demo only: make bob say something on the channel.
+    DemoPeerTalk,
+    /// Stop the engine.
+    Shutdown,
+}
+
+/// Where the engine keeps things and which audio it uses.
+#[derive(Clone, Debug, Default)]
+pub struct EngineOptions {
+    /// Where `app.toml` (settings and profiles) lives.
+    pub config_dir: PathBuf,
+    /// Where outboxes (`outbox/USER`) and played marks (`app/USER/`) live.
+    pub data_dir: PathBuf,
+    /// An audio source spec that overrides the settings (`wav:PATH`, `null`, a device).
+    pub input: Option<String>,
+    /// An audio sink spec that overrides the settings (`null`, a device).
+    pub output: Option<String>,
+    /// Connect with this profile at start-up when it is complete (else the last one used).
+    pub profile: Option<Profile>,
+    /// Run an in-process relay with two users and connect to it (`walkie app --demo`).
+    pub demo: bool,
+}
+
+impl EngineOptions {
+    /// The standard directories (those `walkie login` and `walkie send` use).
+    pub fn standard() -> Result<EngineOptions, ClientError> {
+        let dirs = directories::ProjectDirs::from("", "", "walkie")
+            .ok_or_else(|| ClientError::Config("cannot find a home directory for walkie's settings; set HOME".into()))?;
+        Ok(EngineOptions { config_dir: dirs.config_dir().to_path_buf(), data_dir: dirs.data_dir().to_path_buf(), ..Default::default() })
+    }
+}
+
+type Waker = Box<dyn Fn() + Send + Sync>;
+
+/// The snapshot, shared between the engine thread and the app.
+#[derive(Default)]
+struct Shared {
+    snapshot: Mutex<Arc<Snapshot>>,
+    changed: Condvar,
+    waker: Mutex<Option<Waker>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn publish(&self, snap: Snapshot) {
+        *lock(&self.snapshot) = Arc::new(snap);
+        self.changed.notify_all();
+        if let Some(wake) = lock(&self.waker).as_ref() {
+            wake();
+        }
+    }
+}
+
+/// A running engine. Dropping it stops the engine thread (closing the connection politely).
+pub struct Engine {
+    commands: mpsc::UnboundedSender<Command>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Starts the engine thread; it connects at once when the options hold a complete profile
+    /// (or a remembered one), or starts the demo relay.
+    pub fn start(opts: EngineOptions) -> Result<Engine, ClientError> {
+        let shared = Arc::new(Shared::default());
+        let (commands, rx) = mpsc::unbounded_channel();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("walkie-engine")
+            .enable_all()
+            .build()
+            .map_err(|e| ClientError::Config(format!("cannot start the engine's runtime: {e}")))?;
+        let worker_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("walkie-engine".into())
+            .spawn(move || {
+                runtime.block_on(worker::run(opts, worker_shared, rx));
+                runtime.shutdown_timeout(Duration::from_secs(2));
+            })
+            .map_err(|e| ClientError::Config(format!("cannot start the engine thread: {e}")))?;
+        Ok(Engine { commands, shared, thread: Some(thread) })
+    }
+
+    /// Queues a command.
+    pub fn send(&self, command: Command) {
+        let _ = self.commands.send(command);
+    }
+
+    /// The latest snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        lock(&self.shared.snapshot).clone()
+    }
+
+    /// Calls `wake` (from the engine thread) after every change, e.g. to request a repaint.
+    pub fn on_change(&self, wake: impl Fn() + Send + Sync + 'static) {
+        *lock(&self.shared.waker) = Some(Box::new(wake));
+    }
+
+    /// Waits up to `timeout` for a snapshot that satisfies `pred`.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Snapshot) -> bool) -> Option<Arc<Snapshot>> {
+        let deadline = Instant::now() + timeout;
+        let mut guard = lock(&self.shared.snapshot);
+        loop {
+            if pred(&guard) {
+                return Some(guard.clone());
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            guard = self.shared.changed.wait_timeout(guard, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The app's views (egui) over the [engine](crate::engine).
+//! Views only: every action is an engine [`Command`], everything shown comes from its
+//! [`Snapshot`].
+//!
+//! | file | shows |
+//! |---|---|
+//! | `views/mod.rs` | [`WalkieApp`], [`run`]: the window and which screen is up |
+//! | `connect.rs` | the connect screen (relay, user, token, certificate or fingerprint) |
+//! | `main_window.rs` | the top bar, notices, the conversation list |
+//! | `conversation.rs` | one conversation's clips, history paging, export |
+//! | `talk_button.rs` | push-to-talk: the held button, Space, Esc, level meter, who is talking |
+//! | `settings.rs` | devices, microphone test, noise suppression, bitrate |
+//! | `widgets.rs` | the waveform, the level meter, times and durations |
+//!
+//! Keys: hold **Space** to talk (while the window has focus and no text field is being
+//! edited), release to send; **Esc** cancels the clip being recorded.
+
+mod connect;
+mod conversation;
+mod main_window;
+mod settings;
+mod talk_button;
+mod widgets;
+
+use std::sync::Arc;
+
+use eframe::egui;
+
+use walkie_client::profile::Profile;
+
+use crate::engine::{Engine, EngineOptions, Snapshot};
+
+/// The app: the engine and what the views remember between frames.
+pub struct WalkieApp {
+    engine: Engine,
+    snap: Arc<Snapshot>,
+    connect: connect::ConnectForm,
+    talk: talk_button::TalkKeys,
+    main: main_window::MainState,
+    settings: settings::SettingsView,
+    waker_set: bool,
+}
+
+impl WalkieApp {
+    /// An app over a started engine.
+    pub fn new(engine: Engine) -> WalkieApp {
+        let snap = engine.snapshot();
+        WalkieApp {
+            engine,
+            snap,
+            connect: connect::ConnectForm::default(),
+            talk: talk_button::TalkKeys::default(),
+            main: main_window::MainState::default(),
+            settings: settings::SettingsView::default(),
+            waker_set: false,
+        }
+    }
+
+    /// The engine (tests read its snapshot and wait on it).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Draws the whole app into `ui` (the window's root, or a test harness).
+    pub fn ui(&mut self, ui: &mut egui::Ui) {
+        if !self.waker_set {
+            let ctx = ui.ctx().clone();
+            self.engine.on_change(move || ctx.request_repaint());
+            self.waker_set = true;
+        }
+        self.snap = self.engine.snapshot();
+        let snap = self.snap.clone();
+        if snap.connection.is_connected() {
+            main_window::show(ui, &snap, &self.engine, &mut self.main, &mut self.talk, &mut self.settings);
+        } else {
+            connect::show(ui, &snap, &self.engine, &mut self.connect);
+        }
+    }
+}
+
+impl eframe::App for WalkieApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        WalkieApp::ui(self, ui);
+    }
+}
+
+/// Opens the window. `profile` comes from the command line, the environment and the saved
+/// CLI profile; when it is complete the app connects at once, else it shows the connect
+/// screen. `demo` starts an in-process relay with alice and bob and connects as alice.
+pub fn run(profile: Profile, demo: bool) -> Result<(), String> {
+    let opts = EngineOptions { profile: Some(profile), demo, ..EngineOptions::standard().map_err(|e| e.to_string())? };
+    run_with(opts)
+}
+
+/// Opens the window over an engine started with `opts`.
+pub fn run_with(opts: EngineOptions) -> Result<(), String> {
+    let engine = Engine::start(opts).map_err(|e| e.to_string())?;
+    let options = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default().with_title("walkie").with_inner_size([960.0, 640.0]).with_min_inner_size([640.0, 420.0]),
+        ..Default::default()
+    };
+    let result = eframe::run_native("walkie", options, Box::new(|_cc| Ok(Box::new(WalkieApp::new(engine)))));
+    result.map_err(|e| format!("cannot open the window: {e}"))
+}

@@ -1,0 +1,445 @@
+//! [`Client`]: one connection to a relay (or to the first that answers of several), with
+//! pinned trust, authentication, request routing (history, fetch, acks, receipts), pushed
+//! events, and uploads.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use walkie_net::{self as net, Fingerprint, NetError, read_frame, write_frame};
+use walkie_proto::clip::{ClipHeader, ClipId, ClipMeta, ReceivedClip, Target};
+use walkie_proto::upload::UploadFailure;
+use walkie_proto::wire::{ClientMsg, DeliverHeader, ErrorCode, ErrorMsg, MAX_CONTROL_FRAME, ServerMsg};
+
+use crate::receive;
+use crate::upload::Upload;
+
+/// How long a request may wait for its reply.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Errors of a client's work with a relay: connecting, requests, uploads, local files.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Network, TLS or framing failure.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The relay address does not resolve.
+    #[error("cannot resolve relay address {0:?}; give HOST:PORT")]
+    Resolve(String),
+    /// The relay refused something, with its code.
+    #[error("the relay refused: {} ({})", .0.message, .0.code.name())]
+    Refused(ErrorMsg),
+    /// The connection closed.
+    #[error("connection to the relay lost: {0}")]
+    Closed(String),
+    /// The relay did not answer in time.
+    #[error("the relay did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The relay sent something the protocol does not allow here.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A local file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// Which file.
+        path: std::path::PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// Encoding or decoding audio failed.
+    #[error(transparent)]
+    Codec(#[from] walkie_media::codec::CodecError),
+    /// An Ogg Opus file could not be read or written.
+    #[error(transparent)]
+    Ogg(#[from] walkie_proto::ogg::OggError),
+    /// Settings are missing or invalid.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl ClientError {
+    /// True if retrying later may succeed (network trouble, a busy or failing relay); false
+    /// when the relay refused the request for good (not a member, too long, …).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Refused(e) => matches!(
+                e.code,
+                ErrorCode::Busy { .. } | ErrorCode::FloorTaken | ErrorCode::Storage | ErrorCode::Timeout | ErrorCode::Internal
+            ),
+            ClientError::Net(_) | ClientError::Closed(_) | ClientError::Timeout(_) | ClientError::Resolve(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// How to reach and authenticate with a relay.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// `HOST:PORT`, or several comma-separated for the relays of one cluster (which present
+    /// the same certificate): [`Client::connect`] fails over between them.
+    pub relay: String,
+    /// User name.
+    pub user: String,
+    /// Secret token.
+    pub token: String,
+    /// Pinned relay certificate fingerprint.
+    pub pin: Fingerprint,
+}
+
+/// Something the relay pushed.
+#[derive(Debug)]
+pub enum Event {
+    /// A live clip started (its packets are arriving).
+    LiveStarted(DeliverHeader),
+    /// The next packet of a live clip, as it arrives (before the clip ends).
+    LivePacket(ClipId, Vec<u8>),
+    /// A clip arrived completely and is stored at the relay.
+    Clip(ReceivedClip),
+    /// A live clip was abandoned by its sender or the relay.
+    Aborted(ErrorMsg),
+    /// The relay reported an error not tied to a request.
+    Error(ErrorMsg),
+    /// The channels you are a member of (once, after connecting).
+    Channels(Vec<String>),
+    /// Who among the people you share a channel with is online now.
+    Online(Vec<String>),
+    /// Someone came online (`true`) or went offline.
+    Presence(String, bool),
+    /// A recipient played one of your clips.
+    PlayedBy(ClipId, String),
+}
+
+pub(crate) enum Reply {
+    History(Vec<ClipMeta>),
+    File(ClipMeta, Vec<u8>),
+    Error(ErrorMsg),
+}
+
+/// Where an upload's outcome goes: `(seq, duplicate)` or the relay's refusal.
+type UploadWaiter = oneshot::Sender<Result<(u64, bool), ErrorMsg>>;
+
+/// Where replies go, by request id or clip id.
+#[derive(Default)]
+pub(crate) struct Waiters {
+    pub(crate) requests: HashMap<u64, oneshot::Sender<Reply>>,
+    pub(crate) uploads: HashMap<ClipId, UploadWaiter>,
+}
+
+pub(crate) type SharedWaiters = Arc<Mutex<Waiters>>;
+
+pub(crate) fn lock(w: &SharedWaiters) -> MutexGuard<'_, Waiters> {
+    w.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A connected, authenticated client: one QUIC connection to a relay.
+pub struct Client {
+    conn: quinn::Connection,
+    endpoint: quinn::Endpoint,
+    control: mpsc::Sender<ClientMsg>,
+    waiters: SharedWaiters,
+    /// Behind a lock so that events can be read while an upload borrows the client.
+    events: tokio::sync::Mutex<mpsc::Receiver<Event>>,
+    next_req: AtomicU64,
+    user: String,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+async fn resolve(relay: &str) -> Result<SocketAddr, ClientError> {
+    tokio::net::lookup_host(relay)
+        .await
+        .map_err(|_| ClientError::Resolve(relay.to_string()))?
+        .next()
+        .ok_or_else(|| ClientError::Resolve(relay.to_string()))
+}
+
+/// How long one relay of several may take to answer before the next is tried.
+const FAILOVER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The relay of each multi-relay list that answered last, so reconnects start there.
+static LAST_GOOD: Mutex<Vec<(String, usize)>> = Mutex::new(Vec::new());
+/// Lists remembered at most (a process uses one or two).
+const LAST_GOOD_LISTS: usize = 16;
+
+fn last_good(list: &str) -> usize {
+    LAST_GOOD.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(l, _)| l == list).map_or(0, |(_, i)| *i)
+}
+
+fn remember_good(list: &str, index: usize) {
+    let mut good = LAST_GOOD.lock().unwrap_or_else(|p| p.into_inner());
+    good.retain(|(l, _)| l != list);
+    if good.len() >= LAST_GOOD_LISTS {
+        good.remove(0);
+    }
+    good.push((list.to_string(), index));
+}
+
+impl Client {
+    /// Connects, says hello and waits for the welcome. With several relays in
+    /// [`ClientConfig::relay`], tries them in turn, starting from the one that answered last,
+    /// and moves on from one that does not answer, is busy or fails; a refusal for good (a
+    /// wrong token, say) is returned at once.
+    pub async fn connect(cfg: &ClientConfig) -> Result<Client, ClientError> {
+        if !cfg.relay.contains(',') {
+            return Self::connect_to(cfg, &cfg.relay, Duration::from_secs(10)).await;
+        }
+        let relays: Vec<&str> = cfg.relay.split(',').map(str::trim).filter(|r| !r.is_empty()).collect();
+        if relays.is_empty() {
+            return Err(ClientError::Resolve(cfg.relay.clone()));
+        }
+        let first = last_good(&cfg.relay) % relays.len();
+        let mut last_err = None;
+        for k in (0..relays.len()).map(|i| (first + i) % relays.len()) {
+            match Self::connect_to(cfg, relays[k], FAILOVER_CONNECT_TIMEOUT).await {
+                Ok(client) => {
+                    remember_good(&cfg.relay, k);
+                    return Ok(client);
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::debug!("relay {} unavailable ({e}); trying the next", relays[k]);
+                    last_err = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| ClientError::Resolve(cfg.relay.clone())))
+    }
+
+    /// Connects to the one relay at `relay`, waiting at most `timeout` for its handshake.
+    async fn connect_to(cfg: &ClientConfig, relay: &str, timeout: Duration) -> Result<Client, ClientError> {
+        let addr = resolve(relay).await?;
+        let bind: SocketAddr = if addr.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }
+            .map_err(|_| ClientError::Config("bad bind address".into()))?;
+        let endpoint = net::client_endpoint(cfg.pin, bind)?;
+        let connecting = endpoint
+            .connect(addr, net::SERVER_NAME)
+            .map_err(|e| NetError::Connect { addr: relay.to_string(), reason: e.to_string() })?;
+        let conn = tokio::time::timeout(timeout, connecting)
+            .await
+            .map_err(|_| NetError::Connect {
+                addr: relay.to_string(),
+                reason: format!("no answer within {} s (is the relay running?)", timeout.as_secs()),
+            })?
+            .map_err(|e| NetError::Connect { addr: relay.to_string(), reason: e.to_string() })?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| connection_error(&e))?;
+        let hello = ClientMsg::Hello {
+            user: cfg.user.clone(),
+            token: cfg.token.clone(),
+            client: format!("walkie/{}", env!("CARGO_PKG_VERSION")),
+        };
+        if let Err(e) = write_frame(&mut send, &hello, MAX_CONTROL_FRAME).await {
+            return Err(conn.close_reason().map_or(e.into(), |r| connection_error(&r)));
+        }
+        let welcome = tokio::time::timeout(REQUEST_TIMEOUT, read_frame::<ServerMsg>(&mut recv, MAX_CONTROL_FRAME))
+            .await
+            .map_err(|_| ClientError::Timeout(REQUEST_TIMEOUT))?;
+        match welcome {
+            Ok(Some(ServerMsg::Welcome { .. })) => {}
+            Ok(Some(ServerMsg::Error(e))) => return Err(ClientError::Refused(e)),
+            Ok(Some(other)) => return Err(ClientError::Protocol(format!("expected a welcome, got {other:?}"))),
+            Ok(None) => return Err(ClientError::Closed("the relay closed the control stream".into())),
+            Err(e) => {
+                // The relay may have closed the connection with a reason (busy, say).
+                if let Some(reason) = conn.close_reason() {
+                    return Err(connection_error(&reason));
+                }
+                return Err(e.into());
+            }
+        }
+        let waiters = SharedWaiters::default();
+        let (control, control_rx) = mpsc::channel(64);
+        let (events_tx, events) = mpsc::channel(256);
+        let writer = tokio::spawn(write_control(send, control_rx));
+        tokio::spawn(read_control(recv, waiters.clone(), events_tx.clone()));
+        tokio::spawn(receive::accept_streams(conn.clone(), waiters.clone(), events_tx));
+        Ok(Client { conn, endpoint, control, waiters, events: tokio::sync::Mutex::new(events), next_req: AtomicU64::new(1), user: cfg.user.clone(), writer })
+    }
+
+    /// The authenticated user.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// Waits for the next pushed event; `None` when the connection is gone.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.get_mut().recv().await
+    }
+
+    /// Like [`Client::next_event`], through a shared reference: for a caller that is also
+    /// uploading on this client (the app receives while its user talks). One reader at a time.
+    pub async fn next_event_shared(&self) -> Option<Event> {
+        self.events.lock().await.recv().await
+    }
+
+    /// Why the connection closed, if it has.
+    pub fn close_reason(&self) -> Option<String> {
+        self.conn.close_reason().map(|r| connection_error(&r).to_string())
+    }
+
+    /// The error for a connection that is gone (or a request that failed because of it).
+    fn gone(&self, fallback: &str) -> ClientError {
+        self.conn.close_reason().map_or_else(|| ClientError::Closed(fallback.into()), |r| connection_error(&r))
+    }
+
+    async fn control(&self, msg: ClientMsg) -> Result<(), ClientError> {
+        self.control.send(msg).await.map_err(|_| self.gone("control stream ended"))
+    }
+
+    async fn request(&self, make: impl FnOnce(u64) -> ClientMsg) -> Result<Reply, ClientError> {
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiters).requests.insert(req, tx);
+        self.control(make(req)).await?;
+        let reply = tokio::time::timeout(REQUEST_TIMEOUT, rx).await;
+        lock(&self.waiters).requests.remove(&req);
+        match reply {
+            Ok(Ok(Reply::Error(e))) => Err(ClientError::Refused(e)),
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err(self.gone("connection ended")),
+            Err(_) => Err(ClientError::Timeout(REQUEST_TIMEOUT)),
+        }
+    }
+
+    /// A page of history: a conversation, or everything readable with `None`; newest last.
+    pub async fn history(&self, target: Option<Target>, limit: u32, before_seq: Option<u64>) -> Result<Vec<ClipMeta>, ClientError> {
+        match self.request(|req| ClientMsg::History { req, target, limit, before_seq }).await? {
+            Reply::History(clips) => Ok(clips),
+            _ => Err(ClientError::Protocol("unexpected reply to a history request".into())),
+        }
+    }
+
+    /// A stored clip's metadata and Ogg Opus file.
+    pub async fn fetch(&self, id: ClipId) -> Result<(ClipMeta, Vec<u8>), ClientError> {
+        match self.request(|req| ClientMsg::Fetch { req, id }).await? {
+            Reply::File(meta, bytes) => Ok((meta, bytes)),
+            _ => Err(ClientError::Protocol("unexpected reply to a fetch".into())),
+        }
+    }
+
+    /// Tells the relay you played a clip; its sender gets a receipt.
+    pub async fn played(&self, id: ClipId) -> Result<(), ClientError> {
+        self.control(ClientMsg::Played { id }).await
+    }
+
+    /// Tells the relay a delivered clip is safely held.
+    pub async fn ack(&self, id: ClipId) -> Result<(), ClientError> {
+        self.control(ClientMsg::Ack { id }).await
+    }
+
+    /// Starts an upload: returns a stream to push packets into, and registers for its ack.
+    pub async fn start_clip(&self, header: &ClipHeader) -> Result<Upload, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiters).uploads.insert(header.id, tx);
+        let send = self.conn.open_uni().await.map_err(|e| connection_error(&e))?;
+        Upload::start(send, header, rx, self.waiters.clone()).await
+    }
+
+    /// Sends a whole clip and waits until the relay has stored it: `(seq, duplicate)`.
+    pub async fn send_clip(&self, header: &ClipHeader, packets: &[Vec<u8>], samples: u64) -> Result<(u64, bool), ClientError> {
+        let mut up = self.start_clip(header).await?;
+        for p in packets {
+            up.packet(p.clone()).await?;
+        }
+        up.finish(samples).await
+    }
+
+    /// Closes the connection politely: queued control messages (acks, receipts) reach the
+    /// relay first.
+    pub async fn close(self) {
+        // A barrier: the relay answers control messages in order, so once this reply is
+        // back every earlier ack and receipt has been applied, not just received.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.history(None, 1, Some(0))).await;
+        drop(self.control);
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.writer).await;
+        self.conn.close(0u32.into(), b"bye");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// What a closed connection means: a relay that closes with an error (busy, with its retry
+/// delay; removed user) says so typed in the close's reason bytes
+/// ([`walkie_proto::wire::close_reason`]); busy and unauthorized become refusals with their
+/// codes, anything else a lost connection.
+pub(crate) fn connection_error(e: &quinn::ConnectionError) -> ClientError {
+    let quinn::ConnectionError::ApplicationClosed(close) = e else {
+        return ClientError::Closed(e.to_string());
+    };
+    match walkie_proto::wire::parse_close_reason(&close.reason) {
+        Some(error) if matches!(error.code, ErrorCode::Busy { .. } | ErrorCode::Unauthorized) => ClientError::Refused(error),
+        Some(error) => ClientError::Closed(error.message),
+        None => {
+            let message = String::from_utf8_lossy(&close.reason).into_owned();
+            ClientError::Closed(if message.is_empty() { e.to_string() } else { message })
+        }
+    }
+}
+
+impl From<UploadFailure> for ClientError {
+    fn from(f: UploadFailure) -> Self {
+        match f {
+            UploadFailure::Refused(e) => ClientError::Refused(e),
+            UploadFailure::Stream(why) => ClientError::Net(NetError::Stream(why)),
+            UploadFailure::Timeout(d) => ClientError::Timeout(d),
+            UploadFailure::Cancelled => ClientError::Closed("the clip was cancelled".into()),
+        }
+    }
+}
+
+async fn write_control(mut send: quinn::SendStream, mut rx: mpsc::Receiver<ClientMsg>) {
+    while let Some(msg) = rx.recv().await {
+        if write_frame(&mut send, &msg, MAX_CONTROL_FRAME).await.is_err() {
+            return;
+        }
+    }
+    // Wait until the relay has read everything, so nothing queued is lost to the close.
+    if send.finish().is_ok() {
+        let _ = send.stopped().await;
+    }
+}
+
+async fn read_control(mut recv: quinn::RecvStream, waiters: SharedWaiters, events: mpsc::Sender<Event>) {
+    while let Ok(Some(msg)) = read_frame::<ServerMsg>(&mut recv, MAX_CONTROL_FRAME).await {
+        match msg {
+            ServerMsg::ClipStored { id, seq, duplicate } => {
+                if let Some(tx) = lock(&waiters).uploads.remove(&id) {
+                    let _ = tx.send(Ok((seq, duplicate)));
+                }
+            }
+            ServerMsg::History { req, clips } => {
+                if let Some(tx) = lock(&waiters).requests.remove(&req) {
+                    let _ = tx.send(Reply::History(clips));
+                }
+            }
+            ServerMsg::Error(e) => {
+                let waiter_req = e.req.and_then(|r| lock(&waiters).requests.remove(&r));
+                let waiter_clip = e.clip.and_then(|c| lock(&waiters).uploads.remove(&c));
+                if let Some(tx) = waiter_req {
+                    let _ = tx.send(Reply::Error(e));
+                } else if let Some(tx) = waiter_clip {
+                    let _ = tx.send(Err(e));
+                } else {
+                    let _ = events.send(Event::Error(e)).await;
+                }
+            }
+            ServerMsg::Channels { channels } => {
+                let _ = events.send(Event::Channels(channels)).await;
+            }
+            ServerMsg::Online { users } => {
+                let _ = events.send(Event::Online(users)).await;
+            }
+            ServerMsg::Presence { user, online } => {
+                let _ = events.send(Event::Presence(user, online)).await;
+            }
+            ServerMsg::PlayedBy { id, user } => {
+                let _ = events.send(Event::PlayedBy(id, user)).await;
+            }
+            ServerMsg::Welcome { .. } | ServerMsg::Pong { .. } => {}
+        }
+    }
+    // Wake every waiter: dropping their senders reports the closed connection.
+    let mut w = lock(&waiters);
+    w.requests.clear();
+    w.uploads.clear();
+}

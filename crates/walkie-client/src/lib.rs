@@ -1,0 +1,30 @@
+//! A walkie client's side of the relay: one connection ([`Client`]) and the operations built
+//! on it.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `connection.rs` | [`Client`]: connecting (with failover), the hello, request routing, pushed events |
+//! | `upload.rs` | [`Upload`]: one clip's stream, carried out for [`walkie_proto::upload::ClientUpload`] |
+//! | `receive.rs` | incoming streams: delivered clips and fetched files |
+//! | `outbox.rs` | the on-disk outbox of unacknowledged clips |
+//! | `profile.rs` | where the client keeps its state; saved login profiles |
+//! | `ops.rs` | whole operations the CLI, the demo and the app run (send, listen, export, …) |
+//! | `talk.rs` | one live push-to-talk clip from an audio source |
+//!
+//! Must not depend on: the relay, any store, the desktop app, audio devices (sources are
+//! handed in as [`walkie_media::audio::source::AudioSource`]s).
+
+#![warn(missing_docs)]
+#![deny(unsafe_code)]
+
+mod connection;
+pub mod ops;
+pub mod outbox;
+pub mod profile;
+mod receive;
+pub mod talk;
+mod upload;
+
+pub use connection::{Client, ClientConfig, ClientError, Event, REQUEST_TIMEOUT};
+pub use upload::Upload;
+pub use walkie_proto::clip::ReceivedClip;

@@ -1,0 +1,251 @@
+//! Whole client operations, shared by the CLI, the demo and tests: sending through the
+//! outbox with retries, listening, exporting.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tracing::warn;
+
+use walkie_media::audio::{self, wav};
+use walkie_media::codec::{self, EncodedClip, EncoderConfig};
+use walkie_proto::clip::{ClipHeader, ClipId, ClipMeta, ReceivedClip, Target, now_ms};
+use walkie_proto::wire::{ErrorCode, MAX_HISTORY_PAGE};
+
+use crate::outbox::Outbox;
+use crate::{Client, ClientConfig, ClientError, Event};
+
+/// What happened to the clips of an outbox flush.
+#[derive(Debug, Default)]
+pub struct FlushReport {
+    /// Clips the relay acknowledged, with their sequence numbers.
+    pub stored: Vec<(ClipId, u64)>,
+    /// Clips the relay refused for good, moved to `failed/`, with the reason.
+    pub rejected: Vec<(ClipId, ClientError)>,
+    /// The transient failure that stopped the flush early, if any (the rest stays queued).
+    pub interrupted: Option<ClientError>,
+}
+
+/// Encodes a WAV file and queues it in the outbox; returns the header to send.
+pub fn queue_wav(outbox: &Outbox, wav: &Path, to: Target, enc: &EncoderConfig) -> Result<(ClipHeader, EncodedClip), ClientError> {
+    let pcm = audio::load_wav_48k_mono(wav).map_err(codec::CodecError::from)?;
+    if pcm.is_empty() {
+        return Err(ClientError::Config(format!("{}: the WAV file has no audio", wav.display())));
+    }
+    let clip = codec::encode_pcm(&pcm, enc)?;
+    let header = ClipHeader { id: ClipId::random(), to, started_at_ms: now_ms(), codec: clip.params };
+    outbox.add(&header, &clip)?;
+    Ok((header, clip))
+}
+
+/// Sends every queued clip over `client`. A transient failure stops the flush (the clips
+/// stay queued, see [`FlushReport::interrupted`]); a permanent refusal moves the clip to
+/// `failed/`.
+pub async fn flush(client: &Client, outbox: &Outbox) -> Result<FlushReport, ClientError> {
+    let mut report = FlushReport::default();
+    for entry in outbox.pending()? {
+        let id = entry.header.id;
+        let sent = match outbox.load(&id) {
+            Ok((packets, samples)) => client.send_clip(&entry.header, &packets, samples).await,
+            Err(e) => Err(e),
+        };
+        match sent {
+            Ok((seq, _)) => {
+                outbox.remove(&id)?;
+                report.stored.push((id, seq));
+            }
+            Err(e) if e.is_transient() => {
+                report.interrupted = Some(e);
+                return Ok(report);
+            }
+            Err(e) => {
+                if let Err(move_err) = outbox.reject(&id) {
+                    warn!("cannot move refused clip {id} aside: {move_err}");
+                }
+                report.rejected.push((id, e));
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Longest pause between two attempts to reach the relay.
+const MAX_BACKOFF: Duration = Duration::from_secs(3);
+
+/// Connects and flushes the outbox, retrying with backoff for up to `retry_for`, until
+/// `want` (if given) is acknowledged or refused. Returns the report of everything sent.
+pub async fn flush_with_retry(
+    cfg: &ClientConfig,
+    outbox: &Outbox,
+    want: Option<ClipId>,
+    retry_for: Duration,
+) -> Result<FlushReport, ClientError> {
+    let deadline = Instant::now() + retry_for;
+    let mut backoff = Duration::from_millis(200);
+    let mut total = FlushReport::default();
+    loop {
+        let attempt = async {
+            let client = Client::connect(cfg).await?;
+            let r = flush(&client, outbox).await;
+            client.close().await;
+            r
+        }
+        .await;
+        let err = match attempt {
+            Ok(report) => {
+                total.stored.extend(report.stored);
+                total.rejected.extend(report.rejected);
+                match report.interrupted {
+                    None => return Ok(total),
+                    Some(e) => e,
+                }
+            }
+            Err(e) if !e.is_transient() => return Err(e),
+            Err(e) => e,
+        };
+        let settled = |id: ClipId| total.stored.iter().any(|(s, _)| *s == id) || total.rejected.iter().any(|(r, _)| *r == id);
+        if want.is_some_and(settled) {
+            return Ok(total);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(err);
+        }
+        let wait = match &err {
+            ClientError::Refused(e) => match e.code {
+                ErrorCode::Busy { retry_after_ms } => Duration::from_millis(retry_after_ms.into()),
+                _ => backoff,
+            },
+            _ => backoff,
+        };
+        // Jitter (50-150%) spreads a crowd of clients refused together over time.
+        let wait = wait.mul_f64(rand::random_range(0.5..1.5));
+        warn!("relay unavailable ({err}); retrying in {} ms", wait.as_millis());
+        tokio::time::sleep(wait.min(deadline - now)).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Options of [`listen`].
+#[derive(Clone, Debug, Default)]
+pub struct ListenOptions {
+    /// Write `CLIPID.opus` and `CLIPID.wav` here.
+    pub save_dir: Option<PathBuf>,
+    /// Stop after this many clips.
+    pub count: Option<usize>,
+    /// Give up after this long.
+    pub timeout: Option<Duration>,
+}
+
+/// Receives the backlog then live clips, calling `on_clip` for each complete clip after it
+/// is saved and before it is acknowledged. Returns the number of clips received.
+pub async fn listen(
+    client: &mut Client,
+    opts: &ListenOptions,
+    mut on_clip: impl FnMut(&ReceivedClip),
+) -> Result<usize, ClientError> {
+    if let Some(dir) = &opts.save_dir {
+        std::fs::create_dir_all(dir).map_err(|source| ClientError::Io { path: dir.clone(), source })?;
+    }
+    let deadline = opts.timeout.map(|t| Instant::now() + t);
+    let mut seen = std::collections::HashSet::new();
+    let mut received = 0;
+    while opts.count.is_none_or(|n| received < n) {
+        let next = match deadline {
+            Some(d) => match tokio::time::timeout_at(d.into(), client.next_event()).await {
+                Ok(e) => e,
+                Err(_) => {
+                    return Err(ClientError::Timeout(opts.timeout.unwrap_or_default()));
+                }
+            },
+            None => client.next_event().await,
+        };
+        let Some(event) = next else {
+            return Err(ClientError::Closed(client.close_reason().unwrap_or_else(|| "the relay closed the connection".into())));
+        };
+        match event {
+            Event::Clip(clip) => {
+                let id = clip.header.id;
+                if seen.insert(id) {
+                    if let Some(dir) = &opts.save_dir {
+                        save_clip(dir, &clip)?;
+                    }
+                    on_clip(&clip);
+                    received += 1;
+                }
+                client.ack(id).await?;
+            }
+            Event::Error(e) => warn!("relay error: {} ({})", e.message, e.code.name()),
+            Event::LiveStarted(_)
+            | Event::LivePacket(..)
+            | Event::Aborted(_)
+            | Event::Channels(_)
+            | Event::Online(_)
+            | Event::Presence(..)
+            | Event::PlayedBy(..) => {}
+        }
+    }
+    Ok(received)
+}
+
+/// Writes `DIR/CLIPID.opus` and `DIR/CLIPID.wav` (48 kHz mono 16-bit).
+pub fn save_clip(dir: &Path, clip: &ReceivedClip) -> Result<(), ClientError> {
+    let id = clip.header.id;
+    let opus_path = dir.join(format!("{id}.opus"));
+    std::fs::write(&opus_path, clip.ogg()?).map_err(|source| ClientError::Io { path: opus_path, source })?;
+    let pcm = codec::decode_clip(clip)?;
+    wav::write_wav_mono16(&dir.join(format!("{id}.wav")), 48_000, &pcm).map_err(codec::CodecError::from)?;
+    Ok(())
+}
+
+/// Every clip the user may read, oldest first, fetched page by page.
+pub async fn all_readable(client: &Client) -> Result<Vec<ClipMeta>, ClientError> {
+    let mut all = Vec::new();
+    let mut before = None;
+    loop {
+        let page = client.history(None, MAX_HISTORY_PAGE, before).await?;
+        let Some(first) = page.first() else { break };
+        before = Some(first.seq);
+        let full = page.len() as u32 == MAX_HISTORY_PAGE;
+        all.splice(0..0, page);
+        if !full {
+            break;
+        }
+    }
+    Ok(all)
+}
+
+/// Exports every readable clip to `DIR/CLIPID.opus` plus `DIR/index.json`; returns the count.
+pub async fn export(client: &Client, dir: &Path) -> Result<usize, ClientError> {
+    std::fs::create_dir_all(dir).map_err(|source| ClientError::Io { path: dir.to_path_buf(), source })?;
+    let clips = all_readable(client).await?;
+    for meta in &clips {
+        let (_, bytes) = client.fetch(meta.id).await?;
+        let path = dir.join(format!("{}.opus", meta.id));
+        std::fs::write(&path, bytes).map_err(|source| ClientError::Io { path, source })?;
+    }
+    let index = serde_json::to_vec_pretty(&clips.iter().map(history_json).collect::<Vec<_>>())
+        .map_err(|e| ClientError::Config(e.to_string()))?;
+    let path = dir.join("index.json");
+    std::fs::write(&path, index).map_err(|source| ClientError::Io { path, source })?;
+    Ok(clips.len())
+}
+
+/// The JSON form of a clip in history and export: `id`, `from`, `to`, `started_at`
+/// (RFC 3339), `duration_ms`, `bytes`.
+pub fn history_json(meta: &ClipMeta) -> serde_json::Value {
+    serde_json::json!({
+        "id": meta.id.to_string(),
+        "from": meta.from,
+        "to": meta.to.to_string(),
+        "started_at": rfc3339(meta.started_at_ms),
+        "duration_ms": meta.duration_ms,
+        "bytes": meta.bytes,
+    })
+}
+
+/// Milliseconds since the epoch as RFC 3339 UTC.
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| "invalid".into())
+}

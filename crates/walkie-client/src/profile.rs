@@ -1,0 +1,148 @@
+//! Where the client keeps its state (profile in the config dir, outbox in the data dir) and
+//! how settings combine: command-line flag, then environment variable, then saved profile.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use walkie_net::{self as net, Fingerprint};
+
+use crate::{ClientConfig, ClientError};
+
+/// Connection settings; every field may be missing until they are merged.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Profile {
+    /// `HOST:PORT` of the relay.
+    pub relay: Option<String>,
+    /// User name.
+    pub user: Option<String>,
+    /// Secret token.
+    pub token: Option<String>,
+    /// PEM certificate of the relay to trust.
+    pub cert: Option<PathBuf>,
+    /// `sha256:HEX` fingerprint of the relay's certificate.
+    pub fingerprint: Option<String>,
+}
+
+fn dirs() -> Result<directories::ProjectDirs, ClientError> {
+    directories::ProjectDirs::from("", "", "walkie")
+        .ok_or_else(|| ClientError::Config("cannot find a home directory for walkie's settings; set HOME".into()))
+}
+
+/// `CONFIG_DIR/profile.toml`.
+pub fn profile_path() -> Result<PathBuf, ClientError> {
+    Ok(dirs()?.config_dir().join("profile.toml"))
+}
+
+/// The outbox directory of `user`: `DATA_DIR/outbox/USER`.
+pub fn outbox_dir(user: &str) -> Result<PathBuf, ClientError> {
+    Ok(dirs()?.data_dir().join("outbox").join(user))
+}
+
+impl Profile {
+    /// Loads the saved profile; an absent file is an empty profile.
+    pub fn load(path: &Path) -> Result<Profile, ClientError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text)
+                .map_err(|e| ClientError::Config(format!("{}: not a valid profile: {e}; run `walkie login` again", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Profile::default()),
+            Err(source) => Err(ClientError::Io { path: path.to_path_buf(), source }),
+        }
+    }
+
+    /// Saves the profile (mode 0600: it holds a token).
+    pub fn save(&self, path: &Path) -> Result<(), ClientError> {
+        save_private_toml(path, self)
+    }
+}
+
+/// Writes `value` as TOML to `path` with mode 0600 (it may hold a token), creating its
+/// directory: the profile, and the app's settings with the profiles used before.
+pub fn save_private_toml<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), ClientError> {
+    let text = toml::to_string(value).map_err(|e| ClientError::Config(e.to_string()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| ClientError::Io { path: dir.to_path_buf(), source })?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    use std::io::Write;
+    opts.open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|source| ClientError::Io { path: path.to_path_buf(), source })
+}
+
+impl Profile {
+    /// Fields of `self` where set, otherwise those of `fallback`. A cert given here replaces
+    /// a fingerprint given there and the other way round.
+    pub fn or(self, fallback: Profile) -> Profile {
+        let trust_here = self.cert.is_some() || self.fingerprint.is_some();
+        Profile {
+            relay: self.relay.or(fallback.relay),
+            user: self.user.or(fallback.user),
+            token: self.token.or(fallback.token),
+            cert: if trust_here { self.cert } else { fallback.cert },
+            fingerprint: if trust_here { self.fingerprint } else { fallback.fingerprint },
+        }
+    }
+
+    /// The pinned fingerprint: from the certificate file, else the fingerprint.
+    pub fn pin(&self) -> Result<Fingerprint, ClientError> {
+        match (&self.cert, &self.fingerprint) {
+            (Some(cert), _) => Ok(Fingerprint::of(&net::load_cert(cert)?)),
+            (None, Some(fp)) => Ok(Fingerprint::parse(fp)?),
+            (None, None) => Err(ClientError::Config(
+                "no relay certificate to trust: pass --cert PATH (the relay's cert.pem) or --fingerprint sha256:HEX".into(),
+            )),
+        }
+    }
+
+    /// A complete connection config, or a sentence naming what is missing.
+    pub fn client_config(&self) -> Result<ClientConfig, ClientError> {
+        let missing = |what: &str, flag: &str, env: &str| {
+            ClientError::Config(format!("no {what} given: pass {flag}, set {env}, or save a profile with `walkie login`"))
+        };
+        let relay = self.relay.clone().ok_or_else(|| missing("relay address", "--relay HOST:PORT", "WALKIE_RELAY"))?;
+        let user = self.user.clone().ok_or_else(|| missing("user name", "--user NAME", "WALKIE_USER"))?;
+        let token = self.token.clone().ok_or_else(|| missing("token", "--token TOKEN", "WALKIE_TOKEN"))?;
+        walkie_proto::clip::validate_name(&user).map_err(|e| ClientError::Config(e.to_string()))?;
+        Ok(ClientConfig { relay, user, token, pin: self.pin()? })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_saved_profile() {
+        let saved = Profile {
+            relay: Some("a:1".into()),
+            user: Some("bob".into()),
+            token: Some("t".into()),
+            cert: Some("/x.pem".into()),
+            fingerprint: None,
+        };
+        let flags = Profile { user: Some("alice".into()), fingerprint: Some("sha256:00".into()), ..Profile::default() };
+        let merged = flags.or(saved);
+        assert_eq!(merged.user.as_deref(), Some("alice"));
+        assert_eq!(merged.relay.as_deref(), Some("a:1"));
+        assert_eq!(merged.cert, None);
+        assert_eq!(merged.fingerprint.as_deref(), Some("sha256:00"));
+    }
+
+    #[test]
+    fn profiles_roundtrip_through_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.toml");
+        let p = Profile { relay: Some("h:7300".into()), user: Some("bob".into()), ..Profile::default() };
+        p.save(&path).expect("saves");
+        assert_eq!(Profile::load(&path).expect("loads"), p);
+        assert_eq!(Profile::load(&dir.path().join("none.toml")).expect("absent"), Profile::default());
+        assert!(Profile::default().client_config().is_err());
+    }
+}

@@ -1,0 +1,148 @@
+//! One clip being uploaded, carried out: [`ClientUpload`] (the protocol core) decides what to
+//! write and what the relay's answers mean; this driver writes the stream, feeds it the
+//! answer from the control stream when it comes, and waits when it says to wait.
+
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+use walkie_net::write_frame;
+use walkie_proto::clip::{ClipHeader, ClipId};
+use walkie_proto::upload::{Answer, ClientAction, ClientUpload};
+use walkie_proto::wire::{ErrorMsg, MAX_STREAM_FRAME};
+
+use crate::ClientError;
+use crate::connection::{SharedWaiters, lock};
+
+/// A clip being uploaded: push packets as they are made, then [`Upload::finish`] (or cancel).
+pub struct Upload {
+    send: quinn::SendStream,
+    ack: oneshot::Receiver<Result<(u64, bool), ErrorMsg>>,
+    core: ClientUpload,
+    /// The answer arrived (or the connection closed): nothing more comes on `ack`.
+    answered: bool,
+    waiters: SharedWaiters,
+}
+
+impl Upload {
+    /// Opens the upload on `send` with the clip's header; `ack` gets the relay's answer.
+    pub(crate) async fn start(
+        send: quinn::SendStream,
+        header: &ClipHeader,
+        ack: oneshot::Receiver<Result<(u64, bool), ErrorMsg>>,
+        waiters: SharedWaiters,
+    ) -> Result<Upload, ClientError> {
+        let mut up = Upload { send, ack, core: ClientUpload::new(header), answered: false, waiters };
+        up.drive().await?;
+        Ok(up)
+    }
+
+    /// The clip.
+    pub fn id(&self) -> ClipId {
+        self.core.id()
+    }
+
+    /// Sends one Opus packet. A refusal that already came (too long, not a member) fails it;
+    /// after "already stored" (a resent clip) it does nothing.
+    pub async fn packet(&mut self, packet: Vec<u8>) -> Result<(), ClientError> {
+        self.absorb();
+        self.core.send(packet)?;
+        self.drive().await
+    }
+
+    /// Sends the end marker and waits for the relay's `ClipStored`: `(seq, duplicate)`.
+    pub async fn finish(mut self, samples: u64) -> Result<(u64, bool), ClientError> {
+        self.absorb();
+        self.core.finish(samples, Instant::now());
+        self.drive().await?;
+        loop {
+            if let Some(result) = self.core.result() {
+                return result.map_err(ClientError::from);
+            }
+            self.wait().await;
+        }
+    }
+
+    /// Abandons the clip (the relay discards it; live listeners drop what they heard).
+    pub fn cancel(mut self) {
+        self.core.cancel();
+        while let Some(action) = self.core.poll_action() {
+            if let ClientAction::Reset(code) = action {
+                let _ = self.send.reset(code.into());
+            }
+        }
+    }
+
+    /// Takes an answer that arrived meanwhile (an early refusal, or "already stored").
+    fn absorb(&mut self) {
+        if !self.answered {
+            match self.ack.try_recv() {
+                Ok(answer) => self.answer(answer),
+                Err(oneshot::error::TryRecvError::Closed) => self.closed(),
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+        }
+    }
+
+    fn answer(&mut self, answer: Answer) {
+        self.answered = true;
+        self.core.answer(answer);
+    }
+
+    fn closed(&mut self) {
+        self.answered = true;
+        self.core.closed("connection ended before the clip was acknowledged");
+    }
+
+    /// Carries out the queued writes; a failed write makes the core wait for the relay's
+    /// reason, and this waits with it. Fails if the upload is settled as failed.
+    async fn drive(&mut self) -> Result<(), ClientError> {
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                ClientAction::Write(frame) => {
+                    if let Err(e) = write_frame(&mut self.send, &frame, MAX_STREAM_FRAME).await {
+                        // The relay stopped the stream: its reason arrives on the control stream.
+                        self.core.write_failed(e.to_string(), Instant::now());
+                    }
+                }
+                ClientAction::FinishStream => {
+                    let _ = self.send.finish();
+                }
+                ClientAction::Reset(code) => {
+                    let _ = self.send.reset(code.into());
+                }
+            }
+        }
+        while self.core.is_waiting() {
+            self.wait().await;
+        }
+        self.core.settled().map_err(ClientError::from)
+    }
+
+    /// Waits for the relay's answer or the core's next deadline.
+    async fn wait(&mut self) {
+        let deadline = self.core.poll_timeout().map(tokio::time::Instant::from_std);
+        if self.answered {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => return,
+            }
+            self.core.handle_timeout(Instant::now());
+            return;
+        }
+        let outcome = match deadline {
+            Some(d) => tokio::time::timeout_at(d, &mut self.ack).await.ok(),
+            None => Some((&mut self.ack).await),
+        };
+        match outcome {
+            Some(Ok(answer)) => self.answer(answer),
+            Some(Err(_)) => self.closed(),
+            None => self.core.handle_timeout(Instant::now()),
+        }
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        lock(&self.waiters).uploads.remove(&self.core.id());
+    }
+}

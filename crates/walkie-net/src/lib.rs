@@ -1,0 +1,383 @@
+//! walkie's QUIC transport, shared by the relay and the client: endpoints with large socket
+//! buffers, the relay's self-signed certificate (rcgen), the client's pinned trust (certificate
+//! file or SHA-256 fingerprint), ALPN, and framed reads/writes on streams.
+//!
+//! Must not depend on: any store, the relay, the client, audio. Messages and framing rules come
+//! from [`walkie_proto::wire`]; this crate only moves their bytes.
+
+#![warn(missing_docs)]
+#![deny(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use walkie_proto::wire::{self as proto, ALPN, FrameError};
+
+/// The server name clients present; trust comes from the pinned certificate, not the name.
+pub const SERVER_NAME: &str = "walkie-relay";
+/// How long a connection may stay silent before it is closed (clients ping more often).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Client keep-alive interval.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// Errors of the network layer.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// A certificate or key file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// A PEM file holds no usable certificate or key.
+    #[error("{path}: {what}")]
+    BadPem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// A fingerprint is not `sha256:` followed by 64 hex digits.
+    #[error("fingerprint {0:?} is not of the form sha256:<64 hex digits>")]
+    BadFingerprint(String),
+    /// Certificate generation or TLS configuration failed.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    /// The UDP socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Connecting to the relay failed.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// The relay address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// A stream failed or the peer closed it.
+    #[error("stream failed: {0}")]
+    Stream(String),
+    /// The peer reset the stream with this application code (a client resets a clip it
+    /// cancels with code 0).
+    #[error("the peer reset the stream (code {0})")]
+    Reset(u64),
+    /// A frame was too large or malformed.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+/// A SHA-256 certificate fingerprint, written `sha256:HEX`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl Fingerprint {
+    /// The fingerprint of a DER certificate.
+    pub fn of(cert: &[u8]) -> Self {
+        Self(Sha256::digest(cert).into())
+    }
+
+    /// Parses `sha256:HEX` (colons between hex pairs are accepted too).
+    pub fn parse(s: &str) -> Result<Self, NetError> {
+        let hex_part = s.trim().strip_prefix("sha256:").unwrap_or(s.trim()).replace(':', "");
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(hex_part.to_ascii_lowercase(), &mut out).map_err(|_| NetError::BadFingerprint(s.to_string()))?;
+        Ok(Self(out))
+    }
+}
+
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sha256:{}", hex::encode(self.0))
+    }
+}
+
+/// The relay's certificate and key, kept in the data dir.
+pub struct RelayIdentity {
+    /// DER certificate.
+    pub cert: CertificateDer<'static>,
+    /// DER private key.
+    pub key: PrivateKeyDer<'static>,
+    /// Where the PEM certificate lives (`DIR/cert.pem`).
+    pub cert_path: PathBuf,
+}
+
+impl RelayIdentity {
+    /// Loads `DIR/cert.pem` and `DIR/key.pem`, creating them (key mode 0600) on first run.
+    pub fn load_or_create(data_dir: &Path) -> Result<Self, NetError> {
+        let cert_path = data_dir.join("cert.pem");
+        let key_path = data_dir.join("key.pem");
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| NetError::Io { path, source }
+        };
+        if !cert_path.exists() || !key_path.exists() {
+            std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+            let generated = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string(), "localhost".to_string()])
+                .map_err(|e| NetError::Tls(e.to_string()))?;
+            write_private(&key_path, generated.signing_key.serialize_pem().as_bytes()).map_err(io(&key_path))?;
+            std::fs::write(&cert_path, generated.cert.pem()).map_err(io(&cert_path))?;
+        }
+        let cert = load_cert(&cert_path)?;
+        let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| NetError::BadPem {
+            path: key_path.clone(),
+            what: format!("no private key: {e}"),
+        })?;
+        Ok(Self { cert, key, cert_path })
+    }
+
+    /// The certificate's fingerprint, which clients pin.
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(&self.cert)
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut file = opts.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Reads the first certificate of a PEM file.
+pub fn load_cert(path: &Path) -> Result<CertificateDer<'static>, NetError> {
+    let bytes = std::fs::read(path).map_err(|source| NetError::Io { path: path.to_path_buf(), source })?;
+    CertificateDer::pem_slice_iter(&bytes)
+        .next()
+        .and_then(Result::ok)
+        .ok_or_else(|| NetError::BadPem { path: path.to_path_buf(), what: "no PEM certificate in the file".into() })
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn transport(idle: Duration, keep_alive: Option<Duration>) -> Result<quinn::TransportConfig, NetError> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(idle.try_into().map_err(|_| NetError::Tls("idle timeout out of range".into()))?));
+    t.keep_alive_interval(keep_alive);
+    Ok(t)
+}
+
+/// A server endpoint bound to `addr` with the relay's identity, ALPN `walkie/1`, TLS 1.3 only.
+pub fn server_endpoint(
+    addr: SocketAddr,
+    identity: &RelayIdentity,
+    idle: Duration,
+    max_uni_streams: u32,
+) -> Result<quinn::Endpoint, NetError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NetError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())
+        .map_err(|e| NetError::Tls(e.to_string()))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut t = transport(idle, None)?;
+    t.max_concurrent_uni_streams(max_uni_streams.into());
+    t.max_concurrent_bidi_streams(1u32.into());
+    config.transport_config(Arc::new(t));
+    let socket = bind_socket(addr)?;
+    let runtime = quinn::default_runtime().ok_or_else(|| NetError::Tls("no async runtime".into()))?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, runtime)
+        .map_err(|source| NetError::Bind { addr, source })
+}
+
+/// Binds a UDP socket with large buffers so bursts of handshakes and ACKs are not dropped.
+/// Send and receive buffer asked for on every endpoint's UDP socket. With Linux's default
+/// 208 KiB a relay drops handshake packets in a connection storm and ACKs at 1,000 listeners
+/// (../shared/notes/quinn.md). The kernel caps the request at `net.core.rmem_max` and
+/// `wmem_max` (4 MiB on our machines; raise them where they are lower).
+const SOCKET_BUFFER: usize = 4 << 20;
+
+fn bind_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, NetError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind = |source| NetError::Bind { addr, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(bind)?;
+    if addr.is_ipv6() {
+        // [::] takes IPv4 too, as std's bind does by default on Linux.
+        let _ = socket.set_only_v6(false);
+    }
+    // Best effort: a smaller buffer still works, it only drops more in bursts.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    tracing::debug!(%addr, recv = ?socket.recv_buffer_size().ok(), send = ?socket.send_buffer_size().ok(), "UDP socket buffers");
+    socket.bind(&addr.into()).map_err(bind)?;
+    Ok(socket.into())
+}
+
+/// What the client trusts: one pinned certificate fingerprint.
+#[derive(Debug)]
+struct PinnedVerifier {
+    pin: Fingerprint,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let seen = Fingerprint::of(end_entity);
+        if bool::from(subtle::ConstantTimeEq::ct_eq(&seen.0[..], &self.pin.0[..])) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "the relay's certificate {seen} does not match the pinned {}",
+                self.pin
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not used by walkie".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// A client endpoint on an ephemeral port that trusts only the relay with fingerprint `pin`.
+pub fn client_endpoint(pin: Fingerprint, bind: SocketAddr) -> Result<quinn::Endpoint, NetError> {
+    client_endpoint_with_alpn(pin, bind, ALPN)
+}
+
+/// Like [`client_endpoint`] with another ALPN (tests use it to check version refusal).
+pub fn client_endpoint_with_alpn(pin: Fingerprint, bind: SocketAddr, alpn: &[u8]) -> Result<quinn::Endpoint, NetError> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedVerifier { pin, algorithms: provider.signature_verification_algorithms });
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NetError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(transport(IDLE_TIMEOUT, Some(KEEP_ALIVE))?));
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(|source| NetError::Bind { addr: bind, source })?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}
+
+/// Writes one frame to a stream.
+pub async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, msg: &T, cap: usize) -> Result<(), NetError> {
+    let bytes = proto::encode_frame(msg, cap)?;
+    send.write_all(&bytes).await.map_err(|e| NetError::Stream(e.to_string()))
+}
+
+/// Reads one frame from a stream; `Ok(None)` on a clean end of stream between frames.
+pub async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream, cap: usize) -> Result<Option<T>, NetError> {
+    let mut prefix = [0u8; 4];
+    match recv.read_exact(&mut prefix).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(quinn::ReadExactError::FinishedEarly(n)) => {
+            return Err(NetError::Frame(FrameError::Malformed(format!("stream ended inside a frame header ({n} of 4 bytes)"))));
+        }
+        Err(quinn::ReadExactError::ReadError(e)) => return Err(read_error(e)),
+    }
+    let len = proto::frame::frame_len(prefix, cap)?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(|e| match e {
+        quinn::ReadExactError::FinishedEarly(n) => {
+            NetError::Frame(FrameError::Malformed(format!("stream ended inside a frame ({n} of {len} bytes)")))
+        }
+        quinn::ReadExactError::ReadError(e) => read_error(e),
+    })?;
+    Ok(Some(proto::frame::decode_body(&body)?))
+}
+
+fn read_error(e: quinn::ReadError) -> NetError {
+    match e {
+        quinn::ReadError::Reset(code) => NetError::Reset(code.into_inner()),
+        e => NetError::Stream(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_sockets_get_large_buffers() {
+        let cap = |f: &str| std::fs::read_to_string(f).ok().and_then(|s| s.trim().parse::<usize>().ok()).unwrap_or(SOCKET_BUFFER);
+        for addr in ["127.0.0.1:0", "[::1]:0"] {
+            let Ok(socket) = bind_socket(addr.parse().expect("addr")) else { continue }; // no IPv6 here
+            let sock = socket2::SockRef::from(&socket);
+            let (recv, send) = (sock.recv_buffer_size().expect("recv"), sock.send_buffer_size().expect("send"));
+            // Linux reports twice the size asked for (bookkeeping), capped by the sysctls.
+            assert!(recv >= SOCKET_BUFFER.min(cap("/proc/sys/net/core/rmem_max")), "{addr}: recv buffer {recv}");
+            assert!(send >= SOCKET_BUFFER.min(cap("/proc/sys/net/core/wmem_max")), "{addr}: send buffer {send}");
+        }
+    }
+
+    #[test]
+    fn fingerprints_parse_and_print() {
+        let fp = Fingerprint::of(b"cert");
+        assert_eq!(Fingerprint::parse(&fp.to_string()).expect("parses"), fp);
+        assert!(Fingerprint::parse("sha256:abcd").is_err());
+        assert!(Fingerprint::parse("md5:00").is_err());
+    }
+
+    #[test]
+    fn identity_is_created_once_with_a_private_key_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = RelayIdentity::load_or_create(dir.path()).expect("creates");
+        let b = RelayIdentity::load_or_create(dir.path()).expect("loads");
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("key.pem")).expect("key").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}

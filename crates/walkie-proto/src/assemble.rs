@@ -1,0 +1,220 @@
+//! Assembling one uploaded clip, without I/O: validates the header, each packet and the end
+//! marker against the relay's limits, and keeps the packets until the clip is complete.
+
+use crate::clip::{ClipHeader, validate_name};
+use crate::toc::{MAX_PACKET_BYTES, packet_samples};
+use crate::wire::{ErrorCode, ErrorMsg};
+
+/// Frame sizes a clip may use, in 48 kHz samples (10, 20, 40, 60 ms).
+pub const FRAME_SIZES: [u32; 4] = [480, 960, 1920, 2880];
+/// Largest pre-skip accepted (libopus uses 312; RFC 7845 allows more, we cap at 80 ms).
+pub const MAX_PRE_SKIP: u16 = 3840;
+
+/// Why an upload was refused (or ended), as the talker and live listeners are told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    /// Wire error code (a `Busy` refusal carries its retry delay here, typed).
+    pub code: ErrorCode,
+    /// One clear sentence.
+    pub message: String,
+}
+
+impl Refusal {
+    /// A refusal with this code and sentence.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+
+    /// The wire form, about `clip`.
+    pub fn to_wire(&self, clip: crate::clip::ClipId) -> ErrorMsg {
+        ErrorMsg { req: None, clip: Some(clip), code: self.code, message: self.message.clone() }
+    }
+}
+
+/// Checks a clip header before anything else happens.
+pub fn check_header(header: &ClipHeader) -> Result<(), Refusal> {
+    validate_name(header.to.name()).map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
+    if !FRAME_SIZES.contains(&header.codec.frame_samples) {
+        return Err(Refusal::new(
+            ErrorCode::BadRequest,
+            format!("frame size of {} samples is not one of 10, 20, 40 or 60 ms", header.codec.frame_samples),
+        ));
+    }
+    if header.codec.pre_skip > MAX_PRE_SKIP {
+        return Err(Refusal::new(ErrorCode::BadRequest, format!("pre-skip {} is above {MAX_PRE_SKIP}", header.codec.pre_skip)));
+    }
+    Ok(())
+}
+
+/// A clip being received.
+#[derive(Debug)]
+pub struct ClipAssembler {
+    pre_skip: u64,
+    max_samples: u64,
+    packets: Vec<Vec<u8>>,
+    decoded_samples: u64,
+    last_packet_samples: u64,
+    bytes: usize,
+}
+
+/// A complete, validated clip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assembled {
+    /// The Opus packets in order.
+    pub packets: Vec<Vec<u8>>,
+    /// Decoded length in 48 kHz samples (after pre-skip).
+    pub samples: u64,
+}
+
+impl ClipAssembler {
+    /// Starts a clip allowed to last at most `max_clip_ms`.
+    pub fn new(header: &ClipHeader, max_clip_ms: u32) -> Self {
+        Self {
+            pre_skip: header.codec.pre_skip.into(),
+            max_samples: u64::from(max_clip_ms) * 48,
+            packets: Vec::new(),
+            decoded_samples: 0,
+            last_packet_samples: 0,
+            bytes: 0,
+        }
+    }
+
+    /// How long the clip is so far, in 48 kHz samples after pre-skip.
+    pub fn samples_so_far(&self) -> u64 {
+        self.decoded_samples.saturating_sub(self.pre_skip)
+    }
+
+    /// Adds one packet; refuses malformed packets and clips that grow past the maximum
+    /// (allowing one frame and the pre-skip of encoder padding at the end).
+    pub fn push(&mut self, packet: Vec<u8>) -> Result<(), Refusal> {
+        if packet.len() > MAX_PACKET_BYTES {
+            return Err(Refusal::new(
+                ErrorCode::TooLarge,
+                format!("an Opus packet of {} bytes exceeds {MAX_PACKET_BYTES} bytes", packet.len()),
+            ));
+        }
+        let n = packet_samples(&packet)
+            .map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("packet {} is not valid Opus: {e}", self.packets.len())))?;
+        self.decoded_samples += u64::from(n);
+        self.last_packet_samples = u64::from(n);
+        let allowance = self.max_samples + self.pre_skip + 5760;
+        if self.decoded_samples > allowance {
+            return Err(self.too_long());
+        }
+        self.bytes += packet.len();
+        self.packets.push(packet);
+        Ok(())
+    }
+
+    fn too_long(&self) -> Refusal {
+        Refusal::new(
+            ErrorCode::TooLong,
+            format!("the clip is longer than the relay's maximum of {} s", self.max_samples as f64 / 48_000.0),
+        )
+    }
+
+    /// Completes the clip with the sender's end marker, which must agree with what arrived.
+    pub fn finish(self, packets: u32, samples: u64) -> Result<Assembled, Refusal> {
+        if packets as usize != self.packets.len() {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                format!("the end marker counts {packets} packets but {} arrived", self.packets.len()),
+            ));
+        }
+        if self.packets.is_empty() {
+            return Err(Refusal::new(ErrorCode::BadRequest, "the clip has no audio packets"));
+        }
+        // The end must fall inside the last packet (RFC 7845 end trimming): a sender may not
+        // claim more audio than it sent, nor send whole packets past the end.
+        let before_last = self.decoded_samples - self.last_packet_samples;
+        // The peer controls `samples`: an overflow is as wrong as any other bad end marker.
+        let end = samples.checked_add(self.pre_skip).unwrap_or(u64::MAX);
+        if samples == 0 || end > self.decoded_samples || end <= before_last {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "the end marker claims {samples} samples but the packets hold {} after pre-skip",
+                    self.samples_so_far()
+                ),
+            ));
+        }
+        if samples > self.max_samples {
+            return Err(self.too_long());
+        }
+        Ok(Assembled { packets: self.packets, samples })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clip::{ClipId, CodecParams, Target};
+    use crate::testing::synthetic_clip;
+
+    fn header(pre_skip: u16) -> ClipHeader {
+        ClipHeader {
+            id: ClipId([1; 16]),
+            to: Target::Channel("crew".into()),
+            started_at_ms: 0,
+            codec: CodecParams { frame_samples: 960, bitrate: 24_000, pre_skip },
+        }
+    }
+
+    #[test]
+    fn a_real_clip_assembles() {
+        let clip = synthetic_clip(500 * 48);
+        let mut asm = ClipAssembler::new(&header(clip.params.pre_skip), 60_000);
+        for p in &clip.packets {
+            asm.push(p.clone()).expect("valid packet");
+        }
+        let done = asm.finish(clip.packets.len() as u32, clip.samples).expect("complete");
+        assert_eq!(done.samples, 24_000);
+        assert_eq!(done.packets, clip.packets);
+    }
+
+    #[test]
+    fn refuses_a_clip_past_the_maximum() {
+        let clip = synthetic_clip(1_500 * 48);
+        let mut asm = ClipAssembler::new(&header(clip.params.pre_skip), 1_000);
+        let err = clip.packets.iter().try_for_each(|p| asm.push(p.clone())).expect_err("too long");
+        assert_eq!(err.code, ErrorCode::TooLong);
+    }
+
+    #[test]
+    fn refuses_garbage_and_lying_end_markers() {
+        let mut asm = ClipAssembler::new(&header(312), 60_000);
+        assert_eq!(asm.push(vec![]).expect_err("empty").code, ErrorCode::BadRequest);
+        assert_eq!(asm.push(vec![0; MAX_PACKET_BYTES + 1]).expect_err("huge").code, ErrorCode::TooLarge);
+        let clip = synthetic_clip(100 * 48);
+        let mut asm = ClipAssembler::new(&header(clip.params.pre_skip), 60_000);
+        for p in &clip.packets {
+            asm.push(p.clone()).expect("valid");
+        }
+        assert_eq!(asm.finish(99, clip.samples).expect_err("count").code, ErrorCode::BadRequest);
+        let mut asm = ClipAssembler::new(&header(clip.params.pre_skip), 60_000);
+        for p in &clip.packets {
+            asm.push(p.clone()).expect("valid");
+        }
+        let n = clip.packets.len() as u32;
+        let mut short = ClipAssembler::new(&header(clip.params.pre_skip), 60_000);
+        for p in &clip.packets {
+            short.push(p.clone()).expect("valid");
+        }
+        assert_eq!(asm.finish(n, 48_000 * 10).expect_err("samples").code, ErrorCode::BadRequest);
+        assert_eq!(short.finish(n, 960).expect_err("claims too little").code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn header_checks() {
+        let mut h = header(312);
+        assert!(check_header(&h).is_ok());
+        h.codec.frame_samples = 1000;
+        assert!(check_header(&h).is_err());
+        let mut h = header(60_000);
+        assert!(check_header(&h).is_err());
+        h = header(312);
+        h.to = Target::Channel("../etc".into());
+        assert!(check_header(&h).is_err());
+    }
+}

@@ -1,0 +1,422 @@
+//! Every message of the wire protocol: control-stream requests and replies, clip and file
+//! stream frames, and error codes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::clip::{ClipHeader, ClipId, ClipMeta, CodecParams, Target};
+
+/// Request id chosen by the client to match replies on the control stream.
+pub type ReqId = u64;
+
+/// Messages a client sends on its control stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientMsg {
+    /// First message: who is connecting and their token.
+    Hello {
+        /// User name.
+        user: String,
+        /// The user's secret token (hex).
+        token: String,
+        /// Free-form client name and version, for logs.
+        client: String,
+    },
+    /// A page of a conversation (`target`) or of everything the user may read (`None`),
+    /// newest last: at most `limit` clips older than `before_seq` when given.
+    History {
+        /// Request id.
+        req: ReqId,
+        /// Channel, user, or everything readable.
+        target: Option<Target>,
+        /// Page size (capped by the relay).
+        limit: u32,
+        /// Only clips stored before this sequence number.
+        before_seq: Option<u64>,
+    },
+    /// Asks for a stored clip's Ogg Opus file; it arrives on a relay-opened stream.
+    Fetch {
+        /// Request id, echoed in [`StreamFrame::File`].
+        req: ReqId,
+        /// The clip.
+        id: ClipId,
+    },
+    /// The client holds this delivered clip; the relay removes it from the user's inbox.
+    Ack {
+        /// The clip.
+        id: ClipId,
+    },
+    /// Liveness check; answered with [`ServerMsg::Pong`].
+    Ping {
+        /// Echoed back.
+        nonce: u64,
+    },
+    /// The user has listened to this clip; the relay tells its sender (a read receipt).
+    Played {
+        /// The clip.
+        id: ClipId,
+    },
+}
+
+/// Messages the relay sends on a control stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerMsg {
+    /// The hello was accepted.
+    Welcome {
+        /// The authenticated user.
+        user: String,
+        /// Relay software version.
+        relay_version: String,
+        /// Longest clip the relay accepts, in milliseconds.
+        max_clip_ms: u32,
+    },
+    /// A clip the client sent is durable (or was already stored: `duplicate`).
+    ClipStored {
+        /// The clip.
+        id: ClipId,
+        /// Its storage sequence number.
+        seq: u64,
+        /// True when this id had been stored before (a retry).
+        duplicate: bool,
+    },
+    /// A history page.
+    History {
+        /// The request it answers.
+        req: ReqId,
+        /// Clips, oldest first.
+        clips: Vec<ClipMeta>,
+    },
+    /// A request, a clip or the session failed.
+    Error(ErrorMsg),
+    /// Reply to [`ClientMsg::Ping`].
+    Pong {
+        /// The ping's nonce.
+        nonce: u64,
+    },
+    /// Who among the people you share a channel with is online (sent after the welcome).
+    Online {
+        /// User names, sorted.
+        users: Vec<String>,
+    },
+    /// Someone you share a channel with came online or went offline.
+    Presence {
+        /// The user.
+        user: String,
+        /// True when they came online.
+        online: bool,
+    },
+    /// A recipient played one of your clips.
+    PlayedBy {
+        /// Your clip.
+        id: ClipId,
+        /// Who played it.
+        user: String,
+    },
+    /// The channels you are a member of (sent once after the welcome), so a client can list
+    /// them before any clip arrives.
+    Channels {
+        /// Channel names, sorted.
+        channels: Vec<String>,
+    },
+}
+
+/// An error reported to a peer: what failed, a stable code, and a sentence for humans.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorMsg {
+    /// The request that failed, if any.
+    pub req: Option<ReqId>,
+    /// The clip that failed, if any.
+    pub clip: Option<ClipId>,
+    /// Machine-readable reason.
+    pub code: ErrorCode,
+    /// One clear sentence.
+    pub message: String,
+}
+
+/// Stable error codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The message was malformed or not allowed at this point.
+    BadRequest,
+    /// Unknown user or wrong token.
+    Unauthorized,
+    /// Authenticated, but not allowed to read or write there.
+    Forbidden,
+    /// No such channel, user or clip (or not visible to this user).
+    NotFound,
+    /// The clip is longer than the relay's maximum duration.
+    TooLong,
+    /// A frame, packet or clip is larger than allowed.
+    TooLarge,
+    /// The relay is overloaded or a rate limit was hit: try again later.
+    Busy {
+        /// How long to wait before retrying.
+        retry_after_ms: u32,
+    },
+    /// Someone else is talking on the channel (the message names them).
+    FloorTaken,
+    /// The clip id is taken by another sender.
+    Conflict,
+    /// The relay could not store the clip.
+    Storage,
+    /// Nothing arrived for too long.
+    Timeout,
+    /// Something went wrong inside the relay.
+    Internal,
+    /// The talker cancelled the clip (Esc, slide-to-cancel): nothing is stored, and live
+    /// listeners drop what they heard of it.
+    Cancelled,
+}
+
+impl ErrorCode {
+    /// Short stable name used in messages and the CLI.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad-request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not-found",
+            ErrorCode::TooLong => "too-long",
+            ErrorCode::TooLarge => "too-large",
+            ErrorCode::Busy { .. } => "busy",
+            ErrorCode::FloorTaken => "floor-taken",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Storage => "storage",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Cancelled => "cancelled",
+        }
+    }
+
+    /// QUIC application error code used when a stream or connection is closed for this reason.
+    pub fn quic_code(&self) -> u32 {
+        match self {
+            ErrorCode::BadRequest => 1,
+            ErrorCode::Unauthorized => 2,
+            ErrorCode::Forbidden => 3,
+            ErrorCode::NotFound => 4,
+            ErrorCode::TooLong => 5,
+            ErrorCode::TooLarge => 6,
+            ErrorCode::Busy { .. } => 7,
+            ErrorCode::Conflict => 8,
+            ErrorCode::Storage => 9,
+            ErrorCode::Timeout => 10,
+            ErrorCode::Internal => 11,
+            ErrorCode::FloorTaken => 12,
+            ErrorCode::Cancelled => 13,
+        }
+    }
+}
+
+/// How a delivered clip reaches a recipient.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliverHeader {
+    /// The clip.
+    pub id: ClipId,
+    /// Sender.
+    pub from: String,
+    /// Channel or user it was sent to.
+    pub to: Target,
+    /// Wall-clock start, milliseconds since the Unix epoch.
+    pub started_at_ms: i64,
+    /// Codec parameters of the packets.
+    pub codec: CodecParams,
+    /// True while the talker is still talking; the end marker follows once it is stored.
+    pub live: bool,
+    /// Storage sequence number (0 for a live clip not yet stored).
+    pub seq: u64,
+}
+
+/// Frames of a unidirectional stream: a clip upload, a clip delivery or a fetched file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamFrame {
+    /// Client to relay: a new clip follows.
+    Upload(ClipHeader),
+    /// Relay to client: a clip follows (live or from the inbox).
+    Deliver(DeliverHeader),
+    /// Relay to client: the Ogg Opus file asked for by a fetch follows in chunks.
+    File {
+        /// The fetch request this answers.
+        req: ReqId,
+        /// The clip's metadata.
+        meta: ClipMeta,
+    },
+    /// One Opus packet.
+    Packet(Vec<u8>),
+    /// A piece of a file.
+    Chunk(Vec<u8>),
+    /// The clip is complete: how many packets were sent and the decoded length in 48 kHz
+    /// samples (after pre-skip, before which the decoder output is discarded).
+    End {
+        /// Packets sent.
+        packets: u32,
+        /// Decoded length in 48 kHz samples.
+        samples: u64,
+    },
+    /// The clip was abandoned (refused, cancelled, or the talker vanished); discard it.
+    Abort(ErrorMsg),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{MAX_CONTROL_FRAME, decode_frame, encode_frame};
+    use proptest::prelude::*;
+
+    fn arb_name() -> impl Strategy<Value = String> {
+        "[a-z0-9][a-z0-9._-]{0,31}"
+    }
+    fn arb_id() -> impl Strategy<Value = ClipId> {
+        any::<[u8; 16]>().prop_map(ClipId)
+    }
+    fn arb_target() -> impl Strategy<Value = Target> {
+        prop_oneof![arb_name().prop_map(Target::Channel), arb_name().prop_map(Target::User)]
+    }
+    fn arb_codec() -> impl Strategy<Value = CodecParams> {
+        (any::<u32>(), any::<u32>(), any::<u16>()).prop_map(|(frame_samples, bitrate, pre_skip)| CodecParams {
+            frame_samples,
+            bitrate,
+            pre_skip,
+        })
+    }
+    fn arb_meta() -> impl Strategy<Value = ClipMeta> {
+        (arb_id(), arb_name(), arb_target(), any::<i64>(), any::<u32>(), any::<u32>(), any::<u64>(), arb_codec(), any::<u64>())
+            .prop_map(|(id, from, to, started_at_ms, duration_ms, packets, bytes, codec, seq)| ClipMeta {
+                id,
+                from,
+                to,
+                started_at_ms,
+                duration_ms,
+                packets,
+                bytes,
+                codec,
+                seq,
+            })
+    }
+    fn arb_code() -> impl Strategy<Value = ErrorCode> {
+        prop_oneof![
+            Just(ErrorCode::BadRequest),
+            Just(ErrorCode::Unauthorized),
+            Just(ErrorCode::Forbidden),
+            Just(ErrorCode::NotFound),
+            Just(ErrorCode::TooLong),
+            Just(ErrorCode::TooLarge),
+            any::<u32>().prop_map(|retry_after_ms| ErrorCode::Busy { retry_after_ms }),
+            Just(ErrorCode::FloorTaken),
+            Just(ErrorCode::Conflict),
+            Just(ErrorCode::Storage),
+            Just(ErrorCode::Timeout),
+            Just(ErrorCode::Internal),
+            Just(ErrorCode::Cancelled),
+        ]
+    }
+    fn arb_error() -> impl Strategy<Value = ErrorMsg> {
+        (proptest::option::of(any::<u64>()), proptest::option::of(arb_id()), arb_code(), ".{0,80}")
+            .prop_map(|(req, clip, code, message)| ErrorMsg { req, clip, code, message })
+    }
+    fn arb_client() -> impl Strategy<Value = ClientMsg> {
+        prop_oneof![
+            (arb_name(), "[0-9a-f]{0,64}", ".{0,20}").prop_map(|(user, token, client)| ClientMsg::Hello { user, token, client }),
+            (any::<u64>(), proptest::option::of(arb_target()), any::<u32>(), proptest::option::of(any::<u64>()))
+                .prop_map(|(req, target, limit, before_seq)| ClientMsg::History { req, target, limit, before_seq }),
+            (any::<u64>(), arb_id()).prop_map(|(req, id)| ClientMsg::Fetch { req, id }),
+            arb_id().prop_map(|id| ClientMsg::Ack { id }),
+            any::<u64>().prop_map(|nonce| ClientMsg::Ping { nonce }),
+            arb_id().prop_map(|id| ClientMsg::Played { id }),
+        ]
+    }
+    fn arb_server() -> impl Strategy<Value = ServerMsg> {
+        prop_oneof![
+            (arb_name(), ".{0,10}", any::<u32>())
+                .prop_map(|(user, relay_version, max_clip_ms)| ServerMsg::Welcome { user, relay_version, max_clip_ms }),
+            (arb_id(), any::<u64>(), any::<bool>()).prop_map(|(id, seq, duplicate)| ServerMsg::ClipStored { id, seq, duplicate }),
+            (any::<u64>(), proptest::collection::vec(arb_meta(), 0..5)).prop_map(|(req, clips)| ServerMsg::History { req, clips }),
+            arb_error().prop_map(ServerMsg::Error),
+            any::<u64>().prop_map(|nonce| ServerMsg::Pong { nonce }),
+            proptest::collection::vec(arb_name(), 0..4).prop_map(|users| ServerMsg::Online { users }),
+            (arb_name(), any::<bool>()).prop_map(|(user, online)| ServerMsg::Presence { user, online }),
+            (arb_id(), arb_name()).prop_map(|(id, user)| ServerMsg::PlayedBy { id, user }),
+            proptest::collection::vec(arb_name(), 0..4).prop_map(|channels| ServerMsg::Channels { channels }),
+        ]
+    }
+    fn arb_stream() -> impl Strategy<Value = StreamFrame> {
+        prop_oneof![
+            (arb_id(), arb_target(), any::<i64>(), arb_codec())
+                .prop_map(|(id, to, started_at_ms, codec)| StreamFrame::Upload(ClipHeader { id, to, started_at_ms, codec })),
+            (arb_id(), arb_name(), arb_target(), any::<i64>(), arb_codec(), any::<bool>(), any::<u64>()).prop_map(
+                |(id, from, to, started_at_ms, codec, live, seq)| StreamFrame::Deliver(DeliverHeader {
+                    id,
+                    from,
+                    to,
+                    started_at_ms,
+                    codec,
+                    live,
+                    seq
+                })
+            ),
+            (any::<u64>(), arb_meta()).prop_map(|(req, meta)| StreamFrame::File { req, meta }),
+            proptest::collection::vec(any::<u8>(), 0..300).prop_map(StreamFrame::Packet),
+            proptest::collection::vec(any::<u8>(), 0..300).prop_map(StreamFrame::Chunk),
+            (any::<u32>(), any::<u64>()).prop_map(|(packets, samples)| StreamFrame::End { packets, samples }),
+            arb_error().prop_map(StreamFrame::Abort),
+        ]
+    }
+
+    fn roundtrip<T>(msg: &T)
+    where
+        T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        let bytes = encode_frame(msg, MAX_CONTROL_FRAME).expect("encodes");
+        let (back, used) = decode_frame::<T>(&bytes, MAX_CONTROL_FRAME).expect("decodes").expect("complete");
+        assert_eq!(&back, msg);
+        assert_eq!(used, bytes.len());
+        // Every strict prefix is incomplete, never an error or a wrong message.
+        for cut in [0, 1, 3, bytes.len() / 2, bytes.len() - 1] {
+            assert_eq!(decode_frame::<T>(&bytes[..cut], MAX_CONTROL_FRAME), Ok(None));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn client_messages_roundtrip(msg in arb_client()) { roundtrip(&msg); }
+        #[test]
+        fn server_messages_roundtrip(msg in arb_server()) { roundtrip(&msg); }
+        #[test]
+        fn stream_frames_roundtrip(msg in arb_stream()) { roundtrip(&msg); }
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode_frame::<ClientMsg>(&bytes, MAX_CONTROL_FRAME);
+            let _ = decode_frame::<ServerMsg>(&bytes, MAX_CONTROL_FRAME);
+            let _ = decode_frame::<StreamFrame>(&bytes, MAX_CONTROL_FRAME);
+        }
+    }
+
+    #[test]
+    fn huge_length_is_refused_before_allocation() {
+        let bytes = [0xff, 0xff, 0xff, 0xff, 0, 0];
+        assert_eq!(
+            decode_frame::<ClientMsg>(&bytes, MAX_CONTROL_FRAME),
+            Err(crate::wire::FrameError::TooLarge { len: u32::MAX as usize, cap: MAX_CONTROL_FRAME })
+        );
+    }
+
+    #[test]
+    fn oversize_message_is_refused_when_encoding() {
+        let big = StreamFrame::Packet(vec![0; 100]);
+        assert!(matches!(encode_frame(&big, 50), Err(crate::wire::FrameError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn trailing_bytes_are_malformed() {
+        let mut bytes = encode_frame(&ClientMsg::Ping { nonce: 7 }, 64).expect("encodes");
+        bytes.push(0);
+        let len = (bytes.len() - 4) as u32;
+        bytes[..4].copy_from_slice(&len.to_be_bytes());
+        assert!(matches!(decode_frame::<ClientMsg>(&bytes, 64), Err(crate::wire::FrameError::Malformed(_))));
+    }
+
+    #[test]
+    fn ping_has_a_fixed_encoding() {
+        // Snapshot: a change here breaks every deployed peer; bump the ALPN version instead.
+        let bytes = encode_frame(&ClientMsg::Ping { nonce: 300 }, 64).expect("encodes");
+        assert_eq!(bytes, vec![0, 0, 0, 3, 4, 0xac, 0x02]);
+    }
+}

@@ -1,0 +1,59 @@
+//! Who may read or send where, and who receives a clip: the relay's authorization rules, one
+//! place for every request. A user may send to and read a channel they are a member of now,
+//! send to any existing user, and read the direct clips they sent or received. A user who may
+//! not read a clip learns no more than that it does not exist.
+
+use walkie_proto::assemble::Refusal;
+use walkie_proto::clip::{ClipMeta, Target};
+use walkie_proto::wire::ErrorCode;
+
+use crate::shared::Shared;
+
+/// Whether `user` may read or write `target`: members for a channel, anyone for an existing
+/// user; otherwise the refusal to report.
+pub(crate) async fn may_access(shared: &Shared, user: &str, target: &Target) -> Result<(), Refusal> {
+    let result = match target {
+        Target::Channel(name) => {
+            let name = name.clone();
+            shared.store(move |s| s.members(&name)).await.map(|m| m.map(|m| m.iter().any(|u| u == user)))
+        }
+        Target::User(name) => {
+            let name = name.clone();
+            shared.store(move |s| s.token_hash(&name)).await.map(|h| h.map(|_| true))
+        }
+    };
+    // A non-member learns no more than that it may not use the channel, whether or not it exists.
+    let not_member = || Refusal::new(ErrorCode::Forbidden, format!("you are not a member of channel {target}"));
+    match result {
+        Ok(Some(true)) => Ok(()),
+        Ok(Some(false)) => Err(not_member()),
+        Ok(None) if matches!(target, Target::Channel(_)) => Err(not_member()),
+        Ok(None) => Err(Refusal::new(ErrorCode::NotFound, format!("there is no user {target}"))),
+        Err(e) => Err(Refusal::new(ErrorCode::Storage, e.to_string())),
+    }
+}
+
+/// A user may read a channel clip if they are a member now, and a direct clip they sent or received.
+pub(crate) async fn may_read(shared: &Shared, user: &str, meta: &ClipMeta) -> bool {
+    match &meta.to {
+        Target::User(to) => meta.from == user || to == user,
+        t @ Target::Channel(_) => may_access(shared, user, t).await.is_ok(),
+    }
+}
+
+/// Who gets a clip `sender` sends to `to` (the sender left out), once `sender` may send there.
+pub(crate) async fn recipients(shared: &Shared, sender: &str, to: &Target) -> Result<Vec<String>, Refusal> {
+    may_access(shared, sender, to).await?;
+    let members = match to {
+        Target::User(name) => vec![name.clone()],
+        Target::Channel(name) => {
+            let name = name.clone();
+            shared
+                .store(move |s| s.members(&name))
+                .await
+                .map_err(|e| Refusal::new(ErrorCode::Storage, e.to_string()))?
+                .unwrap_or_default()
+        }
+    };
+    Ok(members.into_iter().filter(|m| m != sender).collect())
+}

@@ -1,0 +1,319 @@
+//! The `walkie-relay` command line: runs the relay and administers its users and channels
+//! (a thin shell over the library). Both the relay crate's binary and the workspace's copy of
+//! it call [`main`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use walkie_proto::clip::validate_name;
+use walkie_store::Store;
+#[cfg(feature = "nats")]
+use walkie_store::nats::{NatsConfig, NatsStore};
+use walkie_store::sqlite::SqliteStore;
+
+#[cfg(feature = "nats")]
+use crate::cluster::nats::NatsCluster;
+use crate::config::{RelayConfig, RelayFile};
+use crate::auth;
+
+/// The walkie relay: stores voice clips durably and pushes them to their recipients.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Where the relay keeps its database, clips and certificate
+    /// (default: the platform data dir, e.g. ~/.local/share/walkie-relay).
+    #[arg(long, global = true, env = "WALKIE_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Where users, channels and clips live: `sqlite` (the embedded store in the data dir,
+    /// the default) or `nats://HOST:PORT[,HOST:PORT...]`, a NATS JetStream cluster that
+    /// several relays share (the data dir then holds only the certificate).
+    #[arg(long, global = true, env = "WALKIE_STORE", value_name = "STORE")]
+    store: Option<String>,
+    /// Name prefix of the NATS store's streams, buckets and subjects: relays with the same
+    /// servers and prefix share one store [default: walkie].
+    #[arg(long, global = true, env = "WALKIE_STORE_PREFIX", value_name = "NAME")]
+    store_prefix: Option<String>,
+    /// A TOML file of relay limits (see the README's "Configuration"); flags override it.
+    #[arg(long, global = true, env = "WALKIE_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve clients; prints `listening on ADDR` and the certificate fingerprint.
+    Serve {
+        /// UDP address to listen on [default: [::]:7300, or the config file's].
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// Longest clip accepted, in seconds [default: 60, or the config file's].
+        #[arg(long, value_name = "SECS")]
+        max_clip_secs: Option<u32>,
+    },
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Manage channels.
+    #[command(subcommand)]
+    Channel(ChannelCmd),
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Add a user; prints their new token alone on the last line.
+    Add {
+        /// User name: 1-32 of a-z, 0-9, '.', '_', '-'.
+        name: String,
+    },
+    /// List users.
+    List,
+    /// Remove a user (their memberships and undelivered clips go too); a running relay
+    /// closes their sessions within a second.
+    Remove {
+        /// User name.
+        name: String,
+    },
+    /// Delete the audio of every clip a user sent (overwritten, then removed) and anonymise
+    /// those clips' metadata. Export the user's history first with `walkie export`.
+    Purge {
+        /// User name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ChannelCmd {
+    /// Create a channel with its members.
+    Add {
+        /// Channel name.
+        name: String,
+        /// Comma-separated member names (existing users).
+        #[arg(long, value_delimiter = ',', required = true)]
+        members: Vec<String>,
+    },
+    /// List channels and their members.
+    List,
+    /// Show a channel's members, adding or removing some first.
+    Members {
+        /// Channel name.
+        name: String,
+        /// Users to add, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        add: Vec<String>,
+        /// Users to remove, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        remove: Vec<String>,
+    },
+}
+
+fn data_dir(cli: &Option<PathBuf>) -> Result<PathBuf, String> {
+    match cli {
+        Some(d) => Ok(d.clone()),
+        None => directories::ProjectDirs::from("", "", "walkie-relay")
+            .map(|d| d.data_dir().to_path_buf())
+            .ok_or_else(|| "cannot find a data directory; pass --data-dir DIR".to_string()),
+    }
+}
+
+fn check_names(names: &[String]) -> Result<(), String> {
+    names.iter().try_for_each(|n| validate_name(n).map_err(|e| e.to_string()))
+}
+
+/// Runs the command line given to this process; the process's exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Which store `--store` names.
+enum StoreChoice {
+    /// The embedded SQLite store in the data dir.
+    Sqlite,
+    /// A NATS JetStream cluster.
+    #[cfg(feature = "nats")]
+    Nats(NatsConfig),
+}
+
+fn store_choice(cli: &Cli) -> Result<StoreChoice, String> {
+    let spec = cli.store.as_deref().map(str::trim).unwrap_or("sqlite");
+    if spec.is_empty() || spec == "sqlite" {
+        if cli.store_prefix.is_some() {
+            return Err("--store-prefix applies to a NATS store only (--store nats://HOST:PORT,...)".into());
+        }
+        return Ok(StoreChoice::Sqlite);
+    }
+    if !spec.starts_with("nats://") {
+        return Err(format!("--store {spec:?} is not `sqlite` nor `nats://HOST:PORT[,HOST:PORT...]`"));
+    }
+    nats_choice(spec, cli.store_prefix.as_deref())
+}
+
+#[cfg(feature = "nats")]
+fn nats_choice(spec: &str, prefix: Option<&str>) -> Result<StoreChoice, String> {
+    let mut config = NatsConfig::new(&[spec.to_string()]);
+    if let Some(prefix) = prefix {
+        config.prefix = prefix.to_string();
+    }
+    Ok(StoreChoice::Nats(config))
+}
+
+#[cfg(not(feature = "nats"))]
+fn nats_choice(_spec: &str, _prefix: Option<&str>) -> Result<StoreChoice, String> {
+    Err("this walkie-relay was built without NATS support: build it with the `nats` feature (`cargo install --path crates/walkie-relay --features nats`)".into())
+}
+
+fn open_store(choice: &StoreChoice, dir: &std::path::Path) -> Result<Arc<dyn Store>, String> {
+    match choice {
+        StoreChoice::Sqlite => SqliteStore::open(dir)
+            .map(|s| Arc::new(s) as Arc<dyn Store>)
+            .map_err(|e| format!("cannot open the relay's data in {}: {e}", dir.display())),
+        #[cfg(feature = "nats")]
+        StoreChoice::Nats(config) => NatsStore::connect_with(config.clone())
+            .map(|s| Arc::new(s) as Arc<dyn Store>)
+            .map_err(|e| format!("cannot open the NATS store at {}: {e}", config.servers.join(","))),
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let choice = store_choice(&cli)?;
+    let dir = data_dir(&cli.data_dir)?;
+    let store = open_store(&choice, &dir)?;
+    match cli.command {
+        Command::Serve { listen, max_clip_secs } => {
+            let mut config = match &cli.config {
+                Some(path) => RelayFile::load(path).map_err(|e| e.to_string())?.apply(RelayConfig::default()),
+                None => RelayConfig::default(),
+            };
+            if let Some(listen) = listen {
+                config.listen = listen;
+            }
+            if let Some(secs) = max_clip_secs {
+                config.max_clip_ms = secs.saturating_mul(1000);
+            }
+            serve(config, dir, store, choice)
+        }
+        Command::User(cmd) => user(store.as_ref(), cmd),
+        Command::Channel(cmd) => channel(store.as_ref(), cmd),
+    }
+}
+
+fn serve(config: RelayConfig, dir: PathBuf, store: Arc<dyn Store>, choice: StoreChoice) -> Result<(), String> {
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async move {
+        // Handlers first, so a signal that arrives right after the "listening" line is caught.
+        let stop = stop_signal()?;
+        let handle = match &choice {
+            StoreChoice::Sqlite => crate::start(config, &dir, store).await,
+            #[cfg(feature = "nats")]
+            StoreChoice::Nats(nats) => {
+                let cluster = NatsCluster::connect(nats).await.map_err(|e| format!("cannot link to the other relays over NATS: {e}"))?;
+                crate::start_with(config, &dir, store, Arc::new(cluster)).await
+            }
+        }
+        .map_err(|e| e.to_string())?;
+        println!("listening on {}", handle.addr);
+        println!("fingerprint {}", handle.fingerprint);
+        println!("certificate {}", handle.cert_path.display());
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        stop.await;
+        tracing::info!("shutting down");
+        handle.shutdown().await;
+        Ok(())
+    })
+}
+
+/// A future that completes on SIGINT or SIGTERM; the handlers are installed when it is made.
+fn stop_signal() -> Result<impl std::future::Future<Output = ()>, String> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
+}
+
+fn user(store: &dyn Store, cmd: UserCmd) -> Result<(), String> {
+    match cmd {
+        UserCmd::Add { name } => {
+            validate_name(&name).map_err(|e| e.to_string())?;
+            let token = auth::new_token();
+            store.add_user(&name, &auth::hash_token(&token)).map_err(|e| e.to_string())?;
+            println!("added user {name}; their token (shown once, keep it secret):");
+            println!("{token}");
+        }
+        UserCmd::List => {
+            for u in store.users().map_err(|e| e.to_string())? {
+                println!("{u}");
+            }
+        }
+        UserCmd::Remove { name } => {
+            if !store.remove_user(&name).map_err(|e| e.to_string())? {
+                return Err(format!("there is no user {name:?}; `walkie-relay user list` shows who exists"));
+            }
+            println!("removed user {name}");
+        }
+        UserCmd::Purge { name } => {
+            validate_name(&name).map_err(|e| e.to_string())?;
+            let n = store.purge_user(&name).map_err(|e| e.to_string())?;
+            println!("purged the audio of {n} clips sent by {name}");
+        }
+    }
+    Ok(())
+}
+
+fn channel(store: &dyn Store, cmd: ChannelCmd) -> Result<(), String> {
+    match cmd {
+        ChannelCmd::Add { name, members } => {
+            validate_name(&name).map_err(|e| e.to_string())?;
+            check_names(&members)?;
+            store.add_channel(&name, &members).map_err(|e| e.to_string())?;
+            println!("added channel {name} with members {}", members.join(","));
+        }
+        ChannelCmd::List => {
+            for c in store.channels().map_err(|e| e.to_string())? {
+                println!("{} {}", c.name, c.members.join(","));
+            }
+        }
+        ChannelCmd::Members { name, add, remove } => {
+            check_names(&add)?;
+            check_names(&remove)?;
+            let members = if add.is_empty() && remove.is_empty() {
+                store.members(&name).map_err(|e| e.to_string())?.ok_or_else(|| format!("there is no channel {name:?}"))?
+            } else {
+                store.update_members(&name, &add, &remove).map_err(|e| e.to_string())?
+            };
+            for m in members {
+                println!("{m}");
+            }
+        }
+    }
+    Ok(())
+}

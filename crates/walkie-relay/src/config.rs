@@ -1,0 +1,198 @@
+//! The relay's settings ([`RelayConfig`], with its defaults) and its configuration file (TOML,
+//! `walkie-relay --config PATH`): every limit with its documented default. Command-line flags
+//! override the file.
+//!
+//! ```toml
+//! listen = "[::]:7300"        # UDP address
+//! max_clip_secs = 60          # longest clip accepted
+//! idle_timeout_secs = 30      # a silent connection is closed
+//! stream_idle_secs = 10       # a clip stream with no audio for this long is dropped
+//! max_connections = 10000     # authenticated connections at once; more get "busy, retry after"
+//! max_handshakes = 128        # TLS handshakes in progress at once (CPU-bound admission)
+//! max_pending_handshakes = 4096  # connection attempts waiting for a handshake slot; more are refused
+//! max_streams_per_conn = 32   # clip streams a client may have open at once
+//! clips_per_minute = 60       # per user; more get "busy, retry after"
+//! bytes_per_second = 65536    # per user upload rate (bursts of 1 MiB); faster senders are slowed down
+//! retention_days = 0          # delete clips older than this; 0 keeps them forever
+//! busy_retry_ms = 1000        # the retry delay suggested to refused clients
+//! ```
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use walkie_proto::upload::UploadLimits;
+
+/// Relay settings, with the defaults documented on each field.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// UDP address to listen on (default `[::]:7300`).
+    pub listen: SocketAddr,
+    /// Longest clip accepted, in milliseconds (default 60 000, like WeChat).
+    pub max_clip_ms: u32,
+    /// A connection silent this long is closed (default 30 s).
+    pub idle_timeout: Duration,
+    /// A clip stream with no frame for this long is aborted (default 10 s).
+    pub stream_idle: Duration,
+    /// Time allowed for the hello after the handshake (default 10 s).
+    pub hello_timeout: Duration,
+    /// Most unidirectional streams a client may have open at once (default 32).
+    pub max_streams_per_conn: u32,
+    /// Frames queued per live recipient before its live stream is dropped (default 256,
+    /// about 5 s of audio); the recipient still gets the stored clip from its inbox.
+    pub live_queue: usize,
+    /// Authenticated connections at once; more are told "busy, retry after" (default 10 000).
+    pub max_connections: usize,
+    /// TLS handshakes in progress at once (default 128): handshakes are CPU-bound, so this
+    /// decides how a connection storm is absorbed.
+    pub max_handshakes: usize,
+    /// Connection attempts waiting for a handshake slot; beyond it they are refused at once
+    /// and the client retries (default 4096).
+    pub max_pending_handshakes: usize,
+    /// Clips one user may send per minute (default 60).
+    pub clips_per_minute: u32,
+    /// Upload bytes per second per user, with bursts of 1 MiB (default 64 KiB/s, eight
+    /// times Opus's highest bitrate); faster senders are slowed down, not refused.
+    pub bytes_per_second: u64,
+    /// Clips older than this are deleted (default: kept forever).
+    pub retention: Option<Duration>,
+    /// The retry delay suggested with a "busy" refusal (default 1000 ms).
+    pub busy_retry_ms: u32,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0u16; 8], 7300)),
+            max_clip_ms: 60_000,
+            idle_timeout: Duration::from_secs(30),
+            stream_idle: Duration::from_secs(10),
+            hello_timeout: Duration::from_secs(10),
+            max_streams_per_conn: 32,
+            live_queue: 256,
+            max_connections: 10_000,
+            max_handshakes: 128,
+            max_pending_handshakes: 4096,
+            clips_per_minute: 60,
+            bytes_per_second: 64 * 1024,
+            retention: None,
+            busy_retry_ms: 1000,
+        }
+    }
+}
+
+impl RelayConfig {
+    /// The limits each upload is held to.
+    pub fn upload_limits(&self) -> UploadLimits {
+        UploadLimits::new(self.max_clip_ms, self.stream_idle, self.clips_per_minute)
+    }
+
+    /// How long a talker may hold a floor or a clip stream: the maximum clip plus a grace.
+    pub fn max_hold(&self) -> Duration {
+        self.upload_limits().max_hold
+    }
+}
+
+/// Errors reading a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for these settings.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong, from the TOML parser.
+        message: String,
+    },
+}
+
+/// The file's settings; absent keys keep [`RelayConfig::default`]'s values.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayFile {
+    listen: Option<SocketAddr>,
+    max_clip_secs: Option<u32>,
+    idle_timeout_secs: Option<u64>,
+    stream_idle_secs: Option<u64>,
+    max_connections: Option<usize>,
+    max_handshakes: Option<usize>,
+    max_pending_handshakes: Option<usize>,
+    max_streams_per_conn: Option<u32>,
+    clips_per_minute: Option<u32>,
+    bytes_per_second: Option<u64>,
+    retention_days: Option<u32>,
+    busy_retry_ms: Option<u32>,
+}
+
+impl RelayFile {
+    /// Reads and parses a TOML file.
+    pub fn load(path: &Path) -> Result<RelayFile, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Invalid { path: path.to_path_buf(), message: e.to_string() })
+    }
+
+    /// Applies the file's settings on top of `base`.
+    pub fn apply(&self, base: RelayConfig) -> RelayConfig {
+        let secs = Duration::from_secs;
+        RelayConfig {
+            listen: self.listen.unwrap_or(base.listen),
+            max_clip_ms: self.max_clip_secs.map_or(base.max_clip_ms, |s| s.saturating_mul(1000)),
+            idle_timeout: self.idle_timeout_secs.map_or(base.idle_timeout, secs),
+            stream_idle: self.stream_idle_secs.map_or(base.stream_idle, secs),
+            max_connections: self.max_connections.unwrap_or(base.max_connections),
+            max_handshakes: self.max_handshakes.unwrap_or(base.max_handshakes),
+            max_pending_handshakes: self.max_pending_handshakes.unwrap_or(base.max_pending_handshakes),
+            max_streams_per_conn: self.max_streams_per_conn.unwrap_or(base.max_streams_per_conn),
+            clips_per_minute: self.clips_per_minute.unwrap_or(base.clips_per_minute),
+            bytes_per_second: self.bytes_per_second.unwrap_or(base.bytes_per_second),
+            retention: self.retention_days.map_or(base.retention, |d| (d > 0).then(|| secs(u64::from(d) * 86_400))),
+            busy_retry_ms: self.busy_retry_ms.unwrap_or(base.busy_retry_ms),
+            ..base
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses_to_the_defaults() {
+        let doc = include_str!("config.rs");
+        let example: String = doc
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| format!("{}\n", l.trim_start_matches("//!").trim_start()))
+            .collect();
+        let file: RelayFile = toml::from_str(&example).expect("the documented example parses");
+        let from_file = file.apply(RelayConfig::default());
+        let defaults = RelayConfig::default();
+        assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"), "the doc's values are the defaults");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_clearly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, "max_conections = 5\n").expect("write");
+        let e = RelayFile::load(&path).expect_err("typo refused");
+        assert!(e.to_string().contains("max_conections"), "{e}");
+        std::fs::write(&path, "max_clip_secs = \"long\"\n").expect("write");
+        assert!(RelayFile::load(&path).is_err());
+        std::fs::write(&path, "max_clip_secs = 5\nretention_days = 7\n").expect("write");
+        let cfg = RelayFile::load(&path).expect("parses").apply(RelayConfig::default());
+        assert_eq!(cfg.max_clip_ms, 5000);
+        assert_eq!(cfg.retention, Some(Duration::from_secs(7 * 86_400)));
+    }
+}

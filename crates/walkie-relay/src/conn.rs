@@ -1,0 +1,186 @@
+//! One client connection: the TLS handshake (within a time limit, holding a handshake slot),
+//! the connection count, the hello and its authentication, the welcome and first messages
+//! (channels, who is online), presence, and the session's tasks: the control-stream writer,
+//! the request loop, the delivery pump and the accept loop for clip uploads.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tracing::{debug, info, warn};
+use walkie_net::{read_frame, write_frame};
+use walkie_proto::clip::validate_name;
+use walkie_proto::wire::{ClientMsg, ErrorCode, ErrorMsg, MAX_CONTROL_FRAME, MAX_HELLO_FIELD, ServerMsg};
+
+use crate::registry::{ControlTx, Session, close};
+use crate::shared::Shared;
+use crate::{auth, deliver, requests, upload};
+
+/// Longest a TLS handshake may take once it has a slot.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Counts an authenticated-or-authenticating connection; uncounts it when dropped.
+struct Admitted<'a>(&'a AtomicUsize);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn refusal(code: ErrorCode, message: &str) -> ErrorMsg {
+    ErrorMsg { req: None, clip: None, code, message: message.to_string() }
+}
+
+pub(crate) async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming, handshake_slot: OwnedSemaphorePermit) {
+    let remote = incoming.remote_address();
+    // A handshake slot is precious in a storm: a peer that stalls (or gave up) loses it
+    // after HANDSHAKE_TIMEOUT instead of holding it for the whole idle timeout.
+    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            debug!(%remote, "handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            debug!(%remote, "handshake took longer than {HANDSHAKE_TIMEOUT:?}; dropped");
+            return;
+        }
+    };
+    drop(handshake_slot);
+    let _admitted = Admitted(&shared.connections);
+    if shared.connections.fetch_add(1, Ordering::Relaxed) >= shared.config.max_connections {
+        let busy = shared.busy();
+        debug!(%remote, "refused: {}", busy.message);
+        close(&conn, &busy);
+        return;
+    }
+    let accepted = tokio::time::timeout(shared.config.hello_timeout, conn.accept_bi()).await;
+    let Ok(Ok((mut send, mut recv))) = accepted else {
+        close(&conn, &refusal(ErrorCode::Timeout, "no control stream"));
+        return;
+    };
+    let hello = tokio::time::timeout(shared.config.hello_timeout, read_frame::<ClientMsg>(&mut recv, MAX_CONTROL_FRAME)).await;
+    let user = match hello {
+        Ok(Ok(Some(ClientMsg::Hello { user, token, client }))) => match authenticate(&shared, &user, &token).await {
+            Ok(()) => {
+                info!(%remote, %user, client = %client.chars().take(MAX_HELLO_FIELD).collect::<String>(), "session opened");
+                user
+            }
+            Err(msg) => {
+                warn!(%remote, user = %user.escape_debug(), "refused: {}", msg);
+                refuse(&conn, &mut send, ErrorCode::Unauthorized, &msg).await;
+                return;
+            }
+        },
+        Ok(Ok(Some(_))) => return refuse(&conn, &mut send, ErrorCode::BadRequest, "the first message must be a hello").await,
+        Ok(Err(e)) => return refuse(&conn, &mut send, ErrorCode::BadRequest, &format!("bad hello: {e}")).await,
+        Ok(Ok(None)) | Err(_) => return refuse(&conn, &mut send, ErrorCode::Timeout, "no hello in time").await,
+    };
+    let welcome = ServerMsg::Welcome {
+        user: user.clone(),
+        relay_version: env!("CARGO_PKG_VERSION").into(),
+        max_clip_ms: shared.config.max_clip_ms,
+    };
+    if write_frame(&mut send, &welcome, MAX_CONTROL_FRAME).await.is_err() {
+        return;
+    }
+    let (tx, rx) = mpsc::channel::<ServerMsg>(256);
+    let (channels, peers) = memberships(&shared, &user).await;
+    let (session, first) = shared.registry.register(&user, conn.clone(), tx.clone());
+    let _ = tx.send(ServerMsg::Channels { channels }).await;
+    let _ = tx.send(ServerMsg::Online { users: shared.registry.online_among(&peers) }).await;
+    if first {
+        shared.tell_everywhere(&peers, &ServerMsg::Presence { user: user.clone(), online: true });
+    }
+    run_session(&shared, &session, send, recv, tx, rx).await;
+    if shared.registry.unregister(&session) {
+        let peers = memberships(&shared, &user).await.1;
+        shared.tell_everywhere(&peers, &ServerMsg::Presence { user: user.clone(), online: false });
+    }
+    info!(%user, "session closed");
+}
+
+/// The channels `user` is a member of, and everyone they share one with (both sorted).
+async fn memberships(shared: &Shared, user: &str) -> (Vec<String>, Vec<String>) {
+    let me = user.to_string();
+    let channels = shared.store(|s| s.channels()).await.unwrap_or_default();
+    let mine: Vec<_> = channels.into_iter().filter(|c| c.members.contains(&me)).collect();
+    let mut names: Vec<String> = mine.iter().map(|c| c.name.clone()).collect();
+    names.sort();
+    let mut peers: Vec<String> = mine.into_iter().flat_map(|c| c.members).filter(|m| *m != me).collect();
+    peers.sort();
+    peers.dedup();
+    (names, peers)
+}
+
+/// Refuses a connection before its session: the error on the control stream, then a close
+/// that carries it too.
+async fn refuse(conn: &quinn::Connection, send: &mut quinn::SendStream, code: ErrorCode, message: &str) {
+    let error = refusal(code, message);
+    let _ = write_frame(send, &ServerMsg::Error(error.clone()), MAX_CONTROL_FRAME).await;
+    let _ = send.finish();
+    // Give the error a moment to reach the client before the connection goes.
+    let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
+    close(conn, &error);
+}
+
+async fn authenticate(shared: &Shared, user: &str, token: &str) -> Result<(), String> {
+    const REFUSED: &str = "unknown user or wrong token";
+    if validate_name(user).is_err() || token.len() > MAX_HELLO_FIELD {
+        return Err(REFUSED.into());
+    }
+    let name = user.to_string();
+    match shared.store(move |s| s.token_hash(&name)).await {
+        Ok(Some(hash)) if auth::token_matches(token, &hash) => Ok(()),
+        Ok(_) => Err(REFUSED.into()),
+        Err(e) => Err(format!("the relay cannot check tokens now: {e}")),
+    }
+}
+
+/// The session's tasks, until one of them ends or the relay shuts down.
+async fn run_session(
+    shared: &Arc<Shared>,
+    session: &Arc<Session>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    tx: ControlTx,
+    mut rx: mpsc::Receiver<ServerMsg>,
+) {
+    let writer = async move {
+        while let Some(msg) = rx.recv().await {
+            if write_frame(&mut send, &msg, MAX_CONTROL_FRAME).await.is_err() {
+                break;
+            }
+        }
+    };
+    let pump = deliver::pump(shared.clone(), session.clone());
+    let uploads = accept_uploads(shared.clone(), session.clone(), tx.clone());
+    let control = requests::control_loop(shared, session, &mut recv, tx);
+    let mut shutdown = shared.shutdown.clone();
+    tokio::select! {
+        _ = writer => {}
+        _ = pump => {}
+        _ = uploads => {}
+        _ = control => {}
+        _ = session.conn.closed() => {}
+        _ = shutdown.changed() => {}
+    }
+}
+
+/// Each clip stream the client opens is one upload, run beside the others.
+async fn accept_uploads(shared: Arc<Shared>, session: Arc<Session>, tx: ControlTx) {
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            stream = session.conn.accept_uni() => {
+                let Ok(recv) = stream else { break };
+                tasks.spawn(upload::run(shared.clone(), session.clone(), recv, tx.clone()));
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    // The connection is gone; let uploads that already completed their end marker commit.
+    while tasks.join_next().await.is_some() {}
+}

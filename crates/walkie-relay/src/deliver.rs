@@ -1,0 +1,159 @@
+//! Delivery to one session: the pump that sends every unacknowledged clip from the user's
+//! inbox, oldest first, each on its own stream; and fetches of stored files.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use tracing::{debug, warn};
+
+use walkie_net::write_frame;
+use walkie_proto::clip::{ClipId, ClipMeta};
+use walkie_proto::ogg::{self, OggError};
+use walkie_proto::wire::{DeliverHeader, ErrorCode, ErrorMsg, FILE_CHUNK_BYTES, MAX_STREAM_FRAME, ServerMsg, StreamFrame};
+
+use crate::RelayError;
+use crate::access::may_read;
+use crate::registry::{ControlTx, Session};
+use crate::shared::Shared;
+
+const PAGE: usize = 64;
+
+/// Sends the session's inbox, then waits to be woken for more, until the connection ends.
+///
+/// Each round reads the whole inbox from the start, oldest first, and sends what this
+/// session was not sent yet: with a replicated store, a clip committed on another relay (or
+/// by a slower commit here) can enter the inbox after a clip with a higher seq, so a cursor
+/// that only moves forward could skip it. What was sent stays in the inbox until the client
+/// acknowledges it; the set of sent clips is trimmed to the inbox after every full read.
+pub(crate) async fn pump(shared: Arc<Shared>, session: Arc<Session>) {
+    let mut sent: HashSet<ClipId> = HashSet::new();
+    loop {
+        let mut after = 0u64;
+        let mut inbox: HashSet<ClipId> = HashSet::new();
+        let complete = loop {
+            let user = session.user.clone();
+            let page = match shared.store(move |s| s.pending(&user, after, PAGE)).await {
+                Ok(page) => page,
+                Err(e) => {
+                    warn!(user = %session.user, "cannot read inbox: {e}");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    break false;
+                }
+            };
+            for meta in &page {
+                after = after.max(meta.seq);
+                inbox.insert(meta.id);
+                if !sent.insert(meta.id) || session.take_live_sent(&meta.id) {
+                    continue;
+                }
+                match send_stored(&shared, &session, meta).await {
+                    Ok(()) => {}
+                    // The connection is gone: this session's delivery ends.
+                    Err(e @ (SendError::Net(_) | SendError::Conn(_))) => {
+                        debug!(user = %session.user, clip = %meta.id, "delivery stopped: {e}");
+                        return;
+                    }
+                    // One unreadable clip must not hold up the rest; it stays in the inbox.
+                    Err(e) => warn!(user = %session.user, clip = %meta.id, "cannot deliver a stored clip: {e}"),
+                }
+            }
+            if page.len() < PAGE {
+                break true;
+            }
+        };
+        if !complete {
+            continue;
+        }
+        sent.retain(|id| inbox.contains(id));
+        match shared.cluster.inbox_poll() {
+            // Other relays' wake-ups travel over the network and may be lost: look again
+            // now and then even without one.
+            Some(every) => {
+                let _ = tokio::time::timeout(every, session.wake.notified()).await;
+            }
+            None => session.wake.notified().await,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error(transparent)]
+    Relay(#[from] RelayError),
+    #[error(transparent)]
+    Net(#[from] walkie_net::NetError),
+    #[error("stored clip is unreadable: {0}")]
+    Ogg(#[from] OggError),
+    #[error("connection lost: {0}")]
+    Conn(#[from] quinn::ConnectionError),
+}
+
+async fn load_audio(shared: &Shared, id: ClipId) -> Result<Vec<u8>, RelayError> {
+    shared.store(move |s| s.clip_audio(&id)).await
+}
+
+async fn send_stored(shared: &Shared, session: &Session, meta: &ClipMeta) -> Result<(), SendError> {
+    let ogg = load_audio(shared, meta.id).await?;
+    let parsed = ogg::read_ogg(&ogg)?;
+    let mut send = session.conn.open_uni().await?;
+    let header = DeliverHeader {
+        id: meta.id,
+        from: meta.from.clone(),
+        to: meta.to.clone(),
+        started_at_ms: meta.started_at_ms,
+        codec: meta.codec,
+        live: false,
+        seq: meta.seq,
+    };
+    write_frame(&mut send, &StreamFrame::Deliver(header), MAX_STREAM_FRAME).await?;
+    let packets = parsed.packets.len() as u32;
+    for p in parsed.packets {
+        write_frame(&mut send, &StreamFrame::Packet(p), MAX_STREAM_FRAME).await?;
+    }
+    write_frame(&mut send, &StreamFrame::End { packets, samples: parsed.samples }, MAX_STREAM_FRAME).await?;
+    let _ = send.finish();
+    Ok(())
+}
+
+/// Answers a fetch: checks the user may read the clip, then streams its stored file.
+pub(crate) async fn fetch(shared: Arc<Shared>, session: Arc<Session>, req: u64, id: ClipId, tx: ControlTx) {
+    let fail = |code: ErrorCode, message: String| ServerMsg::Error(ErrorMsg { req: Some(req), clip: Some(id), code, message });
+    let meta = match shared.store(move |s| s.clip(&id)).await {
+        Ok(Some(meta)) => meta,
+        Ok(None) => {
+            let _ = tx.send(fail(ErrorCode::NotFound, format!("there is no clip {id} you may read"))).await;
+            return;
+        }
+        Err(e) => {
+            let _ = tx.send(ServerMsg::Error(e.to_wire(Some(req), Some(id)))).await;
+            return;
+        }
+    };
+    if !may_read(&shared, &session.user, &meta).await {
+        // Same answer as for a missing clip, so ids cannot be probed.
+        let _ = tx.send(fail(ErrorCode::NotFound, format!("there is no clip {id} you may read"))).await;
+        return;
+    }
+    let result: Result<(), SendError> = async {
+        let ogg = load_audio(&shared, id).await?;
+        let mut send = session.conn.open_uni().await?;
+        write_frame(&mut send, &StreamFrame::File { req, meta: meta.clone() }, MAX_STREAM_FRAME).await?;
+        for chunk in ogg.chunks(FILE_CHUNK_BYTES) {
+            write_frame(&mut send, &StreamFrame::Chunk(chunk.to_vec()), MAX_STREAM_FRAME).await?;
+        }
+        write_frame(&mut send, &StreamFrame::End { packets: meta.packets, samples: 0 }, MAX_STREAM_FRAME).await?;
+        let _ = send.finish();
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => {}
+        Err(SendError::Relay(RelayError::Store(walkie_store::StoreError::NotFound { .. }))) => {
+            let _ = tx.send(fail(ErrorCode::NotFound, format!("the audio of clip {id} was deleted"))).await;
+        }
+        Err(e) => {
+            let _ = tx.send(fail(ErrorCode::Storage, format!("cannot send clip {id}: {e}"))).await;
+        }
+    }
+}
+

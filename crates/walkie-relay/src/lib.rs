@@ -1,0 +1,150 @@
+//! The relay: accepts QUIC connections, authenticates sessions, stores clips durably and
+//! pushes them to their recipients, live while they are sent and from each user's inbox.
+//!
+//! Must not depend on: audio (walkie-media, libopus, cpal), the client, the app. It checks Opus
+//! packets with the pure-Rust TOC reader of [`walkie_proto::toc`] and never decodes audio.
+//!
+//! The modules form one chain; each uses only those below it:
+//!
+//! | layer | file | owns |
+//! |---|---|---|
+//! | 1 | `server.rs` | the accept loop and admission (handshake slots, the pending cap) |
+//! | 2 | `conn.rs` | one connection: handshake, hello and authentication, the session's tasks |
+//! | 3 | `requests.rs` | control-stream requests: ack, played, history, fetch |
+//! | 3 | `upload.rs` | carries out one upload's actions ([`walkie_proto::upload::RelayUpload`] decides) |
+//! | 3 | `deliver.rs` | a session's delivery pump (inbox, oldest first) and fetched files |
+//! | 4 | `live.rs` | live copies to sessions; live clips and notices from other relays |
+//! | 4 | `access.rs` | who may read or send where, and who receives a clip |
+//! | 5 | `registry.rs` | who is online: sessions, presence, wake-ups |
+//! | 5 | `cluster/` | the link to the other relays: floors, notices (`cluster/nats.rs` over NATS) |
+//! | 6 | `shared.rs`, `config.rs`, `auth.rs` | shared state, settings, tokens |
+//! | | `maintenance.rs` | revoking removed users' sessions, retention |
+//! | | `demo.rs` | an in-process relay with two users and a channel (`walkie demo`, `walkie app --demo`) |
+//! | | `cli.rs` | the `walkie-relay` command line |
+
+#![warn(missing_docs)]
+#![deny(unsafe_code)]
+
+mod access;
+pub mod auth;
+pub mod cli;
+pub mod cluster;
+pub mod config;
+mod conn;
+mod deliver;
+pub mod demo;
+mod live;
+mod maintenance;
+mod registry;
+mod requests;
+mod server;
+mod shared;
+mod upload;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use walkie_net::{Fingerprint, NetError, RelayIdentity};
+use walkie_proto::rate::UserLimits;
+use walkie_store::{Store, StoreError};
+
+pub use config::RelayConfig;
+pub(crate) use shared::lock;
+
+use cluster::{Cluster, LocalCluster};
+use registry::Registry;
+use shared::Shared;
+
+/// Errors of the relay.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// Network or TLS setup failed.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A blocking store task was cancelled or panicked.
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+impl RelayError {
+    /// The wire error to report to a client for this failure.
+    pub fn to_wire(&self, req: Option<u64>, clip: Option<walkie_proto::clip::ClipId>) -> walkie_proto::wire::ErrorMsg {
+        walkie_proto::wire::ErrorMsg {
+            req,
+            clip,
+            code: walkie_proto::wire::ErrorCode::Storage,
+            message: format!("the relay's store failed: {self}"),
+        }
+    }
+}
+
+/// A running relay.
+pub struct RelayHandle {
+    /// The address it listens on (with the real port when 0 was asked for).
+    pub addr: SocketAddr,
+    /// Its certificate's fingerprint.
+    pub fingerprint: Fingerprint,
+    /// Its certificate file (`DATA_DIR/cert.pem`).
+    pub cert_path: PathBuf,
+    endpoint: quinn::Endpoint,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl RelayHandle {
+    /// Stops accepting, closes every connection, waits for in-flight commits, and returns.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        self.endpoint.close(0u32.into(), b"relay shutting down");
+        self.endpoint.wait_idle().await;
+    }
+
+    /// Waits until the relay stops (after [`RelayHandle::shutdown`] from elsewhere or a fatal error).
+    pub async fn stopped(&mut self) {
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// Starts a relay on `config.listen` with the identity kept in `data_dir`, serving `store`
+/// alone (floors in memory: the embedded store's setting).
+pub async fn start(config: RelayConfig, data_dir: &Path, store: Arc<dyn Store>) -> Result<RelayHandle, RelayError> {
+    start_with(config, data_dir, store, Arc::new(LocalCluster::default())).await
+}
+
+/// Like [`start`], as one of several relays sharing `store`, linked by `cluster` (a
+/// [`cluster::nats::NatsCluster`] on the same NATS servers and prefix as the store).
+pub async fn start_with(
+    config: RelayConfig,
+    data_dir: &Path,
+    store: Arc<dyn Store>,
+    cluster: Arc<dyn Cluster>,
+) -> Result<RelayHandle, RelayError> {
+    let identity = RelayIdentity::load_or_create(data_dir)?;
+    let endpoint = walkie_net::server_endpoint(config.listen, &identity, config.idle_timeout, config.max_streams_per_conn)?;
+    let addr = endpoint.local_addr().map_err(|source| NetError::Bind { addr: config.listen, source })?;
+    let (stop, shutdown) = watch::channel(false);
+    let limits = UserLimits::new(config.clips_per_minute, config.bytes_per_second);
+    let shared = Arc::new(Shared {
+        store,
+        registry: Registry::default(),
+        config,
+        shutdown,
+        cluster: cluster.clone(),
+        limits: Mutex::new(limits),
+        connections: AtomicUsize::new(0),
+    });
+    tokio::spawn(maintenance::run(shared.clone()));
+    if let Some(incoming) = cluster.incoming() {
+        tokio::spawn(live::run_inbound(shared.clone(), incoming));
+    }
+    let task = tokio::spawn(server::accept_loop(endpoint.clone(), shared));
+    Ok(RelayHandle { addr, fingerprint: identity.fingerprint(), cert_path: identity.cert_path, endpoint, stop, task })
+}

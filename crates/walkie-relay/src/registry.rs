@@ -1,0 +1,134 @@
+//! Who is online: the sessions of each user, how to wake their delivery pumps, and which
+//! clips each session already received live (so the pump does not send them twice).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{Notify, mpsc};
+use walkie_proto::clip::ClipId;
+use walkie_proto::wire::{ErrorMsg, ServerMsg};
+
+/// Sends replies on a session's control stream from any task.
+pub(crate) type ControlTx = mpsc::Sender<ServerMsg>;
+
+/// One authenticated connection: the only thing called a session in walkie.
+#[derive(Debug)]
+pub struct Session {
+    /// Unique per relay process.
+    pub id: u64,
+    /// The authenticated user.
+    pub user: String,
+    /// The QUIC connection.
+    pub conn: quinn::Connection,
+    /// Wakes the delivery pump when the user's inbox grows.
+    pub wake: Notify,
+    /// The session's control-stream writer.
+    pub control: mpsc::Sender<ServerMsg>,
+    live_sent: Mutex<HashSet<ClipId>>,
+}
+
+impl Session {
+    /// Remembers that this session received `id` completely while it was live.
+    pub fn mark_live_sent(&self, id: ClipId) {
+        lock(&self.live_sent).insert(id);
+    }
+
+    /// True (once) if `id` was already delivered live to this session.
+    pub fn take_live_sent(&self, id: &ClipId) -> bool {
+        lock(&self.live_sent).remove(id)
+    }
+
+    /// Closes the connection with an error the client reads typed (see
+    /// [`walkie_proto::wire::close_reason`]).
+    pub fn close(&self, error: &ErrorMsg) {
+        close(&self.conn, error);
+    }
+}
+
+/// Closes `conn` with `error`: its QUIC code, and the error itself as the reason bytes.
+pub(crate) fn close(conn: &quinn::Connection, error: &ErrorMsg) {
+    conn.close(error.code.quic_code().into(), &walkie_proto::wire::close_reason(error));
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave the maps inconsistent (single inserts and
+    // removes), so a poisoned lock is still safe to use.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// All online sessions by user.
+#[derive(Debug, Default)]
+pub struct Registry {
+    next_id: AtomicU64,
+    sessions: Mutex<HashMap<String, Vec<Arc<Session>>>>,
+}
+
+impl Registry {
+    /// Adds a session for `user`; also says whether it is the user's first (they just came online).
+    pub fn register(&self, user: &str, conn: quinn::Connection, control: mpsc::Sender<ServerMsg>) -> (Arc<Session>, bool) {
+        let session = Arc::new(Session {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            user: user.to_string(),
+            conn,
+            wake: Notify::new(),
+            control,
+            live_sent: Mutex::new(HashSet::new()),
+        });
+        let mut map = lock(&self.sessions);
+        let list = map.entry(user.to_string()).or_default();
+        list.push(session.clone());
+        let first = list.len() == 1;
+        (session, first)
+    }
+
+    /// Removes a session; says whether it was the user's last (they went offline).
+    pub fn unregister(&self, session: &Session) -> bool {
+        let mut map = lock(&self.sessions);
+        let Some(list) = map.get_mut(&session.user) else { return false };
+        let before = list.len();
+        list.retain(|s| s.id != session.id);
+        let last = list.is_empty() && before > 0;
+        if list.is_empty() {
+            map.remove(&session.user);
+        }
+        last
+    }
+
+    /// Which of `users` are online, sorted.
+    pub fn online_among(&self, users: &[String]) -> Vec<String> {
+        let map = lock(&self.sessions);
+        let mut online: Vec<String> = users.iter().filter(|u| map.contains_key(*u)).cloned().collect();
+        online.sort();
+        online.dedup();
+        online
+    }
+
+    /// Sends `msg` to every session of `users` (best effort: a full queue drops it).
+    pub fn tell(&self, users: &[String], msg: &ServerMsg) {
+        let map = lock(&self.sessions);
+        for s in users.iter().filter_map(|u| map.get(u)).flatten() {
+            let _ = s.control.try_send(msg.clone());
+        }
+    }
+
+    /// Online sessions of `user`.
+    pub fn sessions_of(&self, user: &str) -> Vec<Arc<Session>> {
+        lock(&self.sessions).get(user).cloned().unwrap_or_default()
+    }
+
+    /// Wakes the delivery pumps of these users.
+    pub fn wake(&self, users: &[String]) {
+        let map = lock(&self.sessions);
+        for user in users {
+            for s in map.get(user).into_iter().flatten() {
+                s.wake.notify_one();
+            }
+        }
+    }
+
+    /// Every online session (for shutdown).
+    pub fn all(&self) -> Vec<Arc<Session>> {
+        lock(&self.sessions).values().flatten().cloned().collect()
+    }
+}

@@ -1,0 +1,89 @@
+//! The requests a session makes on its control stream after the hello: acknowledgements,
+//! "played" receipts, history pages, fetches (their files stream beside the loop) and pings.
+//! Requests are answered in the order they arrive, so a reply tells the client that every
+//! earlier message (an ack, a receipt) has been applied.
+
+use std::sync::Arc;
+
+use walkie_net::read_frame;
+use walkie_proto::clip::{ClipId, Target};
+use walkie_proto::wire::{ClientMsg, ErrorCode, ErrorMsg, MAX_CONTROL_FRAME, MAX_HISTORY_PAGE, ServerMsg};
+
+use crate::access::{may_access, may_read};
+use crate::deliver;
+use crate::registry::{ControlTx, Session};
+use crate::shared::Shared;
+
+fn error(req: Option<u64>, code: ErrorCode, message: impl Into<String>) -> ServerMsg {
+    ServerMsg::Error(ErrorMsg { req, clip: None, code, message: message.into() })
+}
+
+/// Reads and answers control messages until the stream ends or breaks.
+pub(crate) async fn control_loop(shared: &Arc<Shared>, session: &Arc<Session>, recv: &mut quinn::RecvStream, tx: ControlTx) {
+    loop {
+        let msg = match read_frame::<ClientMsg>(recv, MAX_CONTROL_FRAME).await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return,
+            Err(e) => {
+                let _ = tx.send(error(None, ErrorCode::BadRequest, format!("bad control message: {e}"))).await;
+                session.close(&ErrorMsg { req: None, clip: None, code: ErrorCode::BadRequest, message: "bad control message".into() });
+                return;
+            }
+        };
+        let reply = match msg {
+            ClientMsg::Hello { .. } => Some(error(None, ErrorCode::BadRequest, "already authenticated")),
+            ClientMsg::Ping { nonce } => Some(ServerMsg::Pong { nonce }),
+            ClientMsg::Ack { id } => {
+                let user = session.user.clone();
+                match shared.store(move |s| s.ack(&user, &id)).await {
+                    Ok(()) => None,
+                    Err(e) => Some(ServerMsg::Error(e.to_wire(None, Some(id)))),
+                }
+            }
+            ClientMsg::Played { id } => {
+                receipt(shared, &session.user, id).await;
+                None
+            }
+            ClientMsg::History { req, target, limit, before_seq } => Some(history(shared, &session.user, req, target, limit, before_seq).await),
+            ClientMsg::Fetch { req, id } => {
+                // Fetches stream a file; run them beside the control loop.
+                tokio::spawn(deliver::fetch(shared.clone(), session.clone(), req, id, tx.clone()));
+                None
+            }
+        };
+        if let Some(reply) = reply
+            && tx.send(reply).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Tells the sender of clip `id` that `user` played it, if `user` may read it.
+async fn receipt(shared: &Shared, user: &str, id: ClipId) {
+    let Ok(Some(meta)) = shared.store(move |s| s.clip(&id)).await else { return };
+    if meta.from != user && may_read(shared, user, &meta).await {
+        shared.tell_everywhere(&[meta.from.clone()], &ServerMsg::PlayedBy { id, user: user.to_string() });
+    }
+}
+
+/// A page of a conversation, or of everything `user` may read; both paged by the store.
+async fn history(shared: &Shared, user: &str, req: u64, target: Option<Target>, limit: u32, before: Option<u64>) -> ServerMsg {
+    let limit = limit.clamp(1, MAX_HISTORY_PAGE) as usize;
+    if let Some(t) = &target
+        && let Err(refusal) = may_access(shared, user, t).await
+    {
+        return error(Some(req), refusal.code, refusal.message);
+    }
+    let viewer = user.to_string();
+    let result = shared
+        .store(move |s| match &target {
+            Some(t) => s.history(&viewer, t, limit, before),
+            None => s.readable(&viewer, limit, before),
+        })
+        .await;
+    match result {
+        Ok(clips) => ServerMsg::History { req, clips },
+        Err(e) => ServerMsg::Error(e.to_wire(Some(req), None)),
+    }
+}

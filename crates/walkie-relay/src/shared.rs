@@ -1,0 +1,72 @@
+//! What every part of a running relay shares: the store, who is online, the settings, the link
+//! to the other relays, the per-user rate limits, and the shutdown signal; with the helpers
+//! that reach all of a user's sessions here and on the other relays.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::watch;
+use walkie_proto::rate::UserLimits;
+use walkie_proto::wire::{ErrorCode, ErrorMsg, ServerMsg};
+use walkie_store::{Store, StoreError};
+
+use crate::RelayError;
+use crate::cluster::{Cluster, Notice};
+use crate::config::RelayConfig;
+use crate::registry::Registry;
+
+/// State shared by every connection task.
+pub(crate) struct Shared {
+    pub store: Arc<dyn Store>,
+    pub registry: Registry,
+    pub config: RelayConfig,
+    pub shutdown: watch::Receiver<bool>,
+    /// The other relays sharing the store (floors, live clips, wake-ups), or none.
+    pub cluster: Arc<dyn Cluster>,
+    pub limits: Mutex<UserLimits>,
+    /// Authenticated connections now.
+    pub connections: AtomicUsize,
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (single inserts,
+/// removes and counter updates).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// The refusal sent to a connection the relay has no room for: its retry delay is typed.
+    pub fn busy(&self) -> ErrorMsg {
+        let ms = self.config.busy_retry_ms;
+        ErrorMsg { req: None, clip: None, code: ErrorCode::Busy { retry_after_ms: ms }, message: format!("busy, retry after {ms} ms") }
+    }
+
+    /// Wakes the delivery pumps of these users, here and on the other relays.
+    pub fn wake_everywhere(&self, users: &[String]) {
+        self.registry.wake(users);
+        if self.cluster.spans_relays() && !users.is_empty() {
+            self.cluster.publish(Notice::Wake { users: users.to_vec() });
+        }
+    }
+
+    /// Sends `msg` to every session of `users`, here and on the other relays (best effort).
+    pub fn tell_everywhere(&self, users: &[String], msg: &ServerMsg) {
+        self.registry.tell(users, msg);
+        if self.cluster.spans_relays() && !users.is_empty() {
+            self.cluster.publish(Notice::Tell { users: users.to_vec(), msg: msg.clone() });
+        }
+    }
+
+    /// Runs a blocking store call off the async threads.
+    pub async fn store<T, F>(&self, f: F) -> Result<T, RelayError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| RelayError::Task(e.to_string()))?
+            .map_err(RelayError::from)
+    }
+}

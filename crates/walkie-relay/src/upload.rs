@@ -1,0 +1,241 @@
+//! One uploaded clip, carried out: every decision is [`RelayUpload`]'s (the protocol core in
+//! `walkie-proto`); this driver reads the clip stream, asks the store, the rate limits and
+//! the cluster what the core wants to know, and does what it says: live copies, the commit,
+//! the talker's answer, the wake-ups. It also paces a sender that uploads faster than its
+//! byte rate (QUIC flow control then pushes back on the talker).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::{debug, info};
+use walkie_net::{NetError, read_frame};
+use walkie_proto::assemble::Refusal;
+use walkie_proto::clip::{ClipId, ClipMeta};
+use walkie_proto::upload::{Action, Checked, CommitFailure, FloorRefusal, Input, Outcome, RelayUpload};
+use walkie_proto::wire::{ErrorCode, MAX_STREAM_FRAME, ServerMsg, StreamFrame};
+use walkie_store::{CommitOutcome, StoreError};
+
+use crate::access;
+use crate::cluster::{Cluster, FloorError};
+use crate::live::{Encoded, LiveSink, RemoteOut, abort_live, end_live};
+use crate::registry::{ControlTx, Session};
+use crate::shared::{Shared, lock};
+use crate::RelayError;
+
+/// Runs one clip stream from `session` to its end.
+pub(crate) async fn run(shared: Arc<Shared>, session: Arc<Session>, mut recv: quinn::RecvStream, tx: ControlTx) {
+    let mut core = RelayUpload::new(&session.user, shared.config.upload_limits(), Instant::now());
+    let mut driver = Driver { shared: &shared, session: &session, tx: &tx, live: None, floor: None, stored: None };
+    loop {
+        while let Some(action) = core.poll_action() {
+            if let Some(input) = driver.carry_out(action, &mut recv).await {
+                core.handle(input, Instant::now());
+            }
+        }
+        match core.outcome() {
+            Some(Outcome::Stored { .. }) => break,
+            Some(Outcome::Cancelled) => {
+                // The talker let go with Esc or slid off the button: nobody waits for an answer.
+                debug!(user = %session.user, clip = ?core.clip(), "clip cancelled");
+                break;
+            }
+            Some(Outcome::Refused(r)) => {
+                debug!(user = %session.user, "upload refused: {}", r.message);
+                break;
+            }
+            None if !core.wants_frames() => {
+                // Every question the core asks is answered above; it cannot be waiting here.
+                debug!(user = %session.user, "the upload stalled without an outcome");
+                break;
+            }
+            None => {}
+        }
+        let deadline = core.poll_timeout().map(tokio::time::Instant::from_std);
+        let next = async {
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d, read_frame::<StreamFrame>(&mut recv, MAX_STREAM_FRAME)).await.ok(),
+                None => Some(read_frame::<StreamFrame>(&mut recv, MAX_STREAM_FRAME).await),
+            }
+        };
+        match next.await {
+            None => core.handle_timeout(Instant::now()),
+            Some(read) => {
+                let input = match read {
+                    Ok(Some(frame)) => {
+                        if let StreamFrame::Packet(p) = &frame {
+                            driver.pace(p.len()).await;
+                        }
+                        Input::Frame(frame)
+                    }
+                    Ok(None) => Input::Finished,
+                    Err(NetError::Reset(code)) => Input::Reset(code),
+                    Err(e) => Input::Broken(e.to_string()),
+                };
+                core.handle(input, Instant::now());
+            }
+        }
+    }
+}
+
+/// What the driver holds for one upload.
+struct Driver<'a> {
+    shared: &'a Shared,
+    session: &'a Session,
+    tx: &'a ControlTx,
+    live: Option<Live>,
+    /// The channel's floor while this clip holds it: released by the core's action, or when
+    /// the upload task ends any other way (the talker's connection is gone).
+    floor: Option<FloorGuard>,
+    /// The metadata of the commit in progress, for the log line once it is stored.
+    stored: Option<ClipMeta>,
+}
+
+/// The live copies of the clip: to this relay's sessions and to the other relays.
+struct Live {
+    id: ClipId,
+    sinks: Vec<LiveSink>,
+    remote: RemoteOut,
+    /// The sessions still receiving live were marked (so their pumps skip the stored copy).
+    marked: bool,
+}
+
+impl Driver<'_> {
+    /// Does what the core asked; the answer to feed back, for the actions that are questions.
+    async fn carry_out(&mut self, action: Action, recv: &mut quinn::RecvStream) -> Option<Input> {
+        let user = &self.session.user;
+        match action {
+            Action::Check { id, target } => Some(Input::Checked(self.check(id, &target).await)),
+            Action::Admit => Some(Input::Admitted(lock(&self.shared.limits).admit_clip(user, Instant::now()))),
+            Action::TakeFloor { channel, clip, hold } => {
+                let taken = match self.shared.cluster.take_floor(&channel, user, clip, hold).await {
+                    Ok(()) => {
+                        self.floor = Some(FloorGuard { cluster: self.shared.cluster.clone(), channel, clip });
+                        Ok(())
+                    }
+                    Err(FloorError::Taken { user, .. }) => Err(FloorRefusal::Taken { user }),
+                    Err(e @ FloorError::Unavailable { .. }) => Err(FloorRefusal::Unavailable(e.to_string())),
+                };
+                Some(Input::Floor(taken))
+            }
+            Action::OpenLive { header, recipients } => {
+                let sinks = recipients
+                    .iter()
+                    .flat_map(|r| self.shared.registry.sessions_of(r))
+                    .map(|s| LiveSink::open(s, header.clone(), self.shared.config.live_queue))
+                    .collect();
+                let remote = RemoteOut::start(self.shared, &header, &recipients);
+                self.live = Some(Live { id: header.id, sinks, remote, marked: false });
+                None
+            }
+            Action::Forward(packet) => {
+                if let Some(live) = &mut self.live {
+                    // Encoded once for every listener.
+                    if !live.sinks.is_empty()
+                        && let Some(frame) = Encoded::packet(&packet)
+                    {
+                        for sink in &mut live.sinks {
+                            sink.push(&frame);
+                        }
+                    }
+                    live.remote.packet(&packet);
+                }
+                None
+            }
+            Action::ReleaseFloor { .. } => {
+                drop(self.floor.take());
+                None
+            }
+            Action::Commit { meta, recipients, ogg } => {
+                // Mark live copies before the commit wakes any pump, so no pump sends them again.
+                if let Some(live) = &mut self.live {
+                    for sink in live.sinks.iter().filter(|s| s.tx.is_some()) {
+                        sink.session.mark_live_sent(meta.id);
+                    }
+                    live.marked = true;
+                }
+                self.stored = Some(meta.clone());
+                let outcome = self.shared.store(move |s| s.commit_clip(&meta, &recipients, &ogg)).await;
+                Some(Input::Committed(match outcome {
+                    Ok(CommitOutcome::Stored(seq) | CommitOutcome::Duplicate(seq)) => Ok(seq),
+                    Err(e @ RelayError::Store(StoreError::IdConflict(_))) => Err(CommitFailure::Conflict(e.to_string())),
+                    Err(e) => Err(CommitFailure::Storage(e.to_string())),
+                }))
+            }
+            Action::Stored { id, seq, duplicate } => {
+                if let Some(meta) = self.stored.take() {
+                    info!(clip = %id, from = %meta.from, to = %meta.to, ms = meta.duration_ms, seq, "clip stored");
+                }
+                let _ = self.tx.send(ServerMsg::ClipStored { id, seq, duplicate }).await;
+                None
+            }
+            Action::StopReading(code) => {
+                let _ = recv.stop(code.into());
+                None
+            }
+            Action::Refuse(error) => {
+                // Refusals never wait for a client that does not read its control stream: a
+                // full queue drops them, so a flood of bad streams cannot pile up tasks here.
+                let _ = self.tx.try_send(ServerMsg::Error(error));
+                None
+            }
+            Action::AbortLive(error) => {
+                if let Some(mut live) = self.live.take() {
+                    if live.marked {
+                        for sink in &live.sinks {
+                            sink.session.take_live_sent(&live.id);
+                        }
+                    }
+                    abort_live(&mut live.sinks, live.id, error.code, &error.message);
+                    live.remote.abort(error.code, &error.message);
+                }
+                None
+            }
+            Action::EndLive { packets, samples } => {
+                if let Some(mut live) = self.live.take() {
+                    // A live copy that was dropped is unmarked: the pump sends the stored clip.
+                    end_live(&mut live.sinks, live.id, packets, samples);
+                    live.remote.end(packets, samples);
+                }
+                None
+            }
+            Action::Wake(users) => {
+                self.shared.wake_everywhere(&users);
+                None
+            }
+        }
+    }
+
+    /// Who may hear a clip to `target` from this sender, and whether `id` is stored already.
+    async fn check(&self, id: ClipId, target: &walkie_proto::clip::Target) -> Result<Checked, Refusal> {
+        let recipients = access::recipients(self.shared, &self.session.user, target).await?;
+        let stored = self
+            .shared
+            .store(move |s| s.committed(&id))
+            .await
+            .map_err(|e| Refusal::new(ErrorCode::Storage, e.to_string()))?
+            .map(|meta| (meta.from, meta.seq));
+        Ok(Checked { recipients, stored })
+    }
+
+    /// Over the per-user upload rate: slow the sender down rather than refuse.
+    async fn pace(&self, bytes: usize) {
+        let pause = lock(&self.shared.limits).pace_bytes(&self.session.user, bytes, Instant::now());
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+/// Holds a channel's floor for one clip; releases it when dropped (the clip ended, was
+/// refused, or its task ended with the talker's connection).
+struct FloorGuard {
+    cluster: Arc<dyn Cluster>,
+    channel: String,
+    clip: ClipId,
+}
+
+impl Drop for FloorGuard {
+    fn drop(&mut self) {
+        self.cluster.release_floor(&self.channel, self.clip);
+    }
+}

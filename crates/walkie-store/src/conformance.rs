@@ -1,0 +1,423 @@
+//! The storage contract as one suite of tests that every backend runs: the SQLite store (in
+//! its own tests), the fault-injecting store, and the NATS store (on a 3-node cluster, in the
+//! workspace's `tests/nats_store.rs`). A backend's own tests add only what is its own (files
+//! on disk, crash leftovers, an interrupted replicated commit).
+//!
+//! A backend hands the suite fresh stores through [`Backend`]; [`conformance_tests!`]
+//! (`walkie_store::conformance_tests!`) expands to one `#[test]` per case, so each case
+//! passes or fails under its own name.
+//!
+//! ```ignore
+//! walkie_store::conformance_tests!(my_backend());
+//! ```
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use walkie_proto::clip::{ClipId, ClipMeta, CodecParams, Target};
+
+use crate::{ChannelInfo, CommitOutcome, PURGED_SENDER, Store, StoreError};
+
+/// What the suite needs of a backend.
+pub trait Backend {
+    /// The store under test: fresh and empty when the backend was made.
+    fn store(&self) -> &dyn Store;
+    /// A second, independent handle on the same data (an admin command, another relay).
+    fn another(&self) -> Arc<dyn Store>;
+}
+
+/// Expands to one `#[test]` per case of the suite, each on a fresh backend made by `$make`
+/// (an expression whose value implements [`Backend`]).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@cases $make;
+            users_roundtrip_and_duplicates_are_refused,
+            removing_a_user_drops_memberships_and_inbox,
+            channels_need_existing_members,
+            committed_clips_read_back_byte_equal_small_large_and_empty,
+            a_resend_is_a_duplicate_and_another_sender_conflicts,
+            pending_is_oldest_first_per_recipient_and_ack_removes,
+            channel_history_is_newest_last_with_limit_and_before,
+            history_finds_old_clips_behind_many_newer_ones_elsewhere,
+            direct_history_has_both_directions_and_nobody_else,
+            readable_follows_current_membership_and_own_direct_clips,
+            readable_pages_newest_last_with_limit_and_before,
+            two_stores_see_each_others_writes_at_once,
+            concurrent_commits_from_two_stores_get_unique_seqs,
+            purge_deletes_the_users_audio_and_keeps_their_clips_anonymised,
+            retention_deletes_old_clips_with_their_audio_and_inbox_entries,
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                let backend = $make;
+                $crate::conformance::$case(&backend);
+            }
+        )*
+    };
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// Users alice, bob, carol (token hashes [0; 32], [1; 32], [2; 32]) and channel crew =
+/// {alice, bob}.
+fn populate(store: &dyn Store) {
+    for (i, user) in ["alice", "bob", "carol"].into_iter().enumerate() {
+        store.add_user(user, &[i as u8; 32]).expect("user added");
+    }
+    store.add_channel("crew", &names(&["alice", "bob"])).expect("channel added");
+}
+
+fn meta(from: &str, to: &str) -> ClipMeta {
+    ClipMeta {
+        id: ClipId::random(),
+        from: from.into(),
+        to: to.parse().expect("a target"),
+        started_at_ms: 1_700_000_000_000,
+        duration_ms: 1234,
+        packets: 62,
+        bytes: 0,
+        codec: CodecParams { frame_samples: 960, bitrate: 24_000, pre_skip: 312 },
+        seq: 0,
+    }
+}
+
+/// Bytes that tell every clip apart (the store never parses them).
+fn audio(m: &ClipMeta) -> Vec<u8> {
+    [b"OggS".as_slice(), &m.id.0, m.from.as_bytes()].concat()
+}
+
+/// Commits a clip from `from` to `to` ("crew" or "@bob"), queued for `recipients`.
+fn send(store: &dyn Store, from: &str, to: &str, recipients: &[&str]) -> ClipMeta {
+    let mut m = meta(from, to);
+    let ogg = audio(&m);
+    let CommitOutcome::Stored(seq) = store.commit_clip(&m, &names(recipients), &ogg).expect("committed") else {
+        panic!("a new clip reported as a duplicate")
+    };
+    m.seq = seq;
+    m.bytes = ogg.len() as u64;
+    m
+}
+
+fn ids(clips: &[ClipMeta]) -> Vec<ClipId> {
+    clips.iter().map(|c| c.id).collect()
+}
+
+/// Everything `user` may read, paged through the store.
+pub fn readable_all(store: &dyn Store, user: &str) -> Vec<ClipMeta> {
+    let mut all = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store.readable(user, 100, before).expect("readable");
+        let Some(first) = page.first() else { break };
+        before = Some(first.seq);
+        let full = page.len() == 100;
+        all.splice(0..0, page);
+        if !full {
+            break;
+        }
+    }
+    all
+}
+
+/// Users are added once, listed sorted, looked up by name and removed.
+pub fn users_roundtrip_and_duplicates_are_refused(b: &dyn Backend) {
+    let store = b.store();
+    populate(store);
+    assert_eq!(store.users().unwrap(), names(&["alice", "bob", "carol"]));
+    assert_eq!(store.token_hash("bob").unwrap(), Some([1; 32]));
+    assert_eq!(store.token_hash("nobody").unwrap(), None);
+    assert!(matches!(store.add_user("bob", &[9; 32]), Err(StoreError::Exists { kind: "user", .. })));
+    assert_eq!(store.token_hash("bob").unwrap(), Some([1; 32]), "a refused add changes nothing");
+    assert!(store.remove_user("bob").unwrap());
+    assert!(!store.remove_user("bob").unwrap());
+    assert_eq!(store.users().unwrap(), names(&["alice", "carol"]));
+    assert_eq!(store.token_hash("bob").unwrap(), None);
+}
+
+/// A removed user leaves their channels and inbox behind; the same name added again starts
+/// with neither.
+pub fn removing_a_user_drops_memberships_and_inbox(b: &dyn Backend) {
+    let store = b.store();
+    populate(store);
+    send(store, "alice", "crew", &["alice", "bob"]);
+    assert!(store.remove_user("bob").unwrap());
+    assert_eq!(store.members("crew").unwrap(), Some(names(&["alice"])));
+    store.add_user("bob", &[7; 32]).unwrap();
+    assert_eq!(store.pending("bob", 0, 10).unwrap(), vec![]);
+    assert_eq!(store.members("crew").unwrap(), Some(names(&["alice"])));
+    assert_eq!(store.pending("alice", 0, 10).unwrap().len(), 1);
+}
+
+/// Channels are made of existing users; refused changes change nothing.
+pub fn channels_need_existing_members(b: &dyn Backend) {
+    let store = b.store();
+    populate(store);
+    let err = store.add_channel("ops", &names(&["alice", "mallory"])).unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { kind: "user", ref name } if name == "mallory"), "{err}");
+    assert_eq!(store.members("ops").unwrap(), None, "a refused channel is not half-created");
+    assert!(matches!(store.add_channel("crew", &[]), Err(StoreError::Exists { kind: "channel", .. })));
+    store.add_channel("empty", &[]).unwrap();
+    assert_eq!(store.members("empty").unwrap(), Some(vec![]));
+    assert_eq!(
+        store.channels().unwrap(),
+        vec![
+            ChannelInfo { name: "crew".into(), members: names(&["alice", "bob"]) },
+            ChannelInfo { name: "empty".into(), members: vec![] },
+        ]
+    );
+    let err = store.update_members("crew", &names(&["carol", "mallory"]), &[]).unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { kind: "user", .. }), "{err}");
+    assert_eq!(store.members("crew").unwrap(), Some(names(&["alice", "bob"])), "a refused update changes nothing");
+    assert!(matches!(store.update_members("nope", &[], &[]), Err(StoreError::NotFound { kind: "channel", .. })));
+    let now = store.update_members("crew", &names(&["carol", "carol"]), &names(&["alice", "ghost"])).unwrap();
+    assert_eq!(now, names(&["bob", "carol"]));
+    assert_eq!(store.members("crew").unwrap(), Some(now));
+}
+
+/// A committed clip reads back as it went in: its metadata (with the seq the store gave it
+/// and the file's length) and its bytes, for a small clip, a 4 MiB one (60 s at the highest
+/// bitrate; NATS chunks it) and an empty one.
+pub fn committed_clips_read_back_byte_equal_small_large_and_empty(b: &dyn Backend) {
+    let store = b.store();
+    populate(store);
+    let m = send(store, "alice", "crew", &["bob"]);
+    assert_eq!(store.clip(&m.id).unwrap(), Some(m.clone()));
+    assert_eq!(store.committed(&m.id).unwrap(), Some(m.clone()));
+    assert_eq!(store.clip_audio(&m.id).unwrap(), audio(&m));
+    let unknown = ClipId::random();
+    assert_eq!(store.clip(&unknown).unwrap(), None);
+    assert!(matches!(store.clip_audio(&unknown), Err(StoreError::NotFound { kind: "clip", .. })));
+
+    let mut big = meta("bob", "@alice");
+    let ogg: Vec<u8> = (0..4 * 1024 * 1024 + 12_345).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let CommitOutcome::Stored(seq) = store.commit_clip(&big, &names(&["alice"]), &ogg).unwrap() else {
+        panic!("a new clip reported as a duplicate")
+    };
+    (big.seq, big.bytes) = (seq, ogg.len() as u64);
+    assert!(seq > m.seq, "seqs increase");
+    assert_eq!(store.clip(&big.id).unwrap(), Some(big.clone()));
+    assert!(store.clip_audio(&big.id).unwrap() == ogg, "the 4 MiB clip reads back byte-equal");
+    let empty = meta("alice", "crew");
+    store.commit_clip(&empty, &[], &[]).unwrap();
+    assert_eq!(store.clip_audio(&empty.id).unwrap(), Vec::<u8>::new());
+}
+
+/// The same id from the same sender is a duplicate (nothing rewritten); from another sender it
+/// is a conflict.
+pub fn a_resend_is_a_duplicate_and_another_sender_conflicts(b: &dyn Backend) {
+    let store = b.store();
+    populate(store);
+    let m = send(store, "alice", "crew", &["bob"]);
+    assert_eq!(store.commit_clip(&m, &names(&["bob"]), b"different bytes").unwrap(), CommitOutcome::Duplicate(m.seq));
+    let forged = ClipMeta { from: "carol".into(), ..m.clone() };
+    assert!(matches!(store.commit_clip(&forged, &[], b"x"), Err(StoreError::IdConflict(id)) if id == m.id));
+    assert_eq!(readable_all(store, "alice"), vec![m.clone()]);
+    assert_eq!(store.pending("bob", 0, 10).unwrap().len(), 1);
+    assert_eq!(store.clip_audio(&m.id).unwrap(), audio(&m), "neither resend touched the audio");
+}
+
+/// Each recipient's inbox holds what was queued for them, oldest first, until they ack it.
+pub fn pending_is_oldest_first_per_recipient_and_ack_removes(b: &dyn Backend) {
+    let store = b.store();
+    populate(store);
+    let a = send(store, "alice", "crew", &["alice", "bob"]);
+    let b2 = send(store, "bob", "@alice", &["alice"]);
+    let c = send(store, "bob", "crew", &["alice", "bob", "bob", "ghost"]);
+    assert!(a.seq < b2.seq && b2.seq < c.seq);
+    assert_eq!(store.pending("alice", 0, 10).unwrap(), vec![a.clone(), b2.clone(), c.clone()]);
+    assert_eq!(ids(&store.pending("bob", 0, 10).unwrap()), vec![a.id, c.id]);
+    assert_eq!(ids(&store.pending("alice", a.seq, 10).unwrap()), vec![b2.id, c.id]);
+    assert_eq!(ids(&store.pending("alice", 0, 1).unwrap()), vec![a.id]);
+    assert_eq!(store.pending("carol", 0, 10).unwrap(), vec![]);
+    store.ack("alice", &a.id).unwrap();
+    store.ack("alice", &ClipId::random()).unwrap();
+    assert_eq!(ids(&store.pending("alice", 0, 10).unwrap()), vec![b2.id, c.id]);
+    assert_eq!(ids(&store.pending("bob", 0, 10).unwrap()), vec![a.id, c.id], "bob's inbox is his own");
+}
+
+/// A channel's history is a page of its newest clips, oldest first.
+pub fn channel_history_is_newest_last_with_limit_and_before(b: &dyn Backend) {
+    let store = b.store();
+    populate(store);
+    store.add_channel("ops", &names(&["carol"])).unwrap();
+    let crew: Vec<ClipMeta> = (0..5).map(|_| send(store, "alice", "crew", &[])).collect();
+    send(store, "carol", "ops", &[]);
+    send(store, "alice", "@bob", &[]);
+    let target = Target::Channel("crew".into());
+    assert_eq!(store.history("alice", &target, 10, None).unwrap(), crew);
+    assert_eq!(store.history("alice", &target, 3, None).unwrap(), crew[2..]);
+    assert_eq!(store.history("alice", &target, 2, Some(crew[3].seq)).unwrap(), crew[1..3]);
+    assert_eq!(store.history("alice", &target, 10, Some(crew[0].seq)).unwrap(), vec![]);
+    assert_eq!(store.history("alice", &target, 0, None).unwrap(), vec![]);
+}
+
+/// Old clips of a conversation are found behind many newer clips of other conversations.
+pub fn history_finds_old_clips_behind_many_newer_ones_elsewhere(b: &dyn Backend) {
+    let store = b.store();
+    populate(store);
+    store.add_channel("ops", &names(&["carol"])).unwrap();
+    let old: Vec<ClipMeta> = (0..3).map(|_| send(store, "alice", "crew", &[])).collect();
+    for _ in 0..300 {
+        send(store, "carol", "ops", &[]);
+    }
+    let newest = send(store, "bob", "crew", &[]);
+    let target = Target::Channel("crew".into());
+    let all: Vec<ClipMeta> = old.iter().cloned().chain([newest.clone()]).collect();
+    assert_eq!(store.history("bob", &target, 10, None).unwrap(), all);
+    assert_eq!(store.history("bob", &target, 2, None).unwrap(), all[2..]);
+    assert_eq!(store.history("bob", &target, 2, Some(newest.seq)).unwrap(), old[1..]);
+    assert_eq!(store.history("carol", &"ops".parse().unwrap(), 1000, None).unwrap().len(), 300);
+    assert_eq!(store.readable("alice", 10, None).unwrap(), all);
+    assert_eq!(store.readable("alice", 2, Some(newest.seq)).unwrap(), old[1..]);
+}
+
+/// A direct conversation holds both directions between two users and nobody else's clips.
+pub fn direct_history_has_both_directions_and_nobody_else(b: &dyn Backend) {
+    let store = b.store();
+    populate(store);
+    let a1 = send(store, "alice", "@bob", &["bob"]);
+    send(store, "carol", "@alice", &["alice"]);
+    let b1 = send(store, "bob", "@alice", &["alice"]);
+    send(store, "alice", "@carol", &["carol"]);
+    send(store, "bob", "@carol", &["carol"]);
+    send(store, "bob", "crew", &[]);
+    let a2 = send(store, "alice", "@bob", &["bob"]);
+    let dm = vec![a1, b1.clone(), a2.clone()];
+    assert_eq!(store.history("alice", &Target::User("bob".into()), 10, None).unwrap(), dm);
+    assert_eq!(store.history("bob", &Target::User("alice".into()), 10, None).unwrap(), dm);
+    assert_eq!(store.history("alice", &Target::User("bob".into()), 2, None).unwrap(), dm[1..]);
+    assert_eq!(store.history("bob", &Target::User("alice".into()), 1, Some(a2.seq)).unwrap(), vec![b1]);
+    let carol_bob = store.history("carol", &Target::User("bob".into()), 10, None).unwrap();
+    assert_eq!(carol_bob.len(), 1);
+    assert_eq!((carol_bob[0].from.as_str(), &carol_bob[0].to), ("bob", &Target::User("carol".into())));
+}
+
+/// What a user may read: the channels they are in now, and direct clips to or from them.
+pub fn readable_follows_current_membership_and_own_direct_clips(b: &dyn Backend) {
+    let store = b.store();
+    populate(store);
+    store.add_channel("ops", &names(&["bob", "carol"])).unwrap();
+    let crew = send(store, "bob", "crew", &[]);
+    send(store, "bob", "ops", &[]);
+    let to_alice = send(store, "carol", "@alice", &[]);
+    send(store, "bob", "@carol", &[]);
+    let from_alice = send(store, "alice", "@bob", &[]);
+    let to_self = send(store, "alice", "@alice", &[]);
+    assert_eq!(readable_all(store, "alice"), vec![crew, to_alice.clone(), from_alice.clone(), to_self.clone()]);
+    store.update_members("crew", &[], &names(&["alice"])).unwrap();
+    assert_eq!(readable_all(store, "alice"), vec![to_alice, from_alice, to_self]);
+    assert_eq!(readable_all(store, "nobody"), vec![]);
+}
+
+/// Everything readable comes in pages, newest last, so a long history is never read whole.
+pub fn readable_pages_newest_last_with_limit_and_before(b: &dyn Backend) {
+    let store = b.store();
+    populate(store);
+    let mut mine = Vec::new();
+    for i in 0..250 {
+        mine.push(match i % 3 {
+            0 => send(store, "bob", "crew", &[]),
+            1 => send(store, "carol", "@alice", &[]),
+            _ => send(store, "alice", "@bob", &[]),
+        });
+        send(store, "bob", "@carol", &[]);
+    }
+    let page = store.readable("alice", 100, None).unwrap();
+    assert_eq!(page, mine[150..], "the newest 100, oldest first");
+    let older = store.readable("alice", 100, Some(page[0].seq)).unwrap();
+    assert_eq!(older, mine[50..150]);
+    assert_eq!(store.readable("alice", 100, Some(older[0].seq)).unwrap(), mine[..50]);
+    assert_eq!(store.readable("alice", 0, None).unwrap(), vec![]);
+    assert_eq!(readable_all(store, "alice"), mine);
+}
+
+/// Two handles on one store (a relay and an admin command, or two relays) see each other's
+/// writes at once, and a handle opened later sees everything.
+pub fn two_stores_see_each_others_writes_at_once(b: &dyn Backend) {
+    let relay = b.store();
+    populate(relay);
+    let admin = b.another();
+    admin.add_user("dave", &[3; 32]).unwrap();
+    assert_eq!(relay.token_hash("dave").unwrap(), Some([3; 32]));
+    admin.update_members("crew", &names(&["dave"]), &[]).unwrap();
+    assert_eq!(relay.members("crew").unwrap(), Some(names(&["alice", "bob", "dave"])));
+    let m = send(relay, "alice", "crew", &["dave"]);
+    assert_eq!(admin.pending("dave", 0, 10).unwrap(), vec![m.clone()]);
+    assert_eq!(admin.clip_audio(&m.id).unwrap(), audio(&m));
+    assert_eq!(admin.history("dave", &"crew".parse().unwrap(), 10, None).unwrap(), vec![m.clone()]);
+    admin.ack("dave", &m.id).unwrap();
+    assert_eq!(relay.pending("dave", 0, 10).unwrap(), vec![]);
+    assert!(admin.remove_user("dave").unwrap());
+    assert_eq!(relay.token_hash("dave").unwrap(), None);
+    drop(admin);
+    let later = b.another();
+    assert_eq!(later.clip(&m.id).unwrap(), Some(m.clone()));
+    assert_eq!(later.commit_clip(&m, &[], &audio(&m)).unwrap(), CommitOutcome::Duplicate(m.seq));
+    assert!(send(later.as_ref(), "bob", "crew", &[]).seq > m.seq);
+}
+
+/// Commits from two handles at once on four threads: every clip stored once, every seq unique.
+pub fn concurrent_commits_from_two_stores_get_unique_seqs(b: &dyn Backend) {
+    populate(b.store());
+    let stores = [b.another(), b.another()];
+    let seqs: Vec<u64> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let store = &stores[t % 2];
+                scope.spawn(move || (0..25).map(|_| send(store.as_ref(), "alice", "crew", &["bob"]).seq).collect::<Vec<_>>())
+            })
+            .collect();
+        threads.into_iter().flat_map(|t| t.join().expect("a committing thread")).collect()
+    });
+    assert_eq!(seqs.len(), 100);
+    assert_eq!(seqs.iter().collect::<HashSet<_>>().len(), 100);
+    assert_eq!(b.store().history("alice", &"crew".parse().unwrap(), 1000, None).unwrap().len(), 100);
+    assert_eq!(b.store().pending("bob", 0, 1000).unwrap().len(), 100);
+}
+
+/// A purge deletes the audio of every clip the user sent and drops those clips from every
+/// inbox; the clips stay in their conversations, anonymised, with no audio.
+pub fn purge_deletes_the_users_audio_and_keeps_their_clips_anonymised(b: &dyn Backend) {
+    let store = b.store();
+    populate(store);
+    let theirs = [send(store, "bob", "crew", &["alice"]), send(store, "bob", "@alice", &["alice"])];
+    let kept = send(store, "alice", "crew", &["bob"]);
+    assert_eq!(store.purge_user("bob").unwrap(), 2);
+    for m in &theirs {
+        assert!(matches!(store.clip_audio(&m.id), Err(StoreError::NotFound { .. })), "{m:?}: audio gone");
+        let anon = store.clip(&m.id).unwrap().expect("the clip stays");
+        assert_eq!((anon.from.as_str(), anon.seq, anon.bytes), (PURGED_SENDER, m.seq, 0));
+    }
+    assert_eq!(ids(&store.pending("alice", 0, 10).unwrap()), Vec::<ClipId>::new(), "purged clips leave every inbox");
+    assert_eq!(store.clip_audio(&kept.id).unwrap(), audio(&kept), "other senders' clips are untouched");
+    let crew = store.history("alice", &"crew".parse().unwrap(), 10, None).unwrap();
+    assert_eq!(crew.iter().map(|m| m.from.as_str()).collect::<Vec<_>>(), [PURGED_SENDER, "alice"]);
+    assert_eq!(store.purge_user("bob").unwrap(), 0, "a second purge finds nothing");
+}
+
+/// Retention deletes clips stored before a time, with their audio and inbox entries, and
+/// keeps the rest.
+pub fn retention_deletes_old_clips_with_their_audio_and_inbox_entries(b: &dyn Backend) {
+    let store = b.store();
+    populate(store);
+    let old = send(store, "alice", "crew", &["bob"]);
+    assert_eq!(store.delete_clips_before(0).unwrap(), 0, "nothing is older than 1970");
+    let cut = walkie_proto::clip::now_ms() + 1;
+    assert_eq!(store.delete_clips_before(cut).unwrap(), 1);
+    // The next clip must be stored after the cut: wait for the clock to pass it (at most 1 ms).
+    while walkie_proto::clip::now_ms() < cut {
+        std::thread::yield_now();
+    }
+    assert_eq!(store.clip(&old.id).unwrap(), None);
+    assert!(matches!(store.clip_audio(&old.id), Err(StoreError::NotFound { .. })));
+    assert_eq!(store.pending("bob", 0, 10).unwrap(), vec![]);
+    let fresh = send(store, "alice", "crew", &["bob"]);
+    assert_eq!(store.delete_clips_before(cut).unwrap(), 0, "a clip stored after the cut stays");
+    assert_eq!(store.pending("bob", 0, 10).unwrap(), vec![fresh]);
+}

@@ -1,0 +1,151 @@
+//! A fault-injecting [`Store`] wrapper: passes every call through, but while "disk full" is
+//! switched on, every write fails as a full disk would (`ENOSPC`). Tests use it to check
+//! that the relay refuses new clips clearly, keeps serving reads, and recovers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use walkie_proto::clip::{ClipId, ClipMeta, Target};
+
+use crate::{ChannelInfo, CommitOutcome, Store, StoreError, TokenHash};
+
+/// Wraps a store and fails its writes on demand.
+pub struct FaultyStore {
+    inner: Arc<dyn Store>,
+    full: AtomicBool,
+    refused: AtomicU64,
+}
+
+impl FaultyStore {
+    /// Wraps `inner`; writes work until [`FaultyStore::set_disk_full`] is called.
+    pub fn new(inner: Arc<dyn Store>) -> Self {
+        Self { inner, full: AtomicBool::new(false), refused: AtomicU64::new(0) }
+    }
+
+    /// Switches the simulated full disk on or off.
+    pub fn set_disk_full(&self, full: bool) {
+        self.full.store(full, Ordering::SeqCst);
+    }
+
+    /// How many writes were refused so far.
+    pub fn refused_writes(&self) -> u64 {
+        self.refused.load(Ordering::SeqCst)
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.full.load(Ordering::SeqCst) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(StoreError::Io {
+                path: "clips".into(),
+                source: std::io::Error::from_raw_os_error(28), // ENOSPC: No space left on device
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Store for FaultyStore {
+    fn add_user(&self, name: &str, token_hash: &TokenHash) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.add_user(name, token_hash)
+    }
+    fn remove_user(&self, name: &str) -> Result<bool, StoreError> {
+        self.check()?;
+        self.inner.remove_user(name)
+    }
+    fn users(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.users()
+    }
+    fn token_hash(&self, name: &str) -> Result<Option<TokenHash>, StoreError> {
+        self.inner.token_hash(name)
+    }
+    fn add_channel(&self, name: &str, members: &[String]) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.add_channel(name, members)
+    }
+    fn channels(&self) -> Result<Vec<ChannelInfo>, StoreError> {
+        self.inner.channels()
+    }
+    fn members(&self, channel: &str) -> Result<Option<Vec<String>>, StoreError> {
+        self.inner.members(channel)
+    }
+    fn update_members(&self, channel: &str, add: &[String], remove: &[String]) -> Result<Vec<String>, StoreError> {
+        self.check()?;
+        self.inner.update_members(channel, add, remove)
+    }
+    fn commit_clip(&self, meta: &ClipMeta, recipients: &[String], ogg: &[u8]) -> Result<CommitOutcome, StoreError> {
+        self.check()?;
+        self.inner.commit_clip(meta, recipients, ogg)
+    }
+    fn clip(&self, id: &ClipId) -> Result<Option<ClipMeta>, StoreError> {
+        self.inner.clip(id)
+    }
+    fn clip_audio(&self, id: &ClipId) -> Result<Vec<u8>, StoreError> {
+        self.inner.clip_audio(id)
+    }
+    fn pending(&self, user: &str, after_seq: u64, limit: usize) -> Result<Vec<ClipMeta>, StoreError> {
+        self.inner.pending(user, after_seq, limit)
+    }
+    fn ack(&self, user: &str, id: &ClipId) -> Result<(), StoreError> {
+        // An ack that cannot be written only means the clip is delivered again later.
+        self.check()?;
+        self.inner.ack(user, id)
+    }
+    fn history(&self, viewer: &str, target: &Target, limit: usize, before_seq: Option<u64>) -> Result<Vec<ClipMeta>, StoreError> {
+        self.inner.history(viewer, target, limit, before_seq)
+    }
+    fn readable(&self, user: &str, limit: usize, before_seq: Option<u64>) -> Result<Vec<ClipMeta>, StoreError> {
+        self.inner.readable(user, limit, before_seq)
+    }
+    fn purge_user(&self, user: &str) -> Result<usize, StoreError> {
+        self.check()?;
+        self.inner.purge_user(user)
+    }
+    fn delete_clips_before(&self, before_ms: i64) -> Result<usize, StoreError> {
+        self.check()?;
+        self.inner.delete_clips_before(before_ms)
+    }
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use super::*;
+    use crate::conformance::Backend;
+    use crate::sqlite::SqliteStore;
+
+    /// The faulty store over SQLite, disk not full: it must keep the whole contract.
+    struct Faulty {
+        dir: tempfile::TempDir,
+        store: FaultyStore,
+    }
+
+    impl Backend for Faulty {
+        fn store(&self) -> &dyn Store {
+            &self.store
+        }
+        fn another(&self) -> Arc<dyn Store> {
+            Arc::new(FaultyStore::new(Arc::new(SqliteStore::open(self.dir.path()).expect("opens"))))
+        }
+    }
+
+    fn fresh() -> Faulty {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FaultyStore::new(Arc::new(SqliteStore::open(dir.path()).expect("opens")));
+        Faulty { dir, store }
+    }
+
+    crate::conformance_tests!(fresh());
+
+    #[test]
+    fn a_full_disk_refuses_writes_as_enospc_and_keeps_reads() {
+        let f = fresh();
+        f.store.add_user("alice", &[0; 32]).expect("added");
+        f.store.set_disk_full(true);
+        let err = f.store.add_user("bob", &[1; 32]).expect_err("refused");
+        assert!(matches!(&err, StoreError::Io { source, .. } if source.raw_os_error() == Some(28)), "{err}");
+        assert_eq!(f.store.users().expect("reads work"), ["alice"]);
+        assert_eq!(f.store.refused_writes(), 1);
+        f.store.set_disk_full(false);
+        f.store.add_user("bob", &[1; 32]).expect("space is back");
+    }
+}

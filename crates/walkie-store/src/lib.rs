@@ -1,0 +1,172 @@
+//! The relay's storage contract: users, channels, clips and per-user delivery inboxes, and
+//! the stores that keep it.
+//!
+//! The relay talks only to the [`Store`] trait. Every method is synchronous and may block on
+//! disk or network: async callers use `spawn_blocking`. The store holds no authorization
+//! logic; the relay decides who may read or write what. Errors are [`StoreError`], the same
+//! for every backend.
+//!
+//! | backend | module | feature |
+//! |---|---|---|
+//! | SQLite for metadata + one Ogg Opus file per clip, in a data dir (the default) | [`sqlite`] | `sqlite` (default) |
+//! | NATS JetStream, shared by several relays; also the relays' link (floor leases, notices) | [`nats`] | `nats` |
+//! | a wrapper that fails writes as a full disk would | [`faulty`] | `testing` |
+//! | the conformance suite every backend runs | [`conformance`] | `testing` |
+//!
+//! Must not depend on: the relay, the network transport, the client, audio. Only the
+//! vocabulary of [`walkie_proto`].
+
+#![warn(missing_docs)]
+#![deny(unsafe_code)]
+
+#[cfg(any(test, feature = "testing"))]
+pub mod conformance;
+#[cfg(any(test, feature = "testing"))]
+pub mod faulty;
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+use walkie_proto::clip::{ClipId, ClipMeta, Target};
+
+/// SHA-256 of a user's token; the token itself is never stored.
+pub type TokenHash = [u8; 32];
+
+/// Errors from a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A user or channel of that name already exists.
+    #[error("{kind} {name:?} already exists")]
+    Exists {
+        /// "user" or "channel".
+        kind: &'static str,
+        /// The name that exists.
+        name: String,
+    },
+    /// A user, channel or clip named in the request does not exist.
+    #[error("{kind} {name:?} does not exist")]
+    NotFound {
+        /// "user", "channel" or "clip".
+        kind: &'static str,
+        /// The missing name or id.
+        name: String,
+    },
+    /// A clip id that is already stored belongs to another sender.
+    #[error("clip {0} already exists with another sender")]
+    IdConflict(ClipId),
+    /// The database failed (locked, corrupt, disk full): the embedded store's engine reported
+    /// this, in its words.
+    #[error("database error: {0}")]
+    Database(String),
+    /// A file under the data dir could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// Which file or directory.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// Stored data does not parse (a row with an invalid target, say).
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The storage backend failed or cannot be reached: the NATS cluster is unreachable,
+    /// has no quorum or did not answer within the deadline. (A full disk or a failing file
+    /// of the embedded store is [`StoreError::Io`] or [`StoreError::Database`].) The relay reports
+    /// every store failure to clients with the `storage` error code.
+    #[error("storage unavailable: {0}")]
+    Backend(String),
+    /// This store cannot do that operation.
+    #[error("this store does not support {0}")]
+    Unsupported(&'static str),
+}
+
+/// A channel and its members.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelInfo {
+    /// Channel name.
+    pub name: String,
+    /// Member user names, sorted.
+    pub members: Vec<String>,
+}
+
+/// What happened to a clip handed to [`Store::commit_clip`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Newly stored, durable, with this sequence number.
+    Stored(u64),
+    /// The same id from the same sender was already stored (a retry); nothing was written.
+    Duplicate(u64),
+}
+
+/// Durable storage for a relay. Implementations must be safe to share between threads and
+/// between processes on the same data (admin commands run while the relay serves).
+pub trait Store: Send + Sync + 'static {
+    /// Adds a user with the hash of their token.
+    fn add_user(&self, name: &str, token_hash: &TokenHash) -> Result<(), StoreError>;
+    /// Removes a user (and their channel memberships and pending deliveries). False if unknown.
+    fn remove_user(&self, name: &str) -> Result<bool, StoreError>;
+    /// All user names, sorted.
+    fn users(&self) -> Result<Vec<String>, StoreError>;
+    /// The stored token hash of a user, if the user exists.
+    fn token_hash(&self, name: &str) -> Result<Option<TokenHash>, StoreError>;
+
+    /// Creates a channel with its initial members (who must exist).
+    fn add_channel(&self, name: &str, members: &[String]) -> Result<(), StoreError>;
+    /// All channels with their members, sorted by name.
+    fn channels(&self) -> Result<Vec<ChannelInfo>, StoreError>;
+    /// Members of one channel, sorted; `None` if the channel does not exist.
+    fn members(&self, channel: &str) -> Result<Option<Vec<String>>, StoreError>;
+    /// Adds and removes members (added users must exist); returns the new member list.
+    fn update_members(&self, channel: &str, add: &[String], remove: &[String]) -> Result<Vec<String>, StoreError>;
+
+    /// Stores a complete clip durably (file and metadata fsynced and committed) and queues it
+    /// for each recipient, in one step: either all of it is visible afterwards or none of it.
+    /// `meta.seq` is ignored; the store assigns it. A repeat of a known id from the same
+    /// sender is a no-op that reports [`CommitOutcome::Duplicate`]; from another sender it is
+    /// [`StoreError::IdConflict`].
+    fn commit_clip(&self, meta: &ClipMeta, recipients: &[String], ogg: &[u8]) -> Result<CommitOutcome, StoreError>;
+    /// Metadata of one stored clip.
+    fn clip(&self, id: &ClipId) -> Result<Option<ClipMeta>, StoreError>;
+    /// Metadata of a clip whose commit is complete (stored and queued for every recipient):
+    /// the relay acknowledges a resend of such a clip without reading it again. A store whose
+    /// commit is not atomic (NATS) answers `None` for a clip whose commit was interrupted, so
+    /// that the resend completes it.
+    fn committed(&self, id: &ClipId) -> Result<Option<ClipMeta>, StoreError> {
+        self.clip(id)
+    }
+    /// The stored Ogg Opus bytes of a clip.
+    fn clip_audio(&self, id: &ClipId) -> Result<Vec<u8>, StoreError>;
+
+    /// Clips queued for `user` and not yet acknowledged, with `seq > after_seq`, oldest first.
+    fn pending(&self, user: &str, after_seq: u64, limit: usize) -> Result<Vec<ClipMeta>, StoreError>;
+    /// Marks a clip delivered to `user` (removes it from their inbox). Unknown ids are ignored.
+    fn ack(&self, user: &str, id: &ClipId) -> Result<(), StoreError>;
+
+    /// A conversation, newest last: for a channel, its clips; for `Target::User(other)`, the
+    /// direct clips between `viewer` and `other` in both directions. At most `limit` clips,
+    /// only those with `seq < before_seq` when given.
+    fn history(&self, viewer: &str, target: &Target, limit: usize, before_seq: Option<u64>)
+        -> Result<Vec<ClipMeta>, StoreError>;
+    /// A page of every clip `user` may read (clips of channels they are a member of now, and
+    /// direct clips they sent or received), newest last: at most `limit` clips, only those with
+    /// `seq < before_seq` when given. Paged like [`Store::history`], so a long history is
+    /// never read whole.
+    fn readable(&self, user: &str, limit: usize, before_seq: Option<u64>) -> Result<Vec<ClipMeta>, StoreError>;
+
+    /// Deletes the audio of every clip `user` sent (the files are overwritten, then removed),
+    /// removes those clips from every inbox, and anonymises their metadata (sender becomes
+    /// [`PURGED_SENDER`]); returns how many clips were purged.
+    fn purge_user(&self, _user: &str) -> Result<usize, StoreError> {
+        Err(StoreError::Unsupported("purging a user's clips"))
+    }
+
+    /// Deletes clips stored before `before_ms` (milliseconds since the epoch), with their
+    /// audio and inbox entries; returns how many.
+    fn delete_clips_before(&self, _before_ms: i64) -> Result<usize, StoreError> {
+        Err(StoreError::Unsupported("retention"))
+    }
+}
+
+/// The sender name that purged clips keep in their metadata.
+pub const PURGED_SENDER: &str = "purged-user";

@@ -1,0 +1,182 @@
+//! Clip audio files under `DIR/clips/`: where they live, how one is written durably, and
+//! which files a crash may leave behind.
+//!
+//! Locking is the caller's job: [`super::SqliteStore`] writes and fsyncs a clip's temp file
+//! without a lock (so concurrent commits sync in parallel), and renames it into place and
+//! sweeps leftovers only while it holds the database write lock. The sweep only judges temp
+//! files older than a minute, so a temp file being written is never taken for a leftover.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use walkie_proto::clip::ClipId;
+
+use crate::StoreError;
+
+/// Subdirectory of `clips/` for files being written. Three letters, so never a shard name.
+pub(super) const TMP_DIR: &str = "tmp";
+const PARTIAL_EXT: &str = "partial";
+const CLIP_EXT: &str = "opus";
+
+/// Wraps an I/O error with the path it concerns.
+pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where a clip's file lives, relative to `clips/`: `<first 2 hex>/<32 hex>.opus`.
+pub(super) fn relative_path(id: &ClipId) -> String {
+    let hex = id.to_string();
+    format!("{}/{hex}.{CLIP_EXT}", &hex[..2])
+}
+
+/// First half of a group commit: writes `bytes` to a new temp file under `clips/tmp` and
+/// fsyncs it, without any lock (concurrent commits sync their files in parallel). Returns
+/// the temp path for [`place`].
+pub(super) fn write_tmp(clips_dir: &Path, rel: &str, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+    let file_name = Path::new(rel).file_name().and_then(|n| n.to_str()).unwrap_or("clip");
+    let suffix: u64 = rand::random();
+    let tmp = clips_dir.join(TMP_DIR).join(format!("{file_name}.{suffix:016x}.{PARTIAL_EXT}"));
+    let written = (|| {
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    })()
+    .map_err(io_err(&tmp));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(tmp)
+}
+
+/// Second half, under the write lock: renames a synced temp file to its place
+/// `clips_dir/rel`, creating the shard directory if needed. Returns the final path and the
+/// directories whose entries changed: the caller fsyncs each once for the whole group
+/// (shard first, then `clips_dir` for a new shard) before it commits the rows.
+pub(super) fn place(clips_dir: &Path, rel: &str, tmp: &Path) -> Result<(PathBuf, Vec<PathBuf>), StoreError> {
+    let final_path = clips_dir.join(rel);
+    let shard = final_path.parent().unwrap_or(clips_dir).to_path_buf();
+    let mut dirty = vec![shard.clone()];
+    match fs::create_dir(&shard) {
+        Ok(()) => dirty.push(clips_dir.to_path_buf()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_err(&shard)(e)),
+    }
+    fs::rename(tmp, &final_path).map_err(io_err(&final_path))?;
+    Ok((final_path, dirty))
+}
+
+/// Overwrites a clip file with zeros, syncs it, and removes it, so its audio does not
+/// linger in the file's old blocks. A file already gone is fine.
+pub(super) fn shred(path: &Path) -> Result<(), StoreError> {
+    let len = match fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    (|| {
+        let mut file = OpenOptions::new().write(true).open(path)?;
+        let zeros = vec![0u8; 64 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            file.write_all(&zeros[..n])?;
+            left -= n as u64;
+        }
+        file.sync_all()?;
+        fs::remove_file(path)
+    })()
+    .map_err(io_err(path))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Makes a directory's entries (creations, renames, removals) durable.
+pub(super) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// Files that look like crash leftovers, all older than the age asked for.
+#[derive(Debug, Default)]
+pub(super) struct Leftovers {
+    /// `clips/tmp/*.partial`: writes that never reached their rename.
+    pub(super) partial: Vec<PathBuf>,
+    /// `clips/xx/<id>.opus` files; orphans only if no row has that id.
+    pub(super) clips: Vec<(ClipId, PathBuf)>,
+}
+
+/// Lists temp files and clip files last modified more than `min_age` ago. Files that
+/// vanish or cannot be examined during the scan are skipped; only an unreadable `clips_dir`
+/// is an error.
+pub(super) fn scan(clips_dir: &Path, min_age: Duration) -> Result<Leftovers, StoreError> {
+    let now = SystemTime::now();
+    let old_enough = |path: &Path| {
+        fs::symlink_metadata(path)
+            .ok()
+            .filter(|m| m.is_file())
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age >= min_age)
+    };
+    let mut out = Leftovers::default();
+    for path in list_dir(&clips_dir.join(TMP_DIR)) {
+        if path.extension().is_some_and(|e| e == PARTIAL_EXT) && old_enough(&path) {
+            out.partial.push(path);
+        }
+    }
+    let shards = fs::read_dir(clips_dir).map_err(io_err(clips_dir))?;
+    for shard in shards.filter_map(Result::ok) {
+        let shard_name = shard.file_name();
+        let Some(shard_name) = shard_name.to_str().filter(|n| n.len() == 2) else {
+            continue;
+        };
+        for path in list_dir(&shard.path()) {
+            let id = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".opus"))
+                .filter(|hex| hex.starts_with(shard_name))
+                .and_then(|hex| hex.parse::<ClipId>().ok());
+            if let Some(id) = id.filter(|_| old_enough(&path)) {
+                out.clips.push((id, path));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The entries of a directory, or none if it cannot be read.
+fn list_dir(dir: &Path) -> Vec<PathBuf> {
+    match fs::read_dir(dir) {
+        Ok(entries) => entries.filter_map(Result::ok).map(|e| e.path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Removes a leftover file; one already gone is fine, any other failure is logged and skipped.
+pub(super) fn remove_leftover(path: &Path) -> bool {
+    match fs::remove_file(path) {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "removed leftover clip file");
+            true
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove leftover clip file");
+            false
+        }
+    }
+}

@@ -10,34 +10,33 @@
 //! | file | owns |
 //! |---|---|
 //! | `engine.rs` | [`Engine`], [`Command`], [`EngineOptions`] |
+//! | `engine/worker.rs` | the loop on the engine thread: the one place the state below comes together |
 //! | `engine/state.rs` | the [`Snapshot`] and what is in it |
 //! | `engine/book.rs` | conversations, clips in order, played marks, unread counts, presence |
-//! | `engine/worker.rs` | the loop on the engine thread, start-up, connecting, losing the connection |
-//! | `engine/commands.rs` | what each command does |
-//! | `engine/jobs.rs` | background fetches: history pages, clip audio for waveforms and playing |
-//! | `engine/events.rs` | relay events, player events, the mic test's packets, reconnecting |
-//! | `engine/session.rs` | connection errors in words, history pages, fetching audio, played marks |
-//! | `engine/talking.rs` | one push-to-talk clip from press to stored, busy or cancelled |
-//! | `engine/speaker.rs` | the player and what it plays (auto-play, replays, the mic test) |
+//! | `engine/link.rs` | the link to the relay: connecting (errors in words), the outbox, reconnecting |
+//! | `engine/unplayed.rs` | the played marks kept across restarts |
+//! | `engine/fetches.rs` | background fetches (history pages, clip audio) and the audio cache |
+//! | `engine/playout.rs` | the player and what it plays (auto-play, live clips, replays, the mic test) |
 //! | `engine/mic.rs` | the microphone kept open, and the microphone test |
 //! | `engine/export.rs` | a conversation to a folder of `.opus` files |
 //! | `engine/settings.rs` | `app.toml`: settings and remembered profiles |
 //! | `engine/audio_clip.rs` | a clip's packets and waveform |
-//! | `engine/demo.rs` | `walkie app --demo`: a relay in-process with alice, bob and a channel |
+//! | `engine/demo.rs` | `walkie app --demo`: bob, a second client, on the demo relay |
+//!
+//! Each component keeps its state private behind a small interface; only the worker calls
+//! more than one of them.
 
 mod audio_clip;
 mod book;
-mod commands;
 mod demo;
-mod events;
 mod export;
-mod jobs;
+mod fetches;
+mod link;
 mod mic;
-mod session;
 pub mod settings;
-mod speaker;
+mod playout;
 pub mod state;
-mod talking;
+mod unplayed;
 mod worker;
 
 use std::path::PathBuf;

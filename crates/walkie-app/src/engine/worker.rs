@@ -1,72 +1,59 @@
-//! The loop on the engine thread. It owns the connection, the microphone and the speaker,
-//! and turns commands, relay events and player events into a new [`Snapshot`]. Work that
-//! needs the relay in the background (waveforms, audio for auto-play) goes one fetch at a
-//! time between events, and gives way to any command.
+//! The loop on the engine thread, and the one place its state comes together. The [`Worker`]
+//! owns components that each keep their state private behind a small interface: the
+//! [`Link`] to the relay (connected or reconnecting, the outbox, played marks), the
+//! [`Fetches`] (background jobs and the audio cache), the [`Playout`] (the player, live
+//! clips, the microphone test), the [`Microphone`]; and the [`Snapshot`] the app shows. It
+//! turns commands, relay events, player events and finished jobs into calls on them, and
+//! publishes a new snapshot after each. Work that needs the relay in the background goes one
+//! fetch at a time between events, and gives way to any command.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
+use tracing::warn;
+use walkie_client::outbox::Outbox;
+use walkie_client::profile::Profile;
+use walkie_client::talk::{self, TalkControl, TalkOptions, TalkOutcome};
+use walkie_client::{Client, ClientError, Event, ops};
+use walkie_media::codec::EncoderConfig;
+use walkie_proto::clip::{ClipId, ClipMeta, CodecParams, Target, now_ms};
+use walkie_proto::wire::{ErrorCode, MAX_HISTORY_PAGE};
 
 use super::audio_clip::ClipAudio;
 use super::book;
 use super::demo::Demo;
-use super::jobs::{Job, JobDone};
-use super::mic::{MicMsg, Microphone};
-use super::session::{self, Unplayed};
+use super::export;
+use super::fetches::{self, Fetches, Job, JobDone};
+use super::link::{self, Link};
+use super::mic::{self, MicMsg, Microphone};
+use super::playout::{Heard, Playout};
 use super::settings::AppFile;
-use super::speaker::Speaker;
-use super::state::{Connection, Devices, Notice, NoticeKind, Snapshot};
-use super::{Command, EngineOptions, Shared};
-use walkie_client::outbox::Outbox;
-use walkie_client::profile::Profile;
-use walkie_client::{Client, ClientConfig, ClientError, Event, ops};
-use walkie_proto::clip::{ClipId, Target};
-use walkie_media::codec::EncoderConfig;
-use walkie_proto::wire::MAX_HISTORY_PAGE;
+use super::state::{Connection, Devices, Meter, Notice, NoticeKind, Snapshot, Talk};
+use super::unplayed::Unplayed;
+use super::{AppSettings, Command, EngineOptions, Shared};
 
 /// How often player events are collected and reconnects tried.
 const TICK: Duration = Duration::from_millis(40);
-/// Pause before reconnecting after a lost connection (doubling up to 30 s).
-const RECONNECT_FIRST: Duration = Duration::from_secs(1);
-
-/// State that exists while connected.
-pub(super) struct Session {
-    pub cfg: ClientConfig,
-    pub outbox: Outbox,
-    pub unplayed: Unplayed,
-}
+/// The longest clip recorded (the relay refuses clips over 60 s by default).
+const MAX_CLIP: Duration = Duration::from_secs(59);
 
 /// The engine's state on its thread.
 pub(super) struct Worker {
-    pub opts: EngineOptions,
+    opts: EngineOptions,
     shared: Arc<Shared>,
-    pub snap: Snapshot,
-    pub file: AppFile,
-    pub session: Option<Session>,
-    /// The profile to reconnect with after a lost connection.
-    pub profile: Option<Profile>,
-    pub reconnect: Option<(Instant, Duration)>,
-    pub mic: Microphone,
-    pub speaker: Speaker,
-    pub audio: HashMap<ClipId, ClipAudio>,
-    pub audio_order: VecDeque<ClipId>,
-    pub jobs: VecDeque<Job>,
-    /// Unplayed clips to auto-play once their audio is fetched.
-    pub autoplay: HashSet<ClipId>,
-    /// Clips to replay once their audio is fetched.
-    pub replays: HashSet<ClipId>,
-    /// Clips handed to the player and not yet played or abandoned.
-    pub in_player: HashSet<ClipId>,
-    /// Live clips of others in progress: where, who, last news.
-    pub live: HashMap<ClipId, (Target, String, Instant)>,
-    pub mic_tx: mpsc::UnboundedSender<MicMsg>,
-    pub mic_test_id: Option<ClipId>,
-    /// Commands that arrived while a clip was being recorded.
-    pub deferred: VecDeque<Command>,
-    pub demo: Option<Demo>,
+    snap: Snapshot,
+    file: AppFile,
+    link: Link,
+    fetches: Fetches,
+    playout: Playout,
+    mic: Microphone,
+    mic_tx: mpsc::UnboundedSender<MicMsg>,
+    /// Commands that arrived while a clip was being recorded or a connection attempted.
+    deferred: VecDeque<Command>,
+    demo: Option<Demo>,
 }
 
 /// What woke the loop.
@@ -93,20 +80,11 @@ pub(super) async fn run(opts: EngineOptions, shared: Arc<Shared>, mut rx: mpsc::
         shared,
         snap: Snapshot::default(),
         file: AppFile::default(),
-        session: None,
-        profile: None,
-        reconnect: None,
+        link: Link::default(),
+        fetches: Fetches::default(),
+        playout: Playout::default(),
         mic: Microphone::default(),
-        speaker: Speaker::default(),
-        audio: HashMap::new(),
-        audio_order: VecDeque::new(),
-        jobs: VecDeque::new(),
-        autoplay: HashSet::new(),
-        replays: HashSet::new(),
-        in_player: HashSet::new(),
-        live: HashMap::new(),
         mic_tx,
-        mic_test_id: None,
         deferred: VecDeque::new(),
         demo: None,
     };
@@ -117,19 +95,20 @@ pub(super) async fn run(opts: EngineOptions, shared: Arc<Shared>, mut rx: mpsc::
     loop {
         let wake = if let Some(cmd) = w.deferred.pop_front() {
             Wake::Command(Some(cmd))
-        } else if let (Some(c), Some(job)) = (client.as_ref(), w.jobs.front().cloned()) {
+        } else if let (Some(c), Some(job)) = (client.as_ref(), w.fetches.next()) {
             // One piece of background work, unless a command comes first.
-            let outcome = tokio::select! {
-                biased;
-                cmd = rx.recv() => Err(cmd),
-                done = w.run_job(c, &job) => Ok(done),
+            let before = match &job {
+                Job::Page { target, .. } => w.snap.conversation(target).and_then(book::oldest_seq),
+                Job::Audio(_) => None,
             };
-            match outcome {
-                Err(cmd) => Wake::Command(cmd),
-                Ok(done) => {
-                    w.jobs.retain(|j| *j != job);
-                    Wake::Job(job, done)
-                }
+            let cached = match &job {
+                Job::Audio(id) => w.fetches.cached(*id).cloned(),
+                Job::Page { .. } => None,
+            };
+            tokio::select! {
+                biased;
+                cmd = rx.recv() => Wake::Command(cmd),
+                done = fetches::run(c, &job, before, cached) => Wake::Job(job, done),
             }
         } else {
             tokio::select! {
@@ -157,7 +136,7 @@ pub(super) async fn run(opts: EngineOptions, shared: Arc<Shared>, mut rx: mpsc::
         }
         w.publish();
     }
-    w.speaker.stop();
+    w.playout.stop();
     if let Some(c) = client.take() {
         c.close().await;
     }
@@ -167,12 +146,14 @@ pub(super) async fn run(opts: EngineOptions, shared: Arc<Shared>, mut rx: mpsc::
 }
 
 impl Worker {
+    // ---- the snapshot and settings ----
+
     /// Sends the snapshot to the app.
-    pub fn publish(&self) {
+    fn publish(&self) {
         self.shared.publish(self.snap.clone());
     }
 
-    pub fn notice(&mut self, kind: NoticeKind, text: impl Into<String>) {
+    fn notice(&mut self, kind: NoticeKind, text: impl Into<String>) {
         self.snap.notice = Some(Notice { kind, text: text.into() });
     }
 
@@ -180,23 +161,51 @@ impl Worker {
         AppFile::path(&self.opts.config_dir)
     }
 
-    pub(super) fn save_file(&mut self) {
+    fn save_file(&mut self) {
         if let Err(e) = self.file.save(&self.app_file_path()) {
             self.notice(NoticeKind::Error, format!("Cannot save the settings: {e}"));
         }
     }
 
-    pub(super) fn input_spec(&self) -> Option<String> {
+    fn input_spec(&self) -> Option<String> {
         self.opts.input.clone().or_else(|| self.snap.settings.input_device.clone())
     }
 
-    pub(super) fn output_spec(&self) -> Option<String> {
+    fn output_spec(&self) -> Option<String> {
         self.opts.output.clone().or_else(|| self.snap.settings.output_device.clone())
     }
 
-    pub fn encoder(&self) -> EncoderConfig {
+    fn encoder(&self) -> EncoderConfig {
         EncoderConfig { bitrate: self.snap.settings.bitrate, ..EncoderConfig::default() }
     }
+
+    fn list_devices(&mut self) {
+        self.snap.devices = match walkie_media::audio::cpal::list_devices() {
+            Ok(list) => Devices {
+                inputs: list.inputs.into_iter().map(|d| d.name).collect(),
+                outputs: list.outputs.into_iter().map(|d| d.name).collect(),
+                error: None,
+            },
+            Err(e) => Devices { error: Some(e.to_string()), ..Devices::default() },
+        };
+    }
+
+    fn apply_settings(&mut self, s: AppSettings) {
+        let old = std::mem::replace(&mut self.snap.settings, s);
+        self.file.settings = self.snap.settings.clone();
+        self.save_file();
+        let new = &self.snap.settings;
+        if new.input_device != old.input_device || new.noise_suppression != old.noise_suppression {
+            self.mic.configure(self.input_spec(), self.snap.settings.noise_suppression);
+            if self.link.is_connected() {
+                self.start_audio();
+            }
+        } else if new.output_device != old.output_device && self.link.is_connected() {
+            self.start_audio();
+        }
+    }
+
+    // ---- start-up and the connection ----
 
     /// Start-up: the demo relay, the settings file, the devices, and the first connection.
     async fn begin(&mut self, client: &mut Option<Client>, rx: &mut mpsc::UnboundedReceiver<Command>) {
@@ -228,25 +237,14 @@ impl Worker {
         }
     }
 
-    pub(super) fn list_devices(&mut self) {
-        self.snap.devices = match walkie_media::audio::cpal::list_devices() {
-            Ok(list) => Devices {
-                inputs: list.inputs.into_iter().map(|d| d.name).collect(),
-                outputs: list.outputs.into_iter().map(|d| d.name).collect(),
-                error: None,
-            },
-            Err(e) => Devices { error: Some(e.to_string()), ..Devices::default() },
-        };
-    }
-
     /// Connects (a new command cancels the attempt), then loads the conversations.
-    pub(super) async fn connect(&mut self, profile: Profile, client: &mut Option<Client>, rx: &mut mpsc::UnboundedReceiver<Command>) {
+    async fn connect(&mut self, profile: Profile, client: &mut Option<Client>, rx: &mut mpsc::UnboundedReceiver<Command>) {
         self.disconnect(client).await;
         let relay = profile.relay.clone().unwrap_or_default();
         self.snap.connection = Connection::Connecting(relay);
         self.publish();
         let attempt = tokio::select! {
-            r = session::connect(&profile) => r,
+            r = link::connect(&profile) => r,
             cmd = rx.recv() => {
                 // Anything asked meanwhile replaces the attempt.
                 self.snap.connection = Connection::Disconnected;
@@ -257,17 +255,12 @@ impl Worker {
         let (c, cfg) = match attempt {
             Ok(ok) => ok,
             Err(message) => {
-                self.snap.connection = match self.reconnect {
-                    Some(_) => Connection::Lost(message),
-                    None => Connection::Failed(message),
-                };
+                self.snap.connection = if self.link.reconnecting() { Connection::Lost(message) } else { Connection::Failed(message) };
                 return;
             }
         };
-        self.reconnect = None;
-        self.profile = Some(profile.clone());
         if !self.snap.demo || self.file.profiles.is_empty() {
-            self.file.remember(profile);
+            self.file.remember(profile.clone());
             self.snap.profiles = self.file.profiles.clone();
             self.save_file();
         }
@@ -281,17 +274,17 @@ impl Worker {
         };
         self.snap.connection = Connection::Connected { user: cfg.user.clone(), relay: cfg.relay.clone() };
         let unplayed = Unplayed::load(&self.opts.data_dir, &cfg.user);
-        self.session = Some(Session { cfg, outbox, unplayed });
+        self.link.connected(profile, outbox, unplayed);
         self.start_audio();
         self.load_conversations(&c).await;
         *client = Some(c);
     }
 
     /// Opens the speaker and (for a device) the microphone.
-    pub(super) fn start_audio(&mut self) {
+    fn start_audio(&mut self) {
         let Some(me) = self.snap.me().map(str::to_string) else { return };
         let mut problems = Vec::new();
-        if let Err(p) = self.speaker.start(self.output_spec().as_deref(), &me) {
+        if let Err(p) = self.playout.start(self.output_spec().as_deref(), &me) {
             problems.push(p);
         }
         if let Err(e) = self.mic.warm_up() {
@@ -311,9 +304,9 @@ impl Worker {
     /// After connecting: send what the outbox holds, list conversations from history, and
     /// queue what was never played.
     async fn load_conversations(&mut self, client: &Client) {
-        let Some(s) = &self.session else { return };
-        let me = s.cfg.user.clone();
-        match ops::flush(client, &s.outbox).await {
+        let Some(outbox) = self.link.outbox().cloned() else { return };
+        let me = self.snap.me().unwrap_or_default().to_string();
+        match ops::flush(client, &outbox).await {
             Ok(report) if !report.stored.is_empty() => {
                 let n = report.stored.len();
                 for (id, _) in report.stored {
@@ -332,17 +325,15 @@ impl Worker {
         match client.history(None, MAX_HISTORY_PAGE.min(200), None).await {
             Ok(clips) => {
                 for meta in &clips {
-                    let played = !self.session.as_ref().is_some_and(|s| s.unplayed.contains(&meta.id));
+                    let played = !self.link.is_unplayed(&meta.id);
                     book::add_clip(&mut self.snap.conversations, &me, meta, played);
                 }
             }
             Err(e) => self.notice(NoticeKind::Error, format!("Cannot load the history: {e}")),
         }
-        let waiting: Vec<ClipId> = self.session.as_ref().map(|s| s.unplayed.ids().copied().collect()).unwrap_or_default();
-        for id in waiting {
+        for id in self.link.unplayed() {
             if book::find(&self.snap.conversations, id).is_some() {
-                self.autoplay.insert(id);
-                self.jobs.push_front(Job::Audio(id));
+                self.fetches.autoplay_when_fetched(id);
             }
         }
         let selected = self.snap.selected.clone().filter(|t| self.snap.conversation(t).is_some());
@@ -352,33 +343,450 @@ impl Worker {
         }
     }
 
-    pub(super) async fn disconnect(&mut self, client: &mut Option<Client>) {
+    async fn disconnect(&mut self, client: &mut Option<Client>) {
         if let Some(c) = client.take() {
             c.close().await;
         }
-        self.speaker.stop();
-        self.session = None;
-        self.jobs.clear();
-        self.autoplay.clear();
-        self.live.clear();
+        self.playout.stop();
+        self.link.drop_connection();
+        self.fetches.drop_jobs(false);
         self.snap.conversations.clear();
         self.snap.playing = None;
         self.snap.connection = Connection::Disconnected;
     }
 
-    pub(super) async fn lost(&mut self, client: &mut Option<Client>) {
+    async fn lost(&mut self, client: &mut Option<Client>) {
         let why = client.as_ref().and_then(Client::close_reason).unwrap_or_else(|| "the relay closed the connection".into());
         if let Some(c) = client.take() {
             c.close().await;
         }
-        self.speaker.stop();
-        self.session = None;
-        self.jobs.clear();
-        self.live.clear();
+        self.playout.stop();
+        self.link.lost();
+        self.fetches.drop_jobs(true);
         for c in &mut self.snap.conversations {
             c.talking = None;
         }
         self.snap.connection = Connection::Lost(format!("Connection lost ({why}); reconnecting…"));
-        self.reconnect = Some((Instant::now() + RECONNECT_FIRST, RECONNECT_FIRST));
+    }
+
+    // ---- commands from the app ----
+
+    async fn command(&mut self, cmd: Command, client: &mut Option<Client>, rx: &mut mpsc::UnboundedReceiver<Command>) {
+        match cmd {
+            Command::Connect(p) => {
+                self.link.stop_reconnecting();
+                self.connect(p, client, rx).await;
+            }
+            Command::Disconnect => {
+                self.link.forget();
+                self.disconnect(client).await;
+            }
+            Command::Select(t) => self.select(t),
+            Command::AddConversation(t) => {
+                let name = t.to_string();
+                if !self.snap.settings.conversations.contains(&name) {
+                    self.snap.settings.conversations.push(name);
+                    self.file.settings = self.snap.settings.clone();
+                    self.save_file();
+                }
+                if client.is_some() {
+                    self.select(t);
+                }
+            }
+            Command::TalkStart(to) => match client.as_ref() {
+                Some(c) => self.talk(c, to, rx).await,
+                None => self.notice(NoticeKind::Error, "Not connected: the clip cannot be sent now."),
+            },
+            // Release and cancel outside a clip: the clip already ended (refused or too long).
+            Command::TalkRelease | Command::TalkCancel => {}
+            Command::Play(id) => self.play(id),
+            Command::LoadOlder(t) => {
+                if let Some(c) = self.snap.conversations.iter_mut().find(|c| c.target == t) {
+                    c.loading = true;
+                }
+                self.fetches.older_page(t);
+            }
+            Command::Export { target, dir } => match client.as_ref() {
+                Some(c) => {
+                    self.notice(NoticeKind::Info, format!("Exporting {target} to {}…", dir.display()));
+                    self.publish();
+                    match export::export(c, &target, &dir).await {
+                        Ok(n) => self.notice(NoticeKind::Info, format!("Exported {n} clip(s) of {target} to {}.", dir.display())),
+                        Err(e) => self.notice(NoticeKind::Error, format!("Export failed: {e}")),
+                    }
+                }
+                None => self.notice(NoticeKind::Error, "Not connected: export needs the relay."),
+            },
+            Command::SetSettings(s) => self.apply_settings(s),
+            Command::RefreshDevices => self.list_devices(),
+            Command::MicTest => self.mic_test(),
+            Command::DismissNotice => self.snap.notice = None,
+            Command::DemoPeerTalk => match &self.demo {
+                Some(d) => d.bob_talks(),
+                None => self.notice(NoticeKind::Error, "Only the demo has a simulated bob."),
+            },
+            Command::Shutdown => {}
+        }
+    }
+
+    /// Shows a conversation and queues its history and waveforms.
+    fn select(&mut self, target: Target) {
+        book::ensure(&mut self.snap.conversations, &target);
+        self.snap.selected = Some(target.clone());
+        self.fetches.page(target);
+    }
+
+    /// Plays a clip (again): now if its audio is here, else once fetched. An unplayed clip
+    /// already waiting for its turn is left to play then.
+    fn play(&mut self, id: ClipId) {
+        let Some((conv, clip)) = book::find(&self.snap.conversations, id) else { return };
+        if self.playout.has(id) || self.fetches.waits_to_autoplay(id) {
+            return;
+        }
+        match self.fetches.cached(id).map(|a| a.to_received(id, &clip.from, conv.target.clone(), clip.started_at_ms)) {
+            Some(rc) => self.playout.replay(id, rc),
+            None => self.fetches.replay_when_fetched(id),
+        }
+    }
+
+    /// Records and streams a clip to `to` until released or cancelled. While it records, the
+    /// loop keeps serving release and cancel, the player and relay events (clips, presence,
+    /// receipts keep arriving while you talk); other commands are done right after.
+    async fn talk(&mut self, client: &Client, to: Target, rx: &mut mpsc::UnboundedReceiver<Command>) {
+        if self.mic.is_lent() {
+            self.notice(NoticeKind::Error, "The microphone is busy with the microphone test; try again in a moment.");
+            return;
+        }
+        let Some(outbox) = self.link.outbox().cloned() else { return };
+        let source = match self.mic.take() {
+            Ok(s) => s,
+            Err(e) => {
+                self.mic.give_back(None);
+                self.notice(NoticeKind::Error, format!("Microphone: {e}"));
+                return;
+            }
+        };
+        let control = TalkControl::new();
+        let opts = TalkOptions { encoder: self.encoder(), ..TalkOptions::new(to.clone()) };
+        self.snap.talk = Talk::Talking { to: to.clone(), control: control.clone() };
+        if matches!(self.snap.notice.as_ref().map(|n| n.kind), Some(NoticeKind::Busy)) {
+            self.snap.notice = None;
+        }
+        self.publish();
+        let started_at_ms = now_ms();
+        let clip = talk::talk(client, &outbox, source, &opts, control.clone(), Some(MAX_CLIP));
+        tokio::pin!(clip);
+        let mut tick = tokio::time::interval(TICK);
+        // A lost connection ends the talk with its error; until then, events are served.
+        let mut events_open = true;
+        let result = loop {
+            tokio::select! {
+                r = &mut clip => break r,
+                e = client.next_event_shared(), if events_open => match e {
+                    Some(e) => {
+                        self.event(e, Some(client)).await;
+                        self.publish();
+                    }
+                    None => events_open = false,
+                },
+                cmd = rx.recv() => match cmd {
+                    Some(Command::TalkRelease) => {
+                        control.release();
+                        self.snap.talk = Talk::Sending { to: to.clone() };
+                        self.publish();
+                    }
+                    Some(Command::TalkCancel) => control.cancel(),
+                    Some(Command::TalkStart(_)) => {}
+                    Some(other) => self.deferred.push_back(other),
+                    None => {
+                        control.cancel();
+                        self.deferred.push_back(Command::Shutdown);
+                    }
+                },
+                _ = tick.tick() => {
+                    self.player_events(Some(client)).await;
+                    self.publish();
+                }
+            }
+        };
+        self.snap.talk = Talk::Idle;
+        let me = self.snap.me().unwrap_or_default().to_string();
+        let meta = |id, seq, duration_ms| ClipMeta {
+            id,
+            from: me.clone(),
+            to: to.clone(),
+            started_at_ms,
+            duration_ms,
+            packets: 0,
+            bytes: 0,
+            codec: CodecParams { frame_samples: 960, bitrate: opts.encoder.bitrate, pre_skip: 0 },
+            seq,
+        };
+        match result {
+            Ok((outcome, source)) => {
+                self.mic.give_back(Some(source));
+                match outcome {
+                    TalkOutcome::Stored { id, seq, duration } => {
+                        let ms = u32::try_from(duration.as_millis()).unwrap_or(u32::MAX);
+                        book::add_clip(&mut self.snap.conversations, &me, &meta(id, seq, ms), true);
+                        self.fetches.audio(id);
+                    }
+                    TalkOutcome::Queued { id, reason } => {
+                        book::add_clip(&mut self.snap.conversations, &me, &meta(id, 0, 0), true);
+                        book::set_queued(&mut self.snap.conversations, id, true);
+                        self.notice(
+                            NoticeKind::Info,
+                            format!("Recorded, but not sent yet ({reason}): it waits in the outbox and goes when the relay is back."),
+                        );
+                    }
+                    TalkOutcome::Cancelled => self.notice(NoticeKind::Info, "Cancelled: nothing was sent."),
+                }
+            }
+            Err(ClientError::Refused(e)) if e.code == ErrorCode::FloorTaken => {
+                self.mic.give_back(None);
+                self.notice(NoticeKind::Busy, busy_text(&e.message));
+            }
+            Err(e) => {
+                self.mic.give_back(None);
+                self.notice(NoticeKind::Error, format!("The clip was not sent: {e}"));
+            }
+        }
+    }
+
+    /// Starts the microphone test.
+    fn mic_test(&mut self) {
+        if self.snap.mic_test.is_some() || self.mic.is_lent() {
+            return;
+        }
+        let source = match self.mic.take() {
+            Ok(s) => s,
+            Err(e) => {
+                self.notice(NoticeKind::Error, format!("Microphone: {e}"));
+                return;
+            }
+        };
+        if !self.link.is_connected()
+            && let Err(p) = self.playout.start(self.output_spec().as_deref(), "you")
+        {
+            self.snap.audio_problem = Some(p);
+        }
+        let encoder = self.encoder();
+        let codec = match walkie_media::codec::opus::Encoder::new(&encoder) {
+            Ok(e) => e.params(),
+            Err(e) => {
+                self.mic.give_back(Some(source));
+                self.notice(NoticeKind::Error, format!("Microphone test: {e}"));
+                return;
+            }
+        };
+        let meter = Arc::new(Meter::default());
+        match mic::spawn_test(source, &encoder, meter.clone(), self.mic_tx.clone()) {
+            Ok(()) => {
+                self.playout.test_start(codec);
+                self.snap.mic_test = Some(meter);
+            }
+            Err(e) => {
+                self.mic.give_back(None);
+                self.notice(NoticeKind::Error, format!("Microphone test: {e}"));
+            }
+        }
+    }
+
+    // ---- what the relay, the microphone test, the jobs and the clock say ----
+
+    /// Something the relay pushed.
+    async fn event(&mut self, event: Event, client: Option<&Client>) {
+        let me = self.snap.me().unwrap_or_default().to_string();
+        match event {
+            Event::LiveStarted(h) => {
+                if h.from != me {
+                    let target = book::conversation_of(&h.to, &h.from, &me);
+                    book::ensure(&mut self.snap.conversations, &target).talking = Some(h.from.clone());
+                    self.playout.live_started(h, target);
+                }
+            }
+            Event::LivePacket(id, p) => self.playout.live_packet(id, p),
+            Event::Clip(clip) => {
+                let id = clip.header.id;
+                let was_live = self.playout.live_ended(id, clip.samples);
+                if let Some(target) = &was_live {
+                    self.stop_talking(target);
+                }
+                let meta = clip.meta();
+                let mine = clip.header.from == me;
+                let (_, new) = book::add_clip(&mut self.snap.conversations, &me, &meta, mine);
+                let audio = ClipAudio::of_received(&clip);
+                if was_live.is_none() && new && !mine {
+                    self.playout.autoplay(clip);
+                }
+                if new && !mine {
+                    self.link.set_unplayed(id, true);
+                }
+                self.got_audio(id, audio);
+                if let Some(c) = client {
+                    let _ = c.ack(id).await;
+                }
+            }
+            Event::Aborted(e) => {
+                if let Some(target) = e.clip.and_then(|id| self.playout.live_aborted(id)) {
+                    self.stop_talking(&target);
+                }
+            }
+            // About an upload that did not finish (one you cancelled is reset, and the relay
+            // says so): the clip's own outcome was already reported by the talk.
+            Event::Error(e) if e.clip.is_some_and(|id| book::find(&self.snap.conversations, id).is_none()) => {
+                tracing::debug!("relay error about an unfinished upload: {}", e.message);
+            }
+            Event::Error(e) => self.notice(NoticeKind::Error, format!("The relay reported: {}", e.message)),
+            Event::Channels(names) => {
+                for name in names {
+                    book::ensure(&mut self.snap.conversations, &Target::Channel(name));
+                }
+            }
+            Event::Online(users) => book::set_online(&mut self.snap.conversations, &me, &users),
+            Event::Presence(user, online) => book::set_presence(&mut self.snap.conversations, &me, &user, online),
+            Event::PlayedBy(id, user) => book::add_receipt(&mut self.snap.conversations, id, &user),
+        }
+    }
+
+    /// Shows who still talks in `target` once a live clip there ended.
+    fn stop_talking(&mut self, target: &Target) {
+        let still = self.playout.talking_in(target);
+        if let Some(c) = self.snap.conversations.iter_mut().find(|c| &c.target == target) {
+            c.talking = still;
+        }
+    }
+
+    /// A packet or the end of the microphone test.
+    fn mic_msg(&mut self, m: MicMsg) {
+        if !self.playout.testing() {
+            return;
+        }
+        match m {
+            MicMsg::Packet(p) => self.playout.test_packet(p),
+            MicMsg::Done(samples, source, failure) => {
+                self.playout.test_end(samples);
+                self.mic.give_back(Some(source));
+                self.snap.mic_test = None;
+                if let Some(f) = failure {
+                    self.notice(NoticeKind::Error, format!("Microphone test: {f}"));
+                }
+            }
+        }
+    }
+
+    fn job_done(&mut self, job: Job, done: Result<JobDone, ClientError>) {
+        self.fetches.finished(&job, done.is_ok());
+        match done {
+            Ok(JobDone::Page { target, clips, more, older }) => {
+                let me = self.snap.me().unwrap_or_default().to_string();
+                for meta in &clips {
+                    let played = !self.link.is_unplayed(&meta.id);
+                    book::add_clip(&mut self.snap.conversations, &me, meta, played);
+                }
+                let conv = book::ensure(&mut self.snap.conversations, &target);
+                conv.loading = false;
+                if older || conv.clips.len() <= clips.len() {
+                    conv.has_older = more;
+                }
+                // Waveforms for the conversation's clips that have none, newest first.
+                let missing: Vec<ClipId> = conv.clips.iter().rev().filter(|c| c.peaks.is_empty() && !c.queued).map(|c| c.id).collect();
+                for id in missing {
+                    self.fetches.audio(id);
+                }
+            }
+            Ok(JobDone::Audio(id, audio)) => self.got_audio(id, audio),
+            Err(e) => {
+                warn!("background {job:?} failed: {e}");
+                if let Job::Page { target, .. } = job {
+                    if let Some(c) = self.snap.conversations.iter_mut().find(|c| c.target == target) {
+                        c.loading = false;
+                    }
+                    self.notice(NoticeKind::Error, format!("Cannot load the history of {target}: {e}"));
+                }
+            }
+        }
+    }
+
+    /// Keeps a clip's audio, sets its waveform, and plays it if it waited for its audio.
+    fn got_audio(&mut self, id: ClipId, audio: ClipAudio) {
+        if let Ok(p) = audio.peaks() {
+            book::set_peaks(&mut self.snap.conversations, id, p);
+        }
+        if let Some((conv, clip)) = book::find(&self.snap.conversations, id) {
+            let mut rc = audio.to_received(id, &clip.from, conv.target.clone(), clip.started_at_ms);
+            rc.header.seq = clip.seq;
+            let played = clip.played;
+            match self.fetches.take_waiting(id) {
+                (true, _) if !played => self.playout.autoplay(rc),
+                (_, true) => self.playout.replay(id, rc),
+                _ => {}
+            }
+        }
+        self.fetches.keep(id, audio);
+    }
+
+    /// Every tick: player events, stale live clips, reconnecting.
+    async fn tick(&mut self, client: &mut Option<Client>, rx: &mut mpsc::UnboundedReceiver<Command>) {
+        self.player_events(client.as_ref()).await;
+        let now = Instant::now();
+        for target in self.playout.drop_stale(now) {
+            self.stop_talking(&target);
+        }
+        if client.is_none()
+            && let Some(p) = self.link.reconnect_due(now)
+        {
+            self.connect(p, client, rx).await;
+        }
+    }
+
+    /// What the player did: what plays now, played marks and receipts.
+    async fn player_events(&mut self, client: Option<&Client>) {
+        for heard in self.playout.poll() {
+            match heard {
+                Heard::Started(id) => self.snap.playing = Some(id),
+                Heard::Played(id) => {
+                    if self.snap.playing == Some(id) {
+                        self.snap.playing = None;
+                    }
+                    if book::mark_played(&mut self.snap.conversations, id) {
+                        self.link.set_unplayed(id, false);
+                        if let Some(c) = client {
+                            let _ = c.played(id).await;
+                        }
+                    }
+                }
+                Heard::Abandoned(id) => {
+                    if self.snap.playing == Some(id) {
+                        self.snap.playing = None;
+                    }
+                }
+                Heard::Failed(message) => {
+                    self.snap.playing = None;
+                    self.snap.audio_problem = Some(format!("playback stopped: {message}"));
+                }
+            }
+        }
+    }
+}
+
+/// The busy notice: the relay's sentence names who is talking.
+fn busy_text(message: &str) -> String {
+    let m = message.strip_prefix("busy: ").unwrap_or(message);
+    let mut text = format!("Busy: {m}");
+    if !text.ends_with('.') {
+        text.push('.');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_busy_notice_names_the_talker() {
+        assert_eq!(
+            super::busy_text("busy: bob is talking on crew; try again when they finish"),
+            "Busy: bob is talking on crew; try again when they finish."
+        );
     }
 }

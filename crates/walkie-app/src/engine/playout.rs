@@ -1,0 +1,225 @@
+//! What the engine plays: a [`Player`] on its own thread, fed with clips to auto-play, live
+//! clips as they arrive, replays (under a fresh id, since the queue plays each id once) and
+//! the microphone test; which clips are in it and which live clips are being talked; its
+//! events mapped back to the clips on screen.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use walkie_media::audio::null::NullSink;
+use walkie_media::audio::open::open_sink;
+use walkie_media::audio::sink::AudioSink;
+use walkie_media::player::{self, Player, PlayerConfig, PlayerEvent, PlayerHandle, PlayerInput};
+use walkie_proto::clip::{ClipId, CodecParams, ReceivedClip, Target, now_ms};
+use walkie_proto::wire::DeliverHeader;
+
+/// A live clip with no news for this long is no longer shown as talking.
+const LIVE_STALE: Duration = Duration::from_secs(6);
+
+/// What the engine learns from the player.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Heard {
+    /// This clip started playing.
+    Started(ClipId),
+    /// This clip played to its end (mark it played, send the receipt).
+    Played(ClipId),
+    /// This clip stopped part way.
+    Abandoned(ClipId),
+    /// The player stopped with this error.
+    Failed(String),
+}
+
+/// A live clip of someone else's being talked: where, who, last news.
+struct LiveClip {
+    target: Target,
+    from: String,
+    last: Instant,
+}
+
+/// The player, the ids it plays under, and what it is busy with.
+#[derive(Default)]
+pub struct Playout {
+    handle: Option<PlayerHandle<Box<dyn AudioSink>>>,
+    /// Player id → the clip it stands for (replays), or `None` (the microphone test).
+    aliases: HashMap<ClipId, Option<ClipId>>,
+    /// Clips handed to the player and not yet played or abandoned.
+    in_player: HashSet<ClipId>,
+    /// Live clips of others in progress.
+    live: HashMap<ClipId, LiveClip>,
+    /// The microphone test's clip while it runs.
+    mic_test: Option<ClipId>,
+}
+
+impl Playout {
+    /// Starts a player for `me` on the sink `spec`; if the device cannot be opened, audio
+    /// goes nowhere and the error is returned for the user to see.
+    pub fn start(&mut self, spec: Option<&str>, me: &str) -> Result<(), String> {
+        self.stop();
+        let (sink, problem) = match open_sink(spec) {
+            Ok(s) => (s, None),
+            Err(e) => (Box::new(NullSink::realtime()) as Box<dyn AudioSink>, Some(format!("speaker: {e}"))),
+        };
+        let handle = player::spawn(Player::new(sink, me, PlayerConfig::default())).map_err(|e| format!("cannot start the player: {e}"))?;
+        self.handle = Some(handle);
+        match problem {
+            Some(p) => Err(p),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the player (what it was playing is cut off) and forgets the live clips.
+    pub fn stop(&mut self) {
+        self.handle = None;
+        self.aliases.clear();
+        self.live.clear();
+    }
+
+    /// True while `id` is in the player (queued or playing).
+    pub fn has(&self, id: ClipId) -> bool {
+        self.in_player.contains(&id)
+    }
+
+    fn send(&self, input: PlayerInput) {
+        if let Some(h) = &self.handle {
+            h.send(input);
+        }
+    }
+
+    /// Queues a complete clip to auto-play (in the relay's order among the others).
+    pub fn autoplay(&mut self, clip: ReceivedClip) {
+        self.in_player.insert(clip.header.id);
+        self.send(PlayerInput::Complete(clip));
+    }
+
+    /// Someone's live clip started to `target`: it plays while it is still being recorded.
+    pub fn live_started(&mut self, header: DeliverHeader, target: Target) {
+        self.live.insert(header.id, LiveClip { target, from: header.from.clone(), last: Instant::now() });
+        self.in_player.insert(header.id);
+        self.send(PlayerInput::Offer(header));
+    }
+
+    /// The next packet of a live clip (or of the microphone test).
+    pub fn live_packet(&mut self, id: ClipId, packet: Vec<u8>) {
+        if let Some(l) = self.live.get_mut(&id) {
+            l.last = Instant::now();
+            self.send(PlayerInput::Packet(id, packet));
+        }
+    }
+
+    /// A clip arrived complete: if it was live, its end (with this decoded length); returns
+    /// the conversation it was being talked in.
+    pub fn live_ended(&mut self, id: ClipId, samples: u64) -> Option<Target> {
+        let live = self.live.remove(&id)?;
+        self.send(PlayerInput::End(id, samples));
+        Some(live.target)
+    }
+
+    /// A live clip was abandoned; returns the conversation it was being talked in.
+    pub fn live_aborted(&mut self, id: ClipId) -> Option<Target> {
+        self.send(PlayerInput::Abort(id));
+        self.live.remove(&id).map(|l| l.target)
+    }
+
+    /// Who is still talking in `target`, if anyone.
+    pub fn talking_in(&self, target: &Target) -> Option<String> {
+        self.live.values().find(|l| &l.target == target).map(|l| l.from.clone())
+    }
+
+    /// Drops live clips with no news for a while; returns their conversations.
+    pub fn drop_stale(&mut self, now: Instant) -> Vec<Target> {
+        let stale: Vec<ClipId> = self.live.iter().filter(|(_, l)| now - l.last > LIVE_STALE).map(|(id, _)| *id).collect();
+        stale.into_iter().filter_map(|id| self.live.remove(&id)).map(|l| l.target).collect()
+    }
+
+    /// Plays a clip again (or one of your own), under a fresh id.
+    pub fn replay(&mut self, id: ClipId, mut clip: ReceivedClip) {
+        self.in_player.insert(id);
+        let alias = ClipId::random();
+        self.aliases.insert(alias, Some(id));
+        clip.header.id = alias;
+        clip.header.seq = u64::MAX;
+        clip.header.from = format!("replay of {}", clip.header.from);
+        self.send(PlayerInput::Complete(clip));
+    }
+
+    /// Starts the microphone test's live clip.
+    pub fn test_start(&mut self, codec: CodecParams) {
+        let id = ClipId::random();
+        self.aliases.insert(id, None);
+        self.mic_test = Some(id);
+        let header = DeliverHeader {
+            id,
+            from: "microphone test".into(),
+            to: Target::Channel("test".into()),
+            started_at_ms: now_ms(),
+            codec,
+            live: true,
+            seq: 0,
+        };
+        self.send(PlayerInput::Offer(header));
+    }
+
+    /// True while the microphone test plays.
+    pub fn testing(&self) -> bool {
+        self.mic_test.is_some()
+    }
+
+    /// The next packet of the microphone test.
+    pub fn test_packet(&mut self, packet: Vec<u8>) {
+        if let Some(id) = self.mic_test {
+            self.send(PlayerInput::Packet(id, packet));
+        }
+    }
+
+    /// The microphone test's recording ended with this length.
+    pub fn test_end(&mut self, samples: u64) {
+        if let Some(id) = self.mic_test.take() {
+            self.send(PlayerInput::End(id, samples));
+        }
+    }
+
+    /// What happened since the last call.
+    pub fn poll(&mut self) -> Vec<Heard> {
+        let Some(h) = &self.handle else { return Vec::new() };
+        let mut out = Vec::new();
+        let mut failed = false;
+        while let Ok(event) = h.events().try_recv() {
+            let (id, make): (ClipId, fn(ClipId) -> Heard) = match event {
+                Ok(PlayerEvent::Started { id, .. }) => (id, Heard::Started),
+                Ok(PlayerEvent::Played { id }) => (id, Heard::Played),
+                Ok(PlayerEvent::Abandoned { id }) => (id, Heard::Abandoned),
+                Err(message) => {
+                    out.push(Heard::Failed(message));
+                    failed = true;
+                    continue;
+                }
+            };
+            let ended = !matches!(make(id), Heard::Started(_));
+            match self.aliases.get(&id).copied() {
+                None => out.push(make(id)),
+                Some(real) => {
+                    if ended {
+                        self.aliases.remove(&id);
+                    }
+                    // A replay stands for its clip; the microphone test for nothing.
+                    if let Some(real) = real {
+                        out.push(make(real));
+                    }
+                }
+            }
+        }
+        if failed {
+            self.handle = None;
+        }
+        for heard in &out {
+            match heard {
+                Heard::Played(id) | Heard::Abandoned(id) => {
+                    self.in_player.remove(id);
+                }
+                Heard::Failed(_) => self.in_player.clear(),
+                Heard::Started(_) => {}
+            }
+        }
+        out
+    }
+}

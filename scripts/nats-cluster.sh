@@ -18,7 +18,9 @@
 #
 # Starting is idempotent: a running node is left alone, a dead one (kill -9) is restarted on its
 # own store dir and catches up from the others. The nodes are detached (setsid), so they outlive
-# the shell or test that started them: stop them with `stop`.
+# the shell that started them: stop them with `stop`. With NATS_OWNER_PID set, `start` also
+# leaves a watcher that runs `stop` once that process has exited: the tests pass their own pid,
+# so a test run leaves no server behind, however it ends.
 set -euo pipefail
 
 NODES=3
@@ -103,7 +105,18 @@ cmd_start() {
     [ $((SECONDS - started)) -lt $WAIT_SECS ] || die "the cluster in $BASE is not healthy after ${WAIT_SECS}s (logs: $BASE/n*.log)"
     sleep 0.2
   done
+  if [ -n "${NATS_OWNER_PID:-}" ]; then watch_owner "$NATS_OWNER_PID"; fi
   servers
+}
+
+# Stops the cluster once process $1 has exited (one watcher per owner and base dir).
+watch_owner() {
+  local owner=$1 file="$BASE/owner"
+  [[ "$owner" =~ ^[0-9]+$ ]] || die "NATS_OWNER_PID must be a process id, not '$owner'"
+  if [ "$(cat "$file" 2>/dev/null || true)" = "$owner" ]; then return 0; fi
+  echo "$owner" >"$file"
+  setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; exec bash "$2" stop "$3"' \
+    _ "$owner" "$(realpath "$0")" "$BASE" </dev/null >/dev/null 2>&1 &
 }
 
 cmd_stop() {
@@ -119,7 +132,7 @@ cmd_stop() {
       sleep 0.1
     done
   done
-  rm -f "$BASE"/n*.pid
+  rm -f "$BASE"/n*.pid "$BASE/owner"
   echo "nats-cluster: stopped ${#pids[@]} node(s) of $BASE" >&2
 }
 

@@ -8,10 +8,9 @@
 //!
 //! The cluster is `scripts/nats-cluster.sh` with its own dir and ports (client 34222-34224,
 //! cluster 36222-36224, monitor 38222-38224), so these tests and `tests/nats_store.rs` never
-//! share nodes; it is started on first use and left running (`NATS_CLIENT_PORT=34222
-//! NATS_CLUSTER_PORT=36222 NATS_MONITOR_PORT=38222 scripts/nats-cluster.sh stop
-//! /tmp/walkie-nats-cluster-test` stops it). Each test uses its own random prefix and deletes
-//! its streams at the end. Without `nats-server` the tests fail, saying how to install it.
+//! share nodes; it is started on first use and stopped by the script's watcher once this test
+//! process has exited (`NATS_OWNER_PID`). Each test uses its own random prefix and deletes its
+//! streams at the end. Without `nats-server` the tests fail, saying how to install it.
 //! Relays of one deployment share one certificate: the tests copy relay 1's `cert.pem` and
 //! `key.pem` into the other relays' data dirs, as an operator does.
 
@@ -461,10 +460,12 @@ async fn a_crashed_relays_floor_frees_itself_when_its_lease_expires() {
     })
     .await;
     assert!(taken > 0, "the floor was held until the lease ran out");
-    // A late release by the old holder does not free erin's floor.
+    // A late release by the old holder does not free erin's floor (released through the
+    // store's link, which says when it is done, instead of a relay's fire-and-forget).
     let three = NatsCluster::connect(&nats_config(&prefix)).await.expect("links");
-    three.release_floor("ops", a);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (events, _) = tokio::sync::mpsc::channel(1);
+    let late = walkie_store::nats::link::NatsLink::connect(&nats_config(&prefix), 3, events).await.expect("links");
+    late.release_floor("ops", a).await.expect("the late release is applied");
     assert_eq!(
         three.take_floor("ops", "frank", ClipId::random(), hold).await,
         Err(FloorError::Taken { user: "erin".into(), channel: "ops".into() })

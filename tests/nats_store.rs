@@ -4,10 +4,9 @@
 //! checked in the raw streams, and `kill -9` of a node during a run of commits.
 //!
 //! The cluster is `scripts/nats-cluster.sh` with its own dir and ports (client 24222-24224,
-//! cluster 26222-26224, monitor 28222-28224), started on first use and left running for the
-//! next run (`scripts/nats-cluster.sh stop /tmp/walkie-nats-test` with those ports in
-//! `NATS_CLIENT_PORT` etc. stops it). Each test uses its own random name prefix and deletes its
-//! streams at the end. Without `nats-server` installed the tests fail, saying how to install it.
+//! cluster 26222-26224, monitor 28222-28224), started on first use and stopped by the script's
+//! watcher once this test process has exited (`NATS_OWNER_PID`). Each test uses its own random
+//! name prefix and deletes its streams at the end. Without `nats-server` installed the tests fail, saying how to install it.
 
 mod support;
 

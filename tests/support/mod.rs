@@ -160,6 +160,8 @@ impl NatsTestCluster {
             .env("NATS_CLIENT_PORT", self.client_port.to_string())
             .env("NATS_CLUSTER_PORT", self.cluster_port.to_string())
             .env("NATS_MONITOR_PORT", self.monitor_port.to_string())
+            // The script stops the cluster once this test process has exited.
+            .env("NATS_OWNER_PID", std::process::id().to_string())
             .output()
             .expect("bash runs");
         assert!(out.status.success(), "scripts/nats-cluster.sh {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));

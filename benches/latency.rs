@@ -59,13 +59,13 @@ fn pulse() -> Result<(), String> {
 }
 
 /// Loops a speech sample into the virtual microphone until dropped.
-struct Speaker {
+struct Voice {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Speaker {
-    fn start(sample: PathBuf) -> Speaker {
+impl Voice {
+    fn start(sample: PathBuf) -> Voice {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -79,11 +79,11 @@ impl Speaker {
                 let _ = child.wait();
             }
         });
-        Speaker { stop, thread: Some(thread) }
+        Voice { stop, thread: Some(thread) }
     }
 }
 
-impl Drop for Speaker {
+impl Drop for Voice {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
@@ -183,7 +183,7 @@ fn run() -> Result<(), String> {
     store.add_channel("crew", &["alice".into(), "bob".into()]).map_err(|e| e.to_string())?;
 
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/status-report.wav");
-    let _speaker = Speaker::start(sample);
+    let _voice = Voice::start(sample);
     let capture = Capture::open(None, CaptureConfig::default()).map_err(|e| format!("capture: {e}"))?;
     let playback = Speaker::open(None).map_err(|e| format!("playback: {e}"))?;
     let machine = format!("capture {:?}; playback {:?}", capture.info(), playback.info());

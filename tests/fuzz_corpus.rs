@@ -29,7 +29,7 @@ use walkie_proto::wire::{
 };
 
 /// Every fuzz target, named as its corpus directory and binary.
-const TARGETS: [&str; 4] = ["wire_frames", "ogg_reader", "wav_reader", "clip_ingest"];
+const TARGETS: [&str; 5] = ["wire_frames", "ogg_reader", "wav_reader", "clip_ingest", "upload_core"];
 /// Library bugs the fuzzers found that are not fixed yet: (target, text in the panic message,
 /// what goes wrong). A panic matching one is printed, not failed on, so that `cargo test` stays
 /// green while the fix is pending; its minimized input is in the corpus as `bug-*`. Remove the
@@ -74,6 +74,7 @@ fn run(target: &str, data: &[u8]) -> Outcome {
         "ogg_reader" => Outcome::Plain(targets::ogg_reader(data)),
         "wav_reader" => Outcome::Plain(targets::wav_reader(data)),
         "clip_ingest" => Outcome::Plain(targets::clip_ingest(data)),
+        "upload_core" => Outcome::Plain(targets::upload_core(data)),
         other => panic!("unknown target {other}"),
     }
 }
@@ -602,6 +603,56 @@ fn ingest_seeds() -> Vec<(String, Vec<u8>)> {
     out.into_iter().map(|(n, i)| (format!("{n}.bin"), i.to_bytes())).collect()
 }
 
+/// Clip streams for the relay's upload core: the first byte chooses the world's answers
+/// ([`targets::UploadWorld`]), the rest is the stream, frame after frame.
+fn upload_seeds() -> Vec<(String, Vec<u8>)> {
+    use targets::UploadWorld as W;
+    let clip = encoded(200, 20);
+    let header = |to: Target| StreamFrame::Upload(ClipHeader { id: ClipId([9; 16]), to, started_at_ms: 0, codec: clip.params });
+    let crew = || Target::Channel("crew".into());
+    let end = StreamFrame::End { packets: clip.packets.len() as u32, samples: clip.samples };
+    let stream = |flags: u8, frames: Vec<StreamFrame>| {
+        let mut out = vec![flags];
+        for f in &frames {
+            out.extend(frame(f, MAX_STREAM_FRAME));
+        }
+        out
+    };
+    let whole = |to: Target| {
+        let mut frames = vec![header(to)];
+        frames.extend(clip.packets.iter().cloned().map(StreamFrame::Packet));
+        frames.push(end.clone());
+        frames
+    };
+    let long = encoded(2_500, 20);
+    let mut too_long = vec![header(crew())];
+    too_long.extend(long.packets.iter().cloned().map(StreamFrame::Packet));
+    too_long.push(StreamFrame::End { packets: long.packets.len() as u32, samples: long.samples });
+    let mut no_end = whole(crew());
+    no_end.pop();
+    let mut cancelled = whole(crew());
+    cancelled.insert(3, StreamFrame::Abort(ErrorMsg { req: None, clip: None, code: ErrorCode::Cancelled, message: String::new() }));
+    let mut lying_end = whole(crew());
+    *lying_end.last_mut().expect("end") = StreamFrame::End { packets: 1, samples: clip.samples };
+    let out = vec![
+        ("ok-channel-clip", stream(0, whole(crew()))),
+        ("ok-direct-clip", stream(0, whole(Target::User("bob".into())))),
+        ("ok-resend-of-a-stored-clip", stream(W::STORED, whole(crew()))),
+        ("bad-id-stored-by-another-sender", stream(W::STORED | W::STORED_BY_OTHER, whole(crew()))),
+        ("bad-not-a-member", stream(W::FORBIDDEN, whole(crew()))),
+        ("bad-busy", stream(W::BUSY, whole(crew()))),
+        ("bad-floor-taken", stream(W::FLOOR_TAKEN, whole(crew()))),
+        ("bad-commit-fails", stream(W::COMMIT_FAILS, whole(crew()))),
+        ("bad-silent-talker", stream(W::SLOW, whole(crew()))),
+        ("bad-no-end-marker", stream(0, no_end)),
+        ("bad-packet-before-header", stream(0, whole(crew())[1..].to_vec())),
+        ("bad-cancelled", stream(0, cancelled)),
+        ("bad-end-marker-lies", stream(0, lying_end)),
+        ("bad-longer-than-the-maximum", stream(0, too_long)),
+    ];
+    out.into_iter().map(|(n, d)| (format!("{n}.bin"), d)).collect()
+}
+
 #[test]
 #[ignore = "writes fuzz/corpus/; run by hand after a format change"]
 fn regenerate_seeds() {
@@ -609,6 +660,7 @@ fn regenerate_seeds() {
     write_corpus("ogg_reader", ogg_seeds());
     write_corpus("wav_reader", wav_seeds());
     write_corpus("clip_ingest", ingest_seeds());
+    write_corpus("upload_core", upload_seeds());
     for target in TARGETS {
         let seeds = seeds(target);
         let bytes: usize = seeds.iter().map(|(_, d)| d.len()).sum();

@@ -394,6 +394,170 @@ pub fn clip_ingest(data: &[u8]) -> Verdict {
 }
 
 // ---------------------------------------------------------------------------------------------
+// upload_core
+// ---------------------------------------------------------------------------------------------
+
+/// What the world answers the relay's upload core in `upload_core`, from the input's first byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UploadWorld(pub u8);
+
+impl UploadWorld {
+    /// The clip's id is stored already.
+    pub const STORED: u8 = 1;
+    /// ... by another sender than the talker.
+    pub const STORED_BY_OTHER: u8 = 2;
+    /// The talker may not send there.
+    pub const FORBIDDEN: u8 = 4;
+    /// The talker is over their clips-per-minute.
+    pub const BUSY: u8 = 8;
+    /// Someone else holds the channel's floor.
+    pub const FLOOR_TAKEN: u8 = 16;
+    /// The commit fails (a full disk).
+    pub const COMMIT_FAILS: u8 = 32;
+    /// The clock jumps past every deadline between frames.
+    pub const SLOW: u8 = 64;
+
+    fn has(self, flag: u8) -> bool {
+        self.0 & flag != 0
+    }
+}
+
+/// Fuzz target `upload_core`: the relay's upload state machine
+/// ([`walkie_proto::upload::RelayUpload`]) fed the bytes after the first as a clip stream (one
+/// frame after another, as the relay reads them), the first byte choosing the world's answers
+/// ([`UploadWorld`]). Checks that whatever a hostile talker sends, the machine keeps its
+/// promises: it ends once the stream ends; live copies open before any packet is forwarded and
+/// end once; only checked packets are forwarded; at most one commit, whose file holds exactly the
+/// forwarded packets; "stored" only after a commit succeeded (or for a resend of a stored clip);
+/// nothing more once it has ended.
+pub fn upload_core(data: &[u8]) -> Verdict {
+    use std::time::{Duration, Instant};
+    use walkie_proto::upload::{Action, Checked, CommitFailure, FloorRefusal, Input, Outcome, RelayUpload, UploadLimits};
+
+    let Some((&flags, stream)) = data.split_first() else { return Verdict::Short };
+    let world = UploadWorld(flags);
+    let limits = UploadLimits::new(2_000, Duration::from_secs(10), 60);
+    let start = Instant::now();
+    let mut now = start;
+    let mut core = RelayUpload::new("alice", limits, now);
+    let (mut opened, mut ended, mut committed, mut commit_ok, mut answered) = (false, false, false, false, false);
+    let mut forwarded: Vec<Vec<u8>> = Vec::new();
+    let mut checked_stored = false;
+    let mut drain = |core: &mut RelayUpload, now: Instant| {
+        while let Some(action) = core.poll_action() {
+            assert!(!answered || matches!(action, Action::EndLive { .. } | Action::Wake(_)), "{action:?} after the talker was answered");
+            let input = match action {
+                Action::Check { .. } => {
+                    let stored = world.has(UploadWorld::STORED).then(|| {
+                        checked_stored = !world.has(UploadWorld::STORED_BY_OTHER);
+                        (if world.has(UploadWorld::STORED_BY_OTHER) { "mallory" } else { "alice" }.to_string(), 7)
+                    });
+                    Some(Input::Checked(if world.has(UploadWorld::FORBIDDEN) {
+                        Err(walkie_proto::assemble::Refusal::new(ErrorCode::Forbidden, "not a member"))
+                    } else {
+                        Ok(Checked { recipients: vec!["alice".into(), "bob".into()], stored })
+                    }))
+                }
+                Action::Admit => Some(Input::Admitted(if world.has(UploadWorld::BUSY) { Err(Duration::from_millis(1234)) } else { Ok(()) })),
+                Action::TakeFloor { .. } => {
+                    Some(Input::Floor(if world.has(UploadWorld::FLOOR_TAKEN) { Err(FloorRefusal::Taken { user: "bob".into() }) } else { Ok(()) }))
+                }
+                Action::OpenLive { recipients, header } => {
+                    assert!(!opened, "live copies opened twice");
+                    assert_eq!(recipients, ["bob"], "the talker is not a recipient");
+                    assert!(header.live && header.from == "alice");
+                    opened = true;
+                    None
+                }
+                Action::Forward(p) => {
+                    assert!(opened && !ended && !committed, "a packet forwarded outside the live copies' lifetime");
+                    packet_samples(&p).expect("only checked packets are forwarded");
+                    forwarded.push(p);
+                    None
+                }
+                Action::Commit { meta, ogg, recipients } => {
+                    assert!(!committed, "committed twice");
+                    committed = true;
+                    assert_eq!(recipients, ["bob"]);
+                    let file = ogg::read_ogg(&ogg).expect("the committed file is valid Ogg Opus");
+                    assert_eq!(file.packets, forwarded, "the committed file holds exactly the packets heard live");
+                    assert_eq!(meta.bytes, ogg.len() as u64);
+                    assert!(meta.duration_ms <= 2_000, "a {} ms clip over the 2 s maximum was committed", meta.duration_ms);
+                    commit_ok = !world.has(UploadWorld::COMMIT_FAILS);
+                    Some(Input::Committed(if commit_ok { Ok(8) } else { Err(CommitFailure::Storage("disk full".into())) }))
+                }
+                Action::Stored { duplicate, seq, .. } => {
+                    assert!(if duplicate { checked_stored && seq == 7 } else { commit_ok && seq == 8 }, "stored without a commit");
+                    answered = true;
+                    None
+                }
+                Action::Refuse(e) => {
+                    let allowed = [
+                        ErrorCode::BadRequest,
+                        ErrorCode::Forbidden,
+                        ErrorCode::Busy { retry_after_ms: 1234 },
+                        ErrorCode::FloorTaken,
+                        ErrorCode::Conflict,
+                        ErrorCode::TooLarge,
+                        ErrorCode::TooLong,
+                        ErrorCode::Timeout,
+                        ErrorCode::Storage,
+                    ];
+                    assert!(allowed.contains(&e.code), "refused with {e:?}");
+                    answered = true;
+                    None
+                }
+                Action::AbortLive(_) | Action::EndLive { .. } => {
+                    assert!(opened && !ended, "live copies ended twice or never opened");
+                    ended = true;
+                    None
+                }
+                Action::ReleaseFloor { .. } | Action::StopReading(_) | Action::Wake(_) => None,
+            };
+            if let Some(input) = input {
+                core.handle(input, now);
+            }
+        }
+    };
+    let mut off = 0;
+    loop {
+        drain(&mut core, now);
+        if core.outcome().is_some() {
+            break;
+        }
+        let input = match proto::decode_frame::<StreamFrame>(&stream[off..], MAX_STREAM_FRAME) {
+            Ok(Some((frame, used))) => {
+                off += used;
+                Input::Frame(frame)
+            }
+            Ok(None) if off < stream.len() => Input::Broken("the stream ended inside a frame".into()),
+            Ok(None) => Input::Finished,
+            Err(e) => Input::Broken(e.to_string()),
+        };
+        core.handle(input, now);
+        if world.has(UploadWorld::SLOW) {
+            // The talker goes quiet after each frame: every deadline passes.
+            drain(&mut core, now);
+            now += Duration::from_secs(11);
+            core.handle_timeout(now);
+        }
+    }
+    // Once it has ended, nothing moves it.
+    core.handle(Input::Frame(StreamFrame::End { packets: 1, samples: 1 }), now);
+    core.handle(Input::Finished, now);
+    core.handle_timeout(now + Duration::from_secs(3600));
+    assert_eq!(core.poll_action(), None, "an ended upload acted again");
+    assert!(start <= now);
+    match core.outcome() {
+        Some(Outcome::Stored { .. }) => {
+            assert!(answered);
+            Verdict::Accepted
+        }
+        _ => Verdict::Refused,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // helpers
 // ---------------------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-//! The app-facing client engine: everything the desktop app does, without any UI, so it can
+//! The app's engine: everything the desktop app does, without any UI, so it can
 //! be driven and tested on its own.
 //!
 //! [`Engine::start`] runs a tokio runtime on a thread of its own. That thread owns the

@@ -2,78 +2,23 @@
 //! pinned trust, authentication, request routing (history, fetch, acks, receipts), pushed
 //! events, and uploads.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use walkie_net::{self as net, Fingerprint, NetError, read_frame, write_frame};
-use walkie_proto::clip::{ClipHeader, ClipId, ClipMeta, ReceivedClip, Target};
-use walkie_proto::upload::UploadFailure;
-use walkie_proto::wire::{ClientMsg, DeliverHeader, ErrorCode, ErrorMsg, MAX_CONTROL_FRAME, ServerMsg};
+use walkie_proto::clip::{ClipHeader, ClipId, ClipMeta, Target};
+use walkie_proto::wire::{ClientMsg, ErrorCode, MAX_CONTROL_FRAME, ServerMsg};
 
+use crate::error::ClientError;
 use crate::receive;
+use crate::routing::{Event, Reply, SharedWaiters, lock};
 use crate::upload::Upload;
 
 /// How long a request may wait for its reply.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Errors of a client's work with a relay: connecting, requests, uploads, local files.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// Network, TLS or framing failure.
-    #[error(transparent)]
-    Net(#[from] NetError),
-    /// The relay address does not resolve.
-    #[error("cannot resolve relay address {0:?}; give HOST:PORT")]
-    Resolve(String),
-    /// The relay refused something, with its code.
-    #[error("the relay refused: {} ({})", .0.message, .0.code.name())]
-    Refused(ErrorMsg),
-    /// The connection closed.
-    #[error("connection to the relay lost: {0}")]
-    Closed(String),
-    /// The relay did not answer in time.
-    #[error("the relay did not answer within {0:?}")]
-    Timeout(Duration),
-    /// The relay sent something the protocol does not allow here.
-    #[error("protocol error: {0}")]
-    Protocol(String),
-    /// A local file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// Which file.
-        path: std::path::PathBuf,
-        /// What failed.
-        source: std::io::Error,
-    },
-    /// Encoding or decoding audio failed.
-    #[error(transparent)]
-    Codec(#[from] walkie_media::codec::CodecError),
-    /// An Ogg Opus file could not be read or written.
-    #[error(transparent)]
-    Ogg(#[from] walkie_proto::ogg::OggError),
-    /// Settings are missing or invalid.
-    #[error("{0}")]
-    Config(String),
-}
-
-impl ClientError {
-    /// True if retrying later may succeed (network trouble, a busy or failing relay); false
-    /// when the relay refused the request for good (not a member, too long, …).
-    pub fn is_transient(&self) -> bool {
-        match self {
-            ClientError::Refused(e) => matches!(
-                e.code,
-                ErrorCode::Busy { .. } | ErrorCode::FloorTaken | ErrorCode::Storage | ErrorCode::Timeout | ErrorCode::Internal
-            ),
-            ClientError::Net(_) | ClientError::Closed(_) | ClientError::Timeout(_) | ClientError::Resolve(_) => true,
-            _ => false,
-        }
-    }
-}
 
 /// How to reach and authenticate with a relay.
 #[derive(Clone, Debug)]
@@ -87,51 +32,6 @@ pub struct ClientConfig {
     pub token: String,
     /// Pinned relay certificate fingerprint.
     pub pin: Fingerprint,
-}
-
-/// Something the relay pushed.
-#[derive(Debug)]
-pub enum Event {
-    /// A live clip started (its packets are arriving).
-    LiveStarted(DeliverHeader),
-    /// The next packet of a live clip, as it arrives (before the clip ends).
-    LivePacket(ClipId, Vec<u8>),
-    /// A clip arrived completely and is stored at the relay.
-    Clip(ReceivedClip),
-    /// A live clip was abandoned by its sender or the relay.
-    Aborted(ErrorMsg),
-    /// The relay reported an error not tied to a request.
-    Error(ErrorMsg),
-    /// The channels you are a member of (once, after connecting).
-    Channels(Vec<String>),
-    /// Who among the people you share a channel with is online now.
-    Online(Vec<String>),
-    /// Someone came online (`true`) or went offline.
-    Presence(String, bool),
-    /// A recipient played one of your clips.
-    PlayedBy(ClipId, String),
-}
-
-pub(crate) enum Reply {
-    History(Vec<ClipMeta>),
-    File(ClipMeta, Vec<u8>),
-    Error(ErrorMsg),
-}
-
-/// Where an upload's outcome goes: `(seq, duplicate)` or the relay's refusal.
-type UploadWaiter = oneshot::Sender<Result<(u64, bool), ErrorMsg>>;
-
-/// Where replies go, by request id or clip id.
-#[derive(Default)]
-pub(crate) struct Waiters {
-    pub(crate) requests: HashMap<u64, oneshot::Sender<Reply>>,
-    pub(crate) uploads: HashMap<ClipId, UploadWaiter>,
-}
-
-pub(crate) type SharedWaiters = Arc<Mutex<Waiters>>;
-
-pub(crate) fn lock(w: &SharedWaiters) -> MutexGuard<'_, Waiters> {
-    w.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A connected, authenticated client: one QUIC connection to a relay.
@@ -372,17 +272,6 @@ pub(crate) fn connection_error(e: &quinn::ConnectionError) -> ClientError {
         None => {
             let message = String::from_utf8_lossy(&close.reason).into_owned();
             ClientError::Closed(if message.is_empty() { e.to_string() } else { message })
-        }
-    }
-}
-
-impl From<UploadFailure> for ClientError {
-    fn from(f: UploadFailure) -> Self {
-        match f {
-            UploadFailure::Refused(e) => ClientError::Refused(e),
-            UploadFailure::Stream(why) => ClientError::Net(NetError::Stream(why)),
-            UploadFailure::Timeout(d) => ClientError::Timeout(d),
-            UploadFailure::Cancelled => ClientError::Closed("the clip was cancelled".into()),
         }
     }
 }

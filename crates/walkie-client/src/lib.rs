@@ -3,7 +3,9 @@
 //!
 //! | file | owns |
 //! |---|---|
-//! | `connection.rs` | [`Client`]: connecting (with failover), the hello, request routing, pushed events |
+//! | `connection.rs` | [`Client`]: connecting (with failover), the hello, requests |
+//! | `routing.rs` | where the relay's replies go: the waiting request or upload, or an [`Event`] |
+//! | `error.rs` | [`ClientError`] and whether retrying may help |
 //! | `upload.rs` | [`Upload`]: one clip's stream, carried out for [`walkie_proto::upload::ClientUpload`] |
 //! | `receive.rs` | incoming streams: delivered clips and fetched files |
 //! | `outbox.rs` | the on-disk outbox of unacknowledged clips |
@@ -18,13 +20,17 @@
 #![deny(unsafe_code)]
 
 mod connection;
+mod error;
 pub mod ops;
 pub mod outbox;
 pub mod profile;
 mod receive;
+mod routing;
 pub mod talk;
 mod upload;
 
-pub use connection::{Client, ClientConfig, ClientError, Event, REQUEST_TIMEOUT};
+pub use connection::{Client, ClientConfig, REQUEST_TIMEOUT};
+pub use error::ClientError;
+pub use routing::Event;
 pub use upload::Upload;
-pub use walkie_proto::clip::ReceivedClip;
+pub use walkie_proto::received::ReceivedClip;

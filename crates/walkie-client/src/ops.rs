@@ -8,7 +8,8 @@ use tracing::warn;
 
 use walkie_media::audio::{self, wav};
 use walkie_media::codec::{self, EncodedClip, EncoderConfig};
-use walkie_proto::clip::{ClipHeader, ClipId, ClipMeta, ReceivedClip, Target, now_ms};
+use walkie_proto::clip::{ClipHeader, ClipId, ClipMeta, Target, now_ms};
+use walkie_proto::received::ReceivedClip;
 use walkie_proto::wire::{ErrorCode, MAX_HISTORY_PAGE};
 
 use crate::outbox::Outbox;

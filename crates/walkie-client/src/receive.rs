@@ -7,10 +7,10 @@ use std::collections::HashSet;
 use tokio::sync::mpsc;
 
 use walkie_net::read_frame;
-use walkie_proto::clip::ReceivedClip;
+use walkie_proto::received::ReceivedClip;
 use walkie_proto::wire::{DeliverHeader, ErrorCode, ErrorMsg, MAX_STREAM_FRAME, StreamFrame};
 
-use crate::connection::{Event, Reply, SharedWaiters, lock};
+use crate::routing::{Event, Reply, SharedWaiters, lock};
 
 /// Largest fetched file accepted (a 60 s clip at 510 kb/s is under 4 MiB).
 const MAX_FILE_BYTES: usize = 16 << 20;

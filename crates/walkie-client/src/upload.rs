@@ -10,8 +10,8 @@ use walkie_proto::clip::{ClipHeader, ClipId};
 use walkie_proto::upload::{Answer, ClientAction, ClientUpload};
 use walkie_proto::wire::{ErrorMsg, MAX_STREAM_FRAME};
 
-use crate::ClientError;
-use crate::connection::{SharedWaiters, lock};
+use crate::error::ClientError;
+use crate::routing::{SharedWaiters, lock};
 
 /// A clip being uploaded: push packets as they are made, then [`Upload::finish`] (or cancel).
 pub struct Upload {

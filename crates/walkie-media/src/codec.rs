@@ -10,7 +10,8 @@ pub mod opus;
 
 use std::path::Path;
 
-use walkie_proto::clip::{CodecParams, MAX_SAMPLES, ReceivedClip};
+use walkie_proto::clip::{CodecParams, MAX_SAMPLES};
+use walkie_proto::received::ReceivedClip;
 use walkie_proto::ogg::{self, OggError};
 use walkie_proto::toc::TocError;
 

@@ -10,7 +10,8 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use walkie_proto::clip::{ClipId, CodecParams, ReceivedClip};
+use walkie_proto::clip::{ClipId, CodecParams};
+use walkie_proto::received::ReceivedClip;
 use walkie_proto::wire::DeliverHeader;
 
 use crate::jitter::{JitterBuffer, JitterConfig, Playout};

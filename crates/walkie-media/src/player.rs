@@ -12,7 +12,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use walkie_proto::clip::{ClipId, ReceivedClip};
+use walkie_proto::clip::ClipId;
+use walkie_proto::received::ReceivedClip;
 use walkie_proto::wire::DeliverHeader;
 
 use crate::audio::sink::AudioSink;

@@ -5,8 +5,6 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::wire::DeliverHeader;
-
 /// Longest user or channel name, in bytes.
 pub const MAX_NAME_LEN: usize = 32;
 
@@ -161,51 +159,6 @@ pub fn now_ms() -> i64 {
     i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// A complete clip pushed by the relay: its delivery header, its Opus packets and its length.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReceivedClip {
-    /// Who sent it, where, and its codec.
-    pub header: DeliverHeader,
-    /// The Opus packets.
-    pub packets: Vec<Vec<u8>>,
-    /// Decoded length in 48 kHz samples.
-    pub samples: u64,
-}
-
-impl ReceivedClip {
-    /// Duration in milliseconds.
-    pub fn duration_ms(&self) -> u64 {
-        (self.samples + 24) / 48
-    }
-
-    /// The clip as an Ogg Opus file.
-    pub fn ogg(&self) -> Result<Vec<u8>, crate::ogg::OggError> {
-        crate::ogg::write_ogg(&self.header.codec, &self.packets, self.samples, rand::random())
-    }
-
-    /// Metadata in the form history uses.
-    pub fn meta(&self) -> ClipMeta {
-        ClipMeta {
-            id: self.header.id,
-            from: self.header.from.clone(),
-            to: self.header.to.clone(),
-            started_at_ms: self.header.started_at_ms,
-            duration_ms: u32::try_from(self.duration_ms()).unwrap_or(u32::MAX),
-            packets: u32::try_from(self.packets.len()).unwrap_or(u32::MAX),
-            bytes: self.packets.iter().map(|p| p.len() as u64).sum(),
-            codec: self.header.codec,
-            seq: self.header.seq,
-        }
-    }
-
-    /// The conversation this clip belongs to, seen from `me`: the channel, or the other user.
-    pub fn conversation(&self, me: &str) -> Target {
-        match &self.header.to {
-            Target::User(to) if to == me => Target::User(self.header.from.clone()),
-            t => t.clone(),
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

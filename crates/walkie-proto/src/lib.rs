@@ -8,6 +8,7 @@
 //! | concept | module |
 //! |---|---|
 //! | clip ids, names, targets, codec parameters, metadata | [`clip`] |
+//! | a clip as a recipient holds it | [`received`] |
 //! | wire messages, error codes, length-prefixed framing (caps before allocation) | [`wire`] |
 //! | an Opus packet's length from its TOC byte (pure Rust, RFC 6716 §3.1), the packet cap | [`toc`] |
 //! | Ogg Opus files (RFC 7845): writing and reading with caps | [`ogg`] |
@@ -24,9 +25,11 @@ pub mod clip;
 pub mod floor;
 pub mod ogg;
 pub mod rate;
+pub mod received;
 pub mod testing;
 pub mod toc;
 pub mod upload;
 pub mod wire;
 
-pub use clip::{ClipHeader, ClipId, ClipMeta, CodecParams, ReceivedClip, Target};
+pub use clip::{ClipHeader, ClipId, ClipMeta, CodecParams, Target};
+pub use received::ReceivedClip;

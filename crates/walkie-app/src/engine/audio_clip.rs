@@ -1,7 +1,7 @@
 //! A clip's audio as the app keeps it: the Opus packets (to play or replay) and a small
 //! waveform of peaks computed from the decoded audio (to draw).
 
-use walkie_proto::clip::ReceivedClip;
+use walkie_proto::received::ReceivedClip;
 use walkie_proto::clip::{ClipId, CodecParams, Target};
 use walkie_media::codec::{self, CodecError};
 use walkie_proto::wire::DeliverHeader;

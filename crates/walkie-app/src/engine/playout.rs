@@ -10,7 +10,8 @@ use walkie_media::audio::null::NullSink;
 use walkie_media::audio::open::open_sink;
 use walkie_media::audio::sink::AudioSink;
 use walkie_media::player::{self, Player, PlayerConfig, PlayerEvent, PlayerHandle, PlayerInput};
-use walkie_proto::clip::{ClipId, CodecParams, ReceivedClip, Target, now_ms};
+use walkie_proto::clip::{ClipId, CodecParams, Target, now_ms};
+use walkie_proto::received::ReceivedClip;
 use walkie_proto::wire::DeliverHeader;
 
 /// A live clip with no news for this long is no longer shown as talking.

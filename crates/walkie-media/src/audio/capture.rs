@@ -18,8 +18,7 @@ use ::cpal::Stream;
 use ::cpal::traits::StreamTrait;
 
 use super::AudioError;
-use super::open::CaptureConfig;
-use super::source::{AudioSource, Frame, Pull};
+use super::source::{AudioSource, CaptureConfig, Frame, Pull};
 use super::cpal::{CallbackState, Direction, StreamInfo, build_input, choose_config, find_device, stream_info};
 use super::pipeline::CapturePipeline;
 use super::ring::{RingReader, sample_ring};

@@ -14,24 +14,9 @@ use std::path::Path;
 use super::AudioError;
 use super::null::{NullSink, NullSource};
 use super::sink::AudioSink;
+pub use super::source::CaptureConfig;
 use super::source::AudioSource;
 use super::wav_source::WavSource;
-
-/// Capture settings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CaptureConfig {
-    /// Remove background noise with RNNoise (on by default).
-    pub noise_suppression: bool,
-    /// How much recent audio is held for a reader that is not taking frames, in ms; older
-    /// frames are dropped (and counted). Also the longest pre-roll available.
-    pub hold_ms: u32,
-}
-
-impl Default for CaptureConfig {
-    fn default() -> Self {
-        CaptureConfig { noise_suppression: true, hold_ms: 1_000 }
-    }
-}
 
 /// Opens a source by spec (see the module table).
 pub fn open_source(spec: Option<&str>, cfg: CaptureConfig) -> Result<Box<dyn AudioSource>, AudioError> {

@@ -5,6 +5,22 @@ use std::time::{Duration, Instant};
 
 use super::AudioError;
 
+/// Capture settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaptureConfig {
+    /// Remove background noise with RNNoise (on by default).
+    pub noise_suppression: bool,
+    /// How much recent audio is held for a reader that is not taking frames, in ms; older
+    /// frames are dropped (and counted). Also the longest pre-roll available.
+    pub hold_ms: u32,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig { noise_suppression: true, hold_ms: 1_000 }
+    }
+}
+
 /// Samples in one 20 ms frame at 48 kHz: what sources hand out.
 pub const FRAME_SAMPLES: usize = 960;
 /// The rate of everything sources hand out and sinks take.

@@ -1,0 +1,56 @@
+//! Where what the relay sends goes: replies to the request or upload waiting for them, and
+//! everything else as [`Event`]s.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::oneshot;
+use walkie_proto::clip::{ClipId, ClipMeta};
+use walkie_proto::received::ReceivedClip;
+use walkie_proto::wire::{DeliverHeader, ErrorMsg};
+
+/// Something the relay pushed.
+#[derive(Debug)]
+pub enum Event {
+    /// A live clip started (its packets are arriving).
+    LiveStarted(DeliverHeader),
+    /// The next packet of a live clip, as it arrives (before the clip ends).
+    LivePacket(ClipId, Vec<u8>),
+    /// A clip arrived completely and is stored at the relay.
+    Clip(ReceivedClip),
+    /// A live clip was abandoned by its sender or the relay.
+    Aborted(ErrorMsg),
+    /// The relay reported an error not tied to a request.
+    Error(ErrorMsg),
+    /// The channels you are a member of (once, after connecting).
+    Channels(Vec<String>),
+    /// Who among the people you share a channel with is online now.
+    Online(Vec<String>),
+    /// Someone came online (`true`) or went offline.
+    Presence(String, bool),
+    /// A recipient played one of your clips.
+    PlayedBy(ClipId, String),
+}
+
+pub(crate) enum Reply {
+    History(Vec<ClipMeta>),
+    File(ClipMeta, Vec<u8>),
+    Error(ErrorMsg),
+}
+
+/// Where an upload's outcome goes: `(seq, duplicate)` or the relay's refusal.
+type UploadWaiter = oneshot::Sender<Result<(u64, bool), ErrorMsg>>;
+
+/// Where replies go, by request id or clip id.
+#[derive(Default)]
+pub(crate) struct Waiters {
+    pub(crate) requests: HashMap<u64, oneshot::Sender<Reply>>,
+    pub(crate) uploads: HashMap<ClipId, UploadWaiter>,
+}
+
+pub(crate) type SharedWaiters = Arc<Mutex<Waiters>>;
+
+pub(crate) fn lock(w: &SharedWaiters) -> MutexGuard<'_, Waiters> {
+    w.lock().unwrap_or_else(|p| p.into_inner())
+}
+

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Checks that the relay builds on its own, without the desktop stack: `cargo build --release
+# -p walkie-relay` with `cmake` and `pkg-config` replaced by stubs that fail (so nothing that
+# needs libopus, ALSA, Vulkan or X11 can be built), and that the relay's dependency tree stays
+# small (at most MAX_LINES lines of `cargo tree -p walkie-relay -e normal --prefix none | sort -u`).
+#
+# Run from anywhere: bash scripts/check-relay-alone.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MAX_LINES=${MAX_LINES:-200}
+
+stubs="$(mktemp -d)"
+trap 'rm -rf "$stubs"' EXIT
+for tool in cmake pkg-config; do
+  printf '#!/bin/sh\necho "%s is not available here: the relay must build without it" >&2\nexit 1\n' "$tool" >"$stubs/$tool"
+  chmod +x "$stubs/$tool"
+done
+
+start=$SECONDS
+PATH="$stubs:$PATH" cargo build --release -p walkie-relay
+echo "check-relay-alone: built target/release/walkie-relay without cmake or pkg-config in $((SECONDS - start)) s"
+./target/release/walkie-relay --version
+
+lines=$(cargo tree -p walkie-relay -e normal --prefix none | sort -u | wc -l)
+echo "check-relay-alone: cargo tree -p walkie-relay -e normal --prefix none | sort -u | wc -l = $lines (at most $MAX_LINES)"
+[ "$lines" -le "$MAX_LINES" ]

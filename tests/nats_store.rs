@@ -15,8 +15,9 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use walkie_proto::clip::{ClipId, ClipMeta, CodecParams, Target};
+use walkie_proto::clip::{ClipMeta, Target};
 use walkie_store::nats::{CommitStep, NatsConfig, NatsStore};
+use walkie_store::conformance::{audio, meta, names, populate, send};
 use walkie_store::{CommitOutcome, PURGED_SENDER, Store, StoreError};
 
 const NATS: support::NatsTestCluster = support::NatsTestCluster {
@@ -134,9 +135,6 @@ walkie_store::conformance_tests!(conformance());
 
 // ---- helpers for the NATS store's own tests ----
 
-fn names(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
 
 /// Users alice, bob, carol and channel crew = {alice, bob}.
 fn setup() -> (RwLockReadGuard<'static, ()>, Fixture) {
@@ -146,49 +144,9 @@ fn setup() -> (RwLockReadGuard<'static, ()>, Fixture) {
     (guard, fx)
 }
 
-fn populate(store: &NatsStore) {
-    for (i, user) in ["alice", "bob", "carol"].into_iter().enumerate() {
-        store.add_user(user, &[i as u8; 32]).unwrap();
-    }
-    store
-        .add_channel("crew", &names(&["alice", "bob"]))
-        .unwrap();
-}
 
-fn meta(from: &str, to: &str) -> ClipMeta {
-    ClipMeta {
-        id: ClipId::random(),
-        from: from.into(),
-        to: to.parse().unwrap(),
-        started_at_ms: 1_700_000_000_000,
-        duration_ms: 1234,
-        packets: 62,
-        bytes: 0,
-        codec: CodecParams {
-            frame_samples: 960,
-            bitrate: 24_000,
-            pre_skip: 312,
-        },
-        seq: 0,
-    }
-}
 
-fn audio(m: &ClipMeta) -> Vec<u8> {
-    [b"OggS".as_slice(), &m.id.0, m.from.as_bytes()].concat()
-}
 
-/// Commits a clip from `from` to `to` ("crew" or "@bob"), queued for `recipients`.
-fn send(store: &dyn Store, from: &str, to: &str, recipients: &[&str]) -> ClipMeta {
-    let mut m = meta(from, to);
-    let ogg = audio(&m);
-    let CommitOutcome::Stored(seq) = store.commit_clip(&m, &names(recipients), &ogg).unwrap()
-    else {
-        panic!("new clip reported as duplicate")
-    };
-    m.seq = seq;
-    m.bytes = ogg.len() as u64;
-    m
-}
 
 
 // ---- the SQLite store's behaviours ----

@@ -129,7 +129,7 @@ impl ClipAssembler {
         // claim more audio than it sent, nor send whole packets past the end.
         let before_last = self.decoded_samples - self.last_packet_samples;
         // The peer controls `samples`: an overflow is as wrong as any other bad end marker.
-        let end = samples.checked_add(self.pre_skip).unwrap_or(u64::MAX);
+        let end = samples.saturating_add(self.pre_skip);
         if samples == 0 || end > self.decoded_samples || end <= before_last {
             return Err(Refusal::new(
                 ErrorCode::BadRequest,

@@ -71,7 +71,7 @@ fn frame_count(packet: &[u8]) -> Result<u32, TocError> {
         }
         // Two frames of equal size: the rest must split evenly.
         1 => {
-            if body.len() % 2 != 0 || body.len() / 2 > MAX_FRAME_BYTES {
+            if !body.len().is_multiple_of(2) || body.len() / 2 > MAX_FRAME_BYTES {
                 return Err(TocError::Malformed("two equal frames do not fit the packet"));
             }
             Ok(2)
@@ -125,7 +125,7 @@ fn frame_count(packet: &[u8]) -> Result<u32, TocError> {
                 if total > rest.len() || rest.len() - total > MAX_FRAME_BYTES {
                     return Err(TocError::Malformed("the frame lengths overrun the packet"));
                 }
-            } else if rest.len() % count != 0 || rest.len() / count > MAX_FRAME_BYTES {
+            } else if !rest.len().is_multiple_of(count) || rest.len() / count > MAX_FRAME_BYTES {
                 return Err(TocError::Malformed("equal frames do not fit the packet"));
             }
             Ok(count as u32)

@@ -63,7 +63,7 @@ pub(crate) async fn control_loop(shared: &Arc<Shared>, session: &Arc<Session>, r
 async fn receipt(shared: &Shared, user: &str, id: ClipId) {
     let Ok(Some(meta)) = shared.store(move |s| s.clip(&id)).await else { return };
     if meta.from != user && may_read(shared, user, &meta).await {
-        shared.tell_everywhere(&[meta.from.clone()], &ServerMsg::PlayedBy { id, user: user.to_string() });
+        shared.tell_everywhere(std::slice::from_ref(&meta.from), &ServerMsg::PlayedBy { id, user: user.to_string() });
     }
 }
 

@@ -60,20 +60,24 @@ macro_rules! conformance_tests {
     };
 }
 
-fn names(list: &[&str]) -> Vec<String> {
+// ---- helpers, also for the backends' own tests ----
+
+/// Names as owned strings.
+pub fn names(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
 /// Users alice, bob, carol (token hashes [0; 32], [1; 32], [2; 32]) and channel crew =
 /// {alice, bob}.
-fn populate(store: &dyn Store) {
+pub fn populate(store: &dyn Store) {
     for (i, user) in ["alice", "bob", "carol"].into_iter().enumerate() {
         store.add_user(user, &[i as u8; 32]).expect("user added");
     }
     store.add_channel("crew", &names(&["alice", "bob"])).expect("channel added");
 }
 
-fn meta(from: &str, to: &str) -> ClipMeta {
+/// Metadata of a new clip from `from` to `to` ("crew" or "@bob"), with a random id.
+pub fn meta(from: &str, to: &str) -> ClipMeta {
     ClipMeta {
         id: ClipId::random(),
         from: from.into(),
@@ -88,12 +92,13 @@ fn meta(from: &str, to: &str) -> ClipMeta {
 }
 
 /// Bytes that tell every clip apart (the store never parses them).
-fn audio(m: &ClipMeta) -> Vec<u8> {
+pub fn audio(m: &ClipMeta) -> Vec<u8> {
     [b"OggS".as_slice(), &m.id.0, m.from.as_bytes()].concat()
 }
 
-/// Commits a clip from `from` to `to` ("crew" or "@bob"), queued for `recipients`.
-fn send(store: &dyn Store, from: &str, to: &str, recipients: &[&str]) -> ClipMeta {
+/// Commits a clip from `from` to `to` ("crew" or "@bob"), queued for `recipients`; its
+/// metadata as stored.
+pub fn send(store: &dyn Store, from: &str, to: &str, recipients: &[&str]) -> ClipMeta {
     let mut m = meta(from, to);
     let ogg = audio(&m);
     let CommitOutcome::Stored(seq) = store.commit_clip(&m, &names(recipients), &ogg).expect("committed") else {
@@ -104,7 +109,8 @@ fn send(store: &dyn Store, from: &str, to: &str, recipients: &[&str]) -> ClipMet
     m
 }
 
-fn ids(clips: &[ClipMeta]) -> Vec<ClipId> {
+/// The ids of some clips.
+pub fn ids(clips: &[ClipMeta]) -> Vec<ClipId> {
     clips.iter().map(|c| c.id).collect()
 }
 

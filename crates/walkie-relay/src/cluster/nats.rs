@@ -115,7 +115,7 @@ impl NatsCluster {
 /// Counts a dropped notice, logging the first and then every 1000th.
 fn count_drop(dropped: &AtomicU64, which: &str) {
     let n = dropped.fetch_add(1, Ordering::Relaxed);
-    if n % 1000 == 0 {
+    if n.is_multiple_of(1000) {
         warn!(dropped = n + 1, "the {which} queue of relay notices is full; notices dropped");
     }
 }

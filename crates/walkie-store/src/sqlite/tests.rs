@@ -6,10 +6,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use walkie_proto::clip::CodecParams;
 
 use super::*;
-use crate::conformance::Backend;
+use crate::conformance::{Backend, audio, meta, names, populate, send};
 
 /// A fresh store in a temp dir, for the conformance suite.
 struct Dir {
@@ -34,57 +33,17 @@ fn fresh() -> Dir {
 
 crate::conformance_tests!(fresh());
 
-fn names(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
 
 /// A store with users alice, bob, carol and channel crew = {alice, bob}.
 fn setup() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path()).unwrap();
-    for (i, user) in ["alice", "bob", "carol"].into_iter().enumerate() {
-        store.add_user(user, &[i as u8; 32]).unwrap();
-    }
-    store
-        .add_channel("crew", &names(&["alice", "bob"]))
-        .unwrap();
+    populate(&store);
     (dir, store)
 }
 
-fn meta(from: &str, to: &str) -> ClipMeta {
-    ClipMeta {
-        id: ClipId::random(),
-        from: from.into(),
-        to: to.parse().unwrap(),
-        started_at_ms: 1_700_000_000_000,
-        duration_ms: 1234,
-        packets: 62,
-        bytes: 0,
-        codec: CodecParams {
-            frame_samples: 960,
-            bitrate: 24_000,
-            pre_skip: 312,
-        },
-        seq: 0,
-    }
-}
 
-fn audio(m: &ClipMeta) -> Vec<u8> {
-    [b"OggS".as_slice(), &m.id.0, m.from.as_bytes()].concat()
-}
 
-/// Commits a clip from `from` to `to` ("crew" or "@bob"), queued for `recipients`.
-fn send(store: &SqliteStore, from: &str, to: &str, recipients: &[&str]) -> ClipMeta {
-    let mut m = meta(from, to);
-    let ogg = audio(&m);
-    let CommitOutcome::Stored(seq) = store.commit_clip(&m, &names(recipients), &ogg).unwrap()
-    else {
-        panic!("new clip reported as duplicate")
-    };
-    m.seq = seq;
-    m.bytes = ogg.len() as u64;
-    m
-}
 
 
 fn clip_files(dir: &Path) -> Vec<PathBuf> {
@@ -274,7 +233,7 @@ fn concurrent_commits_from_two_stores_write_one_file_each() {
             let store = Arc::clone(&stores[t % 2]);
             std::thread::spawn(move || {
                 (0..50)
-                    .map(|_| send(&store, "alice", "crew", &["bob"]).seq)
+                    .map(|_| send(store.as_ref(), "alice", "crew", &["bob"]).seq)
                     .collect::<Vec<_>>()
             })
         })

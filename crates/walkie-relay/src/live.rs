@@ -158,7 +158,10 @@ impl RemoteOut {
     pub fn packet(&mut self, data: &[u8]) {
         let n = self.next;
         self.next = self.next.saturating_add(1);
-        self.send(Notice::LivePacket { clip: self.id, n, data: data.to_vec() });
+        // No copy of the packet for a notice nobody will send (a relay alone, or a broken copy).
+        if self.on && !self.broken {
+            self.send(Notice::LivePacket { clip: self.id, n, data: data.to_vec() });
+        }
     }
 
     /// The clip is stored: its end marker.

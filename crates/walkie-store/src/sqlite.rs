@@ -271,6 +271,23 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// One page: the newest `limit` clips matching `filter` (over `clips c`, with `?1` and `?2`
+    /// bound to `p1` and `p2`) with seq below `before_seq`, read newest first, then put back in
+    /// order. History and everything-readable both page through it.
+    fn newest(&self, filter: &str, p1: &str, p2: &str, limit: usize, before_seq: Option<u64>) -> Result<Vec<ClipMeta>, StoreError> {
+        let sql = format!(
+            "SELECT * FROM (SELECT {CLIP_COLUMNS} FROM clips c WHERE ({filter}) AND c.seq < ?3 \
+             ORDER BY c.seq DESC LIMIT ?4) c ORDER BY c.seq"
+        );
+        let before = before_seq.map_or(i64::MAX, sql_int);
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            query_clips(&mut stmt, params![p1, p2, before, sql_int(limit)])
+        })
+    }
+}
+
 /// The first row of a query, mapped; `None` if there is none.
 fn first<T>(
     conn: &Connection,
@@ -589,34 +606,13 @@ impl Store for SqliteStore {
                 "c.target_kind = 'u' AND ((c.sender = ?1 AND c.target_name = ?2) OR (c.sender = ?2 AND c.target_name = ?1))"
             }
         };
-        // The newest `limit` clips, read newest first, then put back in order.
-        let sql = format!(
-            "SELECT * FROM (SELECT {CLIP_COLUMNS} FROM clips c WHERE {filter} AND c.seq < ?3 \
-             ORDER BY c.seq DESC LIMIT ?4) c ORDER BY c.seq"
-        );
-        let before = before_seq.map_or(i64::MAX, sql_int);
-        self.read(|conn| {
-            let mut stmt = conn.prepare_cached(&sql)?;
-            query_clips(
-                &mut stmt,
-                params![viewer, target.name(), before, sql_int(limit)],
-            )
-        })
+        self.newest(filter, viewer, target.name(), limit, before_seq)
     }
 
     fn readable(&self, user: &str, limit: usize, before_seq: Option<u64>) -> Result<Vec<ClipMeta>, StoreError> {
-        // The newest `limit` readable clips, read newest first, then put back in order.
-        let sql = format!(
-            "SELECT * FROM (SELECT {CLIP_COLUMNS} FROM clips c WHERE \
-             ((c.target_kind = 'c' AND c.target_name IN (SELECT channel FROM members WHERE user = ?1)) \
-             OR (c.target_kind = 'u' AND (c.sender = ?1 OR c.target_name = ?1))) AND c.seq < ?2 \
-             ORDER BY c.seq DESC LIMIT ?3) c ORDER BY c.seq"
-        );
-        let before = before_seq.map_or(i64::MAX, sql_int);
-        self.read(|conn| {
-            let mut stmt = conn.prepare_cached(&sql)?;
-            query_clips(&mut stmt, params![user, before, sql_int(limit)])
-        })
+        let filter = "(c.target_kind = 'c' AND c.target_name IN (SELECT channel FROM members WHERE user = ?1)) \
+             OR (c.target_kind = 'u' AND (c.sender = ?1 OR c.target_name = ?1))";
+        self.newest(filter, user, "", limit, before_seq)
     }
 
     fn purge_user(&self, user: &str) -> Result<usize, StoreError> {

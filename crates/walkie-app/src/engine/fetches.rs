@@ -140,7 +140,7 @@ impl Fetches {
 }
 
 /// Runs one job against the relay; `before_seq` is where an older page ends.
-pub(super) async fn run(client: &Client, job: &Job, before_seq: Option<u64>, cached: Option<ClipAudio>) -> Result<JobDone, ClientError> {
+pub(super) async fn run(client: &Client, job: &Job, before_seq: Option<u64>, cached: Option<&ClipAudio>) -> Result<JobDone, ClientError> {
     match job {
         Job::Page { target, older } => {
             let before = if *older { before_seq } else { None };
@@ -150,7 +150,7 @@ pub(super) async fn run(client: &Client, job: &Job, before_seq: Option<u64>, cac
         }
         Job::Audio(id) => {
             if let Some(a) = cached {
-                return Ok(JobDone::Audio(*id, a));
+                return Ok(JobDone::Audio(*id, a.clone()));
             }
             let (_, bytes) = tokio::time::timeout(FETCH_TIMEOUT, client.fetch(*id)).await.map_err(|_| ClientError::Timeout(FETCH_TIMEOUT))??;
             Ok(JobDone::Audio(*id, ClipAudio::from_ogg(&bytes)?))

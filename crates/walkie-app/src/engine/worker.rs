@@ -102,7 +102,7 @@ pub(super) async fn run(opts: EngineOptions, shared: Arc<Shared>, mut rx: mpsc::
                 Job::Audio(_) => None,
             };
             let cached = match &job {
-                Job::Audio(id) => w.fetches.cached(*id).cloned(),
+                Job::Audio(id) => w.fetches.cached(*id),
                 Job::Page { .. } => None,
             };
             tokio::select! {

@@ -175,10 +175,7 @@ impl World {
             while let Some(action) = t.client.poll_action() {
                 progress = true;
                 match action {
-                    ClientAction::Write(frame) if t.stopped => {
-                        let _ = frame;
-                        t.client.write_failed("the relay stopped the stream", self.now);
-                    }
+                    ClientAction::Write(_) if t.stopped => t.client.write_failed("the relay stopped the stream", self.now),
                     ClientAction::Write(frame) => t.stream.push_back(frame),
                     ClientAction::FinishStream => t.finished = true,
                     ClientAction::Reset(code) => {
@@ -257,8 +254,17 @@ impl Talk {
 
     /// The talker sends the whole clip and lets go.
     fn send_all(&mut self, world: &mut World, clip: &SyntheticClip) -> Option<Result<(u64, bool), UploadFailure>> {
-        if let Err(refused) = self.talk(world, clip, clip.packets.len()) {
-            return Some(Err(refused));
+        world.settle(self);
+        self.send_all_rest(world, clip, 0)
+    }
+
+    /// The talker sends the packets from `from` on and lets go.
+    fn send_all_rest(&mut self, world: &mut World, clip: &SyntheticClip, from: usize) -> Option<Result<(u64, bool), UploadFailure>> {
+        for p in &clip.packets[from..] {
+            if let Err(e) = self.client.send(p.clone()) {
+                return Some(Err(e));
+            }
+            world.settle(self);
         }
         self.let_go(world, clip)
     }
@@ -292,19 +298,6 @@ fn a_clip_is_heard_live_while_it_is_talked_then_stored_then_acknowledged() {
     assert_eq!(w.heard[&alice.id].packets, clip.packets.len());
     assert_eq!(w.heard[&alice.id].end, Some(LiveEnd::Ended), "listeners get the end marker after the commit");
     assert_eq!(w.woken, ["bob", "carol"]);
-}
-
-impl Talk {
-    /// Sends the packets from `from` on and lets go.
-    fn send_all_rest(&mut self, world: &mut World, clip: &SyntheticClip, from: usize) -> Option<Result<(u64, bool), UploadFailure>> {
-        for p in &clip.packets[from..] {
-            if let Err(e) = self.client.send(p.clone()) {
-                return Some(Err(e));
-            }
-            world.settle(self);
-        }
-        self.let_go(world, clip)
-    }
 }
 
 #[test]

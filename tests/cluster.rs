@@ -465,12 +465,19 @@ async fn a_crashed_relays_floor_frees_itself_when_its_lease_expires() {
     let three = NatsCluster::connect(&nats_config(&prefix)).await.expect("links");
     let (events, _) = tokio::sync::mpsc::channel(1);
     let late = walkie_store::nats::link::NatsLink::connect(&nats_config(&prefix), 3, events).await.expect("links");
-    late.release_floor("ops", a).await.expect("the late release is applied");
+    late.release_floor("ops", "dave", a).await.expect("the late release is applied");
+    // Nor does a release naming erin's clip id from someone else.
+    late.release_floor("ops", "frank", b).await.expect("applied");
+    assert_eq!(
+        three.take_floor("ops", "frank", b, hold).await,
+        Err(FloorError::Taken { user: "erin".into(), channel: "ops".into() }),
+        "erin's clip id does not take her floor for frank"
+    );
     assert_eq!(
         three.take_floor("ops", "frank", ClipId::random(), hold).await,
         Err(FloorError::Taken { user: "erin".into(), channel: "ops".into() })
     );
-    two.release_floor("ops", b);
+    two.release_floor("ops", "erin", b);
     let freed = within(10, "erin's release", async {
         loop {
             if three.take_floor("ops", "frank", ClipId::random(), hold).await.is_ok() {

@@ -79,7 +79,10 @@ async fn packets_reach_listeners_while_the_talker_still_talks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_talker_per_channel_and_the_floor_frees_when_the_clip_ends_or_the_talker_leaves() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let relay = start_relay(&tmp.path().join("relay"), RelayConfig::default()).await;
+    // Talkers here pause between packets while the test checks things: the floor may not
+    // follow the audio's 2 s gap.
+    let config = RelayConfig { floor_gap: Duration::from_secs(60), ..RelayConfig::default() };
+    let relay = start_relay(&tmp.path().join("relay"), config).await;
     let alice = relay.add_user("alice");
     let bob = relay.add_user("bob");
     let carol = relay.add_user("carol");
@@ -242,5 +245,63 @@ async fn a_cancelled_clip_is_dropped_by_listeners_and_nothing_is_stored_or_repor
     assert!(relay.store.clip(&h.id).expect("store").is_none(), "nothing stored");
     // The floor is free again at once.
     alice_c.send_clip(&header(crew(), params), &packets, samples).await.expect("the next clip goes through");
+    relay.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cannot_hijack_a_live_clip_by_its_id_nor_probe_ids_for_free() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = RelayConfig { floor_gap: Duration::from_secs(60), clips_per_minute: 4, ..RelayConfig::default() };
+    let relay = start_relay(&tmp.path().join("relay"), config).await;
+    let alice = relay.add_user("alice");
+    let bob = relay.add_user("bob");
+    let mallory = relay.add_user("mallory");
+    relay.add_channel("crew", &["alice", "bob", "mallory"]);
+    let mut bob_c = relay.connect(&bob).await;
+    let mut mallory_c = relay.connect(&mallory).await;
+    let alice_c = relay.connect(&alice).await;
+    let (params, packets, samples) = tone_clip(1000);
+    let h = header(crew(), params);
+    let mut up = alice_c.start_clip(&h).await.expect("starts");
+    for p in &packets[..10] {
+        up.packet(p.clone()).await.expect("sends");
+    }
+    // mallory learns the id from the live header, as every member does.
+    let seen = wait_for(&mut mallory_c, 10, |e| match e {
+        Event::LiveStarted(h) => Some(h.id),
+        _ => None,
+    })
+    .await;
+    assert_eq!(seen, h.id);
+    // Her own audio under alice's id, while alice holds the floor: refused, and answered
+    // word for word as a fetch of the id is.
+    let (_, noise, noise_samples) = tone_clip(300);
+    let forged = ClipHeader { id: h.id, ..header(crew(), params) };
+    let ClientError::Refused(upload_answer) = mallory_c.send_clip(&forged, &noise, noise_samples).await.expect_err("refused") else {
+        panic!("expected a refusal")
+    };
+    let ClientError::Refused(fetch_answer) = mallory_c.fetch(h.id).await.expect_err("not stored yet") else { panic!("expected a refusal") };
+    assert_eq!((upload_answer.code, &upload_answer.message), (fetch_answer.code, &fetch_answer.message));
+    assert_eq!(upload_answer.code, ErrorCode::NotFound);
+    // alice goes on and her clip is stored whole, as she talked it.
+    for p in &packets[10..] {
+        up.packet(p.clone()).await.expect("sends");
+    }
+    up.finish(samples).await.expect("alice's clip is stored");
+    let clip = wait_for(&mut bob_c, 10, |e| match e {
+        Event::Clip(c) if c.header.id == h.id => Some(c),
+        _ => None,
+    })
+    .await;
+    assert_eq!((clip.header.from.as_str(), &clip.packets), ("alice", &packets), "bob hears alice's audio only");
+    assert_eq!(relay.store.clip(&h.id).expect("store").map(|m| m.from), Some("alice".to_string()));
+    // Probing stored ids costs the rate limit: after 3 more probes (4 clips a minute, one
+    // spent above) the next is refused as busy.
+    for _ in 0..3 {
+        let e = mallory_c.send_clip(&forged, &noise, noise_samples).await.expect_err("refused");
+        assert!(matches!(e, ClientError::Refused(ref m) if m.code == ErrorCode::NotFound), "{e}");
+    }
+    let e = mallory_c.send_clip(&forged, &noise, noise_samples).await.expect_err("refused");
+    assert!(matches!(e, ClientError::Refused(ref m) if matches!(m.code, ErrorCode::Busy { .. })), "{e}");
     relay.handle.shutdown().await;
 }

@@ -1,12 +1,16 @@
 //! Incoming streams from the relay: delivered clips (live or from the inbox) and fetched
 //! files. Inbox clips are read one after another so they arrive oldest first; live clips
-//! are read beside them so a long live clip never holds up the rest.
+//! are read beside them so a long live clip never holds up the rest. A live clip is known by
+//! its id while it is talked: a second live stream under an id already live is not heard, so
+//! nobody's packets are ever mixed into another's clip.
 
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
 use walkie_net::read_frame;
+use walkie_proto::clip::ClipId;
 use walkie_proto::received::ReceivedClip;
 use walkie_proto::wire::{DeliverHeader, ErrorCode, ErrorMsg, MAX_STREAM_FRAME, StreamFrame};
 
@@ -20,13 +24,25 @@ const MAX_PACKETS: usize = 60_000;
 pub(crate) async fn accept_streams(conn: quinn::Connection, waiters: SharedWaiters, events: mpsc::Sender<Event>) {
     let mut seen = HashSet::new();
     let mut live = tokio::task::JoinSet::new();
+    let talking: Arc<Mutex<HashSet<ClipId>>> = Arc::default();
     while let Ok(mut recv) = conn.accept_uni().await {
         while live.try_join_next().is_some() {}
         let first = read_frame::<StreamFrame>(&mut recv, MAX_STREAM_FRAME).await;
         match first {
             Ok(Some(StreamFrame::Deliver(header))) if header.live => {
+                if !talking.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(header.id) {
+                    // The id is live already (from whoever came first): not heard twice.
+                    let _ = recv.stop(1u32.into());
+                    continue;
+                }
                 let _ = events.send(Event::LiveStarted(header.clone())).await;
-                live.spawn(read_clip(recv, header, events.clone(), true));
+                let talking = talking.clone();
+                let events = events.clone();
+                live.spawn(async move {
+                    let id = header.id;
+                    read_clip(recv, header, events, true).await;
+                    talking.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
+                });
             }
             Ok(Some(StreamFrame::Deliver(header))) => {
                 // Inbox clips: in order. The relay may resend one it delivered live moments ago.

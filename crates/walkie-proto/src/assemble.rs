@@ -80,6 +80,12 @@ impl ClipAssembler {
         }
     }
 
+    /// How much audio has arrived, in 48 kHz samples, pre-skip included: what the talker has
+    /// sent in real time.
+    pub fn received_samples(&self) -> u64 {
+        self.decoded_samples
+    }
+
     /// How long the clip is so far, in 48 kHz samples after pre-skip.
     pub fn samples_so_far(&self) -> u64 {
         self.decoded_samples.saturating_sub(self.pre_skip)

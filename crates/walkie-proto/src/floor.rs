@@ -25,11 +25,12 @@ pub struct Floors {
 }
 
 impl Floors {
-    /// Takes `channel`'s floor for `clip`, unless someone else's clip holds it and has held
-    /// it for less than `max_hold`. Taking it again for the same clip (a retry) succeeds.
+    /// Takes `channel`'s floor for `user`'s `clip`, unless another clip (or the same id from
+    /// another user) holds it and has held it for less than `max_hold`. Taking it again for
+    /// the same user and clip (a retry) succeeds.
     pub fn try_take(&mut self, channel: &str, user: &str, clip: ClipId, now: Instant, max_hold: Duration) -> Result<(), Holder> {
         if let Some(h) = self.held.get(channel)
-            && h.clip != clip
+            && (h.clip != clip || h.user != user)
             && now.saturating_duration_since(h.since) < max_hold
         {
             return Err(h.clone());
@@ -38,9 +39,9 @@ impl Floors {
         Ok(())
     }
 
-    /// Releases `channel`'s floor if `clip` holds it.
-    pub fn release(&mut self, channel: &str, clip: ClipId) {
-        if self.held.get(channel).is_some_and(|h| h.clip == clip) {
+    /// Releases `channel`'s floor if `user`'s `clip` holds it.
+    pub fn release(&mut self, channel: &str, user: &str, clip: ClipId) {
+        if self.held.get(channel).is_some_and(|h| h.clip == clip && h.user == user) {
             self.held.remove(channel);
         }
     }
@@ -67,9 +68,12 @@ mod tests {
         assert_eq!(busy.user, "alice");
         assert!(f.try_take("ops", "bob", b, t, MAX).is_ok(), "other channels are independent");
         assert!(f.try_take("crew", "alice", a, t, MAX).is_ok(), "a retry of the same clip keeps the floor");
-        f.release("crew", b);
+        f.release("crew", "bob", b);
         assert_eq!(f.holder("crew").map(|h| h.user.as_str()), Some("alice"), "only the holder's clip releases");
-        f.release("crew", a);
+        assert!(f.try_take("crew", "bob", a, t, MAX).is_err(), "the talker's clip id from another user does not get the floor");
+        f.release("crew", "bob", a);
+        assert_eq!(f.holder("crew").map(|h| h.user.as_str()), Some("alice"), "nor does it release it");
+        f.release("crew", "alice", a);
         assert!(f.try_take("crew", "bob", b, t, MAX).is_ok(), "released when the clip ends");
     }
 

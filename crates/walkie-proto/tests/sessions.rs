@@ -41,6 +41,8 @@ struct World {
     users: Vec<String>,
     /// The in-memory store: clip id -> (sender, seq).
     stored: HashMap<ClipId, (String, u64)>,
+    /// Ids reserved by the uploads in progress: clip id -> sender.
+    reserved: HashMap<ClipId, String>,
     next_seq: u64,
     floors: Floors,
     limits: UserLimits,
@@ -65,6 +67,7 @@ impl World {
             channels: HashMap::from([("crew".to_string(), vec!["alice".into(), "bob".into(), "carol".into()])]),
             users: vec!["alice".into(), "bob".into(), "carol".into()],
             stored: HashMap::new(),
+            reserved: HashMap::new(),
             next_seq: 1,
             floors: Floors::default(),
             limits: UserLimits::new(per_minute, 64 * 1024),
@@ -91,7 +94,7 @@ impl World {
             user: user.to_string(),
             id: header.id,
             client: ClientUpload::new(&header),
-            relay: RelayUpload::new(user, self.upload_limits, self.now),
+            relay: RelayUpload::new(user, self.upload_limits, self.now, walkie_proto::clip::now_ms()),
             stream: VecDeque::new(),
             finished: false,
             reset: None,
@@ -111,7 +114,11 @@ impl World {
                     Target::User(u) if self.users.contains(u) => Ok(vec![u.clone()]),
                     Target::User(u) => Err(walkie_proto::assemble::Refusal::new(ErrorCode::NotFound, format!("there is no user @{u}"))),
                 };
-                Some(Input::Checked(recipients.map(|recipients| Checked { recipients, stored: self.stored.get(&id).cloned() })))
+                let in_flight = self.reserved.get(&id).cloned();
+                if recipients.is_ok() && in_flight.is_none() {
+                    self.reserved.insert(id, t.user.clone());
+                }
+                Some(Input::Checked(recipients.map(|recipients| Checked { recipients, stored: self.stored.get(&id).cloned(), in_flight })))
             }
             Action::Admit => Some(Input::Admitted(self.limits.admit_clip(&t.user, self.now))),
             Action::TakeFloor { channel, clip, hold } => Some(Input::Floor(
@@ -120,7 +127,7 @@ impl World {
                     .map_err(|holder| FloorRefusal::Taken { user: holder.user }),
             )),
             Action::ReleaseFloor { channel, clip } => {
-                self.floors.release(&channel, clip);
+                self.floors.release(&channel, &t.user, clip);
                 None
             }
             Action::OpenLive { header, recipients } => {
@@ -207,6 +214,9 @@ impl World {
                 }
             }
             if !progress {
+                if t.relay.outcome().is_some() && self.reserved.get(&t.id) == Some(&t.user) {
+                    self.reserved.remove(&t.id);
+                }
                 return;
             }
         }
@@ -327,12 +337,13 @@ fn a_talker_who_never_lets_go_loses_the_floor_after_the_maximum_hold() {
     let clip = synthetic_clip(24_000);
     let mut alice = w.upload("alice", "crew", &clip);
     alice.talk(&mut w, &clip, 2).expect("alice talks");
-    // She keeps sending packets (the idle timer never fires) but never ends the clip.
+    // She keeps sending audio in real time (the floor follows it) but never ends the clip.
     let hold = w.upload_limits.max_hold;
+    let second = synthetic_clip(48_000);
     while w.elapsed() < hold - Duration::from_secs(1) {
         w.advance(Duration::from_secs(1));
-        alice.talk(&mut w, &synthetic_clip(900), 1).expect("still talking");
-        if alice.relay.outcome().is_some() {
+        // Past the maximum clip the relay refuses it: the next send fails.
+        if alice.talk(&mut w, &second, second.packets.len()).is_err() || alice.relay.outcome().is_some() {
             break;
         }
     }
@@ -393,25 +404,44 @@ fn a_resend_after_a_lost_ack_is_acknowledged_again_and_stored_once() {
 }
 
 #[test]
-fn another_users_id_is_a_conflict_and_changes_nothing() {
+fn another_users_stored_id_is_answered_as_a_fetch_and_changes_nothing() {
     let mut w = World::new();
     let clip = synthetic_clip(9_600);
     let mut alice = w.upload("alice", "crew", &clip);
     assert_eq!(alice.send_all(&mut w, &clip), Some(Ok((1, false))));
     let header = ClipHeader { id: alice.id, to: Target::Channel("crew".into()), started_at_ms: 0, codec: clip.params };
     let mut mallory = w.upload_with("carol", header);
-    assert_eq!(refused_with(mallory.send_all(&mut w, &clip)), Some(ErrorCode::Conflict));
+    assert_eq!(refused_with(mallory.send_all(&mut w, &clip)), Some(ErrorCode::NotFound));
     assert_eq!(w.stored[&alice.id], ("alice".to_string(), 1));
 }
 
 #[test]
-fn a_talker_who_goes_silent_is_dropped_and_listeners_are_told() {
+fn nobody_can_hijack_a_live_clip_by_its_id() {
+    let mut w = World::new();
+    let clip = synthetic_clip(48_000);
+    let mut alice = w.upload("alice", "crew", &clip);
+    alice.talk(&mut w, &clip, 10).expect("alice talks");
+    // carol heard the header (and so the id) live, and uploads her own audio under it.
+    let header = ClipHeader { id: alice.id, to: Target::Channel("crew".into()), started_at_ms: 0, codec: clip.params };
+    let mut carol = w.upload_with("carol", header);
+    assert_eq!(refused_with(carol.send_all(&mut w, &clip)), Some(ErrorCode::NotFound), "refused as a fetch of it is");
+    assert_eq!(w.heard[&alice.id].packets, 10, "carol's packets reached nobody");
+    assert_eq!(alice.send_all_rest(&mut w, &clip, 10), Some(Ok((1, false))), "alice's clip is stored whole");
+    assert_eq!(w.stored[&alice.id], ("alice".to_string(), 1));
+    assert_eq!(w.heard[&alice.id].end, Some(LiveEnd::Ended));
+    assert!(w.reserved.is_empty(), "the id is free once alice's upload ended");
+}
+
+#[test]
+fn a_talker_who_goes_silent_loses_the_floor_after_the_gap_and_listeners_are_told() {
     let mut w = World::new();
     let clip = synthetic_clip(48_000);
     let mut alice = w.upload("alice", "crew", &clip);
     alice.talk(&mut w, &clip, 4).expect("talking");
-    w.wait(&mut alice, IDLE - Duration::from_millis(1));
-    assert!(alice.relay.outcome().is_none(), "still within the idle time");
+    // 4 packets are 80 ms of audio, sent at once: the floor lasts 80 ms + the gap.
+    let gap = walkie_proto::upload::DEFAULT_FLOOR_GAP + Duration::from_millis(80);
+    w.wait(&mut alice, gap - Duration::from_millis(1));
+    assert!(alice.relay.outcome().is_none(), "still within the gap");
     w.wait(&mut alice, Duration::from_millis(1));
     assert_eq!(w.heard[&alice.id].end, Some(LiveEnd::Aborted(ErrorCode::Timeout)));
     assert_eq!(refused_with(alice.client.result()), Some(ErrorCode::Timeout));

@@ -7,6 +7,7 @@
 //! max_clip_secs = 60          # longest clip accepted
 //! idle_timeout_secs = 30      # a silent connection is closed
 //! stream_idle_secs = 10       # a clip stream with no audio for this long is dropped
+//! floor_gap_ms = 2000         # a talker whose audio falls this far behind the clock loses the floor
 //! max_connections = 10000     # authenticated connections at once; more get "busy, retry after"
 //! max_handshakes = 128        # TLS handshakes in progress at once (CPU-bound admission)
 //! max_pending_handshakes = 4096  # connection attempts waiting for a handshake slot; more are refused
@@ -35,6 +36,9 @@ pub struct RelayConfig {
     pub idle_timeout: Duration,
     /// A clip stream with no frame for this long is aborted (default 10 s).
     pub stream_idle: Duration,
+    /// The floor follows the audio: a channel talker whose audio falls this far behind the
+    /// time since the floor was granted loses it, and the clip ends there (default 2 s).
+    pub floor_gap: Duration,
     /// Time allowed for the hello after the handshake (default 10 s).
     pub hello_timeout: Duration,
     /// Most unidirectional streams a client may have open at once (default 32).
@@ -68,6 +72,7 @@ impl Default for RelayConfig {
             max_clip_ms: 60_000,
             idle_timeout: Duration::from_secs(30),
             stream_idle: Duration::from_secs(10),
+            floor_gap: walkie_proto::upload::DEFAULT_FLOOR_GAP,
             hello_timeout: Duration::from_secs(10),
             max_streams_per_conn: 32,
             live_queue: 256,
@@ -85,7 +90,9 @@ impl Default for RelayConfig {
 impl RelayConfig {
     /// The limits each upload is held to.
     pub fn upload_limits(&self) -> UploadLimits {
-        UploadLimits::new(self.max_clip_ms, self.stream_idle, self.clips_per_minute)
+        let mut limits = UploadLimits::new(self.max_clip_ms, self.stream_idle, self.clips_per_minute);
+        limits.floor_gap = self.floor_gap;
+        limits
     }
 
     /// How long a talker may hold a floor or a clip stream: the maximum clip plus a grace.
@@ -123,6 +130,7 @@ pub struct RelayFile {
     max_clip_secs: Option<u32>,
     idle_timeout_secs: Option<u64>,
     stream_idle_secs: Option<u64>,
+    floor_gap_ms: Option<u64>,
     max_connections: Option<usize>,
     max_handshakes: Option<usize>,
     max_pending_handshakes: Option<usize>,
@@ -148,6 +156,7 @@ impl RelayFile {
             max_clip_ms: self.max_clip_secs.map_or(base.max_clip_ms, |s| s.saturating_mul(1000)),
             idle_timeout: self.idle_timeout_secs.map_or(base.idle_timeout, secs),
             stream_idle: self.stream_idle_secs.map_or(base.stream_idle, secs),
+            floor_gap: self.floor_gap_ms.map_or(base.floor_gap, Duration::from_millis),
             max_connections: self.max_connections.unwrap_or(base.max_connections),
             max_handshakes: self.max_handshakes.unwrap_or(base.max_handshakes),
             max_pending_handshakes: self.max_pending_handshakes.unwrap_or(base.max_pending_handshakes),

@@ -9,6 +9,7 @@ use tracing::{debug, warn};
 use walkie_net::write_frame;
 use walkie_proto::clip::{ClipId, ClipMeta};
 use walkie_proto::ogg::{self, OggError};
+use walkie_proto::upload::not_readable;
 use walkie_proto::wire::{DeliverHeader, ErrorCode, ErrorMsg, FILE_CHUNK_BYTES, MAX_STREAM_FRAME, ServerMsg, StreamFrame};
 
 use crate::RelayError;
@@ -121,7 +122,7 @@ pub(crate) async fn fetch(shared: Arc<Shared>, session: Arc<Session>, req: u64, 
     let meta = match shared.store(move |s| s.clip(&id)).await {
         Ok(Some(meta)) => meta,
         Ok(None) => {
-            let _ = tx.send(fail(ErrorCode::NotFound, format!("there is no clip {id} you may read"))).await;
+            let _ = tx.send(fail(ErrorCode::NotFound, not_readable(id).message)).await;
             return;
         }
         Err(e) => {
@@ -131,7 +132,7 @@ pub(crate) async fn fetch(shared: Arc<Shared>, session: Arc<Session>, req: u64, 
     };
     if !may_read(&shared, &session.user, &meta).await {
         // Same answer as for a missing clip, so ids cannot be probed.
-        let _ = tx.send(fail(ErrorCode::NotFound, format!("there is no clip {id} you may read"))).await;
+        let _ = tx.send(fail(ErrorCode::NotFound, not_readable(id).message)).await;
         return;
     }
     let result: Result<(), SendError> = async {

@@ -24,8 +24,8 @@ use crate::RelayError;
 
 /// Runs one clip stream from `session` to its end.
 pub(crate) async fn run(shared: Arc<Shared>, session: Arc<Session>, mut recv: quinn::RecvStream, tx: ControlTx) {
-    let mut core = RelayUpload::new(&session.user, shared.config.upload_limits(), Instant::now());
-    let mut driver = Driver { shared: &shared, session: &session, tx: &tx, live: None, floor: None, stored: None };
+    let mut core = RelayUpload::new(&session.user, shared.config.upload_limits(), Instant::now(), walkie_proto::clip::now_ms());
+    let mut driver = Driver { shared: &shared, session: &session, tx: &tx, live: None, floor: None, stored: None, reserved: None };
     loop {
         while let Some(action) = core.poll_action() {
             if let Some(input) = driver.carry_out(action, &mut recv).await {
@@ -88,6 +88,22 @@ struct Driver<'a> {
     floor: Option<FloorGuard>,
     /// The metadata of the commit in progress, for the log line once it is stored.
     stored: Option<ClipMeta>,
+    /// The clip id this upload reserved for its sender (freed when the upload ends).
+    reserved: Option<ClipId>,
+}
+
+impl Drop for Driver<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.reserved.take() {
+            let mut map = lock(&self.shared.in_flight);
+            if let Some((_, n)) = map.get_mut(&id) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&id);
+                }
+            }
+        }
+    }
 }
 
 /// The live copies of the clip: to this relay's sessions and to the other relays.
@@ -109,7 +125,7 @@ impl Driver<'_> {
             Action::TakeFloor { channel, clip, hold } => {
                 let taken = match self.shared.cluster.take_floor(&channel, user, clip, hold).await {
                     Ok(()) => {
-                        self.floor = Some(FloorGuard { cluster: self.shared.cluster.clone(), channel, clip });
+                        self.floor = Some(FloorGuard { cluster: self.shared.cluster.clone(), channel, user: user.clone(), clip });
                         Ok(())
                     }
                     Err(FloorError::Taken { user, .. }) => Err(FloorRefusal::Taken { user }),
@@ -205,16 +221,37 @@ impl Driver<'_> {
         }
     }
 
-    /// Who may hear a clip to `target` from this sender, and whether `id` is stored already.
-    async fn check(&self, id: ClipId, target: &walkie_proto::clip::Target) -> Result<Checked, Refusal> {
+    /// Who may hear a clip to `target` from this sender, and whether `id` is stored already or
+    /// being uploaded by someone; reserves `id` for this sender unless another holds it.
+    async fn check(&mut self, id: ClipId, target: &walkie_proto::clip::Target) -> Result<Checked, Refusal> {
         let recipients = access::recipients(self.shared, &self.session.user, target).await?;
+        let in_flight = self.reserve(id);
         let stored = self
             .shared
             .store(move |s| s.committed(&id))
             .await
             .map_err(|e| Refusal::new(ErrorCode::Storage, e.to_string()))?
             .map(|meta| (meta.from, meta.seq));
-        Ok(Checked { recipients, stored })
+        Ok(Checked { recipients, stored, in_flight })
+    }
+
+    /// Binds `id` to this sender while the upload runs; who held it already, if anyone.
+    fn reserve(&mut self, id: ClipId) -> Option<String> {
+        let user = &self.session.user;
+        let mut map = lock(&self.shared.in_flight);
+        match map.get_mut(&id) {
+            Some((owner, _)) if owner != user => Some(owner.clone()),
+            Some((owner, n)) => {
+                *n += 1;
+                self.reserved = Some(id);
+                Some(owner.clone())
+            }
+            None => {
+                map.insert(id, (user.clone(), 1));
+                self.reserved = Some(id);
+                None
+            }
+        }
     }
 
     /// Over the per-user upload rate: slow the sender down rather than refuse.
@@ -231,11 +268,12 @@ impl Driver<'_> {
 struct FloorGuard {
     cluster: Arc<dyn Cluster>,
     channel: String,
+    user: String,
     clip: ClipId,
 }
 
 impl Drop for FloorGuard {
     fn drop(&mut self) {
-        self.cluster.release_floor(&self.channel, self.clip);
+        self.cluster.release_floor(&self.channel, &self.user, self.clip);
     }
 }

@@ -21,13 +21,36 @@ pub struct UploadLimits {
     pub max_hold: Duration,
     /// Clips one user may send per minute (named in a "busy" refusal).
     pub clips_per_minute: u32,
+    /// The floor follows the audio: a talker whose audio falls this far behind the time since
+    /// the floor was granted (no packets, or a trickle slower than real time) loses the floor
+    /// and the clip ends there (default 2 s).
+    pub floor_gap: Duration,
 }
 
 impl UploadLimits {
     /// Limits for clips of at most `max_clip_ms`, with a 5 s grace on the hold.
     pub fn new(max_clip_ms: u32, stream_idle: Duration, clips_per_minute: u32) -> Self {
         let max_hold = Duration::from_millis(u64::from(max_clip_ms)) + Duration::from_secs(5);
-        Self { max_clip_ms, stream_idle, max_hold, clips_per_minute }
+        Self { max_clip_ms, stream_idle, max_hold, clips_per_minute, floor_gap: DEFAULT_FLOOR_GAP }
+    }
+}
+
+/// How far a floor holder's audio may fall behind the clock (see [`UploadLimits::floor_gap`]).
+pub const DEFAULT_FLOOR_GAP: Duration = Duration::from_secs(2);
+
+/// How far in the future a clip's `started_at_ms` may be dated, against the relay's clock.
+pub const MAX_FUTURE_SKEW_MS: i64 = 30_000;
+/// How far in the past a clip's `started_at_ms` may be dated: a clip recorded offline waits in
+/// the talker's outbox, but not for more than a day.
+pub const MAX_PAST_MS: i64 = 24 * 3600 * 1000;
+
+/// The start time the relay stores for a clip the talker dated `claimed`, the relay's clock
+/// reading `wall_ms`: the claim if it is plausible, else the relay's own time.
+pub fn plausible_start(claimed: i64, wall_ms: i64) -> i64 {
+    if claimed > wall_ms.saturating_add(MAX_FUTURE_SKEW_MS) || claimed < wall_ms.saturating_sub(MAX_PAST_MS) {
+        wall_ms
+    } else {
+        claimed
     }
 }
 
@@ -38,6 +61,9 @@ pub struct Checked {
     pub recipients: Vec<String>,
     /// The clip stored under this id already, if any: its sender and seq.
     pub stored: Option<(String, u64)>,
+    /// Who is uploading a clip with this id on this relay now (reserved when its header was
+    /// checked), if anyone: an id is bound to its sender from the first header.
+    pub in_flight: Option<String>,
 }
 
 /// Why a floor was not granted, in answer to [`Action::TakeFloor`].
@@ -173,6 +199,12 @@ pub enum Outcome {
     Cancelled,
 }
 
+/// The answer to an upload under an id that another user's clip uses: word for word what a
+/// fetch of a clip one may not read answers.
+pub fn not_readable(id: ClipId) -> Refusal {
+    Refusal::new(ErrorCode::NotFound, format!("there is no clip {id} you may read"))
+}
+
 /// Where the upload is.
 #[derive(Debug)]
 enum State {
@@ -182,6 +214,9 @@ enum State {
     Checking { header: ClipHeader },
     /// Waiting for [`Input::Admitted`].
     Admitting { header: ClipHeader, recipients: Vec<String> },
+    /// An upload under another sender's id: charged to the rate limit like any clip, then
+    /// answered exactly as a fetch of an id one may not read is.
+    Probing { header: ClipHeader },
     /// Waiting for [`Input::Floor`].
     TakingFloor { header: ClipHeader, recipients: Vec<String> },
     /// Reading packets until the end marker.
@@ -203,11 +238,18 @@ pub struct RelayUpload {
     idle_deadline: Option<Instant>,
     /// The clip must end by then (from the moment the floor is granted).
     hold_deadline: Option<Instant>,
+    /// A floor holder's audio must have reached this point by then.
+    floor_deadline: Option<Instant>,
+    /// When the floor was granted.
+    floor_since: Option<Instant>,
+    /// The relay's wall clock when the stream opened (ms since the epoch).
+    wall_ms: i64,
 }
 
 impl RelayUpload {
-    /// A new clip stream from `sender`, opened at `now`.
-    pub fn new(sender: &str, limits: UploadLimits, now: Instant) -> Self {
+    /// A new clip stream from `sender`, opened at `now` (`wall_ms` on the relay's clock, in
+    /// milliseconds since the epoch: the talker's `started_at_ms` is held to it).
+    pub fn new(sender: &str, limits: UploadLimits, now: Instant, wall_ms: i64) -> Self {
         Self {
             sender: sender.to_string(),
             limits,
@@ -215,6 +257,9 @@ impl RelayUpload {
             actions: VecDeque::new(),
             idle_deadline: Some(now + limits.stream_idle),
             hold_deadline: None,
+            floor_deadline: None,
+            floor_since: None,
+            wall_ms,
         }
     }
 
@@ -225,10 +270,7 @@ impl RelayUpload {
 
     /// When [`RelayUpload::handle_timeout`] must be called, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.idle_deadline, self.hold_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.idle_deadline, self.hold_deadline, self.floor_deadline].into_iter().flatten().min()
     }
 
     /// True while the machine waits for frames from the stream (the driver reads only then,
@@ -251,6 +293,7 @@ impl RelayUpload {
             State::AwaitHeader | State::Done(_) => None,
             State::Checking { header }
             | State::Admitting { header, .. }
+            | State::Probing { header }
             | State::TakingFloor { header, .. }
             | State::Receiving { header, .. }
             | State::Committing { header, .. } => Some(header.id),
@@ -261,6 +304,12 @@ impl RelayUpload {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.hold_deadline.is_some_and(|d| now >= d) {
             self.fail(Refusal::new(ErrorCode::TooLong, "the clip went on longer than the relay's maximum duration"));
+        } else if self.floor_deadline.is_some_and(|d| now >= d) {
+            let gap = self.limits.floor_gap.as_millis();
+            self.fail(Refusal::new(
+                ErrorCode::Timeout,
+                format!("the talker's audio stopped (fell {gap} ms behind); the floor was released and the clip ended"),
+            ));
         } else if self.idle_deadline.is_some_and(|d| now >= d) {
             match self.state {
                 State::AwaitHeader => self.bad_header(),
@@ -280,15 +329,13 @@ impl RelayUpload {
                 return;
             }
             (State::Checking { header }, Input::Checked(checked)) => self.on_checked(header, checked),
+            (State::Probing { header }, Input::Admitted(admitted)) => match admitted {
+                Ok(()) => self.refused(header.id, not_readable(header.id)),
+                Err(wait) => self.busy(header.id, wait),
+            },
             (State::Admitting { header, recipients }, Input::Admitted(admitted)) => match admitted {
                 Ok(()) => self.after_admission(header, recipients, now),
-                Err(wait) => {
-                    let ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1);
-                    self.refused(
-                        header.id,
-                        Refusal::new(ErrorCode::Busy { retry_after_ms: ms }, format!("busy, retry after {ms} ms: at most {} clips per minute", self.limits.clips_per_minute)),
-                    )
-                }
+                Err(wait) => self.busy(header.id, wait),
             },
             (State::TakingFloor { header, recipients }, Input::Floor(floor)) => match floor {
                 Ok(()) => self.start_receiving(header, recipients, true, now),
@@ -313,11 +360,12 @@ impl RelayUpload {
         };
     }
 
-    fn on_header(&mut self, header: ClipHeader) -> State {
+    fn on_header(&mut self, mut header: ClipHeader) -> State {
         self.idle_deadline = None;
         if let Err(refusal) = check_header(&header) {
             return self.refused(header.id, refusal);
         }
+        header.started_at_ms = plausible_start(header.started_at_ms, self.wall_ms);
         self.actions.push_back(Action::Check { id: header.id, target: header.to.clone() });
         State::Checking { header }
     }
@@ -327,13 +375,15 @@ impl RelayUpload {
             Ok(c) => c,
             Err(refusal) => return self.refused(header.id, refusal),
         };
-        if let Some((from, seq)) = checked.stored {
-            if from != self.sender {
-                return self.refused(
-                    header.id,
-                    Refusal::new(ErrorCode::Conflict, format!("clip id {} is already taken; send it with a new id", header.id)),
-                );
-            }
+        let foreign = |from: &Option<String>| from.as_ref().is_some_and(|f| *f != self.sender);
+        if foreign(&checked.stored.as_ref().map(|(from, _)| from.clone())) || foreign(&checked.in_flight) {
+            // Another sender's id (stored, or live now): never accepted, and answered as a
+            // fetch of it would be, after costing a clip of the rate limit, so ids cannot be
+            // probed or hijacked.
+            self.actions.push_back(Action::Admit);
+            return State::Probing { header };
+        }
+        if let Some((_, seq)) = checked.stored {
             // A resend of a stored clip: acknowledge again, store nothing.
             self.actions.push_back(Action::StopReading(0));
             self.actions.push_back(Action::Stored { id: header.id, seq, duplicate: true });
@@ -368,6 +418,10 @@ impl RelayUpload {
         self.actions.push_back(Action::OpenLive { header: live, recipients: recipients.clone() });
         self.idle_deadline = Some(now + self.limits.stream_idle);
         self.hold_deadline = Some(now + self.limits.max_hold);
+        if floor {
+            self.floor_since = Some(now);
+            self.floor_deadline = Some(now + self.limits.floor_gap);
+        }
         let asm = ClipAssembler::new(&header, self.limits.max_clip_ms);
         State::Receiving { header, recipients, asm, floor }
     }
@@ -387,6 +441,10 @@ impl RelayUpload {
                     // Checked (size, TOC) before anyone hears it.
                     self.actions.push_back(Action::Forward(p));
                     self.idle_deadline = Some(now + self.limits.stream_idle);
+                    if let Some(since) = self.floor_since {
+                        let audio = Duration::from_millis(asm.received_samples() / 48);
+                        self.floor_deadline = Some(since + audio + self.limits.floor_gap);
+                    }
                     return State::Receiving { header, recipients, asm, floor };
                 }
                 Err(refusal) => Err(refusal),
@@ -402,7 +460,7 @@ impl RelayUpload {
                 return State::Receiving { header, recipients, asm, floor };
             }
         };
-        (self.idle_deadline, self.hold_deadline) = (None, None);
+        self.clear_deadlines();
         // The talker has let go (or the clip failed): the floor is free before the talker
         // hears `ClipStored`, so whoever is told "stored" may talk next.
         if floor {
@@ -459,6 +517,19 @@ impl RelayUpload {
         }
     }
 
+    fn clear_deadlines(&mut self) {
+        (self.idle_deadline, self.hold_deadline, self.floor_deadline) = (None, None, None);
+    }
+
+    /// Over the clips-per-minute limit: busy, with the typed delay.
+    fn busy(&mut self, id: ClipId, wait: Duration) -> State {
+        let ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1);
+        self.refused(
+            id,
+            Refusal::new(ErrorCode::Busy { retry_after_ms: ms }, format!("busy, retry after {ms} ms: at most {} clips per minute", self.limits.clips_per_minute)),
+        )
+    }
+
     /// The talker cancelled the clip: live listeners are told, the talker is not answered.
     fn cancelled(&self) -> Refusal {
         Refusal::new(ErrorCode::Cancelled, format!("{} cancelled the clip", self.sender))
@@ -476,7 +547,7 @@ impl RelayUpload {
 
     /// Refuses the clip: the talker's stream is stopped and the talker told why.
     fn refused(&mut self, id: ClipId, refusal: Refusal) -> State {
-        (self.idle_deadline, self.hold_deadline) = (None, None);
+        self.clear_deadlines();
         self.actions.push_back(Action::StopReading(refusal.code.quic_code()));
         self.actions.push_back(Action::Refuse(refusal.to_wire(id)));
         State::Done(Outcome::Refused(refusal))
@@ -503,6 +574,7 @@ impl RelayUpload {
             }
             State::Checking { header }
             | State::Admitting { header, .. }
+            | State::Probing { header }
             | State::TakingFloor { header, .. }
             | State::Committing { header, .. } => self.refused(header.id, refusal),
             State::AwaitHeader => {
@@ -522,9 +594,11 @@ mod tests {
     use crate::testing::synthetic_clip;
 
     const IDLE: Duration = Duration::from_secs(10);
+    /// The relay's clock in these tests.
+    const WALL: i64 = 1_790_000_000_000;
 
     fn header(to: Target) -> ClipHeader {
-        ClipHeader { id: ClipId([9; 16]), to, started_at_ms: 1, codec: CodecParams { frame_samples: 960, bitrate: 24_000, pre_skip: 312 } }
+        ClipHeader { id: ClipId([9; 16]), to, started_at_ms: WALL - 1000, codec: CodecParams { frame_samples: 960, bitrate: 24_000, pre_skip: 312 } }
     }
 
     fn drain(u: &mut RelayUpload) -> Vec<Action> {
@@ -537,9 +611,9 @@ mod tests {
 
     /// An upload from alice that passed every check and holds the floor.
     fn receiving(now: Instant) -> RelayUpload {
-        let mut u = RelayUpload::new("alice", UploadLimits::new(60_000, IDLE, 60), now);
+        let mut u = RelayUpload::new("alice", UploadLimits::new(60_000, IDLE, 60), now, WALL);
         u.handle(Input::Frame(StreamFrame::Upload(header(crew()))), now);
-        u.handle(Input::Checked(Ok(Checked { recipients: vec!["alice".into(), "bob".into()], stored: None })), now);
+        u.handle(Input::Checked(Ok(Checked { recipients: vec!["alice".into(), "bob".into()], stored: None, in_flight: None })), now);
         u.handle(Input::Admitted(Ok(())), now);
         u.handle(Input::Floor(Ok(())), now);
         drain(&mut u);
@@ -549,12 +623,12 @@ mod tests {
     #[test]
     fn a_channel_clip_is_checked_admitted_floored_forwarded_committed_and_acknowledged_in_that_order() {
         let t = Instant::now();
-        let mut u = RelayUpload::new("alice", UploadLimits::new(60_000, IDLE, 60), t);
+        let mut u = RelayUpload::new("alice", UploadLimits::new(60_000, IDLE, 60), t, WALL);
         assert!(u.wants_frames());
         u.handle(Input::Frame(StreamFrame::Upload(header(crew()))), t);
         assert_eq!(drain(&mut u), [Action::Check { id: ClipId([9; 16]), target: crew() }]);
         assert!(!u.wants_frames(), "the talker waits while the relay checks");
-        u.handle(Input::Checked(Ok(Checked { recipients: vec!["alice".into(), "bob".into()], stored: None })), t);
+        u.handle(Input::Checked(Ok(Checked { recipients: vec!["alice".into(), "bob".into()], stored: None, in_flight: None })), t);
         assert_eq!(drain(&mut u), [Action::Admit]);
         u.handle(Input::Admitted(Ok(())), t);
         assert!(matches!(drain(&mut u)[..], [Action::TakeFloor { .. }]));
@@ -587,9 +661,9 @@ mod tests {
     #[test]
     fn a_direct_clip_takes_no_floor() {
         let t = Instant::now();
-        let mut u = RelayUpload::new("alice", UploadLimits::new(60_000, IDLE, 60), t);
+        let mut u = RelayUpload::new("alice", UploadLimits::new(60_000, IDLE, 60), t, WALL);
         u.handle(Input::Frame(StreamFrame::Upload(header(Target::User("bob".into())))), t);
-        u.handle(Input::Checked(Ok(Checked { recipients: vec!["bob".into()], stored: None })), t);
+        u.handle(Input::Checked(Ok(Checked { recipients: vec!["bob".into()], stored: None, in_flight: None })), t);
         u.handle(Input::Admitted(Ok(())), t);
         let actions = drain(&mut u);
         assert!(matches!(&actions[..], [Action::Check { .. }, Action::Admit, Action::OpenLive { .. }]), "{actions:?}");
@@ -598,11 +672,11 @@ mod tests {
     #[test]
     fn a_stream_that_does_not_start_with_a_header_is_refused_without_a_clip_id() {
         let t = Instant::now();
-        let mut u = RelayUpload::new("alice", UploadLimits::new(60_000, IDLE, 60), t);
+        let mut u = RelayUpload::new("alice", UploadLimits::new(60_000, IDLE, 60), t, WALL);
         u.handle(Input::Frame(StreamFrame::Packet(vec![0xf8])), t);
         let actions = drain(&mut u);
         assert!(matches!(&actions[..], [Action::StopReading(1), Action::Refuse(ErrorMsg { clip: None, code: ErrorCode::BadRequest, .. })]), "{actions:?}");
-        let mut silent = RelayUpload::new("alice", UploadLimits::new(60_000, IDLE, 60), t);
+        let mut silent = RelayUpload::new("alice", UploadLimits::new(60_000, IDLE, 60), t, WALL);
         assert_eq!(silent.poll_timeout(), Some(t + IDLE));
         silent.handle_timeout(t + IDLE);
         assert!(matches!(silent.outcome(), Some(Outcome::Refused(r)) if r.code == ErrorCode::BadRequest));
@@ -611,9 +685,9 @@ mod tests {
     #[test]
     fn busy_carries_its_retry_delay_typed() {
         let t = Instant::now();
-        let mut u = RelayUpload::new("alice", UploadLimits::new(60_000, IDLE, 60), t);
+        let mut u = RelayUpload::new("alice", UploadLimits::new(60_000, IDLE, 60), t, WALL);
         u.handle(Input::Frame(StreamFrame::Upload(header(crew()))), t);
-        u.handle(Input::Checked(Ok(Checked { recipients: vec![], stored: None })), t);
+        u.handle(Input::Checked(Ok(Checked { recipients: vec![], stored: None, in_flight: None })), t);
         u.handle(Input::Admitted(Err(Duration::from_millis(19_250))), t);
         let refused = drain(&mut u).into_iter().find_map(|a| match a {
             Action::Refuse(m) => Some(m),
@@ -625,13 +699,17 @@ mod tests {
     #[test]
     fn silence_drops_the_clip_and_a_clip_past_the_hold_is_too_long() {
         let t = Instant::now();
-        let mut u = receiving(t);
+        // A direct clip holds no floor: only the stream's idle timer applies.
+        let mut u = RelayUpload::new("alice", UploadLimits::new(60_000, IDLE, 60), t, WALL);
+        u.handle(Input::Frame(StreamFrame::Upload(header(Target::User("bob".into())))), t);
+        u.handle(Input::Checked(Ok(Checked { recipients: vec!["bob".into()], stored: None, in_flight: None })), t);
+        u.handle(Input::Admitted(Ok(())), t);
+        drain(&mut u);
         u.handle(Input::Frame(StreamFrame::Packet(synthetic_clip(960).packets[0].clone())), t + Duration::from_secs(5));
         drain(&mut u);
         assert_eq!(u.poll_timeout(), Some(t + Duration::from_secs(15)), "each packet restarts the idle timer");
         u.handle_timeout(t + Duration::from_secs(15));
         let actions = drain(&mut u);
-        assert!(matches!(&actions[0], Action::ReleaseFloor { .. }), "{actions:?}");
         assert!(actions.iter().any(|a| matches!(a, Action::AbortLive(m) if m.code == ErrorCode::Timeout)));
         assert!(actions.iter().any(|a| matches!(a, Action::Refuse(m) if m.code == ErrorCode::Timeout)));
 
@@ -639,6 +717,64 @@ mod tests {
         let hold = UploadLimits::new(60_000, IDLE, 60).max_hold;
         u.handle_timeout(t + hold);
         assert!(matches!(u.outcome(), Some(Outcome::Refused(r)) if r.code == ErrorCode::TooLong));
+    }
+
+    #[test]
+    fn the_floor_follows_the_audio_a_silent_or_trickling_talker_loses_it() {
+        let t = Instant::now();
+        let gap = DEFAULT_FLOOR_GAP;
+        // A header and no audio: the floor goes after the gap, not after the 10 s idle timer.
+        let mut u = receiving(t);
+        assert_eq!(u.poll_timeout(), Some(t + gap));
+        u.handle_timeout(t + gap);
+        let actions = drain(&mut u);
+        assert!(matches!(&actions[0], Action::ReleaseFloor { .. }), "the floor is freed first: {actions:?}");
+        assert!(actions.iter().any(|a| matches!(a, Action::Refuse(m) if m.code == ErrorCode::Timeout)), "{actions:?}");
+
+        // A trickle: one 20 ms packet every 1.5 s never catches up with the clock.
+        let packet = synthetic_clip(960).packets[0].clone();
+        let mut u = receiving(t);
+        let mut at = t;
+        let lost = loop {
+            at += Duration::from_millis(1500);
+            let due = u.poll_timeout().expect("a deadline while talking");
+            if due <= at {
+                u.handle_timeout(due);
+                break due;
+            }
+            u.handle(Input::Frame(StreamFrame::Packet(packet.clone())), at);
+        };
+        assert!(lost <= t + Duration::from_secs(4), "a trickle keeps the floor only about the gap: lost after {:?}", lost - t);
+        assert!(matches!(u.outcome(), Some(Outcome::Refused(r)) if r.code == ErrorCode::Timeout));
+
+        // Real-time audio (a packet every 20 ms) keeps it for as long as the talker talks.
+        let mut u = receiving(t);
+        for i in 1..=500u64 {
+            let at = t + Duration::from_millis(20 * i);
+            assert!(u.poll_timeout().is_some_and(|d| d > at), "still holding at packet {i}");
+            u.handle(Input::Frame(StreamFrame::Packet(packet.clone())), at);
+        }
+        assert!(u.outcome().is_none(), "10 s of real-time audio holds the floor");
+    }
+
+    #[test]
+    fn a_start_time_far_from_the_relays_clock_is_replaced_by_the_relays() {
+        assert_eq!(plausible_start(WALL - 5_000, WALL), WALL - 5_000, "a clip recorded a moment ago keeps its time");
+        assert_eq!(plausible_start(WALL - 3_600_000, WALL), WALL - 3_600_000, "so does one that waited offline for an hour");
+        assert_eq!(plausible_start(1_262_304_000_000, WALL), WALL, "a clip dated 2010");
+        assert_eq!(plausible_start(WALL + 3_600_000, WALL), WALL, "a clip from the future");
+        assert_eq!(plausible_start(i64::MIN, WALL), WALL);
+        let mut u = RelayUpload::new("alice", UploadLimits::new(60_000, IDLE, 60), Instant::now(), WALL);
+        let mut h = header(Target::User("bob".into()));
+        h.started_at_ms = -5;
+        u.handle(Input::Frame(StreamFrame::Upload(h)), Instant::now());
+        u.handle(Input::Checked(Ok(Checked { recipients: vec!["bob".into()], stored: None, in_flight: None })), Instant::now());
+        u.handle(Input::Admitted(Ok(())), Instant::now());
+        let open = drain(&mut u).into_iter().find_map(|a| match a {
+            Action::OpenLive { header, .. } => Some(header),
+            _ => None,
+        });
+        assert_eq!(open.map(|h| h.started_at_ms), Some(WALL), "listeners hear the relay's time");
     }
 
     #[test]
@@ -654,16 +790,37 @@ mod tests {
     }
 
     #[test]
-    fn a_resend_of_a_stored_clip_is_acknowledged_again_and_another_senders_id_is_a_conflict() {
+    fn a_resend_of_a_stored_clip_is_acknowledged_again_and_another_senders_id_is_answered_as_a_fetch() {
         let t = Instant::now();
-        let mut u = RelayUpload::new("alice", UploadLimits::new(60_000, IDLE, 60), t);
+        let mut u = RelayUpload::new("alice", UploadLimits::new(60_000, IDLE, 60), t, WALL);
         u.handle(Input::Frame(StreamFrame::Upload(header(crew()))), t);
-        u.handle(Input::Checked(Ok(Checked { recipients: vec![], stored: Some(("alice".into(), 3)) })), t);
+        u.handle(Input::Checked(Ok(Checked { recipients: vec![], stored: Some(("alice".into(), 3)), in_flight: None })), t);
         assert_eq!(drain(&mut u)[1..], [Action::StopReading(0), Action::Stored { id: ClipId([9; 16]), seq: 3, duplicate: true }]);
-        let mut u = RelayUpload::new("mallory", UploadLimits::new(60_000, IDLE, 60), t);
+        // Another user's id, stored or still being talked: costs a clip of the rate limit, then
+        // the fetch's own answer; nothing is opened, forwarded or stored.
+        for (stored, in_flight) in [(Some(("alice".to_string(), 3)), None), (None, Some("alice".to_string()))] {
+            let mut u = RelayUpload::new("mallory", UploadLimits::new(60_000, IDLE, 60), t, WALL);
+            u.handle(Input::Frame(StreamFrame::Upload(header(crew()))), t);
+            u.handle(Input::Checked(Ok(Checked { recipients: vec!["alice".into(), "bob".into()], stored, in_flight })), t);
+            assert_eq!(drain(&mut u)[1..], [Action::Admit]);
+            u.handle(Input::Admitted(Ok(())), t);
+            let actions = drain(&mut u);
+            let fetch_answer = not_readable(ClipId([9; 16])).to_wire(ClipId([9; 16]));
+            assert_eq!(actions, [Action::StopReading(ErrorCode::NotFound.quic_code()), Action::Refuse(fetch_answer)]);
+        }
+        // Over the rate limit, the probe is refused as busy like any clip.
+        let mut u = RelayUpload::new("mallory", UploadLimits::new(60_000, IDLE, 60), t, WALL);
         u.handle(Input::Frame(StreamFrame::Upload(header(crew()))), t);
-        u.handle(Input::Checked(Ok(Checked { recipients: vec![], stored: Some(("alice".into(), 3)) })), t);
-        assert!(matches!(u.outcome(), Some(Outcome::Refused(r)) if r.code == ErrorCode::Conflict));
+        u.handle(Input::Checked(Ok(Checked { recipients: vec![], stored: None, in_flight: Some("alice".into()) })), t);
+        u.handle(Input::Admitted(Err(Duration::from_secs(3))), t);
+        assert!(matches!(u.outcome(), Some(Outcome::Refused(r)) if matches!(r.code, ErrorCode::Busy { .. })));
+        // The same sender's id in flight (a retry racing its first attempt) goes on.
+        let mut u = RelayUpload::new("alice", UploadLimits::new(60_000, IDLE, 60), t, WALL);
+        u.handle(Input::Frame(StreamFrame::Upload(header(crew()))), t);
+        u.handle(Input::Checked(Ok(Checked { recipients: vec![], stored: None, in_flight: Some("alice".into()) })), t);
+        assert_eq!(drain(&mut u)[1..], [Action::Admit]);
+        u.handle(Input::Admitted(Ok(())), t);
+        assert!(matches!(drain(&mut u)[..], [Action::TakeFloor { .. }]));
     }
 
     #[test]

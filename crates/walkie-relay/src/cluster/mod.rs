@@ -121,8 +121,8 @@ pub trait Cluster: Send + Sync + 'static {
     /// Takes `channel`'s floor for `clip` of `user`, for at most `hold` unless released. A
     /// retry for the same clip succeeds (and renews the lease).
     fn take_floor(&self, channel: &str, user: &str, clip: ClipId, hold: Duration) -> BoxFuture<'static, Result<(), FloorError>>;
-    /// Releases `channel`'s floor if `clip` holds it (in the background; never blocks).
-    fn release_floor(&self, channel: &str, clip: ClipId);
+    /// Releases `channel`'s floor if `user`'s `clip` holds it (in the background; never blocks).
+    fn release_floor(&self, channel: &str, user: &str, clip: ClipId);
     /// True when other relays may exist: live clips and wake-ups are then published.
     fn spans_relays(&self) -> bool;
     /// Queues a notice for the other relays without waiting; false if it was dropped (the
@@ -149,8 +149,8 @@ impl Cluster for LocalCluster {
         Box::pin(std::future::ready(result))
     }
 
-    fn release_floor(&self, channel: &str, clip: ClipId) {
-        crate::lock(&self.floors).release(channel, clip);
+    fn release_floor(&self, channel: &str, user: &str, clip: ClipId) {
+        crate::lock(&self.floors).release(channel, user, clip);
     }
 
     fn spans_relays(&self) -> bool {
@@ -184,7 +184,7 @@ mod tests {
             c.take_floor("crew", "bob", b, hold).await,
             Err(FloorError::Taken { user: "alice".into(), channel: "crew".into() })
         );
-        c.release_floor("crew", a);
+        c.release_floor("crew", "alice", a);
         assert_eq!(c.take_floor("crew", "bob", b, hold).await, Ok(()));
         assert!(!c.spans_relays() && c.incoming().is_none() && c.inbox_poll().is_none());
     }

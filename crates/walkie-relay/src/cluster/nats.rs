@@ -141,11 +141,11 @@ impl Cluster for NatsCluster {
         })
     }
 
-    fn release_floor(&self, channel: &str, clip: ClipId) {
+    fn release_floor(&self, channel: &str, user: &str, clip: ClipId) {
         let link = self.link.clone();
-        let channel = channel.to_string();
+        let (channel, user) = (channel.to_string(), user.to_string());
         tokio::spawn(async move {
-            if let Err(e) = link.release_floor(&channel, clip).await {
+            if let Err(e) = link.release_floor(&channel, &user, clip).await {
                 // The lease then frees itself when it expires.
                 warn!(%channel, clip = %clip, "cannot release the floor: {e}");
             }

@@ -151,7 +151,7 @@ impl NatsLink {
                 None => self.floors.create(&self.js, &key, value).await?,
                 Some((bytes, rev)) => {
                     if let Some(held) = parse_lease(&bytes)
-                        && held.clip != clip
+                        && (held.clip != clip || held.user != user)
                         && held.expires_at_ms > now
                     {
                         return Ok(Floor::Held(held.user));
@@ -167,12 +167,12 @@ impl NatsLink {
         Err(StoreError::Backend("the floor kept changing".into()))
     }
 
-    /// Releases `channel`'s floor if `clip` holds it. A lease that cannot be released frees
-    /// itself when it expires.
-    pub async fn release_floor(&self, channel: &str, clip: ClipId) -> Result<(), StoreError> {
+    /// Releases `channel`'s floor if `user`'s `clip` holds it. A lease that cannot be released
+    /// frees itself when it expires.
+    pub async fn release_floor(&self, channel: &str, user: &str, clip: ClipId) -> Result<(), StoreError> {
         let key = encode(channel);
         let Some((bytes, rev)) = self.floors.get(&self.js, &key).await? else { return Ok(()) };
-        if parse_lease(&bytes).is_some_and(|l| l.clip == clip) {
+        if parse_lease(&bytes).is_some_and(|l| l.clip == clip && l.user == user) {
             // Lost: someone took it over (our lease had expired); theirs stays.
             self.floors.update(&self.js, &key, Bytes::new(), rev).await?;
         }

@@ -439,7 +439,7 @@ pub fn upload_core(data: &[u8]) -> Verdict {
     let limits = UploadLimits::new(2_000, Duration::from_secs(10), 60);
     let start = Instant::now();
     let mut now = start;
-    let mut core = RelayUpload::new("alice", limits, now);
+    let mut core = RelayUpload::new("alice", limits, now, walkie_proto::clip::now_ms());
     let (mut opened, mut ended, mut committed, mut commit_ok, mut answered) = (false, false, false, false, false);
     let mut forwarded: Vec<Vec<u8>> = Vec::new();
     let mut checked_stored = false;
@@ -455,7 +455,7 @@ pub fn upload_core(data: &[u8]) -> Verdict {
                     Some(Input::Checked(if world.has(UploadWorld::FORBIDDEN) {
                         Err(walkie_proto::assemble::Refusal::new(ErrorCode::Forbidden, "not a member"))
                     } else {
-                        Ok(Checked { recipients: vec!["alice".into(), "bob".into()], stored })
+                        Ok(Checked { recipients: vec!["alice".into(), "bob".into()], stored, in_flight: None })
                     }))
                 }
                 Action::Admit => Some(Input::Admitted(if world.has(UploadWorld::BUSY) { Err(Duration::from_millis(1234)) } else { Ok(()) })),

@@ -497,6 +497,7 @@ pub fn upload_core(data: &[u8]) -> Verdict {
                         ErrorCode::Forbidden,
                         ErrorCode::Busy { retry_after_ms: 1234 },
                         ErrorCode::FloorTaken,
+                        ErrorCode::NotFound,
                         ErrorCode::Conflict,
                         ErrorCode::TooLarge,
                         ErrorCode::TooLong,

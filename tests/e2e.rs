@@ -260,10 +260,11 @@ async fn a_resent_clip_is_acknowledged_again_and_stored_once() {
     let mut bob_client = relay.connect(&bob).await;
     assert_eq!(receive(&mut bob_client, 1, 20).await[0].header.id, header.id);
     receive_nothing(&mut bob_client, 1).await;
-    // Someone else reusing the id is refused, and the stored clip is untouched.
+    // Someone else reusing the id is refused as a fetch of an unreadable clip is (ids cannot
+    // be probed), and the stored clip is untouched.
     let m = relay.connect(&mallory).await;
-    let e = m.send_clip(&header, &packets, samples).await.expect_err("conflict");
-    assert_eq!(refusal_code(e), ErrorCode::Conflict);
+    let e = m.send_clip(&header, &packets, samples).await.expect_err("refused");
+    assert_eq!(refusal_code(e), ErrorCode::NotFound);
     assert_eq!(relay.store.clip(&header.id).expect("store").expect("kept").from, "alice");
     relay.handle.shutdown().await;
 }

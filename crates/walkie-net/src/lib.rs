@@ -184,13 +184,24 @@ fn transport(idle: Duration, keep_alive: Option<Duration>) -> Result<quinn::Tran
     Ok(t)
 }
 
+/// Bytes a client may send on one stream ahead of the relay reading them: a clip stream's
+/// frames are under 8 KiB each, so 64 KiB keeps several in flight at 100 ms of round trip.
+pub const STREAM_WINDOW: u32 = 64 * 1024;
+/// Bytes a client may have in flight to the relay on all its streams before it authenticated:
+/// only the control stream is open then, and the hello is a few hundred bytes.
+pub const UNAUTHENTICATED_WINDOW: u32 = 16 * 1024;
+/// Bytes an authenticated client may have in flight on all its streams at once.
+pub const SESSION_WINDOW: u32 = 1024 * 1024;
+/// Bytes the relay buffers for one client that it has sent and the client has not acknowledged.
+pub const SEND_WINDOW: u64 = 2 * 1024 * 1024;
+
 /// A server endpoint bound to `addr` with the relay's identity, ALPN `walkie/1`, TLS 1.3 only.
-pub fn server_endpoint(
-    addr: SocketAddr,
-    identity: &RelayIdentity,
-    idle: Duration,
-    max_uni_streams: u32,
-) -> Result<quinn::Endpoint, NetError> {
+///
+/// Flow control is sized to the protocol so that a peer that never authenticates parks almost
+/// nothing: a new connection may open only its control stream (one bidirectional stream, no
+/// unidirectional ones) and send at most [`UNAUTHENTICATED_WINDOW`] bytes; the relay grants
+/// clip streams and [`SESSION_WINDOW`] with [`open_session`] once the hello checked out.
+pub fn server_endpoint(addr: SocketAddr, identity: &RelayIdentity, idle: Duration) -> Result<quinn::Endpoint, NetError> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| NetError::Tls(e.to_string()))?
@@ -201,13 +212,23 @@ pub fn server_endpoint(
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut t = transport(idle, None)?;
-    t.max_concurrent_uni_streams(max_uni_streams.into());
+    t.max_concurrent_uni_streams(0u32.into());
     t.max_concurrent_bidi_streams(1u32.into());
+    t.stream_receive_window(STREAM_WINDOW.into());
+    t.receive_window(UNAUTHENTICATED_WINDOW.into());
+    t.send_window(SEND_WINDOW);
     config.transport_config(Arc::new(t));
     let socket = bind_socket(addr)?;
     let runtime = quinn::default_runtime().ok_or_else(|| NetError::Tls("no async runtime".into()))?;
     quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, runtime)
         .map_err(|source| NetError::Bind { addr, source })
+}
+
+/// Grants an authenticated connection its clip streams (`max_uni_streams` at once) and the
+/// session's flow-control window.
+pub fn open_session(conn: &quinn::Connection, max_uni_streams: u32) {
+    conn.set_max_concurrent_uni_streams(max_uni_streams.into());
+    conn.set_receive_window(SESSION_WINDOW.into());
 }
 
 /// Binds a UDP socket with large buffers so bursts of handshakes and ACKs are not dropped.

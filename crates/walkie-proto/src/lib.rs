@@ -15,6 +15,7 @@
 //! | validating and assembling an uploaded clip | [`assemble`] |
 //! | one talker per channel | [`floor`] |
 //! | per-user rate limits (token buckets) | [`rate`] |
+//! | peer-controlled text made safe for log lines | [`logsafe`] |
 //! | the upload of one clip as state machines: the relay's side and the client's side | [`upload`] |
 
 #![warn(missing_docs)]
@@ -23,6 +24,7 @@
 pub mod assemble;
 pub mod clip;
 pub mod floor;
+pub mod logsafe;
 pub mod ogg;
 pub mod rate;
 pub mod received;

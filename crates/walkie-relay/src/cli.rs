@@ -128,8 +128,9 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // Plain text, every line escaped: peers choose some of what is logged.
+        .with_writer(crate::logwriter::EscapedStderr)
+        .with_ansi(false)
         .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

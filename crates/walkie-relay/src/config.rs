@@ -10,7 +10,10 @@
 //! floor_gap_ms = 2000         # a talker whose audio falls this far behind the clock loses the floor
 //! max_connections = 10000     # authenticated connections at once; more get "busy, retry after"
 //! max_handshakes = 128        # TLS handshakes in progress at once (CPU-bound admission)
-//! max_pending_handshakes = 4096  # connection attempts waiting for a handshake slot; more are refused
+//! max_pending_handshakes = 4096  # connection attempts not yet authenticated; more are refused
+//! max_unauthenticated_per_source = 64  # of those, from one IP address
+//! retry_above_handshakes = 16  # handshakes in progress above which unvalidated addresses get a QUIC Retry
+//! max_sessions_per_user = 16  # sessions one user may have open at once
 //! max_streams_per_conn = 32   # clip streams a client may have open at once
 //! clips_per_minute = 60       # per user; more get "busy, retry after"
 //! bytes_per_second = 65536    # per user upload rate (bursts of 1 MiB); faster senders are slowed down
@@ -39,21 +42,31 @@ pub struct RelayConfig {
     /// The floor follows the audio: a channel talker whose audio falls this far behind the
     /// time since the floor was granted loses it, and the clip ends there (default 2 s).
     pub floor_gap: Duration,
-    /// Time allowed for the hello after the handshake (default 10 s).
+    /// Time allowed for the hello after the handshake (default 5 s).
     pub hello_timeout: Duration,
     /// Most unidirectional streams a client may have open at once (default 32).
     pub max_streams_per_conn: u32,
     /// Frames queued per live recipient before its live stream is dropped (default 256,
     /// about 5 s of audio); the recipient still gets the stored clip from its inbox.
     pub live_queue: usize,
-    /// Authenticated connections at once; more are told "busy, retry after" (default 10 000).
+    /// Authenticated sessions at once; more are told "busy, retry after" (default 10 000).
+    /// Connections that have not authenticated do not count (they have caps of their own).
     pub max_connections: usize,
     /// TLS handshakes in progress at once (default 128): handshakes are CPU-bound, so this
     /// decides how a connection storm is absorbed.
     pub max_handshakes: usize,
-    /// Connection attempts waiting for a handshake slot; beyond it they are refused at once
-    /// and the client retries (default 4096).
+    /// Connection attempts not yet authenticated (in a handshake, waiting for one, or before
+    /// their hello); beyond it they are refused at once and the client retries (default 4096).
     pub max_pending_handshakes: usize,
+    /// Of those, from one IP address (default 64): one source cannot fill the relay.
+    pub max_unauthenticated_per_source: usize,
+    /// With this many handshakes in progress, an attempt from an address QUIC has not
+    /// validated is answered with a Retry first (default 16), so floods of bare or spoofed
+    /// Initial packets cost no state.
+    pub retry_above_handshakes: usize,
+    /// Sessions one user may have open at once (default 16): one user's devices or scripts
+    /// cannot take every connection.
+    pub max_sessions_per_user: usize,
     /// Clips one user may send per minute (default 60).
     pub clips_per_minute: u32,
     /// Upload bytes per second per user, with bursts of 1 MiB (default 64 KiB/s, eight
@@ -73,12 +86,15 @@ impl Default for RelayConfig {
             idle_timeout: Duration::from_secs(30),
             stream_idle: Duration::from_secs(10),
             floor_gap: walkie_proto::upload::DEFAULT_FLOOR_GAP,
-            hello_timeout: Duration::from_secs(10),
+            hello_timeout: Duration::from_secs(5),
             max_streams_per_conn: 32,
             live_queue: 256,
             max_connections: 10_000,
             max_handshakes: 128,
             max_pending_handshakes: 4096,
+            max_unauthenticated_per_source: 64,
+            retry_above_handshakes: 16,
+            max_sessions_per_user: 16,
             clips_per_minute: 60,
             bytes_per_second: 64 * 1024,
             retention: None,
@@ -134,6 +150,9 @@ pub struct RelayFile {
     max_connections: Option<usize>,
     max_handshakes: Option<usize>,
     max_pending_handshakes: Option<usize>,
+    max_unauthenticated_per_source: Option<usize>,
+    retry_above_handshakes: Option<usize>,
+    max_sessions_per_user: Option<usize>,
     max_streams_per_conn: Option<u32>,
     clips_per_minute: Option<u32>,
     bytes_per_second: Option<u64>,
@@ -160,6 +179,9 @@ impl RelayFile {
             max_connections: self.max_connections.unwrap_or(base.max_connections),
             max_handshakes: self.max_handshakes.unwrap_or(base.max_handshakes),
             max_pending_handshakes: self.max_pending_handshakes.unwrap_or(base.max_pending_handshakes),
+            max_unauthenticated_per_source: self.max_unauthenticated_per_source.unwrap_or(base.max_unauthenticated_per_source),
+            retry_above_handshakes: self.retry_above_handshakes.unwrap_or(base.retry_above_handshakes),
+            max_sessions_per_user: self.max_sessions_per_user.unwrap_or(base.max_sessions_per_user),
             max_streams_per_conn: self.max_streams_per_conn.unwrap_or(base.max_streams_per_conn),
             clips_per_minute: self.clips_per_minute.unwrap_or(base.clips_per_minute),
             bytes_per_second: self.bytes_per_second.unwrap_or(base.bytes_per_second),

@@ -11,9 +11,11 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::{debug, info, warn};
 use walkie_net::{read_frame, write_frame};
 use walkie_proto::clip::validate_name;
-use walkie_proto::wire::{ClientMsg, ErrorCode, ErrorMsg, MAX_CONTROL_FRAME, MAX_HELLO_FIELD, ServerMsg};
+use walkie_proto::logsafe::escape;
+use walkie_proto::wire::{ClientMsg, ErrorCode, ErrorMsg, MAX_CONTROL_FRAME, MAX_HELLO_FIELD, MAX_HELLO_FRAME, ServerMsg};
 
 use crate::registry::{ControlTx, Session, close};
+use crate::server::PreAuth;
 use crate::shared::Shared;
 use crate::{auth, deliver, requests, upload};
 
@@ -33,11 +35,20 @@ fn refusal(code: ErrorCode, message: &str) -> ErrorMsg {
     ErrorMsg { req: None, clip: None, code, message: message.to_string() }
 }
 
-pub(crate) async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming, handshake_slot: OwnedSemaphorePermit) {
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    incoming: quinn::Incoming,
+    handshake_slot: OwnedSemaphorePermit,
+    in_handshake: Arc<AtomicUsize>,
+    pre_auth: PreAuth,
+) {
     let remote = incoming.remote_address();
     // A handshake slot is precious in a storm: a peer that stalls (or gave up) loses it
     // after HANDSHAKE_TIMEOUT instead of holding it for the whole idle timeout.
-    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await;
+    drop(handshake_slot);
+    in_handshake.fetch_sub(1, Ordering::Relaxed);
+    let conn = match handshake {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             debug!(%remote, "handshake failed: {e}");
@@ -48,28 +59,21 @@ pub(crate) async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming, hands
             return;
         }
     };
-    drop(handshake_slot);
-    let _admitted = Admitted(&shared.connections);
-    if shared.connections.fetch_add(1, Ordering::Relaxed) >= shared.config.max_connections {
-        let busy = shared.busy();
-        debug!(%remote, "refused: {}", busy.message);
-        close(&conn, &busy);
-        return;
-    }
     let accepted = tokio::time::timeout(shared.config.hello_timeout, conn.accept_bi()).await;
     let Ok(Ok((mut send, mut recv))) = accepted else {
         close(&conn, &refusal(ErrorCode::Timeout, "no control stream"));
         return;
     };
-    let hello = tokio::time::timeout(shared.config.hello_timeout, read_frame::<ClientMsg>(&mut recv, MAX_CONTROL_FRAME)).await;
+    let hello = tokio::time::timeout(shared.config.hello_timeout, read_frame::<ClientMsg>(&mut recv, MAX_HELLO_FRAME)).await;
     let user = match hello {
         Ok(Ok(Some(ClientMsg::Hello { user, token, client }))) => match authenticate(&shared, &user, &token).await {
             Ok(()) => {
-                info!(%remote, %user, client = %client.chars().take(MAX_HELLO_FIELD).collect::<String>(), "session opened");
+                let client: String = client.chars().take(MAX_HELLO_FIELD).collect();
+                info!(%remote, %user, client = %escape(&client), "session opened");
                 user
             }
             Err(msg) => {
-                warn!(%remote, user = %user.escape_debug(), "refused: {}", msg);
+                warn!(%remote, user = %escape(&user), "refused: {}", msg);
                 refuse(&conn, &mut send, ErrorCode::Unauthorized, &msg).await;
                 return;
             }
@@ -78,6 +82,24 @@ pub(crate) async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming, hands
         Ok(Err(e)) => return refuse(&conn, &mut send, ErrorCode::BadRequest, &format!("bad hello: {e}")).await,
         Ok(Ok(None)) | Err(_) => return refuse(&conn, &mut send, ErrorCode::Timeout, "no hello in time").await,
     };
+    // Authenticated: the attempt's pre-authentication slot goes, a connection slot comes.
+    drop(pre_auth);
+    let _admitted = Admitted(&shared.connections);
+    if shared.connections.fetch_add(1, Ordering::Relaxed) >= shared.config.max_connections {
+        let busy = shared.busy();
+        debug!(%remote, %user, "refused: {}", busy.message);
+        refuse(&conn, &mut send, busy.code, &busy.message).await;
+        return;
+    }
+    let open = shared.registry.sessions_of(&user).len();
+    if open >= shared.config.max_sessions_per_user {
+        let busy = shared.busy();
+        let message = format!("{}: {user} has {open} sessions open, the most this relay allows", busy.message);
+        debug!(%remote, %user, "refused: {message}");
+        refuse(&conn, &mut send, busy.code, &message).await;
+        return;
+    }
+    walkie_net::open_session(&conn, shared.config.max_streams_per_conn);
     let welcome = ServerMsg::Welcome {
         user: user.clone(),
         relay_version: env!("CARGO_PKG_VERSION").into(),

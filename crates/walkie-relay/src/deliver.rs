@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::{debug, warn};
 
@@ -87,6 +88,8 @@ enum SendError {
     Ogg(#[from] OggError),
     #[error("connection lost: {0}")]
     Conn(#[from] quinn::ConnectionError),
+    #[error("the client read nothing for {} s", FETCH_STALL.as_secs())]
+    Stalled,
 }
 
 async fn load_audio(shared: &Shared, id: ClipId) -> Result<Vec<u8>, RelayError> {
@@ -116,45 +119,84 @@ async fn send_stored(shared: &Shared, session: &Session, meta: &ClipMeta) -> Res
     Ok(())
 }
 
-/// Answers a fetch: checks the user may read the clip, then streams its stored file.
+/// Fetches one session may have running at once; further fetch requests wait their turn
+/// (the session's control stream is not read meanwhile).
+pub(crate) const MAX_FETCHES: usize = 4;
+/// A fetch whose stream makes no progress for this long (the client reads nothing) ends.
+const FETCH_STALL: Duration = Duration::from_secs(10);
+
+/// Answers a fetch: checks the user may read the clip, then streams its stored file from the
+/// store part by part (never whole in memory), giving up when the client stops reading.
 pub(crate) async fn fetch(shared: Arc<Shared>, session: Arc<Session>, req: u64, id: ClipId, tx: ControlTx) {
     let fail = |code: ErrorCode, message: String| ServerMsg::Error(ErrorMsg { req: Some(req), clip: Some(id), code, message });
     let meta = match shared.store(move |s| s.clip(&id)).await {
         Ok(Some(meta)) => meta,
         Ok(None) => {
-            let _ = tx.send(fail(ErrorCode::NotFound, not_readable(id).message)).await;
+            let _ = tx.try_send(fail(ErrorCode::NotFound, not_readable(id).message));
             return;
         }
         Err(e) => {
-            let _ = tx.send(ServerMsg::Error(e.to_wire(Some(req), Some(id)))).await;
+            let _ = tx.try_send(ServerMsg::Error(e.to_wire(Some(req), Some(id))));
             return;
         }
     };
     if !may_read(&shared, &session.user, &meta).await {
         // Same answer as for a missing clip, so ids cannot be probed.
-        let _ = tx.send(fail(ErrorCode::NotFound, not_readable(id).message)).await;
+        let _ = tx.try_send(fail(ErrorCode::NotFound, not_readable(id).message));
         return;
     }
-    let result: Result<(), SendError> = async {
-        let ogg = load_audio(&shared, id).await?;
-        let mut send = session.conn.open_uni().await?;
-        write_frame(&mut send, &StreamFrame::File { req, meta: meta.clone() }, MAX_STREAM_FRAME).await?;
-        for chunk in ogg.chunks(FILE_CHUNK_BYTES) {
-            write_frame(&mut send, &StreamFrame::Chunk(chunk.to_vec()), MAX_STREAM_FRAME).await?;
-        }
-        write_frame(&mut send, &StreamFrame::End { packets: meta.packets, samples: 0 }, MAX_STREAM_FRAME).await?;
-        let _ = send.finish();
-        Ok(())
-    }
-    .await;
+    let result = stream_file(&shared, &session, req, &meta).await;
+    // Answers never wait for a client that does not read its control stream.
     match result {
         Ok(()) => {}
         Err(SendError::Relay(RelayError::Store(walkie_store::StoreError::NotFound { .. }))) => {
-            let _ = tx.send(fail(ErrorCode::NotFound, format!("the audio of clip {id} was deleted"))).await;
+            let _ = tx.try_send(fail(ErrorCode::NotFound, format!("the audio of clip {id} was deleted")));
+        }
+        Err(SendError::Stalled) => {
+            debug!(user = %session.user, clip = %id, "fetch stalled: the client reads nothing");
+            let _ = tx.try_send(fail(ErrorCode::Timeout, format!("clip {id} was not read for {} s; the fetch ended", FETCH_STALL.as_secs())));
         }
         Err(e) => {
-            let _ = tx.send(fail(ErrorCode::Storage, format!("cannot send clip {id}: {e}"))).await;
+            let _ = tx.try_send(fail(ErrorCode::Storage, format!("cannot send clip {id}: {e}")));
         }
     }
 }
 
+/// Sends `meta`'s file on a new stream, one chunk read from the store at a time.
+async fn stream_file(shared: &Shared, session: &Session, req: u64, meta: &ClipMeta) -> Result<(), SendError> {
+    let id = meta.id;
+    let first = shared.store(move |s| s.clip_audio_part(&id, 0, FILE_CHUNK_BYTES)).await?;
+    let mut send = stalled(session.conn.open_uni()).await??;
+    let sent: Result<(), SendError> = async {
+        stalled(write_frame(&mut send, &StreamFrame::File { req, meta: meta.clone() }, MAX_STREAM_FRAME)).await??;
+        let (mut chunk, mut offset) = (first, 0u64);
+        while !chunk.is_empty() {
+            offset += chunk.len() as u64;
+            let last = chunk.len() < FILE_CHUNK_BYTES;
+            stalled(write_frame(&mut send, &StreamFrame::Chunk(chunk), MAX_STREAM_FRAME)).await??;
+            if last {
+                break;
+            }
+            chunk = shared.store(move |s| s.clip_audio_part(&id, offset, FILE_CHUNK_BYTES)).await?;
+        }
+        stalled(write_frame(&mut send, &StreamFrame::End { packets: meta.packets, samples: 0 }, MAX_STREAM_FRAME)).await??;
+        Ok(())
+    }
+    .await;
+    match sent {
+        Ok(()) => {
+            let _ = send.finish();
+            Ok(())
+        }
+        Err(e) => {
+            // The client must not take a partial file for a whole one.
+            let _ = send.reset(ErrorCode::Timeout.quic_code().into());
+            Err(e)
+        }
+    }
+}
+
+/// `step`, unless it makes no progress for [`FETCH_STALL`].
+async fn stalled<T>(step: impl std::future::Future<Output = T>) -> Result<T, SendError> {
+    tokio::time::timeout(FETCH_STALL, step).await.map_err(|_| SendError::Stalled)
+}

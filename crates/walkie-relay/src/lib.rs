@@ -21,6 +21,7 @@
 //! | | `maintenance.rs` | revoking removed users' sessions, retention |
 //! | | `demo.rs` | an in-process relay with two users and a channel (`walkie demo`, `walkie app --demo`) |
 //! | | `cli.rs` | the `walkie-relay` command line |
+//! | | `logwriter.rs` | log lines on stderr with peer-controlled text escaped |
 
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
@@ -34,6 +35,7 @@ mod conn;
 mod deliver;
 pub mod demo;
 mod live;
+mod logwriter;
 mod maintenance;
 mod registry;
 mod requests;
@@ -128,7 +130,7 @@ pub async fn start_with(
     cluster: Arc<dyn Cluster>,
 ) -> Result<RelayHandle, RelayError> {
     let identity = RelayIdentity::load_or_create(data_dir)?;
-    let endpoint = walkie_net::server_endpoint(config.listen, &identity, config.idle_timeout, config.max_streams_per_conn)?;
+    let endpoint = walkie_net::server_endpoint(config.listen, &identity, config.idle_timeout)?;
     let addr = endpoint.local_addr().map_err(|source| NetError::Bind { addr: config.listen, source })?;
     let (stop, shutdown) = watch::channel(false);
     let limits = UserLimits::new(config.clips_per_minute, config.bytes_per_second);

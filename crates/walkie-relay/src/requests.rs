@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use walkie_net::read_frame;
 use walkie_proto::clip::{ClipId, Target};
-use walkie_proto::wire::{ClientMsg, ErrorCode, ErrorMsg, MAX_CONTROL_FRAME, MAX_HISTORY_PAGE, ServerMsg};
+use walkie_proto::wire::{ClientMsg, ErrorCode, ErrorMsg, MAX_CLIENT_FRAME, MAX_HISTORY_PAGE, ServerMsg};
 
 use crate::access::{may_access, may_read};
 use crate::deliver;
@@ -20,8 +20,9 @@ fn error(req: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Serve
 
 /// Reads and answers control messages until the stream ends or breaks.
 pub(crate) async fn control_loop(shared: &Arc<Shared>, session: &Arc<Session>, recv: &mut quinn::RecvStream, tx: ControlTx) {
+    let fetches = Arc::new(tokio::sync::Semaphore::new(deliver::MAX_FETCHES));
     loop {
-        let msg = match read_frame::<ClientMsg>(recv, MAX_CONTROL_FRAME).await {
+        let msg = match read_frame::<ClientMsg>(recv, MAX_CLIENT_FRAME).await {
             Ok(Some(msg)) => msg,
             Ok(None) => return,
             Err(e) => {
@@ -46,8 +47,15 @@ pub(crate) async fn control_loop(shared: &Arc<Shared>, session: &Arc<Session>, r
             }
             ClientMsg::History { req, target, limit, before_seq } => Some(history(shared, &session.user, req, target, limit, before_seq).await),
             ClientMsg::Fetch { req, id } => {
-                // Fetches stream a file; run them beside the control loop.
-                tokio::spawn(deliver::fetch(shared.clone(), session.clone(), req, id, tx.clone()));
+                // Fetches stream a file beside the control loop, a few at a time: the next
+                // one waits for a slot, so a client that asks for many and reads none holds
+                // at most MAX_FETCHES files' worth of chunks, never a task per request.
+                let Ok(slot) = fetches.clone().acquire_owned().await else { return };
+                let (shared, session, tx) = (shared.clone(), session.clone(), tx.clone());
+                tokio::spawn(async move {
+                    deliver::fetch(shared, session, req, id, tx).await;
+                    drop(slot);
+                });
                 None
             }
         };

@@ -1,44 +1,114 @@
-//! The accept loop: admission control for new connections (a bounded number of TLS handshakes
-//! at once, a bounded queue waiting for one, the rest refused at once), and the shutdown that
-//! closes every session and lets in-flight uploads commit.
+//! The accept loop: admission control for new connections, before any of them authenticated.
+//! - Connection attempts not yet authenticated (in a handshake, waiting for one, or before
+//!   their hello) are capped in total and per source address; beyond either cap a new attempt
+//!   is refused at once (a stateless QUIC refusal) and the client retries.
+//! - Under load (many handshakes in progress) an attempt from an address QUIC has not
+//!   validated gets a Retry: a spoofed or bare Initial costs the relay one small packet and
+//!   no state, and only a peer that really receives at its address comes back.
+//! - A bounded number of TLS handshakes run at once (they are CPU-bound); a slot is taken
+//!   only by a validated or unloaded attempt and held for the handshake alone (at most 3 s).
+//! The shutdown closes every session and lets in-flight uploads commit.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
 use crate::conn;
-use crate::shared::Shared;
+use crate::shared::{Shared, lock};
 
 /// How long a connection attempt may wait for a handshake slot before it is refused.
 const HANDSHAKE_QUEUE_WAIT: Duration = Duration::from_secs(5);
+
+/// The attempts not yet authenticated, in total and per source address.
+#[derive(Debug, Default)]
+pub(crate) struct Unauthenticated {
+    total: AtomicUsize,
+    by_source: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Unauthenticated {
+    /// Counts one more attempt from `ip`, unless a cap is reached.
+    fn admit(self: &Arc<Self>, ip: IpAddr, total_cap: usize, per_source_cap: usize) -> Option<PreAuth> {
+        let mut by_source = lock(&self.by_source);
+        let from_ip = by_source.entry(ip).or_insert(0);
+        if *from_ip >= per_source_cap || self.total.load(Ordering::Relaxed) >= total_cap {
+            if *from_ip == 0 {
+                by_source.remove(&ip);
+            }
+            return None;
+        }
+        *from_ip += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Some(PreAuth { counts: self.clone(), ip })
+    }
+
+    /// Attempts not yet authenticated, in total.
+    #[cfg(test)]
+    fn total(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+/// One attempt not yet authenticated; dropped when it authenticated or gave up.
+pub(crate) struct PreAuth {
+    counts: Arc<Unauthenticated>,
+    ip: IpAddr,
+}
+
+impl Drop for PreAuth {
+    fn drop(&mut self) {
+        let mut by_source = lock(&self.counts.by_source);
+        if let Some(n) = by_source.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                by_source.remove(&self.ip);
+            }
+        }
+        self.counts.total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.clone();
     let mut tasks = tokio::task::JoinSet::new();
     let handshakes = Arc::new(Semaphore::new(shared.config.max_handshakes.max(1)));
-    let waiting = Arc::new(AtomicUsize::new(0));
+    let in_handshake = Arc::new(AtomicUsize::new(0));
+    let unauthenticated = Arc::new(Unauthenticated::default());
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                // Admission: a bounded number of handshakes run at once (they are CPU-bound);
-                // a bounded number wait for a slot; the rest are refused at once and retry.
-                if waiting.load(Ordering::Relaxed) >= shared.config.max_pending_handshakes {
-                    tracing::debug!(remote = %incoming.remote_address(), "refused: too many connection attempts waiting for a handshake");
-                    incoming.refuse();
+                let remote = incoming.remote_address();
+                if !incoming.remote_address_validated()
+                    && incoming.may_retry()
+                    && in_handshake.load(Ordering::Relaxed) >= shared.config.retry_above_handshakes
+                {
+                    tracing::debug!(%remote, "under load: address validation (Retry) asked");
+                    let _ = incoming.retry();
                     continue;
                 }
-                waiting.fetch_add(1, Ordering::Relaxed);
-                let (shared, handshakes, waiting) = (shared.clone(), handshakes.clone(), waiting.clone());
+                let Some(pre_auth) = unauthenticated.admit(
+                    remote.ip(),
+                    shared.config.max_pending_handshakes,
+                    shared.config.max_unauthenticated_per_source,
+                ) else {
+                    tracing::debug!(%remote, "refused: too many connection attempts not yet authenticated (from this source or in all)");
+                    incoming.refuse();
+                    continue;
+                };
+                in_handshake.fetch_add(1, Ordering::Relaxed);
+                let (shared, handshakes, in_handshake) = (shared.clone(), handshakes.clone(), in_handshake.clone());
                 tasks.spawn(async move {
                     let permit = tokio::time::timeout(HANDSHAKE_QUEUE_WAIT, handshakes.acquire_owned()).await;
-                    waiting.fetch_sub(1, Ordering::Relaxed);
                     match permit {
-                        Ok(Ok(permit)) => conn::handle(shared, incoming, permit).await,
+                        Ok(Ok(permit)) => conn::handle(shared, incoming, permit, in_handshake, pre_auth).await,
                         _ => {
-                            tracing::debug!(remote = %incoming.remote_address(), "refused: no handshake slot within {HANDSHAKE_QUEUE_WAIT:?}");
+                            in_handshake.fetch_sub(1, Ordering::Relaxed);
+                            tracing::debug!(%remote, "refused: no handshake slot within {HANDSHAKE_QUEUE_WAIT:?}");
                             incoming.refuse();
                         }
                     }
@@ -55,5 +125,25 @@ pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) 
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
         tasks.abort_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_source_cannot_take_every_unauthenticated_slot() {
+        let u = Arc::new(Unauthenticated::default());
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().expect("ip"), "198.51.100.7".parse().expect("ip"));
+        let held: Vec<PreAuth> = (0..3).map(|_| u.admit(a, 10, 3).expect("under the cap")).collect();
+        assert!(u.admit(a, 10, 3).is_none(), "the source is at its cap");
+        let other = u.admit(b, 10, 3).expect("another source still gets in");
+        assert_eq!(u.total(), 4);
+        drop(held);
+        assert_eq!(u.total(), 1);
+        assert!(u.admit(a, 10, 3).is_some(), "slots come back when attempts end");
+        drop(other);
+        assert!(u.admit(b, 1, 3).is_some() && u.admit(b, 1, 3).is_none(), "the total cap holds too");
     }
 }

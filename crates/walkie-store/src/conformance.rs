@@ -209,6 +209,19 @@ pub fn committed_clips_read_back_byte_equal_small_large_and_empty(b: &dyn Backen
     assert!(seq > m.seq, "seqs increase");
     assert_eq!(store.clip(&big.id).unwrap(), Some(big.clone()));
     assert!(store.clip_audio(&big.id).unwrap() == ogg, "the 4 MiB clip reads back byte-equal");
+    // Streamed in parts: the same bytes, a short last part, nothing past the end.
+    let mut streamed = Vec::new();
+    loop {
+        let part = store.clip_audio_part(&big.id, streamed.len() as u64, 300_000).unwrap();
+        assert!(part.len() <= 300_000);
+        if part.is_empty() {
+            break;
+        }
+        streamed.extend_from_slice(&part);
+    }
+    assert!(streamed == ogg, "the parts make up the file");
+    assert!(store.clip_audio_part(&big.id, u64::MAX, 10).unwrap().is_empty());
+    assert!(matches!(store.clip_audio_part(&ClipId::random(), 0, 10), Err(StoreError::NotFound { .. })));
     let empty = meta("alice", "crew");
     store.commit_clip(&empty, &[], &[]).unwrap();
     assert_eq!(store.clip_audio(&empty.id).unwrap(), Vec::<u8>::new());

@@ -137,6 +137,14 @@ pub trait Store: Send + Sync + 'static {
     }
     /// The stored Ogg Opus bytes of a clip.
     fn clip_audio(&self, id: &ClipId) -> Result<Vec<u8>, StoreError>;
+    /// At most `max` bytes of a clip's stored file from `offset` (fewer only at its end), so a
+    /// file can be streamed without holding it whole. The default reads the whole file.
+    fn clip_audio_part(&self, id: &ClipId, offset: u64, max: usize) -> Result<Vec<u8>, StoreError> {
+        let all = self.clip_audio(id)?;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(all.len());
+        let end = start.saturating_add(max).min(all.len());
+        Ok(all[start..end].to_vec())
+    }
 
     /// Clips queued for `user` and not yet acknowledged, with `seq > after_seq`, oldest first.
     fn pending(&self, user: &str, after_seq: u64, limit: usize) -> Result<Vec<ClipMeta>, StoreError>;

@@ -545,29 +545,18 @@ impl Store for SqliteStore {
     }
 
     fn clip_audio(&self, id: &ClipId) -> Result<Vec<u8>, StoreError> {
-        let file: String = self
-            .read(|conn| {
-                first(conn, "SELECT file FROM clips WHERE id = ?1", [id.0], |r| {
-                    get(r, 0)
-                })
-            })?
-            .ok_or_else(|| StoreError::NotFound {
-                kind: "clip",
-                name: id.to_string(),
-            })?;
-        if file.is_empty() {
-            return Err(StoreError::NotFound { kind: "clip audio (purged)", name: id.to_string() });
-        }
-        if !Path::new(&file)
-                .components()
-                .all(|c| matches!(c, Component::Normal(_)))
-        {
-            return Err(StoreError::Corrupt(format!(
-                "clip {id} has file name {file:?}"
-            )));
-        }
-        let path = self.clips_dir.join(file);
+        let path = self.audio_path(id)?;
         fs::read(&path).map_err(files::io_err(&path))
+    }
+
+    fn clip_audio_part(&self, id: &ClipId, offset: u64, max: usize) -> Result<Vec<u8>, StoreError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = self.audio_path(id)?;
+        let mut file = fs::File::open(&path).map_err(files::io_err(&path))?;
+        file.seek(SeekFrom::Start(offset)).map_err(files::io_err(&path))?;
+        let mut part = Vec::with_capacity(max.min(1 << 20));
+        file.take(max as u64).read_to_end(&mut part).map_err(files::io_err(&path))?;
+        Ok(part)
     }
 
     fn pending(
@@ -648,3 +637,26 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests;
+
+impl SqliteStore {
+    /// Where a clip's audio file is (checked to stay inside the clips dir).
+    fn audio_path(&self, id: &ClipId) -> Result<std::path::PathBuf, StoreError> {
+        let file: String = self
+            .read(|conn| {
+                first(conn, "SELECT file FROM clips WHERE id = ?1", [id.0], |r| {
+                    get(r, 0)
+                })
+            })?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "clip",
+                name: id.to_string(),
+            })?;
+        if file.is_empty() {
+            return Err(StoreError::NotFound { kind: "clip audio (purged)", name: id.to_string() });
+        }
+        if !Path::new(&file).components().all(|c| matches!(c, Component::Normal(_))) {
+            return Err(StoreError::Corrupt(format!("clip {id} has file name {file:?}")));
+        }
+        Ok(self.clips_dir.join(file))
+    }
+}

@@ -38,6 +38,11 @@ pub const FILE_CHUNK_BYTES: usize = 32 * 1024;
 pub const MAX_HISTORY_PAGE: u32 = 500;
 /// Longest user name, token or client string accepted in a hello.
 pub const MAX_HELLO_FIELD: usize = 128;
+/// Largest hello a relay reads: its three fields and framing fit in far less.
+pub const MAX_HELLO_FRAME: usize = 4 * 1024;
+/// Largest control message a relay reads from a client after the hello (every client message
+/// is a small request).
+pub const MAX_CLIENT_FRAME: usize = 16 * 1024;
 
 /// Longest message kept in a connection close's reason (a close must fit in one packet).
 const MAX_CLOSE_MESSAGE: usize = 300;

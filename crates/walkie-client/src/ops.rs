@@ -215,20 +215,58 @@ pub async fn all_readable(client: &Client) -> Result<Vec<ClipMeta>, ClientError>
     Ok(all)
 }
 
-/// Exports every readable clip to `DIR/CLIPID.opus` plus `DIR/index.json`; returns the count.
+/// Exports every readable clip to `DIR/CLIPID.opus` plus `DIR/index.json`; returns the count
+/// of clips listed (see [`export_clips`]).
 pub async fn export(client: &Client, dir: &Path) -> Result<usize, ClientError> {
-    std::fs::create_dir_all(dir).map_err(|source| ClientError::Io { path: dir.to_path_buf(), source })?;
     let clips = all_readable(client).await?;
-    for meta in &clips {
-        let (_, bytes) = client.fetch(meta.id).await?;
-        let path = dir.join(format!("{}.opus", meta.id));
-        std::fs::write(&path, bytes).map_err(|source| ClientError::Io { path, source })?;
+    export_clips(client, &clips, dir, |m| format!("{}.opus", m.id)).await
+}
+
+/// Writes `clips` to `dir`, each fetched from the relay into the file `name` gives it, and
+/// `dir/index.json` listing every clip in the form `walkie history --json` prints plus its
+/// `file`. A clip whose audio the relay no longer has (purged, or past retention) is listed
+/// with `"purged": true` and no file, and the export goes on. `index.json` is always written:
+/// if the export stops early (the connection failed), the clips not reached are listed with
+/// `"exported": false` and the error is returned after the index is written.
+pub async fn export_clips(client: &Client, clips: &[ClipMeta], dir: &Path, name: impl Fn(&ClipMeta) -> String) -> Result<usize, ClientError> {
+    std::fs::create_dir_all(dir).map_err(|source| ClientError::Io { path: dir.to_path_buf(), source })?;
+    let mut index = Vec::with_capacity(clips.len());
+    let mut failure = None;
+    for meta in clips {
+        let mut entry = history_json(meta);
+        if failure.is_some() {
+            entry["exported"] = false.into();
+            index.push(entry);
+            continue;
+        }
+        match client.fetch(meta.id).await {
+            Ok((_, bytes)) => {
+                let file = name(meta);
+                let path = dir.join(&file);
+                if let Err(source) = std::fs::write(&path, bytes) {
+                    failure = Some(ClientError::Io { path, source });
+                    entry["exported"] = false.into();
+                } else {
+                    entry["file"] = file.into();
+                }
+            }
+            Err(ClientError::Refused(e)) if e.code == walkie_proto::wire::ErrorCode::NotFound => {
+                entry["purged"] = true.into();
+            }
+            Err(e) => {
+                failure = Some(e);
+                entry["exported"] = false.into();
+            }
+        }
+        index.push(entry);
     }
-    let index = serde_json::to_vec_pretty(&clips.iter().map(history_json).collect::<Vec<_>>())
-        .map_err(|e| ClientError::Config(e.to_string()))?;
+    let text = serde_json::to_vec_pretty(&index).map_err(|e| ClientError::Config(e.to_string()))?;
     let path = dir.join("index.json");
-    std::fs::write(&path, index).map_err(|source| ClientError::Io { path, source })?;
-    Ok(clips.len())
+    std::fs::write(&path, text).map_err(|source| ClientError::Io { path, source })?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(clips.len()),
+    }
 }
 
 /// The JSON form of a clip in history and export: `id`, `from`, `to`, `started_at`

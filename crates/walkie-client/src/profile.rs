@@ -64,7 +64,7 @@ pub fn save_private_toml<T: serde::Serialize>(path: &Path, value: &T) -> Result<
         std::fs::create_dir_all(dir).map_err(|source| ClientError::Io { path: dir.to_path_buf(), source })?;
     }
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create(true).truncate(false);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
@@ -72,7 +72,16 @@ pub fn save_private_toml<T: serde::Serialize>(path: &Path, value: &T) -> Result<
     }
     use std::io::Write;
     opts.open(path)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .and_then(|mut f| {
+            // A file that existed keeps its mode on open: made 0600 before the token is written.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            }
+            f.set_len(0)?;
+            f.write_all(text.as_bytes())
+        })
         .map_err(|source| ClientError::Io { path: path.to_path_buf(), source })
 }
 
@@ -93,7 +102,18 @@ impl Profile {
     /// The pinned fingerprint: from the certificate file, else the fingerprint.
     pub fn pin(&self) -> Result<Fingerprint, ClientError> {
         match (&self.cert, &self.fingerprint) {
-            (Some(cert), _) => Ok(Fingerprint::of(&net::load_cert(cert)?)),
+            (Some(cert), Some(fp)) => {
+                // Both given: both must name the same certificate.
+                let (of_cert, given) = (Fingerprint::of(&net::load_cert(cert)?), Fingerprint::parse(fp)?);
+                if of_cert != given {
+                    return Err(ClientError::Config(format!(
+                        "the certificate {} has fingerprint {of_cert}, not the {given} given with --fingerprint",
+                        cert.display()
+                    )));
+                }
+                Ok(of_cert)
+            }
+            (Some(cert), None) => Ok(Fingerprint::of(&net::load_cert(cert)?)),
             (None, Some(fp)) => Ok(Fingerprint::parse(fp)?),
             (None, None) => Err(ClientError::Config(
                 "no relay certificate to trust: pass --cert PATH (the relay's cert.pem) or --fingerprint sha256:HEX".into(),
@@ -144,5 +164,32 @@ mod tests {
         assert_eq!(Profile::load(&path).expect("loads"), p);
         assert_eq!(Profile::load(&dir.path().join("none.toml")).expect("absent"), Profile::default());
         assert!(Profile::default().client_config().is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_profile_that_existed_world_readable_is_made_private_before_the_token_is_written() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("profile.toml");
+        std::fs::write(&path, "relay = \"old:1\"\n").expect("written");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let p = Profile { token: Some("ab".repeat(32)), ..Profile::default() };
+        p.save(&path).expect("saves");
+        let mode = std::fs::metadata(&path).expect("metadata").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(Profile::load(&path).expect("loads"), p, "the old content is gone");
+    }
+
+    #[test]
+    fn a_certificate_and_a_fingerprint_must_agree() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let identity = net::RelayIdentity::load_or_create(dir.path()).expect("identity");
+        let right = identity.fingerprint().to_string();
+        let both = |fp: &str| Profile { cert: Some(identity.cert_path.clone()), fingerprint: Some(fp.into()), ..Profile::default() };
+        assert_eq!(both(&right).pin().expect("agree"), identity.fingerprint());
+        let wrong = format!("sha256:{}", "00".repeat(32));
+        let e = both(&wrong).pin().expect_err("a wrong fingerprint is not ignored");
+        assert!(e.to_string().contains("not the"), "{e}");
     }
 }

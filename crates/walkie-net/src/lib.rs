@@ -134,7 +134,7 @@ impl RelayIdentity {
             let generated = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string(), "localhost".to_string()])
                 .map_err(|e| NetError::Tls(e.to_string()))?;
             write_private(&key_path, generated.signing_key.serialize_pem().as_bytes()).map_err(io(&key_path))?;
-            std::fs::write(&cert_path, generated.cert.pem()).map_err(io(&cert_path))?;
+            write_private(&cert_path, generated.cert.pem().as_bytes()).map_err(io(&cert_path))?;
         }
         let cert = load_cert(&cert_path)?;
         let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| NetError::BadPem {

@@ -19,6 +19,9 @@ pub enum ClipError {
         "name {0:?} is not valid: use 1 to 32 characters of a-z, 0-9, '-', '_' or '.', starting with a letter or digit"
     )]
     BadName(String),
+    /// A user name the relay keeps for itself.
+    #[error("name {0:?} is reserved by the relay; choose another")]
+    ReservedName(String),
 }
 
 /// A clip's identity, chosen by the sender so that a retry is idempotent (128 random bits).
@@ -63,6 +66,19 @@ pub fn validate_name(name: &str) -> Result<(), ClipError> {
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
         && name.as_bytes()[0].is_ascii_alphanumeric();
     if ok { Ok(()) } else { Err(ClipError::BadName(name.to_string())) }
+}
+
+/// Names no user may have: the relay uses them itself (`purged-user` is the sender of clips
+/// whose sender was purged).
+pub const RESERVED_USER_NAMES: &[&str] = &["purged-user"];
+
+/// Checks a user name: a valid name ([`validate_name`]) that is not reserved.
+pub fn validate_user_name(name: &str) -> Result<(), ClipError> {
+    validate_name(name)?;
+    if RESERVED_USER_NAMES.contains(&name) {
+        return Err(ClipError::ReservedName(name.to_string()));
+    }
+    Ok(())
 }
 
 /// Where a clip goes: a channel (`crew`) or one user (`@bob`).

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use walkie_proto::clip::validate_name;
+use walkie_proto::clip::{validate_name, validate_user_name};
 use walkie_store::Store;
 #[cfg(feature = "nats")]
 use walkie_store::nats::{NatsConfig, NatsStore};
@@ -64,9 +64,17 @@ enum Command {
 
 #[derive(Subcommand)]
 enum UserCmd {
-    /// Add a user; prints their new token alone on the last line.
+    /// Add a user; prints their new token alone on the last line. A name that has history on
+    /// this relay (clips sent by it or sent to it directly, from a removed user) is refused:
+    /// a new user never inherits someone else's clips.
     Add {
         /// User name: 1-32 of a-z, 0-9, '.', '_', '-'.
+        name: String,
+    },
+    /// Give a user a new token; prints it alone on the last line. The old token stops working
+    /// and a running relay closes every session opened with it within 2 seconds.
+    Token {
+        /// User name.
         name: String,
     },
     /// List users.
@@ -264,10 +272,23 @@ fn stop_signal() -> Result<impl std::future::Future<Output = ()>, String> {
 fn user(store: &dyn Store, cmd: UserCmd) -> Result<(), String> {
     match cmd {
         UserCmd::Add { name } => {
-            validate_name(&name).map_err(|e| e.to_string())?;
+            validate_user_name(&name).map_err(|e| e.to_string())?;
+            if store.token_hash(&name).map_err(|e| e.to_string())?.is_none() && store.has_history(&name).map_err(|e| e.to_string())? {
+                return Err(format!(
+                    "the name {name:?} was used before on this relay and its clips are still stored; a new user would inherit them, so choose another name"
+                ));
+            }
             let token = auth::new_token();
             store.add_user(&name, &auth::hash_token(&token)).map_err(|e| e.to_string())?;
             println!("added user {name}; their token (shown once, keep it secret):");
+            println!("{token}");
+        }
+        UserCmd::Token { name } => {
+            let token = auth::new_token();
+            if !store.set_token(&name, &auth::hash_token(&token)).map_err(|e| e.to_string())? {
+                return Err(format!("there is no user {name:?}; `walkie-relay user list` shows who exists"));
+            }
+            println!("new token for {name} (shown once, keep it secret); sessions opened with the old one are closed:");
             println!("{token}");
         }
         UserCmd::List => {

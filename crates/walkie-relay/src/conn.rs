@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::{debug, info, warn};
 use walkie_net::{read_frame, write_frame};
-use walkie_proto::clip::validate_name;
+use walkie_proto::clip::validate_user_name;
 use walkie_proto::logsafe::escape;
 use walkie_proto::wire::{ClientMsg, ErrorCode, ErrorMsg, MAX_CONTROL_FRAME, MAX_HELLO_FIELD, MAX_HELLO_FRAME, ServerMsg};
 
@@ -65,12 +65,12 @@ pub(crate) async fn handle(
         return;
     };
     let hello = tokio::time::timeout(shared.config.hello_timeout, read_frame::<ClientMsg>(&mut recv, MAX_HELLO_FRAME)).await;
-    let user = match hello {
+    let (user, credential) = match hello {
         Ok(Ok(Some(ClientMsg::Hello { user, token, client }))) => match authenticate(&shared, &user, &token).await {
-            Ok(()) => {
+            Ok(hash) => {
                 let client: String = client.chars().take(MAX_HELLO_FIELD).collect();
                 info!(%remote, %user, client = %escape(&client), "session opened");
-                user
+                (user, hash)
             }
             Err(msg) => {
                 warn!(%remote, user = %escape(&user), "refused: {}", msg);
@@ -110,7 +110,7 @@ pub(crate) async fn handle(
     }
     let (tx, rx) = mpsc::channel::<ServerMsg>(256);
     let (channels, peers) = memberships(&shared, &user).await;
-    let (session, first) = shared.registry.register(&user, conn.clone(), tx.clone());
+    let (session, first) = shared.registry.register(&user, credential, conn.clone(), tx.clone());
     let _ = tx.send(ServerMsg::Channels { channels }).await;
     let _ = tx.send(ServerMsg::Online { users: shared.registry.online_among(&peers) }).await;
     if first {
@@ -148,14 +148,16 @@ async fn refuse(conn: &quinn::Connection, send: &mut quinn::SendStream, code: Er
     close(conn, &error);
 }
 
-async fn authenticate(shared: &Shared, user: &str, token: &str) -> Result<(), String> {
+/// Checks the hello's credentials; the token hash they matched (the session remembers it, and
+/// ends when the user's token is replaced).
+async fn authenticate(shared: &Shared, user: &str, token: &str) -> Result<walkie_store::TokenHash, String> {
     const REFUSED: &str = "unknown user or wrong token";
-    if validate_name(user).is_err() || token.len() > MAX_HELLO_FIELD {
+    if validate_user_name(user).is_err() || token.len() > MAX_HELLO_FIELD {
         return Err(REFUSED.into());
     }
     let name = user.to_string();
     match shared.store(move |s| s.token_hash(&name)).await {
-        Ok(Some(hash)) if auth::token_matches(token, &hash) => Ok(()),
+        Ok(Some(hash)) if auth::token_matches(token, &hash) => Ok(hash),
         Ok(_) => Err(REFUSED.into()),
         Err(e) => Err(format!("the relay cannot check tokens now: {e}")),
     }

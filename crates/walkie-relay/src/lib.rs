@@ -73,6 +73,22 @@ pub enum RelayError {
     /// A blocking store task was cancelled or panicked.
     #[error("store task failed: {0}")]
     Task(String),
+    /// Another relay serves from this data dir (it holds the dir's lock).
+    #[error("{} is in use by another walkie-relay ({holder}); stop it first or use another --data-dir", dir.display())]
+    DataDirInUse {
+        /// The data dir.
+        dir: PathBuf,
+        /// What the lock file says about its holder.
+        holder: String,
+    },
+    /// A file or directory of the data dir could not be created or read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// Which.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
 }
 
 impl RelayError {
@@ -98,6 +114,8 @@ pub struct RelayHandle {
     endpoint: quinn::Endpoint,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// The data dir's lock, held while the relay runs.
+    _lock: std::fs::File,
 }
 
 impl RelayHandle {
@@ -129,6 +147,12 @@ pub async fn start_with(
     store: Arc<dyn Store>,
     cluster: Arc<dyn Cluster>,
 ) -> Result<RelayHandle, RelayError> {
+    let lock = lock_data_dir(data_dir)?;
+    match walkie_store::private::tighten(data_dir) {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(dir = %data_dir.display(), "{n} files or directories of the data dir were readable by others; made private (0600 files, 0700 dirs)"),
+        Err(e) => tracing::warn!(dir = %data_dir.display(), "cannot make the data dir private: {e}"),
+    }
     let identity = RelayIdentity::load_or_create(data_dir)?;
     let endpoint = walkie_net::server_endpoint(config.listen, &identity, config.idle_timeout)?;
     let addr = endpoint.local_addr().map_err(|source| NetError::Bind { addr: config.listen, source })?;
@@ -149,5 +173,35 @@ pub async fn start_with(
         tokio::spawn(live::run_inbound(shared.clone(), incoming));
     }
     let task = tokio::spawn(server::accept_loop(endpoint.clone(), shared));
-    Ok(RelayHandle { addr, fingerprint: identity.fingerprint(), cert_path: identity.cert_path, endpoint, stop, task })
+    Ok(RelayHandle { addr, fingerprint: identity.fingerprint(), cert_path: identity.cert_path, endpoint, stop, task, _lock: lock })
+}
+
+/// The name of the lock file in a data dir.
+pub const LOCK_FILE: &str = "relay.lock";
+
+/// Takes the data dir's lock (creating the dir, private, if needed), so a second relay on the
+/// same dir refuses to start instead of serving one database twice. The lock is the kernel's
+/// (`flock`): it goes with the process, even when it is killed.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, RelayError> {
+    use std::io::{Read, Seek, Write};
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RelayError::Io { path, source }
+    };
+    walkie_store::private::create_dir_all(data_dir).map_err(io(data_dir))?;
+    let path = data_dir.join(LOCK_FILE);
+    let mut file = walkie_store::private::file_options().read(true).write(true).create(true).truncate(false).open(&path).map_err(io(&path))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = walkie_proto::logsafe::escape(holder.trim()).into_owned();
+            return Err(RelayError::DataDirInUse { dir: data_dir.to_path_buf(), holder: if holder.is_empty() { "unknown process".into() } else { holder } });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(&path)(e)),
+    }
+    let note = format!("pid {}", std::process::id());
+    file.set_len(0).and_then(|()| file.rewind()).and_then(|()| file.write_all(note.as_bytes())).map_err(io(&path))?;
+    Ok(file)
 }

@@ -1,14 +1,16 @@
-//! Periodic relay chores: closing the sessions of users an admin removed (the admin command
-//! runs in another process, so the relay polls the store), and deleting clips past the
+//! Periodic relay chores: closing the sessions of users an admin removed or whose token an
+//! admin replaced (the admin command runs in another process, so the relay polls the store
+//! every second), and deleting clips past the
 //! retention period.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{info, warn};
 
 use walkie_proto::wire::{ErrorCode, ErrorMsg};
+use walkie_store::TokenHash;
 
 use crate::shared::Shared;
 
@@ -23,33 +25,39 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     let mut retention = tokio::time::interval(RETENTION_EVERY);
     loop {
         tokio::select! {
-            _ = revocation.tick() => revoke_removed(&shared).await,
+            _ = revocation.tick() => revoke_stale(&shared).await,
             _ = retention.tick() => expire(&shared).await,
             _ = shutdown.changed() => return,
         }
     }
 }
 
-async fn revoke_removed(shared: &Shared) {
+/// Closes the sessions of users an admin removed, and of tokens an admin replaced: each
+/// session is checked against its user's stored token hash.
+async fn revoke_stale(shared: &Shared) {
     let sessions = shared.registry.all();
     if sessions.is_empty() {
         return;
     }
-    let users: HashSet<String> = match shared.store(|s| s.users()).await {
-        Ok(u) => u.into_iter().collect(),
+    let mut names: Vec<String> = sessions.iter().map(|s| s.user.clone()).collect();
+    names.sort();
+    names.dedup();
+    let asked = names.clone();
+    let hashes: HashMap<String, Option<TokenHash>> = match shared.store(move |s| s.token_hashes(&asked)).await {
+        Ok(h) => names.into_iter().zip(h).collect(),
         Err(e) => {
-            warn!("cannot check for removed users: {e}");
+            warn!("cannot check for removed users and replaced tokens: {e}");
             return;
         }
     };
-    for s in sessions.iter().filter(|s| !users.contains(&s.user)) {
-        info!(user = %s.user, "user removed: closing their session");
-        s.close(&ErrorMsg {
-            req: None,
-            clip: None,
-            code: ErrorCode::Unauthorized,
-            message: "your account was removed from this relay".into(),
-        });
+    for s in &sessions {
+        let message = match hashes.get(&s.user) {
+            Some(Some(hash)) if *hash == s.credential => continue,
+            Some(Some(_)) => "your token was replaced; sign in with the new one",
+            _ => "your account was removed from this relay",
+        };
+        info!(user = %s.user, session = s.id, "{message}: closing the session");
+        s.close(&ErrorMsg { req: None, clip: None, code: ErrorCode::Unauthorized, message: message.into() });
     }
 }
 

@@ -25,6 +25,9 @@ pub struct Session {
     pub wake: Notify,
     /// The session's control-stream writer.
     pub control: mpsc::Sender<ServerMsg>,
+    /// The hash of the token the session authenticated with: when the user's stored token
+    /// changes, the session ends.
+    pub credential: walkie_store::TokenHash,
     live_sent: Mutex<HashSet<ClipId>>,
 }
 
@@ -66,13 +69,20 @@ pub struct Registry {
 
 impl Registry {
     /// Adds a session for `user`; also says whether it is the user's first (they just came online).
-    pub fn register(&self, user: &str, conn: quinn::Connection, control: mpsc::Sender<ServerMsg>) -> (Arc<Session>, bool) {
+    pub fn register(
+        &self,
+        user: &str,
+        credential: walkie_store::TokenHash,
+        conn: quinn::Connection,
+        control: mpsc::Sender<ServerMsg>,
+    ) -> (Arc<Session>, bool) {
         let session = Arc::new(Session {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user: user.to_string(),
             conn,
             wake: Notify::new(),
             control,
+            credential,
             live_sent: Mutex::new(HashSet::new()),
         });
         let mut map = lock(&self.sessions);

@@ -47,6 +47,8 @@ macro_rules! conformance_tests {
             concurrent_commits_from_two_stores_get_unique_seqs,
             purge_deletes_the_users_audio_and_keeps_their_clips_anonymised,
             retention_deletes_old_clips_with_their_audio_and_inbox_entries,
+            tokens_are_replaced_and_read_in_batches,
+            history_of_a_name_covers_sent_and_direct_clips,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -439,4 +441,25 @@ pub fn retention_deletes_old_clips_with_their_audio_and_inbox_entries(b: &dyn Ba
     let fresh = send(store, "alice", "crew", &["bob"]);
     assert_eq!(store.delete_clips_before(cut).unwrap(), 0, "a clip stored after the cut stays");
     assert_eq!(store.pending("bob", 0, 10).unwrap(), vec![fresh]);
+}
+
+/// A rotated token replaces the old one; the batch read answers in order, `None` for unknown.
+pub fn tokens_are_replaced_and_read_in_batches(b: &dyn Backend) {
+    let store = b.store();
+    populate(store);
+    assert!(store.set_token("bob", &[42; 32]).unwrap());
+    assert!(!store.set_token("nobody", &[42; 32]).unwrap());
+    assert_eq!(store.token_hash("bob").unwrap(), Some([42; 32]));
+    assert_eq!(store.token_hashes(&names(&["carol", "nobody", "bob"])).unwrap(), vec![Some([1; 32]), None, Some([42; 32])]);
+}
+
+/// A name that sent clips, or received direct ones, has history; a fresh name has none.
+pub fn history_of_a_name_covers_sent_and_direct_clips(b: &dyn Backend) {
+    let store = b.store();
+    populate(store);
+    assert!(!store.has_history("bob").unwrap());
+    send(store, "alice", "@bob", &["bob"]);
+    assert!(store.has_history("bob").unwrap(), "received a direct clip");
+    assert!(store.has_history("alice").unwrap(), "sent one");
+    assert!(!store.has_history("carol").unwrap());
 }

@@ -59,6 +59,15 @@ impl Store for FaultyStore {
     fn token_hash(&self, name: &str) -> Result<Option<TokenHash>, StoreError> {
         self.inner.token_hash(name)
     }
+    fn set_token(&self, name: &str, token_hash: &TokenHash) -> Result<bool, StoreError> {
+        self.inner.set_token(name, token_hash)
+    }
+    fn token_hashes(&self, names: &[String]) -> Result<Vec<Option<TokenHash>>, StoreError> {
+        self.inner.token_hashes(names)
+    }
+    fn has_history(&self, name: &str) -> Result<bool, StoreError> {
+        self.inner.has_history(name)
+    }
     fn add_channel(&self, name: &str, members: &[String]) -> Result<(), StoreError> {
         self.check()?;
         self.inner.add_channel(name, members)

@@ -12,6 +12,7 @@
 //! | NATS JetStream, shared by several relays; also the relays' link (floor leases, notices) | [`nats`] | `nats` |
 //! | a wrapper that fails writes as a full disk would | [`faulty`] | `testing` |
 //! | the conformance suite every backend runs | [`conformance`] | `testing` |
+//! | a data dir private to its user (0700 dirs, 0600 files) | [`private`] | |
 //!
 //! Must not depend on: the relay, the network transport, the client, audio. Only the
 //! vocabulary of [`walkie_proto`].
@@ -25,6 +26,7 @@ pub mod conformance;
 pub mod faulty;
 #[cfg(feature = "nats")]
 pub mod nats;
+pub mod private;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
@@ -110,6 +112,19 @@ pub trait Store: Send + Sync + 'static {
     fn users(&self) -> Result<Vec<String>, StoreError>;
     /// The stored token hash of a user, if the user exists.
     fn token_hash(&self, name: &str) -> Result<Option<TokenHash>, StoreError>;
+    /// Replaces a user's token hash (the old token stops working); false if the user is unknown.
+    fn set_token(&self, name: &str, token_hash: &TokenHash) -> Result<bool, StoreError>;
+    /// The token hashes of `names`, in order (`None` for a user that does not exist). The relay
+    /// checks its sessions against them every second; the default asks one by one.
+    fn token_hashes(&self, names: &[String]) -> Result<Vec<Option<TokenHash>>, StoreError> {
+        names.iter().map(|n| self.token_hash(n)).collect()
+    }
+    /// True if any stored clip was sent by `name` or sent directly to them: such a name is not
+    /// given to a new user, who would otherwise inherit that history. The default looks at
+    /// the direct clips only.
+    fn has_history(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(!self.readable(name, 1, None)?.is_empty())
+    }
 
     /// Creates a channel with its initial members (who must exist).
     fn add_channel(&self, name: &str, members: &[String]) -> Result<(), StoreError>;

@@ -363,6 +363,11 @@ impl Store for NatsStore {
         self.run(move |s| async move { s.token_hash(&name).await })
     }
 
+    fn set_token(&self, name: &str, token_hash: &TokenHash) -> Result<bool, StoreError> {
+        let (name, hash) = (name.to_string(), *token_hash);
+        self.run(move |s| async move { s.set_token(&name, &hash).await })
+    }
+
     fn add_channel(&self, name: &str, members: &[String]) -> Result<(), StoreError> {
         let (name, members) = (name.to_string(), members.to_vec());
         self.run(move |s| async move { s.add_channel(&name, &members).await })

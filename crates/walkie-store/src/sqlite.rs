@@ -191,8 +191,10 @@ impl SqliteStore {
     pub fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
         let clips_dir = data_dir.join("clips");
         let tmp_dir = clips_dir.join(files::TMP_DIR);
-        fs::create_dir_all(&tmp_dir).map_err(files::io_err(&tmp_dir))?;
+        crate::private::create_dir_all(&tmp_dir).map_err(files::io_err(&tmp_dir))?;
         let db_path = data_dir.join("walkie.db");
+        // Created 0600 before SQLite opens it; its journal files take the same mode.
+        crate::private::file_options().write(true).create(true).truncate(false).open(&db_path).map_err(files::io_err(&db_path))?;
         let mut writer = schema::connect(&db_path, false)?;
         schema::prepare(&mut writer)?;
         let store = SqliteStore {
@@ -406,6 +408,29 @@ impl Store for SqliteStore {
 
     fn users(&self) -> Result<Vec<String>, StoreError> {
         self.read(|conn| strings(conn, "SELECT name FROM users ORDER BY name", []))
+    }
+
+    fn set_token(&self, name: &str, token_hash: &TokenHash) -> Result<bool, StoreError> {
+        Ok(self.writer().execute("UPDATE users SET token_hash = ?2 WHERE name = ?1", params![name, token_hash])? > 0)
+    }
+
+    fn token_hashes(&self, names: &[String]) -> Result<Vec<Option<TokenHash>>, StoreError> {
+        // One scan of the users table rather than a query per name.
+        let all: std::collections::HashMap<String, TokenHash> = self.read(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT name, token_hash FROM users")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, TokenHash>(1)?)))?;
+            rows.collect::<Result<_, _>>().map_err(StoreError::from)
+        })?;
+        Ok(names.iter().map(|n| all.get(n).copied()).collect())
+    }
+
+    fn has_history(&self, name: &str) -> Result<bool, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT 1 FROM clips WHERE sender = ?1 UNION ALL SELECT 1 FROM clips WHERE target_kind = 'u' AND target_name = ?1 LIMIT 1",
+            )?;
+            Ok(stmt.exists([name])?)
+        })
     }
 
     fn token_hash(&self, name: &str) -> Result<Option<TokenHash>, StoreError> {

@@ -34,27 +34,11 @@ pub fn file_name(meta: &ClipMeta) -> String {
     format!("{when}-{}-{}.opus", meta.from, meta.id)
 }
 
-/// Writes the conversation to `dir`; returns how many clips.
+/// Writes the conversation to `dir`; returns how many clips (see [`ops::export_clips`]: a
+/// purged clip is listed without a file, and `index.json` is always written).
 pub async fn export(client: &Client, target: &Target, dir: &Path) -> Result<usize, ClientError> {
-    std::fs::create_dir_all(dir).map_err(|source| ClientError::Io { path: dir.to_path_buf(), source })?;
     let clips = all_clips(client, target).await?;
-    for meta in &clips {
-        let (_, bytes) = client.fetch(meta.id).await?;
-        let path = dir.join(file_name(meta));
-        std::fs::write(&path, bytes).map_err(|source| ClientError::Io { path, source })?;
-    }
-    let index: Vec<_> = clips
-        .iter()
-        .map(|m| {
-            let mut v = ops::history_json(m);
-            v["file"] = file_name(m).into();
-            v
-        })
-        .collect();
-    let text = serde_json::to_vec_pretty(&index).map_err(|e| ClientError::Config(e.to_string()))?;
-    let path = dir.join("index.json");
-    std::fs::write(&path, text).map_err(|source| ClientError::Io { path, source })?;
-    Ok(clips.len())
+    ops::export_clips(client, &clips, dir, file_name).await
 }
 
 #[cfg(test)]

@@ -123,6 +123,21 @@ impl Inner {
         }
     }
 
+    /// Replaces the token hash with compare-and-set on the user's record; false if unknown.
+    pub async fn set_token(&self, name: &str, token_hash: &TokenHash) -> Result<bool, StoreError> {
+        for _ in 0..8 {
+            let Some((bytes, rev)) = self.users.get(&self.js, &encode(name)).await? else { return Ok(false) };
+            let mut rec: UserRec = parse(&format!("user {name:?}"), &bytes)?;
+            rec.token_hash = hex::encode(token_hash);
+            rec.nonce = nonce();
+            match self.users.update(&self.js, &encode(name), json(&rec)?, rev).await? {
+                Cas::Done(_) => return Ok(true),
+                Cas::Lost => continue,
+            }
+        }
+        Err(StoreError::Backend(format!("user {name:?} kept changing while its token was replaced")))
+    }
+
     /// Memberships and inbox go first, the user last: an interrupted removal is completed by
     /// calling it again.
     pub async fn remove_user(&self, name: &str) -> Result<bool, StoreError> {

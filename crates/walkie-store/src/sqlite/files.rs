@@ -42,7 +42,7 @@ pub(super) fn write_tmp(clips_dir: &Path, rel: &str, bytes: &[u8]) -> Result<Pat
     let suffix: u64 = rand::random();
     let tmp = clips_dir.join(TMP_DIR).join(format!("{file_name}.{suffix:016x}.{PARTIAL_EXT}"));
     let written = (|| {
-        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let mut file = crate::private::file_options().write(true).create_new(true).open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()
     })()
@@ -62,7 +62,7 @@ pub(super) fn place(clips_dir: &Path, rel: &str, tmp: &Path) -> Result<(PathBuf,
     let final_path = clips_dir.join(rel);
     let shard = final_path.parent().unwrap_or(clips_dir).to_path_buf();
     let mut dirty = vec![shard.clone()];
-    match fs::create_dir(&shard) {
+    match crate::private::create_dir(&shard) {
         Ok(()) => dirty.push(clips_dir.to_path_buf()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(io_err(&shard)(e)),

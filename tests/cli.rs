@@ -251,3 +251,120 @@ fn offline_codec_commands_and_their_errors() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(stderr(&missing).contains("/nonexistent.wav"), "{}", stderr(&missing));
 }
+
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777
+}
+
+/// Every file under `dir`.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("readable dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(unix)]
+#[test]
+fn relay_data_is_private_and_locked_and_names_are_never_rebound_to_old_history() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("relay");
+    // A data dir left open by an older build or a loose umask.
+    std::fs::create_dir_all(&data).expect("dir");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::write(data.join("notes.txt"), "x").expect("file");
+    std::fs::set_permissions(data.join("notes.txt"), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let relay = serve(&data);
+    assert_eq!((mode(&data), mode(&data.join("notes.txt")), mode(&data.join("cert.pem"))), (0o700, 0o600, 0o600));
+
+    // A second relay on the same data dir refuses to start.
+    let second = Command::new(RELAY).arg("--data-dir").arg(&data).args(["serve", "--listen", "127.0.0.1:0"]).output().expect("runs");
+    assert_eq!(second.status.code(), Some(1));
+    assert!(stderr(&second).contains("in use by another walkie-relay"), "{}", stderr(&second));
+
+    let alice = add_user(&data, "alice");
+    add_user(&data, "bob");
+    let carol = add_user(&data, "carol");
+    ok_stdout(admin(&data, &["channel", "add", "crew", "--members", "alice,carol"]));
+    let homes = tmp.path().join("homes");
+    for to in ["@bob", "crew"] {
+        let sent = walkie(&relay, &homes.join("alice"), "alice", &alice).args(["send", "--to", to]).arg(sample("hello-crew.wav")).output().expect("runs");
+        ok_stdout(sent);
+    }
+    for file in files_under(&data).iter().chain([data.join("walkie.db")].iter()) {
+        assert_eq!(mode(file), 0o600, "{} is not private", file.display());
+    }
+
+    // bob leaves; his name is not given to someone else with his direct clips.
+    ok_stdout(admin(&data, &["user", "remove", "bob"]));
+    let again = admin(&data, &["user", "add", "bob"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stderr(&again).contains("was used before"), "{}", stderr(&again));
+    let reserved = admin(&data, &["user", "add", "purged-user"]);
+    assert_eq!(reserved.status.code(), Some(1));
+    assert!(stderr(&reserved).contains("reserved"), "{}", stderr(&reserved));
+
+    // alice's audio is purged: carol's export lists her clip as purged and still completes.
+    ok_stdout(admin(&data, &["user", "purge", "alice"]));
+    let export = tmp.path().join("export");
+    let out = walkie(&relay, &homes.join("carol"), "carol", &carol).args(["export", "--out"]).arg(&export).output().expect("runs");
+    ok_stdout(out);
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(export.join("index.json")).expect("index")).expect("json");
+    let entries = index.as_array().expect("array");
+    assert_eq!(entries.len(), 1, "{index}");
+    assert_eq!((entries[0]["purged"].as_bool(), entries[0]["from"].as_str()), (Some(true), Some("purged-user")), "{index}");
+    assert!(!files_under(&export).iter().any(|p| p.extension().is_some_and(|e| e == "opus")), "no audio of a purged clip");
+}
+
+#[test]
+fn a_new_token_ends_the_old_tokens_sessions_within_two_seconds() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("relay");
+    let relay = serve(&data);
+    let old = add_user(&data, "alice");
+    let homes = tmp.path().join("homes");
+    let mut listening = walkie(&relay, &homes.join("alice"), "alice", &old)
+        .args(["listen", "--count", "1", "--timeout", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("listen starts");
+    // The session is open once a history request with the same token works (and listen has
+    // had a moment to connect).
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let rotated = ok_stdout(admin(&data, &["user", "token", "alice"]));
+    let new = rotated.lines().last().expect("token line").trim().to_string();
+    assert_eq!(new.len(), 64, "{rotated}");
+    assert_ne!(new, old);
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = listening.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "the old token's session is still open");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let ended = started.elapsed();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut listening.stderr.take().expect("stderr"), &mut err).expect("stderr");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(ended <= std::time::Duration::from_millis(2500), "ended after {ended:?}");
+    assert!(err.contains("token"), "{err}");
+    let with_old = walkie(&relay, &homes.join("alice"), "alice", &old).args(["history", "@alice"]).output().expect("runs");
+    assert_eq!(with_old.status.code(), Some(1));
+    ok_stdout(walkie(&relay, &homes.join("alice"), "alice", &new).args(["history", "@alice"]).output().expect("runs"));
+    let unknown = admin(&data, &["user", "token", "nobody"]);
+    assert_eq!(unknown.status.code(), Some(1));
+}

@@ -305,3 +305,25 @@ async fn a_member_cannot_hijack_a_live_clip_by_its_id_nor_probe_ids_for_free() {
     assert!(matches!(e, ClientError::Refused(ref m) if matches!(m.code, ErrorCode::Busy { .. })), "{e}");
     relay.handle.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_over_the_storage_quota_is_refused_with_its_code_and_others_are_not() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // A quota smaller than one clip: the first clip fits (nothing stored yet), the next not.
+    let config = RelayConfig { quota_bytes_per_user: Some(1), ..RelayConfig::default() };
+    let relay = start_relay(&tmp.path().join("relay"), config).await;
+    let alice = relay.add_user("alice");
+    let bob = relay.add_user("bob");
+    relay.add_channel("crew", &["alice", "bob"]);
+    let alice_c = relay.connect(&alice).await;
+    let bob_c = relay.connect(&bob).await;
+    let (params, packets, samples) = tone_clip(300);
+    alice_c.send_clip(&header(crew(), params), &packets, samples).await.expect("the first clip fits");
+    let e = alice_c.send_clip(&header(crew(), params), &packets, samples).await.expect_err("over the quota");
+    let ClientError::Refused(m) = &e else { panic!("expected a refusal, got {e}") };
+    assert_eq!(m.code, ErrorCode::QuotaExceeded, "{}", m.message);
+    assert!(m.message.contains("limit per user"), "{}", m.message);
+    assert!(!e.is_transient(), "a full quota is not retried");
+    bob_c.send_clip(&header(crew(), params), &packets, samples).await.expect("bob has his own quota");
+    relay.handle.shutdown().await;
+}

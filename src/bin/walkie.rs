@@ -354,15 +354,72 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let target = parse_target(&to)?;
             let enc = encode.config()?;
             let cfg = client_config(&cli.conn)?;
-            let outbox = Outbox::open(&profile::outbox_dir(&cfg.user)?)?;
-            let (header, _) = ops::queue_wav(&outbox, &file, target, &enc)?;
+            // Connect first: a wrong user, token or certificate fails here, at once, before
+            // anything is queued; and the relay's welcome says how long a clip may be.
+            let (client, max_ms) = match Client::connect(&cfg).await {
+                Ok(client) => {
+                    let max = client.max_clip_ms();
+                    (Some(client), max)
+                }
+                Err(e) if !e.is_transient() => return Err(Failure(format!("cannot send {}: {e}", file.display()), 1)),
+                // The relay is away: the clip waits in the outbox.
+                Err(_) => (None, ops::MAX_WAV_MS),
+            };
+            let outbox_dir = profile::outbox_dir(&cfg.user)?;
+            let new_outbox = !outbox_dir.exists();
+            let outbox = Outbox::open(&outbox_dir)?;
+            let (header, _) = match ops::queue_wav_within(&outbox, &file, target, &enc, max_ms) {
+                Ok(queued) => queued,
+                Err(e) => {
+                    if new_outbox {
+                        let _ = std::fs::remove_dir_all(&outbox_dir);
+                    }
+                    return Err(Failure(format!("cannot send {}: {e}", file.display()), 1));
+                }
+            };
             let id = header.id;
-            let report = ops::flush_with_retry(&cfg, &outbox, Some(id), Duration::from_secs(retry_for))
-                .await
-                .map_err(|e| format!("clip {id} was not acknowledged after {retry_for} s ({e}); it stays in the outbox {} and the next `walkie send` or `walkie listen` retries it", outbox.dir().display()))?;
+            let mut report = ops::FlushReport::default();
+            if let Some(client) = client {
+                if let Ok(r) = ops::flush(&client, &outbox).await {
+                    report.stored.extend(r.stored);
+                    report.rejected.extend(r.rejected);
+                }
+                client.close().await;
+            }
+            let settled = |r: &ops::FlushReport| r.stored.iter().any(|(s, _)| *s == id) || r.rejected.iter().any(|(r, _)| *r == id);
+            if !settled(&report) {
+                match ops::flush_with_retry(&cfg, &outbox, Some(id), Duration::from_secs(retry_for)).await {
+                    Ok(more) => {
+                        report.stored.extend(more.stored);
+                        report.rejected.extend(more.rejected);
+                    }
+                    // Refused for good before the clip was offered (the user or token is
+                    // wrong, the relay is not the pinned one): retrying would not help, and a
+                    // later send must not deliver it behind the user's back.
+                    Err(e) if !e.is_transient() => {
+                        if new_outbox {
+                            // Most likely a mistyped user name: leave no outbox for it behind.
+                            let _ = std::fs::remove_dir_all(&outbox_dir);
+                            return Err(Failure(format!("cannot send {}: {e}", file.display()), 1));
+                        }
+                        let moved = outbox.reject(&id, &e.to_string());
+                        let whereto = moved.map_or_else(|m| format!("could not be moved aside: {m}"), |p| format!("was moved to {}", p.display()));
+                        return Err(Failure(format!("cannot send {}: {e}; clip {id} {whereto}", file.display()), 1));
+                    }
+                    Err(e) => {
+                        return Err(Failure(
+                            format!(
+                                "clip {id} was not acknowledged after {retry_for} s ({e}); it stays in the outbox {} and the next `walkie send` or `walkie listen` retries it",
+                                outbox.dir().display()
+                            ),
+                            1,
+                        ));
+                    }
+                }
+            }
             for (rid, err) in &report.rejected {
                 if *rid == id {
-                    return Err(Failure(format!("the relay refused {}: {err}", file.display()), 1));
+                    return Err(Failure(format!("the relay refused {}: {err}; the clip was moved to {}/failed", file.display(), outbox.dir().display()), 1));
                 }
                 eprintln!("warning: an earlier clip {rid} was refused ({err}) and moved to {}/failed", outbox.dir().display());
             }

@@ -44,6 +44,8 @@ pub struct Client {
     events: tokio::sync::Mutex<mpsc::Receiver<Event>>,
     next_req: AtomicU64,
     user: String,
+    /// The relay's longest clip, from its welcome.
+    max_clip_ms: u32,
     writer: tokio::task::JoinHandle<()>,
 }
 
@@ -122,7 +124,7 @@ impl Client {
                 addr: relay.to_string(),
                 reason: format!("no answer within {} s (is the relay running?)", timeout.as_secs()),
             })?
-            .map_err(|e| NetError::Connect { addr: relay.to_string(), reason: e.to_string() })?;
+            .map_err(|e| net::handshake_error(relay, &e))?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| connection_error(&e))?;
         let hello = ClientMsg::Hello {
             user: cfg.user.clone(),
@@ -135,8 +137,8 @@ impl Client {
         let welcome = tokio::time::timeout(REQUEST_TIMEOUT, read_frame::<ServerMsg>(&mut recv, MAX_CONTROL_FRAME))
             .await
             .map_err(|_| ClientError::Timeout(REQUEST_TIMEOUT))?;
-        match welcome {
-            Ok(Some(ServerMsg::Welcome { .. })) => {}
+        let max_clip_ms = match welcome {
+            Ok(Some(ServerMsg::Welcome { max_clip_ms, .. })) => max_clip_ms,
             Ok(Some(ServerMsg::Error(e))) => return Err(ClientError::Refused(e)),
             Ok(Some(other)) => return Err(ClientError::Protocol(format!("expected a welcome, got {other:?}"))),
             Ok(None) => return Err(ClientError::Closed("the relay closed the control stream".into())),
@@ -147,14 +149,19 @@ impl Client {
                 }
                 return Err(e.into());
             }
-        }
+        };
         let waiters = SharedWaiters::default();
         let (control, control_rx) = mpsc::channel(64);
         let (events_tx, events) = mpsc::channel(256);
         let writer = tokio::spawn(write_control(send, control_rx));
         tokio::spawn(read_control(recv, waiters.clone(), events_tx.clone()));
         tokio::spawn(receive::accept_streams(conn.clone(), waiters.clone(), events_tx));
-        Ok(Client { conn, endpoint, control, waiters, events: tokio::sync::Mutex::new(events), next_req: AtomicU64::new(1), user: cfg.user.clone(), writer })
+        Ok(Client { conn, endpoint, control, waiters, events: tokio::sync::Mutex::new(events), next_req: AtomicU64::new(1), user: cfg.user.clone(), max_clip_ms, writer })
+    }
+
+    /// The longest clip the relay accepts, in milliseconds (from its welcome).
+    pub fn max_clip_ms(&self) -> u32 {
+        self.max_clip_ms
     }
 
     /// The authenticated user.

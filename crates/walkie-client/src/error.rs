@@ -56,6 +56,8 @@ impl ClientError {
                 e.code,
                 ErrorCode::Busy { .. } | ErrorCode::FloorTaken | ErrorCode::Storage | ErrorCode::Timeout | ErrorCode::Internal
             ),
+            // A relay that is not the pinned one stays so; a bad local file too.
+            ClientError::Net(NetError::Untrusted { .. } | NetError::BadPem { .. } | NetError::BadFingerprint(_) | NetError::Io { .. }) => false,
             ClientError::Net(_) | ClientError::Closed(_) | ClientError::Timeout(_) | ClientError::Resolve(_) => true,
             _ => false,
         }

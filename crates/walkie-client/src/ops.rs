@@ -26,9 +26,20 @@ pub struct FlushReport {
     pub interrupted: Option<ClientError>,
 }
 
-/// Encodes a WAV file and queues it in the outbox; returns the header to send.
+/// The longest WAV file queued when the relay's own limit is not known (ten minutes: more
+/// than any relay is set to accept, and what a recipient accepts in one clip).
+pub const MAX_WAV_MS: u32 = 600_000;
+
+/// Encodes a WAV file of at most [`MAX_WAV_MS`] and queues it in the outbox; returns the
+/// header to send.
 pub fn queue_wav(outbox: &Outbox, wav: &Path, to: Target, enc: &EncoderConfig) -> Result<(ClipHeader, EncodedClip), ClientError> {
-    let pcm = audio::load_wav_48k_mono(wav).map_err(codec::CodecError::from)?;
+    queue_wav_within(outbox, wav, to, enc, MAX_WAV_MS)
+}
+
+/// Encodes a WAV file and queues it in the outbox; a file longer than `max_ms` (the relay's
+/// longest clip) is refused from its header before anything is decoded or queued.
+pub fn queue_wav_within(outbox: &Outbox, wav: &Path, to: Target, enc: &EncoderConfig, max_ms: u32) -> Result<(ClipHeader, EncodedClip), ClientError> {
+    let pcm = audio::load_wav_48k_mono_within(wav, u64::from(max_ms)).map_err(codec::CodecError::from)?;
     if pcm.is_empty() {
         return Err(ClientError::Config(format!("{}: the WAV file has no audio", wav.display())));
     }
@@ -59,7 +70,7 @@ pub async fn flush(client: &Client, outbox: &Outbox) -> Result<FlushReport, Clie
                 return Ok(report);
             }
             Err(e) => {
-                if let Err(move_err) = outbox.reject(&id) {
+                if let Err(move_err) = outbox.reject(&id, &e.to_string()) {
                     warn!("cannot move refused clip {id} aside: {move_err}");
                 }
                 report.rejected.push((id, e));

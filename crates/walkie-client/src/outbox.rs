@@ -111,12 +111,14 @@ impl Outbox {
         Ok(())
     }
 
-    /// Moves a clip the relay refused for good into `DIR/failed/`, out of the send queue.
-    pub fn reject(&self, id: &ClipId) -> Result<PathBuf, ClientError> {
+    /// Moves a clip that failed for good into `DIR/failed/`, out of the send queue, with
+    /// `reason` beside it in `DIR/failed/<clipid>.txt`; returns where the audio went.
+    pub fn reject(&self, id: &ClipId, reason: &str) -> Result<PathBuf, ClientError> {
         let failed = self.dir.join("failed");
         std::fs::create_dir_all(&failed).map_err(io(&failed))?;
         let (audio, meta) = self.paths(id);
         let dest = failed.join(format!("{id}.opus"));
+        write_durably(&failed.join(format!("{id}.txt")), format!("{reason}\n").as_bytes())?;
         std::fs::rename(&audio, &dest).map_err(io(&audio))?;
         std::fs::remove_file(&meta).map_err(io(&meta))?;
         Ok(dest)
@@ -146,5 +148,18 @@ mod tests {
         assert_eq!(samples, 4800);
         again.remove(&header.id).expect("removes");
         assert!(again.pending().expect("lists").is_empty());
+    }
+
+    #[test]
+    fn a_rejected_clip_leaves_the_queue_with_its_reason_beside_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outbox = Outbox::open(dir.path()).expect("opens");
+        let clip = encode_pcm(&[0.0; 960], &EncoderConfig::default()).expect("encodes");
+        let header = ClipHeader { id: ClipId::random(), to: Target::Channel("crew".into()), started_at_ms: 1, codec: clip.params };
+        outbox.add(&header, &clip).expect("adds");
+        let moved = outbox.reject(&header.id, "the relay refused: not a member (forbidden)").expect("moved");
+        assert!(moved.exists() && outbox.pending().expect("lists").is_empty());
+        let reason = std::fs::read_to_string(dir.path().join("failed").join(format!("{}.txt", header.id))).expect("reason");
+        assert!(reason.contains("not a member"), "{reason}");
     }
 }

@@ -202,7 +202,7 @@ pub async fn talk(
         }
         Err(e) if e.is_transient() => TalkOutcome::Queued { id: header.id, reason: e },
         Err(e) => {
-            let _ = outbox.reject(&header.id);
+            let _ = outbox.reject(&header.id, &e.to_string());
             return Err(e);
         }
     };

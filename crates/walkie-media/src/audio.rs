@@ -50,6 +50,17 @@ pub const MAX_RATE: u32 = 96_000;
 /// Errors of the audio layer: reading and writing WAV files, resampling.
 #[derive(Debug, thiserror::Error)]
 pub enum AudioError {
+    /// A WAV file is longer than the clip it would become may be; found from its header,
+    /// before any sample is read.
+    #[error("WAV {name} is {} s long; clips may be at most {} s", .ms / 1000, .max_ms / 1000)]
+    TooLong {
+        /// The file path.
+        name: String,
+        /// Its length, in milliseconds.
+        ms: u64,
+        /// The limit, in milliseconds.
+        max_ms: u64,
+    },
     /// A WAV file (or in-memory WAV) could not be opened, parsed or read to the end.
     #[error("cannot read WAV {name}: {source}")]
     ReadWav {
@@ -185,9 +196,37 @@ pub fn load_wav_48k_mono(path: &Path) -> Result<Vec<f32>, AudioError> {
     resample::to_48k(&mono, pcm.sample_rate)
 }
 
+/// Like [`load_wav_48k_mono`], for a file of at most `max_ms`: a longer one is refused from
+/// its header, before anything is decoded (a two-hour file costs a header read, not gigabytes).
+pub fn load_wav_48k_mono_within(path: &Path, max_ms: u64) -> Result<Vec<f32>, AudioError> {
+    let ms = wav::duration_ms(path)?;
+    if ms > max_ms {
+        return Err(AudioError::TooLong { name: path.display().to_string(), ms, max_ms });
+    }
+    let pcm = wav::read_wav(path)?;
+    let mono = mix_to_mono(&pcm);
+    resample::to_48k(&mono, pcm.sample_rate)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wav_longer_than_the_limit_is_refused_from_its_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("long.wav");
+        wav::write_i16_wav(&path, 8000, 1, &vec![100; 8000 * 3]);
+        let e = load_wav_48k_mono_within(&path, 2000).expect_err("3 s is over 2 s");
+        assert!(matches!(e, AudioError::TooLong { ms: 3000, max_ms: 2000, .. }), "{e}");
+        assert_eq!(load_wav_48k_mono_within(&path, 3000).unwrap().len(), 48_000 * 3);
+        // A header claiming two hours: refused without reading (the file holds far less).
+        let mut bytes = std::fs::read(&path).unwrap();
+        let claim: u32 = 2 * 3600 * 8000 * 2;
+        bytes[40..44].copy_from_slice(&claim.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(load_wav_48k_mono_within(&path, 60_000), Err(AudioError::TooLong { ms: 7_200_000, .. })));
+    }
 
     #[test]
     fn mixing_averages_channels() {

@@ -73,6 +73,15 @@ pub enum NetError {
         /// Why.
         reason: String,
     },
+    /// The TLS handshake failed: the relay's certificate is not the pinned one, or the relay
+    /// speaks another protocol version. Trying again does not help.
+    #[error("cannot connect to {addr}: {reason}")]
+    Untrusted {
+        /// The relay address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
     /// A stream failed or the peer closed it.
     #[error("stream failed: {0}")]
     Stream(String),
@@ -326,6 +335,21 @@ pub fn client_endpoint_with_alpn(pin: Fingerprint, bind: SocketAddr, alpn: &[u8]
     let mut endpoint = quinn::Endpoint::client(bind).map_err(|source| NetError::Bind { addr: bind, source })?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
+}
+
+/// The error of a failed connection attempt to `addr`: [`NetError::Untrusted`] when the TLS
+/// handshake itself failed (a QUIC crypto error: a certificate that does not match the pin,
+/// no common protocol version), [`NetError::Connect`] otherwise (unreachable, timed out,
+/// refused: worth a retry).
+pub fn handshake_error(addr: &str, e: &quinn::ConnectionError) -> NetError {
+    let is_crypto = |code: u64| code & !0xff == 0x100;
+    let crypto = match e {
+        quinn::ConnectionError::TransportError(t) => is_crypto(t.code.into()),
+        quinn::ConnectionError::ConnectionClosed(c) => is_crypto(c.error_code.into()),
+        _ => false,
+    };
+    let (addr, reason) = (addr.to_string(), e.to_string());
+    if crypto { NetError::Untrusted { addr, reason } } else { NetError::Connect { addr, reason } }
 }
 
 /// Writes one frame to a stream.

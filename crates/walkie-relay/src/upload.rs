@@ -225,6 +225,7 @@ impl Driver<'_> {
     /// being uploaded by someone; reserves `id` for this sender unless another holds it.
     async fn check(&mut self, id: ClipId, target: &walkie_proto::clip::Target) -> Result<Checked, Refusal> {
         let recipients = access::recipients(self.shared, &self.session.user, target).await?;
+        self.check_quota().await?;
         let in_flight = self.reserve(id);
         let stored = self
             .shared
@@ -233,6 +234,24 @@ impl Driver<'_> {
             .map_err(|e| Refusal::new(ErrorCode::Storage, e.to_string()))?
             .map(|meta| (meta.from, meta.seq));
         Ok(Checked { recipients, stored, in_flight })
+    }
+
+    /// Refuses the clip when the sender already stores their quota of audio.
+    async fn check_quota(&self) -> Result<(), Refusal> {
+        let Some(quota) = self.shared.config.quota_bytes_per_user else { return Ok(()) };
+        let user = self.session.user.clone();
+        let stored = self.shared.store(move |s| s.stored_bytes_of(&user)).await.map_err(|e| Refusal::new(ErrorCode::Storage, e.to_string()))?;
+        match stored {
+            Some(bytes) if bytes >= quota => Err(Refusal::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "you store {} MiB of clips on this relay, its limit per user ({} MiB); nothing more is accepted until older clips are deleted",
+                    bytes / (1024 * 1024),
+                    quota / (1024 * 1024)
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Binds `id` to this sender while the upload runs; who held it already, if anyone.

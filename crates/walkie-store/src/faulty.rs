@@ -68,6 +68,9 @@ impl Store for FaultyStore {
     fn has_history(&self, name: &str) -> Result<bool, StoreError> {
         self.inner.has_history(name)
     }
+    fn stored_bytes_of(&self, sender: &str) -> Result<Option<u64>, StoreError> {
+        self.inner.stored_bytes_of(sender)
+    }
     fn add_channel(&self, name: &str, members: &[String]) -> Result<(), StoreError> {
         self.check()?;
         self.inner.add_channel(name, members)

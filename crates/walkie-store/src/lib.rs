@@ -177,6 +177,12 @@ pub trait Store: Send + Sync + 'static {
     /// never read whole.
     fn readable(&self, user: &str, limit: usize, before_seq: Option<u64>) -> Result<Vec<ClipMeta>, StoreError>;
 
+    /// How many bytes of audio `sender`'s stored clips take (for the relay's per-user quota);
+    /// `None` from a store that does not count them (the quota is then not enforced).
+    fn stored_bytes_of(&self, _sender: &str) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+
     /// Deletes the audio of every clip `user` sent (the files are overwritten, then removed),
     /// removes those clips from every inbox, and anonymises their metadata (sender becomes
     /// [`PURGED_SENDER`]); returns how many clips were purged.

@@ -424,6 +424,14 @@ impl Store for SqliteStore {
         Ok(names.iter().map(|n| all.get(n).copied()).collect())
     }
 
+    fn stored_bytes_of(&self, sender: &str) -> Result<Option<u64>, StoreError> {
+        self.read(|conn| {
+            // Purged clips (file = '') keep their row but no audio.
+            let total: i64 = conn.query_row("SELECT TOTAL(bytes) FROM clips WHERE sender = ?1 AND file != ''", [sender], |r| r.get::<_, f64>(0).map(|t| t as i64))?;
+            Ok(Some(u64::try_from(total).unwrap_or(0)))
+        })
+    }
+
     fn has_history(&self, name: &str) -> Result<bool, StoreError> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
@@ -578,6 +586,9 @@ impl Store for SqliteStore {
         use std::io::{Read, Seek, SeekFrom};
         let path = self.audio_path(id)?;
         let mut file = fs::File::open(&path).map_err(files::io_err(&path))?;
+        if offset >= file.metadata().map_err(files::io_err(&path))?.len() {
+            return Ok(Vec::new());
+        }
         file.seek(SeekFrom::Start(offset)).map_err(files::io_err(&path))?;
         let mut part = Vec::with_capacity(max.min(1 << 20));
         file.take(max as u64).read_to_end(&mut part).map_err(files::io_err(&path))?;

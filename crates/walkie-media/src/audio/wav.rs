@@ -14,6 +14,17 @@ pub fn read_wav(path: &Path) -> Result<Pcm, AudioError> {
     read_from(reader, &name)
 }
 
+/// The length of a WAV file from its header, in milliseconds, without reading its samples.
+pub fn duration_ms(path: &Path) -> Result<u64, AudioError> {
+    let name = path.display().to_string();
+    let reader = WavReader::open(path).map_err(|source| AudioError::ReadWav { name: name.clone(), source })?;
+    let spec = reader.spec();
+    if !(MIN_RATE..=MAX_RATE).contains(&spec.sample_rate) {
+        return Err(AudioError::Rate { name, rate: spec.sample_rate });
+    }
+    Ok(u64::from(reader.duration()) * 1000 / u64::from(spec.sample_rate))
+}
+
 /// Reads a WAV file held in memory into interleaved `f32` PCM.
 pub fn read_wav_bytes(bytes: &[u8]) -> Result<Pcm, AudioError> {
     let name = "(in-memory WAV)";

@@ -164,6 +164,9 @@ pub enum ErrorCode {
     /// The talker cancelled the clip (Esc, slide-to-cancel): nothing is stored, and live
     /// listeners drop what they heard of it.
     Cancelled,
+    /// The sender stores as much as the relay allows one user (its per-user quota); nothing
+    /// more is accepted until older clips are deleted (retention, purge).
+    QuotaExceeded,
 }
 
 impl ErrorCode {
@@ -183,6 +186,7 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
             ErrorCode::Cancelled => "cancelled",
+            ErrorCode::QuotaExceeded => "quota-exceeded",
         }
     }
 
@@ -202,6 +206,7 @@ impl ErrorCode {
             ErrorCode::Internal => 11,
             ErrorCode::FloorTaken => 12,
             ErrorCode::Cancelled => 13,
+            ErrorCode::QuotaExceeded => 14,
         }
     }
 }
@@ -306,6 +311,7 @@ mod tests {
             Just(ErrorCode::Timeout),
             Just(ErrorCode::Internal),
             Just(ErrorCode::Cancelled),
+            Just(ErrorCode::QuotaExceeded),
         ]
     }
     fn arb_error() -> impl Strategy<Value = ErrorMsg> {

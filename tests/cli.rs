@@ -368,3 +368,115 @@ fn a_new_token_ends_the_old_tokens_sessions_within_two_seconds() {
     let unknown = admin(&data, &["user", "token", "nobody"]);
     assert_eq!(unknown.status.code(), Some(1));
 }
+
+/// The outbox directories under a `walkie` home, by user name.
+fn outboxes(home: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![home.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                if d.file_name().is_some_and(|n| n == "outbox") {
+                    found.push(path.file_name().expect("name").to_string_lossy().into_owned());
+                } else {
+                    stack.push(path);
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn permanent_send_failures_fail_at_once_and_are_never_delivered_later() {
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("relay");
+    let relay = serve(&data);
+    let alice = add_user(&data, "alice");
+    let bob = add_user(&data, "bob");
+    ok_stdout(admin(&data, &["channel", "add", "crew", "--members", "alice,bob"]));
+    ok_stdout(admin(&data, &["channel", "add", "ops", "--members", "bob"]));
+    let home = tmp.path().join("alice");
+    let send = |user: &str, token: &str, to: &str, file: &Path| {
+        let started = Instant::now();
+        let out = walkie(&relay, &home, user, token).args(["send", "--to", to]).arg(file).output().expect("runs");
+        (out, started.elapsed())
+    };
+    let wav = sample("hello-crew.wav");
+    let fast = Duration::from_secs(5);
+
+    // A wrong token or a mistyped name: status 1 at once, the reason, and no outbox left.
+    let (out, took) = send("alice", &bob, "crew", &wav);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(took < fast && stderr(&out).contains("wrong token") && !stderr(&out).contains("not acknowledged"), "{took:?} {}", stderr(&out));
+    let (out, _) = send("alicee", &alice, "crew", &wav);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(outboxes(&home).is_empty(), "outboxes left behind: {:?}", outboxes(&home));
+
+    // A refusal (not a member): status 1, the clip moved to failed/ with its reason.
+    ok_stdout(send("alice", &alice, "crew", &wav).0);
+    let (out, took) = send("alice", &alice, "ops", &wav);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(took < fast, "{took:?}");
+    let failed_dir = {
+        let mut found = None;
+        let mut stack = vec![home.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).expect("dir").flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    if p.file_name().is_some_and(|n| n == "failed") {
+                        found = Some(p.clone());
+                    }
+                    stack.push(p);
+                }
+            }
+        }
+        found.expect("a failed/ folder")
+    };
+    let reasons: Vec<String> = std::fs::read_dir(&failed_dir)
+        .expect("failed")
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "txt"))
+        .map(|e| std::fs::read_to_string(e.path()).expect("reason"))
+        .collect();
+    assert_eq!(reasons.len(), 1);
+    assert!(reasons[0].contains("not a member"), "{reasons:?}");
+
+    // A relay that is not the pinned one: status 1 at once, never retried.
+    let wrong_pin = format!("sha256:{}", "ab".repeat(32));
+    let started = Instant::now();
+    let out = walkie(&relay, &home, "alice", &alice)
+        .env_remove("WALKIE_CERT")
+        .env("WALKIE_FINGERPRINT", &wrong_pin)
+        .args(["send", "--to", "crew"])
+        .arg(&wav)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(started.elapsed() < fast, "a certificate mismatch was retried: {:?}", started.elapsed());
+    // Given both a certificate and a fingerprint, both must match.
+    let out = walkie(&relay, &home, "alice", &alice).env("WALKIE_FINGERPRINT", &wrong_pin).args(["send", "--to", "crew"]).arg(&wav).output().expect("runs");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("fingerprint"), "{}", stderr(&out));
+
+    // A WAV longer than the relay's 60 s, refused from its header, at once.
+    let long = tmp.path().join("two-hours.wav");
+    let mut bytes = std::fs::read(&wav).expect("sample");
+    let rate = u32::from_le_bytes([bytes[24], bytes[25], bytes[26], bytes[27]]);
+    let data_at = bytes.windows(4).position(|w| w == b"data").expect("data chunk");
+    let claim = 2 * 3600 * rate * 2;
+    bytes[data_at + 4..data_at + 8].copy_from_slice(&claim.to_le_bytes());
+    std::fs::write(&long, &bytes).expect("written");
+    let (out, took) = send("alice", &alice, "crew", &long);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(took < fast && stderr(&out).contains("at most 60 s"), "{took:?} {}", stderr(&out));
+
+    // Nothing that failed is delivered by a later good send: crew holds the two good clips.
+    ok_stdout(send("alice", &alice, "crew", &wav).0);
+    let history = ok_stdout(walkie(&relay, &home, "bob", &bob).args(["history", "crew"]).output().expect("runs"));
+    assert_eq!(history.lines().count(), 2, "{history}");
+}

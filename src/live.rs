@@ -57,7 +57,7 @@ async fn scripted(client: &Client, outbox: &Outbox, source: Box<dyn AudioSource>
     // The tail is part of the asked-for length here: capture exactly `secs`.
     let opts = TalkOptions { tail: Duration::ZERO, preroll: Duration::ZERO, ..opts.clone() };
     eprintln!("talking to {} for {:.1} s", opts.to, secs.as_secs_f64());
-    let (outcome, _source) = talk::talk(client, outbox, source, &opts, control, Some(secs)).await?;
+    let (outcome, _source) = talk::talk(Some(client), outbox, source, &opts, control, Some(secs)).await?;
     report(&outcome)
 }
 
@@ -163,7 +163,7 @@ mod console {
                 _ => continue,
             }
             let control = TalkControl::new();
-            let clip = talk::talk(client, outbox, source, opts, control.clone(), None);
+            let clip = talk::talk(Some(client), outbox, source, opts, control.clone(), None);
             tokio::pin!(clip);
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             let (outcome, back) = loop {

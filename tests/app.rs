@@ -61,6 +61,15 @@ fn world_app_with(
     config: RelayConfig,
     before: impl FnOnce(&tokio::runtime::Runtime, &ClientConfig, &ClientConfig),
 ) -> (World, WalkieApp) {
+    world_app_speaker(config, before, "null")
+}
+
+/// Like [`world_app_with`], with `output` as the speaker (`null`, or a device name).
+fn world_app_speaker(
+    config: RelayConfig,
+    before: impl FnOnce(&tokio::runtime::Runtime, &ClientConfig, &ClientConfig),
+    output: &str,
+) -> (World, WalkieApp) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let dirs = tempfile::tempdir().expect("tempdir");
     let relay = rt.block_on(support::start_relay(&dirs.path().join("relay"), config));
@@ -82,7 +91,7 @@ fn world_app_with(
         config_dir,
         data_dir: dirs.path().join("data"),
         input: Some(format!("wav:{}", support::sample_path("hello-crew.wav").display())),
-        output: Some("null".into()),
+        output: Some(output.into()),
         profile: Some(profile),
         demo: false,
     };
@@ -232,9 +241,14 @@ fn holding_space_sends_and_esc_or_dragging_off_cancels() {
 /// Bob says the first `ms` of the sample to crew, a packet every 20 ms as a person talking
 /// would (a burst is live audio arriving late, which the jitter buffer drops); returns its id.
 fn bob_sends(world: &World, bob: &Client, ms: usize) -> ClipId {
+    bob_sends_to(world, bob, ms, crew())
+}
+
+/// Like [`bob_sends`], to `to`.
+fn bob_sends_to(world: &World, bob: &Client, ms: usize, to: Target) -> ClipId {
     let pcm = support::sample_48k("hello-crew.wav");
     let enc = encode_pcm(&pcm[..ms * 48], &EncoderConfig::default()).expect("encodes");
-    let header = ClipHeader { id: ClipId::random(), to: crew(), started_at_ms: now_ms(), codec: enc.params };
+    let header = ClipHeader { id: ClipId::random(), to, started_at_ms: now_ms(), codec: enc.params };
     world.rt.block_on(async {
         let mut up = bob.start_clip(&header).await.expect("bob starts");
         for p in &enc.packets {
@@ -462,4 +476,116 @@ fn load_older_clips_pages_back_through_the_history() {
     assert_eq!(clips_in_crew(&snap), CLIPS, "every clip once");
     assert!(harness.query_by_label("Load older clips").is_none(), "no more to load");
     drop(world);
+}
+
+/// Bob's events until a request round trip: anything the relay sent him before is in.
+fn bob_events_so_far(world: &World, bob: &mut Client) -> Vec<Event> {
+    world.rt.block_on(async {
+        bob.history(None, 1, Some(0)).await.expect("a barrier");
+        let mut seen = Vec::new();
+        while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(50), bob.next_event()).await {
+            seen.push(e);
+        }
+        seen
+    })
+}
+
+#[test]
+fn with_no_working_speaker_nothing_is_marked_played_and_no_receipt_is_sent() {
+    let (world, app) = world_app_speaker(RelayConfig::default(), |_, _, _| {}, "no-such-speaker-device");
+    let harness = Harness::builder().with_size([1000.0, 700.0]).build_ui_state(|ui, app: &mut WalkieApp| app.ui(ui), app);
+    let mut harness = ready(harness);
+    let snap = harness.state().engine().snapshot();
+    assert!(snap.audio_problem.as_deref().is_some_and(|p| p.contains("speaker")), "{:?}", snap.audio_problem);
+    let mut bob = world.rt.block_on(Client::connect(&world.bob)).expect("bob connects");
+    let id = bob_sends(&world, &bob, 1_000);
+    until(&mut harness, 10, "bob's clip shown", |s| clips_in_crew(s) == 1);
+    // Long enough for the clip to have "played" into the silent stand-in.
+    pass(&mut harness, Duration::from_millis(3_000));
+    let snap = harness.state().engine().snapshot();
+    let clip = &snap.conversation(&crew()).expect("crew").clips[0];
+    assert_eq!((clip.id, clip.played), (id, false), "nobody heard it");
+    assert!(!bob_events_so_far(&world, &mut bob).iter().any(|e| matches!(e, Event::PlayedBy(..))), "no receipt for audio nobody heard");
+    world.rt.block_on(bob.close());
+}
+
+#[test]
+fn only_the_conversation_on_screen_plays_by_itself_and_stop_stops() {
+    let (world, mut harness) = world();
+    let mut bob = world.rt.block_on(Client::connect(&world.bob)).expect("bob connects");
+    let bob_dm = Target::User("bob".into());
+    // A direct clip while crew is on screen: shown, not played.
+    let direct = bob_sends_to(&world, &bob, 1_000, Target::User("alice".into()));
+    until(&mut harness, 10, "bob's direct clip shown", |s| s.conversation(&bob_dm).is_some_and(|c| c.clips.len() == 1));
+    pass(&mut harness, Duration::from_millis(2_500));
+    let snap = harness.state().engine().snapshot();
+    assert_eq!(snap.playing, None);
+    assert!(!snap.conversation(&bob_dm).expect("@bob").clips[0].played, "a conversation never opened does not play by itself");
+
+    // A long clip in crew plays (live) by itself; replayed, a click on it stops it at once.
+    let long = bob_sends(&world, &bob, 6_000);
+    until(&mut harness, 20, "bob's crew clip played", |s| {
+        s.playing.is_none() && s.conversation(&crew()).is_some_and(|c| c.clips.iter().any(|c| c.id == long && c.played))
+    });
+    harness.get_by_label_contains("clip from bob").click();
+    until(&mut harness, 10, "the replay plays", |s| s.playing == Some(long));
+    harness.get_by_label_contains("playing (click to stop)").click();
+    until(&mut harness, 2, "the replay stops well before its 6 s end", |s| s.playing.is_none());
+    pass(&mut harness, Duration::from_millis(1_000));
+    assert_eq!(harness.state().engine().snapshot().playing, None, "it did not start again");
+
+    // Opening @bob plays what waited there, and only then bob hears of it.
+    harness.get_by_label_contains("@bob  1 unread").click();
+    until(&mut harness, 15, "the direct clip played", |s| s.conversation(&bob_dm).is_some_and(|c| c.clips[0].played));
+    let receipt = bob_waits(&world, &mut bob, |e| match e {
+        Event::PlayedBy(id, user) if id == direct => Some((id, user)),
+        _ => None,
+    });
+    assert_eq!(receipt, Some((direct, "alice".to_string())));
+    world.rt.block_on(bob.close());
+}
+
+#[test]
+fn a_network_blip_keeps_the_conversation_records_into_the_outbox_and_delivers_on_return() {
+    let (world, mut harness) = world();
+    let World { rt, _relay: relay, bob, dirs } = world;
+    let support::TestRelay { handle, data, store: _ } = relay;
+    let addr = handle.addr;
+    // One clip before the blip.
+    harness.key_down(egui::Key::Space);
+    harness.run_steps(1);
+    until(&mut harness, 5, "talking", talking);
+    pass(&mut harness, Duration::from_millis(1_000));
+    harness.key_up(egui::Key::Space);
+    until(&mut harness, 20, "the first clip stored", |s| matches!(s.talk, Talk::Idle) && clips_in_crew(s) == 1);
+
+    // The relay goes away: the conversation stays on screen, with a banner.
+    rt.block_on(handle.shutdown());
+    until(&mut harness, 10, "the blip noticed", |s| !s.connection.is_connected() && s.connection.shows_conversations());
+    assert!(harness.query_by_label_contains("reconnecting").is_some() || harness.query_by_label_contains("Reconnecting").is_some(), "a banner says so");
+    assert!(harness.query_by_label("Hold to talk").is_some(), "the talk button stays");
+    assert_eq!(clips_in_crew(&harness.state().engine().snapshot()), 1, "history stays shown");
+
+    // Talking meanwhile records into the outbox.
+    harness.key_down(egui::Key::Space);
+    harness.run_steps(1);
+    until(&mut harness, 5, "talking offline", talking);
+    pass(&mut harness, Duration::from_millis(1_000));
+    harness.key_up(egui::Key::Space);
+    let snap = until(&mut harness, 20, "the offline clip queued", |s| {
+        matches!(s.talk, Talk::Idle) && s.conversation(&crew()).is_some_and(|c| c.clips.len() == 2 && c.clips.iter().any(|c| c.queued))
+    });
+    assert!(!snap.connection.is_connected());
+
+    // The relay comes back on the same address: the app reconnects and delivers the clip.
+    let store = Arc::new(walkie_store::sqlite::SqliteStore::open(&data).expect("store"));
+    let back = rt.block_on(walkie_relay::start(walkie_relay::RelayConfig { listen: addr, ..RelayConfig::default() }, &data, store.clone())).expect("relay back");
+    until(&mut harness, 40, "reconnected and delivered", |s| {
+        s.connection.is_connected() && s.conversation(&crew()).is_some_and(|c| c.clips.len() == 2 && c.clips.iter().all(|c| !c.queued))
+    });
+    let stored = walkie_store::Store::history(store.as_ref(), "bob", &crew(), 10, None).expect("history");
+    assert_eq!(stored.len(), 2, "both clips are on the relay");
+    let _ = bob;
+    rt.block_on(back.shutdown());
+    drop(dirs);
 }

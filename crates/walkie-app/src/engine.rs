@@ -73,6 +73,8 @@ pub enum Command {
     TalkCancel,
     /// Play (or replay) a clip; it plays after whatever is playing.
     Play(ClipId),
+    /// Stop a clip that plays or waits to play (it stays unplayed).
+    Stop(ClipId),
     /// Fetch the page of history before the oldest clip shown.
     LoadOlder(Target),
     /// Write every clip of a conversation to `dir` as `.opus` files plus `index.json`.

@@ -117,9 +117,11 @@ enum Produced {
 }
 
 /// Streams one live clip from `source` until `control` is released (or cancelled), or
-/// until `max` of audio when given. Returns the outcome and the source, still open.
+/// until `max` of audio when given. Returns the outcome and the source, still open. With no
+/// `client` (the relay is away) the clip is recorded all the same and waits in the outbox
+/// ([`TalkOutcome::Queued`]).
 pub async fn talk(
-    client: &Client,
+    client: Option<&Client>,
     outbox: &Outbox,
     source: Box<dyn AudioSource>,
     opts: &TalkOptions,
@@ -136,9 +138,11 @@ pub async fn talk(
             .spawn(move || produce(source, encoder, control, preroll, tail, max, tx))
             .map_err(|e| ClientError::Config(format!("cannot start the capture thread: {e}")))?
     };
-    let mut upload = Some(client.start_clip(&header).await?);
+    let (mut upload, mut live_error) = match client {
+        Some(c) => (Some(c.start_clip(&header).await?), None),
+        None => (None, Some(ClientError::Closed("not connected to the relay".into()))),
+    };
     let mut packets = Vec::new();
-    let mut live_error = None;
     let mut samples = None;
     while let Some(item) = rx.recv().await {
         match item {

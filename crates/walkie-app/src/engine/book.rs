@@ -39,11 +39,15 @@ pub fn add_clip(convs: &mut Vec<Conversation>, me: &str, meta: &ClipMeta, played
     let target = conversation_of(&meta.to, &meta.from, me);
     let conv = ensure(convs, &target);
     if let Some(c) = conv.clips.iter_mut().find(|c| c.id == meta.id) {
+        let moved = meta.seq > 0 && c.seq != meta.seq;
         if meta.seq > 0 {
             c.seq = meta.seq;
         }
         c.duration_ms = u64::from(meta.duration_ms);
         c.queued = false;
+        if moved {
+            conv.clips.sort_by_key(clip_order);
+        }
         return (target, false);
     }
     let mine = meta.from == me;
@@ -59,11 +63,16 @@ pub fn add_clip(convs: &mut Vec<Conversation>, me: &str, meta: &ClipMeta, played
         played_by: Vec::new(),
         queued: false,
     };
-    let key = |c: &ClipView| (c.started_at_ms, c.id.0);
-    let at = conv.clips.partition_point(|c| key(c) < key(&view));
+    let at = conv.clips.partition_point(|c| clip_order(c) < clip_order(&view));
     conv.clips.insert(at, view);
     recount(conv);
     (target, true)
+}
+
+/// Where a clip goes in its conversation: in the relay's order (its sequence number; the
+/// sender's clock is only a claim), clips not stored yet last, in the order they were made.
+fn clip_order(c: &ClipView) -> (u64, i64, [u8; 16]) {
+    (if c.seq == 0 { u64::MAX } else { c.seq }, c.started_at_ms, c.id.0)
 }
 
 fn recount(conv: &mut Conversation) {
@@ -182,6 +191,29 @@ mod tests {
         add_receipt(&mut convs, ClipId([3; 16]), "bob");
         add_receipt(&mut convs, ClipId([3; 16]), "bob");
         assert_eq!(find(&convs, ClipId([3; 16])).map(|(_, c)| c.played_by.clone()), Some(vec!["bob".to_string()]));
+    }
+
+    #[test]
+    fn clips_are_in_the_relays_order_whatever_their_senders_clocks_say() {
+        let crew = Target::Channel("crew".into());
+        let mut convs = Vec::new();
+        // bob's clock is years behind: his clip (seq 7) still comes after ann's (seq 5).
+        add_clip(&mut convs, "me", &meta(7, "bob", crew.clone(), 1_262_304_000_000), false);
+        add_clip(&mut convs, "me", &meta(5, "ann", crew.clone(), 1_790_000_000_000), false);
+        // A clip of mine waiting in the outbox (no seq yet) goes last, then takes its place.
+        let mut queued = meta(9, "me", crew.clone(), 1_700_000_000_000);
+        queued.seq = 0;
+        add_clip(&mut convs, "me", &queued, true);
+        add_clip(&mut convs, "me", &meta(6, "ann", crew.clone(), 1_790_000_000_001), false);
+        assert_eq!(convs[0].clips.iter().map(|c| c.id.0[0]).collect::<Vec<_>>(), [5, 6, 7, 9]);
+        queued.seq = 6;
+        let mut stored = queued.clone();
+        stored.seq = 8;
+        add_clip(&mut convs, "me", &stored, true);
+        assert_eq!(convs[0].clips.iter().map(|c| c.id.0[0]).collect::<Vec<_>>(), [5, 6, 7, 9]);
+        stored.seq = 1;
+        add_clip(&mut convs, "me", &stored, true);
+        assert_eq!(convs[0].clips.iter().map(|c| c.id.0[0]).collect::<Vec<_>>(), [9, 5, 6, 7], "re-placed by its seq");
     }
 
     #[test]

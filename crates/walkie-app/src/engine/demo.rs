@@ -100,7 +100,7 @@ async fn run_bob(cfg: ClientConfig, sample: PathBuf, outbox: Outbox, mut asks: m
             Next::Talk => {
                 let source = Box::new(WavSource::open(&sample, true).map_err(|e| ClientError::Config(e.to_string()))?);
                 let opts = TalkOptions::new(Target::Channel("crew".into()));
-                match talk::talk(&client, &outbox, source, &opts, TalkControl::new(), None).await {
+                match talk::talk(Some(&client), &outbox, source, &opts, TalkControl::new(), None).await {
                     Ok(_) => {}
                     Err(e) => warn!("demo: bob could not talk: {e}"),
                 }

@@ -25,10 +25,14 @@ struct Connected {
     unplayed: Unplayed,
 }
 
-/// The link's state: connected or not, and what to reconnect with.
+/// The link's state: connected or not, and what to reconnect with. The outbox and played
+/// marks stay while the link reconnects after a lost connection (clips recorded meanwhile wait
+/// in the outbox); they go when the user disconnects.
 #[derive(Default)]
 pub(super) struct Link {
     connected: Option<Connected>,
+    /// True while the relay is reachable (false while reconnecting).
+    online: bool,
     /// The profile to reconnect with after a lost connection.
     profile: Option<Profile>,
     /// When to try again, and the pause after that.
@@ -39,16 +43,17 @@ impl Link {
     /// Connected with `profile`.
     pub fn connected(&mut self, profile: Profile, outbox: Outbox, unplayed: Unplayed) {
         self.connected = Some(Connected { outbox, unplayed });
+        self.online = true;
         self.profile = Some(profile);
         self.reconnect = None;
     }
 
     /// True while connected.
     pub fn is_connected(&self) -> bool {
-        self.connected.is_some()
+        self.online && self.connected.is_some()
     }
 
-    /// The outbox of the connected user.
+    /// The outbox of the user, connected or reconnecting.
     pub fn outbox(&self) -> Option<&Outbox> {
         self.connected.as_ref().map(|c| &c.outbox)
     }
@@ -75,6 +80,7 @@ impl Link {
     /// Disconnected on purpose: no reconnecting.
     pub fn forget(&mut self) {
         self.connected = None;
+        self.online = false;
         self.profile = None;
         self.reconnect = None;
     }
@@ -82,11 +88,12 @@ impl Link {
     /// Not connected now (a new attempt is starting).
     pub fn drop_connection(&mut self) {
         self.connected = None;
+        self.online = false;
     }
 
-    /// The connection was lost: reconnect with backoff.
+    /// The connection was lost: reconnect with backoff, keeping the outbox and played marks.
     pub fn lost(&mut self) {
-        self.connected = None;
+        self.online = false;
         self.reconnect = Some((Instant::now() + RECONNECT_FIRST, RECONNECT_FIRST));
     }
 
@@ -103,7 +110,7 @@ impl Link {
     /// The profile to reconnect with, when an attempt is due at `now` (the next waits longer).
     pub fn reconnect_due(&mut self, now: Instant) -> Option<Profile> {
         let (at, wait) = self.reconnect?;
-        if now < at || self.connected.is_some() {
+        if now < at || self.online {
             return None;
         }
         self.reconnect = Some((now + wait, (wait * 2).min(RECONNECT_MAX)));
@@ -126,7 +133,7 @@ pub fn explain(e: &ClientError, cfg: &ClientConfig) -> String {
         ClientError::Refused(r) if r.code == ErrorCode::Unauthorized => {
             format!("Wrong user name or token: the relay at {} refused {} ({}).", cfg.relay, cfg.user, r.message)
         }
-        ClientError::Net(NetError::Connect { reason, .. }) if reason.contains("does not match the pinned") => format!(
+        ClientError::Net(NetError::Untrusted { reason, .. }) => format!(
             "Unknown certificate: the relay at {} is not the one you trust ({reason}). Check the fingerprint that walkie-relay serve prints, or its cert.pem.",
             cfg.relay
         ),
@@ -153,7 +160,7 @@ mod tests {
             message: "unknown user or wrong token".into(),
         });
         assert!(explain(&refused, &cfg).starts_with("Wrong user name or token"));
-        let pin = ClientError::Net(NetError::Connect {
+        let pin = ClientError::Net(NetError::Untrusted {
             addr: "h:1".into(),
             reason: "the relay's certificate sha256:aa does not match the pinned sha256:bb".into(),
         });

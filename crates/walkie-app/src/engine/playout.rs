@@ -35,6 +35,9 @@ struct LiveClip {
     target: Target,
     from: String,
     last: Instant,
+    /// False for a live clip of a conversation that does not play by itself: shown as
+    /// "talking", not heard.
+    heard: bool,
 }
 
 /// The player, the ids it plays under, and what it is busy with.
@@ -49,6 +52,10 @@ pub struct Playout {
     live: HashMap<ClipId, LiveClip>,
     /// The microphone test's clip while it runs.
     mic_test: Option<ClipId>,
+    /// True when the player plays into an output device (or the `null` sink asked for by
+    /// name); false for the silent stand-in after a device failed to open: then nothing is
+    /// heard, so nothing counts as played.
+    audible: bool,
 }
 
 impl Playout {
@@ -58,8 +65,12 @@ impl Playout {
         self.stop();
         let (sink, problem) = match open_sink(spec) {
             Ok(s) => (s, None),
-            Err(e) => (Box::new(NullSink::realtime()) as Box<dyn AudioSink>, Some(format!("speaker: {e}"))),
+            Err(e) => (
+                Box::new(NullSink::realtime()) as Box<dyn AudioSink>,
+                Some(format!("speaker: {e}; clips are not played (nor marked played) until a speaker works")),
+            ),
         };
+        self.audible = problem.is_none();
         let handle = player::spawn(Player::new(sink, me, PlayerConfig::default())).map_err(|e| format!("cannot start the player: {e}"))?;
         self.handle = Some(handle);
         match problem {
@@ -73,6 +84,25 @@ impl Playout {
         self.handle = None;
         self.aliases.clear();
         self.live.clear();
+        self.in_player.clear();
+        self.audible = false;
+    }
+
+    /// True when what plays reaches an output: only then is a clip marked played.
+    pub fn audible(&self) -> bool {
+        self.handle.is_some() && self.audible
+    }
+
+    /// Stops `id` if it plays or waits to play (as itself or as a replay): the player
+    /// abandons it, and it is not marked played.
+    pub fn stop_clip(&mut self, id: ClipId) {
+        let mut ids: Vec<ClipId> = self.aliases.iter().filter(|(_, real)| **real == Some(id)).map(|(alias, _)| *alias).collect();
+        ids.push(id);
+        for player_id in ids {
+            self.send(PlayerInput::Abort(player_id));
+        }
+        // A clip that waited is dropped without an event; one that played says "abandoned".
+        self.in_player.remove(&id);
     }
 
     /// True while `id` is in the player (queued or playing).
@@ -92,27 +122,34 @@ impl Playout {
         self.send(PlayerInput::Complete(clip));
     }
 
-    /// Someone's live clip started to `target`: it plays while it is still being recorded.
-    pub fn live_started(&mut self, header: DeliverHeader, target: Target) {
-        self.live.insert(header.id, LiveClip { target, from: header.from.clone(), last: Instant::now() });
-        self.in_player.insert(header.id);
-        self.send(PlayerInput::Offer(header));
+    /// Someone's live clip started to `target`: when `heard`, it plays while it is still
+    /// being recorded; either way its talker shows as talking until it ends.
+    pub fn live_started(&mut self, header: DeliverHeader, target: Target, heard: bool) {
+        self.live.insert(header.id, LiveClip { target, from: header.from.clone(), last: Instant::now(), heard });
+        if heard {
+            self.in_player.insert(header.id);
+            self.send(PlayerInput::Offer(header));
+        }
     }
 
     /// The next packet of a live clip (or of the microphone test).
     pub fn live_packet(&mut self, id: ClipId, packet: Vec<u8>) {
         if let Some(l) = self.live.get_mut(&id) {
             l.last = Instant::now();
-            self.send(PlayerInput::Packet(id, packet));
+            if l.heard {
+                self.send(PlayerInput::Packet(id, packet));
+            }
         }
     }
 
     /// A clip arrived complete: if it was live, its end (with this decoded length); returns
-    /// the conversation it was being talked in.
-    pub fn live_ended(&mut self, id: ClipId, samples: u64) -> Option<Target> {
+    /// the conversation it was being talked in, and whether it was heard live.
+    pub fn live_ended(&mut self, id: ClipId, samples: u64) -> Option<(Target, bool)> {
         let live = self.live.remove(&id)?;
-        self.send(PlayerInput::End(id, samples));
-        Some(live.target)
+        if live.heard {
+            self.send(PlayerInput::End(id, samples));
+        }
+        Some((live.target, live.heard))
     }
 
     /// A live clip was abandoned; returns the conversation it was being talked in.

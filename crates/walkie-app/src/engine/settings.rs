@@ -28,11 +28,20 @@ pub struct AppSettings {
     pub bitrate: u32,
     /// Channels (`crew`) and contacts (`@bob`) added by hand, shown even before any clip.
     pub conversations: Vec<String>,
+    /// Play new clips of every conversation as they come, not only the one on screen.
+    pub autoplay_everywhere: bool,
 }
 
 impl Default for AppSettings {
     fn default() -> Self {
-        AppSettings { input_device: None, output_device: None, noise_suppression: true, bitrate: 24_000, conversations: Vec::new() }
+        AppSettings {
+            input_device: None,
+            output_device: None,
+            noise_suppression: true,
+            bitrate: 24_000,
+            conversations: Vec::new(),
+            autoplay_everywhere: false,
+        }
     }
 }
 

@@ -27,14 +27,25 @@ pub enum Connection {
     },
     /// Connecting failed: one sentence saying why and what to check.
     Failed(String),
-    /// The connection was lost after it worked; the engine reconnects by itself.
-    Lost(String),
+    /// The connection was lost after it worked; the engine reconnects by itself, and the
+    /// conversations stay on screen (clips recorded meanwhile wait in the outbox).
+    Lost {
+        /// Your user name.
+        user: String,
+        /// What happened, in one sentence.
+        why: String,
+    },
 }
 
 impl Connection {
     /// True once connected.
     pub fn is_connected(&self) -> bool {
         matches!(self, Connection::Connected { .. })
+    }
+
+    /// True while the conversations are shown: connected, or reconnecting after a blip.
+    pub fn shows_conversations(&self) -> bool {
+        matches!(self, Connection::Connected { .. } | Connection::Lost { .. })
     }
 }
 
@@ -219,7 +230,7 @@ impl Snapshot {
     /// Your user name once connected.
     pub fn me(&self) -> Option<&str> {
         match &self.connection {
-            Connection::Connected { user, .. } => Some(user),
+            Connection::Connected { user, .. } | Connection::Lost { user, .. } => Some(user),
             _ => None,
         }
     }

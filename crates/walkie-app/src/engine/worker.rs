@@ -237,17 +237,25 @@ impl Worker {
         }
     }
 
-    /// Connects (a new command cancels the attempt), then loads the conversations.
+    /// Connects (a new command cancels the attempt), then loads the conversations. After a
+    /// lost connection (reconnecting) the conversations stay on screen meanwhile.
     async fn connect(&mut self, profile: Profile, client: &mut Option<Client>, rx: &mut mpsc::UnboundedReceiver<Command>) {
-        self.disconnect(client).await;
-        let relay = profile.relay.clone().unwrap_or_default();
-        self.snap.connection = Connection::Connecting(relay);
+        let resuming = self.link.reconnecting() && client.is_none() && self.snap.me().is_some();
+        let me = self.snap.me().unwrap_or_default().to_string();
+        if resuming {
+            self.snap.connection = Connection::Lost { user: me.clone(), why: "Reconnecting to the relay…".into() };
+        } else {
+            self.disconnect(client).await;
+            self.snap.connection = Connection::Connecting(profile.relay.clone().unwrap_or_default());
+        }
         self.publish();
         let attempt = tokio::select! {
             r = link::connect(&profile) => r,
             cmd = rx.recv() => {
-                // Anything asked meanwhile replaces the attempt.
-                self.snap.connection = Connection::Disconnected;
+                // Anything asked meanwhile replaces the attempt (a reconnect is tried again later).
+                if !resuming {
+                    self.snap.connection = Connection::Disconnected;
+                }
                 self.deferred.push_back(cmd.unwrap_or(Command::Shutdown));
                 return;
             }
@@ -255,7 +263,7 @@ impl Worker {
         let (c, cfg) = match attempt {
             Ok(ok) => ok,
             Err(message) => {
-                self.snap.connection = if self.link.reconnecting() { Connection::Lost(message) } else { Connection::Failed(message) };
+                self.snap.connection = if resuming { Connection::Lost { user: me, why: message } } else { Connection::Failed(message) };
                 return;
             }
         };
@@ -331,9 +339,13 @@ impl Worker {
             }
             Err(e) => self.notice(NoticeKind::Error, format!("Cannot load the history: {e}")),
         }
-        for id in self.link.unplayed() {
-            if book::find(&self.snap.conversations, id).is_some() {
-                self.fetches.autoplay_when_fetched(id);
+        // The conversation on screen plays what waited in it when it is selected below;
+        // every other conversation only with the setting.
+        if self.snap.settings.autoplay_everywhere {
+            for id in self.link.unplayed() {
+                if book::find(&self.snap.conversations, id).is_some() && !self.playout.has(id) && !self.fetches.waits_to_autoplay(id) {
+                    self.fetches.autoplay_when_fetched(id);
+                }
             }
         }
         let selected = self.snap.selected.clone().filter(|t| self.snap.conversation(t).is_some());
@@ -366,7 +378,8 @@ impl Worker {
         for c in &mut self.snap.conversations {
             c.talking = None;
         }
-        self.snap.connection = Connection::Lost(format!("Connection lost ({why}); reconnecting…"));
+        let user = self.snap.me().unwrap_or_default().to_string();
+        self.snap.connection = Connection::Lost { user, why: format!("Connection lost ({why}); reconnecting…") };
     }
 
     // ---- commands from the app ----
@@ -393,13 +406,18 @@ impl Worker {
                     self.select(t);
                 }
             }
-            Command::TalkStart(to) => match client.as_ref() {
-                Some(c) => self.talk(c, to, rx).await,
-                None => self.notice(NoticeKind::Error, "Not connected: the clip cannot be sent now."),
-            },
+            Command::TalkStart(to) => {
+                if client.is_some() || self.link.outbox().is_some() {
+                    // Offline (reconnecting), the clip is recorded into the outbox.
+                    self.talk(client.as_ref(), to, rx).await;
+                } else {
+                    self.notice(NoticeKind::Error, "Not connected: the clip cannot be sent now.");
+                }
+            }
             // Release and cancel outside a clip: the clip already ended (refused or too long).
             Command::TalkRelease | Command::TalkCancel => {}
             Command::Play(id) => self.play(id),
+            Command::Stop(id) => self.playout.stop_clip(id),
             Command::LoadOlder(t) => {
                 if let Some(c) = self.snap.conversations.iter_mut().find(|c| c.target == t) {
                     c.loading = true;
@@ -433,7 +451,22 @@ impl Worker {
     fn select(&mut self, target: Target) {
         book::ensure(&mut self.snap.conversations, &target);
         self.snap.selected = Some(target.clone());
+        // What waited unplayed in the conversation now on screen plays, oldest first.
+        if let Some(conv) = self.snap.conversation(&target) {
+            let waiting: Vec<ClipId> = conv.clips.iter().filter(|c| !c.played && !c.mine).map(|c| c.id).collect();
+            for id in waiting {
+                if !self.playout.has(id) && !self.fetches.waits_to_autoplay(id) && self.link.is_unplayed(&id) {
+                    self.fetches.autoplay_when_fetched(id);
+                }
+            }
+        }
         self.fetches.page(target);
+    }
+
+    /// True if new clips of `target` play by themselves: the conversation on screen, or every
+    /// conversation when the setting says so.
+    fn autoplays(&self, target: &Target) -> bool {
+        self.snap.settings.autoplay_everywhere || self.snap.selected.as_ref() == Some(target)
     }
 
     /// Plays a clip (again): now if its audio is here, else once fetched. An unplayed clip
@@ -452,7 +485,7 @@ impl Worker {
     /// Records and streams a clip to `to` until released or cancelled. While it records, the
     /// loop keeps serving release and cancel, the player and relay events (clips, presence,
     /// receipts keep arriving while you talk); other commands are done right after.
-    async fn talk(&mut self, client: &Client, to: Target, rx: &mut mpsc::UnboundedReceiver<Command>) {
+    async fn talk(&mut self, client: Option<&Client>, to: Target, rx: &mut mpsc::UnboundedReceiver<Command>) {
         if self.mic.is_lent() {
             self.notice(NoticeKind::Error, "The microphone is busy with the microphone test; try again in a moment.");
             return;
@@ -478,13 +511,13 @@ impl Worker {
         tokio::pin!(clip);
         let mut tick = tokio::time::interval(TICK);
         // A lost connection ends the talk with its error; until then, events are served.
-        let mut events_open = true;
+        let mut events_open = client.is_some();
         let result = loop {
             tokio::select! {
                 r = &mut clip => break r,
-                e = client.next_event_shared(), if events_open => match e {
+                e = async { client?.next_event_shared().await }, if events_open => match e {
                     Some(e) => {
-                        self.event(e, Some(client)).await;
+                        self.event(e, client).await;
                         self.publish();
                     }
                     None => events_open = false,
@@ -504,7 +537,7 @@ impl Worker {
                     }
                 },
                 _ = tick.tick() => {
-                    self.player_events(Some(client)).await;
+                    self.player_events(client).await;
                     self.publish();
                 }
             }
@@ -602,21 +635,23 @@ impl Worker {
                 if h.from != me {
                     let target = book::conversation_of(&h.to, &h.from, &me);
                     book::ensure(&mut self.snap.conversations, &target).talking = Some(h.from.clone());
-                    self.playout.live_started(h, target);
+                    let heard = self.autoplays(&target);
+                    self.playout.live_started(h, target, heard);
                 }
             }
             Event::LivePacket(id, p) => self.playout.live_packet(id, p),
             Event::Clip(clip) => {
                 let id = clip.header.id;
                 let was_live = self.playout.live_ended(id, clip.samples);
-                if let Some(target) = &was_live {
+                if let Some((target, _)) = &was_live {
                     self.stop_talking(target);
                 }
+                let heard_live = was_live.is_some_and(|(_, heard)| heard);
                 let meta = clip.meta();
                 let mine = clip.header.from == me;
-                let (_, new) = book::add_clip(&mut self.snap.conversations, &me, &meta, mine);
+                let (target, new) = book::add_clip(&mut self.snap.conversations, &me, &meta, mine);
                 let audio = ClipAudio::of_received(&clip);
-                if was_live.is_none() && new && !mine {
+                if !heard_live && new && !mine && self.autoplays(&target) {
                     self.playout.autoplay(clip);
                 }
                 if new && !mine {
@@ -749,7 +784,8 @@ impl Worker {
                     if self.snap.playing == Some(id) {
                         self.snap.playing = None;
                     }
-                    if book::mark_played(&mut self.snap.conversations, id) {
+                    // Into the silent stand-in for a speaker that failed, nobody heard it.
+                    if self.playout.audible() && book::mark_played(&mut self.snap.conversations, id) {
                         self.link.set_unplayed(id, false);
                         if let Some(c) = client {
                             let _ = c.played(id).await;

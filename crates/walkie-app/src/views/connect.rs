@@ -86,7 +86,7 @@ pub fn show(ui: &mut Ui, snap: &Snapshot, engine: &Engine, form: &mut ConnectFor
             });
         });
         match &snap.connection {
-            Connection::Failed(why) | Connection::Lost(why) => {
+            Connection::Failed(why) | Connection::Lost { why, .. } => {
                 ui.add_space(8.0);
                 ui.label(RichText::new(why).color(ALERT));
             }

@@ -18,7 +18,7 @@ pub struct ConversationState {
 pub fn clip_label(c: &ClipView, playing: bool) -> String {
     let mut s = format!("clip from {} at {}, {}", c.from, widgets::time_text(c.started_at_ms), widgets::duration_text(c.duration_ms));
     if playing {
-        s.push_str(", playing");
+        s.push_str(", playing (click to stop)");
     } else if c.queued {
         s.push_str(", waiting to be sent");
     } else if !c.played {
@@ -103,9 +103,11 @@ pub fn show(ui: &mut Ui, conv: &Conversation, playing: Option<ClipId>, engine: &
             ui.label(RichText::new("No clips yet. Hold the button below (or Space) to say something.").weak());
         }
         for c in &conv.clips {
-            let resp = bubble(ui, c, playing == Some(c.id));
+            let now_playing = playing == Some(c.id);
+            let resp = bubble(ui, c, now_playing);
             if resp.clicked() {
-                engine.send(Command::Play(c.id));
+                // A click on the clip that plays stops it; on any other, plays it.
+                engine.send(if now_playing { Command::Stop(c.id) } else { Command::Play(c.id) });
             }
             ui.add_space(4.0);
         }

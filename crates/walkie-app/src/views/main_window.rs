@@ -64,8 +64,9 @@ fn top_bar(ui: &mut Ui, snap: &Snapshot, engine: &Engine, settings_view: &mut Se
                 widgets::dot(ui, ACCENT, true);
                 ui.label(format!("{user} at {relay}"));
             }
-            Connection::Lost(why) => {
-                ui.label(RichText::new(why).color(ALERT));
+            Connection::Lost { why, .. } => {
+                ui.spinner();
+                ui.label(RichText::new(format!("{why} Clips you record wait in the outbox and go when the relay is back.")).color(ALERT));
             }
             _ => {}
         }

@@ -70,7 +70,7 @@ impl WalkieApp {
         }
         self.snap = self.engine.snapshot();
         let snap = self.snap.clone();
-        if snap.connection.is_connected() {
+        if snap.connection.shows_conversations() {
             main_window::show(ui, &snap, &self.engine, &mut self.main, &mut self.talk, &mut self.settings);
         } else {
             connect::show(ui, &snap, &self.engine, &mut self.connect);

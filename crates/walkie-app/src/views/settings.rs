@@ -42,6 +42,9 @@ pub fn show(ui: &mut Ui, snap: &Snapshot, engine: &Engine, _view: &mut SettingsV
     }
     ui.add_space(6.0);
     changed |= ui.checkbox(&mut s.noise_suppression, "Noise suppression").changed();
+    changed |= ui
+        .checkbox(&mut s.autoplay_everywhere, "Play new clips of every conversation (not only the one on screen)")
+        .changed();
     let mut kbps = s.bitrate / 1000;
     let slider = egui::Slider::new(&mut kbps, BITRATE_RANGE.0 / 1000..=BITRATE_RANGE.1 / 1000).suffix(" kb/s").text("Bitrate");
     if ui.add(slider).changed() {

@@ -327,3 +327,33 @@ async fn a_user_over_the_storage_quota_is_refused_with_its_code_and_others_are_n
     bob_c.send_clip(&header(crew(), params), &packets, samples).await.expect("bob has his own quota");
     relay.handle.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_cannot_take_every_session_and_others_still_get_in() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = RelayConfig { max_sessions_per_user: 2, ..RelayConfig::default() };
+    let relay = start_relay(&tmp.path().join("relay"), config).await;
+    let alice = relay.add_user("alice");
+    let bob = relay.add_user("bob");
+    let first = relay.connect(&alice).await;
+    let second = relay.connect(&alice).await;
+    let third = Client::connect(&alice).await.map(|_| ()).expect_err("a third session is refused");
+    let ClientError::Refused(m) = &third else { panic!("expected a refusal, got {third}") };
+    assert!(matches!(m.code, ErrorCode::Busy { .. }) && m.message.contains("2 sessions open"), "{}", m.message);
+    let bob_c = relay.connect(&bob).await;
+    // A session that ends gives its slot back.
+    first.close().await;
+    let again = within(10, "a slot back", async {
+        loop {
+            match Client::connect(&alice).await {
+                Ok(c) => return c,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await;
+    again.close().await;
+    second.close().await;
+    bob_c.close().await;
+    relay.handle.shutdown().await;
+}

@@ -241,7 +241,7 @@ fn run() -> Result<(), String> {
         let pressed = Instant::now();
         let control = TalkControl::new();
         let (outcome, back) = rt
-            .block_on(talk::talk(&alice_c, &outbox, source, &opts, control, Some(Duration::from_millis(clip_ms))))
+            .block_on(talk::talk(Some(&alice_c), &outbox, source, &opts, control, Some(Duration::from_millis(clip_ms))))
             .map_err(|e| format!("clip {n}: {e}"))?;
         source = back;
         let TalkOutcome::Stored { id, .. } = outcome else { return Err(format!("clip {n} was not stored: {outcome:?}")) };

@@ -466,11 +466,13 @@ impl Setup {
         }
         drop(store);
         eprintln!("setup: {} users in {:.1} s", users.len(), t.elapsed().as_secs_f64());
-        // Lift the per-user rate limits and the connection cap: this measures capacity, not policy.
+        // Lift the per-user rate limits, quotas and connection caps (every bench client comes from
+        // 127.0.0.1): this measures capacity, not policy.
         let config = root.path().join("relay.toml");
         std::fs::write(
             &config,
-            "max_connections = 50000\nclips_per_minute = 1000000\nbytes_per_second = 1073741824\nmax_streams_per_conn = 64\n",
+            "max_connections = 50000\nclips_per_minute = 1000000\nbytes_per_second = 1073741824\nmax_streams_per_conn = 64\n\
+             max_unauthenticated_per_source = 100000\nretry_above_handshakes = 100000\nmax_sessions_per_user = 100000\nquota_mib_per_user = 0\n",
         )
         .expect("config file");
         let help = Command::new(env!("CARGO_BIN_EXE_walkie-relay")).arg("--help").output().expect("walkie-relay --help");

@@ -124,6 +124,8 @@ async fn send_stored(shared: &Shared, session: &Session, meta: &ClipMeta) -> Res
 pub(crate) const MAX_FETCHES: usize = 4;
 /// A fetch whose stream makes no progress for this long (the client reads nothing) ends.
 const FETCH_STALL: Duration = Duration::from_secs(10);
+/// Bytes of a file read from the store at a time (sent as several chunk frames).
+const READ_PART: usize = 8 * FILE_CHUNK_BYTES;
 
 /// Answers a fetch: checks the user may read the clip, then streams its stored file from the
 /// store part by part (never whole in memory), giving up when the client stops reading.
@@ -165,19 +167,21 @@ pub(crate) async fn fetch(shared: Arc<Shared>, session: Arc<Session>, req: u64, 
 /// Sends `meta`'s file on a new stream, one chunk read from the store at a time.
 async fn stream_file(shared: &Shared, session: &Session, req: u64, meta: &ClipMeta) -> Result<(), SendError> {
     let id = meta.id;
-    let first = shared.store(move |s| s.clip_audio_part(&id, 0, FILE_CHUNK_BYTES)).await?;
+    let first = shared.store(move |s| s.clip_audio_part(&id, 0, READ_PART)).await?;
     let mut send = stalled(session.conn.open_uni()).await??;
     let sent: Result<(), SendError> = async {
         stalled(write_frame(&mut send, &StreamFrame::File { req, meta: meta.clone() }, MAX_STREAM_FRAME)).await??;
-        let (mut chunk, mut offset) = (first, 0u64);
-        while !chunk.is_empty() {
-            offset += chunk.len() as u64;
-            let last = chunk.len() < FILE_CHUNK_BYTES;
-            stalled(write_frame(&mut send, &StreamFrame::Chunk(chunk), MAX_STREAM_FRAME)).await??;
+        let (mut part, mut offset) = (first, 0u64);
+        while !part.is_empty() {
+            offset += part.len() as u64;
+            let last = part.len() < READ_PART;
+            for chunk in part.chunks(FILE_CHUNK_BYTES) {
+                stalled(write_frame(&mut send, &StreamFrame::Chunk(chunk.to_vec()), MAX_STREAM_FRAME)).await??;
+            }
             if last {
                 break;
             }
-            chunk = shared.store(move |s| s.clip_audio_part(&id, offset, FILE_CHUNK_BYTES)).await?;
+            part = shared.store(move |s| s.clip_audio_part(&id, offset, READ_PART)).await?;
         }
         stalled(write_frame(&mut send, &StreamFrame::End { packets: meta.packets, samples: 0 }, MAX_STREAM_FRAME)).await??;
         Ok(())

@@ -575,6 +575,33 @@ impl Inner {
         Ok(out)
     }
 
+    /// At most `max` bytes of a clip's audio from `offset`, reading only the chunks that
+    /// hold them (a fetch streams a clip without holding it whole; the digest covers the
+    /// whole file, so a part is not checked against it).
+    pub async fn clip_audio_part(&self, id: &ClipId, offset: u64, max: usize) -> Result<Vec<u8>, StoreError> {
+        let (meta, audio) = self.clip_rec(id).await?.ok_or_else(|| StoreError::NotFound { kind: "clip", name: id.to_string() })?;
+        if audio.chunks == 0 {
+            return Err(StoreError::NotFound { kind: "clip audio (purged)", name: id.to_string() });
+        }
+        if offset >= meta.bytes || max == 0 {
+            return Ok(Vec::new());
+        }
+        let end = offset.saturating_add(max as u64).min(meta.bytes);
+        let chunk = AUDIO_CHUNK as u64;
+        let (first, last) = (offset / chunk, (end - 1) / chunk);
+        let mut out = Vec::with_capacity(usize::try_from(end - offset).unwrap_or(0));
+        for n in first..=last {
+            let n = u32::try_from(n).map_err(|_| StoreError::Corrupt(format!("clip {id}: chunk {n} out of range")))?;
+            let subject = self.layout.audio_subject(id, &audio.attempt, n);
+            let part = self.js.last(&self.audio, &subject).await?.ok_or_else(|| StoreError::Corrupt(format!("clip {id} misses audio chunk {n}")))?;
+            let base = u64::from(n) * chunk;
+            let from = usize::try_from(offset.max(base) - base).unwrap_or(usize::MAX).min(part.payload.len());
+            let to = usize::try_from(end.min(base + chunk) - base).unwrap_or(usize::MAX).min(part.payload.len());
+            out.extend_from_slice(&part.payload[from..to.max(from)]);
+        }
+        Ok(out)
+    }
+
     // ---- inboxes ----
 
     pub async fn pending(

@@ -52,7 +52,13 @@ fn ready(mut harness: Harness<'static, WalkieApp>) -> Harness<'static, WalkieApp
 }
 
 fn world_app() -> (World, WalkieApp) {
-    world_app_with(RelayConfig::default(), |_, _, _| {})
+    world_app_with(paused_talkers(), |_, _, _| {})
+}
+
+/// The relay's defaults, except that a talker may pause mid-clip (these tests hold bob's clip
+/// open while they look at the screen; the 2 s floor gap is tested in the protocol core).
+fn paused_talkers() -> RelayConfig {
+    RelayConfig { floor_gap: Duration::from_secs(60), ..RelayConfig::default() }
 }
 
 /// Like [`world_app`], with the relay's settings, and `before` run (with alice's and bob's

@@ -218,6 +218,12 @@ fn header(to: Target, codec: CodecParams) -> ClipHeader {
     ClipHeader { id: ClipId::random(), to, started_at_ms: now_ms(), codec }
 }
 
+/// The relay's defaults, except that a talker may pause mid-clip while a test checks what
+/// the other relay's listeners see (the 2 s floor gap itself is tested in the protocol core).
+fn paused_talkers() -> RelayConfig {
+    RelayConfig { floor_gap: Duration::from_secs(60), ..RelayConfig::default() }
+}
+
 fn crew() -> Target {
     Target::Channel("crew".into())
 }
@@ -270,7 +276,7 @@ async fn receive_all(client: &mut Client, want: &HashSet<ClipId>, secs: u64) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_on_another_relay_hears_the_talker_live_and_an_offline_member_gets_it_later() {
     let _g = shared_cluster();
-    let mut d = Deployment::new(2, RelayConfig::default()).await;
+    let mut d = Deployment::new(2, paused_talkers()).await;
     let alice = d.add_user("alice", 0).await;
     let bob = d.add_user("bob", 1).await;
     let carol = d.add_user("carol", 1).await;
@@ -385,7 +391,7 @@ async fn receipts_and_direct_clips_cross_relays() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_talker_on_the_other_relay_finds_the_floor_taken() {
     let _g = shared_cluster();
-    let mut d = Deployment::new(2, RelayConfig::default()).await;
+    let mut d = Deployment::new(2, paused_talkers()).await;
     let alice = d.add_user("alice", 0).await;
     let bob = d.add_user("bob", 1).await;
     d.add_user("carol", 1).await;
@@ -426,6 +432,51 @@ async fn a_second_talker_on_the_other_relay_finds_the_floor_taken() {
     .await;
     alice_c.close().await;
     bob_c.close().await;
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_on_another_relay_can_hijack_a_live_clip_by_its_id() {
+    let _g = shared_cluster();
+    let mut d = Deployment::new(2, paused_talkers()).await;
+    let alice = d.add_user("alice", 0).await;
+    let mallory = d.add_user("mallory", 1).await;
+    d.add_channel("crew", &["alice", "mallory"]).await;
+    let alice_c = Client::connect(&alice).await.expect("alice connects to relay 1");
+    let mut mallory_c = Client::connect(&mallory).await.expect("mallory connects to relay 2");
+    let clip = tone(1000);
+    let h = header(crew(), clip.params);
+    let mut up = alice_c.start_clip(&h).await.expect("alice starts talking");
+    for p in &clip.packets[..10] {
+        up.packet(p.clone()).await.expect("sends");
+    }
+    let seen = wait_for(&mut mallory_c, 20, "alice live on relay 2", |e| match e {
+        Event::LiveStarted(live) => Some(live.id),
+        _ => None,
+    })
+    .await;
+    assert_eq!(seen, h.id);
+    // mallory's own audio under alice's id, from the other relay: to the channel and to alice
+    // directly (no floor involved there); both refused as a fetch of the id is.
+    let short = tone(200);
+    for to in [crew(), Target::User("alice".into())] {
+        let forged = ClipHeader { id: h.id, ..header(to, short.params) };
+        let e = mallory_c.send_clip(&forged, &short.packets, short.samples).await.expect_err("refused");
+        let ClientError::Refused(m) = e else { panic!("expected a refusal, got {e}") };
+        assert_eq!(m.code, ErrorCode::NotFound, "{}", m.message);
+    }
+    for p in &clip.packets[10..] {
+        up.packet(p.clone()).await.expect("sends");
+    }
+    up.finish(clip.samples).await.expect("alice's clip is stored");
+    let got = wait_for(&mut mallory_c, 20, "alice's stored clip", |e| match e {
+        Event::Clip(c) if c.header.id == h.id => Some(c),
+        _ => None,
+    })
+    .await;
+    assert_eq!((got.header.from.as_str(), &got.packets), ("alice", &clip.packets), "alice's audio, whole");
+    alice_c.close().await;
+    mallory_c.close().await;
     d.shutdown().await;
 }
 

@@ -23,6 +23,12 @@ fn header(to: Target, codec: CodecParams) -> ClipHeader {
     ClipHeader { id: ClipId::random(), to, started_at_ms: now_ms(), codec }
 }
 
+/// The relay's defaults, except that a talker may pause mid-clip while a test checks what
+/// others see (the 2 s floor gap itself is tested in the protocol core).
+fn paused_talkers() -> RelayConfig {
+    RelayConfig { floor_gap: Duration::from_secs(60), ..RelayConfig::default() }
+}
+
 fn crew() -> Target {
     Target::Channel("crew".into())
 }
@@ -43,7 +49,7 @@ async fn wait_for<T>(client: &mut Client, secs: u64, mut pick: impl FnMut(Event)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packets_reach_listeners_while_the_talker_still_talks() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let relay = start_relay(&tmp.path().join("relay"), RelayConfig::default()).await;
+    let relay = start_relay(&tmp.path().join("relay"), paused_talkers()).await;
     let alice = relay.add_user("alice");
     let bob = relay.add_user("bob");
     relay.add_channel("crew", &["alice", "bob"]);
@@ -81,8 +87,7 @@ async fn one_talker_per_channel_and_the_floor_frees_when_the_clip_ends_or_the_ta
     let tmp = tempfile::tempdir().expect("tempdir");
     // Talkers here pause between packets while the test checks things: the floor may not
     // follow the audio's 2 s gap.
-    let config = RelayConfig { floor_gap: Duration::from_secs(60), ..RelayConfig::default() };
-    let relay = start_relay(&tmp.path().join("relay"), config).await;
+    let relay = start_relay(&tmp.path().join("relay"), paused_talkers()).await;
     let alice = relay.add_user("alice");
     let bob = relay.add_user("bob");
     let carol = relay.add_user("carol");
@@ -207,7 +212,7 @@ async fn the_sender_learns_who_played_their_clip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_clip_is_dropped_by_listeners_and_nothing_is_stored_or_reported() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let relay = start_relay(&tmp.path().join("relay"), RelayConfig::default()).await;
+    let relay = start_relay(&tmp.path().join("relay"), paused_talkers()).await;
     let alice = relay.add_user("alice");
     let bob = relay.add_user("bob");
     relay.add_channel("crew", &["alice", "bob"]);
@@ -251,7 +256,7 @@ async fn a_cancelled_clip_is_dropped_by_listeners_and_nothing_is_stored_or_repor
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_cannot_hijack_a_live_clip_by_its_id_nor_probe_ids_for_free() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let config = RelayConfig { floor_gap: Duration::from_secs(60), clips_per_minute: 4, ..RelayConfig::default() };
+    let config = RelayConfig { clips_per_minute: 4, ..paused_talkers() };
     let relay = start_relay(&tmp.path().join("relay"), config).await;
     let alice = relay.add_user("alice");
     let bob = relay.add_user("bob");

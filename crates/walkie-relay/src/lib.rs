@@ -169,7 +169,6 @@ pub async fn start_with(
         cluster: cluster.clone(),
         limits: Mutex::new(limits),
         connections: AtomicUsize::new(0),
-        in_flight: Default::default(),
     });
     tokio::spawn(maintenance::run(shared.clone()));
     if let Some(incoming) = cluster.incoming() {

@@ -2,12 +2,10 @@
 //! to the other relays, the per-user rate limits, and the shutdown signal; with the helpers
 //! that reach all of a user's sessions here and on the other relays.
 
-use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
-use walkie_proto::clip::ClipId;
 use walkie_proto::rate::UserLimits;
 use walkie_proto::wire::{ErrorCode, ErrorMsg, ServerMsg};
 use walkie_store::{Store, StoreError};
@@ -28,9 +26,6 @@ pub(crate) struct Shared {
     pub limits: Mutex<UserLimits>,
     /// Authenticated connections now.
     pub connections: AtomicUsize,
-    /// Clip ids being uploaded now: id -> (sender, uploads of it). An id is bound to its
-    /// sender from the first header until the upload ends.
-    pub in_flight: Mutex<HashMap<ClipId, (String, u32)>>,
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (single inserts,

@@ -88,22 +88,9 @@ struct Driver<'a> {
     floor: Option<FloorGuard>,
     /// The metadata of the commit in progress, for the log line once it is stored.
     stored: Option<ClipMeta>,
-    /// The clip id this upload reserved for its sender (freed when the upload ends).
-    reserved: Option<ClipId>,
-}
-
-impl Drop for Driver<'_> {
-    fn drop(&mut self) {
-        if let Some(id) = self.reserved.take() {
-            let mut map = lock(&self.shared.in_flight);
-            if let Some((_, n)) = map.get_mut(&id) {
-                *n -= 1;
-                if *n == 0 {
-                    map.remove(&id);
-                }
-            }
-        }
-    }
+    /// The clip id this upload reserved for its sender, on every relay (freed when the
+    /// upload ends, however it ends).
+    reserved: Option<ClipGuard>,
 }
 
 /// The live copies of the clip: to this relay's sessions and to the other relays.
@@ -226,7 +213,7 @@ impl Driver<'_> {
     async fn check(&mut self, id: ClipId, target: &walkie_proto::clip::Target) -> Result<Checked, Refusal> {
         let recipients = access::recipients(self.shared, &self.session.user, target).await?;
         self.check_quota().await?;
-        let in_flight = self.reserve(id);
+        let in_flight = self.reserve(id).await?;
         let stored = self
             .shared
             .store(move |s| s.committed(&id))
@@ -254,23 +241,20 @@ impl Driver<'_> {
         }
     }
 
-    /// Binds `id` to this sender while the upload runs; who held it already, if anyone.
-    fn reserve(&mut self, id: ClipId) -> Option<String> {
+    /// Binds `id` to this sender on every relay while the upload runs; who else holds it,
+    /// if anyone (`Some(self)` for this sender's own concurrent upload of it).
+    async fn reserve(&mut self, id: ClipId) -> Result<Option<String>, Refusal> {
         let user = &self.session.user;
-        let mut map = lock(&self.shared.in_flight);
-        match map.get_mut(&id) {
-            Some((owner, _)) if owner != user => Some(owner.clone()),
-            Some((owner, n)) => {
-                *n += 1;
-                self.reserved = Some(id);
-                Some(owner.clone())
-            }
-            None => {
-                map.insert(id, (user.clone(), 1));
-                self.reserved = Some(id);
-                None
-            }
+        let held = self
+            .shared
+            .cluster
+            .reserve_clip(id, user, self.shared.config.max_hold())
+            .await
+            .map_err(|e| Refusal::new(ErrorCode::Storage, e.to_string()))?;
+        if held.is_none() {
+            self.reserved = Some(ClipGuard { cluster: self.shared.cluster.clone(), user: user.clone(), clip: id });
         }
+        Ok(held)
     }
 
     /// Over the per-user upload rate: slow the sender down rather than refuse.
@@ -279,6 +263,19 @@ impl Driver<'_> {
         if !pause.is_zero() {
             tokio::time::sleep(pause).await;
         }
+    }
+}
+
+/// Holds the reservation of a clip id for its sender; releases it when dropped.
+struct ClipGuard {
+    cluster: Arc<dyn Cluster>,
+    user: String,
+    clip: ClipId,
+}
+
+impl Drop for ClipGuard {
+    fn drop(&mut self) {
+        self.cluster.release_clip(self.clip, &self.user);
     }
 }
 

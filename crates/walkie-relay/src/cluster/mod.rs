@@ -26,6 +26,7 @@
 #[cfg(feature = "nats")]
 pub mod nats;
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -123,6 +124,12 @@ pub trait Cluster: Send + Sync + 'static {
     fn take_floor(&self, channel: &str, user: &str, clip: ClipId, hold: Duration) -> BoxFuture<'static, Result<(), FloorError>>;
     /// Releases `channel`'s floor if `user`'s `clip` holds it (in the background; never blocks).
     fn release_floor(&self, channel: &str, user: &str, clip: ClipId);
+    /// Binds clip id `clip` to `user` on every relay while it is uploaded (for at most `hold`
+    /// unless released): `Ok(None)` when it is theirs, `Ok(Some(other))` when another user's
+    /// upload holds it.
+    fn reserve_clip(&self, clip: ClipId, user: &str, hold: Duration) -> BoxFuture<'static, Result<Option<String>, FloorError>>;
+    /// Releases `user`'s reservation of `clip` (in the background; never blocks).
+    fn release_clip(&self, clip: ClipId, user: &str);
     /// True when other relays may exist: live clips and wake-ups are then published.
     fn spans_relays(&self) -> bool;
     /// Queues a notice for the other relays without waiting; false if it was dropped (the
@@ -139,6 +146,8 @@ pub trait Cluster: Send + Sync + 'static {
 #[derive(Debug, Default)]
 pub struct LocalCluster {
     floors: Mutex<Floors>,
+    /// Clip ids being uploaded: id -> (sender, uploads of it).
+    reserved: Mutex<HashMap<ClipId, (String, u32)>>,
 }
 
 impl Cluster for LocalCluster {
@@ -151,6 +160,35 @@ impl Cluster for LocalCluster {
 
     fn release_floor(&self, channel: &str, user: &str, clip: ClipId) {
         crate::lock(&self.floors).release(channel, user, clip);
+    }
+
+    fn reserve_clip(&self, clip: ClipId, user: &str, _hold: Duration) -> BoxFuture<'static, Result<Option<String>, FloorError>> {
+        // Held until released: an upload task always releases (its guard drops with it).
+        let mut map = crate::lock(&self.reserved);
+        let held = match map.get_mut(&clip) {
+            Some((owner, _)) if owner != user => Some(owner.clone()),
+            Some((_, n)) => {
+                *n += 1;
+                None
+            }
+            None => {
+                map.insert(clip, (user.to_string(), 1));
+                None
+            }
+        };
+        Box::pin(std::future::ready(Ok(held)))
+    }
+
+    fn release_clip(&self, clip: ClipId, user: &str) {
+        let mut map = crate::lock(&self.reserved);
+        if let Some((owner, n)) = map.get_mut(&clip)
+            && owner == user
+        {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&clip);
+            }
+        }
     }
 
     fn spans_relays(&self) -> bool {

@@ -152,6 +152,27 @@ impl Cluster for NatsCluster {
         });
     }
 
+    fn reserve_clip(&self, clip: ClipId, user: &str, hold: Duration) -> BoxFuture<'static, Result<Option<String>, FloorError>> {
+        let link = self.link.clone();
+        let user = user.to_string();
+        Box::pin(async move {
+            link.reserve_clip(clip, &user, hold)
+                .await
+                .map_err(|e| FloorError::Unavailable { channel: format!("clip {clip}"), reason: e.to_string() })
+        })
+    }
+
+    fn release_clip(&self, clip: ClipId, user: &str) {
+        let link = self.link.clone();
+        let user = user.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = link.release_clip(clip, &user).await {
+                // The reservation then frees itself when it expires.
+                warn!(clip = %clip, "cannot release a clip id: {e}");
+            }
+        });
+    }
+
     fn spans_relays(&self) -> bool {
         true
     }

@@ -1,5 +1,6 @@
 //! The link between the relays that share a NATS store: core NATS pub/sub for the notices they
-//! send each other, and the channels' floor leases in the KV bucket `P_floors`. The relay's
+//! send each other, and the channels' floor leases (and the reservations of clip ids being
+//! uploaded, keys `=clip.ID`) in the KV bucket `P_floors`. The relay's
 //! cluster code (`walkie-relay`, `cluster/nats.rs`) decides what to send and when; this module
 //! owns how it lives in NATS (bucket and subject names, the lease record, compare-and-set), next
 //! to the rest of the store's layout.
@@ -141,43 +142,71 @@ impl NatsLink {
     /// Takes `channel`'s floor for `clip` of `user`, for at most `hold` unless released. A
     /// retry for the same clip succeeds (and renews the lease).
     pub async fn take_floor(&self, channel: &str, user: &str, clip: ClipId, hold: Duration) -> Result<Floor, StoreError> {
-        let key = encode(channel);
-        let hold_ms = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX);
-        for _ in 0..FLOOR_TRIES {
-            let now = now_ms();
-            let lease = Lease { user: user.to_string(), clip, relay: self.origin, expires_at_ms: now.saturating_add(hold_ms), nonce: rand::random() };
-            let value = json(&lease)?;
-            let cas = match self.floors.get(&self.js, &key).await? {
-                None => self.floors.create(&self.js, &key, value).await?,
-                Some((bytes, rev)) => {
-                    if let Some(held) = parse_lease(&bytes)
-                        && (held.clip != clip || held.user != user)
-                        && held.expires_at_ms > now
-                    {
-                        return Ok(Floor::Held(held.user));
-                    }
-                    self.floors.update(&self.js, &key, value, rev).await?
-                }
-            };
-            match cas {
-                Cas::Done(_) => return Ok(Floor::Granted),
-                Cas::Lost => debug!(%channel, "lost a race for the floor; reading it again"),
-            }
-        }
-        Err(StoreError::Backend("the floor kept changing".into()))
+        let held = self.lease(&encode(channel), user, clip, hold, |l| l.clip != clip || l.user != user).await?;
+        Ok(held.map_or(Floor::Granted, Floor::Held))
     }
 
     /// Releases `channel`'s floor if `user`'s `clip` holds it. A lease that cannot be released
     /// frees itself when it expires.
     pub async fn release_floor(&self, channel: &str, user: &str, clip: ClipId) -> Result<(), StoreError> {
-        let key = encode(channel);
-        let Some((bytes, rev)) = self.floors.get(&self.js, &key).await? else { return Ok(()) };
+        self.release(&encode(channel), user, clip).await
+    }
+
+    /// Binds clip id `clip` to `user` cluster-wide while it is uploaded, for at most `hold`
+    /// unless released: `None` when it is theirs, else the user whose unexpired reservation
+    /// holds it (a second upload of the same id by the same user renews it).
+    pub async fn reserve_clip(&self, clip: ClipId, user: &str, hold: Duration) -> Result<Option<String>, StoreError> {
+        self.lease(&clip_key(&clip), user, clip, hold, |l| l.user != user).await
+    }
+
+    /// Releases `user`'s reservation of `clip`.
+    pub async fn release_clip(&self, clip: ClipId, user: &str) -> Result<(), StoreError> {
+        self.release(&clip_key(&clip), user, clip).await
+    }
+
+    /// Writes a lease of `key` for `user`'s `clip` unless an unexpired one that `conflicts`
+    /// holds it; the holder's user name then.
+    async fn lease(&self, key: &str, user: &str, clip: ClipId, hold: Duration, conflicts: impl Fn(&Lease) -> bool) -> Result<Option<String>, StoreError> {
+        let hold_ms = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX);
+        for _ in 0..FLOOR_TRIES {
+            let now = now_ms();
+            let lease = Lease { user: user.to_string(), clip, relay: self.origin, expires_at_ms: now.saturating_add(hold_ms), nonce: rand::random() };
+            let value = json(&lease)?;
+            let cas = match self.floors.get(&self.js, key).await? {
+                None => self.floors.create(&self.js, key, value).await?,
+                Some((bytes, rev)) => {
+                    if let Some(held) = parse_lease(&bytes)
+                        && conflicts(&held)
+                        && held.expires_at_ms > now
+                    {
+                        return Ok(Some(held.user));
+                    }
+                    self.floors.update(&self.js, key, value, rev).await?
+                }
+            };
+            match cas {
+                Cas::Done(_) => return Ok(None),
+                Cas::Lost => debug!(%key, "lost a race for a lease; reading it again"),
+            }
+        }
+        Err(StoreError::Backend("the lease kept changing".into()))
+    }
+
+    /// Empties `key`'s lease if `user`'s `clip` holds it (someone who took it over after it
+    /// expired keeps theirs).
+    async fn release(&self, key: &str, user: &str, clip: ClipId) -> Result<(), StoreError> {
+        let Some((bytes, rev)) = self.floors.get(&self.js, key).await? else { return Ok(()) };
         if parse_lease(&bytes).is_some_and(|l| l.clip == clip && l.user == user) {
-            // Lost: someone took it over (our lease had expired); theirs stays.
-            self.floors.update(&self.js, &key, Bytes::new(), rev).await?;
+            self.floors.update(&self.js, key, Bytes::new(), rev).await?;
         }
         Ok(())
     }
+}
+
+/// The key of a clip id's reservation in the floors bucket: `=` followed by letters cannot be
+/// an encoded channel name (whose escapes are `=` and two hex digits).
+fn clip_key(clip: &ClipId) -> String {
+    format!("=clip.{clip}")
 }
 
 /// A stored lease; `None` for a released floor (empty value) or one that does not parse.

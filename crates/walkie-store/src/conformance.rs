@@ -49,6 +49,7 @@ macro_rules! conformance_tests {
             retention_deletes_old_clips_with_their_audio_and_inbox_entries,
             tokens_are_replaced_and_read_in_batches,
             history_of_a_name_covers_sent_and_direct_clips,
+            stored_bytes_count_a_senders_audio_until_purged_or_expired,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -462,4 +463,23 @@ pub fn history_of_a_name_covers_sent_and_direct_clips(b: &dyn Backend) {
     assert!(store.has_history("bob").unwrap(), "received a direct clip");
     assert!(store.has_history("alice").unwrap(), "sent one");
     assert!(!store.has_history("carol").unwrap());
+}
+
+/// The quota's count: a sender's stored audio, less what was purged or expired.
+pub fn stored_bytes_count_a_senders_audio_until_purged_or_expired(b: &dyn Backend) {
+    let store = b.store();
+    populate(store);
+    assert_eq!(store.stored_bytes_of("alice").unwrap(), Some(0));
+    let a = send(store, "alice", "crew", &["bob"]);
+    let d = send(store, "alice", "@bob", &["bob"]);
+    let mut again = a.clone();
+    again.bytes = 0;
+    store.commit_clip(&again, &names(&["bob"]), &audio(&a)).unwrap();
+    let c = send(store, "bob", "crew", &["alice"]);
+    assert_eq!(store.stored_bytes_of("alice").unwrap(), Some(a.bytes + d.bytes), "a resend counts once");
+    assert_eq!(store.stored_bytes_of("bob").unwrap(), Some(c.bytes));
+    store.purge_user("alice").unwrap();
+    assert_eq!(store.stored_bytes_of("alice").unwrap(), Some(0), "purged audio no longer counts");
+    store.delete_clips_before(i64::MAX).unwrap();
+    assert_eq!(store.stored_bytes_of("bob").unwrap(), Some(0), "expired audio no longer counts");
 }

@@ -424,6 +424,11 @@ impl Store for NatsStore {
         self.run(move |s| async move { s.clip_audio(&id).await })
     }
 
+    fn stored_bytes_of(&self, sender: &str) -> Result<Option<u64>, StoreError> {
+        let sender = sender.to_string();
+        self.run(move |s| async move { s.stored_bytes_of(&sender).await })
+    }
+
     fn clip_audio_part(&self, id: &ClipId, offset: u64, max: usize) -> Result<Vec<u8>, StoreError> {
         let id = *id;
         self.run(move |s| async move { s.clip_audio_part(&id, offset, max).await })

@@ -260,6 +260,11 @@ pub(super) struct UserRec {
     pub created_at_ms: i64,
     /// Random: tells this write from any other when a retried create finds the key taken.
     pub nonce: u64,
+    /// Bytes of audio the user's stored clips take (the relay's per-user quota): added when a
+    /// commit completes, taken off when clips are purged or expire. A relay that dies between
+    /// the two steps leaves it low by one clip, never high.
+    #[serde(default)]
+    pub stored_bytes: u64,
 }
 
 /// A channel and its members, sorted and unique: one key, so a membership change is one

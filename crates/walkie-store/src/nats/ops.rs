@@ -8,6 +8,7 @@ use async_nats::jetstream::stream::Stream;
 use bytes::Bytes;
 use futures::future::try_join_all;
 use sha2::{Digest, Sha256};
+use tracing::warn;
 
 use super::CommitStep;
 use super::js::{Bucket, Cas, Js, Kind, Msg};
@@ -109,6 +110,7 @@ impl Inner {
             token_hash: hex::encode(token_hash),
             created_at_ms: now_ms(),
             nonce: nonce(),
+            stored_bytes: 0,
         };
         match self
             .users
@@ -136,6 +138,32 @@ impl Inner {
             }
         }
         Err(StoreError::Backend(format!("user {name:?} kept changing while its token was replaced")))
+    }
+
+    /// Adds `delta` (negative: takes off) to `user`'s stored bytes, by compare-and-set; an
+    /// unknown user has nothing to count.
+    async fn add_usage(&self, user: &str, delta: i64) -> Result<(), StoreError> {
+        for _ in 0..8 {
+            let Some((bytes, rev)) = self.users.get(&self.js, &encode(user)).await? else { return Ok(()) };
+            let mut rec: UserRec = parse(&format!("user {user:?}"), &bytes)?;
+            rec.stored_bytes = rec.stored_bytes.saturating_add_signed(delta);
+            rec.nonce = nonce();
+            if let Cas::Done(_) = self.users.update(&self.js, &encode(user), json(&rec)?, rev).await? {
+                return Ok(());
+            }
+        }
+        Err(StoreError::Backend(format!("user {user:?} kept changing while their stored bytes were counted")))
+    }
+
+    /// Adds to a user's stored bytes; a failure is logged (the count is a quota's, not the truth).
+    async fn count_usage(&self, user: &str, delta: i64) {
+        if let Err(e) = self.add_usage(user, delta).await {
+            warn!(%user, "cannot count stored bytes: {e}");
+        }
+    }
+
+    pub async fn stored_bytes_of(&self, user: &str) -> Result<Option<u64>, StoreError> {
+        Ok(Some(self.user(user).await?.map_or(0, |u| u.stored_bytes)))
     }
 
     /// Memberships and inbox go first, the user last: an interrupted removal is completed by
@@ -307,6 +335,7 @@ impl Inner {
         stop: Option<CommitStep>,
     ) -> Result<CommitOutcome, StoreError> {
         let key = meta.id.to_string();
+        let size = i64::try_from(ogg.len()).unwrap_or(i64::MAX);
         // 1. Claim the id, or find who has it.
         let (mut rec, mut rev) = loop {
             if let Some(found) = self.id_rec(&key).await? {
@@ -369,7 +398,11 @@ impl Inner {
                 ..rec.clone()
             };
             match self.ids.update(&self.js, &key, json(&next)?, rev).await? {
-                Cas::Done(_) => break,
+                Cas::Done(_) => {
+                    // Only the attempt that completes the commit counts it.
+                    self.count_usage(&meta.from, size).await;
+                    break;
+                }
                 Cas::Lost => {
                     (rec, rev) = self
                         .id_rec(&key)
@@ -773,7 +806,9 @@ impl Inner {
             for msg in msgs {
                 let rec: ClipRec = parse(&format!("clip message {}", msg.seq), &msg.payload)?;
                 if rec.meta.from == user {
+                    let size = i64::try_from(rec.meta.bytes).unwrap_or(i64::MAX);
                     self.purge_clip(msg.seq, &msg.subject, rec).await?;
+                    self.count_usage(user, -size).await;
                     count += 1;
                 }
             }
@@ -871,6 +906,7 @@ impl Inner {
                     break 'scan;
                 }
                 self.delete_clip(msg.seq, &rec.meta.id).await?;
+                self.count_usage(&rec.meta.from, -i64::try_from(rec.meta.bytes).unwrap_or(i64::MAX)).await;
                 count += 1;
             }
             from = until;

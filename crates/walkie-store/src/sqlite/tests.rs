@@ -329,17 +329,3 @@ fn a_group_commit_keeps_each_clip_once_and_tells_duplicates_from_conflicts() {
     }
     assert_eq!(store.pending("bob", 0, 1000).unwrap().len(), 200);
 }
-
-#[test]
-fn stored_bytes_count_a_senders_audio_and_not_what_was_purged() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = SqliteStore::open(dir.path()).expect("opens");
-    crate::conformance::populate(&store);
-    assert_eq!(store.stored_bytes_of("alice").expect("counted"), Some(0));
-    let a = crate::conformance::send(&store, "alice", "crew", &["bob"]);
-    let b = crate::conformance::send(&store, "alice", "@bob", &["bob"]);
-    crate::conformance::send(&store, "bob", "crew", &["alice"]);
-    assert_eq!(store.stored_bytes_of("alice").expect("counted"), Some(a.bytes + b.bytes));
-    store.purge_user("alice").expect("purged");
-    assert_eq!(store.stored_bytes_of("alice").expect("counted"), Some(0));
-}

@@ -17,7 +17,7 @@
 //! | 4 | `access.rs` | who may read or send where, and who receives a clip |
 //! | 5 | `registry.rs` | who is online: sessions, presence, wake-ups |
 //! | 5 | `cluster/` | the link to the other relays: floors, notices (`cluster/nats.rs` over NATS) |
-//! | 6 | `shared.rs`, `config.rs`, `auth.rs` | shared state, settings, tokens |
+//! | 6 | `shared.rs`, `config.rs`, `auth.rs`, `quota.rs` | shared state, settings, tokens, what each sender stores |
 //! | | `maintenance.rs` | revoking removed users' sessions, retention |
 //! | | `demo.rs` | an in-process relay with two users and a channel (`walkie demo`, `walkie app --demo`) |
 //! | | `cli.rs` | the `walkie-relay` command line |
@@ -37,6 +37,7 @@ pub mod demo;
 mod live;
 mod logwriter;
 mod maintenance;
+mod quota;
 mod registry;
 mod requests;
 mod server;
@@ -169,6 +170,7 @@ pub async fn start_with(
         cluster: cluster.clone(),
         limits: Mutex::new(limits),
         connections: AtomicUsize::new(0),
+        usage: Default::default(),
     });
     tokio::spawn(maintenance::run(shared.clone()));
     if let Some(incoming) = cluster.incoming() {

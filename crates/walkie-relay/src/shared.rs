@@ -26,6 +26,8 @@ pub(crate) struct Shared {
     pub limits: Mutex<UserLimits>,
     /// Authenticated connections now.
     pub connections: AtomicUsize,
+    /// What each sender stores, for the quota.
+    pub usage: crate::quota::Usage,
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (single inserts,

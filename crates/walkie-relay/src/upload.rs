@@ -166,6 +166,9 @@ impl Driver<'_> {
             }
             Action::Stored { id, seq, duplicate } => {
                 if let Some(meta) = self.stored.take() {
+                    if !duplicate {
+                        self.shared.usage.add(&meta.from, meta.bytes);
+                    }
                     info!(clip = %id, from = %meta.from, to = %meta.to, ms = meta.duration_ms, seq, "clip stored");
                 }
                 let _ = self.tx.send(ServerMsg::ClipStored { id, seq, duplicate }).await;
@@ -212,33 +215,30 @@ impl Driver<'_> {
     /// being uploaded by someone; reserves `id` for this sender unless another holds it.
     async fn check(&mut self, id: ClipId, target: &walkie_proto::clip::Target) -> Result<Checked, Refusal> {
         let recipients = access::recipients(self.shared, &self.session.user, target).await?;
-        self.check_quota().await?;
         let in_flight = self.reserve(id).await?;
-        let stored = self
-            .shared
-            .store(move |s| s.committed(&id))
-            .await
-            .map_err(|e| Refusal::new(ErrorCode::Storage, e.to_string()))?
-            .map(|meta| (meta.from, meta.seq));
-        Ok(Checked { recipients, stored, in_flight })
-    }
-
-    /// Refuses the clip when the sender already stores their quota of audio.
-    async fn check_quota(&self) -> Result<(), Refusal> {
-        let Some(quota) = self.shared.config.quota_bytes_per_user else { return Ok(()) };
+        // One trip to the store: is the id stored, and (when the count is not fresh) what the
+        // sender stores.
+        let quota = self.shared.config.quota_bytes_per_user;
+        let now = Instant::now();
+        let cached = quota.and_then(|_| self.shared.usage.fresh(&self.session.user, now));
+        let read_usage = quota.is_some() && cached.is_none();
         let user = self.session.user.clone();
-        let stored = self.shared.store(move |s| s.stored_bytes_of(&user)).await.map_err(|e| Refusal::new(ErrorCode::Storage, e.to_string()))?;
-        match stored {
-            Some(bytes) if bytes >= quota => Err(Refusal::new(
-                ErrorCode::QuotaExceeded,
-                format!(
-                    "you store {} MiB of clips on this relay, its limit per user ({} MiB); nothing more is accepted until older clips are deleted",
-                    bytes / (1024 * 1024),
-                    quota / (1024 * 1024)
-                ),
-            )),
-            _ => Ok(()),
+        let (stored, read) = self
+            .shared
+            .store(move |s| {
+                let stored = s.committed(&id)?;
+                let used = if read_usage { s.stored_bytes_of(&user)? } else { None };
+                Ok((stored, used))
+            })
+            .await
+            .map_err(|e| Refusal::new(ErrorCode::Storage, e.to_string()))?;
+        if let Some(bytes) = read {
+            self.shared.usage.set(&self.session.user, bytes, now);
         }
+        if let Some(quota) = quota {
+            check_quota(cached.or(read), quota)?;
+        }
+        Ok(Checked { recipients, stored: stored.map(|meta| (meta.from, meta.seq)), in_flight })
     }
 
     /// Binds `id` to this sender on every relay while the upload runs; who else holds it,
@@ -263,6 +263,22 @@ impl Driver<'_> {
         if !pause.is_zero() {
             tokio::time::sleep(pause).await;
         }
+    }
+}
+
+/// Refuses a clip from a sender who already stores `quota` bytes (`used`: their count, when
+/// the store keeps one).
+fn check_quota(used: Option<u64>, quota: u64) -> Result<(), Refusal> {
+    match used {
+        Some(bytes) if bytes >= quota => Err(Refusal::new(
+            ErrorCode::QuotaExceeded,
+            format!(
+                "you store {} MiB of clips on this relay, its limit per user ({} MiB); nothing more is accepted until older clips are deleted",
+                bytes / (1024 * 1024),
+                quota / (1024 * 1024)
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 

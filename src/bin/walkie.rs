@@ -380,18 +380,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let id = header.id;
             let mut report = ops::FlushReport::default();
             if let Some(client) = client {
+                // An interruption here is retried below.
                 if let Ok(r) = ops::flush(&client, &outbox).await {
-                    report.stored.extend(r.stored);
-                    report.rejected.extend(r.rejected);
+                    report.absorb(r);
                 }
                 client.close().await;
             }
-            let settled = |r: &ops::FlushReport| r.stored.iter().any(|(s, _)| *s == id) || r.rejected.iter().any(|(r, _)| *r == id);
-            if !settled(&report) {
+            if !report.settled(id) {
                 match ops::flush_with_retry(&cfg, &outbox, Some(id), Duration::from_secs(retry_for)).await {
                     Ok(more) => {
-                        report.stored.extend(more.stored);
-                        report.rejected.extend(more.rejected);
+                        // flush_with_retry reports no interruption with Ok.
+                        report.absorb(more);
                     }
                     // Refused for good before the clip was offered (the user or token is
                     // wrong, the relay is not the pinned one): retrying would not help, and a

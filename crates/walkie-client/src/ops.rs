@@ -26,6 +26,20 @@ pub struct FlushReport {
     pub interrupted: Option<ClientError>,
 }
 
+impl FlushReport {
+    /// Adds what `other` stored and refused to this report; returns what interrupted `other`.
+    pub fn absorb(&mut self, other: FlushReport) -> Option<ClientError> {
+        self.stored.extend(other.stored);
+        self.rejected.extend(other.rejected);
+        other.interrupted
+    }
+
+    /// True once `id` was stored or refused for good.
+    pub fn settled(&self, id: ClipId) -> bool {
+        self.stored.iter().any(|(s, _)| *s == id) || self.rejected.iter().any(|(r, _)| *r == id)
+    }
+}
+
 /// The longest WAV file queued when the relay's own limit is not known (ten minutes: more
 /// than any relay is set to accept, and what a recipient accepts in one clip).
 pub const MAX_WAV_MS: u32 = 600_000;
@@ -103,19 +117,14 @@ pub async fn flush_with_retry(
         }
         .await;
         let err = match attempt {
-            Ok(report) => {
-                total.stored.extend(report.stored);
-                total.rejected.extend(report.rejected);
-                match report.interrupted {
-                    None => return Ok(total),
-                    Some(e) => e,
-                }
-            }
+            Ok(report) => match total.absorb(report) {
+                None => return Ok(total),
+                Some(e) => e,
+            },
             Err(e) if !e.is_transient() => return Err(e),
             Err(e) => e,
         };
-        let settled = |id: ClipId| total.stored.iter().any(|(s, _)| *s == id) || total.rejected.iter().any(|(r, _)| *r == id);
-        if want.is_some_and(settled) {
+        if want.is_some_and(|id| total.settled(id)) {
             return Ok(total);
         }
         let now = Instant::now();

@@ -288,6 +288,27 @@ impl SqliteStore {
             query_clips(&mut stmt, params![p1, p2, before, sql_int(limit)])
         })
     }
+
+    /// Where a clip's audio file is (checked to stay inside the clips dir).
+    fn audio_path(&self, id: &ClipId) -> Result<std::path::PathBuf, StoreError> {
+        let file: String = self
+            .read(|conn| {
+                first(conn, "SELECT file FROM clips WHERE id = ?1", [id.0], |r| {
+                    get(r, 0)
+                })
+            })?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "clip",
+                name: id.to_string(),
+            })?;
+        if file.is_empty() {
+            return Err(StoreError::NotFound { kind: "clip audio (purged)", name: id.to_string() });
+        }
+        if !Path::new(&file).components().all(|c| matches!(c, Component::Normal(_))) {
+            return Err(StoreError::Corrupt(format!("clip {id} has file name {file:?}")));
+        }
+        Ok(self.clips_dir.join(file))
+    }
 }
 
 /// The first row of a query, mapped; `None` if there is none.
@@ -427,7 +448,7 @@ impl Store for SqliteStore {
     fn stored_bytes_of(&self, sender: &str) -> Result<Option<u64>, StoreError> {
         self.read(|conn| {
             // Purged clips (file = '') keep their row but no audio.
-            let total: i64 = conn.query_row("SELECT TOTAL(bytes) FROM clips WHERE sender = ?1 AND file != ''", [sender], |r| r.get::<_, f64>(0).map(|t| t as i64))?;
+            let total: i64 = conn.query_row("SELECT COALESCE(SUM(bytes), 0) FROM clips WHERE sender = ?1 AND file != ''", [sender], |r| r.get(0))?;
             Ok(Some(u64::try_from(total).unwrap_or(0)))
         })
     }
@@ -673,26 +694,3 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests;
-
-impl SqliteStore {
-    /// Where a clip's audio file is (checked to stay inside the clips dir).
-    fn audio_path(&self, id: &ClipId) -> Result<std::path::PathBuf, StoreError> {
-        let file: String = self
-            .read(|conn| {
-                first(conn, "SELECT file FROM clips WHERE id = ?1", [id.0], |r| {
-                    get(r, 0)
-                })
-            })?
-            .ok_or_else(|| StoreError::NotFound {
-                kind: "clip",
-                name: id.to_string(),
-            })?;
-        if file.is_empty() {
-            return Err(StoreError::NotFound { kind: "clip audio (purged)", name: id.to_string() });
-        }
-        if !Path::new(&file).components().all(|c| matches!(c, Component::Normal(_))) {
-            return Err(StoreError::Corrupt(format!("clip {id} has file name {file:?}")));
-        }
-        Ok(self.clips_dir.join(file))
-    }
-}

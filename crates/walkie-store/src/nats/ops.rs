@@ -125,34 +125,32 @@ impl Inner {
         }
     }
 
-    /// Replaces the token hash with compare-and-set on the user's record; false if unknown.
-    pub async fn set_token(&self, name: &str, token_hash: &TokenHash) -> Result<bool, StoreError> {
+    /// Changes `name`'s record with `change`, by compare-and-set (read again after a lost
+    /// race); false if the user is unknown. `what` names the change in the error of a record
+    /// that kept changing.
+    async fn update_user(&self, name: &str, what: &str, change: impl Fn(&mut UserRec)) -> Result<bool, StoreError> {
         for _ in 0..8 {
             let Some((bytes, rev)) = self.users.get(&self.js, &encode(name)).await? else { return Ok(false) };
             let mut rec: UserRec = parse(&format!("user {name:?}"), &bytes)?;
-            rec.token_hash = hex::encode(token_hash);
+            change(&mut rec);
             rec.nonce = nonce();
-            match self.users.update(&self.js, &encode(name), json(&rec)?, rev).await? {
-                Cas::Done(_) => return Ok(true),
-                Cas::Lost => continue,
+            if let Cas::Done(_) = self.users.update(&self.js, &encode(name), json(&rec)?, rev).await? {
+                return Ok(true);
             }
         }
-        Err(StoreError::Backend(format!("user {name:?} kept changing while its token was replaced")))
+        Err(StoreError::Backend(format!("user {name:?} kept changing while {what}")))
     }
 
-    /// Adds `delta` (negative: takes off) to `user`'s stored bytes, by compare-and-set; an
-    /// unknown user has nothing to count.
+    /// Replaces the token hash; false if the user is unknown.
+    pub async fn set_token(&self, name: &str, token_hash: &TokenHash) -> Result<bool, StoreError> {
+        let hash = hex::encode(token_hash);
+        self.update_user(name, "its token was replaced", |rec| rec.token_hash = hash.clone()).await
+    }
+
+    /// Adds `delta` (negative: takes off) to `user`'s stored bytes; an unknown user has
+    /// nothing to count.
     async fn add_usage(&self, user: &str, delta: i64) -> Result<(), StoreError> {
-        for _ in 0..8 {
-            let Some((bytes, rev)) = self.users.get(&self.js, &encode(user)).await? else { return Ok(()) };
-            let mut rec: UserRec = parse(&format!("user {user:?}"), &bytes)?;
-            rec.stored_bytes = rec.stored_bytes.saturating_add_signed(delta);
-            rec.nonce = nonce();
-            if let Cas::Done(_) = self.users.update(&self.js, &encode(user), json(&rec)?, rev).await? {
-                return Ok(());
-            }
-        }
-        Err(StoreError::Backend(format!("user {user:?} kept changing while their stored bytes were counted")))
+        self.update_user(user, "their stored bytes were counted", |rec| rec.stored_bytes = rec.stored_bytes.saturating_add_signed(delta)).await.map(|_| ())
     }
 
     /// Adds to a user's stored bytes; a failure is logged (the count is a quota's, not the truth).

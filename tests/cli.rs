@@ -258,21 +258,30 @@ fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777
 }
 
-/// Every file under `dir`.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
+/// Every file and directory under `dir` (none when `dir` does not exist).
+fn entries_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
+    let mut stack = if dir.exists() { vec![dir.to_path_buf()] } else { Vec::new() };
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d).expect("readable dir") {
             let path = entry.expect("entry").path();
             if path.is_dir() {
-                stack.push(path);
-            } else {
-                out.push(path);
+                stack.push(path.clone());
             }
+            out.push(path);
         }
     }
     out
+}
+
+/// Every file under `dir`.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    entries_under(dir).into_iter().filter(|p| !p.is_dir()).collect()
+}
+
+/// True if `path` sits directly in a directory named `name`.
+fn parent_is(path: &Path, name: &str) -> bool {
+    path.parent().and_then(Path::file_name).is_some_and(|n| n == name)
 }
 
 #[cfg(unix)]
@@ -371,22 +380,11 @@ fn a_new_token_ends_the_old_tokens_sessions_within_two_seconds() {
 
 /// The outbox directories under a `walkie` home, by user name.
 fn outboxes(home: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut stack = vec![home.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                if d.file_name().is_some_and(|n| n == "outbox") {
-                    found.push(path.file_name().expect("name").to_string_lossy().into_owned());
-                } else {
-                    stack.push(path);
-                }
-            }
-        }
-    }
-    found
+    entries_under(home)
+        .into_iter()
+        .filter(|p| p.is_dir() && parent_is(p, "outbox"))
+        .map(|p| p.file_name().expect("name").to_string_lossy().into_owned())
+        .collect()
 }
 
 #[test]
@@ -421,27 +419,11 @@ fn permanent_send_failures_fail_at_once_and_are_never_delivered_later() {
     let (out, took) = send("alice", &alice, "ops", &wav);
     assert_eq!(out.status.code(), Some(1));
     assert!(took < fast, "{took:?}");
-    let failed_dir = {
-        let mut found = None;
-        let mut stack = vec![home.clone()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).expect("dir").flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    if p.file_name().is_some_and(|n| n == "failed") {
-                        found = Some(p.clone());
-                    }
-                    stack.push(p);
-                }
-            }
-        }
-        found.expect("a failed/ folder")
-    };
-    let reasons: Vec<String> = std::fs::read_dir(&failed_dir)
-        .expect("failed")
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "txt"))
-        .map(|e| std::fs::read_to_string(e.path()).expect("reason"))
+    // The reasons beside the clips in the outbox's failed/ folder.
+    let reasons: Vec<String> = files_under(&home)
+        .into_iter()
+        .filter(|p| parent_is(p, "failed") && p.extension().is_some_and(|x| x == "txt"))
+        .map(|p| std::fs::read_to_string(p).expect("reason"))
         .collect();
     assert_eq!(reasons.len(), 1);
     assert!(reasons[0].contains("not a member"), "{reasons:?}");

@@ -203,9 +203,7 @@ pub fn load_wav_48k_mono_within(path: &Path, max_ms: u64) -> Result<Vec<f32>, Au
     if ms > max_ms {
         return Err(AudioError::TooLong { name: path.display().to_string(), ms, max_ms });
     }
-    let pcm = wav::read_wav(path)?;
-    let mono = mix_to_mono(&pcm);
-    resample::to_48k(&mono, pcm.sample_rate)
+    load_wav_48k_mono(path)
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use walkie_proto::logsafe::escape;
 use walkie_proto::wire::{ClientMsg, ErrorCode, ErrorMsg, MAX_CONTROL_FRAME, MAX_HELLO_FIELD, MAX_HELLO_FRAME, ServerMsg};
 
 use crate::registry::{ControlTx, Session, close};
-use crate::server::PreAuth;
+use crate::server::{InHandshake, PreAuth};
 use crate::shared::Shared;
 use crate::{auth, deliver, requests, upload};
 
@@ -39,15 +39,14 @@ pub(crate) async fn handle(
     shared: Arc<Shared>,
     incoming: quinn::Incoming,
     handshake_slot: OwnedSemaphorePermit,
-    in_handshake: Arc<AtomicUsize>,
+    in_handshake: InHandshake,
     pre_auth: PreAuth,
 ) {
     let remote = incoming.remote_address();
     // A handshake slot is precious in a storm: a peer that stalls (or gave up) loses it
     // after HANDSHAKE_TIMEOUT instead of holding it for the whole idle timeout.
     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await;
-    drop(handshake_slot);
-    in_handshake.fetch_sub(1, Ordering::Relaxed);
+    drop((handshake_slot, in_handshake));
     let conn = match handshake {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {

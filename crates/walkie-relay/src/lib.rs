@@ -154,9 +154,6 @@ pub async fn start_with(
         Ok(n) => tracing::warn!(dir = %data_dir.display(), "{n} files or directories of the data dir were readable by others; made private (0600 files, 0700 dirs)"),
         Err(e) => tracing::warn!(dir = %data_dir.display(), "cannot make the data dir private: {e}"),
     }
-    if config.quota_bytes_per_user.is_some() && matches!(store.stored_bytes_of(""), Ok(None)) {
-        tracing::warn!("this store does not count what each user stores: the per-user quota is not enforced");
-    }
     let identity = RelayIdentity::load_or_create(data_dir)?;
     let endpoint = walkie_net::server_endpoint(config.listen, &identity, config.idle_timeout)?;
     let addr = endpoint.local_addr().map_err(|source| NetError::Bind { addr: config.listen, source })?;

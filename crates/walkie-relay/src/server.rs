@@ -53,6 +53,23 @@ impl Unauthenticated {
     }
 }
 
+/// One attempt counted as in a handshake (waiting for a slot, or shaking hands): the load that
+/// decides when unvalidated addresses get a Retry. Uncounted when dropped.
+pub(crate) struct InHandshake(Arc<AtomicUsize>);
+
+impl InHandshake {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        InHandshake(count.clone())
+    }
+}
+
+impl Drop for InHandshake {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// One attempt not yet authenticated; dropped when it authenticated or gave up.
 pub(crate) struct PreAuth {
     counts: Arc<Unauthenticated>,
@@ -100,14 +117,13 @@ pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) 
                     incoming.refuse();
                     continue;
                 };
-                in_handshake.fetch_add(1, Ordering::Relaxed);
-                let (shared, handshakes, in_handshake) = (shared.clone(), handshakes.clone(), in_handshake.clone());
+                let counted = InHandshake::new(&in_handshake);
+                let (shared, handshakes) = (shared.clone(), handshakes.clone());
                 tasks.spawn(async move {
                     let permit = tokio::time::timeout(HANDSHAKE_QUEUE_WAIT, handshakes.acquire_owned()).await;
                     match permit {
-                        Ok(Ok(permit)) => conn::handle(shared, incoming, permit, in_handshake, pre_auth).await,
+                        Ok(Ok(permit)) => conn::handle(shared, incoming, permit, counted, pre_auth).await,
                         _ => {
-                            in_handshake.fetch_sub(1, Ordering::Relaxed);
                             tracing::debug!(%remote, "refused: no handshake slot within {HANDSHAKE_QUEUE_WAIT:?}");
                             incoming.refuse();
                         }

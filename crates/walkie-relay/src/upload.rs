@@ -241,8 +241,8 @@ impl Driver<'_> {
         Ok(Checked { recipients, stored: stored.map(|meta| (meta.from, meta.seq)), in_flight })
     }
 
-    /// Binds `id` to this sender on every relay while the upload runs; who else holds it,
-    /// if anyone (`Some(self)` for this sender's own concurrent upload of it).
+    /// Binds `id` to this sender on every relay while the upload runs; the other user who
+    /// holds it, if any (this sender's own second upload of an id shares the reservation).
     async fn reserve(&mut self, id: ClipId) -> Result<Option<String>, Refusal> {
         let user = &self.session.user;
         let held = self

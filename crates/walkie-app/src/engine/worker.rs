@@ -343,8 +343,8 @@ impl Worker {
         // every other conversation only with the setting.
         if self.snap.settings.autoplay_everywhere {
             for id in self.link.unplayed() {
-                if book::find(&self.snap.conversations, id).is_some() && !self.playout.has(id) && !self.fetches.waits_to_autoplay(id) {
-                    self.fetches.autoplay_when_fetched(id);
+                if book::find(&self.snap.conversations, id).is_some() {
+                    self.autoplay_when_fetched(id);
                 }
             }
         }
@@ -453,14 +453,21 @@ impl Worker {
         self.snap.selected = Some(target.clone());
         // What waited unplayed in the conversation now on screen plays, oldest first.
         if let Some(conv) = self.snap.conversation(&target) {
-            let waiting: Vec<ClipId> = conv.clips.iter().filter(|c| !c.played && !c.mine).map(|c| c.id).collect();
+            let waiting: Vec<ClipId> =
+                conv.clips.iter().filter(|c| !c.played && !c.mine && self.link.is_unplayed(&c.id)).map(|c| c.id).collect();
             for id in waiting {
-                if !self.playout.has(id) && !self.fetches.waits_to_autoplay(id) && self.link.is_unplayed(&id) {
-                    self.fetches.autoplay_when_fetched(id);
-                }
+                self.autoplay_when_fetched(id);
             }
         }
         self.fetches.page(target);
+    }
+
+    /// Queues `id` to play by itself once its audio is here, unless it is in the player or
+    /// queued already.
+    fn autoplay_when_fetched(&mut self, id: ClipId) {
+        if !self.playout.has(id) && !self.fetches.waits_to_autoplay(id) {
+            self.fetches.autoplay_when_fetched(id);
+        }
     }
 
     /// True if new clips of `target` play by themselves: the conversation on screen, or every

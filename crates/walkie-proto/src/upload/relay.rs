@@ -375,8 +375,8 @@ impl RelayUpload {
             Ok(c) => c,
             Err(refusal) => return self.refused(header.id, refusal),
         };
-        let foreign = |from: &Option<String>| from.as_ref().is_some_and(|f| *f != self.sender);
-        if foreign(&checked.stored.as_ref().map(|(from, _)| from.clone())) || foreign(&checked.in_flight) {
+        let foreign = |from: Option<&String>| from.is_some_and(|f| *f != self.sender);
+        if foreign(checked.stored.as_ref().map(|(from, _)| from)) || foreign(checked.in_flight.as_ref()) {
             // Another sender's id (stored, or live now): never accepted, and answered as a
             // fetch of it would be, after costing a clip of the rate limit, so ids cannot be
             // probed or hijacked.

@@ -7,6 +7,7 @@
 //!   no state, and only a peer that really receives at its address comes back.
 //! - A bounded number of TLS handshakes run at once (they are CPU-bound); a slot is taken
 //!   only by a validated or unloaded attempt and held for the handshake alone (at most 3 s).
+//!
 //! The shutdown closes every session and lets in-flight uploads commit.
 
 use std::collections::HashMap;

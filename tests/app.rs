@@ -18,7 +18,7 @@ use egui_kittest::Harness;
 use egui_kittest::kittest::{NodeT, Queryable};
 use walkie_app::WalkieApp;
 use walkie_app::engine::settings::AppFile;
-use walkie_app::engine::{Engine, EngineOptions, NoticeKind, Snapshot, Talk};
+use walkie_app::engine::{Command, Engine, EngineOptions, NoticeKind, Snapshot, Talk};
 use walkie_client::profile::Profile;
 use walkie_client::{Client, ClientConfig, Event};
 use walkie_proto::clip::{ClipHeader, ClipId, Target, now_ms};
@@ -270,13 +270,21 @@ fn bob_sends_to(world: &World, bob: &Client, ms: usize, to: Target) -> ClipId {
 fn a_clip_from_another_client_shows_unplayed_then_plays_and_sends_a_receipt() {
     let (world, mut harness) = world();
     let mut bob = world.rt.block_on(Client::connect(&world.bob)).expect("bob connects");
+    // alice looks at another conversation while bob talks in crew: his clip waits, unplayed
+    // (played live, it could end before the test looks at it).
+    let bob_dm = Target::User("bob".into());
+    harness.state().engine().send(Command::Select(bob_dm.clone()));
+    until(&mut harness, 5, "@bob on screen", |s| s.selected.as_ref() == Some(&bob_dm));
     let id = bob_sends(&world, &bob, 2_000);
     let snap = until(&mut harness, 10, "bob's clip shown", |s| clips_in_crew(s) == 1);
     let clip = &snap.conversation(&crew()).expect("crew").clips[0];
     assert_eq!((clip.id, clip.from.as_str(), clip.played), (id, "bob", false));
+    assert!(harness.query_by_label_contains("1 unread").is_some(), "the list counts it unread");
+    // Opening crew plays it (2 s in real time): meanwhile it shows unplayed or playing.
+    harness.get_by_label_contains("# crew  1 unread").click();
+    until(&mut harness, 5, "crew on screen", |s| s.selected == Some(crew()));
     let label = bubbles(&harness, "bob").pop().expect("bob's bubble");
     assert!(label.contains("unplayed") || label.contains("playing"), "{label}");
-    assert!(harness.query_by_label_contains("1 unread").is_some(), "the list counts it unread");
     // Auto-play: the null sink plays in real time; then it is marked played.
     until(&mut harness, 15, "bob's clip played", |s| s.conversation(&crew()).is_some_and(|c| c.clips[0].played && c.unread == 0));
     let label = bubbles(&harness, "bob").pop().expect("bob's bubble");

@@ -99,7 +99,7 @@ impl Drop for Fixture {
             // The streams of one store (see the layout in src/store/nats.rs).
             let streams = ["clips", "audio", "inbox"].map(|s| format!("{prefix}_{s}"));
             let buckets =
-                ["users", "channels", "clipids", "purged"].map(|b| format!("KV_{prefix}_{b}"));
+                ["users", "channels", "clipids", "purged", "records"].map(|b| format!("KV_{prefix}_{b}"));
             for name in streams.iter().chain(&buckets) {
                 if let Err(e) = js.delete_stream(name).await {
                     eprintln!("cleanup: deleting stream {name}: {e}");

@@ -50,6 +50,9 @@ macro_rules! conformance_tests {
             tokens_are_replaced_and_read_in_batches,
             history_of_a_name_covers_sent_and_direct_clips,
             stored_bytes_count_a_senders_audio_until_purged_or_expired,
+            deleting_a_channel_deletes_its_clips_and_frees_the_name,
+            records_are_written_with_compare_and_set,
+            records_are_listed_by_whole_token_prefix,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -482,4 +485,67 @@ pub fn stored_bytes_count_a_senders_audio_until_purged_or_expired(b: &dyn Backen
     assert_eq!(store.stored_bytes_of("alice").unwrap(), Some(0), "purged audio no longer counts");
     store.delete_clips_before(i64::MAX).unwrap();
     assert_eq!(store.stored_bytes_of("bob").unwrap(), Some(0), "expired audio no longer counts");
+}
+
+/// Deleting a channel takes its clips (audio, inbox entries, purged ones too) and members
+/// with it, leaves every other conversation alone, and a new channel of that name starts empty.
+pub fn deleting_a_channel_deletes_its_clips_and_frees_the_name(b: &dyn Backend) {
+    let store = b.store();
+    populate(store);
+    store.add_channel("other", &names(&["alice", "bob"])).unwrap();
+    let gone = send(store, "alice", "crew", &["bob"]);
+    let purged = send(store, "carol", "crew", &["bob"]);
+    store.purge_user("carol").unwrap();
+    let kept = send(store, "alice", "other", &["bob"]);
+    let direct = send(store, "alice", "@bob", &["bob"]);
+    assert_eq!(store.delete_channel("crew").unwrap(), Some(2));
+    assert_eq!(store.delete_channel("crew").unwrap(), None, "gone");
+    assert_eq!(store.members("crew").unwrap(), None);
+    assert_eq!(store.clip(&gone.id).unwrap(), None);
+    assert_eq!(store.clip(&purged.id).unwrap(), None);
+    assert!(matches!(store.clip_audio(&gone.id), Err(StoreError::NotFound { .. })));
+    assert_eq!(ids(&store.pending("bob", 0, 10).unwrap()), vec![kept.id, direct.id]);
+    assert_eq!(ids(&readable_all(store, "bob")), vec![kept.id, direct.id]);
+    assert_eq!(store.stored_bytes_of("alice").unwrap(), Some(kept.bytes + direct.bytes));
+    store.add_channel("crew", &names(&["carol"])).unwrap();
+    assert_eq!(store.history("carol", &Target::Channel("crew".into()), 10, None).unwrap(), vec![]);
+    assert_eq!(ids(&store.history("bob", &Target::Channel("other".into()), 10, None).unwrap()), vec![kept.id]);
+}
+
+/// A record is created once, replaced only from the revision read, and deleted; a second
+/// handle sees every write at once.
+pub fn records_are_written_with_compare_and_set(b: &dyn Backend) {
+    let store = b.store();
+    let other = b.another();
+    let key = ["user", "zoë"];
+    assert_eq!(store.record(&key).unwrap(), None);
+    let r1 = store.put_record(&key, b"one", 0).unwrap().expect("created");
+    assert_eq!(store.put_record(&key, b"again", 0).unwrap(), None, "exists: a create loses");
+    let got = other.record(&key).unwrap().expect("visible to the other handle");
+    assert_eq!((got.value.as_slice(), got.rev), (b"one".as_slice(), r1));
+    let r2 = other.put_record(&key, b"two", r1).unwrap().expect("replaced from the revision read");
+    assert_ne!(r1, r2);
+    assert_eq!(store.put_record(&key, b"stale", r1).unwrap(), None, "a stale revision loses");
+    assert_eq!(store.record(&key).unwrap().expect("there").value, b"two");
+    assert_eq!(store.put_record(&key, b"", r2).unwrap().map(|_| ()), Some(()), "empty values are values");
+    assert_eq!(store.record(&key).unwrap().expect("there").value, b"");
+    store.delete_record(&key).unwrap();
+    store.delete_record(&key).unwrap();
+    assert_eq!(other.record(&key).unwrap(), None);
+    assert!(store.put_record(&key, b"three", 0).unwrap().is_some(), "created again after a delete");
+    let big = vec![7u8; crate::records::MAX_RECORD + 1];
+    assert!(store.put_record(&["big"], &big, 0).is_err(), "too large");
+}
+
+/// Keys list under a prefix of whole tokens, sorted, with odd bytes intact.
+pub fn records_are_listed_by_whole_token_prefix(b: &dyn Backend) {
+    let store = b.store();
+    for key in [["user", "b.c"], ["user", "a"], ["users", "x"], ["user", "张伟"], ["invite", "ff"]] {
+        store.put_record(&key, b"v", 0).unwrap().expect("created");
+    }
+    store.put_record(&["user"], b"v", 0).unwrap().expect("a key that is itself the prefix");
+    let listed = store.record_keys(&["user"]).unwrap();
+    let want: Vec<Vec<String>> = vec![names(&["user", "a"]), names(&["user", "b.c"]), names(&["user", "张伟"])];
+    assert_eq!(listed, want);
+    assert_eq!(store.record_keys(&["nothing"]).unwrap(), Vec::<Vec<String>>::new());
 }

@@ -117,6 +117,24 @@ impl Store for FaultyStore {
         self.check()?;
         self.inner.delete_clips_before(before_ms)
     }
+    fn delete_channel(&self, name: &str) -> Result<Option<usize>, StoreError> {
+        self.check()?;
+        self.inner.delete_channel(name)
+    }
+    fn record(&self, key: &[&str]) -> Result<Option<crate::Record>, StoreError> {
+        self.inner.record(key)
+    }
+    fn put_record(&self, key: &[&str], value: &[u8], rev: u64) -> Result<Option<u64>, StoreError> {
+        self.check()?;
+        self.inner.put_record(key, value, rev)
+    }
+    fn delete_record(&self, key: &[&str]) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.delete_record(key)
+    }
+    fn record_keys(&self, prefix: &[&str]) -> Result<Vec<Vec<String>>, StoreError> {
+        self.inner.record_keys(prefix)
+    }
 }
 
 #[cfg(all(test, feature = "sqlite"))]

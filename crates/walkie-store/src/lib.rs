@@ -13,6 +13,7 @@
 //! | a wrapper that fails writes as a full disk would | [`faulty`] | `testing` |
 //! | the conformance suite every backend runs | [`conformance`] | `testing` |
 //! | a data dir private to its user (0700 dirs, 0600 files) | [`private`] | |
+//! | records: small values under structured keys, with compare-and-set (people data) | [`records`] | |
 //!
 //! Must not depend on: the relay, the network transport, the client, audio. Only the
 //! vocabulary of [`walkie_proto`].
@@ -27,10 +28,13 @@ pub mod faulty;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod private;
+pub mod records;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
 use walkie_proto::clip::{ClipId, ClipMeta, Target};
+
+pub use records::Record;
 
 /// SHA-256 of a user's token; the token itself is never stored.
 pub type TokenHash = [u8; 32];
@@ -134,6 +138,31 @@ pub trait Store: Send + Sync + 'static {
     fn members(&self, channel: &str) -> Result<Option<Vec<String>>, StoreError>;
     /// Adds and removes members (added users must exist); returns the new member list.
     fn update_members(&self, channel: &str, add: &[String], remove: &[String]) -> Result<Vec<String>, StoreError>;
+    /// Deletes a channel with its memberships and every clip sent to it (audio erased, inbox
+    /// entries gone), so that a channel created later under the name starts empty; the number
+    /// of clips deleted, or `None` if there was no such channel.
+    fn delete_channel(&self, _name: &str) -> Result<Option<usize>, StoreError> {
+        Err(StoreError::Unsupported("deleting a channel"))
+    }
+
+    /// The record under `key` (see [`records`]), if any.
+    fn record(&self, _key: &[&str]) -> Result<Option<Record>, StoreError> {
+        Err(StoreError::Unsupported("records"))
+    }
+    /// Writes `value` under `key` if the record's revision is still `rev` (0: if there is no
+    /// record): the new revision, or `None` when another write got there first (read again
+    /// and retry). Values larger than [`records::MAX_RECORD`] are refused.
+    fn put_record(&self, _key: &[&str], _value: &[u8], _rev: u64) -> Result<Option<u64>, StoreError> {
+        Err(StoreError::Unsupported("records"))
+    }
+    /// Deletes the record under `key`; deleting an absent record is not an error.
+    fn delete_record(&self, _key: &[&str]) -> Result<(), StoreError> {
+        Err(StoreError::Unsupported("records"))
+    }
+    /// The keys of every record under `prefix` (whole tokens), as tokens, sorted.
+    fn record_keys(&self, _prefix: &[&str]) -> Result<Vec<Vec<String>>, StoreError> {
+        Err(StoreError::Unsupported("records"))
+    }
 
     /// Stores a complete clip durably (file and metadata fsynced and committed) and queues it
     /// for each recipient, in one step: either all of it is visible afterwards or none of it.

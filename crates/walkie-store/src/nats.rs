@@ -101,7 +101,7 @@ use self::layout::Layout;
 use self::ops::Inner;
 use walkie_proto::clip::{ClipId, ClipMeta, Target};
 
-use crate::{ChannelInfo, CommitOutcome, Store, StoreError, TokenHash};
+use crate::{ChannelInfo, CommitOutcome, Record, Store, StoreError, TokenHash};
 
 /// Where a NATS store lives and how it talks to the cluster.
 #[derive(Clone, Debug)]
@@ -471,7 +471,37 @@ impl Store for NatsStore {
     }
 
     /// See "Purge and retention" in the module docs.
+    fn delete_channel(&self, name: &str) -> Result<Option<usize>, StoreError> {
+        let name = name.to_string();
+        self.run(move |s| async move { s.delete_channel(&name).await })
+    }
+
+    fn record(&self, key: &[&str]) -> Result<Option<Record>, StoreError> {
+        let key: Vec<String> = key.iter().map(|t| t.to_string()).collect();
+        self.run(move |s| async move { s.record(&refs(&key)).await })
+    }
+
+    fn put_record(&self, key: &[&str], value: &[u8], rev: u64) -> Result<Option<u64>, StoreError> {
+        let (key, value): (Vec<String>, Vec<u8>) = (key.iter().map(|t| t.to_string()).collect(), value.to_vec());
+        self.run(move |s| async move { s.put_record(&refs(&key), &value, rev).await })
+    }
+
+    fn delete_record(&self, key: &[&str]) -> Result<(), StoreError> {
+        let key: Vec<String> = key.iter().map(|t| t.to_string()).collect();
+        self.run(move |s| async move { s.delete_record(&refs(&key)).await })
+    }
+
+    fn record_keys(&self, prefix: &[&str]) -> Result<Vec<Vec<String>>, StoreError> {
+        let prefix: Vec<String> = prefix.iter().map(|t| t.to_string()).collect();
+        self.run(move |s| async move { s.record_keys(&refs(&prefix)).await })
+    }
+
     fn delete_clips_before(&self, before_ms: i64) -> Result<usize, StoreError> {
         self.run(move |s| async move { s.delete_clips_before(before_ms).await })
     }
+}
+
+/// Borrows owned key tokens as the `&[&str]` the operations take.
+fn refs(tokens: &[String]) -> Vec<&str> {
+    tokens.iter().map(String::as_str).collect()
 }

@@ -56,7 +56,7 @@ use rusqlite::{
 use walkie_proto::clip::{ClipId, ClipMeta, Target, now_ms};
 
 use self::schema::{CLIP_COLUMNS, get, query_clips};
-use crate::{ChannelInfo, CommitOutcome, Store, StoreError, TokenHash};
+use crate::{ChannelInfo, CommitOutcome, Record, Store, StoreError, TokenHash, records};
 
 /// SQLite's errors become the backend-neutral [`StoreError::Database`] (with SQLite's words).
 impl From<rusqlite::Error> for StoreError {
@@ -677,6 +677,73 @@ impl Store for SqliteStore {
             files::shred(&self.clips_dir.join(rel))?;
         }
         Ok(files.len())
+    }
+
+    fn delete_channel(&self, name: &str) -> Result<Option<usize>, StoreError> {
+        let files = self.write(|tx| {
+            if tx.execute("DELETE FROM channels WHERE name = ?1", [name])? == 0 {
+                return Ok(None);
+            }
+            let filter = "target_kind = 'c' AND target_name = ?1";
+            let files = strings(tx, &format!("SELECT file FROM clips WHERE {filter} AND file != ''"), [name])?;
+            // Inbox entries go with their clips (ON DELETE CASCADE); purged clips have no file.
+            let rows = tx.execute(&format!("DELETE FROM clips WHERE {filter}"), [name])?;
+            Ok(Some((files, rows)))
+        })?;
+        let Some((files, rows)) = files else { return Ok(None) };
+        for rel in &files {
+            files::shred(&self.clips_dir.join(rel))?;
+        }
+        Ok(Some(rows))
+    }
+
+    fn record(&self, key: &[&str]) -> Result<Option<Record>, StoreError> {
+        let key = records::record_key(key)?;
+        self.read(|conn| {
+            first(conn, "SELECT value, rev FROM records WHERE key = ?1", [&key], |r| {
+                Ok(Record { value: get(r, 0)?, rev: to_seq(get(r, 1)?)? })
+            })
+        })
+    }
+
+    fn put_record(&self, key: &[&str], value: &[u8], rev: u64) -> Result<Option<u64>, StoreError> {
+        let key = records::record_key(key)?;
+        records::check_value(value)?;
+        self.write(|tx| {
+            let now: Option<i64> = first(tx, "SELECT rev FROM records WHERE key = ?1", [&key], |r| get(r, 0))?;
+            if now.map_or(0, |r| u64::try_from(r).unwrap_or(0)) != rev {
+                return Ok(None);
+            }
+            let next = sql_int(rev) + 1;
+            tx.execute(
+                "INSERT INTO records (key, value, rev) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, rev = excluded.rev",
+                params![key, value, next],
+            )?;
+            Ok(Some(to_seq(next)?))
+        })
+    }
+
+    fn delete_record(&self, key: &[&str]) -> Result<(), StoreError> {
+        let key = records::record_key(key)?;
+        self.write(|tx| {
+            tx.execute("DELETE FROM records WHERE key = ?1", [&key])?;
+            Ok(())
+        })
+    }
+
+    fn record_keys(&self, prefix: &[&str]) -> Result<Vec<Vec<String>>, StoreError> {
+        let lo = records::record_prefix(prefix)?;
+        // Every key that starts with `lo`: at least `lo`, and below `lo` with its last
+        // character ('.') replaced by the next one ('/').
+        let hi = format!("{}/", &lo[..lo.len() - 1]);
+        let keys = self.read(|conn| strings(conn, "SELECT key FROM records WHERE key >= ?1 AND key < ?2 ", [&lo, &hi]))?;
+        let mut out = keys
+            .iter()
+            .map(|k| records::parse_record_key(k).ok_or_else(|| StoreError::Corrupt(format!("record key {k:?}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort();
+        Ok(out)
     }
 
     fn delete_clips_before(&self, before_ms: i64) -> Result<usize, StoreError> {

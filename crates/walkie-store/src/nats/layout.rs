@@ -59,6 +59,12 @@ impl Layout {
         format!("{}_purged", self.prefix)
     }
 
+    /// KV bucket of records (key: [`crate::records::record_key`], value: the record's bytes
+    /// followed by a random nonce).
+    pub fn records_bucket(&self) -> String {
+        format!("{}_records", self.prefix)
+    }
+
     /// KV bucket of the relays' floor leases (key: encoded channel name), used by the
     /// relays' cluster link (`relay::cluster`), not by the store.
     pub fn floors_bucket(&self) -> String {
@@ -211,45 +217,12 @@ impl Layout {
     }
 }
 
-/// Encodes a user or channel name as one subject token and KV key: `[A-Za-z0-9_-]` stay,
-/// every other byte becomes `=XX` (hex). Valid names (`[a-z0-9._-]`) only ever need `.` → `=2E`.
-/// Injective, so distinct names never share a key; the empty name (never valid, but the store
-/// takes any string) is `=`, which no other name encodes to.
-pub(crate) fn encode(name: &str) -> String {
-    if name.is_empty() {
-        return "=".to_string();
-    }
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("={b:02X}"));
-        }
-    }
-    out
-}
+/// Encodes a user or channel name as one subject token and KV key (the records' encoding:
+/// valid names only ever need `.` → `=2E`).
+pub(crate) use crate::records::encode_token as encode;
 
-/// The inverse of [`encode`]; `None` if `token` is not an encoded name.
-pub(super) fn decode(token: &str) -> Option<String> {
-    if token == "=" {
-        return Some(String::new());
-    }
-    let bytes = token.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'=' {
-            let hex = token.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
+/// The inverse of [`encode`].
+pub(super) use crate::records::decode_token as decode;
 
 /// A user: the SHA-256 of their token, in hex.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

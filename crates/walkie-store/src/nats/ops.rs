@@ -18,7 +18,13 @@ use super::layout::{
 };
 use walkie_proto::clip::{ClipId, ClipMeta, Target, now_ms};
 
+use crate::records::{self, Record};
 use crate::{ChannelInfo, CommitOutcome, PURGED_SENDER, StoreError, TokenHash};
+
+/// Random bytes appended to every stored record value: a retried write that finds an equal
+/// value then knows it is its own earlier attempt (see [`Bucket::update`]), never another
+/// writer's with the same content.
+const RECORD_NONCE: usize = 8;
 
 /// Sequences of the clip stream read at once by purge and retention (bounds their memory).
 const SWEEP_WINDOW: u64 = 1024;
@@ -34,6 +40,7 @@ pub(super) struct Inner {
     channels: Bucket,
     ids: Bucket,
     purged: Bucket,
+    records: Bucket,
     clips: Stream,
     audio: Stream,
     inbox: Stream,
@@ -72,11 +79,12 @@ impl Inner {
     /// Opens every bucket and stream, creating the missing ones.
     pub async fn open(js: Js, layout: Layout) -> Result<Inner, StoreError> {
         let l = &layout;
-        let (users, channels, ids, purged) = tokio::try_join!(
+        let (users, channels, ids, purged, records) = tokio::try_join!(
             Bucket::open(&js, l.users_bucket()),
             Bucket::open(&js, l.channels_bucket()),
             Bucket::open(&js, l.ids_bucket()),
             Bucket::open(&js, l.purged_bucket()),
+            Bucket::open(&js, l.records_bucket()),
         )?;
         let (clips, audio, inbox) = tokio::try_join!(
             js.ensure_stream(l.clips_stream(), vec![l.clips_all()], Kind::Log),
@@ -90,6 +98,7 @@ impl Inner {
             channels,
             ids,
             purged,
+            records,
             clips,
             audio,
             inbox,
@@ -923,6 +932,76 @@ impl Inner {
             }
         }
         Ok(count)
+    }
+
+    /// Deletes a channel's clips (as retention does, purged ones too), then the channel: an
+    /// interrupted deletion is finished by calling it again while the channel is still there.
+    pub async fn delete_channel(&self, name: &str) -> Result<Option<usize>, StoreError> {
+        if self.channel(name).await?.is_none() {
+            return Ok(None);
+        }
+        let filter = self.layout.conversation_filter("", &Target::Channel(name.to_string()));
+        let (first, last) = self.js.span(&self.clips).await?;
+        let mut count = 0;
+        let mut from = first.max(1);
+        while from <= last {
+            let until = from.saturating_add(SWEEP_WINDOW).min(last.saturating_add(1));
+            for msg in self.js.scan(&self.clips, &filter, from, until).await? {
+                let rec: ClipRec = parse(&format!("clip message {}", msg.seq), &msg.payload)?;
+                self.delete_clip(msg.seq, &rec.meta.id).await?;
+                self.count_usage(&rec.meta.from, -i64::try_from(rec.meta.bytes).unwrap_or(i64::MAX)).await;
+                count += 1;
+            }
+            from = until;
+        }
+        for (seq, key) in self.purged_seqs(&filter).await? {
+            if let Some((bytes, _)) = self.purged.get(&self.js, &key).await? {
+                let rec: ClipRec = parse(&format!("purged clip {key}"), &bytes)?;
+                self.delete_clip(seq, &rec.meta.id).await?;
+                count += 1;
+            }
+            self.purged.delete(&self.js, &key).await?;
+        }
+        self.channels.delete(&self.js, &encode(name)).await?;
+        Ok(Some(count))
+    }
+
+    // ---- records ----
+
+    pub async fn record(&self, key: &[&str]) -> Result<Option<Record>, StoreError> {
+        let key = records::record_key(key)?;
+        Ok(self.records.get(&self.js, &key).await?.map(|(bytes, rev)| {
+            let keep = bytes.len().saturating_sub(RECORD_NONCE);
+            Record { value: bytes[..keep].to_vec(), rev }
+        }))
+    }
+
+    pub async fn put_record(&self, key: &[&str], value: &[u8], rev: u64) -> Result<Option<u64>, StoreError> {
+        let key = records::record_key(key)?;
+        records::check_value(value)?;
+        let mut stored = Vec::with_capacity(value.len() + RECORD_NONCE);
+        stored.extend_from_slice(value);
+        stored.extend_from_slice(&nonce().to_le_bytes());
+        match self.records.update(&self.js, &key, Bytes::from(stored), rev).await? {
+            Cas::Done(rev) => Ok(Some(rev)),
+            Cas::Lost => Ok(None),
+        }
+    }
+
+    pub async fn delete_record(&self, key: &[&str]) -> Result<(), StoreError> {
+        let key = records::record_key(key)?;
+        self.records.delete(&self.js, &key).await
+    }
+
+    pub async fn record_keys(&self, prefix: &[&str]) -> Result<Vec<Vec<String>>, StoreError> {
+        let filter = format!("{}>", records::record_prefix(prefix)?);
+        let keys = self.records.keys_matching(&self.js, &filter).await?;
+        let mut out = keys
+            .iter()
+            .map(|k| records::parse_record_key(k).ok_or_else(|| StoreError::Corrupt(format!("record key {k:?}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort();
+        Ok(out)
     }
 
     /// Deletes one clip: inbox entries, audio, claim, and the metadata message last, so that

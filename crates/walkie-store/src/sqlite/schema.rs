@@ -53,6 +53,12 @@ const MIGRATIONS: &[&str] = &[
         seq  INTEGER NOT NULL REFERENCES clips (seq) ON DELETE CASCADE,
         PRIMARY KEY (user, seq)
     ) STRICT, WITHOUT ROWID;",
+    // 2: records (see `crate::records`): the relay's people data, under encoded keys.
+    "CREATE TABLE records (
+        key   TEXT PRIMARY KEY NOT NULL,
+        value BLOB NOT NULL,
+        rev   INTEGER NOT NULL CHECK (rev > 0)
+    ) STRICT, WITHOUT ROWID;",
 ];
 
 /// The schema version this build writes and understands.

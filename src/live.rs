@@ -266,6 +266,7 @@ pub async fn listen_and_play(cfg: &ClientConfig, device: Option<String>, opts: L
             Event::Error(e) => eprintln!("relay error: {} ({})", e.message, e.code.name()),
             Event::Channels(_) | Event::Online(_) | Event::Presence(..) => {}
             Event::PlayedBy(id, user) => eprintln!("{id} played by {user}"),
+            Event::ContactChanged(e) => eprintln!("@{} is now {} for you", e.user, e.state.map_or("gone", |s| s.name())),
         }
     };
     let (_sink, _) = handle.finish();

@@ -13,6 +13,8 @@ use walkie_client::{Client, ClientConfig, ClientError};
 use walkie_media::codec::{self, EncoderConfig};
 use walkie_proto::clip::{ClipError, ClipId, Target};
 use walkie_proto::ogg;
+use walkie_proto::people::{ContactAction, GroupAction, InviteLink};
+use walkie_proto::wire::GroupInfo;
 
 /// walkie: push-to-talk voice messages over QUIC.
 ///
@@ -71,6 +73,37 @@ impl EncodeArgs {
 enum Command {
     /// Save the connection settings given (flags or environment) as your profile.
     Login,
+    /// Sign up with an invite link (`walkie://HOST:PORT/join/CODE#sha256:FINGERPRINT`, from
+    /// `walkie-relay invite create` or a friend): makes the account, saves it as your profile
+    /// as `walkie login` does, and prints your user name on the last line.
+    Join {
+        /// The invite link.
+        link: String,
+        /// Your login name: 1-32 of a-z, 0-9, '.', '_', '-' (others find you as @NAME).
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// The name people see beside your clips, in any script (1-64 characters).
+        #[arg(long, value_name = "DISPLAY NAME")]
+        display: Option<String>,
+    },
+    /// Show your profile, or change it with `walkie profile set`.
+    Profile {
+        #[command(subcommand)]
+        action: Option<ProfileCmd>,
+    },
+    /// Ask someone to be your contact, answer, remove or block them.
+    Contact {
+        #[command(subcommand)]
+        action: ContactCmd,
+    },
+    /// List your contacts: `NAME STATE PRESENCE DISPLAY_NAME`, with STATE one of contact,
+    /// requested (you asked), incoming (they asked) or blocked.
+    Contacts,
+    /// Make channels and manage the ones you own.
+    Channel {
+        #[command(subcommand)]
+        action: ChannelCmd,
+    },
     /// Send a WAV file as a clip; exits 0 once the relay has stored it, printing its id last.
     Send {
         /// A channel (`crew`) or a user (`@bob`).
@@ -185,6 +218,82 @@ enum Command {
         #[arg(long)]
         demo: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum ProfileCmd {
+    /// Change your display name or who may send you direct clips; prints the profile after.
+    Set {
+        /// The name people see, in any script (1-64 characters).
+        #[arg(long, value_name = "DISPLAY NAME")]
+        display: Option<String>,
+        /// Who may send you direct clips: anyone, or contacts (blocked users never can).
+        #[arg(long, value_name = "anyone|contacts")]
+        direct_from: Option<walkie_proto::people::DirectFrom>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ContactCmd {
+    /// Ask NAME to be your contact (or accept, if they asked you); prints `NAME STATE`.
+    Add {
+        /// Their user name (`bob` or `@bob`).
+        name: String,
+    },
+    /// Accept NAME's request; prints `NAME contact`.
+    Accept {
+        /// Their user name.
+        name: String,
+    },
+    /// End the contact (or your request, or your block) on both sides.
+    Remove {
+        /// Their user name.
+        name: String,
+    },
+    /// Block NAME: their direct clips, channel clips and requests no longer reach you. They
+    /// are not told.
+    Block {
+        /// Their user name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ChannelCmd {
+    /// Make a channel you own; prints `NAME OWNER MEMBERS TITLE`.
+    Create {
+        /// Channel name: 1-32 of a-z, 0-9, '.', '_', '-'.
+        name: String,
+        /// Other members, comma-separated (people who take direct clips from you).
+        #[arg(long, value_delimiter = ',', value_name = "a,b")]
+        members: Vec<String>,
+    },
+    /// Add USER to a channel you are a member of.
+    Invite {
+        /// Channel name.
+        name: String,
+        /// Who to add.
+        user: String,
+    },
+    /// Leave a channel (a channel you own passes to another member).
+    Leave {
+        /// Channel name.
+        name: String,
+    },
+    /// Give a channel you own a title people see (its name stays its address).
+    Rename {
+        /// Channel name.
+        name: String,
+        /// The new title, in any script (1-64 characters).
+        title: String,
+    },
+    /// Delete a channel you own, with every clip sent to it.
+    Delete {
+        /// Channel name.
+        name: String,
+    },
+    /// List your channels: `NAME OWNER MEMBERS TITLE` (OWNER `-` for the administrator's).
+    List,
 }
 
 /// An error with the exit code it maps to.
@@ -335,6 +444,30 @@ fn parse_target(s: &str) -> Result<Target, Failure> {
     s.parse::<Target>().map_err(|e| usage(format!("--to/target {s:?}: {e}; use a channel name or @user")))
 }
 
+/// One `walkie channel` command on a connected client; the lines to print.
+async fn channel_command(client: &Client, action: ChannelCmd) -> Result<Vec<String>, Failure> {
+    let line = |g: &GroupInfo| {
+        format!("{} {} {} {}", g.name, g.owner.as_deref().unwrap_or("-"), g.members.join(","), g.title.as_deref().unwrap_or("-"))
+    };
+    let user = |u: &str| u.trim_start_matches('@').to_string();
+    let (name, action) = match action {
+        ChannelCmd::List => return Ok(client.groups().await?.iter().map(line).collect()),
+        ChannelCmd::Create { name, members } => (name, GroupAction::Create { members: members.iter().map(|m| user(m)).collect() }),
+        ChannelCmd::Invite { name, user: u } => (name, GroupAction::Invite { user: user(&u) }),
+        ChannelCmd::Leave { name } => (name, GroupAction::Leave),
+        ChannelCmd::Rename { name, title } => (name, GroupAction::Rename { title }),
+        ChannelCmd::Delete { name } => (name, GroupAction::Delete),
+    };
+    let name = name.trim_start_matches('#').to_string();
+    let done = match &action {
+        GroupAction::Leave => Some(format!("left channel {name}")),
+        GroupAction::Delete => Some(format!("deleted channel {name} and its clips")),
+        _ => None,
+    };
+    let info = client.group(&name, action).await?;
+    Ok(done.into_iter().chain(info.as_ref().map(line)).collect())
+}
+
 async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Login => {
@@ -349,6 +482,79 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let path = profile::profile_path()?;
             p.save(&path)?;
             println!("logged in as {} at {}; profile saved to {}", cfg.user, cfg.relay, path.display());
+        }
+        Command::Join { link, name, display } => {
+            let link: InviteLink = link.parse().map_err(|e: walkie_proto::people::LinkError| usage(e.to_string()))?;
+            let name = name.trim_start_matches('@').to_string();
+            let joined = walkie_client::people::join(&link, &name, display.as_deref()).await?;
+            let p = Profile {
+                relay: Some(joined.relay.clone()),
+                user: Some(joined.user.clone()),
+                token: Some(joined.token.clone()),
+                cert: None,
+                fingerprint: Some(joined.pin.to_string()),
+            };
+            // As `walkie login`: the settings are checked by signing in before they are saved.
+            Client::connect(&p.client_config()?).await?.close().await;
+            let path = profile::profile_path()?;
+            if let Some(old) = Profile::load(&path).ok().filter(|o| o.user.is_some() && (o.user != p.user || o.relay != p.relay)) {
+                let backup = path.with_extension(format!("{}.toml.bak", old.user.as_deref().unwrap_or("old")));
+                old.save(&backup)?;
+                eprintln!("note: your previous profile ({} at {}) was kept in {}", old.user.as_deref().unwrap_or("?"), old.relay.as_deref().unwrap_or("?"), backup.display());
+            }
+            p.save(&path)?;
+            let channel = joined.channel.map(|c| format!("; member of channel {c}")).unwrap_or_default();
+            println!("joined {} as {}{channel}; profile saved to {}", joined.relay, joined.user, path.display());
+            println!("{}", joined.user);
+        }
+        Command::Profile { action } => {
+            let (display, direct_from) = match action {
+                Some(ProfileCmd::Set { display, direct_from }) => {
+                    if display.is_none() && direct_from.is_none() {
+                        return Err(usage("walkie profile set needs --display or --direct-from"));
+                    }
+                    (display, direct_from)
+                }
+                None => (None, None),
+            };
+            let client = Client::connect(&client_config(&cli.conn)?).await?;
+            let result = client.set_profile(display, direct_from).await;
+            let user = client.user().to_string();
+            client.close().await;
+            let me = result?;
+            println!("user {user}");
+            println!("display {}", me.display.as_deref().unwrap_or("-"));
+            println!("direct-from {}", me.direct_from);
+        }
+        Command::Contact { action } => {
+            let (name, action) = match action {
+                ContactCmd::Add { name } => (name, ContactAction::Add),
+                ContactCmd::Accept { name } => (name, ContactAction::Accept),
+                ContactCmd::Remove { name } => (name, ContactAction::Remove),
+                ContactCmd::Block { name } => (name, ContactAction::Block),
+            };
+            let client = Client::connect(&client_config(&cli.conn)?).await?;
+            let result = client.contact(name.trim_start_matches('@'), action).await;
+            client.close().await;
+            let entry = result?;
+            println!("{} {}", entry.user, entry.state.map_or("none", |s| s.name()));
+        }
+        Command::Contacts => {
+            let client = Client::connect(&client_config(&cli.conn)?).await?;
+            let result = client.contacts().await;
+            client.close().await;
+            for c in result? {
+                let presence = if c.online { "online" } else { "offline" };
+                println!("{} {} {presence} {}", c.user, c.state.map_or("none", |s| s.name()), c.display.as_deref().unwrap_or("-"));
+            }
+        }
+        Command::Channel { action } => {
+            let client = Client::connect(&client_config(&cli.conn)?).await?;
+            let result = channel_command(&client, action).await;
+            client.close().await;
+            for line in result? {
+                println!("{line}");
+            }
         }
         Command::Send { to, file, encode, retry_for } => {
             let target = parse_target(&to)?;

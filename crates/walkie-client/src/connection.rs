@@ -78,6 +78,26 @@ fn remember_good(list: &str, index: usize) {
     good.push((list.to_string(), index));
 }
 
+/// A QUIC connection to the relay at `relay` whose certificate has the fingerprint `pin`,
+/// with its endpoint; waits at most `timeout` for the handshake.
+pub(crate) async fn dial(pin: Fingerprint, relay: &str, timeout: Duration) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
+    let addr = resolve(relay).await?;
+    let bind: SocketAddr = if addr.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }
+        .map_err(|_| ClientError::Config("bad bind address".into()))?;
+    let endpoint = net::client_endpoint(pin, bind)?;
+    let connecting = endpoint
+        .connect(addr, net::SERVER_NAME)
+        .map_err(|e| NetError::Connect { addr: relay.to_string(), reason: e.to_string() })?;
+    let conn = tokio::time::timeout(timeout, connecting)
+        .await
+        .map_err(|_| NetError::Connect {
+            addr: relay.to_string(),
+            reason: format!("no answer within {} s (is the relay running?)", timeout.as_secs()),
+        })?
+        .map_err(|e| net::handshake_error(relay, &e))?;
+    Ok((endpoint, conn))
+}
+
 impl Client {
     /// Connects, says hello and waits for the welcome. With several relays in
     /// [`ClientConfig::relay`], tries them in turn, starting from the one that answered last,
@@ -111,20 +131,7 @@ impl Client {
 
     /// Connects to the one relay at `relay`, waiting at most `timeout` for its handshake.
     async fn connect_to(cfg: &ClientConfig, relay: &str, timeout: Duration) -> Result<Client, ClientError> {
-        let addr = resolve(relay).await?;
-        let bind: SocketAddr = if addr.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }
-            .map_err(|_| ClientError::Config("bad bind address".into()))?;
-        let endpoint = net::client_endpoint(cfg.pin, bind)?;
-        let connecting = endpoint
-            .connect(addr, net::SERVER_NAME)
-            .map_err(|e| NetError::Connect { addr: relay.to_string(), reason: e.to_string() })?;
-        let conn = tokio::time::timeout(timeout, connecting)
-            .await
-            .map_err(|_| NetError::Connect {
-                addr: relay.to_string(),
-                reason: format!("no answer within {} s (is the relay running?)", timeout.as_secs()),
-            })?
-            .map_err(|e| net::handshake_error(relay, &e))?;
+        let (endpoint, conn) = dial(cfg.pin, relay, timeout).await?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| connection_error(&e))?;
         let hello = ClientMsg::Hello {
             user: cfg.user.clone(),
@@ -194,7 +201,7 @@ impl Client {
         self.control.send(msg).await.map_err(|_| self.gone("control stream ended"))
     }
 
-    async fn request(&self, make: impl FnOnce(u64) -> ClientMsg) -> Result<Reply, ClientError> {
+    pub(crate) async fn request(&self, make: impl FnOnce(u64) -> ClientMsg) -> Result<Reply, ClientError> {
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.waiters).requests.insert(req, tx);
@@ -331,7 +338,18 @@ async fn read_control(mut recv: quinn::RecvStream, waiters: SharedWaiters, event
             ServerMsg::PlayedBy { id, user } => {
                 let _ = events.send(Event::PlayedBy(id, user)).await;
             }
-            ServerMsg::Welcome { .. } | ServerMsg::Pong { .. } => {}
+            ServerMsg::ContactChanged { entry } => {
+                let _ = events.send(Event::ContactChanged(entry)).await;
+            }
+            reply @ (ServerMsg::MyProfile { req, .. }
+            | ServerMsg::Profiles { req, .. }
+            | ServerMsg::Contacts { req, .. }
+            | ServerMsg::Groups { req, .. }) => {
+                if let Some(tx) = lock(&waiters).requests.remove(&req) {
+                    let _ = tx.send(Reply::People(reply));
+                }
+            }
+            ServerMsg::Welcome { .. } | ServerMsg::Pong { .. } | ServerMsg::Joined { .. } => {}
         }
     }
     // Wake every waiter: dropping their senders reports the closed connection.

@@ -10,6 +10,7 @@
 //! | `receive.rs` | incoming streams: delivered clips and fetched files |
 //! | `outbox.rs` | the on-disk outbox of unacknowledged clips |
 //! | `profile.rs` | where the client keeps its state; saved login profiles |
+//! | `people.rs` | signing up with an invite link; profile, display names, contacts, groups |
 //! | `ops.rs` | whole operations the CLI, the demo and the app run (send, listen, export, …) |
 //! | `talk.rs` | one live push-to-talk clip from an audio source |
 //!
@@ -23,6 +24,7 @@ mod connection;
 mod error;
 pub mod ops;
 pub mod outbox;
+pub mod people;
 pub mod profile;
 mod receive;
 mod routing;

@@ -202,7 +202,8 @@ pub async fn listen(
             | Event::Channels(_)
             | Event::Online(_)
             | Event::Presence(..)
-            | Event::PlayedBy(..) => {}
+            | Event::PlayedBy(..)
+            | Event::ContactChanged(_) => {}
         }
     }
     Ok(received)

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::oneshot;
 use walkie_proto::clip::{ClipId, ClipMeta};
 use walkie_proto::received::ReceivedClip;
-use walkie_proto::wire::{DeliverHeader, ErrorMsg};
+use walkie_proto::wire::{ContactEntry, DeliverHeader, ErrorMsg, ServerMsg};
 
 /// Something the relay pushed.
 #[derive(Debug)]
@@ -30,11 +30,15 @@ pub enum Event {
     Presence(String, bool),
     /// A recipient played one of your clips.
     PlayedBy(ClipId, String),
+    /// Someone's relation to you changed: they asked, accepted, or removed you.
+    ContactChanged(ContactEntry),
 }
 
 pub(crate) enum Reply {
     History(Vec<ClipMeta>),
     File(ClipMeta, Vec<u8>),
+    /// The answer to a people request (profile, profiles, contacts, groups).
+    People(ServerMsg),
     Error(ErrorMsg),
 }
 

@@ -16,6 +16,7 @@
 //! | one talker per channel | [`floor`] |
 //! | per-user rate limits (token buckets) | [`rate`] |
 //! | peer-controlled text made safe for log lines | [`logsafe`] |
+//! | display names, invite links, contacts and groups users make | [`people`] |
 //! | the upload of one clip as state machines: the relay's side and the client's side | [`upload`] |
 
 #![warn(missing_docs)]
@@ -26,6 +27,7 @@ pub mod clip;
 pub mod floor;
 pub mod logsafe;
 pub mod ogg;
+pub mod people;
 pub mod rate;
 pub mod received;
 pub mod testing;

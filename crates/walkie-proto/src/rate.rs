@@ -104,9 +104,50 @@ impl UserLimits {
     }
 }
 
+/// One token bucket per key (a user, an IP address) with the same capacity and rate; keys
+/// whose bucket refilled are forgotten once many are tracked, so the map stays bounded by
+/// the keys active within one refill time.
+#[derive(Debug)]
+pub struct KeyedLimits<K> {
+    capacity: f64,
+    rate: f64,
+    buckets: HashMap<K, Bucket>,
+}
+
+impl<K: std::hash::Hash + Eq> KeyedLimits<K> {
+    /// Buckets of `capacity` tokens that refill at `per_second`.
+    pub fn new(capacity: f64, per_second: f64) -> Self {
+        Self { capacity, rate: per_second, buckets: HashMap::new() }
+    }
+
+    /// Takes one token for `key`, or says how long until there is one.
+    pub fn admit(&mut self, key: K, now: Instant) -> Result<(), Duration> {
+        if self.buckets.len() >= MAX_TRACKED {
+            self.buckets.retain(|_, b| {
+                b.refill(now);
+                b.tokens < b.capacity
+            });
+        }
+        let (capacity, rate) = (self.capacity, self.rate);
+        self.buckets.entry(key).or_insert_with(|| Bucket::new(capacity, rate, now)).try_take(1.0, now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keyed_limits_are_per_key_and_refill() {
+        let t0 = Instant::now();
+        let mut l = KeyedLimits::new(2.0, 1.0 / 60.0);
+        assert!(l.admit("a", t0).is_ok());
+        assert!(l.admit("a", t0).is_ok());
+        let wait = l.admit("a", t0).expect_err("third refused");
+        assert!(wait > Duration::from_secs(59) && wait <= Duration::from_secs(60), "{wait:?}");
+        assert!(l.admit("b", t0).is_ok());
+        assert!(l.admit("a", t0 + Duration::from_secs(60)).is_ok());
+    }
 
     #[test]
     fn clips_per_minute_refuse_then_recover() {

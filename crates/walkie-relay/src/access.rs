@@ -1,12 +1,14 @@
 //! Who may read or send where, and who receives a clip: the relay's authorization rules, one
 //! place for every request. A user may send to and read a channel they are a member of now,
 //! send to any existing user, and read the direct clips they sent or received. A user who may
-//! not read a clip learns no more than that it does not exist.
+//! not read a clip learns no more than that it does not exist. Who takes direct clips from
+//! whom, and blocks, are the people records' ([`crate::people`]).
 
 use walkie_proto::assemble::Refusal;
 use walkie_proto::clip::{ClipMeta, Target};
 use walkie_proto::wire::ErrorCode;
 
+use crate::people;
 use crate::shared::Shared;
 
 /// Whether `user` may read or write `target`: members for a channel, anyone for an existing
@@ -41,18 +43,29 @@ pub(crate) async fn may_read(shared: &Shared, user: &str, meta: &ClipMeta) -> bo
     }
 }
 
-/// Who gets a clip `sender` sends to `to` (the sender left out), once `sender` may send there.
+/// Who gets a clip `sender` sends to `to` (the sender left out), once `sender` may send there:
+/// a direct clip only if its recipient takes direct clips from the sender (their choice, and
+/// never from someone they blocked: both refused in the same words, so a blocked sender cannot
+/// tell); a channel clip reaches every member but those who blocked the sender.
 pub(crate) async fn recipients(shared: &Shared, sender: &str, to: &Target) -> Result<Vec<String>, Refusal> {
     may_access(shared, sender, to).await?;
+    let storage = |e: crate::RelayError| Refusal::new(ErrorCode::Storage, e.to_string());
+    let (from, default) = (sender.to_string(), shared.config.direct_from);
     let members = match to {
-        Target::User(name) => vec![name.clone()],
+        Target::User(name) => {
+            let recipient = name.clone();
+            if !shared.store(move |s| people::may_send_direct(s, &from, &recipient, default)).await.map_err(storage)? {
+                return Err(Refusal::new(ErrorCode::Forbidden, format!("{to} takes direct clips from their contacts only")));
+            }
+            vec![name.clone()]
+        }
         Target::Channel(name) => {
             let name = name.clone();
-            shared
-                .store(move |s| s.members(&name))
+            let (members, blockers) = shared
+                .store(move |s| Ok((s.members(&name)?.unwrap_or_default(), people::blocked_by(s, &from)?)))
                 .await
-                .map_err(|e| Refusal::new(ErrorCode::Storage, e.to_string()))?
-                .unwrap_or_default()
+                .map_err(storage)?;
+            members.into_iter().filter(|m| !blockers.contains(m)).collect()
         }
     };
     Ok(members.into_iter().filter(|m| m != sender).collect())

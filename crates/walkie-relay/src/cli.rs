@@ -17,7 +17,8 @@ use walkie_store::sqlite::SqliteStore;
 #[cfg(feature = "nats")]
 use crate::cluster::nats::NatsCluster;
 use crate::config::{RelayConfig, RelayFile};
-use crate::auth;
+use crate::{auth, people};
+use walkie_proto::people::{Invite, InviteLink};
 
 /// The walkie relay: stores voice clips durably and pushes them to their recipients.
 #[derive(Parser)]
@@ -60,6 +61,32 @@ enum Command {
     /// Manage channels.
     #[command(subcommand)]
     Channel(ChannelCmd),
+    /// Invite people: an invite link signs a new user up with `walkie join LINK --name NAME`.
+    #[command(subcommand)]
+    Invite(InviteCmd),
+}
+
+#[derive(Subcommand)]
+enum InviteCmd {
+    /// Make an invite link; prints it alone on the last line:
+    /// `walkie://HOST:PORT/join/CODE#sha256:FINGERPRINT`. It carries the pin of this relay's
+    /// certificate, so whoever has it can sign up without anything else; send it privately.
+    /// The code is shown once (only its hash is kept).
+    Create {
+        /// How many people may sign up with it.
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        uses: u32,
+        /// How long it works: a number with s, m, h, d or w (at most 365d).
+        #[arg(long, default_value = "7d", value_name = "DURATION")]
+        expires: String,
+        /// A channel each new user joins.
+        #[arg(long, value_name = "NAME")]
+        channel: Option<String>,
+        /// The address clients reach this relay at [default: this machine's host name and the
+        /// configured port; set it for a relay behind NAT or DNS].
+        #[arg(long, env = "WALKIE_PUBLIC_ADDRESS", value_name = "HOST:PORT")]
+        address: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -79,14 +106,15 @@ enum UserCmd {
     },
     /// List users.
     List,
-    /// Remove a user (their memberships and undelivered clips go too); a running relay
-    /// closes their sessions within a second.
+    /// Remove a user (their memberships, profile, contacts and undelivered clips go too;
+    /// channels they made pass to another member); a running relay closes their sessions
+    /// within a second.
     Remove {
         /// User name.
         name: String,
     },
-    /// Delete the audio of every clip a user sent (overwritten, then removed) and anonymise
-    /// those clips' metadata. Export the user's history first with `walkie export`.
+    /// Delete the audio of every clip a user sent (overwritten, then removed), anonymise
+    /// those clips' metadata, and remove the user's display name. Export the user's history first with `walkie export`.
     Purge {
         /// User name.
         name: String,
@@ -172,6 +200,24 @@ fn store_choice(cli: &Cli) -> Result<StoreChoice, String> {
     nats_choice(spec, cli.store_prefix.as_deref())
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_dates_read_as_people_write_them() {
+        assert_eq!(parse_duration("7d"), Ok(7 * 86_400_000));
+        assert_eq!(parse_duration("90m"), Ok(90 * 60_000));
+        assert_eq!(parse_duration("2w"), Ok(14 * 86_400_000));
+        assert_eq!(parse_duration("3"), Ok(3 * 86_400_000));
+        for bad in ["", "0d", "d", "5y", "366d", "-1h", "99999999999999999w"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(chrono_free_utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(chrono_free_utc(1_772_323_200_000 + 3_723_000), "2026-03-01 01:02 UTC");
+    }
+}
+
 #[cfg(feature = "nats")]
 fn nats_choice(spec: &str, prefix: Option<&str>) -> Result<StoreChoice, String> {
     let mut config = NatsConfig::new(&[spec.to_string()]);
@@ -218,7 +264,75 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::User(cmd) => user(store.as_ref(), cmd),
         Command::Channel(cmd) => channel(store.as_ref(), cmd),
+        Command::Invite(InviteCmd::Create { uses, expires, channel, address }) => {
+            let config = match &cli.config {
+                Some(path) => RelayFile::load(path).map_err(|e| e.to_string())?.apply(RelayConfig::default()),
+                None => RelayConfig::default(),
+            };
+            let addr = match address {
+                Some(a) => a,
+                None => {
+                    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+                    let host = if host.is_empty() { "localhost".to_string() } else { host };
+                    let guess = format!("{host}:{}", config.listen.port());
+                    eprintln!("note: the link points at {guess}; pass --address HOST:PORT if clients reach this relay elsewhere");
+                    guess
+                }
+            };
+            let ttl = parse_duration(&expires)?;
+            if uses == 0 {
+                return Err("--uses must be at least 1".into());
+            }
+            if let Some(c) = &channel {
+                validate_name(c).map_err(|e| e.to_string())?;
+            }
+            let identity = walkie_net::RelayIdentity::load_or_create(&dir).map_err(|e| format!("cannot read the relay's certificate in {}: {e}", dir.display()))?;
+            let now = walkie_proto::clip::now_ms();
+            let invite = Invite { uses_left: uses, expires_ms: now.saturating_add(ttl), channel: channel.clone(), created_by: None };
+            let code = people::create_invite(store.as_ref(), &invite).map_err(|e| e.to_string())?;
+            let link = InviteLink { addr, code: Some(code), fingerprint: identity.fingerprint().to_string() };
+            link.to_string().parse::<InviteLink>().map_err(|e| format!("--address: {e}"))?;
+            let until = chrono_free_utc(invite.expires_ms);
+            let to = channel.map(|c| format!(", joining channel {c}")).unwrap_or_default();
+            println!("invite for {uses} sign-up{} until {until}{to}:", if uses == 1 { "" } else { "s" });
+            println!("{link}");
+            Ok(())
+        }
     }
+}
+
+/// `30s`, `15m`, `12h`, `7d`, `2w` as milliseconds (at most 365 days).
+fn parse_duration(text: &str) -> Result<i64, String> {
+    let bad = || format!("--expires {text:?}: use a number followed by s, m, h, d or w (7d, 12h), at most 365d");
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let n: i64 = t[..split].parse().map_err(|_| bad())?;
+    let unit = match &t[split..] {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" | "" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(bad()),
+    };
+    let secs = n.checked_mul(unit).filter(|s| *s > 0 && *s <= 365 * 86_400).ok_or_else(bad)?;
+    Ok(secs * 1000)
+}
+
+/// `YYYY-MM-DD HH:MM UTC` of milliseconds since the epoch (civil-from-days, no time crate).
+fn chrono_free_utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
 }
 
 fn serve(config: RelayConfig, dir: PathBuf, store: Arc<dyn Store>, choice: StoreChoice) -> Result<(), String> {
@@ -300,11 +414,15 @@ fn user(store: &dyn Store, cmd: UserCmd) -> Result<(), String> {
             if !store.remove_user(&name).map_err(|e| e.to_string())? {
                 return Err(format!("there is no user {name:?}; `walkie-relay user list` shows who exists"));
             }
+            people::forget(store, &name).map_err(|e| format!("removed user {name}, but not yet from others' contacts ({e}); run the command again"))?;
             println!("removed user {name}");
         }
         UserCmd::Purge { name } => {
             validate_name(&name).map_err(|e| e.to_string())?;
             let n = store.purge_user(&name).map_err(|e| e.to_string())?;
+            if store.token_hash(&name).map_err(|e| e.to_string())?.is_some() {
+                people::clear_profile(store, &name).map_err(|e| e.to_string())?;
+            }
             println!("purged the audio of {n} clips sent by {name}");
         }
     }

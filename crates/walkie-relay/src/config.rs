@@ -20,6 +20,10 @@
 //! retention_days = 0          # delete clips older than this; 0 keeps them forever
 //! quota_mib_per_user = 1024   # audio one user may have stored; more is refused (quota-exceeded); 0: no quota
 //! busy_retry_ms = 1000        # the retry delay suggested to refused clients
+//! open_signup = false         # anyone who can reach the relay may make an account (no invite)
+//! signups_per_source_per_hour = 20  # sign-up attempts (and wrong invite codes) from one IP address
+//! channel_create = "anyone"   # who may make channels: "anyone" or "admins" (walkie-relay channel add)
+//! direct_from = "anyone"      # who may send a user direct clips until they choose: "anyone" or "contacts"
 //! ```
 
 use std::net::SocketAddr;
@@ -27,7 +31,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
+use walkie_proto::people::DirectFrom;
 use walkie_proto::upload::UploadLimits;
+
+use crate::people::ChannelCreate;
 
 /// Relay settings, with the defaults documented on each field.
 #[derive(Clone, Debug)]
@@ -80,6 +87,16 @@ pub struct RelayConfig {
     pub quota_bytes_per_user: Option<u64>,
     /// The retry delay suggested with a "busy" refusal (default 1000 ms).
     pub busy_retry_ms: u32,
+    /// Whether anyone who can reach the relay may make an account without an invite
+    /// (default: no, invite links only).
+    pub open_signup: bool,
+    /// Sign-up attempts from one IP address per hour, wrong invite codes included (default 20).
+    pub signups_per_source_per_hour: u32,
+    /// Who may make channels (default: every user).
+    pub channel_create: ChannelCreate,
+    /// Who may send a user direct clips until the user chooses (default: anyone, as before
+    /// contacts existed).
+    pub direct_from: DirectFrom,
 }
 
 impl Default for RelayConfig {
@@ -104,6 +121,10 @@ impl Default for RelayConfig {
             retention: None,
             quota_bytes_per_user: Some(1024 * 1024 * 1024),
             busy_retry_ms: 1000,
+            open_signup: false,
+            signups_per_source_per_hour: 20,
+            channel_create: ChannelCreate::Anyone,
+            direct_from: DirectFrom::Anyone,
         }
     }
 }
@@ -164,6 +185,18 @@ pub struct RelayFile {
     retention_days: Option<u32>,
     quota_mib_per_user: Option<u64>,
     busy_retry_ms: Option<u32>,
+    open_signup: Option<bool>,
+    signups_per_source_per_hour: Option<u32>,
+    channel_create: Option<ChannelCreate>,
+    direct_from: Option<DirectFromSetting>,
+}
+
+/// `direct_from` as the file spells it.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum DirectFromSetting {
+    Anyone,
+    Contacts,
 }
 
 impl RelayFile {
@@ -194,6 +227,14 @@ impl RelayFile {
             retention: self.retention_days.map_or(base.retention, |d| (d > 0).then(|| secs(u64::from(d) * 86_400))),
             quota_bytes_per_user: self.quota_mib_per_user.map_or(base.quota_bytes_per_user, |m| (m > 0).then(|| m.saturating_mul(1024 * 1024))),
             busy_retry_ms: self.busy_retry_ms.unwrap_or(base.busy_retry_ms),
+            open_signup: self.open_signup.unwrap_or(base.open_signup),
+            signups_per_source_per_hour: self.signups_per_source_per_hour.unwrap_or(base.signups_per_source_per_hour),
+            channel_create: self.channel_create.unwrap_or(base.channel_create),
+            direct_from: match self.direct_from {
+                Some(DirectFromSetting::Anyone) => DirectFrom::Anyone,
+                Some(DirectFromSetting::Contacts) => DirectFrom::Contacts,
+                None => base.direct_from,
+            },
             ..base
         }
     }

@@ -1,5 +1,5 @@
 //! One client connection: the TLS handshake (within a time limit, holding a handshake slot),
-//! the connection count, the hello and its authentication, the welcome and first messages
+//! the connection count, the hello and its authentication (or a sign-up instead of it), the welcome and first messages
 //! (channels, who is online), presence, and the session's tasks: the control-stream writer,
 //! the request loop, the delivery pump and the accept loop for clip uploads.
 
@@ -14,6 +14,7 @@ use walkie_proto::clip::validate_user_name;
 use walkie_proto::logsafe::escape;
 use walkie_proto::wire::{ClientMsg, ErrorCode, ErrorMsg, MAX_CONTROL_FRAME, MAX_HELLO_FIELD, MAX_HELLO_FRAME, ServerMsg};
 
+use crate::people::{self, PeopleError};
 use crate::registry::{ControlTx, Session, close};
 use crate::server::{InHandshake, PreAuth};
 use crate::shared::Shared;
@@ -77,6 +78,9 @@ pub(crate) async fn handle(
                 return;
             }
         },
+        Ok(Ok(Some(ClientMsg::Join { code, name, display, client }))) => {
+            return join(&shared, &conn, &mut send, remote, JoinAsk { code, name, display, client }).await;
+        }
         Ok(Ok(Some(_))) => return refuse(&conn, &mut send, ErrorCode::BadRequest, "the first message must be a hello").await,
         Ok(Err(e)) => return refuse(&conn, &mut send, ErrorCode::BadRequest, &format!("bad hello: {e}")).await,
         Ok(Ok(None)) | Err(_) => return refuse(&conn, &mut send, ErrorCode::Timeout, "no hello in time").await,
@@ -145,6 +149,53 @@ async fn refuse(conn: &quinn::Connection, send: &mut quinn::SendStream, code: Er
     // Give the error a moment to reach the client before the connection goes.
     let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
     close(conn, &error);
+}
+
+/// What a [`ClientMsg::Join`] asks for.
+struct JoinAsk {
+    code: Option<String>,
+    name: String,
+    display: Option<String>,
+    client: String,
+}
+
+/// Makes an account instead of opening a session: every attempt from one address costs one
+/// of its sign-ups per hour (so codes cannot be guessed at speed, and open sign-up cannot be
+/// flooded), then [`people::join`] decides; the new token goes back on this connection, which
+/// then closes.
+async fn join(shared: &Shared, conn: &quinn::Connection, send: &mut quinn::SendStream, remote: std::net::SocketAddr, ask: JoinAsk) {
+    let JoinAsk { code, name, display, client } = ask;
+    let client: String = client.chars().take(MAX_HELLO_FIELD).collect();
+    let admitted = crate::lock(&shared.signup_limits).admit(remote.ip(), std::time::Instant::now());
+    if let Err(wait) = admitted {
+        let ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
+        warn!(%remote, name = %escape(&name), "sign-up refused: too many from this address");
+        let message = format!("too many sign-ups from your address; retry after {} minutes", ms / 60_000 + 1);
+        return refuse(conn, send, ErrorCode::Busy { retry_after_ms: ms }, &message).await;
+    }
+    if code.as_ref().is_some_and(|c| c.len() > MAX_HELLO_FIELD) || name.len() > MAX_HELLO_FIELD {
+        return refuse(conn, send, ErrorCode::BadRequest, "bad sign-up").await;
+    }
+    let open = shared.config.open_signup;
+    let (who, now) = (name.clone(), walkie_proto::clip::now_ms());
+    let result = shared.store(move |s| Ok(people::join(s, code.as_deref(), &who, display.as_deref(), open, now))).await;
+    match result {
+        Ok(Ok(joined)) => {
+            info!(%remote, user = %name, client = %escape(&client), channel = ?joined.channel, "user joined");
+            let msg = ServerMsg::Joined { user: name, token: joined.token, channel: joined.channel };
+            if write_frame(send, &msg, MAX_CONTROL_FRAME).await.is_ok() {
+                let _ = send.finish();
+                let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+            }
+            close(conn, &refusal(ErrorCode::Cancelled, "joined; sign in with the new token"));
+        }
+        Ok(Err(PeopleError::Refused(code, message))) => {
+            warn!(%remote, name = %escape(&name), "sign-up refused: {message}");
+            refuse(conn, send, code, &message).await;
+        }
+        Ok(Err(PeopleError::Store(e))) => refuse(conn, send, ErrorCode::Storage, &format!("the relay cannot make accounts now: {e}")).await,
+        Err(e) => refuse(conn, send, ErrorCode::Storage, &format!("the relay cannot make accounts now: {e}")).await,
+    }
 }
 
 /// Checks the hello's credentials; the token hash they matched (the session remembers it, and

@@ -10,7 +10,8 @@
 //! |---|---|---|
 //! | 1 | `server.rs` | the accept loop and admission (handshake slots, the pending cap) |
 //! | 2 | `conn.rs` | one connection: handshake, hello and authentication, the session's tasks |
-//! | 3 | `requests.rs` | control-stream requests: ack, played, history, fetch |
+//! | 3 | `requests.rs` | control-stream requests: ack, played, history, fetch, people |
+//! | 4 | `people.rs` | invites, profiles, contacts and groups users make, in the store's records |
 //! | 3 | `upload.rs` | carries out one upload's actions ([`walkie_proto::upload::RelayUpload`] decides) |
 //! | 3 | `deliver.rs` | a session's delivery pump (inbox, oldest first) and fetched files |
 //! | 4 | `live.rs` | live copies to sessions; live clips and notices from other relays |
@@ -37,6 +38,8 @@ pub mod demo;
 mod live;
 mod logwriter;
 mod maintenance;
+pub mod people;
+mod people_requests;
 mod quota;
 mod registry;
 mod requests;
@@ -52,10 +55,15 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use walkie_net::{Fingerprint, NetError, RelayIdentity};
-use walkie_proto::rate::UserLimits;
+use walkie_proto::rate::{KeyedLimits, UserLimits};
 use walkie_store::{Store, StoreError};
 
 pub use config::RelayConfig;
+
+/// People requests (profile, contacts, channels) one user may make in a burst, and how many
+/// per second after it.
+const PEOPLE_BURST: f64 = 60.0;
+const PEOPLE_PER_SECOND: f64 = 1.0;
 pub(crate) use shared::lock;
 
 use cluster::{Cluster, LocalCluster};
@@ -159,6 +167,7 @@ pub async fn start_with(
     let addr = endpoint.local_addr().map_err(|source| NetError::Bind { addr: config.listen, source })?;
     let (stop, shutdown) = watch::channel(false);
     let limits = UserLimits::new(config.clips_per_minute, config.bytes_per_second);
+    let signups = f64::from(config.signups_per_source_per_hour.max(1));
     let shared = Arc::new(Shared {
         store,
         registry: Registry::default(),
@@ -166,6 +175,8 @@ pub async fn start_with(
         shutdown,
         cluster: cluster.clone(),
         limits: Mutex::new(limits),
+        people_limits: Mutex::new(KeyedLimits::new(PEOPLE_BURST, PEOPLE_PER_SECOND)),
+        signup_limits: Mutex::new(KeyedLimits::new(signups, signups / 3600.0)),
         connections: AtomicUsize::new(0),
         usage: Default::default(),
     });

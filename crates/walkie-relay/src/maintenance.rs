@@ -1,7 +1,6 @@
 //! Periodic relay chores: closing the sessions of users an admin removed or whose token an
 //! admin replaced (the admin command runs in another process, so the relay polls the store
-//! every second), and deleting clips past the
-//! retention period.
+//! every second), deleting clips past the retention period, and expired invites.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,7 +25,10 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     loop {
         tokio::select! {
             _ = revocation.tick() => revoke_stale(&shared).await,
-            _ = retention.tick() => expire(&shared).await,
+            _ = retention.tick() => {
+                expire(&shared).await;
+                sweep_invites(&shared).await;
+            }
             _ = shutdown.changed() => return,
         }
     }
@@ -58,6 +60,16 @@ async fn revoke_stale(shared: &Shared) {
         };
         info!(user = %s.user, session = s.id, "{message}: closing the session");
         s.close(&ErrorMsg { req: None, clip: None, code: ErrorCode::Unauthorized, message: message.into() });
+    }
+}
+
+/// Deletes invites past their expiry (until then a used one is kept, to say it was used).
+async fn sweep_invites(shared: &Shared) {
+    let now = walkie_proto::clip::now_ms();
+    match shared.store(move |s| crate::people::sweep_invites(s, now)).await {
+        Ok(0) => {}
+        Ok(n) => info!(invites = n, "deleted expired invites"),
+        Err(e) => warn!("sweeping expired invites failed: {e}"),
     }
 }
 

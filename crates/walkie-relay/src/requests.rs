@@ -1,5 +1,6 @@
 //! The requests a session makes on its control stream after the hello: acknowledgements,
-//! "played" receipts, history pages, fetches (their files stream beside the loop) and pings.
+//! "played" receipts, history pages, fetches (their files stream beside the loop), pings, and
+//! people requests (`people_requests.rs`).
 //! Requests are answered in the order they arrive, so a reply tells the client that every
 //! earlier message (an ack, a receipt) has been applied.
 
@@ -11,6 +12,7 @@ use walkie_proto::wire::{ClientMsg, ErrorCode, ErrorMsg, MAX_CLIENT_FRAME, MAX_H
 
 use crate::access::{may_access, may_read};
 use crate::deliver;
+use crate::people_requests::{self, PeopleRequest};
 use crate::registry::{ControlTx, Session};
 use crate::shared::Shared;
 
@@ -32,7 +34,13 @@ pub(crate) async fn control_loop(shared: &Arc<Shared>, session: &Arc<Session>, r
             }
         };
         let reply = match msg {
-            ClientMsg::Hello { .. } => Some(error(None, ErrorCode::BadRequest, "already authenticated")),
+            ClientMsg::Hello { .. } | ClientMsg::Join { .. } => Some(error(None, ErrorCode::BadRequest, "already authenticated")),
+            ClientMsg::SetProfile { req, display, direct_from } => Some(people(shared, session, req, PeopleRequest::SetProfile { display, direct_from }).await),
+            ClientMsg::Profiles { req, users } => Some(people(shared, session, req, PeopleRequest::Profiles { users }).await),
+            ClientMsg::Contact { req, user, action } => Some(people(shared, session, req, PeopleRequest::Contact { user, action }).await),
+            ClientMsg::Contacts { req } => Some(people(shared, session, req, PeopleRequest::Contacts).await),
+            ClientMsg::Group { req, channel, action } => Some(people(shared, session, req, PeopleRequest::Group { channel, action }).await),
+            ClientMsg::Groups { req } => Some(people(shared, session, req, PeopleRequest::Groups).await),
             ClientMsg::Ping { nonce } => Some(ServerMsg::Pong { nonce }),
             ClientMsg::Ack { id } => {
                 let user = session.user.clone();
@@ -65,6 +73,10 @@ pub(crate) async fn control_loop(shared: &Arc<Shared>, session: &Arc<Session>, r
             return;
         }
     }
+}
+
+async fn people(shared: &Arc<Shared>, session: &Session, req: u64, request: PeopleRequest) -> ServerMsg {
+    people_requests::answer(shared, session, req, request).await
 }
 
 /// Tells the sender of clip `id` that `user` played it, if `user` may read it.

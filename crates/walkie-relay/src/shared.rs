@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
-use walkie_proto::rate::UserLimits;
+use walkie_proto::rate::{KeyedLimits, UserLimits};
 use walkie_proto::wire::{ErrorCode, ErrorMsg, ServerMsg};
 use walkie_store::{Store, StoreError};
 
@@ -24,6 +24,10 @@ pub(crate) struct Shared {
     /// The other relays sharing the store (floors, live clips, wake-ups), or none.
     pub cluster: Arc<dyn Cluster>,
     pub limits: Mutex<UserLimits>,
+    /// People requests per user.
+    pub people_limits: Mutex<KeyedLimits<String>>,
+    /// Sign-up attempts per source address.
+    pub signup_limits: Mutex<KeyedLimits<std::net::IpAddr>>,
     /// Authenticated connections now.
     pub connections: AtomicUsize,
     /// What each sender stores, for the quota.

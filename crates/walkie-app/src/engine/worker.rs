@@ -688,6 +688,14 @@ impl Worker {
             Event::Online(users) => book::set_online(&mut self.snap.conversations, &me, &users),
             Event::Presence(user, online) => book::set_presence(&mut self.snap.conversations, &me, &user, online),
             Event::PlayedBy(id, user) => book::add_receipt(&mut self.snap.conversations, id, &user),
+            Event::ContactChanged(entry) => {
+                let who = entry.display.clone().map_or_else(|| format!("@{}", entry.user), |d| format!("{d} (@{})", entry.user));
+                match entry.state {
+                    Some(walkie_proto::people::ContactState::Incoming) => self.notice(NoticeKind::Info, format!("{who} asks to be your contact")),
+                    Some(walkie_proto::people::ContactState::Contact) => self.notice(NoticeKind::Info, format!("{who} is now your contact")),
+                    _ => {}
+                }
+            }
         }
     }
 

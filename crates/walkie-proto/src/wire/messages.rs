@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::clip::{ClipHeader, ClipId, ClipMeta, CodecParams, Target};
+use crate::people::{ContactAction, ContactState, DirectFrom, GroupAction};
 
 /// Request id chosen by the client to match replies on the control stream.
 pub type ReqId = u64;
@@ -54,6 +55,105 @@ pub enum ClientMsg {
         /// The clip.
         id: ClipId,
     },
+    /// Instead of a hello: make an account with an invite code (or without one, where the
+    /// relay takes open sign-ups). Answered with [`ServerMsg::Joined`] (or an error), after
+    /// which the relay closes the connection and the client signs in with its new token.
+    Join {
+        /// The invite code from the link; `None` for an open sign-up.
+        code: Option<String>,
+        /// The login name wanted.
+        name: String,
+        /// A display name (see [`crate::people::validate_display_name`]).
+        display: Option<String>,
+        /// Free-form client name and version, for logs.
+        client: String,
+    },
+    /// Sets the fields given of the user's own profile (none: only read it); answered with
+    /// [`ServerMsg::MyProfile`].
+    SetProfile {
+        /// Request id.
+        req: ReqId,
+        /// A new display name.
+        display: Option<String>,
+        /// Who may send the user direct clips.
+        direct_from: Option<DirectFrom>,
+    },
+    /// The public profiles of some users (at most [`MAX_PROFILES`]); answered with
+    /// [`ServerMsg::Profiles`], which leaves out names that are not users.
+    Profiles {
+        /// Request id.
+        req: ReqId,
+        /// Login names.
+        users: Vec<String>,
+    },
+    /// Does something about another user; answered with [`ServerMsg::Contacts`] holding
+    /// that user's entry as it now stands.
+    Contact {
+        /// Request id.
+        req: ReqId,
+        /// The other user.
+        user: String,
+        /// What to do.
+        action: ContactAction,
+    },
+    /// Everyone the user has to do with; answered with [`ServerMsg::Contacts`].
+    Contacts {
+        /// Request id.
+        req: ReqId,
+    },
+    /// Does something to a channel; answered with [`ServerMsg::Groups`] holding the channel
+    /// as it now stands (empty after leave and delete).
+    Group {
+        /// Request id.
+        req: ReqId,
+        /// The channel's name.
+        channel: String,
+        /// What to do.
+        action: GroupAction,
+    },
+    /// The channels the user is a member of; answered with [`ServerMsg::Groups`].
+    Groups {
+        /// Request id.
+        req: ReqId,
+    },
+}
+
+/// Most names one [`ClientMsg::Profiles`] may ask about.
+pub const MAX_PROFILES: usize = 256;
+
+/// What anyone signed in to the relay may see of a user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicProfile {
+    /// Login name.
+    pub user: String,
+    /// Display name, if they set one.
+    pub display: Option<String>,
+}
+
+/// One person in a user's contacts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactEntry {
+    /// Login name.
+    pub user: String,
+    /// Their display name.
+    pub display: Option<String>,
+    /// How the user stands towards them; `None` when there is no relation (after remove).
+    pub state: Option<ContactState>,
+    /// Online now (told for contacts only).
+    pub online: bool,
+}
+
+/// A channel as its members see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    /// The channel's name (the address clips go to).
+    pub name: String,
+    /// Its title, if its owner gave it one.
+    pub title: Option<String>,
+    /// The user who made it; `None` for a channel the administrator made.
+    pub owner: Option<String>,
+    /// Members, sorted.
+    pub members: Vec<String>,
 }
 
 /// Messages the relay sends on a control stream.
@@ -110,11 +210,55 @@ pub enum ServerMsg {
         /// Who played it.
         user: String,
     },
-    /// The channels you are a member of (sent once after the welcome), so a client can list
-    /// them before any clip arrives.
+    /// The channels you are a member of (sent once after the welcome, and again whenever
+    /// they change), so a client can list them before any clip arrives.
     Channels {
         /// Channel names, sorted.
         channels: Vec<String>,
+    },
+    /// A [`ClientMsg::Join`] made an account: sign in with this name and token.
+    Joined {
+        /// The new user's login name.
+        user: String,
+        /// Their secret token (shown once).
+        token: String,
+        /// The channel the invite added them to.
+        channel: Option<String>,
+    },
+    /// The user's own profile (answers [`ClientMsg::SetProfile`]).
+    MyProfile {
+        /// The request it answers.
+        req: ReqId,
+        /// Display name.
+        display: Option<String>,
+        /// Who may send direct clips.
+        direct_from: DirectFrom,
+    },
+    /// Public profiles (answers [`ClientMsg::Profiles`]).
+    Profiles {
+        /// The request it answers.
+        req: ReqId,
+        /// One per user found, in the order asked.
+        profiles: Vec<PublicProfile>,
+    },
+    /// Contacts (answers [`ClientMsg::Contacts`] and [`ClientMsg::Contact`]).
+    Contacts {
+        /// The request it answers.
+        req: ReqId,
+        /// Sorted by login name.
+        contacts: Vec<ContactEntry>,
+    },
+    /// Someone's relation to you changed (they asked, accepted or removed you).
+    ContactChanged {
+        /// Where you now stand with them.
+        entry: ContactEntry,
+    },
+    /// Channels (answers [`ClientMsg::Groups`] and [`ClientMsg::Group`]).
+    Groups {
+        /// The request it answers.
+        req: ReqId,
+        /// Sorted by name.
+        groups: Vec<GroupInfo>,
     },
 }
 

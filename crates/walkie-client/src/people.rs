@@ -1,0 +1,122 @@
+//! People, from the client's side: signing up with an invite link ([`join`]), the user's own
+//! profile, others' display names, contacts, and the channels users make.
+
+use std::time::Duration;
+
+use walkie_net::{Fingerprint, read_frame, write_frame};
+use walkie_proto::people::{ContactAction, DirectFrom, GroupAction, InviteLink};
+use walkie_proto::wire::{ClientMsg, ContactEntry, GroupInfo, MAX_CONTROL_FRAME, PublicProfile, ServerMsg};
+
+use crate::connection::{Client, REQUEST_TIMEOUT, connection_error, dial};
+use crate::error::ClientError;
+use crate::routing::Reply;
+
+/// An account made by [`join`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Joined {
+    /// The relay's address from the link.
+    pub relay: String,
+    /// The pinned certificate from the link.
+    pub pin: Fingerprint,
+    /// The new user's login name.
+    pub user: String,
+    /// Their token.
+    pub token: String,
+    /// The channel the invite added them to.
+    pub channel: Option<String>,
+}
+
+/// The user's own profile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MyProfile {
+    /// Display name.
+    pub display: Option<String>,
+    /// Who may send them direct clips.
+    pub direct_from: DirectFrom,
+}
+
+/// Makes an account on the relay an invite link points at, over a connection pinned to the
+/// certificate the link names: `name` is the login name, `display` an optional display name.
+pub async fn join(link: &InviteLink, name: &str, display: Option<&str>) -> Result<Joined, ClientError> {
+    let pin = Fingerprint::parse(&link.fingerprint)?;
+    let (endpoint, conn) = dial(pin, &link.addr, Duration::from_secs(10)).await?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| connection_error(&e))?;
+    let ask = ClientMsg::Join {
+        code: link.code.clone(),
+        name: name.to_string(),
+        display: display.map(str::to_string),
+        client: format!("walkie/{}", env!("CARGO_PKG_VERSION")),
+    };
+    if let Err(e) = write_frame(&mut send, &ask, MAX_CONTROL_FRAME).await {
+        return Err(conn.close_reason().map_or(e.into(), |r| connection_error(&r)));
+    }
+    let answer = tokio::time::timeout(REQUEST_TIMEOUT, read_frame::<ServerMsg>(&mut recv, MAX_CONTROL_FRAME))
+        .await
+        .map_err(|_| ClientError::Timeout(REQUEST_TIMEOUT))?;
+    let out = match answer {
+        Ok(Some(ServerMsg::Joined { user, token, channel })) => Ok(Joined { relay: link.addr.clone(), pin, user, token, channel }),
+        Ok(Some(ServerMsg::Error(e))) => Err(ClientError::Refused(e)),
+        Ok(Some(other)) => Err(ClientError::Protocol(format!("expected an answer to the sign-up, got {other:?}"))),
+        Ok(None) => Err(conn.close_reason().map_or_else(|| ClientError::Closed("the relay closed the sign-up".into()), |r| connection_error(&r))),
+        Err(e) => Err(conn.close_reason().map_or(e.into(), |r| connection_error(&r))),
+    };
+    conn.close(0u32.into(), b"bye");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    out
+}
+
+fn unexpected(what: &str) -> ClientError {
+    ClientError::Protocol(format!("unexpected reply to a {what} request"))
+}
+
+impl Client {
+    /// Sets the fields given of the user's profile (none: reads it); the profile after.
+    pub async fn set_profile(&self, display: Option<String>, direct_from: Option<DirectFrom>) -> Result<MyProfile, ClientError> {
+        match self.request(|req| ClientMsg::SetProfile { req, display, direct_from }).await? {
+            Reply::People(ServerMsg::MyProfile { display, direct_from, .. }) => Ok(MyProfile { display, direct_from }),
+            _ => Err(unexpected("profile")),
+        }
+    }
+
+    /// The public profiles of the users among `users` that exist.
+    pub async fn profiles(&self, users: Vec<String>) -> Result<Vec<PublicProfile>, ClientError> {
+        match self.request(|req| ClientMsg::Profiles { req, users }).await? {
+            Reply::People(ServerMsg::Profiles { profiles, .. }) => Ok(profiles),
+            _ => Err(unexpected("profiles")),
+        }
+    }
+
+    /// Does `action` about `user`; where the user now stands with them.
+    pub async fn contact(&self, user: &str, action: ContactAction) -> Result<ContactEntry, ClientError> {
+        let user = user.to_string();
+        match self.request(|req| ClientMsg::Contact { req, user, action }).await? {
+            Reply::People(ServerMsg::Contacts { mut contacts, .. }) if contacts.len() == 1 => Ok(contacts.remove(0)),
+            _ => Err(unexpected("contact")),
+        }
+    }
+
+    /// Everyone the user has to do with, sorted by name.
+    pub async fn contacts(&self) -> Result<Vec<ContactEntry>, ClientError> {
+        match self.request(|req| ClientMsg::Contacts { req }).await? {
+            Reply::People(ServerMsg::Contacts { contacts, .. }) => Ok(contacts),
+            _ => Err(unexpected("contacts")),
+        }
+    }
+
+    /// Does `action` to `channel`; the channel as it now stands (`None` after leave or delete).
+    pub async fn group(&self, channel: &str, action: GroupAction) -> Result<Option<GroupInfo>, ClientError> {
+        let channel = channel.to_string();
+        match self.request(|req| ClientMsg::Group { req, channel, action }).await? {
+            Reply::People(ServerMsg::Groups { mut groups, .. }) => Ok(groups.pop()),
+            _ => Err(unexpected("channel")),
+        }
+    }
+
+    /// The channels the user is a member of.
+    pub async fn groups(&self) -> Result<Vec<GroupInfo>, ClientError> {
+        match self.request(|req| ClientMsg::Groups { req }).await? {
+            Reply::People(ServerMsg::Groups { groups, .. }) => Ok(groups),
+            _ => Err(unexpected("channels")),
+        }
+    }
+}

@@ -1,0 +1,552 @@
+//! People on this relay, kept in the store's records: invites (under the hash of their code),
+//! each user's profile and contacts, and who owns the channels users made. The rules are
+//! [`walkie_proto::people`]'s; this module reads and writes the records they apply to, with
+//! compare-and-set so that two relays (or a relay and an admin command) never lose a write.
+//! Functions are synchronous over a [`Store`]: the admin command line calls them directly,
+//! the relay inside `Shared::store`.
+//!
+//! | record key | value |
+//! |---|---|
+//! | `invite.SHA256(CODE)` | [`Invite`] |
+//! | `person.NAME` | [`Person`]: display name, who may send direct clips, contacts, who blocked them |
+//! | `group.CHANNEL` | [`Group`]: owner and title of a channel a user made |
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use walkie_proto::clip::{validate_name, validate_user_name};
+use walkie_proto::people::{
+    self, ContactAction, ContactState, DirectFrom, GroupAction, GroupRole, Invite, InviteRefusal, Pair, contact_step, group_may,
+};
+use walkie_proto::wire::{ContactEntry, ErrorCode, GroupInfo, PublicProfile};
+use walkie_store::{Store, StoreError};
+
+use crate::auth;
+
+/// Most people one user may have in their contacts (requests and blocks included): bounds
+/// the record, and so what one user can make the relay hold.
+pub const MAX_CONTACTS: usize = 2000;
+
+/// Most members a channel made by a user may start with.
+pub const MAX_GROUP_MEMBERS: usize = 1000;
+
+/// How many times a compare-and-set is retried when other writers keep getting in first.
+const CAS_TRIES: usize = 32;
+
+/// Why a people request failed: a refusal to tell the user, or the store failing.
+#[derive(Debug, thiserror::Error)]
+pub enum PeopleError {
+    /// Refused, with the code and sentence for the client.
+    #[error("{1}")]
+    Refused(ErrorCode, String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn refused(code: ErrorCode, message: impl Into<String>) -> PeopleError {
+    PeopleError::Refused(code, message.into())
+}
+
+/// A user's profile and relations.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Person {
+    /// Display name.
+    #[serde(default)]
+    pub display: Option<String>,
+    /// Who may send them direct clips; `None` is the relay's default.
+    #[serde(default)]
+    pub direct_from: Option<DirectFrom>,
+    /// How they stand towards each person they have to do with.
+    #[serde(default)]
+    pub contacts: BTreeMap<String, ContactState>,
+    /// Who blocked them (never shown to them): their clips skip those users.
+    #[serde(default)]
+    pub blocked_by: BTreeSet<String>,
+}
+
+/// A channel a user made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    /// Who owns it.
+    pub owner: String,
+    /// Its title, if any.
+    #[serde(default)]
+    pub title: Option<String>,
+}
+
+/// The invite key of a code: the code is never stored, only its SHA-256.
+fn invite_key(code: &str) -> [String; 2] {
+    ["invite".into(), hex::encode(sha2::Sha256::digest(code.as_bytes()))]
+}
+
+fn key(kind: &str, name: &str) -> [String; 2] {
+    [kind.to_string(), name.to_string()]
+}
+
+fn refs(key: &[String; 2]) -> [&str; 2] {
+    [&key[0], &key[1]]
+}
+
+fn corrupt(what: &str, e: serde_json::Error) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+/// Reads a JSON record and its revision (0 when absent, with the default value).
+fn read<T: serde::de::DeserializeOwned + Default>(store: &dyn Store, key: &[String; 2]) -> Result<(T, u64), StoreError> {
+    match store.record(&refs(key))? {
+        Some(r) => Ok((serde_json::from_slice(&r.value).map_err(|e| corrupt(&key.join("."), e))?, r.rev)),
+        None => Ok((T::default(), 0)),
+    }
+}
+
+/// Reads a record that may be absent.
+fn read_opt<T: serde::de::DeserializeOwned>(store: &dyn Store, key: &[String; 2]) -> Result<Option<(T, u64)>, StoreError> {
+    match store.record(&refs(key))? {
+        Some(r) => Ok(Some((serde_json::from_slice(&r.value).map_err(|e| corrupt(&key.join("."), e))?, r.rev))),
+        None => Ok(None),
+    }
+}
+
+fn write<T: Serialize>(store: &dyn Store, key: &[String; 2], value: &T, rev: u64) -> Result<bool, StoreError> {
+    let bytes = serde_json::to_vec(value).map_err(|e| corrupt(&key.join("."), e))?;
+    Ok(store.put_record(&refs(key), &bytes, rev)?.is_some())
+}
+
+/// Changes a user's person record with `change` (read, change, compare-and-set, again if
+/// another write got in first); returns what `change` returned.
+fn update_person<T>(store: &dyn Store, user: &str, mut change: impl FnMut(&mut Person) -> Result<T, PeopleError>) -> Result<T, PeopleError> {
+    let k = key("person", user);
+    for _ in 0..CAS_TRIES {
+        let (mut person, rev): (Person, u64) = read(store, &k)?;
+        let before = person.clone();
+        let out = change(&mut person)?;
+        if person == before || write(store, &k, &person, rev)? {
+            return Ok(out);
+        }
+    }
+    Err(StoreError::Backend(format!("the profile of {user} kept changing under this write; try again")).into())
+}
+
+/// A user's person record (the default when they have none yet).
+pub fn person(store: &dyn Store, user: &str) -> Result<Person, StoreError> {
+    Ok(read::<Person>(store, &key("person", user))?.0)
+}
+
+// ---- invites ----
+
+/// Makes an invite and returns its code (shown once: only its hash is kept).
+pub fn create_invite(store: &dyn Store, invite: &Invite) -> Result<String, PeopleError> {
+    if invite.uses_left == 0 {
+        return Err(refused(ErrorCode::BadRequest, "an invite needs at least one use"));
+    }
+    if let Some(channel) = &invite.channel
+        && store.members(channel)?.is_none()
+    {
+        return Err(refused(ErrorCode::NotFound, format!("there is no channel {channel:?}")));
+    }
+    let code = people::new_code();
+    if !write(store, &invite_key(&code), invite, 0)? {
+        return Err(StoreError::Backend("a fresh invite code was already taken (try again)".into()).into());
+    }
+    Ok(code)
+}
+
+/// What a sign-up made.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Joined {
+    /// The new user's token (shown once).
+    pub token: String,
+    /// The channel the invite added them to, if it named one that still exists.
+    pub channel: Option<String>,
+}
+
+/// Makes an account for `name` with an invite `code`, or without one when `open_signup`:
+/// the name is checked first (so a taken name spends nothing), then one use of the invite
+/// is spent, then the user is added (the use is given back if that fails), and the invite's
+/// channel joined.
+pub fn join(store: &dyn Store, code: Option<&str>, name: &str, display: Option<&str>, open_signup: bool, now_ms: i64) -> Result<Joined, PeopleError> {
+    validate_user_name(name).map_err(|e| refused(ErrorCode::BadRequest, e.to_string()))?;
+    let display = display.map(people::validate_display_name).transpose().map_err(|e| refused(ErrorCode::BadRequest, e.to_string()))?;
+    let name_taken = || refused(ErrorCode::Conflict, format!("the name {name:?} is taken on this relay; choose another"));
+    if store.token_hash(name)?.is_some() || store.has_history(name)? {
+        return Err(name_taken());
+    }
+    let spent = match code {
+        Some(code) => Some(spend_invite(store, code, now_ms)?),
+        None if open_signup => None,
+        None => return Err(refused(ErrorCode::Unauthorized, "this relay takes new users by invite only: ask a member for an invite link")),
+    };
+    let token = auth::new_token();
+    if let Err(e) = store.add_user(name, &auth::hash_token(&token)) {
+        if let Some((code, _)) = &spent {
+            give_back(store, code);
+        }
+        return Err(match e {
+            StoreError::Exists { .. } => name_taken(),
+            other => other.into(),
+        });
+    }
+    if let Some(display) = display {
+        update_person(store, name, |p| {
+            p.display = Some(display.clone());
+            Ok(())
+        })?;
+    }
+    let channel = spent.and_then(|(_, invite)| invite.channel);
+    let channel = match channel {
+        Some(c) => match store.update_members(&c, &[name.to_string()], &[]) {
+            Ok(_) => Some(c),
+            // The channel was deleted since the invite was made: the account stands.
+            Err(StoreError::NotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        },
+        None => None,
+    };
+    Ok(Joined { token, channel })
+}
+
+/// Spends one use of the invite with this code; the code and the invite as it was.
+fn spend_invite(store: &dyn Store, code: &str, now_ms: i64) -> Result<(String, Invite), PeopleError> {
+    let k = invite_key(code);
+    for _ in 0..CAS_TRIES {
+        let Some((invite, rev)) = read_opt::<Invite>(store, &k)? else {
+            return Err(refused(ErrorCode::Unauthorized, InviteRefusal::Unknown.to_string()));
+        };
+        let after = invite.redeem(now_ms).map_err(|r| refused(ErrorCode::Unauthorized, r.to_string()))?;
+        if write(store, &k, &after, rev)? {
+            return Ok((code.to_string(), invite));
+        }
+    }
+    Err(StoreError::Backend("the invite kept changing under this sign-up; try again".into()).into())
+}
+
+/// Returns a use to an invite whose sign-up failed after spending it (best effort).
+fn give_back(store: &dyn Store, code: &str) {
+    let k = invite_key(code);
+    for _ in 0..CAS_TRIES {
+        let Ok(Some((mut invite, rev))) = read_opt::<Invite>(store, &k) else { return };
+        invite.uses_left = invite.uses_left.saturating_add(1);
+        if !matches!(write(store, &k, &invite, rev), Ok(false)) {
+            return;
+        }
+    }
+}
+
+/// Deletes invites that expired before `now_ms`; how many.
+pub fn sweep_invites(store: &dyn Store, now_ms: i64) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for k in store.record_keys(&["invite"])? {
+        let Ok(k) = <[String; 2]>::try_from(k) else { continue };
+        if let Some((invite, _)) = read_opt::<Invite>(store, &k)?
+            && invite.expires_ms <= now_ms
+        {
+            store.delete_record(&refs(&k))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+// ---- profiles ----
+
+/// Sets the fields given of `user`'s profile; the profile after.
+pub fn set_profile(store: &dyn Store, user: &str, display: Option<&str>, direct_from: Option<DirectFrom>) -> Result<Person, PeopleError> {
+    let display = display.map(people::validate_display_name).transpose().map_err(|e| refused(ErrorCode::BadRequest, e.to_string()))?;
+    update_person(store, user, |p| {
+        if let Some(d) = &display {
+            p.display = Some(d.clone());
+        }
+        if let Some(f) = direct_from {
+            p.direct_from = Some(f);
+        }
+        Ok(p.clone())
+    })
+}
+
+/// The public profiles of the users among `names` that exist, in order.
+pub fn profiles(store: &dyn Store, names: &[String]) -> Result<Vec<PublicProfile>, StoreError> {
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        if validate_name(name).is_err() || store.token_hash(name)?.is_none() {
+            continue;
+        }
+        out.push(PublicProfile { user: name.clone(), display: person(store, name)?.display });
+    }
+    Ok(out)
+}
+
+/// Removes what is kept about a user's person: their display name (purge).
+pub fn clear_profile(store: &dyn Store, user: &str) -> Result<(), PeopleError> {
+    update_person(store, user, |p| {
+        p.display = None;
+        Ok(())
+    })
+}
+
+/// Forgets everything about a removed user: their record, their place in everyone's
+/// contacts, and the channels they owned pass to another member (or are deleted when empty).
+pub fn forget(store: &dyn Store, user: &str) -> Result<(), PeopleError> {
+    let me = person(store, user)?;
+    let others: BTreeSet<String> = me.contacts.keys().chain(me.blocked_by.iter()).cloned().collect();
+    for other in others {
+        update_person(store, &other, |p| {
+            p.contacts.remove(user);
+            p.blocked_by.remove(user);
+            Ok(())
+        })?;
+    }
+    store.delete_record(&["person", user])?;
+    for k in store.record_keys(&["group"])? {
+        let Ok([_, channel]) = <[String; 2]>::try_from(k) else { continue };
+        let gk = key("group", &channel);
+        if let Some((group, rev)) = read_opt::<Group>(store, &gk)?
+            && group.owner == user
+        {
+            pass_on(store, &channel, group, rev)?;
+        }
+    }
+    Ok(())
+}
+
+// ---- contacts ----
+
+/// Does `action` about `other`; `actor`'s entry for them afterwards.
+pub fn contact(store: &dyn Store, actor: &str, other: &str, action: ContactAction) -> Result<Pair, PeopleError> {
+    if actor == other {
+        return Err(refused(ErrorCode::BadRequest, "you cannot be your own contact"));
+    }
+    if validate_name(other).is_err() || store.token_hash(other)?.is_none() {
+        return Err(refused(ErrorCode::NotFound, format!("there is no user @{other}")));
+    }
+    let theirs_now = person(store, other)?.contacts.get(actor).copied();
+    // The actor's side first, from the other's side as read; then the other's side from what
+    // the actor's side became (a write in between on their side is re-read there).
+    let pair = update_person(store, actor, |me| {
+        let pair = contact_step(action, Pair { mine: me.contacts.get(other).copied(), theirs: theirs_now })
+            .map_err(|e| refused(ErrorCode::BadRequest, format!("{e} (@{other})")))?;
+        if pair.mine.is_some() && !me.contacts.contains_key(other) && me.contacts.len() >= MAX_CONTACTS {
+            return Err(refused(ErrorCode::TooLarge, format!("you have {MAX_CONTACTS} people in your contacts, the most this relay keeps; remove some first")));
+        }
+        set(&mut me.contacts, other, pair.mine);
+        Ok(pair)
+    })?;
+    update_person(store, other, |them| {
+        let was_blocked = them.contacts.get(actor) == Some(&ContactState::Blocked);
+        if !was_blocked {
+            // A full contacts list takes no new requests; its owner sees nothing of them.
+            let full = them.contacts.len() >= MAX_CONTACTS && !them.contacts.contains_key(actor);
+            if !(full && pair.theirs == Some(ContactState::Incoming)) {
+                set(&mut them.contacts, actor, pair.theirs);
+            }
+        }
+        // Who blocked whom is kept on the blocked side too, for their clips to skip the blocker.
+        if pair.mine == Some(ContactState::Blocked) {
+            them.blocked_by.insert(actor.to_string());
+        } else {
+            them.blocked_by.remove(actor);
+        }
+        Ok(())
+    })?;
+    Ok(pair)
+}
+
+fn set(map: &mut BTreeMap<String, ContactState>, name: &str, state: Option<ContactState>) {
+    match state {
+        Some(s) => {
+            map.insert(name.to_string(), s);
+        }
+        None => {
+            map.remove(name);
+        }
+    }
+}
+
+/// A user's contacts as entries (presence is filled in by the caller), sorted by name.
+pub fn contacts(store: &dyn Store, user: &str) -> Result<Vec<ContactEntry>, StoreError> {
+    let me = person(store, user)?;
+    let mut out = Vec::with_capacity(me.contacts.len());
+    for (name, state) in me.contacts {
+        let display = person(store, &name)?.display;
+        out.push(ContactEntry { user: name, display, state: Some(state), online: false });
+    }
+    Ok(out)
+}
+
+/// Whether `recipient` takes direct clips from `sender` (their choice, or the relay's default).
+pub fn may_send_direct(store: &dyn Store, sender: &str, recipient: &str, default: DirectFrom) -> Result<bool, StoreError> {
+    let them = person(store, recipient)?;
+    Ok(people::may_send_direct(them.contacts.get(sender).copied(), them.direct_from.unwrap_or(default)))
+}
+
+/// The users who blocked `sender` (their channel clips skip them).
+pub fn blocked_by(store: &dyn Store, sender: &str) -> Result<BTreeSet<String>, StoreError> {
+    Ok(person(store, sender)?.blocked_by)
+}
+
+// ---- groups ----
+
+/// Who may make channels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelCreate {
+    /// Every user (the default).
+    #[default]
+    Anyone,
+    /// Only the administrator, with `walkie-relay channel add`.
+    Admins,
+}
+
+/// What a group action changed, for the relay to tell the people concerned.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct GroupChange {
+    /// The channel as it stands, `None` once it is deleted or the actor left.
+    pub info: Option<GroupInfo>,
+    /// Users whose channel list changed.
+    pub affected: Vec<String>,
+}
+
+/// The channel as its members see it.
+pub fn group_info(store: &dyn Store, channel: &str) -> Result<Option<GroupInfo>, StoreError> {
+    let Some(members) = store.members(channel)? else { return Ok(None) };
+    let group = read_opt::<Group>(store, &key("group", channel))?.map(|(g, _)| g);
+    Ok(Some(GroupInfo {
+        name: channel.to_string(),
+        title: group.as_ref().and_then(|g| g.title.clone()),
+        owner: group.map(|g| g.owner),
+        members,
+    }))
+}
+
+/// The channels `user` is a member of, sorted by name.
+pub fn groups_of(store: &dyn Store, user: &str) -> Result<Vec<GroupInfo>, StoreError> {
+    let mut out = Vec::new();
+    for c in store.channels()? {
+        if c.members.iter().any(|m| m == user)
+            && let Some(info) = group_info(store, &c.name)?
+        {
+            out.push(info);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `actor` may add `user` to a channel: the same rule as sending them a direct clip.
+fn may_add(store: &dyn Store, actor: &str, user: &str, default: DirectFrom) -> Result<(), PeopleError> {
+    if validate_name(user).is_err() || store.token_hash(user)?.is_none() {
+        return Err(refused(ErrorCode::NotFound, format!("there is no user @{user}")));
+    }
+    if !may_send_direct(store, actor, user, default)? {
+        return Err(refused(ErrorCode::Forbidden, format!("@{user} takes invitations from their contacts only")));
+    }
+    Ok(())
+}
+
+/// Does `action` to `channel` for `actor`.
+pub fn group(store: &dyn Store, actor: &str, channel: &str, action: &GroupAction, create: ChannelCreate, default: DirectFrom) -> Result<GroupChange, PeopleError> {
+    validate_name(channel).map_err(|e| refused(ErrorCode::BadRequest, e.to_string()))?;
+    if let GroupAction::Create { members } = action {
+        if create == ChannelCreate::Admins {
+            return Err(refused(ErrorCode::Forbidden, "on this relay only the administrator makes channels"));
+        }
+        if members.len() > MAX_GROUP_MEMBERS {
+            return Err(refused(ErrorCode::TooLarge, format!("a new channel has at most {MAX_GROUP_MEMBERS} members")));
+        }
+        let mut all: BTreeSet<String> = members.iter().cloned().collect();
+        all.remove(actor);
+        for m in &all {
+            may_add(store, actor, m, default)?;
+        }
+        all.insert(actor.to_string());
+        let all: Vec<String> = all.into_iter().collect();
+        // The group record first: a channel never exists without its owner, and a name taken
+        // by an administrator's channel is refused below and the record removed.
+        let gk = key("group", channel);
+        let taken = || refused(ErrorCode::Conflict, format!("there is already a channel {channel}; choose another name"));
+        if store.members(channel)?.is_some() {
+            return Err(taken());
+        }
+        if !write(store, &gk, &Group { owner: actor.to_string(), title: None }, 0)? {
+            return Err(taken());
+        }
+        if let Err(e) = store.add_channel(channel, &all) {
+            store.delete_record(&refs(&gk))?;
+            return Err(match e {
+                StoreError::Exists { .. } => taken(),
+                other => other.into(),
+            });
+        }
+        return Ok(GroupChange { info: group_info(store, channel)?, affected: all });
+    }
+    let members = store.members(channel)?.unwrap_or_default();
+    let group = read_opt::<Group>(store, &key("group", channel))?;
+    let role = match (&group, members.iter().any(|m| m == actor)) {
+        (_, false) => GroupRole::Outsider,
+        (Some((g, _)), true) if g.owner == actor => GroupRole::Owner,
+        (Some(_), true) => GroupRole::Member,
+        (None, true) => GroupRole::AdminChannelMember,
+    };
+    group_may(action, role, channel).map_err(|e| refused(ErrorCode::Forbidden, e.to_string()))?;
+    match action {
+        GroupAction::Create { .. } => Ok(GroupChange::default()),
+        GroupAction::Invite { user } => {
+            may_add(store, actor, user, default)?;
+            store.update_members(channel, std::slice::from_ref(user), &[])?;
+            Ok(GroupChange { info: group_info(store, channel)?, affected: vec![user.clone()] })
+        }
+        GroupAction::Leave => {
+            let left = store.update_members(channel, &[], &[actor.to_string()])?;
+            match group {
+                Some((g, rev)) if g.owner == actor => pass_on(store, channel, g, rev)?,
+                Some(_) if left.is_empty() => {
+                    store.delete_channel(channel)?;
+                    store.delete_record(&["group", channel])?;
+                }
+                _ => {}
+            }
+            Ok(GroupChange { info: None, affected: vec![actor.to_string()] })
+        }
+        GroupAction::Rename { title } => {
+            let title = people::validate_display_name(title).map_err(|e| refused(ErrorCode::BadRequest, format!("{e}").replace("display name", "title")))?;
+            let gk = key("group", channel);
+            for _ in 0..CAS_TRIES {
+                let Some((mut g, rev)) = read_opt::<Group>(store, &gk)? else { break };
+                g.title = Some(title.clone());
+                if write(store, &gk, &g, rev)? {
+                    break;
+                }
+            }
+            Ok(GroupChange { info: group_info(store, channel)?, affected: members })
+        }
+        GroupAction::Delete => {
+            store.delete_channel(channel)?;
+            store.delete_record(&["group", channel])?;
+            Ok(GroupChange { info: None, affected: members })
+        }
+    }
+}
+
+/// A channel whose owner left or was removed passes to the first remaining member; with
+/// nobody left it is deleted with its clips.
+fn pass_on(store: &dyn Store, channel: &str, mut group: Group, rev: u64) -> Result<(), PeopleError> {
+    let members = store.members(channel)?.unwrap_or_default();
+    let gk = key("group", channel);
+    match members.into_iter().find(|m| *m != group.owner) {
+        Some(next) => {
+            group.owner = next;
+            // Lost only to another writer changing the title: the owner change is re-applied.
+            if !write(store, &gk, &group, rev)?
+                && let Some((mut g, rev)) = read_opt::<Group>(store, &gk)?
+            {
+                g.owner = group.owner;
+                write(store, &gk, &g, rev)?;
+            }
+        }
+        None => {
+            store.delete_channel(channel)?;
+            store.delete_record(&refs(&gk))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! A session's people requests: its own profile, others' public profiles, contacts and the
+//! channels users make. Each costs one token of the user's people rate limit before it
+//! touches the store; the rules and records are [`crate::people`]'s. The people concerned
+//! hear about changes at once: a contact request or answer reaches the other user's sessions,
+//! and everyone whose channels changed gets their new channel list.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use walkie_proto::clip::validate_name;
+use walkie_proto::people::{ContactAction, ContactState, DirectFrom, GroupAction};
+use walkie_proto::wire::{ContactEntry, ErrorCode, ErrorMsg, MAX_PROFILES, ReqId, ServerMsg};
+
+use crate::people::{self, PeopleError};
+use crate::registry::Session;
+use crate::shared::{Shared, lock};
+
+fn error(req: ReqId, code: ErrorCode, message: impl Into<String>) -> ServerMsg {
+    ServerMsg::Error(ErrorMsg { req: Some(req), clip: None, code, message: message.into() })
+}
+
+/// A people request, as the control loop hands it over.
+pub(crate) enum PeopleRequest {
+    SetProfile { display: Option<String>, direct_from: Option<DirectFrom> },
+    Profiles { users: Vec<String> },
+    Contact { user: String, action: ContactAction },
+    Contacts,
+    Group { channel: String, action: GroupAction },
+    Groups,
+}
+
+/// Answers one people request of `session`.
+pub(crate) async fn answer(shared: &Arc<Shared>, session: &Session, req: ReqId, request: PeopleRequest) -> ServerMsg {
+    let admitted = lock(&shared.people_limits).admit(session.user.clone(), Instant::now());
+    if let Err(wait) = admitted {
+        let ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1);
+        return error(req, ErrorCode::Busy { retry_after_ms: ms }, format!("too many requests about people; retry after {ms} ms"));
+    }
+    let user = session.user.clone();
+    let result = match request {
+        PeopleRequest::SetProfile { display, direct_from } => {
+            let default = shared.config.direct_from;
+            run(shared, move |s| people::set_profile(s, &user, display.as_deref(), direct_from)).await.map(|p| ServerMsg::MyProfile {
+                req,
+                display: p.display,
+                direct_from: p.direct_from.unwrap_or(default),
+            })
+        }
+        PeopleRequest::Profiles { users } => {
+            if users.len() > MAX_PROFILES {
+                return error(req, ErrorCode::TooLarge, format!("ask for at most {MAX_PROFILES} profiles at once"));
+            }
+            run(shared, move |s| Ok(people::profiles(s, &users)?)).await.map(|profiles| ServerMsg::Profiles { req, profiles })
+        }
+        PeopleRequest::Contacts => run(shared, move |s| Ok(people::contacts(s, &user)?))
+            .await
+            .map(|contacts| ServerMsg::Contacts { req, contacts: with_presence(shared, contacts) }),
+        PeopleRequest::Contact { user: other, action } => contact(shared, req, user, other, action).await,
+        PeopleRequest::Group { channel, action } => group(shared, req, user, channel, action).await,
+        PeopleRequest::Groups => run(shared, move |s| Ok(people::groups_of(s, &user)?)).await.map(|groups| ServerMsg::Groups { req, groups }),
+    };
+    result.unwrap_or_else(|(code, message)| error(req, code, message))
+}
+
+/// Runs a people function on the store's thread pool; failures as the code and sentence to send.
+async fn run<T: Send + 'static>(
+    shared: &Shared,
+    f: impl FnOnce(&dyn walkie_store::Store) -> Result<T, PeopleError> + Send + 'static,
+) -> Result<T, (ErrorCode, String)> {
+    match shared.store(move |s| Ok(f(s))).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(PeopleError::Refused(code, message))) => Err((code, message)),
+        Ok(Err(PeopleError::Store(e))) => Err((ErrorCode::Storage, format!("the relay's store failed: {e}"))),
+        Err(e) => Err((ErrorCode::Storage, format!("the relay's store failed: {e}"))),
+    }
+}
+
+/// Presence is told for contacts only, as it is for people one shares a channel with.
+fn with_presence(shared: &Shared, mut entries: Vec<ContactEntry>) -> Vec<ContactEntry> {
+    for e in &mut entries {
+        e.online = e.state == Some(ContactState::Contact) && !shared.registry.sessions_of(&e.user).is_empty();
+    }
+    entries
+}
+
+async fn contact(shared: &Arc<Shared>, req: ReqId, user: String, other: String, action: ContactAction) -> Result<ServerMsg, (ErrorCode, String)> {
+    let (actor, them) = (user.clone(), other.clone());
+    let (pair, my_display, their_display) = run(shared, move |s| {
+        let pair = people::contact(s, &actor, &them, action)?;
+        Ok((pair, people::person(s, &actor)?.display, people::person(s, &them)?.display))
+    })
+    .await?;
+    // The other side hears of it unless it blocked the actor (a block is never revealed).
+    if pair.theirs != Some(ContactState::Blocked) {
+        let entry = ContactEntry { user: user.clone(), display: my_display, state: pair.theirs, online: false };
+        let entry = with_presence(shared, vec![entry]).remove(0);
+        shared.tell_everywhere(std::slice::from_ref(&other), &ServerMsg::ContactChanged { entry });
+    }
+    let mine = ContactEntry { user: other, display: their_display, state: pair.mine, online: false };
+    Ok(ServerMsg::Contacts { req, contacts: with_presence(shared, vec![mine]) })
+}
+
+async fn group(shared: &Arc<Shared>, req: ReqId, user: String, channel: String, action: GroupAction) -> Result<ServerMsg, (ErrorCode, String)> {
+    if let GroupAction::Invite { user: u } = &action
+        && validate_name(u).is_err()
+    {
+        return Err((ErrorCode::NotFound, format!("there is no user @{u}")));
+    }
+    let (create, default) = (shared.config.channel_create, shared.config.direct_from);
+    let change = run(shared, move |s| people::group(s, &user, &channel, &action, create, default)).await?;
+    tell_channels(shared, &change.affected).await;
+    Ok(ServerMsg::Groups { req, groups: change.info.into_iter().collect() })
+}
+
+/// Sends each of `users` their channel list as it now stands.
+pub(crate) async fn tell_channels(shared: &Arc<Shared>, users: &[String]) {
+    if users.is_empty() {
+        return;
+    }
+    let Ok(all) = shared.store(|s| s.channels()).await else { return };
+    for user in users {
+        let channels = all.iter().filter(|c| c.members.contains(user)).map(|c| c.name.clone()).collect();
+        shared.tell_everywhere(std::slice::from_ref(user), &ServerMsg::Channels { channels });
+    }
+}

@@ -1,0 +1,359 @@
+//! People through a real relay on loopback, from clients: invite links and sign-up (with
+//! every refusal, and the per-address limit a code guesser hits), display names, contacts
+//! (requests, acceptance, who may send direct clips, silent blocks), and channels users make
+//! (owners, members, outsiders). The command-line side is in `tests/cli.rs`.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use walkie_client::people::join;
+use walkie_client::{Client, ClientConfig, ClientError, Event};
+use walkie_media::codec::{self, EncoderConfig};
+use walkie_proto::clip::{ClipHeader, ClipId, CodecParams, Target, now_ms};
+use walkie_proto::people::{ContactAction, ContactState, DirectFrom, GroupAction, Invite, InviteLink};
+use walkie_proto::wire::{ErrorCode, GroupInfo};
+use walkie_relay::RelayConfig;
+use walkie_relay::people::{self, ChannelCreate};
+use walkie_store::Store;
+
+fn tone() -> (CodecParams, Vec<Vec<u8>>, u64) {
+    let pcm: Vec<f32> = (0..300 * 48).map(|i| (i as f32 * 0.02).sin() * 0.3).collect();
+    let clip = codec::encode_pcm(&pcm, &EncoderConfig::default()).expect("encodes");
+    (clip.params, clip.packets, clip.samples)
+}
+
+/// Sends a short clip; the relay's answer.
+async fn send(client: &Client, to: Target) -> Result<ClipId, ClientError> {
+    let (codec, packets, samples) = tone();
+    let header = ClipHeader { id: ClipId::random(), to, started_at_ms: now_ms(), codec };
+    client.send_clip(&header, &packets, samples).await.map(|_| header.id)
+}
+
+fn refused(e: ClientError) -> (ErrorCode, String) {
+    match e {
+        ClientError::Refused(m) => (m.code, m.message),
+        other => panic!("expected a refusal, got {other}"),
+    }
+}
+
+fn link(relay: &TestRelay, invite: Invite) -> InviteLink {
+    let code = people::create_invite(relay.store.as_ref(), &invite).expect("invite made");
+    InviteLink { addr: relay.handle.addr.to_string(), code: Some(code), fingerprint: relay.handle.fingerprint.to_string() }
+}
+
+fn invite(uses: u32, channel: Option<&str>) -> Invite {
+    Invite { uses_left: uses, expires_ms: now_ms() + 3_600_000, channel: channel.map(str::to_string), created_by: None }
+}
+
+/// Waits for the first event `pick` takes, skipping others.
+async fn wait_for<T>(client: &mut Client, secs: u64, mut pick: impl FnMut(Event) -> Option<T>) -> T {
+    within(secs, "an expected event", async {
+        loop {
+            let e = client.next_event().await.expect("connection stays up");
+            if let Some(t) = pick(e) {
+                return t;
+            }
+        }
+    })
+    .await
+}
+
+/// The channel names in the next channel list pushed to `client`.
+async fn next_channels(client: &mut Client) -> Vec<String> {
+    wait_for(client, 10, |e| match e {
+        Event::Channels(c) => Some(c),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_link_signs_people_up_and_every_bad_code_says_why() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(&tmp.path().join("relay"), RelayConfig::default()).await;
+    let alice = relay.add_user("alice");
+    relay.add_channel("crew", &["alice"]);
+    let two = link(&relay, invite(2, Some("crew")));
+
+    let zoe = join(&two, "zoe", Some("  Zoe\u{308} 张伟 ")).await.expect("joins");
+    assert_eq!((zoe.user.as_str(), zoe.channel.as_deref(), zoe.pin), ("zoe", Some("crew"), relay.handle.fingerprint));
+    assert_eq!(zoe.token.len(), 64);
+    let zoe_cfg = relay.config_for("zoe", &zoe.token);
+    let zoe_c = relay.connect(&zoe_cfg).await;
+    assert_eq!(zoe_c.groups().await.expect("groups").iter().map(|g| g.name.as_str()).collect::<Vec<_>>(), ["crew"]);
+    let me = zoe_c.set_profile(None, None).await.expect("reads");
+    assert_eq!(me.display.as_deref(), Some("Zoë 张伟"), "NFC, trimmed");
+    let alice_c = relay.connect(&alice).await;
+    let seen = alice_c.profiles(vec!["zoe".into(), "nobody".into(), "alice".into()]).await.expect("profiles");
+    assert_eq!(seen.iter().map(|p| (p.user.as_str(), p.display.as_deref())).collect::<Vec<_>>(), [("zoe", Some("Zoë 张伟")), ("alice", None)]);
+
+    // A taken name spends nothing: the second use still works afterwards.
+    let (code, why) = refused(join(&two, "alice", None).await.expect_err("taken"));
+    assert_eq!(code, ErrorCode::Conflict);
+    assert!(why.contains("taken"), "{why}");
+    let (code, why) = refused(join(&two, "Bad Name", None).await.expect_err("bad name"));
+    assert_eq!(code, ErrorCode::BadRequest, "{why}");
+    let (_, why) = refused(join(&two, "evil", Some("a\u{202e}b")).await.expect_err("bad display"));
+    assert!(why.contains("U+202E"), "{why}");
+    join(&two, "yan", None).await.expect("the second use");
+    let (code, why) = refused(join(&two, "xia", None).await.expect_err("spent"));
+    assert_eq!(code, ErrorCode::Unauthorized);
+    assert!(why.contains("already used"), "{why}");
+
+    let unknown = InviteLink { code: Some("0".repeat(32)), ..two.clone() };
+    assert!(refused(join(&unknown, "xia", None).await.expect_err("unknown")).1.contains("not known"));
+    let old = link(&relay, Invite { expires_ms: now_ms() - 7_200_000, ..invite(1, None) });
+    assert!(refused(join(&old, "xia", None).await.expect_err("expired")).1.contains("expired 2 hours ago"));
+    let open = InviteLink { code: None, ..two.clone() };
+    assert!(refused(join(&open, "xia", None).await.expect_err("invite only")).1.contains("invite only"));
+    // A link with someone else's pin never reaches this relay's sign-up.
+    let wrong_pin = InviteLink { fingerprint: format!("sha256:{}", "ab".repeat(32)), ..two.clone() };
+    assert!(matches!(join(&wrong_pin, "xia", None).await, Err(ClientError::Net(_))), "a wrong pin fails the handshake");
+    // Expired invites are swept; used ones stay until then, to say they were used.
+    assert_eq!(people::sweep_invites(relay.store.as_ref(), now_ms()).expect("sweeps"), 1);
+    assert_eq!(relay.store.users().expect("users"), ["alice", "yan", "zoe"]);
+    assert_eq!(relay.store.members("crew").expect("crew"), Some(vec!["alice".to_string(), "yan".into(), "zoe".into()]));
+    zoe_c.close().await;
+    alice_c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_sign_up_is_a_setting_and_one_address_cannot_guess_codes_or_sign_up_at_speed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = RelayConfig { open_signup: true, signups_per_source_per_hour: 5, ..RelayConfig::default() };
+    let relay = start_relay(&tmp.path().join("relay"), config).await;
+    let open = InviteLink { addr: relay.handle.addr.to_string(), code: None, fingerprint: relay.handle.fingerprint.to_string() };
+    join(&open, "first", Some("First")).await.expect("open sign-up works");
+    let guess = |i: u32| InviteLink { code: Some(format!("{i:032x}")), ..open.clone() };
+    for i in 0..4 {
+        let (code, _) = refused(join(&guess(i), "guesser", None).await.expect_err("wrong code"));
+        assert_eq!(code, ErrorCode::Unauthorized);
+    }
+    // Five attempts an hour from this address: the sixth is refused before any lookup.
+    let (code, why) = refused(join(&guess(99), "guesser", None).await.expect_err("limited"));
+    assert!(matches!(code, ErrorCode::Busy { retry_after_ms } if retry_after_ms > 600_000), "{code:?} {why}");
+    assert!(refused(join(&open, "second", None).await.expect_err("limited too")).1.contains("too many sign-ups"));
+    assert_eq!(relay.store.users().expect("users"), ["first"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contacts_ask_and_accept_and_direct_clips_follow_the_recipients_choice() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(&tmp.path().join("relay"), RelayConfig::default()).await;
+    let (alice, bob) = (relay.add_user("alice"), relay.add_user("bob"));
+    let (alice_c, mut bob_c) = (relay.connect(&alice).await, relay.connect(&bob).await);
+    alice_c.set_profile(Some("Alice".into()), None).await.expect("named");
+
+    // bob takes direct clips from contacts only: alice is refused until they are contacts.
+    assert_eq!(bob_c.set_profile(None, Some(DirectFrom::Contacts)).await.expect("set").direct_from, DirectFrom::Contacts);
+    let (code, why) = refused(send(&alice_c, Target::User("bob".into())).await.expect_err("not a contact"));
+    assert_eq!(code, ErrorCode::Forbidden);
+    assert!(why.contains("contacts only"), "{why}");
+
+    let asked = alice_c.contact("bob", ContactAction::Add).await.expect("asks");
+    assert_eq!(asked.state, Some(ContactState::Requested));
+    let heard = wait_for(&mut bob_c, 10, |e| match e {
+        Event::ContactChanged(entry) => Some(entry),
+        _ => None,
+    })
+    .await;
+    assert_eq!((heard.user.as_str(), heard.display.as_deref(), heard.state), ("alice", Some("Alice"), Some(ContactState::Incoming)));
+    assert!(refused(alice_c.contact("bob", ContactAction::Accept).await.expect_err("own request")).1.contains("not asked"));
+    let accepted = bob_c.contact("alice", ContactAction::Accept).await.expect("accepts");
+    assert_eq!((accepted.state, accepted.online), (Some(ContactState::Contact), true));
+    let list = alice_c.contacts().await.expect("lists");
+    assert_eq!(list.iter().map(|c| (c.user.as_str(), c.state, c.online)).collect::<Vec<_>>(), [("bob", Some(ContactState::Contact), true)]);
+
+    let id = send(&alice_c, Target::User("bob".into())).await.expect("contacts may send");
+    let got = wait_for(&mut bob_c, 10, |e| match e {
+        Event::Clip(c) => Some(c.header.id),
+        _ => None,
+    })
+    .await;
+    assert_eq!(got, id);
+    assert!(refused(alice_c.contact("nobody", ContactAction::Add).await.expect_err("unknown")).1.contains("no user @nobody"));
+    assert!(refused(alice_c.contact("alice", ContactAction::Add).await.expect_err("self")).1.contains("your own"));
+
+    // Removing ends it on both sides: bob is back to contacts-only for alice.
+    assert_eq!(alice_c.contact("bob", ContactAction::Remove).await.expect("removes").state, None);
+    assert_eq!(bob_c.contacts().await.expect("lists"), vec![]);
+    assert_eq!(refused(send(&alice_c, Target::User("bob".into())).await.expect_err("no longer")).0, ErrorCode::Forbidden);
+    alice_c.close().await;
+    bob_c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_user_never_reaches_the_blocker_and_is_not_told() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(&tmp.path().join("relay"), RelayConfig::default()).await;
+    let (mallory, bob, carol) = (relay.add_user("mallory"), relay.add_user("bob"), relay.add_user("carol"));
+    relay.add_channel("crew", &["mallory", "bob", "carol"]);
+    let mallory_c = relay.connect(&mallory).await;
+    let (mut bob_c, mut carol_c) = (relay.connect(&bob).await, relay.connect(&carol).await);
+    send(&mallory_c, Target::User("bob".into())).await.expect("anyone may, by default");
+    assert_eq!(bob_c.contact("mallory", ContactAction::Block).await.expect("blocks").state, Some(ContactState::Blocked));
+
+    // The refusal reads exactly as "contacts only" does: mallory cannot tell she is blocked.
+    let (code, why) = refused(send(&mallory_c, Target::User("bob".into())).await.expect_err("blocked"));
+    assert_eq!((code, why.as_str()), (ErrorCode::Forbidden, "@bob takes direct clips from their contacts only"));
+    // Her request looks unanswered; bob hears nothing and still sees only his block.
+    assert_eq!(mallory_c.contact("bob", ContactAction::Add).await.expect("asks").state, Some(ContactState::Requested));
+    let bob_list = bob_c.contacts().await.expect("lists");
+    assert_eq!(bob_list.iter().map(|c| (c.user.as_str(), c.state)).collect::<Vec<_>>(), [("mallory", Some(ContactState::Blocked))]);
+    // Her channel clip reaches carol, not bob; bob's own clips still reach everyone.
+    let hers = send(&mallory_c, Target::Channel("crew".into())).await.expect("channel clip stored");
+    let carol_got = wait_for(&mut carol_c, 10, |e| match e {
+        Event::Clip(c) => Some(c.header.id),
+        _ => None,
+    })
+    .await;
+    assert_eq!(carol_got, hers);
+    let his = send(&bob_c, Target::Channel("crew".into())).await.expect("bob sends");
+    let mut bob_clips = Vec::new();
+    let mut mallory_c = mallory_c;
+    let mallory_got = wait_for(&mut mallory_c, 10, |e| match e {
+        Event::Clip(c) => Some(c.header.id),
+        _ => None,
+    })
+    .await;
+    assert_eq!(mallory_got, his);
+    // bob's inbox: the direct clip from before the block, and nothing of hers since.
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(500), bob_c.next_event()).await {
+        if let Event::Clip(c) = e {
+            bob_clips.push((c.header.from.clone(), c.header.to.clone()));
+        }
+    }
+    assert_eq!(bob_clips, [("mallory".to_string(), Target::User("bob".into()))]);
+    assert!(relay.store.pending("bob", 0, 10).expect("inbox").iter().all(|m| m.id != hers));
+    // Lifting the block (remove) lets her direct clips through again.
+    bob_c.contact("mallory", ContactAction::Remove).await.expect("unblocks");
+    send(&mallory_c, Target::User("bob".into())).await.expect("unblocked");
+    for c in [mallory_c, bob_c, carol_c] {
+        c.close().await;
+    }
+}
+
+fn names(g: &Option<GroupInfo>) -> (String, Option<String>, Vec<String>, Option<String>) {
+    let g = g.as_ref().expect("a channel");
+    (g.name.clone(), g.owner.clone(), g.members.clone(), g.title.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_make_channels_owners_manage_them_and_outsiders_cannot() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(&tmp.path().join("relay"), RelayConfig::default()).await;
+    let (alice, bob, carol, dave) = (relay.add_user("alice"), relay.add_user("bob"), relay.add_user("carol"), relay.add_user("dave"));
+    relay.add_channel("crew", &["alice", "bob"]);
+    let alice_c = relay.connect(&alice).await;
+    let (mut bob_c, carol_c, dave_c) = (relay.connect(&bob).await, relay.connect(&carol).await, relay.connect(&dave).await);
+    assert_eq!(next_channels(&mut bob_c).await, ["crew"], "the list after the welcome");
+    carol_c.set_profile(None, Some(DirectFrom::Contacts)).await.expect("contacts only");
+
+    let team = alice_c.group("team", GroupAction::Create { members: vec!["bob".into()] }).await.expect("creates");
+    assert_eq!(names(&team), ("team".into(), Some("alice".into()), vec!["alice".into(), "bob".into()], None));
+    assert_eq!(next_channels(&mut bob_c).await, ["crew", "team"], "bob is told at once");
+    let (code, why) = refused(alice_c.group("crew", GroupAction::Create { members: vec![] }).await.expect_err("taken"));
+    assert_eq!(code, ErrorCode::Conflict, "{why}");
+    // Members are added only where a direct clip would be welcome.
+    let (code, why) = refused(alice_c.group("team", GroupAction::Invite { user: "carol".into() }).await.expect_err("contacts only"));
+    assert_eq!(code, ErrorCode::Forbidden, "{why}");
+
+    // An outsider can do nothing, and learns nothing about whether the channel exists.
+    for action in [GroupAction::Invite { user: "dave".into() }, GroupAction::Delete, GroupAction::Leave, GroupAction::Rename { title: "x".into() }] {
+        let (code, why) = refused(dave_c.group("team", action).await.expect_err("outsider"));
+        assert_eq!((code, why.as_str()), (ErrorCode::Forbidden, "you are not a member of channel team"));
+    }
+    let (_, why) = refused(dave_c.group("nothing", GroupAction::Delete).await.expect_err("absent"));
+    assert_eq!(why, "you are not a member of channel nothing");
+    // A member invites; only the owner renames or deletes.
+    let (code, why) = refused(bob_c.group("team", GroupAction::Delete).await.expect_err("not the owner"));
+    assert_eq!((code, why.as_str()), (ErrorCode::Forbidden, "only the owner of channel team may rename or delete it"));
+    assert!(refused(bob_c.group("team", GroupAction::Rename { title: "B".into() }).await.expect_err("not the owner")).1.contains("only the owner"));
+    let invited = bob_c.group("team", GroupAction::Invite { user: "dave".into() }).await.expect("member invites");
+    assert_eq!(names(&invited).2, ["alice", "bob", "dave"]);
+    let renamed = alice_c.group("team", GroupAction::Rename { title: "Équipe 🚀".into() }).await.expect("owner renames");
+    assert_eq!(names(&renamed).3.as_deref(), Some("Équipe 🚀"));
+    // The administrator's channel: members may leave but not manage it.
+    assert!(refused(bob_c.group("crew", GroupAction::Invite { user: "dave".into() }).await.expect_err("admin's")).1.contains("administrator"));
+
+    // Deleting takes every clip with it; a member who left no longer reads it.
+    let clip = send(&dave_c, Target::Channel("team".into())).await.expect("member sends");
+    assert!(relay.store.clip(&clip).expect("reads").is_some());
+    assert_eq!(dave_c.group("team", GroupAction::Leave).await.expect("leaves"), None);
+    assert_eq!(refused(send(&dave_c, Target::Channel("team".into())).await.expect_err("left")).0, ErrorCode::Forbidden);
+    assert_eq!(alice_c.group("team", GroupAction::Delete).await.expect("owner deletes"), None);
+    // (The rename sent bob his list again; the list after the deletion has no team.)
+    let after = wait_for(&mut bob_c, 10, |e| match e {
+        Event::Channels(c) if !c.contains(&"team".to_string()) => Some(c),
+        _ => None,
+    })
+    .await;
+    assert_eq!(after, ["crew"]);
+    assert_eq!(relay.store.clip(&clip).expect("reads"), None);
+    assert_eq!(relay.store.members("team").expect("reads"), None);
+    assert_eq!(alice_c.groups().await.expect("lists").len(), 1);
+
+    // An owner who leaves hands the channel on; the last one out deletes it.
+    alice_c.group("duo", GroupAction::Create { members: vec!["bob".into()] }).await.expect("creates");
+    alice_c.group("duo", GroupAction::Leave).await.expect("owner leaves");
+    assert_eq!(names(&bob_c.groups().await.expect("lists").into_iter().find(|g| g.name == "duo")).1.as_deref(), Some("bob"));
+    bob_c.group("duo", GroupAction::Leave).await.expect("last one leaves");
+    assert_eq!(relay.store.members("duo").expect("reads"), None);
+    for c in [alice_c, bob_c, carol_c, dave_c] {
+        c.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_only_administrators_make_channels_users_are_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = RelayConfig { channel_create: ChannelCreate::Admins, ..RelayConfig::default() };
+    let relay = start_relay(&tmp.path().join("relay"), config).await;
+    let alice: ClientConfig = relay.add_user("alice");
+    let alice_c = relay.connect(&alice).await;
+    let (code, why) = refused(alice_c.group("mine", GroupAction::Create { members: vec![] }).await.expect_err("admins only"));
+    assert_eq!((code, why.as_str()), (ErrorCode::Forbidden, "on this relay only the administrator makes channels"));
+    assert_eq!(relay.store.members("mine").expect("reads"), None);
+    alice_c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_requests_are_rate_limited_per_user() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(&tmp.path().join("relay"), RelayConfig::default()).await;
+    let (alice, bob) = (relay.add_user("alice"), relay.add_user("bob"));
+    let (alice_c, bob_c) = (relay.connect(&alice).await, relay.connect(&bob).await);
+    let mut busy = 0;
+    for _ in 0..80 {
+        match alice_c.contacts().await {
+            Ok(_) => {}
+            Err(ClientError::Refused(e)) if matches!(e.code, ErrorCode::Busy { .. }) => busy += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!((15..=25).contains(&busy), "a burst of 60, then about one a second: {busy} of 80 refused");
+    bob_c.contacts().await.expect("others are not affected");
+    alice_c.close().await;
+    bob_c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_user_leaves_no_trace_in_others_contacts_and_their_channels_pass_on() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(&tmp.path().join("relay"), RelayConfig::default()).await;
+    let (alice, bob) = (relay.add_user("alice"), relay.add_user("bob"));
+    let (alice_c, bob_c) = (relay.connect(&alice).await, relay.connect(&bob).await);
+    alice_c.contact("bob", ContactAction::Add).await.expect("asks");
+    alice_c.group("made", GroupAction::Create { members: vec!["bob".into()] }).await.expect("creates");
+    alice_c.close().await;
+    let store: &dyn Store = relay.store.as_ref();
+    assert!(store.remove_user("alice").expect("removes"));
+    people::forget(store, "alice").expect("forgets");
+    assert_eq!(bob_c.contacts().await.expect("lists"), vec![]);
+    assert_eq!(store.record(&["person", "alice"]).expect("reads"), None);
+    let made = bob_c.groups().await.expect("lists");
+    assert_eq!(names(&made.into_iter().find(|g| g.name == "made")).1.as_deref(), Some("bob"));
+    bob_c.close().await;
+}

@@ -462,3 +462,69 @@ fn permanent_send_failures_fail_at_once_and_are_never_delivered_later() {
     let history = ok_stdout(walkie(&relay, &home, "bob", &bob).args(["history", "crew"]).output().expect("runs"));
     assert_eq!(history.lines().count(), 2, "{history}");
 }
+
+/// A `walkie` command with its own home and no connection settings but what it saved.
+fn walkie_home(home: &Path) -> Command {
+    let mut cmd = Command::new(WALKIE);
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("XDG_DATA_HOME", home.join("data"));
+    cmd
+}
+
+fn failed_with(out: Output, code: i32, says: &str) {
+    assert_eq!(out.status.code(), Some(code), "stdout {}\nstderr {}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(stderr(&out).contains(says), "expected {says:?} in: {}", stderr(&out));
+}
+
+#[test]
+fn invite_links_sign_up_and_people_commands_keep_their_output() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("relay");
+    let relay = serve(&data);
+    let alice = add_user(&data, "alice");
+    ok_stdout(admin(&data, &["channel", "add", "crew", "--members", "alice"]));
+
+    let made = ok_stdout(admin(&data, &["invite", "create", "--channel", "crew", "--address", &relay.addr]));
+    assert!(made.lines().next().expect("first line").starts_with("invite for 1 sign-up until "), "{made}");
+    let link = made.lines().last().expect("link line").to_string();
+    assert!(link.starts_with(&format!("walkie://{}/join/", relay.addr)) && link.ends_with(&format!("#{}", relay.fingerprint)), "{link}");
+    failed_with(admin(&data, &["invite", "create", "--uses", "0", "--address", &relay.addr]), 1, "--uses");
+    failed_with(admin(&data, &["invite", "create", "--expires", "1y", "--address", &relay.addr]), 1, "--expires");
+    failed_with(admin(&data, &["invite", "create", "--channel", "nope", "--address", &relay.addr]), 1, "no channel");
+
+    // Sign-up needs nothing but the link; the profile it saves works on its own.
+    let zoe_home = tmp.path().join("zoe");
+    let joined = ok_stdout(walkie_home(&zoe_home).args(["join", &link, "--name", "zoe", "--display", "Zoë 张"]).output().expect("runs"));
+    assert_eq!(joined.lines().last(), Some("zoe"), "{joined}");
+    assert!(joined.contains("member of channel crew"), "{joined}");
+    let zoe = |args: &[&str]| walkie_home(&zoe_home).args(args).output().expect("runs");
+    assert_eq!(ok_stdout(zoe(&["profile"])), "user zoe\ndisplay Zoë 张\ndirect-from anyone\n");
+    failed_with(walkie_home(&tmp.path().join("x")).args(["join", &link, "--name", "xia"]).output().expect("runs"), 1, "already used");
+    failed_with(walkie_home(&tmp.path().join("x")).args(["join", "walkie://nowhere", "--name", "xia"]).output().expect("runs"), 2, "not an invite link");
+    assert_eq!(ok_stdout(zoe(&["profile", "set", "--direct-from", "contacts"])), "user zoe\ndisplay Zoë 张\ndirect-from contacts\n");
+    failed_with(zoe(&["profile", "set"]), 2, "--display or --direct-from");
+    failed_with(zoe(&["profile", "set", "--display", ""]), 1, "cannot be empty");
+
+    // Contacts: zoe asks, alice sees and accepts.
+    let alice_cmd = |args: &[&str]| walkie(&relay, &tmp.path().join("alice"), "alice", &alice).args(args).output().expect("runs");
+    assert_eq!(ok_stdout(zoe(&["contact", "add", "@alice"])), "alice requested\n");
+    assert_eq!(ok_stdout(alice_cmd(&["contacts"])), "zoe incoming offline Zoë 张\n");
+    assert_eq!(ok_stdout(alice_cmd(&["contact", "accept", "zoe"])), "zoe contact\n");
+    assert_eq!(ok_stdout(zoe(&["contacts"])), "alice contact offline -\n");
+    failed_with(zoe(&["contact", "accept", "nobody"]), 1, "no user @nobody");
+
+    // Channels users make.
+    assert_eq!(ok_stdout(zoe(&["channel", "create", "team", "--members", "alice"])), "team zoe alice,zoe -\n");
+    assert_eq!(ok_stdout(zoe(&["channel", "rename", "team", "Team Zoë"])), "team zoe alice,zoe Team Zoë\n");
+    assert_eq!(ok_stdout(alice_cmd(&["channel", "list"])), "crew - alice,zoe -\nteam zoe alice,zoe Team Zoë\n");
+    failed_with(alice_cmd(&["channel", "delete", "team"]), 1, "only the owner");
+    let sent = ok_stdout(alice_cmd(&["send", "--to", "team", sample("hello-crew.wav").to_str().expect("utf-8")]));
+    assert_eq!(sent.trim().len(), 32);
+    assert_eq!(ok_stdout(zoe(&["channel", "delete", "team"])), "deleted channel team and its clips\n");
+    assert_eq!(ok_stdout(alice_cmd(&["channel", "leave", "crew"])), "left channel crew\n");
+    assert_eq!(ok_stdout(alice_cmd(&["channel", "list"])), "");
+    assert_eq!(ok_stdout(admin(&data, &["channel", "list"])), "crew zoe\n");
+}

@@ -196,7 +196,7 @@ fn delete_streams(prefix: &str) {
             };
             let js = async_nats::jetstream::new(client);
             let streams = ["clips", "audio", "inbox"].map(|s| format!("{prefix}_{s}"));
-            let buckets = ["users", "channels", "clipids", "purged", "floors"].map(|b| format!("KV_{prefix}_{b}"));
+            let buckets = ["users", "channels", "clipids", "purged", "floors", "records"].map(|b| format!("KV_{prefix}_{b}"));
             for name in streams.iter().chain(&buckets) {
                 if let Err(e) = js.delete_stream(name).await {
                     eprintln!("cleanup: deleting stream {name}: {e}");
@@ -383,6 +383,55 @@ async fn receipts_and_direct_clips_cross_relays() {
     .await;
     assert_eq!(went, "bob");
     alice_c.close().await;
+    d.shutdown().await;
+}
+
+/// People on a NATS store: an invite made by the administrator signs up on relay 1, a
+/// contact request from relay 1 reaches relay 2 at once, a channel one user makes on relay 2
+/// is listed on relay 1, and a block set on relay 2 stops a clip sent through relay 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_up_contacts_and_channels_work_across_relays_on_a_nats_store() {
+    use walkie_proto::people::{ContactAction, ContactState, GroupAction, Invite, InviteLink};
+    let _g = shared_cluster();
+    let mut d = Deployment::new(2, RelayConfig::default()).await;
+    let bob = d.add_user("bob", 1).await;
+    d.add_channel("crew", &["bob"]).await;
+    let admin = d.admin.clone();
+    let invite = Invite { uses_left: 1, expires_ms: now_ms() + 60_000, channel: Some("crew".into()), created_by: None };
+    let code = blocking(move || walkie_relay::people::create_invite(admin.as_ref(), &invite)).await.expect("invite made");
+    let link = InviteLink { addr: d.relays[0].addr.to_string(), code: Some(code), fingerprint: d.relays[0].fingerprint.to_string() };
+    let joined = walkie_client::people::join(&link, "zoe", Some("Zoë")).await.expect("joins on relay 1");
+    assert_eq!(joined.channel.as_deref(), Some("crew"));
+    let again = walkie_client::people::join(&link, "zed", None).await.expect_err("single use");
+    assert!(again.to_string().contains("already used"), "{again}");
+    d.tokens.insert("zoe".into(), joined.token.clone());
+    let zoe = d.config("zoe", 0);
+    let zoe_c = Client::connect(&zoe).await.expect("zoe signs in on relay 1");
+    let mut bob_c = Client::connect(&bob).await.expect("bob on relay 2");
+
+    assert_eq!(zoe_c.contact("bob", ContactAction::Add).await.expect("asks").state, Some(ContactState::Requested));
+    let heard = wait_for(&mut bob_c, 20, "the request on relay 2", |e| match e {
+        Event::ContactChanged(entry) => Some(entry),
+        _ => None,
+    })
+    .await;
+    assert_eq!((heard.user.as_str(), heard.display.as_deref(), heard.state), ("zoe", Some("Zoë"), Some(ContactState::Incoming)));
+    assert_eq!(bob_c.contact("zoe", ContactAction::Accept).await.expect("accepts").state, Some(ContactState::Contact));
+
+    let made = bob_c.group("pair", GroupAction::Create { members: vec!["zoe".into()] }).await.expect("bob makes a channel");
+    assert_eq!(made.map(|g| g.owner), Some(Some("bob".to_string())));
+    let listed = zoe_c.groups().await.expect("lists");
+    assert_eq!(listed.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(), ["crew", "pair"]);
+
+    bob_c.contact("zoe", ContactAction::Block).await.expect("blocks");
+    let clip = tone(300);
+    let h = header(Target::User("bob".into()), clip.params);
+    let refused = zoe_c.send_clip(&h, &clip.packets, clip.samples).await.expect_err("blocked across relays");
+    assert!(refused.to_string().contains("contacts only"), "{refused}");
+    bob_c.group("pair", GroupAction::Delete).await.expect("deletes");
+    assert_eq!(zoe_c.groups().await.expect("lists").len(), 1);
+    zoe_c.close().await;
+    bob_c.close().await;
     d.shutdown().await;
 }
 

@@ -45,6 +45,8 @@ pub struct DemoReport {
     pub received_opus: PathBuf,
     /// Duration of the clip in milliseconds.
     pub duration_ms: u64,
+    /// How bob's client shows the two users: display name and login name.
+    pub people: Vec<String>,
     /// Stage name and time taken.
     pub stages: Vec<(&'static str, Duration)>,
 }
@@ -52,7 +54,8 @@ pub struct DemoReport {
 impl fmt::Display for DemoReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "relay listening on {} (in-process, temporary data dir)", self.relay)?;
-        writeln!(f, "alice sent a {} ms clip to channel crew; bob received it", self.duration_ms)?;
+        let [alice, bob] = [0, 1].map(|i| self.people.get(i).map_or("?", String::as_str));
+        writeln!(f, "{alice} sent a {} ms clip to channel crew; {bob} received it", self.duration_ms)?;
         for (stage, took) in &self.stages {
             writeln!(f, "  {stage:<42} {:>8.1} ms", took.as_secs_f64() * 1000.0)?;
         }
@@ -112,6 +115,15 @@ pub async fn run(out: Option<&Path>) -> Result<DemoReport, DemoError> {
     let opts = ListenOptions { save_dir: Some(out_dir.clone()), count: Some(1), timeout: Some(Duration::from_secs(10)) };
     ops::listen(&mut bob, &opts, |_| {}).await?;
     lap("bob receives, decodes, writes WAV + Opus", &mut stages);
+    let profiles = bob.profiles(relay.users.iter().map(|(u, _)| u.clone()).collect()).await?;
+    let people = profiles
+        .into_iter()
+        .map(|p| match p.display {
+            Some(d) => format!("{d} (@{})", p.user),
+            None => format!("@{}", p.user),
+        })
+        .collect();
+    lap("bob looks up their display names", &mut stages);
     bob.close().await;
     let relay_addr = relay.handle.addr;
     relay.shutdown().await;
@@ -122,6 +134,7 @@ pub async fn run(out: Option<&Path>) -> Result<DemoReport, DemoError> {
         received_wav: out_dir.join(format!("{}.wav", header.id)),
         received_opus: out_dir.join(format!("{}.opus", header.id)),
         duration_ms: (clip.samples + 24) / 48,
+        people,
         stages,
     })
 }

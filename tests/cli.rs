@@ -528,3 +528,15 @@ fn invite_links_sign_up_and_people_commands_keep_their_output() {
     assert_eq!(ok_stdout(alice_cmd(&["channel", "list"])), "");
     assert_eq!(ok_stdout(admin(&data, &["channel", "list"])), "crew zoe\n");
 }
+
+#[test]
+fn the_demo_sends_a_clip_between_two_people_shown_by_their_display_names() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("out");
+    let report = ok_stdout(walkie_home(&tmp.path().join("home")).args(["demo", "--out"]).arg(&out).output().expect("runs"));
+    assert!(report.contains("Alice Liddell (@alice) sent a 7394 ms clip to channel crew; Bob 鲍勃 (@bob) received it"), "{report}");
+    let wav = report.lines().find_map(|l| l.strip_prefix("received audio: ")).expect("the WAV line");
+    let wav = hound::WavReader::open(wav).expect("a WAV");
+    assert_eq!(wav.spec().sample_rate, 48_000);
+    assert!(wav.duration() > 48 * 7000, "{} samples", wav.duration());
+}

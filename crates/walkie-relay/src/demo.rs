@@ -1,5 +1,5 @@
 //! The demo relay: a relay in this process on `127.0.0.1:0` with a temporary data dir (the
-//! embedded store), users alice and bob, and the channel `crew` of the two. `walkie demo`
+//! embedded store), users alice and bob with display names, and the channel `crew` of the two. `walkie demo`
 //! and `walkie app --demo` both start this one.
 
 use std::sync::Arc;
@@ -11,6 +11,8 @@ use crate::{RelayConfig, RelayError, RelayHandle, auth};
 
 /// The users of the demo relay, in order.
 pub const DEMO_USERS: [&str; 2] = ["alice", "bob"];
+/// Their display names: any script is welcome.
+pub const DEMO_DISPLAY_NAMES: [&str; 2] = ["Alice Liddell", "Bob 鲍勃"];
 /// The demo relay's channel, of both users.
 pub const DEMO_CHANNEL: &str = "crew";
 
@@ -32,9 +34,13 @@ impl DemoRelay {
             .map_err(|source| walkie_net::NetError::Io { path: std::env::temp_dir(), source })?;
         let store = SqliteStore::open(data.path())?;
         let mut users = Vec::new();
-        for user in DEMO_USERS {
+        for (user, display) in DEMO_USERS.into_iter().zip(DEMO_DISPLAY_NAMES) {
             let token = auth::new_token();
             store.add_user(user, &auth::hash_token(&token))?;
+            crate::people::set_profile(&store, user, Some(display), None).map_err(|e| match e {
+                crate::people::PeopleError::Store(e) => RelayError::from(e),
+                refused => RelayError::Task(refused.to_string()),
+            })?;
             users.push((user.to_string(), token));
         }
         store.add_channel(DEMO_CHANNEL, &DEMO_USERS.map(String::from))?;
@@ -71,6 +77,7 @@ mod tests {
         assert!(demo.token("carol").is_none());
         let store = SqliteStore::open(demo.data_dir()).expect("opens");
         assert_eq!(store.members(DEMO_CHANNEL).expect("reads"), Some(vec!["alice".into(), "bob".into()]));
+        assert_eq!(crate::people::person(&store, "bob").expect("reads").display.as_deref(), Some("Bob 鲍勃"));
         let dir = demo.data_dir().to_path_buf();
         demo.shutdown().await;
         assert!(!dir.exists(), "the data dir goes with the relay");

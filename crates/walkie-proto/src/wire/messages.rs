@@ -471,7 +471,38 @@ mod tests {
             arb_id().prop_map(|id| ClientMsg::Ack { id }),
             any::<u64>().prop_map(|nonce| ClientMsg::Ping { nonce }),
             arb_id().prop_map(|id| ClientMsg::Played { id }),
+            (proptest::option::of("[0-9a-f]{32}"), arb_name(), proptest::option::of(".{0,20}"), ".{0,10}")
+                .prop_map(|(code, name, display, client)| ClientMsg::Join { code, name, display, client }),
+            (any::<u64>(), proptest::option::of(".{0,20}"), proptest::option::of(arb_direct()))
+                .prop_map(|(req, display, direct_from)| ClientMsg::SetProfile { req, display, direct_from }),
+            (any::<u64>(), proptest::collection::vec(arb_name(), 0..4)).prop_map(|(req, users)| ClientMsg::Profiles { req, users }),
+            (any::<u64>(), arb_name(), arb_action()).prop_map(|(req, user, action)| ClientMsg::Contact { req, user, action }),
+            any::<u64>().prop_map(|req| ClientMsg::Contacts { req }),
+            (any::<u64>(), arb_name(), arb_group_action()).prop_map(|(req, channel, action)| ClientMsg::Group { req, channel, action }),
+            any::<u64>().prop_map(|req| ClientMsg::Groups { req }),
         ]
+    }
+    fn arb_direct() -> impl Strategy<Value = DirectFrom> {
+        prop_oneof![Just(DirectFrom::Anyone), Just(DirectFrom::Contacts)]
+    }
+    fn arb_action() -> impl Strategy<Value = ContactAction> {
+        prop_oneof![Just(ContactAction::Add), Just(ContactAction::Accept), Just(ContactAction::Remove), Just(ContactAction::Block)]
+    }
+    fn arb_state() -> impl Strategy<Value = ContactState> {
+        prop_oneof![Just(ContactState::Requested), Just(ContactState::Incoming), Just(ContactState::Contact), Just(ContactState::Blocked)]
+    }
+    fn arb_group_action() -> impl Strategy<Value = GroupAction> {
+        prop_oneof![
+            proptest::collection::vec(arb_name(), 0..3).prop_map(|members| GroupAction::Create { members }),
+            arb_name().prop_map(|user| GroupAction::Invite { user }),
+            Just(GroupAction::Leave),
+            ".{0,20}".prop_map(|title| GroupAction::Rename { title }),
+            Just(GroupAction::Delete),
+        ]
+    }
+    fn arb_entry() -> impl Strategy<Value = ContactEntry> {
+        (arb_name(), proptest::option::of(".{0,20}"), proptest::option::of(arb_state()), any::<bool>())
+            .prop_map(|(user, display, state, online)| ContactEntry { user, display, state, online })
     }
     fn arb_server() -> impl Strategy<Value = ServerMsg> {
         prop_oneof![
@@ -485,6 +516,20 @@ mod tests {
             (arb_name(), any::<bool>()).prop_map(|(user, online)| ServerMsg::Presence { user, online }),
             (arb_id(), arb_name()).prop_map(|(id, user)| ServerMsg::PlayedBy { id, user }),
             proptest::collection::vec(arb_name(), 0..4).prop_map(|channels| ServerMsg::Channels { channels }),
+            (arb_name(), "[0-9a-f]{64}", proptest::option::of(arb_name())).prop_map(|(user, token, channel)| ServerMsg::Joined { user, token, channel }),
+            (any::<u64>(), proptest::option::of(".{0,20}"), arb_direct())
+                .prop_map(|(req, display, direct_from)| ServerMsg::MyProfile { req, display, direct_from }),
+            (any::<u64>(), proptest::collection::vec((arb_name(), proptest::option::of(".{0,20}")), 0..3)).prop_map(|(req, p)| ServerMsg::Profiles {
+                req,
+                profiles: p.into_iter().map(|(user, display)| PublicProfile { user, display }).collect()
+            }),
+            (any::<u64>(), proptest::collection::vec(arb_entry(), 0..3)).prop_map(|(req, contacts)| ServerMsg::Contacts { req, contacts }),
+            arb_entry().prop_map(|entry| ServerMsg::ContactChanged { entry }),
+            (any::<u64>(), proptest::collection::vec((arb_name(), proptest::option::of(".{0,10}"), proptest::option::of(arb_name()), proptest::collection::vec(arb_name(), 0..3)), 0..3))
+                .prop_map(|(req, g)| ServerMsg::Groups {
+                    req,
+                    groups: g.into_iter().map(|(name, title, owner, members)| GroupInfo { name, title, owner, members }).collect()
+                }),
         ]
     }
     fn arb_stream() -> impl Strategy<Value = StreamFrame> {

@@ -53,6 +53,7 @@ macro_rules! conformance_tests {
             deleting_a_channel_deletes_its_clips_and_frees_the_name,
             records_are_written_with_compare_and_set,
             records_are_listed_by_whole_token_prefix,
+            inboxes_are_keyed_by_delivery_key_and_cleared,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -548,4 +549,20 @@ pub fn records_are_listed_by_whole_token_prefix(b: &dyn Backend) {
     let want: Vec<Vec<String>> = vec![names(&["user", "a"]), names(&["user", "b.c"]), names(&["user", "张伟"])];
     assert_eq!(listed, want);
     assert_eq!(store.record_keys(&["nothing"]).unwrap(), Vec::<Vec<String>>::new());
+}
+
+/// An inbox may be named by any delivery key (a second device's `NAME/DEVICE`): it fills,
+/// drains and is cleared on its own, beside the user's.
+pub fn inboxes_are_keyed_by_delivery_key_and_cleared(b: &dyn Backend) {
+    let store = b.store();
+    populate(store);
+    let one = send(store, "alice", "crew", &["bob", "bob/d1"]);
+    let two = send(store, "alice", "@bob", &["bob", "bob/d1"]);
+    store.ack("bob", &one.id).unwrap();
+    assert_eq!(ids(&store.pending("bob", 0, 10).unwrap()), vec![two.id]);
+    assert_eq!(ids(&store.pending("bob/d1", 0, 10).unwrap()), vec![one.id, two.id], "the device's inbox is its own");
+    store.clear_inbox("bob/d1").unwrap();
+    assert_eq!(store.pending("bob/d1", 0, 10).unwrap(), vec![]);
+    assert_eq!(ids(&store.pending("bob", 0, 10).unwrap()), vec![two.id], "the user's stays");
+    store.clear_inbox("nobody").unwrap();
 }

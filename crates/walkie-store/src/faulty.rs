@@ -117,6 +117,10 @@ impl Store for FaultyStore {
         self.check()?;
         self.inner.delete_clips_before(before_ms)
     }
+    fn clear_inbox(&self, key: &str) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.clear_inbox(key)
+    }
     fn delete_channel(&self, name: &str) -> Result<Option<usize>, StoreError> {
         self.check()?;
         self.inner.delete_channel(name)

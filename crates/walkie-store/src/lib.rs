@@ -191,9 +191,15 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Clips queued for `user` and not yet acknowledged, with `seq > after_seq`, oldest first.
+    /// An inbox is named by its delivery key: a user name, or any other key the relay queues
+    /// clips for in [`Store::commit_clip`] (a second device's `NAME/DEVICE`).
     fn pending(&self, user: &str, after_seq: u64, limit: usize) -> Result<Vec<ClipMeta>, StoreError>;
     /// Marks a clip delivered to `user` (removes it from their inbox). Unknown ids are ignored.
     fn ack(&self, user: &str, id: &ClipId) -> Result<(), StoreError>;
+    /// Empties the inbox of a delivery key (a removed device's).
+    fn clear_inbox(&self, _key: &str) -> Result<(), StoreError> {
+        Err(StoreError::Unsupported("clearing an inbox"))
+    }
 
     /// A conversation, newest last: for a channel, its clips; for `Target::User(other)`, the
     /// direct clips between `viewer` and `other` in both directions. At most `limit` clips,

@@ -471,6 +471,11 @@ impl Store for NatsStore {
     }
 
     /// See "Purge and retention" in the module docs.
+    fn clear_inbox(&self, key: &str) -> Result<(), StoreError> {
+        let key = key.to_string();
+        self.run(move |s| async move { s.clear_inbox(&key).await })
+    }
+
     fn delete_channel(&self, name: &str) -> Result<Option<usize>, StoreError> {
         let name = name.to_string();
         self.run(move |s| async move { s.delete_channel(&name).await })

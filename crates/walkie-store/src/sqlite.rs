@@ -395,11 +395,13 @@ fn insert_clip(
         ],
     )?;
     let seq = tx.last_insert_rowid();
+    // A key is queued while its user exists (a device's key `NAME/DEVICE` names its user first).
     let mut queue = tx.prepare(
-        "INSERT OR IGNORE INTO inbox (user, seq) SELECT name, ?2 FROM users WHERE name = ?1",
+        "INSERT OR IGNORE INTO inbox (user, seq) SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM users WHERE name = ?3)",
     )?;
-    for user in recipients {
-        queue.execute(params![user, seq])?;
+    for key in recipients {
+        let user = key.split_once('/').map_or(key.as_str(), |(user, _)| user);
+        queue.execute(params![key, seq, user])?;
     }
     to_seq(seq)
 }
@@ -636,6 +638,11 @@ impl Store for SqliteStore {
             "DELETE FROM inbox WHERE user = ?1 AND seq = (SELECT seq FROM clips WHERE id = ?2)",
             params![user, id.0],
         )?;
+        Ok(())
+    }
+
+    fn clear_inbox(&self, key: &str) -> Result<(), StoreError> {
+        self.writer().execute("DELETE FROM inbox WHERE user = ?1", [key])?;
         Ok(())
     }
 

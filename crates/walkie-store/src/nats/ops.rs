@@ -502,7 +502,9 @@ impl Inner {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let found = try_join_all(distinct.iter().map(|u| self.user(u))).await?;
+        // A device's key `NAME/DEVICE` is queued while its user exists.
+        let user_of = |key: &String| key.split_once('/').map_or(key.clone(), |(u, _)| u.to_string());
+        let found = try_join_all(distinct.iter().map(|k| async move { self.user(&user_of(k)).await })).await?;
         let mut users: Vec<&String> = distinct
             .into_iter()
             .zip(found)
@@ -687,6 +689,10 @@ impl Inner {
         self.js
             .purge(&self.inbox, &self.layout.inbox_subject(user, seq))
             .await
+    }
+
+    pub async fn clear_inbox(&self, key: &str) -> Result<(), StoreError> {
+        self.js.purge(&self.inbox, &self.layout.inbox_filter(key)).await
     }
 
     // ---- history ----

@@ -59,6 +59,17 @@ const MIGRATIONS: &[&str] = &[
         value BLOB NOT NULL,
         rev   INTEGER NOT NULL CHECK (rev > 0)
     ) STRICT, WITHOUT ROWID;",
+    // 3: inboxes are keyed by delivery key, not only by user: a user's second device has
+    // its own inbox (`NAME/DEVICE`), so the key no longer references `users`. Removing a
+    // user deletes their main inbox; the relay clears their devices' inboxes.
+    "CREATE TABLE inbox_by_key (
+        user TEXT NOT NULL,
+        seq  INTEGER NOT NULL REFERENCES clips (seq) ON DELETE CASCADE,
+        PRIMARY KEY (user, seq)
+    ) STRICT, WITHOUT ROWID;
+    INSERT INTO inbox_by_key (user, seq) SELECT user, seq FROM inbox;
+    DROP TABLE inbox;
+    ALTER TABLE inbox_by_key RENAME TO inbox;",
 ];
 
 /// The schema version this build writes and understands.

@@ -527,6 +527,23 @@ fn invite_links_sign_up_and_people_commands_keep_their_output() {
     assert_eq!(ok_stdout(alice_cmd(&["channel", "leave", "crew"])), "left channel crew\n");
     assert_eq!(ok_stdout(alice_cmd(&["channel", "list"])), "");
     assert_eq!(ok_stdout(admin(&data, &["channel", "list"])), "crew zoe\n");
+
+    // A second device: a link from the first, `walkie join` on the second, listed, removed.
+    let made = ok_stdout(zoe(&["device", "link"]));
+    let device_link = made.lines().last().expect("link").to_string();
+    assert!(device_link.starts_with(&format!("walkie://{}/join/", relay.addr)), "{made}");
+    let laptop_home = tmp.path().join("zoe-laptop");
+    let joined = ok_stdout(walkie_home(&laptop_home).args(["join", &device_link, "--display", "Zoë's laptop"]).output().expect("runs"));
+    assert_eq!(joined.lines().last(), Some("zoe"), "{joined}");
+    let listed = ok_stdout(walkie_home(&laptop_home).args(["device", "list"]).output().expect("runs"));
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(lines.len(), 2, "{listed}");
+    assert_eq!(lines[0], "main first_device - offline");
+    let laptop: Vec<&str> = lines[1].split(' ').collect();
+    assert_eq!((laptop[1], laptop[3]), ("Zoë's_laptop", "this"), "{listed}");
+    let removed = ok_stdout(zoe(&["device", "remove", laptop[0]]));
+    assert_eq!(removed, format!("removed device {}\nmain first_device - this\n", laptop[0]));
+    failed_with(walkie_home(&laptop_home).args(["device", "list"]).output().expect("runs"), 1, "wrong token");
 }
 
 #[test]

@@ -397,7 +397,7 @@ async fn sign_up_contacts_and_channels_work_across_relays_on_a_nats_store() {
     let bob = d.add_user("bob", 1).await;
     d.add_channel("crew", &["bob"]).await;
     let admin = d.admin.clone();
-    let invite = Invite { uses_left: 1, expires_ms: now_ms() + 60_000, channel: Some("crew".into()), created_by: None };
+    let invite = Invite { uses_left: 1, expires_ms: now_ms() + 60_000, channel: Some("crew".into()), created_by: None, device_of: None };
     let code = blocking(move || walkie_relay::people::create_invite(admin.as_ref(), &invite)).await.expect("invite made");
     let link = InviteLink { addr: d.relays[0].addr.to_string(), code: Some(code), fingerprint: d.relays[0].fingerprint.to_string() };
     let joined = walkie_client::people::join(&link, "zoe", Some("Zoë")).await.expect("joins on relay 1");

@@ -44,7 +44,7 @@ fn link(relay: &TestRelay, invite: Invite) -> InviteLink {
 }
 
 fn invite(uses: u32, channel: Option<&str>) -> Invite {
-    Invite { uses_left: uses, expires_ms: now_ms() + 3_600_000, channel: channel.map(str::to_string), created_by: None }
+    Invite { uses_left: uses, expires_ms: now_ms() + 3_600_000, channel: channel.map(str::to_string), created_by: None, device_of: None }
 }
 
 /// Waits for the first event `pick` takes, skipping others.
@@ -355,5 +355,83 @@ async fn a_removed_user_leaves_no_trace_in_others_contacts_and_their_channels_pa
     assert_eq!(store.record(&["person", "alice"]).expect("reads"), None);
     let made = bob_c.groups().await.expect("lists");
     assert_eq!(names(&made.into_iter().find(|g| g.name == "made")).1.as_deref(), Some("bob"));
+    bob_c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_device_gets_every_clip_with_played_state_and_is_removed_within_two_seconds() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(&tmp.path().join("relay"), RelayConfig::default()).await;
+    let (alice, bob) = (relay.add_user("alice"), relay.add_user("bob"));
+    let (mut phone, bob_c) = (relay.connect(&alice).await, relay.connect(&bob).await);
+    let (link, expires) = phone.link_device(&alice.relay, alice.pin).await.expect("a link");
+    assert!(expires > now_ms() + 9 * 60_000 && expires <= now_ms() + 10 * 60_000);
+    let joined = join(&link, "", Some("Laptop")).await.expect("the laptop signs in");
+    assert_eq!((joined.user.as_str(), joined.channel), ("alice", None));
+    assert!(refused(join(&link, "", None).await.expect_err("once")).1.contains("already used"));
+    let laptop_cfg = relay.config_for("alice", &joined.token);
+
+    // The laptop is offline: the phone gets a clip, plays and acknowledges it.
+    let first = send(&bob_c, Target::User("alice".into())).await.expect("sent");
+    let got = wait_for(&mut phone, 10, |e| match e {
+        Event::Clip(c) => Some(c.header.id),
+        _ => None,
+    })
+    .await;
+    assert_eq!(got, first);
+    phone.ack(first).await.expect("acked");
+    phone.played(first).await.expect("played");
+    let listed = phone.devices().await.expect("lists");
+    let shown: Vec<(&str, &str, bool, bool)> = listed.iter().map(|d| (d.id.as_str(), d.name.as_str(), d.online, d.this)).collect();
+    assert_eq!(shown[0], ("main", "first device", true, true));
+    assert_eq!((shown[1].1, shown[1].2, shown[1].3), ("Laptop", false, false));
+    let laptop_id = listed[1].id.clone();
+
+    // The laptop comes online later: the clip is still delivered to it, already played.
+    let mut laptop = relay.connect(&laptop_cfg).await;
+    let got = wait_for(&mut laptop, 10, |e| match e {
+        Event::Clip(c) => Some(c.header.id),
+        _ => None,
+    })
+    .await;
+    assert_eq!(got, first, "acknowledged on the phone, still delivered to the laptop");
+    let played = wait_for(&mut laptop, 10, |e| match e {
+        Event::PlayedBy(id, user) => Some((id, user)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(played, (first, "alice".to_string()), "played on the phone shows played here");
+    laptop.ack(first).await.expect("acked");
+
+    // Both online: both get the next one; playing it on the laptop tells the phone at once.
+    let second = send(&bob_c, Target::User("alice".into())).await.expect("sent");
+    for device in [&mut phone, &mut laptop] {
+        let got = wait_for(device, 10, |e| match e {
+            Event::Clip(c) => Some(c.header.id),
+            _ => None,
+        })
+        .await;
+        assert_eq!(got, second);
+    }
+    laptop.played(second).await.expect("played");
+    let told = wait_for(&mut phone, 10, |e| match e {
+        Event::PlayedBy(id, user) if id == second => Some(user),
+        _ => None,
+    })
+    .await;
+    assert_eq!(told, "alice");
+
+    // Removing the laptop ends its session within 2 seconds and its token stops working.
+    let left = phone.remove_device(&laptop_id).await.expect("removes");
+    assert_eq!(left.len(), 1);
+    let started = std::time::Instant::now();
+    within(5, "the laptop's session to end", async { while laptop.next_event().await.is_some() {} }).await;
+    assert!(started.elapsed() < Duration::from_millis(2500), "{:?}", started.elapsed());
+    assert!(laptop.close_reason().is_some_and(|r| r.contains("device was removed")), "{:?}", laptop.close_reason());
+    let again = Client::connect(&laptop_cfg).await.err().expect("refused");
+    assert!(again.to_string().contains("wrong token"), "{again}");
+    assert_eq!(relay.store.pending(&format!("alice/{laptop_id}"), 0, 10).expect("inbox"), vec![], "its inbox is gone");
+    assert!(refused(phone.remove_device("main").await.expect_err("the first stays")).1.contains("new token"));
+    phone.close().await;
     bob_c.close().await;
 }

@@ -74,17 +74,26 @@ enum Command {
     /// Save the connection settings given (flags or environment) as your profile.
     Login,
     /// Sign up with an invite link (`walkie://HOST:PORT/join/CODE#sha256:FINGERPRINT`, from
-    /// `walkie-relay invite create` or a friend): makes the account, saves it as your profile
-    /// as `walkie login` does, and prints your user name on the last line.
+    /// `walkie-relay invite create` or a friend), or sign this device in with a link from
+    /// `walkie device link`: saves the account as your profile as `walkie login` does, and
+    /// prints your user name on the last line.
     Join {
         /// The invite link.
         link: String,
-        /// Your login name: 1-32 of a-z, 0-9, '.', '_', '-' (others find you as @NAME).
+        /// Your login name: 1-32 of a-z, 0-9, '.', '_', '-' (others find you as @NAME);
+        /// not needed with a device link.
         #[arg(long, value_name = "NAME")]
-        name: String,
-        /// The name people see beside your clips, in any script (1-64 characters).
+        name: Option<String>,
+        /// The name people see beside your clips, in any script (1-64 characters); with a
+        /// device link, this device's name.
         #[arg(long, value_name = "DISPLAY NAME")]
         display: Option<String>,
+    },
+    /// Your devices: link another one, list them, remove one. (`walkie devices` lists audio
+    /// devices.)
+    Device {
+        #[command(subcommand)]
+        action: DeviceCmd,
     },
     /// Show your profile, or change it with `walkie profile set`.
     Profile {
@@ -230,6 +239,21 @@ enum ProfileCmd {
         /// Who may send you direct clips: anyone, or contacts (blocked users never can).
         #[arg(long, value_name = "anyone|contacts")]
         direct_from: Option<walkie_proto::people::DirectFrom>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCmd {
+    /// Print a one-time link (valid 10 minutes) that signs another device in as you: run
+    /// `walkie join LINK` there. Each device has its own token and gets every clip, even one
+    /// another device already received.
+    Link,
+    /// List your devices: `ID NAME LINKED_AT STATE`, STATE one of this, online, offline.
+    List,
+    /// Remove a device: its sessions end within 2 seconds and its token stops working.
+    Remove {
+        /// The device's id (from `walkie device list`).
+        id: String,
     },
 }
 
@@ -444,6 +468,18 @@ fn parse_target(s: &str) -> Result<Target, Failure> {
     s.parse::<Target>().map_err(|e| usage(format!("--to/target {s:?}: {e}; use a channel name or @user")))
 }
 
+/// `ID NAME LINKED_AT STATE` per device.
+fn device_lines(devices: Vec<walkie_proto::wire::DeviceInfo>) -> Vec<String> {
+    devices
+        .into_iter()
+        .map(|d| {
+            let state = if d.this { "this" } else if d.online { "online" } else { "offline" };
+            let at = if d.created_ms > 0 { ops::rfc3339(d.created_ms) } else { "-".into() };
+            format!("{} {} {at} {state}", d.id, d.name.replace(' ', "_"))
+        })
+        .collect()
+}
+
 /// One `walkie channel` command on a connected client; the lines to print.
 async fn channel_command(client: &Client, action: ChannelCmd) -> Result<Vec<String>, Failure> {
     let line = |g: &GroupInfo| {
@@ -485,7 +521,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Join { link, name, display } => {
             let link: InviteLink = link.parse().map_err(|e: walkie_proto::people::LinkError| usage(e.to_string()))?;
-            let name = name.trim_start_matches('@').to_string();
+            let name = name.as_deref().unwrap_or_default().trim_start_matches('@').to_string();
             let joined = walkie_client::people::join(&link, &name, display.as_deref()).await?;
             let p = Profile {
                 relay: Some(joined.relay.clone()),
@@ -546,6 +582,25 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             for c in result? {
                 let presence = if c.online { "online" } else { "offline" };
                 println!("{} {} {presence} {}", c.user, c.state.map_or("none", |s| s.name()), c.display.as_deref().unwrap_or("-"));
+            }
+        }
+        Command::Device { action } => {
+            let cfg = client_config(&cli.conn)?;
+            let client = Client::connect(&cfg).await?;
+            let result = match action {
+                DeviceCmd::Link => client.link_device(&cfg.relay, cfg.pin).await.map(|(link, expires)| {
+                    vec![format!("link for another device, valid until {} (once):", ops::rfc3339(expires)), link.to_string()]
+                }),
+                DeviceCmd::List => client.devices().await.map(device_lines),
+                DeviceCmd::Remove { id } => client.remove_device(&id).await.map(|left| {
+                    let mut lines = vec![format!("removed device {id}")];
+                    lines.extend(device_lines(left));
+                    lines
+                }),
+            };
+            client.close().await;
+            for line in result? {
+                println!("{line}");
             }
         }
         Command::Channel { action } => {

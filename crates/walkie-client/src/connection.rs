@@ -344,7 +344,9 @@ async fn read_control(mut recv: quinn::RecvStream, waiters: SharedWaiters, event
             reply @ (ServerMsg::MyProfile { req, .. }
             | ServerMsg::Profiles { req, .. }
             | ServerMsg::Contacts { req, .. }
-            | ServerMsg::Groups { req, .. }) => {
+            | ServerMsg::Groups { req, .. }
+            | ServerMsg::DeviceLink { req, .. }
+            | ServerMsg::Devices { req, .. }) => {
                 if let Some(tx) = lock(&waiters).requests.remove(&req) {
                     let _ = tx.send(Reply::People(reply));
                 }

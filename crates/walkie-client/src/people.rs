@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use walkie_net::{Fingerprint, read_frame, write_frame};
 use walkie_proto::people::{ContactAction, DirectFrom, GroupAction, InviteLink};
-use walkie_proto::wire::{ClientMsg, ContactEntry, GroupInfo, MAX_CONTROL_FRAME, PublicProfile, ServerMsg};
+use walkie_proto::wire::{ClientMsg, ContactEntry, DeviceInfo, GroupInfo, MAX_CONTROL_FRAME, PublicProfile, ServerMsg};
 
 use crate::connection::{Client, REQUEST_TIMEOUT, connection_error, dial};
 use crate::error::ClientError;
@@ -109,6 +109,36 @@ impl Client {
         match self.request(|req| ClientMsg::Group { req, channel, action }).await? {
             Reply::People(ServerMsg::Groups { mut groups, .. }) => Ok(groups.pop()),
             _ => Err(unexpected("channel")),
+        }
+    }
+
+    /// A one-time link that signs another device in as this user (`walkie join LINK` there),
+    /// made with this connection's relay address and pin; and when it stops working.
+    pub async fn link_device(&self, relay: &str, pin: Fingerprint) -> Result<(InviteLink, i64), ClientError> {
+        match self.request(|req| ClientMsg::LinkDevice { req }).await? {
+            Reply::People(ServerMsg::DeviceLink { code, expires_ms, .. }) => {
+                // Of several relays of a cluster, the link names the first.
+                let addr = relay.split(',').next().unwrap_or(relay).trim().to_string();
+                Ok((InviteLink { addr, code: Some(code), fingerprint: pin.to_string() }, expires_ms))
+            }
+            _ => Err(unexpected("device link")),
+        }
+    }
+
+    /// The user's devices, the first one first.
+    pub async fn devices(&self) -> Result<Vec<DeviceInfo>, ClientError> {
+        match self.request(|req| ClientMsg::Devices { req }).await? {
+            Reply::People(ServerMsg::Devices { devices, .. }) => Ok(devices),
+            _ => Err(unexpected("devices")),
+        }
+    }
+
+    /// Removes one of the user's other devices; the devices left.
+    pub async fn remove_device(&self, id: &str) -> Result<Vec<DeviceInfo>, ClientError> {
+        let id = id.to_string();
+        match self.request(|req| ClientMsg::RemoveDevice { req, id }).await? {
+            Reply::People(ServerMsg::Devices { devices, .. }) => Ok(devices),
+            _ => Err(unexpected("device removal")),
         }
     }
 

@@ -288,7 +288,7 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             let identity = walkie_net::RelayIdentity::load_or_create(&dir).map_err(|e| format!("cannot read the relay's certificate in {}: {e}", dir.display()))?;
             let now = walkie_proto::clip::now_ms();
-            let invite = Invite { uses_left: uses, expires_ms: now.saturating_add(ttl), channel: channel.clone(), created_by: None };
+            let invite = Invite { uses_left: uses, expires_ms: now.saturating_add(ttl), channel: channel.clone(), created_by: None, device_of: None };
             let code = people::create_invite(store.as_ref(), &invite).map_err(|e| e.to_string())?;
             let link = InviteLink { addr, code: Some(code), fingerprint: identity.fingerprint().to_string() };
             link.to_string().parse::<InviteLink>().map_err(|e| format!("--address: {e}"))?;

@@ -65,12 +65,12 @@ pub(crate) async fn handle(
         return;
     };
     let hello = tokio::time::timeout(shared.config.hello_timeout, read_frame::<ClientMsg>(&mut recv, MAX_HELLO_FRAME)).await;
-    let (user, credential) = match hello {
+    let (user, (credential, device)) = match hello {
         Ok(Ok(Some(ClientMsg::Hello { user, token, client }))) => match authenticate(&shared, &user, &token).await {
-            Ok(hash) => {
+            Ok(found) => {
                 let client: String = client.chars().take(MAX_HELLO_FIELD).collect();
-                info!(%remote, %user, client = %escape(&client), "session opened");
-                (user, hash)
+                info!(%remote, %user, device = found.1.as_deref().unwrap_or(people::MAIN_DEVICE), client = %escape(&client), "session opened");
+                (user, found)
             }
             Err(msg) => {
                 warn!(%remote, user = %escape(&user), "refused: {}", msg);
@@ -113,7 +113,7 @@ pub(crate) async fn handle(
     }
     let (tx, rx) = mpsc::channel::<ServerMsg>(256);
     let (channels, peers) = memberships(&shared, &user).await;
-    let (session, first) = shared.registry.register(&user, credential, conn.clone(), tx.clone());
+    let (session, first) = shared.registry.register(&user, credential, device, conn.clone(), tx.clone());
     let _ = tx.send(ServerMsg::Channels { channels }).await;
     let _ = tx.send(ServerMsg::Online { users: shared.registry.online_among(&peers) }).await;
     if first {
@@ -181,8 +181,11 @@ async fn join(shared: &Shared, conn: &quinn::Connection, send: &mut quinn::SendS
     let result = shared.store(move |s| Ok(people::join(s, code.as_deref(), &who, display.as_deref(), open, now))).await;
     match result {
         Ok(Ok(joined)) => {
-            info!(%remote, user = %name, client = %escape(&client), channel = ?joined.channel, "user joined");
-            let msg = ServerMsg::Joined { user: name, token: joined.token, channel: joined.channel };
+            info!(%remote, user = %joined.user, device = ?joined.device, client = %escape(&client), channel = ?joined.channel, "user joined");
+            if joined.device.is_some() {
+                shared.forget_devices(&joined.user);
+            }
+            let msg = ServerMsg::Joined { user: joined.user, token: joined.token, channel: joined.channel };
             if write_frame(send, &msg, MAX_CONTROL_FRAME).await.is_ok() {
                 let _ = send.finish();
                 let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
@@ -198,17 +201,25 @@ async fn join(shared: &Shared, conn: &quinn::Connection, send: &mut quinn::SendS
     }
 }
 
-/// Checks the hello's credentials; the token hash they matched (the session remembers it, and
-/// ends when the user's token is replaced).
-async fn authenticate(shared: &Shared, user: &str, token: &str) -> Result<walkie_store::TokenHash, String> {
+/// Checks the hello's credentials: the user's own token, or one of their other devices'.
+/// The token hash they matched (the session remembers it, and ends when that token is
+/// replaced or the device removed) and the device, if not the first.
+async fn authenticate(shared: &Shared, user: &str, token: &str) -> Result<(walkie_store::TokenHash, Option<String>), String> {
     const REFUSED: &str = "unknown user or wrong token";
     if validate_user_name(user).is_err() || token.len() > MAX_HELLO_FIELD {
         return Err(REFUSED.into());
     }
-    let name = user.to_string();
-    match shared.store(move |s| s.token_hash(&name)).await {
-        Ok(Some(hash)) if auth::token_matches(token, &hash) => Ok(hash),
-        Ok(_) => Err(REFUSED.into()),
+    let (name, token) = (user.to_string(), token.to_string());
+    let found = shared
+        .store(move |s| match s.token_hash(&name)? {
+            Some(hash) if auth::token_matches(&token, &hash) => Ok(Some((hash, None))),
+            Some(_) => Ok(people::device_for_token(s, &name, &token)?.map(|(id, hash)| (hash, Some(id)))),
+            None => Ok(None),
+        })
+        .await;
+    match found {
+        Ok(Some(found)) => Ok(found),
+        Ok(None) => Err(REFUSED.into()),
         Err(e) => Err(format!("the relay cannot check tokens now: {e}")),
     }
 }

@@ -33,8 +33,8 @@ pub(crate) async fn pump(shared: Arc<Shared>, session: Arc<Session>) {
         let mut after = 0u64;
         let mut inbox: HashSet<ClipId> = HashSet::new();
         let complete = loop {
-            let user = session.user.clone();
-            let page = match shared.store(move |s| s.pending(&user, after, PAGE)).await {
+            let key = session.inbox.clone();
+            let page = match shared.store(move |s| s.pending(&key, after, PAGE)).await {
                 Ok(page) => page,
                 Err(e) => {
                     warn!(user = %session.user, "cannot read inbox: {e}");
@@ -42,6 +42,7 @@ pub(crate) async fn pump(shared: Arc<Shared>, session: Arc<Session>) {
                     break false;
                 }
             };
+            let mut sent_now = Vec::new();
             for meta in &page {
                 after = after.max(meta.seq);
                 inbox.insert(meta.id);
@@ -49,7 +50,7 @@ pub(crate) async fn pump(shared: Arc<Shared>, session: Arc<Session>) {
                     continue;
                 }
                 match send_stored(&shared, &session, meta).await {
-                    Ok(()) => {}
+                    Ok(()) => sent_now.push(meta.id),
                     // The connection is gone: this session's delivery ends.
                     Err(e @ (SendError::Net(_) | SendError::Conn(_))) => {
                         debug!(user = %session.user, clip = %meta.id, "delivery stopped: {e}");
@@ -59,6 +60,7 @@ pub(crate) async fn pump(shared: Arc<Shared>, session: Arc<Session>) {
                     Err(e) => warn!(user = %session.user, clip = %meta.id, "cannot deliver a stored clip: {e}"),
                 }
             }
+            tell_played_elsewhere(&shared, &session, &sent_now).await;
             if page.len() < PAGE {
                 break true;
             }
@@ -75,6 +77,19 @@ pub(crate) async fn pump(shared: Arc<Shared>, session: Arc<Session>) {
             }
             None => session.wake.notified().await,
         }
+    }
+}
+
+/// For a user with several devices: which of the clips just delivered from the inbox they
+/// already played on another device, so this one shows them played.
+async fn tell_played_elsewhere(shared: &Shared, session: &Session, delivered: &[ClipId]) {
+    if delivered.is_empty() || !shared.delivery_keys(std::slice::from_ref(&session.user)).await.is_ok_and(|k| k.len() > 1) {
+        return;
+    }
+    let user = session.user.clone();
+    let Ok(played) = shared.store(move |s| crate::people::played(s, &user)).await else { return };
+    for id in delivered.iter().filter(|id| played.contains(&id.to_string())) {
+        let _ = session.control.try_send(ServerMsg::PlayedBy { id: *id, user: session.user.clone() });
     }
 }
 

@@ -179,6 +179,7 @@ pub async fn start_with(
         signup_limits: Mutex::new(KeyedLimits::new(signups, signups / 3600.0)),
         connections: AtomicUsize::new(0),
         usage: Default::default(),
+        delivery_keys: Default::default(),
     });
     tokio::spawn(maintenance::run(shared.clone()));
     if let Some(incoming) = cluster.incoming() {

@@ -1,5 +1,5 @@
-//! Periodic relay chores: closing the sessions of users an admin removed or whose token an
-//! admin replaced (the admin command runs in another process, so the relay polls the store
+//! Periodic relay chores: closing the sessions of users an admin removed, of devices their
+//! owner removed, or whose token an admin replaced (the admin command runs in another process, so the relay polls the store
 //! every second), deleting clips past the retention period, and expired invites.
 
 use std::collections::HashMap;
@@ -44,18 +44,35 @@ async fn revoke_stale(shared: &Shared) {
     let mut names: Vec<String> = sessions.iter().map(|s| s.user.clone()).collect();
     names.sort();
     names.dedup();
+    let mut with_devices: Vec<String> = sessions.iter().filter(|s| s.device.is_some()).map(|s| s.user.clone()).collect();
+    with_devices.dedup();
     let asked = names.clone();
-    let hashes: HashMap<String, Option<TokenHash>> = match shared.store(move |s| s.token_hashes(&asked)).await {
-        Ok(h) => names.into_iter().zip(h).collect(),
+    let read = shared
+        .store(move |s| {
+            let hashes = s.token_hashes(&asked)?;
+            let devices = with_devices.iter().map(|u| crate::people::devices(s, u)).collect::<Result<Vec<_>, _>>()?;
+            Ok((hashes, with_devices.into_iter().zip(devices).collect::<HashMap<_, _>>()))
+        })
+        .await;
+    let (hashes, devices): (HashMap<String, Option<TokenHash>>, _) = match read {
+        Ok((h, d)) => (names.into_iter().zip(h).collect(), d),
         Err(e) => {
-            warn!("cannot check for removed users and replaced tokens: {e}");
+            warn!("cannot check for removed users, devices and replaced tokens: {e}");
             return;
         }
     };
     for s in &sessions {
-        let message = match hashes.get(&s.user) {
-            Some(Some(hash)) if *hash == s.credential => continue,
-            Some(Some(_)) => "your token was replaced; sign in with the new one",
+        let device_hash = |id: &str| {
+            devices.get(&s.user).and_then(|d| d.get(id)).and_then(|d| {
+                let mut hash = [0u8; 32];
+                hex::decode_to_slice(&d.token_hash, &mut hash).ok().map(|()| hash)
+            })
+        };
+        let message = match (hashes.get(&s.user), &s.device) {
+            (Some(Some(hash)), None) if *hash == s.credential => continue,
+            (Some(Some(_)), None) => "your token was replaced; sign in with the new one",
+            (Some(Some(_)), Some(id)) if device_hash(id) == Some(s.credential) => continue,
+            (Some(Some(_)), Some(_)) => "this device was removed from your account",
             _ => "your account was removed from this relay",
         };
         info!(user = %s.user, session = s.id, "{message}: closing the session");

@@ -10,6 +10,8 @@
 //! | `invite.SHA256(CODE)` | [`Invite`] |
 //! | `person.NAME` | [`Person`]: display name, who may send direct clips, contacts, who blocked them |
 //! | `group.CHANNEL` | [`Group`]: owner and title of a channel a user made |
+//! | `devices.NAME` | [`Devices`]: a user's other devices, each with its own token and inbox |
+//! | `played.NAME` | the clips a user with several devices played lately, for the others |
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -77,16 +79,16 @@ pub struct Group {
 }
 
 /// The invite key of a code: the code is never stored, only its SHA-256.
-fn invite_key(code: &str) -> [String; 2] {
-    ["invite".into(), hex::encode(sha2::Sha256::digest(code.as_bytes()))]
+fn invite_key(code: &str) -> Vec<String> {
+    vec!["invite".into(), hex::encode(sha2::Sha256::digest(code.as_bytes()))]
 }
 
-fn key(kind: &str, name: &str) -> [String; 2] {
-    [kind.to_string(), name.to_string()]
+fn key(kind: &str, name: &str) -> Vec<String> {
+    vec![kind.to_string(), name.to_string()]
 }
 
-fn refs(key: &[String; 2]) -> [&str; 2] {
-    [&key[0], &key[1]]
+fn refs(key: &[String]) -> Vec<&str> {
+    key.iter().map(String::as_str).collect()
 }
 
 fn corrupt(what: &str, e: serde_json::Error) -> StoreError {
@@ -94,7 +96,7 @@ fn corrupt(what: &str, e: serde_json::Error) -> StoreError {
 }
 
 /// Reads a JSON record and its revision (0 when absent, with the default value).
-fn read<T: serde::de::DeserializeOwned + Default>(store: &dyn Store, key: &[String; 2]) -> Result<(T, u64), StoreError> {
+fn read<T: serde::de::DeserializeOwned + Default>(store: &dyn Store, key: &[String]) -> Result<(T, u64), StoreError> {
     match store.record(&refs(key))? {
         Some(r) => Ok((serde_json::from_slice(&r.value).map_err(|e| corrupt(&key.join("."), e))?, r.rev)),
         None => Ok((T::default(), 0)),
@@ -102,14 +104,14 @@ fn read<T: serde::de::DeserializeOwned + Default>(store: &dyn Store, key: &[Stri
 }
 
 /// Reads a record that may be absent.
-fn read_opt<T: serde::de::DeserializeOwned>(store: &dyn Store, key: &[String; 2]) -> Result<Option<(T, u64)>, StoreError> {
+fn read_opt<T: serde::de::DeserializeOwned>(store: &dyn Store, key: &[String]) -> Result<Option<(T, u64)>, StoreError> {
     match store.record(&refs(key))? {
         Some(r) => Ok(Some((serde_json::from_slice(&r.value).map_err(|e| corrupt(&key.join("."), e))?, r.rev))),
         None => Ok(None),
     }
 }
 
-fn write<T: Serialize>(store: &dyn Store, key: &[String; 2], value: &T, rev: u64) -> Result<bool, StoreError> {
+fn write<T: Serialize>(store: &dyn Store, key: &[String], value: &T, rev: u64) -> Result<bool, StoreError> {
     let bytes = serde_json::to_vec(value).map_err(|e| corrupt(&key.join("."), e))?;
     Ok(store.put_record(&refs(key), &bytes, rev)?.is_some())
 }
@@ -156,10 +158,14 @@ pub fn create_invite(store: &dyn Store, invite: &Invite) -> Result<String, Peopl
 /// What a sign-up made.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Joined {
-    /// The new user's token (shown once).
+    /// Who signed in: the new user, or for a device link the user who made it.
+    pub user: String,
+    /// The new token (shown once).
     pub token: String,
     /// The channel the invite added them to, if it named one that still exists.
     pub channel: Option<String>,
+    /// For a device link: the new device's id.
+    pub device: Option<String>,
 }
 
 /// Makes an account for `name` with an invite `code`, or without one when `open_signup`:
@@ -167,6 +173,15 @@ pub struct Joined {
 /// is spent, then the user is added (the use is given back if that fails), and the invite's
 /// channel joined.
 pub fn join(store: &dyn Store, code: Option<&str>, name: &str, display: Option<&str>, open_signup: bool, now_ms: i64) -> Result<Joined, PeopleError> {
+    if let Some(code) = code
+        && let Some((invite, _)) = read_opt::<Invite>(store, &invite_key(code))?
+        && let Some(owner) = invite.device_of
+    {
+        return join_device(store, code, &owner, display, now_ms);
+    }
+    if name.is_empty() {
+        return Err(refused(ErrorCode::BadRequest, "choose a login name for the new account (walkie join LINK --name NAME)"));
+    }
     validate_user_name(name).map_err(|e| refused(ErrorCode::BadRequest, e.to_string()))?;
     let display = display.map(people::validate_display_name).transpose().map_err(|e| refused(ErrorCode::BadRequest, e.to_string()))?;
     let name_taken = || refused(ErrorCode::Conflict, format!("the name {name:?} is taken on this relay; choose another"));
@@ -204,7 +219,7 @@ pub fn join(store: &dyn Store, code: Option<&str>, name: &str, display: Option<&
         },
         None => None,
     };
-    Ok(Joined { token, channel })
+    Ok(Joined { user: name.to_string(), token, channel, device: None })
 }
 
 /// Spends one use of the invite with this code; the code and the invite as it was.
@@ -238,7 +253,6 @@ fn give_back(store: &dyn Store, code: &str) {
 pub fn sweep_invites(store: &dyn Store, now_ms: i64) -> Result<usize, StoreError> {
     let mut n = 0;
     for k in store.record_keys(&["invite"])? {
-        let Ok(k) = <[String; 2]>::try_from(k) else { continue };
         if let Some((invite, _)) = read_opt::<Invite>(store, &k)?
             && invite.expires_ms <= now_ms
         {
@@ -247,6 +261,141 @@ pub fn sweep_invites(store: &dyn Store, now_ms: i64) -> Result<usize, StoreError
         }
     }
     Ok(n)
+}
+
+// ---- devices ----
+
+/// Devices one user may have besides the first.
+pub const MAX_DEVICES: usize = 8;
+/// The id of a user's first device: the one whose token is the user's own.
+pub const MAIN_DEVICE: &str = "main";
+/// How long a device link works.
+pub const DEVICE_LINK_MS: i64 = 10 * 60_000;
+
+/// One of a user's other devices.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// SHA-256 of its token, hex.
+    pub token_hash: String,
+    /// What its owner called it.
+    pub name: String,
+    /// When it was linked.
+    pub created_ms: i64,
+}
+
+/// A user's other devices by id.
+pub type Devices = BTreeMap<String, Device>;
+
+/// A user's other devices.
+pub fn devices(store: &dyn Store, user: &str) -> Result<Devices, StoreError> {
+    Ok(read::<Devices>(store, &key("devices", user))?.0)
+}
+
+/// The inbox a device of `user` is delivered from: the user's own for the first device.
+pub fn inbox_key(user: &str, device: Option<&str>) -> String {
+    match device {
+        None => user.to_string(),
+        Some(d) => format!("{user}/{d}"),
+    }
+}
+
+/// Every inbox a clip for `user` is queued in: theirs and one per other device.
+pub fn delivery_keys(store: &dyn Store, user: &str) -> Result<Vec<String>, StoreError> {
+    let mut keys = vec![user.to_string()];
+    keys.extend(devices(store, user)?.keys().map(|d| inbox_key(user, Some(d))));
+    Ok(keys)
+}
+
+/// A one-time link code that signs another device in as `user` within [`DEVICE_LINK_MS`].
+pub fn link_device(store: &dyn Store, user: &str, now_ms: i64) -> Result<String, PeopleError> {
+    if devices(store, user)?.len() >= MAX_DEVICES {
+        return Err(refused(ErrorCode::TooLarge, format!("you have {} devices, the most this relay allows; remove one first", MAX_DEVICES + 1)));
+    }
+    let invite = Invite { uses_left: 1, expires_ms: now_ms + DEVICE_LINK_MS, channel: None, created_by: Some(user.to_string()), device_of: Some(user.to_string()) };
+    create_invite(store, &invite)
+}
+
+fn join_device(store: &dyn Store, code: &str, owner: &str, name: Option<&str>, now_ms: i64) -> Result<Joined, PeopleError> {
+    let name = match name {
+        Some(n) => people::validate_display_name(n).map_err(|e| refused(ErrorCode::BadRequest, e.to_string().replace("display name", "device name")))?,
+        None => "device".to_string(),
+    };
+    if store.token_hash(owner)?.is_none() {
+        return Err(refused(ErrorCode::Unauthorized, InviteRefusal::Unknown.to_string()));
+    }
+    spend_invite(store, code, now_ms)?;
+    let token = auth::new_token();
+    let id = hex::encode(rand::random::<[u8; 4]>());
+    let device = Device { token_hash: hex::encode(auth::hash_token(&token)), name, created_ms: now_ms };
+    let k = key("devices", owner);
+    for _ in 0..CAS_TRIES {
+        let (mut all, rev): (Devices, u64) = read(store, &k)?;
+        if all.len() >= MAX_DEVICES {
+            return Err(refused(ErrorCode::TooLarge, format!("{owner} has {} devices, the most this relay allows", MAX_DEVICES + 1)));
+        }
+        all.insert(id.clone(), device.clone());
+        if write(store, &k, &all, rev)? {
+            return Ok(Joined { user: owner.to_string(), token, channel: None, device: Some(id) });
+        }
+    }
+    Err(StoreError::Backend("the device list kept changing; try again".into()).into())
+}
+
+/// Removes one of `user`'s other devices and empties its inbox; false if there is no such device.
+pub fn remove_device(store: &dyn Store, user: &str, id: &str) -> Result<bool, PeopleError> {
+    if id == MAIN_DEVICE {
+        return Err(refused(ErrorCode::BadRequest, "the first device is the account itself: to lock it out, the administrator gives the user a new token (walkie-relay user token)"));
+    }
+    let k = key("devices", user);
+    for _ in 0..CAS_TRIES {
+        let (mut all, rev): (Devices, u64) = read(store, &k)?;
+        if all.remove(id).is_none() {
+            return Ok(false);
+        }
+        if write(store, &k, &all, rev)? {
+            store.clear_inbox(&inbox_key(user, Some(id)))?;
+            return Ok(true);
+        }
+    }
+    Err(StoreError::Backend("the device list kept changing; try again".into()).into())
+}
+
+/// Which of `user`'s other devices `token` belongs to, with its hash.
+pub fn device_for_token(store: &dyn Store, user: &str, token: &str) -> Result<Option<(String, walkie_store::TokenHash)>, StoreError> {
+    for (id, d) in devices(store, user)? {
+        let mut hash = [0u8; 32];
+        if hex::decode_to_slice(&d.token_hash, &mut hash).is_ok() && auth::token_matches(token, &hash) {
+            return Ok(Some((id, hash)));
+        }
+    }
+    Ok(None)
+}
+
+/// Clips played lately by a user with several devices are remembered this many at a time.
+const PLAYED_KEPT: usize = 512;
+
+/// Remembers that `user` played `id` (for their other devices, which may get it later).
+pub fn mark_played(store: &dyn Store, user: &str, id: &str) -> Result<(), PeopleError> {
+    let k = key("played", user);
+    for _ in 0..CAS_TRIES {
+        let (mut ids, rev): (std::collections::VecDeque<String>, u64) = read(store, &k)?;
+        if ids.iter().any(|i| i == id) {
+            return Ok(());
+        }
+        ids.push_back(id.to_string());
+        while ids.len() > PLAYED_KEPT {
+            ids.pop_front();
+        }
+        if write(store, &k, &ids, rev)? {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// The clips `user` played lately (hex ids).
+pub fn played(store: &dyn Store, user: &str) -> Result<BTreeSet<String>, StoreError> {
+    Ok(read::<std::collections::VecDeque<String>>(store, &key("played", user))?.0.into_iter().collect())
 }
 
 // ---- profiles ----
@@ -298,8 +447,13 @@ pub fn forget(store: &dyn Store, user: &str) -> Result<(), PeopleError> {
         })?;
     }
     store.delete_record(&["person", user])?;
+    for id in devices(store, user)?.keys() {
+        store.clear_inbox(&inbox_key(user, Some(id)))?;
+    }
+    store.delete_record(&["devices", user])?;
+    store.delete_record(&["played", user])?;
     for k in store.record_keys(&["group"])? {
-        let Ok([_, channel]) = <[String; 2]>::try_from(k) else { continue };
+        let Some(channel) = k.get(1).cloned() else { continue };
         let gk = key("group", &channel);
         if let Some((group, rev)) = read_opt::<Group>(store, &gk)?
             && group.owner == user

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use walkie_proto::clip::validate_name;
 use walkie_proto::people::{ContactAction, ContactState, DirectFrom, GroupAction};
-use walkie_proto::wire::{ContactEntry, ErrorCode, ErrorMsg, MAX_PROFILES, ReqId, ServerMsg};
+use walkie_proto::wire::{ContactEntry, DeviceInfo, ErrorCode, ErrorMsg, MAX_PROFILES, ReqId, ServerMsg};
 
 use crate::people::{self, PeopleError};
 use crate::registry::Session;
@@ -27,6 +27,9 @@ pub(crate) enum PeopleRequest {
     Contacts,
     Group { channel: String, action: GroupAction },
     Groups,
+    LinkDevice,
+    Devices,
+    RemoveDevice { id: String },
 }
 
 /// Answers one people request of `session`.
@@ -58,6 +61,22 @@ pub(crate) async fn answer(shared: &Arc<Shared>, session: &Session, req: ReqId, 
         PeopleRequest::Contact { user: other, action } => contact(shared, req, user, other, action).await,
         PeopleRequest::Group { channel, action } => group(shared, req, user, channel, action).await,
         PeopleRequest::Groups => run(shared, move |s| Ok(people::groups_of(s, &user)?)).await.map(|groups| ServerMsg::Groups { req, groups }),
+        PeopleRequest::LinkDevice => {
+            let now = walkie_proto::clip::now_ms();
+            run(shared, move |s| people::link_device(s, &user, now))
+                .await
+                .map(|code| ServerMsg::DeviceLink { req, code, expires_ms: now + people::DEVICE_LINK_MS })
+        }
+        PeopleRequest::Devices => devices(shared, session, req).await,
+        PeopleRequest::RemoveDevice { id } => {
+            let removed = run(shared, move |s| people::remove_device(s, &user, &id)).await;
+            shared.forget_devices(&session.user);
+            match removed {
+                Ok(true) => devices(shared, session, req).await,
+                Ok(false) => Err((ErrorCode::NotFound, "you have no device with that id; `walkie device list` shows them".to_string())),
+                Err(e) => Err(e),
+            }
+        }
     };
     result.unwrap_or_else(|(code, message)| error(req, code, message))
 }
@@ -73,6 +92,23 @@ async fn run<T: Send + 'static>(
         Ok(Err(PeopleError::Store(e))) => Err((ErrorCode::Storage, format!("the relay's store failed: {e}"))),
         Err(e) => Err((ErrorCode::Storage, format!("the relay's store failed: {e}"))),
     }
+}
+
+/// The user's devices, the first one first, with which are online here and which is asking.
+async fn devices(shared: &Shared, session: &Session, req: ReqId) -> Result<ServerMsg, (ErrorCode, String)> {
+    let user = session.user.clone();
+    let others = run(shared, move |s| Ok(people::devices(s, &user)?)).await?;
+    let online: Vec<Option<String>> = shared.registry.sessions_of(&session.user).iter().map(|s| s.device.clone()).collect();
+    let info = |id: Option<&str>, name: String, created_ms: i64| DeviceInfo {
+        id: id.unwrap_or(people::MAIN_DEVICE).to_string(),
+        name,
+        created_ms,
+        online: online.iter().any(|d| d.as_deref() == id),
+        this: session.device.as_deref() == id,
+    };
+    let mut list = vec![info(None, "first device".into(), 0)];
+    list.extend(others.into_iter().map(|(id, d)| info(Some(&id), d.name, d.created_ms)));
+    Ok(ServerMsg::Devices { req, devices: list })
 }
 
 /// Presence is told for contacts only, as it is for people one shares a channel with.

@@ -28,6 +28,11 @@ pub struct Session {
     /// The hash of the token the session authenticated with: when the user's stored token
     /// changes, the session ends.
     pub credential: walkie_store::TokenHash,
+    /// Which of the user's other devices this is (`None`: the first, whose token is the
+    /// user's own).
+    pub device: Option<String>,
+    /// The inbox this session is delivered from (the user's, or its device's own).
+    pub inbox: String,
     live_sent: Mutex<HashSet<ClipId>>,
 }
 
@@ -73,6 +78,7 @@ impl Registry {
         &self,
         user: &str,
         credential: walkie_store::TokenHash,
+        device: Option<String>,
         conn: quinn::Connection,
         control: mpsc::Sender<ServerMsg>,
     ) -> (Arc<Session>, bool) {
@@ -83,6 +89,11 @@ impl Registry {
             wake: Notify::new(),
             control,
             credential,
+            inbox: match &device {
+                Some(d) => format!("{user}/{d}"),
+                None => user.to_string(),
+            },
+            device,
             live_sent: Mutex::new(HashSet::new()),
         });
         let mut map = lock(&self.sessions);

@@ -41,10 +41,13 @@ pub(crate) async fn control_loop(shared: &Arc<Shared>, session: &Arc<Session>, r
             ClientMsg::Contacts { req } => Some(people(shared, session, req, PeopleRequest::Contacts).await),
             ClientMsg::Group { req, channel, action } => Some(people(shared, session, req, PeopleRequest::Group { channel, action }).await),
             ClientMsg::Groups { req } => Some(people(shared, session, req, PeopleRequest::Groups).await),
+            ClientMsg::LinkDevice { req } => Some(people(shared, session, req, PeopleRequest::LinkDevice).await),
+            ClientMsg::Devices { req } => Some(people(shared, session, req, PeopleRequest::Devices).await),
+            ClientMsg::RemoveDevice { req, id } => Some(people(shared, session, req, PeopleRequest::RemoveDevice { id }).await),
             ClientMsg::Ping { nonce } => Some(ServerMsg::Pong { nonce }),
             ClientMsg::Ack { id } => {
-                let user = session.user.clone();
-                match shared.store(move |s| s.ack(&user, &id)).await {
+                let inbox = session.inbox.clone();
+                match shared.store(move |s| s.ack(&inbox, &id)).await {
                     Ok(()) => None,
                     Err(e) => Some(ServerMsg::Error(e.to_wire(None, Some(id)))),
                 }
@@ -79,11 +82,18 @@ async fn people(shared: &Arc<Shared>, session: &Session, req: u64, request: Peop
     people_requests::answer(shared, session, req, request).await
 }
 
-/// Tells the sender of clip `id` that `user` played it, if `user` may read it.
+/// Tells the sender of clip `id` that `user` played it, if `user` may read it; and the
+/// user's other devices, so that "played" follows the user (one that is offline learns it
+/// when the clip reaches it, from the user's record of clips played lately).
 async fn receipt(shared: &Shared, user: &str, id: ClipId) {
     let Ok(Some(meta)) = shared.store(move |s| s.clip(&id)).await else { return };
     if meta.from != user && may_read(shared, user, &meta).await {
-        shared.tell_everywhere(std::slice::from_ref(&meta.from), &ServerMsg::PlayedBy { id, user: user.to_string() });
+        let played = ServerMsg::PlayedBy { id, user: user.to_string() };
+        shared.tell_everywhere(&[meta.from.clone(), user.to_string()], &played);
+        if shared.delivery_keys(&[user.to_string()]).await.is_ok_and(|keys| keys.len() > 1) {
+            let (user, hex) = (user.to_string(), id.to_string());
+            let _ = shared.store(move |s| Ok(crate::people::mark_played(s, &user, &hex))).await;
+        }
     }
 }
 

@@ -2,7 +2,9 @@
 //! to the other relays, the per-user rate limits, and the shutdown signal; with the helpers
 //! that reach all of a user's sessions here and on the other relays.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
+use std::time::{Duration, Instant};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
@@ -32,7 +34,15 @@ pub(crate) struct Shared {
     pub connections: AtomicUsize,
     /// What each sender stores, for the quota.
     pub usage: crate::quota::Usage,
+    /// Each recipient's delivery keys (their inbox and their other devices'), read lately.
+    pub delivery_keys: Mutex<HashMap<String, (Instant, Vec<String>)>>,
 }
+
+/// How long a user's list of devices is trusted before it is read again: a device linked
+/// through another relay of a cluster gets its own copy of clips committed here from then on.
+const DEVICES_FRESH: Duration = Duration::from_secs(5);
+/// Users whose delivery keys are remembered at most.
+const DEVICES_CACHED: usize = 100_000;
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (single inserts,
 /// removes and counter updates).
@@ -61,6 +71,41 @@ impl Shared {
         if self.cluster.spans_relays() && !users.is_empty() {
             self.cluster.publish(Notice::Tell { users: users.to_vec(), msg: msg.clone() });
         }
+    }
+
+    /// The inboxes a clip for `users` goes to: each user's, and each of their other devices'.
+    pub async fn delivery_keys(&self, users: &[String]) -> Result<Vec<String>, RelayError> {
+        let now = Instant::now();
+        let mut out = Vec::with_capacity(users.len());
+        let mut missing = Vec::new();
+        {
+            let cache = lock(&self.delivery_keys);
+            for u in users {
+                match cache.get(u) {
+                    Some((at, keys)) if now.duration_since(*at) < DEVICES_FRESH => out.extend(keys.iter().cloned()),
+                    _ => missing.push(u.clone()),
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let asked = missing.clone();
+        let found = self.store(move |s| asked.iter().map(|u| crate::people::delivery_keys(s, u)).collect::<Result<Vec<_>, _>>()).await?;
+        let mut cache = lock(&self.delivery_keys);
+        if cache.len() + found.len() > DEVICES_CACHED {
+            cache.clear();
+        }
+        for (user, keys) in missing.into_iter().zip(found) {
+            out.extend(keys.iter().cloned());
+            cache.insert(user, (now, keys));
+        }
+        Ok(out)
+    }
+
+    /// Forgets what is remembered of `user`'s devices (one was linked or removed here).
+    pub fn forget_devices(&self, user: &str) {
+        lock(&self.delivery_keys).remove(user);
     }
 
     /// Runs a blocking store call off the async threads.

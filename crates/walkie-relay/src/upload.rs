@@ -157,7 +157,11 @@ impl Driver<'_> {
                     live.marked = true;
                 }
                 self.stored = Some(meta.clone());
-                let outcome = self.shared.store(move |s| s.commit_clip(&meta, &recipients, &ogg)).await;
+                // Each recipient's inbox, and one per other device they have.
+                let outcome = match self.shared.delivery_keys(&recipients).await {
+                    Ok(keys) => self.shared.store(move |s| s.commit_clip(&meta, &keys, &ogg)).await,
+                    Err(e) => Err(e),
+                };
                 Some(Input::Committed(match outcome {
                     Ok(CommitOutcome::Stored(seq) | CommitOutcome::Duplicate(seq)) => Ok(seq),
                     Err(e @ RelayError::Store(StoreError::IdConflict(_))) => Err(CommitFailure::Conflict(e.to_string())),

@@ -54,7 +54,13 @@ pub(super) struct Worker {
     /// Commands that arrived while a clip was being recorded or a connection attempted.
     deferred: VecDeque<Command>,
     demo: Option<Demo>,
+    /// Clips this user played on another device (the relay says so), which may arrive here
+    /// after the news: they come in played, and do not play again by themselves.
+    played_elsewhere: std::collections::HashSet<ClipId>,
 }
+
+/// Clips remembered as played elsewhere, at most.
+const PLAYED_ELSEWHERE_KEPT: usize = 4096;
 
 /// What woke the loop.
 enum Wake {
@@ -87,6 +93,7 @@ pub(super) async fn run(opts: EngineOptions, shared: Arc<Shared>, mut rx: mpsc::
         mic_tx,
         deferred: VecDeque::new(),
         demo: None,
+        played_elsewhere: Default::default(),
     };
     let mut client: Option<Client> = None;
     w.begin(&mut client, &mut rx).await;
@@ -658,10 +665,14 @@ impl Worker {
                 let mine = clip.header.from == me;
                 let (target, new) = book::add_clip(&mut self.snap.conversations, &me, &meta, mine);
                 let audio = ClipAudio::of_received(&clip);
-                if !heard_live && new && !mine && self.autoplays(&target) {
+                let elsewhere = self.played_elsewhere.contains(&id);
+                if elsewhere {
+                    book::mark_played(&mut self.snap.conversations, id);
+                }
+                if !heard_live && new && !mine && !elsewhere && self.autoplays(&target) {
                     self.playout.autoplay(clip);
                 }
-                if new && !mine {
+                if new && !mine && !elsewhere {
                     self.link.set_unplayed(id, true);
                 }
                 self.got_audio(id, audio);
@@ -687,6 +698,15 @@ impl Worker {
             }
             Event::Online(users) => book::set_online(&mut self.snap.conversations, &me, &users),
             Event::Presence(user, online) => book::set_presence(&mut self.snap.conversations, &me, &user, online),
+            Event::PlayedBy(id, user) if user == me => {
+                if self.played_elsewhere.len() >= PLAYED_ELSEWHERE_KEPT {
+                    self.played_elsewhere.clear();
+                }
+                self.played_elsewhere.insert(id);
+                if book::mark_played(&mut self.snap.conversations, id) {
+                    self.link.set_unplayed(id, false);
+                }
+            }
             Event::PlayedBy(id, user) => book::add_receipt(&mut self.snap.conversations, id, &user),
             Event::ContactChanged(entry) => {
                 let who = entry.display.clone().map_or_else(|| format!("@{}", entry.user), |d| format!("{d} (@{})", entry.user));

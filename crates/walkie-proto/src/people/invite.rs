@@ -81,6 +81,9 @@ pub struct Invite {
     pub channel: Option<String>,
     /// Who made it (`None`: the administrator).
     pub created_by: Option<String>,
+    /// For a device link: the user it signs in as another device (no new account).
+    #[serde(default)]
+    pub device_of: Option<String>,
 }
 
 /// Why an invite code does not work.
@@ -164,7 +167,7 @@ mod tests {
 
     #[test]
     fn invites_are_spent_and_expire() {
-        let invite = Invite { uses_left: 2, expires_ms: 10_000, channel: Some("crew".into()), created_by: None };
+        let invite = Invite { uses_left: 2, expires_ms: 10_000, channel: Some("crew".into()), created_by: None, device_of: None };
         let once = invite.redeem(1_000).expect("first use");
         assert_eq!(once.uses_left, 1);
         let twice = once.redeem(2_000).expect("second use");

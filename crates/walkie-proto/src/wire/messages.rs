@@ -116,6 +116,40 @@ pub enum ClientMsg {
         /// Request id.
         req: ReqId,
     },
+    /// A one-time code that signs another device in as this user; answered with
+    /// [`ServerMsg::DeviceLink`].
+    LinkDevice {
+        /// Request id.
+        req: ReqId,
+    },
+    /// The user's devices; answered with [`ServerMsg::Devices`].
+    Devices {
+        /// Request id.
+        req: ReqId,
+    },
+    /// Removes one of the user's other devices (its sessions end, its inbox goes); answered
+    /// with [`ServerMsg::Devices`].
+    RemoveDevice {
+        /// Request id.
+        req: ReqId,
+        /// The device's id.
+        id: String,
+    },
+}
+
+/// One of a user's devices.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// Its id (`main` for the first).
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// When it was linked (0 for the first, which the account was made with).
+    pub created_ms: i64,
+    /// Connected now (to this relay).
+    pub online: bool,
+    /// The device asking.
+    pub this: bool,
 }
 
 /// Most names one [`ClientMsg::Profiles`] may ask about.
@@ -259,6 +293,23 @@ pub enum ServerMsg {
         req: ReqId,
         /// Sorted by name.
         groups: Vec<GroupInfo>,
+    },
+    /// A device link code (answers [`ClientMsg::LinkDevice`]); the client makes the link with
+    /// the relay's address and pin it knows.
+    DeviceLink {
+        /// The request it answers.
+        req: ReqId,
+        /// The one-time code.
+        code: String,
+        /// When it stops working, milliseconds since the Unix epoch.
+        expires_ms: i64,
+    },
+    /// The user's devices (answers [`ClientMsg::Devices`] and [`ClientMsg::RemoveDevice`]).
+    Devices {
+        /// The request it answers.
+        req: ReqId,
+        /// The first device, then the others by id.
+        devices: Vec<DeviceInfo>,
     },
 }
 
@@ -480,6 +531,9 @@ mod tests {
             any::<u64>().prop_map(|req| ClientMsg::Contacts { req }),
             (any::<u64>(), arb_name(), arb_group_action()).prop_map(|(req, channel, action)| ClientMsg::Group { req, channel, action }),
             any::<u64>().prop_map(|req| ClientMsg::Groups { req }),
+            any::<u64>().prop_map(|req| ClientMsg::LinkDevice { req }),
+            any::<u64>().prop_map(|req| ClientMsg::Devices { req }),
+            (any::<u64>(), "[0-9a-f]{8}").prop_map(|(req, id)| ClientMsg::RemoveDevice { req, id }),
         ]
     }
     fn arb_direct() -> impl Strategy<Value = DirectFrom> {
@@ -530,6 +584,11 @@ mod tests {
                     req,
                     groups: g.into_iter().map(|(name, title, owner, members)| GroupInfo { name, title, owner, members }).collect()
                 }),
+            (any::<u64>(), "[0-9a-f]{32}", any::<i64>()).prop_map(|(req, code, expires_ms)| ServerMsg::DeviceLink { req, code, expires_ms }),
+            (any::<u64>(), proptest::collection::vec(("[0-9a-f]{8}", ".{0,10}", any::<i64>(), any::<bool>(), any::<bool>()), 0..3)).prop_map(|(req, d)| ServerMsg::Devices {
+                req,
+                devices: d.into_iter().map(|(id, name, created_ms, online, this)| DeviceInfo { id, name, created_ms, online, this }).collect()
+            }),
         ]
     }
     fn arb_stream() -> impl Strategy<Value = StreamFrame> {

@@ -479,6 +479,19 @@ fn failed_with(out: Output, code: i32, says: &str) {
     assert!(stderr(&out).contains(says), "expected {says:?} in: {}", stderr(&out));
 }
 
+/// A JPEG photo whose EXIF block (an APP1 segment right after the start marker) holds a GPS
+/// position, as phones write them.
+fn jpeg_with_gps(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x % 251) as u8, (y % 241) as u8, 77]));
+    let mut jpeg = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).expect("encodes");
+    let exif = b"Exif\0\0MM\0*GPSLatitude 48.8584 N GPSLongitude 2.2945 E";
+    let mut app1 = vec![0xFF, 0xE1];
+    app1.extend_from_slice(&((exif.len() + 2) as u16).to_be_bytes());
+    app1.extend_from_slice(exif);
+    [&jpeg[..2], &app1, &jpeg[2..]].concat()
+}
+
 #[test]
 fn invite_links_sign_up_and_people_commands_keep_their_output() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -501,12 +514,45 @@ fn invite_links_sign_up_and_people_commands_keep_their_output() {
     assert_eq!(joined.lines().last(), Some("zoe"), "{joined}");
     assert!(joined.contains("member of channel crew"), "{joined}");
     let zoe = |args: &[&str]| walkie_home(&zoe_home).args(args).output().expect("runs");
-    assert_eq!(ok_stdout(zoe(&["profile"])), "user zoe\ndisplay Zoë 张\ndirect-from anyone\n");
+    assert_eq!(ok_stdout(zoe(&["profile"])), "user zoe\ndisplay Zoë 张\navatar -\ndirect-from anyone\n");
     failed_with(walkie_home(&tmp.path().join("x")).args(["join", &link, "--name", "xia"]).output().expect("runs"), 1, "already used");
     failed_with(walkie_home(&tmp.path().join("x")).args(["join", "walkie://nowhere", "--name", "xia"]).output().expect("runs"), 2, "not an invite link");
-    assert_eq!(ok_stdout(zoe(&["profile", "set", "--direct-from", "contacts"])), "user zoe\ndisplay Zoë 张\ndirect-from contacts\n");
-    failed_with(zoe(&["profile", "set"]), 2, "--display or --direct-from");
+    assert_eq!(ok_stdout(zoe(&["profile", "set", "--direct-from", "contacts"])), "user zoe\ndisplay Zoë 张\navatar -\ndirect-from contacts\n");
+    failed_with(zoe(&["profile", "set"]), 2, "--display, --avatar, --no-avatar or --direct-from");
     failed_with(zoe(&["profile", "set", "--display", ""]), 1, "cannot be empty");
+
+    // An avatar from a photo with its GPS position in EXIF: only pixels reach anyone.
+    let photo = tmp.path().join("photo.jpg");
+    std::fs::write(&photo, jpeg_with_gps(800, 600)).expect("written");
+    let set = ok_stdout(zoe(&["profile", "set", "--avatar", photo.to_str().expect("utf-8")]));
+    let tag = set.lines().find_map(|l| l.strip_prefix("avatar ")).expect("avatar line").to_string();
+    assert_eq!(tag.len(), 16, "{set}");
+    for (args, side) in [(vec![], 256), (vec!["--small"], 64)] {
+        let out = tmp.path().join(format!("zoe-{side}.png"));
+        let mut cmd = vec!["avatar", "@zoe", "--out", out.to_str().expect("utf-8")];
+        cmd.extend(args);
+        ok_stdout(walkie(&relay, &tmp.path().join("alice"), "alice", &alice).args(&cmd).output().expect("runs"));
+        let png = std::fs::read(&out).expect("saved");
+        let img = image::load_from_memory_with_format(&png, image::ImageFormat::Png).expect("a PNG");
+        assert_eq!((img.width(), img.height()), (side, side));
+        assert!(!png.windows(3).any(|w| w == b"GPS") && !png.windows(4).any(|w| w == b"Exif"), "no metadata survives");
+    }
+    let text = tmp.path().join("notes.txt");
+    std::fs::write(&text, "not a picture").expect("written");
+    failed_with(zoe(&["profile", "set", "--avatar", text.to_str().expect("utf-8")]), 1, "not a PNG, JPEG or WebP");
+    let big = tmp.path().join("big.jpg");
+    std::fs::write(&big, vec![0xFF; 2 * 1024 * 1024 + 1]).expect("written");
+    failed_with(zoe(&["profile", "set", "--avatar", big.to_str().expect("utf-8")]), 1, "at most 2 MB");
+    // A 300-byte PNG that claims 60 000 × 60 000 pixels (14 GB decoded): refused from its header.
+    let bomb = tmp.path().join("bomb.png");
+    let mut bytes = Vec::new();
+    image::RgbImage::new(8, 8).write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).expect("encodes");
+    bytes[16..24].copy_from_slice(&[0, 0, 0xEA, 0x60, 0, 0, 0xEA, 0x60]);
+    std::fs::write(&bomb, &bytes).expect("written");
+    let out = zoe(&["profile", "set", "--avatar", bomb.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("too large") || stderr(&out).contains("not a readable"), "{}", stderr(&out));
+    assert!(ok_stdout(zoe(&["profile"])).contains(&format!("avatar {tag}\n")), "the avatar stays after refusals");
 
     // Contacts: zoe asks, alice sees and accepts.
     let alice_cmd = |args: &[&str]| walkie(&relay, &tmp.path().join("alice"), "alice", &alice).args(args).output().expect("runs");
@@ -517,7 +563,8 @@ fn invite_links_sign_up_and_people_commands_keep_their_output() {
     failed_with(zoe(&["contact", "accept", "nobody"]), 1, "no user @nobody");
 
     // Channels users make.
-    assert_eq!(ok_stdout(zoe(&["channel", "create", "team", "--members", "alice"])), "team zoe alice,zoe -\n");
+    assert_eq!(ok_stdout(zoe(&["channel", "create", "team"])), "team zoe zoe -\n");
+    assert_eq!(ok_stdout(zoe(&["channel", "invite", "team", "@alice"])), "team zoe alice,zoe -\n");
     assert_eq!(ok_stdout(zoe(&["channel", "rename", "team", "Team Zoë"])), "team zoe alice,zoe Team Zoë\n");
     assert_eq!(ok_stdout(alice_cmd(&["channel", "list"])), "crew - alice,zoe -\nteam zoe alice,zoe Team Zoë\n");
     failed_with(alice_cmd(&["channel", "delete", "team"]), 1, "only the owner");

@@ -435,3 +435,75 @@ async fn a_second_device_gets_every_clip_with_played_state_and_is_removed_within
     phone.close().await;
     bob_c.close().await;
 }
+
+/// A 256 px PNG with a text chunk that must not survive (a client could put anything there).
+fn png_with_secret(side: u32) -> Vec<u8> {
+    let img = image::RgbaImage::from_fn(side, side, |x, y| image::Rgba([x as u8, y as u8, 200, 255]));
+    let mut plain = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut plain, image::ImageFormat::Png).expect("encodes");
+    let plain = plain.into_inner();
+    // A tEXt chunk after the IHDR (8-byte signature + 25-byte IHDR chunk); its CRC is valid.
+    let data = b"Comment\0GPS 48.8584 2.2945 secret".to_vec();
+    let mut chunk = (data.len() as u32).to_be_bytes().to_vec();
+    let typed: Vec<u8> = [b"tEXt".as_slice(), &data].concat();
+    chunk.extend_from_slice(&typed);
+    chunk.extend_from_slice(&crc32(&typed).to_be_bytes());
+    [&plain[..33], &chunk, &plain[33..]].concat()
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_reencodes_avatars_and_refuses_what_a_hostile_client_sends_instead() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(&tmp.path().join("relay"), RelayConfig::default()).await;
+    let (alice, bob) = (relay.add_user("alice"), relay.add_user("bob"));
+    let (alice_c, bob_c) = (relay.connect(&alice).await, relay.connect(&bob).await);
+    let sent = png_with_secret(256);
+    assert!(sent.windows(6).any(|w| w == b"secret"), "the test picture carries its secret");
+    let me = alice_c.set_avatar(Some(sent)).await.expect("accepted");
+    let tag = me.avatar.expect("a tag");
+    let profile = bob_c.profiles(vec!["alice".into()]).await.expect("profiles");
+    assert_eq!(profile[0].avatar.as_deref(), Some(tag.as_str()));
+    for (small, side) in [(false, 256), (true, 64)] {
+        let png = bob_c.avatar("alice", small).await.expect("asks").expect("has one");
+        let back = image::load_from_memory_with_format(&png, image::ImageFormat::Png).expect("a PNG");
+        assert_eq!((back.width(), back.height()), (side, side));
+        assert!(!png.windows(6).any(|w| w == b"secret") && !png.windows(3).any(|w| w == b"GPS"), "nothing but pixels is kept");
+    }
+    assert_eq!(bob_c.avatar("bob", true).await.expect("asks"), None);
+    assert_eq!(bob_c.avatar("nobody", true).await.expect("asks"), None);
+
+    // Straight to the relay, past the client's own checks: each refused, the avatar kept.
+    let mut bomb = png_with_secret(256);
+    bomb[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+    bomb[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+    for (bad, says) in [(bomb, "PNG"), (png_with_secret(300), "256×256"), (b"GIF89a not a png".to_vec(), "not a readable PNG")] {
+        let (code, why) = refused(alice_c.set_avatar(Some(bad)).await.expect_err("refused"));
+        assert_eq!(code, ErrorCode::BadRequest, "{why}");
+        assert!(why.contains(says), "{why}");
+    }
+    let (code, why) = refused(alice_c.set_avatar(Some(vec![0; 600 * 1024])).await.expect_err("too large"));
+    assert!(code == ErrorCode::BadRequest && why.contains("at most"), "{why}");
+    assert_eq!(bob_c.profiles(vec!["alice".into()]).await.expect("profiles")[0].avatar.as_deref(), Some(tag.as_str()));
+    // Removed on request, and by a purge.
+    assert_eq!(alice_c.set_avatar(None).await.expect("removed").avatar, None);
+    assert_eq!(bob_c.avatar("alice", false).await.expect("asks"), None);
+    alice_c.set_avatar(Some(png_with_secret(256))).await.expect("again");
+    alice_c.set_profile(Some("Alice".into()), None).await.expect("named");
+    people::clear_profile(relay.store.as_ref(), "alice").expect("purged");
+    let after = bob_c.profiles(vec!["alice".into()]).await.expect("profiles");
+    assert_eq!((after[0].display.as_deref(), after[0].avatar.as_deref()), (None, None));
+    assert_eq!(bob_c.avatar("alice", true).await.expect("asks"), None);
+    alice_c.close().await;
+    bob_c.close().await;
+}

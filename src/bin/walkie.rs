@@ -100,6 +100,18 @@ enum Command {
         #[command(subcommand)]
         action: Option<ProfileCmd>,
     },
+    /// Save someone's avatar (a PNG) to a file; exits 1 if they have none.
+    Avatar {
+        /// Their user name (`bob` or `@bob`).
+        #[arg(value_name = "USER")]
+        whose: String,
+        /// The PNG file to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// The 64 px one instead of the 256 px one.
+        #[arg(long)]
+        small: bool,
+    },
     /// Ask someone to be your contact, answer, remove or block them.
     Contact {
         #[command(subcommand)]
@@ -231,11 +243,19 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ProfileCmd {
-    /// Change your display name or who may send you direct clips; prints the profile after.
+    /// Change your display name, avatar or who may send you direct clips; prints the profile
+    /// after.
     Set {
         /// The name people see, in any script (1-64 characters).
         #[arg(long, value_name = "DISPLAY NAME")]
         display: Option<String>,
+        /// A PNG, JPEG or WebP picture of at most 2 MB: its centre square becomes your avatar
+        /// (256 px and 64 px; nothing of the file but its pixels is kept or sent).
+        #[arg(long, value_name = "FILE", conflicts_with = "no_avatar")]
+        avatar: Option<PathBuf>,
+        /// Remove your avatar.
+        #[arg(long)]
+        no_avatar: bool,
         /// Who may send you direct clips: anyone, or contacts (blocked users never can).
         #[arg(long, value_name = "anyone|contacts")]
         direct_from: Option<walkie_proto::people::DirectFrom>,
@@ -297,7 +317,8 @@ enum ChannelCmd {
         /// Channel name.
         name: String,
         /// Who to add.
-        user: String,
+        #[arg(value_name = "USER")]
+        member: String,
     },
     /// Leave a channel (a channel you own passes to another member).
     Leave {
@@ -489,7 +510,7 @@ async fn channel_command(client: &Client, action: ChannelCmd) -> Result<Vec<Stri
     let (name, action) = match action {
         ChannelCmd::List => return Ok(client.groups().await?.iter().map(line).collect()),
         ChannelCmd::Create { name, members } => (name, GroupAction::Create { members: members.iter().map(|m| user(m)).collect() }),
-        ChannelCmd::Invite { name, user: u } => (name, GroupAction::Invite { user: user(&u) }),
+        ChannelCmd::Invite { name, member } => (name, GroupAction::Invite { user: user(&member) }),
         ChannelCmd::Leave { name } => (name, GroupAction::Leave),
         ChannelCmd::Rename { name, title } => (name, GroupAction::Rename { title }),
         ChannelCmd::Delete { name } => (name, GroupAction::Delete),
@@ -544,23 +565,44 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             println!("{}", joined.user);
         }
         Command::Profile { action } => {
-            let (display, direct_from) = match action {
-                Some(ProfileCmd::Set { display, direct_from }) => {
-                    if display.is_none() && direct_from.is_none() {
-                        return Err(usage("walkie profile set needs --display or --direct-from"));
+            let (display, direct_from, avatar) = match action {
+                Some(ProfileCmd::Set { display, direct_from, avatar, no_avatar }) => {
+                    if display.is_none() && direct_from.is_none() && avatar.is_none() && !no_avatar {
+                        return Err(usage("walkie profile set needs --display, --avatar, --no-avatar or --direct-from"));
                     }
-                    (display, direct_from)
+                    // The picture is checked and made into an avatar before anything is sent.
+                    let avatar = match (avatar, no_avatar) {
+                        (Some(path), _) => Some(Some(walkie_client::avatar::prepare(&path)?)),
+                        (None, true) => Some(None),
+                        (None, false) => None,
+                    };
+                    (display, direct_from, avatar)
                 }
-                None => (None, None),
+                None => (None, None, None),
             };
             let client = Client::connect(&client_config(&cli.conn)?).await?;
-            let result = client.set_profile(display, direct_from).await;
+            let mut result = client.set_profile(display, direct_from).await;
+            if let (Ok(_), Some(png)) = (&result, avatar) {
+                result = client.set_avatar(png).await;
+            }
             let user = client.user().to_string();
             client.close().await;
             let me = result?;
             println!("user {user}");
             println!("display {}", me.display.as_deref().unwrap_or("-"));
+            println!("avatar {}", me.avatar.as_deref().unwrap_or("-"));
             println!("direct-from {}", me.direct_from);
+        }
+        Command::Avatar { whose, out, small } => {
+            let user = whose.trim_start_matches('@').to_string();
+            let client = Client::connect(&client_config(&cli.conn)?).await?;
+            let png = client.avatar(&user, small).await;
+            client.close().await;
+            let Some(png) = png? else {
+                return Err(Failure(format!("@{user} has no avatar (or there is no such user)"), 1));
+            };
+            std::fs::write(&out, &png).map_err(|e| format!("{}: {e}", out.display()))?;
+            println!("{} bytes -> {}", png.len(), out.display());
         }
         Command::Contact { action } => {
             let (name, action) = match action {
@@ -815,4 +857,29 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent_and_no_argument_shadows_a_global_one() {
+        let cli = <Cli as clap::CommandFactory>::command();
+        cli.clone().debug_assert();
+        // clap lets a subcommand's own `user` argument share the global --user's id, and then
+        // one silently fills the other: every argument id must differ from the globals'.
+        let globals: Vec<String> = cli.get_arguments().filter(|a| a.is_global_set()).map(|a| a.get_id().to_string()).collect();
+        fn walk(cmd: &clap::Command, globals: &[String], path: &str) {
+            for a in cmd.get_arguments() {
+                assert!(!globals.contains(&a.get_id().to_string()), "`{path}` has an argument `{}` like a global one", a.get_id());
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, globals, &format!("{path} {}", sub.get_name()));
+            }
+        }
+        for sub in cli.get_subcommands() {
+            walk(sub, &globals, sub.get_name());
+        }
+    }
 }

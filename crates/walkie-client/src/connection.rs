@@ -202,10 +202,21 @@ impl Client {
     }
 
     pub(crate) async fn request(&self, make: impl FnOnce(u64) -> ClientMsg) -> Result<Reply, ClientError> {
+        self.request_parts(|req| vec![make(req)]).await
+    }
+
+    /// Sends the messages `make` gives for a new request id, in order, and waits for the reply
+    /// to that id (a request sent in several parts, like an avatar).
+    pub(crate) async fn request_parts(&self, make: impl FnOnce(u64) -> Vec<ClientMsg>) -> Result<Reply, ClientError> {
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.waiters).requests.insert(req, tx);
-        self.control(make(req)).await?;
+        for msg in make(req) {
+            if let Err(e) = self.control(msg).await {
+                lock(&self.waiters).requests.remove(&req);
+                return Err(e);
+            }
+        }
         let reply = tokio::time::timeout(REQUEST_TIMEOUT, rx).await;
         lock(&self.waiters).requests.remove(&req);
         match reply {
@@ -346,7 +357,8 @@ async fn read_control(mut recv: quinn::RecvStream, waiters: SharedWaiters, event
             | ServerMsg::Contacts { req, .. }
             | ServerMsg::Groups { req, .. }
             | ServerMsg::DeviceLink { req, .. }
-            | ServerMsg::Devices { req, .. }) => {
+            | ServerMsg::Devices { req, .. }
+            | ServerMsg::Avatar { req, .. }) => {
                 if let Some(tx) = lock(&waiters).requests.remove(&req) {
                     let _ = tx.send(Reply::People(reply));
                 }

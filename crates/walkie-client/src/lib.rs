@@ -10,6 +10,7 @@
 //! | `receive.rs` | incoming streams: delivered clips and fetched files |
 //! | `outbox.rs` | the on-disk outbox of unacknowledged clips |
 //! | `profile.rs` | where the client keeps its state; saved login profiles |
+//! | `avatar.rs` | a picture made into a 256 px PNG avatar, with limits, metadata dropped |
 //! | `people.rs` | signing up with an invite link; profile, display names, contacts, groups |
 //! | `ops.rs` | whole operations the CLI, the demo and the app run (send, listen, export, …) |
 //! | `talk.rs` | one live push-to-talk clip from an audio source |
@@ -20,6 +21,7 @@
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod avatar;
 mod connection;
 mod error;
 pub mod ops;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use walkie_net::{Fingerprint, read_frame, write_frame};
 use walkie_proto::people::{ContactAction, DirectFrom, GroupAction, InviteLink};
-use walkie_proto::wire::{ClientMsg, ContactEntry, DeviceInfo, GroupInfo, MAX_CONTROL_FRAME, PublicProfile, ServerMsg};
+use walkie_proto::wire::{AVATAR_PART, ClientMsg, ContactEntry, DeviceInfo, GroupInfo, MAX_CONTROL_FRAME, PublicProfile, ServerMsg};
 
 use crate::connection::{Client, REQUEST_TIMEOUT, connection_error, dial};
 use crate::error::ClientError;
@@ -33,6 +33,8 @@ pub struct MyProfile {
     pub display: Option<String>,
     /// Who may send them direct clips.
     pub direct_from: DirectFrom,
+    /// Their avatar's tag, if they have one.
+    pub avatar: Option<String>,
 }
 
 /// Makes an account on the relay an invite link points at, over a connection pinned to the
@@ -73,8 +75,40 @@ impl Client {
     /// Sets the fields given of the user's profile (none: reads it); the profile after.
     pub async fn set_profile(&self, display: Option<String>, direct_from: Option<DirectFrom>) -> Result<MyProfile, ClientError> {
         match self.request(|req| ClientMsg::SetProfile { req, display, direct_from }).await? {
-            Reply::People(ServerMsg::MyProfile { display, direct_from, .. }) => Ok(MyProfile { display, direct_from }),
+            Reply::People(ServerMsg::MyProfile { display, direct_from, avatar, .. }) => Ok(MyProfile { display, direct_from, avatar }),
             _ => Err(unexpected("profile")),
+        }
+    }
+
+    /// Sets the user's avatar to a 256 px PNG (from [`crate::avatar::prepare`]), or removes
+    /// it with `None`; the profile after.
+    pub async fn set_avatar(&self, png: Option<Vec<u8>>) -> Result<MyProfile, ClientError> {
+        let png = png.unwrap_or_default();
+        let total = u32::try_from(png.len()).map_err(|_| ClientError::Config("the avatar is too large".into()))?;
+        let reply = self
+            .request_parts(|req| {
+                if png.is_empty() {
+                    return vec![ClientMsg::SetAvatar { req, offset: 0, total, bytes: Vec::new() }];
+                }
+                // Parts in order under one request id; the relay answers the last.
+                png.chunks(AVATAR_PART)
+                    .enumerate()
+                    .map(|(i, c)| ClientMsg::SetAvatar { req, offset: (i * AVATAR_PART) as u32, total, bytes: c.to_vec() })
+                    .collect()
+            })
+            .await?;
+        match reply {
+            Reply::People(ServerMsg::MyProfile { display, direct_from, avatar, .. }) => Ok(MyProfile { display, direct_from, avatar }),
+            _ => Err(unexpected("avatar")),
+        }
+    }
+
+    /// `user`'s avatar as a PNG (the 64 px one when `small`), if they have one.
+    pub async fn avatar(&self, user: &str, small: bool) -> Result<Option<Vec<u8>>, ClientError> {
+        let user = user.to_string();
+        match self.request(|req| ClientMsg::Avatar { req, user, small }).await? {
+            Reply::People(ServerMsg::Avatar { png, .. }) => Ok(png),
+            _ => Err(unexpected("avatar")),
         }
     }
 

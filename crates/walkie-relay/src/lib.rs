@@ -28,6 +28,7 @@
 #![deny(unsafe_code)]
 
 mod access;
+pub mod avatar;
 pub mod auth;
 pub mod cli;
 pub mod cluster;

@@ -12,6 +12,7 @@
 //! | `group.CHANNEL` | [`Group`]: owner and title of a channel a user made |
 //! | `devices.NAME` | [`Devices`]: a user's other devices, each with its own token and inbox |
 //! | `played.NAME` | the clips a user with several devices played lately, for the others |
+//! | `avatar.NAME.256`, `avatar.NAME.64` | their avatar, PNG bytes as the relay encoded them |
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -66,6 +67,9 @@ pub struct Person {
     /// Who blocked them (never shown to them): their clips skip those users.
     #[serde(default)]
     pub blocked_by: BTreeSet<String>,
+    /// A tag of their avatar (changes with it), if they have one.
+    #[serde(default)]
+    pub avatar: Option<String>,
 }
 
 /// A channel a user made.
@@ -421,13 +425,55 @@ pub fn profiles(store: &dyn Store, names: &[String]) -> Result<Vec<PublicProfile
         if validate_name(name).is_err() || store.token_hash(name)?.is_none() {
             continue;
         }
-        out.push(PublicProfile { user: name.clone(), display: person(store, name)?.display });
+        let p = person(store, name)?;
+        out.push(PublicProfile { user: name.clone(), display: p.display, avatar: p.avatar });
     }
     Ok(out)
 }
 
-/// Removes what is kept about a user's person: their display name (purge).
+/// Sets (`Some(png)`: a 256 px PNG from the client, checked and encoded again by
+/// [`crate::avatar::accept`]) or removes `user`'s avatar; their profile after.
+pub fn set_avatar(store: &dyn Store, user: &str, png: Option<&[u8]>) -> Result<Person, PeopleError> {
+    let Some(png) = png else {
+        store.delete_record(&["avatar", user, "256"])?;
+        store.delete_record(&["avatar", user, "64"])?;
+        return update_person(store, user, |p| {
+            p.avatar = None;
+            Ok(p.clone())
+        });
+    };
+    let (large, small) = crate::avatar::accept(png).map_err(|e| refused(ErrorCode::BadRequest, e.to_string()))?;
+    let tag = hex::encode(&sha2::Sha256::digest(&large)[..8]);
+    put_raw(store, &["avatar", user, "256"], &large)?;
+    put_raw(store, &["avatar", user, "64"], &small)?;
+    update_person(store, user, |p| {
+        p.avatar = Some(tag.clone());
+        Ok(p.clone())
+    })
+}
+
+/// Writes bytes under `key` whatever was there.
+fn put_raw(store: &dyn Store, key: &[&str], bytes: &[u8]) -> Result<(), StoreError> {
+    for _ in 0..CAS_TRIES {
+        let rev = store.record(key)?.map_or(0, |r| r.rev);
+        if store.put_record(key, bytes, rev)?.is_some() {
+            return Ok(());
+        }
+    }
+    Err(StoreError::Backend("the avatar kept changing under this write; try again".into()))
+}
+
+/// A user's avatar PNG (64 px when `small`), if they have one.
+pub fn avatar(store: &dyn Store, user: &str, small: bool) -> Result<Option<Vec<u8>>, StoreError> {
+    if validate_name(user).is_err() {
+        return Ok(None);
+    }
+    Ok(store.record(&["avatar", user, if small { "64" } else { "256" }])?.map(|r| r.value))
+}
+
+/// Removes what is kept about a user's person that others see: display name and avatar (purge).
 pub fn clear_profile(store: &dyn Store, user: &str) -> Result<(), PeopleError> {
+    set_avatar(store, user, None)?;
     update_person(store, user, |p| {
         p.display = None;
         Ok(())
@@ -452,6 +498,8 @@ pub fn forget(store: &dyn Store, user: &str) -> Result<(), PeopleError> {
     }
     store.delete_record(&["devices", user])?;
     store.delete_record(&["played", user])?;
+    store.delete_record(&["avatar", user, "256"])?;
+    store.delete_record(&["avatar", user, "64"])?;
     for k in store.record_keys(&["group"])? {
         let Some(channel) = k.get(1).cloned() else { continue };
         let gk = key("group", &channel);

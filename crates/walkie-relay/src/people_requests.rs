@@ -30,6 +30,9 @@ pub(crate) enum PeopleRequest {
     LinkDevice,
     Devices,
     RemoveDevice { id: String },
+    /// A whole avatar upload (`None`: remove it).
+    SetAvatar { png: Option<Vec<u8>> },
+    Avatar { user: String, small: bool },
 }
 
 /// Answers one people request of `session`.
@@ -47,7 +50,21 @@ pub(crate) async fn answer(shared: &Arc<Shared>, session: &Session, req: ReqId, 
                 req,
                 display: p.display,
                 direct_from: p.direct_from.unwrap_or(default),
+                avatar: p.avatar,
             })
+        }
+        PeopleRequest::SetAvatar { png } => {
+            let default = shared.config.direct_from;
+            run(shared, move |s| people::set_avatar(s, &user, png.as_deref())).await.map(|p| ServerMsg::MyProfile {
+                req,
+                display: p.display,
+                direct_from: p.direct_from.unwrap_or(default),
+                avatar: p.avatar,
+            })
+        }
+        PeopleRequest::Avatar { user: whose, small } => {
+            let asked = whose.clone();
+            run(shared, move |s| Ok(people::avatar(s, &asked, small)?)).await.map(|png| ServerMsg::Avatar { req, user: whose, png })
         }
         PeopleRequest::Profiles { users } => {
             if users.len() > MAX_PROFILES {

@@ -11,6 +11,7 @@ use walkie_proto::clip::{ClipId, Target};
 use walkie_proto::wire::{ClientMsg, ErrorCode, ErrorMsg, MAX_CLIENT_FRAME, MAX_HISTORY_PAGE, ServerMsg};
 
 use crate::access::{may_access, may_read};
+use crate::avatar;
 use crate::deliver;
 use crate::people_requests::{self, PeopleRequest};
 use crate::registry::{ControlTx, Session};
@@ -23,6 +24,7 @@ fn error(req: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Serve
 /// Reads and answers control messages until the stream ends or breaks.
 pub(crate) async fn control_loop(shared: &Arc<Shared>, session: &Arc<Session>, recv: &mut quinn::RecvStream, tx: ControlTx) {
     let fetches = Arc::new(tokio::sync::Semaphore::new(deliver::MAX_FETCHES));
+    let mut avatar = AvatarUpload::default();
     loop {
         let msg = match read_frame::<ClientMsg>(recv, MAX_CLIENT_FRAME).await {
             Ok(Some(msg)) => msg,
@@ -44,6 +46,12 @@ pub(crate) async fn control_loop(shared: &Arc<Shared>, session: &Arc<Session>, r
             ClientMsg::LinkDevice { req } => Some(people(shared, session, req, PeopleRequest::LinkDevice).await),
             ClientMsg::Devices { req } => Some(people(shared, session, req, PeopleRequest::Devices).await),
             ClientMsg::RemoveDevice { req, id } => Some(people(shared, session, req, PeopleRequest::RemoveDevice { id }).await),
+            ClientMsg::Avatar { req, user, small } => Some(people(shared, session, req, PeopleRequest::Avatar { user, small }).await),
+            ClientMsg::SetAvatar { req, offset, total, bytes } => match avatar.part(offset, total, bytes) {
+                Ok(None) => None,
+                Ok(Some(png)) => Some(people(shared, session, req, PeopleRequest::SetAvatar { png }).await),
+                Err(message) => Some(error(Some(req), ErrorCode::BadRequest, message)),
+            },
             ClientMsg::Ping { nonce } => Some(ServerMsg::Pong { nonce }),
             ClientMsg::Ack { id } => {
                 let inbox = session.inbox.clone();
@@ -75,6 +83,41 @@ pub(crate) async fn control_loop(shared: &Arc<Shared>, session: &Arc<Session>, r
         {
             return;
         }
+    }
+}
+
+/// An avatar arriving in parts on the control stream: at most [`avatar::MAX_UPLOAD`]
+/// bytes, allocated once the first part says how many, and only in order.
+#[derive(Default)]
+struct AvatarUpload {
+    buf: Option<(Vec<u8>, usize)>,
+}
+
+impl AvatarUpload {
+    /// Takes one part: the whole PNG once complete (`Some(None)`: remove the avatar).
+    fn part(&mut self, offset: u32, total: u32, bytes: Vec<u8>) -> Result<Option<Option<Vec<u8>>>, String> {
+        let (offset, total) = (offset as usize, total as usize);
+        if total == 0 {
+            self.buf = None;
+            return Ok(Some(None));
+        }
+        if total > avatar::MAX_UPLOAD {
+            self.buf = None;
+            return Err(format!("an avatar upload is at most {} bytes, not {total}", avatar::MAX_UPLOAD));
+        }
+        if offset == 0 {
+            self.buf = Some((Vec::with_capacity(total), total));
+        }
+        let Some((buf, want)) = &mut self.buf else { return Err("avatar parts out of order".into()) };
+        if offset != buf.len() || *want != total || buf.len() + bytes.len() > total {
+            self.buf = None;
+            return Err("avatar parts out of order".into());
+        }
+        buf.extend_from_slice(&bytes);
+        if buf.len() < total {
+            return Ok(None);
+        }
+        Ok(Some(self.buf.take().map(|(b, _)| b)))
     }
 }
 

@@ -135,7 +135,32 @@ pub enum ClientMsg {
         /// The device's id.
         id: String,
     },
+    /// One part of a new avatar: a square 256 px PNG of `total` bytes (at most 512 KiB), sent
+    /// in order in parts that fit a control message. The last part is answered with
+    /// [`ServerMsg::MyProfile`]; `total` 0 removes the avatar.
+    SetAvatar {
+        /// Request id (the same for every part).
+        req: ReqId,
+        /// Where this part starts.
+        offset: u32,
+        /// The whole PNG's length.
+        total: u32,
+        /// The part.
+        bytes: Vec<u8>,
+    },
+    /// A user's avatar; answered with [`ServerMsg::Avatar`].
+    Avatar {
+        /// Request id.
+        req: ReqId,
+        /// Whose.
+        user: String,
+        /// The 64 px one instead of the 256 px one.
+        small: bool,
+    },
 }
+
+/// Bytes of an avatar sent in one [`ClientMsg::SetAvatar`] part.
+pub const AVATAR_PART: usize = 12 * 1024;
 
 /// One of a user's devices.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,6 +187,9 @@ pub struct PublicProfile {
     pub user: String,
     /// Display name, if they set one.
     pub display: Option<String>,
+    /// A tag that changes with their avatar (ask for it with [`ClientMsg::Avatar`]), if they
+    /// have one.
+    pub avatar: Option<String>,
 }
 
 /// One person in a user's contacts.
@@ -259,7 +287,7 @@ pub enum ServerMsg {
         /// The channel the invite added them to.
         channel: Option<String>,
     },
-    /// The user's own profile (answers [`ClientMsg::SetProfile`]).
+    /// The user's own profile (answers [`ClientMsg::SetProfile`] and [`ClientMsg::SetAvatar`]).
     MyProfile {
         /// The request it answers.
         req: ReqId,
@@ -267,6 +295,18 @@ pub enum ServerMsg {
         display: Option<String>,
         /// Who may send direct clips.
         direct_from: DirectFrom,
+        /// The avatar's tag, if there is one.
+        avatar: Option<String>,
+    },
+    /// A user's avatar (answers [`ClientMsg::Avatar`]): a PNG, or `None` if they have none or
+    /// there is no such user.
+    Avatar {
+        /// The request it answers.
+        req: ReqId,
+        /// Whose.
+        user: String,
+        /// The PNG.
+        png: Option<Vec<u8>>,
     },
     /// Public profiles (answers [`ClientMsg::Profiles`]).
     Profiles {
@@ -534,6 +574,9 @@ mod tests {
             any::<u64>().prop_map(|req| ClientMsg::LinkDevice { req }),
             any::<u64>().prop_map(|req| ClientMsg::Devices { req }),
             (any::<u64>(), "[0-9a-f]{8}").prop_map(|(req, id)| ClientMsg::RemoveDevice { req, id }),
+            (any::<u64>(), any::<u32>(), any::<u32>(), proptest::collection::vec(any::<u8>(), 0..40))
+                .prop_map(|(req, offset, total, bytes)| ClientMsg::SetAvatar { req, offset, total, bytes }),
+            (any::<u64>(), arb_name(), any::<bool>()).prop_map(|(req, user, small)| ClientMsg::Avatar { req, user, small }),
         ]
     }
     fn arb_direct() -> impl Strategy<Value = DirectFrom> {
@@ -571,12 +614,15 @@ mod tests {
             (arb_id(), arb_name()).prop_map(|(id, user)| ServerMsg::PlayedBy { id, user }),
             proptest::collection::vec(arb_name(), 0..4).prop_map(|channels| ServerMsg::Channels { channels }),
             (arb_name(), "[0-9a-f]{64}", proptest::option::of(arb_name())).prop_map(|(user, token, channel)| ServerMsg::Joined { user, token, channel }),
-            (any::<u64>(), proptest::option::of(".{0,20}"), arb_direct())
-                .prop_map(|(req, display, direct_from)| ServerMsg::MyProfile { req, display, direct_from }),
-            (any::<u64>(), proptest::collection::vec((arb_name(), proptest::option::of(".{0,20}")), 0..3)).prop_map(|(req, p)| ServerMsg::Profiles {
-                req,
-                profiles: p.into_iter().map(|(user, display)| PublicProfile { user, display }).collect()
-            }),
+            (any::<u64>(), proptest::option::of(".{0,20}"), arb_direct(), proptest::option::of("[0-9a-f]{16}"))
+                .prop_map(|(req, display, direct_from, avatar)| ServerMsg::MyProfile { req, display, direct_from, avatar }),
+            (any::<u64>(), proptest::collection::vec((arb_name(), proptest::option::of(".{0,20}"), proptest::option::of("[0-9a-f]{16}")), 0..3))
+                .prop_map(|(req, p)| ServerMsg::Profiles {
+                    req,
+                    profiles: p.into_iter().map(|(user, display, avatar)| PublicProfile { user, display, avatar }).collect()
+                }),
+            (any::<u64>(), arb_name(), proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)))
+                .prop_map(|(req, user, png)| ServerMsg::Avatar { req, user, png }),
             (any::<u64>(), proptest::collection::vec(arb_entry(), 0..3)).prop_map(|(req, contacts)| ServerMsg::Contacts { req, contacts }),
             arb_entry().prop_map(|entry| ServerMsg::ContactChanged { entry }),
             (any::<u64>(), proptest::collection::vec((arb_name(), proptest::option::of(".{0,10}"), proptest::option::of(arb_name()), proptest::collection::vec(arb_name(), 0..3)), 0..3))

@@ -570,6 +570,19 @@ fn invite_links_sign_up_and_people_commands_keep_their_output() {
     failed_with(alice_cmd(&["channel", "delete", "team"]), 1, "only the owner");
     let sent = ok_stdout(alice_cmd(&["send", "--to", "team", sample("hello-crew.wav").to_str().expect("utf-8")]));
     assert_eq!(sent.trim().len(), 32);
+    // Export carries the person too.
+    let export = tmp.path().join("zoe-export");
+    let said = ok_stdout(zoe(&["export", "--out", export.to_str().expect("utf-8")]));
+    assert!(said.starts_with("exported your profile with its avatar, 1 contacts and 2 channels to "), "{said}");
+    assert!(said.lines().last().expect("a line").starts_with("exported 1 clips to "), "{said}");
+    let json = |name: &str| -> serde_json::Value { serde_json::from_slice(&std::fs::read(export.join(name)).expect("written")).expect("JSON") };
+    let profile = json("profile.json");
+    assert_eq!((profile["user"].as_str(), profile["display"].as_str(), profile["avatar"].as_str()), (Some("zoe"), Some("Zoë 张"), Some("avatar.png")));
+    assert_eq!(image::open(export.join("avatar.png")).expect("a picture").width(), 256);
+    assert_eq!(json("contacts.json"), serde_json::json!([{ "user": "alice", "display": null, "state": "contact" }]));
+    let channels = json("channels.json");
+    assert_eq!(channels[1]["title"].as_str(), Some("Team Zoë"));
+    assert_eq!(json("devices.json")[0]["id"].as_str(), Some("main"));
     assert_eq!(ok_stdout(zoe(&["channel", "delete", "team"])), "deleted channel team and its clips\n");
     assert_eq!(ok_stdout(alice_cmd(&["channel", "leave", "crew"])), "left channel crew\n");
     assert_eq!(ok_stdout(alice_cmd(&["channel", "list"])), "");
@@ -591,6 +604,10 @@ fn invite_links_sign_up_and_people_commands_keep_their_output() {
     let removed = ok_stdout(zoe(&["device", "remove", laptop[0]]));
     assert_eq!(removed, format!("removed device {}\nmain first_device - this\n", laptop[0]));
     failed_with(walkie_home(&laptop_home).args(["device", "list"]).output().expect("runs"), 1, "wrong token");
+
+    // A purge takes the display name and the avatar with the audio.
+    ok_stdout(admin(&data, &["user", "purge", "zoe"]));
+    assert_eq!(ok_stdout(zoe(&["profile"])), "user zoe\ndisplay -\navatar -\ndirect-from contacts\n");
 }
 
 #[test]

@@ -197,7 +197,9 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
-    /// Export every clip you may read as DIR/CLIPID.opus plus DIR/index.json.
+    /// Export every clip you may read as DIR/CLIPID.opus plus DIR/index.json, and your
+    /// profile, avatar, contacts, channels and devices (profile.json, avatar.png,
+    /// contacts.json, channels.json, devices.json).
     Export {
         /// Output directory.
         #[arg(long, value_name = "DIR")]
@@ -819,8 +821,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Export { out } => {
             let cfg = client_config(&cli.conn)?;
             let client = Client::connect(&cfg).await?;
+            let people = ops::export_people(&client, &out).await;
             let n = ops::export(&client, &out).await;
             client.close().await;
+            let people = people?;
+            println!(
+                "exported your profile{}, {} contacts and {} channels to {}",
+                if people.avatar { " with its avatar" } else { "" },
+                people.contacts,
+                people.channels,
+                out.display()
+            );
             println!("exported {} clips to {}", n?, out.display());
         }
         Command::Encode { files, out_dir, encode } => {

@@ -243,6 +243,64 @@ pub async fn export(client: &Client, dir: &Path) -> Result<usize, ClientError> {
     export_clips(client, &clips, dir, |m| format!("{}.opus", m.id)).await
 }
 
+/// What [`export_people`] wrote.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PeopleExport {
+    /// People in the contacts (requests and blocks included).
+    pub contacts: usize,
+    /// Channels the user is a member of.
+    pub channels: usize,
+    /// Whether an avatar was written.
+    pub avatar: bool,
+}
+
+/// Writes what the relay keeps about the user as a person into `dir`: `profile.json` (login
+/// and display name, who may send direct clips, the avatar's file), `avatar.png` (256 px, if
+/// any), `contacts.json`, `channels.json` (with owners, titles and members) and
+/// `devices.json`.
+pub async fn export_people(client: &Client, dir: &Path) -> Result<PeopleExport, ClientError> {
+    std::fs::create_dir_all(dir).map_err(|source| ClientError::Io { path: dir.to_path_buf(), source })?;
+    let write = |name: &str, value: serde_json::Value| {
+        let path = dir.join(name);
+        let text = serde_json::to_vec_pretty(&value).map_err(|e| ClientError::Config(e.to_string()))?;
+        std::fs::write(&path, text).map_err(|source| ClientError::Io { path, source })
+    };
+    let me = client.set_profile(None, None).await?;
+    let avatar = client.avatar(client.user(), false).await?;
+    if let Some(png) = &avatar {
+        let path = dir.join("avatar.png");
+        std::fs::write(&path, png).map_err(|source| ClientError::Io { path, source })?;
+    }
+    write(
+        "profile.json",
+        serde_json::json!({
+            "user": client.user(),
+            "display": me.display,
+            "direct_from": me.direct_from.to_string(),
+            "avatar": avatar.as_ref().map(|_| "avatar.png"),
+        }),
+    )?;
+    let contacts = client.contacts().await?;
+    let listed: Vec<_> = contacts
+        .iter()
+        .map(|c| serde_json::json!({ "user": c.user, "display": c.display, "state": c.state.map(|s| s.name()) }))
+        .collect();
+    write("contacts.json", listed.into())?;
+    let groups = client.groups().await?;
+    let listed: Vec<_> = groups
+        .iter()
+        .map(|g| serde_json::json!({ "name": g.name, "title": g.title, "owner": g.owner, "members": g.members }))
+        .collect();
+    write("channels.json", listed.into())?;
+    let devices = client.devices().await?;
+    let listed: Vec<_> = devices
+        .iter()
+        .map(|d| serde_json::json!({ "id": d.id, "name": d.name, "linked_at": (d.created_ms > 0).then(|| rfc3339(d.created_ms)) }))
+        .collect();
+    write("devices.json", listed.into())?;
+    Ok(PeopleExport { contacts: contacts.len(), channels: groups.len(), avatar: avatar.is_some() })
+}
+
 /// Writes `clips` to `dir`, each fetched from the relay into the file `name` gives it, and
 /// `dir/index.json` listing every clip in the form `walkie history --json` prints plus its
 /// `file`. A clip whose audio the relay no longer has (purged, or past retention) is listed

@@ -514,11 +514,11 @@ fn invite_links_sign_up_and_people_commands_keep_their_output() {
     assert_eq!(joined.lines().last(), Some("zoe"), "{joined}");
     assert!(joined.contains("member of channel crew"), "{joined}");
     let zoe = |args: &[&str]| walkie_home(&zoe_home).args(args).output().expect("runs");
-    assert_eq!(ok_stdout(zoe(&["profile"])), "user zoe\ndisplay Zoë 张\navatar -\ndirect-from anyone\n");
+    assert_eq!(ok_stdout(zoe(&["profile"])), "user zoe\ndisplay Zoë 张\navatar -\ndirect-from anyone\nsuggestions on\n");
     failed_with(walkie_home(&tmp.path().join("x")).args(["join", &link, "--name", "xia"]).output().expect("runs"), 1, "already used");
     failed_with(walkie_home(&tmp.path().join("x")).args(["join", "walkie://nowhere", "--name", "xia"]).output().expect("runs"), 2, "not an invite link");
-    assert_eq!(ok_stdout(zoe(&["profile", "set", "--direct-from", "contacts"])), "user zoe\ndisplay Zoë 张\navatar -\ndirect-from contacts\n");
-    failed_with(zoe(&["profile", "set"]), 2, "--display, --avatar, --no-avatar or --direct-from");
+    assert_eq!(ok_stdout(zoe(&["profile", "set", "--direct-from", "contacts"])), "user zoe\ndisplay Zoë 张\navatar -\ndirect-from contacts\nsuggestions on\n");
+    failed_with(zoe(&["profile", "set"]), 2, "--display, --avatar, --no-avatar, --direct-from or --suggestions");
     failed_with(zoe(&["profile", "set", "--display", ""]), 1, "cannot be empty");
 
     // An avatar from a photo with its GPS position in EXIF: only pixels reach anyone.
@@ -561,6 +561,17 @@ fn invite_links_sign_up_and_people_commands_keep_their_output() {
     assert_eq!(ok_stdout(alice_cmd(&["contact", "accept", "zoe"])), "zoe contact\n");
     assert_eq!(ok_stdout(zoe(&["contacts"])), "alice contact offline -\n");
     failed_with(zoe(&["contact", "accept", "nobody"]), 1, "no user @nobody");
+    assert_eq!(ok_stdout(alice_cmd(&["suggest"])), "", "zoe is already a contact");
+
+    // People nearby: a place or coordinates; only the coarse cell leaves the machine.
+    let seen = zoe(&["nearby", "--at", "48.8584,2.2945"]);
+    assert!(stderr(&seen).contains("visible to people nearby until"), "{}", stderr(&seen));
+    assert_eq!(ok_stdout(seen), "");
+    let near = ok_stdout(alice_cmd(&["nearby", "--at", "Paris"]));
+    assert!(near.starts_with("zoe ") && near.ends_with(" Zoë 张\n") && near.lines().count() == 1, "{near}");
+    failed_with(alice_cmd(&["nearby", "--at", "Atlantis"]), 2, "give coordinates");
+    assert_eq!(ok_stdout(zoe(&["nearby", "--off"])), "");
+    assert_eq!(ok_stdout(alice_cmd(&["nearby", "--at", "Paris"])), "");
 
     // Channels users make.
     assert_eq!(ok_stdout(zoe(&["channel", "create", "team"])), "team zoe zoe -\n");
@@ -607,7 +618,7 @@ fn invite_links_sign_up_and_people_commands_keep_their_output() {
 
     // A purge takes the display name and the avatar with the audio.
     ok_stdout(admin(&data, &["user", "purge", "zoe"]));
-    assert_eq!(ok_stdout(zoe(&["profile"])), "user zoe\ndisplay -\navatar -\ndirect-from contacts\n");
+    assert_eq!(ok_stdout(zoe(&["profile"])), "user zoe\ndisplay -\navatar -\ndirect-from contacts\nsuggestions on\n");
 }
 
 #[test]

@@ -507,3 +507,87 @@ async fn the_relay_reencodes_avatars_and_refuses_what_a_hostile_client_sends_ins
     alice_c.close().await;
     bob_c.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suggestions_rank_shared_contacts_and_channels_and_leave_out_who_must_not_be_shown() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(&tmp.path().join("relay"), RelayConfig::default()).await;
+    let store: &dyn Store = relay.store.as_ref();
+    for u in ["alice", "bob", "carol", "dave", "erin", "mallory", "quiet"] {
+        relay.add_user(u);
+    }
+    relay.add_channel("crew", &["alice", "dave", "erin"]);
+    let befriend = |a: &str, b: &str| {
+        people::contact(store, a, b, ContactAction::Add).expect("asks");
+        people::contact(store, b, a, ContactAction::Accept).expect("accepts");
+    };
+    befriend("alice", "bob");
+    for friend in ["carol", "dave", "mallory", "quiet"] {
+        befriend("bob", friend);
+    }
+    people::contact(store, "mallory", "alice", ContactAction::Block).expect("mallory blocks alice");
+    people::set_profile_with(store, "quiet", None, None, Some(false)).expect("quiet turns suggestions off");
+    people::set_profile(store, "dave", Some("Dave"), None).expect("named");
+
+    let got = people::suggest(store, "alice").expect("suggests");
+    let ranked: Vec<(&str, u32, Option<&str>)> = got.iter().map(|s| (s.user.as_str(), s.mutual, s.display.as_deref())).collect();
+    // dave: bob's contact and a crew mate; carol: bob's contact; erin: a crew mate. Not bob
+    // (already a contact), not mallory (she blocked alice), not quiet (suggestions off).
+    assert_eq!(ranked, [("dave", 2, Some("Dave")), ("carol", 1, None), ("erin", 1, None)]);
+    // Nobody is suggested someone they blocked.
+    people::contact(store, "alice", "carol", ContactAction::Block).expect("blocks");
+    assert!(people::suggest(store, "alice").expect("suggests").iter().all(|s| s.user != "carol"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_nearby_see_each_other_by_coarse_cell_only_for_an_hour() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(&tmp.path().join("relay"), RelayConfig::default()).await;
+    let (alice, bob, carol, dave) = (relay.add_user("alice"), relay.add_user("bob"), relay.add_user("carol"), relay.add_user("dave"));
+    let (alice_c, bob_c, carol_c, dave_c) = (relay.connect(&alice).await, relay.connect(&bob).await, relay.connect(&carol).await, relay.connect(&dave).await);
+    bob_c.set_profile(Some("Bob".into()), None).await.expect("named");
+    dave_c.contact("alice", ContactAction::Block).await.expect("dave blocks alice");
+    let eiffel = (48.8584, 2.2945);
+    let (none, until) = alice_c.nearby(Some(eiffel)).await.expect("visible");
+    assert!(none.is_empty());
+    assert!(until > now_ms() + 59 * 60_000 && until <= now_ms() + 60 * 60_000);
+    bob_c.nearby(Some((48.8530, 2.3499))).await.expect("notre-dame");
+    carol_c.nearby(Some((48.8049, 2.1204))).await.expect("versailles, farther than 10 km");
+    dave_c.nearby(Some(eiffel)).await.expect("dave, same cell");
+    let (seen, _) = alice_c.nearby(Some(eiffel)).await.expect("lists");
+    let seen: Vec<(&str, u32, Option<&str>)> = seen.iter().map(|p| (p.user.as_str(), p.km, p.display.as_deref())).collect();
+    assert_eq!(seen, [("bob", 3, Some("Bob"))], "nor carol (too far) nor dave (he blocked alice)");
+    assert_eq!(bob_c.nearby(Some((48.8530, 2.3499))).await.expect("lists").0.iter().map(|p| p.user.as_str()).collect::<Vec<_>>(), ["alice", "dave"]);
+
+    // What is kept is the cell and an expiry: no coordinates, and nothing after an hour.
+    let store: &dyn Store = relay.store.as_ref();
+    let kept = store.record_keys(&["nearby"]).expect("keys");
+    assert!(kept.iter().all(|k| k[1].len() == 4), "{kept:?}");
+    for k in &kept {
+        let text = String::from_utf8(store.record(&k.iter().map(String::as_str).collect::<Vec<_>>()).expect("reads").expect("there").value).expect("utf-8");
+        assert!(!text.contains("48.8") && !text.contains("2.29") && !text.contains("2.34"), "{text}");
+    }
+    let later = now_ms() + 61 * 60_000;
+    assert_eq!(people::nearby(store, "carol", Some(&walkie_proto::people::cell_of(48.8584, 2.2945)), later).expect("lists").0, vec![], "an hour later nobody is left");
+    assert_eq!(people::sweep_nearby(store, later).expect("sweeps"), 3, "alice, bob and dave were forgotten");
+
+    // Opting out is at once; a user who keeps moving (to map where people are) is stopped.
+    bob_c.nearby(None).await.expect("hidden");
+    assert!(alice_c.nearby(Some(eiffel)).await.expect("lists").0.iter().all(|p| p.user != "bob"));
+    let mut refused_at = None;
+    for i in 0..10 {
+        match alice_c.nearby(Some((10.0 + f64::from(i), 10.0))).await {
+            Ok(_) => {}
+            Err(e) => {
+                refused_at = Some((i, refused(e)));
+                break;
+            }
+        }
+    }
+    let (i, (code, why)) = refused_at.expect("refused at some point");
+    assert!(matches!(code, ErrorCode::Busy { .. }) && why.contains("times within an hour"), "{why}");
+    assert_eq!(i, 5, "six moves an hour (the first place counted)");
+    for c in [alice_c, bob_c, carol_c, dave_c] {
+        c.close().await;
+    }
+}

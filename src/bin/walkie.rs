@@ -100,6 +100,20 @@ enum Command {
         #[command(subcommand)]
         action: Option<ProfileCmd>,
     },
+    /// People you may know, who share contacts or channels with you, most first:
+    /// `NAME MUTUAL DISPLAY_NAME` (MUTUAL counts shared contacts and shared channels).
+    Suggest,
+    /// See who is near you and be seen by them for one hour: `NAME KM DISPLAY_NAME`, nearest
+    /// first, within about 10 km. Only a ~5 km square around the place you give leaves this
+    /// machine, never the place itself; distances are rounded to whole kilometres.
+    Nearby {
+        /// Where you are: LAT,LON (like 48.86,2.35) or a city (like Paris).
+        #[arg(long, value_name = "PLACE", required_unless_present = "off", allow_hyphen_values = true)]
+        at: Option<String>,
+        /// Stop being visible nearby now.
+        #[arg(long, conflicts_with = "at")]
+        off: bool,
+    },
     /// Save someone's avatar (a PNG) to a file; exits 1 if they have none.
     Avatar {
         /// Their user name (`bob` or `@bob`).
@@ -258,6 +272,9 @@ enum ProfileCmd {
         /// Remove your avatar.
         #[arg(long)]
         no_avatar: bool,
+        /// Whether `walkie suggest` may suggest you to others: on (the default) or off.
+        #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
+        suggestions: Option<String>,
         /// Who may send you direct clips: anyone, or contacts (blocked users never can).
         #[arg(long, value_name = "anyone|contacts")]
         direct_from: Option<walkie_proto::people::DirectFrom>,
@@ -567,10 +584,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             println!("{}", joined.user);
         }
         Command::Profile { action } => {
-            let (display, direct_from, avatar) = match action {
-                Some(ProfileCmd::Set { display, direct_from, avatar, no_avatar }) => {
-                    if display.is_none() && direct_from.is_none() && avatar.is_none() && !no_avatar {
-                        return Err(usage("walkie profile set needs --display, --avatar, --no-avatar or --direct-from"));
+            let (display, direct_from, avatar, suggest) = match action {
+                Some(ProfileCmd::Set { display, direct_from, avatar, no_avatar, suggestions }) => {
+                    if display.is_none() && direct_from.is_none() && avatar.is_none() && !no_avatar && suggestions.is_none() {
+                        return Err(usage("walkie profile set needs --display, --avatar, --no-avatar, --direct-from or --suggestions"));
                     }
                     // The picture is checked and made into an avatar before anything is sent.
                     let avatar = match (avatar, no_avatar) {
@@ -578,12 +595,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         (None, true) => Some(None),
                         (None, false) => None,
                     };
-                    (display, direct_from, avatar)
+                    (display, direct_from, avatar, suggestions.map(|s| s == "on"))
                 }
-                None => (None, None, None),
+                None => (None, None, None, None),
             };
             let client = Client::connect(&client_config(&cli.conn)?).await?;
-            let mut result = client.set_profile(display, direct_from).await;
+            let mut result = client.set_profile_with(display, direct_from, suggest).await;
             if let (Ok(_), Some(png)) = (&result, avatar) {
                 result = client.set_avatar(png).await;
             }
@@ -594,6 +611,34 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             println!("display {}", me.display.as_deref().unwrap_or("-"));
             println!("avatar {}", me.avatar.as_deref().unwrap_or("-"));
             println!("direct-from {}", me.direct_from);
+            println!("suggestions {}", if me.suggest { "on" } else { "off" });
+        }
+        Command::Suggest => {
+            let client = Client::connect(&client_config(&cli.conn)?).await?;
+            let result = client.suggest().await;
+            client.close().await;
+            for s in result? {
+                println!("{} {} {}", s.user, s.mutual, s.display.as_deref().unwrap_or("-"));
+            }
+        }
+        Command::Nearby { at, off } => {
+            let at = match (at, off) {
+                (_, true) => None,
+                (Some(place), false) => Some(walkie_proto::people::parse_place(&place).map_err(|e| usage(e.to_string()))?),
+                (None, false) => return Err(usage("walkie nearby needs --at PLACE or --off")),
+            };
+            let client = Client::connect(&client_config(&cli.conn)?).await?;
+            let result = client.nearby(at).await;
+            client.close().await;
+            let (people, until) = result?;
+            if at.is_some() {
+                eprintln!("you are visible to people nearby until {}; `walkie nearby --off` hides you now", ops::rfc3339(until));
+            } else {
+                eprintln!("you are no longer visible to people nearby");
+            }
+            for p in people {
+                println!("{} {} {}", p.user, p.km, p.display.as_deref().unwrap_or("-"));
+            }
         }
         Command::Avatar { whose, out, small } => {
             let user = whose.trim_start_matches('@').to_string();

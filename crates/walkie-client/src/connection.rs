@@ -358,7 +358,9 @@ async fn read_control(mut recv: quinn::RecvStream, waiters: SharedWaiters, event
             | ServerMsg::Groups { req, .. }
             | ServerMsg::DeviceLink { req, .. }
             | ServerMsg::Devices { req, .. }
-            | ServerMsg::Avatar { req, .. }) => {
+            | ServerMsg::Avatar { req, .. }
+            | ServerMsg::Suggestions { req, .. }
+            | ServerMsg::Nearby { req, .. }) => {
                 if let Some(tx) = lock(&waiters).requests.remove(&req) {
                     let _ = tx.send(Reply::People(reply));
                 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use walkie_net::{Fingerprint, read_frame, write_frame};
 use walkie_proto::people::{ContactAction, DirectFrom, GroupAction, InviteLink};
-use walkie_proto::wire::{AVATAR_PART, ClientMsg, ContactEntry, DeviceInfo, GroupInfo, MAX_CONTROL_FRAME, PublicProfile, ServerMsg};
+use walkie_proto::wire::{AVATAR_PART, ClientMsg, ContactEntry, DeviceInfo, GroupInfo, MAX_CONTROL_FRAME, NearbyEntry, PublicProfile, ServerMsg, Suggestion};
 
 use crate::connection::{Client, REQUEST_TIMEOUT, connection_error, dial};
 use crate::error::ClientError;
@@ -35,6 +35,8 @@ pub struct MyProfile {
     pub direct_from: DirectFrom,
     /// Their avatar's tag, if they have one.
     pub avatar: Option<String>,
+    /// Whether others may be suggested them.
+    pub suggest: bool,
 }
 
 /// Makes an account on the relay an invite link points at, over a connection pinned to the
@@ -71,12 +73,40 @@ fn unexpected(what: &str) -> ClientError {
     ClientError::Protocol(format!("unexpected reply to a {what} request"))
 }
 
+fn my_profile(reply: Reply, what: &str) -> Result<MyProfile, ClientError> {
+    match reply {
+        Reply::People(ServerMsg::MyProfile { display, direct_from, avatar, suggest, .. }) => Ok(MyProfile { display, direct_from, avatar, suggest }),
+        _ => Err(unexpected(what)),
+    }
+}
+
 impl Client {
     /// Sets the fields given of the user's profile (none: reads it); the profile after.
     pub async fn set_profile(&self, display: Option<String>, direct_from: Option<DirectFrom>) -> Result<MyProfile, ClientError> {
-        match self.request(|req| ClientMsg::SetProfile { req, display, direct_from }).await? {
-            Reply::People(ServerMsg::MyProfile { display, direct_from, avatar, .. }) => Ok(MyProfile { display, direct_from, avatar }),
-            _ => Err(unexpected("profile")),
+        self.set_profile_with(display, direct_from, None).await
+    }
+
+    /// [`Client::set_profile`], and whether others may be suggested this user.
+    pub async fn set_profile_with(&self, display: Option<String>, direct_from: Option<DirectFrom>, suggest: Option<bool>) -> Result<MyProfile, ClientError> {
+        my_profile(self.request(|req| ClientMsg::SetProfile { req, display, direct_from, suggest }).await?, "profile")
+    }
+
+    /// People the user may know, most mutual connections first.
+    pub async fn suggest(&self) -> Result<Vec<Suggestion>, ClientError> {
+        match self.request(|req| ClientMsg::Suggest { req }).await? {
+            Reply::People(ServerMsg::Suggestions { people, .. }) => Ok(people),
+            _ => Err(unexpected("suggestions")),
+        }
+    }
+
+    /// Makes the user visible nearby for an hour at `(lat, lon)`, sending only its ~5 km
+    /// geohash cell, and lists who else is within about 10 km; `None` stops being visible.
+    /// Returns the people and until when the user is visible.
+    pub async fn nearby(&self, at: Option<(f64, f64)>) -> Result<(Vec<NearbyEntry>, i64), ClientError> {
+        let cell = at.map(|(lat, lon)| walkie_proto::people::cell_of(lat, lon));
+        match self.request(|req| ClientMsg::Nearby { req, cell }).await? {
+            Reply::People(ServerMsg::Nearby { people, until_ms, .. }) => Ok((people, until_ms)),
+            _ => Err(unexpected("nearby")),
         }
     }
 
@@ -97,10 +127,7 @@ impl Client {
                     .collect()
             })
             .await?;
-        match reply {
-            Reply::People(ServerMsg::MyProfile { display, direct_from, avatar, .. }) => Ok(MyProfile { display, direct_from, avatar }),
-            _ => Err(unexpected("avatar")),
-        }
+        my_profile(reply, "avatar")
     }
 
     /// `user`'s avatar as a PNG (the 64 px one when `small`), if they have one.

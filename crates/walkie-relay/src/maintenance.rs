@@ -17,18 +17,19 @@ use crate::shared::Shared;
 const REVOCATION_EVERY: Duration = Duration::from_secs(1);
 /// How often old clips are deleted when a retention period is set.
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
+/// How often people nearby past their hour are forgotten (lists skip them before that).
+const NEARBY_EVERY: Duration = Duration::from_secs(60);
 
 pub(crate) async fn run(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.clone();
     let mut revocation = tokio::time::interval(REVOCATION_EVERY);
     let mut retention = tokio::time::interval(RETENTION_EVERY);
+    let mut nearby = tokio::time::interval(NEARBY_EVERY);
     loop {
         tokio::select! {
             _ = revocation.tick() => revoke_stale(&shared).await,
-            _ = retention.tick() => {
-                expire(&shared).await;
-                sweep_invites(&shared).await;
-            }
+            _ = retention.tick() => expire(&shared).await,
+            _ = nearby.tick() => sweep_people(&shared).await,
             _ = shutdown.changed() => return,
         }
     }
@@ -80,13 +81,19 @@ async fn revoke_stale(shared: &Shared) {
     }
 }
 
-/// Deletes invites past their expiry (until then a used one is kept, to say it was used).
-async fn sweep_invites(shared: &Shared) {
+/// Deletes invites past their expiry (until then a used one is kept, to say it was used),
+/// and people nearby past their hour.
+async fn sweep_people(shared: &Shared) {
     let now = walkie_proto::clip::now_ms();
     match shared.store(move |s| crate::people::sweep_invites(s, now)).await {
         Ok(0) => {}
         Ok(n) => info!(invites = n, "deleted expired invites"),
         Err(e) => warn!("sweeping expired invites failed: {e}"),
+    }
+    match shared.store(move |s| crate::people::sweep_nearby(s, now)).await {
+        Ok(0) => {}
+        Ok(n) => info!(entries = n, "forgot people nearby whose hour was up"),
+        Err(e) => warn!("sweeping people nearby failed: {e}"),
     }
 }
 

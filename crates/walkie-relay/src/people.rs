@@ -13,6 +13,8 @@
 //! | `devices.NAME` | [`Devices`]: a user's other devices, each with its own token and inbox |
 //! | `played.NAME` | the clips a user with several devices played lately, for the others |
 //! | `avatar.NAME.256`, `avatar.NAME.64` | their avatar, PNG bytes as the relay encoded them |
+//! | `nearby.CELL4.NAME` | [`NearbySpot`]: the 5-character cell a user is visible in, until when |
+//! | `nearby-of.NAME` | [`NearbyOf`]: where that is, and when they last moved (moves are limited) |
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,7 +24,7 @@ use walkie_proto::clip::{validate_name, validate_user_name};
 use walkie_proto::people::{
     self, ContactAction, ContactState, DirectFrom, GroupAction, GroupRole, Invite, InviteRefusal, Pair, contact_step, group_may,
 };
-use walkie_proto::wire::{ContactEntry, ErrorCode, GroupInfo, PublicProfile};
+use walkie_proto::wire::{ContactEntry, ErrorCode, GroupInfo, NearbyEntry, PublicProfile, Suggestion};
 use walkie_store::{Store, StoreError};
 
 use crate::auth;
@@ -70,6 +72,9 @@ pub struct Person {
     /// A tag of their avatar (changes with it), if they have one.
     #[serde(default)]
     pub avatar: Option<String>,
+    /// They turned suggestions off: nobody is suggested them.
+    #[serde(default)]
+    pub hidden: bool,
 }
 
 /// A channel a user made.
@@ -406,6 +411,11 @@ pub fn played(store: &dyn Store, user: &str) -> Result<BTreeSet<String>, StoreEr
 
 /// Sets the fields given of `user`'s profile; the profile after.
 pub fn set_profile(store: &dyn Store, user: &str, display: Option<&str>, direct_from: Option<DirectFrom>) -> Result<Person, PeopleError> {
+    set_profile_with(store, user, display, direct_from, None)
+}
+
+/// [`set_profile`], and whether others may be suggested the user.
+pub fn set_profile_with(store: &dyn Store, user: &str, display: Option<&str>, direct_from: Option<DirectFrom>, suggest: Option<bool>) -> Result<Person, PeopleError> {
     let display = display.map(people::validate_display_name).transpose().map_err(|e| refused(ErrorCode::BadRequest, e.to_string()))?;
     update_person(store, user, |p| {
         if let Some(d) = &display {
@@ -413,6 +423,9 @@ pub fn set_profile(store: &dyn Store, user: &str, display: Option<&str>, direct_
         }
         if let Some(f) = direct_from {
             p.direct_from = Some(f);
+        }
+        if let Some(s) = suggest {
+            p.hidden = !s;
         }
         Ok(p.clone())
     })
@@ -500,6 +513,8 @@ pub fn forget(store: &dyn Store, user: &str) -> Result<(), PeopleError> {
     store.delete_record(&["played", user])?;
     store.delete_record(&["avatar", user, "256"])?;
     store.delete_record(&["avatar", user, "64"])?;
+    nearby(store, user, None, 0)?;
+    store.delete_record(&["nearby-of", user])?;
     for k in store.record_keys(&["group"])? {
         let Some(channel) = k.get(1).cloned() else { continue };
         let gk = key("group", &channel);
@@ -751,4 +766,147 @@ fn pass_on(store: &dyn Store, channel: &str, mut group: Group, rev: u64) -> Resu
         }
     }
     Ok(())
+}
+
+// ---- finding friends ----
+
+/// Most people suggested at once.
+pub const MAX_SUGGESTIONS: usize = 20;
+/// Contacts whose own contacts are looked at for suggestions, at most.
+const SUGGEST_FROM_CONTACTS: usize = 200;
+
+/// People `user` may know: contacts of their contacts and members of their channels, each
+/// counted once per shared contact and per shared channel, most first; never someone they
+/// already have to do with, someone who blocked them, or someone who turned suggestions off.
+pub fn suggest(store: &dyn Store, user: &str) -> Result<Vec<Suggestion>, StoreError> {
+    let me = person(store, user)?;
+    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+    let contacts = me.contacts.iter().filter(|(_, s)| **s == ContactState::Contact).map(|(n, _)| n).take(SUGGEST_FROM_CONTACTS);
+    for c in contacts {
+        for (n, s) in person(store, c)?.contacts {
+            if s == ContactState::Contact {
+                *counts.entry(n).or_default() += 1;
+            }
+        }
+    }
+    for ch in store.channels()? {
+        if ch.members.iter().any(|m| m == user) {
+            for m in ch.members {
+                *counts.entry(m).or_default() += 1;
+            }
+        }
+    }
+    counts.retain(|n, _| n != user && !me.contacts.contains_key(n) && !me.blocked_by.contains(n));
+    let mut ranked: Vec<(String, u32)> = counts.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut out = Vec::new();
+    for (name, mutual) in ranked {
+        if out.len() >= MAX_SUGGESTIONS {
+            break;
+        }
+        let them = person(store, &name)?;
+        if them.hidden || them.contacts.get(user) == Some(&ContactState::Blocked) || store.token_hash(&name)?.is_none() {
+            continue;
+        }
+        out.push(Suggestion { user: name, display: them.display, mutual });
+    }
+    Ok(out)
+}
+
+/// How long a user stays visible nearby.
+pub const NEARBY_FOR_MS: i64 = 3_600_000;
+/// Moves to another cell one user may make per hour: more would let them map where people are.
+pub const NEARBY_MOVES_PER_HOUR: usize = 6;
+
+/// Where a user is visible nearby.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NearbySpot {
+    /// The 5-character cell.
+    pub cell: String,
+    /// When it is forgotten.
+    pub expires_ms: i64,
+}
+
+/// A user's own nearby record: their cell, if visible, and when they moved lately.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NearbyOf {
+    /// Their spot, if they are visible.
+    pub spot: Option<NearbySpot>,
+    /// When they moved to a new cell, within the last hour.
+    pub moves: Vec<i64>,
+}
+
+fn spot_key(cell: &str, user: &str) -> Vec<String> {
+    vec!["nearby".into(), cell.chars().take(4).collect(), user.to_string()]
+}
+
+/// Makes `user` visible in `cell` for an hour and lists the others visible within about
+/// 10 km, nearest first (`None`: stops being visible, lists nobody). Exact positions never
+/// reach the relay: clients send the cell.
+pub fn nearby(store: &dyn Store, user: &str, cell: Option<&str>, now_ms: i64) -> Result<(Vec<NearbyEntry>, i64), PeopleError> {
+    let k = key("nearby-of", user);
+    let (mut mine, rev): (NearbyOf, u64) = read(store, &k)?;
+    mine.moves.retain(|t| *t > now_ms - 3_600_000);
+    let Some(cell) = cell else {
+        if let Some(spot) = mine.spot.take() {
+            store.delete_record(&refs(&spot_key(&spot.cell, user)))?;
+        }
+        write(store, &k, &mine, rev)?;
+        return Ok((Vec::new(), 0));
+    };
+    people::check_cell(cell).map_err(|e| refused(ErrorCode::BadRequest, e.to_string()))?;
+    let moved = mine.spot.as_ref().is_none_or(|s| s.cell != cell);
+    if moved {
+        if mine.moves.len() >= NEARBY_MOVES_PER_HOUR {
+            return Err(refused(ErrorCode::Busy { retry_after_ms: 600_000 }, format!("you moved to another place {NEARBY_MOVES_PER_HOUR} times within an hour, the most this relay allows; try later")));
+        }
+        mine.moves.push(now_ms);
+        if let Some(old) = &mine.spot {
+            store.delete_record(&refs(&spot_key(&old.cell, user)))?;
+        }
+    }
+    let spot = NearbySpot { cell: cell.to_string(), expires_ms: now_ms + NEARBY_FOR_MS };
+    mine.spot = Some(spot.clone());
+    if !write(store, &k, &mine, rev)? {
+        return Err(refused(ErrorCode::Busy { retry_after_ms: 1000 }, "your place changed meanwhile; try again"));
+    }
+    put_raw(store, &refs(&spot_key(cell, user)), &serde_json::to_vec(&spot).map_err(|e| corrupt("nearby", e))?)?;
+    let me = person(store, user)?;
+    let mut parents: Vec<String> = people::cells_around(cell).iter().map(|c| c.chars().take(4).collect()).collect();
+    parents.sort();
+    parents.dedup();
+    let mut out = Vec::new();
+    for parent in parents {
+        for key in store.record_keys(&["nearby", &parent])? {
+            let Some(name) = key.get(2) else { continue };
+            if name == user || me.contacts.get(name) == Some(&ContactState::Blocked) || me.blocked_by.contains(name) {
+                continue;
+            }
+            let Some((theirs, _)) = read_opt::<NearbySpot>(store, &key)? else { continue };
+            let Some(km) = people::km_between(cell, &theirs.cell) else { continue };
+            if theirs.expires_ms <= now_ms || f64::from(km) > people::NEARBY_KM {
+                continue;
+            }
+            out.push(NearbyEntry { user: name.clone(), display: person(store, name)?.display, km });
+        }
+    }
+    out.sort_by(|a, b| a.km.cmp(&b.km).then_with(|| a.user.cmp(&b.user)));
+    Ok((out, spot.expires_ms))
+}
+
+/// Deletes nearby entries past their hour; how many.
+pub fn sweep_nearby(store: &dyn Store, now_ms: i64) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for k in store.record_keys(&["nearby"])? {
+        if read_opt::<NearbySpot>(store, &k)?.is_some_and(|(s, _)| s.expires_ms <= now_ms) {
+            store.delete_record(&refs(&k))?;
+            n += 1;
+        }
+    }
+    for k in store.record_keys(&["nearby-of"])? {
+        if read_opt::<NearbyOf>(store, &k)?.is_some_and(|(o, _)| o.spot.as_ref().is_none_or(|s| s.expires_ms <= now_ms) && o.moves.iter().all(|t| *t <= now_ms - 3_600_000)) {
+            store.delete_record(&refs(&k))?;
+        }
+    }
+    Ok(n)
 }

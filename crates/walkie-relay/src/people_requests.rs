@@ -21,7 +21,9 @@ fn error(req: ReqId, code: ErrorCode, message: impl Into<String>) -> ServerMsg {
 
 /// A people request, as the control loop hands it over.
 pub(crate) enum PeopleRequest {
-    SetProfile { display: Option<String>, direct_from: Option<DirectFrom> },
+    SetProfile { display: Option<String>, direct_from: Option<DirectFrom>, suggest: Option<bool> },
+    Suggest,
+    Nearby { cell: Option<String> },
     Profiles { users: Vec<String> },
     Contact { user: String, action: ContactAction },
     Contacts,
@@ -44,23 +46,22 @@ pub(crate) async fn answer(shared: &Arc<Shared>, session: &Session, req: ReqId, 
     }
     let user = session.user.clone();
     let result = match request {
-        PeopleRequest::SetProfile { display, direct_from } => {
+        PeopleRequest::SetProfile { display, direct_from, suggest } => {
             let default = shared.config.direct_from;
-            run(shared, move |s| people::set_profile(s, &user, display.as_deref(), direct_from)).await.map(|p| ServerMsg::MyProfile {
-                req,
-                display: p.display,
-                direct_from: p.direct_from.unwrap_or(default),
-                avatar: p.avatar,
-            })
+            run(shared, move |s| people::set_profile_with(s, &user, display.as_deref(), direct_from, suggest))
+                .await
+                .map(|p| my_profile(req, p, default))
         }
         PeopleRequest::SetAvatar { png } => {
             let default = shared.config.direct_from;
-            run(shared, move |s| people::set_avatar(s, &user, png.as_deref())).await.map(|p| ServerMsg::MyProfile {
-                req,
-                display: p.display,
-                direct_from: p.direct_from.unwrap_or(default),
-                avatar: p.avatar,
-            })
+            run(shared, move |s| people::set_avatar(s, &user, png.as_deref())).await.map(|p| my_profile(req, p, default))
+        }
+        PeopleRequest::Suggest => run(shared, move |s| Ok(people::suggest(s, &user)?)).await.map(|people| ServerMsg::Suggestions { req, people }),
+        PeopleRequest::Nearby { cell } => {
+            let now = walkie_proto::clip::now_ms();
+            run(shared, move |s| people::nearby(s, &user, cell.as_deref(), now))
+                .await
+                .map(|(people, until_ms)| ServerMsg::Nearby { req, people, until_ms })
         }
         PeopleRequest::Avatar { user: whose, small } => {
             let asked = whose.clone();
@@ -96,6 +97,10 @@ pub(crate) async fn answer(shared: &Arc<Shared>, session: &Session, req: ReqId, 
         }
     };
     result.unwrap_or_else(|(code, message)| error(req, code, message))
+}
+
+fn my_profile(req: ReqId, p: people::Person, default: DirectFrom) -> ServerMsg {
+    ServerMsg::MyProfile { req, display: p.display, direct_from: p.direct_from.unwrap_or(default), avatar: p.avatar, suggest: !p.hidden }
 }
 
 /// Runs a people function on the store's thread pool; failures as the code and sentence to send.

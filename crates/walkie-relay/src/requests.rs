@@ -37,7 +37,11 @@ pub(crate) async fn control_loop(shared: &Arc<Shared>, session: &Arc<Session>, r
         };
         let reply = match msg {
             ClientMsg::Hello { .. } | ClientMsg::Join { .. } => Some(error(None, ErrorCode::BadRequest, "already authenticated")),
-            ClientMsg::SetProfile { req, display, direct_from } => Some(people(shared, session, req, PeopleRequest::SetProfile { display, direct_from }).await),
+            ClientMsg::SetProfile { req, display, direct_from, suggest } => {
+                Some(people(shared, session, req, PeopleRequest::SetProfile { display, direct_from, suggest }).await)
+            }
+            ClientMsg::Suggest { req } => Some(people(shared, session, req, PeopleRequest::Suggest).await),
+            ClientMsg::Nearby { req, cell } => Some(people(shared, session, req, PeopleRequest::Nearby { cell }).await),
             ClientMsg::Profiles { req, users } => Some(people(shared, session, req, PeopleRequest::Profiles { users }).await),
             ClientMsg::Contact { req, user, action } => Some(people(shared, session, req, PeopleRequest::Contact { user, action }).await),
             ClientMsg::Contacts { req } => Some(people(shared, session, req, PeopleRequest::Contacts).await),

@@ -77,6 +77,8 @@ pub enum ClientMsg {
         display: Option<String>,
         /// Who may send the user direct clips.
         direct_from: Option<DirectFrom>,
+        /// Whether others may be suggested this user ([`ClientMsg::Suggest`]).
+        suggest: Option<bool>,
     },
     /// The public profiles of some users (at most [`MAX_PROFILES`]); answered with
     /// [`ServerMsg::Profiles`], which leaves out names that are not users.
@@ -157,6 +159,43 @@ pub enum ClientMsg {
         /// The 64 px one instead of the 256 px one.
         small: bool,
     },
+    /// People the user may know (who share contacts or channels with them); answered with
+    /// [`ServerMsg::Suggestions`].
+    Suggest {
+        /// Request id.
+        req: ReqId,
+    },
+    /// Be visible to people nearby in this geohash cell for an hour, and list them (`None`:
+    /// stop being visible). The client sends the cell, never a position; answered with
+    /// [`ServerMsg::Nearby`].
+    Nearby {
+        /// Request id.
+        req: ReqId,
+        /// A geohash cell of [`crate::people::CELL_CHARS`] characters.
+        cell: Option<String>,
+    },
+}
+
+/// Someone the user may know.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suggestion {
+    /// Login name.
+    pub user: String,
+    /// Display name.
+    pub display: Option<String>,
+    /// Contacts they share with the user plus channels they share.
+    pub mutual: u32,
+}
+
+/// Someone nearby.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NearbyEntry {
+    /// Login name.
+    pub user: String,
+    /// Display name.
+    pub display: Option<String>,
+    /// Distance between the two cells' centres, whole kilometres.
+    pub km: u32,
 }
 
 /// Bytes of an avatar sent in one [`ClientMsg::SetAvatar`] part.
@@ -297,6 +336,8 @@ pub enum ServerMsg {
         direct_from: DirectFrom,
         /// The avatar's tag, if there is one.
         avatar: Option<String>,
+        /// Whether others may be suggested this user.
+        suggest: bool,
     },
     /// A user's avatar (answers [`ClientMsg::Avatar`]): a PNG, or `None` if they have none or
     /// there is no such user.
@@ -350,6 +391,22 @@ pub enum ServerMsg {
         req: ReqId,
         /// The first device, then the others by id.
         devices: Vec<DeviceInfo>,
+    },
+    /// People the user may know, most mutual connections first (answers [`ClientMsg::Suggest`]).
+    Suggestions {
+        /// The request it answers.
+        req: ReqId,
+        /// At most 20.
+        people: Vec<Suggestion>,
+    },
+    /// People nearby, nearest first (answers [`ClientMsg::Nearby`]).
+    Nearby {
+        /// The request it answers.
+        req: ReqId,
+        /// Within about 10 km.
+        people: Vec<NearbyEntry>,
+        /// Until when the user is visible (0 after stopping).
+        until_ms: i64,
     },
 }
 
@@ -564,8 +621,8 @@ mod tests {
             arb_id().prop_map(|id| ClientMsg::Played { id }),
             (proptest::option::of("[0-9a-f]{32}"), arb_name(), proptest::option::of(".{0,20}"), ".{0,10}")
                 .prop_map(|(code, name, display, client)| ClientMsg::Join { code, name, display, client }),
-            (any::<u64>(), proptest::option::of(".{0,20}"), proptest::option::of(arb_direct()))
-                .prop_map(|(req, display, direct_from)| ClientMsg::SetProfile { req, display, direct_from }),
+            (any::<u64>(), proptest::option::of(".{0,20}"), proptest::option::of(arb_direct()), proptest::option::of(any::<bool>()))
+                .prop_map(|(req, display, direct_from, suggest)| ClientMsg::SetProfile { req, display, direct_from, suggest }),
             (any::<u64>(), proptest::collection::vec(arb_name(), 0..4)).prop_map(|(req, users)| ClientMsg::Profiles { req, users }),
             (any::<u64>(), arb_name(), arb_action()).prop_map(|(req, user, action)| ClientMsg::Contact { req, user, action }),
             any::<u64>().prop_map(|req| ClientMsg::Contacts { req }),
@@ -577,6 +634,8 @@ mod tests {
             (any::<u64>(), any::<u32>(), any::<u32>(), proptest::collection::vec(any::<u8>(), 0..40))
                 .prop_map(|(req, offset, total, bytes)| ClientMsg::SetAvatar { req, offset, total, bytes }),
             (any::<u64>(), arb_name(), any::<bool>()).prop_map(|(req, user, small)| ClientMsg::Avatar { req, user, small }),
+            any::<u64>().prop_map(|req| ClientMsg::Suggest { req }),
+            (any::<u64>(), proptest::option::of("[0-9b-z]{5}")).prop_map(|(req, cell)| ClientMsg::Nearby { req, cell }),
         ]
     }
     fn arb_direct() -> impl Strategy<Value = DirectFrom> {
@@ -614,8 +673,12 @@ mod tests {
             (arb_id(), arb_name()).prop_map(|(id, user)| ServerMsg::PlayedBy { id, user }),
             proptest::collection::vec(arb_name(), 0..4).prop_map(|channels| ServerMsg::Channels { channels }),
             (arb_name(), "[0-9a-f]{64}", proptest::option::of(arb_name())).prop_map(|(user, token, channel)| ServerMsg::Joined { user, token, channel }),
-            (any::<u64>(), proptest::option::of(".{0,20}"), arb_direct(), proptest::option::of("[0-9a-f]{16}"))
-                .prop_map(|(req, display, direct_from, avatar)| ServerMsg::MyProfile { req, display, direct_from, avatar }),
+            (any::<u64>(), proptest::option::of(".{0,20}"), arb_direct(), proptest::option::of("[0-9a-f]{16}"), any::<bool>())
+                .prop_map(|(req, display, direct_from, avatar, suggest)| ServerMsg::MyProfile { req, display, direct_from, avatar, suggest }),
+            (any::<u64>(), proptest::collection::vec((arb_name(), proptest::option::of(".{0,10}"), any::<u32>()), 0..3))
+                .prop_map(|(req, p)| ServerMsg::Suggestions { req, people: p.into_iter().map(|(user, display, mutual)| Suggestion { user, display, mutual }).collect() }),
+            (any::<u64>(), proptest::collection::vec((arb_name(), proptest::option::of(".{0,10}"), any::<u32>()), 0..3), any::<i64>())
+                .prop_map(|(req, p, until_ms)| ServerMsg::Nearby { req, people: p.into_iter().map(|(user, display, km)| NearbyEntry { user, display, km }).collect(), until_ms }),
             (any::<u64>(), proptest::collection::vec((arb_name(), proptest::option::of(".{0,20}"), proptest::option::of("[0-9a-f]{16}")), 0..3))
                 .prop_map(|(req, p)| ServerMsg::Profiles {
                     req,

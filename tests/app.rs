@@ -353,6 +353,11 @@ fn the_connect_screen_shows_without_a_profile_and_explains_a_wrong_token() {
     let app = WalkieApp::new(Engine::start(opts).expect("engine"));
     let mut harness = Harness::builder().with_size([1000.0, 700.0]).build_ui_state(|ui, app: &mut WalkieApp| app.ui(ui), app);
     harness.run_steps(2);
+    // The five fields wait behind "Advanced"; an invite link is the first way in.
+    assert!(harness.query_by_label("Invite link").is_some());
+    assert!(harness.query_by_label("Token").is_none());
+    harness.get_by_label("Advanced: connect with a user name and token").click();
+    harness.run_steps(3);
     for (label, text) in
         [("Relay", alice.relay.clone()), ("User", "alice".into()), ("Token", "0".repeat(64)), ("Fingerprint", alice.pin.to_string())]
     {
@@ -602,4 +607,125 @@ fn a_network_blip_keeps_the_conversation_records_into_the_outbox_and_delivers_on
     let _ = bob;
     rt.block_on(back.shutdown());
     drop(dirs);
+}
+
+// ---- people ----
+
+/// Types `text` into the field labelled `label`.
+fn type_into(harness: &mut Harness<'_, WalkieApp>, label: &str, text: &str) {
+    harness.get_by_label(label).focus();
+    harness.run_steps(1);
+    harness.get_by_label(label).type_text(text);
+    harness.run_steps(1);
+}
+
+#[test]
+fn a_new_user_joins_from_an_invite_link_with_a_display_name() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let dirs = tempfile::tempdir().expect("tempdir");
+    let relay = rt.block_on(support::start_relay(&dirs.path().join("relay"), RelayConfig::default()));
+    relay.add_user("alice");
+    relay.add_channel("crew", &["alice"]);
+    let invite = walkie_proto::people::Invite { uses_left: 1, expires_ms: now_ms() + 60_000, channel: Some("crew".into()), created_by: None, device_of: None };
+    let code = walkie_relay::people::create_invite(relay.store.as_ref(), &invite).expect("invite");
+    let link = walkie_proto::people::InviteLink { addr: relay.handle.addr.to_string(), code: Some(code), fingerprint: relay.handle.fingerprint.to_string() };
+    let opts = EngineOptions {
+        config_dir: dirs.path().join("config"),
+        data_dir: dirs.path().join("data"),
+        input: Some("null".into()),
+        output: Some("null".into()),
+        ..Default::default()
+    };
+    let app = WalkieApp::new(Engine::start(opts).expect("engine"));
+    let mut harness = Harness::builder().with_size([1000.0, 700.0]).build_ui_state(|ui, app: &mut WalkieApp| app.ui(ui), app);
+    harness.run_steps(2);
+    type_into(&mut harness, "Invite link", &link.to_string());
+    type_into(&mut harness, "Login name", "zoe");
+    type_into(&mut harness, "Display name", "Zoë 张");
+    harness.get_by_label("Join").click();
+    let snap = until(&mut harness, 20, "joined and connected", |s| {
+        s.connection.is_connected() && s.people.me.as_ref().is_some_and(|m| m.display.is_some()) && s.conversation(&crew()).is_some()
+    });
+    assert_eq!(snap.me(), Some("zoe"));
+    assert_eq!(snap.people.me.as_ref().and_then(|m| m.display.as_deref()), Some("Zoë 张"));
+    assert_eq!(walkie_store::Store::members(relay.store.as_ref(), "crew").expect("reads"), Some(vec!["alice".to_string(), "zoe".into()]), "the invite's channel");
+    let saved = AppFile::load(&AppFile::path(&dirs.path().join("config"))).expect("app.toml");
+    assert_eq!(saved.profiles.first().and_then(|p| p.user.clone()).as_deref(), Some("zoe"), "the new account is remembered");
+    assert!(harness.query_by_label_contains("zoe at").is_some());
+    drop(relay);
+}
+
+/// A 256 px PNG (what a client sends as an avatar).
+fn avatar_png() -> Vec<u8> {
+    let img = image::RgbaImage::from_fn(256, 256, |x, y| image::Rgba([x as u8, 255 - y as u8, 140, 255]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).expect("encodes");
+    out.into_inner()
+}
+
+#[test]
+fn a_received_clip_shows_its_senders_avatar_and_display_name() {
+    let (world, app) = world_app_with(paused_talkers(), |rt, _, bob| {
+        rt.block_on(async {
+            let c = Client::connect(bob).await.expect("bob connects");
+            c.set_profile(Some("Bob 鲍勃".into()), None).await.expect("named");
+            c.set_avatar(Some(avatar_png())).await.expect("avatar");
+            c.close().await;
+        });
+    });
+    let harness = Harness::builder().with_size([1000.0, 700.0]).build_ui_state(|ui, app: &mut WalkieApp| app.ui(ui), app);
+    let mut harness = ready(harness);
+    let bob = world.rt.block_on(Client::connect(&world.bob)).expect("bob connects");
+    let pcm: Vec<f32> = (0..48 * 600).map(|i| (i as f32 * 0.03).sin() * 0.3).collect();
+    let clip = encode_pcm(&pcm, &EncoderConfig::default()).expect("encodes");
+    let header = ClipHeader { id: ClipId::random(), to: crew(), started_at_ms: now_ms(), codec: clip.params };
+    world.rt.block_on(bob.send_clip(&header, &clip.packets, clip.samples)).expect("stored");
+    let snap = until(&mut harness, 15, "bob's clip with his avatar", |s| {
+        clips_in_crew(s) == 1 && s.people.persons.get("bob").is_some_and(|p| p.avatar.is_some())
+    });
+    let bob_seen = &snap.people.persons["bob"];
+    assert_eq!(bob_seen.display.as_deref(), Some("Bob 鲍勃"));
+    assert_eq!(bob_seen.avatar.as_ref().map(|a| a.size), Some([64, 64]), "the small avatar, decoded");
+    // Drawn beside his clip: an avatar on the clip's row, just left of it.
+    let clip = harness.get_by_label_contains("clip from bob").rect();
+    let beside = harness.query_all_by_label("avatar of bob").map(|n| n.rect()).any(|a| {
+        a.center().y >= clip.top() && a.center().y <= clip.bottom() && a.right() <= clip.left() + 1.0 && clip.left() - a.right() < 40.0
+    });
+    assert!(beside, "an avatar of bob left of the clip at {clip:?}");
+    world.rt.block_on(bob.close());
+}
+
+#[test]
+fn a_contact_request_is_accepted_and_a_channel_made_with_a_member_added() {
+    let (world, app) = world_app();
+    let harness = Harness::builder().with_size([1200.0, 800.0]).build_ui_state(|ui, app: &mut WalkieApp| app.ui(ui), app);
+    let mut harness = ready(harness);
+    let mut bob = world.rt.block_on(Client::connect(&world.bob)).expect("bob connects");
+    world.rt.block_on(bob.contact("alice", walkie_proto::people::ContactAction::Add)).expect("bob asks");
+    until(&mut harness, 15, "bob's request", |s| s.people.contact_state("bob") == Some(walkie_proto::people::ContactState::Incoming));
+    harness.get_by_label("People (1 asking)").click();
+    harness.run_steps(3);
+    harness.get_by_label("Accept bob").click();
+    until(&mut harness, 15, "bob a contact", |s| s.people.contact_state("bob") == Some(walkie_proto::people::ContactState::Contact));
+    let heard = bob_waits(&world, &mut bob, |e| match e {
+        Event::ContactChanged(entry) if entry.user == "alice" => entry.state,
+        _ => None,
+    });
+    assert_eq!(heard, Some(walkie_proto::people::ContactState::Contact), "bob hears the answer");
+
+    type_into(&mut harness, "New channel", "team");
+    harness.get_by_label("Create channel").click();
+    until(&mut harness, 15, "the new channel", |s| s.people.groups.iter().any(|g| g.name == "team"));
+    type_into(&mut harness, "Add to team", "@bob");
+    harness.get_by_label("Add member to team").click();
+    let snap = until(&mut harness, 15, "bob in team", |s| s.people.groups.iter().any(|g| g.name == "team" && g.members.len() == 2));
+    let team = snap.people.groups.iter().find(|g| g.name == "team").expect("team");
+    assert_eq!((team.owner.as_deref(), team.members.clone()), (Some("alice"), vec!["alice".to_string(), "bob".into()]));
+    assert!(snap.conversation(&Target::Channel("team".into())).is_some(), "listed as a conversation");
+    let channels = bob_waits(&world, &mut bob, |e| match e {
+        Event::Channels(c) if c.contains(&"team".to_string()) => Some(c),
+        _ => None,
+    });
+    assert_eq!(channels, Some(vec!["crew".to_string(), "team".into()]), "bob is told at once");
+    world.rt.block_on(bob.close());
 }

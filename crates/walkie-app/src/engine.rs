@@ -18,6 +18,7 @@
 //! | `engine/fetches.rs` | background fetches (history pages, clip audio) and the audio cache |
 //! | `engine/playout.rs` | the player and what it plays (auto-play, live clips, replays, the mic test) |
 //! | `engine/mic.rs` | the microphone kept open, and the microphone test |
+//! | `engine/people.rs` | display names, avatars, contacts, channels; joining with an invite link |
 //! | `engine/export.rs` | a conversation to a folder of `.opus` files |
 //! | `engine/settings.rs` | `app.toml`: settings and remembered profiles |
 //! | `engine/audio_clip.rs` | a clip's packets and waveform |
@@ -33,6 +34,7 @@ mod export;
 mod fetches;
 mod link;
 mod mic;
+pub mod people;
 pub mod settings;
 mod playout;
 pub mod state;
@@ -48,6 +50,7 @@ use tokio::sync::mpsc;
 
 pub use audio_clip::{PEAKS, peaks};
 pub use settings::{AppSettings, BITRATE_RANGE};
+pub use people::{AvatarPixels, PeopleView, PersonView};
 pub use state::{ClipView, Connection, Conversation, Devices, Meter, Notice, NoticeKind, Snapshot, Talk};
 
 use walkie_client::ClientError;
@@ -92,6 +95,39 @@ pub enum Command {
     MicTest,
     /// Hide the notice.
     DismissNotice,
+    /// Make an account with an invite link (or sign this device in with a device link), then
+    /// connect with it.
+    Join {
+        /// The link.
+        link: String,
+        /// The login name wanted (empty for a device link).
+        name: String,
+        /// The display name.
+        display: Option<String>,
+    },
+    /// Ask, accept, remove or block someone.
+    Contact {
+        /// Their login name.
+        user: String,
+        /// What to do.
+        action: walkie_proto::people::ContactAction,
+    },
+    /// Make, invite into, leave, rename or delete a channel.
+    Group {
+        /// The channel.
+        channel: String,
+        /// What to do.
+        action: walkie_proto::people::GroupAction,
+    },
+    /// Set your display name.
+    SetDisplayName(String),
+    /// Set your avatar from a picture file.
+    SetAvatar(PathBuf),
+    /// Ask for people you may know.
+    Suggest,
+    /// Be visible nearby at this place (`LAT,LON` or a city) for an hour and list who is near;
+    /// `None` stops being visible.
+    Nearby(Option<String>),
     /// Demo only: make bob say something on the channel.
     DemoPeerTalk,
     /// Stop the engine.

@@ -209,6 +209,8 @@ pub struct Snapshot {
     pub audio_problem: Option<String>,
     /// True in `walkie app --demo` (the "simulate bob talking" button shows).
     pub demo: bool,
+    /// Display names, avatars, contacts and channels.
+    pub people: super::people::PeopleView,
 }
 
 impl Snapshot {

@@ -32,6 +32,7 @@ use super::mic::{self, MicMsg, Microphone};
 use super::playout::{Heard, Playout};
 use super::settings::AppFile;
 use super::state::{Connection, Devices, Meter, Notice, NoticeKind, Snapshot, Talk};
+use super::people;
 use super::unplayed::Unplayed;
 use super::{AppSettings, Command, EngineOptions, Shared};
 
@@ -292,6 +293,7 @@ impl Worker {
         self.link.connected(profile, outbox, unplayed);
         self.start_audio();
         self.load_conversations(&c).await;
+        self.refresh_people(&c).await;
         *client = Some(c);
     }
 
@@ -370,6 +372,7 @@ impl Worker {
         self.link.drop_connection();
         self.fetches.drop_jobs(false);
         self.snap.conversations.clear();
+        self.snap.people = Default::default();
         self.snap.playing = None;
         self.snap.connection = Connection::Disconnected;
     }
@@ -446,6 +449,27 @@ impl Worker {
             Command::RefreshDevices => self.list_devices(),
             Command::MicTest => self.mic_test(),
             Command::DismissNotice => self.snap.notice = None,
+            Command::Join { link, name, display } => {
+                self.snap.connection = Connection::Connecting("joining with the invite link".into());
+                self.publish();
+                match people::join(&link, &name, display.as_deref()).await {
+                    Ok(profile) => {
+                        // Kept at once: the token is shown only this once.
+                        self.file.remember(profile.clone());
+                        self.snap.profiles = self.file.profiles.clone();
+                        self.save_file();
+                        self.link.stop_reconnecting();
+                        self.connect(profile, client, rx).await;
+                    }
+                    Err(why) => self.snap.connection = Connection::Failed(format!("Joining failed: {why}")),
+                }
+            }
+            cmd @ (Command::Contact { .. }
+            | Command::Group { .. }
+            | Command::SetDisplayName(_)
+            | Command::SetAvatar(_)
+            | Command::Suggest
+            | Command::Nearby(_)) => self.people_command(cmd, client.as_ref()).await,
             Command::DemoPeerTalk => match &self.demo {
                 Some(d) => d.bob_talks(),
                 None => self.notice(NoticeKind::Error, "Only the demo has a simulated bob."),
@@ -678,6 +702,7 @@ impl Worker {
                 self.got_audio(id, audio);
                 if let Some(c) = client {
                     let _ = c.ack(id).await;
+                    self.learn(c, vec![meta.from.clone()]).await;
                 }
             }
             Event::Aborted(e) => {
@@ -695,9 +720,27 @@ impl Worker {
                 for name in names {
                     book::ensure(&mut self.snap.conversations, &Target::Channel(name));
                 }
+                // The list changes when a channel is made, joined, left or deleted.
+                if let Some(c) = client
+                    && let Ok(groups) = c.groups().await
+                {
+                    self.snap.people.groups = groups;
+                    let members = self.snap.people.groups.iter().flat_map(|g| g.members.clone()).collect();
+                    self.learn(c, members).await;
+                }
             }
-            Event::Online(users) => book::set_online(&mut self.snap.conversations, &me, &users),
-            Event::Presence(user, online) => book::set_presence(&mut self.snap.conversations, &me, &user, online),
+            Event::Online(users) => {
+                book::set_online(&mut self.snap.conversations, &me, &users);
+                if let Some(c) = client {
+                    self.learn(c, users).await;
+                }
+            }
+            Event::Presence(user, online) => {
+                book::set_presence(&mut self.snap.conversations, &me, &user, online);
+                if let Some(c) = client {
+                    self.learn(c, vec![user]).await;
+                }
+            }
             Event::PlayedBy(id, user) if user == me => {
                 if self.played_elsewhere.len() >= PLAYED_ELSEWHERE_KEPT {
                     self.played_elsewhere.clear();
@@ -711,12 +754,86 @@ impl Worker {
             Event::ContactChanged(entry) => {
                 let who = entry.display.clone().map_or_else(|| format!("@{}", entry.user), |d| format!("{d} (@{})", entry.user));
                 match entry.state {
-                    Some(walkie_proto::people::ContactState::Incoming) => self.notice(NoticeKind::Info, format!("{who} asks to be your contact")),
+                    Some(walkie_proto::people::ContactState::Incoming) => {
+                        self.notice(NoticeKind::Info, format!("{who} asks to be your contact (People: Accept)"));
+                    }
                     Some(walkie_proto::people::ContactState::Contact) => self.notice(NoticeKind::Info, format!("{who} is now your contact")),
                     _ => {}
                 }
+                let user = entry.user.clone();
+                people::contact_changed(&mut self.snap.people, entry);
+                if let Some(c) = client {
+                    self.learn(c, vec![user]).await;
+                }
             }
         }
+    }
+
+    // ---- people ----
+
+    /// Reads the profiles (display name, avatar) of people not seen yet.
+    async fn learn(&mut self, client: &Client, names: Vec<String>) {
+        if let Err(e) = people::learn(client, &mut self.snap.people, names, false).await {
+            tracing::debug!("cannot read profiles: {e}");
+        }
+    }
+
+    /// After connecting: your profile, contacts and channels, and everyone in the conversations.
+    async fn refresh_people(&mut self, client: &Client) {
+        let mut names: Vec<String> = Vec::new();
+        for c in &self.snap.conversations {
+            if let Target::User(u) = &c.target {
+                names.push(u.clone());
+            }
+            names.extend(c.clips.iter().map(|clip| clip.from.clone()));
+        }
+        if let Err(e) = people::refresh(client, &mut self.snap.people, names).await {
+            self.notice(NoticeKind::Error, format!("Cannot read your contacts and channels: {e}"));
+        }
+    }
+
+    /// A people command: needs the relay; its outcome becomes the notice.
+    async fn people_command(&mut self, cmd: Command, client: Option<&Client>) {
+        let Some(c) = client else {
+            self.notice(NoticeKind::Error, "Not connected: that needs the relay.");
+            return;
+        };
+        let view = &mut self.snap.people;
+        let done = match cmd {
+            Command::Contact { user, action } => people::contact(c, view, &user, action).await,
+            Command::Group { channel, action } => people::group(c, view, &channel, action).await,
+            Command::SetDisplayName(name) => people::set_display(c, view, &name).await,
+            Command::SetAvatar(path) => people::set_avatar(c, view, &path).await,
+            Command::Suggest => c.suggest().await.map(|list| {
+                let n = list.len();
+                view.suggestions = list;
+                if n == 0 { "Nobody to suggest yet: people come with shared contacts and channels.".into() } else { format!("{n} people you may know.") }
+            }),
+            Command::Nearby(place) => {
+                let at = match place.as_deref().map(walkie_proto::people::parse_place).transpose() {
+                    Ok(at) => at,
+                    Err(e) => {
+                        self.notice(NoticeKind::Error, e.to_string());
+                        return;
+                    }
+                };
+                c.nearby(at).await.map(|(list, _)| {
+                    let n = list.len();
+                    view.nearby = list;
+                    match at {
+                        Some(_) => format!("{n} people nearby. You are visible to them for an hour (only a ~5 km square is shared)."),
+                        None => "You are no longer visible to people nearby.".into(),
+                    }
+                })
+            }
+            _ => return,
+        };
+        match done {
+            Ok(said) => self.notice(NoticeKind::Info, said),
+            Err(e) => self.notice(NoticeKind::Error, e.to_string()),
+        }
+        let also: Vec<String> = self.snap.people.suggestions.iter().map(|s| s.user.clone()).chain(self.snap.people.nearby.iter().map(|n| n.user.clone())).collect();
+        self.learn(c, also).await;
     }
 
     /// Shows who still talks in `target` once a live clip there ended.

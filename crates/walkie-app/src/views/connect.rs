@@ -1,5 +1,7 @@
-//! The connect screen: relay address, user name, token, and the relay's certificate file or
-//! fingerprint; the profiles used before, one click each; and why the last attempt failed.
+//! The connect screen: an invite link with the name you want (one field to paste, two to
+//! type); behind "Advanced", the relay address, user name, token, and the relay's
+//! certificate file or fingerprint; the profiles used before, one click each; and why the
+//! last attempt failed.
 
 use std::path::PathBuf;
 
@@ -12,6 +14,9 @@ use walkie_client::profile::Profile;
 /// The form's text, kept between frames.
 #[derive(Default)]
 pub struct ConnectForm {
+    link: String,
+    login: String,
+    display: String,
     relay: String,
     user: String,
     token: String,
@@ -67,23 +72,35 @@ pub fn show(ui: &mut Ui, snap: &Snapshot, engine: &Engine, form: &mut ConnectFor
         });
         let connecting = matches!(snap.connection, Connection::Connecting(_));
         ui.group(|ui| {
-            field(ui, "Relay", &mut form.relay, "host:7300", false);
-            field(ui, "User", &mut form.user, "your user name", false);
-            field(ui, "Token", &mut form.token, "from walkie-relay user add", true);
-            field(ui, "Certificate", &mut form.cert, "path to the relay's cert.pem", false);
-            field(ui, "Fingerprint", &mut form.fingerprint, "or sha256:… as walkie-relay serve prints", false);
+            ui.label(RichText::new("Join with an invite link").strong());
+            field(ui, "Invite link", &mut form.link, "walkie://host:7300/join/…#sha256:…", false);
+            field(ui, "Login name", &mut form.login, "how others find you: a-z, 0-9 (not needed for a device link)", false);
+            field(ui, "Display name", &mut form.display, "the name people see, in any script", false);
             ui.add_space(6.0);
             ui.horizontal(|ui| {
-                let connect = ui.add_enabled(!connecting, egui::Button::new("Connect"));
-                let enter = ui.input(|i| i.key_pressed(egui::Key::Enter));
-                if connect.clicked() || (enter && !connecting) {
-                    engine.send(Command::Connect(form.profile()));
+                let join = ui.add_enabled(!connecting && !form.link.trim().is_empty(), egui::Button::new("Join"));
+                if join.clicked() {
+                    let display = Some(form.display.trim().to_string()).filter(|d| !d.is_empty());
+                    engine.send(Command::Join { link: form.link.trim().to_string(), name: form.login.trim().to_string(), display });
                 }
                 if connecting {
                     ui.spinner();
                     ui.label("Connecting…");
                 }
             });
+        });
+        ui.add_space(8.0);
+        egui::CollapsingHeader::new("Advanced: connect with a user name and token").show(ui, |ui| {
+            field(ui, "Relay", &mut form.relay, "host:7300", false);
+            field(ui, "User", &mut form.user, "your user name", false);
+            field(ui, "Token", &mut form.token, "from walkie-relay user add", true);
+            field(ui, "Certificate", &mut form.cert, "path to the relay's cert.pem", false);
+            field(ui, "Fingerprint", &mut form.fingerprint, "or sha256:… as walkie-relay serve prints", false);
+            ui.add_space(6.0);
+            let connect = ui.add_enabled(!connecting, egui::Button::new("Connect"));
+            if connect.clicked() {
+                engine.send(Command::Connect(form.profile()));
+            }
         });
         match &snap.connection {
             Connection::Failed(why) | Connection::Lost { why, .. } => {

@@ -4,9 +4,9 @@
 
 use eframe::egui::{self, Align, Color32, FontId, Layout, RichText, Sense, Ui, vec2};
 
+use super::avatars::Avatars;
 use super::widgets::{self, ACCENT, ALERT};
-use crate::engine::{ClipView, Command, Conversation, Engine};
-use walkie_proto::clip::ClipId;
+use crate::engine::{ClipView, Command, Conversation, Engine, Snapshot};
 
 /// Text typed between frames.
 #[derive(Default)]
@@ -32,7 +32,7 @@ pub fn clip_label(c: &ClipView, playing: bool) -> String {
     s
 }
 
-fn bubble(ui: &mut Ui, c: &ClipView, playing: bool) -> egui::Response {
+fn bubble(ui: &mut Ui, c: &ClipView, playing: bool, sender: &str) -> egui::Response {
     let width = 340.0f32.min(ui.available_width());
     let layout = if c.mine { Layout::right_to_left(Align::Min) } else { Layout::left_to_right(Align::Min) };
     ui.with_layout(layout, |ui| {
@@ -47,7 +47,7 @@ fn bubble(ui: &mut Ui, c: &ClipView, playing: bool) -> egui::Response {
         }
         let text = visuals.text_color();
         let inner = rect.shrink2(vec2(10.0, 6.0));
-        let head = format!("{}  ·  {}", c.from, widgets::time_text(c.started_at_ms));
+        let head = format!("{sender}  ·  {}", widgets::time_text(c.started_at_ms));
         painter.text(inner.left_top(), egui::Align2::LEFT_TOP, head, FontId::proportional(12.0), text);
         let right = if c.queued { "waiting…".to_string() } else { widgets::duration_text(c.duration_ms) };
         painter.text(inner.right_top(), egui::Align2::RIGHT_TOP, right, FontId::proportional(12.0), text);
@@ -70,7 +70,8 @@ fn bubble(ui: &mut Ui, c: &ClipView, playing: bool) -> egui::Response {
 }
 
 /// Draws the conversation's clips (and its history and export controls).
-pub fn show(ui: &mut Ui, conv: &Conversation, playing: Option<ClipId>, engine: &Engine, state: &mut ConversationState) {
+pub fn show(ui: &mut Ui, conv: &Conversation, snap: &Snapshot, engine: &Engine, state: &mut ConversationState, avatars: &mut Avatars) {
+    let playing = snap.playing;
     ui.horizontal(|ui| {
         ui.heading(conv.label());
         if let Some(online) = conv.online {
@@ -104,7 +105,17 @@ pub fn show(ui: &mut Ui, conv: &Conversation, playing: Option<ClipId>, engine: &
         }
         for c in &conv.clips {
             let now_playing = playing == Some(c.id);
-            let resp = bubble(ui, c, now_playing);
+            // The sender's display name and avatar beside what others said.
+            let sender = snap.people.persons.get(&c.from).and_then(|p| p.display.clone()).unwrap_or_else(|| c.from.clone());
+            let resp = if c.mine {
+                bubble(ui, c, now_playing, &sender)
+            } else {
+                ui.horizontal_top(|ui| {
+                    avatars.show(ui, &snap.people, &c.from, 32.0);
+                    bubble(ui, c, now_playing, &sender)
+                })
+                .inner
+            };
             if resp.clicked() {
                 // A click on the clip that plays stops it; on any other, plays it.
                 engine.send(if now_playing { Command::Stop(c.id) } else { Command::Play(c.id) });

@@ -4,7 +4,9 @@
 
 use eframe::egui::{self, Color32, RichText, Ui};
 
+use super::avatars::Avatars;
 use super::conversation::{self, ConversationState};
+use super::people::{self, PeoplePanel};
 use super::settings::{self, SettingsView};
 use super::talk_button::{self, TalkKeys};
 use super::widgets::{self, ACCENT, ALERT};
@@ -18,9 +20,20 @@ pub struct MainState {
     conversation: ConversationState,
 }
 
+/// The side panels and what they remember.
+pub struct Panels<'a> {
+    /// Settings.
+    pub settings: &'a mut SettingsView,
+    /// People.
+    pub people: &'a mut PeoplePanel,
+    /// Avatar textures.
+    pub avatars: &'a mut Avatars,
+}
+
 /// Draws the main window.
-pub fn show(ui: &mut Ui, snap: &Snapshot, engine: &Engine, state: &mut MainState, keys: &mut TalkKeys, settings_view: &mut SettingsView) {
-    egui::Panel::top("top").show(ui, |ui| top_bar(ui, snap, engine, settings_view));
+pub fn show(ui: &mut Ui, snap: &Snapshot, engine: &Engine, state: &mut MainState, keys: &mut TalkKeys, panels: Panels<'_>) {
+    let Panels { settings: settings_view, people: people_panel, avatars } = panels;
+    egui::Panel::top("top").show(ui, |ui| top_bar(ui, snap, engine, settings_view, people_panel));
     if let Some(n) = &snap.notice {
         egui::Panel::top("notice").show(ui, |ui| {
             ui.horizontal(|ui| {
@@ -36,9 +49,12 @@ pub fn show(ui: &mut Ui, snap: &Snapshot, engine: &Engine, state: &mut MainState
             });
         });
     }
-    egui::Panel::left("conversations").default_size(220.0).show(ui, |ui| list(ui, snap, engine, state));
+    egui::Panel::left("conversations").default_size(240.0).show(ui, |ui| list(ui, snap, engine, state, avatars));
     if settings_view.open {
         egui::Panel::right("settings").default_size(300.0).show(ui, |ui| settings::show(ui, snap, engine, settings_view));
+    }
+    if people_panel.open {
+        egui::Panel::right("people").default_size(320.0).show(ui, |ui| people::show(ui, snap, engine, people_panel, avatars));
     }
     let selected = snap.selected_conversation();
     if let Some(conv) = selected {
@@ -49,20 +65,23 @@ pub fn show(ui: &mut Ui, snap: &Snapshot, engine: &Engine, state: &mut MainState
         });
     }
     egui::CentralPanel::default().show(ui, |ui| match selected {
-        Some(conv) => conversation::show(ui, conv, snap.playing, engine, &mut state.conversation),
+        Some(conv) => conversation::show(ui, conv, snap, engine, &mut state.conversation, avatars),
         None => {
             ui.label("No conversations yet: add a channel or @user on the left.");
         }
     });
 }
 
-fn top_bar(ui: &mut Ui, snap: &Snapshot, engine: &Engine, settings_view: &mut SettingsView) {
+fn top_bar(ui: &mut Ui, snap: &Snapshot, engine: &Engine, settings_view: &mut SettingsView, people_panel: &mut PeoplePanel) {
     ui.horizontal(|ui| {
         ui.label(RichText::new("walkie").strong().size(18.0));
         match &snap.connection {
             Connection::Connected { user, relay } => {
                 widgets::dot(ui, ACCENT, true);
                 ui.label(format!("{user} at {relay}"));
+                if let Some(display) = snap.people.persons.get(user).and_then(|p| p.display.as_deref()) {
+                    ui.label(RichText::new(display).weak());
+                }
             }
             Connection::Lost { why, .. } => {
                 ui.spinner();
@@ -79,6 +98,11 @@ fn top_bar(ui: &mut Ui, snap: &Snapshot, engine: &Engine, settings_view: &mut Se
             }
             if ui.selectable_label(settings_view.open, "Settings").clicked() {
                 settings_view.open = !settings_view.open;
+            }
+            let waiting = snap.people.contacts.iter().filter(|c| c.state == Some(walkie_proto::people::ContactState::Incoming)).count();
+            let label = if waiting > 0 { format!("People ({waiting} asking)") } else { "People".to_string() };
+            if ui.selectable_label(people_panel.open, label).clicked() {
+                people_panel.open = !people_panel.open;
             }
             if snap.demo && ui.button("Simulate bob talking").clicked() {
                 engine.send(Command::DemoPeerTalk);
@@ -101,7 +125,7 @@ fn row_text(c: &Conversation) -> String {
     s
 }
 
-fn list(ui: &mut Ui, snap: &Snapshot, engine: &Engine, state: &mut MainState) {
+fn list(ui: &mut Ui, snap: &Snapshot, engine: &Engine, state: &mut MainState, avatars: &mut Avatars) {
     ui.add_space(4.0);
     ui.label(RichText::new("Channels and contacts").strong());
     ui.add_space(4.0);
@@ -114,6 +138,9 @@ fn list(ui: &mut Ui, snap: &Snapshot, engine: &Engine, state: &mut MainState) {
                     None => (Color32::TRANSPARENT, true, "channel"),
                 };
                 widgets::dot(ui, color, filled).on_hover_text(hover);
+                if let Target::User(u) = &c.target {
+                    avatars.show(ui, &snap.people, u, 20.0);
+                }
                 let selected = snap.selected.as_ref() == Some(&c.target);
                 let mut text = RichText::new(row_text(c));
                 if c.unread > 0 {
@@ -121,6 +148,13 @@ fn list(ui: &mut Ui, snap: &Snapshot, engine: &Engine, state: &mut MainState) {
                 }
                 if ui.selectable_label(selected, text).clicked() {
                     engine.send(Command::Select(c.target.clone()));
+                }
+                let shown = match &c.target {
+                    Target::User(u) => snap.people.persons.get(u).and_then(|p| p.display.clone()),
+                    Target::Channel(name) => snap.people.groups.iter().find(|g| &g.name == name).and_then(|g| g.title.clone()),
+                };
+                if let Some(shown) = shown {
+                    ui.label(RichText::new(shown).weak());
                 }
             });
         }

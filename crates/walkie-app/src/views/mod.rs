@@ -5,19 +5,25 @@
 //! | file | shows |
 //! |---|---|
 //! | `views/mod.rs` | [`WalkieApp`], [`run`]: the window and which screen is up |
-//! | `connect.rs` | the connect screen (relay, user, token, certificate or fingerprint) |
+//! | `connect.rs` | the connect screen (an invite link; or relay, user, token, certificate or fingerprint) |
 //! | `main_window.rs` | the top bar, notices, the conversation list |
 //! | `conversation.rs` | one conversation's clips, history paging, export |
 //! | `talk_button.rs` | push-to-talk: the held button, Space, Esc, level meter, who is talking |
 //! | `settings.rs` | devices, microphone test, noise suppression, bitrate |
+//! | `people.rs` | your profile, contacts and requests, channels you make, finding friends |
+//! | `avatars.rs` | avatars as textures, drawn beside clips, contacts and people online |
+//! | `fonts.rs` | a system CJK font as a fallback, for names in any script |
 //! | `widgets.rs` | the waveform, the level meter, times and durations |
 //!
 //! Keys: hold **Space** to talk (while the window has focus and no text field is being
 //! edited), release to send; **Esc** cancels the clip being recorded.
 
+mod avatars;
 mod connect;
+mod fonts;
 mod conversation;
 mod main_window;
+mod people;
 mod settings;
 mod talk_button;
 mod widgets;
@@ -38,6 +44,8 @@ pub struct WalkieApp {
     talk: talk_button::TalkKeys,
     main: main_window::MainState,
     settings: settings::SettingsView,
+    people: people::PeoplePanel,
+    avatars: avatars::Avatars,
     waker_set: bool,
 }
 
@@ -52,6 +60,8 @@ impl WalkieApp {
             talk: talk_button::TalkKeys::default(),
             main: main_window::MainState::default(),
             settings: settings::SettingsView::default(),
+            people: people::PeoplePanel::default(),
+            avatars: avatars::Avatars::default(),
             waker_set: false,
         }
     }
@@ -65,13 +75,17 @@ impl WalkieApp {
     pub fn ui(&mut self, ui: &mut egui::Ui) {
         if !self.waker_set {
             let ctx = ui.ctx().clone();
+            if fonts::install_fallbacks(&ctx).is_none() {
+                tracing::info!("no CJK font found (install fonts-wqy-microhei): such names show as boxes");
+            }
             self.engine.on_change(move || ctx.request_repaint());
             self.waker_set = true;
         }
         self.snap = self.engine.snapshot();
         let snap = self.snap.clone();
         if snap.connection.shows_conversations() {
-            main_window::show(ui, &snap, &self.engine, &mut self.main, &mut self.talk, &mut self.settings);
+            let panels = main_window::Panels { settings: &mut self.settings, people: &mut self.people, avatars: &mut self.avatars };
+            main_window::show(ui, &snap, &self.engine, &mut self.main, &mut self.talk, panels);
         } else {
             connect::show(ui, &snap, &self.engine, &mut self.connect);
         }

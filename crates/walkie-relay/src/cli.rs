@@ -200,24 +200,6 @@ fn store_choice(cli: &Cli) -> Result<StoreChoice, String> {
     nats_choice(spec, cli.store_prefix.as_deref())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_and_dates_read_as_people_write_them() {
-        assert_eq!(parse_duration("7d"), Ok(7 * 86_400_000));
-        assert_eq!(parse_duration("90m"), Ok(90 * 60_000));
-        assert_eq!(parse_duration("2w"), Ok(14 * 86_400_000));
-        assert_eq!(parse_duration("3"), Ok(3 * 86_400_000));
-        for bad in ["", "0d", "d", "5y", "366d", "-1h", "99999999999999999w"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-        assert_eq!(chrono_free_utc(0), "1970-01-01 00:00 UTC");
-        assert_eq!(chrono_free_utc(1_772_323_200_000 + 3_723_000), "2026-03-01 01:02 UTC");
-    }
-}
-
 #[cfg(feature = "nats")]
 fn nats_choice(spec: &str, prefix: Option<&str>) -> Result<StoreChoice, String> {
     let mut config = NatsConfig::new(&[spec.to_string()]);
@@ -456,4 +438,22 @@ fn channel(store: &dyn Store, cmd: ChannelCmd) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_dates_read_as_people_write_them() {
+        assert_eq!(parse_duration("7d"), Ok(7 * 86_400_000));
+        assert_eq!(parse_duration("90m"), Ok(90 * 60_000));
+        assert_eq!(parse_duration("2w"), Ok(14 * 86_400_000));
+        assert_eq!(parse_duration("3"), Ok(3 * 86_400_000));
+        for bad in ["", "0d", "d", "5y", "366d", "-1h", "99999999999999999w"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(chrono_free_utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(chrono_free_utc(1_772_323_200_000 + 3_723_000), "2026-03-01 01:02 UTC");
+    }
 }

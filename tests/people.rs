@@ -591,3 +591,32 @@ async fn people_nearby_see_each_other_by_coarse_cell_only_for_an_hour() {
         c.close().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contacts_see_each_others_presence_without_sharing_a_channel() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(&tmp.path().join("relay"), RelayConfig::default()).await;
+    let (alice, bob, carol) = (relay.add_user("alice"), relay.add_user("bob"), relay.add_user("carol"));
+    let store: &dyn Store = relay.store.as_ref();
+    people::contact(store, "alice", "bob", ContactAction::Add).expect("asks");
+    people::contact(store, "bob", "alice", ContactAction::Accept).expect("accepts");
+    people::contact(store, "alice", "carol", ContactAction::Add).expect("only asks");
+    let bob_c = relay.connect(&bob).await;
+    let mut alice_c = relay.connect(&alice).await;
+    let online = wait_for(&mut alice_c, 10, |e| match e {
+        Event::Online(users) => Some(users),
+        _ => None,
+    })
+    .await;
+    assert_eq!(online, ["bob"], "a contact's presence, with no channel shared");
+    let carol_c = relay.connect(&carol).await;
+    bob_c.close().await;
+    let went = wait_for(&mut alice_c, 10, |e| match e {
+        Event::Presence(user, online) => Some((user, online)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(went, ("bob".to_string(), false), "carol (only asked) is not told; bob going is");
+    carol_c.close().await;
+    alice_c.close().await;
+}

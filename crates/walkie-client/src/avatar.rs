@@ -74,7 +74,7 @@ mod tests {
 
     #[test]
     fn png_and_jpeg_pictures_become_a_256_px_square_png() {
-        for format in [ImageFormat::Png, ImageFormat::Jpeg] {
+        for format in [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::WebP] {
             let png = from_bytes(&encoded(640, 480, format)).expect("prepared");
             let back = image::load_from_memory_with_format(&png, ImageFormat::Png).expect("a PNG");
             assert_eq!((back.width(), back.height()), (256, 256), "{format:?}");

@@ -15,6 +15,7 @@ use walkie_proto::logsafe::escape;
 use walkie_proto::wire::{ClientMsg, ErrorCode, ErrorMsg, MAX_CONTROL_FRAME, MAX_HELLO_FIELD, MAX_HELLO_FRAME, ServerMsg};
 
 use crate::people::{self, PeopleError};
+use walkie_proto::people::ContactState;
 use crate::registry::{ControlTx, Session, close};
 use crate::server::{InHandshake, PreAuth};
 use crate::shared::Shared;
@@ -127,14 +128,21 @@ pub(crate) async fn handle(
     info!(%user, "session closed");
 }
 
-/// The channels `user` is a member of, and everyone they share one with (both sorted).
+/// The channels `user` is a member of, and everyone who sees their presence: who they share
+/// a channel with, and their contacts (both sorted).
 async fn memberships(shared: &Shared, user: &str) -> (Vec<String>, Vec<String>) {
     let me = user.to_string();
-    let channels = shared.store(|s| s.channels()).await.unwrap_or_default();
-    let mine: Vec<_> = channels.into_iter().filter(|c| c.members.contains(&me)).collect();
+    let (channels, contacts) = shared
+        .store(move |s| {
+            let contacts = people::person(s, &me)?.contacts.into_iter().filter(|(_, st)| *st == ContactState::Contact).map(|(n, _)| n);
+            Ok((s.channels()?, contacts.collect::<Vec<_>>()))
+        })
+        .await
+        .unwrap_or_default();
+    let mine: Vec<_> = channels.into_iter().filter(|c| c.members.iter().any(|m| m == user)).collect();
     let mut names: Vec<String> = mine.iter().map(|c| c.name.clone()).collect();
     names.sort();
-    let mut peers: Vec<String> = mine.into_iter().flat_map(|c| c.members).filter(|m| *m != me).collect();
+    let mut peers: Vec<String> = mine.into_iter().flat_map(|c| c.members).chain(contacts).filter(|m| m != user).collect();
     peers.sort();
     peers.dedup();
     (names, peers)

@@ -817,6 +817,10 @@ pub fn suggest(store: &dyn Store, user: &str) -> Result<Vec<Suggestion>, StoreEr
 pub const NEARBY_FOR_MS: i64 = 3_600_000;
 /// Moves to another cell one user may make per hour: more would let them map where people are.
 pub const NEARBY_MOVES_PER_HOUR: usize = 6;
+/// Entries read for one nearby list at most, and people shown: a crowded city costs a bounded
+/// amount per request.
+const NEARBY_SCAN: usize = 1000;
+const NEARBY_SHOWN: usize = 50;
 
 /// Where a user is visible nearby.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -876,8 +880,13 @@ pub fn nearby(store: &dyn Store, user: &str, cell: Option<&str>, now_ms: i64) ->
     parents.sort();
     parents.dedup();
     let mut out = Vec::new();
+    let mut scanned = 0;
     for parent in parents {
         for key in store.record_keys(&["nearby", &parent])? {
+            scanned += 1;
+            if scanned > NEARBY_SCAN {
+                break;
+            }
             let Some(name) = key.get(2) else { continue };
             if name == user || me.contacts.get(name) == Some(&ContactState::Blocked) || me.blocked_by.contains(name) {
                 continue;
@@ -891,6 +900,7 @@ pub fn nearby(store: &dyn Store, user: &str, cell: Option<&str>, now_ms: i64) ->
         }
     }
     out.sort_by(|a, b| a.km.cmp(&b.km).then_with(|| a.user.cmp(&b.user)));
+    out.truncate(NEARBY_SHOWN);
     Ok((out, spot.expires_ms))
 }
 

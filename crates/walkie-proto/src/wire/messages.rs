@@ -292,12 +292,13 @@ pub enum ServerMsg {
         /// The ping's nonce.
         nonce: u64,
     },
-    /// Who among the people you share a channel with is online (sent after the welcome).
+    /// Who among the people you share a channel with, and your contacts, is online (sent after
+    /// the welcome).
     Online {
         /// User names, sorted.
         users: Vec<String>,
     },
-    /// Someone you share a channel with came online or went offline.
+    /// Someone you share a channel with, or a contact, came online or went offline.
     Presence {
         /// The user.
         user: String,

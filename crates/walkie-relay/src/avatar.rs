@@ -74,6 +74,28 @@ mod tests {
         assert_eq!((l.width(), l.height(), s.width(), s.height()), (256, 256, 64, 64));
     }
 
+    /// What taking an avatar costs the relay (decode, 64 px copy, two PNG encodes) for a
+    /// photo-like 256 px PNG; prints the median of 50 runs, asserts nothing about time:
+    /// `cargo test --release -p walkie-relay avatar_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, run by hand"]
+    fn avatar_cost() {
+        let noisy = image::RgbaImage::from_fn(256, 256, |x, y| {
+            let h = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)) >> 7;
+            image::Rgba([(h & 255) as u8, (h >> 8) as u8, (x ^ y) as u8, 255])
+        });
+        let png = encode(&noisy).expect("encodes");
+        let mut times: Vec<std::time::Duration> = (0..50)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                accept(&png).expect("accepted");
+                t.elapsed()
+            })
+            .collect();
+        times.sort();
+        println!("avatar accept: {} bytes in, median {:?}, max {:?}", png.len(), times[25], times[49]);
+    }
+
     #[test]
     fn wrong_sizes_bombs_and_other_bytes_are_refused_before_decoding() {
         assert_eq!(accept(&png(300, 256)), Err(AvatarError::WrongSize(300, 256)));

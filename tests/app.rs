@@ -337,15 +337,12 @@ fn someone_else_holding_the_floor_shows_who_talks_and_a_busy_notice() {
     assert!(stored(&world).is_empty(), "nothing was stored");
 }
 
-#[test]
-fn the_connect_screen_shows_without_a_profile_and_explains_a_wrong_token() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
-    let dirs = tempfile::tempdir().expect("tempdir");
-    let relay = rt.block_on(support::start_relay(&dirs.path().join("relay"), RelayConfig::default()));
-    let alice = relay.add_user("alice");
+/// The app with no profile (so on its connect screen), its settings and data under `dir`,
+/// with silent audio.
+fn connect_screen(dir: &Path) -> Harness<'static, WalkieApp> {
     let opts = EngineOptions {
-        config_dir: dirs.path().join("config"),
-        data_dir: dirs.path().join("data"),
+        config_dir: dir.join("config"),
+        data_dir: dir.join("data"),
         input: Some("null".into()),
         output: Some("null".into()),
         ..Default::default()
@@ -353,6 +350,16 @@ fn the_connect_screen_shows_without_a_profile_and_explains_a_wrong_token() {
     let app = WalkieApp::new(Engine::start(opts).expect("engine"));
     let mut harness = Harness::builder().with_size([1000.0, 700.0]).build_ui_state(|ui, app: &mut WalkieApp| app.ui(ui), app);
     harness.run_steps(2);
+    harness
+}
+
+#[test]
+fn the_connect_screen_shows_without_a_profile_and_explains_a_wrong_token() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let dirs = tempfile::tempdir().expect("tempdir");
+    let relay = rt.block_on(support::start_relay(&dirs.path().join("relay"), RelayConfig::default()));
+    let alice = relay.add_user("alice");
+    let mut harness = connect_screen(dirs.path());
     // The five fields wait behind "Advanced"; an invite link is the first way in.
     assert!(harness.query_by_label("Invite link").is_some());
     assert!(harness.query_by_label("Token").is_none());
@@ -629,16 +636,7 @@ fn a_new_user_joins_from_an_invite_link_with_a_display_name() {
     let invite = walkie_proto::people::Invite { uses_left: 1, expires_ms: now_ms() + 60_000, channel: Some("crew".into()), created_by: None, device_of: None };
     let code = walkie_relay::people::create_invite(relay.store.as_ref(), &invite).expect("invite");
     let link = walkie_proto::people::InviteLink { addr: relay.handle.addr.to_string(), code: Some(code), fingerprint: relay.handle.fingerprint.to_string() };
-    let opts = EngineOptions {
-        config_dir: dirs.path().join("config"),
-        data_dir: dirs.path().join("data"),
-        input: Some("null".into()),
-        output: Some("null".into()),
-        ..Default::default()
-    };
-    let app = WalkieApp::new(Engine::start(opts).expect("engine"));
-    let mut harness = Harness::builder().with_size([1000.0, 700.0]).build_ui_state(|ui, app: &mut WalkieApp| app.ui(ui), app);
-    harness.run_steps(2);
+    let mut harness = connect_screen(dirs.path());
     type_into(&mut harness, "Invite link", &link.to_string());
     type_into(&mut harness, "Login name", "zoe");
     type_into(&mut harness, "Display name", "Zoë 张");

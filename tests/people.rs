@@ -47,19 +47,6 @@ fn invite(uses: u32, channel: Option<&str>) -> Invite {
     Invite { uses_left: uses, expires_ms: now_ms() + 3_600_000, channel: channel.map(str::to_string), created_by: None, device_of: None }
 }
 
-/// Waits for the first event `pick` takes, skipping others.
-async fn wait_for<T>(client: &mut Client, secs: u64, mut pick: impl FnMut(Event) -> Option<T>) -> T {
-    within(secs, "an expected event", async {
-        loop {
-            let e = client.next_event().await.expect("connection stays up");
-            if let Some(t) = pick(e) {
-                return t;
-            }
-        }
-    })
-    .await
-}
-
 /// The channel names in the next channel list pushed to `client`.
 async fn next_channels(client: &mut Client) -> Vec<String> {
     wait_for(client, 10, |e| match e {

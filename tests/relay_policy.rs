@@ -33,19 +33,6 @@ fn crew() -> Target {
     Target::Channel("crew".into())
 }
 
-/// Waits for the first event matching `pick`, skipping others.
-async fn wait_for<T>(client: &mut Client, secs: u64, mut pick: impl FnMut(Event) -> Option<T>) -> T {
-    within(secs, "an expected event", async {
-        loop {
-            let e = client.next_event().await.expect("connection stays up");
-            if let Some(t) = pick(e) {
-                return t;
-            }
-        }
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packets_reach_listeners_while_the_talker_still_talks() {
     let tmp = tempfile::tempdir().expect("tempdir");

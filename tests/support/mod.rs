@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use walkie_client::{Client, ClientConfig};
+use walkie_client::{Client, ClientConfig, Event};
 use walkie_relay::{self as relay, RelayConfig, RelayHandle, auth};
 use walkie_store::Store;
 use walkie_store::sqlite::SqliteStore;
@@ -181,4 +181,17 @@ impl NatsTestCluster {
         let list = list.strip_prefix("nats://").unwrap_or(list);
         list.split(',').map(str::to_string).collect()
     }
+}
+
+/// Waits for the first event `pick` takes, skipping others.
+pub async fn wait_for<T>(client: &mut Client, secs: u64, mut pick: impl FnMut(Event) -> Option<T>) -> T {
+    within(secs, "an expected event", async {
+        loop {
+            let e = client.next_event().await.expect("connection stays up");
+            if let Some(t) = pick(e) {
+                return t;
+            }
+        }
+    })
+    .await
 }

@@ -127,17 +127,27 @@ fn write<T: Serialize>(store: &dyn Store, key: &[String], value: &T, rev: u64) -
 
 /// Changes a user's person record with `change` (read, change, compare-and-set, again if
 /// another write got in first); returns what `change` returned.
-fn update_person<T>(store: &dyn Store, user: &str, mut change: impl FnMut(&mut Person) -> Result<T, PeopleError>) -> Result<T, PeopleError> {
-    let k = key("person", user);
+fn update_person<T>(store: &dyn Store, user: &str, change: impl FnMut(&mut Person) -> Result<T, PeopleError>) -> Result<T, PeopleError> {
+    update(store, &key("person", user), &format!("the profile of {user}"), change)
+}
+
+/// Changes the JSON record under `key` (its default when absent) with `change`: read,
+/// change, compare-and-set, again if another write got in first; nothing is written when
+/// `change` leaves the value as it was. `what` names the record in the error after
+/// [`CAS_TRIES`] lost races.
+fn update<R, T>(store: &dyn Store, key: &[String], what: &str, mut change: impl FnMut(&mut R) -> Result<T, PeopleError>) -> Result<T, PeopleError>
+where
+    R: serde::de::DeserializeOwned + Serialize + Default + Clone + PartialEq,
+{
     for _ in 0..CAS_TRIES {
-        let (mut person, rev): (Person, u64) = read(store, &k)?;
-        let before = person.clone();
-        let out = change(&mut person)?;
-        if person == before || write(store, &k, &person, rev)? {
+        let (mut value, rev): (R, u64) = read(store, key)?;
+        let before = value.clone();
+        let out = change(&mut value)?;
+        if value == before || write(store, key, &value, rev)? {
             return Ok(out);
         }
     }
-    Err(StoreError::Backend(format!("the profile of {user} kept changing under this write; try again")).into())
+    Err(StoreError::Backend(format!("{what} kept changing under this write; try again")).into())
 }
 
 /// A user's person record (the default when they have none yet).
@@ -336,18 +346,14 @@ fn join_device(store: &dyn Store, code: &str, owner: &str, name: Option<&str>, n
     let token = auth::new_token();
     let id = hex::encode(rand::random::<[u8; 4]>());
     let device = Device { token_hash: hex::encode(auth::hash_token(&token)), name, created_ms: now_ms };
-    let k = key("devices", owner);
-    for _ in 0..CAS_TRIES {
-        let (mut all, rev): (Devices, u64) = read(store, &k)?;
+    update(store, &key("devices", owner), "the device list", |all: &mut Devices| {
         if all.len() >= MAX_DEVICES {
             return Err(refused(ErrorCode::TooLarge, format!("{owner} has {} devices, the most this relay allows", MAX_DEVICES + 1)));
         }
         all.insert(id.clone(), device.clone());
-        if write(store, &k, &all, rev)? {
-            return Ok(Joined { user: owner.to_string(), token, channel: None, device: Some(id) });
-        }
-    }
-    Err(StoreError::Backend("the device list kept changing; try again".into()).into())
+        Ok(())
+    })?;
+    Ok(Joined { user: owner.to_string(), token, channel: None, device: Some(id) })
 }
 
 /// Removes one of `user`'s other devices and empties its inbox; false if there is no such device.
@@ -355,18 +361,11 @@ pub fn remove_device(store: &dyn Store, user: &str, id: &str) -> Result<bool, Pe
     if id == MAIN_DEVICE {
         return Err(refused(ErrorCode::BadRequest, "the first device is the account itself: to lock it out, the administrator gives the user a new token (walkie-relay user token)"));
     }
-    let k = key("devices", user);
-    for _ in 0..CAS_TRIES {
-        let (mut all, rev): (Devices, u64) = read(store, &k)?;
-        if all.remove(id).is_none() {
-            return Ok(false);
-        }
-        if write(store, &k, &all, rev)? {
-            store.clear_inbox(&inbox_key(user, Some(id)))?;
-            return Ok(true);
-        }
+    let removed = update(store, &key("devices", user), "the device list", |all: &mut Devices| Ok(all.remove(id).is_some()))?;
+    if removed {
+        store.clear_inbox(&inbox_key(user, Some(id)))?;
     }
-    Err(StoreError::Backend("the device list kept changing; try again".into()).into())
+    Ok(removed)
 }
 
 /// Which of `user`'s other devices `token` belongs to, with its hash.
@@ -385,21 +384,15 @@ const PLAYED_KEPT: usize = 512;
 
 /// Remembers that `user` played `id` (for their other devices, which may get it later).
 pub fn mark_played(store: &dyn Store, user: &str, id: &str) -> Result<(), PeopleError> {
-    let k = key("played", user);
-    for _ in 0..CAS_TRIES {
-        let (mut ids, rev): (std::collections::VecDeque<String>, u64) = read(store, &k)?;
-        if ids.iter().any(|i| i == id) {
-            return Ok(());
+    update(store, &key("played", user), "the played list", |ids: &mut std::collections::VecDeque<String>| {
+        if !ids.iter().any(|i| i == id) {
+            ids.push_back(id.to_string());
+            while ids.len() > PLAYED_KEPT {
+                ids.pop_front();
+            }
         }
-        ids.push_back(id.to_string());
-        while ids.len() > PLAYED_KEPT {
-            ids.pop_front();
-        }
-        if write(store, &k, &ids, rev)? {
-            return Ok(());
-        }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// The clips `user` played lately (hex ids).

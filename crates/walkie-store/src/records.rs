@@ -86,6 +86,17 @@ pub fn parse_record_key(key: &str) -> Option<Vec<String>> {
     key.split('.').map(decode_token).collect()
 }
 
+/// Stored keys back as tokens, sorted as tokens (what [`crate::Store::record_keys`] returns);
+/// a key [`record_key`] would not write is corruption.
+pub fn parse_record_keys<'a>(keys: impl IntoIterator<Item = &'a String>) -> Result<Vec<Vec<String>>, StoreError> {
+    let mut out = keys
+        .into_iter()
+        .map(|k| parse_record_key(k).ok_or_else(|| StoreError::Corrupt(format!("record key {k:?}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    out.sort();
+    Ok(out)
+}
+
 /// Checks a value's size before it is written.
 pub fn check_value(value: &[u8]) -> Result<(), StoreError> {
     if value.len() > MAX_RECORD {

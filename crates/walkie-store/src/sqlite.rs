@@ -745,12 +745,7 @@ impl Store for SqliteStore {
         // character ('.') replaced by the next one ('/').
         let hi = format!("{}/", &lo[..lo.len() - 1]);
         let keys = self.read(|conn| strings(conn, "SELECT key FROM records WHERE key >= ?1 AND key < ?2 ", [&lo, &hi]))?;
-        let mut out = keys
-            .iter()
-            .map(|k| records::parse_record_key(k).ok_or_else(|| StoreError::Corrupt(format!("record key {k:?}"))))
-            .collect::<Result<Vec<_>, _>>()?;
-        out.sort();
-        Ok(out)
+        records::parse_record_keys(&keys)
     }
 
     fn delete_clips_before(&self, before_ms: i64) -> Result<usize, StoreError> {

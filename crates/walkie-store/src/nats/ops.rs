@@ -1002,12 +1002,7 @@ impl Inner {
     pub async fn record_keys(&self, prefix: &[&str]) -> Result<Vec<Vec<String>>, StoreError> {
         let filter = format!("{}>", records::record_prefix(prefix)?);
         let keys = self.records.keys_matching(&self.js, &filter).await?;
-        let mut out = keys
-            .iter()
-            .map(|k| records::parse_record_key(k).ok_or_else(|| StoreError::Corrupt(format!("record key {k:?}"))))
-            .collect::<Result<Vec<_>, _>>()?;
-        out.sort();
-        Ok(out)
+        records::parse_record_keys(&keys)
     }
 
     /// Deletes one clip: inbox entries, audio, claim, and the metadata message last, so that

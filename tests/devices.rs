@@ -247,7 +247,7 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 }
 
 fn header(id: ClipId, from: &str, live: bool, seq: u64, codec: walkie_proto::clip::CodecParams) -> DeliverHeader {
-    DeliverHeader { id, from: from.into(), to: Target::Channel("crew".into()), started_at_ms: 0, codec, live, seq }
+    DeliverHeader { id, from: from.into(), to: Target::Channel("crew".into()), started_at_ms: 0, codec, live, seq, content: Default::default() }
 }
 
 // ---- the tests -----------------------------------------------------------------------

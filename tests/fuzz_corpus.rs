@@ -298,6 +298,7 @@ fn wire_seeds() -> Vec<(String, Vec<u8>)> {
         bytes: 1_234,
         codec,
         seq,
+        content: Default::default(),
     };
     let error = |code| ErrorMsg { req: Some(9), clip: Some(id), code, message: "the clip is too long".into() };
     let c = |m: &ClientMsg| frame(m, MAX_CONTROL_FRAME);
@@ -341,6 +342,7 @@ fn wire_seeds() -> Vec<(String, Vec<u8>)> {
                 codec,
                 live: true,
                 seq: 0,
+                content: Default::default(),
             })),
         ),
         ("ok-stream-file.bin", f(&StreamFrame::File { req: 3, meta: meta(7) })),

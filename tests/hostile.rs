@@ -172,6 +172,7 @@ async fn a_thousand_fetches_of_a_big_clip_that_are_never_read_cost_the_relay_lit
             bytes: ogg.len() as u64,
             codec: CodecParams { frame_samples: 960, bitrate: 128_000, pre_skip: 312 },
             seq: 0,
+            content: Default::default(),
         };
         store.commit_clip(&meta, &[], &ogg).expect("stored");
     }

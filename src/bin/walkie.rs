@@ -12,6 +12,7 @@ use walkie_client::profile::{self, Profile};
 use walkie_client::{Client, ClientConfig, ClientError};
 use walkie_media::codec::{self, EncoderConfig};
 use walkie_proto::clip::{ClipError, ClipId, Target};
+use walkie_proto::message::Kind;
 use walkie_proto::ogg;
 use walkie_proto::people::{ContactAction, GroupAction, InviteLink};
 use walkie_proto::wire::GroupInfo;
@@ -139,15 +140,34 @@ enum Command {
         #[command(subcommand)]
         action: ChannelCmd,
     },
-    /// Send a WAV file as a clip; exits 0 once the relay has stored it, printing its id last.
+    /// Send a WAV file as a clip, a picture, or (--doodle) a doodle; exits 0 once the relay
+    /// has stored it, printing its id last.
     Send {
         /// A channel (`crew`) or a user (`@bob`).
         #[arg(long, value_name = "TARGET")]
         to: String,
-        /// The WAV file to send (8-96 kHz, mono or stereo, 16/24-bit or float).
-        file: PathBuf,
+        /// The file to send, told apart by its content: a WAV file (8-96 kHz, mono or stereo,
+        /// 16/24-bit or float) is sent as a clip; a PNG, JPEG, WebP or GIF (first frame) of at
+        /// most 10 MB as a picture, scaled to at most 2,560 px a side, its metadata dropped.
+        #[arg(required_unless_present = "doodle", value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Send this doodle (strokes as JSON; the format is in the README) instead of a file.
+        #[arg(long, value_name = "FILE.json", conflicts_with = "file")]
+        doodle: Option<PathBuf>,
         #[command(flatten)]
         encode: EncodeArgs,
+        /// Keep retrying an unreachable relay for this long before giving up.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        retry_for: u64,
+    },
+    /// Send a text message (at most 4,000 characters); exits 0 once the relay has stored
+    /// it, printing its id last.
+    Say {
+        /// A channel (`crew`) or a user (`@bob`).
+        #[arg(long, value_name = "TARGET")]
+        to: String,
+        /// The text (quote it; newlines and tabs are kept).
+        text: String,
         /// Keep retrying an unreachable relay for this long before giving up.
         #[arg(long, default_value_t = 60, value_name = "SECS")]
         retry_for: u64,
@@ -173,8 +193,11 @@ enum Command {
         #[command(flatten)]
         encode: EncodeArgs,
     },
-    /// Receive clips (the backlog first, then live ones), one line each:
-    /// `CLIPID FROM TARGET DURATION_MS`.
+    /// Receive clips and messages (the backlog first, then live ones), one line each: a clip
+    /// as `CLIPID FROM TARGET DURATION_MS`; a message as `ID FROM TARGET KIND DETAIL`, KIND
+    /// being `text` (DETAIL: the text as a JSON string), `picture` (`WIDTHxHEIGHT BYTES`),
+    /// `doodle` (its stroke count) or `recalled` (`-`). Messages shown here are marked read
+    /// for their senders.
     Listen {
         /// Play clips as they come (live ones start before they end), one after another.
         #[arg(long)]
@@ -182,10 +205,12 @@ enum Command {
         /// Output device name (see `walkie devices`), or `null`.
         #[arg(long, value_name = "NAME", requires = "play")]
         output_device: Option<String>,
-        /// Save each clip as DIR/CLIPID.opus and DIR/CLIPID.wav.
+        /// Save each clip as DIR/CLIPID.opus and DIR/CLIPID.wav, a text as DIR/ID.txt, a
+        /// picture as DIR/ID.jpg or DIR/ID.png, a doodle as DIR/ID.doodle.json and DIR/ID.png
+        /// (a recalled message's files are deleted).
         #[arg(long, value_name = "DIR")]
         save_dir: Option<PathBuf>,
-        /// Exit after this many clips.
+        /// Exit after this many clips and messages.
         #[arg(long, value_name = "N")]
         count: Option<usize>,
         /// Exit with status 1 if this many seconds pass first.
@@ -504,6 +529,52 @@ fn client_config(args: &ConnArgs) -> Result<ClientConfig, ClientError> {
     settings(args)?.client_config()
 }
 
+/// True if `path` starts like a picture (PNG, JPEG, WebP, GIF): `walkie send` tells pictures
+/// from WAV files by content, not by name.
+fn sniff_picture(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 32];
+    let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)).unwrap_or(0);
+    walkie_client::picture::is_picture(&head[..n])
+}
+
+/// Reads a file of at most `max` bytes (`what` names it in the error).
+fn read_limited(path: &Path, max: u64, what: &str) -> Result<Vec<u8>, Failure> {
+    let len = std::fs::metadata(path).map_err(|e| Failure(format!("cannot send {}: {e}", path.display()), 1))?.len();
+    if len > max {
+        return Err(Failure(format!("cannot send {}: {:.1} MB is too large for {what} (at most {:.1} MB)", path.display(), len as f64 / 1e6, max as f64 / 1e6), 1));
+    }
+    std::fs::read(path).map_err(|e| Failure(format!("cannot send {}: {e}", path.display()), 1))
+}
+
+/// Sends a message through the outbox (connecting first, so wrong settings fail before
+/// anything is queued) and prints its id once the relay stored it.
+async fn send_message(conn: &ConnArgs, to: &str, kind: Kind, payload: Vec<u8>, retry_for: u64, what: &str) -> Result<(), Failure> {
+    let target = parse_target(to)?;
+    let cfg = client_config(conn)?;
+    match Client::connect(&cfg).await {
+        Ok(client) => client.close().await,
+        Err(e) if !e.is_transient() => return Err(Failure(format!("cannot send {what}: {e}"), 1)),
+        // The relay is away: the message waits in the outbox.
+        Err(_) => {}
+    }
+    let outbox = Outbox::open(&profile::outbox_dir(&cfg.user)?)?;
+    match ops::send_message(&cfg, &outbox, target, kind, &payload, Duration::from_secs(retry_for)).await {
+        Ok((id, _)) => {
+            println!("{id}");
+            Ok(())
+        }
+        Err(e) if e.is_transient() => Err(Failure(
+            format!(
+                "{what} was not acknowledged after {retry_for} s ({e}); it stays in the outbox {} and the next `walkie send`, `walkie say` or `walkie listen` retries it",
+                outbox.dir().display()
+            ),
+            1,
+        )),
+        Err(e) => Err(Failure(format!("cannot send {what}: {e}; it was moved to {}/failed", outbox.dir().display()), 1)),
+    }
+}
+
 fn parse_target(s: &str) -> Result<Target, Failure> {
     s.parse::<Target>().map_err(|e| usage(format!("--to/target {s:?}: {e}; use a channel name or @user")))
 }
@@ -700,7 +771,23 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 println!("{line}");
             }
         }
-        Command::Send { to, file, encode, retry_for } => {
+        Command::Send { to, file: None, doodle: Some(path), retry_for, .. } => {
+            let json = read_limited(&path, walkie_proto::message::doodle::MAX_JSON as u64, "a doodle")?;
+            walkie_proto::message::doodle::Doodle::parse(&json).map_err(|e| Failure(format!("cannot send {}: {e}", path.display()), 1))?;
+            send_message(&cli.conn, &to, Kind::Doodle, json, retry_for, &path.display().to_string()).await?;
+        }
+        Command::Send { to, file: Some(file), retry_for, .. } if sniff_picture(&file) => {
+            let bytes = read_limited(&file, walkie_proto::message::MAX_PICTURE_FILE as u64, "a picture")?;
+            let prepared = walkie_client::picture::prepare(&bytes).map_err(|e| Failure(format!("cannot send {}: {e}", file.display()), 1))?;
+            send_message(&cli.conn, &to, Kind::Picture, prepared, retry_for, &file.display().to_string()).await?;
+        }
+        Command::Send { file: None, .. } => return Err(usage("give a FILE to send, or --doodle FILE.json")),
+        Command::Say { to, text, retry_for } => {
+            let text = text.replace("\r\n", "\n");
+            walkie_proto::message::check_text(text.as_bytes()).map_err(|e| Failure(format!("cannot send the text: {e}"), 1))?;
+            send_message(&cli.conn, &to, Kind::Text, text.into_bytes(), retry_for, "the text").await?;
+        }
+        Command::Send { to, file: Some(file), encode, retry_for, .. } => {
             let target = parse_target(&to)?;
             let enc = encode.config()?;
             let cfg = client_config(&cli.conn)?;
@@ -807,8 +894,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 eprintln!("sent queued clip {id} from the outbox");
             }
             let opts = ListenOptions { save_dir, count, timeout: timeout.map(Duration::from_secs) };
-            let result = ops::listen(&mut client, &opts, |clip| {
-                println!("{} {} {} {}", clip.header.id, clip.header.from, clip.header.to, clip.duration_ms());
+            let result = ops::listen_items(&mut client, &opts, |item| match item {
+                ops::Item::Clip(clip) => println!("{} {} {} {}", clip.header.id, clip.header.from, clip.header.to, clip.duration_ms()),
+                ops::Item::Message(m) => println!("{}", ops::message_line(m)),
             })
             .await;
             client.close().await;
@@ -832,10 +920,26 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let cfg = client_config(&cli.conn)?;
             let client = Client::connect(&cfg).await?;
             let clips = client.history(Some(target), limit, None).await;
-            client.close().await;
-            let clips = clips?;
+            let clips = match clips {
+                Ok(clips) => clips,
+                Err(e) => {
+                    client.close().await;
+                    return Err(e.into());
+                }
+            };
+            // The JSON form carries each text itself (fetched; texts are small).
+            let mut all: Vec<_> = clips.iter().map(ops::history_json).collect();
             if json {
-                let all: Vec<_> = clips.iter().map(ops::history_json).collect();
+                for (entry, meta) in all.iter_mut().zip(&clips) {
+                    if let walkie_proto::message::Content::Text { .. } = meta.content
+                        && let Ok((_, bytes)) = client.fetch(meta.id).await
+                    {
+                        entry["text"] = String::from_utf8_lossy(&bytes).into_owned().into();
+                    }
+                }
+            }
+            client.close().await;
+            if json {
                 println!("{}", serde_json::to_string_pretty(&all).map_err(|e| e.to_string())?);
             } else {
                 for c in clips {
@@ -854,6 +958,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let fetched = client.fetch(id).await;
             client.close().await;
             let (meta, bytes) = fetched?;
+            if !meta.content.is_voice() {
+                return Err(Failure(
+                    format!("{id} is a {} message, not a clip: `walkie export` or `walkie listen --save-dir` write its files", meta.content.name()),
+                    1,
+                ));
+            }
             if ext.as_deref() == Some("wav") {
                 let parsed = ogg::read_ogg(&bytes).map_err(ClientError::from)?;
                 let pcm = codec::decode_packets(&parsed.params, &parsed.packets, parsed.samples).map_err(ClientError::from)?;

@@ -10,7 +10,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use walkie_net::{self as net, Fingerprint, NetError, read_frame, write_frame};
 use walkie_proto::clip::{ClipHeader, ClipId, ClipMeta, Target};
-use walkie_proto::wire::{ClientMsg, ErrorCode, MAX_CONTROL_FRAME, ServerMsg};
+use walkie_proto::message::MessageHeader;
+use walkie_proto::wire::{ClientMsg, ErrorCode, FILE_CHUNK_BYTES, MAX_CONTROL_FRAME, MAX_STREAM_FRAME, ServerMsg, StreamFrame};
 
 use crate::error::ClientError;
 use crate::receive;
@@ -19,6 +20,9 @@ use crate::upload::Upload;
 
 /// How long a request may wait for its reply.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a sent message waits for the relay's answer (a picture is decoded and encoded
+/// again, one at a time, before it is stored).
+const MESSAGE_ANSWER: Duration = Duration::from_secs(60);
 
 /// How to reach and authenticate with a relay.
 #[derive(Clone, Debug)]
@@ -268,6 +272,36 @@ impl Client {
             up.packet(p.clone()).await?;
         }
         up.finish(samples).await
+    }
+
+    /// Sends a whole message (text, picture or doodle payload, as [`walkie_proto::message`]
+    /// describes) and waits until the relay has stored it: `(seq, duplicate)`. A refusal
+    /// (not a member, too large, not a picture) comes back as [`ClientError::Refused`].
+    pub async fn send_message(&self, header: &MessageHeader, payload: &[u8]) -> Result<(u64, bool), ClientError> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiters).uploads.insert(header.id, tx);
+        let result = async {
+            let mut send = self.conn.open_uni().await.map_err(|e| connection_error(&e))?;
+            let mut frames = vec![StreamFrame::Message(header.clone())];
+            frames.extend(payload.chunks(FILE_CHUNK_BYTES).map(|c| StreamFrame::Chunk(c.to_vec())));
+            frames.push(StreamFrame::End { packets: payload.chunks(FILE_CHUNK_BYTES).count() as u32, samples: 0 });
+            for frame in &frames {
+                // A relay that refuses stops reading; its reason comes on the control stream.
+                if write_frame(&mut send, frame, MAX_STREAM_FRAME).await.is_err() {
+                    break;
+                }
+            }
+            let _ = send.finish();
+            match tokio::time::timeout(MESSAGE_ANSWER, rx).await {
+                Ok(Ok(Ok(stored))) => Ok(stored),
+                Ok(Ok(Err(refusal))) => Err(ClientError::Refused(refusal)),
+                Ok(Err(_)) => Err(ClientError::Closed("the connection ended before the message was acknowledged".into())),
+                Err(_) => Err(ClientError::Timeout(MESSAGE_ANSWER)),
+            }
+        }
+        .await;
+        lock(&self.waiters).uploads.remove(&header.id);
+        result
     }
 
     /// Closes the connection politely: queued control messages (acks, receipts) reach the

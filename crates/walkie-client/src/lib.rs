@@ -11,6 +11,7 @@
 //! | `outbox.rs` | the on-disk outbox of unacknowledged clips |
 //! | `profile.rs` | where the client keeps its state; saved login profiles |
 //! | `avatar.rs` | a picture made into a 256 px PNG avatar, with limits, metadata dropped |
+//! | `picture.rs` | a picture file made ready to send: limits, first frame, scaled, metadata dropped |
 //! | `people.rs` | signing up with an invite link; profile, display names, contacts, groups |
 //! | `ops.rs` | whole operations the CLI, the demo and the app run (send, listen, export, …) |
 //! | `talk.rs` | one live push-to-talk clip from an audio source |
@@ -27,6 +28,7 @@ mod error;
 pub mod ops;
 pub mod outbox;
 pub mod people;
+pub mod picture;
 pub mod profile;
 mod receive;
 mod routing;

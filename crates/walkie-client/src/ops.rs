@@ -9,7 +9,8 @@ use tracing::warn;
 use walkie_media::audio::{self, wav};
 use walkie_media::codec::{self, EncodedClip, EncoderConfig};
 use walkie_proto::clip::{ClipHeader, ClipId, ClipMeta, Target, now_ms};
-use walkie_proto::received::ReceivedClip;
+use walkie_proto::message::{Content, Kind, MessageHeader, Parts, parts};
+use walkie_proto::received::{ReceivedClip, ReceivedMessage};
 use walkie_proto::wire::{ErrorCode, MAX_HISTORY_PAGE};
 
 use crate::outbox::Outbox;
@@ -70,9 +71,18 @@ pub async fn flush(client: &Client, outbox: &Outbox) -> Result<FlushReport, Clie
     let mut report = FlushReport::default();
     for entry in outbox.pending()? {
         let id = entry.header.id;
-        let sent = match outbox.load(&id) {
-            Ok((packets, samples)) => client.send_clip(&entry.header, &packets, samples).await,
-            Err(e) => Err(e),
+        let sent = match entry.message {
+            Some(kind) => match outbox.load_message(&id) {
+                Ok(payload) => {
+                    let header = MessageHeader { id, to: entry.header.to.clone(), kind };
+                    client.send_message(&header, &payload).await
+                }
+                Err(e) => Err(e),
+            },
+            None => match outbox.load(&id) {
+                Ok((packets, samples)) => client.send_clip(&entry.header, &packets, samples).await,
+                Err(e) => Err(e),
+            },
         };
         match sent {
             Ok((seq, _)) => {
@@ -157,12 +167,41 @@ pub struct ListenOptions {
     pub timeout: Option<Duration>,
 }
 
+/// Something [`listen_items`] received.
+#[derive(Clone, Copy, Debug)]
+pub enum Item<'a> {
+    /// A complete clip.
+    Clip(&'a ReceivedClip),
+    /// A message, or the news that one was recalled.
+    Message(&'a ReceivedMessage),
+}
+
 /// Receives the backlog then live clips, calling `on_clip` for each complete clip after it
-/// is saved and before it is acknowledged. Returns the number of clips received.
+/// is saved and before it is acknowledged (messages are received, saved and acknowledged as
+/// [`listen_items`] does, and not passed on). Returns the number of clips and messages
+/// received.
 pub async fn listen(
     client: &mut Client,
     opts: &ListenOptions,
     mut on_clip: impl FnMut(&ReceivedClip),
+) -> Result<usize, ClientError> {
+    listen_items(client, opts, |item| {
+        if let Item::Clip(clip) = item {
+            on_clip(clip);
+        }
+    })
+    .await
+}
+
+/// Receives the backlog then live items (clips and messages, in the relay's order), calling
+/// `on_item` for each after it is saved and before it is acknowledged. A text, picture or
+/// doodle passed to `on_item` is shown to the user, so its sender gets a read receipt. A
+/// recall removes what was saved of the message and does not count as an item. Returns the
+/// number of clips and messages received.
+pub async fn listen_items(
+    client: &mut Client,
+    opts: &ListenOptions,
+    mut on_item: impl FnMut(Item<'_>),
 ) -> Result<usize, ClientError> {
     if let Some(dir) = &opts.save_dir {
         std::fs::create_dir_all(dir).map_err(|source| ClientError::Io { path: dir.clone(), source })?;
@@ -190,8 +229,26 @@ pub async fn listen(
                     if let Some(dir) = &opts.save_dir {
                         save_clip(dir, &clip)?;
                     }
-                    on_clip(&clip);
+                    on_item(Item::Clip(&clip));
                     received += 1;
+                }
+                client.ack(id).await?;
+            }
+            Event::Message(message) => {
+                let id = message.header.id;
+                let recalled = message.header.content == Content::Recalled;
+                if recalled {
+                    if let Some(dir) = &opts.save_dir {
+                        forget_message(dir, id)?;
+                    }
+                    on_item(Item::Message(&message));
+                } else if seen.insert(id) {
+                    if let Some(dir) = &opts.save_dir {
+                        save_message(dir, &message)?;
+                    }
+                    on_item(Item::Message(&message));
+                    received += 1;
+                    client.played(id).await?;
                 }
                 client.ack(id).await?;
             }
@@ -207,6 +264,69 @@ pub async fn listen(
         }
     }
     Ok(received)
+}
+
+/// The line `walkie listen` prints for a message: `ID FROM TARGET KIND DETAIL`, KIND being
+/// `text` (DETAIL: the text as a JSON string), `picture` (`WIDTHxHEIGHT BYTES`), `doodle`
+/// (the stroke count) or `recalled` (DETAIL: `-`).
+pub fn message_line(m: &ReceivedMessage) -> String {
+    let h = &m.header;
+    let detail = if h.content == Content::Recalled { "-".to_string() } else { m.detail() };
+    format!("{} {} {} {} {}", h.id, h.from, h.to, h.content.name(), detail)
+}
+
+/// The files a message is saved as, by kind: `ID.txt`; `ID.jpg` or `ID.png` for a picture;
+/// `ID.doodle.json` and `ID.png` for a doodle. Empty for a recalled one.
+pub fn message_files(id: ClipId, content: &Content, payload: &[u8]) -> Vec<(String, Vec<u8>)> {
+    match parts(content, payload) {
+        Ok(Parts::Text(text)) => vec![(format!("{id}.txt"), text.as_bytes().to_vec())],
+        Ok(Parts::Picture { full, .. }) => {
+            let ext = match content {
+                Content::Picture { format, .. } => format.ext(),
+                _ => "bin",
+            };
+            vec![(format!("{id}.{ext}"), full.to_vec())]
+        }
+        Ok(Parts::Doodle { strokes, png }) => vec![(format!("{id}.doodle.json"), strokes.to_vec()), (format!("{id}.png"), png.to_vec())],
+        Ok(Parts::Voice(ogg)) => vec![(format!("{id}.opus"), ogg.to_vec())],
+        Ok(Parts::Recalled) | Err(_) => Vec::new(),
+    }
+}
+
+/// Writes a received message's files into `dir` (see [`message_files`]).
+pub fn save_message(dir: &Path, message: &ReceivedMessage) -> Result<(), ClientError> {
+    for (name, bytes) in message_files(message.header.id, &message.header.content, &message.payload) {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).map_err(|source| ClientError::Io { path, source })?;
+    }
+    Ok(())
+}
+
+/// Deletes whatever was saved in `dir` of a message that was recalled.
+pub fn forget_message(dir: &Path, id: ClipId) -> Result<(), ClientError> {
+    for ext in ["txt", "jpg", "png", "doodle.json"] {
+        let path = dir.join(format!("{id}.{ext}"));
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(ClientError::Io { path, source }),
+        }
+    }
+    Ok(())
+}
+
+/// Sends a message through the outbox: queued durably, then flushed (with retries for up to
+/// `retry_for`) until the relay stores or refuses it. Returns its id and seq.
+pub async fn send_message(cfg: &ClientConfig, outbox: &Outbox, to: Target, kind: Kind, payload: &[u8], retry_for: Duration) -> Result<(ClipId, u64), ClientError> {
+    let header = outbox.add_message(to, kind, payload)?;
+    let report = flush_with_retry(cfg, outbox, Some(header.id), retry_for).await?;
+    if let Some((_, e)) = report.rejected.into_iter().find(|(r, _)| *r == header.id) {
+        return Err(e);
+    }
+    match report.stored.iter().find(|(s, _)| *s == header.id) {
+        Some((_, seq)) => Ok((header.id, *seq)),
+        None => Err(ClientError::Timeout(retry_for)),
+    }
 }
 
 /// Writes `DIR/CLIPID.opus` and `DIR/CLIPID.wav` (48 kHz mono 16-bit).
@@ -303,7 +423,9 @@ pub async fn export_people(client: &Client, dir: &Path) -> Result<PeopleExport, 
 
 /// Writes `clips` to `dir`, each fetched from the relay into the file `name` gives it, and
 /// `dir/index.json` listing every clip in the form `walkie history --json` prints plus its
-/// `file`. A clip whose audio the relay no longer has (purged, or past retention) is listed
+/// `file`. A message is written as the files [`message_files`] names (listed in `files`, the
+/// first also as `file`; a text's `text` is in the index too); a recalled one is listed with
+/// `"recalled": true` and no file. A clip whose audio the relay no longer has (purged, or past retention) is listed
 /// with `"purged": true` and no file, and the export goes on. `index.json` is always written:
 /// if the export stops early (the connection failed), the clips not reached are listed with
 /// `"exported": false` and the error is returned after the index is written.
@@ -318,7 +440,31 @@ pub async fn export_clips(client: &Client, clips: &[ClipMeta], dir: &Path, name:
             index.push(entry);
             continue;
         }
+        if meta.content == Content::Recalled {
+            entry["recalled"] = true.into();
+            index.push(entry);
+            continue;
+        }
         match client.fetch(meta.id).await {
+            Ok((_, bytes)) if !meta.content.is_voice() => {
+                let files = message_files(meta.id, &meta.content, &bytes);
+                for (file, content) in &files {
+                    let path = dir.join(file);
+                    if let Err(source) = std::fs::write(&path, content) {
+                        failure = Some(ClientError::Io { path, source });
+                    }
+                }
+                if failure.is_some() {
+                    entry["exported"] = false.into();
+                } else {
+                    let names: Vec<&str> = files.iter().map(|(f, _)| f.as_str()).collect();
+                    if let (Content::Text { .. }, Ok(text)) = (meta.content, std::str::from_utf8(&bytes)) {
+                        entry["text"] = text.into();
+                    }
+                    entry["file"] = names.first().copied().into();
+                    entry["files"] = names.into();
+                }
+            }
             Ok((_, bytes)) => {
                 let file = name(meta);
                 let path = dir.join(&file);
@@ -348,17 +494,38 @@ pub async fn export_clips(client: &Client, clips: &[ClipMeta], dir: &Path, name:
     }
 }
 
-/// The JSON form of a clip in history and export: `id`, `from`, `to`, `started_at`
-/// (RFC 3339), `duration_ms`, `bytes`.
+/// The JSON form of a clip or message in history and export: `id`, `from`, `to`,
+/// `started_at` (RFC 3339), `duration_ms`, `bytes`, `kind` (`voice`, `text`, `picture`,
+/// `doodle` or `recalled`) and the kind's fields: `chars` for a text; `width`, `height`,
+/// `format` and `thumb_bytes` for a picture; `width`, `height`, `strokes` and `points` for a
+/// doodle.
 pub fn history_json(meta: &ClipMeta) -> serde_json::Value {
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "id": meta.id.to_string(),
         "from": meta.from,
         "to": meta.to.to_string(),
         "started_at": rfc3339(meta.started_at_ms),
         "duration_ms": meta.duration_ms,
         "bytes": meta.bytes,
-    })
+        "kind": meta.content.name(),
+    });
+    match meta.content {
+        Content::Voice | Content::Recalled => {}
+        Content::Text { chars } => v["chars"] = chars.into(),
+        Content::Picture { width, height, format, thumb } => {
+            v["width"] = width.into();
+            v["height"] = height.into();
+            v["format"] = format.ext().into();
+            v["thumb_bytes"] = thumb.into();
+        }
+        Content::Doodle { width, height, strokes, points, .. } => {
+            v["width"] = width.into();
+            v["height"] = height.into();
+            v["strokes"] = strokes.into();
+            v["points"] = points.into();
+        }
+    }
+    v
 }
 
 /// Milliseconds since the epoch as RFC 3339 UTC.

@@ -2,15 +2,17 @@
 //! only after the relay acknowledged it as stored. A retry resends the same clip id, so the
 //! relay stores it once however often it is sent.
 //!
-//! Layout: `DIR/<clipid>.opus` (the Ogg Opus file) and `DIR/<clipid>.json` (the clip
-//! header). The JSON is written last, so an entry without one is incomplete and ignored.
+//! Layout: `DIR/<clipid>.opus` (the Ogg Opus file) or, for a message, `DIR/<id>.msg` (its
+//! payload: text, prepared picture or doodle JSON), and `DIR/<id>.json` (the header). The
+//! JSON is written last, so an entry without one is incomplete and ignored.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use walkie_media::codec::EncodedClip;
-use walkie_proto::clip::{ClipHeader, ClipId, now_ms};
+use walkie_proto::clip::{ClipHeader, ClipId, CodecParams, Target, now_ms};
+use walkie_proto::message::{Kind, MessageHeader};
 use walkie_proto::ogg;
 
 use crate::ClientError;
@@ -22,6 +24,9 @@ pub struct OutboxEntry {
     pub header: ClipHeader,
     /// When it was queued (ms since the epoch), for ordering.
     pub queued_at_ms: i64,
+    /// A message's kind (its payload is `<id>.msg`); none for a clip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<Kind>,
 }
 
 /// An outbox directory.
@@ -59,12 +64,37 @@ impl Outbox {
         (self.dir.join(format!("{id}.opus")), self.dir.join(format!("{id}.json")))
     }
 
+    fn message_path(&self, id: &ClipId) -> PathBuf {
+        self.dir.join(format!("{id}.msg"))
+    }
+
     /// Queues an encoded clip durably.
     pub fn add(&self, header: &ClipHeader, clip: &EncodedClip) -> Result<(), ClientError> {
-        let (audio, meta) = self.paths(&header.id);
+        let (audio, _) = self.paths(&header.id);
         let ogg = ogg::write_ogg(&header.codec, &clip.packets, clip.samples, rand::random())?;
         write_durably(&audio, &ogg)?;
-        let entry = OutboxEntry { header: header.clone(), queued_at_ms: now_ms() };
+        self.add_entry(OutboxEntry { header: header.clone(), queued_at_ms: now_ms(), message: None })
+    }
+
+    /// Queues a message durably (its payload as [`walkie_proto::message`] describes it);
+    /// returns its header.
+    pub fn add_message(&self, to: Target, kind: Kind, payload: &[u8]) -> Result<MessageHeader, ClientError> {
+        let id = ClipId::random();
+        write_durably(&self.message_path(&id), payload)?;
+        let codec = CodecParams { frame_samples: 0, bitrate: 0, pre_skip: 0 };
+        let header = ClipHeader { id, to: to.clone(), started_at_ms: now_ms(), codec };
+        self.add_entry(OutboxEntry { header, queued_at_ms: now_ms(), message: Some(kind) })?;
+        Ok(MessageHeader { id, to, kind })
+    }
+
+    /// The payload of a queued message.
+    pub fn load_message(&self, id: &ClipId) -> Result<Vec<u8>, ClientError> {
+        let path = self.message_path(id);
+        std::fs::read(&path).map_err(io(&path))
+    }
+
+    fn add_entry(&self, entry: OutboxEntry) -> Result<(), ClientError> {
+        let (_, meta) = self.paths(&entry.header.id);
         let json = serde_json::to_vec_pretty(&entry).map_err(|e| ClientError::Config(e.to_string()))?;
         write_durably(&meta, &json)?;
         if let Ok(d) = std::fs::File::open(&self.dir) {
@@ -101,7 +131,7 @@ impl Outbox {
     pub fn remove(&self, id: &ClipId) -> Result<(), ClientError> {
         let (audio, meta) = self.paths(id);
         // The header goes first: an entry without it is never sent again.
-        for p in [meta, audio] {
+        for p in [meta, audio, self.message_path(id)] {
             match std::fs::remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -112,12 +142,16 @@ impl Outbox {
     }
 
     /// Moves a clip that failed for good into `DIR/failed/`, out of the send queue, with
-    /// `reason` beside it in `DIR/failed/<clipid>.txt`; returns where the audio went.
+    /// `reason` beside it in `DIR/failed/<id>.txt`; returns where the audio (or message payload,
+    /// `<id>.msg`) went.
     pub fn reject(&self, id: &ClipId, reason: &str) -> Result<PathBuf, ClientError> {
         let failed = self.dir.join("failed");
         std::fs::create_dir_all(&failed).map_err(io(&failed))?;
-        let (audio, meta) = self.paths(id);
-        let dest = failed.join(format!("{id}.opus"));
+        let (mut audio, meta) = self.paths(id);
+        let mut dest = failed.join(format!("{id}.opus"));
+        if !audio.exists() && self.message_path(id).exists() {
+            (audio, dest) = (self.message_path(id), failed.join(format!("{id}.msg")));
+        }
         write_durably(&failed.join(format!("{id}.txt")), format!("{reason}\n").as_bytes())?;
         std::fs::rename(&audio, &dest).map_err(io(&audio))?;
         std::fs::remove_file(&meta).map_err(io(&meta))?;

@@ -1,5 +1,5 @@
-//! Incoming streams from the relay: delivered clips (live or from the inbox) and fetched
-//! files. Inbox clips are read one after another so they arrive oldest first; live clips
+//! Incoming streams from the relay: delivered clips (live or from the inbox), messages (from
+//! the inbox) and fetched files. Inbox clips are read one after another so they arrive oldest first; live clips
 //! are read beside them so a long live clip never holds up the rest. A live clip is known by
 //! its id while it is talked: a second live stream under an id already live is not heard, so
 //! nobody's packets are ever mixed into another's clip.
@@ -11,7 +11,8 @@ use tokio::sync::mpsc;
 
 use walkie_net::read_frame;
 use walkie_proto::clip::ClipId;
-use walkie_proto::received::ReceivedClip;
+use walkie_proto::message::{Content, MAX_STORED_PAYLOAD};
+use walkie_proto::received::{ReceivedClip, ReceivedMessage};
 use walkie_proto::wire::{DeliverHeader, ErrorCode, ErrorMsg, MAX_STREAM_FRAME, StreamFrame};
 
 use crate::routing::{Event, Reply, SharedWaiters, lock};
@@ -43,6 +44,14 @@ pub(crate) async fn accept_streams(conn: quinn::Connection, waiters: SharedWaite
                     read_clip(recv, header, events, true).await;
                     talking.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
                 });
+            }
+            Ok(Some(StreamFrame::Deliver(header))) if !header.content.is_voice() => {
+                // Messages come from the inbox only, in order with clips. A recalled one comes
+                // again under an id already seen: it replaces what was shown.
+                let recalled = header.content == Content::Recalled;
+                if seen.insert(header.id) || recalled {
+                    read_message(recv, header, events.clone()).await;
+                }
             }
             Ok(Some(StreamFrame::Deliver(header))) => {
                 // Inbox clips: in order. The relay may resend one it delivered live moments ago.
@@ -92,6 +101,33 @@ async fn read_clip(mut recv: quinn::RecvStream, header: DeliverHeader, events: m
             }
             // A stream reset or a malformed clip: the relay still has it in our inbox.
             _ => return,
+        }
+    }
+}
+
+async fn read_message(mut recv: quinn::RecvStream, header: DeliverHeader, events: mpsc::Sender<Event>) {
+    let mut payload = Vec::new();
+    let mut chunks = 0u32;
+    loop {
+        match read_frame::<StreamFrame>(&mut recv, MAX_STREAM_FRAME).await {
+            Ok(Some(StreamFrame::Chunk(c))) if payload.len() + c.len() <= MAX_STORED_PAYLOAD => {
+                payload.extend_from_slice(&c);
+                chunks += 1;
+            }
+            Ok(Some(StreamFrame::End { packets, .. })) if packets == chunks => {
+                let message = ReceivedMessage { header, payload };
+                // A payload that does not match its description is not shown (the relay
+                // still has it in our inbox).
+                if message.parts().is_ok() {
+                    let _ = events.send(Event::Message(message)).await;
+                }
+                return;
+            }
+            // Too large, reset, malformed: the relay still has it in our inbox.
+            _ => {
+                let _ = recv.stop(1u32.into());
+                return;
+            }
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
 use walkie_proto::clip::{ClipId, ClipMeta};
-use walkie_proto::received::ReceivedClip;
+use walkie_proto::received::{ReceivedClip, ReceivedMessage};
 use walkie_proto::wire::{ContactEntry, DeliverHeader, ErrorMsg, ServerMsg};
 
 /// Something the relay pushed.
@@ -18,6 +18,9 @@ pub enum Event {
     LivePacket(ClipId, Vec<u8>),
     /// A clip arrived completely and is stored at the relay.
     Clip(ReceivedClip),
+    /// A message (text, picture, doodle) arrived, or one was recalled (its content says
+    /// [`walkie_proto::message::Content::Recalled`]).
+    Message(ReceivedMessage),
     /// A live clip was abandoned by its sender or the relay.
     Aborted(ErrorMsg),
     /// The relay reported an error not tied to a request.

@@ -356,6 +356,7 @@ mod tests {
             codec: codec(),
             live,
             seq,
+            content: Default::default(),
         }
     }
 

@@ -322,6 +322,7 @@ mod tests {
             codec: enc.params,
             live: false,
             seq,
+            content: Default::default(),
         };
         ReceivedClip { header, packets: enc.packets, samples: enc.samples }
     }

@@ -204,7 +204,7 @@ pub const SESSION_WINDOW: u32 = 1024 * 1024;
 /// Bytes the relay buffers for one client that it has sent and the client has not acknowledged.
 pub const SEND_WINDOW: u64 = 2 * 1024 * 1024;
 
-/// A server endpoint bound to `addr` with the relay's identity, ALPN `walkie/1`, TLS 1.3 only.
+/// A server endpoint bound to `addr` with the relay's identity, ALPN `walkie/2`, TLS 1.3 only.
 ///
 /// Flow control is sized to the protocol so that a peer that never authenticates parks almost
 /// nothing: a new connection may open only its control stream (one bidirectional stream, no

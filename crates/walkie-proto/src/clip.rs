@@ -163,6 +163,9 @@ pub struct ClipMeta {
     pub codec: CodecParams,
     /// The relay's storage order, increasing; 0 before it is stored.
     pub seq: u64,
+    /// What it holds: voice, or a message of another kind (see [`crate::message`]).
+    #[serde(default)]
+    pub content: crate::message::Content,
 }
 
 /// Longest clip walkie encodes, writes or reads: 10 minutes at 48 kHz.

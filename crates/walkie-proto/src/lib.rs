@@ -17,6 +17,7 @@
 //! | per-user rate limits (token buckets) | [`rate`] |
 //! | peer-controlled text made safe for log lines | [`logsafe`] |
 //! | display names, invite links, contacts and groups users make | [`people`] |
+//! | messages beside clips: text, pictures, doodles; their limits and payloads | [`message`] |
 //! | the upload of one clip as state machines: the relay's side and the client's side | [`upload`] |
 
 #![warn(missing_docs)]
@@ -26,6 +27,7 @@ pub mod assemble;
 pub mod clip;
 pub mod floor;
 pub mod logsafe;
+pub mod message;
 pub mod ogg;
 pub mod people;
 pub mod rate;
@@ -36,4 +38,4 @@ pub mod upload;
 pub mod wire;
 
 pub use clip::{ClipHeader, ClipId, ClipMeta, CodecParams, Target};
-pub use received::ReceivedClip;
+pub use received::{ReceivedClip, ReceivedMessage};

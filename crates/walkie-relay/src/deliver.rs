@@ -1,5 +1,5 @@
-//! Delivery to one session: the pump that sends every unacknowledged clip from the user's
-//! inbox, oldest first, each on its own stream; and fetches of stored files.
+//! Delivery to one session: the pump that sends every unacknowledged clip and message from
+//! the user's inbox, oldest first, each on its own stream; and fetches of stored files.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use tracing::{debug, warn};
 
 use walkie_net::write_frame;
 use walkie_proto::clip::{ClipId, ClipMeta};
+use walkie_proto::message::Content;
 use walkie_proto::ogg::{self, OggError};
 use walkie_proto::upload::not_readable;
 use walkie_proto::wire::{DeliverHeader, ErrorCode, ErrorMsg, FILE_CHUNK_BYTES, MAX_STREAM_FRAME, ServerMsg, StreamFrame};
@@ -112,9 +113,6 @@ async fn load_audio(shared: &Shared, id: ClipId) -> Result<Vec<u8>, RelayError> 
 }
 
 async fn send_stored(shared: &Shared, session: &Session, meta: &ClipMeta) -> Result<(), SendError> {
-    let ogg = load_audio(shared, meta.id).await?;
-    let parsed = ogg::read_ogg(&ogg)?;
-    let mut send = session.conn.open_uni().await?;
     let header = DeliverHeader {
         id: meta.id,
         from: meta.from.clone(),
@@ -123,13 +121,39 @@ async fn send_stored(shared: &Shared, session: &Session, meta: &ClipMeta) -> Res
         codec: meta.codec,
         live: false,
         seq: meta.seq,
+        content: meta.content,
     };
+    if !meta.content.is_voice() {
+        return send_message(shared, session, header).await;
+    }
+    let ogg = load_audio(shared, meta.id).await?;
+    let parsed = ogg::read_ogg(&ogg)?;
+    let mut send = session.conn.open_uni().await?;
     write_frame(&mut send, &StreamFrame::Deliver(header), MAX_STREAM_FRAME).await?;
     let packets = parsed.packets.len() as u32;
     for p in parsed.packets {
         write_frame(&mut send, &StreamFrame::Packet(p), MAX_STREAM_FRAME).await?;
     }
     write_frame(&mut send, &StreamFrame::End { packets, samples: parsed.samples }, MAX_STREAM_FRAME).await?;
+    let _ = send.finish();
+    Ok(())
+}
+
+/// Sends a stored message: its header, its payload in chunks (none for a recalled one), and
+/// the end marker with the chunk count.
+async fn send_message(shared: &Shared, session: &Session, header: DeliverHeader) -> Result<(), SendError> {
+    let payload = match header.content {
+        Content::Recalled => Vec::new(),
+        _ => load_audio(shared, header.id).await?,
+    };
+    let mut send = session.conn.open_uni().await?;
+    write_frame(&mut send, &StreamFrame::Deliver(header), MAX_STREAM_FRAME).await?;
+    let mut chunks = 0u32;
+    for chunk in payload.chunks(FILE_CHUNK_BYTES) {
+        write_frame(&mut send, &StreamFrame::Chunk(chunk.to_vec()), MAX_STREAM_FRAME).await?;
+        chunks += 1;
+    }
+    write_frame(&mut send, &StreamFrame::End { packets: chunks, samples: 0 }, MAX_STREAM_FRAME).await?;
     let _ = send.finish();
     Ok(())
 }

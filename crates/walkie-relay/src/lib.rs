@@ -13,6 +13,8 @@
 //! | 3 | `requests.rs` | control-stream requests: ack, played, history, fetch, people |
 //! | 4 | `people.rs` | invites, profiles, contacts and groups users make, in the store's records |
 //! | 3 | `upload.rs` | carries out one upload's actions ([`walkie_proto::upload::RelayUpload`] decides) |
+//! | 3 | `message.rs` | one uploaded message (text, picture, doodle): checks, caps, commit |
+//! | 4 | `picture.rs`, `doodle.rs` | pictures encoded again with a thumbnail; doodles checked and drawn |
 //! | 3 | `deliver.rs` | a session's delivery pump (inbox, oldest first) and fetched files |
 //! | 4 | `live.rs` | live copies to sessions; live clips and notices from other relays |
 //! | 4 | `access.rs` | who may read or send where, and who receives a clip |
@@ -36,11 +38,14 @@ pub mod config;
 mod conn;
 mod deliver;
 pub mod demo;
+pub mod doodle;
 mod live;
 mod logwriter;
 mod maintenance;
+mod message;
 pub mod people;
 mod people_requests;
+pub mod picture;
 mod quota;
 mod registry;
 mod requests;
@@ -181,6 +186,7 @@ pub async fn start_with(
         connections: AtomicUsize::new(0),
         usage: Default::default(),
         delivery_keys: Default::default(),
+        media: tokio::sync::Semaphore::new(1),
     });
     tokio::spawn(maintenance::run(shared.clone()));
     if let Some(incoming) = cluster.incoming() {

@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     pub usage: crate::quota::Usage,
     /// Each recipient's delivery keys (their inbox and their other devices'), read lately.
     pub delivery_keys: Mutex<HashMap<String, (Instant, Vec<String>)>>,
+    /// One permit: pictures are decoded and doodles drawn one at a time.
+    pub media: tokio::sync::Semaphore,
 }
 
 /// How long a user's list of devices is trusted before it is read again: a device linked

@@ -1,4 +1,5 @@
-//! One uploaded clip, carried out: every decision is [`RelayUpload`]'s (the protocol core in
+//! One uploaded clip, carried out (a stream whose first frame is a message goes to
+//! [`crate::message`] instead): every decision is [`RelayUpload`]'s (the protocol core in
 //! `walkie-proto`); this driver reads the clip stream, asks the store, the rate limits and
 //! the cluster what the core wants to know, and does what it says: live copies, the commit,
 //! the talker's answer, the wake-ups. It also paces a sender that uploads faster than its
@@ -25,6 +26,13 @@ use crate::RelayError;
 /// Runs one clip stream from `session` to its end.
 pub(crate) async fn run(shared: Arc<Shared>, session: Arc<Session>, mut recv: quinn::RecvStream, tx: ControlTx) {
     let mut core = RelayUpload::new(&session.user, shared.config.upload_limits(), Instant::now(), walkie_proto::clip::now_ms());
+    // The first frame says what the stream carries: a clip (the core's) or a message.
+    let first = tokio::time::timeout(shared.config.stream_idle, read_frame::<StreamFrame>(&mut recv, MAX_STREAM_FRAME)).await;
+    match first {
+        Ok(Ok(Some(StreamFrame::Message(header)))) => return crate::message::run(&shared, &session, recv, &tx, header).await,
+        Ok(read) => core.handle(input_of(read), Instant::now()),
+        Err(_) => core.handle_timeout(Instant::now()),
+    }
     let mut driver = Driver { shared: &shared, session: &session, tx: &tx, live: None, floor: None, stored: None, reserved: None };
     loop {
         while let Some(action) = core.poll_action() {
@@ -60,20 +68,22 @@ pub(crate) async fn run(shared: Arc<Shared>, session: Arc<Session>, mut recv: qu
         match next.await {
             None => core.handle_timeout(Instant::now()),
             Some(read) => {
-                let input = match read {
-                    Ok(Some(frame)) => {
-                        if let StreamFrame::Packet(p) = &frame {
-                            driver.pace(p.len()).await;
-                        }
-                        Input::Frame(frame)
-                    }
-                    Ok(None) => Input::Finished,
-                    Err(NetError::Reset(code)) => Input::Reset(code),
-                    Err(e) => Input::Broken(e.to_string()),
-                };
-                core.handle(input, Instant::now());
+                if let Ok(Some(StreamFrame::Packet(p))) = &read {
+                    driver.pace(p.len()).await;
+                }
+                core.handle(input_of(read), Instant::now());
             }
         }
+    }
+}
+
+/// What a read from the clip stream means to the core.
+fn input_of(read: Result<Option<StreamFrame>, NetError>) -> Input {
+    match read {
+        Ok(Some(frame)) => Input::Frame(frame),
+        Ok(None) => Input::Finished,
+        Err(NetError::Reset(code)) => Input::Reset(code),
+        Err(e) => Input::Broken(e.to_string()),
     }
 }
 
@@ -215,50 +225,12 @@ impl Driver<'_> {
         }
     }
 
-    /// Who may hear a clip to `target` from this sender, and whether `id` is stored already or
-    /// being uploaded by someone; reserves `id` for this sender unless another holds it.
+    /// Who may hear a clip to `target`, and whether `id` is stored or being uploaded; keeps
+    /// the reservation of `id` for the rest of the upload.
     async fn check(&mut self, id: ClipId, target: &walkie_proto::clip::Target) -> Result<Checked, Refusal> {
-        let recipients = access::recipients(self.shared, &self.session.user, target).await?;
-        let in_flight = self.reserve(id).await?;
-        // One trip to the store: is the id stored, and (when the count is not fresh) what the
-        // sender stores.
-        let quota = self.shared.config.quota_bytes_per_user;
-        let now = Instant::now();
-        let cached = quota.and_then(|_| self.shared.usage.fresh(&self.session.user, now));
-        let read_usage = quota.is_some() && cached.is_none();
-        let user = self.session.user.clone();
-        let (stored, read) = self
-            .shared
-            .store(move |s| {
-                let stored = s.committed(&id)?;
-                let used = if read_usage { s.stored_bytes_of(&user)? } else { None };
-                Ok((stored, used))
-            })
-            .await
-            .map_err(|e| Refusal::new(ErrorCode::Storage, e.to_string()))?;
-        if let Some(bytes) = read {
-            self.shared.usage.set(&self.session.user, bytes, now);
-        }
-        if let Some(quota) = quota {
-            check_quota(cached.or(read), quota)?;
-        }
-        Ok(Checked { recipients, stored: stored.map(|meta| (meta.from, meta.seq)), in_flight })
-    }
-
-    /// Binds `id` to this sender on every relay while the upload runs; the other user who
-    /// holds it, if any (this sender's own second upload of an id shares the reservation).
-    async fn reserve(&mut self, id: ClipId) -> Result<Option<String>, Refusal> {
-        let user = &self.session.user;
-        let held = self
-            .shared
-            .cluster
-            .reserve_clip(id, user, self.shared.config.max_hold())
-            .await
-            .map_err(|e| Refusal::new(ErrorCode::Storage, e.to_string()))?;
-        if held.is_none() {
-            self.reserved = Some(ClipGuard { cluster: self.shared.cluster.clone(), user: user.clone(), clip: id });
-        }
-        Ok(held)
+        let (checked, guard) = check_send(self.shared, self.session, id, target).await?;
+        self.reserved = guard;
+        Ok(checked)
     }
 
     /// Over the per-user upload rate: slow the sender down rather than refuse.
@@ -268,6 +240,48 @@ impl Driver<'_> {
             tokio::time::sleep(pause).await;
         }
     }
+}
+
+/// Who may hear a clip or message to `target` from the session's user (refusing a sender who
+/// may not use it or is over their quota), and whether `id` is stored already or being
+/// uploaded by someone; reserves `id` for this sender unless another holds it (the guard
+/// frees it when dropped).
+pub(crate) async fn check_send(
+    shared: &Shared,
+    session: &Session,
+    id: ClipId,
+    target: &walkie_proto::clip::Target,
+) -> Result<(Checked, Option<ClipGuard>), Refusal> {
+    let user = &session.user;
+    let recipients = access::recipients(shared, user, target).await?;
+    let in_flight = shared
+        .cluster
+        .reserve_clip(id, user, shared.config.max_hold())
+        .await
+        .map_err(|e| Refusal::new(ErrorCode::Storage, e.to_string()))?;
+    let guard = in_flight.is_none().then(|| ClipGuard { cluster: shared.cluster.clone(), user: user.clone(), clip: id });
+    // One trip to the store: is the id stored, and (when the count is not fresh) what the
+    // sender stores.
+    let quota = shared.config.quota_bytes_per_user;
+    let now = Instant::now();
+    let cached = quota.and_then(|_| shared.usage.fresh(user, now));
+    let read_usage = quota.is_some() && cached.is_none();
+    let who = user.clone();
+    let (stored, read) = shared
+        .store(move |s| {
+            let stored = s.committed(&id)?;
+            let used = if read_usage { s.stored_bytes_of(&who)? } else { None };
+            Ok((stored, used))
+        })
+        .await
+        .map_err(|e| Refusal::new(ErrorCode::Storage, e.to_string()))?;
+    if let Some(bytes) = read {
+        shared.usage.set(user, bytes, now);
+    }
+    if let Some(quota) = quota {
+        check_quota(cached.or(read), quota)?;
+    }
+    Ok((Checked { recipients, stored: stored.map(|meta| (meta.from, meta.seq)), in_flight }, guard))
 }
 
 /// Refuses a clip from a sender who already stores `quota` bytes (`used`: their count, when
@@ -287,7 +301,7 @@ fn check_quota(used: Option<u64>, quota: u64) -> Result<(), Refusal> {
 }
 
 /// Holds the reservation of a clip id for its sender; releases it when dropped.
-struct ClipGuard {
+pub(crate) struct ClipGuard {
     cluster: Arc<dyn Cluster>,
     user: String,
     clip: ClipId,

@@ -15,6 +15,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use walkie_proto::clip::{ClipId, ClipMeta, CodecParams, Target};
+use walkie_proto::message::{Content, PictureFormat};
 
 use crate::{ChannelInfo, CommitOutcome, PURGED_SENDER, Store, StoreError};
 
@@ -54,6 +55,7 @@ macro_rules! conformance_tests {
             records_are_written_with_compare_and_set,
             records_are_listed_by_whole_token_prefix,
             inboxes_are_keyed_by_delivery_key_and_cleared,
+            messages_keep_their_content_through_every_read,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -95,6 +97,7 @@ pub fn meta(from: &str, to: &str) -> ClipMeta {
         bytes: 0,
         codec: CodecParams { frame_samples: 960, bitrate: 24_000, pre_skip: 312 },
         seq: 0,
+        content: Default::default(),
     }
 }
 
@@ -565,4 +568,28 @@ pub fn inboxes_are_keyed_by_delivery_key_and_cleared(b: &dyn Backend) {
     assert_eq!(store.pending("bob/d1", 0, 10).unwrap(), vec![]);
     assert_eq!(ids(&store.pending("bob", 0, 10).unwrap()), vec![two.id], "the user's stays");
     store.clear_inbox("nobody").unwrap();
+}
+
+/// A text and a picture are stored beside a clip: each keeps its content in every read
+/// (clip, history, readable, pending), and its payload reads back byte-equal.
+pub fn messages_keep_their_content_through_every_read(b: &dyn Backend) {
+    let store = b.store();
+    populate(store);
+    let voice = send(store, "alice", "crew", &["bob"]);
+    let mut text = meta("alice", "crew");
+    text.content = Content::Text { chars: 5 };
+    let mut picture = meta("bob", "crew");
+    picture.content = Content::Picture { width: 640, height: 480, format: PictureFormat::Jpeg, thumb: 3 };
+    for (m, payload) in [(&mut text, b"hello".to_vec()), (&mut picture, vec![7u8; 70_000])] {
+        let CommitOutcome::Stored(seq) = store.commit_clip(m, &names(&["alice", "bob"]), &payload).unwrap() else { panic!("new") };
+        m.seq = seq;
+        m.bytes = payload.len() as u64;
+        assert_eq!(store.clip_audio(&m.id).unwrap(), payload);
+    }
+    let contents = |list: Vec<ClipMeta>| list.into_iter().map(|c| (c.id, c.content)).collect::<Vec<_>>();
+    let want = vec![(voice.id, Content::Voice), (text.id, text.content), (picture.id, picture.content)];
+    assert_eq!(contents(store.history("bob", &Target::Channel("crew".into()), 10, None).unwrap()), want);
+    assert_eq!(contents(readable_all(store, "bob")), want);
+    assert_eq!(contents(store.pending("bob", 0, 10).unwrap()), want);
+    assert_eq!(store.clip(&picture.id).unwrap(), Some(picture));
 }

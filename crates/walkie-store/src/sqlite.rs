@@ -376,8 +376,8 @@ fn insert_clip(
     };
     tx.execute(
         "INSERT INTO clips (id, sender, target_kind, target_name, started_at_ms, duration_ms, packets, \
-         bytes, frame_samples, bitrate, pre_skip, file, stored_at_ms) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+         bytes, frame_samples, bitrate, pre_skip, file, stored_at_ms, content) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         params![
             meta.id.0,
             meta.from,
@@ -391,7 +391,8 @@ fn insert_clip(
             meta.codec.bitrate,
             meta.codec.pre_skip,
             file,
-            now_ms()
+            now_ms(),
+            schema::content_column(&meta.content)
         ],
     )?;
     let seq = tx.last_insert_rowid();

@@ -40,7 +40,7 @@ impl ClipAudio {
     /// The clip as the player takes it, under `id` and `from` (a replay uses a fresh id, and
     /// a name other than yours so your own clips play too).
     pub fn to_received(&self, id: ClipId, from: &str, to: Target, started_at_ms: i64) -> ReceivedClip {
-        let header = DeliverHeader { id, from: from.to_string(), to, started_at_ms, codec: self.codec, live: false, seq: 0 };
+        let header = DeliverHeader { id, from: from.to_string(), to, started_at_ms, codec: self.codec, live: false, seq: 0, content: Default::default() };
         ReceivedClip { header, packets: self.packets.clone(), samples: self.samples }
     }
 

@@ -164,6 +164,7 @@ mod tests {
             bytes: 3_000,
             codec: CodecParams { frame_samples: 960, bitrate: 24_000, pre_skip: 312 },
             seq: u64::from(n),
+            content: Default::default(),
         }
     }
 

@@ -58,6 +58,7 @@ mod tests {
             bytes: 1,
             codec: CodecParams { frame_samples: 960, bitrate: 24_000, pre_skip: 312 },
             seq: 1,
+            content: Default::default(),
         };
         let name = file_name(&meta);
         assert!(name.starts_with("20231114-221320-bob-abab"), "{name}");

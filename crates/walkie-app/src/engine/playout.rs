@@ -193,6 +193,7 @@ impl Playout {
             codec,
             live: true,
             seq: 0,
+            content: Default::default(),
         };
         self.send(PlayerInput::Offer(header));
     }

@@ -592,6 +592,7 @@ impl Worker {
             bytes: 0,
             codec: CodecParams { frame_samples: 960, bitrate: opts.encoder.bitrate, pre_skip: 0 },
             seq,
+            content: Default::default(),
         };
         match result {
             Ok((outcome, source)) => {
@@ -678,6 +679,9 @@ impl Worker {
                 }
             }
             Event::LivePacket(id, p) => self.playout.live_packet(id, p),
+            // The app does not show messages yet: left unacknowledged, they stay in the
+            // inbox for `walkie listen` and for an app that shows them.
+            Event::Message(_) => {}
             Event::Clip(clip) => {
                 let id = clip.header.id;
                 let was_live = self.playout.live_ended(id, clip.samples);

@@ -414,6 +414,7 @@ impl RelayUpload {
             codec: header.codec,
             live: true,
             seq: 0,
+            content: Default::default(),
         };
         self.actions.push_back(Action::OpenLive { header: live, recipients: recipients.clone() });
         self.idle_deadline = Some(now + self.limits.stream_idle);
@@ -487,6 +488,7 @@ impl RelayUpload {
             bytes: file.len() as u64,
             codec: header.codec,
             seq: 0,
+            content: Default::default(),
         };
         self.actions.push_back(Action::Commit { meta, recipients: recipients.clone(), ogg: file });
         State::Committing { header, recipients, packets, samples: assembled.samples }

@@ -521,6 +521,8 @@ pub struct DeliverHeader {
     pub live: bool,
     /// Storage sequence number (0 for a live clip not yet stored).
     pub seq: u64,
+    /// Voice (Opus packets follow) or a message's kind (its payload follows in chunks).
+    pub content: crate::message::Content,
 }
 
 /// Frames of a unidirectional stream: a clip upload, a clip delivery or a fetched file.
@@ -551,11 +553,15 @@ pub enum StreamFrame {
     },
     /// The clip was abandoned (refused, cancelled, or the talker vanished); discard it.
     Abort(ErrorMsg),
+    /// Client to relay: a message (text, picture, doodle) follows in chunks, then the end
+    /// marker with the chunk count.
+    Message(crate::message::MessageHeader),
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::{Content, Kind, MessageHeader, PictureFormat};
     use crate::wire::{MAX_CONTROL_FRAME, decode_frame, encode_frame};
     use proptest::prelude::*;
 
@@ -575,9 +581,24 @@ mod tests {
             pre_skip,
         })
     }
+    fn arb_content() -> impl Strategy<Value = Content> {
+        prop_oneof![
+            Just(Content::Voice),
+            Just(Content::Recalled),
+            any::<u32>().prop_map(|chars| Content::Text { chars }),
+            (any::<u32>(), any::<u32>(), any::<bool>(), any::<u32>()).prop_map(|(width, height, png, thumb)| Content::Picture {
+                width,
+                height,
+                format: if png { PictureFormat::Png } else { PictureFormat::Jpeg },
+                thumb
+            }),
+            (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>())
+                .prop_map(|(width, height, strokes, points, png)| Content::Doodle { width, height, strokes, points, png }),
+        ]
+    }
     fn arb_meta() -> impl Strategy<Value = ClipMeta> {
-        (arb_id(), arb_name(), arb_target(), any::<i64>(), any::<u32>(), any::<u32>(), any::<u64>(), arb_codec(), any::<u64>())
-            .prop_map(|(id, from, to, started_at_ms, duration_ms, packets, bytes, codec, seq)| ClipMeta {
+        (arb_id(), arb_name(), arb_target(), any::<i64>(), any::<u32>(), any::<u32>(), any::<u64>(), arb_codec(), any::<u64>(), arb_content())
+            .prop_map(|(id, from, to, started_at_ms, duration_ms, packets, bytes, codec, seq, content)| ClipMeta {
                 id,
                 from,
                 to,
@@ -587,6 +608,7 @@ mod tests {
                 bytes,
                 codec,
                 seq,
+                content,
             })
     }
     fn arb_code() -> impl Strategy<Value = ErrorCode> {
@@ -705,17 +727,20 @@ mod tests {
         prop_oneof![
             (arb_id(), arb_target(), any::<i64>(), arb_codec())
                 .prop_map(|(id, to, started_at_ms, codec)| StreamFrame::Upload(ClipHeader { id, to, started_at_ms, codec })),
-            (arb_id(), arb_name(), arb_target(), any::<i64>(), arb_codec(), any::<bool>(), any::<u64>()).prop_map(
-                |(id, from, to, started_at_ms, codec, live, seq)| StreamFrame::Deliver(DeliverHeader {
+            (arb_id(), arb_name(), arb_target(), any::<i64>(), arb_codec(), any::<bool>(), any::<u64>(), arb_content()).prop_map(
+                |(id, from, to, started_at_ms, codec, live, seq, content)| StreamFrame::Deliver(DeliverHeader {
                     id,
                     from,
                     to,
                     started_at_ms,
                     codec,
                     live,
-                    seq
+                    seq,
+                    content,
                 })
             ),
+            (arb_id(), arb_target(), prop_oneof![Just(Kind::Text), Just(Kind::Picture), Just(Kind::Doodle)])
+                .prop_map(|(id, to, kind)| StreamFrame::Message(MessageHeader { id, to, kind })),
             (any::<u64>(), arb_meta()).prop_map(|(req, meta)| StreamFrame::File { req, meta }),
             proptest::collection::vec(any::<u8>(), 0..300).prop_map(StreamFrame::Packet),
             proptest::collection::vec(any::<u8>(), 0..300).prop_map(StreamFrame::Chunk),

@@ -343,6 +343,7 @@ mod tests {
                 pre_skip: 312,
             },
             seq: 0,
+            content: Default::default(),
         }
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, Params, Row, Statement, TransactionBehavior};
 
 use walkie_proto::clip::{ClipId, ClipMeta, CodecParams, Target};
+use walkie_proto::message::Content;
 
 use crate::StoreError;
 
@@ -70,6 +71,10 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO inbox_by_key (user, seq) SELECT user, seq FROM inbox;
     DROP TABLE inbox;
     ALTER TABLE inbox_by_key RENAME TO inbox;",
+    // 4: messages beside clips: what each stored item holds (`walkie_proto::message::Content`
+    // as JSON); every row before this is a voice clip. The payload of a message lives in the
+    // item's file as a clip's Ogg Opus does.
+    "ALTER TABLE clips ADD COLUMN content TEXT NOT NULL DEFAULT '\"Voice\"';",
 ];
 
 /// The schema version this build writes and understands.
@@ -125,7 +130,7 @@ pub(super) fn prepare(conn: &mut Connection) -> Result<(), StoreError> {
 
 /// The clip columns [`clip_from_row`] expects, in order, for a query aliasing `clips` as `c`.
 pub(super) const CLIP_COLUMNS: &str = "c.seq, c.id, c.sender, c.target_kind, c.target_name, \
-     c.started_at_ms, c.duration_ms, c.packets, c.bytes, c.frame_samples, c.bitrate, c.pre_skip";
+     c.started_at_ms, c.duration_ms, c.packets, c.bytes, c.frame_samples, c.bitrate, c.pre_skip, c.content";
 
 /// Runs a query selecting [`CLIP_COLUMNS`] and maps every row.
 pub(super) fn query_clips(
@@ -167,7 +172,18 @@ pub(super) fn clip_from_row(row: &Row<'_>) -> Result<ClipMeta, StoreError> {
             bitrate: get(row, 10)?,
             pre_skip: get(row, 11)?,
         },
+        content: content_from(&get::<String>(row, 12)?)?,
     })
+}
+
+/// What an item holds, from its `content` column.
+pub(super) fn content_from(json: &str) -> Result<Content, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("column content {json:?}: {e}")))
+}
+
+/// The `content` column's value for an item.
+pub(super) fn content_column(content: &Content) -> String {
+    serde_json::to_string(content).unwrap_or_else(|_| "\"Voice\"".into())
 }
 
 /// Reads one column; a value that does not convert is corruption, not a database failure.

@@ -632,3 +632,88 @@ fn the_demo_sends_a_clip_between_two_people_shown_by_their_display_names() {
     assert_eq!(wav.spec().sample_rate, 48_000);
     assert!(wav.duration() > 48 * 7000, "{} samples", wav.duration());
 }
+
+#[test]
+fn texts_pictures_and_doodles_through_the_command_line() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("relay");
+    let relay = serve(&data);
+    let (alice, bob) = (add_user(&data, "alice"), add_user(&data, "bob"));
+    ok_stdout(admin(&data, &["channel", "add", "crew", "--members", "alice,bob"]));
+    let homes = tmp.path().join("homes");
+    let as_alice = || walkie(&relay, &homes.join("alice"), "alice", &alice);
+    let as_bob = || walkie(&relay, &homes.join("bob"), "bob", &bob);
+    let id_of = |out: Output| {
+        let text = ok_stdout(out);
+        let id = text.lines().last().expect("an id line").to_string();
+        assert_eq!(id.len(), 32, "{text}");
+        id
+    };
+
+    let text = "hello \"world\"\nline two \u{1b}[31m? no: 你好";
+    let refused = as_alice().args(["say", "--to", "crew", text]).output().expect("runs");
+    failed_with(refused, 1, "control character U+001B");
+    let text = "hello \"world\"\nline two: 你好";
+    let said = id_of(as_alice().args(["say", "--to", "crew", text]).output().expect("runs"));
+    // A picture is told from a WAV file by its content: this one has no extension.
+    let photo = tmp.path().join("photo-from-phone");
+    std::fs::write(&photo, jpeg_with_gps(640, 480)).expect("written");
+    let pictured = id_of(as_alice().args(["send", "--to", "crew"]).arg(&photo).output().expect("runs"));
+    let doodle = tmp.path().join("d.json");
+    std::fs::write(&doodle, r##"{"width": 64, "height": 64, "strokes": [{"color": "#102030", "width": 4, "points": [[4, 4, 0], [60, 60, 90]]}, {"color": "#ff0000", "width": 2, "points": [[30, 30, 200]]}]}"##).expect("written");
+    let doodled = id_of(as_alice().args(["send", "--to", "crew", "--doodle"]).arg(&doodle).output().expect("runs"));
+    let clip = id_of(as_alice().args(["send", "--to", "crew"]).arg(sample("hello-crew.wav")).output().expect("runs"));
+
+    // Bob's listen prints every kind in order and saves each as its files.
+    let saved = tmp.path().join("saved");
+    let heard = ok_stdout(as_bob().args(["listen", "--count", "4", "--timeout", "30", "--save-dir"]).arg(&saved).output().expect("runs"));
+    let lines: Vec<&str> = heard.lines().collect();
+    assert_eq!(lines[0], format!(r#"{said} alice crew text "hello \"world\"\nline two: 你好""#));
+    let picture_bytes = std::fs::metadata(saved.join(format!("{pictured}.jpg"))).expect("saved picture").len();
+    assert_eq!(lines[1], format!("{pictured} alice crew picture 640x480 {picture_bytes}"));
+    assert_eq!(lines[2], format!("{doodled} alice crew doodle 2"));
+    assert!(lines[3].starts_with(&format!("{clip} alice crew ")), "{}", lines[3]);
+    assert_eq!(std::fs::read_to_string(saved.join(format!("{said}.txt"))).expect("saved text"), text);
+    let jpeg = std::fs::read(saved.join(format!("{pictured}.jpg"))).expect("saved");
+    assert!(!jpeg.windows(11).any(|w| w == b"GPSLatitude"), "the position was dropped");
+    assert_eq!(image::load_from_memory(&jpeg).expect("decodes").width(), 640);
+    let png = image::load_from_memory(&std::fs::read(saved.join(format!("{doodled}.png"))).expect("saved")).expect("decodes").to_rgba8();
+    assert_eq!(png.get_pixel(32, 32).0, [0x10, 0x20, 0x30, 255]);
+    assert!(std::fs::read_to_string(saved.join(format!("{doodled}.doodle.json"))).expect("saved").contains("#ff0000"));
+
+    // History in JSON names each kind with its fields; export writes every kind's files.
+    let history: serde_json::Value = serde_json::from_str(&ok_stdout(as_alice().args(["history", "crew", "--json"]).output().expect("runs"))).expect("JSON");
+    let kinds: Vec<&str> = history.as_array().expect("array").iter().map(|e| e["kind"].as_str().expect("kind")).collect();
+    assert_eq!(kinds, ["text", "picture", "doodle", "voice"]);
+    assert_eq!(history[0]["text"], text);
+    assert_eq!((history[1]["width"].as_u64(), history[1]["height"].as_u64(), history[1]["format"].as_str()), (Some(640), Some(480), Some("jpg")));
+    assert_eq!(history[2]["strokes"].as_u64(), Some(2));
+    let out = tmp.path().join("export");
+    ok_stdout(as_bob().args(["export", "--out"]).arg(&out).output().expect("runs"));
+    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("index.json")).expect("index")).expect("JSON");
+    let listed: Vec<(String, String)> =
+        index.as_array().expect("array").iter().map(|e| (e["kind"].as_str().unwrap_or("").to_string(), e["file"].as_str().unwrap_or("").to_string())).collect();
+    assert_eq!(
+        listed,
+        vec![
+            ("text".to_string(), format!("{said}.txt")),
+            ("picture".to_string(), format!("{pictured}.jpg")),
+            ("doodle".to_string(), format!("{doodled}.doodle.json")),
+            ("voice".to_string(), format!("{clip}.opus")),
+        ]
+    );
+    for file in [format!("{said}.txt"), format!("{pictured}.jpg"), format!("{doodled}.doodle.json"), format!("{doodled}.png"), format!("{clip}.opus")] {
+        assert!(out.join(&file).exists(), "{file} exported");
+    }
+
+    // Clear refusals, nothing queued behind the user's back.
+    let truncated = tmp.path().join("cut.png");
+    let whole = std::fs::read(saved.join(format!("{doodled}.png"))).expect("png");
+    std::fs::write(&truncated, &whole[..whole.len() / 2]).expect("written");
+    failed_with(as_alice().args(["send", "--to", "crew"]).arg(&truncated).output().expect("runs"), 1, "not a readable picture");
+    std::fs::write(&doodle, "{\"width\": 64}").expect("written");
+    failed_with(as_alice().args(["send", "--to", "crew", "--doodle"]).arg(&doodle).output().expect("runs"), 1, "not a doodle");
+    failed_with(as_alice().args(["say", "--to", "crew", "  "]).output().expect("runs"), 1, "must not be empty");
+    failed_with(as_alice().args(["say", "--to", "nowhere", "hi"]).output().expect("runs"), 1, "cannot send the text");
+    failed_with(as_bob().args(["fetch", &said, "--out"]).arg(tmp.path().join("x.opus")).output().expect("runs"), 1, "is a text message, not a clip");
+}

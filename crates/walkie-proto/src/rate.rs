@@ -122,6 +122,16 @@ impl<K: std::hash::Hash + Eq> KeyedLimits<K> {
 
     /// Takes one token for `key`, or says how long until there is one.
     pub fn admit(&mut self, key: K, now: Instant) -> Result<(), Duration> {
+        self.bucket(key, now).try_take(1.0, now)
+    }
+
+    /// Takes `n` tokens for `key`, going into debt if needed; returns how long the caller
+    /// should pause so that the key's average rate stays at the limit.
+    pub fn pace(&mut self, key: K, n: usize, now: Instant) -> Duration {
+        self.bucket(key, now).take_paced(n as f64, now)
+    }
+
+    fn bucket(&mut self, key: K, now: Instant) -> &mut Bucket {
         if self.buckets.len() >= MAX_TRACKED {
             self.buckets.retain(|_, b| {
                 b.refill(now);
@@ -129,13 +139,23 @@ impl<K: std::hash::Hash + Eq> KeyedLimits<K> {
             });
         }
         let (capacity, rate) = (self.capacity, self.rate);
-        self.buckets.entry(key).or_insert_with(|| Bucket::new(capacity, rate, now)).try_take(1.0, now)
+        self.buckets.entry(key).or_insert_with(|| Bucket::new(capacity, rate, now))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keyed_pacing_allows_a_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut l = KeyedLimits::new(1000.0, 100.0);
+        assert_eq!(l.pace("a", 1000, t0), Duration::ZERO);
+        assert_eq!(l.pace("a", 100, t0), Duration::from_secs(1));
+        assert_eq!(l.pace("b", 500, t0), Duration::ZERO, "per key");
+        assert_eq!(l.pace("a", 100, t0 + Duration::from_secs(2)), Duration::ZERO, "paid back");
+    }
 
     #[test]
     fn keyed_limits_are_per_key_and_refill() {

@@ -17,6 +17,7 @@
 //! max_streams_per_conn = 32   # clip streams a client may have open at once
 //! clips_per_minute = 60       # per user; more get "busy, retry after"
 //! bytes_per_second = 65536    # per user upload rate (bursts of 1 MiB); faster senders are slowed down
+//! message_bytes_per_second = 524288  # per user upload rate of pictures and doodles (bursts of 16 MiB)
 //! retention_days = 0          # delete clips older than this; 0 keeps them forever
 //! quota_mib_per_user = 1024   # audio one user may have stored; more is refused (quota-exceeded); 0: no quota
 //! busy_retry_ms = 1000        # the retry delay suggested to refused clients
@@ -80,6 +81,9 @@ pub struct RelayConfig {
     /// Upload bytes per second per user, with bursts of 1 MiB (default 64 KiB/s, eight
     /// times Opus's highest bitrate); faster senders are slowed down, not refused.
     pub bytes_per_second: u64,
+    /// Per-user upload rate of messages (pictures, doodles, texts) in bytes per second, after
+    /// a burst of 16 MiB (so a photo goes at once); faster senders are slowed down.
+    pub message_bytes_per_second: u64,
     /// Clips older than this are deleted (default: kept forever).
     pub retention: Option<Duration>,
     /// Bytes of audio one user may have stored (default 1 GiB, about 90 hours at 24 kb/s);
@@ -118,6 +122,7 @@ impl Default for RelayConfig {
             max_sessions_per_user: 16,
             clips_per_minute: 60,
             bytes_per_second: 64 * 1024,
+            message_bytes_per_second: 512 * 1024,
             retention: None,
             quota_bytes_per_user: Some(1024 * 1024 * 1024),
             busy_retry_ms: 1000,
@@ -182,6 +187,7 @@ pub struct RelayFile {
     max_streams_per_conn: Option<u32>,
     clips_per_minute: Option<u32>,
     bytes_per_second: Option<u64>,
+    message_bytes_per_second: Option<u64>,
     retention_days: Option<u32>,
     quota_mib_per_user: Option<u64>,
     busy_retry_ms: Option<u32>,
@@ -224,6 +230,7 @@ impl RelayFile {
             max_streams_per_conn: self.max_streams_per_conn.unwrap_or(base.max_streams_per_conn),
             clips_per_minute: self.clips_per_minute.unwrap_or(base.clips_per_minute),
             bytes_per_second: self.bytes_per_second.unwrap_or(base.bytes_per_second),
+            message_bytes_per_second: self.message_bytes_per_second.unwrap_or(base.message_bytes_per_second),
             retention: self.retention_days.map_or(base.retention, |d| (d > 0).then(|| secs(u64::from(d) * 86_400))),
             quota_bytes_per_user: self.quota_mib_per_user.map_or(base.quota_bytes_per_user, |m| (m > 0).then(|| m.saturating_mul(1024 * 1024))),
             busy_retry_ms: self.busy_retry_ms.unwrap_or(base.busy_retry_ms),

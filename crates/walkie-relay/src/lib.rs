@@ -174,6 +174,7 @@ pub async fn start_with(
     let (stop, shutdown) = watch::channel(false);
     let limits = UserLimits::new(config.clips_per_minute, config.bytes_per_second);
     let signups = f64::from(config.signups_per_source_per_hour.max(1));
+    let message_rate = config.message_bytes_per_second.max(1) as f64;
     let shared = Arc::new(Shared {
         store,
         registry: Registry::default(),
@@ -187,6 +188,7 @@ pub async fn start_with(
         usage: Default::default(),
         delivery_keys: Default::default(),
         media: tokio::sync::Semaphore::new(1),
+        message_bytes: Mutex::new(KeyedLimits::new(MESSAGE_BYTE_BURST, message_rate)),
     });
     tokio::spawn(maintenance::run(shared.clone()));
     if let Some(incoming) = cluster.incoming() {
@@ -195,6 +197,10 @@ pub async fn start_with(
     let task = tokio::spawn(server::accept_loop(endpoint.clone(), shared));
     Ok(RelayHandle { addr, fingerprint: identity.fingerprint(), cert_path: identity.cert_path, endpoint, stop, task, _lock: lock })
 }
+
+/// Bytes of messages a user may upload at once before the per-second rate applies: a picture
+/// at its largest, with room.
+const MESSAGE_BYTE_BURST: f64 = 16.0 * 1024.0 * 1024.0;
 
 /// The name of the lock file in a data dir.
 pub const LOCK_FILE: &str = "relay.lock";

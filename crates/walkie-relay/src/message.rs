@@ -119,7 +119,7 @@ async fn read_payload(shared: &Shared, session: &Session, recv: &mut quinn::Recv
         match read {
             Ok(Some(StreamFrame::Chunk(chunk))) => {
                 assembler.push(&chunk)?;
-                let pause = lock(&shared.limits).pace_bytes(&session.user, chunk.len(), Instant::now());
+                let pause = lock(&shared.message_bytes).pace(session.user.clone(), chunk.len(), Instant::now());
                 if !pause.is_zero() {
                     tokio::time::sleep(pause).await;
                 }

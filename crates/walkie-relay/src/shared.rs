@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     pub usage: crate::quota::Usage,
     /// Each recipient's delivery keys (their inbox and their other devices'), read lately.
     pub delivery_keys: Mutex<HashMap<String, (Instant, Vec<String>)>>,
+    /// Message bytes uploaded per user (a burst for a photo, then the configured rate).
+    pub message_bytes: Mutex<KeyedLimits<String>>,
     /// One permit: pictures are decoded and doodles drawn one at a time.
     pub media: tokio::sync::Semaphore,
 }

@@ -706,6 +706,17 @@ fn texts_pictures_and_doodles_through_the_command_line() {
         assert!(out.join(&file).exists(), "{file} exported");
     }
 
+    // A recall: bob's listen shows it in place of the text, whose saved file it deletes.
+    let oops = id_of(as_alice().args(["say", "--to", "crew", "wrong chat"]).output().expect("runs"));
+    let heard = ok_stdout(as_bob().args(["listen", "--count", "1", "--timeout", "30", "--save-dir"]).arg(&saved).output().expect("runs"));
+    assert_eq!(heard, format!("{oops} alice crew text \"wrong chat\"\n"));
+    assert!(saved.join(format!("{oops}.txt")).exists());
+    assert_eq!(ok_stdout(as_alice().args(["recall", &oops]).output().expect("runs")), format!("{oops} recalled\n"));
+    failed_with(as_bob().args(["recall", &said]).output().expect("runs"), 1, "only its sender");
+    let after = as_bob().args(["listen", "--timeout", "3", "--save-dir"]).arg(&saved).output().expect("runs");
+    assert_eq!(String::from_utf8_lossy(&after.stdout), format!("{oops} alice crew recalled -\n"));
+    assert!(!saved.join(format!("{oops}.txt")).exists(), "the recalled text's file is gone");
+
     // Clear refusals, nothing queued behind the user's back.
     let truncated = tmp.path().join("cut.png");
     let whole = std::fs::read(saved.join(format!("{doodled}.png"))).expect("png");

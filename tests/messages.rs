@@ -242,3 +242,105 @@ async fn hostile_uploads_are_refused_with_reasons_and_the_relay_goes_on() {
     assert_eq!(kept, vec![id, ok]);
     alice_c.close().await;
 }
+
+/// Every file under `dir`, read whole.
+fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("readable").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                out.push((path, bytes));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recall_reaches_online_and_offline_recipients_and_leaves_no_byte_behind() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("relay");
+    let relay = start_relay(&data, RelayConfig::default()).await;
+    let (alice, bob, carol) = (relay.add_user("alice"), relay.add_user("bob"), relay.add_user("carol"));
+    relay.add_channel("crew", &["alice", "bob", "carol"]);
+    let (alice_c, mut bob_c) = (relay.connect(&alice).await, relay.connect(&bob).await);
+
+    let secret = "the door code is 4471-SECRET-9930";
+    let id = message(&alice_c, "crew", Kind::Text, secret.as_bytes()).await.expect("stored");
+    let got = next_message(&mut bob_c).await;
+    assert_eq!(got.parts(), Ok(Parts::Text(secret)));
+    bob_c.ack(id).await.expect("acked");
+
+    // Only the sender, only within the window.
+    let (code, why) = refused(bob_c.recall(id).await.expect_err("not bob's"));
+    assert_eq!(code, ErrorCode::Forbidden, "{why}");
+    assert!(why.contains("only its sender"), "{why}");
+    let old = {
+        let pcm: Vec<f32> = (0..4800).map(|i| (i as f32 * 0.05).sin() * 0.3).collect();
+        let c = codec::encode_pcm(&pcm, &EncoderConfig::default()).expect("encodes");
+        let header = ClipHeader { id: ClipId::random(), to: Target::Channel("crew".into()), started_at_ms: now_ms() - 600_000, codec: c.params };
+        alice_c.send_clip(&header, &c.packets, c.samples).await.expect("stored");
+        header.id
+    };
+    let (code, why) = refused(alice_c.recall(old).await.expect_err("ten minutes old"));
+    assert_eq!(code, ErrorCode::Forbidden);
+    assert!(why.contains("within 120 s"), "{why}");
+    let (code, _) = refused(alice_c.recall(ClipId::random()).await.expect_err("unknown"));
+    assert_eq!(code, ErrorCode::NotFound);
+
+    alice_c.recall(id).await.expect("recalled");
+    alice_c.recall(id).await.expect("recalling again is harmless");
+    let told = next_message(&mut bob_c).await;
+    assert_eq!((told.header.id, told.header.content, told.payload.len()), (id, Content::Recalled, 0), "the online recipient is told");
+    assert!(matches!(relay.store.clip_audio(&id), Err(walkie_store::StoreError::NotFound { .. })));
+    let leaks: Vec<_> = files_under(&data).into_iter().filter(|(_, b)| b.windows(6).any(|w| w == b"SECRET")).map(|(p, _)| p).collect();
+    assert_eq!(leaks, Vec::<std::path::PathBuf>::new(), "no byte of the text is left on disk");
+
+    // Carol was offline: she gets the old clip and only the news of the recall, never the text.
+    let mut carol_c = relay.connect(&carol).await;
+    let mut seen = Vec::new();
+    within(10, "carol's backlog", async {
+        while seen.len() < 2 {
+            match carol_c.next_event().await.expect("connected") {
+                Event::Clip(c) => seen.push((c.header.id, Content::Voice, 0)),
+                Event::Message(m) => seen.push((m.header.id, m.header.content, m.payload.len())),
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(seen, vec![(id, Content::Recalled, 0), (old, Content::Voice, 0)]);
+    let history = carol_c.history(Some(Target::Channel("crew".into())), 10, None).await.expect("history");
+    assert_eq!(history.iter().map(|m| m.content.name()).collect::<Vec<_>>(), ["recalled", "voice"]);
+    for c in [alice_c, bob_c, carol_c] {
+        c.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_leaves_no_byte_of_a_picture_or_doodle() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("relay");
+    let relay = start_relay(&data, RelayConfig::default()).await;
+    let (alice, _) = (relay.add_user("alice"), relay.add_user("bob"));
+    relay.add_channel("crew", &["alice", "bob"]);
+    let alice_c = relay.connect(&alice).await;
+    let prepared = walkie_client::picture::prepare(&photo_with_exif(800, 600)).expect("prepared");
+    let picture = message(&alice_c, "crew", Kind::Picture, &prepared).await.expect("stored");
+    let doodle = message(&alice_c, "crew", Kind::Doodle, DOODLE.as_bytes()).await.expect("stored");
+    let stored: Vec<Vec<u8>> = [picture, doodle].iter().map(|id| relay.store.clip_audio(id).expect("payload")).collect();
+    alice_c.close().await;
+    assert_eq!(relay.store.purge_user("alice").expect("purged"), 2);
+    // Any 64-byte window of either payload (pictures, thumbnails, strokes, renderings).
+    let probes: Vec<&[u8]> = stored.iter().flat_map(|p| p.chunks(64).filter(|c| c.len() == 64).step_by(7)).collect();
+    assert!(probes.len() > 20);
+    for (path, bytes) in files_under(&data) {
+        for probe in &probes {
+            assert!(!bytes.windows(64).any(|w| w == *probe), "{} still holds a piece of a purged message", path.display());
+        }
+    }
+}

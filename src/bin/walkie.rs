@@ -172,6 +172,13 @@ enum Command {
         #[arg(long, default_value_t = 60, value_name = "SECS")]
         retry_for: u64,
     },
+    /// Take back one of your own messages or clips within the relay's recall window (2
+    /// minutes by default): it is deleted from the relay and from every recipient's client,
+    /// whose conversation shows "message recalled". Prints `ID recalled`.
+    Recall {
+        /// The id `send` or `say` printed.
+        id: String,
+    },
     /// List audio input and output devices (`*` marks the default).
     Devices,
     /// Talk live: hold Space (or Enter to start, Enter to send; Esc cancels), or with
@@ -782,6 +789,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             send_message(&cli.conn, &to, Kind::Picture, prepared, retry_for, &file.display().to_string()).await?;
         }
         Command::Send { file: None, .. } => return Err(usage("give a FILE to send, or --doodle FILE.json")),
+        Command::Recall { id } => {
+            let id: ClipId = id.parse().map_err(|e: ClipError| usage(e.to_string()))?;
+            let client = Client::connect(&client_config(&cli.conn)?).await?;
+            let result = client.recall(id).await;
+            client.close().await;
+            result?;
+            println!("{id} recalled");
+        }
         Command::Say { to, text, retry_for } => {
             let text = text.replace("\r\n", "\n");
             walkie_proto::message::check_text(text.as_bytes()).map_err(|e| Failure(format!("cannot send the text: {e}"), 1))?;

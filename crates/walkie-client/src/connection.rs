@@ -304,6 +304,16 @@ impl Client {
         result
     }
 
+    /// Recalls one of your own messages or clips within the relay's recall window: its
+    /// payload is deleted from the relay and every recipient's client is told.
+    pub async fn recall(&self, id: ClipId) -> Result<(), ClientError> {
+        match self.request(|req| ClientMsg::Recall { req, id }).await? {
+            Reply::People(ServerMsg::Recalled { id: done, .. }) if done == id => Ok(()),
+            Reply::Error(e) => Err(ClientError::Refused(e)),
+            _ => Err(ClientError::Protocol("unexpected answer to a recall".into())),
+        }
+    }
+
     /// Closes the connection politely: queued control messages (acks, receipts) reach the
     /// relay first.
     pub async fn close(self) {
@@ -394,7 +404,8 @@ async fn read_control(mut recv: quinn::RecvStream, waiters: SharedWaiters, event
             | ServerMsg::Devices { req, .. }
             | ServerMsg::Avatar { req, .. }
             | ServerMsg::Suggestions { req, .. }
-            | ServerMsg::Nearby { req, .. }) => {
+            | ServerMsg::Nearby { req, .. }
+            | ServerMsg::Recalled { req, .. }) => {
                 if let Some(tx) = lock(&waiters).requests.remove(&req) {
                     let _ = tx.send(Reply::People(reply));
                 }

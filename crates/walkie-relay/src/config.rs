@@ -18,6 +18,7 @@
 //! clips_per_minute = 60       # per user; more get "busy, retry after"
 //! bytes_per_second = 65536    # per user upload rate (bursts of 1 MiB); faster senders are slowed down
 //! message_bytes_per_second = 524288  # per user upload rate of pictures and doodles (bursts of 16 MiB)
+//! recall_window_secs = 120    # how long after sending a sender may recall a message or clip
 //! retention_days = 0          # delete clips older than this; 0 keeps them forever
 //! quota_mib_per_user = 1024   # audio one user may have stored; more is refused (quota-exceeded); 0: no quota
 //! busy_retry_ms = 1000        # the retry delay suggested to refused clients
@@ -84,6 +85,8 @@ pub struct RelayConfig {
     /// Per-user upload rate of messages (pictures, doodles, texts) in bytes per second, after
     /// a burst of 16 MiB (so a photo goes at once); faster senders are slowed down.
     pub message_bytes_per_second: u64,
+    /// How long after sending its sender may recall a message or clip.
+    pub recall_window: Duration,
     /// Clips older than this are deleted (default: kept forever).
     pub retention: Option<Duration>,
     /// Bytes of audio one user may have stored (default 1 GiB, about 90 hours at 24 kb/s);
@@ -123,6 +126,7 @@ impl Default for RelayConfig {
             clips_per_minute: 60,
             bytes_per_second: 64 * 1024,
             message_bytes_per_second: 512 * 1024,
+            recall_window: Duration::from_secs(120),
             retention: None,
             quota_bytes_per_user: Some(1024 * 1024 * 1024),
             busy_retry_ms: 1000,
@@ -188,6 +192,7 @@ pub struct RelayFile {
     clips_per_minute: Option<u32>,
     bytes_per_second: Option<u64>,
     message_bytes_per_second: Option<u64>,
+    recall_window_secs: Option<u64>,
     retention_days: Option<u32>,
     quota_mib_per_user: Option<u64>,
     busy_retry_ms: Option<u32>,
@@ -231,6 +236,7 @@ impl RelayFile {
             clips_per_minute: self.clips_per_minute.unwrap_or(base.clips_per_minute),
             bytes_per_second: self.bytes_per_second.unwrap_or(base.bytes_per_second),
             message_bytes_per_second: self.message_bytes_per_second.unwrap_or(base.message_bytes_per_second),
+            recall_window: self.recall_window_secs.map_or(base.recall_window, secs),
             retention: self.retention_days.map_or(base.retention, |d| (d > 0).then(|| secs(u64::from(d) * 86_400))),
             quota_bytes_per_user: self.quota_mib_per_user.map_or(base.quota_bytes_per_user, |m| (m > 0).then(|| m.saturating_mul(1024 * 1024))),
             busy_retry_ms: self.busy_retry_ms.unwrap_or(base.busy_retry_ms),

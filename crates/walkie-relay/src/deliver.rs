@@ -1,7 +1,7 @@
 //! Delivery to one session: the pump that sends every unacknowledged clip and message from
 //! the user's inbox, oldest first, each on its own stream; and fetches of stored files.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +29,9 @@ const PAGE: usize = 64;
 /// that only moves forward could skip it. What was sent stays in the inbox until the client
 /// acknowledges it; the set of sent clips is trimmed to the inbox after every full read.
 pub(crate) async fn pump(shared: Arc<Shared>, session: Arc<Session>) {
-    let mut sent: HashSet<ClipId> = HashSet::new();
+    // Each clip sent, and whether it was sent as recalled: an item recalled after it was sent
+    // (its inbox entry unacknowledged, or queued again) is sent once more, as recalled.
+    let mut sent: HashMap<ClipId, bool> = HashMap::new();
     loop {
         let mut after = 0u64;
         let mut inbox: HashSet<ClipId> = HashSet::new();
@@ -47,7 +49,8 @@ pub(crate) async fn pump(shared: Arc<Shared>, session: Arc<Session>) {
             for meta in &page {
                 after = after.max(meta.seq);
                 inbox.insert(meta.id);
-                if !sent.insert(meta.id) || session.take_live_sent(&meta.id) {
+                let recalled = meta.content == Content::Recalled;
+                if sent.insert(meta.id, recalled) == Some(recalled) || (!recalled && session.take_live_sent(&meta.id)) {
                     continue;
                 }
                 match send_stored(&shared, &session, meta).await {
@@ -69,7 +72,7 @@ pub(crate) async fn pump(shared: Arc<Shared>, session: Arc<Session>) {
         if !complete {
             continue;
         }
-        sent.retain(|id| inbox.contains(id));
+        sent.retain(|id, _| inbox.contains(id));
         match shared.cluster.inbox_poll() {
             // Other relays' wake-ups travel over the network and may be lost: look again
             // now and then even without one.

@@ -13,6 +13,7 @@
 //! | 3 | `requests.rs` | control-stream requests: ack, played, history, fetch, people |
 //! | 4 | `people.rs` | invites, profiles, contacts and groups users make, in the store's records |
 //! | 3 | `upload.rs` | carries out one upload's actions ([`walkie_proto::upload::RelayUpload`] decides) |
+//! | 4 | `recall.rs` | a sender takes back a message or clip within the recall window |
 //! | 3 | `message.rs` | one uploaded message (text, picture, doodle): checks, caps, commit |
 //! | 4 | `picture.rs`, `doodle.rs` | pictures encoded again with a thumbnail; doodles checked and drawn |
 //! | 3 | `deliver.rs` | a session's delivery pump (inbox, oldest first) and fetched files |
@@ -47,6 +48,7 @@ pub mod people;
 mod people_requests;
 pub mod picture;
 mod quota;
+mod recall;
 mod registry;
 mod requests;
 mod server;

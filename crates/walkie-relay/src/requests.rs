@@ -56,6 +56,7 @@ pub(crate) async fn control_loop(shared: &Arc<Shared>, session: &Arc<Session>, r
                 Ok(Some(png)) => Some(people(shared, session, req, PeopleRequest::SetAvatar { png }).await),
                 Err(message) => Some(error(Some(req), ErrorCode::BadRequest, message)),
             },
+            ClientMsg::Recall { req, id } => Some(crate::recall::recall(shared, session, req, id).await),
             ClientMsg::Ping { nonce } => Some(ServerMsg::Pong { nonce }),
             ClientMsg::Ack { id } => {
                 let inbox = session.inbox.clone();

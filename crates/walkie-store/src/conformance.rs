@@ -56,6 +56,7 @@ macro_rules! conformance_tests {
             records_are_listed_by_whole_token_prefix,
             inboxes_are_keyed_by_delivery_key_and_cleared,
             messages_keep_their_content_through_every_read,
+            a_recalled_item_loses_its_payload_and_is_queued_again,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -592,4 +593,33 @@ pub fn messages_keep_their_content_through_every_read(b: &dyn Backend) {
     assert_eq!(contents(readable_all(store, "bob")), want);
     assert_eq!(contents(store.pending("bob", 0, 10).unwrap()), want);
     assert_eq!(store.clip(&picture.id).unwrap(), Some(picture));
+}
+
+/// A recall erases the payload, says "recalled" in every read, frees the sender's quota and
+/// queues the item again for recipients who had acknowledged it.
+pub fn a_recalled_item_loses_its_payload_and_is_queued_again(b: &dyn Backend) {
+    let store = b.store();
+    populate(store);
+    let mut text = meta("alice", "crew");
+    text.content = Content::Text { chars: 6 };
+    let CommitOutcome::Stored(seq) = store.commit_clip(&text, &names(&["bob", "bob/d1"]), b"secret").unwrap() else { panic!("new") };
+    let kept = send(store, "alice", "crew", &["bob"]);
+    store.ack("bob", &text.id).unwrap();
+    store.ack("bob", &kept.id).unwrap();
+    let before = store.stored_bytes_of("alice").unwrap();
+    let recalled = store.recall_clip(&text.id, &names(&["bob", "bob/d1"])).unwrap().expect("recalled");
+    assert_eq!((recalled.id, recalled.seq, recalled.content, recalled.bytes, recalled.from.as_str()), (text.id, seq, Content::Recalled, 0, "alice"));
+    assert!(matches!(store.clip_audio(&text.id), Err(StoreError::NotFound { .. })), "the payload is gone");
+    assert_eq!(store.clip(&text.id).unwrap().map(|m| m.content), Some(Content::Recalled));
+    let pending = |key: &str| store.pending(key, 0, 10).unwrap().into_iter().map(|m| (m.id, m.content)).collect::<Vec<_>>();
+    assert_eq!(pending("bob"), vec![(text.id, Content::Recalled)], "queued again for who had it");
+    assert_eq!(pending("bob/d1"), vec![(text.id, Content::Recalled)], "and for who had not acknowledged it");
+    let history = store.history("bob", &Target::Channel("crew".into()), 10, None).unwrap();
+    assert_eq!(history.iter().map(|m| (m.id, m.content)).collect::<Vec<_>>(), vec![(text.id, Content::Recalled), (kept.id, Content::Voice)]);
+    if let (Some(before), Some(after)) = (before, store.stored_bytes_of("alice").unwrap()) {
+        assert_eq!(before - after, 6, "the quota no longer counts it");
+    }
+    store.ack("bob", &text.id).unwrap();
+    assert_eq!(pending("bob"), vec![]);
+    assert_eq!(store.recall_clip(&ClipId::random(), &names(&["bob"])).unwrap(), None);
 }

@@ -117,6 +117,10 @@ impl Store for FaultyStore {
         self.check()?;
         self.inner.delete_clips_before(before_ms)
     }
+    fn recall_clip(&self, id: &ClipId, keys: &[String]) -> Result<Option<ClipMeta>, StoreError> {
+        self.check()?;
+        self.inner.recall_clip(id, keys)
+    }
     fn clear_inbox(&self, key: &str) -> Result<(), StoreError> {
         self.check()?;
         self.inner.clear_inbox(key)

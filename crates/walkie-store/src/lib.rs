@@ -225,6 +225,15 @@ pub trait Store: Send + Sync + 'static {
         Err(StoreError::Unsupported("purging a user's clips"))
     }
 
+    /// Recalls a stored item (its sender took it back): its payload is erased (overwritten,
+    /// then removed), its metadata says [`walkie_proto::message::Content::Recalled`] with no
+    /// bytes, and it is queued again for each of `keys` (the recipients' delivery keys), so
+    /// that every client that holds it is told, now or when it comes back. Returns the
+    /// recalled metadata, or `None` if there is no such item. Recalling twice queues again.
+    fn recall_clip(&self, _id: &ClipId, _keys: &[String]) -> Result<Option<ClipMeta>, StoreError> {
+        Err(StoreError::Unsupported("recalling a message"))
+    }
+
     /// Deletes clips stored before `before_ms` (milliseconds since the epoch), with their
     /// audio and inbox entries; returns how many.
     fn delete_clips_before(&self, _before_ms: i64) -> Result<usize, StoreError> {

@@ -476,6 +476,11 @@ impl Store for NatsStore {
         self.run(move |s| async move { s.clear_inbox(&key).await })
     }
 
+    fn recall_clip(&self, id: &ClipId, keys: &[String]) -> Result<Option<ClipMeta>, StoreError> {
+        let (id, keys) = (*id, keys.to_vec());
+        self.run(move |s| async move { s.recall_clip(&id, &keys).await })
+    }
+
     fn delete_channel(&self, name: &str) -> Result<Option<usize>, StoreError> {
         let name = name.to_string();
         self.run(move |s| async move { s.delete_channel(&name).await })

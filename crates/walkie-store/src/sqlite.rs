@@ -687,6 +687,35 @@ impl Store for SqliteStore {
         Ok(files.len())
     }
 
+    fn recall_clip(&self, id: &ClipId, keys: &[String]) -> Result<Option<ClipMeta>, StoreError> {
+        // Metadata and inboxes first, in one transaction; the file goes after the commit (a
+        // crash in between leaves a file no row points to, which the next open sweeps away).
+        let done = self.write(|tx| {
+            let Some((seq, file)) = first(tx, "SELECT seq, file FROM clips WHERE id = ?1", [id.0], |r| Ok((get::<i64>(r, 0)?, get::<String>(r, 1)?)))? else {
+                return Ok(None);
+            };
+            tx.execute(
+                "UPDATE clips SET content = ?2, file = '', bytes = 0, packets = 0, duration_ms = 0 WHERE seq = ?1",
+                params![seq, schema::content_column(&walkie_proto::message::Content::Recalled)],
+            )?;
+            let mut queue = tx.prepare(
+                "INSERT OR IGNORE INTO inbox (user, seq) SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM users WHERE name = ?3)",
+            )?;
+            for key in keys {
+                let user = key.split_once('/').map_or(key.as_str(), |(u, _)| u);
+                queue.execute(params![key, seq, user])?;
+            }
+            drop(queue);
+            let meta = first(tx, &format!("SELECT {CLIP_COLUMNS} FROM clips c WHERE c.seq = ?1"), [seq], |r| schema::clip_from_row(r))?;
+            Ok(Some((file, meta)))
+        })?;
+        let Some((file, meta)) = done else { return Ok(None) };
+        if !file.is_empty() {
+            files::shred(&self.clips_dir.join(&file))?;
+        }
+        Ok(meta)
+    }
+
     fn delete_channel(&self, name: &str) -> Result<Option<usize>, StoreError> {
         let files = self.write(|tx| {
             if tx.execute("DELETE FROM channels WHERE name = ?1", [name])? == 0 {

@@ -174,6 +174,15 @@ pub enum ClientMsg {
         /// A geohash cell of [`crate::people::CELL_CHARS`] characters.
         cell: Option<String>,
     },
+    /// Takes back one of the user's own messages or clips within the relay's recall window:
+    /// its payload is deleted from the relay and every recipient is told; answered with
+    /// [`ServerMsg::Recalled`].
+    Recall {
+        /// Request id.
+        req: ReqId,
+        /// The message or clip.
+        id: ClipId,
+    },
 }
 
 /// Someone the user may know.
@@ -408,6 +417,13 @@ pub enum ServerMsg {
         people: Vec<NearbyEntry>,
         /// Until when the user is visible (0 after stopping).
         until_ms: i64,
+    },
+    /// The message or clip was recalled (answers [`ClientMsg::Recall`]).
+    Recalled {
+        /// The request it answers.
+        req: ReqId,
+        /// The message or clip.
+        id: ClipId,
     },
 }
 
@@ -659,6 +675,7 @@ mod tests {
             (any::<u64>(), arb_name(), any::<bool>()).prop_map(|(req, user, small)| ClientMsg::Avatar { req, user, small }),
             any::<u64>().prop_map(|req| ClientMsg::Suggest { req }),
             (any::<u64>(), proptest::option::of("[0-9b-z]{5}")).prop_map(|(req, cell)| ClientMsg::Nearby { req, cell }),
+            (any::<u64>(), arb_id()).prop_map(|(req, id)| ClientMsg::Recall { req, id }),
         ]
     }
     fn arb_direct() -> impl Strategy<Value = DirectFrom> {
@@ -702,6 +719,7 @@ mod tests {
                 .prop_map(|(req, p)| ServerMsg::Suggestions { req, people: p.into_iter().map(|(user, display, mutual)| Suggestion { user, display, mutual }).collect() }),
             (any::<u64>(), proptest::collection::vec((arb_name(), proptest::option::of(".{0,10}"), any::<u32>()), 0..3), any::<i64>())
                 .prop_map(|(req, p, until_ms)| ServerMsg::Nearby { req, people: p.into_iter().map(|(user, display, km)| NearbyEntry { user, display, km }).collect(), until_ms }),
+            (any::<u64>(), arb_id()).prop_map(|(req, id)| ServerMsg::Recalled { req, id }),
             (any::<u64>(), proptest::collection::vec((arb_name(), proptest::option::of(".{0,20}"), proptest::option::of("[0-9a-f]{16}")), 0..3))
                 .prop_map(|(req, p)| ServerMsg::Profiles {
                     req,

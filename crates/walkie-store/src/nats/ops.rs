@@ -17,6 +17,7 @@ use super::layout::{
     encode, json, parse,
 };
 use walkie_proto::clip::{ClipId, ClipMeta, Target, now_ms};
+use walkie_proto::message::Content;
 
 use crate::records::{self, Record};
 use crate::{ChannelInfo, CommitOutcome, PURGED_SENDER, StoreError, TokenHash};
@@ -668,11 +669,23 @@ impl Inner {
         for (seq, msg) in seqs.iter().zip(msgs) {
             match msg {
                 Some(msg) => out.push(self.clip_from(msg, None)?.0),
-                // Retention or a purge is deleting that clip: its inbox entry goes next.
-                None => tracing::debug!(user, seq, "inbox entry of a clip being deleted"),
+                // Recalled: its record in the purged bucket says so, found through the id the
+                // inbox entry holds.
+                None => match self.recalled_in_inbox(user, *seq).await? {
+                    Some(meta) => out.push(meta),
+                    // Retention or a purge is deleting that clip: its inbox entry goes next.
+                    None => tracing::debug!(user, seq, "inbox entry of a clip being deleted"),
+                },
             }
         }
         Ok(out)
+    }
+
+    /// The recalled item a user's inbox entry at `seq` names, if it is one.
+    async fn recalled_in_inbox(&self, user: &str, seq: u64) -> Result<Option<ClipMeta>, StoreError> {
+        let Some(entry) = self.js.last(&self.inbox, &self.layout.inbox_subject(user, seq)).await? else { return Ok(None) };
+        let Ok(id) = std::str::from_utf8(&entry.payload).unwrap_or_default().parse::<ClipId>() else { return Ok(None) };
+        Ok(self.clip_rec(&id).await?.map(|(meta, _)| meta).filter(|m| m.content == Content::Recalled))
     }
 
     pub async fn ack(&self, user: &str, id: &ClipId) -> Result<(), StoreError> {
@@ -828,6 +841,57 @@ impl Inner {
             from = until;
         }
         Ok(count)
+    }
+
+    /// Recalls one item: a record saying it was recalled goes into the purged bucket (read
+    /// instead of its message from then on), the claim is marked, the recipients are queued
+    /// again, then the payload and the metadata message are erased. A repeat completes an
+    /// interrupted recall.
+    pub async fn recall_clip(&self, id: &ClipId, keys: &[String]) -> Result<Option<ClipMeta>, StoreError> {
+        let claim = id.to_string();
+        let Some((rec, _)) = self.id_rec(&claim).await? else { return Ok(None) };
+        let Some(seq) = rec.seq else { return Ok(None) };
+        let key = self.layout.purged_key(&rec.subject, seq)?;
+        let recalled = match self.clip_rec(id).await? {
+            Some((meta, _)) => ClipMeta { content: Content::Recalled, bytes: 0, packets: 0, duration_ms: 0, seq, ..meta },
+            None => return Ok(None),
+        };
+        let record = ClipRec { meta: recalled.clone(), audio: AudioRef::none(), stored_at_ms: now_ms() };
+        if !rec.purged {
+            // Lost: a record is there already (an earlier, interrupted recall).
+            self.purged.create(&self.js, &key, json(&record)?).await?;
+            let mut marked = false;
+            for _ in 0..CLAIM_TRIES {
+                let Some((now, rev)) = self.id_rec(&claim).await? else { break };
+                if now.purged {
+                    marked = true;
+                    break;
+                }
+                let next = IdRec { purged: true, ..now };
+                if let Cas::Done(_) = self.ids.update(&self.js, &claim, json(&next)?, rev).await? {
+                    marked = true;
+                    break;
+                }
+            }
+            if !marked {
+                return Err(StoreError::Backend(format!("clip {id}: its claim kept changing while it was recalled")));
+            }
+        }
+        self.queue(keys, seq, id, None).await?;
+        if recalled.from != PURGED_SENDER {
+            self.count_usage(&recalled.from, -i64::try_from(self.clip_bytes_before_recall(seq).await?).unwrap_or(0)).await;
+        }
+        self.erase_audio(id).await?;
+        self.js.erase(&self.clips, seq).await?;
+        Ok(Some(recalled))
+    }
+
+    /// The bytes the metadata message at `seq` recorded (0 once it is erased).
+    async fn clip_bytes_before_recall(&self, seq: u64) -> Result<u64, StoreError> {
+        Ok(match self.js.by_seq(&self.clips, seq).await? {
+            Some(msg) => parse::<ClipRec>(&format!("clip message {seq}"), &msg.payload)?.meta.bytes,
+            None => 0,
+        })
     }
 
     /// Purges one clip, in an order that a repeat completes and that never shows a half

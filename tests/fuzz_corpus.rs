@@ -29,7 +29,7 @@ use walkie_proto::wire::{
 };
 
 /// Every fuzz target, named as its corpus directory and binary.
-const TARGETS: [&str; 5] = ["wire_frames", "ogg_reader", "wav_reader", "clip_ingest", "upload_core"];
+const TARGETS: [&str; 6] = ["wire_frames", "ogg_reader", "wav_reader", "clip_ingest", "upload_core", "message"];
 /// Library bugs the fuzzers found that are not fixed yet: (target, text in the panic message,
 /// what goes wrong). A panic matching one is printed, not failed on, so that `cargo test` stays
 /// green while the fix is pending; its minimized input is in the corpus as `bug-*`. Remove the
@@ -75,6 +75,7 @@ fn run(target: &str, data: &[u8]) -> Outcome {
         "wav_reader" => Outcome::Plain(targets::wav_reader(data)),
         "clip_ingest" => Outcome::Plain(targets::clip_ingest(data)),
         "upload_core" => Outcome::Plain(targets::upload_core(data)),
+        "message" => Outcome::Plain(targets::message(data)),
         other => panic!("unknown target {other}"),
     }
 }
@@ -607,6 +608,36 @@ fn ingest_seeds() -> Vec<(String, Vec<u8>)> {
 
 /// Clip streams for the relay's upload core: the first byte chooses the world's answers
 /// ([`targets::UploadWorld`]), the rest is the stream, frame after frame.
+fn message_seeds() -> Vec<(String, Vec<u8>)> {
+    let with = |which: u8, rest: &[u8]| [&[which][..], rest].concat();
+    let doodle = br##"{"width": 64, "height": 48, "background": "#fafafa", "strokes": [{"color": "#d03030", "width": 3.5, "points": [[1, 2, 0], [30.25, 40, 16]]}, {"color": "#00000080", "width": 1, "points": [[64, 48, 900]]}]}"##;
+    let parts = |kind: u8, n: u32, payload: &[u8]| with(2, &[&[kind][..], &n.to_le_bytes(), payload].concat());
+    let chunks = |kind_sel: u8, pieces: &[&[u8]], count: u8| {
+        let mut body = Vec::new();
+        for p in pieces {
+            body.extend_from_slice(&(p.len() as u16).to_le_bytes());
+            body.extend_from_slice(p);
+        }
+        body.push(count);
+        with(3 + 4 * kind_sel, &body)
+    };
+    vec![
+        ("ok-text-unicode-and-newline".into(), with(0, "héllo\n你好\t🚪".as_bytes())),
+        ("bad-text-invalid-utf8".into(), with(0, &[b'a', 0xff, 0xfe])),
+        ("bad-text-escape-sequence".into(), with(0, b"\x1b[2J")),
+        ("bad-text-empty".into(), with(0, b"  ")),
+        ("ok-doodle".into(), with(1, doodle)),
+        ("bad-doodle-canvas".into(), with(1, br#"{"width": 9000, "height": 10, "strokes": []}"#)),
+        ("bad-doodle-not-json".into(), with(1, b"{\"width\": ")),
+        ("ok-parts-picture".into(), parts(2, 3, b"fullthb")),
+        ("bad-parts-thumb-longer-than-payload".into(), parts(2, 99, b"abc")),
+        ("ok-parts-doodle".into(), parts(3, 1, b"{}p")),
+        ("bad-parts-text-not-utf8".into(), parts(1, 1, &[0xc3])),
+        ("ok-chunks-text".into(), chunks(0, &[b"he", b"llo"], 2)),
+        ("bad-chunks-count".into(), chunks(1, &[b"abc"], 5)),
+    ]
+}
+
 fn upload_seeds() -> Vec<(String, Vec<u8>)> {
     use targets::UploadWorld as W;
     let clip = encoded(200, 20);
@@ -663,6 +694,7 @@ fn regenerate_seeds() {
     write_corpus("wav_reader", wav_seeds());
     write_corpus("clip_ingest", ingest_seeds());
     write_corpus("upload_core", upload_seeds());
+    write_corpus("message", message_seeds());
     for target in TARGETS {
         let seeds = seeds(target);
         let bytes: usize = seeds.iter().map(|(_, d)| d.len()).sum();

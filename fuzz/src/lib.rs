@@ -612,3 +612,85 @@ impl Rng {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// message
+// ---------------------------------------------------------------------------------------------
+
+/// Fuzz target `message`: the decoders of messages beside clips. The first byte picks one:
+/// `0` a text through [`message::check_text`]; `1` doodle JSON through [`Doodle::parse`] (an
+/// accepted doodle must pass its own checks and read back equal from its canonical JSON);
+/// `2` a stored payload cut by [`message::parts`] under a content built from the next bytes;
+/// `3` upload chunks (each a `u16` length and bytes) through [`message::MessageAssembler`].
+pub fn message(data: &[u8]) -> Verdict {
+    use walkie_proto::message::{self, Content, Kind, MessageAssembler, Parts, PictureFormat, doodle::Doodle};
+    let Some((&which, rest)) = data.split_first() else { return Verdict::Short };
+    match which % 4 {
+        0 => match message::check_text(rest) {
+            Ok(chars) => {
+                let text = std::str::from_utf8(rest).expect("accepted text is UTF-8");
+                assert_eq!(chars as usize, text.chars().count());
+                assert!(chars as usize <= message::MAX_TEXT_CHARS && chars > 0);
+                let line = message::detail(&Content::Text { chars }, rest);
+                assert!(!line.contains('\n') && !line.chars().any(|c| c.is_control()), "a detail line stays one line: {line:?}");
+                Verdict::Accepted
+            }
+            Err(_) => Verdict::Refused,
+        },
+        1 => match Doodle::parse(rest) {
+            Ok(d) => {
+                d.check().expect("a parsed doodle passes its checks");
+                assert!(d.points() <= message::doodle::MAX_POINTS && d.strokes.len() <= message::doodle::MAX_STROKES);
+                assert_eq!(Doodle::parse(&d.to_json()).as_ref(), Ok(&d), "canonical JSON reads back equal");
+                Verdict::Accepted
+            }
+            Err(_) => Verdict::Refused,
+        },
+        2 => {
+            if rest.len() < 5 {
+                return Verdict::Short;
+            }
+            let n = u32::from_le_bytes([rest[1], rest[2], rest[3], rest[4]]);
+            let content = match rest[0] % 5 {
+                0 => Content::Voice,
+                1 => Content::Text { chars: n },
+                2 => Content::Picture { width: 1, height: 1, format: PictureFormat::Jpeg, thumb: n },
+                3 => Content::Doodle { width: 16, height: 16, strokes: 1, points: 1, png: n },
+                _ => Content::Recalled,
+            };
+            let payload = &rest[5..];
+            match message::parts(&content, payload) {
+                Ok(Parts::Picture { full, thumb }) => assert_eq!(full.len() + thumb.len(), payload.len()),
+                Ok(Parts::Doodle { strokes, png }) => assert_eq!(strokes.len() + png.len(), payload.len()),
+                Ok(_) => {}
+                Err(_) => return Verdict::Refused,
+            }
+            let _ = message::detail(&content, payload);
+            Verdict::Accepted
+        }
+        _ => {
+            let kind = [Kind::Text, Kind::Picture, Kind::Doodle][usize::from(which / 4) % 3];
+            let mut asm = MessageAssembler::new(kind);
+            let mut kept = 0usize;
+            let mut rest = rest;
+            while rest.len() >= 2 {
+                let len = usize::from(u16::from_le_bytes([rest[0], rest[1]])).min(rest.len() - 2);
+                let chunk = &rest[2..2 + len];
+                rest = &rest[2 + len..];
+                if asm.push(chunk).is_err() {
+                    return Verdict::Refused;
+                }
+                kept += chunk.len();
+                assert!(kept <= kind.max_upload(), "kept past the cap");
+            }
+            let count = rest.first().map_or(0, |&b| u32::from(b));
+            match asm.finish(count) {
+                Ok(payload) => {
+                    assert_eq!(payload.len(), kept);
+                    Verdict::Accepted
+                }
+                Err(_) => Verdict::Refused,
+            }
+        }
+    }
+}

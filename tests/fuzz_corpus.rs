@@ -29,7 +29,7 @@ use walkie_proto::wire::{
 };
 
 /// Every fuzz target, named as its corpus directory and binary.
-const TARGETS: [&str; 6] = ["wire_frames", "ogg_reader", "wav_reader", "clip_ingest", "upload_core", "message"];
+const TARGETS: [&str; 7] = ["wire_frames", "ogg_reader", "wav_reader", "clip_ingest", "upload_core", "message", "picture"];
 /// Library bugs the fuzzers found that are not fixed yet: (target, text in the panic message,
 /// what goes wrong). A panic matching one is printed, not failed on, so that `cargo test` stays
 /// green while the fix is pending; its minimized input is in the corpus as `bug-*`. Remove the
@@ -76,6 +76,7 @@ fn run(target: &str, data: &[u8]) -> Outcome {
         "clip_ingest" => Outcome::Plain(targets::clip_ingest(data)),
         "upload_core" => Outcome::Plain(targets::upload_core(data)),
         "message" => Outcome::Plain(targets::message(data)),
+        "picture" => Outcome::Plain(targets::picture(data)),
         other => panic!("unknown target {other}"),
     }
 }
@@ -608,6 +609,29 @@ fn ingest_seeds() -> Vec<(String, Vec<u8>)> {
 
 /// Clip streams for the relay's upload core: the first byte chooses the world's answers
 /// ([`targets::UploadWorld`]), the rest is the stream, frame after frame.
+fn picture_seeds() -> Vec<(String, Vec<u8>)> {
+    let encoded = |w: u32, h: u32, format: image::ImageFormat, alpha: bool| {
+        let img = image::RgbaImage::from_fn(w, h, |x, y| image::Rgba([(x * 9) as u8, (y * 7) as u8, 99, if alpha { (x * 20) as u8 } else { 255 }]));
+        let mut out = Cursor::new(Vec::new());
+        let img = if format == image::ImageFormat::Jpeg { image::DynamicImage::ImageRgb8(image::DynamicImage::ImageRgba8(img).to_rgb8()) } else { image::DynamicImage::ImageRgba8(img) };
+        img.write_to(&mut out, format).expect("encodes");
+        out.into_inner()
+    };
+    let png = encoded(12, 8, image::ImageFormat::Png, true);
+    let mut bomb = png.clone();
+    bomb[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+    bomb[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+    vec![
+        ("ok-png-with-alpha".into(), png.clone()),
+        ("ok-jpeg".into(), encoded(16, 9, image::ImageFormat::Jpeg, false)),
+        ("ok-png-opaque-tall".into(), encoded(3, 40, image::ImageFormat::Png, false)),
+        ("bad-png-truncated".into(), png[..png.len() / 2].to_vec()),
+        ("bad-png-bomb-header".into(), bomb),
+        ("bad-gif".into(), b"GIF89a\x01\x00\x01\x00\x00\x00\x00;".to_vec()),
+        ("bad-not-a-picture".into(), b"hello".to_vec()),
+    ]
+}
+
 fn message_seeds() -> Vec<(String, Vec<u8>)> {
     let with = |which: u8, rest: &[u8]| [&[which][..], rest].concat();
     let doodle = br##"{"width": 64, "height": 48, "background": "#fafafa", "strokes": [{"color": "#d03030", "width": 3.5, "points": [[1, 2, 0], [30.25, 40, 16]]}, {"color": "#00000080", "width": 1, "points": [[64, 48, 900]]}]}"##;
@@ -695,6 +719,7 @@ fn regenerate_seeds() {
     write_corpus("clip_ingest", ingest_seeds());
     write_corpus("upload_core", upload_seeds());
     write_corpus("message", message_seeds());
+    write_corpus("picture", picture_seeds());
     for target in TARGETS {
         let seeds = seeds(target);
         let bytes: usize = seeds.iter().map(|(_, d)| d.len()).sum();

@@ -694,3 +694,33 @@ pub fn message(data: &[u8]) -> Verdict {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// picture
+// ---------------------------------------------------------------------------------------------
+
+/// The relay's own picture intake (the same file, compiled here).
+#[path = "../../crates/walkie-relay/src/picture.rs"]
+#[allow(dead_code)]
+mod relay_picture;
+
+/// Fuzz target `picture`: bytes through the relay's picture intake (format sniffed, size
+/// read from the header before any pixel, decoding capped, encoded again with a thumbnail).
+/// An accepted picture must keep its size within the limits and cut into a picture and a
+/// thumbnail that both decode.
+pub fn picture(data: &[u8]) -> Verdict {
+    use walkie_proto::message::{Content, MAX_PICTURE_SIDE, Parts, THUMB_SIDE, parts};
+    match relay_picture::accept(data) {
+        Ok((payload, content)) => {
+            let Content::Picture { width, height, .. } = content else { panic!("a picture's content is {content:?}") };
+            assert!(width <= MAX_PICTURE_SIDE && height <= MAX_PICTURE_SIDE && width > 0 && height > 0);
+            let Ok(Parts::Picture { full, thumb }) = parts(&content, &payload) else { panic!("the payload does not cut") };
+            let f = image::load_from_memory(full).expect("the stored picture decodes");
+            let t = image::load_from_memory(thumb).expect("the thumbnail decodes");
+            assert_eq!((f.width(), f.height()), (width, height));
+            assert!(t.width() <= THUMB_SIDE && t.height() <= THUMB_SIDE);
+            Verdict::Accepted
+        }
+        Err(_) => Verdict::Refused,
+    }
+}

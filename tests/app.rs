@@ -46,7 +46,7 @@ fn world() -> (World, Harness<'static, WalkieApp>) {
 /// Waits until the app is connected and shows crew.
 fn ready(mut harness: Harness<'static, WalkieApp>) -> Harness<'static, WalkieApp> {
     let ready = harness.state().engine().wait_for(Duration::from_secs(15), |s| s.connection.is_connected() && s.selected == Some(crew()));
-    assert!(ready.is_some(), "the app connects and shows crew: {:?}", harness.state().engine().snapshot().connection);
+    assert!(ready.is_some(), "the app connects and shows crew: {:?} {:?}", harness.state().engine().snapshot().connection, harness.state().engine().snapshot().notice);
     harness.run_steps(2);
     harness
 }
@@ -725,5 +725,138 @@ fn a_contact_request_is_accepted_and_a_channel_made_with_a_member_added() {
         _ => None,
     });
     assert_eq!(channels, Some(vec!["crew".to_string(), "team".into()]), "bob is told at once");
+    world.rt.block_on(bob.close());
+}
+
+/// True if some node's label contains `text`.
+fn shows(harness: &Harness<'_, WalkieApp>, text: &str) -> bool {
+    harness.query_all_by_label_contains(text).next().is_some()
+}
+
+/// A JPEG photo of `w`×`h`, prepared as a client sends it.
+fn photo(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 140]));
+    let mut jpeg = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).expect("encodes");
+    walkie_client::picture::prepare(&jpeg).expect("prepared")
+}
+
+/// The items of crew with their body, as the engine shows them.
+fn crew_items(s: &Snapshot) -> Vec<walkie_app::engine::ClipView> {
+    s.conversation(&crew()).map(|c| c.clips.clone()).unwrap_or_default()
+}
+
+#[test]
+fn texts_pictures_and_doodles_are_sent_shown_opened_read_and_recalled_in_the_app() {
+    use walkie_app::engine::Body;
+    use walkie_proto::message::{Content, Kind, MessageHeader};
+    let (world, mut harness) = world();
+    let mut bob = world.rt.block_on(Client::connect(&world.bob)).expect("bob connects");
+
+    // Type a text; Enter sends it.
+    type_into(&mut harness, "Message", "meet at the north gate");
+    harness.key_press(egui::Key::Enter);
+    let snap = until(&mut harness, 10, "the text stored", |s| {
+        crew_items(s).iter().any(|c| c.mine && c.seq > 0 && c.body == Some(Body::Text("meet at the north gate".into())))
+    });
+    let text_id = crew_items(&snap).iter().find(|c| c.mine).expect("mine").id;
+    assert!(shows(&harness, "text \"meet at the north gate\" from alice"));
+    assert!(shows(&harness, ", sent"), "one tick until read");
+    let got = bob_waits(&world, &mut bob, |e| match e {
+        Event::Message(m) => Some((m.header.id, m.detail())),
+        _ => None,
+    });
+    assert_eq!(got, Some((text_id, "\"meet at the north gate\"".to_string())));
+    // Bob reads it: two ticks.
+    world.rt.block_on(bob.played(text_id)).expect("read");
+    until(&mut harness, 10, "the read tick", |s| crew_items(s).iter().any(|c| c.id == text_id && c.played_by == ["bob"]));
+    assert!(shows(&harness, "read by bob"));
+
+    // Bob sends a picture: its thumbnail shows, opens full size, and counts as read.
+    let header = MessageHeader { id: ClipId::random(), to: crew(), kind: Kind::Picture };
+    world.rt.block_on(bob.send_message(&header, &photo(640, 480))).expect("stored");
+    until(&mut harness, 10, "the picture shown", |s| crew_items(s).iter().any(|c| c.id == header.id && matches!(c.body, Some(Body::Picture { .. }))));
+    assert!(shows(&harness, "picture 640x480 from bob"));
+    harness.get_by_label("open picture from bob").click();
+    harness.run_steps(2);
+    assert!(shows(&harness, "full size 640×480"), "the picture opens full size");
+    harness.get_by_label("Close picture").click();
+    harness.run_steps(1);
+    let receipt = bob_waits(&world, &mut bob, |e| match e {
+        Event::PlayedBy(id, user) if id == header.id => Some(user),
+        _ => None,
+    });
+    assert_eq!(receipt.as_deref(), Some("alice"), "seen on screen, it is read");
+
+    // A doodle drawn with pointer drags, then sent.
+    harness.get_by_label("Doodle").click();
+    harness.run_steps(2);
+    let canvas = harness.get_by_label("doodle canvas").rect();
+    let points = [canvas.min + egui::vec2(40.0, 40.0), canvas.min + egui::vec2(120.0, 90.0), canvas.min + egui::vec2(220.0, 60.0), canvas.min + egui::vec2(300.0, 200.0)];
+    harness.hover_at(points[0]);
+    harness.run_steps(1);
+    harness.drag_at(points[0]);
+    harness.run_steps(1);
+    for p in &points[1..] {
+        harness.hover_at(*p);
+        harness.run_steps(1);
+    }
+    harness.drop_at(points[3]);
+    harness.run_steps(2);
+    assert!(shows(&harness, "1 strokes"), "one stroke drawn");
+    harness.get_by_label("Send doodle").click();
+    let snap = until(&mut harness, 10, "the doodle stored", |s| crew_items(s).iter().any(|c| c.mine && c.seq > 0 && matches!(c.content, Content::Doodle { .. })));
+    let doodle = crew_items(&snap).into_iter().find(|c| c.mine && matches!(c.content, Content::Doodle { .. })).expect("doodle");
+    let at_relay = stored(&world);
+    let kept = at_relay.iter().find(|m| m.id == doodle.id).expect("at the relay");
+    let Content::Doodle { strokes: 1, points, .. } = kept.content else { panic!("{:?}", kept.content) };
+    assert!(points >= 3, "{points} points");
+
+    // Recall the text: gone from the relay and from bob's conversation.
+    harness.get_by_label_contains("text \"meet at the north gate\"").scroll_to_me();
+    harness.run_steps(1);
+    harness.query_all_by_label("Recall").next().expect("a Recall button on alice's text").click();
+    until(&mut harness, 10, "the recall", |s| crew_items(s).iter().any(|c| c.id == text_id && c.content == Content::Recalled));
+    assert!(shows(&harness, "message recalled"));
+    let told = bob_waits(&world, &mut bob, |e| match e {
+        Event::Message(m) if m.header.id == text_id => Some(m.header.content),
+        _ => None,
+    });
+    assert_eq!(told, Some(Content::Recalled));
+    world.rt.block_on(bob.close());
+}
+
+#[test]
+fn a_message_arriving_unfocused_notifies_unless_muted_and_is_read_on_focus() {
+    use walkie_proto::message::{Kind, MessageHeader};
+    let (world, mut harness) = world();
+    let mut bob = world.rt.block_on(Client::connect(&world.bob)).expect("bob connects");
+    let say = |bob: &Client, text: &str| {
+        let header = MessageHeader { id: ClipId::random(), to: crew(), kind: Kind::Text };
+        world.rt.block_on(bob.send_message(&header, text.as_bytes())).expect("stored");
+        header.id
+    };
+    harness.input_mut().focused = false;
+    harness.run_steps(2);
+    let ping = say(&bob, "ping");
+    let snap = until(&mut harness, 10, "the notification", |s| s.last_notification.is_some());
+    assert_eq!(snap.last_notification, Some((crew(), "bob in #crew: ping".to_string())));
+    assert!(crew_items(&snap).iter().any(|c| c.id == ping && !c.played), "unread while the window is not focused");
+    harness.input_mut().focused = true;
+    until(&mut harness, 10, "read once focused", |s| crew_items(s).iter().any(|c| c.id == ping && c.played));
+    let receipt = bob_waits(&world, &mut bob, |e| match e {
+        Event::PlayedBy(id, _) if id == ping => Some(id),
+        _ => None,
+    });
+    assert_eq!(receipt, Some(ping));
+
+    // Muted: no notification.
+    harness.get_by_label("Mute").click();
+    until(&mut harness, 5, "crew muted", |s| s.settings.muted == ["crew"]);
+    harness.input_mut().focused = false;
+    harness.run_steps(2);
+    let quiet = say(&bob, "quiet one");
+    let snap = until(&mut harness, 10, "the muted message shown", |s| crew_items(s).iter().any(|c| c.id == quiet));
+    assert_eq!(snap.last_notification, Some((crew(), "bob in #crew: ping".to_string())), "no notification for a muted conversation");
     world.rt.block_on(bob.close());
 }

@@ -34,6 +34,7 @@ mod export;
 mod fetches;
 mod link;
 mod mic;
+pub mod notify;
 pub mod people;
 pub mod settings;
 mod playout;
@@ -51,7 +52,7 @@ use tokio::sync::mpsc;
 pub use audio_clip::{PEAKS, peaks};
 pub use settings::{AppSettings, BITRATE_RANGE};
 pub use people::{AvatarPixels, PeopleView, PersonView};
-pub use state::{ClipView, Connection, Conversation, Devices, Meter, Notice, NoticeKind, Snapshot, Talk};
+pub use state::{Body, ClipView, Connection, Pixels, Conversation, Devices, Meter, Notice, NoticeKind, Snapshot, Talk};
 
 use walkie_client::ClientError;
 use walkie_client::profile::Profile;
@@ -128,6 +129,39 @@ pub enum Command {
     /// Be visible nearby at this place (`LAT,LON` or a city) for an hour and list who is near;
     /// `None` stops being visible.
     Nearby(Option<String>),
+    /// Send a text to a conversation.
+    SendText {
+        /// The conversation.
+        to: Target,
+        /// The text.
+        text: String,
+    },
+    /// Send a picture file to a conversation (checked, scaled, metadata dropped).
+    SendPicture {
+        /// The conversation.
+        to: Target,
+        /// The file.
+        path: PathBuf,
+    },
+    /// Send a doodle drawn in the app.
+    SendDoodle {
+        /// The conversation.
+        to: Target,
+        /// The strokes.
+        doodle: walkie_proto::message::doodle::Doodle,
+    },
+    /// Take back one of your messages or clips (within the relay's recall window).
+    Recall(ClipId),
+    /// Mute (or unmute) a conversation's desktop notifications.
+    SetMuted {
+        /// The conversation.
+        target: Target,
+        /// Muted or not.
+        muted: bool,
+    },
+    /// The window gained (`true`) or lost focus: messages arriving unfocused notify, and
+    /// are read only once the window is focused.
+    SetFocused(bool),
     /// Demo only: make bob say something on the channel.
     DemoPeerTalk,
     /// Stop the engine.

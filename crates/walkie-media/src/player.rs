@@ -72,6 +72,9 @@ struct Playing {
     skip: usize,
     /// Samples still to play, when the clip's length is known.
     remaining: Option<u64>,
+    /// A stored clip played faster than real time: its audio goes through the time-stretcher
+    /// (the pitch kept). Live clips always play at 1x.
+    stretch: Option<wsola::TimeStretch>,
 }
 
 /// Plays the queue into a sink.
@@ -83,6 +86,8 @@ pub struct Player<S: AudioSink> {
     /// Clips finished in the queue, with the sink position of their end.
     finishing: VecDeque<(ClipId, u64)>,
     flushed: bool,
+    /// How fast stored clips play (1.0, 1.5, 2.0).
+    speed: f32,
 }
 
 impl<S: AudioSink> Player<S> {
@@ -95,7 +100,14 @@ impl<S: AudioSink> Player<S> {
             playing: None,
             finishing: VecDeque::new(),
             flushed: true,
+            speed: 1.0,
         }
+    }
+
+    /// Plays stored clips this much faster (0.5 to 3; 1 is real time), the pitch kept; from
+    /// the next clip on.
+    pub fn set_speed(&mut self, speed: f32) {
+        self.speed = if speed.is_finite() { speed.clamp(0.5, 3.0) } else { 1.0 };
     }
 
     /// The queue, to feed clips and packets into.
@@ -131,11 +143,20 @@ impl<S: AudioSink> Player<S> {
             };
             match step {
                 Step::Start { id, from, codec, samples } => {
+                    // A stored clip's length is known when it starts; a live one's is not.
+                    let stretch = (samples.is_some() && (self.speed - 1.0).abs() > 0.01)
+                        .then(|| wsola::TimeStretch::new(48_000, 1).ok())
+                        .flatten()
+                        .map(|mut t| {
+                            t.set_tempo(self.speed);
+                            t
+                        });
                     self.playing = Some(Playing {
                         decoder: Decoder::new()?,
                         frame: codec.frame_samples as usize,
                         skip: usize::from(codec.pre_skip),
                         remaining: samples,
+                        stretch,
                     });
                     events.push(PlayerEvent::Started { id, from, at_sample: self.sink.written() });
                 }
@@ -156,6 +177,11 @@ impl<S: AudioSink> Player<S> {
                     }
                 }
                 Step::Finished { id, .. } => {
+                    if let Some(tail) = self.playing.as_mut().and_then(|pl| pl.stretch.as_mut()).map(wsola::TimeStretch::flush)
+                        && !tail.is_empty()
+                    {
+                        self.sink.play(&tail)?;
+                    }
                     self.playing = None;
                     self.finishing.push_back((id, self.sink.written()));
                 }
@@ -187,9 +213,19 @@ impl<S: AudioSink> Player<S> {
             pcm = &pcm[..keep];
             *rem -= keep as u64;
         }
-        if !pcm.is_empty() {
-            self.flushed = false;
-            self.sink.play(pcm)?;
+        if pcm.is_empty() {
+            return Ok(());
+        }
+        self.flushed = false;
+        match &mut pl.stretch {
+            Some(t) => {
+                t.push(pcm);
+                let out = t.pull(t.available());
+                if !out.is_empty() {
+                    self.sink.play(&out)?;
+                }
+            }
+            None => self.sink.play(pcm)?,
         }
         Ok(())
     }
@@ -208,6 +244,8 @@ pub enum PlayerInput {
     Abort(ClipId),
     /// A complete clip ([`PlaybackQueue::offer_complete`]).
     Complete(ReceivedClip),
+    /// Stored clips play this much faster from the next one on ([`Player::set_speed`]).
+    Speed(f32),
 }
 
 /// A player running on its own thread.
@@ -272,6 +310,7 @@ fn apply<S: AudioSink>(player: &mut Player<S>, input: PlayerInput) {
         PlayerInput::Complete(clip) => {
             q.offer_complete(&clip, now);
         }
+        PlayerInput::Speed(speed) => player.set_speed(speed),
     }
 }
 
@@ -355,6 +394,31 @@ mod tests {
         let err = |x: &[f32], y: &[f32]| rms(&x.iter().zip(y).map(|(p, q)| p - q).collect::<Vec<_>>());
         assert!(err(&out[2_000..9_000], &a[2_000..9_000]) < 0.1);
         assert!(err(&out[11_000..14_000], &b[1_400..4_400]) < 0.1);
+    }
+
+    /// Zero crossings per second of a signal (twice its frequency for a tone).
+    fn crossings_per_second(x: &[f32]) -> f32 {
+        let n = x.windows(2).filter(|w| (w[0] <= 0.0) != (w[1] <= 0.0)).count();
+        n as f32 / (x.len() as f32 / 48_000.0)
+    }
+
+    #[test]
+    fn stored_clips_play_faster_with_their_pitch_kept_and_live_ones_at_real_time() {
+        let a = tone(48_000, 300.0);
+        for (speed, want) in [(2.0f32, 24_000usize), (1.5, 32_000)] {
+            let mut player = Player::new(NullSink::instant().recording(), "me", PlayerConfig::default());
+            player.set_speed(speed);
+            let now = Instant::now();
+            player.queue().offer_complete(&clip(1, "ann", 1, &a), now);
+            let events = player.pump(now).unwrap();
+            assert!(events.contains(&PlayerEvent::Played { id: ClipId([1; 16]) }), "{events:?}");
+            let out = player.sink().recorded();
+            let len = out.len() as f32;
+            assert!((len - want as f32).abs() < want as f32 * 0.03, "{speed}x: {} samples, not about {want}", out.len());
+            // The pitch: a 300 Hz tone crosses zero 600 times a second, sped up or not.
+            let rate = crossings_per_second(&out[4_000..out.len() - 4_000]);
+            assert!((rate - 600.0).abs() < 30.0, "{speed}x: {rate} crossings per second");
+        }
     }
 
     #[test]

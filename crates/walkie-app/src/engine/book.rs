@@ -1,7 +1,9 @@
-//! The conversation list as pure data: which conversation a clip belongs to, clips kept in
-//! time order without duplicates, played marks and unread counts, presence, receipts.
+//! The conversation list as pure data: which conversation a clip or message belongs to, items
+//! kept in the relay's order without duplicates, played (read) marks and unread counts,
+//! message bodies and recalls, presence, receipts.
 
-use super::state::{ClipView, Conversation};
+use super::state::{Body, ClipView, Conversation};
+use walkie_proto::message::Content;
 use walkie_proto::clip::{ClipId, ClipMeta, Target};
 
 /// The conversation a clip belongs to, seen from `me`: its channel, or the other user.
@@ -45,6 +47,11 @@ pub fn add_clip(convs: &mut Vec<Conversation>, me: &str, meta: &ClipMeta, played
         }
         c.duration_ms = u64::from(meta.duration_ms);
         c.queued = false;
+        if meta.content == Content::Recalled {
+            c.content = Content::Recalled;
+            c.body = None;
+            c.played = true;
+        }
         if moved {
             conv.clips.sort_by_key(clip_order);
         }
@@ -62,7 +69,11 @@ pub fn add_clip(convs: &mut Vec<Conversation>, me: &str, meta: &ClipMeta, played
         played: played || mine,
         played_by: Vec::new(),
         queued: false,
+        // A recalled message has nothing left to read.
+        content: meta.content,
+        body: None,
     };
+    let view = ClipView { played: view.played || meta.content == Content::Recalled, ..view };
     let at = conv.clips.partition_point(|c| clip_order(c) < clip_order(&view));
     conv.clips.insert(at, view);
     recount(conv);
@@ -111,6 +122,34 @@ pub fn set_peaks(convs: &mut [Conversation], id: ClipId, peaks: Vec<f32>) {
 pub fn set_queued(convs: &mut [Conversation], id: ClipId, queued: bool) {
     if let Some((conv, i)) = find_mut(convs, id) {
         conv.clips[i].queued = queued;
+    }
+}
+
+/// Sets what a message shows, once its payload is here.
+pub fn set_body(convs: &mut [Conversation], id: ClipId, body: Body) {
+    if let Some((conv, i)) = find_mut(convs, id) {
+        conv.clips[i].body = Some(body);
+    }
+}
+
+/// A message was recalled: what it showed is gone, and it no longer counts as unread.
+/// True if it was listed.
+pub fn recall(convs: &mut [Conversation], id: ClipId) -> bool {
+    let Some((conv, i)) = find_mut(convs, id) else { return false };
+    let c = &mut conv.clips[i];
+    c.content = Content::Recalled;
+    c.body = None;
+    c.played = true;
+    c.peaks.clear();
+    recount(conv);
+    true
+}
+
+/// Removes an item (a message the relay refused for good).
+pub fn remove(convs: &mut [Conversation], id: ClipId) {
+    if let Some((conv, i)) = find_mut(convs, id) {
+        conv.clips.remove(i);
+        recount(conv);
     }
 }
 

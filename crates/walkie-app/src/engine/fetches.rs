@@ -1,5 +1,6 @@
 //! Background work that needs the relay, done one piece at a time between events: history
-//! pages of a conversation, and clip audio (for waveforms, auto-play and replays), with a
+//! pages of a conversation, clip audio (for waveforms, auto-play and replays) and message
+//! payloads (texts, pictures, doodles listed from history), with a
 //! bounded cache of what was fetched and the clips that wait for their audio to play.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use walkie_client::{Client, ClientError};
 use walkie_proto::clip::{ClipId, ClipMeta, Target};
+use walkie_proto::message::Content;
 
 use super::audio_clip::ClipAudio;
 
@@ -24,6 +26,8 @@ pub(super) enum Job {
     Page { target: Target, older: bool },
     /// Fetch a clip's audio (for its waveform, and to play it if it waits for that).
     Audio(ClipId),
+    /// Fetch a message's payload (a text, a picture, a doodle listed from history).
+    Message(ClipId, Content),
 }
 
 /// What a background job brought back.
@@ -32,6 +36,8 @@ pub(super) enum JobDone {
     Page { target: Target, clips: Vec<ClipMeta>, more: bool, older: bool },
     /// A clip's audio.
     Audio(ClipId, ClipAudio),
+    /// A message's payload.
+    Message(ClipId, Content, Vec<u8>),
 }
 
 /// The queue of background jobs, the audio cache, and the clips waiting for their audio.
@@ -74,6 +80,11 @@ impl Fetches {
     /// A clip's audio, for its waveform.
     pub fn audio(&mut self, id: ClipId) {
         self.later(Job::Audio(id));
+    }
+
+    /// A message's payload, to show it.
+    pub fn message(&mut self, id: ClipId, content: Content) {
+        self.later(Job::Message(id, content));
     }
 
     /// Plays `id` once its audio is here (it was never played).
@@ -154,6 +165,10 @@ pub(super) async fn run(client: &Client, job: &Job, before_seq: Option<u64>, cac
             }
             let (_, bytes) = tokio::time::timeout(FETCH_TIMEOUT, client.fetch(*id)).await.map_err(|_| ClientError::Timeout(FETCH_TIMEOUT))??;
             Ok(JobDone::Audio(*id, ClipAudio::from_ogg(&bytes)?))
+        }
+        Job::Message(id, content) => {
+            let (_, bytes) = tokio::time::timeout(FETCH_TIMEOUT, client.fetch(*id)).await.map_err(|_| ClientError::Timeout(FETCH_TIMEOUT))??;
+            Ok(JobDone::Message(*id, *content, bytes))
         }
     }
 }

@@ -79,6 +79,12 @@ impl Playout {
         }
     }
 
+    /// Stored clips play at `percent` of real time (100, 150, 200), the pitch kept; live
+    /// clips always at real time.
+    pub fn set_speed(&mut self, percent: u32) {
+        self.send(PlayerInput::Speed(percent as f32 / 100.0));
+    }
+
     /// Stops the player (what it was playing is cut off) and forgets the live clips.
     pub fn stop(&mut self) {
         self.handle = None;

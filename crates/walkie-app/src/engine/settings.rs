@@ -30,6 +30,10 @@ pub struct AppSettings {
     pub conversations: Vec<String>,
     /// Play new clips of every conversation as they come, not only the one on screen.
     pub autoplay_everywhere: bool,
+    /// Conversations (`crew`, `@bob`) whose messages raise no desktop notification.
+    pub muted: Vec<String>,
+    /// How fast clips play, in percent (100, 150 or 200), the pitch kept.
+    pub speed_percent: u32,
 }
 
 impl Default for AppSettings {
@@ -41,6 +45,8 @@ impl Default for AppSettings {
             bitrate: 24_000,
             conversations: Vec::new(),
             autoplay_everywhere: false,
+            muted: Vec::new(),
+            speed_percent: 100,
         }
     }
 }

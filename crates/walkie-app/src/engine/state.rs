@@ -9,6 +9,8 @@ use super::settings::AppSettings;
 use walkie_client::profile::Profile;
 use walkie_client::talk::TalkControl;
 use walkie_proto::clip::{ClipId, Target};
+use walkie_proto::message::Content;
+use walkie_proto::message::doodle::Doodle;
 
 /// Where the connection to the relay stands.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -49,7 +51,7 @@ impl Connection {
     }
 }
 
-/// One clip in a conversation.
+/// One clip or message in a conversation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClipView {
     /// The clip.
@@ -72,6 +74,37 @@ pub struct ClipView {
     pub played_by: Vec<String>,
     /// Your clip is recorded but waits in the outbox for the relay.
     pub queued: bool,
+    /// Voice, or the kind of message (text, picture, doodle, recalled). For a message,
+    /// `played` means read and `played_by` who read it.
+    pub content: Content,
+    /// What a message shows, once its payload is here (`None` for voice, and until then).
+    pub body: Option<Body>,
+}
+
+/// What a message shows.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Body {
+    /// A text.
+    Text(String),
+    /// A picture: its thumbnail's pixels, and the stored picture's bytes (JPEG or PNG) to
+    /// open full size.
+    Picture {
+        /// The thumbnail, decoded.
+        thumb: Arc<Pixels>,
+        /// The stored picture, encoded.
+        full: Arc<Vec<u8>>,
+    },
+    /// A doodle's strokes, drawn by the view (as they were drawn, the first time).
+    Doodle(Arc<Doodle>),
+}
+
+/// Decoded pixels of a picture.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pixels {
+    /// Width and height.
+    pub size: [usize; 2],
+    /// `size[0] * size[1] * 4` bytes of RGBA.
+    pub rgba: Vec<u8>,
 }
 
 /// A channel or a contact, with its clips.
@@ -211,6 +244,8 @@ pub struct Snapshot {
     pub demo: bool,
     /// Display names, avatars, contacts and channels.
     pub people: super::people::PeopleView,
+    /// The latest desktop notification raised: its conversation and text.
+    pub last_notification: Option<(Target, String)>,
 }
 
 impl Snapshot {

@@ -22,6 +22,8 @@ use walkie_media::codec::EncoderConfig;
 use walkie_proto::clip::{ClipId, ClipMeta, CodecParams, Target, now_ms};
 use walkie_proto::wire::{ErrorCode, MAX_HISTORY_PAGE};
 
+mod messages;
+
 use super::audio_clip::ClipAudio;
 use super::book;
 use super::demo::Demo;
@@ -58,6 +60,8 @@ pub(super) struct Worker {
     /// Clips this user played on another device (the relay says so), which may arrive here
     /// after the news: they come in played, and do not play again by themselves.
     played_elsewhere: std::collections::HashSet<ClipId>,
+    /// Whether the app's window has the focus (messages are read, not notified).
+    focused: bool,
 }
 
 /// Clips remembered as played elsewhere, at most.
@@ -95,6 +99,7 @@ pub(super) async fn run(opts: EngineOptions, shared: Arc<Shared>, mut rx: mpsc::
         deferred: VecDeque::new(),
         demo: None,
         played_elsewhere: Default::default(),
+        focused: true,
     };
     let mut client: Option<Client> = None;
     w.begin(&mut client, &mut rx).await;
@@ -107,11 +112,11 @@ pub(super) async fn run(opts: EngineOptions, shared: Arc<Shared>, mut rx: mpsc::
             // One piece of background work, unless a command comes first.
             let before = match &job {
                 Job::Page { target, .. } => w.snap.conversation(target).and_then(book::oldest_seq),
-                Job::Audio(_) => None,
+                Job::Audio(_) | Job::Message(..) => None,
             };
             let cached = match &job {
                 Job::Audio(id) => w.fetches.cached(*id),
-                Job::Page { .. } => None,
+                Job::Page { .. } | Job::Message(..) => None,
             };
             tokio::select! {
                 biased;
@@ -132,7 +137,10 @@ pub(super) async fn run(opts: EngineOptions, shared: Arc<Shared>, mut rx: mpsc::
             Wake::Event(Some(e)) => w.event(e, client.as_ref()).await,
             Wake::Event(None) => w.lost(&mut client).await,
             Wake::Mic(m) => w.mic_msg(m),
-            Wake::Job(job, done) => w.job_done(job, done),
+            Wake::Job(job, done) => {
+                w.job_done(job, done);
+                w.read_messages_on_screen(client.as_ref()).await;
+            }
             Wake::Tick => w.tick(&mut client, &mut rx).await,
         }
         // The first conversation to appear (a clip, someone online) is shown.
@@ -211,6 +219,7 @@ impl Worker {
         } else if new.output_device != old.output_device && self.link.is_connected() {
             self.start_audio();
         }
+        self.playout.set_speed(self.snap.settings.speed_percent);
     }
 
     // ---- start-up and the connection ----
@@ -257,15 +266,27 @@ impl Worker {
             self.snap.connection = Connection::Connecting(profile.relay.clone().unwrap_or_default());
         }
         self.publish();
-        let attempt = tokio::select! {
-            r = link::connect(&profile) => r,
-            cmd = rx.recv() => {
-                // Anything asked meanwhile replaces the attempt (a reconnect is tried again later).
-                if !resuming {
-                    self.snap.connection = Connection::Disconnected;
+        let attempt = {
+            let attempt = link::connect(&profile);
+            tokio::pin!(attempt);
+            loop {
+            tokio::select! {
+                r = &mut attempt => break r,
+                cmd = rx.recv() => {
+                    // The window's focus changing is only noted.
+                    if let Some(Command::SetFocused(focused)) = cmd {
+                        self.focused = focused;
+                        continue;
+                    }
+                    // Anything else asked meanwhile replaces the attempt (a reconnect is tried
+                    // again later).
+                    if !resuming {
+                        self.snap.connection = Connection::Disconnected;
+                    }
+                    self.deferred.push_back(cmd.unwrap_or(Command::Shutdown));
+                    return;
                 }
-                self.deferred.push_back(cmd.unwrap_or(Command::Shutdown));
-                return;
+            }
             }
         };
         let (c, cfg) = match attempt {
@@ -304,6 +325,7 @@ impl Worker {
         if let Err(p) = self.playout.start(self.output_spec().as_deref(), &me) {
             problems.push(p);
         }
+        self.playout.set_speed(self.snap.settings.speed_percent);
         if let Err(e) = self.mic.warm_up() {
             match &self.demo {
                 // The demo can be tried without a microphone: you "say" the bundled sample.
@@ -352,7 +374,7 @@ impl Worker {
         // every other conversation only with the setting.
         if self.snap.settings.autoplay_everywhere {
             for id in self.link.unplayed() {
-                if book::find(&self.snap.conversations, id).is_some() {
+                if book::find(&self.snap.conversations, id).is_some_and(|(_, c)| c.content.is_voice()) {
                     self.autoplay_when_fetched(id);
                 }
             }
@@ -404,7 +426,10 @@ impl Worker {
                 self.link.forget();
                 self.disconnect(client).await;
             }
-            Command::Select(t) => self.select(t),
+            Command::Select(t) => {
+                self.select(t);
+                self.read_messages_on_screen(client.as_ref()).await;
+            }
             Command::AddConversation(t) => {
                 let name = t.to_string();
                 if !self.snap.settings.conversations.contains(&name) {
@@ -426,6 +451,23 @@ impl Worker {
             }
             // Release and cancel outside a clip: the clip already ended (refused or too long).
             Command::TalkRelease | Command::TalkCancel => {}
+            Command::SendText { to, text } => self.send_text(client.as_ref(), to, text).await,
+            Command::SendPicture { to, path } => self.send_picture(client.as_ref(), to, path).await,
+            Command::SendDoodle { to, doodle } => self.send_doodle(client.as_ref(), to, doodle).await,
+            Command::Recall(id) => self.recall(client.as_ref(), id).await,
+            Command::SetMuted { target, muted } => {
+                let name = target.to_string();
+                self.snap.settings.muted.retain(|m| *m != name);
+                if muted {
+                    self.snap.settings.muted.push(name);
+                }
+                self.file.settings = self.snap.settings.clone();
+                self.save_file();
+            }
+            Command::SetFocused(focused) => {
+                self.focused = focused;
+                self.read_messages_on_screen(client.as_ref()).await;
+            }
             Command::Play(id) => self.play(id),
             Command::Stop(id) => self.playout.stop_clip(id),
             Command::LoadOlder(t) => {
@@ -485,7 +527,7 @@ impl Worker {
         // What waited unplayed in the conversation now on screen plays, oldest first.
         if let Some(conv) = self.snap.conversation(&target) {
             let waiting: Vec<ClipId> =
-                conv.clips.iter().filter(|c| !c.played && !c.mine && self.link.is_unplayed(&c.id)).map(|c| c.id).collect();
+                conv.clips.iter().filter(|c| c.content.is_voice() && !c.played && !c.mine && self.link.is_unplayed(&c.id)).map(|c| c.id).collect();
             for id in waiting {
                 self.autoplay_when_fetched(id);
             }
@@ -679,9 +721,7 @@ impl Worker {
                 }
             }
             Event::LivePacket(id, p) => self.playout.live_packet(id, p),
-            // The app does not show messages yet: left unacknowledged, they stay in the
-            // inbox for `walkie listen` and for an app that shows them.
-            Event::Message(_) => {}
+            Event::Message(m) => self.got_message(m, client).await,
             Event::Clip(clip) => {
                 let id = clip.header.id;
                 let was_live = self.playout.live_ended(id, clip.samples);
@@ -881,12 +921,24 @@ impl Worker {
                     conv.has_older = more;
                 }
                 // Waveforms for the conversation's clips that have none, newest first.
-                let missing: Vec<ClipId> = conv.clips.iter().rev().filter(|c| c.peaks.is_empty() && !c.queued).map(|c| c.id).collect();
+                let missing: Vec<ClipId> = conv.clips.iter().rev().filter(|c| c.content.is_voice() && c.peaks.is_empty() && !c.queued).map(|c| c.id).collect();
+                // What the conversation's messages show, newest first.
+                let bodies: Vec<(ClipId, walkie_proto::message::Content)> = conv
+                    .clips
+                    .iter()
+                    .rev()
+                    .filter(|c| !c.content.is_voice() && c.content != walkie_proto::message::Content::Recalled && c.body.is_none() && !c.queued)
+                    .map(|c| (c.id, c.content))
+                    .collect();
                 for id in missing {
                     self.fetches.audio(id);
                 }
+                for (id, content) in bodies {
+                    self.fetches.message(id, content);
+                }
             }
             Ok(JobDone::Audio(id, audio)) => self.got_audio(id, audio),
+            Ok(JobDone::Message(id, content, payload)) => self.got_message_payload(id, content, payload),
             Err(e) => {
                 warn!("background {job:?} failed: {e}");
                 if let Job::Page { target, .. } = job {

@@ -1,17 +1,23 @@
 //! One conversation: every clip as a bubble (sender, time, duration, waveform, played or
-//! not, who played yours); click a bubble to play or replay it. Older clips load on demand;
-//! the whole conversation exports to a folder of `.opus` files.
+//! not, who played yours; click to play, click again to stop) and every message as
+//! `messages.rs` draws it. Older items load on demand; the whole conversation exports to a
+//! folder. The header mutes notifications and sets the playing speed.
 
 use eframe::egui::{self, Align, Color32, FontId, Layout, RichText, Sense, Ui, vec2};
 
 use super::avatars::Avatars;
+use super::messages::Media;
 use super::widgets::{self, ACCENT, ALERT};
 use crate::engine::{ClipView, Command, Conversation, Engine, Snapshot};
 
-/// Text typed between frames.
+/// Text typed between frames, message textures, the composer.
 #[derive(Default)]
 pub struct ConversationState {
     export_dir: String,
+    /// Thumbnails, the picture open full size, doodle animations.
+    pub media: Media,
+    /// The text box, pictures, the doodle canvas.
+    pub composer: super::compose::Composer,
 }
 
 /// What a clip says to a screen reader (and to the UI tests).
@@ -80,6 +86,22 @@ pub fn show(ui: &mut Ui, conv: &Conversation, snap: &Snapshot, engine: &Engine, 
             ui.label(text);
         }
         ui.with_layout(Layout::right_to_left(Align::Center), |ui| {
+            let mut muted = snap.settings.muted.contains(&conv.target.to_string());
+            if ui.checkbox(&mut muted, "Mute").on_hover_text("No desktop notifications from this conversation").changed() {
+                engine.send(Command::SetMuted { target: conv.target.clone(), muted });
+            }
+            let mut speed = snap.settings.speed_percent;
+            egui::ComboBox::from_label("speed")
+                .selected_text(speed_text(speed))
+                .width(60.0)
+                .show_ui(ui, |ui| {
+                    for s in [100, 150, 200] {
+                        ui.selectable_value(&mut speed, s, speed_text(s));
+                    }
+                });
+            if speed != snap.settings.speed_percent {
+                engine.send(Command::SetSettings(crate::engine::AppSettings { speed_percent: speed, ..snap.settings.clone() }));
+            }
             let export = ui.button("Export");
             let l = ui.label("to folder");
             ui.add(egui::TextEdit::singleline(&mut state.export_dir).hint_text("/path/to/folder").desired_width(180.0)).labelled_by(l.id);
@@ -107,6 +129,18 @@ pub fn show(ui: &mut Ui, conv: &Conversation, snap: &Snapshot, engine: &Engine, 
             let now_playing = playing == Some(c.id);
             // The sender's display name and avatar beside what others said.
             let sender = snap.people.persons.get(&c.from).and_then(|p| p.display.clone()).unwrap_or_else(|| c.from.clone());
+            if !c.content.is_voice() {
+                if c.mine {
+                    state.media.bubble(ui, c, &sender, engine);
+                } else {
+                    ui.horizontal_top(|ui| {
+                        avatars.show(ui, &snap.people, &c.from, 32.0);
+                        state.media.bubble(ui, c, &sender, engine);
+                    });
+                }
+                ui.add_space(4.0);
+                continue;
+            }
             let resp = if c.mine {
                 bubble(ui, c, now_playing, &sender)
             } else {
@@ -123,4 +157,13 @@ pub fn show(ui: &mut Ui, conv: &Conversation, snap: &Snapshot, engine: &Engine, 
             ui.add_space(4.0);
         }
     });
+    state.media.viewer(ui.ctx());
+}
+
+fn speed_text(percent: u32) -> String {
+    match percent {
+        100 => "1x".into(),
+        p if p % 100 == 0 => format!("{}x", p / 100),
+        p => format!("{}x", p as f32 / 100.0),
+    }
 }

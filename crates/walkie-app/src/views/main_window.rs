@@ -59,7 +59,9 @@ pub fn show(ui: &mut Ui, snap: &Snapshot, engine: &Engine, state: &mut MainState
     let selected = snap.selected_conversation();
     if let Some(conv) = selected {
         egui::Panel::bottom("talk").show(ui, |ui| {
-            ui.add_space(8.0);
+            ui.add_space(6.0);
+            super::compose::show(ui, &conv.target, engine, &mut state.conversation.composer);
+            ui.add_space(6.0);
             talk_button::show(ui, snap, engine, keys, &conv.target);
             ui.add_space(8.0);
         });

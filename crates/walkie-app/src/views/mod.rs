@@ -8,6 +8,8 @@
 //! | `connect.rs` | the connect screen (an invite link; or relay, user, token, certificate or fingerprint) |
 //! | `main_window.rs` | the top bar, notices, the conversation list |
 //! | `conversation.rs` | one conversation's clips, history paging, export |
+//! | `messages.rs` | texts, pictures (thumbnails that open full size), doodles drawn as they were, read ticks, recall |
+//! | `compose.rs` | the text box, pictures by path or dropped, the doodle canvas |
 //! | `talk_button.rs` | push-to-talk: the held button, Space, Esc, level meter, who is talking |
 //! | `settings.rs` | devices, microphone test, noise suppression, bitrate |
 //! | `people.rs` | your profile, contacts and requests, channels you make, finding friends |
@@ -19,10 +21,12 @@
 //! edited), release to send; **Esc** cancels the clip being recorded.
 
 mod avatars;
+mod compose;
 mod connect;
 mod fonts;
 mod conversation;
 mod main_window;
+mod messages;
 mod people;
 mod settings;
 mod talk_button;
@@ -47,6 +51,8 @@ pub struct WalkieApp {
     people: people::PeoplePanel,
     avatars: avatars::Avatars,
     waker_set: bool,
+    /// Whether the window had the focus last frame (the engine is told of changes).
+    focused: Option<bool>,
 }
 
 impl WalkieApp {
@@ -63,6 +69,7 @@ impl WalkieApp {
             people: people::PeoplePanel::default(),
             avatars: avatars::Avatars::default(),
             waker_set: false,
+            focused: None,
         }
     }
 
@@ -83,6 +90,11 @@ impl WalkieApp {
         }
         self.snap = self.engine.snapshot();
         let snap = self.snap.clone();
+        let focused = ui.ctx().input(|i| i.focused);
+        if self.focused != Some(focused) {
+            self.focused = Some(focused);
+            self.engine.send(crate::engine::Command::SetFocused(focused));
+        }
         if snap.connection.shows_conversations() {
             let panels = main_window::Panels { settings: &mut self.settings, people: &mut self.people, avatars: &mut self.avatars };
             main_window::show(ui, &snap, &self.engine, &mut self.main, &mut self.talk, panels);

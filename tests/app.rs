@@ -755,6 +755,10 @@ fn texts_pictures_and_doodles_are_sent_shown_opened_read_and_recalled_in_the_app
 
     // Type a text; Enter sends it.
     type_into(&mut harness, "Message", "meet at the north gate");
+    // A character no installed font has (another person's emoji) is drawn as a box.
+    let header = walkie_proto::message::MessageHeader { id: ClipId::random(), to: crew(), kind: Kind::Text };
+    world.rt.block_on(bob.send_message(&header, "👇 \u{1F9FF} 𓀀".as_bytes())).expect("stored");
+    until(&mut harness, 10, "bob's emoji text shown", |s| crew_items(s).iter().any(|c| c.id == header.id && c.body.is_some()));
     harness.key_press(egui::Key::Enter);
     let snap = until(&mut harness, 10, "the text stored", |s| {
         crew_items(s).iter().any(|c| c.mine && c.seq > 0 && c.body == Some(Body::Text("meet at the north gate".into())))
@@ -858,5 +862,48 @@ fn a_message_arriving_unfocused_notifies_unless_muted_and_is_read_on_focus() {
     let quiet = say(&bob, "quiet one");
     let snap = until(&mut harness, 10, "the muted message shown", |s| crew_items(s).iter().any(|c| c.id == quiet));
     assert_eq!(snap.last_notification, Some((crew(), "bob in #crew: ping".to_string())), "no notification for a muted conversation");
+    world.rt.block_on(bob.close());
+}
+
+#[test]
+#[ignore = "renders docs/messages.png with wgpu; run by hand: cargo test --test app -- --ignored screenshot_of_every_kind"]
+fn screenshot_of_every_kind() {
+    use walkie_proto::message::{Kind, MessageHeader};
+    let (world, app) = world_app();
+    let harness = Harness::builder().with_size([1000.0, 900.0]).wgpu().build_ui_state(|ui, app: &mut WalkieApp| app.ui(ui), app);
+    let mut harness = ready(harness);
+    let bob = world.rt.block_on(Client::connect(&world.bob)).expect("bob connects");
+    let send = |kind: Kind, payload: &[u8]| {
+        let header = MessageHeader { id: ClipId::random(), to: crew(), kind };
+        world.rt.block_on(bob.send_message(&header, payload)).expect("stored");
+    };
+    bob_sends(&world, &bob, 1_800);
+    until(&mut harness, 15, "bob's clip played and placed", |s| s.conversation(&crew()).is_some_and(|c| c.unread == 0 && c.clips.len() == 1 && c.clips[0].seq > 0));
+    send(Kind::Text, "Found the north gate. It's locked — photo below 👇".as_bytes());
+    let landscape = image::RgbImage::from_fn(960, 540, |x, y| {
+        let sky = y < 300;
+        let hill = (y as f32) > 300.0 + 60.0 * ((x as f32) / 150.0).sin();
+        match (sky, hill) {
+            (true, _) => image::Rgb([120, 170, (230 - y / 4) as u8]),
+            (false, true) => image::Rgb([60, (120 + (x % 40)) as u8, 70]),
+            _ => image::Rgb([150, 140, 110]),
+        }
+    });
+    let mut jpeg = Vec::new();
+    landscape.write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).expect("encodes");
+    send(Kind::Picture, &walkie_client::picture::prepare(&jpeg).expect("prepared"));
+    let doodle = r##"{"width": 480, "height": 320, "strokes": [
+        {"color": "#d03030", "width": 8, "points": [[60, 250, 0], [120, 120, 80], [180, 250, 160], [90, 190, 240], [150, 190, 300]]},
+        {"color": "#3060d0", "width": 6, "points": [[240, 120, 500], [240, 250, 600], [300, 250, 700]]},
+        {"color": "#2e9e5b", "width": 10, "points": [[380, 150, 900], [420, 110, 960], [450, 160, 1020], [410, 240, 1100], [380, 150, 1180]]}]}"##;
+    send(Kind::Doodle, doodle.as_bytes());
+    until(&mut harness, 10, "every kind shown", |s| crew_items(s).iter().filter(|c| c.body.is_some()).count() == 3);
+    type_into(&mut harness, "Message", "On my way, 5 minutes");
+    harness.key_press(egui::Key::Enter);
+    until(&mut harness, 10, "alice's text stored", |s| crew_items(s).iter().any(|c| c.mine && c.seq > 0));
+    pass(&mut harness, Duration::from_millis(1_500));
+    let image = harness.render().expect("renders with wgpu");
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/messages.png");
+    image.save(&out).expect("saves the png");
     world.rt.block_on(bob.close());
 }

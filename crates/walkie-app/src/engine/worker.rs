@@ -732,6 +732,11 @@ impl Worker {
                 let meta = clip.meta();
                 let mine = clip.header.from == me;
                 let (target, new) = book::add_clip(&mut self.snap.conversations, &me, &meta, mine);
+                if meta.seq == 0 {
+                    // Heard live: the relay's seq (its place among messages) comes with the
+                    // conversation's next history page.
+                    self.fetches.page(target.clone());
+                }
                 let audio = ClipAudio::of_received(&clip);
                 let elsewhere = self.played_elsewhere.contains(&id);
                 if elsewhere {

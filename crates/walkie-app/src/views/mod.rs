@@ -82,6 +82,9 @@ impl WalkieApp {
     pub fn ui(&mut self, ui: &mut egui::Ui) {
         if !self.waker_set {
             let ctx = ui.ctx().clone();
+            // Texts and names come from other people: a character no font has (an emoji, a
+            // rare script) is drawn as a box, never a reason to stop drawing.
+            ctx.set_missing_glyph_policy(egui::MissingGlyphPolicy::Tofu);
             if fonts::install_fallbacks(&ctx).is_none() {
                 tracing::info!("no CJK font found (install fonts-wqy-microhei): such names show as boxes");
             }

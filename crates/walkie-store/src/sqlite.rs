@@ -706,7 +706,7 @@ impl Store for SqliteStore {
                 queue.execute(params![key, seq, user])?;
             }
             drop(queue);
-            let meta = first(tx, &format!("SELECT {CLIP_COLUMNS} FROM clips c WHERE c.seq = ?1"), [seq], |r| schema::clip_from_row(r))?;
+            let meta = first(tx, &format!("SELECT {CLIP_COLUMNS} FROM clips c WHERE c.seq = ?1"), [seq], schema::clip_from_row)?;
             Ok(Some((file, meta)))
         })?;
         let Some((file, meta)) = done else { return Ok(None) };

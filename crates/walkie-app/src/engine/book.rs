@@ -208,12 +208,32 @@ mod tests {
     }
 
     #[test]
+    fn a_message_shows_its_body_until_recalled_and_a_recalled_one_is_never_unread() {
+        let crew = Target::Channel("crew".into());
+        let mut convs = Vec::new();
+        let text = ClipMeta { content: Content::Text { chars: 2 }, ..meta(1, "bob", crew.clone(), 100) };
+        add_clip(&mut convs, "me", &text, false);
+        set_body(&mut convs, text.id, Body::Text("hi".into()));
+        assert_eq!((convs[0].unread, convs[0].clips[0].body.clone()), (1, Some(Body::Text("hi".into()))));
+        assert!(recall(&mut convs, text.id));
+        let c = &convs[0].clips[0];
+        assert_eq!((c.content, c.body.clone(), c.played, convs[0].unread), (Content::Recalled, None, true, 0));
+        // Listed from history after its recall: recalled from the start.
+        let gone = ClipMeta { content: Content::Recalled, ..meta(2, "bob", crew.clone(), 200) };
+        add_clip(&mut convs, "me", &gone, false);
+        assert_eq!(convs[0].unread, 0);
+        assert!(!recall(&mut convs, ClipId([9; 16])), "an unknown id changes nothing");
+        remove(&mut convs, gone.id);
+        assert_eq!(convs[0].clips.len(), 1);
+    }
+
+    #[test]
     fn clips_land_in_their_conversation_in_time_order_once_with_unread_counts() {
         let crew = Target::Channel("crew".into());
         let mut convs = Vec::new();
         assert_eq!(add_clip(&mut convs, "me", &meta(2, "bob", crew.clone(), 200), false), (crew.clone(), true));
-        assert_eq!(add_clip(&mut convs, "me", &meta(1, "ann", crew.clone(), 100), true).1, true);
-        assert_eq!(add_clip(&mut convs, "me", &meta(2, "bob", crew.clone(), 200), false).1, false, "no duplicate");
+        assert!(add_clip(&mut convs, "me", &meta(1, "ann", crew.clone(), 100), true).1);
+        assert!(!add_clip(&mut convs, "me", &meta(2, "bob", crew.clone(), 200), false).1, "no duplicate");
         add_clip(&mut convs, "me", &meta(3, "me", crew.clone(), 300), false);
         let dm = add_clip(&mut convs, "me", &meta(4, "bob", Target::User("me".into()), 50), false).0;
         assert_eq!(dm, Target::User("bob".into()), "a direct clip belongs to its sender's conversation");

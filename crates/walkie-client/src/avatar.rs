@@ -8,7 +8,7 @@
 use std::io::Cursor;
 use std::path::Path;
 
-use image::{ImageFormat, ImageReader, Limits, imageops::FilterType};
+use image::{ImageFormat, imageops::FilterType};
 
 use crate::ClientError;
 
@@ -42,17 +42,14 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Vec<u8>, String> {
     let Some(format) = format else {
         return Err("not a PNG, JPEG or WebP picture".into());
     };
-    let (w, h) = ImageReader::with_format(Cursor::new(bytes), format).into_dimensions().map_err(|e| format!("not a readable picture: {e}"))?;
-    if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE {
-        return Err(format!("{w}×{h} pixels is too large; an avatar picture is at most {MAX_SIDE}×{MAX_SIDE}"));
-    }
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
-    let mut limits = Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(512 * 1024 * 1024);
-    reader.limits(limits);
-    let picture = reader.decode().map_err(|e| format!("not a readable picture: {e}"))?.to_rgba8();
+    let picture = crate::picture::decode_within(bytes, format, |w, h| {
+        if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE {
+            return Err(format!("{w}×{h} pixels is too large; an avatar picture is at most {MAX_SIDE}×{MAX_SIDE}"));
+        }
+        Ok(())
+    })?
+    .to_rgba8();
+    let (w, h) = picture.dimensions();
     let side = w.min(h);
     let square = image::imageops::crop_imm(&picture, (w - side) / 2, (h - side) / 2, side, side).to_image();
     let scaled = image::imageops::resize(&square, SIDE, SIDE, FilterType::Lanczos3);

@@ -25,23 +25,18 @@ pub fn prepare(bytes: &[u8]) -> Result<Vec<u8>, String> {
     if bytes.len() > MAX_PICTURE_FILE {
         return Err(format!("{:.1} MB is too large; a picture is at most 10 MB", bytes.len() as f64 / 1e6));
     }
-    let format = image::guess_format(bytes).ok().filter(|f| matches!(f, ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::WebP | ImageFormat::Gif));
-    let Some(format) = format else {
+    let formats = [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::WebP, ImageFormat::Gif];
+    let Some(format) = image::guess_format(bytes).ok().filter(|f| formats.contains(f)) else {
         return Err("not a PNG, JPEG, WebP or GIF picture".into());
     };
-    let (w, h) = ImageReader::with_format(Cursor::new(bytes), format).into_dimensions().map_err(|e| format!("not a readable picture: {e}"))?;
-    if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE || u64::from(w) * u64::from(h) > MAX_PIXELS {
-        return Err(format!("{w}×{h} pixels is too large; a picture is at most {} megapixels and {MAX_SIDE} px a side", MAX_PIXELS / 1_000_000));
-    }
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
-    let mut limits = Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(512 * 1024 * 1024);
-    reader.limits(limits);
     // A GIF decodes to its first frame only, however many it has.
-    let mut picture = reader.decode().map_err(|e| format!("not a readable picture: {e}"))?;
-    if w.max(h) > MAX_PICTURE_SIDE {
+    let mut picture = decode_within(bytes, format, |w, h| {
+        if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE || u64::from(w) * u64::from(h) > MAX_PIXELS {
+            return Err(format!("{w}×{h} pixels is too large; a picture is at most {} megapixels and {MAX_SIDE} px a side", MAX_PIXELS / 1_000_000));
+        }
+        Ok(())
+    })?;
+    if picture.width().max(picture.height()) > MAX_PICTURE_SIDE {
         picture = picture.resize(MAX_PICTURE_SIDE, MAX_PICTURE_SIDE, FilterType::Triangle);
     }
     let transparent = picture.color().has_alpha() && picture.to_rgba8().pixels().any(|p| p.0[3] < 255);
@@ -56,6 +51,20 @@ pub fn prepare(bytes: &[u8]) -> Result<Vec<u8>, String> {
         picture = DynamicImage::ImageRgba8(flat);
     }
     encode(&DynamicImage::ImageRgb8(picture.to_rgb8()), ImageFormat::Jpeg)
+}
+
+/// Decodes a picture of `format` whose size, read from its header before any pixel, `fits`
+/// accepts; decoding is capped at 512 MiB and the size `fits` allowed.
+pub(crate) fn decode_within(bytes: &[u8], format: ImageFormat, fits: impl Fn(u32, u32) -> Result<(), String>) -> Result<DynamicImage, String> {
+    let (w, h) = ImageReader::with_format(Cursor::new(bytes), format).into_dimensions().map_err(|e| format!("not a readable picture: {e}"))?;
+    fits(w, h)?;
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(w);
+    limits.max_image_height = Some(h);
+    limits.max_alloc = Some(512 * 1024 * 1024);
+    reader.limits(limits);
+    reader.decode().map_err(|e| format!("not a readable picture: {e}"))
 }
 
 fn encode(picture: &DynamicImage, format: ImageFormat) -> Result<Vec<u8>, String> {

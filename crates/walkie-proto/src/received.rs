@@ -29,26 +29,38 @@ impl ReceivedClip {
 
     /// Metadata in the form history uses.
     pub fn meta(&self) -> ClipMeta {
-        ClipMeta {
-            id: self.header.id,
-            from: self.header.from.clone(),
-            to: self.header.to.clone(),
-            started_at_ms: self.header.started_at_ms,
-            duration_ms: u32::try_from(self.duration_ms()).unwrap_or(u32::MAX),
-            packets: u32::try_from(self.packets.len()).unwrap_or(u32::MAX),
-            bytes: self.packets.iter().map(|p| p.len() as u64).sum(),
-            codec: self.header.codec,
-            seq: self.header.seq,
-            content: self.header.content,
-        }
+        let duration_ms = u32::try_from(self.duration_ms()).unwrap_or(u32::MAX);
+        let packets = u32::try_from(self.packets.len()).unwrap_or(u32::MAX);
+        meta_of(&self.header, duration_ms, packets, self.packets.iter().map(|p| p.len() as u64).sum())
     }
 
     /// The conversation this clip belongs to, seen from `me`: the channel, or the other user.
     pub fn conversation(&self, me: &str) -> Target {
-        match &self.header.to {
-            Target::User(to) if to == me => Target::User(self.header.from.clone()),
-            t => t.clone(),
-        }
+        conversation_of(&self.header, me)
+    }
+}
+
+/// Metadata in the form history uses, from a delivery header and what came after it.
+fn meta_of(h: &DeliverHeader, duration_ms: u32, packets: u32, bytes: u64) -> ClipMeta {
+    ClipMeta {
+        id: h.id,
+        from: h.from.clone(),
+        to: h.to.clone(),
+        started_at_ms: h.started_at_ms,
+        duration_ms,
+        packets,
+        bytes,
+        codec: h.codec,
+        seq: h.seq,
+        content: h.content,
+    }
+}
+
+/// The conversation a delivery belongs to, seen from `me`: the channel, or the other user.
+fn conversation_of(h: &DeliverHeader, me: &str) -> Target {
+    match &h.to {
+        Target::User(to) if to == me => Target::User(h.from.clone()),
+        t => t.clone(),
     }
 }
 
@@ -75,25 +87,11 @@ impl ReceivedMessage {
 
     /// Metadata in the form history uses.
     pub fn meta(&self) -> ClipMeta {
-        ClipMeta {
-            id: self.header.id,
-            from: self.header.from.clone(),
-            to: self.header.to.clone(),
-            started_at_ms: self.header.started_at_ms,
-            duration_ms: 0,
-            packets: 0,
-            bytes: self.payload.len() as u64,
-            codec: self.header.codec,
-            seq: self.header.seq,
-            content: self.header.content,
-        }
+        meta_of(&self.header, 0, 0, self.payload.len() as u64)
     }
 
     /// The conversation this message belongs to, seen from `me`: the channel, or the other user.
     pub fn conversation(&self, me: &str) -> Target {
-        match &self.header.to {
-            Target::User(to) if to == me => Target::User(self.header.from.clone()),
-            t => t.clone(),
-        }
+        conversation_of(&self.header, me)
     }
 }

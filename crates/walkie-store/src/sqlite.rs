@@ -396,15 +396,21 @@ fn insert_clip(
         ],
     )?;
     let seq = tx.last_insert_rowid();
-    // A key is queued while its user exists (a device's key `NAME/DEVICE` names its user first).
-    let mut queue = tx.prepare(
+    queue(tx, recipients, seq)?;
+    to_seq(seq)
+}
+
+/// Queues the item at `seq` in the inbox of each delivery key whose user exists (a device's
+/// key `NAME/DEVICE` names its user first).
+fn queue(tx: &Transaction<'_>, keys: &[String], seq: i64) -> Result<(), StoreError> {
+    let mut queue = tx.prepare_cached(
         "INSERT OR IGNORE INTO inbox (user, seq) SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM users WHERE name = ?3)",
     )?;
-    for key in recipients {
+    for key in keys {
         let user = key.split_once('/').map_or(key.as_str(), |(user, _)| user);
         queue.execute(params![key, seq, user])?;
     }
-    to_seq(seq)
+    Ok(())
 }
 
 impl Store for SqliteStore {
@@ -698,14 +704,7 @@ impl Store for SqliteStore {
                 "UPDATE clips SET content = ?2, file = '', bytes = 0, packets = 0, duration_ms = 0 WHERE seq = ?1",
                 params![seq, schema::content_column(&walkie_proto::message::Content::Recalled)],
             )?;
-            let mut queue = tx.prepare(
-                "INSERT OR IGNORE INTO inbox (user, seq) SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM users WHERE name = ?3)",
-            )?;
-            for key in keys {
-                let user = key.split_once('/').map_or(key.as_str(), |(u, _)| u);
-                queue.execute(params![key, seq, user])?;
-            }
-            drop(queue);
+            queue(tx, keys, seq)?;
             let meta = first(tx, &format!("SELECT {CLIP_COLUMNS} FROM clips c WHERE c.seq = ?1"), [seq], schema::clip_from_row)?;
             Ok(Some((file, meta)))
         })?;

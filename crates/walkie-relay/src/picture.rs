@@ -98,6 +98,29 @@ mod tests {
         }
     }
 
+    /// What taking a picture costs the relay (decode, a fresh JPEG, a 320 px thumbnail) for a
+    /// photo-like 2,560×1,920 JPEG (the largest a client sends); prints the median of 9 runs,
+    /// asserts nothing about time: `cargo test --release -p walkie-relay picture_cost --
+    /// --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, run by hand"]
+    fn picture_cost() {
+        let noisy = image::RgbImage::from_fn(2560, 1920, |x, y| {
+            let h = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)) >> 9;
+            image::Rgb([((x / 7 + y / 5) & 255) as u8, (h & 63) as u8 + 96, ((x ^ y) & 255) as u8])
+        });
+        let jpeg = encode(&DynamicImage::ImageRgb8(noisy), PictureFormat::Jpeg).expect("encodes");
+        let mut times: Vec<std::time::Duration> = (0..9)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                accept(&jpeg).expect("accepted");
+                t.elapsed()
+            })
+            .collect();
+        times.sort();
+        println!("picture accept: {} bytes in, median {:?}, max {:?}", jpeg.len(), times[4], times[8]);
+    }
+
     #[test]
     fn exif_and_text_chunks_do_not_survive() {
         // A JPEG with an APP1 (EXIF) segment holding a GPS-like marker right after SOI.

@@ -108,14 +108,23 @@ fn admit(shared: &Shared, user: &str) -> Result<(), Refusal> {
     })
 }
 
+/// The longest a message's upload may take, however it trickles (10 MB at 300 kb/s).
+const MAX_UPLOAD_TIME: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Reads the payload's chunks up to the end marker; `None` if the sender cancelled.
 async fn read_payload(shared: &Shared, session: &Session, recv: &mut quinn::RecvStream, kind: Kind) -> Result<Option<Vec<u8>>, Refusal> {
     let mut assembler = MessageAssembler::new(kind);
     let idle = shared.config.stream_idle;
+    let deadline = tokio::time::Instant::now() + MAX_UPLOAD_TIME;
     loop {
-        let read = tokio::time::timeout(idle, read_frame::<StreamFrame>(recv, MAX_STREAM_FRAME))
-            .await
-            .map_err(|_| Refusal::new(ErrorCode::Timeout, format!("nothing of the message arrived for {} s; it was dropped", idle.as_secs())))?;
+        let wait = idle.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        let read = tokio::time::timeout(wait, read_frame::<StreamFrame>(recv, MAX_STREAM_FRAME)).await.map_err(|_| {
+            if tokio::time::Instant::now() >= deadline {
+                Refusal::new(ErrorCode::Timeout, format!("the message took longer than {} s to upload; it was dropped", MAX_UPLOAD_TIME.as_secs()))
+            } else {
+                Refusal::new(ErrorCode::Timeout, format!("nothing of the message arrived for {} s; it was dropped", idle.as_secs()))
+            }
+        })?;
         match read {
             Ok(Some(StreamFrame::Chunk(chunk))) => {
                 assembler.push(&chunk)?;

@@ -274,8 +274,12 @@ impl MessageAssembler {
         Self { kind, bytes: Vec::new(), chunks: 0 }
     }
 
-    /// Keeps one chunk, or refuses the message if it would pass the kind's cap.
+    /// Keeps one chunk, or refuses the message if it would pass the kind's cap (or if the
+    /// chunk is empty: a stream of empty chunks would cost the relay without end).
     pub fn push(&mut self, chunk: &[u8]) -> Result<(), Refusal> {
+        if chunk.is_empty() {
+            return Err(Refusal::new(ErrorCode::BadRequest, "a message chunk must not be empty"));
+        }
         let max = self.kind.max_upload();
         if self.bytes.len().saturating_add(chunk.len()) > max {
             return Err(Refusal::new(
@@ -363,6 +367,7 @@ mod tests {
         assert_eq!(refused.code, ErrorCode::TooLarge);
         assert_eq!(a.bytes.len(), 10_000, "the refused chunk was not kept");
         assert!(a.finish(2).unwrap_err().message.contains("claims 2"));
+        assert!(MessageAssembler::new(Kind::Text).push(b"").unwrap_err().message.contains("empty"));
         let mut b = MessageAssembler::new(Kind::Picture);
         b.push(b"ab").expect("fits");
         b.push(b"cd").expect("fits");

@@ -622,4 +622,9 @@ pub fn a_recalled_item_loses_its_payload_and_is_queued_again(b: &dyn Backend) {
     store.ack("bob", &text.id).unwrap();
     assert_eq!(pending("bob"), vec![]);
     assert_eq!(store.recall_clip(&ClipId::random(), &names(&["bob"])).unwrap(), None);
+    // Purging the sender leaves no name on what they recalled either.
+    store.purge_user("alice").unwrap();
+    let history = store.history("bob", &Target::Channel("crew".into()), 10, None).unwrap();
+    assert!(history.iter().all(|m| m.from == PURGED_SENDER), "{history:?}");
+    assert_eq!(store.clip(&text.id).unwrap().map(|m| (m.from, m.content)), Some((PURGED_SENDER.to_string(), Content::Recalled)));
 }

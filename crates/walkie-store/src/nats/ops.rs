@@ -840,7 +840,37 @@ impl Inner {
             }
             from = until;
         }
+        // Recalled items live on as records in the purged bucket, with their sender's name
+        // (and their claim too): the name goes. They had no audio left to count.
+        for (_, key) in self.purged_seqs(&self.layout.clips_all()).await? {
+            self.forget_sender_of(&key, user).await?;
+        }
         Ok(count)
+    }
+
+    /// Replaces `user` as the sender of the purged bucket's record `key` (a recalled item),
+    /// and of its claim.
+    async fn forget_sender_of(&self, key: &str, user: &str) -> Result<(), StoreError> {
+        for _ in 0..CLAIM_TRIES {
+            let Some((bytes, rev)) = self.purged.get(&self.js, key).await? else { return Ok(()) };
+            let mut rec: ClipRec = parse(&format!("purged clip {key}"), &bytes)?;
+            if rec.meta.from != user {
+                return Ok(());
+            }
+            rec.meta.from = PURGED_SENDER.to_string();
+            let id = rec.meta.id.to_string();
+            if let Cas::Done(_) = self.purged.update(&self.js, key, json(&rec)?, rev).await? {
+                for _ in 0..CLAIM_TRIES {
+                    let Some((claim, rev)) = self.id_rec(&id).await? else { return Ok(()) };
+                    let next = IdRec { from: PURGED_SENDER.to_string(), ..claim };
+                    if let Cas::Done(_) = self.ids.update(&self.js, &id, json(&next)?, rev).await? {
+                        return Ok(());
+                    }
+                }
+                return Err(StoreError::Backend(format!("clip {id}: its claim kept changing while its sender was purged")));
+            }
+        }
+        Err(StoreError::Backend(format!("purged clip {key}: its record kept changing while its sender was purged")))
     }
 
     /// Recalls one item: a record saying it was recalled goes into the purged bucket (read

@@ -264,22 +264,13 @@ pub async fn listen_and_play(cfg: &ClientConfig, device: Option<String>, opts: L
                 client.ack(id).await?;
             }
             Event::Message(m) => {
-                let id = m.header.id;
-                if m.header.content == walkie_proto::message::Content::Recalled {
-                    if let Some(dir) = &opts.save_dir {
-                        ops::forget_message(dir, id)?;
-                    }
-                    println!("{}", ops::message_line(&m));
-                } else if seen.insert(id) {
-                    if let Some(dir) = &opts.save_dir {
-                        ops::save_message(dir, &m)?;
-                    }
-                    println!("{}", ops::message_line(&m));
+                let show = |m: &walkie_proto::received::ReceivedMessage| {
+                    println!("{}", ops::message_line(m));
+                    let _ = std::io::stdout().flush();
+                };
+                if ops::take_message(&client, opts.save_dir.as_deref(), &mut seen, &m, show).await? {
                     played += 1;
-                    let _ = client.played(id).await;
                 }
-                let _ = std::io::stdout().flush();
-                client.ack(id).await?;
             }
             Event::Error(e) => eprintln!("relay error: {} ({})", e.message, e.code.name()),
             Event::Channels(_) | Event::Online(_) | Event::Presence(..) => {}

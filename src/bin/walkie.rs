@@ -559,14 +559,14 @@ fn read_limited(path: &Path, max: u64, what: &str) -> Result<Vec<u8>, Failure> {
 async fn send_message(conn: &ConnArgs, to: &str, kind: Kind, payload: Vec<u8>, retry_for: u64, what: &str) -> Result<(), Failure> {
     let target = parse_target(to)?;
     let cfg = client_config(conn)?;
-    match Client::connect(&cfg).await {
-        Ok(client) => client.close().await,
+    let first = match Client::connect(&cfg).await {
+        Ok(client) => Some(client),
         Err(e) if !e.is_transient() => return Err(Failure(format!("cannot send {what}: {e}"), 1)),
         // The relay is away: the message waits in the outbox.
-        Err(_) => {}
-    }
+        Err(_) => None,
+    };
     let outbox = Outbox::open(&profile::outbox_dir(&cfg.user)?)?;
-    match ops::send_message(&cfg, &outbox, target, kind, &payload, Duration::from_secs(retry_for)).await {
+    match ops::send_message(&cfg, first, &outbox, target, kind, &payload, Duration::from_secs(retry_for)).await {
         Ok((id, _)) => {
             println!("{id}");
             Ok(())
@@ -784,8 +784,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             send_message(&cli.conn, &to, Kind::Doodle, json, retry_for, &path.display().to_string()).await?;
         }
         Command::Send { to, file: Some(file), retry_for, .. } if sniff_picture(&file) => {
-            let bytes = read_limited(&file, walkie_proto::message::MAX_PICTURE_FILE as u64, "a picture")?;
-            let prepared = walkie_client::picture::prepare(&bytes).map_err(|e| Failure(format!("cannot send {}: {e}", file.display()), 1))?;
+            let prepared = walkie_client::picture::prepare_file(&file).map_err(|e| Failure(format!("cannot send {}: {e}", file.display()), 1))?;
             send_message(&cli.conn, &to, Kind::Picture, prepared, retry_for, &file.display().to_string()).await?;
         }
         Command::Send { file: None, .. } => return Err(usage("give a FILE to send, or --doodle FILE.json")),

@@ -235,22 +235,9 @@ pub async fn listen_items(
                 client.ack(id).await?;
             }
             Event::Message(message) => {
-                let id = message.header.id;
-                let recalled = message.header.content == Content::Recalled;
-                if recalled {
-                    if let Some(dir) = &opts.save_dir {
-                        forget_message(dir, id)?;
-                    }
-                    on_item(Item::Message(&message));
-                } else if seen.insert(id) {
-                    if let Some(dir) = &opts.save_dir {
-                        save_message(dir, &message)?;
-                    }
-                    on_item(Item::Message(&message));
+                if take_message(client, opts.save_dir.as_deref(), &mut seen, &message, |m| on_item(Item::Message(m))).await? {
                     received += 1;
-                    client.played(id).await?;
                 }
-                client.ack(id).await?;
             }
             Event::Error(e) => warn!("relay error: {} ({})", e.message, e.code.name()),
             Event::LiveStarted(_)
@@ -264,6 +251,38 @@ pub async fn listen_items(
         }
     }
     Ok(received)
+}
+
+/// What a listener does with a message pushed by the relay. A new one is saved into
+/// `save_dir` (if any), shown (`show`), marked read for its sender; a recall deletes what was
+/// saved and is shown; a message seen already is not shown again. Every one is acknowledged.
+/// True for a new message.
+pub async fn take_message(
+    client: &Client,
+    save_dir: Option<&Path>,
+    seen: &mut std::collections::HashSet<ClipId>,
+    m: &ReceivedMessage,
+    show: impl FnOnce(&ReceivedMessage),
+) -> Result<bool, ClientError> {
+    let id = m.header.id;
+    let new = if m.header.content == Content::Recalled {
+        if let Some(dir) = save_dir {
+            forget_message(dir, id)?;
+        }
+        show(m);
+        false
+    } else if seen.insert(id) {
+        if let Some(dir) = save_dir {
+            save_message(dir, m)?;
+        }
+        show(m);
+        client.played(id).await?;
+        true
+    } else {
+        false
+    };
+    client.ack(id).await?;
+    Ok(new)
 }
 
 /// The line `walkie listen` prints for a message: `ID FROM TARGET KIND DETAIL`, KIND being
@@ -315,11 +334,30 @@ pub fn forget_message(dir: &Path, id: ClipId) -> Result<(), ClientError> {
     Ok(())
 }
 
-/// Sends a message through the outbox: queued durably, then flushed (with retries for up to
-/// `retry_for`) until the relay stores or refuses it. Returns its id and seq.
-pub async fn send_message(cfg: &ClientConfig, outbox: &Outbox, to: Target, kind: Kind, payload: &[u8], retry_for: Duration) -> Result<(ClipId, u64), ClientError> {
+/// Sends a message through the outbox: queued durably, then flushed over `first` (a
+/// connection made already, closed after) and, until the relay stores or refuses it, over new
+/// connections with retries for up to `retry_for`. Returns its id and seq.
+pub async fn send_message(
+    cfg: &ClientConfig,
+    first: Option<Client>,
+    outbox: &Outbox,
+    to: Target,
+    kind: Kind,
+    payload: &[u8],
+    retry_for: Duration,
+) -> Result<(ClipId, u64), ClientError> {
     let header = outbox.add_message(to, kind, payload)?;
-    let report = flush_with_retry(cfg, outbox, Some(header.id), retry_for).await?;
+    let mut report = FlushReport::default();
+    if let Some(client) = first {
+        // An interruption here is retried below.
+        if let Ok(r) = flush(&client, outbox).await {
+            report.absorb(r);
+        }
+        client.close().await;
+    }
+    if !report.settled(header.id) {
+        report.absorb(flush_with_retry(cfg, outbox, Some(header.id), retry_for).await?);
+    }
     if let Some((_, e)) = report.rejected.into_iter().find(|(r, _)| *r == header.id) {
         return Err(e);
     }

@@ -81,8 +81,7 @@ impl Outbox {
     pub fn add_message(&self, to: Target, kind: Kind, payload: &[u8]) -> Result<MessageHeader, ClientError> {
         let id = ClipId::random();
         write_durably(&self.message_path(&id), payload)?;
-        let codec = CodecParams { frame_samples: 0, bitrate: 0, pre_skip: 0 };
-        let header = ClipHeader { id, to: to.clone(), started_at_ms: now_ms(), codec };
+        let header = ClipHeader { id, to: to.clone(), started_at_ms: now_ms(), codec: CodecParams::NONE };
         self.add_entry(OutboxEntry { header, queued_at_ms: now_ms(), message: Some(kind) })?;
         Ok(MessageHeader { id, to, kind })
     }

@@ -20,10 +20,23 @@ pub fn is_picture(bytes: &[u8]) -> bool {
     matches!(image::guess_format(bytes), Ok(ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::WebP | ImageFormat::Gif))
 }
 
+fn too_large(len: u64) -> String {
+    format!("{:.1} MB is too large; a picture is at most 10 MB", len as f64 / 1e6)
+}
+
+/// [`prepare`] for a file: one larger than 10 MB is refused from its size, before it is read.
+pub fn prepare_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+    if len > MAX_PICTURE_FILE as u64 {
+        return Err(too_large(len));
+    }
+    prepare(&std::fs::read(path).map_err(|e| e.to_string())?)
+}
+
 /// The JPEG or PNG to send for a picture file's bytes, or why it cannot be sent.
 pub fn prepare(bytes: &[u8]) -> Result<Vec<u8>, String> {
     if bytes.len() > MAX_PICTURE_FILE {
-        return Err(format!("{:.1} MB is too large; a picture is at most 10 MB", bytes.len() as f64 / 1e6));
+        return Err(too_large(bytes.len() as u64));
     }
     let formats = [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::WebP, ImageFormat::Gif];
     let Some(format) = image::guess_format(bytes).ok().filter(|f| formats.contains(f)) else {

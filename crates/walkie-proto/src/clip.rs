@@ -129,6 +129,11 @@ pub struct CodecParams {
     pub pre_skip: u16,
 }
 
+impl CodecParams {
+    /// The codec parameters of an item that holds no audio (a text, picture or doodle).
+    pub const NONE: CodecParams = CodecParams { frame_samples: 0, bitrate: 0, pre_skip: 0 };
+}
+
 /// What the sender announces when a clip stream opens.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct ClipHeader {

@@ -144,21 +144,42 @@ async fn send_stored(shared: &Shared, session: &Session, meta: &ClipMeta) -> Res
 
 /// Sends a stored message: its header, its payload in chunks (none for a recalled one), and
 /// the end marker with the chunk count.
+/// The payload is streamed from the store a part at a time, as a fetch is: a picture sent to a
+/// big channel is never held whole once per recipient.
 async fn send_message(shared: &Shared, session: &Session, header: DeliverHeader) -> Result<(), SendError> {
-    let payload = match header.content {
+    let id = header.id;
+    let first = match header.content {
         Content::Recalled => Vec::new(),
-        _ => load_audio(shared, header.id).await?,
+        _ => shared.store(move |s| s.clip_audio_part(&id, 0, READ_PART)).await?,
     };
     let mut send = session.conn.open_uni().await?;
     write_frame(&mut send, &StreamFrame::Deliver(header), MAX_STREAM_FRAME).await?;
-    let mut chunks = 0u32;
-    for chunk in payload.chunks(FILE_CHUNK_BYTES) {
-        write_frame(&mut send, &StreamFrame::Chunk(chunk.to_vec()), MAX_STREAM_FRAME).await?;
-        chunks += 1;
-    }
+    let chunks = write_chunks(shared, &mut send, id, first, false).await?;
     write_frame(&mut send, &StreamFrame::End { packets: chunks, samples: 0 }, MAX_STREAM_FRAME).await?;
     let _ = send.finish();
     Ok(())
+}
+
+/// Writes a stored file as chunk frames, `first` (its first part, read already) and then the
+/// rest read from the store [`READ_PART`] at a time; with `stall`, each write gives up after
+/// [`FETCH_STALL`] without progress. Returns how many chunks were written.
+async fn write_chunks(shared: &Shared, send: &mut quinn::SendStream, id: ClipId, first: Vec<u8>, stall: bool) -> Result<u32, SendError> {
+    let (mut part, mut offset, mut chunks) = (first, 0u64, 0u32);
+    while !part.is_empty() {
+        offset += part.len() as u64;
+        let last = part.len() < READ_PART;
+        for chunk in part.chunks(FILE_CHUNK_BYTES) {
+            let frame = StreamFrame::Chunk(chunk.to_vec());
+            let write = write_frame(send, &frame, MAX_STREAM_FRAME);
+            if stall { stalled(write).await?? } else { write.await? }
+            chunks += 1;
+        }
+        if last {
+            break;
+        }
+        part = shared.store(move |s| s.clip_audio_part(&id, offset, READ_PART)).await?;
+    }
+    Ok(chunks)
 }
 
 /// Fetches one session may have running at once; further fetch requests wait their turn
@@ -213,18 +234,7 @@ async fn stream_file(shared: &Shared, session: &Session, req: u64, meta: &ClipMe
     let mut send = stalled(session.conn.open_uni()).await??;
     let sent: Result<(), SendError> = async {
         stalled(write_frame(&mut send, &StreamFrame::File { req, meta: meta.clone() }, MAX_STREAM_FRAME)).await??;
-        let (mut part, mut offset) = (first, 0u64);
-        while !part.is_empty() {
-            offset += part.len() as u64;
-            let last = part.len() < READ_PART;
-            for chunk in part.chunks(FILE_CHUNK_BYTES) {
-                stalled(write_frame(&mut send, &StreamFrame::Chunk(chunk.to_vec()), MAX_STREAM_FRAME)).await??;
-            }
-            if last {
-                break;
-            }
-            part = shared.store(move |s| s.clip_audio_part(&id, offset, READ_PART)).await?;
-        }
+        write_chunks(shared, &mut send, id, first, true).await?;
         stalled(write_frame(&mut send, &StreamFrame::End { packets: meta.packets, samples: 0 }, MAX_STREAM_FRAME)).await??;
         Ok(())
     }

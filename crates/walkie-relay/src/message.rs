@@ -73,18 +73,11 @@ async fn receive(shared: &Shared, session: &Session, recv: &mut quinn::RecvStrea
         duration_ms: 0,
         packets: 0,
         bytes: payload.len() as u64,
-        codec: CodecParams { frame_samples: 0, bitrate: 0, pre_skip: 0 },
+        codec: CodecParams::NONE,
         seq: 0,
         content,
     };
-    let stored = match shared.delivery_keys(&recipients).await {
-        Ok(keys) => {
-            let m = meta.clone();
-            shared.store(move |s| s.commit_clip(&m, &keys, &payload)).await
-        }
-        Err(e) => Err(e),
-    };
-    match stored {
+    match shared.commit(meta.clone(), &recipients, payload).await {
         Ok(CommitOutcome::Stored(seq)) => {
             shared.usage.add(user, meta.bytes);
             info!(message = %meta.id, from = %meta.from, to = %meta.to, kind = content.name(), bytes = meta.bytes, seq, "message stored");

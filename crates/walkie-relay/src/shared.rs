@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 use walkie_proto::rate::{KeyedLimits, UserLimits};
 use walkie_proto::wire::{ErrorCode, ErrorMsg, ServerMsg};
-use walkie_store::{Store, StoreError};
+use walkie_proto::clip::ClipMeta;
+use walkie_store::{CommitOutcome, Store, StoreError};
 
 use crate::RelayError;
 use crate::cluster::{Cluster, Notice};
@@ -105,6 +106,13 @@ impl Shared {
             cache.insert(user, (now, keys));
         }
         Ok(out)
+    }
+
+    /// Stores an item (a clip or a message) durably and queues it for every delivery key of
+    /// `recipients`, in one store call.
+    pub async fn commit(&self, meta: ClipMeta, recipients: &[String], payload: Vec<u8>) -> Result<CommitOutcome, RelayError> {
+        let keys = self.delivery_keys(recipients).await?;
+        self.store(move |s| s.commit_clip(&meta, &keys, &payload)).await
     }
 
     /// Forgets what is remembered of `user`'s devices (one was linked or removed here).

@@ -168,11 +168,7 @@ impl Driver<'_> {
                 }
                 self.stored = Some(meta.clone());
                 // Each recipient's inbox, and one per other device they have.
-                let outcome = match self.shared.delivery_keys(&recipients).await {
-                    Ok(keys) => self.shared.store(move |s| s.commit_clip(&meta, &keys, &ogg)).await,
-                    Err(e) => Err(e),
-                };
-                Some(Input::Committed(match outcome {
+                Some(Input::Committed(match self.shared.commit(meta, &recipients, ogg).await {
                     Ok(CommitOutcome::Stored(seq) | CommitOutcome::Duplicate(seq)) => Ok(seq),
                     Err(e @ RelayError::Store(StoreError::IdConflict(_))) => Err(CommitFailure::Conflict(e.to_string())),
                     Err(e) => Err(CommitFailure::Storage(e.to_string())),

@@ -26,6 +26,15 @@ pub(crate) fn body_of(content: &Content, payload: &[u8]) -> Option<Body> {
     }
 }
 
+/// What a notification says of a message.
+fn summary(body: &Body) -> String {
+    match body {
+        Body::Text(t) => t.chars().take(200).collect(),
+        Body::Picture { .. } => "sent a picture".to_string(),
+        Body::Doodle(_) => "sent a doodle".to_string(),
+    }
+}
+
 /// Decodes a small picture (a thumbnail) to RGBA.
 fn decode(bytes: &[u8]) -> Option<Pixels> {
     let img = image::load_from_memory(bytes).ok()?.to_rgba8();
@@ -53,7 +62,9 @@ impl Worker {
             let meta = m.meta();
             let known = book::find(&self.snap.conversations, id).is_some();
             let (target, _) = book::add_clip(&mut self.snap.conversations, &me, &meta, false);
-            if let Some(body) = body_of(&m.header.content, &m.payload) {
+            let body = body_of(&m.header.content, &m.payload);
+            let summary = body.as_ref().map(summary);
+            if let Some(body) = body {
                 book::set_body(&mut self.snap.conversations, id, body);
             }
             if !known && m.header.from != me {
@@ -61,7 +72,7 @@ impl Worker {
                     self.mark_read(id, client).await;
                 } else {
                     self.link.set_unplayed(id, true);
-                    self.notify(&target, &m);
+                    self.notify(&target, &m.header.from, summary.unwrap_or_else(|| "sent a message".into()));
                 }
             }
         }
@@ -97,20 +108,14 @@ impl Worker {
 
     /// Tells the desktop about a message that arrived while the window is not focused,
     /// unless its conversation is muted.
-    fn notify(&mut self, target: &Target, m: &ReceivedMessage) {
+    fn notify(&mut self, target: &Target, from: &str, text: String) {
         if self.focused || self.snap.settings.muted.contains(&target.to_string()) {
             return;
         }
-        let who = self.snap.people.persons.get(&m.header.from).and_then(|p| p.display.clone()).unwrap_or_else(|| m.header.from.clone());
+        let who = self.snap.people.persons.get(from).and_then(|p| p.display.clone()).unwrap_or_else(|| from.to_string());
         let title = match target {
             walkie_proto::clip::Target::Channel(c) => format!("{who} in #{c}"),
             walkie_proto::clip::Target::User(_) => who,
-        };
-        let text = match body_of(&m.header.content, &m.payload) {
-            Some(Body::Text(t)) => t.chars().take(200).collect(),
-            Some(Body::Picture { .. }) => "sent a picture".to_string(),
-            Some(Body::Doodle(_)) => "sent a doodle".to_string(),
-            None => "sent a message".to_string(),
         };
         self.snap.last_notification = Some((target.clone(), format!("{title}: {text}")));
         crate::engine::notify::show(&title, &text);
@@ -138,7 +143,7 @@ impl Worker {
             duration_ms: 0,
             packets: 0,
             bytes: payload.len() as u64,
-            codec: CodecParams { frame_samples: 0, bitrate: 0, pre_skip: 0 },
+            codec: CodecParams::NONE,
             seq,
             content,
         };
@@ -182,14 +187,7 @@ impl Worker {
     /// Sends a picture file: checked, scaled and stripped of its metadata first.
     pub(super) async fn send_picture(&mut self, client: Option<&Client>, to: Target, path: std::path::PathBuf) {
         let shown = path.display().to_string();
-        let prepared = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-            let len = std::fs::metadata(&path).map_err(|e| e.to_string())?.len();
-            if len > walkie_proto::message::MAX_PICTURE_FILE as u64 {
-                return Err(format!("{:.1} MB is too large; a picture is at most 10 MB", len as f64 / 1e6));
-            }
-            let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
-            walkie_client::picture::prepare(&bytes)
-        })
+        let prepared = tokio::task::spawn_blocking(move || walkie_client::picture::prepare_file(&path))
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r);

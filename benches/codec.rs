@@ -16,15 +16,15 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use opus::{Application, Bitrate, Channels};
-use walkie_proto::clip::CodecParams;
 use walkie_media::codec::{self, EncodedClip, EncoderConfig};
+use walkie_proto::clip::CodecParams;
 
 /// Counts heap allocations, so the report can show what each path allocates per clip.
 struct CountingAlloc;
@@ -63,14 +63,22 @@ static GLOBAL: CountingAlloc = CountingAlloc;
 
 /// (allocations, bytes allocated) while `f` runs, and its result.
 fn counted<T>(f: impl FnOnce() -> T) -> (u64, u64, T) {
-    let (a, b) = (ALLOCATIONS.load(Ordering::Relaxed), ALLOCATED_BYTES.load(Ordering::Relaxed));
+    let (a, b) = (
+        ALLOCATIONS.load(Ordering::Relaxed),
+        ALLOCATED_BYTES.load(Ordering::Relaxed),
+    );
     let out = f();
-    (ALLOCATIONS.load(Ordering::Relaxed) - a, ALLOCATED_BYTES.load(Ordering::Relaxed) - b, out)
+    (
+        ALLOCATIONS.load(Ordering::Relaxed) - a,
+        ALLOCATED_BYTES.load(Ordering::Relaxed) - b,
+        out,
+    )
 }
 
 /// Heap bytes held by a list of packets (capacities, not lengths).
 fn held(packets: &Vec<Vec<u8>>) -> usize {
-    packets.capacity() * std::mem::size_of::<Vec<u8>>() + packets.iter().map(Vec::capacity).sum::<usize>()
+    packets.capacity() * std::mem::size_of::<Vec<u8>>()
+        + packets.iter().map(Vec::capacity).sum::<usize>()
 }
 
 /// Length of the test signal: 60 s at 48 kHz.
@@ -94,7 +102,12 @@ fn speech_60s() -> Vec<f32> {
         speech.extend(walkie_media::audio::load_wav_48k_mono(path).expect("sample WAV loads"));
     }
     assert!(!speech.is_empty(), "no WAV in samples/");
-    speech.iter().copied().cycle().take(SIGNAL_SAMPLES).collect()
+    speech
+        .iter()
+        .copied()
+        .cycle()
+        .take(SIGNAL_SAMPLES)
+        .collect()
 }
 
 /// What the benchmarks time: the thread's CPU time or wall time, in nanoseconds.
@@ -133,7 +146,12 @@ impl Clock {
 
 /// Nanoseconds this thread has run on a CPU (first field of /proc/thread-self/schedstat).
 fn thread_cpu_ns() -> Option<u64> {
-    std::fs::read_to_string("/proc/thread-self/schedstat").ok()?.split_whitespace().next()?.parse().ok()
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// A criterion measurement in nanoseconds of [`Clock`], formatted like wall time.
@@ -168,7 +186,11 @@ impl Measurement for Timer {
 }
 
 fn config(complexity: u8, bitrate: u32) -> EncoderConfig {
-    EncoderConfig { bitrate, complexity, frame_ms: 20 }
+    EncoderConfig {
+        bitrate,
+        complexity,
+        frame_ms: 20,
+    }
 }
 
 fn label(cfg: &EncoderConfig) -> String {
@@ -177,10 +199,13 @@ fn label(cfg: &EncoderConfig) -> String {
 
 /// The raw baseline encoder: libopus with walkie's settings (48 kHz mono VOIP VBR).
 fn raw_encoder(cfg: &EncoderConfig) -> opus::Encoder {
-    let mut enc = opus::Encoder::new(48_000, Channels::Mono, Application::Voip).expect("libopus encoder");
+    let mut enc =
+        opus::Encoder::new(48_000, Channels::Mono, Application::Voip).expect("libopus encoder");
     enc.set_vbr(true).expect("vbr");
-    enc.set_bitrate(Bitrate::Bits(cfg.bitrate as i32)).expect("bitrate");
-    enc.set_complexity(i32::from(cfg.complexity)).expect("complexity");
+    enc.set_bitrate(Bitrate::Bits(cfg.bitrate as i32))
+        .expect("bitrate");
+    enc.set_complexity(i32::from(cfg.complexity))
+        .expect("complexity");
     enc
 }
 
@@ -222,7 +247,9 @@ fn raw_decode(params: &CodecParams, packets: &[Vec<u8>], samples: usize) -> Vec<
         if out.len() >= samples {
             break;
         }
-        let n = dec.decode_float(p, &mut buf, false).expect("libopus decodes");
+        let n = dec
+            .decode_float(p, &mut buf, false)
+            .expect("libopus decodes");
         let drop = skip.min(n);
         skip -= drop;
         let keep = (n - drop).min(samples - out.len());
@@ -250,8 +277,12 @@ fn criterion_groups(c: &mut Criterion<Timer>, pcm: &[f32], clips: &[(EncoderConf
         .measurement_time(Duration::from_secs(2));
     for (cfg, _) in clips {
         let id = label(cfg);
-        enc.bench_with_input(BenchmarkId::new("walkie", &id), cfg, |b, cfg| b.iter(|| encode_walkie(black_box(pcm), cfg)));
-        enc.bench_with_input(BenchmarkId::new("raw_libopus", &id), cfg, |b, cfg| b.iter(|| raw_encode(black_box(pcm), cfg)));
+        enc.bench_with_input(BenchmarkId::new("walkie", &id), cfg, |b, cfg| {
+            b.iter(|| encode_walkie(black_box(pcm), cfg))
+        });
+        enc.bench_with_input(BenchmarkId::new("raw_libopus", &id), cfg, |b, cfg| {
+            b.iter(|| raw_encode(black_box(pcm), cfg))
+        });
     }
     enc.finish();
 
@@ -263,9 +294,17 @@ fn criterion_groups(c: &mut Criterion<Timer>, pcm: &[f32], clips: &[(EncoderConf
         .measurement_time(Duration::from_secs(1));
     for (cfg, clip) in clips {
         let id = label(cfg);
-        dec.bench_with_input(BenchmarkId::new("walkie", &id), clip, |b, clip| b.iter(|| decode_walkie(black_box(clip))));
+        dec.bench_with_input(BenchmarkId::new("walkie", &id), clip, |b, clip| {
+            b.iter(|| decode_walkie(black_box(clip)))
+        });
         dec.bench_with_input(BenchmarkId::new("raw_libopus", &id), clip, |b, clip| {
-            b.iter(|| raw_decode(&clip.params, black_box(&clip.packets), clip.samples as usize))
+            b.iter(|| {
+                raw_decode(
+                    &clip.params,
+                    black_box(&clip.packets),
+                    clip.samples as usize,
+                )
+            })
         });
     }
     dec.finish();
@@ -274,7 +313,11 @@ fn criterion_groups(c: &mut Criterion<Timer>, pcm: &[f32], clips: &[(EncoderConf
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 /// Seconds of `clock` taken by `f`.
@@ -294,7 +337,12 @@ fn ratio_cell(ratios: &mut [f64]) -> String {
 
 /// Runs `walkie` and `raw` alternately `pairs` times (the order flips every pair):
 /// (median walkie s, median raw s, walkie/raw per pair).
-fn paired(clock: Clock, pairs: usize, mut walkie: impl FnMut(), mut raw: impl FnMut()) -> (f64, f64, Vec<f64>) {
+fn paired(
+    clock: Clock,
+    pairs: usize,
+    mut walkie: impl FnMut(),
+    mut raw: impl FnMut(),
+) -> (f64, f64, Vec<f64>) {
     let (mut w, mut r, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..pairs {
         let (tw, tr) = if i % 2 == 0 {
@@ -320,7 +368,9 @@ fn summary(clock: Clock, pcm: &[f32], clips: &[(EncoderConfig, EncodedClip)], pa
         pairs * 3
     );
     println!();
-    println!("| setting | encode walkie (x RT) | encode raw libopus (x RT) | encode walkie/raw, median (IQR) | decode walkie (x RT) | decode raw libopus (x RT) | decode walkie/raw, median (IQR) |");
+    println!(
+        "| setting | encode walkie (x RT) | encode raw libopus (x RT) | encode walkie/raw, median (IQR) | decode walkie (x RT) | decode raw libopus (x RT) | decode walkie/raw, median (IQR) |"
+    );
     println!("|---|---|---|---|---|---|---|");
     for (cfg, clip) in clips {
         let (ew, er, mut eratio) = paired(
@@ -341,7 +391,11 @@ fn summary(clock: Clock, pcm: &[f32], clips: &[(EncoderConfig, EncodedClip)], pa
                 black_box(decode_walkie(black_box(clip)));
             },
             || {
-                black_box(raw_decode(&clip.params, black_box(&clip.packets), clip.samples as usize));
+                black_box(raw_decode(
+                    &clip.params,
+                    black_box(&clip.packets),
+                    clip.samples as usize,
+                ));
             },
         );
         println!(
@@ -357,17 +411,28 @@ fn summary(clock: Clock, pcm: &[f32], clips: &[(EncoderConfig, EncodedClip)], pa
     }
     println!();
     // Allocation counts do not depend on the machine's load: the same every run.
-    let (cfg, clip) = clips.iter().find(|(c, _)| *c == EncoderConfig::default()).unwrap_or(&clips[0]);
+    let (cfg, clip) = clips
+        .iter()
+        .find(|(c, _)| *c == EncoderConfig::default())
+        .unwrap_or(&clips[0]);
     let (wa, wb, wclip) = counted(|| encode_walkie(pcm, cfg));
     let (ra, rb, rpk) = counted(|| raw_encode(pcm, cfg));
     let (da, db, _) = counted(|| decode_walkie(clip));
     let (qa, qb, _) = counted(|| raw_decode(&clip.params, &clip.packets, clip.samples as usize));
     let opus_bytes: usize = clip.packets.iter().map(Vec::len).sum();
-    println!("## Heap use per 60 s clip ({}; {} packets, {} bytes of Opus)", label(cfg), clip.packets.len(), opus_bytes);
+    println!(
+        "## Heap use per 60 s clip ({}; {} packets, {} bytes of Opus)",
+        label(cfg),
+        clip.packets.len(),
+        opus_bytes
+    );
     println!();
     println!("| path | allocations | bytes allocated | bytes held by the packets |");
     println!("|---|---|---|---|");
-    println!("| encode, walkie | {wa} | {wb} | {} |", held(&wclip.packets));
+    println!(
+        "| encode, walkie | {wa} | {wb} | {} |",
+        held(&wclip.packets)
+    );
     println!("| encode, raw libopus | {ra} | {rb} | {} |", held(&rpk));
     println!("| decode, walkie | {da} | {db} | |");
     println!("| decode, raw libopus | {qa} | {qb} | |");
@@ -383,7 +448,12 @@ fn main() {
         .collect();
     // Both paths must produce the same thing, or the comparison means nothing.
     for (cfg, clip) in &clips {
-        assert_eq!(clip.packets, raw_encode(&pcm, cfg), "{}: walkie and raw libopus packets differ", label(cfg));
+        assert_eq!(
+            clip.packets,
+            raw_encode(&pcm, cfg),
+            "{}: walkie and raw libopus packets differ",
+            label(cfg)
+        );
         assert_eq!(
             decode_walkie(clip),
             raw_decode(&clip.params, &clip.packets, clip.samples as usize),
@@ -394,12 +464,21 @@ fn main() {
 
     let bench_mode = std::env::args().any(|a| a == "--bench");
     let clock = Clock::from_env();
-    let timer = Timer { clock, origin: Instant::now(), wall: WallTime };
-    let mut c = Criterion::default().with_measurement(timer).configure_from_args();
+    let timer = Timer {
+        clock,
+        origin: Instant::now(),
+        wall: WallTime,
+    };
+    let mut c = Criterion::default()
+        .with_measurement(timer)
+        .configure_from_args();
     criterion_groups(&mut c, &pcm, &clips);
     c.final_summary();
     if bench_mode {
-        let pairs = std::env::var("WALKIE_BENCH_PAIRS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+        let pairs = std::env::var("WALKIE_BENCH_PAIRS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(5);
         summary(clock, &pcm, &clips, pairs);
     }
 }

@@ -29,14 +29,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use walkie_media::audio::source::{AudioSource, Pull};
-use walkie_media::audio::capture::Capture;
-use walkie_media::audio::open::CaptureConfig;
-use walkie_media::audio::speaker::{Speaker, SpeakerClock};
 use walkie_client::outbox::Outbox;
-use walkie_media::player::{self, Player, PlayerConfig, PlayerEvent, PlayerInput};
 use walkie_client::talk::{self, TalkControl, TalkOptions, TalkOutcome};
 use walkie_client::{Client, ClientConfig, Event};
+use walkie_media::audio::capture::Capture;
+use walkie_media::audio::open::CaptureConfig;
+use walkie_media::audio::source::{AudioSource, Pull};
+use walkie_media::audio::speaker::{Speaker, SpeakerClock};
+use walkie_media::player::{self, Player, PlayerConfig, PlayerEvent, PlayerInput};
 use walkie_proto::clip::{ClipId, Target};
 use walkie_relay::{self as relay, RelayConfig, auth};
 use walkie_store::Store;
@@ -45,12 +45,21 @@ use walkie_store::sqlite::SqliteStore;
 /// Everything needed is started here; a missing PulseAudio is an error, not a skip.
 fn pulse() -> Result<(), String> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pulse-setup.sh");
-    let out = Command::new("bash").arg(&script).output().map_err(|e| format!("bash {}: {e}", script.display()))?;
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .map_err(|e| format!("bash {}: {e}", script.display()))?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
-        return Err(format!("PulseAudio could not be set up:\n{stdout}{}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "PulseAudio could not be set up:\n{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
-    let server = stdout.lines().find_map(|l| l.strip_prefix("PULSE_SERVER=")).ok_or("pulse-setup printed no server")?;
+    let server = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("PULSE_SERVER="))
+        .ok_or("pulse-setup printed no server")?;
     if std::env::var_os("PULSE_SERVER").is_none() {
         // SAFETY: set before this program starts any thread.
         unsafe { std::env::set_var("PULSE_SERVER", server) };
@@ -70,7 +79,11 @@ impl Voice {
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
-                let child: Result<Child, _> = Command::new("paplay").args(["-d", "mic"]).arg(&sample).stdin(Stdio::null()).spawn();
+                let child: Result<Child, _> = Command::new("paplay")
+                    .args(["-d", "mic"])
+                    .arg(&sample)
+                    .stdin(Stdio::null())
+                    .spawn();
                 let Ok(mut child) = child else { return };
                 while !flag.load(Ordering::Relaxed) && matches!(child.try_wait(), Ok(None)) {
                     std::thread::sleep(Duration::from_millis(20));
@@ -79,7 +92,10 @@ impl Voice {
                 let _ = child.wait();
             }
         });
-        Voice { stop, thread: Some(thread) }
+        Voice {
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 
@@ -102,12 +118,18 @@ impl AudioSource for Stamped {
     fn next_frame(&mut self, timeout: Duration) -> Result<Pull, walkie_media::audio::AudioError> {
         let pull = self.inner.next_frame(timeout)?;
         if let Pull::Frame(f) = &pull {
-            self.stamps.lock().unwrap_or_else(|e| e.into_inner()).push(f.captured_at);
+            self.stamps
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(f.captured_at);
         }
         Ok(pull)
     }
     fn start_clip(&mut self, preroll: Duration) {
-        self.stamps.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.stamps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         self.inner.start_clip(preroll);
     }
     fn level(&self) -> f32 {
@@ -116,7 +138,10 @@ impl AudioSource for Stamped {
 }
 
 /// Polls the playback clock every millisecond: (48 kHz samples handed out, when).
-fn timeline(clock: SpeakerClock, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<(u64, Instant)>> {
+fn timeline(
+    clock: SpeakerClock,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(u64, Instant)>> {
     std::thread::spawn(move || {
         let mut points: Vec<(u64, Instant)> = Vec::new();
         while !stop.load(Ordering::Relaxed) {
@@ -164,36 +189,73 @@ fn main() {
 
 fn run() -> Result<(), String> {
     let full = std::env::args().any(|a| a == "--bench");
-    let env_num = |name: &str, default: u64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let env_num = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
     let clips = env_num("WALKIE_LATENCY_CLIPS", if full { 200 } else { 5 }) as usize;
     let clip_ms = env_num("WALKIE_LATENCY_CLIP_MS", 1_000);
     pulse()?;
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let store = Arc::new(SqliteStore::open(&dir.path().join("relay")).map_err(|e| e.to_string())?);
-    let config = RelayConfig { listen: ([127, 0, 0, 1], 0).into(), clips_per_minute: 100_000, ..RelayConfig::default() };
-    let handle = rt.block_on(relay::start(config, &dir.path().join("relay"), store.clone())).map_err(|e| e.to_string())?;
+    let config = RelayConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        clips_per_minute: 100_000,
+        ..RelayConfig::default()
+    };
+    let handle = rt
+        .block_on(relay::start(
+            config,
+            &dir.path().join("relay"),
+            store.clone(),
+        ))
+        .map_err(|e| e.to_string())?;
     let user = |name: &str| -> Result<ClientConfig, String> {
         let token = auth::new_token();
-        store.add_user(name, &auth::hash_token(&token)).map_err(|e| e.to_string())?;
-        Ok(ClientConfig { relay: handle.addr.to_string(), user: name.into(), token, pin: handle.fingerprint })
+        store
+            .add_user(name, &auth::hash_token(&token))
+            .map_err(|e| e.to_string())?;
+        Ok(ClientConfig {
+            relay: handle.addr.to_string(),
+            user: name.into(),
+            token,
+            pin: handle.fingerprint,
+        })
     };
     let (alice, bob) = (user("alice")?, user("bob")?);
-    store.add_channel("crew", &["alice".into(), "bob".into()]).map_err(|e| e.to_string())?;
+    store
+        .add_channel("crew", &["alice".into(), "bob".into()])
+        .map_err(|e| e.to_string())?;
 
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/status-report.wav");
     let _voice = Voice::start(sample);
-    let capture = Capture::open(None, CaptureConfig::default()).map_err(|e| format!("capture: {e}"))?;
+    let capture =
+        Capture::open(None, CaptureConfig::default()).map_err(|e| format!("capture: {e}"))?;
     let playback = Speaker::open(None).map_err(|e| format!("playback: {e}"))?;
-    let machine = format!("capture {:?}; playback {:?}", capture.info(), playback.info());
+    let machine = format!(
+        "capture {:?}; playback {:?}",
+        capture.info(),
+        playback.info()
+    );
     let clock = playback.clock();
-    let player = player::spawn(Player::new(playback, "bob", PlayerConfig::default())).map_err(|e| e.to_string())?;
+    let player = player::spawn(Player::new(playback, "bob", PlayerConfig::default()))
+        .map_err(|e| e.to_string())?;
     let stop = Arc::new(AtomicBool::new(false));
     let timeline_thread = timeline(clock, stop.clone());
 
     let stamps = Arc::new(Mutex::new(Vec::new()));
-    let mut source: Box<dyn AudioSource> = Box::new(Stamped { inner: Box::new(capture), stamps: stamps.clone() });
+    let mut source: Box<dyn AudioSource> = Box::new(Stamped {
+        inner: Box::new(capture),
+        stamps: stamps.clone(),
+    });
     let outbox = Outbox::open(&dir.path().join("outbox")).map_err(|e| e.to_string())?;
 
     // bob: every live clip goes to the player; LiveStarted arrival times are kept.
@@ -214,7 +276,10 @@ fn run() -> Result<(), String> {
             while let Some(e) = c.next_event().await {
                 match e {
                     Event::LiveStarted(h) => {
-                        live_started.lock().unwrap_or_else(|e| e.into_inner()).push((h.id, Instant::now()));
+                        live_started
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((h.id, Instant::now()));
                         let _ = player_tx.send(PlayerInput::Offer(h));
                     }
                     Event::LivePacket(id, p) => {
@@ -230,10 +295,18 @@ fn run() -> Result<(), String> {
             }
         })
     };
-    bob_ready.recv_timeout(Duration::from_secs(20)).map_err(|_| "bob did not connect".to_string())??;
+    bob_ready
+        .recv_timeout(Duration::from_secs(20))
+        .map_err(|_| "bob did not connect".to_string())??;
 
-    let alice_c = rt.block_on(Client::connect(&alice)).map_err(|e| e.to_string())?;
-    let opts = TalkOptions { preroll: Duration::ZERO, tail: Duration::ZERO, ..TalkOptions::new(Target::Channel("crew".into())) };
+    let alice_c = rt
+        .block_on(Client::connect(&alice))
+        .map_err(|e| e.to_string())?;
+    let opts = TalkOptions {
+        preroll: Duration::ZERO,
+        tail: Duration::ZERO,
+        ..TalkOptions::new(Target::Channel("crew".into()))
+    };
     let mut runs = Vec::new();
     let mut started_at: Vec<(ClipId, u64)> = Vec::new();
     let began = Instant::now();
@@ -241,19 +314,36 @@ fn run() -> Result<(), String> {
         let pressed = Instant::now();
         let control = TalkControl::new();
         let (outcome, back) = rt
-            .block_on(talk::talk(Some(&alice_c), &outbox, source, &opts, control, Some(Duration::from_millis(clip_ms))))
+            .block_on(talk::talk(
+                Some(&alice_c),
+                &outbox,
+                source,
+                &opts,
+                control,
+                Some(Duration::from_millis(clip_ms)),
+            ))
             .map_err(|e| format!("clip {n}: {e}"))?;
         source = back;
-        let TalkOutcome::Stored { id, .. } = outcome else { return Err(format!("clip {n} was not stored: {outcome:?}")) };
-        runs.push(ClipRun { id, pressed, stamps: std::mem::take(&mut *stamps.lock().unwrap_or_else(|e| e.into_inner())) });
+        let TalkOutcome::Stored { id, .. } = outcome else {
+            return Err(format!("clip {n} was not stored: {outcome:?}"));
+        };
+        runs.push(ClipRun {
+            id,
+            pressed,
+            stamps: std::mem::take(&mut *stamps.lock().unwrap_or_else(|e| e.into_inner())),
+        });
         // Let bob finish playing it before the next key press (as people take turns).
         let end = Instant::now() + Duration::from_secs(5);
         let mut done = false;
         while !done && Instant::now() < end {
             while let Ok(ev) = player.events().try_recv() {
                 match ev {
-                    Ok(PlayerEvent::Started { id, at_sample, .. }) => started_at.push((id, at_sample)),
-                    Ok(PlayerEvent::Played { id: p } | PlayerEvent::Abandoned { id: p }) => done |= p == id,
+                    Ok(PlayerEvent::Started { id, at_sample, .. }) => {
+                        started_at.push((id, at_sample))
+                    }
+                    Ok(PlayerEvent::Played { id: p } | PlayerEvent::Abandoned { id: p }) => {
+                        done |= p == id
+                    }
                     Err(e) => return Err(format!("playback failed: {e}")),
                 }
             }
@@ -265,7 +355,9 @@ fn run() -> Result<(), String> {
         }
     }
     stop.store(true, Ordering::Relaxed);
-    let timeline = timeline_thread.join().map_err(|_| "timeline thread panicked")?;
+    let timeline = timeline_thread
+        .join()
+        .map_err(|_| "timeline thread panicked")?;
     rt.block_on(alice_c.close());
     bob_task.abort();
     let _ = rt.block_on(bob_task);
@@ -273,7 +365,10 @@ fn run() -> Result<(), String> {
     rt.block_on(handle.shutdown());
 
     // Mouth to ear per clip: median over its frames; access: key press to LiveStarted.
-    let live_started = live_started.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let live_started = live_started
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let (mut per_clip, mut frames, mut access) = (Vec::new(), Vec::new(), Vec::new());
     let mut missing = 0usize;
     for run in &runs {
@@ -288,7 +383,10 @@ fn run() -> Result<(), String> {
             .stamps
             .iter()
             .enumerate()
-            .filter_map(|(k, at)| handed_at(&timeline, start + (k as u64 + 1) * 960).map(|t| t.saturating_duration_since(*at).as_secs_f64() * 1e3))
+            .filter_map(|(k, at)| {
+                handed_at(&timeline, start + (k as u64 + 1) * 960)
+                    .map(|t| t.saturating_duration_since(*at).as_secs_f64() * 1e3)
+            })
             .collect();
         if lat.is_empty() {
             missing += 1;
@@ -316,7 +414,9 @@ fn run() -> Result<(), String> {
         frames.extend(lat);
     }
     let (per_clip, frames, access) = (sorted(per_clip), sorted(frames), sorted(access));
-    let within = |v: &[f64], ms: f64| 100.0 * v.iter().filter(|&&x| x < ms).count() as f64 / v.len().max(1) as f64;
+    let within = |v: &[f64], ms: f64| {
+        100.0 * v.iter().filter(|&&x| x < ms).count() as f64 / v.len().max(1) as f64
+    };
     let row = |name: &str, v: &[f64], target: &str| {
         format!(
             "| {name} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {target} |\n",
@@ -332,10 +432,20 @@ fn run() -> Result<(), String> {
         "Push-to-talk latency, {} clips of {clip_ms} ms through a loopback relay, PulseAudio null sinks ({missing} clips not measured).\n\n",
         runs.len()
     ));
-    md.push_str("| measure (ms) | n | p50 | p95 | p99 | max | target |\n|---|---|---|---|---|---|---|\n");
-    md.push_str(&row("mouth-to-ear, per clip (median of its frames)", &per_clip, "MCPTT: < 300 ms for 95% of bursts; G.114: 150 ms"));
+    md.push_str(
+        "| measure (ms) | n | p50 | p95 | p99 | max | target |\n|---|---|---|---|---|---|---|\n",
+    );
+    md.push_str(&row(
+        "mouth-to-ear, per clip (median of its frames)",
+        &per_clip,
+        "MCPTT: < 300 ms for 95% of bursts; G.114: 150 ms",
+    ));
     md.push_str(&row("mouth-to-ear, every frame", &frames, "same"));
-    md.push_str(&row("access time (key press → listener's live stream opens)", &access, "MCPTT: < 300 ms"));
+    md.push_str(&row(
+        "access time (key press → listener's live stream opens)",
+        &access,
+        "MCPTT: < 300 ms",
+    ));
     md.push_str(&format!(
         "\nClips under 300 ms mouth-to-ear: {:.1}%; under 150 ms: {:.1}%. Access under 300 ms: {:.1}%.\n\n{machine}\n",
         within(&per_clip, 300.0),

@@ -40,9 +40,9 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until, timeout, timeout_at};
 use walkie_client::{Client, ClientConfig};
-use walkie_proto::clip::{ClipHeader, ClipId, CodecParams, Target, now_ms};
 use walkie_media::codec::{self, EncoderConfig};
 use walkie_net::{self, Fingerprint, read_frame, write_frame};
+use walkie_proto::clip::{ClipHeader, ClipId, CodecParams, Target, now_ms};
 use walkie_proto::wire::{ClientMsg, MAX_CONTROL_FRAME, MAX_STREAM_FRAME, ServerMsg, StreamFrame};
 use walkie_relay::auth;
 use walkie_store::Store;
@@ -77,7 +77,12 @@ impl Plan {
                 .unwrap_or_else(|| default.to_vec())
         };
         let secs = |var: &str, default: u64| {
-            Duration::from_secs(std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default))
+            Duration::from_secs(
+                std::env::var(var)
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(default),
+            )
         };
         if full {
             Plan {
@@ -174,7 +179,10 @@ impl Relay {
             line.clear();
             if out.read_line(&mut line).expect("relay stdout readable") == 0 {
                 let _ = child.kill();
-                panic!("walkie-relay exited before listening; see {}", log.display());
+                panic!(
+                    "walkie-relay exited before listening; see {}",
+                    log.display()
+                );
             }
             if let Some(a) = line.trim().strip_prefix("listening on ") {
                 addr = Some(a.parse::<SocketAddr>().expect("relay address"));
@@ -183,7 +191,14 @@ impl Relay {
             }
         }
         let pid = child.id().to_string();
-        Relay { child, _stdout: out, addr: addr.expect("address"), pin: pin.expect("pin"), pid, ticks }
+        Relay {
+            child,
+            _stdout: out,
+            addr: addr.expect("address"),
+            pin: pin.expect("pin"),
+            pid,
+            ticks,
+        }
     }
 
     fn cpu(&self) -> f64 {
@@ -201,7 +216,11 @@ impl Relay {
         while quiet < 2 && Instant::now() < end {
             let c0 = self.cpu();
             sleep(Duration::from_millis(250)).await;
-            quiet = if self.cpu() - c0 < 0.0125 { quiet + 1 } else { 0 };
+            quiet = if self.cpu() - c0 < 0.0125 {
+                quiet + 1
+            } else {
+                0
+            };
         }
     }
 
@@ -242,7 +261,10 @@ fn udp_drops(ports: &[u16]) -> u64 {
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             let port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
-            ports.contains(&port).then(|| f.last()?.parse::<u64>().ok()).flatten()
+            ports
+                .contains(&port)
+                .then(|| f.last()?.parse::<u64>().ok())
+                .flatten()
         })
         .sum()
 }
@@ -256,11 +278,17 @@ struct Drops {
 
 impl Drops {
     fn read(relay: &Relay, load_gen: Option<&[u16]>) -> Drops {
-        Drops { relay: udp_drops(&[relay.addr.port()]), load_gen: load_gen.map(udp_drops) }
+        Drops {
+            relay: udp_drops(&[relay.addr.port()]),
+            load_gen: load_gen.map(udp_drops),
+        }
     }
 
     fn since(self, before: Drops) -> Drops {
-        Drops { relay: self.relay - before.relay, load_gen: self.load_gen.zip(before.load_gen).map(|(a, b)| a - b) }
+        Drops {
+            relay: self.relay - before.relay,
+            load_gen: self.load_gen.zip(before.load_gen).map(|(a, b)| a - b),
+        }
     }
 }
 
@@ -275,12 +303,18 @@ impl std::fmt::Display for Drops {
 
 /// Local ports of the load generator's endpoints.
 fn ports(eps: &[quinn::Endpoint]) -> Vec<u16> {
-    eps.iter().filter_map(|e| e.local_addr().ok()).map(|a| a.port()).collect()
+    eps.iter()
+        .filter_map(|e| e.local_addr().ok())
+        .map(|a| a.port())
+        .collect()
 }
 
 /// The machine's 1-minute load average (other work on the machine shows here).
 fn loadavg() -> f64 {
-    std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split_whitespace().next()?.parse().ok()).unwrap_or(f64::NAN)
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -293,18 +327,41 @@ struct Session {
 }
 
 impl Session {
-    async fn connect(ep: quinn::Endpoint, addr: SocketAddr, user: String, token: String) -> Result<Session, String> {
-        let connecting = ep.connect(addr, walkie_net::SERVER_NAME).map_err(|e| format!("connect: {e}"))?;
+    async fn connect(
+        ep: quinn::Endpoint,
+        addr: SocketAddr,
+        user: String,
+        token: String,
+    ) -> Result<Session, String> {
+        let connecting = ep
+            .connect(addr, walkie_net::SERVER_NAME)
+            .map_err(|e| format!("connect: {e}"))?;
         let conn = timeout(Duration::from_secs(30), connecting)
             .await
             .map_err(|_| "handshake timed out".to_string())?
             .map_err(|e| format!("handshake: {e}"))?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| format!("open control: {e}"))?;
-        let hello = ClientMsg::Hello { user, token, client: "walkie-bench".into() };
-        write_frame(&mut send, &hello, MAX_CONTROL_FRAME).await.map_err(|e| format!("hello: {e}"))?;
-        match timeout(Duration::from_secs(30), read_frame::<ServerMsg>(&mut recv, MAX_CONTROL_FRAME)).await {
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| format!("open control: {e}"))?;
+        let hello = ClientMsg::Hello {
+            user,
+            token,
+            client: "walkie-bench".into(),
+        };
+        write_frame(&mut send, &hello, MAX_CONTROL_FRAME)
+            .await
+            .map_err(|e| format!("hello: {e}"))?;
+        match timeout(
+            Duration::from_secs(30),
+            read_frame::<ServerMsg>(&mut recv, MAX_CONTROL_FRAME),
+        )
+        .await
+        {
             Ok(Ok(Some(ServerMsg::Welcome { .. }))) => {}
-            Ok(Ok(Some(ServerMsg::Error(e)))) => return Err(format!("refused: {} ({})", e.message, e.code.name())),
+            Ok(Ok(Some(ServerMsg::Error(e)))) => {
+                return Err(format!("refused: {} ({})", e.message, e.code.name()));
+            }
             Ok(Ok(other)) => return Err(format!("unexpected reply to hello: {other:?}")),
             Ok(Err(e)) => return Err(format!("welcome: {e}")),
             Err(_) => return Err("no welcome within 30 s".into()),
@@ -323,7 +380,14 @@ impl Session {
     /// A ping answered within `wait`. The relay handles control messages in order, so a pong
     /// also means every earlier message (an ack) was processed.
     async fn ping(&mut self, nonce: u64, wait: Duration) -> bool {
-        if write_frame(&mut self.send, &ClientMsg::Ping { nonce }, MAX_CONTROL_FRAME).await.is_err() {
+        if write_frame(
+            &mut self.send,
+            &ClientMsg::Ping { nonce },
+            MAX_CONTROL_FRAME,
+        )
+        .await
+        .is_err()
+        {
             return false;
         }
         let end = Instant::now() + wait;
@@ -343,7 +407,9 @@ impl Session {
 
 fn endpoints(pin: Fingerprint, conns: usize) -> Vec<quinn::Endpoint> {
     let bind: SocketAddr = "127.0.0.1:0".parse().expect("bind address");
-    (0..conns.div_ceil(CONNS_PER_ENDPOINT).max(1)).map(|_| walkie_net::client_endpoint(pin, bind).expect("client endpoint")).collect()
+    (0..conns.div_ceil(CONNS_PER_ENDPOINT).max(1))
+        .map(|_| walkie_net::client_endpoint(pin, bind).expect("client endpoint"))
+        .collect()
 }
 
 /// Connects one session per user name, `CONNECT_CONCURRENCY` handshakes at a time. Returns
@@ -370,7 +436,12 @@ async fn connect_many(
         let (i, s) = r.expect("connect task");
         out[i] = Some(s);
     }
-    (out.into_iter().map(|s| s.expect("every slot filled")).collect(), start.elapsed())
+    (
+        out.into_iter()
+            .map(|s| s.expect("every slot filled"))
+            .collect(),
+        start.elapsed(),
+    )
 }
 
 fn tally_errors<'a>(errors: impl Iterator<Item = &'a String>) -> String {
@@ -378,7 +449,10 @@ fn tally_errors<'a>(errors: impl Iterator<Item = &'a String>) -> String {
     for e in errors {
         *by.entry(e.as_str()).or_default() += 1;
     }
-    by.iter().map(|(e, n)| format!("{n}× {e}")).collect::<Vec<_>>().join("; ")
+    by.iter()
+        .map(|(e, n)| format!("{n}× {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 async fn close_all(sessions: impl IntoIterator<Item = Session>, eps: &[quinn::Endpoint]) {
@@ -419,7 +493,10 @@ fn speech_clip(secs: usize) -> (CodecParams, Vec<Vec<u8>>, u64) {
         .filter(|p| p.extension().is_some_and(|x| x == "wav"))
         .collect();
     names.sort();
-    let speech: Vec<f32> = names.iter().flat_map(|p| walkie_media::audio::load_wav_48k_mono(p).expect("sample loads")).collect();
+    let speech: Vec<f32> = names
+        .iter()
+        .flat_map(|p| walkie_media::audio::load_wav_48k_mono(p).expect("sample loads"))
+        .collect();
     let pcm: Vec<f32> = speech.iter().copied().cycle().take(secs * 48_000).collect();
     let clip = codec::encode_pcm(&pcm, &EncoderConfig::default()).expect("encodes");
     (clip.params, clip.packets, clip.samples)
@@ -459,13 +536,21 @@ impl Setup {
         for &n in &plan.fanout {
             let mut members = vec!["talker".to_string()];
             members.extend((0..n).map(|i| format!("l{i}")));
-            store.add_channel(&format!("fan{n}"), &members).expect("add channel");
+            store
+                .add_channel(&format!("fan{n}"), &members)
+                .expect("add channel");
         }
         for i in 0..talkers {
-            store.add_channel(&format!("in{i}"), &[format!("t{i}"), "offline".into()]).expect("add channel");
+            store
+                .add_channel(&format!("in{i}"), &[format!("t{i}"), "offline".into()])
+                .expect("add channel");
         }
         drop(store);
-        eprintln!("setup: {} users in {:.1} s", users.len(), t.elapsed().as_secs_f64());
+        eprintln!(
+            "setup: {} users in {:.1} s",
+            users.len(),
+            t.elapsed().as_secs_f64()
+        );
         // Lift the per-user rate limits, quotas and connection caps (every bench client comes from
         // 127.0.0.1): this measures capacity, not policy.
         let config = root.path().join("relay.toml");
@@ -475,22 +560,42 @@ impl Setup {
              max_unauthenticated_per_source = 100000\nretry_above_handshakes = 100000\nmax_sessions_per_user = 100000\nquota_mib_per_user = 0\n",
         )
         .expect("config file");
-        let help = Command::new(env!("CARGO_BIN_EXE_walkie-relay")).arg("--help").output().expect("walkie-relay --help");
+        let help = Command::new(env!("CARGO_BIN_EXE_walkie-relay"))
+            .arg("--help")
+            .output()
+            .expect("walkie-relay --help");
         let config = if String::from_utf8_lossy(&help.stdout).contains("--config") {
             Some(config)
         } else {
             eprintln!("note: this walkie-relay has no --config; running with its default limits");
             None
         };
-        Setup { data, config, logs, token, ticks: clock_ticks(), _root: root }
+        Setup {
+            data,
+            config,
+            logs,
+            token,
+            ticks: clock_ticks(),
+            _root: root,
+        }
     }
 
     fn relay(&self, name: &str) -> Relay {
-        Relay::start(&self.data, self.config.as_deref(), &self.logs.join(format!("{name}.log")), self.ticks)
+        Relay::start(
+            &self.data,
+            self.config.as_deref(),
+            &self.logs.join(format!("{name}.log")),
+            self.ticks,
+        )
     }
 
     fn client_config(&self, relay: &Relay, user: &str) -> ClientConfig {
-        ClientConfig { relay: relay.addr.to_string(), user: user.into(), token: self.token.clone(), pin: relay.pin }
+        ClientConfig {
+            relay: relay.addr.to_string(),
+            user: user.into(),
+            token: self.token.clone(),
+            pin: relay.pin,
+        }
     }
 }
 
@@ -504,14 +609,36 @@ struct Heard {
     acked: bool,
 }
 
-async fn listen(mut s: Session, clip: ClipId, packets: usize, done: mpsc::UnboundedSender<()>, deadline: Instant) -> (Session, Heard) {
-    let mut heard = Heard { at: vec![None; packets], ended: false, acked: false };
+async fn listen(
+    mut s: Session,
+    clip: ClipId,
+    packets: usize,
+    done: mpsc::UnboundedSender<()>,
+    deadline: Instant,
+) -> (Session, Heard) {
+    let mut heard = Heard {
+        at: vec![None; packets],
+        ended: false,
+        acked: false,
+    };
     loop {
-        let Ok(Ok(mut recv)) = timeout_at(deadline, s.conn.accept_uni()).await else { break };
-        match timeout_at(deadline, read_frame::<StreamFrame>(&mut recv, MAX_STREAM_FRAME)).await {
+        let Ok(Ok(mut recv)) = timeout_at(deadline, s.conn.accept_uni()).await else {
+            break;
+        };
+        match timeout_at(
+            deadline,
+            read_frame::<StreamFrame>(&mut recv, MAX_STREAM_FRAME),
+        )
+        .await
+        {
             Ok(Ok(Some(StreamFrame::Deliver(h)))) if h.id == clip => {
                 let mut i = 0;
-                while let Ok(Ok(Some(frame))) = timeout_at(deadline, read_frame::<StreamFrame>(&mut recv, MAX_STREAM_FRAME)).await {
+                while let Ok(Ok(Some(frame))) = timeout_at(
+                    deadline,
+                    read_frame::<StreamFrame>(&mut recv, MAX_STREAM_FRAME),
+                )
+                .await
+                {
                     match frame {
                         StreamFrame::Packet(_) => {
                             if let Some(slot) = heard.at.get_mut(i) {
@@ -530,14 +657,24 @@ async fn listen(mut s: Session, clip: ClipId, packets: usize, done: mpsc::Unboun
             }
             Ok(Ok(Some(StreamFrame::Deliver(h)))) => {
                 // A clip from an earlier run still in this user's inbox: take it and ack it.
-                while let Ok(Ok(Some(_))) = timeout_at(deadline, read_frame::<StreamFrame>(&mut recv, MAX_STREAM_FRAME)).await {}
-                let _ = write_frame(&mut s.send, &ClientMsg::Ack { id: h.id }, MAX_CONTROL_FRAME).await;
+                while let Ok(Ok(Some(_))) = timeout_at(
+                    deadline,
+                    read_frame::<StreamFrame>(&mut recv, MAX_STREAM_FRAME),
+                )
+                .await
+                {}
+                let _ =
+                    write_frame(&mut s.send, &ClientMsg::Ack { id: h.id }, MAX_CONTROL_FRAME).await;
             }
             _ => {}
         }
     }
     let _ = done.send(());
-    if heard.ended && write_frame(&mut s.send, &ClientMsg::Ack { id: clip }, MAX_CONTROL_FRAME).await.is_ok() {
+    if heard.ended
+        && write_frame(&mut s.send, &ClientMsg::Ack { id: clip }, MAX_CONTROL_FRAME)
+            .await
+            .is_ok()
+    {
         heard.acked = s.ping(1, Duration::from_secs(60)).await;
     }
     (s, heard)
@@ -580,12 +717,19 @@ async fn fanout(setup: &Setup, n: usize, clip_s: usize) -> FanoutRow {
     let errors = tally_errors(sessions.iter().filter_map(|s| s.as_ref().err()));
     let sessions: Vec<Session> = sessions.into_iter().filter_map(Result::ok).collect();
     let connected = sessions.len();
-    let talker = Client::connect(&setup.client_config(&relay, "talker")).await.expect("talker connects");
+    let talker = Client::connect(&setup.client_config(&relay, "talker"))
+        .await
+        .expect("talker connects");
     relay.settle(Duration::from_secs(30)).await;
     let connect_cpu_s = relay.cpu() - cpu_start;
 
     let clip = ClipId::random();
-    let header = ClipHeader { id: clip, to: Target::Channel(format!("fan{n}")), started_at_ms: now_ms(), codec: params };
+    let header = ClipHeader {
+        id: clip,
+        to: Target::Channel(format!("fan{n}")),
+        started_at_ms: now_ms(),
+        codec: params,
+    };
     let deadline = Instant::now() + Duration::from_secs(clip_s as u64 + 60);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut tasks = JoinSet::new();
@@ -595,7 +739,11 @@ async fn fanout(setup: &Setup, n: usize, clip_s: usize) -> FanoutRow {
     drop(done_tx);
 
     let gen_ports = ports(&eps);
-    let (cpu0, gen0, drops0) = (relay.cpu(), self_cpu(setup.ticks), Drops::read(&relay, Some(&gen_ports)));
+    let (cpu0, gen0, drops0) = (
+        relay.cpu(),
+        self_cpu(setup.ticks),
+        Drops::read(&relay, Some(&gen_ports)),
+    );
     let mut up = talker.start_clip(&header).await.expect("clip starts");
     let t0 = Instant::now() + Duration::from_millis(20);
     let mut sent = Vec::with_capacity(npk);
@@ -608,11 +756,21 @@ async fn fanout(setup: &Setup, n: usize, clip_s: usize) -> FanoutRow {
     up.finish(samples).await.expect("clip acknowledged");
     let talker_ack_ms = fin.elapsed().as_secs_f64() * 1e3;
     let mut ended = 0;
-    while ended < connected && timeout_at(deadline, done_rx.recv()).await.ok().flatten().is_some() {
+    while ended < connected
+        && timeout_at(deadline, done_rx.recv())
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+    {
         ended += 1;
     }
     let ends_at = Instant::now();
-    let (cpu1, gen1, drops1) = (relay.cpu(), self_cpu(setup.ticks), Drops::read(&relay, Some(&gen_ports)));
+    let (cpu1, gen1, drops1) = (
+        relay.cpu(),
+        self_cpu(setup.ticks),
+        Drops::read(&relay, Some(&gen_ports)),
+    );
 
     let mut all = Vec::with_capacity(connected * npk);
     let mut listener_p99 = Vec::with_capacity(connected);
@@ -624,7 +782,9 @@ async fn fanout(setup: &Setup, n: usize, clip_s: usize) -> FanoutRow {
             .at
             .iter()
             .zip(&sent)
-            .filter_map(|(got, sent)| got.map(|g| g.saturating_duration_since(*sent).as_secs_f64() * 1e3))
+            .filter_map(|(got, sent)| {
+                got.map(|g| g.saturating_duration_since(*sent).as_secs_f64() * 1e3)
+            })
             .collect();
         received += delays.len();
         if delays.len() == npk && heard.ended {
@@ -692,7 +852,12 @@ async fn ingest(setup: &Setup, m: usize, clip_s: usize, run_for: Duration) -> In
     let mut connecting = JoinSet::new();
     for i in 0..m {
         let cfg = setup.client_config(&relay, &format!("t{i}"));
-        connecting.spawn(async move { (i, Client::connect(&cfg).await.expect("ingest talker connects")) });
+        connecting.spawn(async move {
+            (
+                i,
+                Client::connect(&cfg).await.expect("ingest talker connects"),
+            )
+        });
     }
     let mut clients = Vec::new();
     while let Some(r) = connecting.join_next().await {
@@ -712,7 +877,12 @@ async fn ingest(setup: &Setup, m: usize, clip_s: usize, run_for: Duration) -> In
             let mut errors = Vec::new();
             let mut last = start;
             while Instant::now() < stop_at {
-                let header = ClipHeader { id: ClipId::random(), to: Target::Channel(format!("in{i}")), started_at_ms: now_ms(), codec: params };
+                let header = ClipHeader {
+                    id: ClipId::random(),
+                    to: Target::Channel(format!("in{i}")),
+                    started_at_ms: now_ms(),
+                    codec: params,
+                };
                 let t_start = Instant::now();
                 let sent = async {
                     let mut up = client.start_clip(&header).await?;
@@ -801,8 +971,13 @@ async fn idle(setup: &Setup, k: usize, hold: Duration) -> IdleRow {
     relay.settle(Duration::from_secs(5)).await;
     let eps = endpoints(relay.pin, k);
     let gen_ports = ports(&eps);
-    let (rss0, gen_rss0, cpu0, load, drops0) =
-        (relay.rss_kib(), rss_kib("self"), relay.cpu(), loadavg(), Drops::read(&relay, Some(&gen_ports)));
+    let (rss0, gen_rss0, cpu0, load, drops0) = (
+        relay.rss_kib(),
+        rss_kib("self"),
+        relay.cpu(),
+        loadavg(),
+        Drops::read(&relay, Some(&gen_ports)),
+    );
     let users = (0..k).map(|i| format!("i{}", i % IDLE_USERS)).collect();
     let (sessions, connect) = connect_many(&eps, relay.addr, users, &setup.token).await;
     let errors = tally_errors(sessions.iter().filter_map(|s| s.as_ref().err()));
@@ -815,7 +990,10 @@ async fn idle(setup: &Setup, k: usize, hold: Duration) -> IdleRow {
     let hold_s = t_hold.elapsed().as_secs_f64();
     let cpu2 = relay.cpu();
     let (rss1, gen_rss1) = (relay.rss_kib(), rss_kib("self"));
-    let alive = sessions.iter().filter(|s| s.conn.close_reason().is_none()).count();
+    let alive = sessions
+        .iter()
+        .filter(|s| s.conn.close_reason().is_none())
+        .count();
     let mut pings = JoinSet::new();
     for (i, mut s) in sessions.drain(..).enumerate() {
         pings.spawn(async move {
@@ -860,14 +1038,26 @@ fn out_dir() -> PathBuf {
     if let Ok(d) = std::env::var("WALKIE_BENCH_OUT") {
         return PathBuf::from(d);
     }
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
     target.join("walkie-bench")
 }
 
 fn report_fanout(rows: &[FanoutRow], md: &mut String) {
-    let _ = writeln!(md, "\n## Fan-out: one talker, a {} s clip paced at 20 ms/packet, N listeners\n", rows.first().map_or(0, |r| r.packets / 50));
-    let _ = writeln!(md, "| N | connected (time, relay CPU s) | complete listeners | packets lost | delay p50 | p99 | p99.9 | max | listener p99: median / worst | relay CPU s per delivered audio-s | relay CPU % (of one core) | load-gen CPU s | UDP drops, relay / load-gen sockets | talker ack after end | listener acks stored | machine load |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "\n## Fan-out: one talker, a {} s clip paced at 20 ms/packet, N listeners\n",
+        rows.first().map_or(0, |r| r.packets / 50)
+    );
+    let _ = writeln!(
+        md,
+        "| N | connected (time, relay CPU s) | complete listeners | packets lost | delay p50 | p99 | p99.9 | max | listener p99: median / worst | relay CPU s per delivered audio-s | relay CPU % (of one core) | load-gen CPU s | UDP drops, relay / load-gen sockets | talker ack after end | listener acks stored | machine load |"
+    );
+    let _ = writeln!(
+        md,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for r in rows {
         let window = r.packets as f64 * 0.020;
         let _ = writeln!(
@@ -902,8 +1092,16 @@ fn report_fanout(rows: &[FanoutRow], md: &mut String) {
 }
 
 fn report_ingest(rows: &[IngestRow], md: &mut String) {
-    let _ = writeln!(md, "\n## Ingest: M talkers on M channels, back-to-back {} s clips, each after the previous ack\n", rows.first().map_or(0, |r| (r.audio_s / r.acked.max(1) as f64).round() as usize));
-    let _ = writeln!(md, "| M | clips acked | in | clips/s | audio ingested (x real time) | ack p50 | ack p99 | upload p50 (packets into the send buffer) | relay CPU s per audio-s | relay CPU % (of one core) | UDP drops, relay / load-gen sockets | failures | machine load |");
+    let _ = writeln!(
+        md,
+        "\n## Ingest: M talkers on M channels, back-to-back {} s clips, each after the previous ack\n",
+        rows.first()
+            .map_or(0, |r| (r.audio_s / r.acked.max(1) as f64).round() as usize)
+    );
+    let _ = writeln!(
+        md,
+        "| M | clips acked | in | clips/s | audio ingested (x real time) | ack p50 | ack p99 | upload p50 (packets into the send buffer) | relay CPU s per audio-s | relay CPU % (of one core) | UDP drops, relay / load-gen sockets | failures | machine load |"
+    );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let _ = writeln!(
@@ -920,15 +1118,25 @@ fn report_ingest(rows: &[IngestRow], md: &mut String) {
             r.relay_cpu_s / r.audio_s.max(1e-9),
             r.relay_cpu_s / r.elapsed_s * 100.0,
             r.udp_drops,
-            if r.failed == 0 { "0".to_string() } else { format!("{}: {}", r.failed, r.errors) },
+            if r.failed == 0 {
+                "0".to_string()
+            } else {
+                format!("{}: {}", r.failed, r.errors)
+            },
             r.load
         );
     }
 }
 
 fn report_idle(rows: &[IdleRow], md: &mut String) {
-    let _ = writeln!(md, "\n## Idle authenticated connections (keep-alive only)\n");
-    let _ = writeln!(md, "| K | connected (time) | relay CPU s to accept | alive after hold | answered a ping | relay RSS before → after | relay RSS per connection | load-gen RSS per connection | relay CPU while idle | UDP drops, relay / load-gen sockets | machine load |");
+    let _ = writeln!(
+        md,
+        "\n## Idle authenticated connections (keep-alive only)\n"
+    );
+    let _ = writeln!(
+        md,
+        "| K | connected (time) | relay CPU s to accept | alive after hold | answered a ping | relay RSS before → after | relay RSS per connection | load-gen RSS per connection | relay CPU while idle | UDP drops, relay / load-gen sockets | machine load |"
+    );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let _ = writeln!(
@@ -959,10 +1167,18 @@ fn report_idle(rows: &[IdleRow], md: &mut String) {
 fn chart(rows: &[FanoutRow], dir: &Path) {
     let line = |name: &str, f: &dyn Fn(&FanoutRow) -> f64| chart::Series {
         name: name.into(),
-        points: rows.iter().map(|r| (r.n as f64, f(r))).filter(|p| p.1.is_finite() && p.1 > 0.0).collect(),
+        points: rows
+            .iter()
+            .map(|r| (r.n as f64, f(r)))
+            .filter(|p| p.1.is_finite() && p.1 > 0.0)
+            .collect(),
         dashed: false,
     };
-    let mut series = vec![line("p50", &|r| r.p50), line("p99", &|r| r.p99), line("max", &|r| r.max)];
+    let mut series = vec![
+        line("p50", &|r| r.p50),
+        line("p99", &|r| r.p99),
+        line("max", &|r| r.max),
+    ];
     // The ceiling measured for quinn alone on this machine kind (shared/notes/quinn.md).
     series.push(chart::Series {
         name: "p99, quinn alone (reference)".into(),
@@ -970,7 +1186,12 @@ fn chart(rows: &[FanoutRow], dir: &Path) {
         dashed: true,
     });
     let path = dir.join("fanout-delay.png");
-    match chart::fanout_png(&path, "walkie relay fan-out: frame delay vs listeners (2 vCPU, loopback)", &series, (900, 560)) {
+    match chart::fanout_png(
+        &path,
+        "walkie relay fan-out: frame delay vs listeners (2 vCPU, loopback)",
+        &series,
+        (900, 560),
+    ) {
         Ok(()) => println!("chart: {}", path.display()),
         Err(e) => eprintln!("no chart: {e}"),
     }
@@ -979,10 +1200,16 @@ fn chart(rows: &[FanoutRow], dir: &Path) {
 /// Renices this (still single-threaded) process, so every thread and child made later
 /// inherits the value; returns the nice value in force.
 fn renice() -> i32 {
-    let want: i32 = std::env::var("WALKIE_BENCH_NICE").ok().and_then(|v| v.parse().ok()).unwrap_or(-10);
+    let want: i32 = std::env::var("WALKIE_BENCH_NICE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-10);
     if want != 0 {
         let pid = std::process::id().to_string();
-        let ok = Command::new("renice").args(["-n", &want.to_string(), "-p", &pid]).stdout(Stdio::null()).status();
+        let ok = Command::new("renice")
+            .args(["-n", &want.to_string(), "-p", &pid])
+            .stdout(Stdio::null())
+            .status();
         if !ok.is_ok_and(|s| s.success()) {
             eprintln!("note: cannot renice to {want} (not root?); running at the default priority");
             return 0;
@@ -999,7 +1226,11 @@ fn main() {
     let plan = Plan::from_env(full, filter);
     let load_at_start = loadavg();
     let setup = Setup::new(&plan);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let dir = out_dir();
     std::fs::create_dir_all(&dir).expect("output dir");
     let mut md = String::new();

@@ -53,9 +53,17 @@ pub struct DemoReport {
 
 impl fmt::Display for DemoReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "relay listening on {} (in-process, temporary data dir)", self.relay)?;
+        writeln!(
+            f,
+            "relay listening on {} (in-process, temporary data dir)",
+            self.relay
+        )?;
         let [alice, bob] = [0, 1].map(|i| self.people.get(i).map_or("?", String::as_str));
-        writeln!(f, "{alice} sent a {} ms clip to channel crew; {bob} received it", self.duration_ms)?;
+        writeln!(
+            f,
+            "{alice} sent a {} ms clip to channel crew; {bob} received it",
+            self.duration_ms
+        )?;
         for (stage, took) in &self.stages {
             writeln!(f, "  {stage:<42} {:>8.1} ms", took.as_secs_f64() * 1000.0)?;
         }
@@ -65,7 +73,10 @@ impl fmt::Display for DemoReport {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DemoError + '_ {
-    move |source| DemoError::Io { path: path.to_path_buf(), source }
+    move |source| DemoError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Runs the demo; received files go to `out` (default: a new directory under the system
@@ -77,7 +88,10 @@ pub async fn run(out: Option<&Path>) -> Result<DemoReport, DemoError> {
         stages.push((name, clock.elapsed()));
         clock = Instant::now();
     };
-    let work = tempfile::Builder::new().prefix("walkie-demo-").tempdir().map_err(io(Path::new("temporary dir")))?;
+    let work = tempfile::Builder::new()
+        .prefix("walkie-demo-")
+        .tempdir()
+        .map_err(io(Path::new("temporary dir")))?;
     let out_dir = match out {
         Some(d) => d.to_path_buf(),
         None => tempfile::Builder::new()
@@ -103,19 +117,31 @@ pub async fn run(out: Option<&Path>) -> Result<DemoReport, DemoError> {
     let wav = work.path().join("hello-crew.wav");
     std::fs::write(&wav, DEMO_SPEECH).map_err(io(&wav))?;
     let outbox = Outbox::open(&work.path().join("outbox"))?;
-    let (header, clip) = ops::queue_wav(&outbox, &wav, Target::Channel("crew".into()), &EncoderConfig::default())?;
+    let (header, clip) = ops::queue_wav(
+        &outbox,
+        &wav,
+        Target::Channel("crew".into()),
+        &EncoderConfig::default(),
+    )?;
     lap("alice encodes the WAV to Opus (24 kb/s)", &mut stages);
 
-    let report = ops::flush_with_retry(&cfg(0), &outbox, Some(header.id), Duration::from_secs(10)).await?;
+    let report =
+        ops::flush_with_retry(&cfg(0), &outbox, Some(header.id), Duration::from_secs(10)).await?;
     if let Some((_, err)) = report.rejected.into_iter().next() {
         return Err(err.into());
     }
     lap("alice connects, uploads, relay stores + acks", &mut stages);
 
-    let opts = ListenOptions { save_dir: Some(out_dir.clone()), count: Some(1), timeout: Some(Duration::from_secs(10)) };
+    let opts = ListenOptions {
+        save_dir: Some(out_dir.clone()),
+        count: Some(1),
+        timeout: Some(Duration::from_secs(10)),
+    };
     ops::listen(&mut bob, &opts, |_| {}).await?;
     lap("bob receives, decodes, writes WAV + Opus", &mut stages);
-    let profiles = bob.profiles(relay.users.iter().map(|(u, _)| u.clone()).collect()).await?;
+    let profiles = bob
+        .profiles(relay.users.iter().map(|(u, _)| u.clone()).collect())
+        .await?;
     let people = profiles
         .into_iter()
         .map(|p| match p.display {

@@ -37,27 +37,53 @@ fn audio_err(e: AudioError) -> ClientError {
 
 /// Runs `walkie talk`: connects, keeps the microphone open, and sends live clips.
 pub async fn talk(cfg: &ClientConfig, args: TalkArgs) -> Result<(), ClientError> {
-    let capture = CaptureConfig { noise_suppression: args.noise_suppression, ..CaptureConfig::default() };
+    let capture = CaptureConfig {
+        noise_suppression: args.noise_suppression,
+        ..CaptureConfig::default()
+    };
     let source = open_source(args.device.as_deref(), capture).map_err(audio_err)?;
     let outbox = Outbox::open(&profile::outbox_dir(&cfg.user)?)?;
     let client = Client::connect(cfg).await?;
     // What earlier runs left behind goes first.
     ops::flush(&client, &outbox).await?;
-    let opts = TalkOptions { encoder: args.encoder, ..TalkOptions::new(args.target.clone()) };
+    let opts = TalkOptions {
+        encoder: args.encoder,
+        ..TalkOptions::new(args.target.clone())
+    };
     let result = match args.seconds {
-        Some(secs) => scripted(&client, &outbox, source, &opts, Duration::from_secs_f64(secs)).await,
+        Some(secs) => {
+            scripted(
+                &client,
+                &outbox,
+                source,
+                &opts,
+                Duration::from_secs_f64(secs),
+            )
+            .await
+        }
         None => console::run(&client, &outbox, source, &opts).await,
     };
     client.close().await;
     result
 }
 
-async fn scripted(client: &Client, outbox: &Outbox, source: Box<dyn AudioSource>, opts: &TalkOptions, secs: Duration) -> Result<(), ClientError> {
+async fn scripted(
+    client: &Client,
+    outbox: &Outbox,
+    source: Box<dyn AudioSource>,
+    opts: &TalkOptions,
+    secs: Duration,
+) -> Result<(), ClientError> {
     let control = TalkControl::new();
     // The tail is part of the asked-for length here: capture exactly `secs`.
-    let opts = TalkOptions { tail: Duration::ZERO, preroll: Duration::ZERO, ..opts.clone() };
+    let opts = TalkOptions {
+        tail: Duration::ZERO,
+        preroll: Duration::ZERO,
+        ..opts.clone()
+    };
     eprintln!("talking to {} for {:.1} s", opts.to, secs.as_secs_f64());
-    let (outcome, _source) = talk::talk(Some(client), outbox, source, &opts, control, Some(secs)).await?;
+    let (outcome, _source) =
+        talk::talk(Some(client), outbox, source, &opts, control, Some(secs)).await?;
     report(&outcome)
 }
 
@@ -82,7 +108,9 @@ fn report(outcome: &TalkOutcome) -> Result<(), ClientError> {
 mod console {
     //! Interactive push-to-talk in a terminal (crossterm raw mode).
     use super::*;
-    use crossterm::event::{self, Event as TermEvent, KeyCode, KeyEventKind, KeyboardEnhancementFlags};
+    use crossterm::event::{
+        self, Event as TermEvent, KeyCode, KeyEventKind, KeyboardEnhancementFlags,
+    };
     use crossterm::{execute, terminal};
 
     /// Restores the terminal however the session ends.
@@ -92,9 +120,19 @@ mod console {
 
     impl Raw {
         fn enter() -> Result<Raw, ClientError> {
-            terminal::enable_raw_mode().map_err(|e| ClientError::Config(format!("interactive talk needs a terminal ({e}); use --seconds S in scripts")))?;
+            terminal::enable_raw_mode().map_err(|e| {
+                ClientError::Config(format!(
+                    "interactive talk needs a terminal ({e}); use --seconds S in scripts"
+                ))
+            })?;
             let enhanced = matches!(terminal::supports_keyboard_enhancement(), Ok(true))
-                && execute!(std::io::stderr(), event::PushKeyboardEnhancementFlags(KeyboardEnhancementFlags::REPORT_EVENT_TYPES)).is_ok();
+                && execute!(
+                    std::io::stderr(),
+                    event::PushKeyboardEnhancementFlags(
+                        KeyboardEnhancementFlags::REPORT_EVENT_TYPES
+                    )
+                )
+                .is_ok();
             Ok(Raw { enhanced })
         }
     }
@@ -122,16 +160,28 @@ mod console {
         std::thread::spawn(move || {
             let mut talking = false;
             loop {
-                let Ok(TermEvent::Key(k)) = event::read() else { continue };
+                let Ok(TermEvent::Key(k)) = event::read() else {
+                    continue;
+                };
                 let key = match (k.code, k.kind) {
                     (KeyCode::Esc, KeyEventKind::Press) => Some(Key::Cancel),
                     (KeyCode::Char('q'), KeyEventKind::Press) if !talking => Some(Key::Quit),
-                    (KeyCode::Char('c'), KeyEventKind::Press) if k.modifiers.contains(event::KeyModifiers::CONTROL) => Some(Key::Quit),
+                    (KeyCode::Char('c'), KeyEventKind::Press)
+                        if k.modifiers.contains(event::KeyModifiers::CONTROL) =>
+                    {
+                        Some(Key::Quit)
+                    }
                     // Hold Space where the terminal reports releases.
-                    (KeyCode::Char(' '), KeyEventKind::Press) if enhanced && !talking => Some(Key::Down),
-                    (KeyCode::Char(' '), KeyEventKind::Release) if enhanced && talking => Some(Key::Up),
+                    (KeyCode::Char(' '), KeyEventKind::Press) if enhanced && !talking => {
+                        Some(Key::Down)
+                    }
+                    (KeyCode::Char(' '), KeyEventKind::Release) if enhanced && talking => {
+                        Some(Key::Up)
+                    }
                     // Otherwise Enter starts and Enter sends.
-                    (KeyCode::Enter, KeyEventKind::Press) => Some(if talking { Key::Up } else { Key::Down }),
+                    (KeyCode::Enter, KeyEventKind::Press) => {
+                        Some(if talking { Key::Up } else { Key::Down })
+                    }
                     _ => None,
                 };
                 if let Some(key) = key {
@@ -151,9 +201,18 @@ mod console {
         format!("[{}{}]", "#".repeat(bars), " ".repeat(30 - bars))
     }
 
-    pub(super) async fn run(client: &Client, outbox: &Outbox, mut source: Box<dyn AudioSource>, opts: &TalkOptions) -> Result<(), ClientError> {
+    pub(super) async fn run(
+        client: &Client,
+        outbox: &Outbox,
+        mut source: Box<dyn AudioSource>,
+        opts: &TalkOptions,
+    ) -> Result<(), ClientError> {
         let raw = Raw::enter()?;
-        let how = if raw.enhanced { "hold Space to talk" } else { "press Enter to talk, Enter again to send" };
+        let how = if raw.enhanced {
+            "hold Space to talk"
+        } else {
+            "press Enter to talk, Enter again to send"
+        };
         eprint!("talking to {}: {how}; Esc cancels; q quits\r\n", opts.to);
         let mut keys = keys(raw.enhanced);
         loop {
@@ -184,8 +243,12 @@ mod console {
             source = back;
             eprint!("\r");
             match &outcome {
-                TalkOutcome::Stored { id, duration, .. } => eprint!("sent {} ms as {id}{:30}\r\n", duration.as_millis(), ""),
-                TalkOutcome::Queued { id, reason } => eprint!("{id} kept in the outbox: {reason}\r\n"),
+                TalkOutcome::Stored { id, duration, .. } => {
+                    eprint!("sent {} ms as {id}{:30}\r\n", duration.as_millis(), "")
+                }
+                TalkOutcome::Queued { id, reason } => {
+                    eprint!("{id} kept in the outbox: {reason}\r\n")
+                }
                 TalkOutcome::Cancelled => eprint!("cancelled{:40}\r\n", ""),
             }
         }
@@ -195,13 +258,20 @@ mod console {
 /// Runs `walkie listen --play`: prints a line per clip like `walkie listen`, plays every
 /// clip through `device`, sends "played" receipts, and with `count` exits once the N-th clip
 /// has finished playing.
-pub async fn listen_and_play(cfg: &ClientConfig, device: Option<String>, opts: ListenOptions) -> Result<(), ClientError> {
+pub async fn listen_and_play(
+    cfg: &ClientConfig,
+    device: Option<String>,
+    opts: ListenOptions,
+) -> Result<(), ClientError> {
     let sink = open_sink(device.as_deref()).map_err(audio_err)?;
     let outbox = Outbox::open(&profile::outbox_dir(&cfg.user)?)?;
     let mut client = Client::connect(cfg).await?;
     ops::flush(&client, &outbox).await?;
     if let Some(dir) = &opts.save_dir {
-        std::fs::create_dir_all(dir).map_err(|source| ClientError::Io { path: dir.clone(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| ClientError::Io {
+            path: dir.clone(),
+            source,
+        })?;
     }
     let handle = player::spawn(Player::new(sink, &cfg.user, PlayerConfig::default()))
         .map_err(|e| ClientError::Config(format!("cannot start the player: {e}")))?;
@@ -221,7 +291,9 @@ pub async fn listen_and_play(cfg: &ClientConfig, device: Option<String>, opts: L
                     let _ = client.played(id).await;
                 }
                 Ok(_) => {}
-                Err(message) => return Err(ClientError::Config(format!("playback failed: {message}"))),
+                Err(message) => {
+                    return Err(ClientError::Config(format!("playback failed: {message}")));
+                }
             }
         }
         if opts.count.is_some_and(|n| played >= n) {
@@ -230,9 +302,16 @@ pub async fn listen_and_play(cfg: &ClientConfig, device: Option<String>, opts: L
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break Err(ClientError::Timeout(opts.timeout.unwrap_or_default()));
         }
-        let event = match tokio::time::timeout(Duration::from_millis(20), client.next_event()).await {
+        let event = match tokio::time::timeout(Duration::from_millis(20), client.next_event()).await
+        {
             Err(_) => continue,
-            Ok(None) => break Err(ClientError::Closed(client.close_reason().unwrap_or_else(|| "the relay closed the connection".into()))),
+            Ok(None) => {
+                break Err(ClientError::Closed(
+                    client
+                        .close_reason()
+                        .unwrap_or_else(|| "the relay closed the connection".into()),
+                ));
+            }
             Ok(Some(e)) => e,
         };
         match event {
@@ -253,7 +332,13 @@ pub async fn listen_and_play(cfg: &ClientConfig, device: Option<String>, opts: L
                     if let Some(dir) = &opts.save_dir {
                         ops::save_clip(dir, &clip)?;
                     }
-                    println!("{} {} {} {}", id, clip.header.from, clip.header.to, clip.duration_ms());
+                    println!(
+                        "{} {} {} {}",
+                        id,
+                        clip.header.from,
+                        clip.header.to,
+                        clip.duration_ms()
+                    );
                     let _ = std::io::stdout().flush();
                     if clip.header.live {
                         handle.send(PlayerInput::End(id, clip.samples));
@@ -268,14 +353,19 @@ pub async fn listen_and_play(cfg: &ClientConfig, device: Option<String>, opts: L
                     println!("{}", ops::message_line(m));
                     let _ = std::io::stdout().flush();
                 };
-                if ops::take_message(&client, opts.save_dir.as_deref(), &mut seen, &m, show).await? {
+                if ops::take_message(&client, opts.save_dir.as_deref(), &mut seen, &m, show).await?
+                {
                     played += 1;
                 }
             }
             Event::Error(e) => eprintln!("relay error: {} ({})", e.message, e.code.name()),
             Event::Channels(_) | Event::Online(_) | Event::Presence(..) => {}
             Event::PlayedBy(id, user) => eprintln!("{id} played by {user}"),
-            Event::ContactChanged(e) => eprintln!("@{} is now {} for you", e.user, e.state.map_or("gone", |s| s.name())),
+            Event::ContactChanged(e) => eprintln!(
+                "@{} is now {} for you",
+                e.user,
+                e.state.map_or("gone", |s| s.name())
+            ),
         }
     };
     let (_sink, _) = handle.finish();

@@ -19,14 +19,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use walkie_client::ReceivedClip;
 use walkie_media::audio::capture::Capture;
 use walkie_media::audio::open::CaptureConfig;
 use walkie_media::audio::speaker::{Speaker, SpeakerClock};
-use walkie_client::ReceivedClip;
-use walkie_media::player::{self, Player, PlayerConfig, PlayerEvent, PlayerHandle, PlayerInput};
-use walkie_proto::clip::{ClipId, Target};
 use walkie_media::codec::opus::Encoder;
 use walkie_media::codec::{EncoderConfig, encode_pcm};
+use walkie_media::player::{self, Player, PlayerConfig, PlayerEvent, PlayerHandle, PlayerInput};
+use walkie_proto::clip::{ClipId, Target};
 use walkie_proto::wire::DeliverHeader;
 use walkie_store::Store;
 
@@ -37,7 +37,10 @@ static DEVICES: Mutex<()> = Mutex::new(());
 fn devices() -> MutexGuard<'static, ()> {
     let guard = DEVICES.lock().unwrap_or_else(|e| e.into_inner());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pulse-setup.sh");
-    let out = Command::new("bash").arg(&script).output().expect("bash runs scripts/pulse-setup.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .expect("bash runs scripts/pulse-setup.sh");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -46,7 +49,10 @@ fn devices() -> MutexGuard<'static, ()> {
     );
     // cpal's PulseAudio host finds the server through the environment only. Where nothing
     // points at it (root without XDG_RUNTIME_DIR, as in CI), point PULSE_SERVER at it.
-    let server = stdout.lines().find_map(|l| l.strip_prefix("PULSE_SERVER=")).expect("pulse-setup prints the server");
+    let server = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("PULSE_SERVER="))
+        .expect("pulse-setup prints the server");
     let runtime_socket = ["PULSE_RUNTIME_PATH", "XDG_RUNTIME_DIR"]
         .iter()
         .filter_map(|v| std::env::var_os(v))
@@ -98,7 +104,15 @@ impl Recorder {
     fn start(dir: &Path) -> Recorder {
         let path = dir.join("spk.f32");
         let child = Command::new("parecord")
-            .args(["-d", "spk.monitor", "--raw", "--format=float32le", "--rate=48000", "--channels=1", "--latency-msec=10"])
+            .args([
+                "-d",
+                "spk.monitor",
+                "--raw",
+                "--format=float32le",
+                "--rate=48000",
+                "--channels=1",
+                "--latency-msec=10",
+            ])
             .arg(&path)
             .stdin(Stdio::null())
             .spawn()
@@ -114,20 +128,33 @@ impl Recorder {
 
     fn stop(mut self) -> Vec<f32> {
         std::thread::sleep(Duration::from_millis(300));
-        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
         let _ = self.child.wait();
         let bytes = std::fs::read(&self.path).expect("the recording exists");
         // WALKIE_DEVICES_DUMP=DIR keeps the recordings for a listen (sox -t f32 -r 48000 -c 1).
         if let Some(dir) = std::env::var_os("WALKIE_DEVICES_DUMP") {
-            let _ = std::fs::write(Path::new(&dir).join(format!("spk-{}.f32", bytes.len())), &bytes);
+            let _ = std::fs::write(
+                Path::new(&dir).join(format!("spk-{}.f32", bytes.len())),
+                &bytes,
+            );
         }
-        bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
     }
 }
 
 /// Plays a WAV file into the virtual microphone.
 fn paplay_into_mic(wav: &Path) -> Child {
-    Command::new("paplay").args(["-d", "mic"]).arg(wav).stdin(Stdio::null()).spawn().expect("paplay starts (pulseaudio-utils)")
+    Command::new("paplay")
+        .args(["-d", "mic"])
+        .arg(wav)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("paplay starts (pulseaudio-utils)")
 }
 
 /// Polls a playback clock every millisecond: (48 kHz samples handed out, when).
@@ -170,14 +197,21 @@ fn handed_at(timeline: &[(u64, Instant)], pos: u64) -> Option<Instant> {
 
 /// RMS of consecutive windows of `win` samples.
 fn envelope(x: &[f32], win: usize) -> Vec<f32> {
-    x.chunks(win).map(walkie_media::audio::source::rms).collect()
+    x.chunks(win)
+        .map(walkie_media::audio::source::rms)
+        .collect()
 }
 
 /// RMS over 20 ms windows every 5 ms: smooth enough that a shift by a fraction of the hop
 /// (or codec and resampler phase) barely changes it.
 fn smooth_envelope(x: &[f32]) -> Vec<f32> {
-    let hop: Vec<f32> = x.chunks_exact(240).map(|c| c.iter().map(|s| s * s).sum()).collect();
-    hop.windows(4).map(|w| (w.iter().sum::<f32>() / 960.0).sqrt()).collect()
+    let hop: Vec<f32> = x
+        .chunks_exact(240)
+        .map(|c| c.iter().map(|s| s * s).sum())
+        .collect();
+    hop.windows(4)
+        .map(|w| (w.iter().sum::<f32>() / 960.0).sqrt())
+        .collect()
 }
 
 /// Where `needle` best fits inside `haystack`, in samples (5 ms resolution), with the
@@ -187,7 +221,11 @@ fn locate(haystack: &[f32], needle: &[f32]) -> (usize, f32) {
     const WIN: usize = 240;
     let h = smooth_envelope(haystack);
     let n = smooth_envelope(needle);
-    assert!(h.len() >= n.len(), "the recording ({} s) is shorter than the clip", haystack.len() / 48_000);
+    assert!(
+        h.len() >= n.len(),
+        "the recording ({} s) is shorter than the clip",
+        haystack.len() / 48_000
+    );
     let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
     let nm = mean(&n);
     let nc: Vec<f32> = n.iter().map(|v| v - nm).collect();
@@ -225,15 +263,27 @@ fn assert_heard_in_order(recording: &[f32], clips: &[(String, &[f32])]) {
     let mut at = Vec::new();
     for (name, pcm) in clips {
         let (pos, corr) = locate(recording, pcm);
-        eprintln!("clip {name} heard at {:.2} s (envelope correlation {corr:.2})", pos as f64 / 48_000.0);
-        assert!(corr > 0.8, "clip {name} is not in the recording (correlation {corr:.2})");
+        eprintln!(
+            "clip {name} heard at {:.2} s (envelope correlation {corr:.2})",
+            pos as f64 / 48_000.0
+        );
+        assert!(
+            corr > 0.8,
+            "clip {name} is not in the recording (correlation {corr:.2})"
+        );
         at.push(pos);
     }
-    assert!(at.windows(2).all(|w| w[0] < w[1]), "clips heard out of order: {at:?}");
+    assert!(
+        at.windows(2).all(|w| w[0] < w[1]),
+        "clips heard out of order: {at:?}"
+    );
     for w in at.windows(2) {
         let gap = (w[1] as f64 - w[0] as f64) / 48_000.0;
         eprintln!("next clip starts {gap:.2} s after the one before");
-        assert!(gap >= 1.9, "clips overlap: the next one starts {gap:.2} s after the one before");
+        assert!(
+            gap >= 1.9,
+            "clips overlap: the next one starts {gap:.2} s after the one before"
+        );
     }
 }
 
@@ -246,20 +296,56 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-fn header(id: ClipId, from: &str, live: bool, seq: u64, codec: walkie_proto::clip::CodecParams) -> DeliverHeader {
-    DeliverHeader { id, from: from.into(), to: Target::Channel("crew".into()), started_at_ms: 0, codec, live, seq, content: Default::default() }
+fn header(
+    id: ClipId,
+    from: &str,
+    live: bool,
+    seq: u64,
+    codec: walkie_proto::clip::CodecParams,
+) -> DeliverHeader {
+    DeliverHeader {
+        id,
+        from: from.into(),
+        to: Target::Channel("crew".into()),
+        started_at_ms: 0,
+        codec,
+        live,
+        seq,
+        content: Default::default(),
+    }
 }
 
 // ---- the tests -----------------------------------------------------------------------
 
 /// Captures `sample` from the virtual microphone as one live clip and plays it through the
 /// link; returns the recording of `spk.monitor`, and prints the latency figures.
-fn talk_through_devices(sample: &Path, link_to: impl FnOnce(&PlayerHandle<Speaker>) -> Box<dyn Link + '_>) -> (Vec<f32>, Vec<f64>) {
+fn talk_through_devices(
+    sample: &Path,
+    link_to: impl FnOnce(&PlayerHandle<Speaker>) -> Box<dyn Link + '_>,
+) -> (Vec<f32>, Vec<f64>) {
     let dir = tempfile::tempdir().unwrap();
-    let capture = Capture::open(None, CaptureConfig { noise_suppression: false, ..Default::default() }).expect("capture opens");
+    let capture = Capture::open(
+        None,
+        CaptureConfig {
+            noise_suppression: false,
+            ..Default::default()
+        },
+    )
+    .expect("capture opens");
     let playback = Speaker::open(None).expect("playback opens");
-    eprintln!("capture: {:?}\nplayback: {:?}", capture.info(), playback.info());
-    assert_eq!((capture.info().device.as_str(), playback.info().device.as_str()), ("mic.monitor", "spk"), "PulseAudio's devices");
+    eprintln!(
+        "capture: {:?}\nplayback: {:?}",
+        capture.info(),
+        playback.info()
+    );
+    assert_eq!(
+        (
+            capture.info().device.as_str(),
+            playback.info().device.as_str()
+        ),
+        ("mic.monitor", "spk"),
+        "PulseAudio's devices"
+    );
     let clock = playback.clock();
     let handle = player::spawn(Player::new(playback, "bob", PlayerConfig::default())).unwrap();
     let recorder = Recorder::start(dir.path());
@@ -276,7 +362,10 @@ fn talk_through_devices(sample: &Path, link_to: impl FnOnce(&PlayerHandle<Speake
     let mut captured = Vec::new();
     let mut tail = None;
     while tail.is_none_or(|n| captured.len() < n) {
-        let frame = capture.next_frame(Duration::from_secs(2)).expect("capture works").expect("frames keep coming");
+        let frame = capture
+            .next_frame(Duration::from_secs(2))
+            .expect("capture works")
+            .expect("frames keep coming");
         captured.push(frame.captured_at);
         link.packet(id, enc.encode(&frame.samples).unwrap());
         if tail.is_none() && speaker.try_wait().unwrap().is_some() {
@@ -286,12 +375,21 @@ fn talk_through_devices(sample: &Path, link_to: impl FnOnce(&PlayerHandle<Speake
     }
     link.end(id, captured.len() as u64 * 960);
     drop(link);
-    eprintln!("capture: {} frames, {} overruns, {} dropped", captured.len(), capture.overruns(), capture.dropped_frames());
+    eprintln!(
+        "capture: {} frames, {} overruns, {} dropped",
+        captured.len(),
+        capture.overruns(),
+        capture.dropped_frames()
+    );
     let (playback, events) = handle.finish();
     let playback = playback.expect("player thread");
     let timeline = timeline.finish();
     let recording = recorder.stop();
-    eprintln!("playback: {} underrun frames, {} backend errors", playback.underruns(), playback.errors());
+    eprintln!(
+        "playback: {} underrun frames, {} backend errors",
+        playback.underruns(),
+        playback.errors()
+    );
 
     // Mouth to ear: a frame's last sample, from the capture callback's timestamp to the
     // output callback that hands it out (no concealment inserted before it, so the sample
@@ -299,18 +397,37 @@ fn talk_through_devices(sample: &Path, link_to: impl FnOnce(&PlayerHandle<Speake
     let events: Vec<PlayerEvent> = events.into_iter().map(|e| e.expect("player ok")).collect();
     let start = events
         .iter()
-        .find_map(|e| if let PlayerEvent::Started { at_sample, .. } = e { Some(*at_sample) } else { None })
+        .find_map(|e| {
+            if let PlayerEvent::Started { at_sample, .. } = e {
+                Some(*at_sample)
+            } else {
+                None
+            }
+        })
         .expect("the clip started");
-    assert!(events.iter().any(|e| matches!(e, PlayerEvent::Played { id: played } if *played == id)), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, PlayerEvent::Played { id: played } if *played == id)),
+        "{events:?}"
+    );
     let mut latency: Vec<f64> = captured
         .iter()
         .enumerate()
-        .filter_map(|(k, at)| handed_at(&timeline, start + (k as u64 + 1) * 960).map(|t| t.saturating_duration_since(*at).as_secs_f64() * 1e3))
+        .filter_map(|(k, at)| {
+            handed_at(&timeline, start + (k as u64 + 1) * 960)
+                .map(|t| t.saturating_duration_since(*at).as_secs_f64() * 1e3)
+        })
         .collect();
     let first = latency.first().copied().unwrap_or(f64::NAN);
     let n = latency.len();
-    let (p50, p99) = (percentile(&mut latency, 0.5), percentile(&mut latency, 0.99));
-    eprintln!("mouth-to-ear via PulseAudio: first frame {first:.1} ms; over {n} frames p50 {p50:.1} ms, p99 {p99:.1} ms");
+    let (p50, p99) = (
+        percentile(&mut latency, 0.5),
+        percentile(&mut latency, 0.99),
+    );
+    eprintln!(
+        "mouth-to-ear via PulseAudio: first frame {first:.1} ms; over {n} frames p50 {p50:.1} ms, p99 {p99:.1} ms"
+    );
     (recording, vec![first, p50, p99])
 }
 
@@ -323,7 +440,11 @@ fn speech_through_the_virtual_mic_and_speaker_keeps_its_edges() {
     // varies more (3.0-3.7 here) and is only reported.
     up_to_attempts("speech through the devices", || {
         let (recording, _) = talk_through_devices(&sample, |h| Box::new(DirectLink(h)));
-        score_speech_with(&recording, "through the devices (reported, not enforced)", false)
+        score_speech_with(
+            &recording,
+            "through the devices (reported, not enforced)",
+            false,
+        )
     });
 }
 
@@ -356,14 +477,23 @@ fn score_speech(recording: &[f32], path: &str) -> Result<(usize, f32), String> {
 }
 
 /// [`score_speech`], with the PESQ bound enforced or only reported.
-fn score_speech_with(recording: &[f32], path: &str, enforce_pesq: bool) -> Result<(usize, f32), String> {
+fn score_speech_with(
+    recording: &[f32],
+    path: &str,
+    enforce_pesq: bool,
+) -> Result<(usize, f32), String> {
     let reference = support::sample_48k("hello-crew.wav");
     if recording.len() < reference.len() {
-        return Err(format!("the recording ({} s) is shorter than the speech", recording.len() / 48_000));
+        return Err(format!(
+            "the recording ({} s) is shorter than the speech",
+            recording.len() / 48_000
+        ));
     }
     let (at, corr) = locate(recording, &reference);
     if corr <= 0.8 {
-        return Err(format!("the speech is not in the recording (best envelope correlation {corr:.2})"));
+        return Err(format!(
+            "the speech is not in the recording (best envelope correlation {corr:.2})"
+        ));
     }
     let end = (at + reference.len() + 2_400).min(recording.len());
     let heard = &recording[at.saturating_sub(2_400)..end];
@@ -372,7 +502,9 @@ fn score_speech_with(recording: &[f32], path: &str, enforce_pesq: bool) -> Resul
     let got = support::pesq_wb(&reference, heard);
     eprintln!("wide-band PESQ: raw libopus {raw:.2}, {path} {got:.2}");
     if enforce_pesq && got < raw - 0.3 {
-        return Err(format!("PESQ {path} {got:.2} is more than 0.3 below the raw codec's {raw:.2}"));
+        return Err(format!(
+            "PESQ {path} {got:.2} is more than 0.3 below the raw codec's {raw:.2}"
+        ));
     }
 
     // Nothing clipped: the first and last 100 ms of speech are there, at comparable energy.
@@ -384,16 +516,24 @@ fn score_speech_with(recording: &[f32], path: &str, enforce_pesq: bool) -> Resul
     for (what, range) in [("first", on..on + 4_800), ("last", off - 4_800..off)] {
         let pad = 2_880;
         if range.end + pad > aligned.len() {
-            return Err(format!("the recording ends before the {what} 100 ms of speech"));
+            return Err(format!(
+                "the recording ends before the {what} 100 ms of speech"
+            ));
         }
-        let local = support::best_lag(&reference[range.clone()], &aligned[range.start - pad.min(range.start)..range.end + pad], 2 * pad);
+        let local = support::best_lag(
+            &reference[range.clone()],
+            &aligned[range.start - pad.min(range.start)..range.end + pad],
+            2 * pad,
+        );
         let shift = local - pad.min(range.start) as isize;
         let from = (range.start as isize + shift).max(0) as usize;
         let edge = &aligned[from..from + range.len()];
         let ratio = energy(edge) / energy(&reference[range.clone()]);
         eprintln!("{what} 100 ms of speech: energy ratio {ratio:.2}");
         if ratio <= 0.25 {
-            return Err(format!("the {what} 100 ms of speech are missing or clipped (energy ratio {ratio:.2})"));
+            return Err(format!(
+                "the {what} 100 ms of speech are missing or clipped (energy ratio {ratio:.2})"
+            ));
         }
     }
     Ok((at, got))
@@ -406,12 +546,21 @@ fn queued_clips_play_one_after_another_in_relay_order() {
     let seconds = 2 * 48_000;
     let hello = support::sample_48k("hello-crew.wav")[..seconds].to_vec();
     let status = support::sample_48k("status-report.wav")[..seconds].to_vec();
-    let hello_tail = support::sample_48k("hello-crew.wav")[3 * 48_000..3 * 48_000 + seconds].to_vec();
-    let clips: Vec<(u64, &str, &[f32])> = vec![(11, "ann", &hello), (12, "cid", &status), (13, "ann", &hello_tail)];
+    let hello_tail =
+        support::sample_48k("hello-crew.wav")[3 * 48_000..3 * 48_000 + seconds].to_vec();
+    let clips: Vec<(u64, &str, &[f32])> = vec![
+        (11, "ann", &hello),
+        (12, "cid", &status),
+        (13, "ann", &hello_tail),
+    ];
     let stored = |seq: u64, from: &str, pcm: &[f32]| {
         let enc = encode_pcm(pcm, &EncoderConfig::default()).unwrap();
         let id = ClipId([seq as u8; 16]);
-        ReceivedClip { header: header(id, from, false, seq, enc.params), packets: enc.packets, samples: enc.samples }
+        ReceivedClip {
+            header: header(id, from, false, seq, enc.params),
+            packets: enc.packets,
+            samples: enc.samples,
+        }
     };
 
     let playback = Speaker::open(None).expect("playback opens");
@@ -422,7 +571,11 @@ fn queued_clips_play_one_after_another_in_relay_order() {
         let (seq, from, pcm) = clips[i];
         assert!(player.queue().offer_complete(&stored(seq, from, pcm), now));
     }
-    assert!(!player.queue().offer_complete(&stored(14, "bob", &status), now));
+    assert!(
+        !player
+            .queue()
+            .offer_complete(&stored(14, "bob", &status), now)
+    );
     let recorder = Recorder::start(dir.path());
     let handle = player::spawn(player).unwrap();
     let (playback, events) = handle.finish();
@@ -430,10 +583,28 @@ fn queued_clips_play_one_after_another_in_relay_order() {
     let recording = recorder.stop();
     eprintln!("playback: {} underrun frames", playback.underruns());
 
-    let played: Vec<u8> =
-        events.iter().filter_map(|e| if let Ok(PlayerEvent::Played { id }) = e { Some(id.0[0]) } else { None }).collect();
-    assert_eq!(played, vec![11, 12, 13], "played in seq order, own clip skipped");
-    assert_heard_in_order(&recording, &clips.iter().map(|(seq, _, pcm)| (seq.to_string(), *pcm)).collect::<Vec<_>>());
+    let played: Vec<u8> = events
+        .iter()
+        .filter_map(|e| {
+            if let Ok(PlayerEvent::Played { id }) = e {
+                Some(id.0[0])
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(
+        played,
+        vec![11, 12, 13],
+        "played in seq order, own clip skipped"
+    );
+    assert_heard_in_order(
+        &recording,
+        &clips
+            .iter()
+            .map(|(seq, _, pcm)| (seq.to_string(), *pcm))
+            .collect::<Vec<_>>(),
+    );
 }
 
 // ---- the command line against a loopback relay ----------------------------------------
@@ -447,10 +618,21 @@ struct CliWorld {
 }
 
 impl CliWorld {
-    fn start() -> (CliWorld, walkie_client::ClientConfig, walkie_client::ClientConfig) {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    fn start() -> (
+        CliWorld,
+        walkie_client::ClientConfig,
+        walkie_client::ClientConfig,
+    ) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
         let dir = tempfile::tempdir().expect("tempdir");
-        let relay = rt.block_on(support::start_relay(&dir.path().join("relay"), walkie_relay::RelayConfig::default()));
+        let relay = rt.block_on(support::start_relay(
+            &dir.path().join("relay"),
+            walkie_relay::RelayConfig::default(),
+        ));
         let (alice, bob) = (relay.add_user("alice"), relay.add_user("bob"));
         relay.add_channel("crew", &["alice", "bob"]);
         (CliWorld { rt, relay, dir }, alice, bob)
@@ -484,7 +666,10 @@ fn wait_for_stderr(child: &mut Child, needle: &str, secs: u64) {
     let wanted = needle.to_string();
     std::thread::spawn(move || {
         let mut sent = false;
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             eprintln!("  | {line}");
             if !sent && line.contains(&wanted) {
                 let _ = tx.send(());
@@ -492,7 +677,8 @@ fn wait_for_stderr(child: &mut Child, needle: &str, secs: u64) {
             }
         }
     });
-    rx.recv_timeout(Duration::from_secs(secs)).unwrap_or_else(|_| panic!("no line with {needle:?} within {secs} s"));
+    rx.recv_timeout(Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("no line with {needle:?} within {secs} s"));
 }
 
 /// Waits for `child` (at most `secs`) and returns its stdout; fails on a non-zero exit.
@@ -510,7 +696,12 @@ fn finish(mut child: Child, what: &str, secs: u64) -> String {
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut out = String::new();
-    child.stdout.take().expect("piped stdout").read_to_string(&mut out).expect("stdout");
+    child
+        .stdout
+        .take()
+        .expect("piped stdout")
+        .read_to_string(&mut out)
+        .expect("stdout");
     assert!(status.success(), "{what} failed ({status}); stdout:\n{out}");
     out
 }
@@ -520,50 +711,100 @@ fn walkie_talk_is_heard_live_through_a_relay_by_walkie_listen_play() {
     let _devices = devices();
     let (world, alice, bob) = CliWorld::start();
     let rec_dir = tempfile::tempdir().unwrap();
-    up_to_attempts("walkie talk through the relay to walkie listen --play", || {
-        // bob listens and plays through the speaker (PulseAudio's default sink, spk).
-        let mut listener = world
-            .walkie(&bob, &["listen", "--play", "--count", "1", "--timeout", "60"])
-            .env("RUST_LOG", "walkie_client::playback=debug")
-            .spawn()
-            .expect("walkie listen");
-        wait_for_stderr(&mut listener, "listening as bob", 20);
-        let recorder = Recorder::start(rec_dir.path());
-        let recording_started = Instant::now();
+    up_to_attempts(
+        "walkie talk through the relay to walkie listen --play",
+        || {
+            // bob listens and plays through the speaker (PulseAudio's default sink, spk).
+            let mut listener = world
+                .walkie(
+                    &bob,
+                    &["listen", "--play", "--count", "1", "--timeout", "60"],
+                )
+                .env("RUST_LOG", "walkie_client::playback=debug")
+                .spawn()
+                .expect("walkie listen");
+            wait_for_stderr(&mut listener, "listening as bob", 20);
+            let recorder = Recorder::start(rec_dir.path());
+            let recording_started = Instant::now();
 
-        // alice talks for 9 s into the microphone (PulseAudio's default source, mic.monitor)
-        // while the sample plays into it. Noise suppression is off: PESQ against the clean
-        // sample measures what the path loses; RNNoise, on by default, deliberately changes
-        // the signal (3.43 with it on, in one run here, against 3.71 for the raw codec).
-        let mut talker =
-            world.walkie(&alice, &["talk", "--to", "crew", "--seconds", "9", "--no-noise-suppression"]).spawn().expect("walkie talk");
-        wait_for_stderr(&mut talker, "talking to crew", 20);
-        let mut speaker = paplay_into_mic(&support::sample_path("hello-crew.wav"));
-        let sent = finish(talker, "walkie talk", 40);
-        let talk_ended = Instant::now();
-        let _ = speaker.wait();
-        let clip_id = sent.lines().last().expect("walkie talk prints the clip id").trim().to_string();
+            // alice talks for 9 s into the microphone (PulseAudio's default source, mic.monitor)
+            // while the sample plays into it. Noise suppression is off: PESQ against the clean
+            // sample measures what the path loses; RNNoise, on by default, deliberately changes
+            // the signal (3.43 with it on, in one run here, against 3.71 for the raw codec).
+            let mut talker = world
+                .walkie(
+                    &alice,
+                    &[
+                        "talk",
+                        "--to",
+                        "crew",
+                        "--seconds",
+                        "9",
+                        "--no-noise-suppression",
+                    ],
+                )
+                .spawn()
+                .expect("walkie talk");
+            wait_for_stderr(&mut talker, "talking to crew", 20);
+            let mut speaker = paplay_into_mic(&support::sample_path("hello-crew.wav"));
+            let sent = finish(talker, "walkie talk", 40);
+            let talk_ended = Instant::now();
+            let _ = speaker.wait();
+            let clip_id = sent
+                .lines()
+                .last()
+                .expect("walkie talk prints the clip id")
+                .trim()
+                .to_string();
 
-        let heard = finish(listener, "walkie listen --play", 40);
-        let recording = recorder.stop();
-        let line: Vec<&str> = heard.lines().last().expect("a clip line").split_whitespace().collect();
-        assert_eq!(line[..3], [clip_id.as_str(), "alice", "crew"], "{heard}");
-        let duration_ms: u64 = line[3].parse().expect("duration");
-        assert!((8_800..=9_200).contains(&duration_ms), "a 9 s clip, got {duration_ms} ms");
-        // Stored too: the relay keeps the clip for anyone who was away.
-        let stored = world.relay.store.clip(&clip_id.parse().expect("clip id")).expect("store").expect("stored");
-        assert_eq!(stored.from, "alice");
-        assert!((8_800..=9_200).contains(&stored.duration_ms), "stored {} ms", stored.duration_ms);
+            let heard = finish(listener, "walkie listen --play", 40);
+            let recording = recorder.stop();
+            let line: Vec<&str> = heard
+                .lines()
+                .last()
+                .expect("a clip line")
+                .split_whitespace()
+                .collect();
+            assert_eq!(line[..3], [clip_id.as_str(), "alice", "crew"], "{heard}");
+            let duration_ms: u64 = line[3].parse().expect("duration");
+            assert!(
+                (8_800..=9_200).contains(&duration_ms),
+                "a 9 s clip, got {duration_ms} ms"
+            );
+            // Stored too: the relay keeps the clip for anyone who was away.
+            let stored = world
+                .relay
+                .store
+                .clip(&clip_id.parse().expect("clip id"))
+                .expect("store")
+                .expect("stored");
+            assert_eq!(stored.from, "alice");
+            assert!(
+                (8_800..=9_200).contains(&stored.duration_ms),
+                "stored {} ms",
+                stored.duration_ms
+            );
 
-        let (at, pesq) = score_speech(&recording, "through walkie talk, the relay and walkie listen --play")?;
-        // Live: bob heard the speech start while alice was still talking (the sample is 7.4 s
-        // of a 9 s clip, so the stored clip alone could not be heard before the talk ended).
-        let heard_at = recording_started + Duration::from_secs_f64(at as f64 / 48_000.0);
-        let ahead = talk_ended.saturating_duration_since(heard_at);
-        eprintln!("speech heard {:.2} s before alice's talk ended; PESQ {pesq:.2}", ahead.as_secs_f64());
-        assert!(ahead > Duration::from_secs(5), "bob heard the speech only {:.2} s before the talk ended: not live", ahead.as_secs_f64());
-        Ok(())
-    });
+            let (at, pesq) = score_speech(
+                &recording,
+                "through walkie talk, the relay and walkie listen --play",
+            )?;
+            // Live: bob heard the speech start while alice was still talking (the sample is 7.4 s
+            // of a 9 s clip, so the stored clip alone could not be heard before the talk ended).
+            let heard_at = recording_started + Duration::from_secs_f64(at as f64 / 48_000.0);
+            let ahead = talk_ended.saturating_duration_since(heard_at);
+            eprintln!(
+                "speech heard {:.2} s before alice's talk ended; PESQ {pesq:.2}",
+                ahead.as_secs_f64()
+            );
+            assert!(
+                ahead > Duration::from_secs(5),
+                "bob heard the speech only {:.2} s before the talk ended: not live",
+                ahead.as_secs_f64()
+            );
+            Ok(())
+        },
+    );
     drop(world.rt);
 }
 
@@ -587,18 +828,41 @@ fn a_backlog_plays_in_relay_order_through_walkie_listen_play() {
         let wav = dir.path().join(format!("part{n}.wav"));
         walkie_media::audio::wav::write_wav_mono16(&wav, 48_000, pcm).expect("wav");
         let cfg = if *from == "alice" { &alice } else { &bob };
-        let out = finish(world.walkie(cfg, &["send", "--to", "crew", wav.to_str().unwrap()]).spawn().expect("walkie send"), "walkie send", 30);
+        let out = finish(
+            world
+                .walkie(cfg, &["send", "--to", "crew", wav.to_str().unwrap()])
+                .spawn()
+                .expect("walkie send"),
+            "walkie send",
+            30,
+        );
         ids.push(out.lines().last().expect("clip id").trim().to_string());
     }
 
     let recorder = Recorder::start(dir.path());
-    let listener = world.walkie(&bob, &["listen", "--play", "--count", "3", "--timeout", "60"]).spawn().expect("walkie listen");
+    let listener = world
+        .walkie(
+            &bob,
+            &["listen", "--play", "--count", "3", "--timeout", "60"],
+        )
+        .spawn()
+        .expect("walkie listen");
     let heard = finish(listener, "walkie listen --play", 60);
     let recording = recorder.stop();
-    let printed: Vec<&str> = heard.lines().map(|l| l.split_whitespace().next().unwrap_or("")).collect();
-    assert_eq!(printed, [ids[0].as_str(), ids[2].as_str(), ids[3].as_str()], "alice's three clips, oldest first: {heard}");
+    let printed: Vec<&str> = heard
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        printed,
+        [ids[0].as_str(), ids[2].as_str(), ids[3].as_str()],
+        "alice's three clips, oldest first: {heard}"
+    );
 
-    assert_heard_in_order(&recording, &[0, 2, 3].map(|n| (n.to_string(), &parts[n].1[..])));
+    assert_heard_in_order(
+        &recording,
+        &[0, 2, 3].map(|n| (n.to_string(), &parts[n].1[..])),
+    );
     // bob's own clip was not played.
     let (_, corr) = locate(&recording, &parts[1].1);
     eprintln!("bob's own clip: best envelope correlation {corr:.2}");

@@ -40,15 +40,29 @@ impl RelayProcess {
             .spawn()
             .expect("relay starts");
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let addr = lines.next().expect("a line").expect("utf-8").replace("listening on ", "").parse().expect("address");
-        let pin = Fingerprint::parse(&lines.next().expect("a line").expect("utf-8").replace("fingerprint ", "")).expect("fingerprint");
+        let addr = lines
+            .next()
+            .expect("a line")
+            .expect("utf-8")
+            .replace("listening on ", "")
+            .parse()
+            .expect("address");
+        let pin = Fingerprint::parse(
+            &lines
+                .next()
+                .expect("a line")
+                .expect("utf-8")
+                .replace("fingerprint ", ""),
+        )
+        .expect("fingerprint");
         std::thread::spawn(move || for _ in lines {});
         RelayProcess { child, addr, pin }
     }
 
     /// Resident memory now, in bytes.
     fn rss(&self) -> u64 {
-        let text = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let text = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
         text.lines()
             .find(|l| l.starts_with("VmRSS:"))
             .and_then(|l| l.split_whitespace().nth(1))
@@ -68,7 +82,12 @@ impl RelayProcess {
     }
 
     fn config(&self, user: &str, token: &str) -> ClientConfig {
-        ClientConfig { relay: self.addr.to_string(), user: user.into(), token: token.into(), pin: self.pin }
+        ClientConfig {
+            relay: self.addr.to_string(),
+            user: user.into(),
+            token: token.into(),
+            pin: self.pin,
+        }
     }
 }
 
@@ -80,10 +99,17 @@ impl Drop for RelayProcess {
 }
 
 /// A raw QUIC connection to the relay from `from` (an attacker's own endpoint).
-async fn raw_connection(relay: &RelayProcess, from: [u8; 4]) -> (quinn::Endpoint, quinn::Connection) {
+async fn raw_connection(
+    relay: &RelayProcess,
+    from: [u8; 4],
+) -> (quinn::Endpoint, quinn::Connection) {
     let bind = SocketAddr::from((from, 0));
     let endpoint = walkie_net::client_endpoint(relay.pin, bind).expect("endpoint");
-    let conn = endpoint.connect(relay.addr, walkie_net::SERVER_NAME).expect("connect").await.expect("handshake");
+    let conn = endpoint
+        .connect(relay.addr, walkie_net::SERVER_NAME)
+        .expect("connect")
+        .await
+        .expect("handshake");
     (endpoint, conn)
 }
 
@@ -141,11 +167,22 @@ async fn a_hundred_connections_that_never_say_hello_park_almost_nothing() {
     }
     let peak = relay.peak_rss(Duration::from_secs(3)).await;
     let rise = peak.saturating_sub(before);
-    eprintln!("100 unauthenticated writers: relay RSS {} -> {} MiB (peak), rise {:.1} MiB", before / MIB, peak / MIB, rise as f64 / MIB as f64);
-    assert!(rise <= 100 * MIB, "100 unauthenticated connections raised the relay's memory by {rise} bytes");
+    eprintln!(
+        "100 unauthenticated writers: relay RSS {} -> {} MiB (peak), rise {:.1} MiB",
+        before / MIB,
+        peak / MIB,
+        rise as f64 / MIB as f64
+    );
+    assert!(
+        rise <= 100 * MIB,
+        "100 unauthenticated connections raised the relay's memory by {rise} bytes"
+    );
     // The relay closes them when their hello does not come (5 s).
     let closed = tokio::time::timeout(Duration::from_secs(10), attackers[0].1.closed()).await;
-    assert!(closed.is_ok(), "an unauthenticated connection was not closed");
+    assert!(
+        closed.is_ok(),
+        "an unauthenticated connection was not closed"
+    );
     for (_, _, task) in attackers {
         task.abort();
     }
@@ -159,7 +196,9 @@ async fn a_thousand_fetches_of_a_big_clip_that_are_never_read_cost_the_relay_lit
     let id = ClipId::random();
     {
         let store = SqliteStore::open(&data).expect("store");
-        store.add_channel("crew", &["alice".into(), "mallory".into()]).expect("channel");
+        store
+            .add_channel("crew", &["alice".into(), "mallory".into()])
+            .expect("channel");
         // 1 MB of stored "audio" (fetches send the stored bytes as they are).
         let ogg: Vec<u8> = (0..MIB as usize).map(|i| (i * 31 % 251) as u8).collect();
         let meta = ClipMeta {
@@ -170,7 +209,11 @@ async fn a_thousand_fetches_of_a_big_clip_that_are_never_read_cost_the_relay_lit
             duration_ms: 60_000,
             packets: 3_000,
             bytes: ogg.len() as u64,
-            codec: CodecParams { frame_samples: 960, bitrate: 128_000, pre_skip: 312 },
+            codec: CodecParams {
+                frame_samples: 960,
+                bitrate: 128_000,
+                pre_skip: 312,
+            },
             seq: 0,
             content: Default::default(),
         };
@@ -179,15 +222,29 @@ async fn a_thousand_fetches_of_a_big_clip_that_are_never_read_cost_the_relay_lit
     let relay = RelayProcess::start(&data, &tmp.path().join("relay.log"));
     let (_endpoint, conn) = raw_connection(&relay, [127, 0, 0, 2]).await;
     let (mut send, mut recv) = conn.open_bi().await.expect("control stream");
-    let hello = ClientMsg::Hello { user: "mallory".into(), token: tokens[1].clone(), client: "hostile".into() };
-    write_frame(&mut send, &hello, MAX_CONTROL_FRAME).await.expect("hello");
-    let welcome = read_frame::<ServerMsg>(&mut recv, MAX_CONTROL_FRAME).await.expect("welcome");
-    assert!(matches!(welcome, Some(ServerMsg::Welcome { .. })), "{welcome:?}");
+    let hello = ClientMsg::Hello {
+        user: "mallory".into(),
+        token: tokens[1].clone(),
+        client: "hostile".into(),
+    };
+    write_frame(&mut send, &hello, MAX_CONTROL_FRAME)
+        .await
+        .expect("hello");
+    let welcome = read_frame::<ServerMsg>(&mut recv, MAX_CONTROL_FRAME)
+        .await
+        .expect("welcome");
+    assert!(
+        matches!(welcome, Some(ServerMsg::Welcome { .. })),
+        "{welcome:?}"
+    );
     let before = relay.rss();
     // 1,000 fetches in one go; mallory never accepts a stream nor reads a reply.
     let mut burst = Vec::new();
     for req in 0..1000u64 {
-        burst.extend_from_slice(&walkie_proto::wire::encode_frame(&ClientMsg::Fetch { req, id }, MAX_CONTROL_FRAME).expect("frame"));
+        burst.extend_from_slice(
+            &walkie_proto::wire::encode_frame(&ClientMsg::Fetch { req, id }, MAX_CONTROL_FRAME)
+                .expect("frame"),
+        );
     }
     let writing = tokio::spawn(async move {
         let _ = send.write_all(&burst).await;
@@ -195,14 +252,25 @@ async fn a_thousand_fetches_of_a_big_clip_that_are_never_read_cost_the_relay_lit
     });
     let peak = relay.peak_rss(Duration::from_secs(8)).await;
     let rise = peak.saturating_sub(before);
-    eprintln!("1,000 unread fetches of a 1 MiB clip: relay RSS {} -> {} MiB (peak), rise {:.1} MiB", before / MIB, peak / MIB, rise as f64 / MIB as f64);
-    assert!(rise <= 16 * MIB, "unread fetches raised the relay's memory by {rise} bytes");
+    eprintln!(
+        "1,000 unread fetches of a 1 MiB clip: relay RSS {} -> {} MiB (peak), rise {:.1} MiB",
+        before / MIB,
+        peak / MIB,
+        rise as f64 / MIB as f64
+    );
+    assert!(
+        rise <= 16 * MIB,
+        "unread fetches raised the relay's memory by {rise} bytes"
+    );
     writing.abort();
     // alice is not held up by mallory's fetches.
-    let alice = tokio::time::timeout(Duration::from_secs(10), Client::connect(&relay.config("alice", &tokens[0])))
-        .await
-        .expect("alice connects in time")
-        .expect("alice connects");
+    let alice = tokio::time::timeout(
+        Duration::from_secs(10),
+        Client::connect(&relay.config("alice", &tokens[0])),
+    )
+    .await
+    .expect("alice connects in time")
+    .expect("alice connects");
     let (meta, bytes) = alice.fetch(id).await.expect("alice fetches");
     assert_eq!((meta.id, bytes.len() as u64), (id, MIB));
 }
@@ -210,13 +278,22 @@ async fn a_thousand_fetches_of_a_big_clip_that_are_never_read_cost_the_relay_lit
 /// `n` distinct QUIC Initial packets as a real client sends them (each opens a handshake with
 /// its own connection id), captured on a socket of our own instead of reaching any server.
 async fn capture_initials(pin: Fingerprint, n: usize) -> Vec<Vec<u8>> {
-    let sink = tokio::net::UdpSocket::bind("127.0.0.2:0").await.expect("sink");
+    let sink = tokio::net::UdpSocket::bind("127.0.0.2:0")
+        .await
+        .expect("sink");
     let target = sink.local_addr().expect("addr");
-    let endpoint = walkie_net::client_endpoint(pin, "127.0.0.2:0".parse().expect("addr")).expect("endpoint");
+    let endpoint =
+        walkie_net::client_endpoint(pin, "127.0.0.2:0".parse().expect("addr")).expect("endpoint");
     let mut packets = Vec::with_capacity(n);
     let mut buf = vec![0u8; 2048];
     while packets.len() < n {
-        let batch: Vec<_> = (0..100).map(|_| endpoint.connect(target, walkie_net::SERVER_NAME).expect("connect")).collect();
+        let batch: Vec<_> = (0..100)
+            .map(|_| {
+                endpoint
+                    .connect(target, walkie_net::SERVER_NAME)
+                    .expect("connect")
+            })
+            .collect();
         for _ in 0..100 {
             match tokio::time::timeout(Duration::from_millis(500), sink.recv(&mut buf)).await {
                 Ok(Ok(len)) => packets.push(buf[..len].to_vec()),
@@ -238,7 +315,12 @@ async fn a_flood_of_bare_initials_from_one_source_does_not_lock_anyone_out() {
     const PER_SECOND: usize = 1_000;
     const TRIES: usize = 20;
     let initials = capture_initials(relay.pin, 12 * PER_SECOND).await;
-    assert!(initials.iter().all(|p| p.len() >= 1200 && p[0] & 0xf0 == 0xc0), "long-header Initial packets");
+    assert!(
+        initials
+            .iter()
+            .all(|p| p.len() >= 1200 && p[0] & 0xf0 == 0xc0),
+        "long-header Initial packets"
+    );
     let target = relay.addr;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flooding = stop.clone();
@@ -248,7 +330,9 @@ async fn a_flood_of_bare_initials_from_one_source_does_not_lock_anyone_out() {
         let start = Instant::now();
         let mut sent = 0usize;
         for (i, p) in initials.iter().cycle().enumerate() {
-            if flooding.load(std::sync::atomic::Ordering::Relaxed) || start.elapsed() > Duration::from_secs(60) {
+            if flooding.load(std::sync::atomic::Ordering::Relaxed)
+                || start.elapsed() > Duration::from_secs(60)
+            {
                 break;
             }
             let due = start + Duration::from_micros(1_000_000 * i as u64 / PER_SECOND as u64);
@@ -286,8 +370,15 @@ async fn a_flood_of_bare_initials_from_one_source_does_not_lock_anyone_out() {
         times.get(times.len() / 2),
         times.last()
     );
-    assert!(rate >= 0.9 * PER_SECOND as f64, "the flood ran at {rate:.0} packets a second");
-    assert!(times.len() * 100 >= TRIES * 95, "only {} of {TRIES} connects made it within 2 s", times.len());
+    assert!(
+        rate >= 0.9 * PER_SECOND as f64,
+        "the flood ran at {rate:.0} packets a second"
+    );
+    assert!(
+        times.len() * 100 >= TRIES * 95,
+        "only {} of {TRIES} connects made it within 2 s",
+        times.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,28 +391,59 @@ async fn a_hello_cannot_forge_or_colour_a_log_line() {
     let (_endpoint, conn) = raw_connection(&relay, [127, 0, 0, 2]).await;
     let (mut send, mut recv) = conn.open_bi().await.expect("control stream");
     let forged = "cli\n2026-11-29T10:00:00.000000Z  INFO walkie_relay: user removed user=admin\x1b[2J\u{202e}";
-    let hello = ClientMsg::Hello { user: "alice".into(), token: tokens[0].clone(), client: forged.into() };
-    write_frame(&mut send, &hello, MAX_CONTROL_FRAME).await.expect("hello");
-    let welcome = read_frame::<ServerMsg>(&mut recv, MAX_CONTROL_FRAME).await.expect("welcome");
-    assert!(matches!(welcome, Some(ServerMsg::Welcome { .. })), "{welcome:?}");
+    let hello = ClientMsg::Hello {
+        user: "alice".into(),
+        token: tokens[0].clone(),
+        client: forged.into(),
+    };
+    write_frame(&mut send, &hello, MAX_CONTROL_FRAME)
+        .await
+        .expect("hello");
+    let welcome = read_frame::<ServerMsg>(&mut recv, MAX_CONTROL_FRAME)
+        .await
+        .expect("welcome");
+    assert!(
+        matches!(welcome, Some(ServerMsg::Welcome { .. })),
+        "{welcome:?}"
+    );
     // And a refused hello whose user name carries the same.
     let (_e2, conn2) = raw_connection(&relay, [127, 0, 0, 2]).await;
     let (mut send2, mut recv2) = conn2.open_bi().await.expect("control stream");
-    let bad = ClientMsg::Hello { user: forged.into(), token: "00".into(), client: forged.into() };
-    write_frame(&mut send2, &bad, MAX_CONTROL_FRAME).await.expect("hello");
+    let bad = ClientMsg::Hello {
+        user: forged.into(),
+        token: "00".into(),
+        client: forged.into(),
+    };
+    write_frame(&mut send2, &bad, MAX_CONTROL_FRAME)
+        .await
+        .expect("hello");
     let _ = read_frame::<ServerMsg>(&mut recv2, MAX_CONTROL_FRAME).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let text = loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if (text.contains("session opened") && text.contains("refused")) || Instant::now() > deadline {
+        if (text.contains("session opened") && text.contains("refused"))
+            || Instant::now() > deadline
+        {
             break text;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(text.contains("session opened") && text.contains("refused"), "{text}");
-    assert!(!text.contains('\x1b') && !text.contains('\u{202e}'), "raw escapes reached the log: {text:?}");
+    assert!(
+        text.contains("session opened") && text.contains("refused"),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\x1b') && !text.contains('\u{202e}'),
+        "raw escapes reached the log: {text:?}"
+    );
     for line in text.lines() {
-        assert!(!line.starts_with("2026-11-29T10:00:00"), "a forged line: {line:?}");
+        assert!(
+            !line.starts_with("2026-11-29T10:00:00"),
+            "a forged line: {line:?}"
+        );
     }
-    assert!(text.contains("\\u{a}2026-11-29T10:00:00"), "the forgery is visible, escaped: {text}");
+    assert!(
+        text.contains("\\u{a}2026-11-29T10:00:00"),
+        "the forgery is visible, escaped: {text}"
+    );
 }

@@ -16,8 +16,8 @@ use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use walkie_proto::clip::{ClipMeta, Target};
-use walkie_store::nats::{CommitStep, NatsConfig, NatsStore};
 use walkie_store::conformance::{audio, meta, names, populate, send};
+use walkie_store::nats::{CommitStep, NatsConfig, NatsStore};
 use walkie_store::{CommitOutcome, PURGED_SENDER, Store, StoreError};
 
 const NATS: support::NatsTestCluster = support::NatsTestCluster {
@@ -98,8 +98,8 @@ impl Drop for Fixture {
             let js = async_nats::jetstream::new(client);
             // The streams of one store (see the layout in src/store/nats.rs).
             let streams = ["clips", "audio", "inbox"].map(|s| format!("{prefix}_{s}"));
-            let buckets =
-                ["users", "channels", "clipids", "purged", "records"].map(|b| format!("KV_{prefix}_{b}"));
+            let buckets = ["users", "channels", "clipids", "purged", "records"]
+                .map(|b| format!("KV_{prefix}_{b}"));
             for name in streams.iter().chain(&buckets) {
                 if let Err(e) = js.delete_stream(name).await {
                     eprintln!("cleanup: deleting stream {name}: {e}");
@@ -128,13 +128,15 @@ impl walkie_store::conformance::Backend for Conformance {
 
 fn conformance() -> Conformance {
     let _guard = shared_cluster();
-    Conformance { _guard, fx: Fixture::new() }
+    Conformance {
+        _guard,
+        fx: Fixture::new(),
+    }
 }
 
 walkie_store::conformance_tests!(conformance());
 
 // ---- helpers for the NATS store's own tests ----
-
 
 /// Users alice, bob, carol and channel crew = {alice, bob}.
 fn setup() -> (RwLockReadGuard<'static, ()>, Fixture) {
@@ -144,24 +146,7 @@ fn setup() -> (RwLockReadGuard<'static, ()>, Fixture) {
     (guard, fx)
 }
 
-
-
-
-
-
 // ---- the SQLite store's behaviours ----
-
-
-
-
-
-
-
-
-
-
-
-
 
 #[test]
 fn concurrent_commits_of_one_clip_store_it_once() {
@@ -385,7 +370,11 @@ fn purge_erases_the_users_audio_and_keeps_their_clips_anonymised() {
             m.id
         );
     }
-    assert_eq!(store.clip_audio(&b1.id).unwrap(), audio(&b1), "bob's clip is untouched");
+    assert_eq!(
+        store.clip_audio(&b1.id).unwrap(),
+        audio(&b1),
+        "bob's clip is untouched"
+    );
     // The clips stay in their conversations, anonymised, in order.
     assert_eq!(
         store.history("bob", &crew, 10, None).unwrap(),
@@ -396,14 +385,25 @@ fn purge_erases_the_users_audio_and_keeps_their_clips_anonymised() {
         vec![anonymised(&a1)]
     );
     assert_eq!(
-        store.history("bob", &"@alice".parse().unwrap(), 10, None).unwrap(),
+        store
+            .history("bob", &"@alice".parse().unwrap(), 10, None)
+            .unwrap(),
         vec![anonymised(&a2)]
     );
     assert_eq!(
         walkie_store::conformance::readable_all(store, "bob"),
-        vec![anonymised(&a1), b1.clone(), anonymised(&a2), anonymised(&a3)]
+        vec![
+            anonymised(&a1),
+            b1.clone(),
+            anonymised(&a2),
+            anonymised(&a3)
+        ]
     );
-    assert_eq!(store.pending("bob", 0, 10).unwrap(), vec![], "purged clips leave every inbox");
+    assert_eq!(
+        store.pending("bob", 0, 10).unwrap(),
+        vec![],
+        "purged clips leave every inbox"
+    );
     assert_eq!(store.pending("alice", 0, 10).unwrap(), vec![b1.clone()]);
     // Another relay's store sees the same at once.
     assert_eq!(fx.another().clip(&a2.id).unwrap(), Some(anonymised(&a2)));
@@ -411,14 +411,21 @@ fn purge_erases_the_users_audio_and_keeps_their_clips_anonymised() {
     // In JetStream itself: no audio message of a purged clip, no byte of its audio, and no
     // metadata message naming alice.
     let audio_msgs = raw_messages(&fx.prefix, "audio");
-    assert_eq!(audio_msgs.len(), 1, "only bob's audio is left: {audio_msgs:?}");
+    assert_eq!(
+        audio_msgs.len(),
+        1,
+        "only bob's audio is left: {audio_msgs:?}"
+    );
     for m in [&a1, &a2, &a3] {
         for (_, subject, payload) in &audio_msgs {
             assert!(!subject.contains(&m.id.to_string()) && !contains(payload, &m.id.0));
         }
     }
     let clip_msgs = raw_messages(&fx.prefix, "clips");
-    assert_eq!(clip_msgs.iter().map(|m| m.0).collect::<Vec<_>>(), vec![b1.seq]);
+    assert_eq!(
+        clip_msgs.iter().map(|m| m.0).collect::<Vec<_>>(),
+        vec![b1.seq]
+    );
     assert!(clip_msgs.iter().all(|(_, _, p)| !contains(p, b"\"alice\"")));
 
     // A resend of a purged clip is a conflict; a second purge finds nothing.
@@ -444,31 +451,56 @@ fn retention_deletes_old_clips_with_their_audio_inbox_entries_and_claims() {
     let new1 = send(store, "alice", "crew", &["bob"]);
     let new2 = send(store, "bob", "@alice", &["alice"]);
 
-    assert_eq!(store.delete_clips_before(cut).unwrap(), 2, "two clips with audio deleted");
+    assert_eq!(
+        store.delete_clips_before(cut).unwrap(),
+        2,
+        "two clips with audio deleted"
+    );
     for m in [&old1, &old2, &old3] {
         assert_eq!(store.clip(&m.id).unwrap(), None);
-        assert!(matches!(store.clip_audio(&m.id), Err(StoreError::NotFound { .. })));
+        assert!(matches!(
+            store.clip_audio(&m.id),
+            Err(StoreError::NotFound { .. })
+        ));
     }
     let crew: Target = "crew".parse().unwrap();
-    assert_eq!(store.history("bob", &crew, 10, None).unwrap(), vec![new1.clone()]);
     assert_eq!(
-        store.history("alice", &"@bob".parse().unwrap(), 10, None).unwrap(),
+        store.history("bob", &crew, 10, None).unwrap(),
+        vec![new1.clone()]
+    );
+    assert_eq!(
+        store
+            .history("alice", &"@bob".parse().unwrap(), 10, None)
+            .unwrap(),
         vec![new2.clone()]
     );
     assert_eq!(
-        store.history("bob", &"@carol".parse().unwrap(), 10, None).unwrap(),
+        store
+            .history("bob", &"@carol".parse().unwrap(), 10, None)
+            .unwrap(),
         vec![],
         "the purged record went too"
     );
-    assert_eq!(walkie_store::conformance::readable_all(store, "bob"), vec![new1.clone(), new2.clone()]);
+    assert_eq!(
+        walkie_store::conformance::readable_all(store, "bob"),
+        vec![new1.clone(), new2.clone()]
+    );
     assert_eq!(store.pending("bob", 0, 10).unwrap(), vec![new1.clone()]);
     assert_eq!(store.pending("alice", 0, 10).unwrap(), vec![new2.clone()]);
     let audio_msgs = raw_messages(&fx.prefix, "audio");
     assert_eq!(audio_msgs.len(), 2, "only the new clips' audio is left");
     for m in [&old1, &old2, &old3] {
-        assert!(audio_msgs.iter().all(|(_, s, _)| !s.contains(&m.id.to_string())));
+        assert!(
+            audio_msgs
+                .iter()
+                .all(|(_, s, _)| !s.contains(&m.id.to_string()))
+        );
     }
-    assert_eq!(store.delete_clips_before(cut).unwrap(), 0, "nothing more to delete");
+    assert_eq!(
+        store.delete_clips_before(cut).unwrap(),
+        0,
+        "nothing more to delete"
+    );
     // The claim went with the clip: a (very) late resend is stored anew.
     assert!(matches!(
         store.commit_clip(&old1, &names(&["bob"]), &audio(&old1)),

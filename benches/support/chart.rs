@@ -38,7 +38,10 @@ pub fn load_font() -> Result<FontVec, String> {
         }
         tried.push(path.to_string());
     }
-    Err(format!("no TrueType font found (tried {}); install fonts-dejavu-core or set WALKIE_BENCH_FONT", tried.join(", ")))
+    Err(format!(
+        "no TrueType font found (tried {}); install fonts-dejavu-core or set WALKIE_BENCH_FONT",
+        tried.join(", ")
+    ))
 }
 
 /// A bitmap backend whose text is drawn with ab_glyph.
@@ -82,22 +85,48 @@ impl<'a> DrawingBackend for Glyphs<'a> {
     fn draw_pixel(&mut self, point: BackendCoord, color: BackendColor) -> Result<(), Err<'a>> {
         self.inner.draw_pixel(point, color)
     }
-    fn draw_line<S: BackendStyle>(&mut self, from: BackendCoord, to: BackendCoord, style: &S) -> Result<(), Err<'a>> {
+    fn draw_line<S: BackendStyle>(
+        &mut self,
+        from: BackendCoord,
+        to: BackendCoord,
+        style: &S,
+    ) -> Result<(), Err<'a>> {
         self.inner.draw_line(from, to, style)
     }
-    fn draw_rect<S: BackendStyle>(&mut self, ul: BackendCoord, br: BackendCoord, style: &S, fill: bool) -> Result<(), Err<'a>> {
+    fn draw_rect<S: BackendStyle>(
+        &mut self,
+        ul: BackendCoord,
+        br: BackendCoord,
+        style: &S,
+        fill: bool,
+    ) -> Result<(), Err<'a>> {
         self.inner.draw_rect(ul, br, style, fill)
     }
-    fn draw_circle<S: BackendStyle>(&mut self, c: BackendCoord, r: u32, style: &S, fill: bool) -> Result<(), Err<'a>> {
+    fn draw_circle<S: BackendStyle>(
+        &mut self,
+        c: BackendCoord,
+        r: u32,
+        style: &S,
+        fill: bool,
+    ) -> Result<(), Err<'a>> {
         self.inner.draw_circle(c, r, style, fill)
     }
 
-    fn estimate_text_size<T: BackendTextStyle>(&self, text: &str, style: &T) -> Result<(u32, u32), Err<'a>> {
+    fn estimate_text_size<T: BackendTextStyle>(
+        &self,
+        text: &str,
+        style: &T,
+    ) -> Result<(u32, u32), Err<'a>> {
         let (w, h) = self.measure(text, style.size());
         Ok((w.ceil() as u32, h.ceil() as u32))
     }
 
-    fn draw_text<T: BackendTextStyle>(&mut self, text: &str, style: &T, pos: BackendCoord) -> Result<(), Err<'a>> {
+    fn draw_text<T: BackendTextStyle>(
+        &mut self,
+        text: &str,
+        style: &T,
+        pos: BackendCoord,
+    ) -> Result<(), Err<'a>> {
         let color = style.color();
         let size = style.size();
         let (w, h) = self.measure(text, size);
@@ -128,7 +157,9 @@ impl<'a> DrawingBackend for Glyphs<'a> {
             prev = Some(id);
             let glyph = id.with_scale_and_position(scale, point(x, ascent));
             x += scaled.h_advance(id);
-            let Some(outline) = self.font.outline_glyph(glyph) else { continue };
+            let Some(outline) = self.font.outline_glyph(glyph) else {
+                continue;
+            };
             let bounds = outline.px_bounds();
             outline.draw(|gx, gy, coverage| {
                 if coverage <= 0.0 || result.is_err() {
@@ -139,7 +170,10 @@ impl<'a> DrawingBackend for Glyphs<'a> {
                 let (tx, ty) = trans.transform(lx, ly);
                 let (px, py) = (pos.0 + tx, pos.1 + ty);
                 if px >= 0 && py >= 0 && (px as u32) < width && (py as u32) < height {
-                    let c = BackendColor { alpha: color.alpha * f64::from(coverage.min(1.0)), rgb: color.rgb };
+                    let c = BackendColor {
+                        alpha: color.alpha * f64::from(coverage.min(1.0)),
+                        rgb: color.rgb,
+                    };
                     result = self.inner.draw_pixel((px, py), c);
                 }
             });
@@ -149,12 +183,20 @@ impl<'a> DrawingBackend for Glyphs<'a> {
 }
 
 /// Draws the series on log-log axes and writes a PNG of `size` pixels to `path`.
-pub fn fanout_png(path: &Path, title: &str, series: &[Series], size: (u32, u32)) -> Result<(), String> {
+pub fn fanout_png(
+    path: &Path,
+    title: &str,
+    series: &[Series],
+    size: (u32, u32),
+) -> Result<(), String> {
     let font = load_font()?;
     let (w, h) = size;
     let mut buf = vec![0u8; (w * h * 3) as usize];
     {
-        let backend = Glyphs { inner: BitMapBackend::with_buffer(&mut buf, size), font: &font };
+        let backend = Glyphs {
+            inner: BitMapBackend::with_buffer(&mut buf, size),
+            font: &font,
+        };
         let root = backend.into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let all = series.iter().flat_map(|s| s.points.iter());
@@ -176,12 +218,23 @@ pub fn fanout_png(path: &Path, title: &str, series: &[Series], size: (u32, u32))
             .x_desc("listeners in the channel (N)")
             .y_desc("frame delay, talker send -> listener receive (ms)")
             .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_label_formatter(&|y| if *y >= 1.0 { format!("{y:.0}") } else { format!("{y:.1}") })
+            .y_label_formatter(&|y| {
+                if *y >= 1.0 {
+                    format!("{y:.0}")
+                } else {
+                    format!("{y:.1}")
+                }
+            })
             .label_style(("sans-serif", 13))
             .axis_desc_style(("sans-serif", 14))
             .draw()
             .map_err(|e| e.to_string())?;
-        let colors = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(127, 127, 127)];
+        let colors = [
+            RGBColor(31, 119, 180),
+            RGBColor(214, 39, 40),
+            RGBColor(44, 160, 44),
+            RGBColor(127, 127, 127),
+        ];
         for (i, s) in series.iter().enumerate() {
             let color = colors[i % colors.len()];
             let style = Color::stroke_width(&color, 2);
@@ -190,13 +243,17 @@ pub fn fanout_png(path: &Path, title: &str, series: &[Series], size: (u32, u32))
                     .draw_series(DashedLineSeries::new(s.points.clone(), 6, 4, style))
                     .map_err(|e| e.to_string())?
                     .label(s.name.clone())
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], Color::stroke_width(&color, 2)));
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], Color::stroke_width(&color, 2))
+                    });
             } else {
                 chart
                     .draw_series(LineSeries::new(s.points.clone(), style))
                     .map_err(|e| e.to_string())?
                     .label(s.name.clone())
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], Color::stroke_width(&color, 2)));
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], Color::stroke_width(&color, 2))
+                    });
                 chart
                     .draw_series(s.points.iter().map(|&p| Circle::new(p, 4, color.filled())))
                     .map_err(|e| e.to_string())?;

@@ -19,7 +19,8 @@ use walkie_proto::clip::{ClipHeader, ClipId, CodecParams, MAX_SAMPLES, Target};
 use walkie_proto::ogg;
 use walkie_proto::toc::packet_samples;
 use walkie_proto::wire::{
-    self as proto, ClientMsg, ErrorCode, FrameError, MAX_CONTROL_FRAME, MAX_STREAM_FRAME, ServerMsg, StreamFrame,
+    self as proto, ClientMsg, ErrorCode, FrameError, MAX_CONTROL_FRAME, MAX_STREAM_FRAME,
+    ServerMsg, StreamFrame,
 };
 
 /// Whether a parser accepted an input.
@@ -69,9 +70,17 @@ pub fn wire_frames(data: &[u8]) -> WireReport {
     let first_small = proto::decode_frame::<StreamFrame>(data, MAX_STREAM_FRAME);
     if let Ok(Some(small)) = first_small {
         let big = proto::decode_frame::<StreamFrame>(data, MAX_CONTROL_FRAME);
-        assert_eq!(big, Ok(Some(small)), "a frame under the stream cap decodes differently under the control cap");
+        assert_eq!(
+            big,
+            Ok(Some(small)),
+            "a frame under the stream cap decodes differently under the control cap"
+        );
     }
-    WireReport { client, server, stream }
+    WireReport {
+        client,
+        server,
+        stream,
+    }
 }
 
 /// How decoding a whole buffer frame after frame ended.
@@ -116,7 +125,10 @@ where
             }
             Err(e) => {
                 if let FrameError::TooLarge { len, cap: c } = &e {
-                    assert!(*len > cap && *c == cap, "TooLarge for {len} under cap {cap}");
+                    assert!(
+                        *len > cap && *c == cap,
+                        "TooLarge for {len} under cap {cap}"
+                    );
                 }
                 break Tail::Failed(e);
             }
@@ -152,15 +164,24 @@ where
         None if buf.is_empty() => Tail::Clean,
         None => Tail::Partial(buf.len()),
     };
-    assert_eq!(pieces, whole, "decoding in pieces gave other messages than decoding at once");
-    assert_eq!(piece_tail, tail, "decoding in pieces stopped differently than decoding at once");
+    assert_eq!(
+        pieces, whole,
+        "decoding in pieces gave other messages than decoding at once"
+    );
+    assert_eq!(
+        piece_tail, tail,
+        "decoding in pieces stopped differently than decoding at once"
+    );
 
     let verdict = match tail {
         Tail::Clean => Verdict::Accepted,
         Tail::Partial(_) => Verdict::Incomplete,
         Tail::Failed(_) => Verdict::Refused,
     };
-    StreamReport { frames: whole.len(), verdict }
+    StreamReport {
+        frames: whole.len(),
+        verdict,
+    }
 }
 
 /// Properties of one frame that decoded from the start of `buf`, using `used` bytes.
@@ -168,16 +189,35 @@ fn check_frame<T>(buf: &[u8], cap: usize, msg: &T, used: usize)
 where
     T: Serialize + DeserializeOwned + PartialEq + Debug,
 {
-    assert!((4..=buf.len()).contains(&used) && used - 4 <= cap, "used {used} of {} bytes, cap {cap}", buf.len());
+    assert!(
+        (4..=buf.len()).contains(&used) && used - 4 <= cap,
+        "used {used} of {} bytes, cap {cap}",
+        buf.len()
+    );
     // Every strict prefix of the frame asks for more bytes: never an error, never a message.
     for cut in 0..used {
-        assert_eq!(proto::decode_frame::<T>(&buf[..cut], cap), Ok(None), "prefix of {cut} bytes");
+        assert_eq!(
+            proto::decode_frame::<T>(&buf[..cut], cap),
+            Ok(None),
+            "prefix of {cut} bytes"
+        );
     }
     // The message encodes again, no longer than it came, and decodes to itself.
-    let again = proto::encode_frame(msg, cap).expect("a decoded message encodes again within its cap");
-    assert!(again.len() <= used, "re-encoding grew from {used} to {} bytes", again.len());
-    let (back, n) = proto::decode_frame::<T>(&again, cap).expect("re-encoded frame decodes").expect("complete");
-    assert_eq!((&back, n), (msg, again.len()), "re-encoded frame decodes to something else");
+    let again =
+        proto::encode_frame(msg, cap).expect("a decoded message encodes again within its cap");
+    assert!(
+        again.len() <= used,
+        "re-encoding grew from {used} to {} bytes",
+        again.len()
+    );
+    let (back, n) = proto::decode_frame::<T>(&again, cap)
+        .expect("re-encoded frame decodes")
+        .expect("complete");
+    assert_eq!(
+        (&back, n),
+        (msg, again.len()),
+        "re-encoded frame decodes to something else"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -198,8 +238,13 @@ pub fn ogg_reader(data: &[u8]) -> Verdict {
 }
 
 fn check_ogg(data: &[u8]) -> Verdict {
-    let Ok(file) = ogg::read_ogg(data) else { return Verdict::Refused };
-    assert!(!file.packets.is_empty(), "a file without audio packets was accepted");
+    let Ok(file) = ogg::read_ogg(data) else {
+        return Verdict::Refused;
+    };
+    assert!(
+        !file.packets.is_empty(),
+        "a file without audio packets was accepted"
+    );
     let mut decoded = 0u64;
     for (i, p) in file.packets.iter().enumerate() {
         let n = packet_samples(p).unwrap_or_else(|e| panic!("accepted packet {i} is invalid: {e}"));
@@ -211,9 +256,16 @@ fn check_ogg(data: &[u8]) -> Verdict {
         "{} samples after pre-skip {pre_skip} claimed, the packets hold {decoded}",
         file.samples
     );
-    assert!(file.samples <= MAX_SAMPLES, "{} samples is over the cap", file.samples);
+    assert!(
+        file.samples <= MAX_SAMPLES,
+        "{} samples is over the cap",
+        file.samples
+    );
     let first = packet_samples(&file.packets[0]).expect("checked above");
-    assert_eq!(file.params.frame_samples, first, "frame_samples is not the first packet's duration");
+    assert_eq!(
+        file.params.frame_samples, first,
+        "frame_samples is not the first packet's duration"
+    );
     Verdict::Accepted
 }
 
@@ -223,7 +275,11 @@ pub fn ogg_crc(page: &[u8]) -> u32 {
     page.iter().fold(0u32, |mut crc, &b| {
         crc ^= u32::from(b) << 24;
         for _ in 0..8 {
-            crc = if crc & 0x8000_0000 != 0 { (crc << 1) ^ 0x04c1_1db7 } else { crc << 1 };
+            crc = if crc & 0x8000_0000 != 0 {
+                (crc << 1) ^ 0x04c1_1db7
+            } else {
+                crc << 1
+            };
         }
         crc
     })
@@ -236,9 +292,13 @@ pub fn fix_ogg_checksums(data: &[u8]) -> Vec<u8> {
     let mut at = 0;
     while let Some(header) = out.get(at..at + 27) {
         let nseg = usize::from(header[26]);
-        let Some(lacing) = out.get(at + 27..at + 27 + nseg) else { break };
+        let Some(lacing) = out.get(at + 27..at + 27 + nseg) else {
+            break;
+        };
         let end = at + 27 + nseg + lacing.iter().map(|&l| usize::from(l)).sum::<usize>();
-        let Some(page) = out.get_mut(at..end) else { break };
+        let Some(page) = out.get_mut(at..end) else {
+            break;
+        };
         page[22..26].fill(0);
         let crc = ogg_crc(page);
         page[22..26].copy_from_slice(&crc.to_le_bytes());
@@ -257,16 +317,39 @@ pub const RESAMPLE_LIMIT: usize = 2_048;
 /// Fuzz target `wav_reader`: [`wav::read_wav_bytes`], then [`audio::mix_to_mono`] and, for short
 /// signals, [`resample::to_48k`].
 pub fn wav_reader(data: &[u8]) -> Verdict {
-    let Ok(pcm) = wav::read_wav_bytes(data) else { return Verdict::Refused };
-    assert!((1..=2).contains(&pcm.channels), "{} channels accepted", pcm.channels);
-    assert!((audio::MIN_RATE..=audio::MAX_RATE).contains(&pcm.sample_rate), "{} Hz accepted", pcm.sample_rate);
-    assert!(pcm.samples.iter().all(|s| s.is_finite()), "a non-finite sample was read");
+    let Ok(pcm) = wav::read_wav_bytes(data) else {
+        return Verdict::Refused;
+    };
+    assert!(
+        (1..=2).contains(&pcm.channels),
+        "{} channels accepted",
+        pcm.channels
+    );
+    assert!(
+        (audio::MIN_RATE..=audio::MAX_RATE).contains(&pcm.sample_rate),
+        "{} Hz accepted",
+        pcm.sample_rate
+    );
+    assert!(
+        pcm.samples.iter().all(|s| s.is_finite()),
+        "a non-finite sample was read"
+    );
     let mono = audio::mix_to_mono(&pcm);
-    assert_eq!(mono.len(), pcm.samples.len() / usize::from(pcm.channels), "mixing lost or invented frames");
+    assert_eq!(
+        mono.len(),
+        pcm.samples.len() / usize::from(pcm.channels),
+        "mixing lost or invented frames"
+    );
     if mono.len() <= RESAMPLE_LIMIT {
         let out = resample::to_48k(&mono, pcm.sample_rate).expect("an accepted rate resamples");
         let want = resample::output_len(mono.len(), pcm.sample_rate, resample::RATE_48K);
-        assert_eq!(out.len(), want, "resampled {} samples at {} Hz", mono.len(), pcm.sample_rate);
+        assert_eq!(
+            out.len(),
+            want,
+            "resampled {} samples at {} Hz",
+            mono.len(),
+            pcm.sample_rate
+        );
     }
     Verdict::Accepted
 }
@@ -305,18 +388,39 @@ impl IngestInput {
         let max_clip_ms = u32::from_le_bytes(r.take(4)?.try_into().ok()?);
         let target = r.take(1)?[0];
         let name = String::from_utf8_lossy(r.take(usize::from(target & 0x3f))?).into_owned();
-        let to = if target & 0x80 != 0 { Target::User(name) } else { Target::Channel(name) };
+        let to = if target & 0x80 != 0 {
+            Target::User(name)
+        } else {
+            Target::Channel(name)
+        };
         let end_packets = u32::from_le_bytes(r.take(4)?.try_into().ok()?);
         let end_samples = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
         let mut packets = Vec::new();
         while let Some(len) = r.take(2) {
             let len = usize::from(u16::from_le_bytes(len.try_into().ok()?));
-            let body = r.take(len).unwrap_or_else(|| r.take(r.0.len()).expect("the rest"));
+            let body = r
+                .take(len)
+                .unwrap_or_else(|| r.take(r.0.len()).expect("the rest"));
             packets.push(body.to_vec());
         }
-        let codec = CodecParams { frame_samples, bitrate: 24_000, pre_skip };
-        let header = ClipHeader { id: ClipId([7; 16]), to, started_at_ms: 0, codec };
-        Some(Self { header, max_clip_ms, packets, end_packets, end_samples })
+        let codec = CodecParams {
+            frame_samples,
+            bitrate: 24_000,
+            pre_skip,
+        };
+        let header = ClipHeader {
+            id: ClipId([7; 16]),
+            to,
+            started_at_ms: 0,
+            codec,
+        };
+        Some(Self {
+            header,
+            max_clip_ms,
+            packets,
+            end_packets,
+            end_samples,
+        })
     }
 
     /// The bytes [`IngestInput::parse`] reads back as `self` (packets must be under 64 KiB).
@@ -327,13 +431,21 @@ impl IngestInput {
         out.extend_from_slice(&self.header.codec.frame_samples.to_le_bytes());
         out.extend_from_slice(&self.header.codec.pre_skip.to_le_bytes());
         out.extend_from_slice(&self.max_clip_ms.to_le_bytes());
-        let user = if matches!(self.header.to, Target::User(_)) { 0x80 } else { 0 };
+        let user = if matches!(self.header.to, Target::User(_)) {
+            0x80
+        } else {
+            0
+        };
         out.push(user | name.len() as u8);
         out.extend_from_slice(name);
         out.extend_from_slice(&self.end_packets.to_le_bytes());
         out.extend_from_slice(&self.end_samples.to_le_bytes());
         for p in &self.packets {
-            out.extend_from_slice(&u16::try_from(p.len()).expect("packet under 64 KiB").to_le_bytes());
+            out.extend_from_slice(
+                &u16::try_from(p.len())
+                    .expect("packet under 64 KiB")
+                    .to_le_bytes(),
+            );
             out.extend_from_slice(p);
         }
         out
@@ -343,7 +455,9 @@ impl IngestInput {
 /// Fuzz target `clip_ingest`: [`check_header`], a [`ClipAssembler`] fed every packet, the end
 /// marker; a clip it accepts must also make a valid Ogg Opus file, as the relay stores it.
 pub fn clip_ingest(data: &[u8]) -> Verdict {
-    let Some(input) = IngestInput::parse(data) else { return Verdict::Short };
+    let Some(input) = IngestInput::parse(data) else {
+        return Verdict::Short;
+    };
     if let Err(e) = check_header(&input.header) {
         assert_eq!(e.code, ErrorCode::BadRequest, "header refused with {e:?}");
         return Verdict::Refused;
@@ -354,7 +468,11 @@ pub fn clip_ingest(data: &[u8]) -> Verdict {
     for p in &input.packets {
         let before = asm.samples_so_far();
         if let Err(e) = asm.push(p.clone()) {
-            let codes = [ErrorCode::BadRequest, ErrorCode::TooLarge, ErrorCode::TooLong];
+            let codes = [
+                ErrorCode::BadRequest,
+                ErrorCode::TooLarge,
+                ErrorCode::TooLong,
+            ];
             assert!(codes.contains(&e.code), "packet refused with {e:?}");
             return Verdict::Refused;
         }
@@ -366,11 +484,17 @@ pub fn clip_ingest(data: &[u8]) -> Verdict {
     let done = match asm.finish(input.end_packets, input.end_samples) {
         Ok(done) => done,
         Err(e) => {
-            assert!([ErrorCode::BadRequest, ErrorCode::TooLong].contains(&e.code), "end refused with {e:?}");
+            assert!(
+                [ErrorCode::BadRequest, ErrorCode::TooLong].contains(&e.code),
+                "end refused with {e:?}"
+            );
             return Verdict::Refused;
         }
     };
-    assert_eq!(done.packets, input.packets, "the assembled packets differ from those sent");
+    assert_eq!(
+        done.packets, input.packets,
+        "the assembled packets differ from those sent"
+    );
     assert_eq!(done.samples, input.end_samples);
     assert!(
         done.samples >= 1 && done.samples <= u64::from(input.max_clip_ms) * 48,
@@ -379,16 +503,24 @@ pub fn clip_ingest(data: &[u8]) -> Verdict {
     );
     // RFC 7845 end trimming: the end falls inside the last packet.
     let end = done.samples + pre_skip;
-    assert!(end <= decoded && end > decoded - last, "end {end} outside the last packet {}..={decoded}", decoded - last);
+    assert!(
+        end <= decoded && end > decoded - last,
+        "end {end} outside the last packet {}..={decoded}",
+        decoded - last
+    );
     // The relay writes what it accepted as an Ogg Opus file; within the 10-minute file cap that
     // must work and read back as the same clip.
     if done.samples <= MAX_SAMPLES {
         let file = ogg::write_ogg(&input.header.codec, &done.packets, done.samples, 1)
             .unwrap_or_else(|e| panic!("an accepted clip cannot be written as Ogg Opus: {e}"));
-        let back = ogg::read_ogg(&file)
-            .unwrap_or_else(|e| panic!("the relay's Ogg file of an accepted clip is unreadable: {e}"));
+        let back = ogg::read_ogg(&file).unwrap_or_else(|e| {
+            panic!("the relay's Ogg file of an accepted clip is unreadable: {e}")
+        });
         assert_eq!(back.packets, done.packets);
-        assert_eq!((back.samples, back.params.pre_skip), (done.samples, input.header.codec.pre_skip));
+        assert_eq!(
+            (back.samples, back.params.pre_skip),
+            (done.samples, input.header.codec.pre_skip)
+        );
     }
     Verdict::Accepted
 }
@@ -432,35 +564,66 @@ impl UploadWorld {
 /// nothing more once it has ended.
 pub fn upload_core(data: &[u8]) -> Verdict {
     use std::time::{Duration, Instant};
-    use walkie_proto::upload::{Action, Checked, CommitFailure, FloorRefusal, Input, Outcome, RelayUpload, UploadLimits};
+    use walkie_proto::upload::{
+        Action, Checked, CommitFailure, FloorRefusal, Input, Outcome, RelayUpload, UploadLimits,
+    };
 
-    let Some((&flags, stream)) = data.split_first() else { return Verdict::Short };
+    let Some((&flags, stream)) = data.split_first() else {
+        return Verdict::Short;
+    };
     let world = UploadWorld(flags);
     let limits = UploadLimits::new(2_000, Duration::from_secs(10), 60);
     let start = Instant::now();
     let mut now = start;
     let mut core = RelayUpload::new("alice", limits, now, walkie_proto::clip::now_ms());
-    let (mut opened, mut ended, mut committed, mut commit_ok, mut answered) = (false, false, false, false, false);
+    let (mut opened, mut ended, mut committed, mut commit_ok, mut answered) =
+        (false, false, false, false, false);
     let mut forwarded: Vec<Vec<u8>> = Vec::new();
     let mut checked_stored = false;
     let mut drain = |core: &mut RelayUpload, now: Instant| {
         while let Some(action) = core.poll_action() {
-            assert!(!answered || matches!(action, Action::EndLive { .. } | Action::Wake(_)), "{action:?} after the talker was answered");
+            assert!(
+                !answered || matches!(action, Action::EndLive { .. } | Action::Wake(_)),
+                "{action:?} after the talker was answered"
+            );
             let input = match action {
                 Action::Check { .. } => {
                     let stored = world.has(UploadWorld::STORED).then(|| {
                         checked_stored = !world.has(UploadWorld::STORED_BY_OTHER);
-                        (if world.has(UploadWorld::STORED_BY_OTHER) { "mallory" } else { "alice" }.to_string(), 7)
+                        (
+                            if world.has(UploadWorld::STORED_BY_OTHER) {
+                                "mallory"
+                            } else {
+                                "alice"
+                            }
+                            .to_string(),
+                            7,
+                        )
                     });
                     Some(Input::Checked(if world.has(UploadWorld::FORBIDDEN) {
-                        Err(walkie_proto::assemble::Refusal::new(ErrorCode::Forbidden, "not a member"))
+                        Err(walkie_proto::assemble::Refusal::new(
+                            ErrorCode::Forbidden,
+                            "not a member",
+                        ))
                     } else {
-                        Ok(Checked { recipients: vec!["alice".into(), "bob".into()], stored, in_flight: None })
+                        Ok(Checked {
+                            recipients: vec!["alice".into(), "bob".into()],
+                            stored,
+                            in_flight: None,
+                        })
                     }))
                 }
-                Action::Admit => Some(Input::Admitted(if world.has(UploadWorld::BUSY) { Err(Duration::from_millis(1234)) } else { Ok(()) })),
+                Action::Admit => Some(Input::Admitted(if world.has(UploadWorld::BUSY) {
+                    Err(Duration::from_millis(1234))
+                } else {
+                    Ok(())
+                })),
                 Action::TakeFloor { .. } => {
-                    Some(Input::Floor(if world.has(UploadWorld::FLOOR_TAKEN) { Err(FloorRefusal::Taken { user: "bob".into() }) } else { Ok(()) }))
+                    Some(Input::Floor(if world.has(UploadWorld::FLOOR_TAKEN) {
+                        Err(FloorRefusal::Taken { user: "bob".into() })
+                    } else {
+                        Ok(())
+                    }))
                 }
                 Action::OpenLive { recipients, header } => {
                     assert!(!opened, "live copies opened twice");
@@ -470,24 +633,49 @@ pub fn upload_core(data: &[u8]) -> Verdict {
                     None
                 }
                 Action::Forward(p) => {
-                    assert!(opened && !ended && !committed, "a packet forwarded outside the live copies' lifetime");
+                    assert!(
+                        opened && !ended && !committed,
+                        "a packet forwarded outside the live copies' lifetime"
+                    );
                     packet_samples(&p).expect("only checked packets are forwarded");
                     forwarded.push(p);
                     None
                 }
-                Action::Commit { meta, ogg, recipients } => {
+                Action::Commit {
+                    meta,
+                    ogg,
+                    recipients,
+                } => {
                     assert!(!committed, "committed twice");
                     committed = true;
                     assert_eq!(recipients, ["bob"]);
                     let file = ogg::read_ogg(&ogg).expect("the committed file is valid Ogg Opus");
-                    assert_eq!(file.packets, forwarded, "the committed file holds exactly the packets heard live");
+                    assert_eq!(
+                        file.packets, forwarded,
+                        "the committed file holds exactly the packets heard live"
+                    );
                     assert_eq!(meta.bytes, ogg.len() as u64);
-                    assert!(meta.duration_ms <= 2_000, "a {} ms clip over the 2 s maximum was committed", meta.duration_ms);
+                    assert!(
+                        meta.duration_ms <= 2_000,
+                        "a {} ms clip over the 2 s maximum was committed",
+                        meta.duration_ms
+                    );
                     commit_ok = !world.has(UploadWorld::COMMIT_FAILS);
-                    Some(Input::Committed(if commit_ok { Ok(8) } else { Err(CommitFailure::Storage("disk full".into())) }))
+                    Some(Input::Committed(if commit_ok {
+                        Ok(8)
+                    } else {
+                        Err(CommitFailure::Storage("disk full".into()))
+                    }))
                 }
                 Action::Stored { duplicate, seq, .. } => {
-                    assert!(if duplicate { checked_stored && seq == 7 } else { commit_ok && seq == 8 }, "stored without a commit");
+                    assert!(
+                        if duplicate {
+                            checked_stored && seq == 7
+                        } else {
+                            commit_ok && seq == 8
+                        },
+                        "stored without a commit"
+                    );
                     answered = true;
                     None
                 }
@@ -495,7 +683,9 @@ pub fn upload_core(data: &[u8]) -> Verdict {
                     let allowed = [
                         ErrorCode::BadRequest,
                         ErrorCode::Forbidden,
-                        ErrorCode::Busy { retry_after_ms: 1234 },
+                        ErrorCode::Busy {
+                            retry_after_ms: 1234,
+                        },
                         ErrorCode::FloorTaken,
                         ErrorCode::NotFound,
                         ErrorCode::Conflict,
@@ -531,7 +721,9 @@ pub fn upload_core(data: &[u8]) -> Verdict {
                 off += used;
                 Input::Frame(frame)
             }
-            Ok(None) if off < stream.len() => Input::Broken("the stream ended inside a frame".into()),
+            Ok(None) if off < stream.len() => {
+                Input::Broken("the stream ended inside a frame".into())
+            }
             Ok(None) => Input::Finished,
             Err(e) => Input::Broken(e.to_string()),
         };
@@ -544,7 +736,13 @@ pub fn upload_core(data: &[u8]) -> Verdict {
         }
     }
     // Once it has ended, nothing moves it.
-    core.handle(Input::Frame(StreamFrame::End { packets: 1, samples: 1 }), now);
+    core.handle(
+        Input::Frame(StreamFrame::End {
+            packets: 1,
+            samples: 1,
+        }),
+        now,
+    );
     core.handle(Input::Finished, now);
     core.handle_timeout(now + Duration::from_secs(3600));
     assert_eq!(core.poll_action(), None, "an ended upload acted again");
@@ -586,7 +784,9 @@ impl Rng {
 
     /// A generator seeded with the FNV-1a hash of `data`.
     pub fn from_bytes(data: &[u8]) -> Self {
-        let h = data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let h = data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
         Self::new(h)
     }
 
@@ -623,8 +823,12 @@ impl Rng {
 /// `2` a stored payload cut by [`message::parts`] under a content built from the next bytes;
 /// `3` upload chunks (each a `u16` length and bytes) through [`message::MessageAssembler`].
 pub fn message(data: &[u8]) -> Verdict {
-    use walkie_proto::message::{self, Content, Kind, MessageAssembler, Parts, PictureFormat, doodle::Doodle};
-    let Some((&which, rest)) = data.split_first() else { return Verdict::Short };
+    use walkie_proto::message::{
+        self, Content, Kind, MessageAssembler, Parts, PictureFormat, doodle::Doodle,
+    };
+    let Some((&which, rest)) = data.split_first() else {
+        return Verdict::Short;
+    };
     match which % 4 {
         0 => match message::check_text(rest) {
             Ok(chars) => {
@@ -632,7 +836,10 @@ pub fn message(data: &[u8]) -> Verdict {
                 assert_eq!(chars as usize, text.chars().count());
                 assert!(chars as usize <= message::MAX_TEXT_CHARS && chars > 0);
                 let line = message::detail(&Content::Text { chars }, rest);
-                assert!(!line.contains('\n') && !line.chars().any(|c| c.is_control()), "a detail line stays one line: {line:?}");
+                assert!(
+                    !line.contains('\n') && !line.chars().any(|c| c.is_control()),
+                    "a detail line stays one line: {line:?}"
+                );
                 Verdict::Accepted
             }
             Err(_) => Verdict::Refused,
@@ -640,8 +847,15 @@ pub fn message(data: &[u8]) -> Verdict {
         1 => match Doodle::parse(rest) {
             Ok(d) => {
                 d.check().expect("a parsed doodle passes its checks");
-                assert!(d.points() <= message::doodle::MAX_POINTS && d.strokes.len() <= message::doodle::MAX_STROKES);
-                assert_eq!(Doodle::parse(&d.to_json()).as_ref(), Ok(&d), "canonical JSON reads back equal");
+                assert!(
+                    d.points() <= message::doodle::MAX_POINTS
+                        && d.strokes.len() <= message::doodle::MAX_STROKES
+                );
+                assert_eq!(
+                    Doodle::parse(&d.to_json()).as_ref(),
+                    Ok(&d),
+                    "canonical JSON reads back equal"
+                );
                 Verdict::Accepted
             }
             Err(_) => Verdict::Refused,
@@ -654,14 +868,29 @@ pub fn message(data: &[u8]) -> Verdict {
             let content = match rest[0] % 5 {
                 0 => Content::Voice,
                 1 => Content::Text { chars: n },
-                2 => Content::Picture { width: 1, height: 1, format: PictureFormat::Jpeg, thumb: n },
-                3 => Content::Doodle { width: 16, height: 16, strokes: 1, points: 1, png: n },
+                2 => Content::Picture {
+                    width: 1,
+                    height: 1,
+                    format: PictureFormat::Jpeg,
+                    thumb: n,
+                },
+                3 => Content::Doodle {
+                    width: 16,
+                    height: 16,
+                    strokes: 1,
+                    points: 1,
+                    png: n,
+                },
                 _ => Content::Recalled,
             };
             let payload = &rest[5..];
             match message::parts(&content, payload) {
-                Ok(Parts::Picture { full, thumb }) => assert_eq!(full.len() + thumb.len(), payload.len()),
-                Ok(Parts::Doodle { strokes, png }) => assert_eq!(strokes.len() + png.len(), payload.len()),
+                Ok(Parts::Picture { full, thumb }) => {
+                    assert_eq!(full.len() + thumb.len(), payload.len())
+                }
+                Ok(Parts::Doodle { strokes, png }) => {
+                    assert_eq!(strokes.len() + png.len(), payload.len())
+                }
                 Ok(_) => {}
                 Err(_) => return Verdict::Refused,
             }
@@ -712,9 +941,15 @@ pub fn picture(data: &[u8]) -> Verdict {
     use walkie_proto::message::{Content, MAX_PICTURE_SIDE, Parts, THUMB_SIDE, parts};
     match relay_picture::accept(data) {
         Ok((payload, content)) => {
-            let Content::Picture { width, height, .. } = content else { panic!("a picture's content is {content:?}") };
-            assert!(width <= MAX_PICTURE_SIDE && height <= MAX_PICTURE_SIDE && width > 0 && height > 0);
-            let Ok(Parts::Picture { full, thumb }) = parts(&content, &payload) else { panic!("the payload does not cut") };
+            let Content::Picture { width, height, .. } = content else {
+                panic!("a picture's content is {content:?}")
+            };
+            assert!(
+                width <= MAX_PICTURE_SIDE && height <= MAX_PICTURE_SIDE && width > 0 && height > 0
+            );
+            let Ok(Parts::Picture { full, thumb }) = parts(&content, &payload) else {
+                panic!("the payload does not cut")
+            };
             let f = image::load_from_memory(full).expect("the stored picture decodes");
             let t = image::load_from_memory(thumb).expect("the thumbnail decodes");
             assert_eq!((f.width(), f.height()), (width, height));

@@ -39,13 +39,24 @@ struct ConnArgs {
     #[arg(long, global = true, env = "WALKIE_USER", value_name = "NAME")]
     user: Option<String>,
     /// Your secret token (from `walkie-relay user add`).
-    #[arg(long, global = true, env = "WALKIE_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "WALKIE_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     token: Option<String>,
     /// The relay's certificate to trust (its DATA_DIR/cert.pem).
     #[arg(long, global = true, env = "WALKIE_CERT", value_name = "PATH")]
     cert: Option<PathBuf>,
     /// The relay's certificate fingerprint to trust, as printed by `walkie-relay serve`.
-    #[arg(long, global = true, env = "WALKIE_FINGERPRINT", value_name = "sha256:HEX")]
+    #[arg(
+        long,
+        global = true,
+        env = "WALKIE_FINGERPRINT",
+        value_name = "sha256:HEX"
+    )]
     fingerprint: Option<String>,
 }
 
@@ -64,7 +75,11 @@ struct EncodeArgs {
 
 impl EncodeArgs {
     fn config(&self) -> Result<EncoderConfig, ClientError> {
-        let cfg = EncoderConfig { bitrate: self.bitrate, complexity: self.complexity, frame_ms: self.frame_ms };
+        let cfg = EncoderConfig {
+            bitrate: self.bitrate,
+            complexity: self.complexity,
+            frame_ms: self.frame_ms,
+        };
         cfg.validate()?;
         Ok(cfg)
     }
@@ -109,7 +124,12 @@ enum Command {
     /// machine, never the place itself; distances are rounded to whole kilometres.
     Nearby {
         /// Where you are: LAT,LON (like 48.86,2.35) or a city (like Paris).
-        #[arg(long, value_name = "PLACE", required_unless_present = "off", allow_hyphen_values = true)]
+        #[arg(
+            long,
+            value_name = "PLACE",
+            required_unless_present = "off",
+            allow_hyphen_values = true
+        )]
         at: Option<String>,
         /// Stop being visible nearby now.
         #[arg(long, conflicts_with = "at")]
@@ -414,7 +434,9 @@ fn usage(msg: impl Into<String>) -> Failure {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -435,7 +457,12 @@ fn main() -> ExitCode {
 
 /// The (input, output) pairs of `walkie encode`/`decode`: `IN OUT`, or with `--out-dir DIR`
 /// every FILE to `DIR/STEM.EXT`. Refuses two inputs that would write the same output.
-fn codec_jobs(files: Vec<PathBuf>, out_dir: Option<&Path>, cmd: &str, ext: &str) -> Result<Vec<(PathBuf, PathBuf)>, Failure> {
+fn codec_jobs(
+    files: Vec<PathBuf>,
+    out_dir: Option<&Path>,
+    cmd: &str,
+    ext: &str,
+) -> Result<Vec<(PathBuf, PathBuf)>, Failure> {
     let Some(dir) = out_dir else {
         return match <[PathBuf; 2]>::try_from(files) {
             Ok([input, output]) => Ok(vec![(input, output)]),
@@ -477,9 +504,13 @@ fn run_codec_jobs(
         println!("{}", work(input, output)?);
         return Ok(());
     }
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(jobs.len()).max(1);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(jobs.len())
+        .max(1);
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut results: Vec<Option<Result<String, ClientError>>> = (0..jobs.len()).map(|_| None).collect();
+    let mut results: Vec<Option<Result<String, ClientError>>> =
+        (0..jobs.len()).map(|_| None).collect();
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
@@ -487,7 +518,9 @@ fn run_codec_jobs(
                     let mut done = Vec::new();
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some((input, output)) = jobs.get(i) else { break };
+                        let Some((input, output)) = jobs.get(i) else {
+                            break;
+                        };
                         done.push((i, work(input, output)));
                     }
                     done
@@ -516,7 +549,10 @@ fn run_codec_jobs(
         }
     }
     if failed > 0 {
-        return Err(Failure(format!("{failed} of {} files failed", jobs.len()), 1));
+        return Err(Failure(
+            format!("{failed} of {} files failed", jobs.len()),
+            1,
+        ));
     }
     Ok(())
 }
@@ -541,22 +577,41 @@ fn client_config(args: &ConnArgs) -> Result<ClientConfig, ClientError> {
 fn sniff_picture(path: &Path) -> bool {
     use std::io::Read;
     let mut head = [0u8; 32];
-    let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)).unwrap_or(0);
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .unwrap_or(0);
     walkie_client::picture::is_picture(&head[..n])
 }
 
 /// Reads a file of at most `max` bytes (`what` names it in the error).
 fn read_limited(path: &Path, max: u64, what: &str) -> Result<Vec<u8>, Failure> {
-    let len = std::fs::metadata(path).map_err(|e| Failure(format!("cannot send {}: {e}", path.display()), 1))?.len();
+    let len = std::fs::metadata(path)
+        .map_err(|e| Failure(format!("cannot send {}: {e}", path.display()), 1))?
+        .len();
     if len > max {
-        return Err(Failure(format!("cannot send {}: {:.1} MB is too large for {what} (at most {:.1} MB)", path.display(), len as f64 / 1e6, max as f64 / 1e6), 1));
+        return Err(Failure(
+            format!(
+                "cannot send {}: {:.1} MB is too large for {what} (at most {:.1} MB)",
+                path.display(),
+                len as f64 / 1e6,
+                max as f64 / 1e6
+            ),
+            1,
+        ));
     }
     std::fs::read(path).map_err(|e| Failure(format!("cannot send {}: {e}", path.display()), 1))
 }
 
 /// Sends a message through the outbox (connecting first, so wrong settings fail before
 /// anything is queued) and prints its id once the relay stored it.
-async fn send_message(conn: &ConnArgs, to: &str, kind: Kind, payload: Vec<u8>, retry_for: u64, what: &str) -> Result<(), Failure> {
+async fn send_message(
+    conn: &ConnArgs,
+    to: &str,
+    kind: Kind,
+    payload: Vec<u8>,
+    retry_for: u64,
+    what: &str,
+) -> Result<(), Failure> {
     let target = parse_target(to)?;
     let cfg = client_config(conn)?;
     let first = match Client::connect(&cfg).await {
@@ -566,7 +621,17 @@ async fn send_message(conn: &ConnArgs, to: &str, kind: Kind, payload: Vec<u8>, r
         Err(_) => None,
     };
     let outbox = Outbox::open(&profile::outbox_dir(&cfg.user)?)?;
-    match ops::send_message(&cfg, first, &outbox, target, kind, &payload, Duration::from_secs(retry_for)).await {
+    match ops::send_message(
+        &cfg,
+        first,
+        &outbox,
+        target,
+        kind,
+        &payload,
+        Duration::from_secs(retry_for),
+    )
+    .await
+    {
         Ok((id, _)) => {
             println!("{id}");
             Ok(())
@@ -578,12 +643,22 @@ async fn send_message(conn: &ConnArgs, to: &str, kind: Kind, payload: Vec<u8>, r
             ),
             1,
         )),
-        Err(e) => Err(Failure(format!("cannot send {what}: {e}; it was moved to {}/failed", outbox.dir().display()), 1)),
+        Err(e) => Err(Failure(
+            format!(
+                "cannot send {what}: {e}; it was moved to {}/failed",
+                outbox.dir().display()
+            ),
+            1,
+        )),
     }
 }
 
 fn parse_target(s: &str) -> Result<Target, Failure> {
-    s.parse::<Target>().map_err(|e| usage(format!("--to/target {s:?}: {e}; use a channel name or @user")))
+    s.parse::<Target>().map_err(|e| {
+        usage(format!(
+            "--to/target {s:?}: {e}; use a channel name or @user"
+        ))
+    })
 }
 
 /// `ID NAME LINKED_AT STATE` per device.
@@ -591,8 +666,18 @@ fn device_lines(devices: Vec<walkie_proto::wire::DeviceInfo>) -> Vec<String> {
     devices
         .into_iter()
         .map(|d| {
-            let state = if d.this { "this" } else if d.online { "online" } else { "offline" };
-            let at = if d.created_ms > 0 { ops::rfc3339(d.created_ms) } else { "-".into() };
+            let state = if d.this {
+                "this"
+            } else if d.online {
+                "online"
+            } else {
+                "offline"
+            };
+            let at = if d.created_ms > 0 {
+                ops::rfc3339(d.created_ms)
+            } else {
+                "-".into()
+            };
             format!("{} {} {at} {state}", d.id, d.name.replace(' ', "_"))
         })
         .collect()
@@ -601,13 +686,29 @@ fn device_lines(devices: Vec<walkie_proto::wire::DeviceInfo>) -> Vec<String> {
 /// One `walkie channel` command on a connected client; the lines to print.
 async fn channel_command(client: &Client, action: ChannelCmd) -> Result<Vec<String>, Failure> {
     let line = |g: &GroupInfo| {
-        format!("{} {} {} {}", g.name, g.owner.as_deref().unwrap_or("-"), g.members.join(","), g.title.as_deref().unwrap_or("-"))
+        format!(
+            "{} {} {} {}",
+            g.name,
+            g.owner.as_deref().unwrap_or("-"),
+            g.members.join(","),
+            g.title.as_deref().unwrap_or("-")
+        )
     };
     let user = |u: &str| u.trim_start_matches('@').to_string();
     let (name, action) = match action {
         ChannelCmd::List => return Ok(client.groups().await?.iter().map(line).collect()),
-        ChannelCmd::Create { name, members } => (name, GroupAction::Create { members: members.iter().map(|m| user(m)).collect() }),
-        ChannelCmd::Invite { name, member } => (name, GroupAction::Invite { user: user(&member) }),
+        ChannelCmd::Create { name, members } => (
+            name,
+            GroupAction::Create {
+                members: members.iter().map(|m| user(m)).collect(),
+            },
+        ),
+        ChannelCmd::Invite { name, member } => (
+            name,
+            GroupAction::Invite {
+                user: user(&member),
+            },
+        ),
         ChannelCmd::Leave { name } => (name, GroupAction::Leave),
         ChannelCmd::Rename { name, title } => (name, GroupAction::Rename { title }),
         ChannelCmd::Delete { name } => (name, GroupAction::Delete),
@@ -627,7 +728,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Login => {
             let mut p = settings(&cli.conn)?;
             if let Some(cert) = &p.cert {
-                let abs = std::path::absolute(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
+                let abs =
+                    std::path::absolute(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
                 p.cert = Some(abs);
             }
             let cfg = p.client_config()?;
@@ -635,11 +737,26 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Client::connect(&cfg).await?.close().await;
             let path = profile::profile_path()?;
             p.save(&path)?;
-            println!("logged in as {} at {}; profile saved to {}", cfg.user, cfg.relay, path.display());
+            println!(
+                "logged in as {} at {}; profile saved to {}",
+                cfg.user,
+                cfg.relay,
+                path.display()
+            );
         }
-        Command::Join { link, name, display } => {
-            let link: InviteLink = link.parse().map_err(|e: walkie_proto::people::LinkError| usage(e.to_string()))?;
-            let name = name.as_deref().unwrap_or_default().trim_start_matches('@').to_string();
+        Command::Join {
+            link,
+            name,
+            display,
+        } => {
+            let link: InviteLink = link
+                .parse()
+                .map_err(|e: walkie_proto::people::LinkError| usage(e.to_string()))?;
+            let name = name
+                .as_deref()
+                .unwrap_or_default()
+                .trim_start_matches('@')
+                .to_string();
             let joined = walkie_client::people::join(&link, &name, display.as_deref()).await?;
             let p = Profile {
                 relay: Some(joined.relay.clone()),
@@ -651,21 +768,51 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             // As `walkie login`: the settings are checked by signing in before they are saved.
             Client::connect(&p.client_config()?).await?.close().await;
             let path = profile::profile_path()?;
-            if let Some(old) = Profile::load(&path).ok().filter(|o| o.user.is_some() && (o.user != p.user || o.relay != p.relay)) {
-                let backup = path.with_extension(format!("{}.toml.bak", old.user.as_deref().unwrap_or("old")));
+            if let Some(old) = Profile::load(&path)
+                .ok()
+                .filter(|o| o.user.is_some() && (o.user != p.user || o.relay != p.relay))
+            {
+                let backup = path
+                    .with_extension(format!("{}.toml.bak", old.user.as_deref().unwrap_or("old")));
                 old.save(&backup)?;
-                eprintln!("note: your previous profile ({} at {}) was kept in {}", old.user.as_deref().unwrap_or("?"), old.relay.as_deref().unwrap_or("?"), backup.display());
+                eprintln!(
+                    "note: your previous profile ({} at {}) was kept in {}",
+                    old.user.as_deref().unwrap_or("?"),
+                    old.relay.as_deref().unwrap_or("?"),
+                    backup.display()
+                );
             }
             p.save(&path)?;
-            let channel = joined.channel.map(|c| format!("; member of channel {c}")).unwrap_or_default();
-            println!("joined {} as {}{channel}; profile saved to {}", joined.relay, joined.user, path.display());
+            let channel = joined
+                .channel
+                .map(|c| format!("; member of channel {c}"))
+                .unwrap_or_default();
+            println!(
+                "joined {} as {}{channel}; profile saved to {}",
+                joined.relay,
+                joined.user,
+                path.display()
+            );
             println!("{}", joined.user);
         }
         Command::Profile { action } => {
             let (display, direct_from, avatar, suggest) = match action {
-                Some(ProfileCmd::Set { display, direct_from, avatar, no_avatar, suggestions }) => {
-                    if display.is_none() && direct_from.is_none() && avatar.is_none() && !no_avatar && suggestions.is_none() {
-                        return Err(usage("walkie profile set needs --display, --avatar, --no-avatar, --direct-from or --suggestions"));
+                Some(ProfileCmd::Set {
+                    display,
+                    direct_from,
+                    avatar,
+                    no_avatar,
+                    suggestions,
+                }) => {
+                    if display.is_none()
+                        && direct_from.is_none()
+                        && avatar.is_none()
+                        && !no_avatar
+                        && suggestions.is_none()
+                    {
+                        return Err(usage(
+                            "walkie profile set needs --display, --avatar, --no-avatar, --direct-from or --suggestions",
+                        ));
                     }
                     // The picture is checked and made into an avatar before anything is sent.
                     let avatar = match (avatar, no_avatar) {
@@ -696,13 +843,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let result = client.suggest().await;
             client.close().await;
             for s in result? {
-                println!("{} {} {}", s.user, s.mutual, s.display.as_deref().unwrap_or("-"));
+                println!(
+                    "{} {} {}",
+                    s.user,
+                    s.mutual,
+                    s.display.as_deref().unwrap_or("-")
+                );
             }
         }
         Command::Nearby { at, off } => {
             let at = match (at, off) {
                 (_, true) => None,
-                (Some(place), false) => Some(walkie_proto::people::parse_place(&place).map_err(|e| usage(e.to_string()))?),
+                (Some(place), false) => Some(
+                    walkie_proto::people::parse_place(&place).map_err(|e| usage(e.to_string()))?,
+                ),
                 (None, false) => return Err(usage("walkie nearby needs --at PLACE or --off")),
             };
             let client = Client::connect(&client_config(&cli.conn)?).await?;
@@ -710,12 +864,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             client.close().await;
             let (people, until) = result?;
             if at.is_some() {
-                eprintln!("you are visible to people nearby until {}; `walkie nearby --off` hides you now", ops::rfc3339(until));
+                eprintln!(
+                    "you are visible to people nearby until {}; `walkie nearby --off` hides you now",
+                    ops::rfc3339(until)
+                );
             } else {
                 eprintln!("you are no longer visible to people nearby");
             }
             for p in people {
-                println!("{} {} {}", p.user, p.km, p.display.as_deref().unwrap_or("-"));
+                println!(
+                    "{} {} {}",
+                    p.user,
+                    p.km,
+                    p.display.as_deref().unwrap_or("-")
+                );
             }
         }
         Command::Avatar { whose, out, small } => {
@@ -724,7 +886,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let png = client.avatar(&user, small).await;
             client.close().await;
             let Some(png) = png? else {
-                return Err(Failure(format!("@{user} has no avatar (or there is no such user)"), 1));
+                return Err(Failure(
+                    format!("@{user} has no avatar (or there is no such user)"),
+                    1,
+                ));
             };
             std::fs::write(&out, &png).map_err(|e| format!("{}: {e}", out.display()))?;
             println!("{} bytes -> {}", png.len(), out.display());
@@ -740,7 +905,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let result = client.contact(name.trim_start_matches('@'), action).await;
             client.close().await;
             let entry = result?;
-            println!("{} {}", entry.user, entry.state.map_or("none", |s| s.name()));
+            println!(
+                "{} {}",
+                entry.user,
+                entry.state.map_or("none", |s| s.name())
+            );
         }
         Command::Contacts => {
             let client = Client::connect(&client_config(&cli.conn)?).await?;
@@ -748,16 +917,32 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             client.close().await;
             for c in result? {
                 let presence = if c.online { "online" } else { "offline" };
-                println!("{} {} {presence} {}", c.user, c.state.map_or("none", |s| s.name()), c.display.as_deref().unwrap_or("-"));
+                println!(
+                    "{} {} {presence} {}",
+                    c.user,
+                    c.state.map_or("none", |s| s.name()),
+                    c.display.as_deref().unwrap_or("-")
+                );
             }
         }
         Command::Device { action } => {
             let cfg = client_config(&cli.conn)?;
             let client = Client::connect(&cfg).await?;
             let result = match action {
-                DeviceCmd::Link => client.link_device(&cfg.relay, cfg.pin).await.map(|(link, expires)| {
-                    vec![format!("link for another device, valid until {} (once):", ops::rfc3339(expires)), link.to_string()]
-                }),
+                DeviceCmd::Link => {
+                    client
+                        .link_device(&cfg.relay, cfg.pin)
+                        .await
+                        .map(|(link, expires)| {
+                            vec![
+                                format!(
+                                    "link for another device, valid until {} (once):",
+                                    ops::rfc3339(expires)
+                                ),
+                                link.to_string(),
+                            ]
+                        })
+                }
                 DeviceCmd::List => client.devices().await.map(device_lines),
                 DeviceCmd::Remove { id } => client.remove_device(&id).await.map(|left| {
                     let mut lines = vec![format!("removed device {id}")];
@@ -778,16 +963,51 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 println!("{line}");
             }
         }
-        Command::Send { to, file: None, doodle: Some(path), retry_for, .. } => {
-            let json = read_limited(&path, walkie_proto::message::doodle::MAX_JSON as u64, "a doodle")?;
-            walkie_proto::message::doodle::Doodle::parse(&json).map_err(|e| Failure(format!("cannot send {}: {e}", path.display()), 1))?;
-            send_message(&cli.conn, &to, Kind::Doodle, json, retry_for, &path.display().to_string()).await?;
+        Command::Send {
+            to,
+            file: None,
+            doodle: Some(path),
+            retry_for,
+            ..
+        } => {
+            let json = read_limited(
+                &path,
+                walkie_proto::message::doodle::MAX_JSON as u64,
+                "a doodle",
+            )?;
+            walkie_proto::message::doodle::Doodle::parse(&json)
+                .map_err(|e| Failure(format!("cannot send {}: {e}", path.display()), 1))?;
+            send_message(
+                &cli.conn,
+                &to,
+                Kind::Doodle,
+                json,
+                retry_for,
+                &path.display().to_string(),
+            )
+            .await?;
         }
-        Command::Send { to, file: Some(file), retry_for, .. } if sniff_picture(&file) => {
-            let prepared = walkie_client::picture::prepare_file(&file).map_err(|e| Failure(format!("cannot send {}: {e}", file.display()), 1))?;
-            send_message(&cli.conn, &to, Kind::Picture, prepared, retry_for, &file.display().to_string()).await?;
+        Command::Send {
+            to,
+            file: Some(file),
+            retry_for,
+            ..
+        } if sniff_picture(&file) => {
+            let prepared = walkie_client::picture::prepare_file(&file)
+                .map_err(|e| Failure(format!("cannot send {}: {e}", file.display()), 1))?;
+            send_message(
+                &cli.conn,
+                &to,
+                Kind::Picture,
+                prepared,
+                retry_for,
+                &file.display().to_string(),
+            )
+            .await?;
         }
-        Command::Send { file: None, .. } => return Err(usage("give a FILE to send, or --doodle FILE.json")),
+        Command::Send { file: None, .. } => {
+            return Err(usage("give a FILE to send, or --doodle FILE.json"));
+        }
         Command::Recall { id } => {
             let id: ClipId = id.parse().map_err(|e: ClipError| usage(e.to_string()))?;
             let client = Client::connect(&client_config(&cli.conn)?).await?;
@@ -796,12 +1016,31 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             result?;
             println!("{id} recalled");
         }
-        Command::Say { to, text, retry_for } => {
+        Command::Say {
+            to,
+            text,
+            retry_for,
+        } => {
             let text = text.replace("\r\n", "\n");
-            walkie_proto::message::check_text(text.as_bytes()).map_err(|e| Failure(format!("cannot send the text: {e}"), 1))?;
-            send_message(&cli.conn, &to, Kind::Text, text.into_bytes(), retry_for, "the text").await?;
+            walkie_proto::message::check_text(text.as_bytes())
+                .map_err(|e| Failure(format!("cannot send the text: {e}"), 1))?;
+            send_message(
+                &cli.conn,
+                &to,
+                Kind::Text,
+                text.into_bytes(),
+                retry_for,
+                "the text",
+            )
+            .await?;
         }
-        Command::Send { to, file: Some(file), encode, retry_for, .. } => {
+        Command::Send {
+            to,
+            file: Some(file),
+            encode,
+            retry_for,
+            ..
+        } => {
             let target = parse_target(&to)?;
             let enc = encode.config()?;
             let cfg = client_config(&cli.conn)?;
@@ -812,7 +1051,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     let max = client.max_clip_ms();
                     (Some(client), max)
                 }
-                Err(e) if !e.is_transient() => return Err(Failure(format!("cannot send {}: {e}", file.display()), 1)),
+                Err(e) if !e.is_transient() => {
+                    return Err(Failure(format!("cannot send {}: {e}", file.display()), 1));
+                }
                 // The relay is away: the clip waits in the outbox.
                 Err(_) => (None, ops::MAX_WAV_MS),
             };
@@ -838,7 +1079,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 client.close().await;
             }
             if !report.settled(id) {
-                match ops::flush_with_retry(&cfg, &outbox, Some(id), Duration::from_secs(retry_for)).await {
+                match ops::flush_with_retry(&cfg, &outbox, Some(id), Duration::from_secs(retry_for))
+                    .await
+                {
                     Ok(more) => {
                         // flush_with_retry reports no interruption with Ok.
                         report.absorb(more);
@@ -853,8 +1096,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                             return Err(Failure(format!("cannot send {}: {e}", file.display()), 1));
                         }
                         let moved = outbox.reject(&id, &e.to_string());
-                        let whereto = moved.map_or_else(|m| format!("could not be moved aside: {m}"), |p| format!("was moved to {}", p.display()));
-                        return Err(Failure(format!("cannot send {}: {e}; clip {id} {whereto}", file.display()), 1));
+                        let whereto = moved.map_or_else(
+                            |m| format!("could not be moved aside: {m}"),
+                            |p| format!("was moved to {}", p.display()),
+                        );
+                        return Err(Failure(
+                            format!("cannot send {}: {e}; clip {id} {whereto}", file.display()),
+                            1,
+                        ));
                     }
                     Err(e) => {
                         return Err(Failure(
@@ -869,9 +1118,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             for (rid, err) in &report.rejected {
                 if *rid == id {
-                    return Err(Failure(format!("the relay refused {}: {err}; the clip was moved to {}/failed", file.display(), outbox.dir().display()), 1));
+                    return Err(Failure(
+                        format!(
+                            "the relay refused {}: {err}; the clip was moved to {}/failed",
+                            file.display(),
+                            outbox.dir().display()
+                        ),
+                        1,
+                    ));
                 }
-                eprintln!("warning: an earlier clip {rid} was refused ({err}) and moved to {}/failed", outbox.dir().display());
+                eprintln!(
+                    "warning: an earlier clip {rid} was refused ({err}) and moved to {}/failed",
+                    outbox.dir().display()
+                );
             }
             for (sid, seq) in &report.stored {
                 if *sid != id {
@@ -884,22 +1143,50 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let list = walkie_media::audio::cpal::list_devices().map_err(|e| e.to_string())?;
             print!("{list}");
         }
-        Command::Talk { to, input_device, seconds, no_noise_suppression, encode } => {
+        Command::Talk {
+            to,
+            input_device,
+            seconds,
+            no_noise_suppression,
+            encode,
+        } => {
             let target = parse_target(&to)?;
             let enc = encode.config()?;
             if seconds.is_some_and(|s| !(s > 0.0 && s <= 600.0)) {
                 return Err(usage("--seconds must be between 0 and 600"));
             }
             let cfg = client_config(&cli.conn)?;
-            let opts = live::TalkArgs { target, encoder: enc, device: input_device, seconds, noise_suppression: !no_noise_suppression };
+            let opts = live::TalkArgs {
+                target,
+                encoder: enc,
+                device: input_device,
+                seconds,
+                noise_suppression: !no_noise_suppression,
+            };
             live::talk(&cfg, opts).await?;
         }
-        Command::Listen { play: true, output_device, save_dir, count, timeout } => {
+        Command::Listen {
+            play: true,
+            output_device,
+            save_dir,
+            count,
+            timeout,
+        } => {
             let cfg = client_config(&cli.conn)?;
-            let opts = ListenOptions { save_dir, count, timeout: timeout.map(Duration::from_secs) };
+            let opts = ListenOptions {
+                save_dir,
+                count,
+                timeout: timeout.map(Duration::from_secs),
+            };
             live::listen_and_play(&cfg, output_device, opts).await?;
         }
-        Command::Listen { play: false, save_dir, count, timeout, .. } => {
+        Command::Listen {
+            play: false,
+            save_dir,
+            count,
+            timeout,
+            ..
+        } => {
             let cfg = client_config(&cli.conn)?;
             let outbox = Outbox::open(&profile::outbox_dir(&cfg.user)?)?;
             let mut client = Client::connect(&cfg).await?;
@@ -907,9 +1194,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             for (id, _) in &report.stored {
                 eprintln!("sent queued clip {id} from the outbox");
             }
-            let opts = ListenOptions { save_dir, count, timeout: timeout.map(Duration::from_secs) };
+            let opts = ListenOptions {
+                save_dir,
+                count,
+                timeout: timeout.map(Duration::from_secs),
+            };
             let result = ops::listen_items(&mut client, &opts, |item| match item {
-                ops::Item::Clip(clip) => println!("{} {} {} {}", clip.header.id, clip.header.from, clip.header.to, clip.duration_ms()),
+                ops::Item::Clip(clip) => println!(
+                    "{} {} {} {}",
+                    clip.header.id,
+                    clip.header.from,
+                    clip.header.to,
+                    clip.duration_ms()
+                ),
                 ops::Item::Message(m) => println!("{}", ops::message_line(m)),
             })
             .await;
@@ -929,7 +1226,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Err(e) => return Err(e.into()),
             }
         }
-        Command::History { target, limit, json } => {
+        Command::History {
+            target,
+            limit,
+            json,
+        } => {
             let target = parse_target(&target)?;
             let cfg = client_config(&cli.conn)?;
             let client = Client::connect(&cfg).await?;
@@ -954,18 +1255,35 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             client.close().await;
             if json {
-                println!("{}", serde_json::to_string_pretty(&all).map_err(|e| e.to_string())?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&all).map_err(|e| e.to_string())?
+                );
             } else {
                 for c in clips {
-                    println!("{} {} {} {} {} {}", c.id, c.from, c.to, ops::rfc3339(c.started_at_ms), c.duration_ms, c.bytes);
+                    println!(
+                        "{} {} {} {} {} {}",
+                        c.id,
+                        c.from,
+                        c.to,
+                        ops::rfc3339(c.started_at_ms),
+                        c.duration_ms,
+                        c.bytes
+                    );
                 }
             }
         }
         Command::Fetch { clip, out } => {
             let id: ClipId = clip.parse().map_err(|e: ClipError| usage(e.to_string()))?;
-            let ext = out.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+            let ext = out
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(str::to_ascii_lowercase);
             if !matches!(ext.as_deref(), Some("opus" | "wav")) {
-                return Err(usage(format!("--out {}: the file must end in .opus or .wav", out.display())));
+                return Err(usage(format!(
+                    "--out {}: the file must end in .opus or .wav",
+                    out.display()
+                )));
             }
             let cfg = client_config(&cli.conn)?;
             let client = Client::connect(&cfg).await?;
@@ -974,18 +1292,30 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let (meta, bytes) = fetched?;
             if !meta.content.is_voice() {
                 return Err(Failure(
-                    format!("{id} is a {} message, not a clip: `walkie export` or `walkie listen --save-dir` write its files", meta.content.name()),
+                    format!(
+                        "{id} is a {} message, not a clip: `walkie export` or `walkie listen --save-dir` write its files",
+                        meta.content.name()
+                    ),
                     1,
                 ));
             }
             if ext.as_deref() == Some("wav") {
                 let parsed = ogg::read_ogg(&bytes).map_err(ClientError::from)?;
-                let pcm = codec::decode_packets(&parsed.params, &parsed.packets, parsed.samples).map_err(ClientError::from)?;
-                walkie_media::audio::wav::write_wav_mono16(&out, 48_000, &pcm).map_err(|e| ClientError::from(codec::CodecError::from(e)))?;
+                let pcm = codec::decode_packets(&parsed.params, &parsed.packets, parsed.samples)
+                    .map_err(ClientError::from)?;
+                walkie_media::audio::wav::write_wav_mono16(&out, 48_000, &pcm)
+                    .map_err(|e| ClientError::from(codec::CodecError::from(e)))?;
             } else {
                 std::fs::write(&out, &bytes).map_err(|e| format!("{}: {e}", out.display()))?;
             }
-            println!("{} {} {} {} -> {}", meta.id, meta.from, meta.to, meta.duration_ms, out.display());
+            println!(
+                "{} {} {} {} -> {}",
+                meta.id,
+                meta.from,
+                meta.to,
+                meta.duration_ms,
+                out.display()
+            );
         }
         Command::Export { out } => {
             let cfg = client_config(&cli.conn)?;
@@ -996,14 +1326,22 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let people = people?;
             println!(
                 "exported your profile{}, {} contacts and {} channels to {}",
-                if people.avatar { " with its avatar" } else { "" },
+                if people.avatar {
+                    " with its avatar"
+                } else {
+                    ""
+                },
                 people.contacts,
                 people.channels,
                 out.display()
             );
             println!("exported {} clips to {}", n?, out.display());
         }
-        Command::Encode { files, out_dir, encode } => {
+        Command::Encode {
+            files,
+            out_dir,
+            encode,
+        } => {
             let enc = encode.config()?;
             let jobs = codec_jobs(files, out_dir.as_deref(), "encode", "opus")?;
             run_codec_jobs(&jobs, |input, output| {
@@ -1023,11 +1361,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let jobs = codec_jobs(files, out_dir.as_deref(), "decode", "wav")?;
             run_codec_jobs(&jobs, |input, output| {
                 let samples = codec::decode_file(input, output).map_err(ClientError::from)?;
-                Ok(format!("{} -> {}: {} ms at 48 kHz", input.display(), output.display(), (samples + 24) / 48))
+                Ok(format!(
+                    "{} -> {}: {} ms at 48 kHz",
+                    input.display(),
+                    output.display(),
+                    (samples + 24) / 48
+                ))
             })?;
         }
         Command::Demo { out } => {
-            let report = walkie::demo::run(out.as_deref()).await.map_err(|e| e.to_string())?;
+            let report = walkie::demo::run(out.as_deref())
+                .await
+                .map_err(|e| e.to_string())?;
             print!("{report}");
         }
         Command::App { demo } => {
@@ -1049,10 +1394,18 @@ mod tests {
         cli.clone().debug_assert();
         // clap lets a subcommand's own `user` argument share the global --user's id, and then
         // one silently fills the other: every argument id must differ from the globals'.
-        let globals: Vec<String> = cli.get_arguments().filter(|a| a.is_global_set()).map(|a| a.get_id().to_string()).collect();
+        let globals: Vec<String> = cli
+            .get_arguments()
+            .filter(|a| a.is_global_set())
+            .map(|a| a.get_id().to_string())
+            .collect();
         fn walk(cmd: &clap::Command, globals: &[String], path: &str) {
             for a in cmd.get_arguments() {
-                assert!(!globals.contains(&a.get_id().to_string()), "`{path}` has an argument `{}` like a global one", a.get_id());
+                assert!(
+                    !globals.contains(&a.get_id().to_string()),
+                    "`{path}` has an argument `{}` like a global one",
+                    a.get_id()
+                );
             }
             for sub in cmd.get_subcommands() {
                 walk(sub, globals, &format!("{path} {}", sub.get_name()));

@@ -21,28 +21,46 @@ pub struct TestRelay {
 /// Starts a relay on `127.0.0.1:0` with its data in `data`.
 pub async fn start_relay(data: &Path, config: RelayConfig) -> TestRelay {
     let store = Arc::new(SqliteStore::open(data).expect("store opens"));
-    let config = RelayConfig { listen: ([127, 0, 0, 1], 0).into(), ..config };
-    let handle = relay::start(config, data, store.clone()).await.expect("relay starts");
-    TestRelay { handle, data: data.to_path_buf(), store }
+    let config = RelayConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        ..config
+    };
+    let handle = relay::start(config, data, store.clone())
+        .await
+        .expect("relay starts");
+    TestRelay {
+        handle,
+        data: data.to_path_buf(),
+        store,
+    }
 }
 
 impl TestRelay {
     /// Adds a user and returns their connection config.
     pub fn add_user(&self, name: &str) -> ClientConfig {
         let token = auth::new_token();
-        self.store.add_user(name, &auth::hash_token(&token)).expect("user added");
+        self.store
+            .add_user(name, &auth::hash_token(&token))
+            .expect("user added");
         self.config_for(name, &token)
     }
 
     /// A connection config for `name` with `token`.
     pub fn config_for(&self, name: &str, token: &str) -> ClientConfig {
-        ClientConfig { relay: self.handle.addr.to_string(), user: name.into(), token: token.into(), pin: self.handle.fingerprint }
+        ClientConfig {
+            relay: self.handle.addr.to_string(),
+            user: name.into(),
+            token: token.into(),
+            pin: self.handle.fingerprint,
+        }
     }
 
     /// Creates a channel.
     pub fn add_channel(&self, name: &str, members: &[&str]) {
         let members: Vec<String> = members.iter().map(|m| m.to_string()).collect();
-        self.store.add_channel(name, &members).expect("channel added");
+        self.store
+            .add_channel(name, &members)
+            .expect("channel added");
     }
 
     /// Connects a client.
@@ -53,7 +71,9 @@ impl TestRelay {
 
 /// Path of a committed sample.
 pub fn sample_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("samples").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("samples")
+        .join(name)
 }
 
 /// A sample at 48 kHz mono through walkie's WAV path.
@@ -64,9 +84,11 @@ pub fn sample_48k(name: &str) -> Vec<f32> {
 /// The same audio straight through the `opus` crate (raw libopus), no walkie code: VOIP,
 /// VBR, the given bitrate and complexity, 20 ms frames; decoded with the lookahead dropped.
 pub fn raw_libopus(pcm: &[f32], bitrate: i32, complexity: i32) -> Vec<f32> {
-    let mut enc = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).expect("encoder");
+    let mut enc =
+        opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).expect("encoder");
     enc.set_vbr(true).expect("vbr");
-    enc.set_bitrate(opus::Bitrate::Bits(bitrate)).expect("bitrate");
+    enc.set_bitrate(opus::Bitrate::Bits(bitrate))
+        .expect("bitrate");
     enc.set_complexity(complexity).expect("complexity");
     let lookahead = enc.get_lookahead().expect("lookahead") as usize;
     let mut dec = opus::Decoder::new(48_000, opus::Channels::Mono).expect("decoder");
@@ -137,7 +159,9 @@ pub fn pesq_wb(reference: &[f32], degraded: &[f32]) -> f32 {
 
 /// Runs `fut` with a deadline so a hung test fails instead of blocking CI.
 pub async fn within<T>(secs: u64, what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(secs), fut).await.unwrap_or_else(|_| panic!("{what} did not finish within {secs} s"))
+    tokio::time::timeout(Duration::from_secs(secs), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {secs} s"))
 }
 
 /// A 3-node NATS JetStream cluster on loopback run by `scripts/nats-cluster.sh`, with its own
@@ -164,13 +188,20 @@ impl NatsTestCluster {
             .env("NATS_OWNER_PID", std::process::id().to_string())
             .output()
             .expect("bash runs");
-        assert!(out.status.success(), "scripts/nats-cluster.sh {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "scripts/nats-cluster.sh {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// Starts the nodes that are not running and returns the servers (`HOST:PORT`).
     pub fn start(&self) -> Vec<String> {
-        let installed = std::process::Command::new("nats-server").arg("--version").output().is_ok_and(|o| o.status.success());
+        let installed = std::process::Command::new("nats-server")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
         assert!(
             installed,
             "nats-server is not installed: these tests need it. Install it with scripts/install-deps.sh \
@@ -184,7 +215,11 @@ impl NatsTestCluster {
 }
 
 /// Waits for the first event `pick` takes, skipping others.
-pub async fn wait_for<T>(client: &mut Client, secs: u64, mut pick: impl FnMut(Event) -> Option<T>) -> T {
+pub async fn wait_for<T>(
+    client: &mut Client,
+    secs: u64,
+    mut pick: impl FnMut(Event) -> Option<T>,
+) -> T {
     within(secs, "an expected event", async {
         loop {
             let e = client.next_event().await.expect("connection stays up");

@@ -36,8 +36,8 @@ mod link;
 mod mic;
 pub mod notify;
 pub mod people;
-pub mod settings;
 mod playout;
+pub mod settings;
 pub mod state;
 mod unplayed;
 mod worker;
@@ -50,9 +50,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 pub use audio_clip::{PEAKS, peaks};
-pub use settings::{AppSettings, BITRATE_RANGE};
 pub use people::{AvatarPixels, PeopleView, PersonView};
-pub use state::{Body, ClipView, Connection, Pixels, Conversation, Devices, Meter, Notice, NoticeKind, Snapshot, Talk};
+pub use settings::{AppSettings, BITRATE_RANGE};
+pub use state::{
+    Body, ClipView, Connection, Conversation, Devices, Meter, Notice, NoticeKind, Pixels, Snapshot,
+    Talk,
+};
 
 use walkie_client::ClientError;
 use walkie_client::profile::Profile;
@@ -188,9 +191,16 @@ pub struct EngineOptions {
 impl EngineOptions {
     /// The standard directories (those `walkie login` and `walkie send` use).
     pub fn standard() -> Result<EngineOptions, ClientError> {
-        let dirs = directories::ProjectDirs::from("", "", "walkie")
-            .ok_or_else(|| ClientError::Config("cannot find a home directory for walkie's settings; set HOME".into()))?;
-        Ok(EngineOptions { config_dir: dirs.config_dir().to_path_buf(), data_dir: dirs.data_dir().to_path_buf(), ..Default::default() })
+        let dirs = directories::ProjectDirs::from("", "", "walkie").ok_or_else(|| {
+            ClientError::Config(
+                "cannot find a home directory for walkie's settings; set HOME".into(),
+            )
+        })?;
+        Ok(EngineOptions {
+            config_dir: dirs.config_dir().to_path_buf(),
+            data_dir: dirs.data_dir().to_path_buf(),
+            ..Default::default()
+        })
     }
 }
 
@@ -245,7 +255,11 @@ impl Engine {
                 runtime.shutdown_timeout(Duration::from_secs(2));
             })
             .map_err(|e| ClientError::Config(format!("cannot start the engine thread: {e}")))?;
-        Ok(Engine { commands, shared, thread: Some(thread) })
+        Ok(Engine {
+            commands,
+            shared,
+            thread: Some(thread),
+        })
     }
 
     /// Queues a command.
@@ -264,7 +278,11 @@ impl Engine {
     }
 
     /// Waits up to `timeout` for a snapshot that satisfies `pred`.
-    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Snapshot) -> bool) -> Option<Arc<Snapshot>> {
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&Snapshot) -> bool,
+    ) -> Option<Arc<Snapshot>> {
         let deadline = Instant::now() + timeout;
         let mut guard = lock(&self.shared.snapshot);
         loop {
@@ -272,7 +290,12 @@ impl Engine {
                 return Some(guard.clone());
             }
             let left = deadline.checked_duration_since(Instant::now())?;
-            guard = self.shared.changed.wait_timeout(guard, left).unwrap_or_else(|p| p.into_inner()).0;
+            guard = self
+                .shared
+                .changed
+                .wait_timeout(guard, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 }

@@ -3,15 +3,18 @@
 //! events, and uploads.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use walkie_net::{self as net, Fingerprint, NetError, read_frame, write_frame};
 use walkie_proto::clip::{ClipHeader, ClipId, ClipMeta, Target};
 use walkie_proto::message::MessageHeader;
-use walkie_proto::wire::{ClientMsg, ErrorCode, FILE_CHUNK_BYTES, MAX_CONTROL_FRAME, MAX_STREAM_FRAME, ServerMsg, StreamFrame};
+use walkie_proto::wire::{
+    ClientMsg, ErrorCode, FILE_CHUNK_BYTES, MAX_CONTROL_FRAME, MAX_STREAM_FRAME, ServerMsg,
+    StreamFrame,
+};
 
 use crate::error::ClientError;
 use crate::receive;
@@ -70,7 +73,12 @@ static LAST_GOOD: Mutex<Vec<(String, usize)>> = Mutex::new(Vec::new());
 const LAST_GOOD_LISTS: usize = 16;
 
 fn last_good(list: &str) -> usize {
-    LAST_GOOD.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(l, _)| l == list).map_or(0, |(_, i)| *i)
+    LAST_GOOD
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|(l, _)| l == list)
+        .map_or(0, |(_, i)| *i)
 }
 
 fn remember_good(list: &str, index: usize) {
@@ -84,19 +92,33 @@ fn remember_good(list: &str, index: usize) {
 
 /// A QUIC connection to the relay at `relay` whose certificate has the fingerprint `pin`,
 /// with its endpoint; waits at most `timeout` for the handshake.
-pub(crate) async fn dial(pin: Fingerprint, relay: &str, timeout: Duration) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
+pub(crate) async fn dial(
+    pin: Fingerprint,
+    relay: &str,
+    timeout: Duration,
+) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
     let addr = resolve(relay).await?;
-    let bind: SocketAddr = if addr.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }
-        .map_err(|_| ClientError::Config("bad bind address".into()))?;
+    let bind: SocketAddr = if addr.is_ipv6() {
+        "[::]:0".parse()
+    } else {
+        "0.0.0.0:0".parse()
+    }
+    .map_err(|_| ClientError::Config("bad bind address".into()))?;
     let endpoint = net::client_endpoint(pin, bind)?;
     let connecting = endpoint
         .connect(addr, net::SERVER_NAME)
-        .map_err(|e| NetError::Connect { addr: relay.to_string(), reason: e.to_string() })?;
+        .map_err(|e| NetError::Connect {
+            addr: relay.to_string(),
+            reason: e.to_string(),
+        })?;
     let conn = tokio::time::timeout(timeout, connecting)
         .await
         .map_err(|_| NetError::Connect {
             addr: relay.to_string(),
-            reason: format!("no answer within {} s (is the relay running?)", timeout.as_secs()),
+            reason: format!(
+                "no answer within {} s (is the relay running?)",
+                timeout.as_secs()
+            ),
         })?
         .map_err(|e| net::handshake_error(relay, &e))?;
     Ok((endpoint, conn))
@@ -111,7 +133,12 @@ impl Client {
         if !cfg.relay.contains(',') {
             return Self::connect_to(cfg, &cfg.relay, Duration::from_secs(10)).await;
         }
-        let relays: Vec<&str> = cfg.relay.split(',').map(str::trim).filter(|r| !r.is_empty()).collect();
+        let relays: Vec<&str> = cfg
+            .relay
+            .split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .collect();
         if relays.is_empty() {
             return Err(ClientError::Resolve(cfg.relay.clone()));
         }
@@ -134,7 +161,11 @@ impl Client {
     }
 
     /// Connects to the one relay at `relay`, waiting at most `timeout` for its handshake.
-    async fn connect_to(cfg: &ClientConfig, relay: &str, timeout: Duration) -> Result<Client, ClientError> {
+    async fn connect_to(
+        cfg: &ClientConfig,
+        relay: &str,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
         let (endpoint, conn) = dial(cfg.pin, relay, timeout).await?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| connection_error(&e))?;
         let hello = ClientMsg::Hello {
@@ -143,16 +174,29 @@ impl Client {
             client: format!("walkie/{}", env!("CARGO_PKG_VERSION")),
         };
         if let Err(e) = write_frame(&mut send, &hello, MAX_CONTROL_FRAME).await {
-            return Err(conn.close_reason().map_or(e.into(), |r| connection_error(&r)));
+            return Err(conn
+                .close_reason()
+                .map_or(e.into(), |r| connection_error(&r)));
         }
-        let welcome = tokio::time::timeout(REQUEST_TIMEOUT, read_frame::<ServerMsg>(&mut recv, MAX_CONTROL_FRAME))
-            .await
-            .map_err(|_| ClientError::Timeout(REQUEST_TIMEOUT))?;
+        let welcome = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            read_frame::<ServerMsg>(&mut recv, MAX_CONTROL_FRAME),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout(REQUEST_TIMEOUT))?;
         let max_clip_ms = match welcome {
             Ok(Some(ServerMsg::Welcome { max_clip_ms, .. })) => max_clip_ms,
             Ok(Some(ServerMsg::Error(e))) => return Err(ClientError::Refused(e)),
-            Ok(Some(other)) => return Err(ClientError::Protocol(format!("expected a welcome, got {other:?}"))),
-            Ok(None) => return Err(ClientError::Closed("the relay closed the control stream".into())),
+            Ok(Some(other)) => {
+                return Err(ClientError::Protocol(format!(
+                    "expected a welcome, got {other:?}"
+                )));
+            }
+            Ok(None) => {
+                return Err(ClientError::Closed(
+                    "the relay closed the control stream".into(),
+                ));
+            }
             Err(e) => {
                 // The relay may have closed the connection with a reason (busy, say).
                 if let Some(reason) = conn.close_reason() {
@@ -165,9 +209,28 @@ impl Client {
         let (control, control_rx) = mpsc::channel(64);
         let (events_tx, events) = mpsc::channel(256);
         let writer = tokio::spawn(write_control(send, control_rx));
-        tokio::spawn(read_control(recv, waiters.clone(), events_tx.clone()));
-        tokio::spawn(receive::accept_streams(conn.clone(), waiters.clone(), events_tx));
-        Ok(Client { conn, endpoint, control, waiters, events: tokio::sync::Mutex::new(events), next_req: AtomicU64::new(1), user: cfg.user.clone(), max_clip_ms, writer })
+        tokio::spawn(read_control(
+            recv,
+            waiters.clone(),
+            events_tx.clone(),
+            cfg.user.clone(),
+        ));
+        tokio::spawn(receive::accept_streams(
+            conn.clone(),
+            waiters.clone(),
+            events_tx,
+        ));
+        Ok(Client {
+            conn,
+            endpoint,
+            control,
+            waiters,
+            events: tokio::sync::Mutex::new(events),
+            next_req: AtomicU64::new(1),
+            user: cfg.user.clone(),
+            max_clip_ms,
+            writer,
+        })
     }
 
     /// The longest clip the relay accepts, in milliseconds (from its welcome).
@@ -193,25 +256,39 @@ impl Client {
 
     /// Why the connection closed, if it has.
     pub fn close_reason(&self) -> Option<String> {
-        self.conn.close_reason().map(|r| connection_error(&r).to_string())
+        self.conn
+            .close_reason()
+            .map(|r| connection_error(&r).to_string())
     }
 
     /// The error for a connection that is gone (or a request that failed because of it).
     fn gone(&self, fallback: &str) -> ClientError {
-        self.conn.close_reason().map_or_else(|| ClientError::Closed(fallback.into()), |r| connection_error(&r))
+        self.conn.close_reason().map_or_else(
+            || ClientError::Closed(fallback.into()),
+            |r| connection_error(&r),
+        )
     }
 
     async fn control(&self, msg: ClientMsg) -> Result<(), ClientError> {
-        self.control.send(msg).await.map_err(|_| self.gone("control stream ended"))
+        self.control
+            .send(msg)
+            .await
+            .map_err(|_| self.gone("control stream ended"))
     }
 
-    pub(crate) async fn request(&self, make: impl FnOnce(u64) -> ClientMsg) -> Result<Reply, ClientError> {
+    pub(crate) async fn request(
+        &self,
+        make: impl FnOnce(u64) -> ClientMsg,
+    ) -> Result<Reply, ClientError> {
         self.request_parts(|req| vec![make(req)]).await
     }
 
     /// Sends the messages `make` gives for a new request id, in order, and waits for the reply
     /// to that id (a request sent in several parts, like an avatar).
-    pub(crate) async fn request_parts(&self, make: impl FnOnce(u64) -> Vec<ClientMsg>) -> Result<Reply, ClientError> {
+    pub(crate) async fn request_parts(
+        &self,
+        make: impl FnOnce(u64) -> Vec<ClientMsg>,
+    ) -> Result<Reply, ClientError> {
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.waiters).requests.insert(req, tx);
@@ -232,10 +309,25 @@ impl Client {
     }
 
     /// A page of history: a conversation, or everything readable with `None`; newest last.
-    pub async fn history(&self, target: Option<Target>, limit: u32, before_seq: Option<u64>) -> Result<Vec<ClipMeta>, ClientError> {
-        match self.request(|req| ClientMsg::History { req, target, limit, before_seq }).await? {
+    pub async fn history(
+        &self,
+        target: Option<Target>,
+        limit: u32,
+        before_seq: Option<u64>,
+    ) -> Result<Vec<ClipMeta>, ClientError> {
+        match self
+            .request(|req| ClientMsg::History {
+                req,
+                target,
+                limit,
+                before_seq,
+            })
+            .await?
+        {
             Reply::History(clips) => Ok(clips),
-            _ => Err(ClientError::Protocol("unexpected reply to a history request".into())),
+            _ => Err(ClientError::Protocol(
+                "unexpected reply to a history request".into(),
+            )),
         }
     }
 
@@ -261,12 +353,21 @@ impl Client {
     pub async fn start_clip(&self, header: &ClipHeader) -> Result<Upload, ClientError> {
         let (tx, rx) = oneshot::channel();
         lock(&self.waiters).uploads.insert(header.id, tx);
-        let send = self.conn.open_uni().await.map_err(|e| connection_error(&e))?;
+        let send = self
+            .conn
+            .open_uni()
+            .await
+            .map_err(|e| connection_error(&e))?;
         Upload::start(send, header, rx, self.waiters.clone()).await
     }
 
     /// Sends a whole clip and waits until the relay has stored it: `(seq, duplicate)`.
-    pub async fn send_clip(&self, header: &ClipHeader, packets: &[Vec<u8>], samples: u64) -> Result<(u64, bool), ClientError> {
+    pub async fn send_clip(
+        &self,
+        header: &ClipHeader,
+        packets: &[Vec<u8>],
+        samples: u64,
+    ) -> Result<(u64, bool), ClientError> {
         let mut up = self.start_clip(header).await?;
         for p in packets {
             up.packet(p.clone()).await?;
@@ -277,17 +378,35 @@ impl Client {
     /// Sends a whole message (text, picture or doodle payload, as [`walkie_proto::message`]
     /// describes) and waits until the relay has stored it: `(seq, duplicate)`. A refusal
     /// (not a member, too large, not a picture) comes back as [`ClientError::Refused`].
-    pub async fn send_message(&self, header: &MessageHeader, payload: &[u8]) -> Result<(u64, bool), ClientError> {
+    pub async fn send_message(
+        &self,
+        header: &MessageHeader,
+        payload: &[u8],
+    ) -> Result<(u64, bool), ClientError> {
         let (tx, rx) = oneshot::channel();
         lock(&self.waiters).uploads.insert(header.id, tx);
         let result = async {
-            let mut send = self.conn.open_uni().await.map_err(|e| connection_error(&e))?;
+            let mut send = self
+                .conn
+                .open_uni()
+                .await
+                .map_err(|e| connection_error(&e))?;
             let mut frames = vec![StreamFrame::Message(header.clone())];
-            frames.extend(payload.chunks(FILE_CHUNK_BYTES).map(|c| StreamFrame::Chunk(c.to_vec())));
-            frames.push(StreamFrame::End { packets: payload.chunks(FILE_CHUNK_BYTES).count() as u32, samples: 0 });
+            frames.extend(
+                payload
+                    .chunks(FILE_CHUNK_BYTES)
+                    .map(|c| StreamFrame::Chunk(c.to_vec())),
+            );
+            frames.push(StreamFrame::End {
+                packets: payload.chunks(FILE_CHUNK_BYTES).count() as u32,
+                samples: 0,
+            });
             for frame in &frames {
                 // A relay that refuses stops reading; its reason comes on the control stream.
-                if write_frame(&mut send, frame, MAX_STREAM_FRAME).await.is_err() {
+                if write_frame(&mut send, frame, MAX_STREAM_FRAME)
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -295,7 +414,9 @@ impl Client {
             match tokio::time::timeout(MESSAGE_ANSWER, rx).await {
                 Ok(Ok(Ok(stored))) => Ok(stored),
                 Ok(Ok(Err(refusal))) => Err(ClientError::Refused(refusal)),
-                Ok(Err(_)) => Err(ClientError::Closed("the connection ended before the message was acknowledged".into())),
+                Ok(Err(_)) => Err(ClientError::Closed(
+                    "the connection ended before the message was acknowledged".into(),
+                )),
                 Err(_) => Err(ClientError::Timeout(MESSAGE_ANSWER)),
             }
         }
@@ -310,7 +431,9 @@ impl Client {
         match self.request(|req| ClientMsg::Recall { req, id }).await? {
             Reply::People(ServerMsg::Recalled { id: done, .. }) if done == id => Ok(()),
             Reply::Error(e) => Err(ClientError::Refused(e)),
-            _ => Err(ClientError::Protocol("unexpected answer to a recall".into())),
+            _ => Err(ClientError::Protocol(
+                "unexpected answer to a recall".into(),
+            )),
         }
     }
 
@@ -336,18 +459,27 @@ pub(crate) fn connection_error(e: &quinn::ConnectionError) -> ClientError {
         return ClientError::Closed(e.to_string());
     };
     match walkie_proto::wire::parse_close_reason(&close.reason) {
-        Some(error) if matches!(error.code, ErrorCode::Busy { .. } | ErrorCode::Unauthorized) => ClientError::Refused(error),
+        Some(error) if matches!(error.code, ErrorCode::Busy { .. } | ErrorCode::Unauthorized) => {
+            ClientError::Refused(error)
+        }
         Some(error) => ClientError::Closed(error.message),
         None => {
             let message = String::from_utf8_lossy(&close.reason).into_owned();
-            ClientError::Closed(if message.is_empty() { e.to_string() } else { message })
+            ClientError::Closed(if message.is_empty() {
+                e.to_string()
+            } else {
+                message
+            })
         }
     }
 }
 
 async fn write_control(mut send: quinn::SendStream, mut rx: mpsc::Receiver<ClientMsg>) {
     while let Some(msg) = rx.recv().await {
-        if write_frame(&mut send, &msg, MAX_CONTROL_FRAME).await.is_err() {
+        if write_frame(&mut send, &msg, MAX_CONTROL_FRAME)
+            .await
+            .is_err()
+        {
             return;
         }
     }
@@ -357,7 +489,14 @@ async fn write_control(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Clien
     }
 }
 
-async fn read_control(mut recv: quinn::RecvStream, waiters: SharedWaiters, events: mpsc::Sender<Event>) {
+/// Reads the control stream: replies go to their waiters, the rest become events (`me` is the
+/// signed-in user, skipped in presence batches).
+async fn read_control(
+    mut recv: quinn::RecvStream,
+    waiters: SharedWaiters,
+    events: mpsc::Sender<Event>,
+    me: String,
+) {
     while let Ok(Some(msg)) = read_frame::<ServerMsg>(&mut recv, MAX_CONTROL_FRAME).await {
         match msg {
             ServerMsg::ClipStored { id, seq, duplicate } => {
@@ -387,8 +526,15 @@ async fn read_control(mut recv: quinn::RecvStream, waiters: SharedWaiters, event
             ServerMsg::Online { users } => {
                 let _ = events.send(Event::Online(users)).await;
             }
-            ServerMsg::Presence { user, online } => {
-                let _ = events.send(Event::Presence(user, online)).await;
+            ServerMsg::Presence { online, offline } => {
+                // One event per person, as before batching; the batch may name us.
+                let changes = online
+                    .into_iter()
+                    .map(|u| (u, true))
+                    .chain(offline.into_iter().map(|u| (u, false)));
+                for (user, online) in changes.filter(|(u, _)| *u != me) {
+                    let _ = events.send(Event::Presence(user, online)).await;
+                }
             }
             ServerMsg::PlayedBy { id, user } => {
                 let _ = events.send(Event::PlayedBy(id, user)).await;

@@ -54,11 +54,23 @@ impl ClientError {
         match self {
             ClientError::Refused(e) => matches!(
                 e.code,
-                ErrorCode::Busy { .. } | ErrorCode::FloorTaken | ErrorCode::Storage | ErrorCode::Timeout | ErrorCode::Internal
+                ErrorCode::Busy { .. }
+                    | ErrorCode::FloorTaken
+                    | ErrorCode::Storage
+                    | ErrorCode::Timeout
+                    | ErrorCode::Internal
             ),
             // A relay that is not the pinned one stays so; a bad local file too.
-            ClientError::Net(NetError::Untrusted { .. } | NetError::BadPem { .. } | NetError::BadFingerprint(_) | NetError::Io { .. }) => false,
-            ClientError::Net(_) | ClientError::Closed(_) | ClientError::Timeout(_) | ClientError::Resolve(_) => true,
+            ClientError::Net(
+                NetError::Untrusted { .. }
+                | NetError::BadPem { .. }
+                | NetError::BadFingerprint(_)
+                | NetError::Io { .. },
+            ) => false,
+            ClientError::Net(_)
+            | ClientError::Closed(_)
+            | ClientError::Timeout(_)
+            | ClientError::Resolve(_) => true,
             _ => false,
         }
     }
@@ -74,4 +86,3 @@ impl From<UploadFailure> for ClientError {
         }
     }
 }
-

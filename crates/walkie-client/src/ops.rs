@@ -47,19 +47,39 @@ pub const MAX_WAV_MS: u32 = 600_000;
 
 /// Encodes a WAV file of at most [`MAX_WAV_MS`] and queues it in the outbox; returns the
 /// header to send.
-pub fn queue_wav(outbox: &Outbox, wav: &Path, to: Target, enc: &EncoderConfig) -> Result<(ClipHeader, EncodedClip), ClientError> {
+pub fn queue_wav(
+    outbox: &Outbox,
+    wav: &Path,
+    to: Target,
+    enc: &EncoderConfig,
+) -> Result<(ClipHeader, EncodedClip), ClientError> {
     queue_wav_within(outbox, wav, to, enc, MAX_WAV_MS)
 }
 
 /// Encodes a WAV file and queues it in the outbox; a file longer than `max_ms` (the relay's
 /// longest clip) is refused from its header before anything is decoded or queued.
-pub fn queue_wav_within(outbox: &Outbox, wav: &Path, to: Target, enc: &EncoderConfig, max_ms: u32) -> Result<(ClipHeader, EncodedClip), ClientError> {
-    let pcm = audio::load_wav_48k_mono_within(wav, u64::from(max_ms)).map_err(codec::CodecError::from)?;
+pub fn queue_wav_within(
+    outbox: &Outbox,
+    wav: &Path,
+    to: Target,
+    enc: &EncoderConfig,
+    max_ms: u32,
+) -> Result<(ClipHeader, EncodedClip), ClientError> {
+    let pcm =
+        audio::load_wav_48k_mono_within(wav, u64::from(max_ms)).map_err(codec::CodecError::from)?;
     if pcm.is_empty() {
-        return Err(ClientError::Config(format!("{}: the WAV file has no audio", wav.display())));
+        return Err(ClientError::Config(format!(
+            "{}: the WAV file has no audio",
+            wav.display()
+        )));
     }
     let clip = codec::encode_pcm(&pcm, enc)?;
-    let header = ClipHeader { id: ClipId::random(), to, started_at_ms: now_ms(), codec: clip.params };
+    let header = ClipHeader {
+        id: ClipId::random(),
+        to,
+        started_at_ms: now_ms(),
+        codec: clip.params,
+    };
     outbox.add(&header, &clip)?;
     Ok((header, clip))
 }
@@ -74,7 +94,11 @@ pub async fn flush(client: &Client, outbox: &Outbox) -> Result<FlushReport, Clie
         let sent = match entry.message {
             Some(kind) => match outbox.load_message(&id) {
                 Ok(payload) => {
-                    let header = MessageHeader { id, to: entry.header.to.clone(), kind };
+                    let header = MessageHeader {
+                        id,
+                        to: entry.header.to.clone(),
+                        kind,
+                    };
                     client.send_message(&header, &payload).await
                 }
                 Err(e) => Err(e),
@@ -150,7 +174,10 @@ pub async fn flush_with_retry(
         };
         // Jitter (50-150%) spreads a crowd of clients refused together over time.
         let wait = wait.mul_f64(rand::random_range(0.5..1.5));
-        warn!("relay unavailable ({err}); retrying in {} ms", wait.as_millis());
+        warn!(
+            "relay unavailable ({err}); retrying in {} ms",
+            wait.as_millis()
+        );
         tokio::time::sleep(wait.min(deadline - now)).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
@@ -204,7 +231,10 @@ pub async fn listen_items(
     mut on_item: impl FnMut(Item<'_>),
 ) -> Result<usize, ClientError> {
     if let Some(dir) = &opts.save_dir {
-        std::fs::create_dir_all(dir).map_err(|source| ClientError::Io { path: dir.clone(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| ClientError::Io {
+            path: dir.clone(),
+            source,
+        })?;
     }
     let deadline = opts.timeout.map(|t| Instant::now() + t);
     let mut seen = std::collections::HashSet::new();
@@ -220,7 +250,11 @@ pub async fn listen_items(
             None => client.next_event().await,
         };
         let Some(event) = next else {
-            return Err(ClientError::Closed(client.close_reason().unwrap_or_else(|| "the relay closed the connection".into())));
+            return Err(ClientError::Closed(
+                client
+                    .close_reason()
+                    .unwrap_or_else(|| "the relay closed the connection".into()),
+            ));
         };
         match event {
             Event::Clip(clip) => {
@@ -235,7 +269,11 @@ pub async fn listen_items(
                 client.ack(id).await?;
             }
             Event::Message(message) => {
-                if take_message(client, opts.save_dir.as_deref(), &mut seen, &message, |m| on_item(Item::Message(m))).await? {
+                if take_message(client, opts.save_dir.as_deref(), &mut seen, &message, |m| {
+                    on_item(Item::Message(m))
+                })
+                .await?
+                {
                     received += 1;
                 }
             }
@@ -290,8 +328,19 @@ pub async fn take_message(
 /// (the stroke count) or `recalled` (DETAIL: `-`).
 pub fn message_line(m: &ReceivedMessage) -> String {
     let h = &m.header;
-    let detail = if h.content == Content::Recalled { "-".to_string() } else { m.detail() };
-    format!("{} {} {} {} {}", h.id, h.from, h.to, h.content.name(), detail)
+    let detail = if h.content == Content::Recalled {
+        "-".to_string()
+    } else {
+        m.detail()
+    };
+    format!(
+        "{} {} {} {} {}",
+        h.id,
+        h.from,
+        h.to,
+        h.content.name(),
+        detail
+    )
 }
 
 /// The files a message is saved as, by kind: `ID.txt`; `ID.jpg` or `ID.png` for a picture;
@@ -306,7 +355,10 @@ pub fn message_files(id: ClipId, content: &Content, payload: &[u8]) -> Vec<(Stri
             };
             vec![(format!("{id}.{ext}"), full.to_vec())]
         }
-        Ok(Parts::Doodle { strokes, png }) => vec![(format!("{id}.doodle.json"), strokes.to_vec()), (format!("{id}.png"), png.to_vec())],
+        Ok(Parts::Doodle { strokes, png }) => vec![
+            (format!("{id}.doodle.json"), strokes.to_vec()),
+            (format!("{id}.png"), png.to_vec()),
+        ],
         Ok(Parts::Voice(ogg)) => vec![(format!("{id}.opus"), ogg.to_vec())],
         Ok(Parts::Recalled) | Err(_) => Vec::new(),
     }
@@ -314,7 +366,8 @@ pub fn message_files(id: ClipId, content: &Content, payload: &[u8]) -> Vec<(Stri
 
 /// Writes a received message's files into `dir` (see [`message_files`]).
 pub fn save_message(dir: &Path, message: &ReceivedMessage) -> Result<(), ClientError> {
-    for (name, bytes) in message_files(message.header.id, &message.header.content, &message.payload) {
+    for (name, bytes) in message_files(message.header.id, &message.header.content, &message.payload)
+    {
         let path = dir.join(name);
         std::fs::write(&path, bytes).map_err(|source| ClientError::Io { path, source })?;
     }
@@ -371,9 +424,13 @@ pub async fn send_message(
 pub fn save_clip(dir: &Path, clip: &ReceivedClip) -> Result<(), ClientError> {
     let id = clip.header.id;
     let opus_path = dir.join(format!("{id}.opus"));
-    std::fs::write(&opus_path, clip.ogg()?).map_err(|source| ClientError::Io { path: opus_path, source })?;
+    std::fs::write(&opus_path, clip.ogg()?).map_err(|source| ClientError::Io {
+        path: opus_path,
+        source,
+    })?;
     let pcm = codec::decode_clip(clip)?;
-    wav::write_wav_mono16(&dir.join(format!("{id}.wav")), 48_000, &pcm).map_err(codec::CodecError::from)?;
+    wav::write_wav_mono16(&dir.join(format!("{id}.wav")), 48_000, &pcm)
+        .map_err(codec::CodecError::from)?;
     Ok(())
 }
 
@@ -417,10 +474,14 @@ pub struct PeopleExport {
 /// any), `contacts.json`, `channels.json` (with owners, titles and members) and
 /// `devices.json`.
 pub async fn export_people(client: &Client, dir: &Path) -> Result<PeopleExport, ClientError> {
-    std::fs::create_dir_all(dir).map_err(|source| ClientError::Io { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| ClientError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let write = |name: &str, value: serde_json::Value| {
         let path = dir.join(name);
-        let text = serde_json::to_vec_pretty(&value).map_err(|e| ClientError::Config(e.to_string()))?;
+        let text =
+            serde_json::to_vec_pretty(&value).map_err(|e| ClientError::Config(e.to_string()))?;
         std::fs::write(&path, text).map_err(|source| ClientError::Io { path, source })
     };
     let me = client.set_profile(None, None).await?;
@@ -456,7 +517,11 @@ pub async fn export_people(client: &Client, dir: &Path) -> Result<PeopleExport, 
         .map(|d| serde_json::json!({ "id": d.id, "name": d.name, "linked_at": (d.created_ms > 0).then(|| rfc3339(d.created_ms)) }))
         .collect();
     write("devices.json", listed.into())?;
-    Ok(PeopleExport { contacts: contacts.len(), channels: groups.len(), avatar: avatar.is_some() })
+    Ok(PeopleExport {
+        contacts: contacts.len(),
+        channels: groups.len(),
+        avatar: avatar.is_some(),
+    })
 }
 
 /// Writes `clips` to `dir`, each fetched from the relay into the file `name` gives it, and
@@ -467,8 +532,16 @@ pub async fn export_people(client: &Client, dir: &Path) -> Result<PeopleExport, 
 /// with `"purged": true` and no file, and the export goes on. `index.json` is always written:
 /// if the export stops early (the connection failed), the clips not reached are listed with
 /// `"exported": false` and the error is returned after the index is written.
-pub async fn export_clips(client: &Client, clips: &[ClipMeta], dir: &Path, name: impl Fn(&ClipMeta) -> String) -> Result<usize, ClientError> {
-    std::fs::create_dir_all(dir).map_err(|source| ClientError::Io { path: dir.to_path_buf(), source })?;
+pub async fn export_clips(
+    client: &Client,
+    clips: &[ClipMeta],
+    dir: &Path,
+    name: impl Fn(&ClipMeta) -> String,
+) -> Result<usize, ClientError> {
+    std::fs::create_dir_all(dir).map_err(|source| ClientError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let mut index = Vec::with_capacity(clips.len());
     let mut failure = None;
     for meta in clips {
@@ -496,7 +569,9 @@ pub async fn export_clips(client: &Client, clips: &[ClipMeta], dir: &Path, name:
                     entry["exported"] = false.into();
                 } else {
                     let names: Vec<&str> = files.iter().map(|(f, _)| f.as_str()).collect();
-                    if let (Content::Text { .. }, Ok(text)) = (meta.content, std::str::from_utf8(&bytes)) {
+                    if let (Content::Text { .. }, Ok(text)) =
+                        (meta.content, std::str::from_utf8(&bytes))
+                    {
                         entry["text"] = text.into();
                     }
                     entry["file"] = names.first().copied().into();
@@ -550,13 +625,24 @@ pub fn history_json(meta: &ClipMeta) -> serde_json::Value {
     match meta.content {
         Content::Voice | Content::Recalled => {}
         Content::Text { chars } => v["chars"] = chars.into(),
-        Content::Picture { width, height, format, thumb } => {
+        Content::Picture {
+            width,
+            height,
+            format,
+            thumb,
+        } => {
             v["width"] = width.into();
             v["height"] = height.into();
             v["format"] = format.ext().into();
             v["thumb_bytes"] = thumb.into();
         }
-        Content::Doodle { width, height, strokes, points, .. } => {
+        Content::Doodle {
+            width,
+            height,
+            strokes,
+            points,
+            ..
+        } => {
             v["width"] = width.into();
             v["height"] = height.into();
             v["strokes"] = strokes.into();

@@ -36,7 +36,10 @@ pub struct Outbox {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
-    move |source| ClientError::Io { path: path.to_path_buf(), source }
+    move |source| ClientError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), ClientError> {
@@ -52,7 +55,9 @@ impl Outbox {
     /// Opens (creating) an outbox directory.
     pub fn open(dir: &Path) -> Result<Self, ClientError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        Ok(Self { dir: dir.to_path_buf() })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// Where it lives.
@@ -61,7 +66,10 @@ impl Outbox {
     }
 
     fn paths(&self, id: &ClipId) -> (PathBuf, PathBuf) {
-        (self.dir.join(format!("{id}.opus")), self.dir.join(format!("{id}.json")))
+        (
+            self.dir.join(format!("{id}.opus")),
+            self.dir.join(format!("{id}.json")),
+        )
     }
 
     fn message_path(&self, id: &ClipId) -> PathBuf {
@@ -73,16 +81,34 @@ impl Outbox {
         let (audio, _) = self.paths(&header.id);
         let ogg = ogg::write_ogg(&header.codec, &clip.packets, clip.samples, rand::random())?;
         write_durably(&audio, &ogg)?;
-        self.add_entry(OutboxEntry { header: header.clone(), queued_at_ms: now_ms(), message: None })
+        self.add_entry(OutboxEntry {
+            header: header.clone(),
+            queued_at_ms: now_ms(),
+            message: None,
+        })
     }
 
     /// Queues a message durably (its payload as [`walkie_proto::message`] describes it);
     /// returns its header.
-    pub fn add_message(&self, to: Target, kind: Kind, payload: &[u8]) -> Result<MessageHeader, ClientError> {
+    pub fn add_message(
+        &self,
+        to: Target,
+        kind: Kind,
+        payload: &[u8],
+    ) -> Result<MessageHeader, ClientError> {
         let id = ClipId::random();
         write_durably(&self.message_path(&id), payload)?;
-        let header = ClipHeader { id, to: to.clone(), started_at_ms: now_ms(), codec: CodecParams::NONE };
-        self.add_entry(OutboxEntry { header, queued_at_ms: now_ms(), message: Some(kind) })?;
+        let header = ClipHeader {
+            id,
+            to: to.clone(),
+            started_at_ms: now_ms(),
+            codec: CodecParams::NONE,
+        };
+        self.add_entry(OutboxEntry {
+            header,
+            queued_at_ms: now_ms(),
+            message: Some(kind),
+        })?;
         Ok(MessageHeader { id, to, kind })
     }
 
@@ -94,7 +120,8 @@ impl Outbox {
 
     fn add_entry(&self, entry: OutboxEntry) -> Result<(), ClientError> {
         let (_, meta) = self.paths(&entry.header.id);
-        let json = serde_json::to_vec_pretty(&entry).map_err(|e| ClientError::Config(e.to_string()))?;
+        let json =
+            serde_json::to_vec_pretty(&entry).map_err(|e| ClientError::Config(e.to_string()))?;
         write_durably(&meta, &json)?;
         if let Ok(d) = std::fs::File::open(&self.dir) {
             let _ = d.sync_all();
@@ -151,7 +178,10 @@ impl Outbox {
         if !audio.exists() && self.message_path(id).exists() {
             (audio, dest) = (self.message_path(id), failed.join(format!("{id}.msg")));
         }
-        write_durably(&failed.join(format!("{id}.txt")), format!("{reason}\n").as_bytes())?;
+        write_durably(
+            &failed.join(format!("{id}.txt")),
+            format!("{reason}\n").as_bytes(),
+        )?;
         std::fs::rename(&audio, &dest).map_err(io(&audio))?;
         std::fs::remove_file(&meta).map_err(io(&meta))?;
         Ok(dest)
@@ -170,7 +200,12 @@ mod tests {
         let outbox = Outbox::open(dir.path()).expect("opens");
         let pcm: Vec<f32> = (0..4800).map(|i| (i as f32 * 0.01).sin() * 0.2).collect();
         let clip = encode_pcm(&pcm, &EncoderConfig::default()).expect("encodes");
-        let header = ClipHeader { id: ClipId::random(), to: Target::Channel("crew".into()), started_at_ms: 1, codec: clip.params };
+        let header = ClipHeader {
+            id: ClipId::random(),
+            to: Target::Channel("crew".into()),
+            started_at_ms: 1,
+            codec: clip.params,
+        };
         outbox.add(&header, &clip).expect("adds");
         let again = Outbox::open(dir.path()).expect("reopens");
         let pending = again.pending().expect("lists");
@@ -188,11 +223,20 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let outbox = Outbox::open(dir.path()).expect("opens");
         let clip = encode_pcm(&[0.0; 960], &EncoderConfig::default()).expect("encodes");
-        let header = ClipHeader { id: ClipId::random(), to: Target::Channel("crew".into()), started_at_ms: 1, codec: clip.params };
+        let header = ClipHeader {
+            id: ClipId::random(),
+            to: Target::Channel("crew".into()),
+            started_at_ms: 1,
+            codec: clip.params,
+        };
         outbox.add(&header, &clip).expect("adds");
-        let moved = outbox.reject(&header.id, "the relay refused: not a member (forbidden)").expect("moved");
+        let moved = outbox
+            .reject(&header.id, "the relay refused: not a member (forbidden)")
+            .expect("moved");
         assert!(moved.exists() && outbox.pending().expect("lists").is_empty());
-        let reason = std::fs::read_to_string(dir.path().join("failed").join(format!("{}.txt", header.id))).expect("reason");
+        let reason =
+            std::fs::read_to_string(dir.path().join("failed").join(format!("{}.txt", header.id)))
+                .expect("reason");
         assert!(reason.contains("not a member"), "{reason}");
     }
 }

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use walkie_net::{Fingerprint, read_frame, write_frame};
 use walkie_proto::people::{ContactAction, DirectFrom, GroupAction, InviteLink};
-use walkie_proto::wire::{AVATAR_PART, ClientMsg, ContactEntry, DeviceInfo, GroupInfo, MAX_CONTROL_FRAME, NearbyEntry, PublicProfile, ServerMsg, Suggestion};
+use walkie_proto::wire::{
+    AVATAR_PART, ClientMsg, ContactEntry, DeviceInfo, GroupInfo, MAX_CONTROL_FRAME, NearbyEntry,
+    PublicProfile, ServerMsg, Suggestion,
+};
 
 use crate::connection::{Client, REQUEST_TIMEOUT, connection_error, dial};
 use crate::error::ClientError;
@@ -41,7 +44,11 @@ pub struct MyProfile {
 
 /// Makes an account on the relay an invite link points at, over a connection pinned to the
 /// certificate the link names: `name` is the login name, `display` an optional display name.
-pub async fn join(link: &InviteLink, name: &str, display: Option<&str>) -> Result<Joined, ClientError> {
+pub async fn join(
+    link: &InviteLink,
+    name: &str,
+    display: Option<&str>,
+) -> Result<Joined, ClientError> {
     let pin = Fingerprint::parse(&link.fingerprint)?;
     let (endpoint, conn) = dial(pin, &link.addr, Duration::from_secs(10)).await?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| connection_error(&e))?;
@@ -52,17 +59,39 @@ pub async fn join(link: &InviteLink, name: &str, display: Option<&str>) -> Resul
         client: format!("walkie/{}", env!("CARGO_PKG_VERSION")),
     };
     if let Err(e) = write_frame(&mut send, &ask, MAX_CONTROL_FRAME).await {
-        return Err(conn.close_reason().map_or(e.into(), |r| connection_error(&r)));
+        return Err(conn
+            .close_reason()
+            .map_or(e.into(), |r| connection_error(&r)));
     }
-    let answer = tokio::time::timeout(REQUEST_TIMEOUT, read_frame::<ServerMsg>(&mut recv, MAX_CONTROL_FRAME))
-        .await
-        .map_err(|_| ClientError::Timeout(REQUEST_TIMEOUT))?;
+    let answer = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        read_frame::<ServerMsg>(&mut recv, MAX_CONTROL_FRAME),
+    )
+    .await
+    .map_err(|_| ClientError::Timeout(REQUEST_TIMEOUT))?;
     let out = match answer {
-        Ok(Some(ServerMsg::Joined { user, token, channel })) => Ok(Joined { relay: link.addr.clone(), pin, user, token, channel }),
+        Ok(Some(ServerMsg::Joined {
+            user,
+            token,
+            channel,
+        })) => Ok(Joined {
+            relay: link.addr.clone(),
+            pin,
+            user,
+            token,
+            channel,
+        }),
         Ok(Some(ServerMsg::Error(e))) => Err(ClientError::Refused(e)),
-        Ok(Some(other)) => Err(ClientError::Protocol(format!("expected an answer to the sign-up, got {other:?}"))),
-        Ok(None) => Err(conn.close_reason().map_or_else(|| ClientError::Closed("the relay closed the sign-up".into()), |r| connection_error(&r))),
-        Err(e) => Err(conn.close_reason().map_or(e.into(), |r| connection_error(&r))),
+        Ok(Some(other)) => Err(ClientError::Protocol(format!(
+            "expected an answer to the sign-up, got {other:?}"
+        ))),
+        Ok(None) => Err(conn.close_reason().map_or_else(
+            || ClientError::Closed("the relay closed the sign-up".into()),
+            |r| connection_error(&r),
+        )),
+        Err(e) => Err(conn
+            .close_reason()
+            .map_or(e.into(), |r| connection_error(&r))),
     };
     conn.close(0u32.into(), b"bye");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
@@ -75,20 +104,49 @@ fn unexpected(what: &str) -> ClientError {
 
 fn my_profile(reply: Reply, what: &str) -> Result<MyProfile, ClientError> {
     match reply {
-        Reply::People(ServerMsg::MyProfile { display, direct_from, avatar, suggest, .. }) => Ok(MyProfile { display, direct_from, avatar, suggest }),
+        Reply::People(ServerMsg::MyProfile {
+            display,
+            direct_from,
+            avatar,
+            suggest,
+            ..
+        }) => Ok(MyProfile {
+            display,
+            direct_from,
+            avatar,
+            suggest,
+        }),
         _ => Err(unexpected(what)),
     }
 }
 
 impl Client {
     /// Sets the fields given of the user's profile (none: reads it); the profile after.
-    pub async fn set_profile(&self, display: Option<String>, direct_from: Option<DirectFrom>) -> Result<MyProfile, ClientError> {
+    pub async fn set_profile(
+        &self,
+        display: Option<String>,
+        direct_from: Option<DirectFrom>,
+    ) -> Result<MyProfile, ClientError> {
         self.set_profile_with(display, direct_from, None).await
     }
 
     /// [`Client::set_profile`], and whether others may be suggested this user.
-    pub async fn set_profile_with(&self, display: Option<String>, direct_from: Option<DirectFrom>, suggest: Option<bool>) -> Result<MyProfile, ClientError> {
-        my_profile(self.request(|req| ClientMsg::SetProfile { req, display, direct_from, suggest }).await?, "profile")
+    pub async fn set_profile_with(
+        &self,
+        display: Option<String>,
+        direct_from: Option<DirectFrom>,
+        suggest: Option<bool>,
+    ) -> Result<MyProfile, ClientError> {
+        my_profile(
+            self.request(|req| ClientMsg::SetProfile {
+                req,
+                display,
+                direct_from,
+                suggest,
+            })
+            .await?,
+            "profile",
+        )
     }
 
     /// People the user may know, most mutual connections first.
@@ -102,10 +160,15 @@ impl Client {
     /// Makes the user visible nearby for an hour at `(lat, lon)`, sending only its ~5 km
     /// geohash cell, and lists who else is within about 10 km; `None` stops being visible.
     /// Returns the people and until when the user is visible.
-    pub async fn nearby(&self, at: Option<(f64, f64)>) -> Result<(Vec<NearbyEntry>, i64), ClientError> {
+    pub async fn nearby(
+        &self,
+        at: Option<(f64, f64)>,
+    ) -> Result<(Vec<NearbyEntry>, i64), ClientError> {
         let cell = at.map(|(lat, lon)| walkie_proto::people::cell_of(lat, lon));
         match self.request(|req| ClientMsg::Nearby { req, cell }).await? {
-            Reply::People(ServerMsg::Nearby { people, until_ms, .. }) => Ok((people, until_ms)),
+            Reply::People(ServerMsg::Nearby {
+                people, until_ms, ..
+            }) => Ok((people, until_ms)),
             _ => Err(unexpected("nearby")),
         }
     }
@@ -114,16 +177,27 @@ impl Client {
     /// it with `None`; the profile after.
     pub async fn set_avatar(&self, png: Option<Vec<u8>>) -> Result<MyProfile, ClientError> {
         let png = png.unwrap_or_default();
-        let total = u32::try_from(png.len()).map_err(|_| ClientError::Config("the avatar is too large".into()))?;
+        let total = u32::try_from(png.len())
+            .map_err(|_| ClientError::Config("the avatar is too large".into()))?;
         let reply = self
             .request_parts(|req| {
                 if png.is_empty() {
-                    return vec![ClientMsg::SetAvatar { req, offset: 0, total, bytes: Vec::new() }];
+                    return vec![ClientMsg::SetAvatar {
+                        req,
+                        offset: 0,
+                        total,
+                        bytes: Vec::new(),
+                    }];
                 }
                 // Parts in order under one request id; the relay answers the last.
                 png.chunks(AVATAR_PART)
                     .enumerate()
-                    .map(|(i, c)| ClientMsg::SetAvatar { req, offset: (i * AVATAR_PART) as u32, total, bytes: c.to_vec() })
+                    .map(|(i, c)| ClientMsg::SetAvatar {
+                        req,
+                        offset: (i * AVATAR_PART) as u32,
+                        total,
+                        bytes: c.to_vec(),
+                    })
                     .collect()
             })
             .await?;
@@ -133,7 +207,10 @@ impl Client {
     /// `user`'s avatar as a PNG (the 64 px one when `small`), if they have one.
     pub async fn avatar(&self, user: &str, small: bool) -> Result<Option<Vec<u8>>, ClientError> {
         let user = user.to_string();
-        match self.request(|req| ClientMsg::Avatar { req, user, small }).await? {
+        match self
+            .request(|req| ClientMsg::Avatar { req, user, small })
+            .await?
+        {
             Reply::People(ServerMsg::Avatar { png, .. }) => Ok(png),
             _ => Err(unexpected("avatar")),
         }
@@ -141,17 +218,29 @@ impl Client {
 
     /// The public profiles of the users among `users` that exist.
     pub async fn profiles(&self, users: Vec<String>) -> Result<Vec<PublicProfile>, ClientError> {
-        match self.request(|req| ClientMsg::Profiles { req, users }).await? {
+        match self
+            .request(|req| ClientMsg::Profiles { req, users })
+            .await?
+        {
             Reply::People(ServerMsg::Profiles { profiles, .. }) => Ok(profiles),
             _ => Err(unexpected("profiles")),
         }
     }
 
     /// Does `action` about `user`; where the user now stands with them.
-    pub async fn contact(&self, user: &str, action: ContactAction) -> Result<ContactEntry, ClientError> {
+    pub async fn contact(
+        &self,
+        user: &str,
+        action: ContactAction,
+    ) -> Result<ContactEntry, ClientError> {
         let user = user.to_string();
-        match self.request(|req| ClientMsg::Contact { req, user, action }).await? {
-            Reply::People(ServerMsg::Contacts { mut contacts, .. }) if contacts.len() == 1 => Ok(contacts.remove(0)),
+        match self
+            .request(|req| ClientMsg::Contact { req, user, action })
+            .await?
+        {
+            Reply::People(ServerMsg::Contacts { mut contacts, .. }) if contacts.len() == 1 => {
+                Ok(contacts.remove(0))
+            }
             _ => Err(unexpected("contact")),
         }
     }
@@ -165,9 +254,20 @@ impl Client {
     }
 
     /// Does `action` to `channel`; the channel as it now stands (`None` after leave or delete).
-    pub async fn group(&self, channel: &str, action: GroupAction) -> Result<Option<GroupInfo>, ClientError> {
+    pub async fn group(
+        &self,
+        channel: &str,
+        action: GroupAction,
+    ) -> Result<Option<GroupInfo>, ClientError> {
         let channel = channel.to_string();
-        match self.request(|req| ClientMsg::Group { req, channel, action }).await? {
+        match self
+            .request(|req| ClientMsg::Group {
+                req,
+                channel,
+                action,
+            })
+            .await?
+        {
             Reply::People(ServerMsg::Groups { mut groups, .. }) => Ok(groups.pop()),
             _ => Err(unexpected("channel")),
         }
@@ -175,12 +275,25 @@ impl Client {
 
     /// A one-time link that signs another device in as this user (`walkie join LINK` there),
     /// made with this connection's relay address and pin; and when it stops working.
-    pub async fn link_device(&self, relay: &str, pin: Fingerprint) -> Result<(InviteLink, i64), ClientError> {
+    pub async fn link_device(
+        &self,
+        relay: &str,
+        pin: Fingerprint,
+    ) -> Result<(InviteLink, i64), ClientError> {
         match self.request(|req| ClientMsg::LinkDevice { req }).await? {
-            Reply::People(ServerMsg::DeviceLink { code, expires_ms, .. }) => {
+            Reply::People(ServerMsg::DeviceLink {
+                code, expires_ms, ..
+            }) => {
                 // Of several relays of a cluster, the link names the first.
                 let addr = relay.split(',').next().unwrap_or(relay).trim().to_string();
-                Ok((InviteLink { addr, code: Some(code), fingerprint: pin.to_string() }, expires_ms))
+                Ok((
+                    InviteLink {
+                        addr,
+                        code: Some(code),
+                        fingerprint: pin.to_string(),
+                    },
+                    expires_ms,
+                ))
             }
             _ => Err(unexpected("device link")),
         }
@@ -197,7 +310,10 @@ impl Client {
     /// Removes one of the user's other devices; the devices left.
     pub async fn remove_device(&self, id: &str) -> Result<Vec<DeviceInfo>, ClientError> {
         let id = id.to_string();
-        match self.request(|req| ClientMsg::RemoveDevice { req, id }).await? {
+        match self
+            .request(|req| ClientMsg::RemoveDevice { req, id })
+            .await?
+        {
             Reply::People(ServerMsg::Devices { devices, .. }) => Ok(devices),
             _ => Err(unexpected("device removal")),
         }

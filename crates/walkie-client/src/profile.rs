@@ -25,8 +25,9 @@ pub struct Profile {
 }
 
 fn dirs() -> Result<directories::ProjectDirs, ClientError> {
-    directories::ProjectDirs::from("", "", "walkie")
-        .ok_or_else(|| ClientError::Config("cannot find a home directory for walkie's settings; set HOME".into()))
+    directories::ProjectDirs::from("", "", "walkie").ok_or_else(|| {
+        ClientError::Config("cannot find a home directory for walkie's settings; set HOME".into())
+    })
 }
 
 /// `CONFIG_DIR/profile.toml`.
@@ -43,10 +44,17 @@ impl Profile {
     /// Loads the saved profile; an absent file is an empty profile.
     pub fn load(path: &Path) -> Result<Profile, ClientError> {
         match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text)
-                .map_err(|e| ClientError::Config(format!("{}: not a valid profile: {e}; run `walkie login` again", path.display()))),
+            Ok(text) => toml::from_str(&text).map_err(|e| {
+                ClientError::Config(format!(
+                    "{}: not a valid profile: {e}; run `walkie login` again",
+                    path.display()
+                ))
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Profile::default()),
-            Err(source) => Err(ClientError::Io { path: path.to_path_buf(), source }),
+            Err(source) => Err(ClientError::Io {
+                path: path.to_path_buf(),
+                source,
+            }),
         }
     }
 
@@ -61,7 +69,10 @@ impl Profile {
 pub fn save_private_toml<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), ClientError> {
     let text = toml::to_string(value).map_err(|e| ClientError::Config(e.to_string()))?;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| ClientError::Io { path: dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| ClientError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
     }
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(false);
@@ -82,7 +93,10 @@ pub fn save_private_toml<T: serde::Serialize>(path: &Path, value: &T) -> Result<
             f.set_len(0)?;
             f.write_all(text.as_bytes())
         })
-        .map_err(|source| ClientError::Io { path: path.to_path_buf(), source })
+        .map_err(|source| ClientError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 impl Profile {
@@ -95,7 +109,11 @@ impl Profile {
             user: self.user.or(fallback.user),
             token: self.token.or(fallback.token),
             cert: if trust_here { self.cert } else { fallback.cert },
-            fingerprint: if trust_here { self.fingerprint } else { fallback.fingerprint },
+            fingerprint: if trust_here {
+                self.fingerprint
+            } else {
+                fallback.fingerprint
+            },
         }
     }
 
@@ -124,13 +142,29 @@ impl Profile {
     /// A complete connection config, or a sentence naming what is missing.
     pub fn client_config(&self) -> Result<ClientConfig, ClientError> {
         let missing = |what: &str, flag: &str, env: &str| {
-            ClientError::Config(format!("no {what} given: pass {flag}, set {env}, or save a profile with `walkie login`"))
+            ClientError::Config(format!(
+                "no {what} given: pass {flag}, set {env}, or save a profile with `walkie login`"
+            ))
         };
-        let relay = self.relay.clone().ok_or_else(|| missing("relay address", "--relay HOST:PORT", "WALKIE_RELAY"))?;
-        let user = self.user.clone().ok_or_else(|| missing("user name", "--user NAME", "WALKIE_USER"))?;
-        let token = self.token.clone().ok_or_else(|| missing("token", "--token TOKEN", "WALKIE_TOKEN"))?;
+        let relay = self
+            .relay
+            .clone()
+            .ok_or_else(|| missing("relay address", "--relay HOST:PORT", "WALKIE_RELAY"))?;
+        let user = self
+            .user
+            .clone()
+            .ok_or_else(|| missing("user name", "--user NAME", "WALKIE_USER"))?;
+        let token = self
+            .token
+            .clone()
+            .ok_or_else(|| missing("token", "--token TOKEN", "WALKIE_TOKEN"))?;
         walkie_proto::clip::validate_name(&user).map_err(|e| ClientError::Config(e.to_string()))?;
-        Ok(ClientConfig { relay, user, token, pin: self.pin()? })
+        Ok(ClientConfig {
+            relay,
+            user,
+            token,
+            pin: self.pin()?,
+        })
     }
 }
 
@@ -147,7 +181,11 @@ mod tests {
             cert: Some("/x.pem".into()),
             fingerprint: None,
         };
-        let flags = Profile { user: Some("alice".into()), fingerprint: Some("sha256:00".into()), ..Profile::default() };
+        let flags = Profile {
+            user: Some("alice".into()),
+            fingerprint: Some("sha256:00".into()),
+            ..Profile::default()
+        };
         let merged = flags.or(saved);
         assert_eq!(merged.user.as_deref(), Some("alice"));
         assert_eq!(merged.relay.as_deref(), Some("a:1"));
@@ -159,10 +197,17 @@ mod tests {
     fn profiles_roundtrip_through_a_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("p.toml");
-        let p = Profile { relay: Some("h:7300".into()), user: Some("bob".into()), ..Profile::default() };
+        let p = Profile {
+            relay: Some("h:7300".into()),
+            user: Some("bob".into()),
+            ..Profile::default()
+        };
         p.save(&path).expect("saves");
         assert_eq!(Profile::load(&path).expect("loads"), p);
-        assert_eq!(Profile::load(&dir.path().join("none.toml")).expect("absent"), Profile::default());
+        assert_eq!(
+            Profile::load(&dir.path().join("none.toml")).expect("absent"),
+            Profile::default()
+        );
         assert!(Profile::default().client_config().is_err());
     }
 
@@ -174,11 +219,22 @@ mod tests {
         let path = dir.path().join("profile.toml");
         std::fs::write(&path, "relay = \"old:1\"\n").expect("written");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        let p = Profile { token: Some("ab".repeat(32)), ..Profile::default() };
+        let p = Profile {
+            token: Some("ab".repeat(32)),
+            ..Profile::default()
+        };
         p.save(&path).expect("saves");
-        let mode = std::fs::metadata(&path).expect("metadata").permissions().mode() & 0o777;
+        let mode = std::fs::metadata(&path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
-        assert_eq!(Profile::load(&path).expect("loads"), p, "the old content is gone");
+        assert_eq!(
+            Profile::load(&path).expect("loads"),
+            p,
+            "the old content is gone"
+        );
     }
 
     #[test]
@@ -186,10 +242,16 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let identity = net::RelayIdentity::load_or_create(dir.path()).expect("identity");
         let right = identity.fingerprint().to_string();
-        let both = |fp: &str| Profile { cert: Some(identity.cert_path.clone()), fingerprint: Some(fp.into()), ..Profile::default() };
+        let both = |fp: &str| Profile {
+            cert: Some(identity.cert_path.clone()),
+            fingerprint: Some(fp.into()),
+            ..Profile::default()
+        };
         assert_eq!(both(&right).pin().expect("agree"), identity.fingerprint());
         let wrong = format!("sha256:{}", "00".repeat(32));
-        let e = both(&wrong).pin().expect_err("a wrong fingerprint is not ignored");
+        let e = both(&wrong)
+            .pin()
+            .expect_err("a wrong fingerprint is not ignored");
         assert!(e.to_string().contains("not the"), "{e}");
     }
 }

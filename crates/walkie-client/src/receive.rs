@@ -22,7 +22,11 @@ const MAX_FILE_BYTES: usize = 16 << 20;
 /// Most packets accepted in one delivered clip (10 minutes of 10 ms frames).
 const MAX_PACKETS: usize = 60_000;
 
-pub(crate) async fn accept_streams(conn: quinn::Connection, waiters: SharedWaiters, events: mpsc::Sender<Event>) {
+pub(crate) async fn accept_streams(
+    conn: quinn::Connection,
+    waiters: SharedWaiters,
+    events: mpsc::Sender<Event>,
+) {
     let mut seen = HashSet::new();
     let mut live = tokio::task::JoinSet::new();
     let talking: Arc<Mutex<HashSet<ClipId>>> = Arc::default();
@@ -31,7 +35,11 @@ pub(crate) async fn accept_streams(conn: quinn::Connection, waiters: SharedWaite
         let first = read_frame::<StreamFrame>(&mut recv, MAX_STREAM_FRAME).await;
         match first {
             Ok(Some(StreamFrame::Deliver(header))) if header.live => {
-                if !talking.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(header.id) {
+                if !talking
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(header.id)
+                {
                     // The id is live already (from whoever came first): not heard twice.
                     let _ = recv.stop(1u32.into());
                     continue;
@@ -42,7 +50,10 @@ pub(crate) async fn accept_streams(conn: quinn::Connection, waiters: SharedWaite
                 live.spawn(async move {
                     let id = header.id;
                     read_clip(recv, header, events, true).await;
-                    talking.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
+                    talking
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .remove(&id);
                 });
             }
             Ok(Some(StreamFrame::Deliver(header))) if !header.content.is_voice() => {
@@ -80,7 +91,12 @@ pub(crate) async fn accept_streams(conn: quinn::Connection, waiters: SharedWaite
     }
 }
 
-async fn read_clip(mut recv: quinn::RecvStream, header: DeliverHeader, events: mpsc::Sender<Event>, live: bool) {
+async fn read_clip(
+    mut recv: quinn::RecvStream,
+    header: DeliverHeader,
+    events: mpsc::Sender<Event>,
+    live: bool,
+) {
     let mut packets = Vec::new();
     loop {
         match read_frame::<StreamFrame>(&mut recv, MAX_STREAM_FRAME).await {
@@ -91,7 +107,11 @@ async fn read_clip(mut recv: quinn::RecvStream, header: DeliverHeader, events: m
                 packets.push(p);
             }
             Ok(Some(StreamFrame::End { samples, .. })) => {
-                let clip = ReceivedClip { header, packets, samples };
+                let clip = ReceivedClip {
+                    header,
+                    packets,
+                    samples,
+                };
                 let _ = events.send(Event::Clip(clip)).await;
                 return;
             }
@@ -105,7 +125,11 @@ async fn read_clip(mut recv: quinn::RecvStream, header: DeliverHeader, events: m
     }
 }
 
-async fn read_message(mut recv: quinn::RecvStream, header: DeliverHeader, events: mpsc::Sender<Event>) {
+async fn read_message(
+    mut recv: quinn::RecvStream,
+    header: DeliverHeader,
+    events: mpsc::Sender<Event>,
+) {
     let mut payload = Vec::new();
     let mut chunks = 0u32;
     loop {
@@ -136,9 +160,13 @@ async fn read_file(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, String> {
     let mut bytes = Vec::new();
     loop {
         match read_frame::<StreamFrame>(recv, MAX_STREAM_FRAME).await {
-            Ok(Some(StreamFrame::Chunk(c))) if bytes.len() + c.len() <= MAX_FILE_BYTES => bytes.extend_from_slice(&c),
+            Ok(Some(StreamFrame::Chunk(c))) if bytes.len() + c.len() <= MAX_FILE_BYTES => {
+                bytes.extend_from_slice(&c)
+            }
             Ok(Some(StreamFrame::End { .. })) => return Ok(bytes),
-            Ok(Some(StreamFrame::Chunk(_))) => return Err(format!("the file is larger than {MAX_FILE_BYTES} bytes")),
+            Ok(Some(StreamFrame::Chunk(_))) => {
+                return Err(format!("the file is larger than {MAX_FILE_BYTES} bytes"));
+            }
             Ok(other) => return Err(format!("unexpected frame in a file stream: {other:?}")),
             Err(e) => return Err(e.to_string()),
         }

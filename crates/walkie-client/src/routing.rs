@@ -60,4 +60,3 @@ pub(crate) type SharedWaiters = Arc<Mutex<Waiters>>;
 pub(crate) fn lock(w: &SharedWaiters) -> MutexGuard<'_, Waiters> {
     w.lock().unwrap_or_else(|p| p.into_inner())
 }
-

@@ -37,7 +37,12 @@ pub struct TalkOptions {
 impl TalkOptions {
     /// Defaults for `to`.
     pub fn new(to: Target) -> Self {
-        Self { to, encoder: EncoderConfig::default(), preroll: Duration::from_millis(100), tail: Duration::from_millis(200) }
+        Self {
+            to,
+            encoder: EncoderConfig::default(),
+            preroll: Duration::from_millis(100),
+            tail: Duration::from_millis(200),
+        }
     }
 }
 
@@ -62,8 +67,11 @@ impl TalkControl {
 
     /// The key went up: keep the tail, then send.
     pub fn release(&self) {
-        self.released_at_ms.store(u64::try_from(now_ms()).unwrap_or(0), Ordering::SeqCst);
-        let _ = self.state.compare_exchange(TALKING, RELEASED, Ordering::SeqCst, Ordering::SeqCst);
+        self.released_at_ms
+            .store(u64::try_from(now_ms()).unwrap_or(0), Ordering::SeqCst);
+        let _ = self
+            .state
+            .compare_exchange(TALKING, RELEASED, Ordering::SeqCst, Ordering::SeqCst);
     }
 
     /// Abandon the clip: nothing is stored or played.
@@ -129,7 +137,12 @@ pub async fn talk(
     max: Option<Duration>,
 ) -> Result<(TalkOutcome, Box<dyn AudioSource>), ClientError> {
     let encoder = Encoder::new(&opts.encoder)?;
-    let header = ClipHeader { id: ClipId::random(), to: opts.to.clone(), started_at_ms: now_ms(), codec: encoder.params() };
+    let header = ClipHeader {
+        id: ClipId::random(),
+        to: opts.to.clone(),
+        started_at_ms: now_ms(),
+        codec: encoder.params(),
+    };
     let (tx, mut rx) = mpsc::channel::<Produced>(64);
     let producer = {
         let (control, preroll, tail) = (control.clone(), opts.preroll, opts.tail);
@@ -140,7 +153,10 @@ pub async fn talk(
     };
     let (mut upload, mut live_error) = match client {
         Some(c) => (Some(c.start_clip(&header).await?), None),
-        None => (None, Some(ClientError::Closed("not connected to the relay".into()))),
+        None => (
+            None,
+            Some(ClientError::Closed("not connected to the relay".into())),
+        ),
     };
     let mut packets = Vec::new();
     let mut samples = None;
@@ -165,11 +181,15 @@ pub async fn talk(
             Produced::Done { samples: n } => samples = Some(n),
             Produced::Failed(message) => {
                 control.cancel();
-                live_error = Some(ClientError::Config(format!("the microphone failed: {message}")));
+                live_error = Some(ClientError::Config(format!(
+                    "the microphone failed: {message}"
+                )));
             }
         }
     }
-    let source = producer.join().map_err(|_| ClientError::Config("the capture thread panicked".into()))?;
+    let source = producer
+        .join()
+        .map_err(|_| ClientError::Config("the capture thread panicked".into()))?;
     let samples = match (samples, live_error) {
         (_, Some(e @ ClientError::Refused(_))) => {
             if let Some(up) = upload {
@@ -192,7 +212,11 @@ pub async fn talk(
         }
     };
     // Durable before the end marker: if the ack never comes, the outbox resends the clip.
-    let clip = EncodedClip { params: header.codec, packets, samples };
+    let clip = EncodedClip {
+        params: header.codec,
+        packets,
+        samples,
+    };
     outbox.add(&header, &clip)?;
     let result = match (upload, live_error) {
         (Some(up), None) => up.finish(samples).await,
@@ -202,9 +226,16 @@ pub async fn talk(
     let outcome = match result {
         Ok((seq, _)) => {
             outbox.remove(&header.id)?;
-            TalkOutcome::Stored { id: header.id, seq, duration: Duration::from_millis((samples + 24) / 48) }
+            TalkOutcome::Stored {
+                id: header.id,
+                seq,
+                duration: Duration::from_millis((samples + 24) / 48),
+            }
         }
-        Err(e) if e.is_transient() => TalkOutcome::Queued { id: header.id, reason: e },
+        Err(e) if e.is_transient() => TalkOutcome::Queued {
+            id: header.id,
+            reason: e,
+        },
         Err(e) => {
             let _ = outbox.reject(&header.id, &e.to_string());
             return Err(e);
@@ -232,7 +263,9 @@ fn produce(
     loop {
         match control.state.load(Ordering::SeqCst) {
             CANCELLED => return source,
-            RELEASED if tail_frames.is_none() => tail_frames = Some(frames + (tail.as_millis() / 20) as u64),
+            RELEASED if tail_frames.is_none() => {
+                tail_frames = Some(frames + (tail.as_millis() / 20) as u64)
+            }
             _ => {}
         }
         if tail_frames.is_some_and(|t| frames >= t) || max_frames.is_some_and(|m| frames >= m) {
@@ -240,9 +273,13 @@ fn produce(
         }
         let frame = match source.next_frame(Duration::from_millis(100)) {
             Ok(Pull::Frame(f)) => f,
-            Ok(Pull::Timeout) if started.elapsed() < Duration::from_secs(5) || frames > 0 => continue,
+            Ok(Pull::Timeout) if started.elapsed() < Duration::from_secs(5) || frames > 0 => {
+                continue;
+            }
             Ok(Pull::Timeout) => {
-                send(Produced::Failed("no audio arrived from the input device for 5 s".into()));
+                send(Produced::Failed(
+                    "no audio arrived from the input device for 5 s".into(),
+                ));
                 return source;
             }
             Ok(Pull::Ended) => break,
@@ -251,7 +288,9 @@ fn produce(
                 return source;
             }
         };
-        control.level.store(frame.rms().to_bits(), Ordering::Relaxed);
+        control
+            .level
+            .store(frame.rms().to_bits(), Ordering::Relaxed);
         let packet = match encoder.encode(&frame.samples) {
             Ok(p) => p,
             Err(e) => {
@@ -271,6 +310,8 @@ fn produce(
     {
         send(Produced::Packet(p));
     }
-    send(Produced::Done { samples: frames * FRAME_SAMPLES as u64 });
+    send(Produced::Done {
+        samples: frames * FRAME_SAMPLES as u64,
+    });
     source
 }

@@ -31,7 +31,13 @@ impl Upload {
         ack: oneshot::Receiver<Result<(u64, bool), ErrorMsg>>,
         waiters: SharedWaiters,
     ) -> Result<Upload, ClientError> {
-        let mut up = Upload { send, ack, core: ClientUpload::new(header), answered: false, waiters };
+        let mut up = Upload {
+            send,
+            ack,
+            core: ClientUpload::new(header),
+            answered: false,
+            waiters,
+        };
         up.drive().await?;
         Ok(up)
     }
@@ -90,7 +96,8 @@ impl Upload {
 
     fn closed(&mut self) {
         self.answered = true;
-        self.core.closed("connection ended before the clip was acknowledged");
+        self.core
+            .closed("connection ended before the clip was acknowledged");
     }
 
     /// Carries out the queued writes; a failed write makes the core wait for the relay's

@@ -184,7 +184,10 @@ pub fn mix_to_mono(pcm: &Pcm) -> Vec<f32> {
         1 => pcm.samples.clone(),
         _ => {
             let scale = 1.0 / ch as f32;
-            pcm.samples.chunks_exact(ch).map(|f| f.iter().sum::<f32>() * scale).collect()
+            pcm.samples
+                .chunks_exact(ch)
+                .map(|f| f.iter().sum::<f32>() * scale)
+                .collect()
         }
     }
 }
@@ -201,7 +204,11 @@ pub fn load_wav_48k_mono(path: &Path) -> Result<Vec<f32>, AudioError> {
 pub fn load_wav_48k_mono_within(path: &Path, max_ms: u64) -> Result<Vec<f32>, AudioError> {
     let ms = wav::duration_ms(path)?;
     if ms > max_ms {
-        return Err(AudioError::TooLong { name: path.display().to_string(), ms, max_ms });
+        return Err(AudioError::TooLong {
+            name: path.display().to_string(),
+            ms,
+            max_ms,
+        });
     }
     load_wav_48k_mono(path)
 }
@@ -216,21 +223,45 @@ mod tests {
         let path = dir.path().join("long.wav");
         wav::write_i16_wav(&path, 8000, 1, &vec![100; 8000 * 3]);
         let e = load_wav_48k_mono_within(&path, 2000).expect_err("3 s is over 2 s");
-        assert!(matches!(e, AudioError::TooLong { ms: 3000, max_ms: 2000, .. }), "{e}");
-        assert_eq!(load_wav_48k_mono_within(&path, 3000).unwrap().len(), 48_000 * 3);
+        assert!(
+            matches!(
+                e,
+                AudioError::TooLong {
+                    ms: 3000,
+                    max_ms: 2000,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(
+            load_wav_48k_mono_within(&path, 3000).unwrap().len(),
+            48_000 * 3
+        );
         // A header claiming two hours: refused without reading (the file holds far less).
         let mut bytes = std::fs::read(&path).unwrap();
         let claim: u32 = 2 * 3600 * 8000 * 2;
         bytes[40..44].copy_from_slice(&claim.to_le_bytes());
         std::fs::write(&path, &bytes).unwrap();
-        assert!(matches!(load_wav_48k_mono_within(&path, 60_000), Err(AudioError::TooLong { ms: 7_200_000, .. })));
+        assert!(matches!(
+            load_wav_48k_mono_within(&path, 60_000),
+            Err(AudioError::TooLong { ms: 7_200_000, .. })
+        ));
     }
 
     #[test]
     fn mixing_averages_channels() {
-        let pcm = Pcm { sample_rate: 8000, channels: 2, samples: vec![1.0, 0.0, -0.5, -0.5, 0.25] };
+        let pcm = Pcm {
+            sample_rate: 8000,
+            channels: 2,
+            samples: vec![1.0, 0.0, -0.5, -0.5, 0.25],
+        };
         assert_eq!(mix_to_mono(&pcm), vec![0.5, -0.5]);
-        let mono = Pcm { sample_rate: 8000, channels: 1, samples: vec![0.1, 0.2] };
+        let mono = Pcm {
+            sample_rate: 8000,
+            channels: 1,
+            samples: vec![0.1, 0.2],
+        };
         assert_eq!(mix_to_mono(&mono), vec![0.1, 0.2]);
     }
 
@@ -238,8 +269,10 @@ mod tests {
     fn load_resamples_a_stereo_file_to_48k() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.wav");
-        let stereo: Vec<i16> =
-            (0..32_000).map(|i| ((i / 2) as f32 * 0.05).sin() * 10_000.0).map(|v| v as i16).collect();
+        let stereo: Vec<i16> = (0..32_000)
+            .map(|i| ((i / 2) as f32 * 0.05).sin() * 10_000.0)
+            .map(|v| v as i16)
+            .collect();
         wav::write_i16_wav(&path, 16_000, 2, &stereo);
         let out = load_wav_48k_mono(&path).unwrap();
         assert_eq!(out.len(), 48_000);

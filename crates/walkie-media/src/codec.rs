@@ -11,8 +11,8 @@ pub mod opus;
 use std::path::Path;
 
 use walkie_proto::clip::{CodecParams, MAX_SAMPLES};
-use walkie_proto::received::ReceivedClip;
 use walkie_proto::ogg::{self, OggError};
+use walkie_proto::received::ReceivedClip;
 use walkie_proto::toc::TocError;
 
 use crate::audio::{self, AudioError};
@@ -89,10 +89,16 @@ impl EncoderConfig {
     /// Checks every setting against what libopus and walkie support.
     pub fn validate(&self) -> Result<(), CodecError> {
         if !(6_000..=510_000).contains(&self.bitrate) {
-            return Err(CodecError::Config(format!("bitrate {} b/s is outside 6000..=510000", self.bitrate)));
+            return Err(CodecError::Config(format!(
+                "bitrate {} b/s is outside 6000..=510000",
+                self.bitrate
+            )));
         }
         if self.complexity > 10 {
-            return Err(CodecError::Config(format!("complexity {} is outside 0..=10", self.complexity)));
+            return Err(CodecError::Config(format!(
+                "complexity {} is outside 0..=10",
+                self.complexity
+            )));
         }
         if ![10, 20, 40, 60].contains(&self.frame_ms) {
             return Err(CodecError::Config(format!(
@@ -111,7 +117,11 @@ impl EncoderConfig {
 
 impl Default for EncoderConfig {
     fn default() -> Self {
-        Self { bitrate: 24_000, complexity: 10, frame_ms: 20 }
+        Self {
+            bitrate: 24_000,
+            complexity: 10,
+            frame_ms: 20,
+        }
     }
 }
 
@@ -156,12 +166,20 @@ pub fn encode_pcm(pcm48: &[f32], cfg: &EncoderConfig) -> Result<EncodedClip, Cod
     for f in tail.chunks_exact(frame) {
         packets.push(enc.encode(f)?);
     }
-    Ok(EncodedClip { params: enc.params(), packets, samples })
+    Ok(EncodedClip {
+        params: enc.params(),
+        packets,
+        samples,
+    })
 }
 
 /// Decodes packets, drops the first `pre_skip` samples and trims to `samples` (or returns
 /// what there is when the packets hold fewer).
-pub fn decode_packets(params: &CodecParams, packets: &[Vec<u8>], samples: u64) -> Result<Vec<f32>, CodecError> {
+pub fn decode_packets(
+    params: &CodecParams,
+    packets: &[Vec<u8>],
+    samples: u64,
+) -> Result<Vec<f32>, CodecError> {
     let mut dec = opus::Decoder::new()?;
     let want = usize::try_from(samples).unwrap_or(usize::MAX);
     let mut skip = usize::from(params.pre_skip);
@@ -187,7 +205,11 @@ pub fn decode_clip(clip: &ReceivedClip) -> Result<Vec<f32>, CodecError> {
 }
 
 /// Encodes a WAV file (any supported rate, mono or stereo) to an Ogg Opus file with a random serial.
-pub fn encode_file(input_wav: &Path, output_opus: &Path, cfg: &EncoderConfig) -> Result<EncodedClip, CodecError> {
+pub fn encode_file(
+    input_wav: &Path,
+    output_opus: &Path,
+    cfg: &EncoderConfig,
+) -> Result<EncodedClip, CodecError> {
     cfg.validate()?;
     let pcm = audio::load_wav_48k_mono(input_wav)?;
     let clip = encode_pcm(&pcm, cfg)?;
@@ -203,8 +225,12 @@ pub fn encode_file(input_wav: &Path, output_opus: &Path, cfg: &EncoderConfig) ->
 /// Decodes an Ogg Opus file to a 48 kHz mono 16-bit WAV file; returns the number of samples written.
 pub fn decode_file(input_opus: &Path, output_wav: &Path) -> Result<u64, CodecError> {
     let file = ogg::read_ogg_file(input_opus)?;
-    let pcm = decode_packets(&file.params, &file.packets, file.samples)
-        .map_err(|e| CodecError::InFile { path: input_opus.display().to_string(), source: Box::new(e) })?;
+    let pcm = decode_packets(&file.params, &file.packets, file.samples).map_err(|e| {
+        CodecError::InFile {
+            path: input_opus.display().to_string(),
+            source: Box::new(e),
+        }
+    })?;
     audio::wav::write_wav_mono16(output_wav, 48_000, &pcm)?;
     Ok(pcm.len() as u64)
 }
@@ -250,15 +276,29 @@ mod tests {
 
     /// Clicks every 100 ms, starting at 50 ms, with a different sign each time.
     fn clicks(len: usize) -> Vec<f32> {
-        (0..len).map(|i| if i % 4_800 == 2_400 { if i % 9_600 == 2_400 { 0.8 } else { -0.8 } } else { 0.0 }).collect()
+        (0..len)
+            .map(|i| {
+                if i % 4_800 == 2_400 {
+                    if i % 9_600 == 2_400 { 0.8 } else { -0.8 }
+                } else {
+                    0.0
+                }
+            })
+            .collect()
     }
 
     /// Asserts every click of `clicks(out.len())` comes out as the loudest sample near it, within ±2.
     fn assert_clicks_aligned(out: &[f32], what: &str) {
         for at in (2_400..out.len().saturating_sub(200)).step_by(4_800) {
             let window = at - 200..at + 200;
-            let peak = window.clone().max_by(|&a, &b| out[a].abs().total_cmp(&out[b].abs())).unwrap();
-            assert!(peak.abs_diff(at) <= 2, "{what}: click at {at} decoded at {peak}");
+            let peak = window
+                .clone()
+                .max_by(|&a, &b| out[a].abs().total_cmp(&out[b].abs()))
+                .unwrap();
+            assert!(
+                peak.abs_diff(at) <= 2,
+                "{what}: click at {at} decoded at {peak}"
+            );
         }
     }
 
@@ -285,7 +325,10 @@ mod tests {
     #[test]
     fn pre_skip_trimming_aligns_clicks_to_the_sample() {
         for ms in [10u32, 20, 40, 60] {
-            let cfg = EncoderConfig { frame_ms: ms, ..Default::default() };
+            let cfg = EncoderConfig {
+                frame_ms: ms,
+                ..Default::default()
+            };
             let input = clicks(48_000);
             let clip = encode_pcm(&input, &cfg).unwrap();
             let out = decode_packets(&clip.params, &clip.packets, clip.samples).unwrap();
@@ -298,7 +341,9 @@ mod tests {
 
     #[test]
     fn pre_skip_is_what_libopus_reports() {
-        let mut reference = ::opus::Encoder::new(48_000, ::opus::Channels::Mono, ::opus::Application::Voip).unwrap();
+        let mut reference =
+            ::opus::Encoder::new(48_000, ::opus::Channels::Mono, ::opus::Application::Voip)
+                .unwrap();
         let lookahead = reference.get_lookahead().unwrap();
         let clip = encode_pcm(&chirp(4_800, 200.0, 2_000.0), &EncoderConfig::default()).unwrap();
         assert_eq!(i32::from(clip.params.pre_skip), lookahead);
@@ -309,7 +354,11 @@ mod tests {
     #[test]
     fn every_frame_size_gives_exact_lengths() {
         for ms in [10u32, 20, 40, 60] {
-            let cfg = EncoderConfig { frame_ms: ms, bitrate: 32_000, complexity: 5 };
+            let cfg = EncoderConfig {
+                frame_ms: ms,
+                bitrate: 32_000,
+                complexity: 5,
+            };
             let input = chirp(12_345, 1_000.0, 1_000.0);
             let clip = encode_pcm(&input, &cfg).unwrap();
             for p in &clip.packets {
@@ -326,14 +375,30 @@ mod tests {
     fn empty_and_short_inputs_and_short_packet_lists() {
         let clip = encode_pcm(&[], &EncoderConfig::default()).unwrap();
         assert_eq!((clip.samples, clip.packets.len()), (0, 1));
-        assert!(decode_packets(&clip.params, &clip.packets, 0).unwrap().is_empty());
+        assert!(
+            decode_packets(&clip.params, &clip.packets, 0)
+                .unwrap()
+                .is_empty()
+        );
         let clip = encode_pcm(&chirp(9_600, 200.0, 2_000.0), &EncoderConfig::default()).unwrap();
         let some = decode_packets(&clip.params, &clip.packets[..3], clip.samples).unwrap();
         assert_eq!(some.len(), 3 * 960 - usize::from(clip.params.pre_skip));
-        assert!(encode_pcm(&[0.0; 10], &EncoderConfig { frame_ms: 25, ..Default::default() }).is_err());
+        assert!(
+            encode_pcm(
+                &[0.0; 10],
+                &EncoderConfig {
+                    frame_ms: 25,
+                    ..Default::default()
+                }
+            )
+            .is_err()
+        );
         let mut bad = clip.packets.clone();
         bad[2] = vec![0x03, 0x00];
-        assert!(matches!(decode_packets(&clip.params, &bad, clip.samples), Err(CodecError::Packet(_))));
+        assert!(matches!(
+            decode_packets(&clip.params, &bad, clip.samples),
+            Err(CodecError::Packet(_))
+        ));
     }
 
     /// libopus's own parser (`opus_packet_parse`) and walkie's pure-Rust TOC reader agree on
@@ -344,7 +409,9 @@ mod tests {
         let libopus = |p: &[u8]| -> Option<u32> {
             let frames = ::opus::packet::parse(p).ok()?.frames.len();
             let per = ::opus::packet::get_samples_per_frame(p, 48_000).ok()?;
-            u32::try_from(frames * per).ok().filter(|&n| n > 0 && n <= 5_760)
+            u32::try_from(frames * per)
+                .ok()
+                .filter(|&n| n > 0 && n <= 5_760)
         };
         let mut seed = 0x9e37_79b9u32;
         let mut next = || {
@@ -374,20 +441,38 @@ mod tests {
     #[test]
     fn wav_files_encode_and_decode() {
         let dir = tempfile::tempdir().unwrap();
-        let (wav, opus, out) = (dir.path().join("in.wav"), dir.path().join("c.opus"), dir.path().join("out.wav"));
-        let tone: Vec<i16> = (0..8_000).map(|i| ((i as f32 * 0.2).sin() * 8_000.0) as i16).collect();
+        let (wav, opus, out) = (
+            dir.path().join("in.wav"),
+            dir.path().join("c.opus"),
+            dir.path().join("out.wav"),
+        );
+        let tone: Vec<i16> = (0..8_000)
+            .map(|i| ((i as f32 * 0.2).sin() * 8_000.0) as i16)
+            .collect();
         audio::wav::write_i16_wav(&wav, 16_000, 1, &tone);
         let clip = encode_file(&wav, &opus, &EncoderConfig::default()).unwrap();
         assert_eq!(clip.samples, 24_000);
         assert_eq!(decode_file(&opus, &out).unwrap(), 24_000);
         let r = hound::WavReader::open(&out).unwrap();
-        assert_eq!((r.spec().sample_rate, r.spec().channels, r.len()), (48_000, 1, 24_000));
-        let err = decode_file(&dir.path().join("missing.opus"), &out).unwrap_err().to_string();
+        assert_eq!(
+            (r.spec().sample_rate, r.spec().channels, r.len()),
+            (48_000, 1, 24_000)
+        );
+        let err = decode_file(&dir.path().join("missing.opus"), &out)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("missing.opus"), "{err}");
         std::fs::write(&opus, b"OggS garbage").unwrap();
         let err = decode_file(&opus, &out).unwrap_err().to_string();
         assert!(err.contains("c.opus"), "{err}");
-        assert!(encode_file(&dir.path().join("none.wav"), &opus, &EncoderConfig::default()).is_err());
+        assert!(
+            encode_file(
+                &dir.path().join("none.wav"),
+                &opus,
+                &EncoderConfig::default()
+            )
+            .is_err()
+        );
     }
 
     /// Runs an opus-tools program; a missing tool fails the test with install advice.
@@ -403,13 +488,36 @@ mod tests {
         let (opus, wav) = (dir.path().join("clip.opus"), dir.path().join("clip.wav"));
         let input = chirp(3 * 48_000 + 123, 200.0, 2_000.0);
         let clip = encode_pcm(&input, &EncoderConfig::default()).unwrap();
-        std::fs::write(&opus, ogg::write_ogg(&clip.params, &clip.packets, clip.samples, 7).unwrap()).unwrap();
+        std::fs::write(
+            &opus,
+            ogg::write_ogg(&clip.params, &clip.packets, clip.samples, 7).unwrap(),
+        )
+        .unwrap();
         let info = run_tool("opusinfo", &[opus.as_os_str()]);
-        let text = format!("{}{}", String::from_utf8_lossy(&info.stdout), String::from_utf8_lossy(&info.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&info.stdout),
+            String::from_utf8_lossy(&info.stderr)
+        );
         assert!(info.status.success(), "opusinfo failed:\n{text}");
-        assert!(!text.contains("WARNING") && !text.contains("ERROR"), "opusinfo complained:\n{text}");
-        let dec = run_tool("opusdec", &["--rate".as_ref(), "48000".as_ref(), opus.as_os_str(), wav.as_os_str()]);
-        assert!(dec.status.success(), "opusdec failed: {}", String::from_utf8_lossy(&dec.stderr));
+        assert!(
+            !text.contains("WARNING") && !text.contains("ERROR"),
+            "opusinfo complained:\n{text}"
+        );
+        let dec = run_tool(
+            "opusdec",
+            &[
+                "--rate".as_ref(),
+                "48000".as_ref(),
+                opus.as_os_str(),
+                wav.as_os_str(),
+            ],
+        );
+        assert!(
+            dec.status.success(),
+            "opusdec failed: {}",
+            String::from_utf8_lossy(&dec.stderr)
+        );
         let r = hound::WavReader::open(&wav).unwrap();
         assert_eq!((r.spec().sample_rate, r.spec().channels), (48_000, 1));
         assert_eq!(u64::from(r.duration()), clip.samples);

@@ -113,7 +113,11 @@ impl JitterBuffer {
     /// A buffer whose first packet is `first` (a clip joined live after its start).
     pub fn starting_at(cfg: JitterConfig, first: u64) -> JitterBuffer {
         let frame = cfg.frame.max(Duration::from_millis(1));
-        let cfg = JitterConfig { frame, cap: cfg.cap.max(frame), ..cfg };
+        let cfg = JitterConfig {
+            frame,
+            cap: cfg.cap.max(frame),
+            ..cfg
+        };
         JitterBuffer {
             cfg,
             next: first,
@@ -143,9 +147,15 @@ impl JitterBuffer {
             return;
         }
         let a0 = *self.a0.get_or_insert(now);
-        let rel = now.saturating_duration_since(a0).as_nanos() as i128 - i128::from(index) * self.frame_ns();
+        let rel = now.saturating_duration_since(a0).as_nanos() as i128
+            - i128::from(index) * self.frame_ns();
         self.arrivals.push_back((now, rel));
-        while self.arrivals.len() > 1 && self.arrivals.front().is_some_and(|(t, _)| now.saturating_duration_since(*t) > self.cfg.window) {
+        while self.arrivals.len() > 1
+            && self
+                .arrivals
+                .front()
+                .is_some_and(|(t, _)| now.saturating_duration_since(*t) > self.cfg.window)
+        {
             self.arrivals.pop_front();
         }
         if index < self.next {
@@ -171,17 +181,30 @@ impl JitterBuffer {
 
     /// The current target delay.
     pub fn target(&self) -> Duration {
-        let (lo, hi) = self.arrivals.iter().fold((i128::MAX, i128::MIN), |(lo, hi), &(_, r)| (lo.min(r), hi.max(r)));
-        let spread = if hi >= lo { Duration::from_nanos(u64::try_from(hi - lo).unwrap_or(u64::MAX)) } else { Duration::ZERO };
+        let (lo, hi) = self
+            .arrivals
+            .iter()
+            .fold((i128::MAX, i128::MIN), |(lo, hi), &(_, r)| {
+                (lo.min(r), hi.max(r))
+            });
+        let spread = if hi >= lo {
+            Duration::from_nanos(u64::try_from(hi - lo).unwrap_or(u64::MAX))
+        } else {
+            Duration::ZERO
+        };
         (spread + MARGIN).clamp(self.cfg.target, self.cfg.cap)
     }
 
     /// How late slot `next` is being played relative to the fastest recent arrival path
     /// (zero before the first packet).
     pub fn delay(&self, now: Instant) -> Duration {
-        let Some(a0) = self.a0 else { return Duration::ZERO };
+        let Some(a0) = self.a0 else {
+            return Duration::ZERO;
+        };
         let base = self.arrivals.iter().map(|&(_, r)| r).min().unwrap_or(0);
-        let late = now.saturating_duration_since(a0).as_nanos() as i128 - i128::from(self.next) * self.frame_ns() - base;
+        let late = now.saturating_duration_since(a0).as_nanos() as i128
+            - i128::from(self.next) * self.frame_ns()
+            - base;
         Duration::from_nanos(u64::try_from(late.max(0)).unwrap_or(u64::MAX))
     }
 
@@ -211,8 +234,9 @@ impl JitterBuffer {
             self.a0?;
             let buffered = self.contiguous();
             let target = self.target();
-            let enough =
-                buffered >= self.max_packets() || self.cfg.frame * u32::try_from(buffered).unwrap_or(u32::MAX) >= target + self.cfg.frame;
+            let enough = buffered >= self.max_packets()
+                || self.cfg.frame * u32::try_from(buffered).unwrap_or(u32::MAX)
+                    >= target + self.cfg.frame;
             if self.total.is_none() && !enough && self.delay(now) < target {
                 return None;
             }
@@ -243,7 +267,9 @@ impl JitterBuffer {
             return Some(Playout::Packet(packet));
         }
         let gap = self.packets.keys().next().is_some_and(|&i| i > self.next);
-        let give_up = self.total.is_some() || (gap && delay >= target) || delay + self.cfg.frame > self.cfg.cap;
+        let give_up = self.total.is_some()
+            || (gap && delay >= target)
+            || delay + self.cfg.frame > self.cfg.cap;
         if give_up {
             self.next += 1;
             self.stats.skipped += 1;
@@ -255,11 +281,14 @@ impl JitterBuffer {
 
     /// True when `packet` (just taken) may be dropped to bring the delay down.
     fn should_drain(&self, packet: &[u8], now: Instant) -> bool {
-        let Some(since) = self.over_since else { return false };
+        let Some(since) = self.over_since else {
+            return false;
+        };
         if packet.len() <= SILENT_BYTES {
             return true;
         }
-        now.saturating_duration_since(since) >= self.cfg.drain_hold && self.since_drop >= DRAIN_EVERY
+        now.saturating_duration_since(since) >= self.cfg.drain_hold
+            && self.since_drop >= DRAIN_EVERY
     }
 }
 
@@ -320,7 +349,16 @@ mod tests {
         }
 
         fn played(&self) -> Vec<u64> {
-            self.log.iter().filter_map(|(_, o, _)| if let Some(Playout::Packet(p)) = o { Some(index_of(p)) } else { None }).collect()
+            self.log
+                .iter()
+                .filter_map(|(_, o, _)| {
+                    if let Some(Playout::Packet(p)) = o {
+                        Some(index_of(p))
+                    } else {
+                        None
+                    }
+                })
+                .collect()
         }
     }
 
@@ -333,13 +371,24 @@ mod tests {
     fn steady_arrival_converges_to_the_target() {
         let sim = Sim::run(500, false, |i| F * i as u32 + wobble(i), 480);
         let played = sim.played();
-        assert_eq!(played, (0..played.len() as u64).collect::<Vec<_>>(), "in order, none missing");
+        assert_eq!(
+            played,
+            (0..played.len() as u64).collect::<Vec<_>>(),
+            "in order, none missing"
+        );
         assert!(played.len() >= 470);
         let stats = sim.jb.stats();
-        assert_eq!((stats.skipped, stats.late, stats.overflowed), (0, 0, 0), "{stats:?}");
+        assert_eq!(
+            (stats.skipped, stats.late, stats.overflowed),
+            (0, 0, 0),
+            "{stats:?}"
+        );
         assert!(stats.expanded <= 1, "{stats:?}");
         for (at, _, delay) in &sim.log[50..] {
-            assert!(*delay >= ms(40) && *delay <= ms(60), "delay {delay:?} at {at:?}");
+            assert!(
+                *delay >= ms(40) && *delay <= ms(60),
+                "delay {delay:?} at {at:?}"
+            );
         }
         assert_eq!(sim.jb.target(), ms(40));
     }
@@ -354,11 +403,19 @@ mod tests {
         };
         let sim = Sim::run(600, false, arrive, 590);
         let stats = sim.jb.stats();
-        assert_eq!((stats.late, stats.overflowed), (0, 0), "nothing lost in a spike under the cap: {stats:?}");
+        assert_eq!(
+            (stats.late, stats.overflowed),
+            (0, 0),
+            "nothing lost in a spike under the cap: {stats:?}"
+        );
         let peak = sim.log.iter().map(|(_, _, d)| *d).max().unwrap();
         assert!(peak >= ms(150) && peak <= ms(200), "peak delay {peak:?}");
         // Within 4 s of the spike the delay is back near the target.
-        for (at, _, delay) in sim.log.iter().filter(|(at, _, _)| *at > spike_end + ms(4_000)) {
+        for (at, _, delay) in sim
+            .log
+            .iter()
+            .filter(|(at, _, _)| *at > spike_end + ms(4_000))
+        {
             assert!(*delay <= ms(60), "delay {delay:?} at {at:?}");
         }
         assert!(stats.drained >= 5, "{stats:?}");
@@ -369,7 +426,13 @@ mod tests {
     #[test]
     fn a_very_late_packet_is_concealed_not_played_late() {
         // Packet 50 is 400 ms late (reordered on an unreliable path); the rest are on time.
-        let arrive = |i: u64| if i == 50 { F * 50 + ms(400) } else { F * i as u32 };
+        let arrive = |i: u64| {
+            if i == 50 {
+                F * 50 + ms(400)
+            } else {
+                F * i as u32
+            }
+        };
         let sim = Sim::run(200, false, arrive, 190);
         let played = sim.played();
         assert!(!played.contains(&50), "packet 50 was played late");
@@ -382,7 +445,13 @@ mod tests {
     #[test]
     fn a_stall_longer_than_the_cap_keeps_the_delay_bounded() {
         // Everything after packet 60 is held up for 600 ms, then arrives in a burst.
-        let arrive = |i: u64| if i > 60 { (F * 60 + ms(600)).max(F * i as u32) } else { F * i as u32 };
+        let arrive = |i: u64| {
+            if i > 60 {
+                (F * 60 + ms(600)).max(F * i as u32)
+            } else {
+                F * i as u32
+            }
+        };
         let sim = Sim::run(300, false, arrive, 290);
         for (at, _, delay) in &sim.log {
             assert!(*delay <= ms(200) + F, "delay {delay:?} at {at:?}");
@@ -402,7 +471,9 @@ mod tests {
         }
         assert_eq!(jb.stats().overflowed, 20);
         assert_eq!(jb.next_index(), 20);
-        let Some(Playout::Packet(p)) = jb.pop(t0) else { panic!("playout starts: 200 ms buffered") };
+        let Some(Playout::Packet(p)) = jb.pop(t0) else {
+            panic!("playout starts: 200 ms buffered")
+        };
         assert_eq!(index_of(&p), 20);
         jb.push(3, packet(3), t0 + F);
         assert_eq!(jb.stats().late, 1);
@@ -419,7 +490,11 @@ mod tests {
         jb.end(3);
         jb.push(7, packet(7), t0 + ms(6)); // past the end: ignored
         assert!(matches!(jb.pop(t0 + ms(7)), Some(Playout::Packet(p)) if index_of(&p) == 0));
-        assert_eq!(jb.pop(t0 + ms(8)), Some(Playout::Conceal), "packet 1 never came");
+        assert_eq!(
+            jb.pop(t0 + ms(8)),
+            Some(Playout::Conceal),
+            "packet 1 never came"
+        );
         assert!(matches!(jb.pop(t0 + ms(9)), Some(Playout::Packet(p)) if index_of(&p) == 2));
         assert_eq!(jb.pop(t0 + ms(10)), Some(Playout::Ended));
         assert_eq!(jb.pop(t0 + ms(30)), Some(Playout::Ended));
@@ -432,7 +507,11 @@ mod tests {
         let mut jb = JitterBuffer::new(JitterConfig::default());
         // 10 packets on time, silent ones in the middle; the speaker starts 200 ms late.
         for i in 0..10 {
-            let p = if (3..6).contains(&i) { vec![i as u8; 4] } else { packet(i) };
+            let p = if (3..6).contains(&i) {
+                vec![i as u8; 4]
+            } else {
+                packet(i)
+            };
             jb.push(i, p, t0 + F * i as u32);
         }
         let mut got = Vec::new();
@@ -443,6 +522,9 @@ mod tests {
         }
         assert!(jb.stats().drained >= 1, "{:?}", jb.stats());
         assert!(got.len() < 10);
-        assert!(got.iter().filter(|p| p.len() > SILENT_BYTES).count() >= 6, "speech frames are kept");
+        assert!(
+            got.iter().filter(|p| p.len() > SILENT_BYTES).count() >= 6,
+            "speech frames are kept"
+        );
     }
 }

@@ -31,7 +31,10 @@ pub struct QueueConfig {
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        QueueConfig { jitter: JitterConfig::default(), stall: Duration::from_secs(5) }
+        QueueConfig {
+            jitter: JitterConfig::default(),
+            stall: Duration::from_secs(5),
+        }
     }
 }
 
@@ -110,7 +113,13 @@ pub struct PlaybackQueue {
 impl PlaybackQueue {
     /// An empty queue for user `me` (whose own clips are skipped).
     pub fn new(me: &str, cfg: QueueConfig) -> PlaybackQueue {
-        PlaybackQueue { me: me.into(), cfg, waiting: VecDeque::new(), current: None, seen: HashSet::new() }
+        PlaybackQueue {
+            me: me.into(),
+            cfg,
+            waiting: VecDeque::new(),
+            current: None,
+            seen: HashSet::new(),
+        }
     }
 
     /// A clip announced by the relay (live: packets follow). Returns true if it was queued
@@ -140,7 +149,11 @@ impl PlaybackQueue {
         if clip.header.from == self.me {
             return false;
         }
-        if let Some(cur) = self.current.as_mut().filter(|c| c.entry.id == id && !c.aborted) {
+        if let Some(cur) = self
+            .current
+            .as_mut()
+            .filter(|c| c.entry.id == id && !c.aborted)
+        {
             if cur.entry.end.is_none() {
                 if let Mode::Live(jb) = &cur.mode {
                     let cursor = usize::try_from(jb.next_index()).unwrap_or(usize::MAX);
@@ -251,7 +264,10 @@ impl PlaybackQueue {
             let jitter = self.cfg.jitter;
             let cur = self.current.as_mut()?;
             let id = cur.entry.id;
-            if cur.aborted || (cur.entry.end.is_none() && now.saturating_duration_since(cur.entry.last_activity) > stall) {
+            if cur.aborted
+                || (cur.entry.end.is_none()
+                    && now.saturating_duration_since(cur.entry.last_activity) > stall)
+            {
                 self.current = None;
                 self.seen.remove(&id);
                 return Some(Step::Abandoned { id });
@@ -259,7 +275,12 @@ impl PlaybackQueue {
             if !cur.announced {
                 cur.announced = true;
                 let e = &cur.entry;
-                return Some(Step::Start { id, from: e.from.clone(), codec: e.codec, samples: e.end });
+                return Some(Step::Start {
+                    id,
+                    from: e.from.clone(),
+                    codec: e.codec,
+                    samples: e.end,
+                });
             }
             match &mut cur.mode {
                 Mode::Backlog { cursor } => {
@@ -293,7 +314,11 @@ impl PlaybackQueue {
 
     /// Starts playing `entry`: live through the jitter buffer if it is fresh, else its backlog.
     fn begin(&self, entry: Entry, now: Instant) -> Current {
-        let fresh = entry.end.is_none() && entry.arrivals.first().is_none_or(|&t| now.saturating_duration_since(t) <= self.cfg.jitter.cap);
+        let fresh = entry.end.is_none()
+            && entry
+                .arrivals
+                .first()
+                .is_none_or(|&t| now.saturating_duration_since(t) <= self.cfg.jitter.cap);
         let mode = if fresh {
             let mut jb = JitterBuffer::new(self.cfg.jitter);
             for (i, (p, &t)) in entry.packets.iter().zip(&entry.arrivals).enumerate() {
@@ -303,13 +328,22 @@ impl PlaybackQueue {
         } else {
             Mode::Backlog { cursor: 0 }
         };
-        Current { entry, mode, announced: false, aborted: false }
+        Current {
+            entry,
+            mode,
+            announced: false,
+            aborted: false,
+        }
     }
 
     /// Queues a new clip: stored clips by `seq` among the stored ones, live ones at the end.
     fn insert(&mut self, entry: Entry) {
         self.seen.insert(entry.id);
-        let at = if entry.seq > 0 { self.waiting.iter().position(|e| e.seq > entry.seq) } else { None };
+        let at = if entry.seq > 0 {
+            self.waiting.iter().position(|e| e.seq > entry.seq)
+        } else {
+            None
+        };
         match at {
             Some(i) => self.waiting.insert(i, entry),
             None => self.waiting.push_back(entry),
@@ -326,7 +360,12 @@ fn push_packet(e: &mut Entry, packet: Vec<u8>, now: Instant) {
 /// Completes `e` from a stored copy: the packets it lacks, its length and its seq.
 fn fill(e: &mut Entry, clip: &ReceivedClip, now: Instant) {
     let have = e.packets.len();
-    for p in clip.packets.iter().skip(have).take(MAX_PACKETS.saturating_sub(have)) {
+    for p in clip
+        .packets
+        .iter()
+        .skip(have)
+        .take(MAX_PACKETS.saturating_sub(have))
+    {
         push_packet(e, p.clone(), now);
     }
     e.end = Some(clip.samples);
@@ -344,7 +383,11 @@ mod tests {
     const F: Duration = Duration::from_millis(20);
 
     fn codec() -> CodecParams {
-        CodecParams { frame_samples: 960, bitrate: 24_000, pre_skip: 312 }
+        CodecParams {
+            frame_samples: 960,
+            bitrate: 24_000,
+            pre_skip: 312,
+        }
     }
 
     fn header(n: u8, from: &str, live: bool, seq: u64) -> DeliverHeader {
@@ -362,7 +405,9 @@ mod tests {
 
     /// Packet `k` of clip `n`.
     fn pk(n: u8, k: u8) -> Vec<u8> {
-        vec![n, k, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66]
+        vec![
+            n, k, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66,
+        ]
     }
 
     fn stored(n: u8, from: &str, seq: u64, packets: u8) -> ReceivedClip {
@@ -412,10 +457,18 @@ mod tests {
         assert_eq!(q.waiting(), 3);
         let steps = drain(&mut q, t0, 100);
         let (played, ends) = summary(&steps);
-        assert_eq!(played, vec![(1, 0), (1, 1), (2, 0), (2, 1), (2, 2), (3, 0), (3, 1)]);
+        assert_eq!(
+            played,
+            vec![(1, 0), (1, 1), (2, 0), (2, 1), (2, 2), (3, 0), (3, 1)]
+        );
         assert_eq!(ends, vec!["played 1", "played 2", "played 3"]);
-        assert!(matches!(&steps[0], Step::Start { id, samples: Some(1_608), from, .. } if id.0[0] == 1 && from == "ann"));
-        assert!(!q.offer_complete(&stored(1, "ann", 10, 2), t0), "already played");
+        assert!(
+            matches!(&steps[0], Step::Start { id, samples: Some(1_608), from, .. } if id.0[0] == 1 && from == "ann")
+        );
+        assert!(
+            !q.offer_complete(&stored(1, "ann", 10, 2), t0),
+            "already played"
+        );
     }
 
     #[test]
@@ -442,7 +495,10 @@ mod tests {
         let (played, ends) = summary(&steps);
         assert_eq!(played, (0..10).map(|k| (5, k)).collect::<Vec<_>>());
         assert_eq!(ends, vec!["played 5"]);
-        assert!(matches!(steps.last(), Some(Step::Finished { samples: 9_288, .. })));
+        assert!(matches!(
+            steps.last(),
+            Some(Step::Finished { samples: 9_288, .. })
+        ));
     }
 
     #[test]
@@ -469,7 +525,10 @@ mod tests {
         }
         steps.extend(drain(&mut q, now, 200));
         let (played, ends) = summary(&steps);
-        let want: Vec<(u8, u8)> = (0..20).map(|k| (1, k)).chain((0..40).map(|k| (2, k))).collect();
+        let want: Vec<(u8, u8)> = (0..20)
+            .map(|k| (1, k))
+            .chain((0..40).map(|k| (2, k)))
+            .collect();
         assert_eq!(played, want);
         assert_eq!(ends, vec!["played 1", "played 2"]);
     }
@@ -499,10 +558,21 @@ mod tests {
             now += F;
         }
         let (played, ends) = summary(&steps);
-        let bobs: Vec<u8> = played.iter().filter(|(c, _)| *c == 2).map(|(_, k)| *k).collect();
-        assert_eq!(bobs, (0..60).collect::<Vec<_>>(), "backlog then live, in order, nothing lost");
+        let bobs: Vec<u8> = played
+            .iter()
+            .filter(|(c, _)| *c == 2)
+            .map(|(_, k)| *k)
+            .collect();
+        assert_eq!(
+            bobs,
+            (0..60).collect::<Vec<_>>(),
+            "backlog then live, in order, nothing lost"
+        );
         assert_eq!(ends, vec!["played 1", "played 2"]);
-        assert!(steps.contains(&Step::Conceal), "live at the edge: the buffer waits for packets");
+        assert!(
+            steps.contains(&Step::Conceal),
+            "live at the edge: the buffer waits for packets"
+        );
     }
 
     #[test]

@@ -37,7 +37,10 @@ pub struct PlayerConfig {
 
 impl Default for PlayerConfig {
     fn default() -> Self {
-        PlayerConfig { queue: QueueConfig::default(), lead: Duration::from_millis(40) }
+        PlayerConfig {
+            queue: QueueConfig::default(),
+            lead: Duration::from_millis(40),
+        }
     }
 }
 
@@ -107,7 +110,11 @@ impl<S: AudioSink> Player<S> {
     /// Plays stored clips this much faster (0.5 to 3; 1 is real time), the pitch kept; from
     /// the next clip on.
     pub fn set_speed(&mut self, speed: f32) {
-        self.speed = if speed.is_finite() { speed.clamp(0.5, 3.0) } else { 1.0 };
+        self.speed = if speed.is_finite() {
+            speed.clamp(0.5, 3.0)
+        } else {
+            1.0
+        };
     }
 
     /// The queue, to feed clips and packets into.
@@ -142,7 +149,12 @@ impl<S: AudioSink> Player<S> {
                 break;
             };
             match step {
-                Step::Start { id, from, codec, samples } => {
+                Step::Start {
+                    id,
+                    from,
+                    codec,
+                    samples,
+                } => {
                     // A stored clip's length is known when it starts; a live one's is not.
                     let stretch = (samples.is_some() && (self.speed - 1.0).abs() > 0.01)
                         .then(|| wsola::TimeStretch::new(48_000, 1).ok())
@@ -158,7 +170,11 @@ impl<S: AudioSink> Player<S> {
                         remaining: samples,
                         stretch,
                     });
-                    events.push(PlayerEvent::Started { id, from, at_sample: self.sink.written() });
+                    events.push(PlayerEvent::Started {
+                        id,
+                        from,
+                        at_sample: self.sink.written(),
+                    });
                 }
                 Step::Packet(p) => {
                     if let Some(pl) = &mut self.playing {
@@ -177,7 +193,11 @@ impl<S: AudioSink> Player<S> {
                     }
                 }
                 Step::Finished { id, .. } => {
-                    if let Some(tail) = self.playing.as_mut().and_then(|pl| pl.stretch.as_mut()).map(wsola::TimeStretch::flush)
+                    if let Some(tail) = self
+                        .playing
+                        .as_mut()
+                        .and_then(|pl| pl.stretch.as_mut())
+                        .map(wsola::TimeStretch::flush)
                         && !tail.is_empty()
                     {
                         self.sink.play(&tail)?;
@@ -204,7 +224,9 @@ impl<S: AudioSink> Player<S> {
 
     /// Plays decoded audio of the current clip, dropping pre-skip and trimming the tail.
     fn play(&mut self, pcm: &[f32]) -> Result<(), CodecError> {
-        let Some(pl) = &mut self.playing else { return Ok(()) };
+        let Some(pl) = &mut self.playing else {
+            return Ok(());
+        };
         let drop = pl.skip.min(pcm.len());
         pl.skip -= drop;
         let mut pcm = &pcm[drop..];
@@ -260,39 +282,45 @@ pub struct PlayerHandle<S: AudioSink + 'static> {
 pub fn spawn<S: AudioSink + 'static>(mut player: Player<S>) -> std::io::Result<PlayerHandle<S>> {
     let (tx, rx) = mpsc::channel::<PlayerInput>();
     let (etx, events) = mpsc::channel();
-    let thread = std::thread::Builder::new().name("walkie-player".into()).spawn(move || {
-        let mut open = true;
-        loop {
-            match rx.recv_timeout(TICK) {
-                Ok(input) => apply(&mut player, input),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => open = false,
-            }
-            while let Ok(input) = rx.try_recv() {
-                apply(&mut player, input);
-            }
-            match player.pump(Instant::now()) {
-                Ok(evs) => {
-                    for e in evs {
-                        let _ = etx.send(Ok(e));
+    let thread = std::thread::Builder::new()
+        .name("walkie-player".into())
+        .spawn(move || {
+            let mut open = true;
+            loop {
+                match rx.recv_timeout(TICK) {
+                    Ok(input) => apply(&mut player, input),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => open = false,
+                }
+                while let Ok(input) = rx.try_recv() {
+                    apply(&mut player, input);
+                }
+                match player.pump(Instant::now()) {
+                    Ok(evs) => {
+                        for e in evs {
+                            let _ = etx.send(Ok(e));
+                        }
+                    }
+                    Err(e) => {
+                        let _ = etx.send(Err(e.to_string()));
+                        break;
                     }
                 }
-                Err(e) => {
-                    let _ = etx.send(Err(e.to_string()));
+                if !open && player.is_idle() {
+                    let _ = player.sink.wait_drained(Duration::from_secs(5));
                     break;
                 }
+                if !open {
+                    std::thread::sleep(TICK);
+                }
             }
-            if !open && player.is_idle() {
-                let _ = player.sink.wait_drained(Duration::from_secs(5));
-                break;
-            }
-            if !open {
-                std::thread::sleep(TICK);
-            }
-        }
-        player.into_sink()
-    })?;
-    Ok(PlayerHandle { tx: Some(tx), events, thread: Some(thread) })
+            player.into_sink()
+        })?;
+    Ok(PlayerHandle {
+        tx: Some(tx),
+        events,
+        thread: Some(thread),
+    })
 }
 
 fn apply<S: AudioSink>(player: &mut Player<S>, input: PlayerInput) {
@@ -344,11 +372,13 @@ impl<S: AudioSink + 'static> PlayerHandle<S> {
 mod tests {
     use super::*;
     use crate::audio::null::NullSink;
-    use walkie_proto::clip::{CodecParams, Target};
     use crate::codec::{EncoderConfig, encode_pcm};
+    use walkie_proto::clip::{CodecParams, Target};
 
     fn tone(len: usize, freq: f32) -> Vec<f32> {
-        (0..len).map(|i| 0.3 * (std::f32::consts::TAU * freq * i as f32 / 48_000.0).sin()).collect()
+        (0..len)
+            .map(|i| 0.3 * (std::f32::consts::TAU * freq * i as f32 / 48_000.0).sin())
+            .collect()
     }
 
     fn clip(n: u8, from: &str, seq: u64, pcm: &[f32]) -> ReceivedClip {
@@ -363,7 +393,11 @@ mod tests {
             seq,
             content: Default::default(),
         };
-        ReceivedClip { header, packets: enc.packets, samples: enc.samples }
+        ReceivedClip {
+            header,
+            packets: enc.packets,
+            samples: enc.samples,
+        }
     }
 
     fn rms(x: &[f32]) -> f32 {
@@ -374,7 +408,11 @@ mod tests {
     fn stored_clips_play_back_to_back_exactly_and_are_reported_played() {
         let a = tone(9_600, 440.0);
         let b = tone(4_800, 880.0);
-        let mut player = Player::new(NullSink::instant().recording(), "me", PlayerConfig::default());
+        let mut player = Player::new(
+            NullSink::instant().recording(),
+            "me",
+            PlayerConfig::default(),
+        );
         let now = Instant::now();
         player.queue().offer_complete(&clip(1, "ann", 1, &a), now);
         player.queue().offer_complete(&clip(2, "bob", 2, &b), now);
@@ -382,23 +420,42 @@ mod tests {
         let events = player.pump(now).unwrap();
         let started: Vec<(u8, u64)> = events
             .iter()
-            .filter_map(|e| if let PlayerEvent::Started { id, at_sample, .. } = e { Some((id.0[0], *at_sample)) } else { None })
+            .filter_map(|e| {
+                if let PlayerEvent::Started { id, at_sample, .. } = e {
+                    Some((id.0[0], *at_sample))
+                } else {
+                    None
+                }
+            })
             .collect();
         assert_eq!(started, vec![(1, 0), (2, 9_600)]);
-        let played: Vec<u8> = events.iter().filter_map(|e| if let PlayerEvent::Played { id } = e { Some(id.0[0]) } else { None }).collect();
+        let played: Vec<u8> = events
+            .iter()
+            .filter_map(|e| {
+                if let PlayerEvent::Played { id } = e {
+                    Some(id.0[0])
+                } else {
+                    None
+                }
+            })
+            .collect();
         assert_eq!(played, vec![1, 2]);
         assert!(player.is_idle());
         let out = player.sink().recorded();
         assert_eq!(out.len(), 9_600 + 4_800, "pre-skip dropped, tails trimmed");
         // The audio is the tones, in order (compare away from the codec's onset).
-        let err = |x: &[f32], y: &[f32]| rms(&x.iter().zip(y).map(|(p, q)| p - q).collect::<Vec<_>>());
+        let err =
+            |x: &[f32], y: &[f32]| rms(&x.iter().zip(y).map(|(p, q)| p - q).collect::<Vec<_>>());
         assert!(err(&out[2_000..9_000], &a[2_000..9_000]) < 0.1);
         assert!(err(&out[11_000..14_000], &b[1_400..4_400]) < 0.1);
     }
 
     /// Zero crossings per second of a signal (twice its frequency for a tone).
     fn crossings_per_second(x: &[f32]) -> f32 {
-        let n = x.windows(2).filter(|w| (w[0] <= 0.0) != (w[1] <= 0.0)).count();
+        let n = x
+            .windows(2)
+            .filter(|w| (w[0] <= 0.0) != (w[1] <= 0.0))
+            .count();
         n as f32 / (x.len() as f32 / 48_000.0)
     }
 
@@ -406,18 +463,34 @@ mod tests {
     fn stored_clips_play_faster_with_their_pitch_kept_and_live_ones_at_real_time() {
         let a = tone(48_000, 300.0);
         for (speed, want) in [(2.0f32, 24_000usize), (1.5, 32_000)] {
-            let mut player = Player::new(NullSink::instant().recording(), "me", PlayerConfig::default());
+            let mut player = Player::new(
+                NullSink::instant().recording(),
+                "me",
+                PlayerConfig::default(),
+            );
             player.set_speed(speed);
             let now = Instant::now();
             player.queue().offer_complete(&clip(1, "ann", 1, &a), now);
             let events = player.pump(now).unwrap();
-            assert!(events.contains(&PlayerEvent::Played { id: ClipId([1; 16]) }), "{events:?}");
+            assert!(
+                events.contains(&PlayerEvent::Played {
+                    id: ClipId([1; 16])
+                }),
+                "{events:?}"
+            );
             let out = player.sink().recorded();
             let len = out.len() as f32;
-            assert!((len - want as f32).abs() < want as f32 * 0.03, "{speed}x: {} samples, not about {want}", out.len());
+            assert!(
+                (len - want as f32).abs() < want as f32 * 0.03,
+                "{speed}x: {} samples, not about {want}",
+                out.len()
+            );
             // The pitch: a 300 Hz tone crosses zero 600 times a second, sped up or not.
             let rate = crossings_per_second(&out[4_000..out.len() - 4_000]);
-            assert!((rate - 600.0).abs() < 30.0, "{speed}x: {rate} crossings per second");
+            assert!(
+                (rate - 600.0).abs() < 30.0,
+                "{speed}x: {rate} crossings per second"
+            );
         }
     }
 
@@ -427,17 +500,31 @@ mod tests {
         let c = clip(7, "ann", 0, &pcm);
         let mut header = c.header.clone();
         header.live = true;
-        let handle = spawn(Player::new(NullSink::realtime().recording(), "me", PlayerConfig::default())).unwrap();
+        let handle = spawn(Player::new(
+            NullSink::realtime().recording(),
+            "me",
+            PlayerConfig::default(),
+        ))
+        .unwrap();
         assert!(handle.send(PlayerInput::Offer(header)));
         for (k, p) in c.packets.iter().enumerate() {
-            let p = if k == 5 { vec![0xff, 0xff, 0xff] } else { p.clone() };
+            let p = if k == 5 {
+                vec![0xff, 0xff, 0xff]
+            } else {
+                p.clone()
+            };
             handle.send(PlayerInput::Packet(c.header.id, p));
             std::thread::sleep(Duration::from_millis(20));
         }
         handle.send(PlayerInput::End(c.header.id, c.samples));
         let mut seen = Vec::new();
         while seen.len() < 2 {
-            match handle.events().recv_timeout(Duration::from_secs(5)).expect("player events").unwrap() {
+            match handle
+                .events()
+                .recv_timeout(Duration::from_secs(5))
+                .expect("player events")
+                .unwrap()
+            {
                 PlayerEvent::Started { id, .. } => seen.push(format!("started {}", id.0[0])),
                 PlayerEvent::Played { id } => seen.push(format!("played {}", id.0[0])),
                 e => panic!("{e:?}"),
@@ -448,19 +535,41 @@ mod tests {
         let sink = sink.unwrap();
         let out = sink.recorded();
         // Live: no trimming, and waits for late packets are filled with concealment.
-        assert!(out.len() + 960 >= pcm.len() && out.len() <= pcm.len() + 9_600, "{} samples for {}", out.len(), pcm.len());
+        assert!(
+            out.len() + 960 >= pcm.len() && out.len() <= pcm.len() + 9_600,
+            "{} samples for {}",
+            out.len(),
+            pcm.len()
+        );
         assert!(rms(&out[4_800..]) > 0.1);
     }
 
     #[test]
     fn params_of_a_clip_with_odd_frames_still_decode() {
-        let enc = encode_pcm(&tone(4_800, 300.0), &EncoderConfig { frame_ms: 10, ..Default::default() }).unwrap();
-        assert_eq!(enc.params, CodecParams { frame_samples: 480, ..enc.params });
+        let enc = encode_pcm(
+            &tone(4_800, 300.0),
+            &EncoderConfig {
+                frame_ms: 10,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            enc.params,
+            CodecParams {
+                frame_samples: 480,
+                ..enc.params
+            }
+        );
         let mut c = clip(9, "ann", 5, &[]);
         c.packets = enc.packets;
         c.samples = enc.samples;
         c.header.codec = enc.params;
-        let mut player = Player::new(NullSink::instant().recording(), "me", PlayerConfig::default());
+        let mut player = Player::new(
+            NullSink::instant().recording(),
+            "me",
+            PlayerConfig::default(),
+        );
         player.queue().offer_complete(&c, Instant::now());
         player.pump(Instant::now()).unwrap();
         assert_eq!(player.sink().recorded().len(), 4_800);

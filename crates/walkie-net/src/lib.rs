@@ -106,9 +106,14 @@ impl Fingerprint {
 
     /// Parses `sha256:HEX` (colons between hex pairs are accepted too).
     pub fn parse(s: &str) -> Result<Self, NetError> {
-        let hex_part = s.trim().strip_prefix("sha256:").unwrap_or(s.trim()).replace(':', "");
+        let hex_part = s
+            .trim()
+            .strip_prefix("sha256:")
+            .unwrap_or(s.trim())
+            .replace(':', "");
         let mut out = [0u8; 32];
-        hex::decode_to_slice(hex_part.to_ascii_lowercase(), &mut out).map_err(|_| NetError::BadFingerprint(s.to_string()))?;
+        hex::decode_to_slice(hex_part.to_ascii_lowercase(), &mut out)
+            .map_err(|_| NetError::BadFingerprint(s.to_string()))?;
         Ok(Self(out))
     }
 }
@@ -140,9 +145,13 @@ impl RelayIdentity {
         };
         if !cert_path.exists() || !key_path.exists() {
             std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
-            let generated = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string(), "localhost".to_string()])
-                .map_err(|e| NetError::Tls(e.to_string()))?;
-            write_private(&key_path, generated.signing_key.serialize_pem().as_bytes()).map_err(io(&key_path))?;
+            let generated = rcgen::generate_simple_self_signed(vec![
+                SERVER_NAME.to_string(),
+                "localhost".to_string(),
+            ])
+            .map_err(|e| NetError::Tls(e.to_string()))?;
+            write_private(&key_path, generated.signing_key.serialize_pem().as_bytes())
+                .map_err(io(&key_path))?;
             write_private(&cert_path, generated.cert.pem().as_bytes()).map_err(io(&cert_path))?;
         }
         let cert = load_cert(&cert_path)?;
@@ -150,7 +159,11 @@ impl RelayIdentity {
             path: key_path.clone(),
             what: format!("no private key: {e}"),
         })?;
-        Ok(Self { cert, key, cert_path })
+        Ok(Self {
+            cert,
+            key,
+            cert_path,
+        })
     }
 
     /// The certificate's fingerprint, which clients pin.
@@ -175,20 +188,32 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Reads the first certificate of a PEM file.
 pub fn load_cert(path: &Path) -> Result<CertificateDer<'static>, NetError> {
-    let bytes = std::fs::read(path).map_err(|source| NetError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| NetError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     CertificateDer::pem_slice_iter(&bytes)
         .next()
         .and_then(Result::ok)
-        .ok_or_else(|| NetError::BadPem { path: path.to_path_buf(), what: "no PEM certificate in the file".into() })
+        .ok_or_else(|| NetError::BadPem {
+            path: path.to_path_buf(),
+            what: "no PEM certificate in the file".into(),
+        })
 }
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn transport(idle: Duration, keep_alive: Option<Duration>) -> Result<quinn::TransportConfig, NetError> {
+fn transport(
+    idle: Duration,
+    keep_alive: Option<Duration>,
+) -> Result<quinn::TransportConfig, NetError> {
     let mut t = quinn::TransportConfig::default();
-    t.max_idle_timeout(Some(idle.try_into().map_err(|_| NetError::Tls("idle timeout out of range".into()))?));
+    t.max_idle_timeout(Some(
+        idle.try_into()
+            .map_err(|_| NetError::Tls("idle timeout out of range".into()))?,
+    ));
     t.keep_alive_interval(keep_alive);
     Ok(t)
 }
@@ -204,13 +229,17 @@ pub const SESSION_WINDOW: u32 = 1024 * 1024;
 /// Bytes the relay buffers for one client that it has sent and the client has not acknowledged.
 pub const SEND_WINDOW: u64 = 2 * 1024 * 1024;
 
-/// A server endpoint bound to `addr` with the relay's identity, ALPN `walkie/2`, TLS 1.3 only.
+/// A server endpoint bound to `addr` with the relay's identity, ALPN [`walkie_proto::wire::ALPN`], TLS 1.3 only.
 ///
 /// Flow control is sized to the protocol so that a peer that never authenticates parks almost
 /// nothing: a new connection may open only its control stream (one bidirectional stream, no
 /// unidirectional ones) and send at most [`UNAUTHENTICATED_WINDOW`] bytes; the relay grants
 /// clip streams and [`SESSION_WINDOW`] with [`open_session`] once the hello checked out.
-pub fn server_endpoint(addr: SocketAddr, identity: &RelayIdentity, idle: Duration) -> Result<quinn::Endpoint, NetError> {
+pub fn server_endpoint(
+    addr: SocketAddr,
+    identity: &RelayIdentity,
+    idle: Duration,
+) -> Result<quinn::Endpoint, NetError> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| NetError::Tls(e.to_string()))?
@@ -228,9 +257,15 @@ pub fn server_endpoint(addr: SocketAddr, identity: &RelayIdentity, idle: Duratio
     t.send_window(SEND_WINDOW);
     config.transport_config(Arc::new(t));
     let socket = bind_socket(addr)?;
-    let runtime = quinn::default_runtime().ok_or_else(|| NetError::Tls("no async runtime".into()))?;
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, runtime)
-        .map_err(|source| NetError::Bind { addr, source })
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| NetError::Tls("no async runtime".into()))?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket,
+        runtime,
+    )
+    .map_err(|source| NetError::Bind { addr, source })
 }
 
 /// Grants an authenticated connection its clip streams (`max_uni_streams` at once) and the
@@ -250,7 +285,8 @@ const SOCKET_BUFFER: usize = 4 << 20;
 fn bind_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, NetError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let bind = |source| NetError::Bind { addr, source };
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(bind)?;
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(bind)?;
     if addr.is_ipv6() {
         // [::] takes IPv4 too, as std's bind does by default on Linux.
         let _ = socket.set_only_v6(false);
@@ -296,7 +332,9 @@ impl ServerCertVerifier for PinnedVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not used by walkie".into()))
+        Err(rustls::Error::General(
+            "TLS 1.2 is not used by walkie".into(),
+        ))
     }
 
     fn verify_tls13_signature(
@@ -319,9 +357,16 @@ pub fn client_endpoint(pin: Fingerprint, bind: SocketAddr) -> Result<quinn::Endp
 }
 
 /// Like [`client_endpoint`] with another ALPN (tests use it to check version refusal).
-pub fn client_endpoint_with_alpn(pin: Fingerprint, bind: SocketAddr, alpn: &[u8]) -> Result<quinn::Endpoint, NetError> {
+pub fn client_endpoint_with_alpn(
+    pin: Fingerprint,
+    bind: SocketAddr,
+    alpn: &[u8],
+) -> Result<quinn::Endpoint, NetError> {
     let provider = provider();
-    let verifier = Arc::new(PinnedVerifier { pin, algorithms: provider.signature_verification_algorithms });
+    let verifier = Arc::new(PinnedVerifier {
+        pin,
+        algorithms: provider.signature_verification_algorithms,
+    });
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| NetError::Tls(e.to_string()))?
@@ -332,7 +377,8 @@ pub fn client_endpoint_with_alpn(pin: Fingerprint, bind: SocketAddr, alpn: &[u8]
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(transport(IDLE_TIMEOUT, Some(KEEP_ALIVE))?));
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(|source| NetError::Bind { addr: bind, source })?;
+    let mut endpoint =
+        quinn::Endpoint::client(bind).map_err(|source| NetError::Bind { addr: bind, source })?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }
@@ -349,32 +395,47 @@ pub fn handshake_error(addr: &str, e: &quinn::ConnectionError) -> NetError {
         _ => false,
     };
     let (addr, reason) = (addr.to_string(), e.to_string());
-    if crypto { NetError::Untrusted { addr, reason } } else { NetError::Connect { addr, reason } }
+    if crypto {
+        NetError::Untrusted { addr, reason }
+    } else {
+        NetError::Connect { addr, reason }
+    }
 }
 
 /// Writes one frame to a stream.
-pub async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, msg: &T, cap: usize) -> Result<(), NetError> {
+pub async fn write_frame<T: Serialize>(
+    send: &mut quinn::SendStream,
+    msg: &T,
+    cap: usize,
+) -> Result<(), NetError> {
     let bytes = proto::encode_frame(msg, cap)?;
-    send.write_all(&bytes).await.map_err(|e| NetError::Stream(e.to_string()))
+    send.write_all(&bytes)
+        .await
+        .map_err(|e| NetError::Stream(e.to_string()))
 }
 
 /// Reads one frame from a stream; `Ok(None)` on a clean end of stream between frames.
-pub async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream, cap: usize) -> Result<Option<T>, NetError> {
+pub async fn read_frame<T: DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+    cap: usize,
+) -> Result<Option<T>, NetError> {
     let mut prefix = [0u8; 4];
     match recv.read_exact(&mut prefix).await {
         Ok(()) => {}
         Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
         Err(quinn::ReadExactError::FinishedEarly(n)) => {
-            return Err(NetError::Frame(FrameError::Malformed(format!("stream ended inside a frame header ({n} of 4 bytes)"))));
+            return Err(NetError::Frame(FrameError::Malformed(format!(
+                "stream ended inside a frame header ({n} of 4 bytes)"
+            ))));
         }
         Err(quinn::ReadExactError::ReadError(e)) => return Err(read_error(e)),
     }
     let len = proto::frame::frame_len(prefix, cap)?;
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.map_err(|e| match e {
-        quinn::ReadExactError::FinishedEarly(n) => {
-            NetError::Frame(FrameError::Malformed(format!("stream ended inside a frame ({n} of {len} bytes)")))
-        }
+        quinn::ReadExactError::FinishedEarly(n) => NetError::Frame(FrameError::Malformed(format!(
+            "stream ended inside a frame ({n} of {len} bytes)"
+        ))),
         quinn::ReadExactError::ReadError(e) => read_error(e),
     })?;
     Ok(Some(proto::frame::decode_body(&body)?))
@@ -393,14 +454,30 @@ mod tests {
 
     #[test]
     fn endpoint_sockets_get_large_buffers() {
-        let cap = |f: &str| std::fs::read_to_string(f).ok().and_then(|s| s.trim().parse::<usize>().ok()).unwrap_or(SOCKET_BUFFER);
+        let cap = |f: &str| {
+            std::fs::read_to_string(f)
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .unwrap_or(SOCKET_BUFFER)
+        };
         for addr in ["127.0.0.1:0", "[::1]:0"] {
-            let Ok(socket) = bind_socket(addr.parse().expect("addr")) else { continue }; // no IPv6 here
+            let Ok(socket) = bind_socket(addr.parse().expect("addr")) else {
+                continue;
+            }; // no IPv6 here
             let sock = socket2::SockRef::from(&socket);
-            let (recv, send) = (sock.recv_buffer_size().expect("recv"), sock.send_buffer_size().expect("send"));
+            let (recv, send) = (
+                sock.recv_buffer_size().expect("recv"),
+                sock.send_buffer_size().expect("send"),
+            );
             // Linux reports twice the size asked for (bookkeeping), capped by the sysctls.
-            assert!(recv >= SOCKET_BUFFER.min(cap("/proc/sys/net/core/rmem_max")), "{addr}: recv buffer {recv}");
-            assert!(send >= SOCKET_BUFFER.min(cap("/proc/sys/net/core/wmem_max")), "{addr}: send buffer {send}");
+            assert!(
+                recv >= SOCKET_BUFFER.min(cap("/proc/sys/net/core/rmem_max")),
+                "{addr}: recv buffer {recv}"
+            );
+            assert!(
+                send >= SOCKET_BUFFER.min(cap("/proc/sys/net/core/wmem_max")),
+                "{addr}: send buffer {send}"
+            );
         }
     }
 
@@ -421,7 +498,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join("key.pem")).expect("key").permissions().mode();
+            let mode = std::fs::metadata(dir.path().join("key.pem"))
+                .expect("key")
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

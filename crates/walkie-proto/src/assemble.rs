@@ -23,26 +23,41 @@ pub struct Refusal {
 impl Refusal {
     /// A refusal with this code and sentence.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 
     /// The wire form, about `clip`.
     pub fn to_wire(&self, clip: crate::clip::ClipId) -> ErrorMsg {
-        ErrorMsg { req: None, clip: Some(clip), code: self.code, message: self.message.clone() }
+        ErrorMsg {
+            req: None,
+            clip: Some(clip),
+            code: self.code,
+            message: self.message.clone(),
+        }
     }
 }
 
 /// Checks a clip header before anything else happens.
 pub fn check_header(header: &ClipHeader) -> Result<(), Refusal> {
-    validate_name(header.to.name()).map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
+    validate_name(header.to.name())
+        .map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
     if !FRAME_SIZES.contains(&header.codec.frame_samples) {
         return Err(Refusal::new(
             ErrorCode::BadRequest,
-            format!("frame size of {} samples is not one of 10, 20, 40 or 60 ms", header.codec.frame_samples),
+            format!(
+                "frame size of {} samples is not one of 10, 20, 40 or 60 ms",
+                header.codec.frame_samples
+            ),
         ));
     }
     if header.codec.pre_skip > MAX_PRE_SKIP {
-        return Err(Refusal::new(ErrorCode::BadRequest, format!("pre-skip {} is above {MAX_PRE_SKIP}", header.codec.pre_skip)));
+        return Err(Refusal::new(
+            ErrorCode::BadRequest,
+            format!("pre-skip {} is above {MAX_PRE_SKIP}", header.codec.pre_skip),
+        ));
     }
     Ok(())
 }
@@ -97,11 +112,18 @@ impl ClipAssembler {
         if packet.len() > MAX_PACKET_BYTES {
             return Err(Refusal::new(
                 ErrorCode::TooLarge,
-                format!("an Opus packet of {} bytes exceeds {MAX_PACKET_BYTES} bytes", packet.len()),
+                format!(
+                    "an Opus packet of {} bytes exceeds {MAX_PACKET_BYTES} bytes",
+                    packet.len()
+                ),
             ));
         }
-        let n = packet_samples(&packet)
-            .map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("packet {} is not valid Opus: {e}", self.packets.len())))?;
+        let n = packet_samples(&packet).map_err(|e| {
+            Refusal::new(
+                ErrorCode::BadRequest,
+                format!("packet {} is not valid Opus: {e}", self.packets.len()),
+            )
+        })?;
         self.decoded_samples += u64::from(n);
         self.last_packet_samples = u64::from(n);
         let allowance = self.max_samples + self.pre_skip + 5760;
@@ -116,7 +138,10 @@ impl ClipAssembler {
     fn too_long(&self) -> Refusal {
         Refusal::new(
             ErrorCode::TooLong,
-            format!("the clip is longer than the relay's maximum of {} s", self.max_samples as f64 / 48_000.0),
+            format!(
+                "the clip is longer than the relay's maximum of {} s",
+                self.max_samples as f64 / 48_000.0
+            ),
         )
     }
 
@@ -125,11 +150,17 @@ impl ClipAssembler {
         if packets as usize != self.packets.len() {
             return Err(Refusal::new(
                 ErrorCode::BadRequest,
-                format!("the end marker counts {packets} packets but {} arrived", self.packets.len()),
+                format!(
+                    "the end marker counts {packets} packets but {} arrived",
+                    self.packets.len()
+                ),
             ));
         }
         if self.packets.is_empty() {
-            return Err(Refusal::new(ErrorCode::BadRequest, "the clip has no audio packets"));
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                "the clip has no audio packets",
+            ));
         }
         // The end must fall inside the last packet (RFC 7845 end trimming): a sender may not
         // claim more audio than it sent, nor send whole packets past the end.
@@ -148,7 +179,10 @@ impl ClipAssembler {
         if samples > self.max_samples {
             return Err(self.too_long());
         }
-        Ok(Assembled { packets: self.packets, samples })
+        Ok(Assembled {
+            packets: self.packets,
+            samples,
+        })
     }
 }
 
@@ -163,7 +197,11 @@ mod tests {
             id: ClipId([1; 16]),
             to: Target::Channel("crew".into()),
             started_at_ms: 0,
-            codec: CodecParams { frame_samples: 960, bitrate: 24_000, pre_skip },
+            codec: CodecParams {
+                frame_samples: 960,
+                bitrate: 24_000,
+                pre_skip,
+            },
         }
     }
 
@@ -174,7 +212,9 @@ mod tests {
         for p in &clip.packets {
             asm.push(p.clone()).expect("valid packet");
         }
-        let done = asm.finish(clip.packets.len() as u32, clip.samples).expect("complete");
+        let done = asm
+            .finish(clip.packets.len() as u32, clip.samples)
+            .expect("complete");
         assert_eq!(done.samples, 24_000);
         assert_eq!(done.packets, clip.packets);
     }
@@ -183,21 +223,36 @@ mod tests {
     fn refuses_a_clip_past_the_maximum() {
         let clip = synthetic_clip(1_500 * 48);
         let mut asm = ClipAssembler::new(&header(clip.params.pre_skip), 1_000);
-        let err = clip.packets.iter().try_for_each(|p| asm.push(p.clone())).expect_err("too long");
+        let err = clip
+            .packets
+            .iter()
+            .try_for_each(|p| asm.push(p.clone()))
+            .expect_err("too long");
         assert_eq!(err.code, ErrorCode::TooLong);
     }
 
     #[test]
     fn refuses_garbage_and_lying_end_markers() {
         let mut asm = ClipAssembler::new(&header(312), 60_000);
-        assert_eq!(asm.push(vec![]).expect_err("empty").code, ErrorCode::BadRequest);
-        assert_eq!(asm.push(vec![0; MAX_PACKET_BYTES + 1]).expect_err("huge").code, ErrorCode::TooLarge);
+        assert_eq!(
+            asm.push(vec![]).expect_err("empty").code,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            asm.push(vec![0; MAX_PACKET_BYTES + 1])
+                .expect_err("huge")
+                .code,
+            ErrorCode::TooLarge
+        );
         let clip = synthetic_clip(100 * 48);
         let mut asm = ClipAssembler::new(&header(clip.params.pre_skip), 60_000);
         for p in &clip.packets {
             asm.push(p.clone()).expect("valid");
         }
-        assert_eq!(asm.finish(99, clip.samples).expect_err("count").code, ErrorCode::BadRequest);
+        assert_eq!(
+            asm.finish(99, clip.samples).expect_err("count").code,
+            ErrorCode::BadRequest
+        );
         let mut asm = ClipAssembler::new(&header(clip.params.pre_skip), 60_000);
         for p in &clip.packets {
             asm.push(p.clone()).expect("valid");
@@ -207,8 +262,14 @@ mod tests {
         for p in &clip.packets {
             short.push(p.clone()).expect("valid");
         }
-        assert_eq!(asm.finish(n, 48_000 * 10).expect_err("samples").code, ErrorCode::BadRequest);
-        assert_eq!(short.finish(n, 960).expect_err("claims too little").code, ErrorCode::BadRequest);
+        assert_eq!(
+            asm.finish(n, 48_000 * 10).expect_err("samples").code,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            short.finish(n, 960).expect_err("claims too little").code,
+            ErrorCode::BadRequest
+        );
     }
 
     #[test]

@@ -63,9 +63,15 @@ impl FromStr for ClipId {
 pub fn validate_name(name: &str) -> Result<(), ClipError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
         && name.as_bytes()[0].is_ascii_alphanumeric();
-    if ok { Ok(()) } else { Err(ClipError::BadName(name.to_string())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(ClipError::BadName(name.to_string()))
+    }
 }
 
 /// Names no user may have: the relay uses them itself (`purged-user` is the sender of clips
@@ -131,7 +137,11 @@ pub struct CodecParams {
 
 impl CodecParams {
     /// The codec parameters of an item that holds no audio (a text, picture or doodle).
-    pub const NONE: CodecParams = CodecParams { frame_samples: 0, bitrate: 0, pre_skip: 0 };
+    pub const NONE: CodecParams = CodecParams {
+        frame_samples: 0,
+        bitrate: 0,
+        pre_skip: 0,
+    };
 }
 
 /// What the sender announces when a clip stream opens.
@@ -179,10 +189,11 @@ pub const MAX_SAMPLES: u64 = 10 * 60 * 48_000;
 /// Milliseconds since the Unix epoch, now: for the drivers (relay, client) that stamp clips.
 /// The state machines of this crate never read the clock; they are handed `now`.
 pub fn now_ms() -> i64 {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -198,7 +209,17 @@ mod tests {
 
     #[test]
     fn names_refuse_separators_and_control_characters() {
-        for bad in ["", "a/b", "..", ".hidden", "a\\b", "a\nb", "Bob", "a b", &"x".repeat(33)] {
+        for bad in [
+            "",
+            "a/b",
+            "..",
+            ".hidden",
+            "a\\b",
+            "a\nb",
+            "Bob",
+            "a b",
+            &"x".repeat(33),
+        ] {
             assert!(validate_name(bad).is_err(), "{bad:?} should be refused");
         }
         for good in ["crew", "bob", "team-1", "a.b_c", &"x".repeat(32)] {

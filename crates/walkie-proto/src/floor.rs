@@ -28,20 +28,38 @@ impl Floors {
     /// Takes `channel`'s floor for `user`'s `clip`, unless another clip (or the same id from
     /// another user) holds it and has held it for less than `max_hold`. Taking it again for
     /// the same user and clip (a retry) succeeds.
-    pub fn try_take(&mut self, channel: &str, user: &str, clip: ClipId, now: Instant, max_hold: Duration) -> Result<(), Holder> {
+    pub fn try_take(
+        &mut self,
+        channel: &str,
+        user: &str,
+        clip: ClipId,
+        now: Instant,
+        max_hold: Duration,
+    ) -> Result<(), Holder> {
         if let Some(h) = self.held.get(channel)
             && (h.clip != clip || h.user != user)
             && now.saturating_duration_since(h.since) < max_hold
         {
             return Err(h.clone());
         }
-        self.held.insert(channel.to_string(), Holder { user: user.to_string(), clip, since: now });
+        self.held.insert(
+            channel.to_string(),
+            Holder {
+                user: user.to_string(),
+                clip,
+                since: now,
+            },
+        );
         Ok(())
     }
 
     /// Releases `channel`'s floor if `user`'s `clip` holds it.
     pub fn release(&mut self, channel: &str, user: &str, clip: ClipId) {
-        if self.held.get(channel).is_some_and(|h| h.clip == clip && h.user == user) {
+        if self
+            .held
+            .get(channel)
+            .is_some_and(|h| h.clip == clip && h.user == user)
+        {
             self.held.remove(channel);
         }
     }
@@ -66,15 +84,35 @@ mod tests {
         assert!(f.try_take("crew", "alice", a, t, MAX).is_ok());
         let busy = f.try_take("crew", "bob", b, t, MAX).expect_err("busy");
         assert_eq!(busy.user, "alice");
-        assert!(f.try_take("ops", "bob", b, t, MAX).is_ok(), "other channels are independent");
-        assert!(f.try_take("crew", "alice", a, t, MAX).is_ok(), "a retry of the same clip keeps the floor");
+        assert!(
+            f.try_take("ops", "bob", b, t, MAX).is_ok(),
+            "other channels are independent"
+        );
+        assert!(
+            f.try_take("crew", "alice", a, t, MAX).is_ok(),
+            "a retry of the same clip keeps the floor"
+        );
         f.release("crew", "bob", b);
-        assert_eq!(f.holder("crew").map(|h| h.user.as_str()), Some("alice"), "only the holder's clip releases");
-        assert!(f.try_take("crew", "bob", a, t, MAX).is_err(), "the talker's clip id from another user does not get the floor");
+        assert_eq!(
+            f.holder("crew").map(|h| h.user.as_str()),
+            Some("alice"),
+            "only the holder's clip releases"
+        );
+        assert!(
+            f.try_take("crew", "bob", a, t, MAX).is_err(),
+            "the talker's clip id from another user does not get the floor"
+        );
         f.release("crew", "bob", a);
-        assert_eq!(f.holder("crew").map(|h| h.user.as_str()), Some("alice"), "nor does it release it");
+        assert_eq!(
+            f.holder("crew").map(|h| h.user.as_str()),
+            Some("alice"),
+            "nor does it release it"
+        );
         f.release("crew", "alice", a);
-        assert!(f.try_take("crew", "bob", b, t, MAX).is_ok(), "released when the clip ends");
+        assert!(
+            f.try_take("crew", "bob", b, t, MAX).is_ok(),
+            "released when the clip ends"
+        );
     }
 
     #[test]
@@ -82,8 +120,20 @@ mod tests {
         let t = Instant::now();
         let mut f = Floors::default();
         assert!(f.try_take("crew", "alice", ClipId([1; 16]), t, MAX).is_ok());
-        assert!(f.try_take("crew", "bob", ClipId([2; 16]), t + Duration::from_secs(64), MAX).is_err());
-        assert!(f.try_take("crew", "bob", ClipId([2; 16]), t + MAX, MAX).is_ok());
+        assert!(
+            f.try_take(
+                "crew",
+                "bob",
+                ClipId([2; 16]),
+                t + Duration::from_secs(64),
+                MAX
+            )
+            .is_err()
+        );
+        assert!(
+            f.try_take("crew", "bob", ClipId([2; 16]), t + MAX, MAX)
+                .is_ok()
+        );
         assert_eq!(f.holder("crew").map(|h| h.user.as_str()), Some("bob"));
     }
 }

@@ -17,6 +17,7 @@
 //! | per-user rate limits (token buckets) | [`rate`] |
 //! | peer-controlled text made safe for log lines | [`logsafe`] |
 //! | display names, invite links, contacts and groups users make | [`people`] |
+//! | who is online at a relay, and batching what their channel mates and contacts hear | [`presence`] |
 //! | messages beside clips: text, pictures, doodles; their limits and payloads | [`message`] |
 //! | the upload of one clip as state machines: the relay's side and the client's side | [`upload`] |
 
@@ -30,6 +31,7 @@ pub mod logsafe;
 pub mod message;
 pub mod ogg;
 pub mod people;
+pub mod presence;
 pub mod rate;
 pub mod received;
 pub mod testing;

@@ -51,9 +51,20 @@ mod tests {
     fn forged_lines_and_escape_sequences_are_written_out() {
         let forged = "app\n2026-11-29T10:00:00Z  INFO session opened user=admin\x1b[2J\u{202E}";
         let safe = escape(forged);
-        assert!(!safe.chars().any(|c| c.is_control() || c == '\u{202E}'), "{safe}");
-        assert!(safe.contains("\\u{a}2026") && safe.contains("\\u{1b}[2J") && safe.contains("\\u{202e}"), "{safe}");
-        assert!(matches!(escape("Zoë 张伟 walkie-cli/0.4"), Cow::Borrowed(_)), "printable text is untouched");
+        assert!(
+            !safe.chars().any(|c| c.is_control() || c == '\u{202E}'),
+            "{safe}"
+        );
+        assert!(
+            safe.contains("\\u{a}2026")
+                && safe.contains("\\u{1b}[2J")
+                && safe.contains("\\u{202e}"),
+            "{safe}"
+        );
+        assert!(
+            matches!(escape("Zoë 张伟 walkie-cli/0.4"), Cow::Borrowed(_)),
+            "printable text is untouched"
+        );
         assert_eq!(escape_line("one line\n"), "one line\n");
         assert_eq!(escape_line("a\nb\n"), "a\\u{a}b\n");
         assert_eq!(escape_line("tab\there"), "tab\\u{9}here");

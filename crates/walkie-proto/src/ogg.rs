@@ -101,7 +101,12 @@ pub struct OggOpusWriter<W: Write> {
 
 impl<W: Write> OggOpusWriter<W> {
     /// Starts a stream: writes the `OpusHead` and `OpusTags` pages.
-    pub fn new(out: W, params: &CodecParams, serial: u32, input_sample_rate: u32) -> Result<Self, OggError> {
+    pub fn new(
+        out: W,
+        params: &CodecParams,
+        serial: u32,
+        input_sample_rate: u32,
+    ) -> Result<Self, OggError> {
         let mut inner = PacketWriter::new(out);
         let mut head = Vec::with_capacity(19);
         head.extend_from_slice(b"OpusHead");
@@ -110,7 +115,10 @@ impl<W: Write> OggOpusWriter<W> {
         head.extend_from_slice(&input_sample_rate.to_le_bytes());
         head.extend_from_slice(&[0, 0, 0]);
         let vendor = format!("walkie {}", env!("CARGO_PKG_VERSION"));
-        let comments = [format!("ENCODER={vendor}"), format!("{BITRATE_TAG}{}", params.bitrate)];
+        let comments = [
+            format!("ENCODER={vendor}"),
+            format!("{BITRATE_TAG}{}", params.bitrate),
+        ];
         let mut tags = b"OpusTags".to_vec();
         put_field(&mut tags, &vendor);
         tags.extend_from_slice(&(comments.len() as u32).to_le_bytes());
@@ -118,10 +126,20 @@ impl<W: Write> OggOpusWriter<W> {
             put_field(&mut tags, c);
         }
         for packet in [head, tags] {
-            inner.write_packet(packet, serial, PacketWriteEndInfo::EndPage, 0).map_err(write_err)?;
+            inner
+                .write_packet(packet, serial, PacketWriteEndInfo::EndPage, 0)
+                .map_err(write_err)?;
         }
         let pre_skip = u64::from(params.pre_skip);
-        Ok(Self { inner, serial, pre_skip, held: None, written: 0, page_samples: 0, page_bytes: 0 })
+        Ok(Self {
+            inner,
+            serial,
+            pre_skip,
+            held: None,
+            written: 0,
+            page_samples: 0,
+            page_bytes: 0,
+        })
     }
 
     /// Adds the next audio packet (checked with [`packet_samples`]).
@@ -129,14 +147,22 @@ impl<W: Write> OggOpusWriter<W> {
         let n = u64::from(packet_samples(&packet)?);
         let end = self.held.as_ref().map_or(0, |h| h.1) + n;
         if end > MAX_DECODED {
-            return Err(OggError::TooLarge("the packets exceed the 10-minute clip limit".into()));
+            return Err(OggError::TooLarge(
+                "the packets exceed the 10-minute clip limit".into(),
+            ));
         }
         if let Some((prev, granule)) = self.held.replace((packet, end)) {
             self.page_samples += granule - self.written;
             self.page_bytes += prev.len();
             let flush = self.page_samples >= PAGE_SAMPLES || self.page_bytes >= PAGE_BYTES;
-            let info = if flush { PacketWriteEndInfo::EndPage } else { PacketWriteEndInfo::NormalPacket };
-            self.inner.write_packet(prev, self.serial, info, granule).map_err(write_err)?;
+            let info = if flush {
+                PacketWriteEndInfo::EndPage
+            } else {
+                PacketWriteEndInfo::NormalPacket
+            };
+            self.inner
+                .write_packet(prev, self.serial, info, granule)
+                .map_err(write_err)?;
             self.written = granule;
             if flush {
                 (self.page_samples, self.page_bytes) = (0, 0);
@@ -149,10 +175,14 @@ impl<W: Write> OggOpusWriter<W> {
     /// `pre_skip + samples`, which must fall within the last packet. Returns the writer.
     pub fn finish(mut self, samples: u64) -> Result<W, OggError> {
         let Some((last, end)) = self.held.take() else {
-            return Err(OggError::Inconsistent("an Ogg Opus stream needs at least one audio packet".into()));
+            return Err(OggError::Inconsistent(
+                "an Ogg Opus stream needs at least one audio packet".into(),
+            ));
         };
         if samples > MAX_SAMPLES {
-            return Err(OggError::TooLarge(format!("{samples} samples is longer than the 10-minute limit")));
+            return Err(OggError::TooLarge(format!(
+                "{samples} samples is longer than the 10-minute limit"
+            )));
         }
         let granule = self.pre_skip + samples;
         if granule < self.written || granule > end {
@@ -161,7 +191,9 @@ impl<W: Write> OggOpusWriter<W> {
                 self.pre_skip, self.written
             )));
         }
-        self.inner.write_packet(last, self.serial, PacketWriteEndInfo::EndStream, granule).map_err(write_err)?;
+        self.inner
+            .write_packet(last, self.serial, PacketWriteEndInfo::EndStream, granule)
+            .map_err(write_err)?;
         let mut out = self.inner.into_inner();
         out.flush().map_err(write_err)?;
         Ok(out)
@@ -169,9 +201,19 @@ impl<W: Write> OggOpusWriter<W> {
 }
 
 /// Writes a whole clip as an Ogg Opus file in memory (input rate recorded as 48000).
-pub fn write_ogg(params: &CodecParams, packets: &[Vec<u8>], samples: u64, serial: u32) -> Result<Vec<u8>, OggError> {
+pub fn write_ogg(
+    params: &CodecParams,
+    packets: &[Vec<u8>],
+    samples: u64,
+    serial: u32,
+) -> Result<Vec<u8>, OggError> {
     let bytes: usize = packets.iter().map(Vec::len).sum();
-    let mut w = OggOpusWriter::new(Vec::with_capacity(bytes + bytes / 8 + 256), params, serial, 48_000)?;
+    let mut w = OggOpusWriter::new(
+        Vec::with_capacity(bytes + bytes / 8 + 256),
+        params,
+        serial,
+        48_000,
+    )?;
     for p in packets {
         w.write_packet(p.clone())?;
     }
@@ -186,7 +228,10 @@ pub fn read_ogg(bytes: &[u8]) -> Result<OggOpus, OggError> {
 /// [`read_ogg`] with explicit page parsing options (tests turn CRC checks off to reach deeper).
 fn read_with(bytes: &[u8], opts: PageParsingOptions) -> Result<OggOpus, OggError> {
     if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(OggError::TooLarge(format!("{} bytes is over the {MAX_FILE_BYTES}-byte limit", bytes.len())));
+        return Err(OggError::TooLarge(format!(
+            "{} bytes is over the {MAX_FILE_BYTES}-byte limit",
+            bytes.len()
+        )));
     }
     let mut rdr = PacketReader::new_with_page_parse_opts(Cursor::new(bytes), opts);
     let not_opus = |what: &str| OggError::NotOpus(what.to_string());
@@ -198,24 +243,32 @@ fn read_with(bytes: &[u8], opts: PageParsingOptions) -> Result<OggOpus, OggError
         return Err(not_opus("missing OpusTags"));
     }
     let bitrate = parse_tags(&tags.data)?;
-    let (mut packets, mut decoded, mut end) = (Vec::new(), 0u64, tags.last_in_stream().then_some(0));
+    let (mut packets, mut decoded, mut end) =
+        (Vec::new(), 0u64, tags.last_in_stream().then_some(0));
     while let Some(p) = next(&mut rdr)? {
         if p.stream_serial() != serial || end.is_some() {
-            return Err(OggError::Unsupported("chained or multiplexed Ogg streams are not supported".into()));
+            return Err(OggError::Unsupported(
+                "chained or multiplexed Ogg streams are not supported".into(),
+            ));
         }
         let n = packet_samples(&p.data)
             .map_err(|e| OggError::Corrupt(format!("audio packet {}: {e}", packets.len() + 1)))?;
         decoded += u64::from(n);
         if decoded > MAX_DECODED {
-            return Err(OggError::TooLarge("the audio is longer than the 10-minute limit".into()));
+            return Err(OggError::TooLarge(
+                "the audio is longer than the 10-minute limit".into(),
+            ));
         }
         if p.last_in_stream() {
             end = Some(p.absgp_page());
         }
         packets.push(p.data);
     }
-    let granule = end.ok_or_else(|| OggError::Corrupt("no end-of-stream page: the file is truncated".into()))?;
-    let first = packets.first().ok_or_else(|| OggError::Corrupt("the stream has no audio packets".into()))?;
+    let granule = end
+        .ok_or_else(|| OggError::Corrupt("no end-of-stream page: the file is truncated".into()))?;
+    let first = packets
+        .first()
+        .ok_or_else(|| OggError::Corrupt("the stream has no audio packets".into()))?;
     if granule < u64::from(pre_skip) || granule > decoded {
         return Err(OggError::Corrupt(format!(
             "final granule position {granule} is outside pre-skip {pre_skip} ..= {decoded} decoded samples"
@@ -223,28 +276,54 @@ fn read_with(bytes: &[u8], opts: PageParsingOptions) -> Result<OggOpus, OggError
     }
     let samples = granule - u64::from(pre_skip);
     if samples > MAX_SAMPLES {
-        return Err(OggError::TooLarge("the audio is longer than the 10-minute limit".into()));
+        return Err(OggError::TooLarge(
+            "the audio is longer than the 10-minute limit".into(),
+        ));
     }
-    let params = CodecParams { frame_samples: packet_samples(first)?, bitrate, pre_skip };
-    Ok(OggOpus { params, input_sample_rate, packets, samples })
+    let params = CodecParams {
+        frame_samples: packet_samples(first)?,
+        bitrate,
+        pre_skip,
+    };
+    Ok(OggOpus {
+        params,
+        input_sample_rate,
+        packets,
+        samples,
+    })
 }
 
 /// Reads and validates an Ogg Opus file; errors name the path.
 pub fn read_ogg_file(path: &Path) -> Result<OggOpus, OggError> {
     let name = path.display().to_string();
-    let io = |source| OggError::Io { action: "read", path: name.clone(), source };
+    let io = |source| OggError::Io {
+        action: "read",
+        path: name.clone(),
+        source,
+    };
     let mut bytes = Vec::new();
-    std::fs::File::open(path).and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)).map_err(io)?;
-    read_ogg(&bytes).map_err(|e| OggError::InFile { path: name.clone(), source: Box::new(e) })
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(io)?;
+    read_ogg(&bytes).map_err(|e| OggError::InFile {
+        path: name.clone(),
+        source: Box::new(e),
+    })
 }
 
 /// The next packet, with Ogg-level errors turned into clear sentences.
 fn next(rdr: &mut PacketReader<Cursor<&[u8]>>) -> Result<Option<::ogg::Packet>, OggError> {
     rdr.read_packet().map_err(|e| match e {
         OggReadError::NoCapturePatternFound => OggError::NotOpus("no Ogg page found".into()),
-        OggReadError::HashMismatch(..) => OggError::Corrupt("a page checksum does not match".into()),
-        OggReadError::InvalidStreamStructVer(v) => OggError::Corrupt(format!("unknown Ogg page version {v}")),
-        OggReadError::InvalidData => OggError::Corrupt("pages are out of order or inconsistent".into()),
+        OggReadError::HashMismatch(..) => {
+            OggError::Corrupt("a page checksum does not match".into())
+        }
+        OggReadError::InvalidStreamStructVer(v) => {
+            OggError::Corrupt(format!("unknown Ogg page version {v}"))
+        }
+        OggReadError::InvalidData => {
+            OggError::Corrupt("pages are out of order or inconsistent".into())
+        }
         OggReadError::ReadError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             OggError::Corrupt("the file ends in the middle of a page".into())
         }
@@ -258,7 +337,10 @@ fn parse_head(d: &[u8]) -> Result<(u16, u32), OggError> {
         return Err(OggError::NotOpus("missing OpusHead".into()));
     }
     if d.len() < 19 {
-        return Err(OggError::Corrupt(format!("OpusHead is {} bytes, fewer than 19", d.len())));
+        return Err(OggError::Corrupt(format!(
+            "OpusHead is {} bytes, fewer than 19",
+            d.len()
+        )));
     }
     // RFC 7845 §5.1: versions 1..=15 are compatible with version 1.
     if !(1..=15).contains(&d[8]) {
@@ -266,10 +348,16 @@ fn parse_head(d: &[u8]) -> Result<(u16, u32), OggError> {
     }
     match (d[9], d[18]) {
         (1, 0) => {}
-        (2, 0) => return Err(OggError::Unsupported("stereo audio; walkie clips are mono".into())),
+        (2, 0) => {
+            return Err(OggError::Unsupported(
+                "stereo audio; walkie clips are mono".into(),
+            ));
+        }
         (0, _) => return Err(OggError::Corrupt("OpusHead declares 0 channels".into())),
         (ch, family) => {
-            return Err(OggError::Unsupported(format!("{ch} channels with mapping family {family}")));
+            return Err(OggError::Unsupported(format!(
+                "{ch} channels with mapping family {family}"
+            )));
         }
     }
     let pre_skip = u16::from_le_bytes([d[10], d[11]]);
@@ -283,8 +371,11 @@ fn parse_tags(d: &[u8]) -> Result<u32, OggError> {
     let mut pos = 8;
     let field = |pos: &mut usize| -> Result<&[u8], OggError> {
         let len_bytes = d.get(*pos..*pos + 4).ok_or_else(bad)?;
-        let len = u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]) as usize;
-        let body = d.get(*pos + 4..(*pos + 4).checked_add(len).ok_or_else(bad)?).ok_or_else(bad)?;
+        let len =
+            u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]) as usize;
+        let body = d
+            .get(*pos + 4..(*pos + 4).checked_add(len).ok_or_else(bad)?)
+            .ok_or_else(bad)?;
         *pos += 4 + len;
         Ok(body)
     };
@@ -295,8 +386,13 @@ fn parse_tags(d: &[u8]) -> Result<u32, OggError> {
     let mut bitrate = 0;
     for _ in 0..count {
         let c = field(&mut pos)?;
-        if c.len() > BITRATE_TAG.len() && c[..BITRATE_TAG.len()].eq_ignore_ascii_case(BITRATE_TAG.as_bytes()) {
-            bitrate = std::str::from_utf8(&c[BITRATE_TAG.len()..]).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+        if c.len() > BITRATE_TAG.len()
+            && c[..BITRATE_TAG.len()].eq_ignore_ascii_case(BITRATE_TAG.as_bytes())
+        {
+            bitrate = std::str::from_utf8(&c[BITRATE_TAG.len()..])
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
         }
     }
     Ok(bitrate)
@@ -310,7 +406,11 @@ fn put_field(out: &mut Vec<u8>, s: &str) {
 
 /// Turns a write error into a [`OggError`].
 fn write_err(source: std::io::Error) -> OggError {
-    OggError::Io { action: "write", path: "Ogg Opus output".into(), source }
+    OggError::Io {
+        action: "write",
+        path: "Ogg Opus output".into(),
+        source,
+    }
 }
 
 #[cfg(test)]
@@ -340,7 +440,9 @@ mod tests {
             let lacing = b[27..27 + nseg].to_vec();
             let body_len = parser.parse_segments(lacing.clone());
             let body = b[27 + nseg..27 + nseg + body_len].to_vec();
-            parser.parse_packet_data(body).unwrap_or_else(|_| panic!("bad CRC on page {}", out.len()));
+            parser
+                .parse_packet_data(body)
+                .unwrap_or_else(|_| panic!("bad CRC on page {}", out.len()));
             out.push(Page {
                 flags: header[5],
                 granule: u64::from_le_bytes(header[6..14].try_into().unwrap()),
@@ -378,19 +480,31 @@ mod tests {
         let bytes = write_ogg(&params, &packets, samples, 42).unwrap();
         let pages = pages(&bytes);
         assert!(pages.len() >= 7, "{} pages", pages.len());
-        assert_eq!((pages[0].flags, pages[0].granule, pages[0].packet_ends), (0x02, 0, 1));
-        assert_eq!((pages[1].flags, pages[1].granule, pages[1].packet_ends), (0x00, 0, 1));
+        assert_eq!(
+            (pages[0].flags, pages[0].granule, pages[0].packet_ends),
+            (0x02, 0, 1)
+        );
+        assert_eq!(
+            (pages[1].flags, pages[1].granule, pages[1].packet_ends),
+            (0x00, 0, 1)
+        );
         let mut decoded = 0u64;
         let mut done = 0usize;
         for (i, p) in pages.iter().enumerate() {
             assert_eq!((p.serial, p.seq), (42, i as u32));
-            assert!(p.body_len <= PAGE_BYTES + 1_000, "page {i} has {} bytes", p.body_len);
+            assert!(
+                p.body_len <= PAGE_BYTES + 1_000,
+                "page {i} has {} bytes",
+                p.body_len
+            );
             if i < 2 {
                 continue;
             }
             let prev = decoded;
-            decoded +=
-                packets[done..done + p.packet_ends].iter().map(|q| u64::from(packet_samples(q).unwrap())).sum::<u64>();
+            decoded += packets[done..done + p.packet_ends]
+                .iter()
+                .map(|q| u64::from(packet_samples(q).unwrap()))
+                .sum::<u64>();
             done += p.packet_ends;
             assert!(p.granule > prev || i == 2, "granules must increase");
             if i + 1 < pages.len() {
@@ -400,7 +514,11 @@ mod tests {
             }
         }
         let last = pages.last().unwrap();
-        assert_eq!(last.flags & 0x04, 0x04, "the last page is flagged end-of-stream");
+        assert_eq!(
+            last.flags & 0x04,
+            0x04,
+            "the last page is flagged end-of-stream"
+        );
         assert_eq!(last.granule, u64::from(params.pre_skip) + samples);
         assert!(last.granule <= decoded && decoded - last.granule < 960);
         assert_eq!(done, packets.len());
@@ -422,7 +540,11 @@ mod tests {
     fn ogg_stream_at(packets: &[&[u8]], granule: u64) -> Vec<u8> {
         let mut w = PacketWriter::new(Vec::new());
         for (i, p) in packets.iter().enumerate() {
-            let info = if i + 1 == packets.len() { PacketWriteEndInfo::EndStream } else { PacketWriteEndInfo::EndPage };
+            let info = if i + 1 == packets.len() {
+                PacketWriteEndInfo::EndStream
+            } else {
+                PacketWriteEndInfo::EndPage
+            };
             w.write_packet(p.to_vec(), 9, info, granule).unwrap();
         }
         w.into_inner()
@@ -456,14 +578,23 @@ mod tests {
             .collect();
         assert!(matches!(read_ogg(&soup), Err(OggError::NotOpus(_))));
 
-        let vorbis = ogg_stream(&[b"\x01vorbis\0\0\0\0\x01\x44\xac\0\0", b"\x03vorbis", b"\x05vorbis"]);
+        let vorbis = ogg_stream(&[
+            b"\x01vorbis\0\0\0\0\x01\x44\xac\0\0",
+            b"\x03vorbis",
+            b"\x05vorbis",
+        ]);
         let err = read_ogg(&vorbis).unwrap_err();
         assert!(err.to_string().contains("missing OpusHead"), "{err}");
 
         let head = &good[28..47];
         assert!(head.starts_with(b"OpusHead"));
         let no_tags = ogg_stream(&[head, &packets[0], &packets[1]]);
-        assert!(read_ogg(&no_tags).unwrap_err().to_string().contains("missing OpusTags"));
+        assert!(
+            read_ogg(&no_tags)
+                .unwrap_err()
+                .to_string()
+                .contains("missing OpusTags")
+        );
 
         let mut stereo = head.to_vec();
         stereo[9] = 2;
@@ -473,10 +604,24 @@ mod tests {
         let only_headers = ogg_stream(&[head, tags]);
         assert!(read_ogg(&only_headers).is_err());
         let bad_tags = ogg_stream(&[head, b"OpusTags\xff\0\0\0x", &packets[0]]);
-        assert!(read_ogg(&bad_tags).unwrap_err().to_string().contains("OpusTags"));
+        assert!(
+            read_ogg(&bad_tags)
+                .unwrap_err()
+                .to_string()
+                .contains("OpusTags")
+        );
         // ogg_stream ends on granule 2000: beyond one packet's 960 samples, within three packets' 2880.
         assert!(read_ogg(&ogg_stream(&[head, tags, &packets[0]])).is_err());
-        assert!(read_ogg(&ogg_stream(&[head, tags, &packets[0], &packets[1], &packets[2]])).is_ok());
+        assert!(
+            read_ogg(&ogg_stream(&[
+                head,
+                tags,
+                &packets[0],
+                &packets[1],
+                &packets[2]
+            ]))
+            .is_ok()
+        );
     }
 
     #[test]
@@ -488,8 +633,13 @@ mod tests {
         assert_eq!(read_ogg_file(&path).unwrap().samples, 1_000);
         std::fs::write(&path, b"not ogg at all").unwrap();
         let err = read_ogg_file(&path).unwrap_err().to_string();
-        assert!(err.contains("x.opus") && err.contains("not an Ogg Opus file"), "{err}");
-        let err = read_ogg_file(&dir.path().join("gone.opus")).unwrap_err().to_string();
+        assert!(
+            err.contains("x.opus") && err.contains("not an Ogg Opus file"),
+            "{err}"
+        );
+        let err = read_ogg_file(&dir.path().join("gone.opus"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("gone.opus"), "{err}");
     }
 

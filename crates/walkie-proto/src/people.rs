@@ -17,8 +17,13 @@ mod invite;
 mod names;
 mod nearby;
 
-pub use contacts::{ContactAction, ContactRefusal, ContactState, DirectFrom, Pair, contact_step, may_send_direct};
+pub use contacts::{
+    ContactAction, ContactRefusal, ContactState, DirectFrom, Pair, contact_step, may_send_direct,
+};
 pub use groups::{GroupAction, GroupRefusal, GroupRole, group_may};
 pub use invite::{CODE_HEX, Invite, InviteLink, InviteRefusal, LinkError, new_code};
 pub use names::{MAX_DISPLAY_CHARS, NameError, validate_display_name};
-pub use nearby::{CELL_CHARS, NEARBY_KM, PlaceError, cell_center, cell_of, cells_around, check_cell, km_between, parse_place};
+pub use nearby::{
+    CELL_CHARS, NEARBY_KM, PlaceError, cell_center, cell_of, cells_around, check_cell, km_between,
+    parse_place,
+};

@@ -16,7 +16,12 @@ pub struct Bucket {
 impl Bucket {
     /// A full bucket.
     pub fn new(capacity: f64, rate: f64, now: Instant) -> Self {
-        Self { capacity, rate, tokens: capacity, at: now }
+        Self {
+            capacity,
+            rate,
+            tokens: capacity,
+            at: now,
+        }
     }
 
     fn refill(&mut self, now: Instant) {
@@ -41,7 +46,11 @@ impl Bucket {
     pub fn take_paced(&mut self, n: f64, now: Instant) -> Duration {
         self.refill(now);
         self.tokens -= n;
-        if self.tokens >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-self.tokens / self.rate) }
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
     }
 
     fn wait_for(&self, n: f64) -> Duration {
@@ -69,7 +78,12 @@ const MAX_TRACKED: usize = 100_000;
 impl UserLimits {
     /// Limits with these rates.
     pub fn new(clips_per_minute: u32, bytes_per_second: u64) -> Self {
-        Self { clips_per_minute, bytes_per_second, clips: HashMap::new(), bytes: HashMap::new() }
+        Self {
+            clips_per_minute,
+            bytes_per_second,
+            clips: HashMap::new(),
+            bytes: HashMap::new(),
+        }
     }
 
     /// Admits one more clip from `user`, or says how long to wait.
@@ -117,7 +131,11 @@ pub struct KeyedLimits<K> {
 impl<K: std::hash::Hash + Eq> KeyedLimits<K> {
     /// Buckets of `capacity` tokens that refill at `per_second`.
     pub fn new(capacity: f64, per_second: f64) -> Self {
-        Self { capacity, rate: per_second, buckets: HashMap::new() }
+        Self {
+            capacity,
+            rate: per_second,
+            buckets: HashMap::new(),
+        }
     }
 
     /// Takes one token for `key`, or says how long until there is one.
@@ -139,7 +157,9 @@ impl<K: std::hash::Hash + Eq> KeyedLimits<K> {
             });
         }
         let (capacity, rate) = (self.capacity, self.rate);
-        self.buckets.entry(key).or_insert_with(|| Bucket::new(capacity, rate, now))
+        self.buckets
+            .entry(key)
+            .or_insert_with(|| Bucket::new(capacity, rate, now))
     }
 }
 
@@ -154,7 +174,11 @@ mod tests {
         assert_eq!(l.pace("a", 1000, t0), Duration::ZERO);
         assert_eq!(l.pace("a", 100, t0), Duration::from_secs(1));
         assert_eq!(l.pace("b", 500, t0), Duration::ZERO, "per key");
-        assert_eq!(l.pace("a", 100, t0 + Duration::from_secs(2)), Duration::ZERO, "paid back");
+        assert_eq!(
+            l.pace("a", 100, t0 + Duration::from_secs(2)),
+            Duration::ZERO,
+            "paid back"
+        );
     }
 
     #[test]
@@ -164,7 +188,10 @@ mod tests {
         assert!(l.admit("a", t0).is_ok());
         assert!(l.admit("a", t0).is_ok());
         let wait = l.admit("a", t0).expect_err("third refused");
-        assert!(wait > Duration::from_secs(59) && wait <= Duration::from_secs(60), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(59) && wait <= Duration::from_secs(60),
+            "{wait:?}"
+        );
         assert!(l.admit("b", t0).is_ok());
         assert!(l.admit("a", t0 + Duration::from_secs(60)).is_ok());
     }
@@ -177,9 +204,15 @@ mod tests {
             assert!(l.admit_clip("bob", t0).is_ok());
         }
         let wait = l.admit_clip("bob", t0).expect_err("fourth refused");
-        assert!(wait > Duration::from_secs(19) && wait <= Duration::from_secs(20), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(19) && wait <= Duration::from_secs(20),
+            "{wait:?}"
+        );
         assert!(l.admit_clip("alice", t0).is_ok(), "limits are per user");
-        assert!(l.admit_clip("bob", t0 + Duration::from_secs(20)).is_ok(), "a token refills in 20 s");
+        assert!(
+            l.admit_clip("bob", t0 + Duration::from_secs(20)).is_ok(),
+            "a token refills in 20 s"
+        );
     }
 
     #[test]

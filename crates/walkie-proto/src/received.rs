@@ -24,14 +24,24 @@ impl ReceivedClip {
 
     /// The clip as an Ogg Opus file.
     pub fn ogg(&self) -> Result<Vec<u8>, OggError> {
-        write_ogg(&self.header.codec, &self.packets, self.samples, rand::random())
+        write_ogg(
+            &self.header.codec,
+            &self.packets,
+            self.samples,
+            rand::random(),
+        )
     }
 
     /// Metadata in the form history uses.
     pub fn meta(&self) -> ClipMeta {
         let duration_ms = u32::try_from(self.duration_ms()).unwrap_or(u32::MAX);
         let packets = u32::try_from(self.packets.len()).unwrap_or(u32::MAX);
-        meta_of(&self.header, duration_ms, packets, self.packets.iter().map(|p| p.len() as u64).sum())
+        meta_of(
+            &self.header,
+            duration_ms,
+            packets,
+            self.packets.iter().map(|p| p.len() as u64).sum(),
+        )
     }
 
     /// The conversation this clip belongs to, seen from `me`: the channel, or the other user.

@@ -19,7 +19,11 @@ pub struct SyntheticClip {
 /// A clip of `samples` 48 kHz samples: CELT fullband 20 ms packets (TOC 0xf8) whose bodies
 /// differ from packet to packet (40 to 89 bytes), so that a packet out of place is noticed.
 pub fn synthetic_clip(samples: u64) -> SyntheticClip {
-    let params = CodecParams { frame_samples: 960, bitrate: 24_000, pre_skip: 312 };
+    let params = CodecParams {
+        frame_samples: 960,
+        bitrate: 24_000,
+        pre_skip: 312,
+    };
     let n = (samples + u64::from(params.pre_skip)).div_ceil(960);
     let packets = (0..n)
         .map(|i| {
@@ -27,7 +31,11 @@ pub fn synthetic_clip(samples: u64) -> SyntheticClip {
             std::iter::once(31u8 << 3).chain(body).collect()
         })
         .collect();
-    SyntheticClip { params, packets, samples }
+    SyntheticClip {
+        params,
+        packets,
+        samples,
+    }
 }
 
 #[cfg(test)]

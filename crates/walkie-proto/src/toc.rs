@@ -72,7 +72,9 @@ fn frame_count(packet: &[u8]) -> Result<u32, TocError> {
         // Two frames of equal size: the rest must split evenly.
         1 => {
             if !body.len().is_multiple_of(2) || body.len() / 2 > MAX_FRAME_BYTES {
-                return Err(TocError::Malformed("two equal frames do not fit the packet"));
+                return Err(TocError::Malformed(
+                    "two equal frames do not fit the packet",
+                ));
             }
             Ok(2)
         }
@@ -81,7 +83,9 @@ fn frame_count(packet: &[u8]) -> Result<u32, TocError> {
             let (first, used) = frame_len(body)?;
             let rest = body.len() - used;
             if first > rest || first > MAX_FRAME_BYTES || rest - first > MAX_FRAME_BYTES {
-                return Err(TocError::Malformed("the first frame's length overruns the packet"));
+                return Err(TocError::Malformed(
+                    "the first frame's length overruns the packet",
+                ));
             }
             Ok(2)
         }
@@ -90,7 +94,11 @@ fn frame_count(packet: &[u8]) -> Result<u32, TocError> {
             let Some((&count_byte, mut rest)) = body.split_first() else {
                 return Err(TocError::Malformed("the frame count is missing"));
             };
-            let (vbr, padded, count) = (count_byte & 0x80 != 0, count_byte & 0x40 != 0, usize::from(count_byte & 0x3f));
+            let (vbr, padded, count) = (
+                count_byte & 0x80 != 0,
+                count_byte & 0x40 != 0,
+                usize::from(count_byte & 0x3f),
+            );
             if count == 0 {
                 return Err(TocError::Malformed("a packet of zero frames"));
             }
@@ -182,18 +190,30 @@ mod tests {
         // ... whose first length overruns.
         assert!(packet_samples(&[(1 << 3) | 3, 0x82, 9, 9]).is_err());
         // Code 3, padded by 2 bytes, CBR 2 frames of 1 byte.
-        assert_eq!(packet_samples(&[(1 << 3) | 3, 0x42, 2, 7, 7, 0, 0]), Ok(1_920));
+        assert_eq!(
+            packet_samples(&[(1 << 3) | 3, 0x42, 2, 7, 7, 0, 0]),
+            Ok(1_920)
+        );
         // Padding longer than the packet.
         assert!(packet_samples(&[(1 << 3) | 3, 0x42, 200, 7, 7]).is_err());
-        assert_eq!(packet_samples(&vec![0u8; MAX_PACKET_BYTES + 1]), Err(TocError::TooLarge(MAX_PACKET_BYTES + 1)));
+        assert_eq!(
+            packet_samples(&vec![0u8; MAX_PACKET_BYTES + 1]),
+            Err(TocError::TooLarge(MAX_PACKET_BYTES + 1))
+        );
     }
 
     #[test]
     fn every_configuration_has_its_frame_duration() {
         let ms = |config: u8| f64::from(packet_samples(&[config << 3, 0]).expect("valid")) / 48.0;
-        assert_eq!((0..12).map(ms).collect::<Vec<_>>(), [10.0, 20.0, 40.0, 60.0].repeat(3));
+        assert_eq!(
+            (0..12).map(ms).collect::<Vec<_>>(),
+            [10.0, 20.0, 40.0, 60.0].repeat(3)
+        );
         assert_eq!((12..16).map(ms).collect::<Vec<_>>(), [10.0, 20.0].repeat(2));
-        assert_eq!((16..32).map(ms).collect::<Vec<_>>(), [2.5, 5.0, 10.0, 20.0].repeat(4));
+        assert_eq!(
+            (16..32).map(ms).collect::<Vec<_>>(),
+            [2.5, 5.0, 10.0, 20.0].repeat(4)
+        );
     }
 
     proptest! {

@@ -13,24 +13,42 @@ use crate::shared::Shared;
 
 /// Whether `user` may read or write `target`: members for a channel, anyone for an existing
 /// user; otherwise the refusal to report.
-pub(crate) async fn may_access(shared: &Shared, user: &str, target: &Target) -> Result<(), Refusal> {
+pub(crate) async fn may_access(
+    shared: &Shared,
+    user: &str,
+    target: &Target,
+) -> Result<(), Refusal> {
     let result = match target {
         Target::Channel(name) => {
             let name = name.clone();
-            shared.store(move |s| s.members(&name)).await.map(|m| m.map(|m| m.iter().any(|u| u == user)))
+            shared
+                .store(move |s| s.members(&name))
+                .await
+                .map(|m| m.map(|m| m.iter().any(|u| u == user)))
         }
         Target::User(name) => {
             let name = name.clone();
-            shared.store(move |s| s.token_hash(&name)).await.map(|h| h.map(|_| true))
+            shared
+                .store(move |s| s.token_hash(&name))
+                .await
+                .map(|h| h.map(|_| true))
         }
     };
     // A non-member learns no more than that it may not use the channel, whether or not it exists.
-    let not_member = || Refusal::new(ErrorCode::Forbidden, format!("you are not a member of channel {target}"));
+    let not_member = || {
+        Refusal::new(
+            ErrorCode::Forbidden,
+            format!("you are not a member of channel {target}"),
+        )
+    };
     match result {
         Ok(Some(true)) => Ok(()),
         Ok(Some(false)) => Err(not_member()),
         Ok(None) if matches!(target, Target::Channel(_)) => Err(not_member()),
-        Ok(None) => Err(Refusal::new(ErrorCode::NotFound, format!("there is no user {target}"))),
+        Ok(None) => Err(Refusal::new(
+            ErrorCode::NotFound,
+            format!("there is no user {target}"),
+        )),
         Err(e) => Err(Refusal::new(ErrorCode::Storage, e.to_string())),
     }
 }
@@ -47,25 +65,44 @@ pub(crate) async fn may_read(shared: &Shared, user: &str, meta: &ClipMeta) -> bo
 /// a direct clip only if its recipient takes direct clips from the sender (their choice, and
 /// never from someone they blocked: both refused in the same words, so a blocked sender cannot
 /// tell); a channel clip reaches every member but those who blocked the sender.
-pub(crate) async fn recipients(shared: &Shared, sender: &str, to: &Target) -> Result<Vec<String>, Refusal> {
+pub(crate) async fn recipients(
+    shared: &Shared,
+    sender: &str,
+    to: &Target,
+) -> Result<Vec<String>, Refusal> {
     may_access(shared, sender, to).await?;
     let storage = |e: crate::RelayError| Refusal::new(ErrorCode::Storage, e.to_string());
     let (from, default) = (sender.to_string(), shared.config.direct_from);
     let members = match to {
         Target::User(name) => {
             let recipient = name.clone();
-            if !shared.store(move |s| people::may_send_direct(s, &from, &recipient, default)).await.map_err(storage)? {
-                return Err(Refusal::new(ErrorCode::Forbidden, format!("{to} takes direct clips from their contacts only")));
+            if !shared
+                .store(move |s| people::may_send_direct(s, &from, &recipient, default))
+                .await
+                .map_err(storage)?
+            {
+                return Err(Refusal::new(
+                    ErrorCode::Forbidden,
+                    format!("{to} takes direct clips from their contacts only"),
+                ));
             }
             vec![name.clone()]
         }
         Target::Channel(name) => {
             let name = name.clone();
             let (members, blockers) = shared
-                .store(move |s| Ok((s.members(&name)?.unwrap_or_default(), people::blocked_by(s, &from)?)))
+                .store(move |s| {
+                    Ok((
+                        s.members(&name)?.unwrap_or_default(),
+                        people::blocked_by(s, &from)?,
+                    ))
+                })
                 .await
                 .map_err(storage)?;
-            members.into_iter().filter(|m| !blockers.contains(m)).collect()
+            members
+                .into_iter()
+                .filter(|m| !blockers.contains(m))
+                .collect()
         }
     };
     Ok(members.into_iter().filter(|m| m != sender).collect())

@@ -25,7 +25,9 @@ pub enum AvatarError {
     #[error("the avatar is not a readable PNG image: {0}")]
     NotPng(String),
     /// Not 256×256.
-    #[error("an avatar is a square {LARGE}×{LARGE} PNG, not {0}×{1} (clients scale pictures before sending)")]
+    #[error(
+        "an avatar is a square {LARGE}×{LARGE} PNG, not {0}×{1} (clients scale pictures before sending)"
+    )]
     WrongSize(u32, u32),
 }
 
@@ -35,7 +37,9 @@ pub fn accept(png: &[u8]) -> Result<(Vec<u8>, Vec<u8>), AvatarError> {
         return Err(AvatarError::TooLarge(png.len()));
     }
     let mut reader = ImageReader::with_format(Cursor::new(png), ImageFormat::Png);
-    let (w, h) = reader.into_dimensions().map_err(|e| AvatarError::NotPng(e.to_string()))?;
+    let (w, h) = reader
+        .into_dimensions()
+        .map_err(|e| AvatarError::NotPng(e.to_string()))?;
     if (w, h) != (LARGE, LARGE) {
         return Err(AvatarError::WrongSize(w, h));
     }
@@ -46,14 +50,19 @@ pub fn accept(png: &[u8]) -> Result<(Vec<u8>, Vec<u8>), AvatarError> {
     // 256 × 256 × 16-bit RGBA is 512 KiB; twice that for the decoder's own buffers.
     limits.max_alloc = Some(1024 * 1024);
     reader.limits(limits);
-    let image = reader.decode().map_err(|e| AvatarError::NotPng(e.to_string()))?.to_rgba8();
+    let image = reader
+        .decode()
+        .map_err(|e| AvatarError::NotPng(e.to_string()))?
+        .to_rgba8();
     let small = image::imageops::resize(&image, SMALL, SMALL, FilterType::Lanczos3);
     Ok((encode(&image)?, encode(&small)?))
 }
 
 fn encode(image: &image::RgbaImage) -> Result<Vec<u8>, AvatarError> {
     let mut out = Cursor::new(Vec::new());
-    image.write_to(&mut out, ImageFormat::Png).map_err(|e| AvatarError::NotPng(e.to_string()))?;
+    image
+        .write_to(&mut out, ImageFormat::Png)
+        .map_err(|e| AvatarError::NotPng(e.to_string()))?;
     Ok(out.into_inner())
 }
 
@@ -71,7 +80,10 @@ mod tests {
         let (large, small) = accept(&png(256, 256)).expect("accepted");
         let l = image::load_from_memory(&large).expect("decodes");
         let s = image::load_from_memory(&small).expect("decodes");
-        assert_eq!((l.width(), l.height(), s.width(), s.height()), (256, 256, 64, 64));
+        assert_eq!(
+            (l.width(), l.height(), s.width(), s.height()),
+            (256, 256, 64, 64)
+        );
     }
 
     /// What taking an avatar costs the relay (decode, 64 px copy, two PNG encodes) for a
@@ -93,18 +105,32 @@ mod tests {
             })
             .collect();
         times.sort();
-        println!("avatar accept: {} bytes in, median {:?}, max {:?}", png.len(), times[25], times[49]);
+        println!(
+            "avatar accept: {} bytes in, median {:?}, max {:?}",
+            png.len(),
+            times[25],
+            times[49]
+        );
     }
 
     #[test]
     fn wrong_sizes_bombs_and_other_bytes_are_refused_before_decoding() {
-        assert_eq!(accept(&png(300, 256)), Err(AvatarError::WrongSize(300, 256)));
+        assert_eq!(
+            accept(&png(300, 256)),
+            Err(AvatarError::WrongSize(300, 256))
+        );
         assert!(matches!(accept(b"GIF89a...."), Err(AvatarError::NotPng(_))));
-        assert_eq!(accept(&vec![0; MAX_UPLOAD + 1]), Err(AvatarError::TooLarge(MAX_UPLOAD + 1)));
+        assert_eq!(
+            accept(&vec![0; MAX_UPLOAD + 1]),
+            Err(AvatarError::TooLarge(MAX_UPLOAD + 1))
+        );
         // A PNG whose header claims 100 000 × 100 000 pixels: refused from the header alone.
         let mut bomb = png(256, 256);
         bomb[16..20].copy_from_slice(&100_000u32.to_be_bytes());
         bomb[20..24].copy_from_slice(&100_000u32.to_be_bytes());
-        assert!(matches!(accept(&bomb), Err(AvatarError::WrongSize(100_000, 100_000)) | Err(AvatarError::NotPng(_))));
+        assert!(matches!(
+            accept(&bomb),
+            Err(AvatarError::WrongSize(100_000, 100_000)) | Err(AvatarError::NotPng(_))
+        ));
     }
 }

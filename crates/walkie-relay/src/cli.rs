@@ -156,14 +156,18 @@ fn data_dir(cli: &Option<PathBuf>) -> Result<PathBuf, String> {
 }
 
 fn check_names(names: &[String]) -> Result<(), String> {
-    names.iter().try_for_each(|n| validate_name(n).map_err(|e| e.to_string()))
+    names
+        .iter()
+        .try_for_each(|n| validate_name(n).map_err(|e| e.to_string()))
 }
 
 /// Runs the command line given to this process; the process's exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         // Plain text, every line escaped: peers choose some of what is logged.
         .with_writer(crate::logwriter::EscapedStderr)
         .with_ansi(false)
@@ -190,12 +194,16 @@ fn store_choice(cli: &Cli) -> Result<StoreChoice, String> {
     let spec = cli.store.as_deref().map(str::trim).unwrap_or("sqlite");
     if spec.is_empty() || spec == "sqlite" {
         if cli.store_prefix.is_some() {
-            return Err("--store-prefix applies to a NATS store only (--store nats://HOST:PORT,...)".into());
+            return Err(
+                "--store-prefix applies to a NATS store only (--store nats://HOST:PORT,...)".into(),
+            );
         }
         return Ok(StoreChoice::Sqlite);
     }
     if !spec.starts_with("nats://") {
-        return Err(format!("--store {spec:?} is not `sqlite` nor `nats://HOST:PORT[,HOST:PORT...]`"));
+        return Err(format!(
+            "--store {spec:?} is not `sqlite` nor `nats://HOST:PORT[,HOST:PORT...]`"
+        ));
     }
     nats_choice(spec, cli.store_prefix.as_deref())
 }
@@ -222,7 +230,12 @@ fn open_store(choice: &StoreChoice, dir: &std::path::Path) -> Result<Arc<dyn Sto
         #[cfg(feature = "nats")]
         StoreChoice::Nats(config) => NatsStore::connect_with(config.clone())
             .map(|s| Arc::new(s) as Arc<dyn Store>)
-            .map_err(|e| format!("cannot open the NATS store at {}: {e}", config.servers.join(","))),
+            .map_err(|e| {
+                format!(
+                    "cannot open the NATS store at {}: {e}",
+                    config.servers.join(",")
+                )
+            }),
     }
 }
 
@@ -231,9 +244,14 @@ fn run(cli: Cli) -> Result<(), String> {
     let dir = data_dir(&cli.data_dir)?;
     let store = open_store(&choice, &dir)?;
     match cli.command {
-        Command::Serve { listen, max_clip_secs } => {
+        Command::Serve {
+            listen,
+            max_clip_secs,
+        } => {
             let mut config = match &cli.config {
-                Some(path) => RelayFile::load(path).map_err(|e| e.to_string())?.apply(RelayConfig::default()),
+                Some(path) => RelayFile::load(path)
+                    .map_err(|e| e.to_string())?
+                    .apply(RelayConfig::default()),
                 None => RelayConfig::default(),
             };
             if let Some(listen) = listen {
@@ -246,18 +264,33 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::User(cmd) => user(store.as_ref(), cmd),
         Command::Channel(cmd) => channel(store.as_ref(), cmd),
-        Command::Invite(InviteCmd::Create { uses, expires, channel, address }) => {
+        Command::Invite(InviteCmd::Create {
+            uses,
+            expires,
+            channel,
+            address,
+        }) => {
             let config = match &cli.config {
-                Some(path) => RelayFile::load(path).map_err(|e| e.to_string())?.apply(RelayConfig::default()),
+                Some(path) => RelayFile::load(path)
+                    .map_err(|e| e.to_string())?
+                    .apply(RelayConfig::default()),
                 None => RelayConfig::default(),
             };
             let addr = match address {
                 Some(a) => a,
                 None => {
-                    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
-                    let host = if host.is_empty() { "localhost".to_string() } else { host };
+                    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .map(|h| h.trim().to_string())
+                        .unwrap_or_default();
+                    let host = if host.is_empty() {
+                        "localhost".to_string()
+                    } else {
+                        host
+                    };
                     let guess = format!("{host}:{}", config.listen.port());
-                    eprintln!("note: the link points at {guess}; pass --address HOST:PORT if clients reach this relay elsewhere");
+                    eprintln!(
+                        "note: the link points at {guess}; pass --address HOST:PORT if clients reach this relay elsewhere"
+                    );
                     guess
                 }
             };
@@ -268,15 +301,37 @@ fn run(cli: Cli) -> Result<(), String> {
             if let Some(c) = &channel {
                 validate_name(c).map_err(|e| e.to_string())?;
             }
-            let identity = walkie_net::RelayIdentity::load_or_create(&dir).map_err(|e| format!("cannot read the relay's certificate in {}: {e}", dir.display()))?;
+            let identity = walkie_net::RelayIdentity::load_or_create(&dir).map_err(|e| {
+                format!(
+                    "cannot read the relay's certificate in {}: {e}",
+                    dir.display()
+                )
+            })?;
             let now = walkie_proto::clip::now_ms();
-            let invite = Invite { uses_left: uses, expires_ms: now.saturating_add(ttl), channel: channel.clone(), created_by: None, device_of: None };
+            let invite = Invite {
+                uses_left: uses,
+                expires_ms: now.saturating_add(ttl),
+                channel: channel.clone(),
+                created_by: None,
+                device_of: None,
+            };
             let code = people::create_invite(store.as_ref(), &invite).map_err(|e| e.to_string())?;
-            let link = InviteLink { addr, code: Some(code), fingerprint: identity.fingerprint().to_string() };
-            link.to_string().parse::<InviteLink>().map_err(|e| format!("--address: {e}"))?;
+            let link = InviteLink {
+                addr,
+                code: Some(code),
+                fingerprint: identity.fingerprint().to_string(),
+            };
+            link.to_string()
+                .parse::<InviteLink>()
+                .map_err(|e| format!("--address: {e}"))?;
             let until = chrono_free_utc(invite.expires_ms);
-            let to = channel.map(|c| format!(", joining channel {c}")).unwrap_or_default();
-            println!("invite for {uses} sign-up{} until {until}{to}:", if uses == 1 { "" } else { "s" });
+            let to = channel
+                .map(|c| format!(", joining channel {c}"))
+                .unwrap_or_default();
+            println!(
+                "invite for {uses} sign-up{} until {until}{to}:",
+                if uses == 1 { "" } else { "s" }
+            );
             println!("{link}");
             Ok(())
         }
@@ -285,7 +340,11 @@ fn run(cli: Cli) -> Result<(), String> {
 
 /// `30s`, `15m`, `12h`, `7d`, `2w` as milliseconds (at most 365 days).
 fn parse_duration(text: &str) -> Result<i64, String> {
-    let bad = || format!("--expires {text:?}: use a number followed by s, m, h, d or w (7d, 12h), at most 365d");
+    let bad = || {
+        format!(
+            "--expires {text:?}: use a number followed by s, m, h, d or w (7d, 12h), at most 365d"
+        )
+    };
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let n: i64 = t[..split].parse().map_err(|_| bad())?;
@@ -297,7 +356,10 @@ fn parse_duration(text: &str) -> Result<i64, String> {
         "w" => 7 * 86_400,
         _ => return Err(bad()),
     };
-    let secs = n.checked_mul(unit).filter(|s| *s > 0 && *s <= 365 * 86_400).ok_or_else(bad)?;
+    let secs = n
+        .checked_mul(unit)
+        .filter(|s| *s > 0 && *s <= 365 * 86_400)
+        .ok_or_else(bad)?;
     Ok(secs * 1000)
 }
 
@@ -314,11 +376,21 @@ fn chrono_free_utc(ms: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
 }
 
-fn serve(config: RelayConfig, dir: PathBuf, store: Arc<dyn Store>, choice: StoreChoice) -> Result<(), String> {
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the async runtime: {e}"))?;
+fn serve(
+    config: RelayConfig,
+    dir: PathBuf,
+    store: Arc<dyn Store>,
+    choice: StoreChoice,
+) -> Result<(), String> {
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     runtime.block_on(async move {
         // Handlers first, so a signal that arrives right after the "listening" line is caught.
         let stop = stop_signal()?;
@@ -326,7 +398,9 @@ fn serve(config: RelayConfig, dir: PathBuf, store: Arc<dyn Store>, choice: Store
             StoreChoice::Sqlite => crate::start(config, &dir, store).await,
             #[cfg(feature = "nats")]
             StoreChoice::Nats(nats) => {
-                let cluster = NatsCluster::connect(nats).await.map_err(|e| format!("cannot link to the other relays over NATS: {e}"))?;
+                let cluster = NatsCluster::connect(nats)
+                    .await
+                    .map_err(|e| format!("cannot link to the other relays over NATS: {e}"))?;
                 crate::start_with(config, &dir, store, Arc::new(cluster)).await
             }
         }
@@ -348,8 +422,10 @@ fn stop_signal() -> Result<impl std::future::Future<Output = ()>, String> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
-        let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+        let mut term =
+            signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+        let mut int =
+            signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
         Ok(async move {
             tokio::select! {
                 _ = term.recv() => {}
@@ -369,22 +445,36 @@ fn user(store: &dyn Store, cmd: UserCmd) -> Result<(), String> {
     match cmd {
         UserCmd::Add { name } => {
             validate_user_name(&name).map_err(|e| e.to_string())?;
-            if store.token_hash(&name).map_err(|e| e.to_string())?.is_none() && store.has_history(&name).map_err(|e| e.to_string())? {
+            if store
+                .token_hash(&name)
+                .map_err(|e| e.to_string())?
+                .is_none()
+                && store.has_history(&name).map_err(|e| e.to_string())?
+            {
                 return Err(format!(
                     "the name {name:?} was used before on this relay and its clips are still stored; a new user would inherit them, so choose another name"
                 ));
             }
             let token = auth::new_token();
-            store.add_user(&name, &auth::hash_token(&token)).map_err(|e| e.to_string())?;
+            store
+                .add_user(&name, &auth::hash_token(&token))
+                .map_err(|e| e.to_string())?;
             println!("added user {name}; their token (shown once, keep it secret):");
             println!("{token}");
         }
         UserCmd::Token { name } => {
             let token = auth::new_token();
-            if !store.set_token(&name, &auth::hash_token(&token)).map_err(|e| e.to_string())? {
-                return Err(format!("there is no user {name:?}; `walkie-relay user list` shows who exists"));
+            if !store
+                .set_token(&name, &auth::hash_token(&token))
+                .map_err(|e| e.to_string())?
+            {
+                return Err(format!(
+                    "there is no user {name:?}; `walkie-relay user list` shows who exists"
+                ));
             }
-            println!("new token for {name} (shown once, keep it secret); sessions opened with the old one are closed:");
+            println!(
+                "new token for {name} (shown once, keep it secret); sessions opened with the old one are closed:"
+            );
             println!("{token}");
         }
         UserCmd::List => {
@@ -394,7 +484,9 @@ fn user(store: &dyn Store, cmd: UserCmd) -> Result<(), String> {
         }
         UserCmd::Remove { name } => {
             if !store.remove_user(&name).map_err(|e| e.to_string())? {
-                return Err(format!("there is no user {name:?}; `walkie-relay user list` shows who exists"));
+                return Err(format!(
+                    "there is no user {name:?}; `walkie-relay user list` shows who exists"
+                ));
             }
             people::forget(store, &name).map_err(|e| format!("removed user {name}, but not yet from others' contacts ({e}); run the command again"))?;
             println!("removed user {name}");
@@ -402,7 +494,11 @@ fn user(store: &dyn Store, cmd: UserCmd) -> Result<(), String> {
         UserCmd::Purge { name } => {
             validate_name(&name).map_err(|e| e.to_string())?;
             let n = store.purge_user(&name).map_err(|e| e.to_string())?;
-            if store.token_hash(&name).map_err(|e| e.to_string())?.is_some() {
+            if store
+                .token_hash(&name)
+                .map_err(|e| e.to_string())?
+                .is_some()
+            {
                 people::clear_profile(store, &name).map_err(|e| e.to_string())?;
             }
             println!("purged the audio of {n} clips sent by {name}");
@@ -416,7 +512,9 @@ fn channel(store: &dyn Store, cmd: ChannelCmd) -> Result<(), String> {
         ChannelCmd::Add { name, members } => {
             validate_name(&name).map_err(|e| e.to_string())?;
             check_names(&members)?;
-            store.add_channel(&name, &members).map_err(|e| e.to_string())?;
+            store
+                .add_channel(&name, &members)
+                .map_err(|e| e.to_string())?;
             println!("added channel {name} with members {}", members.join(","));
         }
         ChannelCmd::List => {
@@ -428,9 +526,14 @@ fn channel(store: &dyn Store, cmd: ChannelCmd) -> Result<(), String> {
             check_names(&add)?;
             check_names(&remove)?;
             let members = if add.is_empty() && remove.is_empty() {
-                store.members(&name).map_err(|e| e.to_string())?.ok_or_else(|| format!("there is no channel {name:?}"))?
+                store
+                    .members(&name)
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("there is no channel {name:?}"))?
             } else {
-                store.update_members(&name, &add, &remove).map_err(|e| e.to_string())?
+                store
+                    .update_members(&name, &add, &remove)
+                    .map_err(|e| e.to_string())?
             };
             for m in members {
                 println!("{m}");
@@ -454,6 +557,9 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
         assert_eq!(chrono_free_utc(0), "1970-01-01 00:00 UTC");
-        assert_eq!(chrono_free_utc(1_772_323_200_000 + 3_723_000), "2026-03-01 01:02 UTC");
+        assert_eq!(
+            chrono_free_utc(1_772_323_200_000 + 3_723_000),
+            "2026-03-01 01:02 UTC"
+        );
     }
 }

@@ -141,7 +141,8 @@ impl Default for RelayConfig {
 impl RelayConfig {
     /// The limits each upload is held to.
     pub fn upload_limits(&self) -> UploadLimits {
-        let mut limits = UploadLimits::new(self.max_clip_ms, self.stream_idle, self.clips_per_minute);
+        let mut limits =
+            UploadLimits::new(self.max_clip_ms, self.stream_idle, self.clips_per_minute);
         limits.floor_gap = self.floor_gap;
         limits
     }
@@ -213,8 +214,14 @@ enum DirectFromSetting {
 impl RelayFile {
     /// Reads and parses a TOML file.
     pub fn load(path: &Path) -> Result<RelayFile, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Invalid { path: path.to_path_buf(), message: e.to_string() })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
     }
 
     /// Applies the file's settings on top of `base`.
@@ -222,26 +229,50 @@ impl RelayFile {
         let secs = Duration::from_secs;
         RelayConfig {
             listen: self.listen.unwrap_or(base.listen),
-            max_clip_ms: self.max_clip_secs.map_or(base.max_clip_ms, |s| s.saturating_mul(1000)),
+            max_clip_ms: self
+                .max_clip_secs
+                .map_or(base.max_clip_ms, |s| s.saturating_mul(1000)),
             idle_timeout: self.idle_timeout_secs.map_or(base.idle_timeout, secs),
             stream_idle: self.stream_idle_secs.map_or(base.stream_idle, secs),
-            floor_gap: self.floor_gap_ms.map_or(base.floor_gap, Duration::from_millis),
+            floor_gap: self
+                .floor_gap_ms
+                .map_or(base.floor_gap, Duration::from_millis),
             max_connections: self.max_connections.unwrap_or(base.max_connections),
             max_handshakes: self.max_handshakes.unwrap_or(base.max_handshakes),
-            max_pending_handshakes: self.max_pending_handshakes.unwrap_or(base.max_pending_handshakes),
-            max_unauthenticated_per_source: self.max_unauthenticated_per_source.unwrap_or(base.max_unauthenticated_per_source),
-            retry_above_handshakes: self.retry_above_handshakes.unwrap_or(base.retry_above_handshakes),
-            max_sessions_per_user: self.max_sessions_per_user.unwrap_or(base.max_sessions_per_user),
-            max_streams_per_conn: self.max_streams_per_conn.unwrap_or(base.max_streams_per_conn),
+            max_pending_handshakes: self
+                .max_pending_handshakes
+                .unwrap_or(base.max_pending_handshakes),
+            max_unauthenticated_per_source: self
+                .max_unauthenticated_per_source
+                .unwrap_or(base.max_unauthenticated_per_source),
+            retry_above_handshakes: self
+                .retry_above_handshakes
+                .unwrap_or(base.retry_above_handshakes),
+            max_sessions_per_user: self
+                .max_sessions_per_user
+                .unwrap_or(base.max_sessions_per_user),
+            max_streams_per_conn: self
+                .max_streams_per_conn
+                .unwrap_or(base.max_streams_per_conn),
             clips_per_minute: self.clips_per_minute.unwrap_or(base.clips_per_minute),
             bytes_per_second: self.bytes_per_second.unwrap_or(base.bytes_per_second),
-            message_bytes_per_second: self.message_bytes_per_second.unwrap_or(base.message_bytes_per_second),
+            message_bytes_per_second: self
+                .message_bytes_per_second
+                .unwrap_or(base.message_bytes_per_second),
             recall_window: self.recall_window_secs.map_or(base.recall_window, secs),
-            retention: self.retention_days.map_or(base.retention, |d| (d > 0).then(|| secs(u64::from(d) * 86_400))),
-            quota_bytes_per_user: self.quota_mib_per_user.map_or(base.quota_bytes_per_user, |m| (m > 0).then(|| m.saturating_mul(1024 * 1024))),
+            retention: self.retention_days.map_or(base.retention, |d| {
+                (d > 0).then(|| secs(u64::from(d) * 86_400))
+            }),
+            quota_bytes_per_user: self
+                .quota_mib_per_user
+                .map_or(base.quota_bytes_per_user, |m| {
+                    (m > 0).then(|| m.saturating_mul(1024 * 1024))
+                }),
             busy_retry_ms: self.busy_retry_ms.unwrap_or(base.busy_retry_ms),
             open_signup: self.open_signup.unwrap_or(base.open_signup),
-            signups_per_source_per_hour: self.signups_per_source_per_hour.unwrap_or(base.signups_per_source_per_hour),
+            signups_per_source_per_hour: self
+                .signups_per_source_per_hour
+                .unwrap_or(base.signups_per_source_per_hour),
             channel_create: self.channel_create.unwrap_or(base.channel_create),
             direct_from: match self.direct_from {
                 Some(DirectFromSetting::Anyone) => DirectFrom::Anyone,
@@ -270,7 +301,11 @@ mod tests {
         let file: RelayFile = toml::from_str(&example).expect("the documented example parses");
         let from_file = file.apply(RelayConfig::default());
         let defaults = RelayConfig::default();
-        assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"), "the doc's values are the defaults");
+        assert_eq!(
+            format!("{from_file:?}"),
+            format!("{defaults:?}"),
+            "the doc's values are the defaults"
+        );
     }
 
     #[test]
@@ -283,7 +318,9 @@ mod tests {
         std::fs::write(&path, "max_clip_secs = \"long\"\n").expect("write");
         assert!(RelayFile::load(&path).is_err());
         std::fs::write(&path, "max_clip_secs = 5\nretention_days = 7\n").expect("write");
-        let cfg = RelayFile::load(&path).expect("parses").apply(RelayConfig::default());
+        let cfg = RelayFile::load(&path)
+            .expect("parses")
+            .apply(RelayConfig::default());
         assert_eq!(cfg.max_clip_ms, 5000);
         assert_eq!(cfg.retention, Some(Duration::from_secs(7 * 86_400)));
     }

@@ -1,6 +1,6 @@
 //! One client connection: the TLS handshake (within a time limit, holding a handshake slot),
 //! the connection count, the hello and its authentication (or a sign-up instead of it), the welcome and first messages
-//! (channels, who is online), presence, and the session's tasks: the control-stream writer,
+//! (channels, who is online; [`crate::presence`] tells the others), and the session's tasks: the control-stream writer,
 //! the request loop, the delivery pump and the accept loop for clip uploads.
 
 use std::sync::Arc;
@@ -12,14 +12,15 @@ use tracing::{debug, info, warn};
 use walkie_net::{read_frame, write_frame};
 use walkie_proto::clip::validate_user_name;
 use walkie_proto::logsafe::escape;
-use walkie_proto::wire::{ClientMsg, ErrorCode, ErrorMsg, MAX_CONTROL_FRAME, MAX_HELLO_FIELD, MAX_HELLO_FRAME, ServerMsg};
+use walkie_proto::wire::{
+    ClientMsg, ErrorCode, ErrorMsg, MAX_CONTROL_FRAME, MAX_HELLO_FIELD, MAX_HELLO_FRAME, ServerMsg,
+};
 
 use crate::people::{self, PeopleError};
-use walkie_proto::people::ContactState;
 use crate::registry::{ControlTx, Session, close};
 use crate::server::{InHandshake, PreAuth};
 use crate::shared::Shared;
-use crate::{auth, deliver, requests, upload};
+use crate::{auth, deliver, presence, requests, upload};
 
 /// Longest a TLS handshake may take once it has a slot.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -34,7 +35,12 @@ impl Drop for Admitted<'_> {
 }
 
 fn refusal(code: ErrorCode, message: &str) -> ErrorMsg {
-    ErrorMsg { req: None, clip: None, code, message: message.to_string() }
+    ErrorMsg {
+        req: None,
+        clip: None,
+        code,
+        message: message.to_string(),
+    }
 }
 
 pub(crate) async fn handle(
@@ -65,9 +71,17 @@ pub(crate) async fn handle(
         close(&conn, &refusal(ErrorCode::Timeout, "no control stream"));
         return;
     };
-    let hello = tokio::time::timeout(shared.config.hello_timeout, read_frame::<ClientMsg>(&mut recv, MAX_HELLO_FRAME)).await;
+    let hello = tokio::time::timeout(
+        shared.config.hello_timeout,
+        read_frame::<ClientMsg>(&mut recv, MAX_HELLO_FRAME),
+    )
+    .await;
     let (user, (credential, device)) = match hello {
-        Ok(Ok(Some(ClientMsg::Hello { user, token, client }))) => match authenticate(&shared, &user, &token).await {
+        Ok(Ok(Some(ClientMsg::Hello {
+            user,
+            token,
+            client,
+        }))) => match authenticate(&shared, &user, &token).await {
             Ok(found) => {
                 let client: String = client.chars().take(MAX_HELLO_FIELD).collect();
                 info!(%remote, %user, device = found.1.as_deref().unwrap_or(people::MAIN_DEVICE), client = %escape(&client), "session opened");
@@ -79,12 +93,47 @@ pub(crate) async fn handle(
                 return;
             }
         },
-        Ok(Ok(Some(ClientMsg::Join { code, name, display, client }))) => {
-            return join(&shared, &conn, &mut send, remote, JoinAsk { code, name, display, client }).await;
+        Ok(Ok(Some(ClientMsg::Join {
+            code,
+            name,
+            display,
+            client,
+        }))) => {
+            return join(
+                &shared,
+                &conn,
+                &mut send,
+                remote,
+                JoinAsk {
+                    code,
+                    name,
+                    display,
+                    client,
+                },
+            )
+            .await;
         }
-        Ok(Ok(Some(_))) => return refuse(&conn, &mut send, ErrorCode::BadRequest, "the first message must be a hello").await,
-        Ok(Err(e)) => return refuse(&conn, &mut send, ErrorCode::BadRequest, &format!("bad hello: {e}")).await,
-        Ok(Ok(None)) | Err(_) => return refuse(&conn, &mut send, ErrorCode::Timeout, "no hello in time").await,
+        Ok(Ok(Some(_))) => {
+            return refuse(
+                &conn,
+                &mut send,
+                ErrorCode::BadRequest,
+                "the first message must be a hello",
+            )
+            .await;
+        }
+        Ok(Err(e)) => {
+            return refuse(
+                &conn,
+                &mut send,
+                ErrorCode::BadRequest,
+                &format!("bad hello: {e}"),
+            )
+            .await;
+        }
+        Ok(Ok(None)) | Err(_) => {
+            return refuse(&conn, &mut send, ErrorCode::Timeout, "no hello in time").await;
+        }
     };
     // Authenticated: the attempt's pre-authentication slot goes, a connection slot comes.
     drop(pre_auth);
@@ -98,7 +147,10 @@ pub(crate) async fn handle(
     let open = shared.registry.sessions_of(&user).len();
     if open >= shared.config.max_sessions_per_user {
         let busy = shared.busy();
-        let message = format!("{}: {user} has {open} sessions open, the most this relay allows", busy.message);
+        let message = format!(
+            "{}: {user} has {open} sessions open, the most this relay allows",
+            busy.message
+        );
         debug!(%remote, %user, "refused: {message}");
         refuse(&conn, &mut send, busy.code, &message).await;
         return;
@@ -109,48 +161,35 @@ pub(crate) async fn handle(
         relay_version: env!("CARGO_PKG_VERSION").into(),
         max_clip_ms: shared.config.max_clip_ms,
     };
-    if write_frame(&mut send, &welcome, MAX_CONTROL_FRAME).await.is_err() {
+    if write_frame(&mut send, &welcome, MAX_CONTROL_FRAME)
+        .await
+        .is_err()
+    {
         return;
     }
     let (tx, rx) = mpsc::channel::<ServerMsg>(256);
-    let (channels, peers) = memberships(&shared, &user).await;
-    let (session, first) = shared.registry.register(&user, credential, device, conn.clone(), tx.clone());
-    let _ = tx.send(ServerMsg::Channels { channels }).await;
-    let _ = tx.send(ServerMsg::Online { users: shared.registry.online_among(&peers) }).await;
-    if first {
-        shared.tell_everywhere(&peers, &ServerMsg::Presence { user: user.clone(), online: true });
+    let watch = presence::watch_of(&shared, &user).await;
+    let session = shared
+        .registry
+        .register(&user, credential, device, conn.clone(), tx.clone());
+    let (here, first) = presence::Here::arrive(&shared, &user, watch);
+    for msg in first {
+        let _ = tx.send(msg).await;
     }
     run_session(&shared, &session, send, recv, tx, rx).await;
-    if shared.registry.unregister(&session) {
-        let peers = memberships(&shared, &user).await.1;
-        shared.tell_everywhere(&peers, &ServerMsg::Presence { user: user.clone(), online: false });
-    }
+    shared.registry.unregister(&session);
+    drop(here);
     info!(%user, "session closed");
-}
-
-/// The channels `user` is a member of, and everyone who sees their presence: who they share
-/// a channel with, and their contacts (both sorted).
-async fn memberships(shared: &Shared, user: &str) -> (Vec<String>, Vec<String>) {
-    let me = user.to_string();
-    let (channels, contacts) = shared
-        .store(move |s| {
-            let contacts = people::person(s, &me)?.contacts.into_iter().filter(|(_, st)| *st == ContactState::Contact).map(|(n, _)| n);
-            Ok((s.channels()?, contacts.collect::<Vec<_>>()))
-        })
-        .await
-        .unwrap_or_default();
-    let mine: Vec<_> = channels.into_iter().filter(|c| c.members.iter().any(|m| m == user)).collect();
-    let mut names: Vec<String> = mine.iter().map(|c| c.name.clone()).collect();
-    names.sort();
-    let mut peers: Vec<String> = mine.into_iter().flat_map(|c| c.members).chain(contacts).filter(|m| m != user).collect();
-    peers.sort();
-    peers.dedup();
-    (names, peers)
 }
 
 /// Refuses a connection before its session: the error on the control stream, then a close
 /// that carries it too.
-async fn refuse(conn: &quinn::Connection, send: &mut quinn::SendStream, code: ErrorCode, message: &str) {
+async fn refuse(
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    code: ErrorCode,
+    message: &str,
+) {
     let error = refusal(code, message);
     let _ = write_frame(send, &ServerMsg::Error(error.clone()), MAX_CONTROL_FRAME).await;
     let _ = send.finish();
@@ -171,14 +210,28 @@ struct JoinAsk {
 /// of its sign-ups per hour (so codes cannot be guessed at speed, and open sign-up cannot be
 /// flooded), then [`people::join`] decides; the new token goes back on this connection, which
 /// then closes.
-async fn join(shared: &Shared, conn: &quinn::Connection, send: &mut quinn::SendStream, remote: std::net::SocketAddr, ask: JoinAsk) {
-    let JoinAsk { code, name, display, client } = ask;
+async fn join(
+    shared: &Shared,
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    remote: std::net::SocketAddr,
+    ask: JoinAsk,
+) {
+    let JoinAsk {
+        code,
+        name,
+        display,
+        client,
+    } = ask;
     let client: String = client.chars().take(MAX_HELLO_FIELD).collect();
     let admitted = crate::lock(&shared.signup_limits).admit(remote.ip(), std::time::Instant::now());
     if let Err(wait) = admitted {
         let ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
         warn!(%remote, name = %escape(&name), "sign-up refused: too many from this address");
-        let message = format!("too many sign-ups from your address; retry after {} minutes", ms / 60_000 + 1);
+        let message = format!(
+            "too many sign-ups from your address; retry after {} minutes",
+            ms / 60_000 + 1
+        );
         return refuse(conn, send, ErrorCode::Busy { retry_after_ms: ms }, &message).await;
     }
     if code.as_ref().is_some_and(|c| c.len() > MAX_HELLO_FIELD) || name.len() > MAX_HELLO_FIELD {
@@ -186,33 +239,71 @@ async fn join(shared: &Shared, conn: &quinn::Connection, send: &mut quinn::SendS
     }
     let open = shared.config.open_signup;
     let (who, now) = (name.clone(), walkie_proto::clip::now_ms());
-    let result = shared.store(move |s| Ok(people::join(s, code.as_deref(), &who, display.as_deref(), open, now))).await;
+    let result = shared
+        .store(move |s| {
+            Ok(people::join(
+                s,
+                code.as_deref(),
+                &who,
+                display.as_deref(),
+                open,
+                now,
+            ))
+        })
+        .await;
     match result {
         Ok(Ok(joined)) => {
             info!(%remote, user = %joined.user, device = ?joined.device, client = %escape(&client), channel = ?joined.channel, "user joined");
             if joined.device.is_some() {
                 shared.forget_devices(&joined.user);
             }
-            let msg = ServerMsg::Joined { user: joined.user, token: joined.token, channel: joined.channel };
+            let msg = ServerMsg::Joined {
+                user: joined.user,
+                token: joined.token,
+                channel: joined.channel,
+            };
             if write_frame(send, &msg, MAX_CONTROL_FRAME).await.is_ok() {
                 let _ = send.finish();
                 let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
             }
-            close(conn, &refusal(ErrorCode::Cancelled, "joined; sign in with the new token"));
+            close(
+                conn,
+                &refusal(ErrorCode::Cancelled, "joined; sign in with the new token"),
+            );
         }
         Ok(Err(PeopleError::Refused(code, message))) => {
             warn!(%remote, name = %escape(&name), "sign-up refused: {message}");
             refuse(conn, send, code, &message).await;
         }
-        Ok(Err(PeopleError::Store(e))) => refuse(conn, send, ErrorCode::Storage, &format!("the relay cannot make accounts now: {e}")).await,
-        Err(e) => refuse(conn, send, ErrorCode::Storage, &format!("the relay cannot make accounts now: {e}")).await,
+        Ok(Err(PeopleError::Store(e))) => {
+            refuse(
+                conn,
+                send,
+                ErrorCode::Storage,
+                &format!("the relay cannot make accounts now: {e}"),
+            )
+            .await
+        }
+        Err(e) => {
+            refuse(
+                conn,
+                send,
+                ErrorCode::Storage,
+                &format!("the relay cannot make accounts now: {e}"),
+            )
+            .await
+        }
     }
 }
 
 /// Checks the hello's credentials: the user's own token, or one of their other devices'.
 /// The token hash they matched (the session remembers it, and ends when that token is
 /// replaced or the device removed) and the device, if not the first.
-async fn authenticate(shared: &Shared, user: &str, token: &str) -> Result<(walkie_store::TokenHash, Option<String>), String> {
+async fn authenticate(
+    shared: &Shared,
+    user: &str,
+    token: &str,
+) -> Result<(walkie_store::TokenHash, Option<String>), String> {
     const REFUSED: &str = "unknown user or wrong token";
     if validate_user_name(user).is_err() || token.len() > MAX_HELLO_FIELD {
         return Err(REFUSED.into());
@@ -221,7 +312,9 @@ async fn authenticate(shared: &Shared, user: &str, token: &str) -> Result<(walki
     let found = shared
         .store(move |s| match s.token_hash(&name)? {
             Some(hash) if auth::token_matches(&token, &hash) => Ok(Some((hash, None))),
-            Some(_) => Ok(people::device_for_token(s, &name, &token)?.map(|(id, hash)| (hash, Some(id)))),
+            Some(_) => {
+                Ok(people::device_for_token(s, &name, &token)?.map(|(id, hash)| (hash, Some(id))))
+            }
             None => Ok(None),
         })
         .await;
@@ -243,7 +336,10 @@ async fn run_session(
 ) {
     let writer = async move {
         while let Some(msg) = rx.recv().await {
-            if write_frame(&mut send, &msg, MAX_CONTROL_FRAME).await.is_err() {
+            if write_frame(&mut send, &msg, MAX_CONTROL_FRAME)
+                .await
+                .is_err()
+            {
                 break;
             }
         }

@@ -12,7 +12,9 @@ use walkie_proto::clip::{ClipId, ClipMeta};
 use walkie_proto::message::Content;
 use walkie_proto::ogg::{self, OggError};
 use walkie_proto::upload::not_readable;
-use walkie_proto::wire::{DeliverHeader, ErrorCode, ErrorMsg, FILE_CHUNK_BYTES, MAX_STREAM_FRAME, ServerMsg, StreamFrame};
+use walkie_proto::wire::{
+    DeliverHeader, ErrorCode, ErrorMsg, FILE_CHUNK_BYTES, MAX_STREAM_FRAME, ServerMsg, StreamFrame,
+};
 
 use crate::RelayError;
 use crate::access::may_read;
@@ -50,7 +52,9 @@ pub(crate) async fn pump(shared: Arc<Shared>, session: Arc<Session>) {
                 after = after.max(meta.seq);
                 inbox.insert(meta.id);
                 let recalled = meta.content == Content::Recalled;
-                if sent.insert(meta.id, recalled) == Some(recalled) || (!recalled && session.take_live_sent(&meta.id)) {
+                if sent.insert(meta.id, recalled) == Some(recalled)
+                    || (!recalled && session.take_live_sent(&meta.id))
+                {
                     continue;
                 }
                 match send_stored(&shared, &session, meta).await {
@@ -61,7 +65,9 @@ pub(crate) async fn pump(shared: Arc<Shared>, session: Arc<Session>) {
                         return;
                     }
                     // One unreadable clip must not hold up the rest; it stays in the inbox.
-                    Err(e) => warn!(user = %session.user, clip = %meta.id, "cannot deliver a stored clip: {e}"),
+                    Err(e) => {
+                        warn!(user = %session.user, clip = %meta.id, "cannot deliver a stored clip: {e}")
+                    }
                 }
             }
             tell_played_elsewhere(&shared, &session, &sent_now).await;
@@ -87,13 +93,26 @@ pub(crate) async fn pump(shared: Arc<Shared>, session: Arc<Session>) {
 /// For a user with several devices: which of the clips just delivered from the inbox they
 /// already played on another device, so this one shows them played.
 async fn tell_played_elsewhere(shared: &Shared, session: &Session, delivered: &[ClipId]) {
-    if delivered.is_empty() || !shared.delivery_keys(std::slice::from_ref(&session.user)).await.is_ok_and(|k| k.len() > 1) {
+    if delivered.is_empty()
+        || !shared
+            .delivery_keys(std::slice::from_ref(&session.user))
+            .await
+            .is_ok_and(|k| k.len() > 1)
+    {
         return;
     }
     let user = session.user.clone();
-    let Ok(played) = shared.store(move |s| crate::people::played(s, &user)).await else { return };
-    for id in delivered.iter().filter(|id| played.contains(&id.to_string())) {
-        let _ = session.control.try_send(ServerMsg::PlayedBy { id: *id, user: session.user.clone() });
+    let Ok(played) = shared.store(move |s| crate::people::played(s, &user)).await else {
+        return;
+    };
+    for id in delivered
+        .iter()
+        .filter(|id| played.contains(&id.to_string()))
+    {
+        let _ = session.control.try_send(ServerMsg::PlayedBy {
+            id: *id,
+            user: session.user.clone(),
+        });
     }
 }
 
@@ -137,7 +156,15 @@ async fn send_stored(shared: &Shared, session: &Session, meta: &ClipMeta) -> Res
     for p in parsed.packets {
         write_frame(&mut send, &StreamFrame::Packet(p), MAX_STREAM_FRAME).await?;
     }
-    write_frame(&mut send, &StreamFrame::End { packets, samples: parsed.samples }, MAX_STREAM_FRAME).await?;
+    write_frame(
+        &mut send,
+        &StreamFrame::End {
+            packets,
+            samples: parsed.samples,
+        },
+        MAX_STREAM_FRAME,
+    )
+    .await?;
     let _ = send.finish();
     Ok(())
 }
@@ -146,16 +173,32 @@ async fn send_stored(shared: &Shared, session: &Session, meta: &ClipMeta) -> Res
 /// the end marker with the chunk count.
 /// The payload is streamed from the store a part at a time, as a fetch is: a picture sent to a
 /// big channel is never held whole once per recipient.
-async fn send_message(shared: &Shared, session: &Session, header: DeliverHeader) -> Result<(), SendError> {
+async fn send_message(
+    shared: &Shared,
+    session: &Session,
+    header: DeliverHeader,
+) -> Result<(), SendError> {
     let id = header.id;
     let first = match header.content {
         Content::Recalled => Vec::new(),
-        _ => shared.store(move |s| s.clip_audio_part(&id, 0, READ_PART)).await?,
+        _ => {
+            shared
+                .store(move |s| s.clip_audio_part(&id, 0, READ_PART))
+                .await?
+        }
     };
     let mut send = session.conn.open_uni().await?;
     write_frame(&mut send, &StreamFrame::Deliver(header), MAX_STREAM_FRAME).await?;
     let chunks = write_chunks(shared, &mut send, id, first, false).await?;
-    write_frame(&mut send, &StreamFrame::End { packets: chunks, samples: 0 }, MAX_STREAM_FRAME).await?;
+    write_frame(
+        &mut send,
+        &StreamFrame::End {
+            packets: chunks,
+            samples: 0,
+        },
+        MAX_STREAM_FRAME,
+    )
+    .await?;
     let _ = send.finish();
     Ok(())
 }
@@ -163,7 +206,13 @@ async fn send_message(shared: &Shared, session: &Session, header: DeliverHeader)
 /// Writes a stored file as chunk frames, `first` (its first part, read already) and then the
 /// rest read from the store [`READ_PART`] at a time; with `stall`, each write gives up after
 /// [`FETCH_STALL`] without progress. Returns how many chunks were written.
-async fn write_chunks(shared: &Shared, send: &mut quinn::SendStream, id: ClipId, first: Vec<u8>, stall: bool) -> Result<u32, SendError> {
+async fn write_chunks(
+    shared: &Shared,
+    send: &mut quinn::SendStream,
+    id: ClipId,
+    first: Vec<u8>,
+    stall: bool,
+) -> Result<u32, SendError> {
     let (mut part, mut offset, mut chunks) = (first, 0u64, 0u32);
     while !part.is_empty() {
         offset += part.len() as u64;
@@ -171,13 +220,19 @@ async fn write_chunks(shared: &Shared, send: &mut quinn::SendStream, id: ClipId,
         for chunk in part.chunks(FILE_CHUNK_BYTES) {
             let frame = StreamFrame::Chunk(chunk.to_vec());
             let write = write_frame(send, &frame, MAX_STREAM_FRAME);
-            if stall { stalled(write).await?? } else { write.await? }
+            if stall {
+                stalled(write).await??
+            } else {
+                write.await?
+            }
             chunks += 1;
         }
         if last {
             break;
         }
-        part = shared.store(move |s| s.clip_audio_part(&id, offset, READ_PART)).await?;
+        part = shared
+            .store(move |s| s.clip_audio_part(&id, offset, READ_PART))
+            .await?;
     }
     Ok(chunks)
 }
@@ -192,8 +247,21 @@ const READ_PART: usize = 8 * FILE_CHUNK_BYTES;
 
 /// Answers a fetch: checks the user may read the clip, then streams its stored file from the
 /// store part by part (never whole in memory), giving up when the client stops reading.
-pub(crate) async fn fetch(shared: Arc<Shared>, session: Arc<Session>, req: u64, id: ClipId, tx: ControlTx) {
-    let fail = |code: ErrorCode, message: String| ServerMsg::Error(ErrorMsg { req: Some(req), clip: Some(id), code, message });
+pub(crate) async fn fetch(
+    shared: Arc<Shared>,
+    session: Arc<Session>,
+    req: u64,
+    id: ClipId,
+    tx: ControlTx,
+) {
+    let fail = |code: ErrorCode, message: String| {
+        ServerMsg::Error(ErrorMsg {
+            req: Some(req),
+            clip: Some(id),
+            code,
+            message,
+        })
+    };
     let meta = match shared.store(move |s| s.clip(&id)).await {
         Ok(Some(meta)) => meta,
         Ok(None) => {
@@ -215,27 +283,62 @@ pub(crate) async fn fetch(shared: Arc<Shared>, session: Arc<Session>, req: u64, 
     match result {
         Ok(()) => {}
         Err(SendError::Relay(RelayError::Store(walkie_store::StoreError::NotFound { .. }))) => {
-            let _ = tx.try_send(fail(ErrorCode::NotFound, format!("the audio of clip {id} was deleted")));
+            let _ = tx.try_send(fail(
+                ErrorCode::NotFound,
+                format!("the audio of clip {id} was deleted"),
+            ));
         }
         Err(SendError::Stalled) => {
             debug!(user = %session.user, clip = %id, "fetch stalled: the client reads nothing");
-            let _ = tx.try_send(fail(ErrorCode::Timeout, format!("clip {id} was not read for {} s; the fetch ended", FETCH_STALL.as_secs())));
+            let _ = tx.try_send(fail(
+                ErrorCode::Timeout,
+                format!(
+                    "clip {id} was not read for {} s; the fetch ended",
+                    FETCH_STALL.as_secs()
+                ),
+            ));
         }
         Err(e) => {
-            let _ = tx.try_send(fail(ErrorCode::Storage, format!("cannot send clip {id}: {e}")));
+            let _ = tx.try_send(fail(
+                ErrorCode::Storage,
+                format!("cannot send clip {id}: {e}"),
+            ));
         }
     }
 }
 
 /// Sends `meta`'s file on a new stream, one chunk read from the store at a time.
-async fn stream_file(shared: &Shared, session: &Session, req: u64, meta: &ClipMeta) -> Result<(), SendError> {
+async fn stream_file(
+    shared: &Shared,
+    session: &Session,
+    req: u64,
+    meta: &ClipMeta,
+) -> Result<(), SendError> {
     let id = meta.id;
-    let first = shared.store(move |s| s.clip_audio_part(&id, 0, READ_PART)).await?;
+    let first = shared
+        .store(move |s| s.clip_audio_part(&id, 0, READ_PART))
+        .await?;
     let mut send = stalled(session.conn.open_uni()).await??;
     let sent: Result<(), SendError> = async {
-        stalled(write_frame(&mut send, &StreamFrame::File { req, meta: meta.clone() }, MAX_STREAM_FRAME)).await??;
+        stalled(write_frame(
+            &mut send,
+            &StreamFrame::File {
+                req,
+                meta: meta.clone(),
+            },
+            MAX_STREAM_FRAME,
+        ))
+        .await??;
         write_chunks(shared, &mut send, id, first, true).await?;
-        stalled(write_frame(&mut send, &StreamFrame::End { packets: meta.packets, samples: 0 }, MAX_STREAM_FRAME)).await??;
+        stalled(write_frame(
+            &mut send,
+            &StreamFrame::End {
+                packets: meta.packets,
+                samples: 0,
+            },
+            MAX_STREAM_FRAME,
+        ))
+        .await??;
         Ok(())
     }
     .await;
@@ -254,5 +357,7 @@ async fn stream_file(shared: &Shared, session: &Session, req: u64, meta: &ClipMe
 
 /// `step`, unless it makes no progress for [`FETCH_STALL`].
 async fn stalled<T>(step: impl std::future::Future<Output = T>) -> Result<T, SendError> {
-    tokio::time::timeout(FETCH_STALL, step).await.map_err(|_| SendError::Stalled)
+    tokio::time::timeout(FETCH_STALL, step)
+        .await
+        .map_err(|_| SendError::Stalled)
 }

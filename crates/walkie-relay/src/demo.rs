@@ -31,7 +31,10 @@ impl DemoRelay {
         let data = tempfile::Builder::new()
             .prefix("walkie-demo-relay-")
             .tempdir()
-            .map_err(|source| walkie_net::NetError::Io { path: std::env::temp_dir(), source })?;
+            .map_err(|source| walkie_net::NetError::Io {
+                path: std::env::temp_dir(),
+                source,
+            })?;
         let store = SqliteStore::open(data.path())?;
         let mut users = Vec::new();
         for (user, display) in DEMO_USERS.into_iter().zip(DEMO_DISPLAY_NAMES) {
@@ -44,14 +47,24 @@ impl DemoRelay {
             users.push((user.to_string(), token));
         }
         store.add_channel(DEMO_CHANNEL, &DEMO_USERS.map(String::from))?;
-        let config = RelayConfig { listen: ([127, 0, 0, 1], 0).into(), ..RelayConfig::default() };
+        let config = RelayConfig {
+            listen: ([127, 0, 0, 1], 0).into(),
+            ..RelayConfig::default()
+        };
         let handle = crate::start(config, data.path(), Arc::new(store)).await?;
-        Ok(DemoRelay { handle, users, data })
+        Ok(DemoRelay {
+            handle,
+            users,
+            data,
+        })
     }
 
     /// The token of a demo user.
     pub fn token(&self, user: &str) -> Option<&str> {
-        self.users.iter().find(|(u, _)| u == user).map(|(_, t)| t.as_str())
+        self.users
+            .iter()
+            .find(|(u, _)| u == user)
+            .map(|(_, t)| t.as_str())
     }
 
     /// Where the relay keeps its data.
@@ -76,8 +89,17 @@ mod tests {
         assert_eq!(demo.token("alice").map(str::len), Some(64));
         assert!(demo.token("carol").is_none());
         let store = SqliteStore::open(demo.data_dir()).expect("opens");
-        assert_eq!(store.members(DEMO_CHANNEL).expect("reads"), Some(vec!["alice".into(), "bob".into()]));
-        assert_eq!(crate::people::person(&store, "bob").expect("reads").display.as_deref(), Some("Bob 鲍勃"));
+        assert_eq!(
+            store.members(DEMO_CHANNEL).expect("reads"),
+            Some(vec!["alice".into(), "bob".into()])
+        );
+        assert_eq!(
+            crate::people::person(&store, "bob")
+                .expect("reads")
+                .display
+                .as_deref(),
+            Some("Bob 鲍勃")
+        );
         let dir = demo.data_dir().to_path_buf();
         demo.shutdown().await;
         assert!(!dir.exists(), "the data dir goes with the relay");

@@ -3,7 +3,9 @@
 //! a PNG (anti-aliased, round caps and joins) for exports and for clients that only show
 //! pictures.
 
-use tiny_skia::{Color, LineCap, LineJoin, Paint, PathBuilder, Pixmap, Stroke as SkStroke, Transform};
+use tiny_skia::{
+    Color, LineCap, LineJoin, Paint, PathBuilder, Pixmap, Stroke as SkStroke, Transform,
+};
 use walkie_proto::assemble::Refusal;
 use walkie_proto::message::Content;
 use walkie_proto::message::doodle::{Colour, Doodle};
@@ -36,7 +38,12 @@ pub fn render(doodle: &Doodle) -> Result<Vec<u8>, String> {
         let mut paint = Paint::default();
         paint.set_color(colour(s.color));
         paint.anti_alias = true;
-        let stroke = SkStroke { width: s.width, line_cap: LineCap::Round, line_join: LineJoin::Round, ..SkStroke::default() };
+        let stroke = SkStroke {
+            width: s.width,
+            line_cap: LineCap::Round,
+            line_join: LineJoin::Round,
+            ..SkStroke::default()
+        };
         let mut pb = PathBuilder::new();
         let (x0, y0, _) = s.points[0];
         pb.move_to(x0, y0);
@@ -52,13 +59,20 @@ pub fn render(doodle: &Doodle) -> Result<Vec<u8>, String> {
         }
     }
     // tiny-skia keeps premultiplied pixels; an opaque background makes them plain RGBA.
-    let rgba: Vec<u8> = pixmap.pixels().iter().flat_map(|p| {
-        let c = p.demultiply();
-        [c.red(), c.green(), c.blue(), c.alpha()]
-    }).collect();
-    let image = image::RgbaImage::from_raw(doodle.width, doodle.height, rgba).ok_or("the canvas size does not match its pixels")?;
+    let rgba: Vec<u8> = pixmap
+        .pixels()
+        .iter()
+        .flat_map(|p| {
+            let c = p.demultiply();
+            [c.red(), c.green(), c.blue(), c.alpha()]
+        })
+        .collect();
+    let image = image::RgbaImage::from_raw(doodle.width, doodle.height, rgba)
+        .ok_or("the canvas size does not match its pixels")?;
     let mut out = std::io::Cursor::new(Vec::new());
-    image.write_to(&mut out, image::ImageFormat::Png).map_err(|e| e.to_string())?;
+    image
+        .write_to(&mut out, image::ImageFormat::Png)
+        .map_err(|e| e.to_string())?;
     Ok(out.into_inner())
 }
 
@@ -73,8 +87,19 @@ mod tests {
             {"color": "#ff0000", "width": 6, "points": [[10, 30, 0], [90, 30, 200]]},
             {"color": "#0000ff", "width": 8, "points": [[50, 50, 400]]}]}"##;
         let (payload, content) = accept(json).expect("accepted");
-        let Content::Doodle { width: 100, height: 60, strokes: 2, points: 3, .. } = content else { panic!("{content:?}") };
-        let Ok(Parts::Doodle { strokes, png }) = parts(&content, &payload) else { panic!("splits") };
+        let Content::Doodle {
+            width: 100,
+            height: 60,
+            strokes: 2,
+            points: 3,
+            ..
+        } = content
+        else {
+            panic!("{content:?}")
+        };
+        let Ok(Parts::Doodle { strokes, png }) = parts(&content, &payload) else {
+            panic!("splits")
+        };
         assert_eq!(Doodle::parse(strokes).expect("canonical").strokes.len(), 2);
         let img = image::load_from_memory(png).expect("a PNG").to_rgba8();
         assert_eq!(img.dimensions(), (100, 60));

@@ -19,7 +19,8 @@
 //! | 3 | `deliver.rs` | a session's delivery pump (inbox, oldest first) and fetched files |
 //! | 4 | `live.rs` | live copies to sessions; live clips and notices from other relays |
 //! | 4 | `access.rs` | who may read or send where, and who receives a clip |
-//! | 5 | `registry.rs` | who is online: sessions, presence, wake-ups |
+//! | 5 | `presence.rs` | who hears that a user came online or went offline, in batches |
+//! | 5 | `registry.rs` | who is online: sessions, wake-ups |
 //! | 5 | `cluster/` | the link to the other relays: floors, notices (`cluster/nats.rs` over NATS) |
 //! | 6 | `shared.rs`, `config.rs`, `auth.rs`, `quota.rs` | shared state, settings, tokens, what each sender stores |
 //! | | `maintenance.rs` | revoking removed users' sessions, retention |
@@ -31,8 +32,8 @@
 #![deny(unsafe_code)]
 
 mod access;
-pub mod avatar;
 pub mod auth;
+pub mod avatar;
 pub mod cli;
 pub mod cluster;
 pub mod config;
@@ -47,6 +48,7 @@ mod message;
 pub mod people;
 mod people_requests;
 pub mod picture;
+mod presence;
 mod quota;
 mod recall;
 mod registry;
@@ -110,7 +112,11 @@ pub enum RelayError {
 
 impl RelayError {
     /// The wire error to report to a client for this failure.
-    pub fn to_wire(&self, req: Option<u64>, clip: Option<walkie_proto::clip::ClipId>) -> walkie_proto::wire::ErrorMsg {
+    pub fn to_wire(
+        &self,
+        req: Option<u64>,
+        clip: Option<walkie_proto::clip::ClipId>,
+    ) -> walkie_proto::wire::ErrorMsg {
         walkie_proto::wire::ErrorMsg {
             req,
             clip,
@@ -152,7 +158,11 @@ impl RelayHandle {
 
 /// Starts a relay on `config.listen` with the identity kept in `data_dir`, serving `store`
 /// alone (floors in memory: the embedded store's setting).
-pub async fn start(config: RelayConfig, data_dir: &Path, store: Arc<dyn Store>) -> Result<RelayHandle, RelayError> {
+pub async fn start(
+    config: RelayConfig,
+    data_dir: &Path,
+    store: Arc<dyn Store>,
+) -> Result<RelayHandle, RelayError> {
     start_with(config, data_dir, store, Arc::new(LocalCluster::default())).await
 }
 
@@ -167,12 +177,19 @@ pub async fn start_with(
     let lock = lock_data_dir(data_dir)?;
     match walkie_store::private::tighten(data_dir) {
         Ok(0) => {}
-        Ok(n) => tracing::warn!(dir = %data_dir.display(), "{n} files or directories of the data dir were readable by others; made private (0600 files, 0700 dirs)"),
-        Err(e) => tracing::warn!(dir = %data_dir.display(), "cannot make the data dir private: {e}"),
+        Ok(n) => {
+            tracing::warn!(dir = %data_dir.display(), "{n} files or directories of the data dir were readable by others; made private (0600 files, 0700 dirs)")
+        }
+        Err(e) => {
+            tracing::warn!(dir = %data_dir.display(), "cannot make the data dir private: {e}")
+        }
     }
     let identity = RelayIdentity::load_or_create(data_dir)?;
     let endpoint = walkie_net::server_endpoint(config.listen, &identity, config.idle_timeout)?;
-    let addr = endpoint.local_addr().map_err(|source| NetError::Bind { addr: config.listen, source })?;
+    let addr = endpoint.local_addr().map_err(|source| NetError::Bind {
+        addr: config.listen,
+        source,
+    })?;
     let (stop, shutdown) = watch::channel(false);
     let limits = UserLimits::new(config.clips_per_minute, config.bytes_per_second);
     let signups = f64::from(config.signups_per_source_per_hour.max(1));
@@ -191,13 +208,23 @@ pub async fn start_with(
         delivery_keys: Default::default(),
         media: tokio::sync::Semaphore::new(1),
         message_bytes: Mutex::new(KeyedLimits::new(MESSAGE_BYTE_BURST, message_rate)),
+        presence: Default::default(),
     });
+    tokio::spawn(presence::run(shared.clone()));
     tokio::spawn(maintenance::run(shared.clone()));
     if let Some(incoming) = cluster.incoming() {
         tokio::spawn(live::run_inbound(shared.clone(), incoming));
     }
     let task = tokio::spawn(server::accept_loop(endpoint.clone(), shared));
-    Ok(RelayHandle { addr, fingerprint: identity.fingerprint(), cert_path: identity.cert_path, endpoint, stop, task, _lock: lock })
+    Ok(RelayHandle {
+        addr,
+        fingerprint: identity.fingerprint(),
+        cert_path: identity.cert_path,
+        endpoint,
+        stop,
+        task,
+        _lock: lock,
+    })
 }
 
 /// Bytes of messages a user may upload at once before the per-second rate applies: a picture
@@ -218,18 +245,34 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, RelayError> {
     };
     walkie_store::private::create_dir_all(data_dir).map_err(io(data_dir))?;
     let path = data_dir.join(LOCK_FILE);
-    let mut file = walkie_store::private::file_options().read(true).write(true).create(true).truncate(false).open(&path).map_err(io(&path))?;
+    let mut file = walkie_store::private::file_options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io(&path))?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
             let holder = walkie_proto::logsafe::escape(holder.trim()).into_owned();
-            return Err(RelayError::DataDirInUse { dir: data_dir.to_path_buf(), holder: if holder.is_empty() { "unknown process".into() } else { holder } });
+            return Err(RelayError::DataDirInUse {
+                dir: data_dir.to_path_buf(),
+                holder: if holder.is_empty() {
+                    "unknown process".into()
+                } else {
+                    holder
+                },
+            });
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(io(&path)(e)),
     }
     let note = format!("pid {}", std::process::id());
-    file.set_len(0).and_then(|()| file.rewind()).and_then(|()| file.write_all(note.as_bytes())).map_err(io(&path))?;
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(note.as_bytes()))
+        .map_err(io(&path))?;
     Ok(file)
 }

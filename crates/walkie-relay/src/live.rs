@@ -15,7 +15,9 @@ use bytes::Bytes;
 use walkie_net::write_frame;
 use walkie_proto::clip::ClipId;
 use walkie_proto::toc::MAX_PACKET_BYTES;
-use walkie_proto::wire::{DeliverHeader, ErrorCode, ErrorMsg, MAX_STREAM_FRAME, StreamFrame, encode_frame};
+use walkie_proto::wire::{
+    DeliverHeader, ErrorCode, ErrorMsg, MAX_STREAM_FRAME, ServerMsg, StreamFrame, encode_frame,
+};
 
 use crate::cluster::{Cluster, Inbound, Notice};
 use crate::registry::Session;
@@ -38,7 +40,10 @@ impl Encoded {
     /// Encodes `frame` (an end marker or an abort is a stream's last frame).
     pub fn of(frame: &StreamFrame) -> Option<Encoded> {
         let last = matches!(frame, StreamFrame::End { .. } | StreamFrame::Abort(_));
-        encode_frame(frame, MAX_STREAM_FRAME).ok().map(|v| Encoded { bytes: Bytes::from(v), last })
+        encode_frame(frame, MAX_STREAM_FRAME).ok().map(|v| Encoded {
+            bytes: Bytes::from(v),
+            last,
+        })
     }
 
     /// Encodes an Opus packet frame.
@@ -47,7 +52,10 @@ impl Encoded {
     }
 
     fn share(&self) -> Encoded {
-        Encoded { bytes: self.bytes.clone(), last: self.last }
+        Encoded {
+            bytes: self.bytes.clone(),
+            last: self.last,
+        }
     }
 }
 
@@ -64,8 +72,13 @@ impl LiveSink {
         let (tx, mut rx) = mpsc::channel::<Encoded>(queue.max(1));
         let conn = session.conn.clone();
         let task = tokio::spawn(async move {
-            let Ok(mut send) = conn.open_uni().await else { return false };
-            if write_frame(&mut send, &StreamFrame::Deliver(header), MAX_STREAM_FRAME).await.is_err() {
+            let Ok(mut send) = conn.open_uni().await else {
+                return false;
+            };
+            if write_frame(&mut send, &StreamFrame::Deliver(header), MAX_STREAM_FRAME)
+                .await
+                .is_err()
+            {
                 return false;
             }
             let mut ended = false;
@@ -85,7 +98,11 @@ impl LiveSink {
             }
             ended
         });
-        Self { session, tx: Some(tx), task }
+        Self {
+            session,
+            tx: Some(tx),
+            task,
+        }
     }
 
     /// Queues a frame; a recipient that cannot keep up loses its live copy (it gets the
@@ -104,7 +121,12 @@ impl LiveSink {
 
 /// Sends `Abort` to every live copy and closes them.
 pub(crate) fn abort_live(sinks: &mut [LiveSink], id: ClipId, code: ErrorCode, message: &str) {
-    let abort = Encoded::of(&StreamFrame::Abort(ErrorMsg { req: None, clip: Some(id), code, message: message.to_string() }));
+    let abort = Encoded::of(&StreamFrame::Abort(ErrorMsg {
+        req: None,
+        clip: Some(id),
+        code,
+        message: message.to_string(),
+    }));
     for sink in sinks {
         if let Some(abort) = &abort {
             sink.push(abort);
@@ -142,8 +164,17 @@ impl RemoteOut {
     /// Announces the clip to the other relays (when there are recipients and other relays).
     pub fn start(shared: &Shared, header: &DeliverHeader, recipients: &[String]) -> Self {
         let on = shared.cluster.spans_relays() && !recipients.is_empty();
-        let mut out = Self { cluster: shared.cluster.clone(), id: header.id, next: 0, on, broken: false };
-        out.send(Notice::LiveStart { header: header.clone(), recipients: recipients.to_vec() });
+        let mut out = Self {
+            cluster: shared.cluster.clone(),
+            id: header.id,
+            next: 0,
+            on,
+            broken: false,
+        };
+        out.send(Notice::LiveStart {
+            header: header.clone(),
+            recipients: recipients.to_vec(),
+        });
         out
     }
 
@@ -160,13 +191,21 @@ impl RemoteOut {
         self.next = self.next.saturating_add(1);
         // No copy of the packet for a notice nobody will send (a relay alone, or a broken copy).
         if self.on && !self.broken {
-            self.send(Notice::LivePacket { clip: self.id, n, data: data.to_vec() });
+            self.send(Notice::LivePacket {
+                clip: self.id,
+                n,
+                data: data.to_vec(),
+            });
         }
     }
 
     /// The clip is stored: its end marker.
     pub fn end(&mut self, packets: u32, samples: u64) {
-        self.send(Notice::LiveEnd { clip: self.id, packets, samples });
+        self.send(Notice::LiveEnd {
+            clip: self.id,
+            packets,
+            samples,
+        });
         self.on = false;
     }
 
@@ -176,7 +215,12 @@ impl RemoteOut {
             // Even a broken copy tries to say so, so receivers need not wait for the expiry.
             self.cluster.publish(Notice::LiveAbort {
                 clip: self.id,
-                error: ErrorMsg { req: None, clip: Some(self.id), code, message: message.to_string() },
+                error: ErrorMsg {
+                    req: None,
+                    clip: Some(self.id),
+                    code,
+                    message: message.to_string(),
+                },
             });
         }
         self.on = false;
@@ -234,39 +278,73 @@ pub(crate) async fn run_inbound(shared: Arc<Shared>, mut rx: mpsc::Receiver<Inbo
     }
 }
 
-fn handle(shared: &Shared, live: &mut HashMap<ClipId, Remote>, notice: Notice) {
+fn handle(shared: &Arc<Shared>, live: &mut HashMap<ClipId, Remote>, notice: Notice) {
     match notice {
         Notice::LiveStart { header, recipients } => {
             let id = header.id;
-            if !header.live || recipients.len() > MAX_RECIPIENTS || live.len() >= MAX_REMOTE_CLIPS || live.contains_key(&id) {
+            if !header.live
+                || recipients.len() > MAX_RECIPIENTS
+                || live.len() >= MAX_REMOTE_CLIPS
+                || live.contains_key(&id)
+            {
                 return;
             }
-            let sessions: Vec<Arc<Session>> = recipients.iter().flat_map(|r| shared.registry.sessions_of(r)).collect();
+            let sessions: Vec<Arc<Session>> = recipients
+                .iter()
+                .flat_map(|r| shared.registry.sessions_of(r))
+                .collect();
             if sessions.is_empty() {
                 return;
             }
-            let sinks: Vec<LiveSink> = sessions.into_iter().map(|s| LiveSink::open(s, header.clone(), shared.config.live_queue)).collect();
-            live.insert(id, Remote { sinks, recipients, next: 0, since: Instant::now() });
+            let sinks: Vec<LiveSink> = sessions
+                .into_iter()
+                .map(|s| LiveSink::open(s, header.clone(), shared.config.live_queue))
+                .collect();
+            live.insert(
+                id,
+                Remote {
+                    sinks,
+                    recipients,
+                    next: 0,
+                    since: Instant::now(),
+                },
+            );
         }
         Notice::LivePacket { clip, n, data } => {
             let Some(r) = live.get_mut(&clip) else { return };
             if n != r.next || data.len() > MAX_PACKET_BYTES {
                 if let Some(r) = live.remove(&clip) {
-                    r.abort(clip, ErrorCode::Internal, "live packets from the talker's relay were lost");
+                    r.abort(
+                        clip,
+                        ErrorCode::Internal,
+                        "live packets from the talker's relay were lost",
+                    );
                 }
                 return;
             }
             r.next += 1;
-            let Some(frame) = Encoded::packet(&data) else { return };
+            let Some(frame) = Encoded::packet(&data) else {
+                return;
+            };
             for sink in &mut r.sinks {
                 // Too slow for live: the copy is dropped and the pump sends the stored clip.
                 sink.push(&frame);
             }
         }
-        Notice::LiveEnd { clip, packets, samples } => {
-            let Some(mut r) = live.remove(&clip) else { return };
+        Notice::LiveEnd {
+            clip,
+            packets,
+            samples,
+        } => {
+            let Some(mut r) = live.remove(&clip) else {
+                return;
+            };
             if packets != r.next {
-                r.abort(clip, ErrorCode::Internal, "live packets from the talker's relay were lost");
+                r.abort(
+                    clip,
+                    ErrorCode::Internal,
+                    "live packets from the talker's relay were lost",
+                );
                 return;
             }
             // Marked before the end goes out and before the wake-up that follows this notice,
@@ -285,6 +363,24 @@ fn handle(shared: &Shared, live: &mut HashMap<ClipId, Remote>, notice: Notice) {
             }
         }
         Notice::Wake { users } => shared.registry.wake(&users),
-        Notice::Tell { users, msg } => shared.registry.tell(&users, &msg),
+        Notice::Presence { changes } => crate::presence::tell_here(shared, &changes),
+        Notice::Tell { users, msg } => {
+            shared.registry.tell(&users, &msg);
+            // Presence follows a user's channels and contacts wherever they changed.
+            match &msg {
+                ServerMsg::Channels { channels } => {
+                    for user in &users {
+                        crate::presence::channels_changed(shared, user, channels.clone());
+                    }
+                }
+                ServerMsg::ContactChanged { .. } => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        crate::presence::contacts_changed(&shared, &users).await
+                    });
+                }
+                _ => {}
+            }
+        }
     }
 }

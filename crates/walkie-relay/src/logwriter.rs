@@ -22,7 +22,8 @@ pub struct Escaping<W: Write>(pub W);
 impl<W: Write> Write for Escaping<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let text = String::from_utf8_lossy(buf);
-        self.0.write_all(walkie_proto::logsafe::escape_line(&text).as_bytes())?;
+        self.0
+            .write_all(walkie_proto::logsafe::escape_line(&text).as_bytes())?;
         Ok(buf.len())
     }
 

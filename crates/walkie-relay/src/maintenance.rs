@@ -45,14 +45,27 @@ async fn revoke_stale(shared: &Shared) {
     let mut names: Vec<String> = sessions.iter().map(|s| s.user.clone()).collect();
     names.sort();
     names.dedup();
-    let mut with_devices: Vec<String> = sessions.iter().filter(|s| s.device.is_some()).map(|s| s.user.clone()).collect();
+    let mut with_devices: Vec<String> = sessions
+        .iter()
+        .filter(|s| s.device.is_some())
+        .map(|s| s.user.clone())
+        .collect();
     with_devices.dedup();
     let asked = names.clone();
     let read = shared
         .store(move |s| {
             let hashes = s.token_hashes(&asked)?;
-            let devices = with_devices.iter().map(|u| crate::people::devices(s, u)).collect::<Result<Vec<_>, _>>()?;
-            Ok((hashes, with_devices.into_iter().zip(devices).collect::<HashMap<_, _>>()))
+            let devices = with_devices
+                .iter()
+                .map(|u| crate::people::devices(s, u))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((
+                hashes,
+                with_devices
+                    .into_iter()
+                    .zip(devices)
+                    .collect::<HashMap<_, _>>(),
+            ))
         })
         .await;
     let (hashes, devices): (HashMap<String, Option<TokenHash>>, _) = match read {
@@ -66,7 +79,9 @@ async fn revoke_stale(shared: &Shared) {
         let device_hash = |id: &str| {
             devices.get(&s.user).and_then(|d| d.get(id)).and_then(|d| {
                 let mut hash = [0u8; 32];
-                hex::decode_to_slice(&d.token_hash, &mut hash).ok().map(|()| hash)
+                hex::decode_to_slice(&d.token_hash, &mut hash)
+                    .ok()
+                    .map(|()| hash)
             })
         };
         let message = match (hashes.get(&s.user), &s.device) {
@@ -77,7 +92,12 @@ async fn revoke_stale(shared: &Shared) {
             _ => "your account was removed from this relay",
         };
         info!(user = %s.user, session = s.id, "{message}: closing the session");
-        s.close(&ErrorMsg { req: None, clip: None, code: ErrorCode::Unauthorized, message: message.into() });
+        s.close(&ErrorMsg {
+            req: None,
+            clip: None,
+            code: ErrorCode::Unauthorized,
+            message: message.into(),
+        });
     }
 }
 
@@ -85,12 +105,18 @@ async fn revoke_stale(shared: &Shared) {
 /// and people nearby past their hour.
 async fn sweep_people(shared: &Shared) {
     let now = walkie_proto::clip::now_ms();
-    match shared.store(move |s| crate::people::sweep_invites(s, now)).await {
+    match shared
+        .store(move |s| crate::people::sweep_invites(s, now))
+        .await
+    {
         Ok(0) => {}
         Ok(n) => info!(invites = n, "deleted expired invites"),
         Err(e) => warn!("sweeping expired invites failed: {e}"),
     }
-    match shared.store(move |s| crate::people::sweep_nearby(s, now)).await {
+    match shared
+        .store(move |s| crate::people::sweep_nearby(s, now))
+        .await
+    {
         Ok(0) => {}
         Ok(n) => info!(entries = n, "forgot people nearby whose hour was up"),
         Err(e) => warn!("sweeping people nearby failed: {e}"),
@@ -98,8 +124,12 @@ async fn sweep_people(shared: &Shared) {
 }
 
 async fn expire(shared: &Shared) {
-    let Some(keep) = shared.config.retention else { return };
-    let Ok(keep_ms) = i64::try_from(keep.as_millis()) else { return };
+    let Some(keep) = shared.config.retention else {
+        return;
+    };
+    let Ok(keep_ms) = i64::try_from(keep.as_millis()) else {
+        return;
+    };
     let before = walkie_proto::clip::now_ms().saturating_sub(keep_ms);
     match shared.store(move |s| s.delete_clips_before(before)).await {
         Ok(0) => {}

@@ -22,9 +22,12 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use walkie_proto::clip::{validate_name, validate_user_name};
 use walkie_proto::people::{
-    self, ContactAction, ContactState, DirectFrom, GroupAction, GroupRole, Invite, InviteRefusal, Pair, contact_step, group_may,
+    self, ContactAction, ContactState, DirectFrom, GroupAction, GroupRole, Invite, InviteRefusal,
+    Pair, contact_step, group_may,
 };
-use walkie_proto::wire::{ContactEntry, ErrorCode, GroupInfo, NearbyEntry, PublicProfile, Suggestion};
+use walkie_proto::wire::{
+    ContactEntry, ErrorCode, GroupInfo, NearbyEntry, PublicProfile, Suggestion,
+};
 use walkie_store::{Store, StoreError};
 
 use crate::auth;
@@ -89,7 +92,10 @@ pub struct Group {
 
 /// The invite key of a code: the code is never stored, only its SHA-256.
 fn invite_key(code: &str) -> Vec<String> {
-    vec!["invite".into(), hex::encode(sha2::Sha256::digest(code.as_bytes()))]
+    vec![
+        "invite".into(),
+        hex::encode(sha2::Sha256::digest(code.as_bytes())),
+    ]
 }
 
 fn key(kind: &str, name: &str) -> Vec<String> {
@@ -105,37 +111,68 @@ fn corrupt(what: &str, e: serde_json::Error) -> StoreError {
 }
 
 /// Reads a JSON record and its revision (0 when absent, with the default value).
-fn read<T: serde::de::DeserializeOwned + Default>(store: &dyn Store, key: &[String]) -> Result<(T, u64), StoreError> {
+fn read<T: serde::de::DeserializeOwned + Default>(
+    store: &dyn Store,
+    key: &[String],
+) -> Result<(T, u64), StoreError> {
     match store.record(&refs(key))? {
-        Some(r) => Ok((serde_json::from_slice(&r.value).map_err(|e| corrupt(&key.join("."), e))?, r.rev)),
+        Some(r) => Ok((
+            serde_json::from_slice(&r.value).map_err(|e| corrupt(&key.join("."), e))?,
+            r.rev,
+        )),
         None => Ok((T::default(), 0)),
     }
 }
 
 /// Reads a record that may be absent.
-fn read_opt<T: serde::de::DeserializeOwned>(store: &dyn Store, key: &[String]) -> Result<Option<(T, u64)>, StoreError> {
+fn read_opt<T: serde::de::DeserializeOwned>(
+    store: &dyn Store,
+    key: &[String],
+) -> Result<Option<(T, u64)>, StoreError> {
     match store.record(&refs(key))? {
-        Some(r) => Ok(Some((serde_json::from_slice(&r.value).map_err(|e| corrupt(&key.join("."), e))?, r.rev))),
+        Some(r) => Ok(Some((
+            serde_json::from_slice(&r.value).map_err(|e| corrupt(&key.join("."), e))?,
+            r.rev,
+        ))),
         None => Ok(None),
     }
 }
 
-fn write<T: Serialize>(store: &dyn Store, key: &[String], value: &T, rev: u64) -> Result<bool, StoreError> {
+fn write<T: Serialize>(
+    store: &dyn Store,
+    key: &[String],
+    value: &T,
+    rev: u64,
+) -> Result<bool, StoreError> {
     let bytes = serde_json::to_vec(value).map_err(|e| corrupt(&key.join("."), e))?;
     Ok(store.put_record(&refs(key), &bytes, rev)?.is_some())
 }
 
 /// Changes a user's person record with `change` (read, change, compare-and-set, again if
 /// another write got in first); returns what `change` returned.
-fn update_person<T>(store: &dyn Store, user: &str, change: impl FnMut(&mut Person) -> Result<T, PeopleError>) -> Result<T, PeopleError> {
-    update(store, &key("person", user), &format!("the profile of {user}"), change)
+fn update_person<T>(
+    store: &dyn Store,
+    user: &str,
+    change: impl FnMut(&mut Person) -> Result<T, PeopleError>,
+) -> Result<T, PeopleError> {
+    update(
+        store,
+        &key("person", user),
+        &format!("the profile of {user}"),
+        change,
+    )
 }
 
 /// Changes the JSON record under `key` (its default when absent) with `change`: read,
 /// change, compare-and-set, again if another write got in first; nothing is written when
 /// `change` leaves the value as it was. `what` names the record in the error after
 /// [`CAS_TRIES`] lost races.
-fn update<R, T>(store: &dyn Store, key: &[String], what: &str, mut change: impl FnMut(&mut R) -> Result<T, PeopleError>) -> Result<T, PeopleError>
+fn update<R, T>(
+    store: &dyn Store,
+    key: &[String],
+    what: &str,
+    mut change: impl FnMut(&mut R) -> Result<T, PeopleError>,
+) -> Result<T, PeopleError>
 where
     R: serde::de::DeserializeOwned + Serialize + Default + Clone + PartialEq,
 {
@@ -160,16 +197,25 @@ pub fn person(store: &dyn Store, user: &str) -> Result<Person, StoreError> {
 /// Makes an invite and returns its code (shown once: only its hash is kept).
 pub fn create_invite(store: &dyn Store, invite: &Invite) -> Result<String, PeopleError> {
     if invite.uses_left == 0 {
-        return Err(refused(ErrorCode::BadRequest, "an invite needs at least one use"));
+        return Err(refused(
+            ErrorCode::BadRequest,
+            "an invite needs at least one use",
+        ));
     }
     if let Some(channel) = &invite.channel
         && store.members(channel)?.is_none()
     {
-        return Err(refused(ErrorCode::NotFound, format!("there is no channel {channel:?}")));
+        return Err(refused(
+            ErrorCode::NotFound,
+            format!("there is no channel {channel:?}"),
+        ));
     }
     let code = people::new_code();
     if !write(store, &invite_key(&code), invite, 0)? {
-        return Err(StoreError::Backend("a fresh invite code was already taken (try again)".into()).into());
+        return Err(StoreError::Backend(
+            "a fresh invite code was already taken (try again)".into(),
+        )
+        .into());
     }
     Ok(code)
 }
@@ -191,7 +237,14 @@ pub struct Joined {
 /// the name is checked first (so a taken name spends nothing), then one use of the invite
 /// is spent, then the user is added (the use is given back if that fails), and the invite's
 /// channel joined.
-pub fn join(store: &dyn Store, code: Option<&str>, name: &str, display: Option<&str>, open_signup: bool, now_ms: i64) -> Result<Joined, PeopleError> {
+pub fn join(
+    store: &dyn Store,
+    code: Option<&str>,
+    name: &str,
+    display: Option<&str>,
+    open_signup: bool,
+    now_ms: i64,
+) -> Result<Joined, PeopleError> {
     if let Some(code) = code
         && let Some((invite, _)) = read_opt::<Invite>(store, &invite_key(code))?
         && let Some(owner) = invite.device_of
@@ -199,18 +252,34 @@ pub fn join(store: &dyn Store, code: Option<&str>, name: &str, display: Option<&
         return join_device(store, code, &owner, display, now_ms);
     }
     if name.is_empty() {
-        return Err(refused(ErrorCode::BadRequest, "choose a login name for the new account (walkie join LINK --name NAME)"));
+        return Err(refused(
+            ErrorCode::BadRequest,
+            "choose a login name for the new account (walkie join LINK --name NAME)",
+        ));
     }
     validate_user_name(name).map_err(|e| refused(ErrorCode::BadRequest, e.to_string()))?;
-    let display = display.map(people::validate_display_name).transpose().map_err(|e| refused(ErrorCode::BadRequest, e.to_string()))?;
-    let name_taken = || refused(ErrorCode::Conflict, format!("the name {name:?} is taken on this relay; choose another"));
+    let display = display
+        .map(people::validate_display_name)
+        .transpose()
+        .map_err(|e| refused(ErrorCode::BadRequest, e.to_string()))?;
+    let name_taken = || {
+        refused(
+            ErrorCode::Conflict,
+            format!("the name {name:?} is taken on this relay; choose another"),
+        )
+    };
     if store.token_hash(name)?.is_some() || store.has_history(name)? {
         return Err(name_taken());
     }
     let spent = match code {
         Some(code) => Some(spend_invite(store, code, now_ms)?),
         None if open_signup => None,
-        None => return Err(refused(ErrorCode::Unauthorized, "this relay takes new users by invite only: ask a member for an invite link")),
+        None => {
+            return Err(refused(
+                ErrorCode::Unauthorized,
+                "this relay takes new users by invite only: ask a member for an invite link",
+            ));
+        }
     };
     let token = auth::new_token();
     if let Err(e) = store.add_user(name, &auth::hash_token(&token)) {
@@ -238,17 +307,31 @@ pub fn join(store: &dyn Store, code: Option<&str>, name: &str, display: Option<&
         },
         None => None,
     };
-    Ok(Joined { user: name.to_string(), token, channel, device: None })
+    Ok(Joined {
+        user: name.to_string(),
+        token,
+        channel,
+        device: None,
+    })
 }
 
 /// Spends one use of the invite with this code; the code and the invite as it was.
-fn spend_invite(store: &dyn Store, code: &str, now_ms: i64) -> Result<(String, Invite), PeopleError> {
+fn spend_invite(
+    store: &dyn Store,
+    code: &str,
+    now_ms: i64,
+) -> Result<(String, Invite), PeopleError> {
     let k = invite_key(code);
     for _ in 0..CAS_TRIES {
         let Some((invite, rev)) = read_opt::<Invite>(store, &k)? else {
-            return Err(refused(ErrorCode::Unauthorized, InviteRefusal::Unknown.to_string()));
+            return Err(refused(
+                ErrorCode::Unauthorized,
+                InviteRefusal::Unknown.to_string(),
+            ));
         };
-        let after = invite.redeem(now_ms).map_err(|r| refused(ErrorCode::Unauthorized, r.to_string()))?;
+        let after = invite
+            .redeem(now_ms)
+            .map_err(|r| refused(ErrorCode::Unauthorized, r.to_string()))?;
         if write(store, &k, &after, rev)? {
             return Ok((code.to_string(), invite));
         }
@@ -260,7 +343,9 @@ fn spend_invite(store: &dyn Store, code: &str, now_ms: i64) -> Result<(String, I
 fn give_back(store: &dyn Store, code: &str) {
     let k = invite_key(code);
     for _ in 0..CAS_TRIES {
-        let Ok(Some((mut invite, rev))) = read_opt::<Invite>(store, &k) else { return };
+        let Ok(Some((mut invite, rev))) = read_opt::<Invite>(store, &k) else {
+            return;
+        };
         invite.uses_left = invite.uses_left.saturating_add(1);
         if !matches!(write(store, &k, &invite, rev), Ok(false)) {
             return;
@@ -321,47 +406,105 @@ pub fn inbox_key(user: &str, device: Option<&str>) -> String {
 /// Every inbox a clip for `user` is queued in: theirs and one per other device.
 pub fn delivery_keys(store: &dyn Store, user: &str) -> Result<Vec<String>, StoreError> {
     let mut keys = vec![user.to_string()];
-    keys.extend(devices(store, user)?.keys().map(|d| inbox_key(user, Some(d))));
+    keys.extend(
+        devices(store, user)?
+            .keys()
+            .map(|d| inbox_key(user, Some(d))),
+    );
     Ok(keys)
 }
 
 /// A one-time link code that signs another device in as `user` within [`DEVICE_LINK_MS`].
 pub fn link_device(store: &dyn Store, user: &str, now_ms: i64) -> Result<String, PeopleError> {
     if devices(store, user)?.len() >= MAX_DEVICES {
-        return Err(refused(ErrorCode::TooLarge, format!("you have {} devices, the most this relay allows; remove one first", MAX_DEVICES + 1)));
+        return Err(refused(
+            ErrorCode::TooLarge,
+            format!(
+                "you have {} devices, the most this relay allows; remove one first",
+                MAX_DEVICES + 1
+            ),
+        ));
     }
-    let invite = Invite { uses_left: 1, expires_ms: now_ms + DEVICE_LINK_MS, channel: None, created_by: Some(user.to_string()), device_of: Some(user.to_string()) };
+    let invite = Invite {
+        uses_left: 1,
+        expires_ms: now_ms + DEVICE_LINK_MS,
+        channel: None,
+        created_by: Some(user.to_string()),
+        device_of: Some(user.to_string()),
+    };
     create_invite(store, &invite)
 }
 
-fn join_device(store: &dyn Store, code: &str, owner: &str, name: Option<&str>, now_ms: i64) -> Result<Joined, PeopleError> {
+fn join_device(
+    store: &dyn Store,
+    code: &str,
+    owner: &str,
+    name: Option<&str>,
+    now_ms: i64,
+) -> Result<Joined, PeopleError> {
     let name = match name {
-        Some(n) => people::validate_display_name(n).map_err(|e| refused(ErrorCode::BadRequest, e.to_string().replace("display name", "device name")))?,
+        Some(n) => people::validate_display_name(n).map_err(|e| {
+            refused(
+                ErrorCode::BadRequest,
+                e.to_string().replace("display name", "device name"),
+            )
+        })?,
         None => "device".to_string(),
     };
     if store.token_hash(owner)?.is_none() {
-        return Err(refused(ErrorCode::Unauthorized, InviteRefusal::Unknown.to_string()));
+        return Err(refused(
+            ErrorCode::Unauthorized,
+            InviteRefusal::Unknown.to_string(),
+        ));
     }
     spend_invite(store, code, now_ms)?;
     let token = auth::new_token();
     let id = hex::encode(rand::random::<[u8; 4]>());
-    let device = Device { token_hash: hex::encode(auth::hash_token(&token)), name, created_ms: now_ms };
-    update(store, &key("devices", owner), "the device list", |all: &mut Devices| {
-        if all.len() >= MAX_DEVICES {
-            return Err(refused(ErrorCode::TooLarge, format!("{owner} has {} devices, the most this relay allows", MAX_DEVICES + 1)));
-        }
-        all.insert(id.clone(), device.clone());
-        Ok(())
-    })?;
-    Ok(Joined { user: owner.to_string(), token, channel: None, device: Some(id) })
+    let device = Device {
+        token_hash: hex::encode(auth::hash_token(&token)),
+        name,
+        created_ms: now_ms,
+    };
+    update(
+        store,
+        &key("devices", owner),
+        "the device list",
+        |all: &mut Devices| {
+            if all.len() >= MAX_DEVICES {
+                return Err(refused(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "{owner} has {} devices, the most this relay allows",
+                        MAX_DEVICES + 1
+                    ),
+                ));
+            }
+            all.insert(id.clone(), device.clone());
+            Ok(())
+        },
+    )?;
+    Ok(Joined {
+        user: owner.to_string(),
+        token,
+        channel: None,
+        device: Some(id),
+    })
 }
 
 /// Removes one of `user`'s other devices and empties its inbox; false if there is no such device.
 pub fn remove_device(store: &dyn Store, user: &str, id: &str) -> Result<bool, PeopleError> {
     if id == MAIN_DEVICE {
-        return Err(refused(ErrorCode::BadRequest, "the first device is the account itself: to lock it out, the administrator gives the user a new token (walkie-relay user token)"));
+        return Err(refused(
+            ErrorCode::BadRequest,
+            "the first device is the account itself: to lock it out, the administrator gives the user a new token (walkie-relay user token)",
+        ));
     }
-    let removed = update(store, &key("devices", user), "the device list", |all: &mut Devices| Ok(all.remove(id).is_some()))?;
+    let removed = update(
+        store,
+        &key("devices", user),
+        "the device list",
+        |all: &mut Devices| Ok(all.remove(id).is_some()),
+    )?;
     if removed {
         store.clear_inbox(&inbox_key(user, Some(id)))?;
     }
@@ -369,10 +512,16 @@ pub fn remove_device(store: &dyn Store, user: &str, id: &str) -> Result<bool, Pe
 }
 
 /// Which of `user`'s other devices `token` belongs to, with its hash.
-pub fn device_for_token(store: &dyn Store, user: &str, token: &str) -> Result<Option<(String, walkie_store::TokenHash)>, StoreError> {
+pub fn device_for_token(
+    store: &dyn Store,
+    user: &str,
+    token: &str,
+) -> Result<Option<(String, walkie_store::TokenHash)>, StoreError> {
     for (id, d) in devices(store, user)? {
         let mut hash = [0u8; 32];
-        if hex::decode_to_slice(&d.token_hash, &mut hash).is_ok() && auth::token_matches(token, &hash) {
+        if hex::decode_to_slice(&d.token_hash, &mut hash).is_ok()
+            && auth::token_matches(token, &hash)
+        {
             return Ok(Some((id, hash)));
         }
     }
@@ -384,32 +533,56 @@ const PLAYED_KEPT: usize = 512;
 
 /// Remembers that `user` played `id` (for their other devices, which may get it later).
 pub fn mark_played(store: &dyn Store, user: &str, id: &str) -> Result<(), PeopleError> {
-    update(store, &key("played", user), "the played list", |ids: &mut std::collections::VecDeque<String>| {
-        if !ids.iter().any(|i| i == id) {
-            ids.push_back(id.to_string());
-            while ids.len() > PLAYED_KEPT {
-                ids.pop_front();
+    update(
+        store,
+        &key("played", user),
+        "the played list",
+        |ids: &mut std::collections::VecDeque<String>| {
+            if !ids.iter().any(|i| i == id) {
+                ids.push_back(id.to_string());
+                while ids.len() > PLAYED_KEPT {
+                    ids.pop_front();
+                }
             }
-        }
-        Ok(())
-    })
+            Ok(())
+        },
+    )
 }
 
 /// The clips `user` played lately (hex ids).
 pub fn played(store: &dyn Store, user: &str) -> Result<BTreeSet<String>, StoreError> {
-    Ok(read::<std::collections::VecDeque<String>>(store, &key("played", user))?.0.into_iter().collect())
+    Ok(
+        read::<std::collections::VecDeque<String>>(store, &key("played", user))?
+            .0
+            .into_iter()
+            .collect(),
+    )
 }
 
 // ---- profiles ----
 
 /// Sets the fields given of `user`'s profile; the profile after.
-pub fn set_profile(store: &dyn Store, user: &str, display: Option<&str>, direct_from: Option<DirectFrom>) -> Result<Person, PeopleError> {
+pub fn set_profile(
+    store: &dyn Store,
+    user: &str,
+    display: Option<&str>,
+    direct_from: Option<DirectFrom>,
+) -> Result<Person, PeopleError> {
     set_profile_with(store, user, display, direct_from, None)
 }
 
 /// [`set_profile`], and whether others may be suggested the user.
-pub fn set_profile_with(store: &dyn Store, user: &str, display: Option<&str>, direct_from: Option<DirectFrom>, suggest: Option<bool>) -> Result<Person, PeopleError> {
-    let display = display.map(people::validate_display_name).transpose().map_err(|e| refused(ErrorCode::BadRequest, e.to_string()))?;
+pub fn set_profile_with(
+    store: &dyn Store,
+    user: &str,
+    display: Option<&str>,
+    direct_from: Option<DirectFrom>,
+    suggest: Option<bool>,
+) -> Result<Person, PeopleError> {
+    let display = display
+        .map(people::validate_display_name)
+        .transpose()
+        .map_err(|e| refused(ErrorCode::BadRequest, e.to_string()))?;
     update_person(store, user, |p| {
         if let Some(d) = &display {
             p.display = Some(d.clone());
@@ -432,14 +605,22 @@ pub fn profiles(store: &dyn Store, names: &[String]) -> Result<Vec<PublicProfile
             continue;
         }
         let p = person(store, name)?;
-        out.push(PublicProfile { user: name.clone(), display: p.display, avatar: p.avatar });
+        out.push(PublicProfile {
+            user: name.clone(),
+            display: p.display,
+            avatar: p.avatar,
+        });
     }
     Ok(out)
 }
 
 /// Sets (`Some(png)`: a 256 px PNG from the client, checked and encoded again by
 /// [`crate::avatar::accept`]) or removes `user`'s avatar; their profile after.
-pub fn set_avatar(store: &dyn Store, user: &str, png: Option<&[u8]>) -> Result<Person, PeopleError> {
+pub fn set_avatar(
+    store: &dyn Store,
+    user: &str,
+    png: Option<&[u8]>,
+) -> Result<Person, PeopleError> {
     let Some(png) = png else {
         store.delete_record(&["avatar", user, "256"])?;
         store.delete_record(&["avatar", user, "64"])?;
@@ -448,7 +629,8 @@ pub fn set_avatar(store: &dyn Store, user: &str, png: Option<&[u8]>) -> Result<P
             Ok(p.clone())
         });
     };
-    let (large, small) = crate::avatar::accept(png).map_err(|e| refused(ErrorCode::BadRequest, e.to_string()))?;
+    let (large, small) =
+        crate::avatar::accept(png).map_err(|e| refused(ErrorCode::BadRequest, e.to_string()))?;
     let tag = hex::encode(&sha2::Sha256::digest(&large)[..8]);
     put_raw(store, &["avatar", user, "256"], &large)?;
     put_raw(store, &["avatar", user, "64"], &small)?;
@@ -466,7 +648,9 @@ fn put_raw(store: &dyn Store, key: &[&str], bytes: &[u8]) -> Result<(), StoreErr
             return Ok(());
         }
     }
-    Err(StoreError::Backend("the avatar kept changing under this write; try again".into()))
+    Err(StoreError::Backend(
+        "the avatar kept changing under this write; try again".into(),
+    ))
 }
 
 /// A user's avatar PNG (64 px when `small`), if they have one.
@@ -474,7 +658,9 @@ pub fn avatar(store: &dyn Store, user: &str, small: bool) -> Result<Option<Vec<u
     if validate_name(user).is_err() {
         return Ok(None);
     }
-    Ok(store.record(&["avatar", user, if small { "64" } else { "256" }])?.map(|r| r.value))
+    Ok(store
+        .record(&["avatar", user, if small { "64" } else { "256" }])?
+        .map(|r| r.value))
 }
 
 /// Removes what is kept about a user's person that others see: display name and avatar (purge).
@@ -490,7 +676,12 @@ pub fn clear_profile(store: &dyn Store, user: &str) -> Result<(), PeopleError> {
 /// contacts, and the channels they owned pass to another member (or are deleted when empty).
 pub fn forget(store: &dyn Store, user: &str) -> Result<(), PeopleError> {
     let me = person(store, user)?;
-    let others: BTreeSet<String> = me.contacts.keys().chain(me.blocked_by.iter()).cloned().collect();
+    let others: BTreeSet<String> = me
+        .contacts
+        .keys()
+        .chain(me.blocked_by.iter())
+        .cloned()
+        .collect();
     for other in others {
         update_person(store, &other, |p| {
             p.contacts.remove(user);
@@ -509,7 +700,9 @@ pub fn forget(store: &dyn Store, user: &str) -> Result<(), PeopleError> {
     nearby(store, user, None, 0)?;
     store.delete_record(&["nearby-of", user])?;
     for k in store.record_keys(&["group"])? {
-        let Some(channel) = k.get(1).cloned() else { continue };
+        let Some(channel) = k.get(1).cloned() else {
+            continue;
+        };
         let gk = key("group", &channel);
         if let Some((group, rev)) = read_opt::<Group>(store, &gk)?
             && group.owner == user
@@ -523,21 +716,46 @@ pub fn forget(store: &dyn Store, user: &str) -> Result<(), PeopleError> {
 // ---- contacts ----
 
 /// Does `action` about `other`; `actor`'s entry for them afterwards.
-pub fn contact(store: &dyn Store, actor: &str, other: &str, action: ContactAction) -> Result<Pair, PeopleError> {
+pub fn contact(
+    store: &dyn Store,
+    actor: &str,
+    other: &str,
+    action: ContactAction,
+) -> Result<Pair, PeopleError> {
     if actor == other {
-        return Err(refused(ErrorCode::BadRequest, "you cannot be your own contact"));
+        return Err(refused(
+            ErrorCode::BadRequest,
+            "you cannot be your own contact",
+        ));
     }
     if validate_name(other).is_err() || store.token_hash(other)?.is_none() {
-        return Err(refused(ErrorCode::NotFound, format!("there is no user @{other}")));
+        return Err(refused(
+            ErrorCode::NotFound,
+            format!("there is no user @{other}"),
+        ));
     }
     let theirs_now = person(store, other)?.contacts.get(actor).copied();
     // The actor's side first, from the other's side as read; then the other's side from what
     // the actor's side became (a write in between on their side is re-read there).
     let pair = update_person(store, actor, |me| {
-        let pair = contact_step(action, Pair { mine: me.contacts.get(other).copied(), theirs: theirs_now })
-            .map_err(|e| refused(ErrorCode::BadRequest, format!("{e} (@{other})")))?;
-        if pair.mine.is_some() && !me.contacts.contains_key(other) && me.contacts.len() >= MAX_CONTACTS {
-            return Err(refused(ErrorCode::TooLarge, format!("you have {MAX_CONTACTS} people in your contacts, the most this relay keeps; remove some first")));
+        let pair = contact_step(
+            action,
+            Pair {
+                mine: me.contacts.get(other).copied(),
+                theirs: theirs_now,
+            },
+        )
+        .map_err(|e| refused(ErrorCode::BadRequest, format!("{e} (@{other})")))?;
+        if pair.mine.is_some()
+            && !me.contacts.contains_key(other)
+            && me.contacts.len() >= MAX_CONTACTS
+        {
+            return Err(refused(
+                ErrorCode::TooLarge,
+                format!(
+                    "you have {MAX_CONTACTS} people in your contacts, the most this relay keeps; remove some first"
+                ),
+            ));
         }
         set(&mut me.contacts, other, pair.mine);
         Ok(pair)
@@ -579,15 +797,28 @@ pub fn contacts(store: &dyn Store, user: &str) -> Result<Vec<ContactEntry>, Stor
     let mut out = Vec::with_capacity(me.contacts.len());
     for (name, state) in me.contacts {
         let display = person(store, &name)?.display;
-        out.push(ContactEntry { user: name, display, state: Some(state), online: false });
+        out.push(ContactEntry {
+            user: name,
+            display,
+            state: Some(state),
+            online: false,
+        });
     }
     Ok(out)
 }
 
 /// Whether `recipient` takes direct clips from `sender` (their choice, or the relay's default).
-pub fn may_send_direct(store: &dyn Store, sender: &str, recipient: &str, default: DirectFrom) -> Result<bool, StoreError> {
+pub fn may_send_direct(
+    store: &dyn Store,
+    sender: &str,
+    recipient: &str,
+    default: DirectFrom,
+) -> Result<bool, StoreError> {
     let them = person(store, recipient)?;
-    Ok(people::may_send_direct(them.contacts.get(sender).copied(), them.direct_from.unwrap_or(default)))
+    Ok(people::may_send_direct(
+        them.contacts.get(sender).copied(),
+        them.direct_from.unwrap_or(default),
+    ))
 }
 
 /// The users who blocked `sender` (their channel clips skip them).
@@ -619,7 +850,9 @@ pub struct GroupChange {
 
 /// The channel as its members see it.
 pub fn group_info(store: &dyn Store, channel: &str) -> Result<Option<GroupInfo>, StoreError> {
-    let Some(members) = store.members(channel)? else { return Ok(None) };
+    let Some(members) = store.members(channel)? else {
+        return Ok(None);
+    };
     let group = read_opt::<Group>(store, &key("group", channel))?.map(|(g, _)| g);
     Ok(Some(GroupInfo {
         name: channel.to_string(),
@@ -643,25 +876,49 @@ pub fn groups_of(store: &dyn Store, user: &str) -> Result<Vec<GroupInfo>, StoreE
 }
 
 /// Whether `actor` may add `user` to a channel: the same rule as sending them a direct clip.
-fn may_add(store: &dyn Store, actor: &str, user: &str, default: DirectFrom) -> Result<(), PeopleError> {
+fn may_add(
+    store: &dyn Store,
+    actor: &str,
+    user: &str,
+    default: DirectFrom,
+) -> Result<(), PeopleError> {
     if validate_name(user).is_err() || store.token_hash(user)?.is_none() {
-        return Err(refused(ErrorCode::NotFound, format!("there is no user @{user}")));
+        return Err(refused(
+            ErrorCode::NotFound,
+            format!("there is no user @{user}"),
+        ));
     }
     if !may_send_direct(store, actor, user, default)? {
-        return Err(refused(ErrorCode::Forbidden, format!("@{user} takes invitations from their contacts only")));
+        return Err(refused(
+            ErrorCode::Forbidden,
+            format!("@{user} takes invitations from their contacts only"),
+        ));
     }
     Ok(())
 }
 
 /// Does `action` to `channel` for `actor`.
-pub fn group(store: &dyn Store, actor: &str, channel: &str, action: &GroupAction, create: ChannelCreate, default: DirectFrom) -> Result<GroupChange, PeopleError> {
+pub fn group(
+    store: &dyn Store,
+    actor: &str,
+    channel: &str,
+    action: &GroupAction,
+    create: ChannelCreate,
+    default: DirectFrom,
+) -> Result<GroupChange, PeopleError> {
     validate_name(channel).map_err(|e| refused(ErrorCode::BadRequest, e.to_string()))?;
     if let GroupAction::Create { members } = action {
         if create == ChannelCreate::Admins {
-            return Err(refused(ErrorCode::Forbidden, "on this relay only the administrator makes channels"));
+            return Err(refused(
+                ErrorCode::Forbidden,
+                "on this relay only the administrator makes channels",
+            ));
         }
         if members.len() > MAX_GROUP_MEMBERS {
-            return Err(refused(ErrorCode::TooLarge, format!("a new channel has at most {MAX_GROUP_MEMBERS} members")));
+            return Err(refused(
+                ErrorCode::TooLarge,
+                format!("a new channel has at most {MAX_GROUP_MEMBERS} members"),
+            ));
         }
         let mut all: BTreeSet<String> = members.iter().cloned().collect();
         all.remove(actor);
@@ -673,11 +930,24 @@ pub fn group(store: &dyn Store, actor: &str, channel: &str, action: &GroupAction
         // The group record first: a channel never exists without its owner, and a name taken
         // by an administrator's channel is refused below and the record removed.
         let gk = key("group", channel);
-        let taken = || refused(ErrorCode::Conflict, format!("there is already a channel {channel}; choose another name"));
+        let taken = || {
+            refused(
+                ErrorCode::Conflict,
+                format!("there is already a channel {channel}; choose another name"),
+            )
+        };
         if store.members(channel)?.is_some() {
             return Err(taken());
         }
-        if !write(store, &gk, &Group { owner: actor.to_string(), title: None }, 0)? {
+        if !write(
+            store,
+            &gk,
+            &Group {
+                owner: actor.to_string(),
+                title: None,
+            },
+            0,
+        )? {
             return Err(taken());
         }
         if let Err(e) = store.add_channel(channel, &all) {
@@ -687,7 +957,10 @@ pub fn group(store: &dyn Store, actor: &str, channel: &str, action: &GroupAction
                 other => other.into(),
             });
         }
-        return Ok(GroupChange { info: group_info(store, channel)?, affected: all });
+        return Ok(GroupChange {
+            info: group_info(store, channel)?,
+            affected: all,
+        });
     }
     let members = store.members(channel)?.unwrap_or_default();
     let group = read_opt::<Group>(store, &key("group", channel))?;
@@ -703,7 +976,10 @@ pub fn group(store: &dyn Store, actor: &str, channel: &str, action: &GroupAction
         GroupAction::Invite { user } => {
             may_add(store, actor, user, default)?;
             store.update_members(channel, std::slice::from_ref(user), &[])?;
-            Ok(GroupChange { info: group_info(store, channel)?, affected: vec![user.clone()] })
+            Ok(GroupChange {
+                info: group_info(store, channel)?,
+                affected: vec![user.clone()],
+            })
         }
         GroupAction::Leave => {
             let left = store.update_members(channel, &[], &[actor.to_string()])?;
@@ -715,31 +991,52 @@ pub fn group(store: &dyn Store, actor: &str, channel: &str, action: &GroupAction
                 }
                 _ => {}
             }
-            Ok(GroupChange { info: None, affected: vec![actor.to_string()] })
+            Ok(GroupChange {
+                info: None,
+                affected: vec![actor.to_string()],
+            })
         }
         GroupAction::Rename { title } => {
-            let title = people::validate_display_name(title).map_err(|e| refused(ErrorCode::BadRequest, format!("{e}").replace("display name", "title")))?;
+            let title = people::validate_display_name(title).map_err(|e| {
+                refused(
+                    ErrorCode::BadRequest,
+                    format!("{e}").replace("display name", "title"),
+                )
+            })?;
             let gk = key("group", channel);
             for _ in 0..CAS_TRIES {
-                let Some((mut g, rev)) = read_opt::<Group>(store, &gk)? else { break };
+                let Some((mut g, rev)) = read_opt::<Group>(store, &gk)? else {
+                    break;
+                };
                 g.title = Some(title.clone());
                 if write(store, &gk, &g, rev)? {
                     break;
                 }
             }
-            Ok(GroupChange { info: group_info(store, channel)?, affected: members })
+            Ok(GroupChange {
+                info: group_info(store, channel)?,
+                affected: members,
+            })
         }
         GroupAction::Delete => {
             store.delete_channel(channel)?;
             store.delete_record(&["group", channel])?;
-            Ok(GroupChange { info: None, affected: members })
+            Ok(GroupChange {
+                info: None,
+                affected: members,
+            })
         }
     }
 }
 
 /// A channel whose owner left or was removed passes to the first remaining member; with
 /// nobody left it is deleted with its clips.
-fn pass_on(store: &dyn Store, channel: &str, mut group: Group, rev: u64) -> Result<(), PeopleError> {
+fn pass_on(
+    store: &dyn Store,
+    channel: &str,
+    mut group: Group,
+    rev: u64,
+) -> Result<(), PeopleError> {
     let members = store.members(channel)?.unwrap_or_default();
     let gk = key("group", channel);
     match members.into_iter().find(|m| *m != group.owner) {
@@ -774,7 +1071,12 @@ const SUGGEST_FROM_CONTACTS: usize = 200;
 pub fn suggest(store: &dyn Store, user: &str) -> Result<Vec<Suggestion>, StoreError> {
     let me = person(store, user)?;
     let mut counts: BTreeMap<String, u32> = BTreeMap::new();
-    let contacts = me.contacts.iter().filter(|(_, s)| **s == ContactState::Contact).map(|(n, _)| n).take(SUGGEST_FROM_CONTACTS);
+    let contacts = me
+        .contacts
+        .iter()
+        .filter(|(_, s)| **s == ContactState::Contact)
+        .map(|(n, _)| n)
+        .take(SUGGEST_FROM_CONTACTS);
     for c in contacts {
         for (n, s) in person(store, c)?.contacts {
             if s == ContactState::Contact {
@@ -798,10 +1100,17 @@ pub fn suggest(store: &dyn Store, user: &str) -> Result<Vec<Suggestion>, StoreEr
             break;
         }
         let them = person(store, &name)?;
-        if them.hidden || them.contacts.get(user) == Some(&ContactState::Blocked) || store.token_hash(&name)?.is_none() {
+        if them.hidden
+            || them.contacts.get(user) == Some(&ContactState::Blocked)
+            || store.token_hash(&name)?.is_none()
+        {
             continue;
         }
-        out.push(Suggestion { user: name, display: them.display, mutual });
+        out.push(Suggestion {
+            user: name,
+            display: them.display,
+            mutual,
+        });
     }
     Ok(out)
 }
@@ -834,13 +1143,22 @@ pub struct NearbyOf {
 }
 
 fn spot_key(cell: &str, user: &str) -> Vec<String> {
-    vec!["nearby".into(), cell.chars().take(4).collect(), user.to_string()]
+    vec![
+        "nearby".into(),
+        cell.chars().take(4).collect(),
+        user.to_string(),
+    ]
 }
 
 /// Makes `user` visible in `cell` for an hour and lists the others visible within about
 /// 10 km, nearest first (`None`: stops being visible, lists nobody). Exact positions never
 /// reach the relay: clients send the cell.
-pub fn nearby(store: &dyn Store, user: &str, cell: Option<&str>, now_ms: i64) -> Result<(Vec<NearbyEntry>, i64), PeopleError> {
+pub fn nearby(
+    store: &dyn Store,
+    user: &str,
+    cell: Option<&str>,
+    now_ms: i64,
+) -> Result<(Vec<NearbyEntry>, i64), PeopleError> {
     let k = key("nearby-of", user);
     let (mut mine, rev): (NearbyOf, u64) = read(store, &k)?;
     mine.moves.retain(|t| *t > now_ms - 3_600_000);
@@ -855,21 +1173,43 @@ pub fn nearby(store: &dyn Store, user: &str, cell: Option<&str>, now_ms: i64) ->
     let moved = mine.spot.as_ref().is_none_or(|s| s.cell != cell);
     if moved {
         if mine.moves.len() >= NEARBY_MOVES_PER_HOUR {
-            return Err(refused(ErrorCode::Busy { retry_after_ms: 600_000 }, format!("you moved to another place {NEARBY_MOVES_PER_HOUR} times within an hour, the most this relay allows; try later")));
+            return Err(refused(
+                ErrorCode::Busy {
+                    retry_after_ms: 600_000,
+                },
+                format!(
+                    "you moved to another place {NEARBY_MOVES_PER_HOUR} times within an hour, the most this relay allows; try later"
+                ),
+            ));
         }
         mine.moves.push(now_ms);
         if let Some(old) = &mine.spot {
             store.delete_record(&refs(&spot_key(&old.cell, user)))?;
         }
     }
-    let spot = NearbySpot { cell: cell.to_string(), expires_ms: now_ms + NEARBY_FOR_MS };
+    let spot = NearbySpot {
+        cell: cell.to_string(),
+        expires_ms: now_ms + NEARBY_FOR_MS,
+    };
     mine.spot = Some(spot.clone());
     if !write(store, &k, &mine, rev)? {
-        return Err(refused(ErrorCode::Busy { retry_after_ms: 1000 }, "your place changed meanwhile; try again"));
+        return Err(refused(
+            ErrorCode::Busy {
+                retry_after_ms: 1000,
+            },
+            "your place changed meanwhile; try again",
+        ));
     }
-    put_raw(store, &refs(&spot_key(cell, user)), &serde_json::to_vec(&spot).map_err(|e| corrupt("nearby", e))?)?;
+    put_raw(
+        store,
+        &refs(&spot_key(cell, user)),
+        &serde_json::to_vec(&spot).map_err(|e| corrupt("nearby", e))?,
+    )?;
     let me = person(store, user)?;
-    let mut parents: Vec<String> = people::cells_around(cell).iter().map(|c| c.chars().take(4).collect()).collect();
+    let mut parents: Vec<String> = people::cells_around(cell)
+        .iter()
+        .map(|c| c.chars().take(4).collect())
+        .collect();
     parents.sort();
     parents.dedup();
     let mut out = Vec::new();
@@ -881,15 +1221,26 @@ pub fn nearby(store: &dyn Store, user: &str, cell: Option<&str>, now_ms: i64) ->
                 break;
             }
             let Some(name) = key.get(2) else { continue };
-            if name == user || me.contacts.get(name) == Some(&ContactState::Blocked) || me.blocked_by.contains(name) {
+            if name == user
+                || me.contacts.get(name) == Some(&ContactState::Blocked)
+                || me.blocked_by.contains(name)
+            {
                 continue;
             }
-            let Some((theirs, _)) = read_opt::<NearbySpot>(store, &key)? else { continue };
-            let Some(km) = people::km_between(cell, &theirs.cell) else { continue };
+            let Some((theirs, _)) = read_opt::<NearbySpot>(store, &key)? else {
+                continue;
+            };
+            let Some(km) = people::km_between(cell, &theirs.cell) else {
+                continue;
+            };
             if theirs.expires_ms <= now_ms || f64::from(km) > people::NEARBY_KM {
                 continue;
             }
-            out.push(NearbyEntry { user: name.clone(), display: person(store, name)?.display, km });
+            out.push(NearbyEntry {
+                user: name.clone(),
+                display: person(store, name)?.display,
+                km,
+            });
         }
     }
     out.sort_by(|a, b| a.km.cmp(&b.km).then_with(|| a.user.cmp(&b.user)));
@@ -907,7 +1258,10 @@ pub fn sweep_nearby(store: &dyn Store, now_ms: i64) -> Result<usize, StoreError>
         }
     }
     for k in store.record_keys(&["nearby-of"])? {
-        if read_opt::<NearbyOf>(store, &k)?.is_some_and(|(o, _)| o.spot.as_ref().is_none_or(|s| s.expires_ms <= now_ms) && o.moves.iter().all(|t| *t <= now_ms - 3_600_000)) {
+        if read_opt::<NearbyOf>(store, &k)?.is_some_and(|(o, _)| {
+            o.spot.as_ref().is_none_or(|s| s.expires_ms <= now_ms)
+                && o.moves.iter().all(|t| *t <= now_ms - 3_600_000)
+        }) {
             store.delete_record(&refs(&k))?;
         }
     }

@@ -7,7 +7,9 @@
 use std::io::Cursor;
 
 use image::{DynamicImage, ImageFormat, ImageReader, Limits, imageops::FilterType};
-use walkie_proto::message::{Content, MAX_PICTURE_SIDE, MAX_PICTURE_UPLOAD, PictureFormat, THUMB_SIDE};
+use walkie_proto::message::{
+    Content, MAX_PICTURE_SIDE, MAX_PICTURE_UPLOAD, PictureFormat, THUMB_SIDE,
+};
 
 /// JPEG quality of stored pictures and thumbnails.
 const JPEG_QUALITY: u8 = 85;
@@ -22,7 +24,9 @@ pub enum PictureError {
     #[error("a picture is sent as JPEG or PNG (the client converts other formats)")]
     Format,
     /// A side longer than [`MAX_PICTURE_SIDE`], read from the header.
-    #[error("a picture is at most {MAX_PICTURE_SIDE} px a side, not {0}x{1} (clients scale pictures before sending)")]
+    #[error(
+        "a picture is at most {MAX_PICTURE_SIDE} px a side, not {0}x{1} (clients scale pictures before sending)"
+    )]
     Dimensions(u32, u32),
     /// The decoder could not read it (truncated, corrupt).
     #[error("the picture cannot be read: {0}")]
@@ -52,12 +56,26 @@ pub fn accept(bytes: &[u8]) -> Result<(Vec<u8>, Content), PictureError> {
     // 2,560² pixels of 16-bit RGBA is 52 MB; room for the decoder's own buffers.
     limits.max_alloc = Some(128 * 1024 * 1024);
     reader.limits(limits);
-    let image = reader.decode().map_err(|e| PictureError::Unreadable(e.to_string()))?;
+    let image = reader
+        .decode()
+        .map_err(|e| PictureError::Unreadable(e.to_string()))?;
     // Transparency keeps PNG; everything else is stored as JPEG.
-    let stored = if image.color().has_alpha() { PictureFormat::Png } else { PictureFormat::Jpeg };
+    let stored = if image.color().has_alpha() {
+        PictureFormat::Png
+    } else {
+        PictureFormat::Jpeg
+    };
     let full = encode(&image, stored)?;
-    let thumb = encode(&image.resize(THUMB_SIDE, THUMB_SIDE, FilterType::Triangle), stored)?;
-    let content = Content::Picture { width: w, height: h, format: stored, thumb: thumb.len() as u32 };
+    let thumb = encode(
+        &image.resize(THUMB_SIDE, THUMB_SIDE, FilterType::Triangle),
+        stored,
+    )?;
+    let content = Content::Picture {
+        width: w,
+        height: h,
+        format: stored,
+        thumb: thumb.len() as u32,
+    };
     Ok(([full, thumb].concat(), content))
 }
 
@@ -68,7 +86,8 @@ pub fn encode(image: &DynamicImage, format: PictureFormat) -> Result<Vec<u8>, Pi
         PictureFormat::Png => image.to_rgba8().write_to(&mut out, ImageFormat::Png),
         PictureFormat::Jpeg => {
             let rgb = image.to_rgb8();
-            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, JPEG_QUALITY).encode_image(&rgb)
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, JPEG_QUALITY)
+                .encode_image(&rgb)
         }
     };
     written.map_err(|e| PictureError::Unreadable(e.to_string()))?;
@@ -81,18 +100,45 @@ mod tests {
     use walkie_proto::message::{Parts, parts};
 
     fn picture(w: u32, h: u32, format: PictureFormat) -> Vec<u8> {
-        let img = image::RgbaImage::from_fn(w, h, |x, y| image::Rgba([x as u8, y as u8, 90, if format == PictureFormat::Png { 128 } else { 255 }]));
+        let img = image::RgbaImage::from_fn(w, h, |x, y| {
+            image::Rgba([
+                x as u8,
+                y as u8,
+                90,
+                if format == PictureFormat::Png {
+                    128
+                } else {
+                    255
+                },
+            ])
+        });
         encode(&DynamicImage::ImageRgba8(img), format).expect("encodes")
     }
 
     #[test]
     fn a_picture_is_encoded_again_with_a_thumbnail_and_keeps_its_transparency() {
-        for (format, w, h) in [(PictureFormat::Jpeg, 1000, 500), (PictureFormat::Png, 200, 400)] {
+        for (format, w, h) in [
+            (PictureFormat::Jpeg, 1000, 500),
+            (PictureFormat::Png, 200, 400),
+        ] {
             let (payload, content) = accept(&picture(w, h, format)).expect("accepted");
-            let Content::Picture { width, height, format: stored, .. } = content else { panic!("{content:?}") };
+            let Content::Picture {
+                width,
+                height,
+                format: stored,
+                ..
+            } = content
+            else {
+                panic!("{content:?}")
+            };
             assert_eq!((width, height, stored), (w, h, format));
-            let Ok(Parts::Picture { full, thumb }) = parts(&content, &payload) else { panic!("splits") };
-            let (f, t) = (image::load_from_memory(full).expect("full"), image::load_from_memory(thumb).expect("thumb"));
+            let Ok(Parts::Picture { full, thumb }) = parts(&content, &payload) else {
+                panic!("splits")
+            };
+            let (f, t) = (
+                image::load_from_memory(full).expect("full"),
+                image::load_from_memory(thumb).expect("thumb"),
+            );
             assert_eq!((f.width(), f.height()), (w, h));
             assert_eq!(t.width().max(t.height()), THUMB_SIDE.min(w.max(h)));
         }
@@ -107,7 +153,11 @@ mod tests {
     fn picture_cost() {
         let noisy = image::RgbImage::from_fn(2560, 1920, |x, y| {
             let h = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)) >> 9;
-            image::Rgb([((x / 7 + y / 5) & 255) as u8, (h & 63) as u8 + 96, ((x ^ y) & 255) as u8])
+            image::Rgb([
+                ((x / 7 + y / 5) & 255) as u8,
+                (h & 63) as u8 + 96,
+                ((x ^ y) & 255) as u8,
+            ])
         });
         let jpeg = encode(&DynamicImage::ImageRgb8(noisy), PictureFormat::Jpeg).expect("encodes");
         let mut times: Vec<std::time::Duration> = (0..9)
@@ -118,7 +168,12 @@ mod tests {
             })
             .collect();
         times.sort();
-        println!("picture accept: {} bytes in, median {:?}, max {:?}", jpeg.len(), times[4], times[8]);
+        println!(
+            "picture accept: {} bytes in, median {:?}, max {:?}",
+            jpeg.len(),
+            times[4],
+            times[8]
+        );
     }
 
     #[test]
@@ -131,19 +186,31 @@ mod tests {
         app1.extend_from_slice(secret);
         let with_exif = [&jpeg[..2], &app1, &jpeg[2..]].concat();
         let (payload, _) = accept(&with_exif).expect("accepted");
-        assert!(!payload.windows(10).any(|w| w == b"GPS-SECRET"), "EXIF dropped");
+        assert!(
+            !payload.windows(10).any(|w| w == b"GPS-SECRET"),
+            "EXIF dropped"
+        );
     }
 
     #[test]
     fn other_formats_bombs_and_truncated_files_are_refused_with_reasons() {
         assert_eq!(accept(b"GIF89a\x01\x00\x01\x00"), Err(PictureError::Format));
         assert_eq!(accept(b"RIFF\0\0\0\0WEBPVP8 "), Err(PictureError::Format));
-        assert_eq!(accept(&vec![0; MAX_PICTURE_UPLOAD + 1]), Err(PictureError::TooLarge(MAX_PICTURE_UPLOAD + 1)));
+        assert_eq!(
+            accept(&vec![0; MAX_PICTURE_UPLOAD + 1]),
+            Err(PictureError::TooLarge(MAX_PICTURE_UPLOAD + 1))
+        );
         let png = picture(100, 100, PictureFormat::Png);
         let mut bomb = png.clone();
         bomb[16..20].copy_from_slice(&60_000u32.to_be_bytes());
         bomb[20..24].copy_from_slice(&60_000u32.to_be_bytes());
-        assert!(matches!(accept(&bomb), Err(PictureError::Dimensions(60_000, 60_000)) | Err(PictureError::Unreadable(_))));
-        assert!(matches!(accept(&png[..png.len() / 2]), Err(PictureError::Unreadable(_))));
+        assert!(matches!(
+            accept(&bomb),
+            Err(PictureError::Dimensions(60_000, 60_000)) | Err(PictureError::Unreadable(_))
+        ));
+        assert!(matches!(
+            accept(&png[..png.len() / 2]),
+            Err(PictureError::Unreadable(_))
+        ));
     }
 }

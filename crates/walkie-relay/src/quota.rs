@@ -21,7 +21,10 @@ pub(crate) struct Usage {
 impl Usage {
     /// `user`'s count if it was read from the store less than [`REFRESH`] before `now`.
     pub fn fresh(&self, user: &str, now: Instant) -> Option<u64> {
-        lock(&self.by_user).get(user).filter(|(_, at)| now.saturating_duration_since(*at) < REFRESH).map(|(bytes, _)| *bytes)
+        lock(&self.by_user)
+            .get(user)
+            .filter(|(_, at)| now.saturating_duration_since(*at) < REFRESH)
+            .map(|(bytes, _)| *bytes)
     }
 
     /// `user`'s count as just read from the store.
@@ -47,10 +50,18 @@ mod tests {
         let t = Instant::now();
         assert_eq!(usage.fresh("alice", t), None, "never read");
         usage.add("alice", 10);
-        assert_eq!(usage.fresh("alice", t), None, "nothing to add to before the first read");
+        assert_eq!(
+            usage.fresh("alice", t),
+            None,
+            "nothing to add to before the first read"
+        );
         usage.set("alice", 100, t);
         usage.add("alice", 20);
         assert_eq!(usage.fresh("alice", t + Duration::from_secs(1)), Some(120));
-        assert_eq!(usage.fresh("alice", t + REFRESH), None, "read again after a while");
+        assert_eq!(
+            usage.fresh("alice", t + REFRESH),
+            None,
+            "read again after a while"
+        );
     }
 }

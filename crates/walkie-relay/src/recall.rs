@@ -17,13 +17,28 @@ use crate::registry::Session;
 use crate::shared::{Shared, lock};
 
 /// Answers one recall request of `session`.
-pub(crate) async fn recall(shared: &Shared, session: &Session, req: ReqId, id: ClipId) -> ServerMsg {
-    let fail = |code: ErrorCode, message: String| ServerMsg::Error(ErrorMsg { req: Some(req), clip: Some(id), code, message });
+pub(crate) async fn recall(
+    shared: &Shared,
+    session: &Session,
+    req: ReqId,
+    id: ClipId,
+) -> ServerMsg {
+    let fail = |code: ErrorCode, message: String| {
+        ServerMsg::Error(ErrorMsg {
+            req: Some(req),
+            clip: Some(id),
+            code,
+            message,
+        })
+    };
     let user = &session.user;
     // Recalls cost a store write or two: they share the people requests' budget.
     if let Err(wait) = lock(&shared.people_limits).admit(user.clone(), Instant::now()) {
         let ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1);
-        return fail(ErrorCode::Busy { retry_after_ms: ms }, format!("too many requests; retry after {ms} ms"));
+        return fail(
+            ErrorCode::Busy { retry_after_ms: ms },
+            format!("too many requests; retry after {ms} ms"),
+        );
     }
     let meta = match shared.store(move |s| s.clip(&id)).await {
         Ok(Some(meta)) => meta,
@@ -35,7 +50,10 @@ pub(crate) async fn recall(shared: &Shared, session: &Session, req: ReqId, id: C
         return fail(ErrorCode::NotFound, not_readable(id).message);
     }
     if meta.from != *user {
-        return fail(ErrorCode::Forbidden, "only its sender may recall a message".into());
+        return fail(
+            ErrorCode::Forbidden,
+            "only its sender may recall a message".into(),
+        );
     }
     if meta.content == Content::Recalled {
         return ServerMsg::Recalled { req, id };
@@ -45,7 +63,11 @@ pub(crate) async fn recall(shared: &Shared, session: &Session, req: ReqId, id: C
     if age_ms > window.as_millis() as u64 {
         return fail(
             ErrorCode::Forbidden,
-            format!("a message can be recalled within {} s of sending; this one was sent {} s ago", window.as_secs(), age_ms / 1000),
+            format!(
+                "a message can be recalled within {} s of sending; this one was sent {} s ago",
+                window.as_secs(),
+                age_ms / 1000
+            ),
         );
     }
     let (to, sender) = (meta.to.clone(), user.clone());
@@ -58,7 +80,10 @@ pub(crate) async fn recall(shared: &Shared, session: &Session, req: ReqId, id: C
         })
         .await
     {
-        Ok(list) => list.into_iter().filter(|m| *m != sender).collect::<Vec<_>>(),
+        Ok(list) => list
+            .into_iter()
+            .filter(|m| *m != sender)
+            .collect::<Vec<_>>(),
         Err(e) => return fail(ErrorCode::Storage, e.to_string()),
     };
     let keys = match shared.delivery_keys(&recipients).await {

@@ -56,7 +56,10 @@ impl Session {
 
 /// Closes `conn` with `error`: its QUIC code, and the error itself as the reason bytes.
 pub(crate) fn close(conn: &quinn::Connection, error: &ErrorMsg) {
-    conn.close(error.code.quic_code().into(), &walkie_proto::wire::close_reason(error));
+    conn.close(
+        error.code.quic_code().into(),
+        &walkie_proto::wire::close_reason(error),
+    );
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -73,7 +76,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Adds a session for `user`; also says whether it is the user's first (they just came online).
+    /// Adds a session for `user`.
     pub fn register(
         &self,
         user: &str,
@@ -81,7 +84,7 @@ impl Registry {
         device: Option<String>,
         conn: quinn::Connection,
         control: mpsc::Sender<ServerMsg>,
-    ) -> (Arc<Session>, bool) {
+    ) -> Arc<Session> {
         let session = Arc::new(Session {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user: user.to_string(),
@@ -99,30 +102,19 @@ impl Registry {
         let mut map = lock(&self.sessions);
         let list = map.entry(user.to_string()).or_default();
         list.push(session.clone());
-        let first = list.len() == 1;
-        (session, first)
+        session
     }
 
-    /// Removes a session; says whether it was the user's last (they went offline).
-    pub fn unregister(&self, session: &Session) -> bool {
+    /// Removes a session.
+    pub fn unregister(&self, session: &Session) {
         let mut map = lock(&self.sessions);
-        let Some(list) = map.get_mut(&session.user) else { return false };
-        let before = list.len();
+        let Some(list) = map.get_mut(&session.user) else {
+            return;
+        };
         list.retain(|s| s.id != session.id);
-        let last = list.is_empty() && before > 0;
         if list.is_empty() {
             map.remove(&session.user);
         }
-        last
-    }
-
-    /// Which of `users` are online, sorted.
-    pub fn online_among(&self, users: &[String]) -> Vec<String> {
-        let map = lock(&self.sessions);
-        let mut online: Vec<String> = users.iter().filter(|u| map.contains_key(*u)).cloned().collect();
-        online.sort();
-        online.dedup();
-        online
     }
 
     /// Sends `msg` to every session of `users` (best effort: a full queue drops it).

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use walkie_net::read_frame;
 use walkie_proto::clip::{ClipId, Target};
-use walkie_proto::wire::{ClientMsg, ErrorCode, ErrorMsg, MAX_CLIENT_FRAME, MAX_HISTORY_PAGE, ServerMsg};
+use walkie_proto::wire::{
+    ClientMsg, ErrorCode, ErrorMsg, MAX_CLIENT_FRAME, MAX_HISTORY_PAGE, ServerMsg,
+};
 
 use crate::access::{may_access, may_read};
 use crate::avatar;
@@ -18,11 +20,21 @@ use crate::registry::{ControlTx, Session};
 use crate::shared::Shared;
 
 fn error(req: Option<u64>, code: ErrorCode, message: impl Into<String>) -> ServerMsg {
-    ServerMsg::Error(ErrorMsg { req, clip: None, code, message: message.into() })
+    ServerMsg::Error(ErrorMsg {
+        req,
+        clip: None,
+        code,
+        message: message.into(),
+    })
 }
 
 /// Reads and answers control messages until the stream ends or breaks.
-pub(crate) async fn control_loop(shared: &Arc<Shared>, session: &Arc<Session>, recv: &mut quinn::RecvStream, tx: ControlTx) {
+pub(crate) async fn control_loop(
+    shared: &Arc<Shared>,
+    session: &Arc<Session>,
+    recv: &mut quinn::RecvStream,
+    tx: ControlTx,
+) {
     let fetches = Arc::new(tokio::sync::Semaphore::new(deliver::MAX_FETCHES));
     let mut avatar = AvatarUpload::default();
     loop {
@@ -30,33 +42,108 @@ pub(crate) async fn control_loop(shared: &Arc<Shared>, session: &Arc<Session>, r
             Ok(Some(msg)) => msg,
             Ok(None) => return,
             Err(e) => {
-                let _ = tx.send(error(None, ErrorCode::BadRequest, format!("bad control message: {e}"))).await;
-                session.close(&ErrorMsg { req: None, clip: None, code: ErrorCode::BadRequest, message: "bad control message".into() });
+                let _ = tx
+                    .send(error(
+                        None,
+                        ErrorCode::BadRequest,
+                        format!("bad control message: {e}"),
+                    ))
+                    .await;
+                session.close(&ErrorMsg {
+                    req: None,
+                    clip: None,
+                    code: ErrorCode::BadRequest,
+                    message: "bad control message".into(),
+                });
                 return;
             }
         };
         let reply = match msg {
-            ClientMsg::Hello { .. } | ClientMsg::Join { .. } => Some(error(None, ErrorCode::BadRequest, "already authenticated")),
-            ClientMsg::SetProfile { req, display, direct_from, suggest } => {
-                Some(people(shared, session, req, PeopleRequest::SetProfile { display, direct_from, suggest }).await)
+            ClientMsg::Hello { .. } | ClientMsg::Join { .. } => {
+                Some(error(None, ErrorCode::BadRequest, "already authenticated"))
             }
-            ClientMsg::Suggest { req } => Some(people(shared, session, req, PeopleRequest::Suggest).await),
-            ClientMsg::Nearby { req, cell } => Some(people(shared, session, req, PeopleRequest::Nearby { cell }).await),
-            ClientMsg::Profiles { req, users } => Some(people(shared, session, req, PeopleRequest::Profiles { users }).await),
-            ClientMsg::Contact { req, user, action } => Some(people(shared, session, req, PeopleRequest::Contact { user, action }).await),
-            ClientMsg::Contacts { req } => Some(people(shared, session, req, PeopleRequest::Contacts).await),
-            ClientMsg::Group { req, channel, action } => Some(people(shared, session, req, PeopleRequest::Group { channel, action }).await),
-            ClientMsg::Groups { req } => Some(people(shared, session, req, PeopleRequest::Groups).await),
-            ClientMsg::LinkDevice { req } => Some(people(shared, session, req, PeopleRequest::LinkDevice).await),
-            ClientMsg::Devices { req } => Some(people(shared, session, req, PeopleRequest::Devices).await),
-            ClientMsg::RemoveDevice { req, id } => Some(people(shared, session, req, PeopleRequest::RemoveDevice { id }).await),
-            ClientMsg::Avatar { req, user, small } => Some(people(shared, session, req, PeopleRequest::Avatar { user, small }).await),
-            ClientMsg::SetAvatar { req, offset, total, bytes } => match avatar.part(offset, total, bytes) {
+            ClientMsg::SetProfile {
+                req,
+                display,
+                direct_from,
+                suggest,
+            } => Some(
+                people(
+                    shared,
+                    session,
+                    req,
+                    PeopleRequest::SetProfile {
+                        display,
+                        direct_from,
+                        suggest,
+                    },
+                )
+                .await,
+            ),
+            ClientMsg::Suggest { req } => {
+                Some(people(shared, session, req, PeopleRequest::Suggest).await)
+            }
+            ClientMsg::Nearby { req, cell } => {
+                Some(people(shared, session, req, PeopleRequest::Nearby { cell }).await)
+            }
+            ClientMsg::Profiles { req, users } => {
+                Some(people(shared, session, req, PeopleRequest::Profiles { users }).await)
+            }
+            ClientMsg::Contact { req, user, action } => Some(
+                people(
+                    shared,
+                    session,
+                    req,
+                    PeopleRequest::Contact { user, action },
+                )
+                .await,
+            ),
+            ClientMsg::Contacts { req } => {
+                Some(people(shared, session, req, PeopleRequest::Contacts).await)
+            }
+            ClientMsg::Group {
+                req,
+                channel,
+                action,
+            } => Some(
+                people(
+                    shared,
+                    session,
+                    req,
+                    PeopleRequest::Group { channel, action },
+                )
+                .await,
+            ),
+            ClientMsg::Groups { req } => {
+                Some(people(shared, session, req, PeopleRequest::Groups).await)
+            }
+            ClientMsg::LinkDevice { req } => {
+                Some(people(shared, session, req, PeopleRequest::LinkDevice).await)
+            }
+            ClientMsg::Devices { req } => {
+                Some(people(shared, session, req, PeopleRequest::Devices).await)
+            }
+            ClientMsg::RemoveDevice { req, id } => {
+                Some(people(shared, session, req, PeopleRequest::RemoveDevice { id }).await)
+            }
+            ClientMsg::Avatar { req, user, small } => {
+                Some(people(shared, session, req, PeopleRequest::Avatar { user, small }).await)
+            }
+            ClientMsg::SetAvatar {
+                req,
+                offset,
+                total,
+                bytes,
+            } => match avatar.part(offset, total, bytes) {
                 Ok(None) => None,
-                Ok(Some(png)) => Some(people(shared, session, req, PeopleRequest::SetAvatar { png }).await),
+                Ok(Some(png)) => {
+                    Some(people(shared, session, req, PeopleRequest::SetAvatar { png }).await)
+                }
                 Err(message) => Some(error(Some(req), ErrorCode::BadRequest, message)),
             },
-            ClientMsg::Recall { req, id } => Some(crate::recall::recall(shared, session, req, id).await),
+            ClientMsg::Recall { req, id } => {
+                Some(crate::recall::recall(shared, session, req, id).await)
+            }
             ClientMsg::Ping { nonce } => Some(ServerMsg::Pong { nonce }),
             ClientMsg::Ack { id } => {
                 let inbox = session.inbox.clone();
@@ -69,12 +156,19 @@ pub(crate) async fn control_loop(shared: &Arc<Shared>, session: &Arc<Session>, r
                 receipt(shared, &session.user, id).await;
                 None
             }
-            ClientMsg::History { req, target, limit, before_seq } => Some(history(shared, &session.user, req, target, limit, before_seq).await),
+            ClientMsg::History {
+                req,
+                target,
+                limit,
+                before_seq,
+            } => Some(history(shared, &session.user, req, target, limit, before_seq).await),
             ClientMsg::Fetch { req, id } => {
                 // Fetches stream a file beside the control loop, a few at a time: the next
                 // one waits for a slot, so a client that asks for many and reads none holds
                 // at most MAX_FETCHES files' worth of chunks, never a task per request.
-                let Ok(slot) = fetches.clone().acquire_owned().await else { return };
+                let Ok(slot) = fetches.clone().acquire_owned().await else {
+                    return;
+                };
                 let (shared, session, tx) = (shared.clone(), session.clone(), tx.clone());
                 tokio::spawn(async move {
                     deliver::fetch(shared, session, req, id, tx).await;
@@ -100,7 +194,12 @@ struct AvatarUpload {
 
 impl AvatarUpload {
     /// Takes one part: the whole PNG once complete (`Some(None)`: remove the avatar).
-    fn part(&mut self, offset: u32, total: u32, bytes: Vec<u8>) -> Result<Option<Option<Vec<u8>>>, String> {
+    fn part(
+        &mut self,
+        offset: u32,
+        total: u32,
+        bytes: Vec<u8>,
+    ) -> Result<Option<Option<Vec<u8>>>, String> {
         let (offset, total) = (offset as usize, total as usize);
         if total == 0 {
             self.buf = None;
@@ -108,12 +207,17 @@ impl AvatarUpload {
         }
         if total > avatar::MAX_UPLOAD {
             self.buf = None;
-            return Err(format!("an avatar upload is at most {} bytes, not {total}", avatar::MAX_UPLOAD));
+            return Err(format!(
+                "an avatar upload is at most {} bytes, not {total}",
+                avatar::MAX_UPLOAD
+            ));
         }
         if offset == 0 {
             self.buf = Some((Vec::with_capacity(total), total));
         }
-        let Some((buf, want)) = &mut self.buf else { return Err("avatar parts out of order".into()) };
+        let Some((buf, want)) = &mut self.buf else {
+            return Err("avatar parts out of order".into());
+        };
         if offset != buf.len() || *want != total || buf.len() + bytes.len() > total {
             self.buf = None;
             return Err("avatar parts out of order".into());
@@ -126,7 +230,12 @@ impl AvatarUpload {
     }
 }
 
-async fn people(shared: &Arc<Shared>, session: &Session, req: u64, request: PeopleRequest) -> ServerMsg {
+async fn people(
+    shared: &Arc<Shared>,
+    session: &Session,
+    req: u64,
+    request: PeopleRequest,
+) -> ServerMsg {
     people_requests::answer(shared, session, req, request).await
 }
 
@@ -134,19 +243,37 @@ async fn people(shared: &Arc<Shared>, session: &Session, req: u64, request: Peop
 /// user's other devices, so that "played" follows the user (one that is offline learns it
 /// when the clip reaches it, from the user's record of clips played lately).
 async fn receipt(shared: &Shared, user: &str, id: ClipId) {
-    let Ok(Some(meta)) = shared.store(move |s| s.clip(&id)).await else { return };
+    let Ok(Some(meta)) = shared.store(move |s| s.clip(&id)).await else {
+        return;
+    };
     if meta.from != user && may_read(shared, user, &meta).await {
-        let played = ServerMsg::PlayedBy { id, user: user.to_string() };
+        let played = ServerMsg::PlayedBy {
+            id,
+            user: user.to_string(),
+        };
         shared.tell_everywhere(&[meta.from.clone(), user.to_string()], &played);
-        if shared.delivery_keys(&[user.to_string()]).await.is_ok_and(|keys| keys.len() > 1) {
+        if shared
+            .delivery_keys(&[user.to_string()])
+            .await
+            .is_ok_and(|keys| keys.len() > 1)
+        {
             let (user, hex) = (user.to_string(), id.to_string());
-            let _ = shared.store(move |s| Ok(crate::people::mark_played(s, &user, &hex))).await;
+            let _ = shared
+                .store(move |s| Ok(crate::people::mark_played(s, &user, &hex)))
+                .await;
         }
     }
 }
 
 /// A page of a conversation, or of everything `user` may read; both paged by the store.
-async fn history(shared: &Shared, user: &str, req: u64, target: Option<Target>, limit: u32, before: Option<u64>) -> ServerMsg {
+async fn history(
+    shared: &Shared,
+    user: &str,
+    req: u64,
+    target: Option<Target>,
+    limit: u32,
+    before: Option<u64>,
+) -> ServerMsg {
     let limit = limit.clamp(1, MAX_HISTORY_PAGE) as usize;
     if let Some(t) = &target
         && let Err(refusal) = may_access(shared, user, t).await

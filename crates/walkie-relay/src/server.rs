@@ -33,7 +33,12 @@ pub(crate) struct Unauthenticated {
 
 impl Unauthenticated {
     /// Counts one more attempt from `ip`, unless a cap is reached.
-    fn admit(self: &Arc<Self>, ip: IpAddr, total_cap: usize, per_source_cap: usize) -> Option<PreAuth> {
+    fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        total_cap: usize,
+        per_source_cap: usize,
+    ) -> Option<PreAuth> {
         let mut by_source = lock(&self.by_source);
         let from_ip = by_source.entry(ip).or_insert(0);
         if *from_ip >= per_source_cap || self.total.load(Ordering::Relaxed) >= total_cap {
@@ -44,7 +49,10 @@ impl Unauthenticated {
         }
         *from_ip += 1;
         self.total.fetch_add(1, Ordering::Relaxed);
-        Some(PreAuth { counts: self.clone(), ip })
+        Some(PreAuth {
+            counts: self.clone(),
+            ip,
+        })
     }
 
     /// Attempts not yet authenticated, in total.
@@ -140,7 +148,10 @@ pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) 
         session.conn.close(0u32.into(), b"relay shutting down");
     }
     let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
         tasks.abort_all();
     }
 }
@@ -152,14 +163,22 @@ mod tests {
     #[test]
     fn one_source_cannot_take_every_unauthenticated_slot() {
         let u = Arc::new(Unauthenticated::default());
-        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().expect("ip"), "198.51.100.7".parse().expect("ip"));
-        let held: Vec<PreAuth> = (0..3).map(|_| u.admit(a, 10, 3).expect("under the cap")).collect();
+        let (a, b): (IpAddr, IpAddr) = (
+            "192.0.2.1".parse().expect("ip"),
+            "198.51.100.7".parse().expect("ip"),
+        );
+        let held: Vec<PreAuth> = (0..3)
+            .map(|_| u.admit(a, 10, 3).expect("under the cap"))
+            .collect();
         assert!(u.admit(a, 10, 3).is_none(), "the source is at its cap");
         let other = u.admit(b, 10, 3).expect("another source still gets in");
         assert_eq!(u.total(), 4);
         drop(held);
         assert_eq!(u.total(), 1);
-        assert!(u.admit(a, 10, 3).is_some(), "slots come back when attempts end");
+        assert!(
+            u.admit(a, 10, 3).is_some(),
+            "slots come back when attempts end"
+        );
         drop(other);
         let one = u.admit(b, 1, 3).expect("under the total cap");
         assert!(u.admit(b, 1, 3).is_none(), "the total cap holds too");

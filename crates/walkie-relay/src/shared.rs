@@ -4,13 +4,13 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
-use std::time::{Duration, Instant};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+use walkie_proto::clip::ClipMeta;
 use walkie_proto::rate::{KeyedLimits, UserLimits};
 use walkie_proto::wire::{ErrorCode, ErrorMsg, ServerMsg};
-use walkie_proto::clip::ClipMeta;
 use walkie_store::{CommitOutcome, Store, StoreError};
 
 use crate::RelayError;
@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     pub message_bytes: Mutex<KeyedLimits<String>>,
     /// One permit: pictures are decoded and doodles drawn one at a time.
     pub media: tokio::sync::Semaphore,
+    /// Who is online here, as the people who see them, and the changes not told yet.
+    pub presence: Mutex<walkie_proto::presence::Presence>,
 }
 
 /// How long a user's list of devices is trusted before it is read again: a device linked
@@ -59,14 +61,21 @@ impl Shared {
     /// The refusal sent to a connection the relay has no room for: its retry delay is typed.
     pub fn busy(&self) -> ErrorMsg {
         let ms = self.config.busy_retry_ms;
-        ErrorMsg { req: None, clip: None, code: ErrorCode::Busy { retry_after_ms: ms }, message: format!("busy, retry after {ms} ms") }
+        ErrorMsg {
+            req: None,
+            clip: None,
+            code: ErrorCode::Busy { retry_after_ms: ms },
+            message: format!("busy, retry after {ms} ms"),
+        }
     }
 
     /// Wakes the delivery pumps of these users, here and on the other relays.
     pub fn wake_everywhere(&self, users: &[String]) {
         self.registry.wake(users);
         if self.cluster.spans_relays() && !users.is_empty() {
-            self.cluster.publish(Notice::Wake { users: users.to_vec() });
+            self.cluster.publish(Notice::Wake {
+                users: users.to_vec(),
+            });
         }
     }
 
@@ -74,7 +83,10 @@ impl Shared {
     pub fn tell_everywhere(&self, users: &[String], msg: &ServerMsg) {
         self.registry.tell(users, msg);
         if self.cluster.spans_relays() && !users.is_empty() {
-            self.cluster.publish(Notice::Tell { users: users.to_vec(), msg: msg.clone() });
+            self.cluster.publish(Notice::Tell {
+                users: users.to_vec(),
+                msg: msg.clone(),
+            });
         }
     }
 
@@ -87,7 +99,9 @@ impl Shared {
             let cache = lock(&self.delivery_keys);
             for u in users {
                 match cache.get(u) {
-                    Some((at, keys)) if now.duration_since(*at) < DEVICES_FRESH => out.extend(keys.iter().cloned()),
+                    Some((at, keys)) if now.duration_since(*at) < DEVICES_FRESH => {
+                        out.extend(keys.iter().cloned())
+                    }
                     _ => missing.push(u.clone()),
                 }
             }
@@ -96,7 +110,14 @@ impl Shared {
             return Ok(out);
         }
         let asked = missing.clone();
-        let found = self.store(move |s| asked.iter().map(|u| crate::people::delivery_keys(s, u)).collect::<Result<Vec<_>, _>>()).await?;
+        let found = self
+            .store(move |s| {
+                asked
+                    .iter()
+                    .map(|u| crate::people::delivery_keys(s, u))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
         let mut cache = lock(&self.delivery_keys);
         if cache.len() + found.len() > DEVICES_CACHED {
             cache.clear();
@@ -110,9 +131,15 @@ impl Shared {
 
     /// Stores an item (a clip or a message) durably and queues it for every delivery key of
     /// `recipients`, in one store call.
-    pub async fn commit(&self, meta: ClipMeta, recipients: &[String], payload: Vec<u8>) -> Result<CommitOutcome, RelayError> {
+    pub async fn commit(
+        &self,
+        meta: ClipMeta,
+        recipients: &[String],
+        payload: Vec<u8>,
+    ) -> Result<CommitOutcome, RelayError> {
         let keys = self.delivery_keys(recipients).await?;
-        self.store(move |s| s.commit_clip(&meta, &keys, &payload)).await
+        self.store(move |s| s.commit_clip(&meta, &keys, &payload))
+            .await
     }
 
     /// Forgets what is remembered of `user`'s devices (one was linked or removed here).

@@ -12,28 +12,54 @@ use tracing::{debug, info};
 use walkie_net::{NetError, read_frame};
 use walkie_proto::assemble::Refusal;
 use walkie_proto::clip::{ClipId, ClipMeta};
-use walkie_proto::upload::{Action, Checked, CommitFailure, FloorRefusal, Input, Outcome, RelayUpload};
+use walkie_proto::upload::{
+    Action, Checked, CommitFailure, FloorRefusal, Input, Outcome, RelayUpload,
+};
 use walkie_proto::wire::{ErrorCode, MAX_STREAM_FRAME, ServerMsg, StreamFrame};
 use walkie_store::{CommitOutcome, StoreError};
 
+use crate::RelayError;
 use crate::access;
 use crate::cluster::{Cluster, FloorError};
 use crate::live::{Encoded, LiveSink, RemoteOut, abort_live, end_live};
 use crate::registry::{ControlTx, Session};
 use crate::shared::{Shared, lock};
-use crate::RelayError;
 
 /// Runs one clip stream from `session` to its end.
-pub(crate) async fn run(shared: Arc<Shared>, session: Arc<Session>, mut recv: quinn::RecvStream, tx: ControlTx) {
-    let mut core = RelayUpload::new(&session.user, shared.config.upload_limits(), Instant::now(), walkie_proto::clip::now_ms());
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    session: Arc<Session>,
+    mut recv: quinn::RecvStream,
+    tx: ControlTx,
+) {
+    let mut core = RelayUpload::new(
+        &session.user,
+        shared.config.upload_limits(),
+        Instant::now(),
+        walkie_proto::clip::now_ms(),
+    );
     // The first frame says what the stream carries: a clip (the core's) or a message.
-    let first = tokio::time::timeout(shared.config.stream_idle, read_frame::<StreamFrame>(&mut recv, MAX_STREAM_FRAME)).await;
+    let first = tokio::time::timeout(
+        shared.config.stream_idle,
+        read_frame::<StreamFrame>(&mut recv, MAX_STREAM_FRAME),
+    )
+    .await;
     match first {
-        Ok(Ok(Some(StreamFrame::Message(header)))) => return crate::message::run(&shared, &session, recv, &tx, header).await,
+        Ok(Ok(Some(StreamFrame::Message(header)))) => {
+            return crate::message::run(&shared, &session, recv, &tx, header).await;
+        }
         Ok(read) => core.handle(input_of(read), Instant::now()),
         Err(_) => core.handle_timeout(Instant::now()),
     }
-    let mut driver = Driver { shared: &shared, session: &session, tx: &tx, live: None, floor: None, stored: None, reserved: None };
+    let mut driver = Driver {
+        shared: &shared,
+        session: &session,
+        tx: &tx,
+        live: None,
+        floor: None,
+        stored: None,
+        reserved: None,
+    };
     loop {
         while let Some(action) = core.poll_action() {
             if let Some(input) = driver.carry_out(action, &mut recv).await {
@@ -61,7 +87,12 @@ pub(crate) async fn run(shared: Arc<Shared>, session: Arc<Session>, mut recv: qu
         let deadline = core.poll_timeout().map(tokio::time::Instant::from_std);
         let next = async {
             match deadline {
-                Some(d) => tokio::time::timeout_at(d, read_frame::<StreamFrame>(&mut recv, MAX_STREAM_FRAME)).await.ok(),
+                Some(d) => tokio::time::timeout_at(
+                    d,
+                    read_frame::<StreamFrame>(&mut recv, MAX_STREAM_FRAME),
+                )
+                .await
+                .ok(),
                 None => Some(read_frame::<StreamFrame>(&mut recv, MAX_STREAM_FRAME).await),
             }
         };
@@ -118,15 +149,33 @@ impl Driver<'_> {
         let user = &self.session.user;
         match action {
             Action::Check { id, target } => Some(Input::Checked(self.check(id, &target).await)),
-            Action::Admit => Some(Input::Admitted(lock(&self.shared.limits).admit_clip(user, Instant::now()))),
-            Action::TakeFloor { channel, clip, hold } => {
-                let taken = match self.shared.cluster.take_floor(&channel, user, clip, hold).await {
+            Action::Admit => Some(Input::Admitted(
+                lock(&self.shared.limits).admit_clip(user, Instant::now()),
+            )),
+            Action::TakeFloor {
+                channel,
+                clip,
+                hold,
+            } => {
+                let taken = match self
+                    .shared
+                    .cluster
+                    .take_floor(&channel, user, clip, hold)
+                    .await
+                {
                     Ok(()) => {
-                        self.floor = Some(FloorGuard { cluster: self.shared.cluster.clone(), channel, user: user.clone(), clip });
+                        self.floor = Some(FloorGuard {
+                            cluster: self.shared.cluster.clone(),
+                            channel,
+                            user: user.clone(),
+                            clip,
+                        });
                         Ok(())
                     }
                     Err(FloorError::Taken { user, .. }) => Err(FloorRefusal::Taken { user }),
-                    Err(e @ FloorError::Unavailable { .. }) => Err(FloorRefusal::Unavailable(e.to_string())),
+                    Err(e @ FloorError::Unavailable { .. }) => {
+                        Err(FloorRefusal::Unavailable(e.to_string()))
+                    }
                 };
                 Some(Input::Floor(taken))
             }
@@ -137,7 +186,12 @@ impl Driver<'_> {
                     .map(|s| LiveSink::open(s, header.clone(), self.shared.config.live_queue))
                     .collect();
                 let remote = RemoteOut::start(self.shared, &header, &recipients);
-                self.live = Some(Live { id: header.id, sinks, remote, marked: false });
+                self.live = Some(Live {
+                    id: header.id,
+                    sinks,
+                    remote,
+                    marked: false,
+                });
                 None
             }
             Action::Forward(packet) => {
@@ -158,7 +212,11 @@ impl Driver<'_> {
                 drop(self.floor.take());
                 None
             }
-            Action::Commit { meta, recipients, ogg } => {
+            Action::Commit {
+                meta,
+                recipients,
+                ogg,
+            } => {
                 // Mark live copies before the commit wakes any pump, so no pump sends them again.
                 if let Some(live) = &mut self.live {
                     for sink in live.sinks.iter().filter(|s| s.tx.is_some()) {
@@ -168,11 +226,15 @@ impl Driver<'_> {
                 }
                 self.stored = Some(meta.clone());
                 // Each recipient's inbox, and one per other device they have.
-                Some(Input::Committed(match self.shared.commit(meta, &recipients, ogg).await {
-                    Ok(CommitOutcome::Stored(seq) | CommitOutcome::Duplicate(seq)) => Ok(seq),
-                    Err(e @ RelayError::Store(StoreError::IdConflict(_))) => Err(CommitFailure::Conflict(e.to_string())),
-                    Err(e) => Err(CommitFailure::Storage(e.to_string())),
-                }))
+                Some(Input::Committed(
+                    match self.shared.commit(meta, &recipients, ogg).await {
+                        Ok(CommitOutcome::Stored(seq) | CommitOutcome::Duplicate(seq)) => Ok(seq),
+                        Err(e @ RelayError::Store(StoreError::IdConflict(_))) => {
+                            Err(CommitFailure::Conflict(e.to_string()))
+                        }
+                        Err(e) => Err(CommitFailure::Storage(e.to_string())),
+                    },
+                ))
             }
             Action::Stored { id, seq, duplicate } => {
                 if let Some(meta) = self.stored.take() {
@@ -181,7 +243,10 @@ impl Driver<'_> {
                     }
                     info!(clip = %id, from = %meta.from, to = %meta.to, ms = meta.duration_ms, seq, "clip stored");
                 }
-                let _ = self.tx.send(ServerMsg::ClipStored { id, seq, duplicate }).await;
+                let _ = self
+                    .tx
+                    .send(ServerMsg::ClipStored { id, seq, duplicate })
+                    .await;
                 None
             }
             Action::StopReading(code) => {
@@ -223,7 +288,11 @@ impl Driver<'_> {
 
     /// Who may hear a clip to `target`, and whether `id` is stored or being uploaded; keeps
     /// the reservation of `id` for the rest of the upload.
-    async fn check(&mut self, id: ClipId, target: &walkie_proto::clip::Target) -> Result<Checked, Refusal> {
+    async fn check(
+        &mut self,
+        id: ClipId,
+        target: &walkie_proto::clip::Target,
+    ) -> Result<Checked, Refusal> {
         let (checked, guard) = check_send(self.shared, self.session, id, target).await?;
         self.reserved = guard;
         Ok(checked)
@@ -255,7 +324,11 @@ pub(crate) async fn check_send(
         .reserve_clip(id, user, shared.config.max_hold())
         .await
         .map_err(|e| Refusal::new(ErrorCode::Storage, e.to_string()))?;
-    let guard = in_flight.is_none().then(|| ClipGuard { cluster: shared.cluster.clone(), user: user.clone(), clip: id });
+    let guard = in_flight.is_none().then(|| ClipGuard {
+        cluster: shared.cluster.clone(),
+        user: user.clone(),
+        clip: id,
+    });
     // One trip to the store: is the id stored, and (when the count is not fresh) what the
     // sender stores.
     let quota = shared.config.quota_bytes_per_user;
@@ -266,7 +339,11 @@ pub(crate) async fn check_send(
     let (stored, read) = shared
         .store(move |s| {
             let stored = s.committed(&id)?;
-            let used = if read_usage { s.stored_bytes_of(&who)? } else { None };
+            let used = if read_usage {
+                s.stored_bytes_of(&who)?
+            } else {
+                None
+            };
             Ok((stored, used))
         })
         .await
@@ -277,7 +354,14 @@ pub(crate) async fn check_send(
     if let Some(quota) = quota {
         check_quota(cached.or(read), quota)?;
     }
-    Ok((Checked { recipients, stored: stored.map(|meta| (meta.from, meta.seq)), in_flight }, guard))
+    Ok((
+        Checked {
+            recipients,
+            stored: stored.map(|meta| (meta.from, meta.seq)),
+            in_flight,
+        },
+        guard,
+    ))
 }
 
 /// Refuses a clip from a sender who already stores `quota` bytes (`used`: their count, when
@@ -320,6 +404,7 @@ struct FloorGuard {
 
 impl Drop for FloorGuard {
     fn drop(&mut self) {
-        self.cluster.release_floor(&self.channel, &self.user, self.clip);
+        self.cluster
+            .release_floor(&self.channel, &self.user, self.clip);
     }
 }

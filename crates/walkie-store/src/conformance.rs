@@ -83,7 +83,9 @@ pub fn populate(store: &dyn Store) {
     for (i, user) in ["alice", "bob", "carol"].into_iter().enumerate() {
         store.add_user(user, &[i as u8; 32]).expect("user added");
     }
-    store.add_channel("crew", &names(&["alice", "bob"])).expect("channel added");
+    store
+        .add_channel("crew", &names(&["alice", "bob"]))
+        .expect("channel added");
 }
 
 /// Metadata of a new clip from `from` to `to` ("crew" or "@bob"), with a random id.
@@ -96,7 +98,11 @@ pub fn meta(from: &str, to: &str) -> ClipMeta {
         duration_ms: 1234,
         packets: 62,
         bytes: 0,
-        codec: CodecParams { frame_samples: 960, bitrate: 24_000, pre_skip: 312 },
+        codec: CodecParams {
+            frame_samples: 960,
+            bitrate: 24_000,
+            pre_skip: 312,
+        },
         seq: 0,
         content: Default::default(),
     }
@@ -112,7 +118,10 @@ pub fn audio(m: &ClipMeta) -> Vec<u8> {
 pub fn send(store: &dyn Store, from: &str, to: &str, recipients: &[&str]) -> ClipMeta {
     let mut m = meta(from, to);
     let ogg = audio(&m);
-    let CommitOutcome::Stored(seq) = store.commit_clip(&m, &names(recipients), &ogg).expect("committed") else {
+    let CommitOutcome::Stored(seq) = store
+        .commit_clip(&m, &names(recipients), &ogg)
+        .expect("committed")
+    else {
         panic!("a new clip reported as a duplicate")
     };
     m.seq = seq;
@@ -149,8 +158,15 @@ pub fn users_roundtrip_and_duplicates_are_refused(b: &dyn Backend) {
     assert_eq!(store.users().unwrap(), names(&["alice", "bob", "carol"]));
     assert_eq!(store.token_hash("bob").unwrap(), Some([1; 32]));
     assert_eq!(store.token_hash("nobody").unwrap(), None);
-    assert!(matches!(store.add_user("bob", &[9; 32]), Err(StoreError::Exists { kind: "user", .. })));
-    assert_eq!(store.token_hash("bob").unwrap(), Some([1; 32]), "a refused add changes nothing");
+    assert!(matches!(
+        store.add_user("bob", &[9; 32]),
+        Err(StoreError::Exists { kind: "user", .. })
+    ));
+    assert_eq!(
+        store.token_hash("bob").unwrap(),
+        Some([1; 32]),
+        "a refused add changes nothing"
+    );
     assert!(store.remove_user("bob").unwrap());
     assert!(!store.remove_user("bob").unwrap());
     assert_eq!(store.users().unwrap(), names(&["alice", "carol"]));
@@ -175,26 +191,82 @@ pub fn removing_a_user_drops_memberships_and_inbox(b: &dyn Backend) {
 pub fn channels_need_existing_members(b: &dyn Backend) {
     let store = b.store();
     populate(store);
-    let err = store.add_channel("ops", &names(&["alice", "mallory"])).unwrap_err();
-    assert!(matches!(err, StoreError::NotFound { kind: "user", ref name } if name == "mallory"), "{err}");
-    assert_eq!(store.members("ops").unwrap(), None, "a refused channel is not half-created");
-    assert!(matches!(store.add_channel("crew", &[]), Err(StoreError::Exists { kind: "channel", .. })));
+    let err = store
+        .add_channel("ops", &names(&["alice", "mallory"]))
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound { kind: "user", ref name } if name == "mallory"),
+        "{err}"
+    );
+    assert_eq!(
+        store.members("ops").unwrap(),
+        None,
+        "a refused channel is not half-created"
+    );
+    assert!(matches!(
+        store.add_channel("crew", &[]),
+        Err(StoreError::Exists {
+            kind: "channel",
+            ..
+        })
+    ));
     store.add_channel("empty", &[]).unwrap();
     assert_eq!(store.members("empty").unwrap(), Some(vec![]));
     assert_eq!(
         store.channels().unwrap(),
         vec![
-            ChannelInfo { name: "crew".into(), members: names(&["alice", "bob"]) },
-            ChannelInfo { name: "empty".into(), members: vec![] },
+            ChannelInfo {
+                name: "crew".into(),
+                members: names(&["alice", "bob"])
+            },
+            ChannelInfo {
+                name: "empty".into(),
+                members: vec![]
+            },
         ]
     );
-    let err = store.update_members("crew", &names(&["carol", "mallory"]), &[]).unwrap_err();
-    assert!(matches!(err, StoreError::NotFound { kind: "user", .. }), "{err}");
-    assert_eq!(store.members("crew").unwrap(), Some(names(&["alice", "bob"])), "a refused update changes nothing");
-    assert!(matches!(store.update_members("nope", &[], &[]), Err(StoreError::NotFound { kind: "channel", .. })));
-    let now = store.update_members("crew", &names(&["carol", "carol"]), &names(&["alice", "ghost"])).unwrap();
+    let err = store
+        .update_members("crew", &names(&["carol", "mallory"]), &[])
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound { kind: "user", .. }),
+        "{err}"
+    );
+    assert_eq!(
+        store.members("crew").unwrap(),
+        Some(names(&["alice", "bob"])),
+        "a refused update changes nothing"
+    );
+    assert!(matches!(
+        store.update_members("nope", &[], &[]),
+        Err(StoreError::NotFound {
+            kind: "channel",
+            ..
+        })
+    ));
+    let now = store
+        .update_members(
+            "crew",
+            &names(&["carol", "carol"]),
+            &names(&["alice", "ghost"]),
+        )
+        .unwrap();
     assert_eq!(now, names(&["bob", "carol"]));
     assert_eq!(store.members("crew").unwrap(), Some(now));
+    store
+        .update_members("empty", &names(&["carol"]), &[])
+        .unwrap();
+    assert_eq!(
+        store.channels_of("carol").unwrap(),
+        names(&["crew", "empty"]),
+        "a member's channels, sorted"
+    );
+    assert_eq!(
+        store.channels_of("alice").unwrap(),
+        Vec::<String>::new(),
+        "removed from crew"
+    );
+    assert_eq!(store.channels_of("nobody").unwrap(), Vec::<String>::new());
 }
 
 /// A committed clip reads back as it went in: its metadata (with the seq the store gave it
@@ -209,21 +281,32 @@ pub fn committed_clips_read_back_byte_equal_small_large_and_empty(b: &dyn Backen
     assert_eq!(store.clip_audio(&m.id).unwrap(), audio(&m));
     let unknown = ClipId::random();
     assert_eq!(store.clip(&unknown).unwrap(), None);
-    assert!(matches!(store.clip_audio(&unknown), Err(StoreError::NotFound { kind: "clip", .. })));
+    assert!(matches!(
+        store.clip_audio(&unknown),
+        Err(StoreError::NotFound { kind: "clip", .. })
+    ));
 
     let mut big = meta("bob", "@alice");
-    let ogg: Vec<u8> = (0..4 * 1024 * 1024 + 12_345).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-    let CommitOutcome::Stored(seq) = store.commit_clip(&big, &names(&["alice"]), &ogg).unwrap() else {
+    let ogg: Vec<u8> = (0..4 * 1024 * 1024 + 12_345)
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let CommitOutcome::Stored(seq) = store.commit_clip(&big, &names(&["alice"]), &ogg).unwrap()
+    else {
         panic!("a new clip reported as a duplicate")
     };
     (big.seq, big.bytes) = (seq, ogg.len() as u64);
     assert!(seq > m.seq, "seqs increase");
     assert_eq!(store.clip(&big.id).unwrap(), Some(big.clone()));
-    assert!(store.clip_audio(&big.id).unwrap() == ogg, "the 4 MiB clip reads back byte-equal");
+    assert!(
+        store.clip_audio(&big.id).unwrap() == ogg,
+        "the 4 MiB clip reads back byte-equal"
+    );
     // Streamed in parts: the same bytes, a short last part, nothing past the end.
     let mut streamed = Vec::new();
     loop {
-        let part = store.clip_audio_part(&big.id, streamed.len() as u64, 300_000).unwrap();
+        let part = store
+            .clip_audio_part(&big.id, streamed.len() as u64, 300_000)
+            .unwrap();
         assert!(part.len() <= 300_000);
         if part.is_empty() {
             break;
@@ -231,8 +314,16 @@ pub fn committed_clips_read_back_byte_equal_small_large_and_empty(b: &dyn Backen
         streamed.extend_from_slice(&part);
     }
     assert!(streamed == ogg, "the parts make up the file");
-    assert!(store.clip_audio_part(&big.id, u64::MAX, 10).unwrap().is_empty());
-    assert!(matches!(store.clip_audio_part(&ClipId::random(), 0, 10), Err(StoreError::NotFound { .. })));
+    assert!(
+        store
+            .clip_audio_part(&big.id, u64::MAX, 10)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(matches!(
+        store.clip_audio_part(&ClipId::random(), 0, 10),
+        Err(StoreError::NotFound { .. })
+    ));
     let empty = meta("alice", "crew");
     store.commit_clip(&empty, &[], &[]).unwrap();
     assert_eq!(store.clip_audio(&empty.id).unwrap(), Vec::<u8>::new());
@@ -244,12 +335,26 @@ pub fn a_resend_is_a_duplicate_and_another_sender_conflicts(b: &dyn Backend) {
     let store = b.store();
     populate(store);
     let m = send(store, "alice", "crew", &["bob"]);
-    assert_eq!(store.commit_clip(&m, &names(&["bob"]), b"different bytes").unwrap(), CommitOutcome::Duplicate(m.seq));
-    let forged = ClipMeta { from: "carol".into(), ..m.clone() };
-    assert!(matches!(store.commit_clip(&forged, &[], b"x"), Err(StoreError::IdConflict(id)) if id == m.id));
+    assert_eq!(
+        store
+            .commit_clip(&m, &names(&["bob"]), b"different bytes")
+            .unwrap(),
+        CommitOutcome::Duplicate(m.seq)
+    );
+    let forged = ClipMeta {
+        from: "carol".into(),
+        ..m.clone()
+    };
+    assert!(
+        matches!(store.commit_clip(&forged, &[], b"x"), Err(StoreError::IdConflict(id)) if id == m.id)
+    );
     assert_eq!(readable_all(store, "alice"), vec![m.clone()]);
     assert_eq!(store.pending("bob", 0, 10).unwrap().len(), 1);
-    assert_eq!(store.clip_audio(&m.id).unwrap(), audio(&m), "neither resend touched the audio");
+    assert_eq!(
+        store.clip_audio(&m.id).unwrap(),
+        audio(&m),
+        "neither resend touched the audio"
+    );
 }
 
 /// Each recipient's inbox holds what was queued for them, oldest first, until they ack it.
@@ -260,15 +365,28 @@ pub fn pending_is_oldest_first_per_recipient_and_ack_removes(b: &dyn Backend) {
     let b2 = send(store, "bob", "@alice", &["alice"]);
     let c = send(store, "bob", "crew", &["alice", "bob", "bob", "ghost"]);
     assert!(a.seq < b2.seq && b2.seq < c.seq);
-    assert_eq!(store.pending("alice", 0, 10).unwrap(), vec![a.clone(), b2.clone(), c.clone()]);
+    assert_eq!(
+        store.pending("alice", 0, 10).unwrap(),
+        vec![a.clone(), b2.clone(), c.clone()]
+    );
     assert_eq!(ids(&store.pending("bob", 0, 10).unwrap()), vec![a.id, c.id]);
-    assert_eq!(ids(&store.pending("alice", a.seq, 10).unwrap()), vec![b2.id, c.id]);
+    assert_eq!(
+        ids(&store.pending("alice", a.seq, 10).unwrap()),
+        vec![b2.id, c.id]
+    );
     assert_eq!(ids(&store.pending("alice", 0, 1).unwrap()), vec![a.id]);
     assert_eq!(store.pending("carol", 0, 10).unwrap(), vec![]);
     store.ack("alice", &a.id).unwrap();
     store.ack("alice", &ClipId::random()).unwrap();
-    assert_eq!(ids(&store.pending("alice", 0, 10).unwrap()), vec![b2.id, c.id]);
-    assert_eq!(ids(&store.pending("bob", 0, 10).unwrap()), vec![a.id, c.id], "bob's inbox is his own");
+    assert_eq!(
+        ids(&store.pending("alice", 0, 10).unwrap()),
+        vec![b2.id, c.id]
+    );
+    assert_eq!(
+        ids(&store.pending("bob", 0, 10).unwrap()),
+        vec![a.id, c.id],
+        "bob's inbox is his own"
+    );
 }
 
 /// A channel's history is a page of its newest clips, oldest first.
@@ -282,8 +400,18 @@ pub fn channel_history_is_newest_last_with_limit_and_before(b: &dyn Backend) {
     let target = Target::Channel("crew".into());
     assert_eq!(store.history("alice", &target, 10, None).unwrap(), crew);
     assert_eq!(store.history("alice", &target, 3, None).unwrap(), crew[2..]);
-    assert_eq!(store.history("alice", &target, 2, Some(crew[3].seq)).unwrap(), crew[1..3]);
-    assert_eq!(store.history("alice", &target, 10, Some(crew[0].seq)).unwrap(), vec![]);
+    assert_eq!(
+        store
+            .history("alice", &target, 2, Some(crew[3].seq))
+            .unwrap(),
+        crew[1..3]
+    );
+    assert_eq!(
+        store
+            .history("alice", &target, 10, Some(crew[0].seq))
+            .unwrap(),
+        vec![]
+    );
     assert_eq!(store.history("alice", &target, 0, None).unwrap(), vec![]);
 }
 
@@ -301,10 +429,22 @@ pub fn history_finds_old_clips_behind_many_newer_ones_elsewhere(b: &dyn Backend)
     let all: Vec<ClipMeta> = old.iter().cloned().chain([newest.clone()]).collect();
     assert_eq!(store.history("bob", &target, 10, None).unwrap(), all);
     assert_eq!(store.history("bob", &target, 2, None).unwrap(), all[2..]);
-    assert_eq!(store.history("bob", &target, 2, Some(newest.seq)).unwrap(), old[1..]);
-    assert_eq!(store.history("carol", &"ops".parse().unwrap(), 1000, None).unwrap().len(), 300);
+    assert_eq!(
+        store.history("bob", &target, 2, Some(newest.seq)).unwrap(),
+        old[1..]
+    );
+    assert_eq!(
+        store
+            .history("carol", &"ops".parse().unwrap(), 1000, None)
+            .unwrap()
+            .len(),
+        300
+    );
     assert_eq!(store.readable("alice", 10, None).unwrap(), all);
-    assert_eq!(store.readable("alice", 2, Some(newest.seq)).unwrap(), old[1..]);
+    assert_eq!(
+        store.readable("alice", 2, Some(newest.seq)).unwrap(),
+        old[1..]
+    );
 }
 
 /// A direct conversation holds both directions between two users and nobody else's clips.
@@ -319,13 +459,38 @@ pub fn direct_history_has_both_directions_and_nobody_else(b: &dyn Backend) {
     send(store, "bob", "crew", &[]);
     let a2 = send(store, "alice", "@bob", &["bob"]);
     let dm = vec![a1, b1.clone(), a2.clone()];
-    assert_eq!(store.history("alice", &Target::User("bob".into()), 10, None).unwrap(), dm);
-    assert_eq!(store.history("bob", &Target::User("alice".into()), 10, None).unwrap(), dm);
-    assert_eq!(store.history("alice", &Target::User("bob".into()), 2, None).unwrap(), dm[1..]);
-    assert_eq!(store.history("bob", &Target::User("alice".into()), 1, Some(a2.seq)).unwrap(), vec![b1]);
-    let carol_bob = store.history("carol", &Target::User("bob".into()), 10, None).unwrap();
+    assert_eq!(
+        store
+            .history("alice", &Target::User("bob".into()), 10, None)
+            .unwrap(),
+        dm
+    );
+    assert_eq!(
+        store
+            .history("bob", &Target::User("alice".into()), 10, None)
+            .unwrap(),
+        dm
+    );
+    assert_eq!(
+        store
+            .history("alice", &Target::User("bob".into()), 2, None)
+            .unwrap(),
+        dm[1..]
+    );
+    assert_eq!(
+        store
+            .history("bob", &Target::User("alice".into()), 1, Some(a2.seq))
+            .unwrap(),
+        vec![b1]
+    );
+    let carol_bob = store
+        .history("carol", &Target::User("bob".into()), 10, None)
+        .unwrap();
     assert_eq!(carol_bob.len(), 1);
-    assert_eq!((carol_bob[0].from.as_str(), &carol_bob[0].to), ("bob", &Target::User("carol".into())));
+    assert_eq!(
+        (carol_bob[0].from.as_str(), &carol_bob[0].to),
+        ("bob", &Target::User("carol".into()))
+    );
 }
 
 /// What a user may read: the channels they are in now, and direct clips to or from them.
@@ -339,9 +504,17 @@ pub fn readable_follows_current_membership_and_own_direct_clips(b: &dyn Backend)
     send(store, "bob", "@carol", &[]);
     let from_alice = send(store, "alice", "@bob", &[]);
     let to_self = send(store, "alice", "@alice", &[]);
-    assert_eq!(readable_all(store, "alice"), vec![crew, to_alice.clone(), from_alice.clone(), to_self.clone()]);
-    store.update_members("crew", &[], &names(&["alice"])).unwrap();
-    assert_eq!(readable_all(store, "alice"), vec![to_alice, from_alice, to_self]);
+    assert_eq!(
+        readable_all(store, "alice"),
+        vec![crew, to_alice.clone(), from_alice.clone(), to_self.clone()]
+    );
+    store
+        .update_members("crew", &[], &names(&["alice"]))
+        .unwrap();
+    assert_eq!(
+        readable_all(store, "alice"),
+        vec![to_alice, from_alice, to_self]
+    );
     assert_eq!(readable_all(store, "nobody"), vec![]);
 }
 
@@ -362,7 +535,10 @@ pub fn readable_pages_newest_last_with_limit_and_before(b: &dyn Backend) {
     assert_eq!(page, mine[150..], "the newest 100, oldest first");
     let older = store.readable("alice", 100, Some(page[0].seq)).unwrap();
     assert_eq!(older, mine[50..150]);
-    assert_eq!(store.readable("alice", 100, Some(older[0].seq)).unwrap(), mine[..50]);
+    assert_eq!(
+        store.readable("alice", 100, Some(older[0].seq)).unwrap(),
+        mine[..50]
+    );
     assert_eq!(store.readable("alice", 0, None).unwrap(), vec![]);
     assert_eq!(readable_all(store, "alice"), mine);
 }
@@ -375,12 +551,22 @@ pub fn two_stores_see_each_others_writes_at_once(b: &dyn Backend) {
     let admin = b.another();
     admin.add_user("dave", &[3; 32]).unwrap();
     assert_eq!(relay.token_hash("dave").unwrap(), Some([3; 32]));
-    admin.update_members("crew", &names(&["dave"]), &[]).unwrap();
-    assert_eq!(relay.members("crew").unwrap(), Some(names(&["alice", "bob", "dave"])));
+    admin
+        .update_members("crew", &names(&["dave"]), &[])
+        .unwrap();
+    assert_eq!(
+        relay.members("crew").unwrap(),
+        Some(names(&["alice", "bob", "dave"]))
+    );
     let m = send(relay, "alice", "crew", &["dave"]);
     assert_eq!(admin.pending("dave", 0, 10).unwrap(), vec![m.clone()]);
     assert_eq!(admin.clip_audio(&m.id).unwrap(), audio(&m));
-    assert_eq!(admin.history("dave", &"crew".parse().unwrap(), 10, None).unwrap(), vec![m.clone()]);
+    assert_eq!(
+        admin
+            .history("dave", &"crew".parse().unwrap(), 10, None)
+            .unwrap(),
+        vec![m.clone()]
+    );
     admin.ack("dave", &m.id).unwrap();
     assert_eq!(relay.pending("dave", 0, 10).unwrap(), vec![]);
     assert!(admin.remove_user("dave").unwrap());
@@ -388,7 +574,10 @@ pub fn two_stores_see_each_others_writes_at_once(b: &dyn Backend) {
     drop(admin);
     let later = b.another();
     assert_eq!(later.clip(&m.id).unwrap(), Some(m.clone()));
-    assert_eq!(later.commit_clip(&m, &[], &audio(&m)).unwrap(), CommitOutcome::Duplicate(m.seq));
+    assert_eq!(
+        later.commit_clip(&m, &[], &audio(&m)).unwrap(),
+        CommitOutcome::Duplicate(m.seq)
+    );
     assert!(send(later.as_ref(), "bob", "crew", &[]).seq > m.seq);
 }
 
@@ -400,14 +589,27 @@ pub fn concurrent_commits_from_two_stores_get_unique_seqs(b: &dyn Backend) {
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let store = &stores[t % 2];
-                scope.spawn(move || (0..25).map(|_| send(store.as_ref(), "alice", "crew", &["bob"]).seq).collect::<Vec<_>>())
+                scope.spawn(move || {
+                    (0..25)
+                        .map(|_| send(store.as_ref(), "alice", "crew", &["bob"]).seq)
+                        .collect::<Vec<_>>()
+                })
             })
             .collect();
-        threads.into_iter().flat_map(|t| t.join().expect("a committing thread")).collect()
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("a committing thread"))
+            .collect()
     });
     assert_eq!(seqs.len(), 100);
     assert_eq!(seqs.iter().collect::<HashSet<_>>().len(), 100);
-    assert_eq!(b.store().history("alice", &"crew".parse().unwrap(), 1000, None).unwrap().len(), 100);
+    assert_eq!(
+        b.store()
+            .history("alice", &"crew".parse().unwrap(), 1000, None)
+            .unwrap()
+            .len(),
+        100
+    );
     assert_eq!(b.store().pending("bob", 0, 1000).unwrap().len(), 100);
 }
 
@@ -416,19 +618,45 @@ pub fn concurrent_commits_from_two_stores_get_unique_seqs(b: &dyn Backend) {
 pub fn purge_deletes_the_users_audio_and_keeps_their_clips_anonymised(b: &dyn Backend) {
     let store = b.store();
     populate(store);
-    let theirs = [send(store, "bob", "crew", &["alice"]), send(store, "bob", "@alice", &["alice"])];
+    let theirs = [
+        send(store, "bob", "crew", &["alice"]),
+        send(store, "bob", "@alice", &["alice"]),
+    ];
     let kept = send(store, "alice", "crew", &["bob"]);
     assert_eq!(store.purge_user("bob").unwrap(), 2);
     for m in &theirs {
-        assert!(matches!(store.clip_audio(&m.id), Err(StoreError::NotFound { .. })), "{m:?}: audio gone");
+        assert!(
+            matches!(store.clip_audio(&m.id), Err(StoreError::NotFound { .. })),
+            "{m:?}: audio gone"
+        );
         let anon = store.clip(&m.id).unwrap().expect("the clip stays");
-        assert_eq!((anon.from.as_str(), anon.seq, anon.bytes), (PURGED_SENDER, m.seq, 0));
+        assert_eq!(
+            (anon.from.as_str(), anon.seq, anon.bytes),
+            (PURGED_SENDER, m.seq, 0)
+        );
     }
-    assert_eq!(ids(&store.pending("alice", 0, 10).unwrap()), Vec::<ClipId>::new(), "purged clips leave every inbox");
-    assert_eq!(store.clip_audio(&kept.id).unwrap(), audio(&kept), "other senders' clips are untouched");
-    let crew = store.history("alice", &"crew".parse().unwrap(), 10, None).unwrap();
-    assert_eq!(crew.iter().map(|m| m.from.as_str()).collect::<Vec<_>>(), [PURGED_SENDER, "alice"]);
-    assert_eq!(store.purge_user("bob").unwrap(), 0, "a second purge finds nothing");
+    assert_eq!(
+        ids(&store.pending("alice", 0, 10).unwrap()),
+        Vec::<ClipId>::new(),
+        "purged clips leave every inbox"
+    );
+    assert_eq!(
+        store.clip_audio(&kept.id).unwrap(),
+        audio(&kept),
+        "other senders' clips are untouched"
+    );
+    let crew = store
+        .history("alice", &"crew".parse().unwrap(), 10, None)
+        .unwrap();
+    assert_eq!(
+        crew.iter().map(|m| m.from.as_str()).collect::<Vec<_>>(),
+        [PURGED_SENDER, "alice"]
+    );
+    assert_eq!(
+        store.purge_user("bob").unwrap(),
+        0,
+        "a second purge finds nothing"
+    );
 }
 
 /// Retention deletes clips stored before a time, with their audio and inbox entries, and
@@ -437,7 +665,11 @@ pub fn retention_deletes_old_clips_with_their_audio_and_inbox_entries(b: &dyn Ba
     let store = b.store();
     populate(store);
     let old = send(store, "alice", "crew", &["bob"]);
-    assert_eq!(store.delete_clips_before(0).unwrap(), 0, "nothing is older than 1970");
+    assert_eq!(
+        store.delete_clips_before(0).unwrap(),
+        0,
+        "nothing is older than 1970"
+    );
     let cut = walkie_proto::clip::now_ms() + 1;
     assert_eq!(store.delete_clips_before(cut).unwrap(), 1);
     // The next clip must be stored after the cut: wait for the clock to pass it (at most 1 ms).
@@ -445,10 +677,17 @@ pub fn retention_deletes_old_clips_with_their_audio_and_inbox_entries(b: &dyn Ba
         std::thread::yield_now();
     }
     assert_eq!(store.clip(&old.id).unwrap(), None);
-    assert!(matches!(store.clip_audio(&old.id), Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        store.clip_audio(&old.id),
+        Err(StoreError::NotFound { .. })
+    ));
     assert_eq!(store.pending("bob", 0, 10).unwrap(), vec![]);
     let fresh = send(store, "alice", "crew", &["bob"]);
-    assert_eq!(store.delete_clips_before(cut).unwrap(), 0, "a clip stored after the cut stays");
+    assert_eq!(
+        store.delete_clips_before(cut).unwrap(),
+        0,
+        "a clip stored after the cut stays"
+    );
     assert_eq!(store.pending("bob", 0, 10).unwrap(), vec![fresh]);
 }
 
@@ -459,7 +698,12 @@ pub fn tokens_are_replaced_and_read_in_batches(b: &dyn Backend) {
     assert!(store.set_token("bob", &[42; 32]).unwrap());
     assert!(!store.set_token("nobody", &[42; 32]).unwrap());
     assert_eq!(store.token_hash("bob").unwrap(), Some([42; 32]));
-    assert_eq!(store.token_hashes(&names(&["carol", "nobody", "bob"])).unwrap(), vec![Some([2; 32]), None, Some([42; 32])]);
+    assert_eq!(
+        store
+            .token_hashes(&names(&["carol", "nobody", "bob"]))
+            .unwrap(),
+        vec![Some([2; 32]), None, Some([42; 32])]
+    );
 }
 
 /// A name that sent clips, or received direct ones, has history; a fresh name has none.
@@ -482,14 +726,28 @@ pub fn stored_bytes_count_a_senders_audio_until_purged_or_expired(b: &dyn Backen
     let d = send(store, "alice", "@bob", &["bob"]);
     let mut again = a.clone();
     again.bytes = 0;
-    store.commit_clip(&again, &names(&["bob"]), &audio(&a)).unwrap();
+    store
+        .commit_clip(&again, &names(&["bob"]), &audio(&a))
+        .unwrap();
     let c = send(store, "bob", "crew", &["alice"]);
-    assert_eq!(store.stored_bytes_of("alice").unwrap(), Some(a.bytes + d.bytes), "a resend counts once");
+    assert_eq!(
+        store.stored_bytes_of("alice").unwrap(),
+        Some(a.bytes + d.bytes),
+        "a resend counts once"
+    );
     assert_eq!(store.stored_bytes_of("bob").unwrap(), Some(c.bytes));
     store.purge_user("alice").unwrap();
-    assert_eq!(store.stored_bytes_of("alice").unwrap(), Some(0), "purged audio no longer counts");
+    assert_eq!(
+        store.stored_bytes_of("alice").unwrap(),
+        Some(0),
+        "purged audio no longer counts"
+    );
     store.delete_clips_before(i64::MAX).unwrap();
-    assert_eq!(store.stored_bytes_of("bob").unwrap(), Some(0), "expired audio no longer counts");
+    assert_eq!(
+        store.stored_bytes_of("bob").unwrap(),
+        Some(0),
+        "expired audio no longer counts"
+    );
 }
 
 /// Deleting a channel takes its clips (audio, inbox entries, purged ones too) and members
@@ -497,7 +755,9 @@ pub fn stored_bytes_count_a_senders_audio_until_purged_or_expired(b: &dyn Backen
 pub fn deleting_a_channel_deletes_its_clips_and_frees_the_name(b: &dyn Backend) {
     let store = b.store();
     populate(store);
-    store.add_channel("other", &names(&["alice", "bob"])).unwrap();
+    store
+        .add_channel("other", &names(&["alice", "bob"]))
+        .unwrap();
     let gone = send(store, "alice", "crew", &["bob"]);
     let purged = send(store, "carol", "crew", &["bob"]);
     store.purge_user("carol").unwrap();
@@ -508,13 +768,32 @@ pub fn deleting_a_channel_deletes_its_clips_and_frees_the_name(b: &dyn Backend) 
     assert_eq!(store.members("crew").unwrap(), None);
     assert_eq!(store.clip(&gone.id).unwrap(), None);
     assert_eq!(store.clip(&purged.id).unwrap(), None);
-    assert!(matches!(store.clip_audio(&gone.id), Err(StoreError::NotFound { .. })));
-    assert_eq!(ids(&store.pending("bob", 0, 10).unwrap()), vec![kept.id, direct.id]);
+    assert!(matches!(
+        store.clip_audio(&gone.id),
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(
+        ids(&store.pending("bob", 0, 10).unwrap()),
+        vec![kept.id, direct.id]
+    );
     assert_eq!(ids(&readable_all(store, "bob")), vec![kept.id, direct.id]);
-    assert_eq!(store.stored_bytes_of("alice").unwrap(), Some(kept.bytes + direct.bytes));
+    assert_eq!(
+        store.stored_bytes_of("alice").unwrap(),
+        Some(kept.bytes + direct.bytes)
+    );
     store.add_channel("crew", &names(&["carol"])).unwrap();
-    assert_eq!(store.history("carol", &Target::Channel("crew".into()), 10, None).unwrap(), vec![]);
-    assert_eq!(ids(&store.history("bob", &Target::Channel("other".into()), 10, None).unwrap()), vec![kept.id]);
+    assert_eq!(
+        store
+            .history("carol", &Target::Channel("crew".into()), 10, None)
+            .unwrap(),
+        vec![]
+    );
+    assert_eq!(
+        ids(&store
+            .history("bob", &Target::Channel("other".into()), 10, None)
+            .unwrap()),
+        vec![kept.id]
+    );
 }
 
 /// A record is created once, replaced only from the revision read, and deleted; a second
@@ -525,19 +804,40 @@ pub fn records_are_written_with_compare_and_set(b: &dyn Backend) {
     let key = ["user", "zoë"];
     assert_eq!(store.record(&key).unwrap(), None);
     let r1 = store.put_record(&key, b"one", 0).unwrap().expect("created");
-    assert_eq!(store.put_record(&key, b"again", 0).unwrap(), None, "exists: a create loses");
-    let got = other.record(&key).unwrap().expect("visible to the other handle");
+    assert_eq!(
+        store.put_record(&key, b"again", 0).unwrap(),
+        None,
+        "exists: a create loses"
+    );
+    let got = other
+        .record(&key)
+        .unwrap()
+        .expect("visible to the other handle");
     assert_eq!((got.value.as_slice(), got.rev), (b"one".as_slice(), r1));
-    let r2 = other.put_record(&key, b"two", r1).unwrap().expect("replaced from the revision read");
+    let r2 = other
+        .put_record(&key, b"two", r1)
+        .unwrap()
+        .expect("replaced from the revision read");
     assert_ne!(r1, r2);
-    assert_eq!(store.put_record(&key, b"stale", r1).unwrap(), None, "a stale revision loses");
+    assert_eq!(
+        store.put_record(&key, b"stale", r1).unwrap(),
+        None,
+        "a stale revision loses"
+    );
     assert_eq!(store.record(&key).unwrap().expect("there").value, b"two");
-    assert_eq!(store.put_record(&key, b"", r2).unwrap().map(|_| ()), Some(()), "empty values are values");
+    assert_eq!(
+        store.put_record(&key, b"", r2).unwrap().map(|_| ()),
+        Some(()),
+        "empty values are values"
+    );
     assert_eq!(store.record(&key).unwrap().expect("there").value, b"");
     store.delete_record(&key).unwrap();
     store.delete_record(&key).unwrap();
     assert_eq!(other.record(&key).unwrap(), None);
-    assert!(store.put_record(&key, b"three", 0).unwrap().is_some(), "created again after a delete");
+    assert!(
+        store.put_record(&key, b"three", 0).unwrap().is_some(),
+        "created again after a delete"
+    );
     let big = vec![7u8; crate::records::MAX_RECORD + 1];
     assert!(store.put_record(&["big"], &big, 0).is_err(), "too large");
 }
@@ -545,14 +845,30 @@ pub fn records_are_written_with_compare_and_set(b: &dyn Backend) {
 /// Keys list under a prefix of whole tokens, sorted, with odd bytes intact.
 pub fn records_are_listed_by_whole_token_prefix(b: &dyn Backend) {
     let store = b.store();
-    for key in [["user", "b.c"], ["user", "a"], ["users", "x"], ["user", "张伟"], ["invite", "ff"]] {
+    for key in [
+        ["user", "b.c"],
+        ["user", "a"],
+        ["users", "x"],
+        ["user", "张伟"],
+        ["invite", "ff"],
+    ] {
         store.put_record(&key, b"v", 0).unwrap().expect("created");
     }
-    store.put_record(&["user"], b"v", 0).unwrap().expect("a key that is itself the prefix");
+    store
+        .put_record(&["user"], b"v", 0)
+        .unwrap()
+        .expect("a key that is itself the prefix");
     let listed = store.record_keys(&["user"]).unwrap();
-    let want: Vec<Vec<String>> = vec![names(&["user", "a"]), names(&["user", "b.c"]), names(&["user", "张伟"])];
+    let want: Vec<Vec<String>> = vec![
+        names(&["user", "a"]),
+        names(&["user", "b.c"]),
+        names(&["user", "张伟"]),
+    ];
     assert_eq!(listed, want);
-    assert_eq!(store.record_keys(&["nothing"]).unwrap(), Vec::<Vec<String>>::new());
+    assert_eq!(
+        store.record_keys(&["nothing"]).unwrap(),
+        Vec::<Vec<String>>::new()
+    );
 }
 
 /// An inbox may be named by any delivery key (a second device's `NAME/DEVICE`): it fills,
@@ -564,10 +880,18 @@ pub fn inboxes_are_keyed_by_delivery_key_and_cleared(b: &dyn Backend) {
     let two = send(store, "alice", "@bob", &["bob", "bob/d1"]);
     store.ack("bob", &one.id).unwrap();
     assert_eq!(ids(&store.pending("bob", 0, 10).unwrap()), vec![two.id]);
-    assert_eq!(ids(&store.pending("bob/d1", 0, 10).unwrap()), vec![one.id, two.id], "the device's inbox is its own");
+    assert_eq!(
+        ids(&store.pending("bob/d1", 0, 10).unwrap()),
+        vec![one.id, two.id],
+        "the device's inbox is its own"
+    );
     store.clear_inbox("bob/d1").unwrap();
     assert_eq!(store.pending("bob/d1", 0, 10).unwrap(), vec![]);
-    assert_eq!(ids(&store.pending("bob", 0, 10).unwrap()), vec![two.id], "the user's stays");
+    assert_eq!(
+        ids(&store.pending("bob", 0, 10).unwrap()),
+        vec![two.id],
+        "the user's stays"
+    );
     store.clear_inbox("nobody").unwrap();
 }
 
@@ -580,16 +904,44 @@ pub fn messages_keep_their_content_through_every_read(b: &dyn Backend) {
     let mut text = meta("alice", "crew");
     text.content = Content::Text { chars: 5 };
     let mut picture = meta("bob", "crew");
-    picture.content = Content::Picture { width: 640, height: 480, format: PictureFormat::Jpeg, thumb: 3 };
-    for (m, payload) in [(&mut text, b"hello".to_vec()), (&mut picture, vec![7u8; 70_000])] {
-        let CommitOutcome::Stored(seq) = store.commit_clip(m, &names(&["alice", "bob"]), &payload).unwrap() else { panic!("new") };
+    picture.content = Content::Picture {
+        width: 640,
+        height: 480,
+        format: PictureFormat::Jpeg,
+        thumb: 3,
+    };
+    for (m, payload) in [
+        (&mut text, b"hello".to_vec()),
+        (&mut picture, vec![7u8; 70_000]),
+    ] {
+        let CommitOutcome::Stored(seq) = store
+            .commit_clip(m, &names(&["alice", "bob"]), &payload)
+            .unwrap()
+        else {
+            panic!("new")
+        };
         m.seq = seq;
         m.bytes = payload.len() as u64;
         assert_eq!(store.clip_audio(&m.id).unwrap(), payload);
     }
-    let contents = |list: Vec<ClipMeta>| list.into_iter().map(|c| (c.id, c.content)).collect::<Vec<_>>();
-    let want = vec![(voice.id, Content::Voice), (text.id, text.content), (picture.id, picture.content)];
-    assert_eq!(contents(store.history("bob", &Target::Channel("crew".into()), 10, None).unwrap()), want);
+    let contents = |list: Vec<ClipMeta>| {
+        list.into_iter()
+            .map(|c| (c.id, c.content))
+            .collect::<Vec<_>>()
+    };
+    let want = vec![
+        (voice.id, Content::Voice),
+        (text.id, text.content),
+        (picture.id, picture.content),
+    ];
+    assert_eq!(
+        contents(
+            store
+                .history("bob", &Target::Channel("crew".into()), 10, None)
+                .unwrap()
+        ),
+        want
+    );
     assert_eq!(contents(readable_all(store, "bob")), want);
     assert_eq!(contents(store.pending("bob", 0, 10).unwrap()), want);
     assert_eq!(store.clip(&picture.id).unwrap(), Some(picture));
@@ -602,29 +954,88 @@ pub fn a_recalled_item_loses_its_payload_and_is_queued_again(b: &dyn Backend) {
     populate(store);
     let mut text = meta("alice", "crew");
     text.content = Content::Text { chars: 6 };
-    let CommitOutcome::Stored(seq) = store.commit_clip(&text, &names(&["bob", "bob/d1"]), b"secret").unwrap() else { panic!("new") };
+    let CommitOutcome::Stored(seq) = store
+        .commit_clip(&text, &names(&["bob", "bob/d1"]), b"secret")
+        .unwrap()
+    else {
+        panic!("new")
+    };
     let kept = send(store, "alice", "crew", &["bob"]);
     store.ack("bob", &text.id).unwrap();
     store.ack("bob", &kept.id).unwrap();
     let before = store.stored_bytes_of("alice").unwrap();
-    let recalled = store.recall_clip(&text.id, &names(&["bob", "bob/d1"])).unwrap().expect("recalled");
-    assert_eq!((recalled.id, recalled.seq, recalled.content, recalled.bytes, recalled.from.as_str()), (text.id, seq, Content::Recalled, 0, "alice"));
-    assert!(matches!(store.clip_audio(&text.id), Err(StoreError::NotFound { .. })), "the payload is gone");
-    assert_eq!(store.clip(&text.id).unwrap().map(|m| m.content), Some(Content::Recalled));
-    let pending = |key: &str| store.pending(key, 0, 10).unwrap().into_iter().map(|m| (m.id, m.content)).collect::<Vec<_>>();
-    assert_eq!(pending("bob"), vec![(text.id, Content::Recalled)], "queued again for who had it");
-    assert_eq!(pending("bob/d1"), vec![(text.id, Content::Recalled)], "and for who had not acknowledged it");
-    let history = store.history("bob", &Target::Channel("crew".into()), 10, None).unwrap();
-    assert_eq!(history.iter().map(|m| (m.id, m.content)).collect::<Vec<_>>(), vec![(text.id, Content::Recalled), (kept.id, Content::Voice)]);
+    let recalled = store
+        .recall_clip(&text.id, &names(&["bob", "bob/d1"]))
+        .unwrap()
+        .expect("recalled");
+    assert_eq!(
+        (
+            recalled.id,
+            recalled.seq,
+            recalled.content,
+            recalled.bytes,
+            recalled.from.as_str()
+        ),
+        (text.id, seq, Content::Recalled, 0, "alice")
+    );
+    assert!(
+        matches!(store.clip_audio(&text.id), Err(StoreError::NotFound { .. })),
+        "the payload is gone"
+    );
+    assert_eq!(
+        store.clip(&text.id).unwrap().map(|m| m.content),
+        Some(Content::Recalled)
+    );
+    let pending = |key: &str| {
+        store
+            .pending(key, 0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.id, m.content))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        pending("bob"),
+        vec![(text.id, Content::Recalled)],
+        "queued again for who had it"
+    );
+    assert_eq!(
+        pending("bob/d1"),
+        vec![(text.id, Content::Recalled)],
+        "and for who had not acknowledged it"
+    );
+    let history = store
+        .history("bob", &Target::Channel("crew".into()), 10, None)
+        .unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .map(|m| (m.id, m.content))
+            .collect::<Vec<_>>(),
+        vec![(text.id, Content::Recalled), (kept.id, Content::Voice)]
+    );
     if let (Some(before), Some(after)) = (before, store.stored_bytes_of("alice").unwrap()) {
         assert_eq!(before - after, 6, "the quota no longer counts it");
     }
     store.ack("bob", &text.id).unwrap();
     assert_eq!(pending("bob"), vec![]);
-    assert_eq!(store.recall_clip(&ClipId::random(), &names(&["bob"])).unwrap(), None);
+    assert_eq!(
+        store
+            .recall_clip(&ClipId::random(), &names(&["bob"]))
+            .unwrap(),
+        None
+    );
     // Purging the sender leaves no name on what they recalled either.
     store.purge_user("alice").unwrap();
-    let history = store.history("bob", &Target::Channel("crew".into()), 10, None).unwrap();
-    assert!(history.iter().all(|m| m.from == PURGED_SENDER), "{history:?}");
-    assert_eq!(store.clip(&text.id).unwrap().map(|m| (m.from, m.content)), Some((PURGED_SENDER.to_string(), Content::Recalled)));
+    let history = store
+        .history("bob", &Target::Channel("crew".into()), 10, None)
+        .unwrap();
+    assert!(
+        history.iter().all(|m| m.from == PURGED_SENDER),
+        "{history:?}"
+    );
+    assert_eq!(
+        store.clip(&text.id).unwrap().map(|m| (m.from, m.content)),
+        Some((PURGED_SENDER.to_string(), Content::Recalled))
+    );
 }

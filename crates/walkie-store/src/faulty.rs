@@ -19,7 +19,11 @@ pub struct FaultyStore {
 impl FaultyStore {
     /// Wraps `inner`; writes work until [`FaultyStore::set_disk_full`] is called.
     pub fn new(inner: Arc<dyn Store>) -> Self {
-        Self { inner, full: AtomicBool::new(false), refused: AtomicU64::new(0) }
+        Self {
+            inner,
+            full: AtomicBool::new(false),
+            refused: AtomicU64::new(0),
+        }
     }
 
     /// Switches the simulated full disk on or off.
@@ -81,11 +85,24 @@ impl Store for FaultyStore {
     fn members(&self, channel: &str) -> Result<Option<Vec<String>>, StoreError> {
         self.inner.members(channel)
     }
-    fn update_members(&self, channel: &str, add: &[String], remove: &[String]) -> Result<Vec<String>, StoreError> {
+    fn channels_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.channels_of(user)
+    }
+    fn update_members(
+        &self,
+        channel: &str,
+        add: &[String],
+        remove: &[String],
+    ) -> Result<Vec<String>, StoreError> {
         self.check()?;
         self.inner.update_members(channel, add, remove)
     }
-    fn commit_clip(&self, meta: &ClipMeta, recipients: &[String], ogg: &[u8]) -> Result<CommitOutcome, StoreError> {
+    fn commit_clip(
+        &self,
+        meta: &ClipMeta,
+        recipients: &[String],
+        ogg: &[u8],
+    ) -> Result<CommitOutcome, StoreError> {
         self.check()?;
         self.inner.commit_clip(meta, recipients, ogg)
     }
@@ -95,7 +112,12 @@ impl Store for FaultyStore {
     fn clip_audio(&self, id: &ClipId) -> Result<Vec<u8>, StoreError> {
         self.inner.clip_audio(id)
     }
-    fn pending(&self, user: &str, after_seq: u64, limit: usize) -> Result<Vec<ClipMeta>, StoreError> {
+    fn pending(
+        &self,
+        user: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<ClipMeta>, StoreError> {
         self.inner.pending(user, after_seq, limit)
     }
     fn ack(&self, user: &str, id: &ClipId) -> Result<(), StoreError> {
@@ -103,10 +125,21 @@ impl Store for FaultyStore {
         self.check()?;
         self.inner.ack(user, id)
     }
-    fn history(&self, viewer: &str, target: &Target, limit: usize, before_seq: Option<u64>) -> Result<Vec<ClipMeta>, StoreError> {
+    fn history(
+        &self,
+        viewer: &str,
+        target: &Target,
+        limit: usize,
+        before_seq: Option<u64>,
+    ) -> Result<Vec<ClipMeta>, StoreError> {
         self.inner.history(viewer, target, limit, before_seq)
     }
-    fn readable(&self, user: &str, limit: usize, before_seq: Option<u64>) -> Result<Vec<ClipMeta>, StoreError> {
+    fn readable(
+        &self,
+        user: &str,
+        limit: usize,
+        before_seq: Option<u64>,
+    ) -> Result<Vec<ClipMeta>, StoreError> {
         self.inner.readable(user, limit, before_seq)
     }
     fn purge_user(&self, user: &str) -> Result<usize, StoreError> {
@@ -162,7 +195,9 @@ mod tests {
             &self.store
         }
         fn another(&self) -> Arc<dyn Store> {
-            Arc::new(FaultyStore::new(Arc::new(SqliteStore::open(self.dir.path()).expect("opens"))))
+            Arc::new(FaultyStore::new(Arc::new(
+                SqliteStore::open(self.dir.path()).expect("opens"),
+            )))
         }
     }
 
@@ -180,7 +215,10 @@ mod tests {
         f.store.add_user("alice", &[0; 32]).expect("added");
         f.store.set_disk_full(true);
         let err = f.store.add_user("bob", &[1; 32]).expect_err("refused");
-        assert!(matches!(&err, StoreError::Io { source, .. } if source.raw_os_error() == Some(28)), "{err}");
+        assert!(
+            matches!(&err, StoreError::Io { source, .. } if source.raw_os_error() == Some(28)),
+            "{err}"
+        );
         assert_eq!(f.store.users().expect("reads work"), ["alice"]);
         assert_eq!(f.store.refused_writes(), 1);
         f.store.set_disk_full(false);

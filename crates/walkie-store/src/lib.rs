@@ -134,10 +134,25 @@ pub trait Store: Send + Sync + 'static {
     fn add_channel(&self, name: &str, members: &[String]) -> Result<(), StoreError>;
     /// All channels with their members, sorted by name.
     fn channels(&self) -> Result<Vec<ChannelInfo>, StoreError>;
+    /// The channels `user` is a member of, sorted. A session opening asks this, so a store
+    /// should answer it without reading every channel's members (SQLite: one index lookup).
+    fn channels_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .channels()?
+            .into_iter()
+            .filter(|c| c.members.iter().any(|m| m == user))
+            .map(|c| c.name)
+            .collect())
+    }
     /// Members of one channel, sorted; `None` if the channel does not exist.
     fn members(&self, channel: &str) -> Result<Option<Vec<String>>, StoreError>;
     /// Adds and removes members (added users must exist); returns the new member list.
-    fn update_members(&self, channel: &str, add: &[String], remove: &[String]) -> Result<Vec<String>, StoreError>;
+    fn update_members(
+        &self,
+        channel: &str,
+        add: &[String],
+        remove: &[String],
+    ) -> Result<Vec<String>, StoreError>;
     /// Deletes a channel with its memberships and every clip sent to it (audio erased, inbox
     /// entries gone), so that a channel created later under the name starts empty; the number
     /// of clips deleted, or `None` if there was no such channel.
@@ -152,7 +167,12 @@ pub trait Store: Send + Sync + 'static {
     /// Writes `value` under `key` if the record's revision is still `rev` (0: if there is no
     /// record): the new revision, or `None` when another write got there first (read again
     /// and retry). Values larger than [`records::MAX_RECORD`] are refused.
-    fn put_record(&self, _key: &[&str], _value: &[u8], _rev: u64) -> Result<Option<u64>, StoreError> {
+    fn put_record(
+        &self,
+        _key: &[&str],
+        _value: &[u8],
+        _rev: u64,
+    ) -> Result<Option<u64>, StoreError> {
         Err(StoreError::Unsupported("records"))
     }
     /// Deletes the record under `key`; deleting an absent record is not an error.
@@ -169,7 +189,12 @@ pub trait Store: Send + Sync + 'static {
     /// `meta.seq` is ignored; the store assigns it. A repeat of a known id from the same
     /// sender is a no-op that reports [`CommitOutcome::Duplicate`]; from another sender it is
     /// [`StoreError::IdConflict`].
-    fn commit_clip(&self, meta: &ClipMeta, recipients: &[String], ogg: &[u8]) -> Result<CommitOutcome, StoreError>;
+    fn commit_clip(
+        &self,
+        meta: &ClipMeta,
+        recipients: &[String],
+        ogg: &[u8],
+    ) -> Result<CommitOutcome, StoreError>;
     /// Metadata of one stored clip.
     fn clip(&self, id: &ClipId) -> Result<Option<ClipMeta>, StoreError>;
     /// Metadata of a clip whose commit is complete (stored and queued for every recipient):
@@ -193,7 +218,12 @@ pub trait Store: Send + Sync + 'static {
     /// Clips queued for `user` and not yet acknowledged, with `seq > after_seq`, oldest first.
     /// An inbox is named by its delivery key: a user name, or any other key the relay queues
     /// clips for in [`Store::commit_clip`] (a second device's `NAME/DEVICE`).
-    fn pending(&self, user: &str, after_seq: u64, limit: usize) -> Result<Vec<ClipMeta>, StoreError>;
+    fn pending(
+        &self,
+        user: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<ClipMeta>, StoreError>;
     /// Marks a clip delivered to `user` (removes it from their inbox). Unknown ids are ignored.
     fn ack(&self, user: &str, id: &ClipId) -> Result<(), StoreError>;
     /// Empties the inbox of a delivery key (a removed device's).
@@ -204,13 +234,23 @@ pub trait Store: Send + Sync + 'static {
     /// A conversation, newest last: for a channel, its clips; for `Target::User(other)`, the
     /// direct clips between `viewer` and `other` in both directions. At most `limit` clips,
     /// only those with `seq < before_seq` when given.
-    fn history(&self, viewer: &str, target: &Target, limit: usize, before_seq: Option<u64>)
-        -> Result<Vec<ClipMeta>, StoreError>;
+    fn history(
+        &self,
+        viewer: &str,
+        target: &Target,
+        limit: usize,
+        before_seq: Option<u64>,
+    ) -> Result<Vec<ClipMeta>, StoreError>;
     /// A page of every clip `user` may read (clips of channels they are a member of now, and
     /// direct clips they sent or received), newest last: at most `limit` clips, only those with
     /// `seq < before_seq` when given. Paged like [`Store::history`], so a long history is
     /// never read whole.
-    fn readable(&self, user: &str, limit: usize, before_seq: Option<u64>) -> Result<Vec<ClipMeta>, StoreError>;
+    fn readable(
+        &self,
+        user: &str,
+        limit: usize,
+        before_seq: Option<u64>,
+    ) -> Result<Vec<ClipMeta>, StoreError>;
 
     /// How many bytes of audio `sender`'s stored clips take (for the relay's per-user quota);
     /// `None` from a store that does not count them (the quota is then not enforced).

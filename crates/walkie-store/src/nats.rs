@@ -277,14 +277,12 @@ fn server_addrs(config: &NatsConfig) -> Result<Vec<async_nats::ServerAddr>, Stor
 /// Connects to the cluster of `config` (retrying until `config.deadline`) with the client
 /// name `name`; the returned JetStream handle retries each call for up to `deadline`.
 /// Must run inside a tokio runtime, which then drives the connection.
-async fn connect_js(
-    config: &NatsConfig,
-    name: &str,
-    deadline: Duration,
-) -> Result<Js, StoreError> {
-    Ok(connect_client(config, name, deadline, async_nats::ConnectOptions::new)
-        .await?
-        .1)
+async fn connect_js(config: &NatsConfig, name: &str, deadline: Duration) -> Result<Js, StoreError> {
+    Ok(
+        connect_client(config, name, deadline, async_nats::ConnectOptions::new)
+            .await?
+            .1,
+    )
 }
 
 /// Like [`connect_js`], with extra connect options from `options` (event callbacks, say);
@@ -460,7 +458,12 @@ impl Store for NatsStore {
         self.run(move |s| async move { s.history(&viewer, &target, limit, before_seq).await })
     }
 
-    fn readable(&self, user: &str, limit: usize, before_seq: Option<u64>) -> Result<Vec<ClipMeta>, StoreError> {
+    fn readable(
+        &self,
+        user: &str,
+        limit: usize,
+        before_seq: Option<u64>,
+    ) -> Result<Vec<ClipMeta>, StoreError> {
         let user = user.to_string();
         self.run(move |s| async move { s.readable(&user, limit, before_seq).await })
     }
@@ -492,7 +495,8 @@ impl Store for NatsStore {
     }
 
     fn put_record(&self, key: &[&str], value: &[u8], rev: u64) -> Result<Option<u64>, StoreError> {
-        let (key, value): (Vec<String>, Vec<u8>) = (key.iter().map(|t| t.to_string()).collect(), value.to_vec());
+        let (key, value): (Vec<String>, Vec<u8>) =
+            (key.iter().map(|t| t.to_string()).collect(), value.to_vec());
         self.run(move |s| async move { s.put_record(&refs(&key), &value, rev).await })
     }
 

@@ -90,14 +90,25 @@ mod tests {
         create_dir_all(&dir).expect("created");
         assert_eq!(mode(&dir), 0o700);
         let file = dir.join("a.opus");
-        file_options().write(true).create_new(true).open(&file).expect("created");
+        file_options()
+            .write(true)
+            .create_new(true)
+            .open(&file)
+            .expect("created");
         assert_eq!(mode(&file), 0o600);
         let loose = dir.join("old.opus");
         fs::write(&loose, b"x").expect("written");
         fs::set_permissions(&loose, fs::Permissions::from_mode(0o644)).expect("chmod");
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod");
         assert_eq!(tighten(&tmp.path().join("data")).expect("tightened"), 2);
-        assert_eq!((mode(&loose), mode(&dir), mode(&file)), (0o600, 0o700, 0o600));
-        assert_eq!(tighten(&tmp.path().join("data")).expect("tightened"), 0, "nothing left to do");
+        assert_eq!(
+            (mode(&loose), mode(&dir), mode(&file)),
+            (0o600, 0o700, 0o600)
+        );
+        assert_eq!(
+            tighten(&tmp.path().join("data")).expect("tightened"),
+            0,
+            "nothing left to do"
+        );
     }
 }

@@ -68,12 +68,22 @@ pub fn decode_token(token: &str) -> Option<String> {
 /// The stored form of a key (tokens encoded and joined by `.`), after checking its shape.
 pub fn record_key(tokens: &[&str]) -> Result<String, StoreError> {
     if tokens.is_empty() || tokens.len() > MAX_KEY_TOKENS {
-        return Err(StoreError::Corrupt(format!("a record key has 1 to {MAX_KEY_TOKENS} tokens, not {}", tokens.len())));
+        return Err(StoreError::Corrupt(format!(
+            "a record key has 1 to {MAX_KEY_TOKENS} tokens, not {}",
+            tokens.len()
+        )));
     }
     if let Some(t) = tokens.iter().find(|t| t.len() > MAX_TOKEN) {
-        return Err(StoreError::Corrupt(format!("a record key token is at most {MAX_TOKEN} bytes, not {}", t.len())));
+        return Err(StoreError::Corrupt(format!(
+            "a record key token is at most {MAX_TOKEN} bytes, not {}",
+            t.len()
+        )));
     }
-    Ok(tokens.iter().map(|t| encode_token(t)).collect::<Vec<_>>().join("."))
+    Ok(tokens
+        .iter()
+        .map(|t| encode_token(t))
+        .collect::<Vec<_>>()
+        .join("."))
 }
 
 /// The stored form of every key under `prefix`: the prefix's key and a final `.`.
@@ -88,10 +98,14 @@ pub fn parse_record_key(key: &str) -> Option<Vec<String>> {
 
 /// Stored keys back as tokens, sorted as tokens (what [`crate::Store::record_keys`] returns);
 /// a key [`record_key`] would not write is corruption.
-pub fn parse_record_keys<'a>(keys: impl IntoIterator<Item = &'a String>) -> Result<Vec<Vec<String>>, StoreError> {
+pub fn parse_record_keys<'a>(
+    keys: impl IntoIterator<Item = &'a String>,
+) -> Result<Vec<Vec<String>>, StoreError> {
     let mut out = keys
         .into_iter()
-        .map(|k| parse_record_key(k).ok_or_else(|| StoreError::Corrupt(format!("record key {k:?}"))))
+        .map(|k| {
+            parse_record_key(k).ok_or_else(|| StoreError::Corrupt(format!("record key {k:?}")))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     out.sort();
     Ok(out)
@@ -100,7 +114,10 @@ pub fn parse_record_keys<'a>(keys: impl IntoIterator<Item = &'a String>) -> Resu
 /// Checks a value's size before it is written.
 pub fn check_value(value: &[u8]) -> Result<(), StoreError> {
     if value.len() > MAX_RECORD {
-        return Err(StoreError::Corrupt(format!("a record is at most {MAX_RECORD} bytes, not {}", value.len())));
+        return Err(StoreError::Corrupt(format!(
+            "a record is at most {MAX_RECORD} bytes, not {}",
+            value.len()
+        )));
     }
     Ok(())
 }
@@ -113,9 +130,19 @@ mod tests {
     fn keys_encode_every_token_and_parse_back() {
         let key = record_key(&["user", "zoë.x", ""]).expect("valid");
         assert_eq!(key, "user.zo=C3=AB=2Ex.=");
-        assert_eq!(parse_record_key(&key), Some(vec!["user".to_string(), "zoë.x".into(), "".into()]));
-        assert!(record_prefix(&["user"]).expect("valid").starts_with("user."));
-        assert!(!key.starts_with(&record_prefix(&["use"]).expect("valid")), "a prefix is whole tokens");
+        assert_eq!(
+            parse_record_key(&key),
+            Some(vec!["user".to_string(), "zoë.x".into(), "".into()])
+        );
+        assert!(
+            record_prefix(&["user"])
+                .expect("valid")
+                .starts_with("user.")
+        );
+        assert!(
+            !key.starts_with(&record_prefix(&["use"]).expect("valid")),
+            "a prefix is whole tokens"
+        );
     }
 
     #[test]

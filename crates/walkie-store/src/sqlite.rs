@@ -99,7 +99,10 @@ struct Job {
 
 impl Job {
     fn take(&self) -> Option<Result<CommitOutcome, StoreError>> {
-        self.result.lock().unwrap_or_else(PoisonError::into_inner).take()
+        self.result
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     fn set(&self, r: Result<CommitOutcome, StoreError>) {
@@ -194,7 +197,12 @@ impl SqliteStore {
         crate::private::create_dir_all(&tmp_dir).map_err(files::io_err(&tmp_dir))?;
         let db_path = data_dir.join("walkie.db");
         // Created 0600 before SQLite opens it; its journal files take the same mode.
-        crate::private::file_options().write(true).create(true).truncate(false).open(&db_path).map_err(files::io_err(&db_path))?;
+        crate::private::file_options()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&db_path)
+            .map_err(files::io_err(&db_path))?;
         let mut writer = schema::connect(&db_path, false)?;
         schema::prepare(&mut writer)?;
         let store = SqliteStore {
@@ -277,7 +285,14 @@ impl SqliteStore {
     /// One page: the newest `limit` clips matching `filter` (over `clips c`, with `?1` and `?2`
     /// bound to `p1` and `p2`) with seq below `before_seq`, read newest first, then put back in
     /// order. History and everything-readable both page through it.
-    fn newest(&self, filter: &str, p1: &str, p2: &str, limit: usize, before_seq: Option<u64>) -> Result<Vec<ClipMeta>, StoreError> {
+    fn newest(
+        &self,
+        filter: &str,
+        p1: &str,
+        p2: &str,
+        limit: usize,
+        before_seq: Option<u64>,
+    ) -> Result<Vec<ClipMeta>, StoreError> {
         let sql = format!(
             "SELECT * FROM (SELECT {CLIP_COLUMNS} FROM clips c WHERE ({filter}) AND c.seq < ?3 \
              ORDER BY c.seq DESC LIMIT ?4) c ORDER BY c.seq"
@@ -302,10 +317,18 @@ impl SqliteStore {
                 name: id.to_string(),
             })?;
         if file.is_empty() {
-            return Err(StoreError::NotFound { kind: "clip audio (purged)", name: id.to_string() });
+            return Err(StoreError::NotFound {
+                kind: "clip audio (purged)",
+                name: id.to_string(),
+            });
         }
-        if !Path::new(&file).components().all(|c| matches!(c, Component::Normal(_))) {
-            return Err(StoreError::Corrupt(format!("clip {id} has file name {file:?}")));
+        if !Path::new(&file)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+        {
+            return Err(StoreError::Corrupt(format!(
+                "clip {id} has file name {file:?}"
+            )));
         }
         Ok(self.clips_dir.join(file))
     }
@@ -441,14 +464,19 @@ impl Store for SqliteStore {
     }
 
     fn set_token(&self, name: &str, token_hash: &TokenHash) -> Result<bool, StoreError> {
-        Ok(self.writer().execute("UPDATE users SET token_hash = ?2 WHERE name = ?1", params![name, token_hash])? > 0)
+        Ok(self.writer().execute(
+            "UPDATE users SET token_hash = ?2 WHERE name = ?1",
+            params![name, token_hash],
+        )? > 0)
     }
 
     fn token_hashes(&self, names: &[String]) -> Result<Vec<Option<TokenHash>>, StoreError> {
         // One scan of the users table rather than a query per name.
         let all: std::collections::HashMap<String, TokenHash> = self.read(|conn| {
             let mut stmt = conn.prepare_cached("SELECT name, token_hash FROM users")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, TokenHash>(1)?)))?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, TokenHash>(1)?))
+            })?;
             rows.collect::<Result<_, _>>().map_err(StoreError::from)
         })?;
         Ok(names.iter().map(|n| all.get(n).copied()).collect())
@@ -457,7 +485,11 @@ impl Store for SqliteStore {
     fn stored_bytes_of(&self, sender: &str) -> Result<Option<u64>, StoreError> {
         self.read(|conn| {
             // Purged clips (file = '') keep their row but no audio.
-            let total: i64 = conn.query_row("SELECT COALESCE(SUM(bytes), 0) FROM clips WHERE sender = ?1 AND file != ''", [sender], |r| r.get(0))?;
+            let total: i64 = conn.query_row(
+                "SELECT COALESCE(SUM(bytes), 0) FROM clips WHERE sender = ?1 AND file != ''",
+                [sender],
+                |r| r.get(0),
+            )?;
             Ok(Some(u64::try_from(total).unwrap_or(0)))
         })
     }
@@ -512,6 +544,15 @@ impl Store for SqliteStore {
                 }
             }
             Ok(out)
+        })
+    }
+
+    fn channels_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT channel FROM members WHERE user = ?1 ORDER BY channel")?;
+            let rows = stmt.query_map([user], |row| row.get::<_, String>(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
 
@@ -594,7 +635,10 @@ impl Store for SqliteStore {
         let group = std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner));
         commit_group(&mut conn, &self.clips_dir, &group);
         job.take().unwrap_or_else(|| {
-            Err(StoreError::Corrupt(format!("clip {} was left out of its group commit", meta.id)))
+            Err(StoreError::Corrupt(format!(
+                "clip {} was left out of its group commit",
+                meta.id
+            )))
         })
     }
 
@@ -619,9 +663,12 @@ impl Store for SqliteStore {
         if offset >= file.metadata().map_err(files::io_err(&path))?.len() {
             return Ok(Vec::new());
         }
-        file.seek(SeekFrom::Start(offset)).map_err(files::io_err(&path))?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(files::io_err(&path))?;
         let mut part = Vec::with_capacity(max.min(1 << 20));
-        file.take(max as u64).read_to_end(&mut part).map_err(files::io_err(&path))?;
+        file.take(max as u64)
+            .read_to_end(&mut part)
+            .map_err(files::io_err(&path))?;
         Ok(part)
     }
 
@@ -649,7 +696,8 @@ impl Store for SqliteStore {
     }
 
     fn clear_inbox(&self, key: &str) -> Result<(), StoreError> {
-        self.writer().execute("DELETE FROM inbox WHERE user = ?1", [key])?;
+        self.writer()
+            .execute("DELETE FROM inbox WHERE user = ?1", [key])?;
         Ok(())
     }
 
@@ -669,7 +717,12 @@ impl Store for SqliteStore {
         self.newest(filter, viewer, target.name(), limit, before_seq)
     }
 
-    fn readable(&self, user: &str, limit: usize, before_seq: Option<u64>) -> Result<Vec<ClipMeta>, StoreError> {
+    fn readable(
+        &self,
+        user: &str,
+        limit: usize,
+        before_seq: Option<u64>,
+    ) -> Result<Vec<ClipMeta>, StoreError> {
         let filter = "(c.target_kind = 'c' AND c.target_name IN (SELECT channel FROM members WHERE user = ?1)) \
              OR (c.target_kind = 'u' AND (c.sender = ?1 OR c.target_name = ?1))";
         self.newest(filter, user, "", limit, before_seq)
@@ -679,8 +732,15 @@ impl Store for SqliteStore {
         // Metadata first, in one transaction; the files go after the commit. A crash in
         // between leaves files no row points to, which the next open sweeps away.
         let files = self.write(|tx| {
-            let files = strings(tx, "SELECT file FROM clips WHERE sender = ?1 AND file != ''", [user])?;
-            tx.execute("DELETE FROM inbox WHERE seq IN (SELECT seq FROM clips WHERE sender = ?1)", [user])?;
+            let files = strings(
+                tx,
+                "SELECT file FROM clips WHERE sender = ?1 AND file != ''",
+                [user],
+            )?;
+            tx.execute(
+                "DELETE FROM inbox WHERE seq IN (SELECT seq FROM clips WHERE sender = ?1)",
+                [user],
+            )?;
             tx.execute(
                 "UPDATE clips SET sender = ?2, file = '', bytes = 0, packets = 0 WHERE sender = ?1",
                 params![user, crate::PURGED_SENDER],
@@ -708,7 +768,9 @@ impl Store for SqliteStore {
             let meta = first(tx, &format!("SELECT {CLIP_COLUMNS} FROM clips c WHERE c.seq = ?1"), [seq], schema::clip_from_row)?;
             Ok(Some((file, meta)))
         })?;
-        let Some((file, meta)) = done else { return Ok(None) };
+        let Some((file, meta)) = done else {
+            return Ok(None);
+        };
         if !file.is_empty() {
             files::shred(&self.clips_dir.join(&file))?;
         }
@@ -721,12 +783,18 @@ impl Store for SqliteStore {
                 return Ok(None);
             }
             let filter = "target_kind = 'c' AND target_name = ?1";
-            let files = strings(tx, &format!("SELECT file FROM clips WHERE {filter} AND file != ''"), [name])?;
+            let files = strings(
+                tx,
+                &format!("SELECT file FROM clips WHERE {filter} AND file != ''"),
+                [name],
+            )?;
             // Inbox entries go with their clips (ON DELETE CASCADE); purged clips have no file.
             let rows = tx.execute(&format!("DELETE FROM clips WHERE {filter}"), [name])?;
             Ok(Some((files, rows)))
         })?;
-        let Some((files, rows)) = files else { return Ok(None) };
+        let Some((files, rows)) = files else {
+            return Ok(None);
+        };
         for rel in &files {
             files::shred(&self.clips_dir.join(rel))?;
         }
@@ -736,9 +804,17 @@ impl Store for SqliteStore {
     fn record(&self, key: &[&str]) -> Result<Option<Record>, StoreError> {
         let key = records::record_key(key)?;
         self.read(|conn| {
-            first(conn, "SELECT value, rev FROM records WHERE key = ?1", [&key], |r| {
-                Ok(Record { value: get(r, 0)?, rev: to_seq(get(r, 1)?)? })
-            })
+            first(
+                conn,
+                "SELECT value, rev FROM records WHERE key = ?1",
+                [&key],
+                |r| {
+                    Ok(Record {
+                        value: get(r, 0)?,
+                        rev: to_seq(get(r, 1)?)?,
+                    })
+                },
+            )
         })
     }
 
@@ -746,7 +822,10 @@ impl Store for SqliteStore {
         let key = records::record_key(key)?;
         records::check_value(value)?;
         self.write(|tx| {
-            let now: Option<i64> = first(tx, "SELECT rev FROM records WHERE key = ?1", [&key], |r| get(r, 0))?;
+            let now: Option<i64> =
+                first(tx, "SELECT rev FROM records WHERE key = ?1", [&key], |r| {
+                    get(r, 0)
+                })?;
             if now.map_or(0, |r| u64::try_from(r).unwrap_or(0)) != rev {
                 return Ok(None);
             }
@@ -773,13 +852,23 @@ impl Store for SqliteStore {
         // Every key that starts with `lo`: at least `lo`, and below `lo` with its last
         // character ('.') replaced by the next one ('/').
         let hi = format!("{}/", &lo[..lo.len() - 1]);
-        let keys = self.read(|conn| strings(conn, "SELECT key FROM records WHERE key >= ?1 AND key < ?2 ", [&lo, &hi]))?;
+        let keys = self.read(|conn| {
+            strings(
+                conn,
+                "SELECT key FROM records WHERE key >= ?1 AND key < ?2 ",
+                [&lo, &hi],
+            )
+        })?;
         records::parse_record_keys(&keys)
     }
 
     fn delete_clips_before(&self, before_ms: i64) -> Result<usize, StoreError> {
         let files = self.write(|tx| {
-            let files = strings(tx, "SELECT file FROM clips WHERE stored_at_ms < ?1 AND file != ''", [before_ms])?;
+            let files = strings(
+                tx,
+                "SELECT file FROM clips WHERE stored_at_ms < ?1 AND file != ''",
+                [before_ms],
+            )?;
             tx.execute("DELETE FROM clips WHERE stored_at_ms < ?1", [before_ms])?;
             Ok(files)
         })?;

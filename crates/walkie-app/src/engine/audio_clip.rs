@@ -1,9 +1,9 @@
 //! A clip's audio as the app keeps it: the Opus packets (to play or replay) and a small
 //! waveform of peaks computed from the decoded audio (to draw).
 
-use walkie_proto::received::ReceivedClip;
-use walkie_proto::clip::{ClipId, CodecParams, Target};
 use walkie_media::codec::{self, CodecError};
+use walkie_proto::clip::{ClipId, CodecParams, Target};
+use walkie_proto::received::ReceivedClip;
 use walkie_proto::wire::DeliverHeader;
 
 /// Bars in a clip's waveform.
@@ -23,25 +23,55 @@ pub struct ClipAudio {
 impl ClipAudio {
     /// The audio of a clip pushed by the relay.
     pub fn of_received(clip: &ReceivedClip) -> ClipAudio {
-        ClipAudio { codec: clip.header.codec, packets: clip.packets.clone(), samples: clip.samples }
+        ClipAudio {
+            codec: clip.header.codec,
+            packets: clip.packets.clone(),
+            samples: clip.samples,
+        }
     }
 
     /// The audio of a fetched Ogg Opus file.
     pub fn from_ogg(bytes: &[u8]) -> Result<ClipAudio, CodecError> {
         let ogg = walkie_proto::ogg::read_ogg(bytes)?;
-        Ok(ClipAudio { codec: ogg.params, packets: ogg.packets, samples: ogg.samples })
+        Ok(ClipAudio {
+            codec: ogg.params,
+            packets: ogg.packets,
+            samples: ogg.samples,
+        })
     }
 
     /// The waveform: [`PEAKS`] values in 0..1.
     pub fn peaks(&self) -> Result<Vec<f32>, CodecError> {
-        Ok(peaks(&codec::decode_packets(&self.codec, &self.packets, self.samples)?, PEAKS))
+        Ok(peaks(
+            &codec::decode_packets(&self.codec, &self.packets, self.samples)?,
+            PEAKS,
+        ))
     }
 
     /// The clip as the player takes it, under `id` and `from` (a replay uses a fresh id, and
     /// a name other than yours so your own clips play too).
-    pub fn to_received(&self, id: ClipId, from: &str, to: Target, started_at_ms: i64) -> ReceivedClip {
-        let header = DeliverHeader { id, from: from.to_string(), to, started_at_ms, codec: self.codec, live: false, seq: 0, content: Default::default() };
-        ReceivedClip { header, packets: self.packets.clone(), samples: self.samples }
+    pub fn to_received(
+        &self,
+        id: ClipId,
+        from: &str,
+        to: Target,
+        started_at_ms: i64,
+    ) -> ReceivedClip {
+        let header = DeliverHeader {
+            id,
+            from: from.to_string(),
+            to,
+            started_at_ms,
+            codec: self.codec,
+            live: false,
+            seq: 0,
+            content: Default::default(),
+        };
+        ReceivedClip {
+            header,
+            packets: self.packets.clone(),
+            samples: self.samples,
+        }
     }
 
     /// Bytes held, for bounding the cache.
@@ -88,12 +118,24 @@ mod tests {
         assert_eq!(p[0], 0.0);
         assert!((p[2] - 0.8).abs() < 1e-6, "quiet clips get up to 4x: {p:?}");
         assert_eq!(peaks(&[], 3), vec![0.0; 3]);
-        assert_eq!(peaks(&[0.5, 1.0], 4).len(), 4, "more bars than samples still works");
+        assert_eq!(
+            peaks(&[0.5, 1.0], 4).len(),
+            4,
+            "more bars than samples still works"
+        );
     }
 
     #[test]
     fn a_fetched_file_decodes_to_a_waveform_and_replays_under_another_id() {
-        let pcm: Vec<f32> = (0..9_600).map(|i| if i < 4_800 { 0.0 } else { 0.5 * ((i as f32) * 0.05).sin() }).collect();
+        let pcm: Vec<f32> = (0..9_600)
+            .map(|i| {
+                if i < 4_800 {
+                    0.0
+                } else {
+                    0.5 * ((i as f32) * 0.05).sin()
+                }
+            })
+            .collect();
         let enc = encode_pcm(&pcm, &EncoderConfig::default()).expect("encodes");
         let ogg = write_ogg(&enc.params, &enc.packets, enc.samples, 7).expect("ogg");
         let audio = ClipAudio::from_ogg(&ogg).expect("reads");
@@ -103,6 +145,9 @@ mod tests {
         assert!(p[..PEAKS / 2 - 2].iter().all(|&x| x < 0.2), "{p:?}");
         assert!(p[PEAKS / 2 + 2..].iter().all(|&x| x > 0.5), "{p:?}");
         let r = audio.to_received(ClipId([9; 16]), "replay", Target::Channel("crew".into()), 5);
-        assert_eq!((r.header.id, r.samples, r.packets.len()), (ClipId([9; 16]), 9_600, enc.packets.len()));
+        assert_eq!(
+            (r.header.id, r.samples, r.packets.len()),
+            (ClipId([9; 16]), 9_600, enc.packets.len())
+        );
     }
 }

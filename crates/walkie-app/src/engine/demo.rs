@@ -30,14 +30,22 @@ pub struct Demo {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
-    move |source| ClientError::Io { path: path.to_path_buf(), source }
+    move |source| ClientError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 impl Demo {
     /// Starts the relay and bob.
     pub async fn start() -> Result<Demo, ClientError> {
-        let work = tempfile::Builder::new().prefix("walkie-app-demo-").tempdir().map_err(io(Path::new("temporary dir")))?;
-        let relay = DemoRelay::start().await.map_err(|e| ClientError::Config(format!("demo relay: {e}")))?;
+        let work = tempfile::Builder::new()
+            .prefix("walkie-app-demo-")
+            .tempdir()
+            .map_err(io(Path::new("temporary dir")))?;
+        let relay = DemoRelay::start()
+            .await
+            .map_err(|e| ClientError::Config(format!("demo relay: {e}")))?;
         let token = |user: &str| relay.token(user).unwrap_or_default().to_string();
         let (addr, pin) = (relay.handle.addr, relay.handle.fingerprint);
         let alice = Profile {
@@ -47,7 +55,12 @@ impl Demo {
             cert: None,
             fingerprint: Some(pin.to_string()),
         };
-        let bob_cfg = ClientConfig { relay: addr.to_string(), user: "bob".into(), token: token("bob"), pin };
+        let bob_cfg = ClientConfig {
+            relay: addr.to_string(),
+            user: "bob".into(),
+            token: token("bob"),
+            pin,
+        };
         let sample = work.path().join("hello-crew.wav");
         std::fs::write(&sample, walkie_media::audio::DEMO_SPEECH).map_err(io(&sample))?;
         let outbox = Outbox::open(&work.path().join("bob-outbox"))?;
@@ -59,7 +72,14 @@ impl Demo {
             }
         });
         let dir = work.path().join("app");
-        Ok(Demo { alice, dir, sample, relay: Some(relay), bob, _work: work })
+        Ok(Demo {
+            alice,
+            dir,
+            sample,
+            relay: Some(relay),
+            bob,
+            _work: work,
+        })
     }
 
     /// Asks bob to say something on `crew`.
@@ -76,7 +96,12 @@ impl Demo {
 }
 
 /// Bob: greets once, then talks when asked and plays alice's clips.
-async fn run_bob(cfg: ClientConfig, sample: PathBuf, outbox: Outbox, mut asks: mpsc::UnboundedReceiver<()>) -> Result<(), ClientError> {
+async fn run_bob(
+    cfg: ClientConfig,
+    sample: PathBuf,
+    outbox: Outbox,
+    mut asks: mpsc::UnboundedReceiver<()>,
+) -> Result<(), ClientError> {
     let mut client = Client::connect(&cfg).await?;
     let mut to_play: Vec<(Instant, ClipId)> = Vec::new();
     let mut greet = Some(tokio::time::Instant::now() + Duration::from_secs(2));
@@ -98,9 +123,21 @@ async fn run_bob(cfg: ClientConfig, sample: PathBuf, outbox: Outbox, mut asks: m
         };
         match next {
             Next::Talk => {
-                let source = Box::new(WavSource::open(&sample, true).map_err(|e| ClientError::Config(e.to_string()))?);
+                let source = Box::new(
+                    WavSource::open(&sample, true)
+                        .map_err(|e| ClientError::Config(e.to_string()))?,
+                );
                 let opts = TalkOptions::new(Target::Channel("crew".into()));
-                match talk::talk(Some(&client), &outbox, source, &opts, TalkControl::new(), None).await {
+                match talk::talk(
+                    Some(&client),
+                    &outbox,
+                    source,
+                    &opts,
+                    TalkControl::new(),
+                    None,
+                )
+                .await
+                {
                     Ok(_) => {}
                     Err(e) => warn!("demo: bob could not talk: {e}"),
                 }
@@ -109,7 +146,10 @@ async fn run_bob(cfg: ClientConfig, sample: PathBuf, outbox: Outbox, mut asks: m
             Next::Event(Some(Event::Clip(clip))) => {
                 client.ack(clip.header.id).await?;
                 if clip.header.from != "bob" {
-                    to_play.push((Instant::now() + Duration::from_millis(clip.duration_ms()), clip.header.id));
+                    to_play.push((
+                        Instant::now() + Duration::from_millis(clip.duration_ms()),
+                        clip.header.id,
+                    ));
                 }
             }
             Next::Event(Some(_)) => {}

@@ -14,7 +14,9 @@ async fn all_clips(client: &Client, target: &Target) -> Result<Vec<ClipMeta>, Cl
     let mut all = Vec::new();
     let mut before = None;
     loop {
-        let page = client.history(Some(target.clone()), MAX_HISTORY_PAGE, before).await?;
+        let page = client
+            .history(Some(target.clone()), MAX_HISTORY_PAGE, before)
+            .await?;
         let Some(first) = page.first() else { break };
         before = Some(first.seq);
         let full = page.len() as u32 >= MAX_HISTORY_PAGE;
@@ -56,7 +58,11 @@ mod tests {
             duration_ms: 1,
             packets: 1,
             bytes: 1,
-            codec: CodecParams { frame_samples: 960, bitrate: 24_000, pre_skip: 312 },
+            codec: CodecParams {
+                frame_samples: 960,
+                bitrate: 24_000,
+                pre_skip: 312,
+            },
             seq: 1,
             content: Default::default(),
         };

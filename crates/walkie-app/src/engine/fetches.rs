@@ -33,7 +33,12 @@ pub(super) enum Job {
 /// What a background job brought back.
 pub(super) enum JobDone {
     /// A history page: oldest first, and whether older clips may remain.
-    Page { target: Target, clips: Vec<ClipMeta>, more: bool, older: bool },
+    Page {
+        target: Target,
+        clips: Vec<ClipMeta>,
+        more: bool,
+        older: bool,
+    },
     /// A clip's audio.
     Audio(ClipId, ClipAudio),
     /// A message's payload.
@@ -69,12 +74,18 @@ impl Fetches {
 
     /// The newest history page of a conversation.
     pub fn page(&mut self, target: Target) {
-        self.later(Job::Page { target, older: false });
+        self.later(Job::Page {
+            target,
+            older: false,
+        });
     }
 
     /// The page before the oldest clip shown, before anything else.
     pub fn older_page(&mut self, target: Target) {
-        self.first(Job::Page { target, older: true });
+        self.first(Job::Page {
+            target,
+            older: true,
+        });
     }
 
     /// A clip's audio, for its waveform.
@@ -136,7 +147,9 @@ impl Fetches {
         }
         let mut total: usize = self.cache.values().map(ClipAudio::bytes).sum();
         while total > AUDIO_CACHE_BYTES {
-            let Some(old) = self.order.pop_front() else { break };
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
             total -= self.cache.remove(&old).map_or(0, |a| a.bytes());
         }
     }
@@ -151,23 +164,37 @@ impl Fetches {
 }
 
 /// Runs one job against the relay; `before_seq` is where an older page ends.
-pub(super) async fn run(client: &Client, job: &Job, before_seq: Option<u64>, cached: Option<&ClipAudio>) -> Result<JobDone, ClientError> {
+pub(super) async fn run(
+    client: &Client,
+    job: &Job,
+    before_seq: Option<u64>,
+    cached: Option<&ClipAudio>,
+) -> Result<JobDone, ClientError> {
     match job {
         Job::Page { target, older } => {
             let before = if *older { before_seq } else { None };
             let clips = client.history(Some(target.clone()), PAGE, before).await?;
             let more = clips.len() as u32 >= PAGE;
-            Ok(JobDone::Page { target: target.clone(), clips, more, older: *older })
+            Ok(JobDone::Page {
+                target: target.clone(),
+                clips,
+                more,
+                older: *older,
+            })
         }
         Job::Audio(id) => {
             if let Some(a) = cached {
                 return Ok(JobDone::Audio(*id, a.clone()));
             }
-            let (_, bytes) = tokio::time::timeout(FETCH_TIMEOUT, client.fetch(*id)).await.map_err(|_| ClientError::Timeout(FETCH_TIMEOUT))??;
+            let (_, bytes) = tokio::time::timeout(FETCH_TIMEOUT, client.fetch(*id))
+                .await
+                .map_err(|_| ClientError::Timeout(FETCH_TIMEOUT))??;
             Ok(JobDone::Audio(*id, ClipAudio::from_ogg(&bytes)?))
         }
         Job::Message(id, content) => {
-            let (_, bytes) = tokio::time::timeout(FETCH_TIMEOUT, client.fetch(*id)).await.map_err(|_| ClientError::Timeout(FETCH_TIMEOUT))??;
+            let (_, bytes) = tokio::time::timeout(FETCH_TIMEOUT, client.fetch(*id))
+                .await
+                .map_err(|_| ClientError::Timeout(FETCH_TIMEOUT))??;
             Ok(JobDone::Message(*id, *content, bytes))
         }
     }

@@ -60,12 +60,17 @@ impl Link {
 
     /// True if `id` waits to be played.
     pub fn is_unplayed(&self, id: &ClipId) -> bool {
-        self.connected.as_ref().is_some_and(|c| c.unplayed.contains(id))
+        self.connected
+            .as_ref()
+            .is_some_and(|c| c.unplayed.contains(id))
     }
 
     /// Every clip waiting to be played.
     pub fn unplayed(&self) -> Vec<ClipId> {
-        self.connected.as_ref().map(|c| c.unplayed.ids().copied().collect()).unwrap_or_default()
+        self.connected
+            .as_ref()
+            .map(|c| c.unplayed.ids().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Marks a clip unplayed or played, persistently.
@@ -131,20 +136,25 @@ pub async fn connect(profile: &Profile) -> Result<(Client, ClientConfig), String
 pub fn explain(e: &ClientError, cfg: &ClientConfig) -> String {
     match e {
         ClientError::Refused(r) if r.code == ErrorCode::Unauthorized => {
-            format!("Wrong user name or token: the relay at {} refused {} ({}).", cfg.relay, cfg.user, r.message)
+            format!(
+                "Wrong user name or token: the relay at {} refused {} ({}).",
+                cfg.relay, cfg.user, r.message
+            )
         }
         ClientError::Net(NetError::Untrusted { reason, .. }) => format!(
             "Unknown certificate: the relay at {} is not the one you trust ({reason}). Check the fingerprint that walkie-relay serve prints, or its cert.pem.",
             cfg.relay
         ),
         ClientError::Net(NetError::Connect { reason, .. }) => {
-            format!("Cannot reach the relay at {}: {reason}. Is it running, and is the address right?", cfg.relay)
+            format!(
+                "Cannot reach the relay at {}: {reason}. Is it running, and is the address right?",
+                cfg.relay
+            )
         }
         ClientError::Resolve(_) => format!("Cannot reach the relay: {e}."),
         other => format!("Cannot connect to {}: {other}.", cfg.relay),
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -152,7 +162,12 @@ mod tests {
 
     #[test]
     fn connection_errors_say_what_to_check() {
-        let cfg = ClientConfig { relay: "h:1".into(), user: "ann".into(), token: "t".into(), pin: walkie_net::Fingerprint([0; 32]) };
+        let cfg = ClientConfig {
+            relay: "h:1".into(),
+            user: "ann".into(),
+            token: "t".into(),
+            pin: walkie_net::Fingerprint([0; 32]),
+        };
         let refused = ClientError::Refused(walkie_proto::wire::ErrorMsg {
             req: None,
             clip: None,
@@ -165,7 +180,10 @@ mod tests {
             reason: "the relay's certificate sha256:aa does not match the pinned sha256:bb".into(),
         });
         assert!(explain(&pin, &cfg).starts_with("Unknown certificate"));
-        let gone = ClientError::Net(NetError::Connect { addr: "h:1".into(), reason: "no answer within 10 s".into() });
+        let gone = ClientError::Net(NetError::Connect {
+            addr: "h:1".into(),
+            reason: "no answer within 10 s".into(),
+        });
         assert!(explain(&gone, &cfg).starts_with("Cannot reach the relay at h:1"));
     }
 }

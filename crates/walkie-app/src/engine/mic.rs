@@ -43,7 +43,10 @@ impl Microphone {
     }
 
     fn open(&self) -> Result<Box<dyn AudioSource>, AudioError> {
-        let cfg = CaptureConfig { noise_suppression: self.noise_suppression, ..CaptureConfig::default() };
+        let cfg = CaptureConfig {
+            noise_suppression: self.noise_suppression,
+            ..CaptureConfig::default()
+        };
         open_source(self.spec.as_deref(), cfg)
     }
 
@@ -95,46 +98,49 @@ pub fn spawn_test(
     tx: mpsc::UnboundedSender<MicMsg>,
 ) -> std::io::Result<()> {
     let encoder = Encoder::new(encoder);
-    std::thread::Builder::new().name("walkie-mic-test".into()).spawn(move || {
-        let mut encoder = match encoder {
-            Ok(e) => e,
-            Err(e) => {
-                let _ = tx.send(MicMsg::Done(0, source, Some(e.to_string())));
-                return;
-            }
-        };
-        source.start_clip(Duration::ZERO);
-        let started = Instant::now();
-        let mut frames = 0u64;
-        let mut failure = None;
-        while started.elapsed() < MIC_TEST {
-            match source.next_frame(Duration::from_millis(100)) {
-                Ok(Pull::Frame(f)) => {
-                    meter.set(f.rms(), Duration::from_millis(frames * 20));
-                    match encoder.encode(&f.samples) {
-                        Ok(p) => {
-                            frames += 1;
-                            if tx.send(MicMsg::Packet(p)).is_err() {
-                                return;
+    std::thread::Builder::new()
+        .name("walkie-mic-test".into())
+        .spawn(move || {
+            let mut encoder = match encoder {
+                Ok(e) => e,
+                Err(e) => {
+                    let _ = tx.send(MicMsg::Done(0, source, Some(e.to_string())));
+                    return;
+                }
+            };
+            source.start_clip(Duration::ZERO);
+            let started = Instant::now();
+            let mut frames = 0u64;
+            let mut failure = None;
+            while started.elapsed() < MIC_TEST {
+                match source.next_frame(Duration::from_millis(100)) {
+                    Ok(Pull::Frame(f)) => {
+                        meter.set(f.rms(), Duration::from_millis(frames * 20));
+                        match encoder.encode(&f.samples) {
+                            Ok(p) => {
+                                frames += 1;
+                                if tx.send(MicMsg::Packet(p)).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => {
+                                failure = Some(e.to_string());
+                                break;
                             }
                         }
-                        Err(e) => {
-                            failure = Some(e.to_string());
-                            break;
-                        }
+                    }
+                    Ok(Pull::Timeout) => {}
+                    Ok(Pull::Ended) => break,
+                    Err(e) => {
+                        failure = Some(e.to_string());
+                        break;
                     }
                 }
-                Ok(Pull::Timeout) => {}
-                Ok(Pull::Ended) => break,
-                Err(e) => {
-                    failure = Some(e.to_string());
-                    break;
-                }
             }
-        }
-        let samples = (frames * FRAME_SAMPLES as u64).saturating_sub(u64::from(encoder.pre_skip()));
-        let _ = tx.send(MicMsg::Done(samples, source, failure));
-    })?;
+            let samples =
+                (frames * FRAME_SAMPLES as u64).saturating_sub(u64::from(encoder.pre_skip()));
+            let _ = tx.send(MicMsg::Done(samples, source, failure));
+        })?;
     Ok(())
 }
 
@@ -144,7 +150,8 @@ mod tests {
 
     #[test]
     fn a_file_is_opened_for_each_clip_and_the_test_streams_packets() {
-        let wav = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples/hello-crew.wav");
+        let wav =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples/hello-crew.wav");
         let mut mic = Microphone::default();
         mic.configure(Some(format!("wav:{}", wav.display())), false);
         mic.warm_up().expect("nothing to open for a file");
@@ -154,7 +161,13 @@ mod tests {
         assert!(!mic.is_lent());
         let (tx, mut rx) = mpsc::unbounded_channel();
         let meter = Arc::new(Meter::default());
-        spawn_test(mic.take().expect("opens again"), &EncoderConfig::default(), meter.clone(), tx).expect("thread");
+        spawn_test(
+            mic.take().expect("opens again"),
+            &EncoderConfig::default(),
+            meter.clone(),
+            tx,
+        )
+        .expect("thread");
         let mut packets = 0;
         loop {
             match rx.blocking_recv().expect("the test reports") {

@@ -7,7 +7,12 @@
 pub fn show(title: &str, body: &str) {
     let (title, body) = (title.to_string(), body.to_string());
     std::thread::spawn(move || {
-        let shown = notify_rust::Notification::new().appname("walkie").summary(&title).body(&body).timeout(notify_rust::Timeout::Milliseconds(6_000)).show();
+        let shown = notify_rust::Notification::new()
+            .appname("walkie")
+            .summary(&title)
+            .body(&body)
+            .timeout(notify_rust::Timeout::Milliseconds(6_000))
+            .show();
         if let Err(e) = shown {
             tracing::debug!("no desktop notification: {e}");
         }

@@ -62,26 +62,45 @@ impl PeopleView {
 
     /// Where you stand with `user`.
     pub fn contact_state(&self, user: &str) -> Option<ContactState> {
-        self.contacts.iter().find(|c| c.user == user).and_then(|c| c.state)
+        self.contacts
+            .iter()
+            .find(|c| c.user == user)
+            .and_then(|c| c.state)
     }
 }
 
 /// Decodes a 64 px avatar PNG from the relay (it encoded it; still read with limits).
 fn decode(png: &[u8], tag: &str) -> Option<AvatarPixels> {
-    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(png), image::ImageFormat::Png);
+    let mut reader =
+        image::ImageReader::with_format(std::io::Cursor::new(png), image::ImageFormat::Png);
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(256);
     limits.max_image_height = Some(256);
     reader.limits(limits);
     let img = reader.decode().ok()?.to_rgba8();
-    Some(AvatarPixels { size: [img.width() as usize, img.height() as usize], rgba: img.into_raw(), tag: tag.to_string() })
+    Some(AvatarPixels {
+        size: [img.width() as usize, img.height() as usize],
+        rgba: img.into_raw(),
+        tag: tag.to_string(),
+    })
 }
 
 /// Reads the profiles of `names` not known yet (or all of them with `again`), and the
 /// avatars that are new or changed.
-pub async fn learn(client: &Client, view: &mut PeopleView, names: impl IntoIterator<Item = String>, again: bool) -> Result<(), ClientError> {
-    let wanted: BTreeSet<String> = names.into_iter().filter(|n| again || !view.persons.contains_key(n)).collect();
-    let wanted: Vec<String> = wanted.into_iter().take(walkie_proto::wire::MAX_PROFILES).collect();
+pub async fn learn(
+    client: &Client,
+    view: &mut PeopleView,
+    names: impl IntoIterator<Item = String>,
+    again: bool,
+) -> Result<(), ClientError> {
+    let wanted: BTreeSet<String> = names
+        .into_iter()
+        .filter(|n| again || !view.persons.contains_key(n))
+        .collect();
+    let wanted: Vec<String> = wanted
+        .into_iter()
+        .take(walkie_proto::wire::MAX_PROFILES)
+        .collect();
     if wanted.is_empty() {
         return Ok(());
     }
@@ -102,7 +121,11 @@ pub async fn learn(client: &Client, view: &mut PeopleView, names: impl IntoItera
 }
 
 /// Reads your profile, contacts and channels again, and the people in them.
-pub async fn refresh(client: &Client, view: &mut PeopleView, also: Vec<String>) -> Result<(), ClientError> {
+pub async fn refresh(
+    client: &Client,
+    view: &mut PeopleView,
+    also: Vec<String>,
+) -> Result<(), ClientError> {
     view.me = Some(client.set_profile(None, None).await?);
     view.contacts = client.contacts().await?;
     view.groups = client.groups().await?;
@@ -116,8 +139,13 @@ pub async fn refresh(client: &Client, view: &mut PeopleView, also: Vec<String>) 
 /// Makes an account from an invite link (or signs this device in with a device link); the
 /// profile to connect with.
 pub async fn join(link: &str, name: &str, display: Option<&str>) -> Result<Profile, String> {
-    let link: InviteLink = link.trim().parse().map_err(|e: walkie_proto::people::LinkError| e.to_string())?;
-    let joined = join_relay(&link, name.trim().trim_start_matches('@'), display).await.map_err(|e| e.to_string())?;
+    let link: InviteLink = link
+        .trim()
+        .parse()
+        .map_err(|e: walkie_proto::people::LinkError| e.to_string())?;
+    let joined = join_relay(&link, name.trim().trim_start_matches('@'), display)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(Profile {
         relay: Some(joined.relay),
         user: Some(joined.user),
@@ -128,7 +156,12 @@ pub async fn join(link: &str, name: &str, display: Option<&str>) -> Result<Profi
 }
 
 /// Does a contact action; the sentence to show.
-pub async fn contact(client: &Client, view: &mut PeopleView, user: &str, action: ContactAction) -> Result<String, ClientError> {
+pub async fn contact(
+    client: &Client,
+    view: &mut PeopleView,
+    user: &str,
+    action: ContactAction,
+) -> Result<String, ClientError> {
     let user = user.trim().trim_start_matches('@');
     let entry = client.contact(user, action).await?;
     view.contacts.retain(|c| c.user != entry.user);
@@ -160,7 +193,12 @@ pub fn contact_changed(view: &mut PeopleView, entry: ContactEntry) {
 }
 
 /// Does a channel action; the sentence to show.
-pub async fn group(client: &Client, view: &mut PeopleView, channel: &str, action: GroupAction) -> Result<String, ClientError> {
+pub async fn group(
+    client: &Client,
+    view: &mut PeopleView,
+    channel: &str,
+    action: GroupAction,
+) -> Result<String, ClientError> {
     let channel = channel.trim().trim_start_matches('#');
     let said = match &action {
         GroupAction::Create { .. } => format!("Made channel {channel}."),
@@ -171,22 +209,37 @@ pub async fn group(client: &Client, view: &mut PeopleView, channel: &str, action
     };
     client.group(channel, action).await?;
     view.groups = client.groups().await?;
-    let members: Vec<String> = view.groups.iter().flat_map(|g| g.members.iter().cloned()).collect();
+    let members: Vec<String> = view
+        .groups
+        .iter()
+        .flat_map(|g| g.members.iter().cloned())
+        .collect();
     learn(client, view, members, false).await?;
     Ok(said)
 }
 
 /// Sets your display name; the sentence to show.
-pub async fn set_display(client: &Client, view: &mut PeopleView, display: &str) -> Result<String, ClientError> {
+pub async fn set_display(
+    client: &Client,
+    view: &mut PeopleView,
+    display: &str,
+) -> Result<String, ClientError> {
     let me = client.set_profile(Some(display.to_string()), None).await?;
-    let said = format!("You are now shown as {}.", me.display.as_deref().unwrap_or("your login name"));
+    let said = format!(
+        "You are now shown as {}.",
+        me.display.as_deref().unwrap_or("your login name")
+    );
     view.me = Some(me);
     learn(client, view, [client.user().to_string()], true).await?;
     Ok(said)
 }
 
 /// Sets your avatar from a picture file; the sentence to show.
-pub async fn set_avatar(client: &Client, view: &mut PeopleView, path: &Path) -> Result<String, ClientError> {
+pub async fn set_avatar(
+    client: &Client,
+    view: &mut PeopleView,
+    path: &Path,
+) -> Result<String, ClientError> {
     let png = walkie_client::avatar::prepare(path)?;
     view.me = Some(client.set_avatar(Some(png)).await?);
     learn(client, view, [client.user().to_string()], true).await?;

@@ -67,11 +67,14 @@ impl Playout {
             Ok(s) => (s, None),
             Err(e) => (
                 Box::new(NullSink::realtime()) as Box<dyn AudioSink>,
-                Some(format!("speaker: {e}; clips are not played (nor marked played) until a speaker works")),
+                Some(format!(
+                    "speaker: {e}; clips are not played (nor marked played) until a speaker works"
+                )),
             ),
         };
         self.audible = problem.is_none();
-        let handle = player::spawn(Player::new(sink, me, PlayerConfig::default())).map_err(|e| format!("cannot start the player: {e}"))?;
+        let handle = player::spawn(Player::new(sink, me, PlayerConfig::default()))
+            .map_err(|e| format!("cannot start the player: {e}"))?;
         self.handle = Some(handle);
         match problem {
             Some(p) => Err(p),
@@ -102,7 +105,12 @@ impl Playout {
     /// Stops `id` if it plays or waits to play (as itself or as a replay): the player
     /// abandons it, and it is not marked played.
     pub fn stop_clip(&mut self, id: ClipId) {
-        let mut ids: Vec<ClipId> = self.aliases.iter().filter(|(_, real)| **real == Some(id)).map(|(alias, _)| *alias).collect();
+        let mut ids: Vec<ClipId> = self
+            .aliases
+            .iter()
+            .filter(|(_, real)| **real == Some(id))
+            .map(|(alias, _)| *alias)
+            .collect();
         ids.push(id);
         for player_id in ids {
             self.send(PlayerInput::Abort(player_id));
@@ -131,7 +139,15 @@ impl Playout {
     /// Someone's live clip started to `target`: when `heard`, it plays while it is still
     /// being recorded; either way its talker shows as talking until it ends.
     pub fn live_started(&mut self, header: DeliverHeader, target: Target, heard: bool) {
-        self.live.insert(header.id, LiveClip { target, from: header.from.clone(), last: Instant::now(), heard });
+        self.live.insert(
+            header.id,
+            LiveClip {
+                target,
+                from: header.from.clone(),
+                last: Instant::now(),
+                heard,
+            },
+        );
         if heard {
             self.in_player.insert(header.id);
             self.send(PlayerInput::Offer(header));
@@ -166,13 +182,25 @@ impl Playout {
 
     /// Who is still talking in `target`, if anyone.
     pub fn talking_in(&self, target: &Target) -> Option<String> {
-        self.live.values().find(|l| &l.target == target).map(|l| l.from.clone())
+        self.live
+            .values()
+            .find(|l| &l.target == target)
+            .map(|l| l.from.clone())
     }
 
     /// Drops live clips with no news for a while; returns their conversations.
     pub fn drop_stale(&mut self, now: Instant) -> Vec<Target> {
-        let stale: Vec<ClipId> = self.live.iter().filter(|(_, l)| now - l.last > LIVE_STALE).map(|(id, _)| *id).collect();
-        stale.into_iter().filter_map(|id| self.live.remove(&id)).map(|l| l.target).collect()
+        let stale: Vec<ClipId> = self
+            .live
+            .iter()
+            .filter(|(_, l)| now - l.last > LIVE_STALE)
+            .map(|(id, _)| *id)
+            .collect();
+        stale
+            .into_iter()
+            .filter_map(|id| self.live.remove(&id))
+            .map(|l| l.target)
+            .collect()
     }
 
     /// Plays a clip again (or one of your own), under a fresh id.
@@ -225,7 +253,9 @@ impl Playout {
 
     /// What happened since the last call.
     pub fn poll(&mut self) -> Vec<Heard> {
-        let Some(h) = &self.handle else { return Vec::new() };
+        let Some(h) = &self.handle else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
         let mut failed = false;
         while let Ok(event) = h.events().try_recv() {

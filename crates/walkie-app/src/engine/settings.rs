@@ -70,9 +70,14 @@ impl AppFile {
     /// Reads the file; a missing file gives the defaults.
     pub fn load(path: &Path) -> Result<AppFile, ClientError> {
         match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text).map_err(|e| ClientError::Config(format!("{}: not valid app settings: {e}", path.display()))),
+            Ok(text) => toml::from_str(&text).map_err(|e| {
+                ClientError::Config(format!("{}: not valid app settings: {e}", path.display()))
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AppFile::default()),
-            Err(source) => Err(ClientError::Io { path: path.to_path_buf(), source }),
+            Err(source) => Err(ClientError::Io {
+                path: path.to_path_buf(),
+                source,
+            }),
         }
     }
 
@@ -83,7 +88,8 @@ impl AppFile {
 
     /// Puts `profile` first, dropping an older one for the same relay and user.
     pub fn remember(&mut self, profile: Profile) {
-        self.profiles.retain(|p| !(p.relay == profile.relay && p.user == profile.user));
+        self.profiles
+            .retain(|p| !(p.relay == profile.relay && p.user == profile.user));
         self.profiles.insert(0, profile);
         self.profiles.truncate(MAX_PROFILES);
     }
@@ -97,7 +103,10 @@ mod tests {
     fn settings_and_profiles_roundtrip_and_the_latest_profile_comes_first() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = AppFile::path(dir.path());
-        assert_eq!(AppFile::load(&path).expect("missing is default"), AppFile::default());
+        assert_eq!(
+            AppFile::load(&path).expect("missing is default"),
+            AppFile::default()
+        );
         let mut file = AppFile::default();
         file.settings.bitrate = 32_000;
         file.settings.conversations.push("crew".into());

@@ -130,7 +130,15 @@ impl Conversation {
     /// An empty conversation.
     pub fn new(target: Target) -> Conversation {
         let online = matches!(target, Target::User(_)).then_some(false);
-        Conversation { target, online, unread: 0, clips: Vec::new(), has_older: true, loading: false, talking: None }
+        Conversation {
+            target,
+            online,
+            unread: 0,
+            clips: Vec::new(),
+            has_older: true,
+            loading: false,
+            talking: None,
+        }
     }
 
     /// How the list shows it: `crew` or `@bob`.
@@ -150,7 +158,10 @@ impl Meter {
     /// Sets the latest RMS level and the time so far.
     pub fn set(&self, level: f32, elapsed: Duration) {
         self.level.store(level.to_bits(), Ordering::Relaxed);
-        self.elapsed_ms.store(u32::try_from(elapsed.as_millis()).unwrap_or(u32::MAX), Ordering::Relaxed);
+        self.elapsed_ms.store(
+            u32::try_from(elapsed.as_millis()).unwrap_or(u32::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// RMS level of the latest frame, 0..1.
@@ -261,7 +272,9 @@ impl Snapshot {
 
     /// Someone talking live anywhere: `(who, where)`.
     pub fn someone_talking(&self) -> Option<(&str, &Target)> {
-        self.conversations.iter().find_map(|c| c.talking.as_deref().map(|who| (who, &c.target)))
+        self.conversations
+            .iter()
+            .find_map(|c| c.talking.as_deref().map(|who| (who, &c.target)))
     }
 
     /// Your user name once connected.

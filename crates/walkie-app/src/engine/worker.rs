@@ -31,10 +31,10 @@ use super::export;
 use super::fetches::{self, Fetches, Job, JobDone};
 use super::link::{self, Link};
 use super::mic::{self, MicMsg, Microphone};
+use super::people;
 use super::playout::{Heard, Playout};
 use super::settings::AppFile;
 use super::state::{Connection, Devices, Meter, Notice, NoticeKind, Snapshot, Talk};
-use super::people;
 use super::unplayed::Unplayed;
 use super::{AppSettings, Command, EngineOptions, Shared};
 
@@ -84,7 +84,11 @@ async fn next_event(client: &mut Option<Client>) -> Option<Event> {
 }
 
 /// Runs the engine until [`Command::Shutdown`] or the app drops it.
-pub(super) async fn run(opts: EngineOptions, shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Command>) {
+pub(super) async fn run(
+    opts: EngineOptions,
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+) {
     let (mic_tx, mut mic_rx) = mpsc::unbounded_channel();
     let mut w = Worker {
         opts,
@@ -170,7 +174,10 @@ impl Worker {
     }
 
     fn notice(&mut self, kind: NoticeKind, text: impl Into<String>) {
-        self.snap.notice = Some(Notice { kind, text: text.into() });
+        self.snap.notice = Some(Notice {
+            kind,
+            text: text.into(),
+        });
     }
 
     fn app_file_path(&self) -> PathBuf {
@@ -184,15 +191,24 @@ impl Worker {
     }
 
     fn input_spec(&self) -> Option<String> {
-        self.opts.input.clone().or_else(|| self.snap.settings.input_device.clone())
+        self.opts
+            .input
+            .clone()
+            .or_else(|| self.snap.settings.input_device.clone())
     }
 
     fn output_spec(&self) -> Option<String> {
-        self.opts.output.clone().or_else(|| self.snap.settings.output_device.clone())
+        self.opts
+            .output
+            .clone()
+            .or_else(|| self.snap.settings.output_device.clone())
     }
 
     fn encoder(&self) -> EncoderConfig {
-        EncoderConfig { bitrate: self.snap.settings.bitrate, ..EncoderConfig::default() }
+        EncoderConfig {
+            bitrate: self.snap.settings.bitrate,
+            ..EncoderConfig::default()
+        }
     }
 
     fn list_devices(&mut self) {
@@ -202,7 +218,10 @@ impl Worker {
                 outputs: list.outputs.into_iter().map(|d| d.name).collect(),
                 error: None,
             },
-            Err(e) => Devices { error: Some(e.to_string()), ..Devices::default() },
+            Err(e) => Devices {
+                error: Some(e.to_string()),
+                ..Devices::default()
+            },
         };
     }
 
@@ -212,7 +231,8 @@ impl Worker {
         self.save_file();
         let new = &self.snap.settings;
         if new.input_device != old.input_device || new.noise_suppression != old.noise_suppression {
-            self.mic.configure(self.input_spec(), self.snap.settings.noise_suppression);
+            self.mic
+                .configure(self.input_spec(), self.snap.settings.noise_suppression);
             if self.link.is_connected() {
                 self.start_audio();
             }
@@ -225,7 +245,11 @@ impl Worker {
     // ---- start-up and the connection ----
 
     /// Start-up: the demo relay, the settings file, the devices, and the first connection.
-    async fn begin(&mut self, client: &mut Option<Client>, rx: &mut mpsc::UnboundedReceiver<Command>) {
+    async fn begin(
+        &mut self,
+        client: &mut Option<Client>,
+        rx: &mut mpsc::UnboundedReceiver<Command>,
+    ) {
         if self.opts.demo {
             match Demo::start().await {
                 Ok(d) => {
@@ -235,7 +259,10 @@ impl Worker {
                     self.snap.demo = true;
                     self.demo = Some(d);
                 }
-                Err(e) => self.notice(NoticeKind::Error, format!("The demo relay did not start: {e}")),
+                Err(e) => self.notice(
+                    NoticeKind::Error,
+                    format!("The demo relay did not start: {e}"),
+                ),
             }
         }
         match AppFile::load(&self.app_file_path()) {
@@ -244,10 +271,21 @@ impl Worker {
         }
         self.snap.settings = self.file.settings.clone();
         self.snap.profiles = self.file.profiles.clone();
-        self.mic.configure(self.input_spec(), self.snap.settings.noise_suppression);
+        self.mic
+            .configure(self.input_spec(), self.snap.settings.noise_suppression);
         self.list_devices();
-        let given = self.opts.profile.clone().filter(|p| p.client_config().is_ok());
-        let start = given.or_else(|| self.file.profiles.first().cloned().filter(|p| p.client_config().is_ok()));
+        let given = self
+            .opts
+            .profile
+            .clone()
+            .filter(|p| p.client_config().is_ok());
+        let start = given.or_else(|| {
+            self.file
+                .profiles
+                .first()
+                .cloned()
+                .filter(|p| p.client_config().is_ok())
+        });
         self.publish();
         if let Some(p) = start {
             self.connect(p, client, rx).await;
@@ -256,43 +294,59 @@ impl Worker {
 
     /// Connects (a new command cancels the attempt), then loads the conversations. After a
     /// lost connection (reconnecting) the conversations stay on screen meanwhile.
-    async fn connect(&mut self, profile: Profile, client: &mut Option<Client>, rx: &mut mpsc::UnboundedReceiver<Command>) {
+    async fn connect(
+        &mut self,
+        profile: Profile,
+        client: &mut Option<Client>,
+        rx: &mut mpsc::UnboundedReceiver<Command>,
+    ) {
         let resuming = self.link.reconnecting() && client.is_none() && self.snap.me().is_some();
         let me = self.snap.me().unwrap_or_default().to_string();
         if resuming {
-            self.snap.connection = Connection::Lost { user: me.clone(), why: "Reconnecting to the relay…".into() };
+            self.snap.connection = Connection::Lost {
+                user: me.clone(),
+                why: "Reconnecting to the relay…".into(),
+            };
         } else {
             self.disconnect(client).await;
-            self.snap.connection = Connection::Connecting(profile.relay.clone().unwrap_or_default());
+            self.snap.connection =
+                Connection::Connecting(profile.relay.clone().unwrap_or_default());
         }
         self.publish();
         let attempt = {
             let attempt = link::connect(&profile);
             tokio::pin!(attempt);
             loop {
-            tokio::select! {
-                r = &mut attempt => break r,
-                cmd = rx.recv() => {
-                    // The window's focus changing is only noted.
-                    if let Some(Command::SetFocused(focused)) = cmd {
-                        self.focused = focused;
-                        continue;
+                tokio::select! {
+                    r = &mut attempt => break r,
+                    cmd = rx.recv() => {
+                        // The window's focus changing is only noted.
+                        if let Some(Command::SetFocused(focused)) = cmd {
+                            self.focused = focused;
+                            continue;
+                        }
+                        // Anything else asked meanwhile replaces the attempt (a reconnect is tried
+                        // again later).
+                        if !resuming {
+                            self.snap.connection = Connection::Disconnected;
+                        }
+                        self.deferred.push_back(cmd.unwrap_or(Command::Shutdown));
+                        return;
                     }
-                    // Anything else asked meanwhile replaces the attempt (a reconnect is tried
-                    // again later).
-                    if !resuming {
-                        self.snap.connection = Connection::Disconnected;
-                    }
-                    self.deferred.push_back(cmd.unwrap_or(Command::Shutdown));
-                    return;
                 }
-            }
             }
         };
         let (c, cfg) = match attempt {
             Ok(ok) => ok,
             Err(message) => {
-                self.snap.connection = if resuming { Connection::Lost { user: me, why: message } } else { Connection::Failed(message) };
+                self.snap.connection = if resuming {
+                    Connection::Lost {
+                        user: me,
+                        why: message,
+                    }
+                } else {
+                    Connection::Failed(message)
+                };
                 return;
             }
         };
@@ -309,7 +363,10 @@ impl Worker {
                 return;
             }
         };
-        self.snap.connection = Connection::Connected { user: cfg.user.clone(), relay: cfg.relay.clone() };
+        self.snap.connection = Connection::Connected {
+            user: cfg.user.clone(),
+            relay: cfg.relay.clone(),
+        };
         let unplayed = Unplayed::load(&self.opts.data_dir, &cfg.user);
         self.link.connected(profile, outbox, unplayed);
         self.start_audio();
@@ -320,7 +377,9 @@ impl Worker {
 
     /// Opens the speaker and (for a device) the microphone.
     fn start_audio(&mut self) {
-        let Some(me) = self.snap.me().map(str::to_string) else { return };
+        let Some(me) = self.snap.me().map(str::to_string) else {
+            return;
+        };
         let mut problems = Vec::new();
         if let Err(p) = self.playout.start(self.output_spec().as_deref(), &me) {
             problems.push(p);
@@ -331,8 +390,11 @@ impl Worker {
                 // The demo can be tried without a microphone: you "say" the bundled sample.
                 Some(d) if self.opts.input.is_none() => {
                     self.opts.input = Some(format!("wav:{}", d.sample.display()));
-                    self.mic.configure(self.input_spec(), self.snap.settings.noise_suppression);
-                    problems.push(format!("microphone: {e}; the demo talks with a bundled sample instead"));
+                    self.mic
+                        .configure(self.input_spec(), self.snap.settings.noise_suppression);
+                    problems.push(format!(
+                        "microphone: {e}; the demo talks with a bundled sample instead"
+                    ));
                 }
                 _ => problems.push(format!("microphone: {e}")),
             }
@@ -343,7 +405,9 @@ impl Worker {
     /// After connecting: send what the outbox holds, list conversations from history, and
     /// queue what was never played.
     async fn load_conversations(&mut self, client: &Client) {
-        let Some(outbox) = self.link.outbox().cloned() else { return };
+        let Some(outbox) = self.link.outbox().cloned() else {
+            return;
+        };
         let me = self.snap.me().unwrap_or_default().to_string();
         match ops::flush(client, &outbox).await {
             Ok(report) if !report.stored.is_empty() => {
@@ -351,10 +415,16 @@ impl Worker {
                 for (id, _) in report.stored {
                     book::set_queued(&mut self.snap.conversations, id, false);
                 }
-                self.notice(NoticeKind::Info, format!("Sent {n} clip(s) that waited in the outbox."));
+                self.notice(
+                    NoticeKind::Info,
+                    format!("Sent {n} clip(s) that waited in the outbox."),
+                );
             }
             Ok(_) => {}
-            Err(e) => self.notice(NoticeKind::Error, format!("The outbox could not be sent: {e}")),
+            Err(e) => self.notice(
+                NoticeKind::Error,
+                format!("The outbox could not be sent: {e}"),
+            ),
         }
         for name in self.snap.settings.conversations.clone() {
             if let Ok(t) = name.parse::<Target>() {
@@ -374,12 +444,18 @@ impl Worker {
         // every other conversation only with the setting.
         if self.snap.settings.autoplay_everywhere {
             for id in self.link.unplayed() {
-                if book::find(&self.snap.conversations, id).is_some_and(|(_, c)| c.content.is_voice()) {
+                if book::find(&self.snap.conversations, id)
+                    .is_some_and(|(_, c)| c.content.is_voice())
+                {
                     self.autoplay_when_fetched(id);
                 }
             }
         }
-        let selected = self.snap.selected.clone().filter(|t| self.snap.conversation(t).is_some());
+        let selected = self
+            .snap
+            .selected
+            .clone()
+            .filter(|t| self.snap.conversation(t).is_some());
         match selected.or_else(|| self.snap.conversations.first().map(|c| c.target.clone())) {
             Some(t) => self.select(t),
             None => self.snap.selected = None,
@@ -400,7 +476,10 @@ impl Worker {
     }
 
     async fn lost(&mut self, client: &mut Option<Client>) {
-        let why = client.as_ref().and_then(Client::close_reason).unwrap_or_else(|| "the relay closed the connection".into());
+        let why = client
+            .as_ref()
+            .and_then(Client::close_reason)
+            .unwrap_or_else(|| "the relay closed the connection".into());
         if let Some(c) = client.take() {
             c.close().await;
         }
@@ -411,12 +490,20 @@ impl Worker {
             c.talking = None;
         }
         let user = self.snap.me().unwrap_or_default().to_string();
-        self.snap.connection = Connection::Lost { user, why: format!("Connection lost ({why}); reconnecting…") };
+        self.snap.connection = Connection::Lost {
+            user,
+            why: format!("Connection lost ({why}); reconnecting…"),
+        };
     }
 
     // ---- commands from the app ----
 
-    async fn command(&mut self, cmd: Command, client: &mut Option<Client>, rx: &mut mpsc::UnboundedReceiver<Command>) {
+    async fn command(
+        &mut self,
+        cmd: Command,
+        client: &mut Option<Client>,
+        rx: &mut mpsc::UnboundedReceiver<Command>,
+    ) {
         match cmd {
             Command::Connect(p) => {
                 self.link.stop_reconnecting();
@@ -446,14 +533,19 @@ impl Worker {
                     // Offline (reconnecting), the clip is recorded into the outbox.
                     self.talk(client.as_ref(), to, rx).await;
                 } else {
-                    self.notice(NoticeKind::Error, "Not connected: the clip cannot be sent now.");
+                    self.notice(
+                        NoticeKind::Error,
+                        "Not connected: the clip cannot be sent now.",
+                    );
                 }
             }
             // Release and cancel outside a clip: the clip already ended (refused or too long).
             Command::TalkRelease | Command::TalkCancel => {}
             Command::SendText { to, text } => self.send_text(client.as_ref(), to, text).await,
             Command::SendPicture { to, path } => self.send_picture(client.as_ref(), to, path).await,
-            Command::SendDoodle { to, doodle } => self.send_doodle(client.as_ref(), to, doodle).await,
+            Command::SendDoodle { to, doodle } => {
+                self.send_doodle(client.as_ref(), to, doodle).await
+            }
             Command::Recall(id) => self.recall(client.as_ref(), id).await,
             Command::SetMuted { target, muted } => {
                 let name = target.to_string();
@@ -478,10 +570,16 @@ impl Worker {
             }
             Command::Export { target, dir } => match client.as_ref() {
                 Some(c) => {
-                    self.notice(NoticeKind::Info, format!("Exporting {target} to {}…", dir.display()));
+                    self.notice(
+                        NoticeKind::Info,
+                        format!("Exporting {target} to {}…", dir.display()),
+                    );
                     self.publish();
                     match export::export(c, &target, &dir).await {
-                        Ok(n) => self.notice(NoticeKind::Info, format!("Exported {n} clip(s) of {target} to {}.", dir.display())),
+                        Ok(n) => self.notice(
+                            NoticeKind::Info,
+                            format!("Exported {n} clip(s) of {target} to {}.", dir.display()),
+                        ),
                         Err(e) => self.notice(NoticeKind::Error, format!("Export failed: {e}")),
                     }
                 }
@@ -491,8 +589,13 @@ impl Worker {
             Command::RefreshDevices => self.list_devices(),
             Command::MicTest => self.mic_test(),
             Command::DismissNotice => self.snap.notice = None,
-            Command::Join { link, name, display } => {
-                self.snap.connection = Connection::Connecting("joining with the invite link".into());
+            Command::Join {
+                link,
+                name,
+                display,
+            } => {
+                self.snap.connection =
+                    Connection::Connecting("joining with the invite link".into());
                 self.publish();
                 match people::join(&link, &name, display.as_deref()).await {
                     Ok(profile) => {
@@ -503,7 +606,9 @@ impl Worker {
                         self.link.stop_reconnecting();
                         self.connect(profile, client, rx).await;
                     }
-                    Err(why) => self.snap.connection = Connection::Failed(format!("Joining failed: {why}")),
+                    Err(why) => {
+                        self.snap.connection = Connection::Failed(format!("Joining failed: {why}"))
+                    }
                 }
             }
             cmd @ (Command::Contact { .. }
@@ -526,8 +631,14 @@ impl Worker {
         self.snap.selected = Some(target.clone());
         // What waited unplayed in the conversation now on screen plays, oldest first.
         if let Some(conv) = self.snap.conversation(&target) {
-            let waiting: Vec<ClipId> =
-                conv.clips.iter().filter(|c| c.content.is_voice() && !c.played && !c.mine && self.link.is_unplayed(&c.id)).map(|c| c.id).collect();
+            let waiting: Vec<ClipId> = conv
+                .clips
+                .iter()
+                .filter(|c| {
+                    c.content.is_voice() && !c.played && !c.mine && self.link.is_unplayed(&c.id)
+                })
+                .map(|c| c.id)
+                .collect();
             for id in waiting {
                 self.autoplay_when_fetched(id);
             }
@@ -552,11 +663,17 @@ impl Worker {
     /// Plays a clip (again): now if its audio is here, else once fetched. An unplayed clip
     /// already waiting for its turn is left to play then.
     fn play(&mut self, id: ClipId) {
-        let Some((conv, clip)) = book::find(&self.snap.conversations, id) else { return };
+        let Some((conv, clip)) = book::find(&self.snap.conversations, id) else {
+            return;
+        };
         if self.playout.has(id) || self.fetches.waits_to_autoplay(id) {
             return;
         }
-        match self.fetches.cached(id).map(|a| a.to_received(id, &clip.from, conv.target.clone(), clip.started_at_ms)) {
+        match self
+            .fetches
+            .cached(id)
+            .map(|a| a.to_received(id, &clip.from, conv.target.clone(), clip.started_at_ms))
+        {
             Some(rc) => self.playout.replay(id, rc),
             None => self.fetches.replay_when_fetched(id),
         }
@@ -565,12 +682,22 @@ impl Worker {
     /// Records and streams a clip to `to` until released or cancelled. While it records, the
     /// loop keeps serving release and cancel, the player and relay events (clips, presence,
     /// receipts keep arriving while you talk); other commands are done right after.
-    async fn talk(&mut self, client: Option<&Client>, to: Target, rx: &mut mpsc::UnboundedReceiver<Command>) {
+    async fn talk(
+        &mut self,
+        client: Option<&Client>,
+        to: Target,
+        rx: &mut mpsc::UnboundedReceiver<Command>,
+    ) {
         if self.mic.is_lent() {
-            self.notice(NoticeKind::Error, "The microphone is busy with the microphone test; try again in a moment.");
+            self.notice(
+                NoticeKind::Error,
+                "The microphone is busy with the microphone test; try again in a moment.",
+            );
             return;
         }
-        let Some(outbox) = self.link.outbox().cloned() else { return };
+        let Some(outbox) = self.link.outbox().cloned() else {
+            return;
+        };
         let source = match self.mic.take() {
             Ok(s) => s,
             Err(e) => {
@@ -580,14 +707,30 @@ impl Worker {
             }
         };
         let control = TalkControl::new();
-        let opts = TalkOptions { encoder: self.encoder(), ..TalkOptions::new(to.clone()) };
-        self.snap.talk = Talk::Talking { to: to.clone(), control: control.clone() };
-        if matches!(self.snap.notice.as_ref().map(|n| n.kind), Some(NoticeKind::Busy)) {
+        let opts = TalkOptions {
+            encoder: self.encoder(),
+            ..TalkOptions::new(to.clone())
+        };
+        self.snap.talk = Talk::Talking {
+            to: to.clone(),
+            control: control.clone(),
+        };
+        if matches!(
+            self.snap.notice.as_ref().map(|n| n.kind),
+            Some(NoticeKind::Busy)
+        ) {
             self.snap.notice = None;
         }
         self.publish();
         let started_at_ms = now_ms();
-        let clip = talk::talk(client, &outbox, source, &opts, control.clone(), Some(MAX_CLIP));
+        let clip = talk::talk(
+            client,
+            &outbox,
+            source,
+            &opts,
+            control.clone(),
+            Some(MAX_CLIP),
+        );
         tokio::pin!(clip);
         let mut tick = tokio::time::interval(TICK);
         // A lost connection ends the talk with its error; until then, events are served.
@@ -632,7 +775,11 @@ impl Worker {
             duration_ms,
             packets: 0,
             bytes: 0,
-            codec: CodecParams { frame_samples: 960, bitrate: opts.encoder.bitrate, pre_skip: 0 },
+            codec: CodecParams {
+                frame_samples: 960,
+                bitrate: opts.encoder.bitrate,
+                pre_skip: 0,
+            },
             seq,
             content: Default::default(),
         };
@@ -653,7 +800,9 @@ impl Worker {
                             format!("Recorded, but not sent yet ({reason}): it waits in the outbox and goes when the relay is back."),
                         );
                     }
-                    TalkOutcome::Cancelled => self.notice(NoticeKind::Info, "Cancelled: nothing was sent."),
+                    TalkOutcome::Cancelled => {
+                        self.notice(NoticeKind::Info, "Cancelled: nothing was sent.")
+                    }
                 }
             }
             Err(ClientError::Refused(e)) if e.code == ErrorCode::FloorTaken => {
@@ -715,7 +864,8 @@ impl Worker {
             Event::LiveStarted(h) => {
                 if h.from != me {
                     let target = book::conversation_of(&h.to, &h.from, &me);
-                    book::ensure(&mut self.snap.conversations, &target).talking = Some(h.from.clone());
+                    book::ensure(&mut self.snap.conversations, &target).talking =
+                        Some(h.from.clone());
                     let heard = self.autoplays(&target);
                     self.playout.live_started(h, target, heard);
                 }
@@ -761,10 +911,16 @@ impl Worker {
             }
             // About an upload that did not finish (one you cancelled is reset, and the relay
             // says so): the clip's own outcome was already reported by the talk.
-            Event::Error(e) if e.clip.is_some_and(|id| book::find(&self.snap.conversations, id).is_none()) => {
+            Event::Error(e)
+                if e.clip
+                    .is_some_and(|id| book::find(&self.snap.conversations, id).is_none()) =>
+            {
                 tracing::debug!("relay error about an unfinished upload: {}", e.message);
             }
-            Event::Error(e) => self.notice(NoticeKind::Error, format!("The relay reported: {}", e.message)),
+            Event::Error(e) => self.notice(
+                NoticeKind::Error,
+                format!("The relay reported: {}", e.message),
+            ),
             Event::Channels(names) => {
                 for name in names {
                     book::ensure(&mut self.snap.conversations, &Target::Channel(name));
@@ -774,7 +930,13 @@ impl Worker {
                     && let Ok(groups) = c.groups().await
                 {
                     self.snap.people.groups = groups;
-                    let members = self.snap.people.groups.iter().flat_map(|g| g.members.clone()).collect();
+                    let members = self
+                        .snap
+                        .people
+                        .groups
+                        .iter()
+                        .flat_map(|g| g.members.clone())
+                        .collect();
                     self.learn(c, members).await;
                 }
             }
@@ -801,12 +963,20 @@ impl Worker {
             }
             Event::PlayedBy(id, user) => book::add_receipt(&mut self.snap.conversations, id, &user),
             Event::ContactChanged(entry) => {
-                let who = entry.display.clone().map_or_else(|| format!("@{}", entry.user), |d| format!("{d} (@{})", entry.user));
+                let who = entry.display.clone().map_or_else(
+                    || format!("@{}", entry.user),
+                    |d| format!("{d} (@{})", entry.user),
+                );
                 match entry.state {
                     Some(walkie_proto::people::ContactState::Incoming) => {
-                        self.notice(NoticeKind::Info, format!("{who} asks to be your contact (People: Accept)"));
+                        self.notice(
+                            NoticeKind::Info,
+                            format!("{who} asks to be your contact (People: Accept)"),
+                        );
                     }
-                    Some(walkie_proto::people::ContactState::Contact) => self.notice(NoticeKind::Info, format!("{who} is now your contact")),
+                    Some(walkie_proto::people::ContactState::Contact) => {
+                        self.notice(NoticeKind::Info, format!("{who} is now your contact"))
+                    }
                     _ => {}
                 }
                 let user = entry.user.clone();
@@ -837,7 +1007,10 @@ impl Worker {
             names.extend(c.clips.iter().map(|clip| clip.from.clone()));
         }
         if let Err(e) = people::refresh(client, &mut self.snap.people, names).await {
-            self.notice(NoticeKind::Error, format!("Cannot read your contacts and channels: {e}"));
+            self.notice(
+                NoticeKind::Error,
+                format!("Cannot read your contacts and channels: {e}"),
+            );
         }
     }
 
@@ -856,10 +1029,18 @@ impl Worker {
             Command::Suggest => c.suggest().await.map(|list| {
                 let n = list.len();
                 view.suggestions = list;
-                if n == 0 { "Nobody to suggest yet: people come with shared contacts and channels.".into() } else { format!("{n} people you may know.") }
+                if n == 0 {
+                    "Nobody to suggest yet: people come with shared contacts and channels.".into()
+                } else {
+                    format!("{n} people you may know.")
+                }
             }),
             Command::Nearby(place) => {
-                let at = match place.as_deref().map(walkie_proto::people::parse_place).transpose() {
+                let at = match place
+                    .as_deref()
+                    .map(walkie_proto::people::parse_place)
+                    .transpose()
+                {
                     Ok(at) => at,
                     Err(e) => {
                         self.notice(NoticeKind::Error, e.to_string());
@@ -881,14 +1062,26 @@ impl Worker {
             Ok(said) => self.notice(NoticeKind::Info, said),
             Err(e) => self.notice(NoticeKind::Error, e.to_string()),
         }
-        let also: Vec<String> = self.snap.people.suggestions.iter().map(|s| s.user.clone()).chain(self.snap.people.nearby.iter().map(|n| n.user.clone())).collect();
+        let also: Vec<String> = self
+            .snap
+            .people
+            .suggestions
+            .iter()
+            .map(|s| s.user.clone())
+            .chain(self.snap.people.nearby.iter().map(|n| n.user.clone()))
+            .collect();
         self.learn(c, also).await;
     }
 
     /// Shows who still talks in `target` once a live clip there ended.
     fn stop_talking(&mut self, target: &Target) {
         let still = self.playout.talking_in(target);
-        if let Some(c) = self.snap.conversations.iter_mut().find(|c| &c.target == target) {
+        if let Some(c) = self
+            .snap
+            .conversations
+            .iter_mut()
+            .find(|c| &c.target == target)
+        {
             c.talking = still;
         }
     }
@@ -914,7 +1107,12 @@ impl Worker {
     fn job_done(&mut self, job: Job, done: Result<JobDone, ClientError>) {
         self.fetches.finished(&job, done.is_ok());
         match done {
-            Ok(JobDone::Page { target, clips, more, older }) => {
+            Ok(JobDone::Page {
+                target,
+                clips,
+                more,
+                older,
+            }) => {
                 let me = self.snap.me().unwrap_or_default().to_string();
                 for meta in &clips {
                     let played = !self.link.is_unplayed(&meta.id);
@@ -926,13 +1124,24 @@ impl Worker {
                     conv.has_older = more;
                 }
                 // Waveforms for the conversation's clips that have none, newest first.
-                let missing: Vec<ClipId> = conv.clips.iter().rev().filter(|c| c.content.is_voice() && c.peaks.is_empty() && !c.queued).map(|c| c.id).collect();
+                let missing: Vec<ClipId> = conv
+                    .clips
+                    .iter()
+                    .rev()
+                    .filter(|c| c.content.is_voice() && c.peaks.is_empty() && !c.queued)
+                    .map(|c| c.id)
+                    .collect();
                 // What the conversation's messages show, newest first.
                 let bodies: Vec<(ClipId, walkie_proto::message::Content)> = conv
                     .clips
                     .iter()
                     .rev()
-                    .filter(|c| !c.content.is_voice() && c.content != walkie_proto::message::Content::Recalled && c.body.is_none() && !c.queued)
+                    .filter(|c| {
+                        !c.content.is_voice()
+                            && c.content != walkie_proto::message::Content::Recalled
+                            && c.body.is_none()
+                            && !c.queued
+                    })
                     .map(|c| (c.id, c.content))
                     .collect();
                 for id in missing {
@@ -943,14 +1152,24 @@ impl Worker {
                 }
             }
             Ok(JobDone::Audio(id, audio)) => self.got_audio(id, audio),
-            Ok(JobDone::Message(id, content, payload)) => self.got_message_payload(id, content, payload),
+            Ok(JobDone::Message(id, content, payload)) => {
+                self.got_message_payload(id, content, payload)
+            }
             Err(e) => {
                 warn!("background {job:?} failed: {e}");
                 if let Job::Page { target, .. } = job {
-                    if let Some(c) = self.snap.conversations.iter_mut().find(|c| c.target == target) {
+                    if let Some(c) = self
+                        .snap
+                        .conversations
+                        .iter_mut()
+                        .find(|c| c.target == target)
+                    {
                         c.loading = false;
                     }
-                    self.notice(NoticeKind::Error, format!("Cannot load the history of {target}: {e}"));
+                    self.notice(
+                        NoticeKind::Error,
+                        format!("Cannot load the history of {target}: {e}"),
+                    );
                 }
             }
         }
@@ -975,7 +1194,11 @@ impl Worker {
     }
 
     /// Every tick: player events, stale live clips, reconnecting.
-    async fn tick(&mut self, client: &mut Option<Client>, rx: &mut mpsc::UnboundedReceiver<Command>) {
+    async fn tick(
+        &mut self,
+        client: &mut Option<Client>,
+        rx: &mut mpsc::UnboundedReceiver<Command>,
+    ) {
         self.player_events(client.as_ref()).await;
         let now = Instant::now();
         for target in self.playout.drop_stale(now) {
@@ -998,7 +1221,8 @@ impl Worker {
                         self.snap.playing = None;
                     }
                     // Into the silent stand-in for a speaker that failed, nobody heard it.
-                    if self.playout.audible() && book::mark_played(&mut self.snap.conversations, id) {
+                    if self.playout.audible() && book::mark_played(&mut self.snap.conversations, id)
+                    {
                         self.link.set_unplayed(id, false);
                         if let Some(c) = client {
                             let _ = c.played(id).await;

@@ -31,7 +31,11 @@ impl ConnectForm {
         self.relay = s(&p.relay);
         self.user = s(&p.user);
         self.token = s(&p.token);
-        self.cert = p.cert.as_ref().map(|c| c.display().to_string()).unwrap_or_default();
+        self.cert = p
+            .cert
+            .as_ref()
+            .map(|c| c.display().to_string())
+            .unwrap_or_default();
         self.fingerprint = s(&p.fingerprint);
     }
 
@@ -50,7 +54,10 @@ impl ConnectForm {
 fn field(ui: &mut Ui, label: &str, value: &mut String, hint: &str, password: bool) {
     ui.horizontal(|ui| {
         let l = ui.add_sized([110.0, 20.0], egui::Label::new(label));
-        let edit = egui::TextEdit::singleline(value).hint_text(hint).password(password).desired_width(360.0);
+        let edit = egui::TextEdit::singleline(value)
+            .hint_text(hint)
+            .password(password)
+            .desired_width(360.0);
         ui.add(edit).labelled_by(l.id);
     });
 }
@@ -73,15 +80,40 @@ pub fn show(ui: &mut Ui, snap: &Snapshot, engine: &Engine, form: &mut ConnectFor
         let connecting = matches!(snap.connection, Connection::Connecting(_));
         ui.group(|ui| {
             ui.label(RichText::new("Join with an invite link").strong());
-            field(ui, "Invite link", &mut form.link, "walkie://host:7300/join/…#sha256:…", false);
-            field(ui, "Login name", &mut form.login, "how others find you: a-z, 0-9 (not needed for a device link)", false);
-            field(ui, "Display name", &mut form.display, "the name people see, in any script", false);
+            field(
+                ui,
+                "Invite link",
+                &mut form.link,
+                "walkie://host:7300/join/…#sha256:…",
+                false,
+            );
+            field(
+                ui,
+                "Login name",
+                &mut form.login,
+                "how others find you: a-z, 0-9 (not needed for a device link)",
+                false,
+            );
+            field(
+                ui,
+                "Display name",
+                &mut form.display,
+                "the name people see, in any script",
+                false,
+            );
             ui.add_space(6.0);
             ui.horizontal(|ui| {
-                let join = ui.add_enabled(!connecting && !form.link.trim().is_empty(), egui::Button::new("Join"));
+                let join = ui.add_enabled(
+                    !connecting && !form.link.trim().is_empty(),
+                    egui::Button::new("Join"),
+                );
                 if join.clicked() {
                     let display = Some(form.display.trim().to_string()).filter(|d| !d.is_empty());
-                    engine.send(Command::Join { link: form.link.trim().to_string(), name: form.login.trim().to_string(), display });
+                    engine.send(Command::Join {
+                        link: form.link.trim().to_string(),
+                        name: form.login.trim().to_string(),
+                        display,
+                    });
                 }
                 if connecting {
                     ui.spinner();
@@ -90,18 +122,39 @@ pub fn show(ui: &mut Ui, snap: &Snapshot, engine: &Engine, form: &mut ConnectFor
             });
         });
         ui.add_space(8.0);
-        egui::CollapsingHeader::new("Advanced: connect with a user name and token").show(ui, |ui| {
-            field(ui, "Relay", &mut form.relay, "host:7300", false);
-            field(ui, "User", &mut form.user, "your user name", false);
-            field(ui, "Token", &mut form.token, "from walkie-relay user add", true);
-            field(ui, "Certificate", &mut form.cert, "path to the relay's cert.pem", false);
-            field(ui, "Fingerprint", &mut form.fingerprint, "or sha256:… as walkie-relay serve prints", false);
-            ui.add_space(6.0);
-            let connect = ui.add_enabled(!connecting, egui::Button::new("Connect"));
-            if connect.clicked() {
-                engine.send(Command::Connect(form.profile()));
-            }
-        });
+        egui::CollapsingHeader::new("Advanced: connect with a user name and token").show(
+            ui,
+            |ui| {
+                field(ui, "Relay", &mut form.relay, "host:7300", false);
+                field(ui, "User", &mut form.user, "your user name", false);
+                field(
+                    ui,
+                    "Token",
+                    &mut form.token,
+                    "from walkie-relay user add",
+                    true,
+                );
+                field(
+                    ui,
+                    "Certificate",
+                    &mut form.cert,
+                    "path to the relay's cert.pem",
+                    false,
+                );
+                field(
+                    ui,
+                    "Fingerprint",
+                    &mut form.fingerprint,
+                    "or sha256:… as walkie-relay serve prints",
+                    false,
+                );
+                ui.add_space(6.0);
+                let connect = ui.add_enabled(!connecting, egui::Button::new("Connect"));
+                if connect.clicked() {
+                    engine.send(Command::Connect(form.profile()));
+                }
+            },
+        );
         match &snap.connection {
             Connection::Failed(why) | Connection::Lost { why, .. } => {
                 ui.add_space(8.0);
@@ -116,8 +169,16 @@ pub fn show(ui: &mut Ui, snap: &Snapshot, engine: &Engine, form: &mut ConnectFor
             ui.add_space(12.0);
             ui.label(RichText::new("Used before").strong());
             for p in &snap.profiles {
-                let name = format!("{} at {}", p.user.as_deref().unwrap_or("?"), p.relay.as_deref().unwrap_or("?"));
-                if ui.add_enabled(!connecting, egui::Button::new(&name)).on_hover_text("Fill in the form with this profile").clicked() {
+                let name = format!(
+                    "{} at {}",
+                    p.user.as_deref().unwrap_or("?"),
+                    p.relay.as_deref().unwrap_or("?")
+                );
+                if ui
+                    .add_enabled(!connecting, egui::Button::new(&name))
+                    .on_hover_text("Fill in the form with this profile")
+                    .clicked()
+                {
                     form.fill(p);
                 }
             }

@@ -2,7 +2,9 @@
 //! app adds the first CJK font the system has (Debian's fonts-wqy-microhei, which the install
 //! script adds, or Noto CJK) after them. Without one, such characters show as boxes.
 
-use eframe::egui::{self, FontData, FontFamily, FontInsert, InsertFontFamily, epaint::text::FontPriority};
+use eframe::egui::{
+    self, FontData, FontFamily, FontInsert, InsertFontFamily, epaint::text::FontPriority,
+};
 
 /// Where Debian and Ubuntu put fonts with Chinese, Japanese and Korean glyphs.
 const CANDIDATES: &[&str] = &[
@@ -14,11 +16,20 @@ const CANDIDATES: &[&str] = &[
 
 /// Adds the first CJK font found as a fallback of both families; which one, if any.
 pub fn install_fallbacks(ctx: &egui::Context) -> Option<&'static str> {
-    let (path, bytes) = CANDIDATES.iter().find_map(|p| std::fs::read(p).ok().map(|b| (*p, b)))?;
+    let (path, bytes) = CANDIDATES
+        .iter()
+        .find_map(|p| std::fs::read(p).ok().map(|b| (*p, b)))?;
     let families = [FontFamily::Proportional, FontFamily::Monospace]
         .into_iter()
-        .map(|family| InsertFontFamily { family, priority: FontPriority::Lowest })
+        .map(|family| InsertFontFamily {
+            family,
+            priority: FontPriority::Lowest,
+        })
         .collect();
-    ctx.add_font(FontInsert::new("cjk-fallback", FontData::from_owned(bytes), families));
+    ctx.add_font(FontInsert::new(
+        "cjk-fallback",
+        FontData::from_owned(bytes),
+        families,
+    ));
     Some(path)
 }

@@ -39,7 +39,11 @@ pub fn message_label(c: &ClipView) -> String {
         (Content::Doodle { strokes, .. }, _) => format!("doodle of {strokes} strokes"),
         (content, _) => format!("{} message", content.name()),
     };
-    let mut s = format!("{what} from {} at {}", c.from, widgets::time_text(c.started_at_ms));
+    let mut s = format!(
+        "{what} from {} at {}",
+        c.from,
+        widgets::time_text(c.started_at_ms)
+    );
     if c.queued {
         s.push_str(", waiting to be sent");
     } else if c.mine && c.content != Content::Recalled {
@@ -58,26 +62,51 @@ impl Media {
     fn thumb(&mut self, ctx: &egui::Context, id: ClipId, pixels: &Pixels) -> TextureHandle {
         self.thumbs
             .entry(id)
-            .or_insert_with(|| ctx.load_texture(format!("thumb-{id}"), egui::ColorImage::from_rgba_unmultiplied(pixels.size, &pixels.rgba), egui::TextureOptions::LINEAR))
+            .or_insert_with(|| {
+                ctx.load_texture(
+                    format!("thumb-{id}"),
+                    egui::ColorImage::from_rgba_unmultiplied(pixels.size, &pixels.rgba),
+                    egui::TextureOptions::LINEAR,
+                )
+            })
             .clone()
     }
 
     /// Draws one message's bubble; what the click on it should do is sent to the engine.
     pub fn bubble(&mut self, ui: &mut Ui, c: &ClipView, sender: &str, engine: &Engine) {
-        let layout = if c.mine { Layout::right_to_left(Align::Min) } else { Layout::left_to_right(Align::Min) };
+        let layout = if c.mine {
+            Layout::right_to_left(Align::Min)
+        } else {
+            Layout::left_to_right(Align::Min)
+        };
         ui.with_layout(layout, |ui| {
-            let fill = if c.mine { ACCENT.gamma_multiply(0.35) } else { ui.visuals().faint_bg_color };
-            let frame = egui::Frame::new().fill(fill).corner_radius(10.0).inner_margin(egui::Margin::symmetric(10, 6));
+            let fill = if c.mine {
+                ACCENT.gamma_multiply(0.35)
+            } else {
+                ui.visuals().faint_bg_color
+            };
+            let frame = egui::Frame::new()
+                .fill(fill)
+                .corner_radius(10.0)
+                .inner_margin(egui::Margin::symmetric(10, 6));
             let inner = frame.show(ui, |ui| {
                 ui.set_max_width(MEDIA_WIDTH + 20.0);
                 ui.vertical(|ui| {
-                    ui.label(RichText::new(format!("{sender}  ·  {}", widgets::time_text(c.started_at_ms))).small());
+                    ui.label(
+                        RichText::new(format!(
+                            "{sender}  ·  {}",
+                            widgets::time_text(c.started_at_ms)
+                        ))
+                        .small(),
+                    );
                     self.content(ui, c);
                     self.footer(ui, c, engine);
                 });
             });
             let label = message_label(c);
-            inner.response.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Label, true, &label));
+            inner
+                .response
+                .widget_info(|| egui::WidgetInfo::labeled(egui::Role::Label, true, &label));
         });
     }
 
@@ -93,7 +122,11 @@ impl Media {
                 let tex = self.thumb(ui.ctx(), c.id, thumb);
                 let size = tex.size_vec2();
                 let scale = (MEDIA_WIDTH / size.x).min(1.0);
-                let resp = ui.add(egui::Image::new(&tex).fit_to_exact_size(size * scale).sense(Sense::click()));
+                let resp = ui.add(
+                    egui::Image::new(&tex)
+                        .fit_to_exact_size(size * scale)
+                        .sense(Sense::click()),
+                );
                 let label = format!("open picture from {}", c.from);
                 resp.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Button, true, &label));
                 if resp.on_hover_text("Click to open it full size").clicked() {
@@ -105,7 +138,14 @@ impl Media {
                 let since = *self.first_seen.entry(c.id).or_insert_with(Instant::now);
                 let elapsed = since.elapsed().as_millis() as u32;
                 draw_doodle(ui, doodle, elapsed, MEDIA_WIDTH);
-                if elapsed <= doodle.strokes.iter().flat_map(|s| s.points.iter().map(|p| p.2)).max().unwrap_or(0) {
+                if elapsed
+                    <= doodle
+                        .strokes
+                        .iter()
+                        .flat_map(|s| s.points.iter().map(|p| p.2))
+                        .max()
+                        .unwrap_or(0)
+                {
                     ui.ctx().request_repaint();
                 }
             }
@@ -145,7 +185,11 @@ impl Media {
                 Ok(img) => {
                     let size = [img.width() as usize, img.height() as usize];
                     open.2 = format!("{}×{}", size[0], size[1]);
-                    open.1 = Some(ctx.load_texture(format!("full-{id}"), egui::ColorImage::from_rgba_unmultiplied(size, img.as_raw()), egui::TextureOptions::LINEAR));
+                    open.1 = Some(ctx.load_texture(
+                        format!("full-{id}"),
+                        egui::ColorImage::from_rgba_unmultiplied(size, img.as_raw()),
+                        egui::TextureOptions::LINEAR,
+                    ));
                 }
                 Err(e) => open.2 = format!("cannot show the picture: {e}"),
             }
@@ -154,20 +198,25 @@ impl Media {
 
     /// The window of the picture open full size, if any.
     pub fn viewer(&mut self, ctx: &egui::Context) {
-        let Some((id, tex, caption)) = &self.open else { return };
+        let Some((id, tex, caption)) = &self.open else {
+            return;
+        };
         let mut keep = true;
         let (id, tex, caption) = (*id, tex.clone(), caption.clone());
-        egui::Window::new(format!("Picture {id}")).open(&mut keep).resizable(true).show(ctx, |ui| {
-            ui.label(format!("full size {caption}"));
-            if let Some(tex) = &tex {
-                egui::ScrollArea::both().max_height(600.0).show(ui, |ui| {
-                    ui.add(egui::Image::new(tex).fit_to_original_size(1.0));
-                });
-            }
-            if ui.button("Close picture").clicked() {
-                self.open = None;
-            }
-        });
+        egui::Window::new(format!("Picture {id}"))
+            .open(&mut keep)
+            .resizable(true)
+            .show(ctx, |ui| {
+                ui.label(format!("full size {caption}"));
+                if let Some(tex) = &tex {
+                    egui::ScrollArea::both().max_height(600.0).show(ui, |ui| {
+                        ui.add(egui::Image::new(tex).fit_to_original_size(1.0));
+                    });
+                }
+                if ui.button("Close picture").clicked() {
+                    self.open = None;
+                }
+            });
         if !keep {
             self.open = None;
         }
@@ -184,8 +233,16 @@ pub fn draw_doodle(ui: &mut Ui, doodle: &Doodle, elapsed_ms: u32, width: f32) {
     painter.rect_filled(rect, 4.0, Color32::from_rgba_unmultiplied(r, g, b, a));
     for s in &doodle.strokes {
         let [r, g, b, a] = s.color.0;
-        let stroke = egui::Stroke::new((s.width * scale).max(1.0), Color32::from_rgba_unmultiplied(r, g, b, a));
-        let pts: Vec<egui::Pos2> = s.points.iter().filter(|p| p.2 <= elapsed_ms).map(|&(x, y, _)| rect.min + vec2(x, y) * scale).collect();
+        let stroke = egui::Stroke::new(
+            (s.width * scale).max(1.0),
+            Color32::from_rgba_unmultiplied(r, g, b, a),
+        );
+        let pts: Vec<egui::Pos2> = s
+            .points
+            .iter()
+            .filter(|p| p.2 <= elapsed_ms)
+            .map(|&(x, y, _)| rect.min + vec2(x, y) * scale)
+            .collect();
         match pts.len() {
             0 => {}
             1 => {

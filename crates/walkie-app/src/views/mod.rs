@@ -23,8 +23,8 @@
 mod avatars;
 mod compose;
 mod connect;
-mod fonts;
 mod conversation;
+mod fonts;
 mod main_window;
 mod messages;
 mod people;
@@ -86,7 +86,9 @@ impl WalkieApp {
             // rare script) is drawn as a box, never a reason to stop drawing.
             ctx.set_missing_glyph_policy(egui::MissingGlyphPolicy::Tofu);
             if fonts::install_fallbacks(&ctx).is_none() {
-                tracing::info!("no CJK font found (install fonts-wqy-microhei): such names show as boxes");
+                tracing::info!(
+                    "no CJK font found (install fonts-wqy-microhei): such names show as boxes"
+                );
             }
             self.engine.on_change(move || ctx.request_repaint());
             self.waker_set = true;
@@ -96,11 +98,23 @@ impl WalkieApp {
         let focused = ui.ctx().input(|i| i.focused);
         if self.focused != Some(focused) {
             self.focused = Some(focused);
-            self.engine.send(crate::engine::Command::SetFocused(focused));
+            self.engine
+                .send(crate::engine::Command::SetFocused(focused));
         }
         if snap.connection.shows_conversations() {
-            let panels = main_window::Panels { settings: &mut self.settings, people: &mut self.people, avatars: &mut self.avatars };
-            main_window::show(ui, &snap, &self.engine, &mut self.main, &mut self.talk, panels);
+            let panels = main_window::Panels {
+                settings: &mut self.settings,
+                people: &mut self.people,
+                avatars: &mut self.avatars,
+            };
+            main_window::show(
+                ui,
+                &snap,
+                &self.engine,
+                &mut self.main,
+                &mut self.talk,
+                panels,
+            );
         } else {
             connect::show(ui, &snap, &self.engine, &mut self.connect);
         }
@@ -117,7 +131,11 @@ impl eframe::App for WalkieApp {
 /// CLI profile; when it is complete the app connects at once, else it shows the connect
 /// screen. `demo` starts an in-process relay with alice and bob and connects as alice.
 pub fn run(profile: Profile, demo: bool) -> Result<(), String> {
-    let opts = EngineOptions { profile: Some(profile), demo, ..EngineOptions::standard().map_err(|e| e.to_string())? };
+    let opts = EngineOptions {
+        profile: Some(profile),
+        demo,
+        ..EngineOptions::standard().map_err(|e| e.to_string())?
+    };
     run_with(opts)
 }
 
@@ -125,9 +143,16 @@ pub fn run(profile: Profile, demo: bool) -> Result<(), String> {
 pub fn run_with(opts: EngineOptions) -> Result<(), String> {
     let engine = Engine::start(opts).map_err(|e| e.to_string())?;
     let options = eframe::NativeOptions {
-        viewport: egui::ViewportBuilder::default().with_title("walkie").with_inner_size([960.0, 640.0]).with_min_inner_size([640.0, 420.0]),
+        viewport: egui::ViewportBuilder::default()
+            .with_title("walkie")
+            .with_inner_size([960.0, 640.0])
+            .with_min_inner_size([640.0, 420.0]),
         ..Default::default()
     };
-    let result = eframe::run_native("walkie", options, Box::new(|_cc| Ok(Box::new(WalkieApp::new(engine)))));
+    let result = eframe::run_native(
+        "walkie",
+        options,
+        Box::new(|_cc| Ok(Box::new(WalkieApp::new(engine)))),
+    );
     result.map_err(|e| format!("cannot open the window: {e}"))
 }

@@ -16,13 +16,18 @@ pub struct SettingsView {
 fn device_combo(ui: &mut Ui, label: &str, value: &mut Option<String>, names: &[String]) -> bool {
     let shown = value.clone().unwrap_or_else(|| "System default".into());
     let mut changed = false;
-    egui::ComboBox::from_label(label).selected_text(shown).width(200.0).show_ui(ui, |ui| {
-        changed |= ui.selectable_value(value, None, "System default").changed();
-        for n in names {
-            changed |= ui.selectable_value(value, Some(n.clone()), n).changed();
-        }
-        changed |= ui.selectable_value(value, Some("null".into()), "None (null)").changed();
-    });
+    egui::ComboBox::from_label(label)
+        .selected_text(shown)
+        .width(200.0)
+        .show_ui(ui, |ui| {
+            changed |= ui.selectable_value(value, None, "System default").changed();
+            for n in names {
+                changed |= ui.selectable_value(value, Some(n.clone()), n).changed();
+            }
+            changed |= ui
+                .selectable_value(value, Some("null".into()), "None (null)")
+                .changed();
+        });
     changed
 }
 
@@ -32,21 +37,42 @@ pub fn show(ui: &mut Ui, snap: &Snapshot, engine: &Engine, _view: &mut SettingsV
     ui.add_space(6.0);
     let mut s: AppSettings = snap.settings.clone();
     let mut changed = false;
-    changed |= device_combo(ui, "Input device", &mut s.input_device, &snap.devices.inputs);
-    changed |= device_combo(ui, "Output device", &mut s.output_device, &snap.devices.outputs);
+    changed |= device_combo(
+        ui,
+        "Input device",
+        &mut s.input_device,
+        &snap.devices.inputs,
+    );
+    changed |= device_combo(
+        ui,
+        "Output device",
+        &mut s.output_device,
+        &snap.devices.outputs,
+    );
     if let Some(e) = &snap.devices.error {
-        ui.label(RichText::new(format!("Cannot list devices: {e}")).small().weak());
+        ui.label(
+            RichText::new(format!("Cannot list devices: {e}"))
+                .small()
+                .weak(),
+        );
     }
     if ui.button("Refresh devices").clicked() {
         engine.send(Command::RefreshDevices);
     }
     ui.add_space(6.0);
-    changed |= ui.checkbox(&mut s.noise_suppression, "Noise suppression").changed();
     changed |= ui
-        .checkbox(&mut s.autoplay_everywhere, "Play new clips of every conversation (not only the one on screen)")
+        .checkbox(&mut s.noise_suppression, "Noise suppression")
+        .changed();
+    changed |= ui
+        .checkbox(
+            &mut s.autoplay_everywhere,
+            "Play new clips of every conversation (not only the one on screen)",
+        )
         .changed();
     let mut kbps = s.bitrate / 1000;
-    let slider = egui::Slider::new(&mut kbps, BITRATE_RANGE.0 / 1000..=BITRATE_RANGE.1 / 1000).suffix(" kb/s").text("Bitrate");
+    let slider = egui::Slider::new(&mut kbps, BITRATE_RANGE.0 / 1000..=BITRATE_RANGE.1 / 1000)
+        .suffix(" kb/s")
+        .text("Bitrate");
     if ui.add(slider).changed() {
         s.bitrate = kbps * 1000;
         changed = true;
@@ -63,10 +89,15 @@ pub fn show(ui: &mut Ui, snap: &Snapshot, engine: &Engine, _view: &mut SettingsV
                 widgets::level_meter(ui, meter.level(), 160.0);
             });
             ui.label("Speak now: you hear yourself as others will.");
-            ui.ctx().request_repaint_after(std::time::Duration::from_millis(50));
+            ui.ctx()
+                .request_repaint_after(std::time::Duration::from_millis(50));
         }
         None => {
-            if ui.button("Test microphone").on_hover_text("Records 3 seconds and plays them back").clicked() {
+            if ui
+                .button("Test microphone")
+                .on_hover_text("Records 3 seconds and plays them back")
+                .clicked()
+            {
                 engine.send(Command::MicTest);
             }
         }

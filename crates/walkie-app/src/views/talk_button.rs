@@ -41,7 +41,11 @@ impl TalkKeys {
 
     fn let_go(&mut self, engine: &Engine, send: bool) {
         if !self.cancelled {
-            engine.send(if send { Command::TalkRelease } else { Command::TalkCancel });
+            engine.send(if send {
+                Command::TalkRelease
+            } else {
+                Command::TalkCancel
+            });
         }
         self.held = None;
         self.off_button = false;
@@ -78,8 +82,13 @@ pub fn show(ui: &mut Ui, snap: &Snapshot, engine: &Engine, keys: &mut TalkKeys, 
         }
         // Space, unless a text field takes the keyboard.
         let typing = ui.ctx().egui_wants_keyboard_input();
-        let (space_down, space_up, esc) =
-            ui.input(|i| (i.key_pressed(egui::Key::Space), i.key_released(egui::Key::Space), i.key_pressed(egui::Key::Escape)));
+        let (space_down, space_up, esc) = ui.input(|i| {
+            (
+                i.key_pressed(egui::Key::Space),
+                i.key_released(egui::Key::Space),
+                i.key_pressed(egui::Key::Escape),
+            )
+        });
         if keys.held.is_none() && space_down && !typing {
             keys.press(Holder::Space, engine, to);
         } else if keys.held == Some(Holder::Space) && space_up {
@@ -107,7 +116,11 @@ fn status_line(ui: &mut Ui, snap: &Snapshot, keys: &TalkKeys) {
                 widgets::level_meter(ui, control.level(), 200.0);
                 ui.label(format!("to {to}"));
             });
-            let hint = if keys.off_button { "Let go here to cancel" } else { "Esc cancels" };
+            let hint = if keys.off_button {
+                "Let go here to cancel"
+            } else {
+                "Esc cancels"
+            };
             ui.label(RichText::new(hint).weak());
         }
         Talk::Sending { to } => {

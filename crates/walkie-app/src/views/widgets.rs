@@ -15,7 +15,10 @@ pub fn paint_waveform(ui: &Ui, rect: Rect, peaks: &[f32], color: Color32) {
     let painter = ui.painter_at(rect);
     if peaks.is_empty() {
         let y = rect.center().y;
-        painter.line_segment([egui::pos2(rect.left(), y), egui::pos2(rect.right(), y)], Stroke::new(1.0, color.gamma_multiply(0.5)));
+        painter.line_segment(
+            [egui::pos2(rect.left(), y), egui::pos2(rect.right(), y)],
+            Stroke::new(1.0, color.gamma_multiply(0.5)),
+        );
         return;
     }
     let step = rect.width() / peaks.len() as f32;
@@ -46,7 +49,11 @@ pub fn paint_play_icon(painter: &egui::Painter, center: egui::Pos2, playing: boo
     if playing {
         painter.rect_filled(Rect::from_center_size(center, vec2(9.0, 9.0)), 1.0, color);
     } else {
-        let pts = vec![center + vec2(-4.0, -5.5), center + vec2(6.0, 0.0), center + vec2(-4.0, 5.5)];
+        let pts = vec![
+            center + vec2(-4.0, -5.5),
+            center + vec2(6.0, 0.0),
+            center + vec2(-4.0, 5.5),
+        ];
         painter.add(egui::Shape::convex_polygon(pts, color, Stroke::NONE));
     }
 }
@@ -63,13 +70,19 @@ pub fn level_meter(ui: &mut Ui, level: f32, width: f32) -> egui::Response {
     lit.set_width(rect.width() * fill);
     let color = if fill > 0.9 { ALERT } else { ACCENT };
     painter.rect_filled(lit, 3.0, color);
-    response.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Meter, true, format!("input level {db:.0} dB")));
+    response.widget_info(|| {
+        egui::WidgetInfo::labeled(egui::Role::Meter, true, format!("input level {db:.0} dB"))
+    });
     response
 }
 
 /// `2.4 s` or `1:05`.
 pub fn duration_text(ms: u64) -> String {
-    if ms < 60_000 { format!("{:.1} s", ms as f64 / 1000.0) } else { format!("{}:{:02}", ms / 60_000, (ms / 1000) % 60) }
+    if ms < 60_000 {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    } else {
+        format!("{}:{:02}", ms / 60_000, (ms / 1000) % 60)
+    }
 }
 
 /// Elapsed talking time: `0:03`.

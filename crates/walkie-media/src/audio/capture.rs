@@ -18,16 +18,17 @@ use ::cpal::Stream;
 use ::cpal::traits::StreamTrait;
 
 use super::AudioError;
-use super::source::{AudioSource, CaptureConfig, Frame, Pull};
-use super::cpal::{CallbackState, Direction, StreamInfo, build_input, choose_config, find_device, stream_info};
+use super::cpal::{
+    CallbackState, Direction, StreamInfo, build_input, choose_config, find_device, stream_info,
+};
 use super::pipeline::CapturePipeline;
 use super::ring::{RingReader, sample_ring};
+use super::source::{AudioSource, CaptureConfig, Frame, Pull};
 
 /// How often the worker looks for new samples.
 const POLL: Duration = Duration::from_millis(2);
 /// Device audio the ring holds before the callback has to drop samples.
 const RING_MS: u32 = 500;
-
 
 /// Frames handed from the worker to the reader.
 #[derive(Default)]
@@ -63,7 +64,9 @@ impl Capture {
         let (dev, name, host) = find_device(Direction::Input, device)?;
         let (config, format) = choose_config(&dev, &name, Direction::Input)?;
         let info = stream_info(host, &name, &config, format);
-        let capacity = (info.rate as usize * usize::from(info.channels)).saturating_mul(RING_MS as usize) / 1000;
+        let capacity = (info.rate as usize * usize::from(info.channels))
+            .saturating_mul(RING_MS as usize)
+            / 1000;
         let (writer, reader) = sample_ring(capacity);
         let state = Arc::new(CallbackState::default());
         let stream = build_input(&dev, &name, config, format, writer, state.clone())?;
@@ -77,9 +80,18 @@ impl Capture {
                 .spawn(move || run_worker(reader, pipeline, state, held, hold))
                 .map_err(|e| AudioError::Worker(format!("cannot start the capture thread: {e}")))?
         };
-        let capture = Capture { stream: Some(stream), state, held, worker: Some(worker), info };
+        let capture = Capture {
+            stream: Some(stream),
+            state,
+            held,
+            worker: Some(worker),
+            info,
+        };
         if let Some(stream) = &capture.stream {
-            stream.play().map_err(|source| AudioError::Device { context: format!("cannot start input device {name:?}"), source })?;
+            stream.play().map_err(|source| AudioError::Device {
+                context: format!("cannot start input device {name:?}"),
+                source,
+            })?;
         }
         Ok(capture)
     }
@@ -103,7 +115,12 @@ impl Capture {
             if now >= deadline {
                 return Ok(None);
             }
-            frames = self.held.ready.wait_timeout(frames, deadline - now).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+            frames = self
+                .held
+                .ready
+                .wait_timeout(frames, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
         }
     }
 
@@ -143,7 +160,10 @@ impl Capture {
 
     fn check(&self) -> Result<(), AudioError> {
         if self.state.lost.load(Ordering::Acquire) {
-            return Err(AudioError::DeviceLost { name: self.info.device.clone(), reason: "the backend reported the device gone".into() });
+            return Err(AudioError::DeviceLost {
+                name: self.info.device.clone(),
+                reason: "the backend reported the device gone".into(),
+            });
         }
         if let Some(reason) = lock(&self.held.failure).clone() {
             return Err(AudioError::Worker(reason));
@@ -178,7 +198,13 @@ impl AudioSource for Capture {
 }
 
 /// The worker: drains the ring, runs the pipeline, hands frames over.
-fn run_worker(mut reader: RingReader, mut pipeline: CapturePipeline, state: Arc<CallbackState>, held: Arc<Held>, hold: usize) {
+fn run_worker(
+    mut reader: RingReader,
+    mut pipeline: CapturePipeline,
+    state: Arc<CallbackState>,
+    held: Arc<Held>,
+    hold: usize,
+) {
     let mut buf = Vec::new();
     let mut out = Vec::new();
     while !held.stop.load(Ordering::Acquire) {

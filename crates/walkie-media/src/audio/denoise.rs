@@ -86,7 +86,8 @@ mod tests {
     }
 
     fn speech() -> Vec<f32> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples/hello-crew.wav");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples/hello-crew.wav");
         crate::audio::load_wav_48k_mono(&path).unwrap()
     }
 
@@ -119,7 +120,11 @@ mod tests {
         assert!(after < before / 4.0, "noise rms {before} -> {after}");
         // Speech stays, at the same place: the output correlates best with no lag.
         let n = out.len() - 96;
-        let corr = |lag: isize| (48..n).map(|i| out[i] * clean[(i as isize + lag) as usize]).sum::<f32>();
+        let corr = |lag: isize| {
+            (48..n)
+                .map(|i| out[i] * clean[(i as isize + lag) as usize])
+                .sum::<f32>()
+        };
         let at0 = corr(0);
         for lag in [-48, -24, -4, 4, 24, 48] {
             assert!(at0 > corr(lag), "lag {lag} correlates better than 0");

@@ -16,7 +16,11 @@ impl Framer {
     /// A framer for frames of `frame_samples` samples (0 is treated as 1).
     pub fn new(frame_samples: usize) -> Self {
         let frame = frame_samples.max(1);
-        Self { frame, buf: Vec::with_capacity(2 * frame), start: 0 }
+        Self {
+            frame,
+            buf: Vec::with_capacity(2 * frame),
+            start: 0,
+        }
     }
 
     /// The frame size in samples.

@@ -11,7 +11,6 @@ use super::source::{AudioSource, FRAME_SAMPLES, Frame, Pull, RATE};
 /// Audio a paced sink buffers before `play` blocks.
 const SINK_BUFFER: Duration = Duration::from_secs(1);
 
-
 /// Endless silence, one frame every 20 ms (or at once).
 #[derive(Clone, Debug)]
 pub struct NullSource {
@@ -21,14 +20,20 @@ pub struct NullSource {
 impl NullSource {
     /// A silent source, paced like a microphone when `realtime`.
     pub fn new(realtime: bool) -> NullSource {
-        NullSource { pacer: Pacer::new(realtime) }
+        NullSource {
+            pacer: Pacer::new(realtime),
+        }
     }
 }
 
 impl AudioSource for NullSource {
     fn next_frame(&mut self, timeout: Duration) -> Result<Pull, AudioError> {
         Ok(match self.pacer.wait_next(timeout) {
-            Some(index) => Pull::Frame(Frame { index, samples: vec![0.0; FRAME_SAMPLES], captured_at: self.pacer.captured_at(index) }),
+            Some(index) => Pull::Frame(Frame {
+                index,
+                samples: vec![0.0; FRAME_SAMPLES],
+                captured_at: self.pacer.captured_at(index),
+            }),
             None => Pull::Timeout,
         })
     }
@@ -60,12 +65,22 @@ fn samples_duration(n: u64) -> Duration {
 impl NullSink {
     /// A sink paced like a speaker.
     pub fn realtime() -> NullSink {
-        NullSink { realtime: true, busy_until: None, written: 0, recording: None }
+        NullSink {
+            realtime: true,
+            busy_until: None,
+            written: 0,
+            recording: None,
+        }
     }
 
     /// A sink that takes everything at once.
     pub fn instant() -> NullSink {
-        NullSink { realtime: false, busy_until: None, written: 0, recording: None }
+        NullSink {
+            realtime: false,
+            busy_until: None,
+            written: 0,
+            recording: None,
+        }
     }
 
     /// Keeps a copy of everything played, for [`NullSink::recorded`].
@@ -80,7 +95,8 @@ impl NullSink {
     }
 
     fn queued(&self, now: Instant) -> Duration {
-        self.busy_until.map_or(Duration::ZERO, |b| b.saturating_duration_since(now))
+        self.busy_until
+            .map_or(Duration::ZERO, |b| b.saturating_duration_since(now))
     }
 }
 
@@ -120,8 +136,14 @@ impl AudioSink for NullSink {
         }
         let now = Instant::now();
         let queued = self.queued(now).as_nanos() * u128::from(RATE) / 1_000_000_000;
-        let samples = self.written.saturating_sub(u64::try_from(queued).unwrap_or(u64::MAX));
-        Some(PlayedUpTo { samples, handed_at: now, audible_at: now })
+        let samples = self
+            .written
+            .saturating_sub(u64::try_from(queued).unwrap_or(u64::MAX));
+        Some(PlayedUpTo {
+            samples,
+            handed_at: now,
+            audible_at: now,
+        })
     }
 }
 
@@ -149,12 +171,14 @@ mod tests {
         assert_eq!(src.level(), 0.0);
     }
 
-
     #[test]
     fn sinks_count_record_and_drain() {
         let mut fast = NullSink::instant().recording();
         fast.play(&[0.5; 960]).unwrap();
-        assert_eq!((fast.written(), fast.queued_ms(), fast.recorded().len()), (960, 0, 960));
+        assert_eq!(
+            (fast.written(), fast.queued_ms(), fast.recorded().len()),
+            (960, 0, 960)
+        );
         assert_eq!(fast.played_up_to().unwrap().samples, 960);
         let mut slow = NullSink::realtime();
         assert!(slow.played_up_to().is_none());

@@ -14,15 +14,20 @@ use std::path::Path;
 use super::AudioError;
 use super::null::{NullSink, NullSource};
 use super::sink::AudioSink;
-pub use super::source::CaptureConfig;
 use super::source::AudioSource;
+pub use super::source::CaptureConfig;
 use super::wav_source::WavSource;
 
 /// Opens a source by spec (see the module table).
-pub fn open_source(spec: Option<&str>, cfg: CaptureConfig) -> Result<Box<dyn AudioSource>, AudioError> {
+pub fn open_source(
+    spec: Option<&str>,
+    cfg: CaptureConfig,
+) -> Result<Box<dyn AudioSource>, AudioError> {
     match spec {
         Some("null") => Ok(Box::new(NullSource::new(true))),
-        Some(s) if s.starts_with("wav:") => Ok(Box::new(WavSource::open(Path::new(&s[4..]), true)?)),
+        Some(s) if s.starts_with("wav:") => {
+            Ok(Box::new(WavSource::open(Path::new(&s[4..]), true)?))
+        }
         Some("default") | None => device_source(None, cfg),
         Some(name) => device_source(Some(name), cfg),
     }
@@ -37,9 +42,11 @@ pub fn open_sink(spec: Option<&str>) -> Result<Box<dyn AudioSink>, AudioError> {
     }
 }
 
-
 #[cfg(feature = "devices")]
-fn device_source(name: Option<&str>, cfg: CaptureConfig) -> Result<Box<dyn AudioSource>, AudioError> {
+fn device_source(
+    name: Option<&str>,
+    cfg: CaptureConfig,
+) -> Result<Box<dyn AudioSource>, AudioError> {
     Ok(Box::new(super::capture::Capture::open(name, cfg)?))
 }
 
@@ -49,7 +56,10 @@ fn device_sink(name: Option<&str>) -> Result<Box<dyn AudioSink>, AudioError> {
 }
 
 #[cfg(not(feature = "devices"))]
-fn device_source(_name: Option<&str>, _cfg: CaptureConfig) -> Result<Box<dyn AudioSource>, AudioError> {
+fn device_source(
+    _name: Option<&str>,
+    _cfg: CaptureConfig,
+) -> Result<Box<dyn AudioSource>, AudioError> {
     Err(AudioError::NoDevices)
 }
 
@@ -67,10 +77,19 @@ mod tests {
     #[test]
     fn the_name_table_opens_null_and_wav_backends() {
         let mut src = open_source(Some("null"), CaptureConfig::default()).unwrap();
-        assert!(matches!(src.next_frame(Duration::from_secs(1)).unwrap(), Pull::Frame(f) if f.samples.len() == FRAME_SAMPLES));
+        assert!(
+            matches!(src.next_frame(Duration::from_secs(1)).unwrap(), Pull::Frame(f) if f.samples.len() == FRAME_SAMPLES)
+        );
         let wav = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples/hello-crew.wav");
-        let mut src = open_source(Some(&format!("wav:{}", wav.display())), CaptureConfig::default()).unwrap();
-        assert!(matches!(src.next_frame(Duration::from_secs(1)).unwrap(), Pull::Frame(_)));
+        let mut src = open_source(
+            Some(&format!("wav:{}", wav.display())),
+            CaptureConfig::default(),
+        )
+        .unwrap();
+        assert!(matches!(
+            src.next_frame(Duration::from_secs(1)).unwrap(),
+            Pull::Frame(_)
+        ));
         assert!(open_source(Some("wav:/no/such.wav"), CaptureConfig::default()).is_err());
         let mut sink = open_sink(Some("null")).unwrap();
         sink.play(&[0.0; 480]).unwrap();

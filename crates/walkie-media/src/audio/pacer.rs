@@ -20,7 +20,11 @@ pub struct Pacer {
 impl Pacer {
     /// A pacer starting now.
     pub fn new(realtime: bool) -> Pacer {
-        Pacer { start: Instant::now(), realtime, next: 0 }
+        Pacer {
+            start: Instant::now(),
+            realtime,
+            next: 0,
+        }
     }
 
     /// Frames ready by `now` (unbounded when not real time).
@@ -60,7 +64,9 @@ impl Pacer {
         let keep = preroll.as_micros().div_ceil(FRAME.as_micros());
         let ready = self.ready(Instant::now());
         if ready != u64::MAX {
-            self.next = self.next.max(ready.saturating_sub(u64::try_from(keep).unwrap_or(u64::MAX)));
+            self.next = self
+                .next
+                .max(ready.saturating_sub(u64::try_from(keep).unwrap_or(u64::MAX)));
         }
     }
 
@@ -86,6 +92,12 @@ mod tests {
         p.start_clip(Duration::from_millis(100));
         assert_eq!(p.wait_next(Duration::ZERO), Some(145));
         let mut fast = Pacer::new(false);
-        assert_eq!((fast.wait_next(Duration::ZERO), fast.wait_next(Duration::ZERO)), (Some(0), Some(1)));
+        assert_eq!(
+            (
+                fast.wait_next(Duration::ZERO),
+                fast.wait_next(Duration::ZERO)
+            ),
+            (Some(0), Some(1))
+        );
     }
 }

@@ -61,7 +61,8 @@ pub fn resample(mono: &[f32], from: u32, to: u32) -> Result<Vec<f32>, AudioError
     }
     let fail = |e: &dyn std::fmt::Display| AudioError::Resample(e.to_string());
     let chunk = chunk_size(from, to);
-    let mut rs = FftFixedIn::<f32>::new(from as usize, to as usize, chunk, 1, 1).map_err(|e| fail(&e))?;
+    let mut rs =
+        FftFixedIn::<f32>::new(from as usize, to as usize, chunk, 1, 1).map_err(|e| fail(&e))?;
     let delay = rs.output_delay();
     let wanted = delay + target;
     let mut out = Vec::with_capacity(wanted + rs.output_frames_max());
@@ -74,7 +75,9 @@ pub fn resample(mono: &[f32], from: u32, to: u32) -> Result<Vec<f32>, AudioError
         input[..n].copy_from_slice(&mono[pos..pos + n]);
         input[n..].fill(0.0);
         pos += n;
-        let (_, produced) = rs.process_into_buffer(&[&input], &mut chunk_out, None).map_err(|e| fail(&e))?;
+        let (_, produced) = rs
+            .process_into_buffer(&[&input], &mut chunk_out, None)
+            .map_err(|e| fail(&e))?;
         out.extend_from_slice(&chunk_out[0][..produced]);
     }
     out.drain(..delay);
@@ -88,7 +91,9 @@ mod tests {
     use std::f32::consts::TAU;
 
     fn sine(freq: f32, rate: u32, len: usize) -> Vec<f32> {
-        (0..len).map(|i| 0.5 * (TAU * freq * i as f32 / rate as f32).sin()).collect()
+        (0..len)
+            .map(|i| 0.5 * (TAU * freq * i as f32 / rate as f32).sin())
+            .collect()
     }
 
     /// Rising zero crossings per second, counted away from the edges.
@@ -105,7 +110,11 @@ mod tests {
 
     #[test]
     fn lengths_are_exact() {
-        for (rate, len, want) in [(16_000, 16_000, 48_000), (44_100, 44_100, 48_000), (8_000, 1234, 7404)] {
+        for (rate, len, want) in [
+            (16_000, 16_000, 48_000),
+            (44_100, 44_100, 48_000),
+            (8_000, 1234, 7404),
+        ] {
             assert_eq!(to_48k(&vec![0.1; len], rate).unwrap().len(), want, "{rate}");
         }
         assert_eq!(to_48k(&vec![0.0; 441], 44_100).unwrap().len(), 480);
@@ -119,7 +128,10 @@ mod tests {
     fn identity_at_48k_and_bad_rates_refused() {
         let x = sine(440.0, 48_000, 1000);
         assert_eq!(to_48k(&x, 48_000).unwrap(), x);
-        assert!(matches!(to_48k(&x, 0), Err(AudioError::ResampleRate { rate: 0 })));
+        assert!(matches!(
+            to_48k(&x, 0),
+            Err(AudioError::ResampleRate { rate: 0 })
+        ));
         assert!(from_48k(&x, 1_000_000).is_err());
     }
 
@@ -128,7 +140,10 @@ mod tests {
         for rate in [8_000, 16_000, 44_100] {
             let out = to_48k(&sine(1000.0, rate, rate as usize), rate).unwrap();
             let f = frequency(&out, 48_000);
-            assert!((f - 1000.0).abs() < 5.0, "{rate} Hz input came out at {f} Hz");
+            assert!(
+                (f - 1000.0).abs() < 5.0,
+                "{rate} Hz input came out at {f} Hz"
+            );
             let reference = sine(1000.0, 48_000, 48_000);
             let c = correlation(&out[1000..47_000], &reference[1000..47_000]);
             assert!(c > 0.999, "{rate}: correlation {c}");
@@ -137,18 +152,30 @@ mod tests {
 
     #[test]
     fn a_click_lands_on_the_right_sample() {
-        for (rate, at) in [(16_000u32, 5_000usize), (44_100, 10_000), (8_000, 1_234), (96_000, 20_000)] {
+        for (rate, at) in [
+            (16_000u32, 5_000usize),
+            (44_100, 10_000),
+            (8_000, 1_234),
+            (96_000, 20_000),
+        ] {
             let mut x = vec![0.0f32; rate as usize / 2];
             x[at] = 1.0;
             let out = to_48k(&x, rate).unwrap();
-            let peak = (0..out.len()).max_by(|&a, &b| out[a].abs().total_cmp(&out[b].abs())).unwrap();
+            let peak = (0..out.len())
+                .max_by(|&a, &b| out[a].abs().total_cmp(&out[b].abs()))
+                .unwrap();
             let expected = at as f64 * 48_000.0 / f64::from(rate);
-            assert!((peak as f64 - expected).abs() <= 1.0, "{rate}: click at {peak}, expected {expected}");
+            assert!(
+                (peak as f64 - expected).abs() <= 1.0,
+                "{rate}: click at {peak}, expected {expected}"
+            );
         }
         let mut x = vec![0.0f32; 24_000];
         x[9_000] = 1.0;
         let out = from_48k(&x, 16_000).unwrap();
-        let peak = (0..out.len()).max_by(|&a, &b| out[a].abs().total_cmp(&out[b].abs())).unwrap();
+        let peak = (0..out.len())
+            .max_by(|&a, &b| out[a].abs().total_cmp(&out[b].abs()))
+            .unwrap();
         assert!(peak.abs_diff(3_000) <= 1, "click at {peak}");
     }
 

@@ -25,7 +25,12 @@ impl RingWriter {
     /// Converts and writes as many whole frames of `frame` interleaved samples from `data` as
     /// fit (all of them when there is room); returns how many samples were written, always a
     /// multiple of `frame`. Real-time safe: no allocation, no lock, no wait.
-    pub fn push_frames<T: Copy>(&mut self, data: &[T], frame: usize, convert: impl Fn(T) -> f32) -> usize {
+    pub fn push_frames<T: Copy>(
+        &mut self,
+        data: &[T],
+        frame: usize,
+        convert: impl Fn(T) -> f32,
+    ) -> usize {
         let frame = frame.max(1);
         let n = data.len().min(self.tx.slots()) / frame * frame;
         match self.tx.write_chunk_uninit(n) {
@@ -75,11 +80,18 @@ impl RingReader {
     /// Fills `out` frame by frame: each mono sample read is converted and written to all
     /// `frame` interleaved slots of one frame. Returns how many frames were filled; the rest
     /// of `out` is left untouched. Real-time safe: no allocation, no lock, no wait.
-    pub fn pop_to_frames<T: Copy>(&mut self, out: &mut [T], frame: usize, convert: impl Fn(f32) -> T) -> usize {
+    pub fn pop_to_frames<T: Copy>(
+        &mut self,
+        out: &mut [T],
+        frame: usize,
+        convert: impl Fn(f32) -> T,
+    ) -> usize {
         let frame = frame.max(1);
         let want = out.len() / frame;
         let n = self.rx.slots().min(want);
-        let Ok(chunk) = self.rx.read_chunk(n) else { return 0 };
+        let Ok(chunk) = self.rx.read_chunk(n) else {
+            return 0;
+        };
         let (a, b) = chunk.as_slices();
         for (slots, &s) in out.chunks_exact_mut(frame).zip(a.iter().chain(b)) {
             slots.fill(convert(s));
@@ -97,7 +109,9 @@ mod tests {
     fn writes_whole_frames_only_and_reports_what_fit() {
         let (mut w, mut r) = sample_ring(5);
         // Stereo i16: 3 frames offered, only 2 fit in 5 slots.
-        let n = w.push_frames(&[16_384i16, -16_384, 0, 0, 8_192, 8_192], 2, |s| f32::from(s) / 32_768.0);
+        let n = w.push_frames(&[16_384i16, -16_384, 0, 0, 8_192, 8_192], 2, |s| {
+            f32::from(s) / 32_768.0
+        });
         assert_eq!(n, 4);
         assert_eq!(w.free(), 1);
         let mut out = Vec::new();

@@ -38,7 +38,11 @@ pub trait AudioSink: Send {
         loop {
             // A resampling sink converts positions back to 48 kHz with rounding: allow 1 ms.
             let written = self.written();
-            if self.queued_ms() == 0 && self.played_up_to().map_or(written == 0, |p| p.samples + 48 >= written) {
+            if self.queued_ms() == 0
+                && self
+                    .played_up_to()
+                    .map_or(written == 0, |p| p.samples + 48 >= written)
+            {
                 return Ok(true);
             }
             if Instant::now() >= deadline {
@@ -69,4 +73,3 @@ impl<S: AudioSink + ?Sized> AudioSink for Box<S> {
         (**self).wait_drained(timeout)
     }
 }
-

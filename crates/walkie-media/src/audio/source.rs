@@ -17,7 +17,10 @@ pub struct CaptureConfig {
 
 impl Default for CaptureConfig {
     fn default() -> Self {
-        CaptureConfig { noise_suppression: true, hold_ms: 1_000 }
+        CaptureConfig {
+            noise_suppression: true,
+            hold_ms: 1_000,
+        }
     }
 }
 
@@ -88,7 +91,6 @@ impl<S: AudioSource + ?Sized> AudioSource for Box<S> {
         (**self).level()
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -16,10 +16,13 @@ use ::cpal::Stream;
 use ::cpal::traits::StreamTrait;
 
 use super::AudioError;
+use super::cpal::{
+    CallbackState, Direction, StreamInfo, build_output, choose_config, find_device, output_delay,
+    stream_info,
+};
+use super::ring::{RingWriter, sample_ring};
 use super::sink::{AudioSink, PlayedUpTo};
 use super::source::RATE;
-use super::cpal::{CallbackState, Direction, StreamInfo, build_output, choose_config, find_device, output_delay, stream_info};
-use super::ring::{RingWriter, sample_ring};
 use super::stream_resample::StreamResampler;
 
 /// Audio the ring holds before `play` blocks.
@@ -44,8 +47,14 @@ impl SpeakerClock {
     /// 48 kHz samples handed to the device so far, when, and when they will be audible.
     pub fn played_up_to(&self) -> Option<PlayedUpTo> {
         let (frames, handed_at) = self.state.stamp.load()?;
-        let samples = u64::try_from(u128::from(frames) * u128::from(RATE) / u128::from(self.rate.max(1))).unwrap_or(u64::MAX);
-        Some(PlayedUpTo { samples, handed_at, audible_at: handed_at + output_delay(&self.state) })
+        let samples =
+            u64::try_from(u128::from(frames) * u128::from(RATE) / u128::from(self.rate.max(1)))
+                .unwrap_or(u64::MAX);
+        Some(PlayedUpTo {
+            samples,
+            handed_at,
+            audible_at: handed_at + output_delay(&self.state),
+        })
     }
 }
 
@@ -74,19 +83,33 @@ impl Speaker {
         state.idle.store(true, Ordering::Release);
         let stream = build_output(&dev, &name, config, format, reader, state.clone())?;
         let resampler = StreamResampler::new(RATE, info.rate)?;
-        stream.play().map_err(|source| AudioError::Device { context: format!("cannot start output device {name:?}"), source })?;
+        stream.play().map_err(|source| AudioError::Device {
+            context: format!("cannot start output device {name:?}"),
+            source,
+        })?;
         // A new PulseAudio stream (seen on null sinks) takes a first callback at once, then
         // none for about 2 s while the server plays out its start-up buffer; audio handed over
         // meanwhile would start that late (and a live clip's jitter buffer would drop most of
         // it to catch up). Wait until callbacks come regularly, within reason.
         let started = Instant::now();
-        while state.callbacks.load(Ordering::Acquire) < STARTUP_CALLBACKS && started.elapsed() < STARTUP_WAIT {
+        while state.callbacks.load(Ordering::Acquire) < STARTUP_CALLBACKS
+            && started.elapsed() < STARTUP_WAIT
+        {
             std::thread::sleep(POLL);
         }
         if state.callbacks.load(Ordering::Acquire) < STARTUP_CALLBACKS {
             tracing::warn!(device = %name, "the output stream has not started after {STARTUP_WAIT:?}; playing anyway");
         }
-        Ok(Speaker { stream: Some(stream), state, writer, capacity, resampler, scratch: Vec::new(), written: 0, info })
+        Ok(Speaker {
+            stream: Some(stream),
+            state,
+            writer,
+            capacity,
+            resampler,
+            scratch: Vec::new(),
+            written: 0,
+            info,
+        })
     }
 
     /// The device and configuration in use.
@@ -96,7 +119,10 @@ impl Speaker {
 
     /// A handle for reading the play position from another thread.
     pub fn clock(&self) -> SpeakerClock {
-        SpeakerClock { state: self.state.clone(), rate: self.info.rate }
+        SpeakerClock {
+            state: self.state.clone(),
+            rate: self.info.rate,
+        }
     }
 
     /// Queues 48 kHz mono audio, blocking this thread while the ring is full. Fails if the
@@ -122,7 +148,8 @@ impl Speaker {
     /// Audio queued but not yet handed to the device, in milliseconds.
     pub fn queued_ms(&self) -> u32 {
         let in_ring = self.capacity.saturating_sub(self.writer.free()) as u64;
-        let ms = in_ring * 1000 / u64::from(self.info.rate.max(1)) + self.resampler.pending() as u64 * 1000 / u64::from(RATE);
+        let ms = in_ring * 1000 / u64::from(self.info.rate.max(1))
+            + self.resampler.pending() as u64 * 1000 / u64::from(RATE);
         u32::try_from(ms).unwrap_or(u32::MAX)
     }
 
@@ -170,7 +197,10 @@ impl Speaker {
             if n > 0 {
                 progress = Instant::now();
             } else if progress.elapsed() > STALL {
-                return Err(AudioError::DeviceLost { name: self.info.device.clone(), reason: format!("it took no audio for {STALL:?}") });
+                return Err(AudioError::DeviceLost {
+                    name: self.info.device.clone(),
+                    reason: format!("it took no audio for {STALL:?}"),
+                });
             }
             std::thread::sleep(POLL);
         }

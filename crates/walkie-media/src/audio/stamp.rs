@@ -21,13 +21,20 @@ pub struct Stamp {
 impl Stamp {
     /// An empty stamp. Instants stored later than about 584 years after this call saturate.
     pub fn new() -> Stamp {
-        Stamp { base: Instant::now(), seq: AtomicU64::new(0), pos: AtomicU64::new(0), nanos: AtomicU64::new(0) }
+        Stamp {
+            base: Instant::now(),
+            seq: AtomicU64::new(0),
+            pos: AtomicU64::new(0),
+            nanos: AtomicU64::new(0),
+        }
     }
 
     /// Publishes `pos` reached at `at`. Call from one thread only (the audio callback).
     /// Instants before the stamp was created are stored as its creation instant.
     pub fn store(&self, pos: u64, at: Instant) {
-        let nanos = u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX - 1) + 1;
+        let nanos = u64::try_from(at.saturating_duration_since(self.base).as_nanos())
+            .unwrap_or(u64::MAX - 1)
+            + 1;
         let seq = self.seq.load(Ordering::Relaxed);
         self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
         fence(Ordering::Release);

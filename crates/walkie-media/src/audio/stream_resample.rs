@@ -53,14 +53,31 @@ impl StreamResampler {
             }
         }
         if from == to {
-            return Ok(StreamResampler { from, to, inner: None });
+            return Ok(StreamResampler {
+                from,
+                to,
+                inner: None,
+            });
         }
         let chunk = block_size(from, to);
-        let rs = FftFixedIn::<f32>::new(from as usize, to as usize, chunk, 1, 1).map_err(|e| AudioError::Resample(e.to_string()))?;
+        let rs = FftFixedIn::<f32>::new(from as usize, to as usize, chunk, 1, 1)
+            .map_err(|e| AudioError::Resample(e.to_string()))?;
         let skip = rs.output_delay();
         let block_out = rs.output_buffer_allocate(true);
-        let inner = Inner { rs, chunk, pending: Vec::with_capacity(chunk), block_out, skip, in_total: 0, out_total: 0 };
-        Ok(StreamResampler { from, to, inner: Some(inner) })
+        let inner = Inner {
+            rs,
+            chunk,
+            pending: Vec::with_capacity(chunk),
+            block_out,
+            skip,
+            in_total: 0,
+            out_total: 0,
+        };
+        Ok(StreamResampler {
+            from,
+            to,
+            inner: Some(inner),
+        })
     }
 
     /// The input rate.
@@ -101,8 +118,14 @@ impl StreamResampler {
     /// `round(input * to / from)` samples, then resets for a new stream.
     pub fn flush(&mut self, out: &mut Vec<f32>) -> Result<(), AudioError> {
         let (from, to) = (self.from, self.to);
-        let Some(inner) = &mut self.inner else { return Ok(()) };
-        let target = output_len(usize::try_from(inner.in_total).unwrap_or(usize::MAX), from, to) as u64;
+        let Some(inner) = &mut self.inner else {
+            return Ok(());
+        };
+        let target = output_len(
+            usize::try_from(inner.in_total).unwrap_or(usize::MAX),
+            from,
+            to,
+        ) as u64;
         while inner.out_total < target {
             inner.pending.resize(inner.chunk, 0.0);
             inner.run_block(out, target)?;
@@ -119,8 +142,10 @@ impl StreamResampler {
 impl Inner {
     /// Resamples the full pending block, dropping the delay and stopping at `limit` total outputs.
     fn run_block(&mut self, out: &mut Vec<f32>, limit: u64) -> Result<(), AudioError> {
-        let (_, produced) =
-            self.rs.process_into_buffer(&[&self.pending], &mut self.block_out, None).map_err(|e| AudioError::Resample(e.to_string()))?;
+        let (_, produced) = self
+            .rs
+            .process_into_buffer(&[&self.pending], &mut self.block_out, None)
+            .map_err(|e| AudioError::Resample(e.to_string()))?;
         self.pending.clear();
         let block = &self.block_out[0][..produced];
         let drop = self.skip.min(block.len());
@@ -139,18 +164,28 @@ mod tests {
     use super::*;
 
     fn click_train(len: usize, every: usize) -> Vec<f32> {
-        (0..len).map(|i| if i % every == every / 2 { 1.0 } else { 0.0 }).collect()
+        (0..len)
+            .map(|i| if i % every == every / 2 { 1.0 } else { 0.0 })
+            .collect()
     }
 
     fn peak_near(x: &[f32], at: usize, radius: usize) -> usize {
         let lo = at.saturating_sub(radius);
         let hi = (at + radius).min(x.len());
-        (lo..hi).max_by(|&a, &b| x[a].abs().total_cmp(&x[b].abs())).unwrap()
+        (lo..hi)
+            .max_by(|&a, &b| x[a].abs().total_cmp(&x[b].abs()))
+            .unwrap()
     }
 
     #[test]
     fn chunked_stream_is_aligned_and_exact_after_flush() {
-        for (from, to) in [(44_100u32, 48_000u32), (16_000, 48_000), (48_000, 44_100), (48_000, 22_050), (96_000, 48_000)] {
+        for (from, to) in [
+            (44_100u32, 48_000u32),
+            (16_000, 48_000),
+            (48_000, 44_100),
+            (48_000, 22_050),
+            (96_000, 48_000),
+        ] {
             let len = from as usize; // one second
             let every = from as usize / 10;
             let input = click_train(len, every);
@@ -166,7 +201,10 @@ mod tests {
                 let src = k * every + every / 2;
                 let expected = (src as f64 * f64::from(to) / f64::from(from)).round() as usize;
                 let got = peak_near(&out, expected, to as usize / 50);
-                assert!(got.abs_diff(expected) <= 1, "{from}->{to}: click {k} at {got}, expected {expected}");
+                assert!(
+                    got.abs_diff(expected) <= 1,
+                    "{from}->{to}: click {k} at {got}, expected {expected}"
+                );
             }
         }
     }
@@ -197,7 +235,10 @@ mod tests {
         rs.process(&[0.25, -0.25], &mut out).unwrap();
         rs.flush(&mut out).unwrap();
         assert_eq!(out, vec![0.25, -0.25]);
-        assert!(matches!(StreamResampler::new(0, 48_000), Err(AudioError::ResampleRate { rate: 0 })));
+        assert!(matches!(
+            StreamResampler::new(0, 48_000),
+            Err(AudioError::ResampleRate { rate: 0 })
+        ));
         assert!(StreamResampler::new(48_000, 1_000_000).is_err());
     }
 }

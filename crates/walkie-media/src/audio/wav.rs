@@ -10,17 +10,26 @@ use super::{AudioError, MAX_RATE, MIN_RATE, Pcm};
 /// Reads a WAV file into interleaved `f32` PCM. Errors name the file.
 pub fn read_wav(path: &Path) -> Result<Pcm, AudioError> {
     let name = path.display().to_string();
-    let reader = WavReader::open(path).map_err(|source| AudioError::ReadWav { name: name.clone(), source })?;
+    let reader = WavReader::open(path).map_err(|source| AudioError::ReadWav {
+        name: name.clone(),
+        source,
+    })?;
     read_from(reader, &name)
 }
 
 /// The length of a WAV file from its header, in milliseconds, without reading its samples.
 pub fn duration_ms(path: &Path) -> Result<u64, AudioError> {
     let name = path.display().to_string();
-    let reader = WavReader::open(path).map_err(|source| AudioError::ReadWav { name: name.clone(), source })?;
+    let reader = WavReader::open(path).map_err(|source| AudioError::ReadWav {
+        name: name.clone(),
+        source,
+    })?;
     let spec = reader.spec();
     if !(MIN_RATE..=MAX_RATE).contains(&spec.sample_rate) {
-        return Err(AudioError::Rate { name, rate: spec.sample_rate });
+        return Err(AudioError::Rate {
+            name,
+            rate: spec.sample_rate,
+        });
     }
     Ok(u64::from(reader.duration()) * 1000 / u64::from(spec.sample_rate))
 }
@@ -28,14 +37,25 @@ pub fn duration_ms(path: &Path) -> Result<u64, AudioError> {
 /// Reads a WAV file held in memory into interleaved `f32` PCM.
 pub fn read_wav_bytes(bytes: &[u8]) -> Result<Pcm, AudioError> {
     let name = "(in-memory WAV)";
-    let reader = WavReader::new(bytes).map_err(|source| AudioError::ReadWav { name: name.into(), source })?;
+    let reader = WavReader::new(bytes).map_err(|source| AudioError::ReadWav {
+        name: name.into(),
+        source,
+    })?;
     read_from(reader, name)
 }
 
 /// Writes mono samples as a 16-bit WAV file, clamping them to -1..1.
 pub fn write_wav_mono16(path: &Path, sample_rate: u32, samples: &[f32]) -> Result<(), AudioError> {
-    let err = |source| AudioError::WriteWav { path: path.display().to_string(), source };
-    let spec = WavSpec { channels: 1, sample_rate, bits_per_sample: 16, sample_format: SampleFormat::Int };
+    let err = |source| AudioError::WriteWav {
+        path: path.display().to_string(),
+        source,
+    };
+    let spec = WavSpec {
+        channels: 1,
+        sample_rate,
+        bits_per_sample: 16,
+        sample_format: SampleFormat::Int,
+    };
     let mut w = WavWriter::create(path, spec).map_err(err)?;
     for &s in samples {
         w.write_sample(to_i16(s)).map_err(err)?;
@@ -53,12 +73,21 @@ fn to_i16(s: f32) -> i16 {
 fn read_from<R: Read>(mut reader: WavReader<R>, name: &str) -> Result<Pcm, AudioError> {
     let spec = reader.spec();
     if !(1..=2).contains(&spec.channels) {
-        return Err(AudioError::Channels { name: name.into(), channels: spec.channels });
+        return Err(AudioError::Channels {
+            name: name.into(),
+            channels: spec.channels,
+        });
     }
     if !(MIN_RATE..=MAX_RATE).contains(&spec.sample_rate) {
-        return Err(AudioError::Rate { name: name.into(), rate: spec.sample_rate });
+        return Err(AudioError::Rate {
+            name: name.into(),
+            rate: spec.sample_rate,
+        });
     }
-    let read_err = |source| AudioError::ReadWav { name: name.into(), source };
+    let read_err = |source| AudioError::ReadWav {
+        name: name.into(),
+        source,
+    };
     // The header's length is a claim, not a promise: cap the up-front allocation.
     let mut samples = Vec::with_capacity((reader.len() as usize).min(1 << 22));
     match (spec.sample_format, spec.bits_per_sample) {
@@ -66,7 +95,11 @@ fn read_from<R: Read>(mut reader: WavReader<R>, name: &str) -> Result<Pcm, Audio
             for s in reader.samples::<f32>() {
                 let s = s.map_err(read_err)?;
                 // Out-of-range floats (up to f32::MAX) would overflow mixing and the resampler's FFT.
-                samples.push(if s.is_finite() { s.clamp(-1.0, 1.0) } else { 0.0 });
+                samples.push(if s.is_finite() {
+                    s.clamp(-1.0, 1.0)
+                } else {
+                    0.0
+                });
             }
         }
         (SampleFormat::Int, bits @ (8 | 16 | 24 | 32)) => {
@@ -76,17 +109,34 @@ fn read_from<R: Read>(mut reader: WavReader<R>, name: &str) -> Result<Pcm, Audio
             }
         }
         (format, bits) => {
-            let format = if format == SampleFormat::Float { "float" } else { "integer" };
-            return Err(AudioError::Format { name: name.into(), bits, format });
+            let format = if format == SampleFormat::Float {
+                "float"
+            } else {
+                "integer"
+            };
+            return Err(AudioError::Format {
+                name: name.into(),
+                bits,
+                format,
+            });
         }
     }
-    Ok(Pcm { sample_rate: spec.sample_rate, channels: spec.channels, samples })
+    Ok(Pcm {
+        sample_rate: spec.sample_rate,
+        channels: spec.channels,
+        samples,
+    })
 }
 
 /// Writes interleaved 16-bit samples as a WAV file: a fixture for tests across the crate.
 #[cfg(test)]
 pub(crate) fn write_i16_wav(path: &Path, sample_rate: u32, channels: u16, samples: &[i16]) {
-    let spec = WavSpec { channels, sample_rate, bits_per_sample: 16, sample_format: SampleFormat::Int };
+    let spec = WavSpec {
+        channels,
+        sample_rate,
+        bits_per_sample: 16,
+        sample_format: SampleFormat::Int,
+    };
     let mut w = WavWriter::create(path, spec).unwrap();
     for &s in samples {
         w.write_sample(s).unwrap();
@@ -100,10 +150,18 @@ mod tests {
     use proptest::prelude::*;
 
     fn spec(channels: u16, rate: u32, bits: u16, format: SampleFormat) -> WavSpec {
-        WavSpec { channels, sample_rate: rate, bits_per_sample: bits, sample_format: format }
+        WavSpec {
+            channels,
+            sample_rate: rate,
+            bits_per_sample: bits,
+            sample_format: format,
+        }
     }
 
-    fn wav_bytes(spec: WavSpec, write: impl FnOnce(&mut WavWriter<std::io::Cursor<&mut Vec<u8>>>)) -> Vec<u8> {
+    fn wav_bytes(
+        spec: WavSpec,
+        write: impl FnOnce(&mut WavWriter<std::io::Cursor<&mut Vec<u8>>>),
+    ) -> Vec<u8> {
         let mut buf = Vec::new();
         let mut w = WavWriter::new(std::io::Cursor::new(&mut buf), spec).unwrap();
         write(&mut w);
@@ -145,7 +203,10 @@ mod tests {
                 w.write_sample(v).unwrap();
             }
         });
-        assert_eq!(read_wav_bytes(&bytes).unwrap().samples, vec![0.0, 0.5, -1.0]);
+        assert_eq!(
+            read_wav_bytes(&bytes).unwrap().samples,
+            vec![0.0, 0.5, -1.0]
+        );
     }
 
     #[test]
@@ -157,11 +218,18 @@ mod tests {
         });
         let err = read_wav_bytes(&four).unwrap_err().to_string();
         assert!(err.contains("4 channels"), "{err}");
-        let slow = wav_bytes(spec(1, 4_000, 16, SampleFormat::Int), |w| w.write_sample(0i16).unwrap());
+        let slow = wav_bytes(spec(1, 4_000, 16, SampleFormat::Int), |w| {
+            w.write_sample(0i16).unwrap()
+        });
         let err = read_wav_bytes(&slow).unwrap_err().to_string();
         assert!(err.contains("4000 Hz"), "{err}");
-        let fast = wav_bytes(spec(1, 192_000, 16, SampleFormat::Int), |w| w.write_sample(0i16).unwrap());
-        assert!(matches!(read_wav_bytes(&fast), Err(AudioError::Rate { rate: 192_000, .. })));
+        let fast = wav_bytes(spec(1, 192_000, 16, SampleFormat::Int), |w| {
+            w.write_sample(0i16).unwrap()
+        });
+        assert!(matches!(
+            read_wav_bytes(&fast),
+            Err(AudioError::Rate { rate: 192_000, .. })
+        ));
     }
 
     #[test]
@@ -190,7 +258,8 @@ mod tests {
         assert_eq!(r.spec(), spec(1, 48_000, 16, SampleFormat::Int));
         let got: Vec<i16> = r.samples::<i16>().map(|s| s.unwrap()).collect();
         assert_eq!(got, vec![0, 16_384, 32_767, -32_767, 0]);
-        let err = write_wav_mono16(&dir.path().join("no/such/dir.wav"), 48_000, &[0.0]).unwrap_err();
+        let err =
+            write_wav_mono16(&dir.path().join("no/such/dir.wav"), 48_000, &[0.0]).unwrap_err();
         assert!(err.to_string().contains("dir.wav"), "{err}");
     }
 

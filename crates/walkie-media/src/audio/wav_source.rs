@@ -24,7 +24,11 @@ impl WavSource {
 
     /// Serves 48 kHz mono samples.
     pub fn from_pcm(pcm: Vec<f32>, realtime: bool) -> WavSource {
-        WavSource { pcm, pacer: Pacer::new(realtime), level: 0.0 }
+        WavSource {
+            pcm,
+            pacer: Pacer::new(realtime),
+            level: 0.0,
+        }
     }
 
     /// Number of frames the source holds.
@@ -35,15 +39,23 @@ impl WavSource {
 
 impl AudioSource for WavSource {
     fn next_frame(&mut self, timeout: Duration) -> Result<Pull, AudioError> {
-        let Some(index) = self.pacer.wait_next(timeout) else { return Ok(Pull::Timeout) };
-        let start = usize::try_from(index).unwrap_or(usize::MAX).saturating_mul(FRAME_SAMPLES);
+        let Some(index) = self.pacer.wait_next(timeout) else {
+            return Ok(Pull::Timeout);
+        };
+        let start = usize::try_from(index)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(FRAME_SAMPLES);
         if start >= self.pcm.len() {
             return Ok(Pull::Ended);
         }
         let mut samples = self.pcm[start..(start + FRAME_SAMPLES).min(self.pcm.len())].to_vec();
         samples.resize(FRAME_SAMPLES, 0.0);
         self.level = rms(&samples);
-        Ok(Pull::Frame(Frame { index, samples, captured_at: self.pacer.captured_at(index) }))
+        Ok(Pull::Frame(Frame {
+            index,
+            samples,
+            captured_at: self.pacer.captured_at(index),
+        }))
     }
 
     fn start_clip(&mut self, preroll: Duration) {

@@ -33,14 +33,22 @@ impl Encoder {
     pub fn new(cfg: &EncoderConfig) -> Result<Encoder, CodecError> {
         cfg.validate()?;
         let setup = "cannot set up the Opus encoder";
-        let mut inner = ::opus::Encoder::new(48_000, Channels::Mono, Application::Voip).map_err(opus_err(setup))?;
+        let mut inner = ::opus::Encoder::new(48_000, Channels::Mono, Application::Voip)
+            .map_err(opus_err(setup))?;
         inner.set_vbr(true).map_err(opus_err(setup))?;
         // validate() bounds both values well inside i32.
-        inner.set_bitrate(Bitrate::Bits(cfg.bitrate as i32)).map_err(opus_err(setup))?;
-        inner.set_complexity(i32::from(cfg.complexity)).map_err(opus_err(setup))?;
+        inner
+            .set_bitrate(Bitrate::Bits(cfg.bitrate as i32))
+            .map_err(opus_err(setup))?;
+        inner
+            .set_complexity(i32::from(cfg.complexity))
+            .map_err(opus_err(setup))?;
         let lookahead = inner.get_lookahead().map_err(opus_err(setup))?;
-        let pre_skip = u16::try_from(lookahead)
-            .map_err(|_| CodecError::Config(format!("libopus reported an impossible lookahead of {lookahead}")))?;
+        let pre_skip = u16::try_from(lookahead).map_err(|_| {
+            CodecError::Config(format!(
+                "libopus reported an impossible lookahead of {lookahead}"
+            ))
+        })?;
         Ok(Encoder {
             inner,
             frame_samples: cfg.frame_samples(),
@@ -53,7 +61,10 @@ impl Encoder {
     /// Encodes one frame of exactly `frame_samples` samples into one packet.
     pub fn encode(&mut self, frame: &[f32]) -> Result<Vec<u8>, CodecError> {
         if frame.len() != self.frame_samples {
-            return Err(CodecError::FrameSize { expected: self.frame_samples, got: frame.len() });
+            return Err(CodecError::FrameSize {
+                expected: self.frame_samples,
+                got: frame.len(),
+            });
         }
         let n = self
             .inner
@@ -74,7 +85,11 @@ impl Encoder {
 
     /// The codec parameters of the packets this encoder produces.
     pub fn params(&self) -> CodecParams {
-        CodecParams { frame_samples: self.frame_samples as u32, bitrate: self.bitrate, pre_skip: self.pre_skip }
+        CodecParams {
+            frame_samples: self.frame_samples as u32,
+            bitrate: self.bitrate,
+            pre_skip: self.pre_skip,
+        }
     }
 }
 
@@ -87,8 +102,12 @@ pub struct Decoder {
 impl Decoder {
     /// Creates a 48 kHz mono decoder.
     pub fn new() -> Result<Decoder, CodecError> {
-        let inner = ::opus::Decoder::new(48_000, Channels::Mono).map_err(opus_err("cannot set up the Opus decoder"))?;
-        Ok(Decoder { inner, buf: vec![0.0; MAX_PACKET_SAMPLES as usize] })
+        let inner = ::opus::Decoder::new(48_000, Channels::Mono)
+            .map_err(opus_err("cannot set up the Opus decoder"))?;
+        Ok(Decoder {
+            inner,
+            buf: vec![0.0; MAX_PACKET_SAMPLES as usize],
+        })
     }
 
     /// Decodes one packet. Empty or malformed packets are errors (use [`Decoder::conceal`] for a lost one).
@@ -103,9 +122,13 @@ impl Decoder {
         let n = self
             .inner
             .decode_float(packet, &mut self.buf, false)
-            .map_err(|e| CodecError::Packet(format!("libopus could not decode it ({})", e.description())))?;
+            .map_err(|e| {
+                CodecError::Packet(format!("libopus could not decode it ({})", e.description()))
+            })?;
         if n != expected {
-            return Err(CodecError::Packet(format!("decoded {n} samples where the header says {expected}")));
+            return Err(CodecError::Packet(format!(
+                "decoded {n} samples where the header says {expected}"
+            )));
         }
         Ok(&self.buf[..n])
     }
@@ -145,28 +168,59 @@ mod tests {
         let lookahead = enc.inner.get_lookahead().unwrap();
         assert!(lookahead > 0);
         assert_eq!(i32::from(enc.pre_skip()), lookahead);
-        assert_eq!(enc.params(), CodecParams { frame_samples: 960, bitrate: 24_000, pre_skip: enc.pre_skip() });
+        assert_eq!(
+            enc.params(),
+            CodecParams {
+                frame_samples: 960,
+                bitrate: 24_000,
+                pre_skip: enc.pre_skip()
+            }
+        );
     }
 
     #[test]
     fn wrong_frame_sizes_and_bad_configs_are_refused() {
         let mut enc = Encoder::new(&EncoderConfig::default()).unwrap();
-        assert!(matches!(enc.encode(&[0.0; 959]), Err(CodecError::FrameSize { expected: 960, got: 959 })));
+        assert!(matches!(
+            enc.encode(&[0.0; 959]),
+            Err(CodecError::FrameSize {
+                expected: 960,
+                got: 959
+            })
+        ));
         assert!(enc.encode(&[]).is_err());
         for cfg in [
-            EncoderConfig { bitrate: 5_999, ..Default::default() },
-            EncoderConfig { bitrate: 510_001, ..Default::default() },
-            EncoderConfig { complexity: 11, ..Default::default() },
-            EncoderConfig { frame_ms: 30, ..Default::default() },
+            EncoderConfig {
+                bitrate: 5_999,
+                ..Default::default()
+            },
+            EncoderConfig {
+                bitrate: 510_001,
+                ..Default::default()
+            },
+            EncoderConfig {
+                complexity: 11,
+                ..Default::default()
+            },
+            EncoderConfig {
+                frame_ms: 30,
+                ..Default::default()
+            },
         ] {
-            assert!(matches!(Encoder::new(&cfg), Err(CodecError::Config(_))), "{cfg:?}");
+            assert!(
+                matches!(Encoder::new(&cfg), Err(CodecError::Config(_))),
+                "{cfg:?}"
+            );
         }
     }
 
     #[test]
     fn every_frame_size_round_trips_one_packet() {
         for ms in [10u32, 20, 40, 60] {
-            let cfg = EncoderConfig { frame_ms: ms, ..Default::default() };
+            let cfg = EncoderConfig {
+                frame_ms: ms,
+                ..Default::default()
+            };
             let mut enc = Encoder::new(&cfg).unwrap();
             let mut dec = Decoder::new().unwrap();
             let packet = enc.encode(&tone(cfg.frame_samples())).unwrap();
@@ -179,7 +233,12 @@ mod tests {
     fn packets_hold_only_their_own_bytes() {
         let mut enc = Encoder::new(&EncoderConfig::default()).unwrap();
         let packet = enc.encode(&tone(960)).unwrap();
-        assert!(!packet.is_empty() && packet.capacity() == packet.len(), "{} of {}", packet.len(), packet.capacity());
+        assert!(
+            !packet.is_empty() && packet.capacity() == packet.len(),
+            "{} of {}",
+            packet.len(),
+            packet.capacity()
+        );
         let mut dec = Decoder::new().unwrap();
         let owned = dec.decode(&packet).unwrap();
         let mut dec2 = Decoder::new().unwrap();
@@ -220,7 +279,10 @@ mod tests {
         }
         let filled = dec.conceal(960).unwrap();
         assert_eq!(filled.len(), 960);
-        assert!(filled.iter().any(|s| s.abs() > 1e-4), "concealment should continue the tone");
+        assert!(
+            filled.iter().any(|s| s.abs() > 1e-4),
+            "concealment should continue the tone"
+        );
         assert!(dec.conceal(0).is_err());
         assert!(dec.conceal(100).is_err());
         assert!(dec.conceal(5880).is_err());

@@ -50,14 +50,23 @@ impl Colour {
             return None;
         }
         let byte = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).ok();
-        Some(Colour([byte(0)?, byte(2)?, byte(4)?, if hex.len() == 8 { byte(6)? } else { 255 }]))
+        Some(Colour([
+            byte(0)?,
+            byte(2)?,
+            byte(4)?,
+            if hex.len() == 8 { byte(6)? } else { 255 },
+        ]))
     }
 }
 
 impl std::fmt::Display for Colour {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let [r, g, b, a] = self.0;
-        if a == 255 { write!(f, "#{r:02x}{g:02x}{b:02x}") } else { write!(f, "#{r:02x}{g:02x}{b:02x}{a:02x}") }
+        if a == 255 {
+            write!(f, "#{r:02x}{g:02x}{b:02x}")
+        } else {
+            write!(f, "#{r:02x}{g:02x}{b:02x}{a:02x}")
+        }
     }
 }
 
@@ -70,7 +79,9 @@ impl Serialize for Colour {
 impl<'de> Deserialize<'de> for Colour {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        Colour::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not a colour like #d03030 or #d0303080")))
+        Colour::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!("{s:?} is not a colour like #d03030 or #d0303080"))
+        })
     }
 }
 
@@ -119,7 +130,11 @@ pub enum DoodleError {
 
 impl From<DoodleError> for Refusal {
     fn from(e: DoodleError) -> Self {
-        let code = if matches!(e, DoodleError::TooLarge(_)) { ErrorCode::TooLarge } else { ErrorCode::BadRequest };
+        let code = if matches!(e, DoodleError::TooLarge(_)) {
+            ErrorCode::TooLarge
+        } else {
+            ErrorCode::BadRequest
+        };
         Refusal::new(code, e.to_string())
     }
 }
@@ -130,7 +145,8 @@ impl Doodle {
         if json.len() > MAX_JSON {
             return Err(DoodleError::TooLarge(json.len()));
         }
-        let doodle: Doodle = serde_json::from_slice(json).map_err(|e| DoodleError::Malformed(e.to_string()))?;
+        let doodle: Doodle =
+            serde_json::from_slice(json).map_err(|e| DoodleError::Malformed(e.to_string()))?;
         doodle.check()?;
         Ok(doodle)
     }
@@ -149,26 +165,43 @@ impl Doodle {
             return limit("a doodle has at least one stroke".into());
         }
         if self.strokes.len() > MAX_STROKES {
-            return limit(format!("a doodle has at most {MAX_STROKES} strokes, not {}", self.strokes.len()));
+            return limit(format!(
+                "a doodle has at most {MAX_STROKES} strokes, not {}",
+                self.strokes.len()
+            ));
         }
         let points = self.points();
         if points > MAX_POINTS {
-            return limit(format!("a doodle has at most {MAX_POINTS} points, not {points}"));
+            return limit(format!(
+                "a doodle has at most {MAX_POINTS} points, not {points}"
+            ));
         }
         let (w, h) = (self.width as f32, self.height as f32);
         for (i, s) in self.strokes.iter().enumerate() {
             if !(s.width.is_finite() && s.width >= 0.5 && s.width <= MAX_STROKE_WIDTH) {
-                return limit(format!("stroke {i}: a width is 0.5 to {MAX_STROKE_WIDTH} px, not {}", s.width));
+                return limit(format!(
+                    "stroke {i}: a width is 0.5 to {MAX_STROKE_WIDTH} px, not {}",
+                    s.width
+                ));
             }
             if s.points.is_empty() {
                 return limit(format!("stroke {i} has no points"));
             }
             for &(x, y, t) in &s.points {
-                if !(x.is_finite() && y.is_finite() && (0.0..=w).contains(&x) && (0.0..=h).contains(&y)) {
-                    return limit(format!("stroke {i}: the point ({x}, {y}) is outside the {}x{} canvas", self.width, self.height));
+                if !(x.is_finite()
+                    && y.is_finite()
+                    && (0.0..=w).contains(&x)
+                    && (0.0..=h).contains(&y))
+                {
+                    return limit(format!(
+                        "stroke {i}: the point ({x}, {y}) is outside the {}x{} canvas",
+                        self.width, self.height
+                    ));
                 }
                 if t > MAX_TIME_MS {
-                    return limit(format!("stroke {i}: a point drawn at {t} ms is later than {MAX_TIME_MS} ms"));
+                    return limit(format!(
+                        "stroke {i}: a point drawn at {t} ms is later than {MAX_TIME_MS} ms"
+                    ));
                 }
             }
         }
@@ -197,10 +230,18 @@ mod tests {
     #[test]
     fn a_doodle_parses_and_stores_canonically() {
         let d = Doodle::parse(GOOD.as_bytes()).expect("parses");
-        assert_eq!((d.width, d.height, d.background, d.strokes.len(), d.points()), (320, 200, Colour::WHITE, 2, 3));
+        assert_eq!(
+            (d.width, d.height, d.background, d.strokes.len(), d.points()),
+            (320, 200, Colour::WHITE, 2, 3)
+        );
         assert_eq!(d.strokes[1].color, Colour([0, 0, 0, 0x80]));
         let json = String::from_utf8(d.to_json()).expect("utf-8");
-        assert!(!json.contains("extra") && json.contains("\"#d03030\"") && json.contains("\"#00000080\""), "{json}");
+        assert!(
+            !json.contains("extra")
+                && json.contains("\"#d03030\"")
+                && json.contains("\"#00000080\""),
+            "{json}"
+        );
         assert_eq!(Doodle::parse(json.as_bytes()), Ok(d));
     }
 
@@ -214,7 +255,10 @@ mod tests {
         assert!(with(r##"{"width": 100, "height": 100, "strokes": [{"color": "#fff000", "width": 2, "points": [[101,1,0]]}]}"##).contains("outside"));
         assert!(with(r##"{"width": 100, "height": 100, "strokes": [{"color": "#fff000", "width": 2, "points": []}]}"##).contains("no points"));
         assert!(with("[1, 2").contains("not a doodle"));
-        assert_eq!(Doodle::parse(&vec![b' '; MAX_JSON + 1]), Err(DoodleError::TooLarge(MAX_JSON + 1)));
+        assert_eq!(
+            Doodle::parse(&vec![b' '; MAX_JSON + 1]),
+            Err(DoodleError::TooLarge(MAX_JSON + 1))
+        );
         // Too many points, in fewer bytes than the size cap.
         let many = format!(
             r##"{{"width": 100, "height": 100, "strokes": [{{"color": "#000000", "width": 1, "points": [{}]}}]}}"##,

@@ -192,18 +192,33 @@ pub struct PartsError {
 
 /// Cuts `payload` into the parts `content` describes.
 pub fn parts<'a>(content: &Content, payload: &'a [u8]) -> Result<Parts<'a>, PartsError> {
-    let bad = || PartsError { kind: content.name(), len: payload.len() };
-    let tail = |n: u32| payload.len().checked_sub(n as usize).filter(|&cut| cut > 0).ok_or_else(bad);
+    let bad = || PartsError {
+        kind: content.name(),
+        len: payload.len(),
+    };
+    let tail = |n: u32| {
+        payload
+            .len()
+            .checked_sub(n as usize)
+            .filter(|&cut| cut > 0)
+            .ok_or_else(bad)
+    };
     Ok(match content {
         Content::Voice => Parts::Voice(payload),
         Content::Text { .. } => Parts::Text(std::str::from_utf8(payload).map_err(|_| bad())?),
         Content::Picture { thumb, .. } => {
             let cut = tail(*thumb)?;
-            Parts::Picture { full: &payload[..cut], thumb: &payload[cut..] }
+            Parts::Picture {
+                full: &payload[..cut],
+                thumb: &payload[cut..],
+            }
         }
         Content::Doodle { png, .. } => {
             let cut = tail(*png)?;
-            Parts::Doodle { strokes: &payload[..cut], png: &payload[cut..] }
+            Parts::Doodle {
+                strokes: &payload[..cut],
+                png: &payload[cut..],
+            }
         }
         Content::Recalled => Parts::Recalled,
     })
@@ -219,10 +234,18 @@ pub fn check_text(bytes: &[u8]) -> Result<u32, Refusal> {
         return Err(bad("a text must not be empty".into()));
     }
     if chars > MAX_TEXT_CHARS {
-        return Err(bad(format!("a text is at most {MAX_TEXT_CHARS} characters, not {chars}")));
+        return Err(bad(format!(
+            "a text is at most {MAX_TEXT_CHARS} characters, not {chars}"
+        )));
     }
-    if let Some(c) = text.chars().find(|c| c.is_control() && *c != '\n' && *c != '\t') {
-        return Err(bad(format!("a text may not hold the control character U+{:04X}", u32::from(c))));
+    if let Some(c) = text
+        .chars()
+        .find(|c| c.is_control() && *c != '\n' && *c != '\t')
+    {
+        return Err(bad(format!(
+            "a text may not hold the control character U+{:04X}",
+            u32::from(c)
+        )));
     }
     Ok(chars as u32)
 }
@@ -250,13 +273,20 @@ pub enum Admission {
 /// Decides a message's admission from the relay's answer to "who gets it, is the id taken".
 pub fn admission(sender: &str, checked: crate::upload::Checked) -> Admission {
     let foreign = |from: Option<&String>| from.is_some_and(|f| f != sender);
-    if foreign(checked.stored.as_ref().map(|(from, _)| from)) || foreign(checked.in_flight.as_ref()) {
+    if foreign(checked.stored.as_ref().map(|(from, _)| from)) || foreign(checked.in_flight.as_ref())
+    {
         return Admission::Probe;
     }
     if let Some((_, seq)) = checked.stored {
         return Admission::Resend { seq };
     }
-    Admission::New { recipients: checked.recipients.into_iter().filter(|r| r != sender).collect() }
+    Admission::New {
+        recipients: checked
+            .recipients
+            .into_iter()
+            .filter(|r| r != sender)
+            .collect(),
+    }
 }
 
 /// The payload of one message as its upload stream delivers it: chunks kept up to the kind's
@@ -271,14 +301,21 @@ pub struct MessageAssembler {
 impl MessageAssembler {
     /// Starts receiving a message of `kind`.
     pub fn new(kind: Kind) -> Self {
-        Self { kind, bytes: Vec::new(), chunks: 0 }
+        Self {
+            kind,
+            bytes: Vec::new(),
+            chunks: 0,
+        }
     }
 
     /// Keeps one chunk, or refuses the message if it would pass the kind's cap (or if the
     /// chunk is empty: a stream of empty chunks would cost the relay without end).
     pub fn push(&mut self, chunk: &[u8]) -> Result<(), Refusal> {
         if chunk.is_empty() {
-            return Err(Refusal::new(ErrorCode::BadRequest, "a message chunk must not be empty"));
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                "a message chunk must not be empty",
+            ));
         }
         let max = self.kind.max_upload();
         if self.bytes.len().saturating_add(chunk.len()) > max {
@@ -297,11 +334,17 @@ impl MessageAssembler {
         if chunks != self.chunks {
             return Err(Refusal::new(
                 ErrorCode::BadRequest,
-                format!("the message ended after {} chunks but claims {chunks}", self.chunks),
+                format!(
+                    "the message ended after {} chunks but claims {chunks}",
+                    self.chunks
+                ),
             ));
         }
         if self.bytes.is_empty() {
-            return Err(Refusal::new(ErrorCode::BadRequest, format!("a {} message must not be empty", self.kind.name())));
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                format!("a {} message must not be empty", self.kind.name()),
+            ));
         }
         Ok(self.bytes)
     }
@@ -312,7 +355,9 @@ impl MessageAssembler {
 pub fn detail(content: &Content, payload: &[u8]) -> String {
     match (content, parts(content, payload)) {
         (_, Ok(Parts::Text(text))) => json_string(text),
-        (Content::Picture { width, height, .. }, Ok(Parts::Picture { full, .. })) => format!("{width}x{height} {}", full.len()),
+        (Content::Picture { width, height, .. }, Ok(Parts::Picture { full, .. })) => {
+            format!("{width}x{height} {}", full.len())
+        }
         (Content::Doodle { strokes, .. }, _) => strokes.to_string(),
         (Content::Recalled, _) => "recalled".into(),
         (_, _) => format!("{} bytes", payload.len()),
@@ -352,11 +397,26 @@ mod tests {
     fn texts_are_checked_for_encoding_length_and_controls() {
         assert_eq!(check_text("héllo 你好".as_bytes()), Ok(8));
         assert_eq!(check_text(b"two\nlines\tand a tab"), Ok(19));
-        assert!(check_text(&[0x66, 0xff, 0x66]).unwrap_err().message.contains("UTF-8"));
+        assert!(
+            check_text(&[0x66, 0xff, 0x66])
+                .unwrap_err()
+                .message
+                .contains("UTF-8")
+        );
         assert!(check_text(b"  \n").unwrap_err().message.contains("empty"));
-        assert!(check_text(b"a\x1b[2Jb").unwrap_err().message.contains("U+001B"));
+        assert!(
+            check_text(b"a\x1b[2Jb")
+                .unwrap_err()
+                .message
+                .contains("U+001B")
+        );
         assert_eq!(check_text("字".repeat(4000).as_bytes()), Ok(4000));
-        assert!(check_text("字".repeat(4001).as_bytes()).unwrap_err().message.contains("4001"));
+        assert!(
+            check_text("字".repeat(4001).as_bytes())
+                .unwrap_err()
+                .message
+                .contains("4001")
+        );
     }
 
     #[test]
@@ -367,7 +427,13 @@ mod tests {
         assert_eq!(refused.code, ErrorCode::TooLarge);
         assert_eq!(a.bytes.len(), 10_000, "the refused chunk was not kept");
         assert!(a.finish(2).unwrap_err().message.contains("claims 2"));
-        assert!(MessageAssembler::new(Kind::Text).push(b"").unwrap_err().message.contains("empty"));
+        assert!(
+            MessageAssembler::new(Kind::Text)
+                .push(b"")
+                .unwrap_err()
+                .message
+                .contains("empty")
+        );
         let mut b = MessageAssembler::new(Kind::Picture);
         b.push(b"ab").expect("fits");
         b.push(b"cd").expect("fits");
@@ -383,19 +449,58 @@ mod tests {
             stored: stored.map(|(f, s)| (f.to_string(), s)),
             in_flight: in_flight.map(String::from),
         };
-        assert_eq!(admission("alice", checked(None, None)), Admission::New { recipients: vec!["bob".into()] });
-        assert_eq!(admission("alice", checked(Some(("alice", 9)), None)), Admission::Resend { seq: 9 });
-        assert_eq!(admission("alice", checked(Some(("bob", 9)), None)), Admission::Probe);
-        assert_eq!(admission("alice", checked(None, Some("bob"))), Admission::Probe);
-        assert_eq!(admission("alice", checked(None, Some("alice"))), Admission::New { recipients: vec!["bob".into()] });
+        assert_eq!(
+            admission("alice", checked(None, None)),
+            Admission::New {
+                recipients: vec!["bob".into()]
+            }
+        );
+        assert_eq!(
+            admission("alice", checked(Some(("alice", 9)), None)),
+            Admission::Resend { seq: 9 }
+        );
+        assert_eq!(
+            admission("alice", checked(Some(("bob", 9)), None)),
+            Admission::Probe
+        );
+        assert_eq!(
+            admission("alice", checked(None, Some("bob"))),
+            Admission::Probe
+        );
+        assert_eq!(
+            admission("alice", checked(None, Some("alice"))),
+            Admission::New {
+                recipients: vec!["bob".into()]
+            }
+        );
     }
 
     #[test]
     fn payloads_split_as_their_content_says_and_lies_are_caught() {
-        let pic = Content::Picture { width: 2, height: 1, format: PictureFormat::Png, thumb: 3 };
-        assert_eq!(parts(&pic, b"fullthb"), Ok(Parts::Picture { full: b"full", thumb: b"thb" }));
-        assert!(parts(&pic, b"thb").is_err(), "no full picture before the thumbnail");
-        let big = Content::Doodle { width: 1, height: 1, strokes: 1, points: 1, png: u32::MAX };
+        let pic = Content::Picture {
+            width: 2,
+            height: 1,
+            format: PictureFormat::Png,
+            thumb: 3,
+        };
+        assert_eq!(
+            parts(&pic, b"fullthb"),
+            Ok(Parts::Picture {
+                full: b"full",
+                thumb: b"thb"
+            })
+        );
+        assert!(
+            parts(&pic, b"thb").is_err(),
+            "no full picture before the thumbnail"
+        );
+        let big = Content::Doodle {
+            width: 1,
+            height: 1,
+            strokes: 1,
+            points: 1,
+            png: u32::MAX,
+        };
         assert!(parts(&big, b"abc").is_err());
         assert!(parts(&Content::Text { chars: 1 }, &[0xff]).is_err());
         assert_eq!(parts(&Content::Recalled, b""), Ok(Parts::Recalled));
@@ -408,9 +513,20 @@ mod tests {
         assert_eq!(line, r#""say \"hi\"\n\u001b[31m\u2028""#);
         let back: String = serde_json::from_str(&line).expect("valid JSON");
         assert_eq!(back, text);
-        let pic = Content::Picture { width: 640, height: 480, format: PictureFormat::Jpeg, thumb: 2 };
+        let pic = Content::Picture {
+            width: 640,
+            height: 480,
+            format: PictureFormat::Jpeg,
+            thumb: 2,
+        };
         assert_eq!(detail(&pic, b"12345xx"), "640x480 5");
-        let doodle = Content::Doodle { width: 1, height: 1, strokes: 7, points: 9, png: 1 };
+        let doodle = Content::Doodle {
+            width: 1,
+            height: 1,
+            strokes: 7,
+            points: 9,
+            png: 1,
+        };
         assert_eq!(detail(&doodle, b"{}p"), "7");
     }
 }

@@ -100,18 +100,46 @@ pub fn contact_step(action: ContactAction, pair: Pair) -> Result<Pair, ContactRe
     let theirs_ended = if blocked_me { Some(Blocked) } else { None };
     Ok(match action {
         ContactAction::Add => match pair {
-            Pair { mine: Some(Contact), .. } => pair,
-            _ if blocked_me => Pair { mine: Some(Requested), theirs: Some(Blocked) },
-            Pair { mine: Some(Incoming), .. } | Pair { theirs: Some(Requested), .. } => Pair { mine: Some(Contact), theirs: Some(Contact) },
-            _ => Pair { mine: Some(Requested), theirs: Some(Incoming) },
+            Pair {
+                mine: Some(Contact),
+                ..
+            } => pair,
+            _ if blocked_me => Pair {
+                mine: Some(Requested),
+                theirs: Some(Blocked),
+            },
+            Pair {
+                mine: Some(Incoming),
+                ..
+            }
+            | Pair {
+                theirs: Some(Requested),
+                ..
+            } => Pair {
+                mine: Some(Contact),
+                theirs: Some(Contact),
+            },
+            _ => Pair {
+                mine: Some(Requested),
+                theirs: Some(Incoming),
+            },
         },
         ContactAction::Accept => match pair.mine {
             Some(Contact) => pair,
-            Some(Incoming) if !blocked_me => Pair { mine: Some(Contact), theirs: Some(Contact) },
+            Some(Incoming) if !blocked_me => Pair {
+                mine: Some(Contact),
+                theirs: Some(Contact),
+            },
             _ => return Err(ContactRefusal::NoRequest),
         },
-        ContactAction::Remove => Pair { mine: None, theirs: theirs_ended },
-        ContactAction::Block => Pair { mine: Some(Blocked), theirs: theirs_ended },
+        ContactAction::Remove => Pair {
+            mine: None,
+            theirs: theirs_ended,
+        },
+        ContactAction::Block => Pair {
+            mine: Some(Blocked),
+            theirs: theirs_ended,
+        },
     })
 }
 
@@ -130,40 +158,96 @@ mod tests {
     use super::ContactState::*;
     use super::*;
 
-    fn step(action: ContactAction, mine: Option<ContactState>, theirs: Option<ContactState>) -> Result<Pair, ContactRefusal> {
+    fn step(
+        action: ContactAction,
+        mine: Option<ContactState>,
+        theirs: Option<ContactState>,
+    ) -> Result<Pair, ContactRefusal> {
         contact_step(action, Pair { mine, theirs })
     }
 
     #[test]
     fn a_request_accepted_makes_contacts_on_both_sides() {
         let asked = step(Add, None, None).expect("asks");
-        assert_eq!(asked, Pair { mine: Some(Requested), theirs: Some(Incoming) });
+        assert_eq!(
+            asked,
+            Pair {
+                mine: Some(Requested),
+                theirs: Some(Incoming)
+            }
+        );
         // Now from the other side: their Incoming is "mine".
         let accepted = step(Accept, asked.theirs, asked.mine).expect("accepts");
-        assert_eq!(accepted, Pair { mine: Some(Contact), theirs: Some(Contact) });
+        assert_eq!(
+            accepted,
+            Pair {
+                mine: Some(Contact),
+                theirs: Some(Contact)
+            }
+        );
         // Asking someone who asked you is accepting.
-        assert_eq!(step(Add, Some(Incoming), Some(Requested)), Ok(Pair { mine: Some(Contact), theirs: Some(Contact) }));
+        assert_eq!(
+            step(Add, Some(Incoming), Some(Requested)),
+            Ok(Pair {
+                mine: Some(Contact),
+                theirs: Some(Contact)
+            })
+        );
         assert_eq!(step(Accept, None, None), Err(ContactRefusal::NoRequest));
-        assert_eq!(step(Accept, Some(Requested), Some(Incoming)), Err(ContactRefusal::NoRequest), "cannot accept your own request");
+        assert_eq!(
+            step(Accept, Some(Requested), Some(Incoming)),
+            Err(ContactRefusal::NoRequest),
+            "cannot accept your own request"
+        );
     }
 
     #[test]
     fn a_block_is_silent_and_stays_until_its_owner_removes_it() {
         let blocked = step(Block, Some(Contact), Some(Contact)).expect("blocks");
-        assert_eq!(blocked, Pair { mine: Some(Blocked), theirs: None });
+        assert_eq!(
+            blocked,
+            Pair {
+                mine: Some(Blocked),
+                theirs: None
+            }
+        );
         // The blocked one asks again: it looks like an unanswered request; nothing reaches the blocker.
-        assert_eq!(step(Add, None, Some(Blocked)), Ok(Pair { mine: Some(Requested), theirs: Some(Blocked) }));
-        assert_eq!(step(Accept, Some(Incoming), Some(Blocked)), Err(ContactRefusal::NoRequest));
-        assert_eq!(step(Remove, Some(Requested), Some(Blocked)), Ok(Pair { mine: None, theirs: Some(Blocked) }));
+        assert_eq!(
+            step(Add, None, Some(Blocked)),
+            Ok(Pair {
+                mine: Some(Requested),
+                theirs: Some(Blocked)
+            })
+        );
+        assert_eq!(
+            step(Accept, Some(Incoming), Some(Blocked)),
+            Err(ContactRefusal::NoRequest)
+        );
+        assert_eq!(
+            step(Remove, Some(Requested), Some(Blocked)),
+            Ok(Pair {
+                mine: None,
+                theirs: Some(Blocked)
+            })
+        );
         // The blocker removing the block ends it on both sides.
-        assert_eq!(step(Remove, Some(Blocked), Some(Requested)), Ok(Pair { mine: None, theirs: None }));
+        assert_eq!(
+            step(Remove, Some(Blocked), Some(Requested)),
+            Ok(Pair {
+                mine: None,
+                theirs: None
+            })
+        );
     }
 
     #[test]
     fn direct_clips_follow_the_recipients_choice_and_blocks() {
         assert!(may_send_direct(None, DirectFrom::Anyone));
         assert!(!may_send_direct(None, DirectFrom::Contacts));
-        assert!(!may_send_direct(Some(Incoming), DirectFrom::Contacts), "a request is not a contact");
+        assert!(
+            !may_send_direct(Some(Incoming), DirectFrom::Contacts),
+            "a request is not a contact"
+        );
         assert!(may_send_direct(Some(Contact), DirectFrom::Contacts));
         assert!(!may_send_direct(Some(Blocked), DirectFrom::Anyone));
         assert_eq!("contacts".parse::<DirectFrom>(), Ok(DirectFrom::Contacts));

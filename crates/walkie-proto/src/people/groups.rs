@@ -65,7 +65,9 @@ pub fn group_may(action: &GroupAction, role: GroupRole, name: &str) -> Result<()
         (GroupRole::AdminChannelMember, _) => Err(GroupRefusal::AdminChannel(name)),
         (_, GroupAction::Invite { .. }) => Ok(()),
         (GroupRole::Owner, GroupAction::Rename { .. } | GroupAction::Delete) => Ok(()),
-        (GroupRole::Member, GroupAction::Rename { .. } | GroupAction::Delete) => Err(GroupRefusal::NotOwner(name)),
+        (GroupRole::Member, GroupAction::Rename { .. } | GroupAction::Delete) => {
+            Err(GroupRefusal::NotOwner(name))
+        }
         (_, GroupAction::Create { .. }) => Ok(()),
     }
 }
@@ -78,12 +80,30 @@ mod tests {
     fn owners_manage_members_invite_everyone_may_leave() {
         let rename = GroupAction::Rename { title: "T".into() };
         let invite = GroupAction::Invite { user: "x".into() };
-        assert_eq!(group_may(&GroupAction::Delete, GroupRole::Owner, "g"), Ok(()));
-        assert_eq!(group_may(&GroupAction::Delete, GroupRole::Member, "g"), Err(GroupRefusal::NotOwner("g".into())));
-        assert_eq!(group_may(&rename, GroupRole::Member, "g"), Err(GroupRefusal::NotOwner("g".into())));
+        assert_eq!(
+            group_may(&GroupAction::Delete, GroupRole::Owner, "g"),
+            Ok(())
+        );
+        assert_eq!(
+            group_may(&GroupAction::Delete, GroupRole::Member, "g"),
+            Err(GroupRefusal::NotOwner("g".into()))
+        );
+        assert_eq!(
+            group_may(&rename, GroupRole::Member, "g"),
+            Err(GroupRefusal::NotOwner("g".into()))
+        );
         assert_eq!(group_may(&invite, GroupRole::Member, "g"), Ok(()));
-        assert_eq!(group_may(&GroupAction::Leave, GroupRole::AdminChannelMember, "crew"), Ok(()));
-        assert_eq!(group_may(&invite, GroupRole::AdminChannelMember, "crew"), Err(GroupRefusal::AdminChannel("crew".into())));
-        assert_eq!(group_may(&GroupAction::Leave, GroupRole::Outsider, "g"), Err(GroupRefusal::NotMember("g".into())));
+        assert_eq!(
+            group_may(&GroupAction::Leave, GroupRole::AdminChannelMember, "crew"),
+            Ok(())
+        );
+        assert_eq!(
+            group_may(&invite, GroupRole::AdminChannelMember, "crew"),
+            Err(GroupRefusal::AdminChannel("crew".into()))
+        );
+        assert_eq!(
+            group_may(&GroupAction::Leave, GroupRole::Outsider, "g"),
+            Err(GroupRefusal::NotMember("g".into()))
+        );
     }
 }

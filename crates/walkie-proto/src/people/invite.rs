@@ -27,7 +27,9 @@ pub struct InviteLink {
 
 /// Why a link does not parse.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{0:?} is not an invite link: {1} (a link looks like walkie://HOST:PORT/join/CODE#sha256:FINGERPRINT)")]
+#[error(
+    "{0:?} is not an invite link: {1} (a link looks like walkie://HOST:PORT/join/CODE#sha256:FINGERPRINT)"
+)]
 pub struct LinkError(pub String, pub &'static str);
 
 impl std::str::FromStr for InviteLink {
@@ -35,28 +37,45 @@ impl std::str::FromStr for InviteLink {
     fn from_str(link: &str) -> Result<InviteLink, LinkError> {
         let shown: String = link.chars().take(200).collect();
         let err = |why| LinkError(shown.clone(), why);
-        let rest = link.trim().strip_prefix("walkie://").ok_or_else(|| err("it does not start with walkie://"))?;
-        let (path, fingerprint) = rest.split_once('#').ok_or_else(|| err("it has no #sha256: certificate pin"))?;
-        let hex = fingerprint.strip_prefix("sha256:").ok_or_else(|| err("the pin after # must start with sha256:"))?;
+        let rest = link
+            .trim()
+            .strip_prefix("walkie://")
+            .ok_or_else(|| err("it does not start with walkie://"))?;
+        let (path, fingerprint) = rest
+            .split_once('#')
+            .ok_or_else(|| err("it has no #sha256: certificate pin"))?;
+        let hex = fingerprint
+            .strip_prefix("sha256:")
+            .ok_or_else(|| err("the pin after # must start with sha256:"))?;
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(err("the pin must be sha256: and 64 hex digits"));
         }
-        let (addr, join) = path.split_once('/').ok_or_else(|| err("it has no /join path"))?;
+        let (addr, join) = path
+            .split_once('/')
+            .ok_or_else(|| err("it has no /join path"))?;
         let code = match join.trim_end_matches('/') {
             "join" => None,
             other => {
-                let code = other.strip_prefix("join/").ok_or_else(|| err("its path is not /join/CODE"))?;
+                let code = other
+                    .strip_prefix("join/")
+                    .ok_or_else(|| err("its path is not /join/CODE"))?;
                 if code.len() != CODE_HEX || !code.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return Err(err("its code is not 32 hex digits"));
                 }
                 Some(code.to_ascii_lowercase())
             }
         };
-        let port_ok = addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+        let port_ok = addr.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
         if !port_ok || addr.len() > 255 {
             return Err(err("its address is not HOST:PORT"));
         }
-        Ok(InviteLink { addr: addr.to_string(), code, fingerprint: format!("sha256:{}", hex.to_ascii_lowercase()) })
+        Ok(InviteLink {
+            addr: addr.to_string(),
+            code,
+            fingerprint: format!("sha256:{}", hex.to_ascii_lowercase()),
+        })
     }
 }
 
@@ -90,7 +109,9 @@ pub struct Invite {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum InviteRefusal {
     /// No invite has this code.
-    #[error("this invite code is not known to the relay: check that the link was copied whole, or ask for a new one")]
+    #[error(
+        "this invite code is not known to the relay: check that the link was copied whole, or ask for a new one"
+    )]
     Unknown,
     /// Every use of it is spent.
     #[error("this invite was already used; ask for a new one")]
@@ -126,7 +147,10 @@ impl Invite {
         if self.uses_left == 0 {
             return Err(InviteRefusal::Used);
         }
-        Ok(Invite { uses_left: self.uses_left - 1, ..self.clone() })
+        Ok(Invite {
+            uses_left: self.uses_left - 1,
+            ..self.clone()
+        })
     }
 }
 
@@ -140,13 +164,28 @@ mod tests {
     fn links_roundtrip_with_and_without_a_code() {
         let code = new_code();
         assert_eq!(code.len(), CODE_HEX);
-        let link = InviteLink { addr: "relay.example.org:7300".into(), code: Some(code.clone()), fingerprint: FP.into() };
+        let link = InviteLink {
+            addr: "relay.example.org:7300".into(),
+            code: Some(code.clone()),
+            fingerprint: FP.into(),
+        };
         let text = link.to_string();
-        assert_eq!(text, format!("walkie://relay.example.org:7300/join/{code}#{FP}"));
+        assert_eq!(
+            text,
+            format!("walkie://relay.example.org:7300/join/{code}#{FP}")
+        );
         assert_eq!(text.parse::<InviteLink>(), Ok(link));
-        let open: InviteLink = format!("walkie://[::1]:7300/join#{FP}").parse().expect("open sign-up link");
+        let open: InviteLink = format!("walkie://[::1]:7300/join#{FP}")
+            .parse()
+            .expect("open sign-up link");
         assert_eq!((open.addr.as_str(), open.code), ("[::1]:7300", None));
-        let upper: InviteLink = format!("walkie://h:1/join/{}#{}", code.to_uppercase(), FP.to_uppercase().replace("SHA256", "sha256")).parse().expect("case");
+        let upper: InviteLink = format!(
+            "walkie://h:1/join/{}#{}",
+            code.to_uppercase(),
+            FP.to_uppercase().replace("SHA256", "sha256")
+        )
+        .parse()
+        .expect("case");
         assert_eq!(upper.code.as_deref(), Some(code.as_str()));
     }
 
@@ -167,13 +206,25 @@ mod tests {
 
     #[test]
     fn invites_are_spent_and_expire() {
-        let invite = Invite { uses_left: 2, expires_ms: 10_000, channel: Some("crew".into()), created_by: None, device_of: None };
+        let invite = Invite {
+            uses_left: 2,
+            expires_ms: 10_000,
+            channel: Some("crew".into()),
+            created_by: None,
+            device_of: None,
+        };
         let once = invite.redeem(1_000).expect("first use");
         assert_eq!(once.uses_left, 1);
         let twice = once.redeem(2_000).expect("second use");
         assert_eq!(twice.redeem(3_000), Err(InviteRefusal::Used));
-        assert_eq!(invite.redeem(10_000 + 3 * 3_600_000), Err(InviteRefusal::Expired(Ago(3 * 3_600_000))));
-        assert_eq!(InviteRefusal::Expired(Ago(3 * 3_600_000)).to_string(), "this invite expired 3 hours ago; ask for a new one");
+        assert_eq!(
+            invite.redeem(10_000 + 3 * 3_600_000),
+            Err(InviteRefusal::Expired(Ago(3 * 3_600_000)))
+        );
+        assert_eq!(
+            InviteRefusal::Expired(Ago(3 * 3_600_000)).to_string(),
+            "this invite expired 3 hours ago; ask for a new one"
+        );
         assert_eq!(Ago(61_000).to_string(), "61 seconds");
     }
 }

@@ -51,19 +51,43 @@ mod tests {
 
     #[test]
     fn any_script_is_welcome_and_normalised_to_nfc() {
-        assert_eq!(validate_display_name("  Zoe\u{0308} Ab  "), Ok("Zoë Ab".to_string()));
+        assert_eq!(
+            validate_display_name("  Zoe\u{0308} Ab  "),
+            Ok("Zoë Ab".to_string())
+        );
         assert_eq!(validate_display_name("张伟"), Ok("张伟".to_string()));
-        assert_eq!(validate_display_name("Alice 👩‍🚀"), Ok("Alice 👩‍🚀".to_string()));
-        assert_eq!(validate_display_name(&"é".repeat(64)).map(|n| n.chars().count()), Ok(64));
+        assert_eq!(
+            validate_display_name("Alice 👩‍🚀"),
+            Ok("Alice 👩‍🚀".to_string())
+        );
+        assert_eq!(
+            validate_display_name(&"é".repeat(64)).map(|n| n.chars().count()),
+            Ok(64)
+        );
     }
 
     #[test]
     fn empty_long_and_hiding_names_are_refused() {
         assert_eq!(validate_display_name("   "), Err(NameError::Empty));
-        assert_eq!(validate_display_name(&"a".repeat(65)), Err(NameError::TooLong(65)));
-        assert!(matches!(validate_display_name(&"a".repeat(10_000)), Err(NameError::TooLong(_))));
-        assert_eq!(validate_display_name("a\nb"), Err(NameError::Forbidden(0x0A)));
-        assert_eq!(validate_display_name("evil\u{202E}gpj.exe"), Err(NameError::Forbidden(0x202E)));
-        assert_eq!(validate_display_name("x\u{1b}[31m"), Err(NameError::Forbidden(0x1B)));
+        assert_eq!(
+            validate_display_name(&"a".repeat(65)),
+            Err(NameError::TooLong(65))
+        );
+        assert!(matches!(
+            validate_display_name(&"a".repeat(10_000)),
+            Err(NameError::TooLong(_))
+        ));
+        assert_eq!(
+            validate_display_name("a\nb"),
+            Err(NameError::Forbidden(0x0A))
+        );
+        assert_eq!(
+            validate_display_name("evil\u{202E}gpj.exe"),
+            Err(NameError::Forbidden(0x202E))
+        );
+        assert_eq!(
+            validate_display_name("x\u{1b}[31m"),
+            Err(NameError::Forbidden(0x1B))
+        );
     }
 }

@@ -69,7 +69,15 @@ impl ClientUpload {
     pub fn new(header: &ClipHeader) -> Self {
         let mut actions = VecDeque::new();
         actions.push_back(ClientAction::Write(StreamFrame::Upload(header.clone())));
-        Self { id: header.id, packets: 0, actions, answer: None, waiting: None, ack_due: None, failed: None }
+        Self {
+            id: header.id,
+            packets: 0,
+            actions,
+            answer: None,
+            waiting: None,
+            ack_due: None,
+            failed: None,
+        }
     }
 
     /// The clip.
@@ -101,7 +109,8 @@ impl ClientUpload {
         self.settled()?;
         if self.answer.is_none() {
             self.packets += 1;
-            self.actions.push_back(ClientAction::Write(StreamFrame::Packet(packet)));
+            self.actions
+                .push_back(ClientAction::Write(StreamFrame::Packet(packet)));
         }
         Ok(())
     }
@@ -112,7 +121,11 @@ impl ClientUpload {
         if self.answer.is_some() || self.failed.is_some() || self.ack_due.is_some() {
             return;
         }
-        self.actions.push_back(ClientAction::Write(StreamFrame::End { packets: self.packets, samples }));
+        self.actions
+            .push_back(ClientAction::Write(StreamFrame::End {
+                packets: self.packets,
+                samples,
+            }));
         self.actions.push_back(ClientAction::FinishStream);
         self.ack_due = Some(now + ACK_WAIT);
     }
@@ -193,7 +206,11 @@ mod tests {
             id: ClipId([3; 16]),
             to: Target::Channel("crew".into()),
             started_at_ms: 0,
-            codec: CodecParams { frame_samples: 960, bitrate: 24_000, pre_skip: 312 },
+            codec: CodecParams {
+                frame_samples: 960,
+                bitrate: 24_000,
+                pre_skip: 312,
+            },
         };
         ClientUpload::new(&header)
     }
@@ -203,7 +220,12 @@ mod tests {
     }
 
     fn refusal(code: ErrorCode) -> ErrorMsg {
-        ErrorMsg { req: None, clip: Some(ClipId([3; 16])), code, message: "no".into() }
+        ErrorMsg {
+            req: None,
+            clip: Some(ClipId([3; 16])),
+            code,
+            message: "no".into(),
+        }
     }
 
     #[test]
@@ -214,8 +236,20 @@ mod tests {
         u.send(vec![2]).expect("sent");
         u.finish(1_000, t);
         let actions = drain(&mut u);
-        assert!(matches!(actions[0], ClientAction::Write(StreamFrame::Upload(_))));
-        assert_eq!(actions[3..], [ClientAction::Write(StreamFrame::End { packets: 2, samples: 1_000 }), ClientAction::FinishStream]);
+        assert!(matches!(
+            actions[0],
+            ClientAction::Write(StreamFrame::Upload(_))
+        ));
+        assert_eq!(
+            actions[3..],
+            [
+                ClientAction::Write(StreamFrame::End {
+                    packets: 2,
+                    samples: 1_000
+                }),
+                ClientAction::FinishStream
+            ]
+        );
         assert_eq!(u.poll_timeout(), Some(t + ACK_WAIT));
         u.answer(Ok((5, false)));
         assert_eq!(u.result(), Some(Ok((5, false))));
@@ -227,7 +261,9 @@ mod tests {
         let mut u = upload();
         drain(&mut u);
         u.answer(Err(refusal(ErrorCode::FloorTaken)));
-        assert!(matches!(u.send(vec![1]), Err(UploadFailure::Refused(m)) if m.code == ErrorCode::FloorTaken));
+        assert!(
+            matches!(u.send(vec![1]), Err(UploadFailure::Refused(m)) if m.code == ErrorCode::FloorTaken)
+        );
         u.finish(960, t);
         assert!(drain(&mut u).is_empty(), "nothing more is written");
         assert!(matches!(u.result(), Some(Err(UploadFailure::Refused(_)))));
@@ -254,12 +290,17 @@ mod tests {
         assert!(u.is_waiting());
         assert_eq!(u.poll_timeout(), Some(t + ANSWER_WAIT));
         u.answer(Err(refusal(ErrorCode::TooLong)));
-        assert!(matches!(u.settled(), Err(UploadFailure::Refused(m)) if m.code == ErrorCode::TooLong));
+        assert!(
+            matches!(u.settled(), Err(UploadFailure::Refused(m)) if m.code == ErrorCode::TooLong)
+        );
 
         let mut u = upload();
         u.write_failed("stopped by peer", t);
         u.handle_timeout(t + ANSWER_WAIT);
-        assert_eq!(u.result(), Some(Err(UploadFailure::Stream("stopped by peer".into()))));
+        assert_eq!(
+            u.result(),
+            Some(Err(UploadFailure::Stream("stopped by peer".into())))
+        );
     }
 
     #[test]

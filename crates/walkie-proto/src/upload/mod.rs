@@ -28,6 +28,6 @@ mod relay;
 
 pub use client::{Answer, ClientAction, ClientUpload, UploadFailure};
 pub use relay::{
-    Action, Checked, CommitFailure, DEFAULT_FLOOR_GAP, FloorRefusal, Input, MAX_FUTURE_SKEW_MS, MAX_PAST_MS, Outcome, RelayUpload, UploadLimits, not_readable,
-    plausible_start,
+    Action, Checked, CommitFailure, DEFAULT_FLOOR_GAP, FloorRefusal, Input, MAX_FUTURE_SKEW_MS,
+    MAX_PAST_MS, Outcome, RelayUpload, UploadLimits, not_readable, plausible_start,
 };

@@ -31,7 +31,13 @@ impl UploadLimits {
     /// Limits for clips of at most `max_clip_ms`, with a 5 s grace on the hold.
     pub fn new(max_clip_ms: u32, stream_idle: Duration, clips_per_minute: u32) -> Self {
         let max_hold = Duration::from_millis(u64::from(max_clip_ms)) + Duration::from_secs(5);
-        Self { max_clip_ms, stream_idle, max_hold, clips_per_minute, floor_gap: DEFAULT_FLOOR_GAP }
+        Self {
+            max_clip_ms,
+            stream_idle,
+            max_hold,
+            clips_per_minute,
+            floor_gap: DEFAULT_FLOOR_GAP,
+        }
     }
 }
 
@@ -47,7 +53,9 @@ pub const MAX_PAST_MS: i64 = 24 * 3600 * 1000;
 /// The start time the relay stores for a clip the talker dated `claimed`, the relay's clock
 /// reading `wall_ms`: the claim if it is plausible, else the relay's own time.
 pub fn plausible_start(claimed: i64, wall_ms: i64) -> i64 {
-    if claimed > wall_ms.saturating_add(MAX_FUTURE_SKEW_MS) || claimed < wall_ms.saturating_sub(MAX_PAST_MS) {
+    if claimed > wall_ms.saturating_add(MAX_FUTURE_SKEW_MS)
+        || claimed < wall_ms.saturating_sub(MAX_PAST_MS)
+    {
         wall_ms
     } else {
         claimed
@@ -202,7 +210,10 @@ pub enum Outcome {
 /// The answer to an upload under an id that another user's clip uses: word for word what a
 /// fetch of a clip one may not read answers.
 pub fn not_readable(id: ClipId) -> Refusal {
-    Refusal::new(ErrorCode::NotFound, format!("there is no clip {id} you may read"))
+    Refusal::new(
+        ErrorCode::NotFound,
+        format!("there is no clip {id} you may read"),
+    )
 }
 
 /// Where the upload is.
@@ -213,16 +224,32 @@ enum State {
     /// Waiting for [`Input::Checked`].
     Checking { header: ClipHeader },
     /// Waiting for [`Input::Admitted`].
-    Admitting { header: ClipHeader, recipients: Vec<String> },
+    Admitting {
+        header: ClipHeader,
+        recipients: Vec<String>,
+    },
     /// An upload under another sender's id: charged to the rate limit like any clip, then
     /// answered exactly as a fetch of an id one may not read is.
     Probing { header: ClipHeader },
     /// Waiting for [`Input::Floor`].
-    TakingFloor { header: ClipHeader, recipients: Vec<String> },
+    TakingFloor {
+        header: ClipHeader,
+        recipients: Vec<String>,
+    },
     /// Reading packets until the end marker.
-    Receiving { header: ClipHeader, recipients: Vec<String>, asm: ClipAssembler, floor: bool },
+    Receiving {
+        header: ClipHeader,
+        recipients: Vec<String>,
+        asm: ClipAssembler,
+        floor: bool,
+    },
     /// Waiting for [`Input::Committed`].
-    Committing { header: ClipHeader, recipients: Vec<String>, packets: u32, samples: u64 },
+    Committing {
+        header: ClipHeader,
+        recipients: Vec<String>,
+        packets: u32,
+        samples: u64,
+    },
     /// Nothing more to do.
     Done(Outcome),
 }
@@ -270,7 +297,10 @@ impl RelayUpload {
 
     /// When [`RelayUpload::handle_timeout`] must be called, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.idle_deadline, self.hold_deadline, self.floor_deadline].into_iter().flatten().min()
+        [self.idle_deadline, self.hold_deadline, self.floor_deadline]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// True while the machine waits for frames from the stream (the driver reads only then,
@@ -303,7 +333,10 @@ impl RelayUpload {
     /// The deadline passed: no frame for too long, or the clip went on too long.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.hold_deadline.is_some_and(|d| now >= d) {
-            self.fail(Refusal::new(ErrorCode::TooLong, "the clip went on longer than the relay's maximum duration"));
+            self.fail(Refusal::new(
+                ErrorCode::TooLong,
+                "the clip went on longer than the relay's maximum duration",
+            ));
         } else if self.floor_deadline.is_some_and(|d| now >= d) {
             let gap = self.limits.floor_gap.as_millis();
             self.fail(Refusal::new(
@@ -313,7 +346,10 @@ impl RelayUpload {
         } else if self.idle_deadline.is_some_and(|d| now >= d) {
             match self.state {
                 State::AwaitHeader => self.bad_header(),
-                _ => self.fail(Refusal::new(ErrorCode::Timeout, "no audio arrived for too long; the clip was dropped")),
+                _ => self.fail(Refusal::new(
+                    ErrorCode::Timeout,
+                    "no audio arrived for too long; the clip was dropped",
+                )),
             }
         }
     }
@@ -322,38 +358,60 @@ impl RelayUpload {
     pub fn handle(&mut self, input: Input, now: Instant) {
         let state = std::mem::replace(&mut self.state, State::Done(Outcome::Cancelled));
         self.state = match (state, input) {
-            (State::AwaitHeader, Input::Frame(StreamFrame::Upload(header))) => self.on_header(header),
+            (State::AwaitHeader, Input::Frame(StreamFrame::Upload(header))) => {
+                self.on_header(header)
+            }
             (State::AwaitHeader, _) => {
                 self.state = State::AwaitHeader;
                 self.bad_header();
                 return;
             }
-            (State::Checking { header }, Input::Checked(checked)) => self.on_checked(header, checked),
+            (State::Checking { header }, Input::Checked(checked)) => {
+                self.on_checked(header, checked)
+            }
             (State::Probing { header }, Input::Admitted(admitted)) => match admitted {
                 Ok(()) => self.refused(header.id, not_readable(header.id)),
                 Err(wait) => self.busy(header.id, wait),
             },
-            (State::Admitting { header, recipients }, Input::Admitted(admitted)) => match admitted {
-                Ok(()) => self.after_admission(header, recipients, now),
-                Err(wait) => self.busy(header.id, wait),
-            },
-            (State::TakingFloor { header, recipients }, Input::Floor(floor)) => match floor {
-                Ok(()) => self.start_receiving(header, recipients, true, now),
-                Err(FloorRefusal::Taken { user }) => {
-                    let channel = header.to.name().to_string();
-                    self.refused(
+            (State::Admitting { header, recipients }, Input::Admitted(admitted)) => {
+                match admitted {
+                    Ok(()) => self.after_admission(header, recipients, now),
+                    Err(wait) => self.busy(header.id, wait),
+                }
+            }
+            (State::TakingFloor { header, recipients }, Input::Floor(floor)) => {
+                match floor {
+                    Ok(()) => self.start_receiving(header, recipients, true, now),
+                    Err(FloorRefusal::Taken { user }) => {
+                        let channel = header.to.name().to_string();
+                        self.refused(
                         header.id,
                         Refusal::new(ErrorCode::FloorTaken, format!("busy: {user} is talking on {channel}; try again when they finish")),
                     )
+                    }
+                    Err(FloorRefusal::Unavailable(why)) => {
+                        self.refused(header.id, Refusal::new(ErrorCode::Storage, why))
+                    }
                 }
-                Err(FloorRefusal::Unavailable(why)) => self.refused(header.id, Refusal::new(ErrorCode::Storage, why)),
-            },
-            (State::Receiving { header, recipients, asm, floor }, input) => {
-                self.on_receiving(header, recipients, asm, floor, input, now)
             }
-            (State::Committing { header, recipients, packets, samples }, Input::Committed(result)) => {
-                self.on_committed(header, recipients, packets, samples, result)
-            }
+            (
+                State::Receiving {
+                    header,
+                    recipients,
+                    asm,
+                    floor,
+                },
+                input,
+            ) => self.on_receiving(header, recipients, asm, floor, input, now),
+            (
+                State::Committing {
+                    header,
+                    recipients,
+                    packets,
+                    samples,
+                },
+                Input::Committed(result),
+            ) => self.on_committed(header, recipients, packets, samples, result),
             // Anything else is an input this state does not wait for (a late answer, a frame
             // while the driver should not be reading): ignored.
             (state, _) => state,
@@ -366,7 +424,10 @@ impl RelayUpload {
             return self.refused(header.id, refusal);
         }
         header.started_at_ms = plausible_start(header.started_at_ms, self.wall_ms);
-        self.actions.push_back(Action::Check { id: header.id, target: header.to.clone() });
+        self.actions.push_back(Action::Check {
+            id: header.id,
+            target: header.to.clone(),
+        });
         State::Checking { header }
     }
 
@@ -376,7 +437,9 @@ impl RelayUpload {
             Err(refusal) => return self.refused(header.id, refusal),
         };
         let foreign = |from: Option<&String>| from.is_some_and(|f| *f != self.sender);
-        if foreign(checked.stored.as_ref().map(|(from, _)| from)) || foreign(checked.in_flight.as_ref()) {
+        if foreign(checked.stored.as_ref().map(|(from, _)| from))
+            || foreign(checked.in_flight.as_ref())
+        {
             // Another sender's id (stored, or live now): never accepted, and answered as a
             // fetch of it would be, after costing a clip of the rate limit, so ids cannot be
             // probed or hijacked.
@@ -386,18 +449,38 @@ impl RelayUpload {
         if let Some((_, seq)) = checked.stored {
             // A resend of a stored clip: acknowledge again, store nothing.
             self.actions.push_back(Action::StopReading(0));
-            self.actions.push_back(Action::Stored { id: header.id, seq, duplicate: true });
-            return State::Done(Outcome::Stored { seq, duplicate: true });
+            self.actions.push_back(Action::Stored {
+                id: header.id,
+                seq,
+                duplicate: true,
+            });
+            return State::Done(Outcome::Stored {
+                seq,
+                duplicate: true,
+            });
         }
-        let recipients: Vec<String> = checked.recipients.into_iter().filter(|r| *r != self.sender).collect();
+        let recipients: Vec<String> = checked
+            .recipients
+            .into_iter()
+            .filter(|r| *r != self.sender)
+            .collect();
         self.actions.push_back(Action::Admit);
         State::Admitting { header, recipients }
     }
 
-    fn after_admission(&mut self, header: ClipHeader, recipients: Vec<String>, now: Instant) -> State {
+    fn after_admission(
+        &mut self,
+        header: ClipHeader,
+        recipients: Vec<String>,
+        now: Instant,
+    ) -> State {
         match &header.to {
             Target::Channel(channel) => {
-                self.actions.push_back(Action::TakeFloor { channel: channel.clone(), clip: header.id, hold: self.limits.max_hold });
+                self.actions.push_back(Action::TakeFloor {
+                    channel: channel.clone(),
+                    clip: header.id,
+                    hold: self.limits.max_hold,
+                });
                 State::TakingFloor { header, recipients }
             }
             // Direct clips are not floor-controlled.
@@ -405,7 +488,13 @@ impl RelayUpload {
         }
     }
 
-    fn start_receiving(&mut self, header: ClipHeader, recipients: Vec<String>, floor: bool, now: Instant) -> State {
+    fn start_receiving(
+        &mut self,
+        header: ClipHeader,
+        recipients: Vec<String>,
+        floor: bool,
+        now: Instant,
+    ) -> State {
         let live = DeliverHeader {
             id: header.id,
             from: self.sender.clone(),
@@ -416,7 +505,10 @@ impl RelayUpload {
             seq: 0,
             content: Default::default(),
         };
-        self.actions.push_back(Action::OpenLive { header: live, recipients: recipients.clone() });
+        self.actions.push_back(Action::OpenLive {
+            header: live,
+            recipients: recipients.clone(),
+        });
         self.idle_deadline = Some(now + self.limits.stream_idle);
         self.hold_deadline = Some(now + self.limits.max_hold);
         if floor {
@@ -424,7 +516,12 @@ impl RelayUpload {
             self.floor_deadline = Some(now + self.limits.floor_gap);
         }
         let asm = ClipAssembler::new(&header, self.limits.max_clip_ms);
-        State::Receiving { header, recipients, asm, floor }
+        State::Receiving {
+            header,
+            recipients,
+            asm,
+            floor,
+        }
     }
 
     fn on_receiving(
@@ -446,37 +543,76 @@ impl RelayUpload {
                         let audio = Duration::from_millis(asm.received_samples() / 48);
                         self.floor_deadline = Some(since + audio + self.limits.floor_gap);
                     }
-                    return State::Receiving { header, recipients, asm, floor };
+                    return State::Receiving {
+                        header,
+                        recipients,
+                        asm,
+                        floor,
+                    };
                 }
                 Err(refusal) => Err(refusal),
             },
             Input::Frame(StreamFrame::End { packets, samples }) => asm.finish(packets, samples),
             Input::Frame(StreamFrame::Abort(_)) | Input::Reset(0) => Err(self.cancelled()),
-            Input::Frame(_) => Err(Refusal::new(ErrorCode::BadRequest, "unexpected frame in a clip stream")),
-            Input::Reset(code) => Err(Refusal::new(ErrorCode::BadRequest, format!("bad clip stream: the talker reset it (code {code})"))),
-            Input::Broken(e) => Err(Refusal::new(ErrorCode::BadRequest, format!("bad clip stream: {e}"))),
-            Input::Finished => Err(Refusal::new(ErrorCode::BadRequest, "the clip stream ended without an end marker")),
+            Input::Frame(_) => Err(Refusal::new(
+                ErrorCode::BadRequest,
+                "unexpected frame in a clip stream",
+            )),
+            Input::Reset(code) => Err(Refusal::new(
+                ErrorCode::BadRequest,
+                format!("bad clip stream: the talker reset it (code {code})"),
+            )),
+            Input::Broken(e) => Err(Refusal::new(
+                ErrorCode::BadRequest,
+                format!("bad clip stream: {e}"),
+            )),
+            Input::Finished => Err(Refusal::new(
+                ErrorCode::BadRequest,
+                "the clip stream ended without an end marker",
+            )),
             // Answers this state does not wait for.
             Input::Checked(_) | Input::Admitted(_) | Input::Floor(_) | Input::Committed(_) => {
-                return State::Receiving { header, recipients, asm, floor };
+                return State::Receiving {
+                    header,
+                    recipients,
+                    asm,
+                    floor,
+                };
             }
         };
         self.clear_deadlines();
         // The talker has let go (or the clip failed): the floor is free before the talker
         // hears `ClipStored`, so whoever is told "stored" may talk next.
         if floor {
-            self.actions.push_back(Action::ReleaseFloor { channel: header.to.name().to_string(), clip: header.id });
+            self.actions.push_back(Action::ReleaseFloor {
+                channel: header.to.name().to_string(),
+                clip: header.id,
+            });
         }
         let assembled = match ended {
             Ok(a) => a,
             Err(refusal) => return self.abandon(header.id, refusal),
         };
         // The file's serial only tells streams apart inside one physical Ogg file (one here).
-        let serial = u32::from_le_bytes([header.id.0[0], header.id.0[1], header.id.0[2], header.id.0[3]]);
-        let file = match ogg::write_ogg(&header.codec, &assembled.packets, assembled.samples, serial) {
-            Ok(f) => f,
-            Err(e) => return self.abandon(header.id, Refusal::new(ErrorCode::BadRequest, format!("cannot build the Ogg file: {e}"))),
-        };
+        let serial = u32::from_le_bytes([
+            header.id.0[0],
+            header.id.0[1],
+            header.id.0[2],
+            header.id.0[3],
+        ]);
+        let file =
+            match ogg::write_ogg(&header.codec, &assembled.packets, assembled.samples, serial) {
+                Ok(f) => f,
+                Err(e) => {
+                    return self.abandon(
+                        header.id,
+                        Refusal::new(
+                            ErrorCode::BadRequest,
+                            format!("cannot build the Ogg file: {e}"),
+                        ),
+                    );
+                }
+            };
         let packets = u32::try_from(assembled.packets.len()).unwrap_or(u32::MAX);
         let meta = ClipMeta {
             id: header.id,
@@ -490,8 +626,17 @@ impl RelayUpload {
             seq: 0,
             content: Default::default(),
         };
-        self.actions.push_back(Action::Commit { meta, recipients: recipients.clone(), ogg: file });
-        State::Committing { header, recipients, packets, samples: assembled.samples }
+        self.actions.push_back(Action::Commit {
+            meta,
+            recipients: recipients.clone(),
+            ogg: file,
+        });
+        State::Committing {
+            header,
+            recipients,
+            packets,
+            samples: assembled.samples,
+        }
     }
 
     fn on_committed(
@@ -504,17 +649,27 @@ impl RelayUpload {
     ) -> State {
         match result {
             Ok(seq) => {
-                self.actions.push_back(Action::Stored { id: header.id, seq, duplicate: false });
+                self.actions.push_back(Action::Stored {
+                    id: header.id,
+                    seq,
+                    duplicate: false,
+                });
                 self.actions.push_back(Action::EndLive { packets, samples });
                 self.actions.push_back(Action::Wake(recipients));
-                State::Done(Outcome::Stored { seq, duplicate: false })
+                State::Done(Outcome::Stored {
+                    seq,
+                    duplicate: false,
+                })
             }
             Err(failure) => {
                 let (code, why) = match failure {
                     CommitFailure::Conflict(why) => (ErrorCode::Conflict, why),
                     CommitFailure::Storage(why) => (ErrorCode::Storage, why),
                 };
-                self.abandon(header.id, Refusal::new(code, format!("the relay could not store the clip: {why}")))
+                self.abandon(
+                    header.id,
+                    Refusal::new(code, format!("the relay could not store the clip: {why}")),
+                )
             }
         }
     }
@@ -528,19 +683,29 @@ impl RelayUpload {
         let ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1);
         self.refused(
             id,
-            Refusal::new(ErrorCode::Busy { retry_after_ms: ms }, format!("busy, retry after {ms} ms: at most {} clips per minute", self.limits.clips_per_minute)),
+            Refusal::new(
+                ErrorCode::Busy { retry_after_ms: ms },
+                format!(
+                    "busy, retry after {ms} ms: at most {} clips per minute",
+                    self.limits.clips_per_minute
+                ),
+            ),
         )
     }
 
     /// The talker cancelled the clip: live listeners are told, the talker is not answered.
     fn cancelled(&self) -> Refusal {
-        Refusal::new(ErrorCode::Cancelled, format!("{} cancelled the clip", self.sender))
+        Refusal::new(
+            ErrorCode::Cancelled,
+            format!("{} cancelled the clip", self.sender),
+        )
     }
 
     /// Ends a clip whose live copies are open: they get the abort, the talker the refusal
     /// (unless they cancelled it themselves).
     fn abandon(&mut self, id: ClipId, refusal: Refusal) -> State {
-        self.actions.push_back(Action::AbortLive(refusal.to_wire(id)));
+        self.actions
+            .push_back(Action::AbortLive(refusal.to_wire(id)));
         if refusal.code == ErrorCode::Cancelled {
             return State::Done(Outcome::Cancelled);
         }
@@ -550,17 +715,27 @@ impl RelayUpload {
     /// Refuses the clip: the talker's stream is stopped and the talker told why.
     fn refused(&mut self, id: ClipId, refusal: Refusal) -> State {
         self.clear_deadlines();
-        self.actions.push_back(Action::StopReading(refusal.code.quic_code()));
+        self.actions
+            .push_back(Action::StopReading(refusal.code.quic_code()));
         self.actions.push_back(Action::Refuse(refusal.to_wire(id)));
         State::Done(Outcome::Refused(refusal))
     }
 
     /// A stream that does not start with an upload header (or not in time).
     fn bad_header(&mut self) {
-        let refusal = Refusal::new(ErrorCode::BadRequest, "a clip stream must start with an upload header");
+        let refusal = Refusal::new(
+            ErrorCode::BadRequest,
+            "a clip stream must start with an upload header",
+        );
         self.idle_deadline = None;
-        self.actions.push_back(Action::StopReading(refusal.code.quic_code()));
-        self.actions.push_back(Action::Refuse(ErrorMsg { req: None, clip: None, code: refusal.code, message: refusal.message.clone() }));
+        self.actions
+            .push_back(Action::StopReading(refusal.code.quic_code()));
+        self.actions.push_back(Action::Refuse(ErrorMsg {
+            req: None,
+            clip: None,
+            code: refusal.code,
+            message: refusal.message.clone(),
+        }));
         self.state = State::Done(Outcome::Refused(refusal));
     }
 
@@ -570,7 +745,10 @@ impl RelayUpload {
         self.state = match state {
             State::Receiving { header, floor, .. } => {
                 if floor {
-                    self.actions.push_back(Action::ReleaseFloor { channel: header.to.name().to_string(), clip: header.id });
+                    self.actions.push_back(Action::ReleaseFloor {
+                        channel: header.to.name().to_string(),
+                        clip: header.id,
+                    });
                 }
                 self.abandon(header.id, refusal)
             }
@@ -600,7 +778,16 @@ mod tests {
     const WALL: i64 = 1_790_000_000_000;
 
     fn header(to: Target) -> ClipHeader {
-        ClipHeader { id: ClipId([9; 16]), to, started_at_ms: WALL - 1000, codec: CodecParams { frame_samples: 960, bitrate: 24_000, pre_skip: 312 } }
+        ClipHeader {
+            id: ClipId([9; 16]),
+            to,
+            started_at_ms: WALL - 1000,
+            codec: CodecParams {
+                frame_samples: 960,
+                bitrate: 24_000,
+                pre_skip: 312,
+            },
+        }
     }
 
     fn drain(u: &mut RelayUpload) -> Vec<Action> {
@@ -615,7 +802,14 @@ mod tests {
     fn receiving(now: Instant) -> RelayUpload {
         let mut u = RelayUpload::new("alice", UploadLimits::new(60_000, IDLE, 60), now, WALL);
         u.handle(Input::Frame(StreamFrame::Upload(header(crew()))), now);
-        u.handle(Input::Checked(Ok(Checked { recipients: vec!["alice".into(), "bob".into()], stored: None, in_flight: None })), now);
+        u.handle(
+            Input::Checked(Ok(Checked {
+                recipients: vec!["alice".into(), "bob".into()],
+                stored: None,
+                in_flight: None,
+            })),
+            now,
+        );
         u.handle(Input::Admitted(Ok(())), now);
         u.handle(Input::Floor(Ok(())), now);
         drain(&mut u);
@@ -623,52 +817,127 @@ mod tests {
     }
 
     #[test]
-    fn a_channel_clip_is_checked_admitted_floored_forwarded_committed_and_acknowledged_in_that_order() {
+    fn a_channel_clip_is_checked_admitted_floored_forwarded_committed_and_acknowledged_in_that_order()
+     {
         let t = Instant::now();
         let mut u = RelayUpload::new("alice", UploadLimits::new(60_000, IDLE, 60), t, WALL);
         assert!(u.wants_frames());
         u.handle(Input::Frame(StreamFrame::Upload(header(crew()))), t);
-        assert_eq!(drain(&mut u), [Action::Check { id: ClipId([9; 16]), target: crew() }]);
+        assert_eq!(
+            drain(&mut u),
+            [Action::Check {
+                id: ClipId([9; 16]),
+                target: crew()
+            }]
+        );
         assert!(!u.wants_frames(), "the talker waits while the relay checks");
-        u.handle(Input::Checked(Ok(Checked { recipients: vec!["alice".into(), "bob".into()], stored: None, in_flight: None })), t);
+        u.handle(
+            Input::Checked(Ok(Checked {
+                recipients: vec!["alice".into(), "bob".into()],
+                stored: None,
+                in_flight: None,
+            })),
+            t,
+        );
         assert_eq!(drain(&mut u), [Action::Admit]);
         u.handle(Input::Admitted(Ok(())), t);
         assert!(matches!(drain(&mut u)[..], [Action::TakeFloor { .. }]));
         u.handle(Input::Floor(Ok(())), t);
         let open = drain(&mut u);
-        assert!(matches!(&open[..], [Action::OpenLive { recipients, .. }] if recipients == &["bob".to_string()]), "the talker is not a recipient: {open:?}");
+        assert!(
+            matches!(&open[..], [Action::OpenLive { recipients, .. }] if recipients == &["bob".to_string()]),
+            "the talker is not a recipient: {open:?}"
+        );
         let clip = synthetic_clip(4_800);
         for p in &clip.packets {
             u.handle(Input::Frame(StreamFrame::Packet(p.clone())), t);
         }
-        assert_eq!(drain(&mut u), clip.packets.iter().cloned().map(Action::Forward).collect::<Vec<_>>());
-        u.handle(Input::Frame(StreamFrame::End { packets: clip.packets.len() as u32, samples: clip.samples }), t);
+        assert_eq!(
+            drain(&mut u),
+            clip.packets
+                .iter()
+                .cloned()
+                .map(Action::Forward)
+                .collect::<Vec<_>>()
+        );
+        u.handle(
+            Input::Frame(StreamFrame::End {
+                packets: clip.packets.len() as u32,
+                samples: clip.samples,
+            }),
+            t,
+        );
         let actions = drain(&mut u);
-        assert!(matches!(&actions[0], Action::ReleaseFloor { channel, .. } if channel == "crew"), "the floor frees first: {actions:?}");
-        let Action::Commit { meta, recipients, ogg } = &actions[1] else { panic!("then the commit: {actions:?}") };
-        assert_eq!((meta.from.as_str(), meta.duration_ms, recipients.as_slice()), ("alice", 100, &["bob".to_string()][..]));
-        assert_eq!(ogg::read_ogg(ogg).expect("a valid file").packets, clip.packets);
+        assert!(
+            matches!(&actions[0], Action::ReleaseFloor { channel, .. } if channel == "crew"),
+            "the floor frees first: {actions:?}"
+        );
+        let Action::Commit {
+            meta,
+            recipients,
+            ogg,
+        } = &actions[1]
+        else {
+            panic!("then the commit: {actions:?}")
+        };
+        assert_eq!(
+            (meta.from.as_str(), meta.duration_ms, recipients.as_slice()),
+            ("alice", 100, &["bob".to_string()][..])
+        );
+        assert_eq!(
+            ogg::read_ogg(ogg).expect("a valid file").packets,
+            clip.packets
+        );
         u.handle(Input::Committed(Ok(7)), t);
         assert_eq!(
             drain(&mut u),
             [
-                Action::Stored { id: ClipId([9; 16]), seq: 7, duplicate: false },
-                Action::EndLive { packets: clip.packets.len() as u32, samples: clip.samples },
+                Action::Stored {
+                    id: ClipId([9; 16]),
+                    seq: 7,
+                    duplicate: false
+                },
+                Action::EndLive {
+                    packets: clip.packets.len() as u32,
+                    samples: clip.samples
+                },
                 Action::Wake(vec!["bob".into()])
             ]
         );
-        assert_eq!(u.outcome(), Some(&Outcome::Stored { seq: 7, duplicate: false }));
+        assert_eq!(
+            u.outcome(),
+            Some(&Outcome::Stored {
+                seq: 7,
+                duplicate: false
+            })
+        );
     }
 
     #[test]
     fn a_direct_clip_takes_no_floor() {
         let t = Instant::now();
         let mut u = RelayUpload::new("alice", UploadLimits::new(60_000, IDLE, 60), t, WALL);
-        u.handle(Input::Frame(StreamFrame::Upload(header(Target::User("bob".into())))), t);
-        u.handle(Input::Checked(Ok(Checked { recipients: vec!["bob".into()], stored: None, in_flight: None })), t);
+        u.handle(
+            Input::Frame(StreamFrame::Upload(header(Target::User("bob".into())))),
+            t,
+        );
+        u.handle(
+            Input::Checked(Ok(Checked {
+                recipients: vec!["bob".into()],
+                stored: None,
+                in_flight: None,
+            })),
+            t,
+        );
         u.handle(Input::Admitted(Ok(())), t);
         let actions = drain(&mut u);
-        assert!(matches!(&actions[..], [Action::Check { .. }, Action::Admit, Action::OpenLive { .. }]), "{actions:?}");
+        assert!(
+            matches!(
+                &actions[..],
+                [Action::Check { .. }, Action::Admit, Action::OpenLive { .. }]
+            ),
+            "{actions:?}"
+        );
     }
 
     #[test]
@@ -677,11 +946,26 @@ mod tests {
         let mut u = RelayUpload::new("alice", UploadLimits::new(60_000, IDLE, 60), t, WALL);
         u.handle(Input::Frame(StreamFrame::Packet(vec![0xf8])), t);
         let actions = drain(&mut u);
-        assert!(matches!(&actions[..], [Action::StopReading(1), Action::Refuse(ErrorMsg { clip: None, code: ErrorCode::BadRequest, .. })]), "{actions:?}");
+        assert!(
+            matches!(
+                &actions[..],
+                [
+                    Action::StopReading(1),
+                    Action::Refuse(ErrorMsg {
+                        clip: None,
+                        code: ErrorCode::BadRequest,
+                        ..
+                    })
+                ]
+            ),
+            "{actions:?}"
+        );
         let mut silent = RelayUpload::new("alice", UploadLimits::new(60_000, IDLE, 60), t, WALL);
         assert_eq!(silent.poll_timeout(), Some(t + IDLE));
         silent.handle_timeout(t + IDLE);
-        assert!(matches!(silent.outcome(), Some(Outcome::Refused(r)) if r.code == ErrorCode::BadRequest));
+        assert!(
+            matches!(silent.outcome(), Some(Outcome::Refused(r)) if r.code == ErrorCode::BadRequest)
+        );
     }
 
     #[test]
@@ -689,13 +973,25 @@ mod tests {
         let t = Instant::now();
         let mut u = RelayUpload::new("alice", UploadLimits::new(60_000, IDLE, 60), t, WALL);
         u.handle(Input::Frame(StreamFrame::Upload(header(crew()))), t);
-        u.handle(Input::Checked(Ok(Checked { recipients: vec![], stored: None, in_flight: None })), t);
+        u.handle(
+            Input::Checked(Ok(Checked {
+                recipients: vec![],
+                stored: None,
+                in_flight: None,
+            })),
+            t,
+        );
         u.handle(Input::Admitted(Err(Duration::from_millis(19_250))), t);
         let refused = drain(&mut u).into_iter().find_map(|a| match a {
             Action::Refuse(m) => Some(m),
             _ => None,
         });
-        assert_eq!(refused.map(|m| m.code), Some(ErrorCode::Busy { retry_after_ms: 19_250 }));
+        assert_eq!(
+            refused.map(|m| m.code),
+            Some(ErrorCode::Busy {
+                retry_after_ms: 19_250
+            })
+        );
     }
 
     #[test]
@@ -703,17 +999,42 @@ mod tests {
         let t = Instant::now();
         // A direct clip holds no floor: only the stream's idle timer applies.
         let mut u = RelayUpload::new("alice", UploadLimits::new(60_000, IDLE, 60), t, WALL);
-        u.handle(Input::Frame(StreamFrame::Upload(header(Target::User("bob".into())))), t);
-        u.handle(Input::Checked(Ok(Checked { recipients: vec!["bob".into()], stored: None, in_flight: None })), t);
+        u.handle(
+            Input::Frame(StreamFrame::Upload(header(Target::User("bob".into())))),
+            t,
+        );
+        u.handle(
+            Input::Checked(Ok(Checked {
+                recipients: vec!["bob".into()],
+                stored: None,
+                in_flight: None,
+            })),
+            t,
+        );
         u.handle(Input::Admitted(Ok(())), t);
         drain(&mut u);
-        u.handle(Input::Frame(StreamFrame::Packet(synthetic_clip(960).packets[0].clone())), t + Duration::from_secs(5));
+        u.handle(
+            Input::Frame(StreamFrame::Packet(synthetic_clip(960).packets[0].clone())),
+            t + Duration::from_secs(5),
+        );
         drain(&mut u);
-        assert_eq!(u.poll_timeout(), Some(t + Duration::from_secs(15)), "each packet restarts the idle timer");
+        assert_eq!(
+            u.poll_timeout(),
+            Some(t + Duration::from_secs(15)),
+            "each packet restarts the idle timer"
+        );
         u.handle_timeout(t + Duration::from_secs(15));
         let actions = drain(&mut u);
-        assert!(actions.iter().any(|a| matches!(a, Action::AbortLive(m) if m.code == ErrorCode::Timeout)));
-        assert!(actions.iter().any(|a| matches!(a, Action::Refuse(m) if m.code == ErrorCode::Timeout)));
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::AbortLive(m) if m.code == ErrorCode::Timeout))
+        );
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Refuse(m) if m.code == ErrorCode::Timeout))
+        );
 
         let mut u = receiving(t);
         let hold = UploadLimits::new(60_000, IDLE, 60).max_hold;
@@ -730,8 +1051,16 @@ mod tests {
         assert_eq!(u.poll_timeout(), Some(t + gap));
         u.handle_timeout(t + gap);
         let actions = drain(&mut u);
-        assert!(matches!(&actions[0], Action::ReleaseFloor { .. }), "the floor is freed first: {actions:?}");
-        assert!(actions.iter().any(|a| matches!(a, Action::Refuse(m) if m.code == ErrorCode::Timeout)), "{actions:?}");
+        assert!(
+            matches!(&actions[0], Action::ReleaseFloor { .. }),
+            "the floor is freed first: {actions:?}"
+        );
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Refuse(m) if m.code == ErrorCode::Timeout)),
+            "{actions:?}"
+        );
 
         // A trickle: one 20 ms packet every 1.5 s never catches up with the clock.
         let packet = synthetic_clip(960).packets[0].clone();
@@ -746,80 +1075,183 @@ mod tests {
             }
             u.handle(Input::Frame(StreamFrame::Packet(packet.clone())), at);
         };
-        assert!(lost <= t + Duration::from_secs(4), "a trickle keeps the floor only about the gap: lost after {:?}", lost - t);
+        assert!(
+            lost <= t + Duration::from_secs(4),
+            "a trickle keeps the floor only about the gap: lost after {:?}",
+            lost - t
+        );
         assert!(matches!(u.outcome(), Some(Outcome::Refused(r)) if r.code == ErrorCode::Timeout));
 
         // Real-time audio (a packet every 20 ms) keeps it for as long as the talker talks.
         let mut u = receiving(t);
         for i in 1..=500u64 {
             let at = t + Duration::from_millis(20 * i);
-            assert!(u.poll_timeout().is_some_and(|d| d > at), "still holding at packet {i}");
+            assert!(
+                u.poll_timeout().is_some_and(|d| d > at),
+                "still holding at packet {i}"
+            );
             u.handle(Input::Frame(StreamFrame::Packet(packet.clone())), at);
         }
-        assert!(u.outcome().is_none(), "10 s of real-time audio holds the floor");
+        assert!(
+            u.outcome().is_none(),
+            "10 s of real-time audio holds the floor"
+        );
     }
 
     #[test]
     fn a_start_time_far_from_the_relays_clock_is_replaced_by_the_relays() {
-        assert_eq!(plausible_start(WALL - 5_000, WALL), WALL - 5_000, "a clip recorded a moment ago keeps its time");
-        assert_eq!(plausible_start(WALL - 3_600_000, WALL), WALL - 3_600_000, "so does one that waited offline for an hour");
-        assert_eq!(plausible_start(1_262_304_000_000, WALL), WALL, "a clip dated 2010");
-        assert_eq!(plausible_start(WALL + 3_600_000, WALL), WALL, "a clip from the future");
+        assert_eq!(
+            plausible_start(WALL - 5_000, WALL),
+            WALL - 5_000,
+            "a clip recorded a moment ago keeps its time"
+        );
+        assert_eq!(
+            plausible_start(WALL - 3_600_000, WALL),
+            WALL - 3_600_000,
+            "so does one that waited offline for an hour"
+        );
+        assert_eq!(
+            plausible_start(1_262_304_000_000, WALL),
+            WALL,
+            "a clip dated 2010"
+        );
+        assert_eq!(
+            plausible_start(WALL + 3_600_000, WALL),
+            WALL,
+            "a clip from the future"
+        );
         assert_eq!(plausible_start(i64::MIN, WALL), WALL);
-        let mut u = RelayUpload::new("alice", UploadLimits::new(60_000, IDLE, 60), Instant::now(), WALL);
+        let mut u = RelayUpload::new(
+            "alice",
+            UploadLimits::new(60_000, IDLE, 60),
+            Instant::now(),
+            WALL,
+        );
         let mut h = header(Target::User("bob".into()));
         h.started_at_ms = -5;
         u.handle(Input::Frame(StreamFrame::Upload(h)), Instant::now());
-        u.handle(Input::Checked(Ok(Checked { recipients: vec!["bob".into()], stored: None, in_flight: None })), Instant::now());
+        u.handle(
+            Input::Checked(Ok(Checked {
+                recipients: vec!["bob".into()],
+                stored: None,
+                in_flight: None,
+            })),
+            Instant::now(),
+        );
         u.handle(Input::Admitted(Ok(())), Instant::now());
         let open = drain(&mut u).into_iter().find_map(|a| match a {
             Action::OpenLive { header, .. } => Some(header),
             _ => None,
         });
-        assert_eq!(open.map(|h| h.started_at_ms), Some(WALL), "listeners hear the relay's time");
+        assert_eq!(
+            open.map(|h| h.started_at_ms),
+            Some(WALL),
+            "listeners hear the relay's time"
+        );
     }
 
     #[test]
     fn a_cancel_tells_live_listeners_and_not_the_talker() {
-        for input in [Input::Reset(0), Input::Frame(StreamFrame::Abort(ErrorMsg { req: None, clip: None, code: ErrorCode::Cancelled, message: String::new() }))] {
+        for input in [
+            Input::Reset(0),
+            Input::Frame(StreamFrame::Abort(ErrorMsg {
+                req: None,
+                clip: None,
+                code: ErrorCode::Cancelled,
+                message: String::new(),
+            })),
+        ] {
             let t = Instant::now();
             let mut u = receiving(t);
             u.handle(input, t);
             let actions = drain(&mut u);
-            assert!(matches!(&actions[..], [Action::ReleaseFloor { .. }, Action::AbortLive(m)] if m.code == ErrorCode::Cancelled), "{actions:?}");
+            assert!(
+                matches!(&actions[..], [Action::ReleaseFloor { .. }, Action::AbortLive(m)] if m.code == ErrorCode::Cancelled),
+                "{actions:?}"
+            );
             assert_eq!(u.outcome(), Some(&Outcome::Cancelled));
         }
     }
 
     #[test]
-    fn a_resend_of_a_stored_clip_is_acknowledged_again_and_another_senders_id_is_answered_as_a_fetch() {
+    fn a_resend_of_a_stored_clip_is_acknowledged_again_and_another_senders_id_is_answered_as_a_fetch()
+     {
         let t = Instant::now();
         let mut u = RelayUpload::new("alice", UploadLimits::new(60_000, IDLE, 60), t, WALL);
         u.handle(Input::Frame(StreamFrame::Upload(header(crew()))), t);
-        u.handle(Input::Checked(Ok(Checked { recipients: vec![], stored: Some(("alice".into(), 3)), in_flight: None })), t);
-        assert_eq!(drain(&mut u)[1..], [Action::StopReading(0), Action::Stored { id: ClipId([9; 16]), seq: 3, duplicate: true }]);
+        u.handle(
+            Input::Checked(Ok(Checked {
+                recipients: vec![],
+                stored: Some(("alice".into(), 3)),
+                in_flight: None,
+            })),
+            t,
+        );
+        assert_eq!(
+            drain(&mut u)[1..],
+            [
+                Action::StopReading(0),
+                Action::Stored {
+                    id: ClipId([9; 16]),
+                    seq: 3,
+                    duplicate: true
+                }
+            ]
+        );
         // Another user's id, stored or still being talked: costs a clip of the rate limit, then
         // the fetch's own answer; nothing is opened, forwarded or stored.
-        for (stored, in_flight) in [(Some(("alice".to_string(), 3)), None), (None, Some("alice".to_string()))] {
+        for (stored, in_flight) in [
+            (Some(("alice".to_string(), 3)), None),
+            (None, Some("alice".to_string())),
+        ] {
             let mut u = RelayUpload::new("mallory", UploadLimits::new(60_000, IDLE, 60), t, WALL);
             u.handle(Input::Frame(StreamFrame::Upload(header(crew()))), t);
-            u.handle(Input::Checked(Ok(Checked { recipients: vec!["alice".into(), "bob".into()], stored, in_flight })), t);
+            u.handle(
+                Input::Checked(Ok(Checked {
+                    recipients: vec!["alice".into(), "bob".into()],
+                    stored,
+                    in_flight,
+                })),
+                t,
+            );
             assert_eq!(drain(&mut u)[1..], [Action::Admit]);
             u.handle(Input::Admitted(Ok(())), t);
             let actions = drain(&mut u);
             let fetch_answer = not_readable(ClipId([9; 16])).to_wire(ClipId([9; 16]));
-            assert_eq!(actions, [Action::StopReading(ErrorCode::NotFound.quic_code()), Action::Refuse(fetch_answer)]);
+            assert_eq!(
+                actions,
+                [
+                    Action::StopReading(ErrorCode::NotFound.quic_code()),
+                    Action::Refuse(fetch_answer)
+                ]
+            );
         }
         // Over the rate limit, the probe is refused as busy like any clip.
         let mut u = RelayUpload::new("mallory", UploadLimits::new(60_000, IDLE, 60), t, WALL);
         u.handle(Input::Frame(StreamFrame::Upload(header(crew()))), t);
-        u.handle(Input::Checked(Ok(Checked { recipients: vec![], stored: None, in_flight: Some("alice".into()) })), t);
+        u.handle(
+            Input::Checked(Ok(Checked {
+                recipients: vec![],
+                stored: None,
+                in_flight: Some("alice".into()),
+            })),
+            t,
+        );
         u.handle(Input::Admitted(Err(Duration::from_secs(3))), t);
-        assert!(matches!(u.outcome(), Some(Outcome::Refused(r)) if matches!(r.code, ErrorCode::Busy { .. })));
+        assert!(
+            matches!(u.outcome(), Some(Outcome::Refused(r)) if matches!(r.code, ErrorCode::Busy { .. }))
+        );
         // The same sender's id in flight (a retry racing its first attempt) goes on.
         let mut u = RelayUpload::new("alice", UploadLimits::new(60_000, IDLE, 60), t, WALL);
         u.handle(Input::Frame(StreamFrame::Upload(header(crew()))), t);
-        u.handle(Input::Checked(Ok(Checked { recipients: vec![], stored: None, in_flight: Some("alice".into()) })), t);
+        u.handle(
+            Input::Checked(Ok(Checked {
+                recipients: vec![],
+                stored: None,
+                in_flight: Some("alice".into()),
+            })),
+            t,
+        );
         assert_eq!(drain(&mut u)[1..], [Action::Admit]);
         u.handle(Input::Admitted(Ok(())), t);
         assert!(matches!(drain(&mut u)[..], [Action::TakeFloor { .. }]));
@@ -833,11 +1265,28 @@ mod tests {
         for p in &clip.packets {
             u.handle(Input::Frame(StreamFrame::Packet(p.clone())), t);
         }
-        u.handle(Input::Frame(StreamFrame::End { packets: clip.packets.len() as u32, samples: clip.samples }), t);
+        u.handle(
+            Input::Frame(StreamFrame::End {
+                packets: clip.packets.len() as u32,
+                samples: clip.samples,
+            }),
+            t,
+        );
         drain(&mut u);
-        u.handle(Input::Committed(Err(CommitFailure::Storage("No space left on device".into()))), t);
+        u.handle(
+            Input::Committed(Err(CommitFailure::Storage(
+                "No space left on device".into(),
+            ))),
+            t,
+        );
         let actions = drain(&mut u);
-        assert!(matches!(&actions[0], Action::AbortLive(m) if m.code == ErrorCode::Storage), "{actions:?}");
-        assert!(matches!(&actions[2], Action::Refuse(m) if m.message.contains("No space left")), "{actions:?}");
+        assert!(
+            matches!(&actions[0], Action::AbortLive(m) if m.code == ErrorCode::Storage),
+            "{actions:?}"
+        );
+        assert!(
+            matches!(&actions[2], Action::Refuse(m) if m.message.contains("No space left")),
+            "{actions:?}"
+        );
     }
 }

@@ -45,18 +45,28 @@ pub fn frame_len(prefix: [u8; 4], cap: usize) -> Result<usize, FrameError> {
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     match postcard::take_from_bytes::<T>(body) {
         Ok((msg, [])) => Ok(msg),
-        Ok((_, rest)) => Err(FrameError::Malformed(format!("{} trailing bytes", rest.len()))),
+        Ok((_, rest)) => Err(FrameError::Malformed(format!(
+            "{} trailing bytes",
+            rest.len()
+        ))),
         Err(e) => Err(FrameError::Malformed(e.to_string())),
     }
 }
 
 /// Decodes the first complete frame in `buf`: `Ok(None)` if more bytes are needed, otherwise
 /// the message and how many bytes it used.
-pub fn decode_frame<T: DeserializeOwned>(buf: &[u8], cap: usize) -> Result<Option<(T, usize)>, FrameError> {
-    let Some(prefix) = buf.get(..4) else { return Ok(None) };
+pub fn decode_frame<T: DeserializeOwned>(
+    buf: &[u8],
+    cap: usize,
+) -> Result<Option<(T, usize)>, FrameError> {
+    let Some(prefix) = buf.get(..4) else {
+        return Ok(None);
+    };
     let mut p = [0u8; 4];
     p.copy_from_slice(prefix);
     let len = frame_len(p, cap)?;
-    let Some(body) = buf.get(4..4 + len) else { return Ok(None) };
+    let Some(body) = buf.get(4..4 + len) else {
+        return Ok(None);
+    };
     Ok(Some((decode_body(body)?, 4 + len)))
 }

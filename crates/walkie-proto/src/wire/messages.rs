@@ -307,12 +307,14 @@ pub enum ServerMsg {
         /// User names, sorted.
         users: Vec<String>,
     },
-    /// Someone you share a channel with, or a contact, came online or went offline.
+    /// People you share a channel with, or contacts, who came online or went offline since
+    /// the last of these (the relay batches them, at most one every 250 ms per channel; a
+    /// long batch comes as several messages). May name you: skip your own name.
     Presence {
-        /// The user.
-        user: String,
-        /// True when they came online.
-        online: bool,
+        /// Came online.
+        online: Vec<String>,
+        /// Went offline.
+        offline: Vec<String>,
     },
     /// A recipient played one of your clips.
     PlayedBy {
@@ -588,13 +590,18 @@ mod tests {
         any::<[u8; 16]>().prop_map(ClipId)
     }
     fn arb_target() -> impl Strategy<Value = Target> {
-        prop_oneof![arb_name().prop_map(Target::Channel), arb_name().prop_map(Target::User)]
+        prop_oneof![
+            arb_name().prop_map(Target::Channel),
+            arb_name().prop_map(Target::User)
+        ]
     }
     fn arb_codec() -> impl Strategy<Value = CodecParams> {
-        (any::<u32>(), any::<u32>(), any::<u16>()).prop_map(|(frame_samples, bitrate, pre_skip)| CodecParams {
-            frame_samples,
-            bitrate,
-            pre_skip,
+        (any::<u32>(), any::<u32>(), any::<u16>()).prop_map(|(frame_samples, bitrate, pre_skip)| {
+            CodecParams {
+                frame_samples,
+                bitrate,
+                pre_skip,
+            }
         })
     }
     fn arb_content() -> impl Strategy<Value = Content> {
@@ -602,30 +609,72 @@ mod tests {
             Just(Content::Voice),
             Just(Content::Recalled),
             any::<u32>().prop_map(|chars| Content::Text { chars }),
-            (any::<u32>(), any::<u32>(), any::<bool>(), any::<u32>()).prop_map(|(width, height, png, thumb)| Content::Picture {
-                width,
-                height,
-                format: if png { PictureFormat::Png } else { PictureFormat::Jpeg },
-                thumb
-            }),
-            (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>())
-                .prop_map(|(width, height, strokes, points, png)| Content::Doodle { width, height, strokes, points, png }),
+            (any::<u32>(), any::<u32>(), any::<bool>(), any::<u32>()).prop_map(
+                |(width, height, png, thumb)| Content::Picture {
+                    width,
+                    height,
+                    format: if png {
+                        PictureFormat::Png
+                    } else {
+                        PictureFormat::Jpeg
+                    },
+                    thumb
+                }
+            ),
+            (
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>()
+            )
+                .prop_map(|(width, height, strokes, points, png)| Content::Doodle {
+                    width,
+                    height,
+                    strokes,
+                    points,
+                    png
+                }),
         ]
     }
     fn arb_meta() -> impl Strategy<Value = ClipMeta> {
-        (arb_id(), arb_name(), arb_target(), any::<i64>(), any::<u32>(), any::<u32>(), any::<u64>(), arb_codec(), any::<u64>(), arb_content())
-            .prop_map(|(id, from, to, started_at_ms, duration_ms, packets, bytes, codec, seq, content)| ClipMeta {
-                id,
-                from,
-                to,
-                started_at_ms,
-                duration_ms,
-                packets,
-                bytes,
-                codec,
-                seq,
-                content,
-            })
+        (
+            arb_id(),
+            arb_name(),
+            arb_target(),
+            any::<i64>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u64>(),
+            arb_codec(),
+            any::<u64>(),
+            arb_content(),
+        )
+            .prop_map(
+                |(
+                    id,
+                    from,
+                    to,
+                    started_at_ms,
+                    duration_ms,
+                    packets,
+                    bytes,
+                    codec,
+                    seq,
+                    content,
+                )| ClipMeta {
+                    id,
+                    from,
+                    to,
+                    started_at_ms,
+                    duration_ms,
+                    packets,
+                    bytes,
+                    codec,
+                    seq,
+                    content,
+                },
+            )
     }
     fn arb_code() -> impl Strategy<Value = ErrorCode> {
         prop_oneof![
@@ -646,35 +695,103 @@ mod tests {
         ]
     }
     fn arb_error() -> impl Strategy<Value = ErrorMsg> {
-        (proptest::option::of(any::<u64>()), proptest::option::of(arb_id()), arb_code(), ".{0,80}")
-            .prop_map(|(req, clip, code, message)| ErrorMsg { req, clip, code, message })
+        (
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(arb_id()),
+            arb_code(),
+            ".{0,80}",
+        )
+            .prop_map(|(req, clip, code, message)| ErrorMsg {
+                req,
+                clip,
+                code,
+                message,
+            })
     }
     fn arb_client() -> impl Strategy<Value = ClientMsg> {
         prop_oneof![
-            (arb_name(), "[0-9a-f]{0,64}", ".{0,20}").prop_map(|(user, token, client)| ClientMsg::Hello { user, token, client }),
-            (any::<u64>(), proptest::option::of(arb_target()), any::<u32>(), proptest::option::of(any::<u64>()))
-                .prop_map(|(req, target, limit, before_seq)| ClientMsg::History { req, target, limit, before_seq }),
+            (arb_name(), "[0-9a-f]{0,64}", ".{0,20}").prop_map(|(user, token, client)| {
+                ClientMsg::Hello {
+                    user,
+                    token,
+                    client,
+                }
+            }),
+            (
+                any::<u64>(),
+                proptest::option::of(arb_target()),
+                any::<u32>(),
+                proptest::option::of(any::<u64>())
+            )
+                .prop_map(|(req, target, limit, before_seq)| ClientMsg::History {
+                    req,
+                    target,
+                    limit,
+                    before_seq
+                }),
             (any::<u64>(), arb_id()).prop_map(|(req, id)| ClientMsg::Fetch { req, id }),
             arb_id().prop_map(|id| ClientMsg::Ack { id }),
             any::<u64>().prop_map(|nonce| ClientMsg::Ping { nonce }),
             arb_id().prop_map(|id| ClientMsg::Played { id }),
-            (proptest::option::of("[0-9a-f]{32}"), arb_name(), proptest::option::of(".{0,20}"), ".{0,10}")
-                .prop_map(|(code, name, display, client)| ClientMsg::Join { code, name, display, client }),
-            (any::<u64>(), proptest::option::of(".{0,20}"), proptest::option::of(arb_direct()), proptest::option::of(any::<bool>()))
-                .prop_map(|(req, display, direct_from, suggest)| ClientMsg::SetProfile { req, display, direct_from, suggest }),
-            (any::<u64>(), proptest::collection::vec(arb_name(), 0..4)).prop_map(|(req, users)| ClientMsg::Profiles { req, users }),
-            (any::<u64>(), arb_name(), arb_action()).prop_map(|(req, user, action)| ClientMsg::Contact { req, user, action }),
+            (
+                proptest::option::of("[0-9a-f]{32}"),
+                arb_name(),
+                proptest::option::of(".{0,20}"),
+                ".{0,10}"
+            )
+                .prop_map(|(code, name, display, client)| ClientMsg::Join {
+                    code,
+                    name,
+                    display,
+                    client
+                }),
+            (
+                any::<u64>(),
+                proptest::option::of(".{0,20}"),
+                proptest::option::of(arb_direct()),
+                proptest::option::of(any::<bool>())
+            )
+                .prop_map(|(req, display, direct_from, suggest)| {
+                    ClientMsg::SetProfile {
+                        req,
+                        display,
+                        direct_from,
+                        suggest,
+                    }
+                }),
+            (any::<u64>(), proptest::collection::vec(arb_name(), 0..4))
+                .prop_map(|(req, users)| ClientMsg::Profiles { req, users }),
+            (any::<u64>(), arb_name(), arb_action())
+                .prop_map(|(req, user, action)| ClientMsg::Contact { req, user, action }),
             any::<u64>().prop_map(|req| ClientMsg::Contacts { req }),
-            (any::<u64>(), arb_name(), arb_group_action()).prop_map(|(req, channel, action)| ClientMsg::Group { req, channel, action }),
+            (any::<u64>(), arb_name(), arb_group_action()).prop_map(|(req, channel, action)| {
+                ClientMsg::Group {
+                    req,
+                    channel,
+                    action,
+                }
+            }),
             any::<u64>().prop_map(|req| ClientMsg::Groups { req }),
             any::<u64>().prop_map(|req| ClientMsg::LinkDevice { req }),
             any::<u64>().prop_map(|req| ClientMsg::Devices { req }),
             (any::<u64>(), "[0-9a-f]{8}").prop_map(|(req, id)| ClientMsg::RemoveDevice { req, id }),
-            (any::<u64>(), any::<u32>(), any::<u32>(), proptest::collection::vec(any::<u8>(), 0..40))
-                .prop_map(|(req, offset, total, bytes)| ClientMsg::SetAvatar { req, offset, total, bytes }),
-            (any::<u64>(), arb_name(), any::<bool>()).prop_map(|(req, user, small)| ClientMsg::Avatar { req, user, small }),
+            (
+                any::<u64>(),
+                any::<u32>(),
+                any::<u32>(),
+                proptest::collection::vec(any::<u8>(), 0..40)
+            )
+                .prop_map(|(req, offset, total, bytes)| ClientMsg::SetAvatar {
+                    req,
+                    offset,
+                    total,
+                    bytes
+                }),
+            (any::<u64>(), arb_name(), any::<bool>())
+                .prop_map(|(req, user, small)| ClientMsg::Avatar { req, user, small }),
             any::<u64>().prop_map(|req| ClientMsg::Suggest { req }),
-            (any::<u64>(), proptest::option::of("[0-9b-z]{5}")).prop_map(|(req, cell)| ClientMsg::Nearby { req, cell }),
+            (any::<u64>(), proptest::option::of("[0-9b-z]{5}"))
+                .prop_map(|(req, cell)| ClientMsg::Nearby { req, cell }),
             (any::<u64>(), arb_id()).prop_map(|(req, id)| ClientMsg::Recall { req, id }),
         ]
     }
@@ -682,14 +799,25 @@ mod tests {
         prop_oneof![Just(DirectFrom::Anyone), Just(DirectFrom::Contacts)]
     }
     fn arb_action() -> impl Strategy<Value = ContactAction> {
-        prop_oneof![Just(ContactAction::Add), Just(ContactAction::Accept), Just(ContactAction::Remove), Just(ContactAction::Block)]
+        prop_oneof![
+            Just(ContactAction::Add),
+            Just(ContactAction::Accept),
+            Just(ContactAction::Remove),
+            Just(ContactAction::Block)
+        ]
     }
     fn arb_state() -> impl Strategy<Value = ContactState> {
-        prop_oneof![Just(ContactState::Requested), Just(ContactState::Incoming), Just(ContactState::Contact), Just(ContactState::Blocked)]
+        prop_oneof![
+            Just(ContactState::Requested),
+            Just(ContactState::Incoming),
+            Just(ContactState::Contact),
+            Just(ContactState::Blocked)
+        ]
     }
     fn arb_group_action() -> impl Strategy<Value = GroupAction> {
         prop_oneof![
-            proptest::collection::vec(arb_name(), 0..3).prop_map(|members| GroupAction::Create { members }),
+            proptest::collection::vec(arb_name(), 0..3)
+                .prop_map(|members| GroupAction::Create { members }),
             arb_name().prop_map(|user| GroupAction::Invite { user }),
             Just(GroupAction::Leave),
             ".{0,20}".prop_map(|title| GroupAction::Rename { title }),
@@ -697,72 +825,241 @@ mod tests {
         ]
     }
     fn arb_entry() -> impl Strategy<Value = ContactEntry> {
-        (arb_name(), proptest::option::of(".{0,20}"), proptest::option::of(arb_state()), any::<bool>())
-            .prop_map(|(user, display, state, online)| ContactEntry { user, display, state, online })
+        (
+            arb_name(),
+            proptest::option::of(".{0,20}"),
+            proptest::option::of(arb_state()),
+            any::<bool>(),
+        )
+            .prop_map(|(user, display, state, online)| ContactEntry {
+                user,
+                display,
+                state,
+                online,
+            })
     }
     fn arb_server() -> impl Strategy<Value = ServerMsg> {
         prop_oneof![
-            (arb_name(), ".{0,10}", any::<u32>())
-                .prop_map(|(user, relay_version, max_clip_ms)| ServerMsg::Welcome { user, relay_version, max_clip_ms }),
-            (arb_id(), any::<u64>(), any::<bool>()).prop_map(|(id, seq, duplicate)| ServerMsg::ClipStored { id, seq, duplicate }),
-            (any::<u64>(), proptest::collection::vec(arb_meta(), 0..5)).prop_map(|(req, clips)| ServerMsg::History { req, clips }),
+            (arb_name(), ".{0,10}", any::<u32>()).prop_map(|(user, relay_version, max_clip_ms)| {
+                ServerMsg::Welcome {
+                    user,
+                    relay_version,
+                    max_clip_ms,
+                }
+            }),
+            (arb_id(), any::<u64>(), any::<bool>())
+                .prop_map(|(id, seq, duplicate)| ServerMsg::ClipStored { id, seq, duplicate }),
+            (any::<u64>(), proptest::collection::vec(arb_meta(), 0..5))
+                .prop_map(|(req, clips)| ServerMsg::History { req, clips }),
             arb_error().prop_map(ServerMsg::Error),
             any::<u64>().prop_map(|nonce| ServerMsg::Pong { nonce }),
-            proptest::collection::vec(arb_name(), 0..4).prop_map(|users| ServerMsg::Online { users }),
-            (arb_name(), any::<bool>()).prop_map(|(user, online)| ServerMsg::Presence { user, online }),
+            proptest::collection::vec(arb_name(), 0..4)
+                .prop_map(|users| ServerMsg::Online { users }),
+            (
+                proptest::collection::vec(arb_name(), 0..4),
+                proptest::collection::vec(arb_name(), 0..4)
+            )
+                .prop_map(|(online, offline)| ServerMsg::Presence { online, offline }),
             (arb_id(), arb_name()).prop_map(|(id, user)| ServerMsg::PlayedBy { id, user }),
-            proptest::collection::vec(arb_name(), 0..4).prop_map(|channels| ServerMsg::Channels { channels }),
-            (arb_name(), "[0-9a-f]{64}", proptest::option::of(arb_name())).prop_map(|(user, token, channel)| ServerMsg::Joined { user, token, channel }),
-            (any::<u64>(), proptest::option::of(".{0,20}"), arb_direct(), proptest::option::of("[0-9a-f]{16}"), any::<bool>())
-                .prop_map(|(req, display, direct_from, avatar, suggest)| ServerMsg::MyProfile { req, display, direct_from, avatar, suggest }),
-            (any::<u64>(), proptest::collection::vec((arb_name(), proptest::option::of(".{0,10}"), any::<u32>()), 0..3))
-                .prop_map(|(req, p)| ServerMsg::Suggestions { req, people: p.into_iter().map(|(user, display, mutual)| Suggestion { user, display, mutual }).collect() }),
-            (any::<u64>(), proptest::collection::vec((arb_name(), proptest::option::of(".{0,10}"), any::<u32>()), 0..3), any::<i64>())
-                .prop_map(|(req, p, until_ms)| ServerMsg::Nearby { req, people: p.into_iter().map(|(user, display, km)| NearbyEntry { user, display, km }).collect(), until_ms }),
+            proptest::collection::vec(arb_name(), 0..4)
+                .prop_map(|channels| ServerMsg::Channels { channels }),
+            (arb_name(), "[0-9a-f]{64}", proptest::option::of(arb_name())).prop_map(
+                |(user, token, channel)| ServerMsg::Joined {
+                    user,
+                    token,
+                    channel
+                }
+            ),
+            (
+                any::<u64>(),
+                proptest::option::of(".{0,20}"),
+                arb_direct(),
+                proptest::option::of("[0-9a-f]{16}"),
+                any::<bool>()
+            )
+                .prop_map(|(req, display, direct_from, avatar, suggest)| {
+                    ServerMsg::MyProfile {
+                        req,
+                        display,
+                        direct_from,
+                        avatar,
+                        suggest,
+                    }
+                }),
+            (
+                any::<u64>(),
+                proptest::collection::vec(
+                    (arb_name(), proptest::option::of(".{0,10}"), any::<u32>()),
+                    0..3
+                )
+            )
+                .prop_map(|(req, p)| ServerMsg::Suggestions {
+                    req,
+                    people: p
+                        .into_iter()
+                        .map(|(user, display, mutual)| Suggestion {
+                            user,
+                            display,
+                            mutual
+                        })
+                        .collect()
+                }),
+            (
+                any::<u64>(),
+                proptest::collection::vec(
+                    (arb_name(), proptest::option::of(".{0,10}"), any::<u32>()),
+                    0..3
+                ),
+                any::<i64>()
+            )
+                .prop_map(|(req, p, until_ms)| ServerMsg::Nearby {
+                    req,
+                    people: p
+                        .into_iter()
+                        .map(|(user, display, km)| NearbyEntry { user, display, km })
+                        .collect(),
+                    until_ms
+                }),
             (any::<u64>(), arb_id()).prop_map(|(req, id)| ServerMsg::Recalled { req, id }),
-            (any::<u64>(), proptest::collection::vec((arb_name(), proptest::option::of(".{0,20}"), proptest::option::of("[0-9a-f]{16}")), 0..3))
+            (
+                any::<u64>(),
+                proptest::collection::vec(
+                    (
+                        arb_name(),
+                        proptest::option::of(".{0,20}"),
+                        proptest::option::of("[0-9a-f]{16}")
+                    ),
+                    0..3
+                )
+            )
                 .prop_map(|(req, p)| ServerMsg::Profiles {
                     req,
-                    profiles: p.into_iter().map(|(user, display, avatar)| PublicProfile { user, display, avatar }).collect()
+                    profiles: p
+                        .into_iter()
+                        .map(|(user, display, avatar)| PublicProfile {
+                            user,
+                            display,
+                            avatar
+                        })
+                        .collect()
                 }),
-            (any::<u64>(), arb_name(), proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)))
+            (
+                any::<u64>(),
+                arb_name(),
+                proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40))
+            )
                 .prop_map(|(req, user, png)| ServerMsg::Avatar { req, user, png }),
-            (any::<u64>(), proptest::collection::vec(arb_entry(), 0..3)).prop_map(|(req, contacts)| ServerMsg::Contacts { req, contacts }),
+            (any::<u64>(), proptest::collection::vec(arb_entry(), 0..3))
+                .prop_map(|(req, contacts)| ServerMsg::Contacts { req, contacts }),
             arb_entry().prop_map(|entry| ServerMsg::ContactChanged { entry }),
-            (any::<u64>(), proptest::collection::vec((arb_name(), proptest::option::of(".{0,10}"), proptest::option::of(arb_name()), proptest::collection::vec(arb_name(), 0..3)), 0..3))
+            (
+                any::<u64>(),
+                proptest::collection::vec(
+                    (
+                        arb_name(),
+                        proptest::option::of(".{0,10}"),
+                        proptest::option::of(arb_name()),
+                        proptest::collection::vec(arb_name(), 0..3)
+                    ),
+                    0..3
+                )
+            )
                 .prop_map(|(req, g)| ServerMsg::Groups {
                     req,
-                    groups: g.into_iter().map(|(name, title, owner, members)| GroupInfo { name, title, owner, members }).collect()
+                    groups: g
+                        .into_iter()
+                        .map(|(name, title, owner, members)| GroupInfo {
+                            name,
+                            title,
+                            owner,
+                            members
+                        })
+                        .collect()
                 }),
-            (any::<u64>(), "[0-9a-f]{32}", any::<i64>()).prop_map(|(req, code, expires_ms)| ServerMsg::DeviceLink { req, code, expires_ms }),
-            (any::<u64>(), proptest::collection::vec(("[0-9a-f]{8}", ".{0,10}", any::<i64>(), any::<bool>(), any::<bool>()), 0..3)).prop_map(|(req, d)| ServerMsg::Devices {
-                req,
-                devices: d.into_iter().map(|(id, name, created_ms, online, this)| DeviceInfo { id, name, created_ms, online, this }).collect()
+            (any::<u64>(), "[0-9a-f]{32}", any::<i64>()).prop_map(|(req, code, expires_ms)| {
+                ServerMsg::DeviceLink {
+                    req,
+                    code,
+                    expires_ms,
+                }
             }),
+            (
+                any::<u64>(),
+                proptest::collection::vec(
+                    (
+                        "[0-9a-f]{8}",
+                        ".{0,10}",
+                        any::<i64>(),
+                        any::<bool>(),
+                        any::<bool>()
+                    ),
+                    0..3
+                )
+            )
+                .prop_map(|(req, d)| ServerMsg::Devices {
+                    req,
+                    devices: d
+                        .into_iter()
+                        .map(|(id, name, created_ms, online, this)| DeviceInfo {
+                            id,
+                            name,
+                            created_ms,
+                            online,
+                            this
+                        })
+                        .collect()
+                }),
         ]
     }
     fn arb_stream() -> impl Strategy<Value = StreamFrame> {
         prop_oneof![
-            (arb_id(), arb_target(), any::<i64>(), arb_codec())
-                .prop_map(|(id, to, started_at_ms, codec)| StreamFrame::Upload(ClipHeader { id, to, started_at_ms, codec })),
-            (arb_id(), arb_name(), arb_target(), any::<i64>(), arb_codec(), any::<bool>(), any::<u64>(), arb_content()).prop_map(
-                |(id, from, to, started_at_ms, codec, live, seq, content)| StreamFrame::Deliver(DeliverHeader {
+            (arb_id(), arb_target(), any::<i64>(), arb_codec()).prop_map(
+                |(id, to, started_at_ms, codec)| StreamFrame::Upload(ClipHeader {
                     id,
-                    from,
                     to,
                     started_at_ms,
-                    codec,
-                    live,
-                    seq,
-                    content,
+                    codec
                 })
             ),
-            (arb_id(), arb_target(), prop_oneof![Just(Kind::Text), Just(Kind::Picture), Just(Kind::Doodle)])
-                .prop_map(|(id, to, kind)| StreamFrame::Message(MessageHeader { id, to, kind })),
+            (
+                arb_id(),
+                arb_name(),
+                arb_target(),
+                any::<i64>(),
+                arb_codec(),
+                any::<bool>(),
+                any::<u64>(),
+                arb_content()
+            )
+                .prop_map(
+                    |(id, from, to, started_at_ms, codec, live, seq, content)| StreamFrame::Deliver(
+                        DeliverHeader {
+                            id,
+                            from,
+                            to,
+                            started_at_ms,
+                            codec,
+                            live,
+                            seq,
+                            content,
+                        }
+                    )
+                ),
+            (
+                arb_id(),
+                arb_target(),
+                prop_oneof![Just(Kind::Text), Just(Kind::Picture), Just(Kind::Doodle)]
+            )
+                .prop_map(|(id, to, kind)| StreamFrame::Message(MessageHeader {
+                    id,
+                    to,
+                    kind
+                })),
             (any::<u64>(), arb_meta()).prop_map(|(req, meta)| StreamFrame::File { req, meta }),
             proptest::collection::vec(any::<u8>(), 0..300).prop_map(StreamFrame::Packet),
             proptest::collection::vec(any::<u8>(), 0..300).prop_map(StreamFrame::Chunk),
-            (any::<u32>(), any::<u64>()).prop_map(|(packets, samples)| StreamFrame::End { packets, samples }),
+            (any::<u32>(), any::<u64>())
+                .prop_map(|(packets, samples)| StreamFrame::End { packets, samples }),
             arb_error().prop_map(StreamFrame::Abort),
         ]
     }
@@ -772,12 +1069,17 @@ mod tests {
         T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
     {
         let bytes = encode_frame(msg, MAX_CONTROL_FRAME).expect("encodes");
-        let (back, used) = decode_frame::<T>(&bytes, MAX_CONTROL_FRAME).expect("decodes").expect("complete");
+        let (back, used) = decode_frame::<T>(&bytes, MAX_CONTROL_FRAME)
+            .expect("decodes")
+            .expect("complete");
         assert_eq!(&back, msg);
         assert_eq!(used, bytes.len());
         // Every strict prefix is incomplete, never an error or a wrong message.
         for cut in [0, 1, 3, bytes.len() / 2, bytes.len() - 1] {
-            assert_eq!(decode_frame::<T>(&bytes[..cut], MAX_CONTROL_FRAME), Ok(None));
+            assert_eq!(
+                decode_frame::<T>(&bytes[..cut], MAX_CONTROL_FRAME),
+                Ok(None)
+            );
         }
     }
 
@@ -801,14 +1103,20 @@ mod tests {
         let bytes = [0xff, 0xff, 0xff, 0xff, 0, 0];
         assert_eq!(
             decode_frame::<ClientMsg>(&bytes, MAX_CONTROL_FRAME),
-            Err(crate::wire::FrameError::TooLarge { len: u32::MAX as usize, cap: MAX_CONTROL_FRAME })
+            Err(crate::wire::FrameError::TooLarge {
+                len: u32::MAX as usize,
+                cap: MAX_CONTROL_FRAME
+            })
         );
     }
 
     #[test]
     fn oversize_message_is_refused_when_encoding() {
         let big = StreamFrame::Packet(vec![0; 100]);
-        assert!(matches!(encode_frame(&big, 50), Err(crate::wire::FrameError::TooLarge { .. })));
+        assert!(matches!(
+            encode_frame(&big, 50),
+            Err(crate::wire::FrameError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -817,7 +1125,10 @@ mod tests {
         bytes.push(0);
         let len = (bytes.len() - 4) as u32;
         bytes[..4].copy_from_slice(&len.to_be_bytes());
-        assert!(matches!(decode_frame::<ClientMsg>(&bytes, 64), Err(crate::wire::FrameError::Malformed(_))));
+        assert!(matches!(
+            decode_frame::<ClientMsg>(&bytes, 64),
+            Err(crate::wire::FrameError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! (The uploads it carries are driven by the state machines of [`crate::upload`].)
 //!
 //! # Flow
-//! A connection negotiates ALPN [`ALPN`] (`walkie/2` since messages beside clips changed the
-//! stored and delivered metadata; another version is refused in the TLS handshake). The client opens one bidirectional *control* stream and sends
+//! A connection negotiates ALPN [`ALPN`] (`walkie/3` since presence is told in batches;
+//! `walkie/2` added messages beside clips; another version is refused in the TLS handshake). The client opens one bidirectional *control* stream and sends
 //! [`ClientMsg::Hello`]; the relay answers [`ServerMsg::Welcome`] or an error and closes.
 //! After that the relay pushes every clip the user has not acknowledged, oldest first, then
 //! live ones, each on its own unidirectional stream opened by the relay
@@ -24,10 +24,8 @@ pub mod messages;
 pub use frame::{FrameError, decode_frame, encode_frame};
 pub use messages::*;
 
-
-
 /// ALPN protocol id; the version lives here so incompatible peers fail the handshake.
-pub const ALPN: &[u8] = b"walkie/2";
+pub const ALPN: &[u8] = b"walkie/3";
 /// Largest control-stream frame (history pages are the biggest messages).
 pub const MAX_CONTROL_FRAME: usize = 1 << 20;
 /// Largest frame on a clip or file stream.
@@ -53,7 +51,10 @@ const MAX_CLOSE_MESSAGE: usize = 300;
 pub fn close_reason(error: &ErrorMsg) -> Vec<u8> {
     let mut short = error.clone();
     if short.message.len() > MAX_CLOSE_MESSAGE {
-        let cut = (0..=MAX_CLOSE_MESSAGE).rev().find(|&i| short.message.is_char_boundary(i)).unwrap_or(0);
+        let cut = (0..=MAX_CLOSE_MESSAGE)
+            .rev()
+            .find(|&i| short.message.is_char_boundary(i))
+            .unwrap_or(0);
         short.message.truncate(cut);
     }
     postcard::to_allocvec(&short).unwrap_or_else(|_| short.message.into_bytes())
@@ -70,13 +71,25 @@ mod close_tests {
 
     #[test]
     fn a_busy_close_carries_its_retry_delay_typed() {
-        let busy = ErrorMsg { req: None, clip: None, code: ErrorCode::Busy { retry_after_ms: 1500 }, message: "busy, retry after 1500 ms".into() };
+        let busy = ErrorMsg {
+            req: None,
+            clip: None,
+            code: ErrorCode::Busy {
+                retry_after_ms: 1500,
+            },
+            message: "busy, retry after 1500 ms".into(),
+        };
         let bytes = close_reason(&busy);
         // Snapshot: clients of every version read this; change it only with the ALPN.
         assert_eq!(&bytes[..5], &[0, 0, 6, 0xdc, 0x0b]);
         assert_eq!(parse_close_reason(&bytes), Some(busy));
         assert_eq!(parse_close_reason(b"relay shutting down"), None);
-        let long = ErrorMsg { req: None, clip: None, code: ErrorCode::Unauthorized, message: "é".repeat(400) };
+        let long = ErrorMsg {
+            req: None,
+            clip: None,
+            code: ErrorCode::Unauthorized,
+            message: "é".repeat(400),
+        };
         let back = parse_close_reason(&close_reason(&long)).expect("decodes");
         assert!(back.message.len() <= MAX_CLOSE_MESSAGE && back.code == ErrorCode::Unauthorized);
     }

@@ -18,7 +18,9 @@
 //! - Inbox wake-ups: after a commit, [`Notice::Wake`] with the recipients; each relay wakes
 //!   their delivery pumps. A lost notice only delays delivery: pumps also poll the inbox every
 //!   [`Cluster::inbox_poll`], and every pump is woken when the link reconnects.
-//! - Messages for users (played receipts, presence changes): [`Notice::Tell`].
+//! - Messages for users (played receipts, channel lists, contact changes): [`Notice::Tell`].
+//! - Presence: each relay's batch of users who came or went, with who sees them
+//!   ([`Notice::Presence`]); every relay tells its own sessions.
 //! - The floor: one talker per channel cluster-wide ([`Cluster::take_floor`]). A lease names
 //!   the holder and the clip and expires after the maximum clip duration plus a grace period,
 //!   so the floor of a relay that crashed mid-clip frees itself.
@@ -99,7 +101,12 @@ pub enum Notice {
         /// The users.
         users: Vec<String>,
     },
-    /// Send `msg` to every session of `users` (receipts, presence changes).
+    /// Users who came online or went offline at the sending relay (a batch), with who sees it.
+    Presence {
+        /// The changes.
+        changes: Vec<walkie_proto::presence::Change>,
+    },
+    /// Send `msg` to every session of `users` (receipts, channel lists, contact changes).
     Tell {
         /// The users.
         users: Vec<String>,
@@ -121,13 +128,24 @@ pub enum Inbound {
 pub trait Cluster: Send + Sync + 'static {
     /// Takes `channel`'s floor for `clip` of `user`, for at most `hold` unless released. A
     /// retry for the same clip succeeds (and renews the lease).
-    fn take_floor(&self, channel: &str, user: &str, clip: ClipId, hold: Duration) -> BoxFuture<'static, Result<(), FloorError>>;
+    fn take_floor(
+        &self,
+        channel: &str,
+        user: &str,
+        clip: ClipId,
+        hold: Duration,
+    ) -> BoxFuture<'static, Result<(), FloorError>>;
     /// Releases `channel`'s floor if `user`'s `clip` holds it (in the background; never blocks).
     fn release_floor(&self, channel: &str, user: &str, clip: ClipId);
     /// Binds clip id `clip` to `user` on every relay while it is uploaded (for at most `hold`
     /// unless released): `Ok(None)` when it is theirs, `Ok(Some(other))` when another user's
     /// upload holds it.
-    fn reserve_clip(&self, clip: ClipId, user: &str, hold: Duration) -> BoxFuture<'static, Result<Option<String>, FloorError>>;
+    fn reserve_clip(
+        &self,
+        clip: ClipId,
+        user: &str,
+        hold: Duration,
+    ) -> BoxFuture<'static, Result<Option<String>, FloorError>>;
     /// Releases `user`'s reservation of `clip` (in the background; never blocks).
     fn release_clip(&self, clip: ClipId, user: &str);
     /// True when other relays may exist: live clips and wake-ups are then published.
@@ -151,10 +169,19 @@ pub struct LocalCluster {
 }
 
 impl Cluster for LocalCluster {
-    fn take_floor(&self, channel: &str, user: &str, clip: ClipId, hold: Duration) -> BoxFuture<'static, Result<(), FloorError>> {
+    fn take_floor(
+        &self,
+        channel: &str,
+        user: &str,
+        clip: ClipId,
+        hold: Duration,
+    ) -> BoxFuture<'static, Result<(), FloorError>> {
         let result = crate::lock(&self.floors)
             .try_take(channel, user, clip, Instant::now(), hold)
-            .map_err(|holder| FloorError::Taken { user: holder.user, channel: channel.to_string() });
+            .map_err(|holder| FloorError::Taken {
+                user: holder.user,
+                channel: channel.to_string(),
+            });
         Box::pin(std::future::ready(result))
     }
 
@@ -162,7 +189,12 @@ impl Cluster for LocalCluster {
         crate::lock(&self.floors).release(channel, user, clip);
     }
 
-    fn reserve_clip(&self, clip: ClipId, user: &str, _hold: Duration) -> BoxFuture<'static, Result<Option<String>, FloorError>> {
+    fn reserve_clip(
+        &self,
+        clip: ClipId,
+        user: &str,
+        _hold: Duration,
+    ) -> BoxFuture<'static, Result<Option<String>, FloorError>> {
         // Held until released: an upload task always releases (its guard drops with it).
         let mut map = crate::lock(&self.reserved);
         let held = match map.get_mut(&clip) {
@@ -220,7 +252,10 @@ mod tests {
         assert_eq!(c.take_floor("crew", "alice", a, hold).await, Ok(()));
         assert_eq!(
             c.take_floor("crew", "bob", b, hold).await,
-            Err(FloorError::Taken { user: "alice".into(), channel: "crew".into() })
+            Err(FloorError::Taken {
+                user: "alice".into(),
+                channel: "crew".into()
+            })
         );
         c.release_floor("crew", "alice", a);
         assert_eq!(c.take_floor("crew", "bob", b, hold).await, Ok(()));
@@ -229,7 +264,11 @@ mod tests {
 
     #[test]
     fn notices_roundtrip_through_postcard() {
-        let n = Notice::LivePacket { clip: ClipId([7; 16]), n: 3, data: vec![1, 2, 3] };
+        let n = Notice::LivePacket {
+            clip: ClipId([7; 16]),
+            n: 3,
+            data: vec![1, 2, 3],
+        };
         let bytes = postcard::to_allocvec(&n).expect("encodes");
         assert_eq!(postcard::from_bytes::<Notice>(&bytes).expect("decodes"), n);
     }

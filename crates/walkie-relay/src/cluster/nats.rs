@@ -52,7 +52,9 @@ pub struct NatsCluster {
 
 impl std::fmt::Debug for NatsCluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NatsCluster").field("link", &self.link).finish_non_exhaustive()
+        f.debug_struct("NatsCluster")
+            .field("link", &self.link)
+            .finish_non_exhaustive()
     }
 }
 
@@ -103,7 +105,14 @@ impl NatsCluster {
                 }
             })
         };
-        Ok(NatsCluster { link, origin, out, incoming: Mutex::new(Some(in_rx)), dropped, tasks: vec![reconnects, reader, writer] })
+        Ok(NatsCluster {
+            link,
+            origin,
+            out,
+            incoming: Mutex::new(Some(in_rx)),
+            dropped,
+            tasks: vec![reconnects, reader, writer],
+        })
     }
 
     /// Notices dropped so far because a queue was full.
@@ -116,7 +125,10 @@ impl NatsCluster {
 fn count_drop(dropped: &AtomicU64, which: &str) {
     let n = dropped.fetch_add(1, Ordering::Relaxed);
     if n.is_multiple_of(1000) {
-        warn!(dropped = n + 1, "the {which} queue of relay notices is full; notices dropped");
+        warn!(
+            dropped = n + 1,
+            "the {which} queue of relay notices is full; notices dropped"
+        );
     }
 }
 
@@ -129,14 +141,23 @@ impl Drop for NatsCluster {
 }
 
 impl Cluster for NatsCluster {
-    fn take_floor(&self, channel: &str, user: &str, clip: ClipId, hold: Duration) -> BoxFuture<'static, Result<(), FloorError>> {
+    fn take_floor(
+        &self,
+        channel: &str,
+        user: &str,
+        clip: ClipId,
+        hold: Duration,
+    ) -> BoxFuture<'static, Result<(), FloorError>> {
         let link = self.link.clone();
         let (channel, user) = (channel.to_string(), user.to_string());
         Box::pin(async move {
             match link.take_floor(&channel, &user, clip, hold).await {
                 Ok(Floor::Granted) => Ok(()),
                 Ok(Floor::Held(user)) => Err(FloorError::Taken { user, channel }),
-                Err(e) => Err(FloorError::Unavailable { channel, reason: e.to_string() }),
+                Err(e) => Err(FloorError::Unavailable {
+                    channel,
+                    reason: e.to_string(),
+                }),
             }
         })
     }
@@ -152,13 +173,21 @@ impl Cluster for NatsCluster {
         });
     }
 
-    fn reserve_clip(&self, clip: ClipId, user: &str, hold: Duration) -> BoxFuture<'static, Result<Option<String>, FloorError>> {
+    fn reserve_clip(
+        &self,
+        clip: ClipId,
+        user: &str,
+        hold: Duration,
+    ) -> BoxFuture<'static, Result<Option<String>, FloorError>> {
         let link = self.link.clone();
         let user = user.to_string();
         Box::pin(async move {
             link.reserve_clip(clip, &user, hold)
                 .await
-                .map_err(|e| FloorError::Unavailable { channel: format!("clip {clip}"), reason: e.to_string() })
+                .map_err(|e| FloorError::Unavailable {
+                    channel: format!("clip {clip}"),
+                    reason: e.to_string(),
+                })
         })
     }
 
@@ -180,12 +209,17 @@ impl Cluster for NatsCluster {
     fn publish(&self, notice: Notice) -> bool {
         let subject = match &notice {
             Notice::LiveStart { header, .. } => self.link.live_subject(&header.id),
-            Notice::LivePacket { clip, .. } | Notice::LiveEnd { clip, .. } | Notice::LiveAbort { clip, .. } => {
-                self.link.live_subject(clip)
+            Notice::LivePacket { clip, .. }
+            | Notice::LiveEnd { clip, .. }
+            | Notice::LiveAbort { clip, .. } => self.link.live_subject(clip),
+            Notice::Wake { .. } | Notice::Presence { .. } | Notice::Tell { .. } => {
+                self.link.notice_subject()
             }
-            Notice::Wake { .. } | Notice::Tell { .. } => self.link.notice_subject(),
         };
-        let payload = match postcard::to_allocvec(&Envelope { origin: self.origin, notice }) {
+        let payload = match postcard::to_allocvec(&Envelope {
+            origin: self.origin,
+            notice,
+        }) {
             Ok(p) => Bytes::from(p),
             Err(e) => {
                 warn!("cannot encode a notice: {e}");

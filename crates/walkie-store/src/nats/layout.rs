@@ -427,7 +427,10 @@ mod tests {
         assert_eq!(l.purged_filter(&l.direct_filters("bob")[1]), "d.*.bob.*");
         assert_eq!(l.purged_filter(&l.clips_all()), ">");
         assert_eq!(l.inbox_clip_filter(9), "w.inbox.*.9");
-        assert_eq!(l.audio_clip_filter(&ClipId([0xab; 16])), format!("w.audio.{}.>", ClipId([0xab; 16])));
+        assert_eq!(
+            l.audio_clip_filter(&ClipId([0xab; 16])),
+            format!("w.audio.{}.>", ClipId([0xab; 16]))
+        );
     }
 
     #[test]

@@ -73,7 +73,10 @@ pub struct NatsLink {
 
 impl std::fmt::Debug for NatsLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NatsLink").field("prefix", &self.layout.prefix).field("origin", &self.origin).finish_non_exhaustive()
+        f.debug_struct("NatsLink")
+            .field("prefix", &self.layout.prefix)
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
     }
 }
 
@@ -83,7 +86,10 @@ pub struct Subscription(async_nats::Subscriber);
 impl Subscription {
     /// The next message's subject and payload; `None` once the link is gone.
     pub async fn next(&mut self) -> Option<(String, Bytes)> {
-        self.0.next().await.map(|m| (m.subject.to_string(), m.payload))
+        self.0
+            .next()
+            .await
+            .map(|m| (m.subject.to_string(), m.payload))
     }
 }
 
@@ -92,27 +98,44 @@ impl NatsLink {
     /// [`super::NatsStore`]) as the relay `origin`, and opens the floors bucket. Connection
     /// events go to `events`. Must be called inside the relay's tokio runtime, which then
     /// drives the link.
-    pub async fn connect(config: &NatsConfig, origin: u64, events: tokio::sync::mpsc::Sender<LinkEvent>) -> Result<NatsLink, StoreError> {
+    pub async fn connect(
+        config: &NatsConfig,
+        origin: u64,
+        events: tokio::sync::mpsc::Sender<LinkEvent>,
+    ) -> Result<NatsLink, StoreError> {
         let layout = Layout::new(&config.prefix)?;
         let options = move || {
             let events = events.clone();
-            async_nats::ConnectOptions::new().no_echo().event_callback(move |event| {
-                let events = events.clone();
-                async move {
-                    match event {
-                        async_nats::Event::Connected => {
-                            let _ = events.try_send(LinkEvent::Reconnected);
+            async_nats::ConnectOptions::new()
+                .no_echo()
+                .event_callback(move |event| {
+                    let events = events.clone();
+                    async move {
+                        match event {
+                            async_nats::Event::Connected => {
+                                let _ = events.try_send(LinkEvent::Reconnected);
+                            }
+                            async_nats::Event::Disconnected => {
+                                warn!("the relays' NATS link is down; reconnecting")
+                            }
+                            other => debug!("NATS link: {other}"),
                         }
-                        async_nats::Event::Disconnected => warn!("the relays' NATS link is down; reconnecting"),
-                        other => debug!("NATS link: {other}"),
                     }
-                }
-            })
+                })
         };
         let (client, js) = connect_client(config, "walkie-relay", config.deadline, options).await?;
-        let js = Js { deadline: config.deadline.min(FLOOR_DEADLINE), ..js };
+        let js = Js {
+            deadline: config.deadline.min(FLOOR_DEADLINE),
+            ..js
+        };
         let floors = Bucket::open(&js, layout.floors_bucket()).await?;
-        Ok(NatsLink { client, js, floors, layout, origin })
+        Ok(NatsLink {
+            client,
+            js,
+            floors,
+            layout,
+            origin,
+        })
     }
 
     /// Subscribes to every relay's messages (this relay's own are not echoed back).
@@ -121,7 +144,11 @@ impl NatsLink {
             .subscribe(self.layout.relay_all())
             .await
             .map(Subscription)
-            .map_err(|e| StoreError::Backend(format!("cannot subscribe to the other relays' notices: {e}")))
+            .map_err(|e| {
+                StoreError::Backend(format!(
+                    "cannot subscribe to the other relays' notices: {e}"
+                ))
+            })
     }
 
     /// The subject for the messages of one live clip.
@@ -136,27 +163,51 @@ impl NatsLink {
 
     /// Publishes a message (at most once: core NATS).
     pub async fn publish(&self, subject: String, payload: Bytes) -> Result<(), StoreError> {
-        self.client.publish(subject, payload).await.map_err(|e| StoreError::Backend(format!("cannot publish to the other relays: {e}")))
+        self.client
+            .publish(subject, payload)
+            .await
+            .map_err(|e| StoreError::Backend(format!("cannot publish to the other relays: {e}")))
     }
 
     /// Takes `channel`'s floor for `clip` of `user`, for at most `hold` unless released. A
     /// retry for the same clip succeeds (and renews the lease).
-    pub async fn take_floor(&self, channel: &str, user: &str, clip: ClipId, hold: Duration) -> Result<Floor, StoreError> {
-        let held = self.lease(&encode(channel), user, clip, hold, |l| l.clip != clip || l.user != user).await?;
+    pub async fn take_floor(
+        &self,
+        channel: &str,
+        user: &str,
+        clip: ClipId,
+        hold: Duration,
+    ) -> Result<Floor, StoreError> {
+        let held = self
+            .lease(&encode(channel), user, clip, hold, |l| {
+                l.clip != clip || l.user != user
+            })
+            .await?;
         Ok(held.map_or(Floor::Granted, Floor::Held))
     }
 
     /// Releases `channel`'s floor if `user`'s `clip` holds it. A lease that cannot be released
     /// frees itself when it expires.
-    pub async fn release_floor(&self, channel: &str, user: &str, clip: ClipId) -> Result<(), StoreError> {
+    pub async fn release_floor(
+        &self,
+        channel: &str,
+        user: &str,
+        clip: ClipId,
+    ) -> Result<(), StoreError> {
         self.release(&encode(channel), user, clip).await
     }
 
     /// Binds clip id `clip` to `user` cluster-wide while it is uploaded, for at most `hold`
     /// unless released: `None` when it is theirs, else the user whose unexpired reservation
     /// holds it (a second upload of the same id by the same user renews it).
-    pub async fn reserve_clip(&self, clip: ClipId, user: &str, hold: Duration) -> Result<Option<String>, StoreError> {
-        self.lease(&clip_key(&clip), user, clip, hold, |l| l.user != user).await
+    pub async fn reserve_clip(
+        &self,
+        clip: ClipId,
+        user: &str,
+        hold: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        self.lease(&clip_key(&clip), user, clip, hold, |l| l.user != user)
+            .await
     }
 
     /// Releases `user`'s reservation of `clip`.
@@ -166,11 +217,24 @@ impl NatsLink {
 
     /// Writes a lease of `key` for `user`'s `clip` unless an unexpired one that `conflicts`
     /// holds it; the holder's user name then.
-    async fn lease(&self, key: &str, user: &str, clip: ClipId, hold: Duration, conflicts: impl Fn(&Lease) -> bool) -> Result<Option<String>, StoreError> {
+    async fn lease(
+        &self,
+        key: &str,
+        user: &str,
+        clip: ClipId,
+        hold: Duration,
+        conflicts: impl Fn(&Lease) -> bool,
+    ) -> Result<Option<String>, StoreError> {
         let hold_ms = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX);
         for _ in 0..FLOOR_TRIES {
             let now = now_ms();
-            let lease = Lease { user: user.to_string(), clip, relay: self.origin, expires_at_ms: now.saturating_add(hold_ms), nonce: rand::random() };
+            let lease = Lease {
+                user: user.to_string(),
+                clip,
+                relay: self.origin,
+                expires_at_ms: now.saturating_add(hold_ms),
+                nonce: rand::random(),
+            };
             let value = json(&lease)?;
             let cas = match self.floors.get(&self.js, key).await? {
                 None => self.floors.create(&self.js, key, value).await?,
@@ -195,7 +259,9 @@ impl NatsLink {
     /// Empties `key`'s lease if `user`'s `clip` holds it (someone who took it over after it
     /// expired keeps theirs).
     async fn release(&self, key: &str, user: &str, clip: ClipId) -> Result<(), StoreError> {
-        let Some((bytes, rev)) = self.floors.get(&self.js, key).await? else { return Ok(()) };
+        let Some((bytes, rev)) = self.floors.get(&self.js, key).await? else {
+            return Ok(());
+        };
         if parse_lease(&bytes).is_some_and(|l| l.clip == clip && l.user == user) {
             self.floors.update(&self.js, key, Bytes::new(), rev).await?;
         }

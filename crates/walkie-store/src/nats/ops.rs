@@ -138,29 +138,49 @@ impl Inner {
     /// Changes `name`'s record with `change`, by compare-and-set (read again after a lost
     /// race); false if the user is unknown. `what` names the change in the error of a record
     /// that kept changing.
-    async fn update_user(&self, name: &str, what: &str, change: impl Fn(&mut UserRec)) -> Result<bool, StoreError> {
+    async fn update_user(
+        &self,
+        name: &str,
+        what: &str,
+        change: impl Fn(&mut UserRec),
+    ) -> Result<bool, StoreError> {
         for _ in 0..8 {
-            let Some((bytes, rev)) = self.users.get(&self.js, &encode(name)).await? else { return Ok(false) };
+            let Some((bytes, rev)) = self.users.get(&self.js, &encode(name)).await? else {
+                return Ok(false);
+            };
             let mut rec: UserRec = parse(&format!("user {name:?}"), &bytes)?;
             change(&mut rec);
             rec.nonce = nonce();
-            if let Cas::Done(_) = self.users.update(&self.js, &encode(name), json(&rec)?, rev).await? {
+            if let Cas::Done(_) = self
+                .users
+                .update(&self.js, &encode(name), json(&rec)?, rev)
+                .await?
+            {
                 return Ok(true);
             }
         }
-        Err(StoreError::Backend(format!("user {name:?} kept changing while {what}")))
+        Err(StoreError::Backend(format!(
+            "user {name:?} kept changing while {what}"
+        )))
     }
 
     /// Replaces the token hash; false if the user is unknown.
     pub async fn set_token(&self, name: &str, token_hash: &TokenHash) -> Result<bool, StoreError> {
         let hash = hex::encode(token_hash);
-        self.update_user(name, "its token was replaced", |rec| rec.token_hash = hash.clone()).await
+        self.update_user(name, "its token was replaced", |rec| {
+            rec.token_hash = hash.clone()
+        })
+        .await
     }
 
     /// Adds `delta` (negative: takes off) to `user`'s stored bytes; an unknown user has
     /// nothing to count.
     async fn add_usage(&self, user: &str, delta: i64) -> Result<(), StoreError> {
-        self.update_user(user, "their stored bytes were counted", |rec| rec.stored_bytes = rec.stored_bytes.saturating_add_signed(delta)).await.map(|_| ())
+        self.update_user(user, "their stored bytes were counted", |rec| {
+            rec.stored_bytes = rec.stored_bytes.saturating_add_signed(delta)
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Adds to a user's stored bytes; a failure is logged (the count is a quota's, not the truth).
@@ -504,8 +524,16 @@ impl Inner {
             .into_iter()
             .collect();
         // A device's key `NAME/DEVICE` is queued while its user exists.
-        let user_of = |key: &String| key.split_once('/').map_or(key.clone(), |(u, _)| u.to_string());
-        let found = try_join_all(distinct.iter().map(|k| async move { self.user(&user_of(k)).await })).await?;
+        let user_of = |key: &String| {
+            key.split_once('/')
+                .map_or(key.clone(), |(u, _)| u.to_string())
+        };
+        let found = try_join_all(
+            distinct
+                .iter()
+                .map(|k| async move { self.user(&user_of(k)).await }),
+        )
+        .await?;
         let mut users: Vec<&String> = distinct
             .into_iter()
             .zip(found)
@@ -557,7 +585,10 @@ impl Inner {
         if rec.purged {
             let Some(seq) = rec.seq else { return Ok(None) };
             let key = self.layout.purged_key(&rec.subject, seq)?;
-            return Ok(self.purged_meta(&key).await?.map(|meta| (meta, AudioRef::none())));
+            return Ok(self
+                .purged_meta(&key)
+                .await?
+                .map(|meta| (meta, AudioRef::none())));
         }
         let msg = match rec.seq {
             Some(seq) => self.js.by_seq(&self.clips, seq).await?,
@@ -621,10 +652,24 @@ impl Inner {
     /// At most `max` bytes of a clip's audio from `offset`, reading only the chunks that
     /// hold them (a fetch streams a clip without holding it whole; the digest covers the
     /// whole file, so a part is not checked against it).
-    pub async fn clip_audio_part(&self, id: &ClipId, offset: u64, max: usize) -> Result<Vec<u8>, StoreError> {
-        let (meta, audio) = self.clip_rec(id).await?.ok_or_else(|| StoreError::NotFound { kind: "clip", name: id.to_string() })?;
+    pub async fn clip_audio_part(
+        &self,
+        id: &ClipId,
+        offset: u64,
+        max: usize,
+    ) -> Result<Vec<u8>, StoreError> {
+        let (meta, audio) = self
+            .clip_rec(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "clip",
+                name: id.to_string(),
+            })?;
         if audio.chunks == 0 {
-            return Err(StoreError::NotFound { kind: "clip audio (purged)", name: id.to_string() });
+            return Err(StoreError::NotFound {
+                kind: "clip audio (purged)",
+                name: id.to_string(),
+            });
         }
         if offset >= meta.bytes || max == 0 {
             return Ok(Vec::new());
@@ -634,12 +679,20 @@ impl Inner {
         let (first, last) = (offset / chunk, (end - 1) / chunk);
         let mut out = Vec::with_capacity(usize::try_from(end - offset).unwrap_or(0));
         for n in first..=last {
-            let n = u32::try_from(n).map_err(|_| StoreError::Corrupt(format!("clip {id}: chunk {n} out of range")))?;
+            let n = u32::try_from(n)
+                .map_err(|_| StoreError::Corrupt(format!("clip {id}: chunk {n} out of range")))?;
             let subject = self.layout.audio_subject(id, &audio.attempt, n);
-            let part = self.js.last(&self.audio, &subject).await?.ok_or_else(|| StoreError::Corrupt(format!("clip {id} misses audio chunk {n}")))?;
+            let part =
+                self.js.last(&self.audio, &subject).await?.ok_or_else(|| {
+                    StoreError::Corrupt(format!("clip {id} misses audio chunk {n}"))
+                })?;
             let base = u64::from(n) * chunk;
-            let from = usize::try_from(offset.max(base) - base).unwrap_or(usize::MAX).min(part.payload.len());
-            let to = usize::try_from(end.min(base + chunk) - base).unwrap_or(usize::MAX).min(part.payload.len());
+            let from = usize::try_from(offset.max(base) - base)
+                .unwrap_or(usize::MAX)
+                .min(part.payload.len());
+            let to = usize::try_from(end.min(base + chunk) - base)
+                .unwrap_or(usize::MAX)
+                .min(part.payload.len());
             out.extend_from_slice(&part.payload[from..to.max(from)]);
         }
         Ok(out)
@@ -682,10 +735,29 @@ impl Inner {
     }
 
     /// The recalled item a user's inbox entry at `seq` names, if it is one.
-    async fn recalled_in_inbox(&self, user: &str, seq: u64) -> Result<Option<ClipMeta>, StoreError> {
-        let Some(entry) = self.js.last(&self.inbox, &self.layout.inbox_subject(user, seq)).await? else { return Ok(None) };
-        let Ok(id) = std::str::from_utf8(&entry.payload).unwrap_or_default().parse::<ClipId>() else { return Ok(None) };
-        Ok(self.clip_rec(&id).await?.map(|(meta, _)| meta).filter(|m| m.content == Content::Recalled))
+    async fn recalled_in_inbox(
+        &self,
+        user: &str,
+        seq: u64,
+    ) -> Result<Option<ClipMeta>, StoreError> {
+        let Some(entry) = self
+            .js
+            .last(&self.inbox, &self.layout.inbox_subject(user, seq))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let Ok(id) = std::str::from_utf8(&entry.payload)
+            .unwrap_or_default()
+            .parse::<ClipId>()
+        else {
+            return Ok(None);
+        };
+        Ok(self
+            .clip_rec(&id)
+            .await?
+            .map(|(meta, _)| meta)
+            .filter(|m| m.content == Content::Recalled))
     }
 
     pub async fn ack(&self, user: &str, id: &ClipId) -> Result<(), StoreError> {
@@ -705,7 +777,9 @@ impl Inner {
     }
 
     pub async fn clear_inbox(&self, key: &str) -> Result<(), StoreError> {
-        self.js.purge(&self.inbox, &self.layout.inbox_filter(key)).await
+        self.js
+            .purge(&self.inbox, &self.layout.inbox_filter(key))
+            .await
     }
 
     // ---- history ----
@@ -754,16 +828,28 @@ impl Inner {
     /// One page of everything `user` may read: the newest `limit` clips before `before` of
     /// each of their conversations (the same backward scan as [`Inner::history`]), merged, and
     /// the newest `limit` of those.
-    pub async fn readable(&self, user: &str, limit: usize, before: Option<u64>) -> Result<Vec<ClipMeta>, StoreError> {
+    pub async fn readable(
+        &self,
+        user: &str,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<Vec<ClipMeta>, StoreError> {
         let mut filters: Vec<String> = self.layout.direct_filters(user).into();
         for (channel, members) in self.channel_list().await? {
             if members.iter().any(|m| m == user) {
-                filters.push(self.layout.conversation_filter(user, &Target::Channel(channel)));
+                filters.push(
+                    self.layout
+                        .conversation_filter(user, &Target::Channel(channel)),
+                );
             }
         }
         let parts = try_join_all(filters.iter().map(|f| self.newest(f, before, limit))).await?;
         let mut seen = HashSet::new();
-        let mut out: Vec<ClipMeta> = parts.into_iter().flatten().filter(|m| seen.insert(m.seq)).collect();
+        let mut out: Vec<ClipMeta> = parts
+            .into_iter()
+            .flatten()
+            .filter(|m| seen.insert(m.seq))
+            .collect();
         out.sort_by_key(|m| m.seq);
         let skip = out.len().saturating_sub(limit);
         Ok(out.split_off(skip))
@@ -824,7 +910,9 @@ impl Inner {
         let (first, last) = self.js.span(&self.clips).await?;
         let mut from = first.max(1);
         while from <= last {
-            let until = from.saturating_add(SWEEP_WINDOW).min(last.saturating_add(1));
+            let until = from
+                .saturating_add(SWEEP_WINDOW)
+                .min(last.saturating_add(1));
             let msgs = self
                 .js
                 .scan(&self.clips, &self.layout.clips_all(), from, until)
@@ -852,7 +940,9 @@ impl Inner {
     /// and of its claim.
     async fn forget_sender_of(&self, key: &str, user: &str) -> Result<(), StoreError> {
         for _ in 0..CLAIM_TRIES {
-            let Some((bytes, rev)) = self.purged.get(&self.js, key).await? else { return Ok(()) };
+            let Some((bytes, rev)) = self.purged.get(&self.js, key).await? else {
+                return Ok(());
+            };
             let mut rec: ClipRec = parse(&format!("purged clip {key}"), &bytes)?;
             if rec.meta.from != user {
                 return Ok(());
@@ -861,55 +951,92 @@ impl Inner {
             let id = rec.meta.id.to_string();
             if let Cas::Done(_) = self.purged.update(&self.js, key, json(&rec)?, rev).await? {
                 for _ in 0..CLAIM_TRIES {
-                    let Some((claim, rev)) = self.id_rec(&id).await? else { return Ok(()) };
-                    let next = IdRec { from: PURGED_SENDER.to_string(), ..claim };
+                    let Some((claim, rev)) = self.id_rec(&id).await? else {
+                        return Ok(());
+                    };
+                    let next = IdRec {
+                        from: PURGED_SENDER.to_string(),
+                        ..claim
+                    };
                     if let Cas::Done(_) = self.ids.update(&self.js, &id, json(&next)?, rev).await? {
                         return Ok(());
                     }
                 }
-                return Err(StoreError::Backend(format!("clip {id}: its claim kept changing while its sender was purged")));
+                return Err(StoreError::Backend(format!(
+                    "clip {id}: its claim kept changing while its sender was purged"
+                )));
             }
         }
-        Err(StoreError::Backend(format!("purged clip {key}: its record kept changing while its sender was purged")))
+        Err(StoreError::Backend(format!(
+            "purged clip {key}: its record kept changing while its sender was purged"
+        )))
     }
 
     /// Recalls one item: a record saying it was recalled goes into the purged bucket (read
     /// instead of its message from then on), the claim is marked, the recipients are queued
     /// again, then the payload and the metadata message are erased. A repeat completes an
     /// interrupted recall.
-    pub async fn recall_clip(&self, id: &ClipId, keys: &[String]) -> Result<Option<ClipMeta>, StoreError> {
+    pub async fn recall_clip(
+        &self,
+        id: &ClipId,
+        keys: &[String],
+    ) -> Result<Option<ClipMeta>, StoreError> {
         let claim = id.to_string();
-        let Some((rec, _)) = self.id_rec(&claim).await? else { return Ok(None) };
+        let Some((rec, _)) = self.id_rec(&claim).await? else {
+            return Ok(None);
+        };
         let Some(seq) = rec.seq else { return Ok(None) };
         let key = self.layout.purged_key(&rec.subject, seq)?;
         let recalled = match self.clip_rec(id).await? {
-            Some((meta, _)) => ClipMeta { content: Content::Recalled, bytes: 0, packets: 0, duration_ms: 0, seq, ..meta },
+            Some((meta, _)) => ClipMeta {
+                content: Content::Recalled,
+                bytes: 0,
+                packets: 0,
+                duration_ms: 0,
+                seq,
+                ..meta
+            },
             None => return Ok(None),
         };
-        let record = ClipRec { meta: recalled.clone(), audio: AudioRef::none(), stored_at_ms: now_ms() };
+        let record = ClipRec {
+            meta: recalled.clone(),
+            audio: AudioRef::none(),
+            stored_at_ms: now_ms(),
+        };
         if !rec.purged {
             // Lost: a record is there already (an earlier, interrupted recall).
             self.purged.create(&self.js, &key, json(&record)?).await?;
             let mut marked = false;
             for _ in 0..CLAIM_TRIES {
-                let Some((now, rev)) = self.id_rec(&claim).await? else { break };
+                let Some((now, rev)) = self.id_rec(&claim).await? else {
+                    break;
+                };
                 if now.purged {
                     marked = true;
                     break;
                 }
-                let next = IdRec { purged: true, ..now };
+                let next = IdRec {
+                    purged: true,
+                    ..now
+                };
                 if let Cas::Done(_) = self.ids.update(&self.js, &claim, json(&next)?, rev).await? {
                     marked = true;
                     break;
                 }
             }
             if !marked {
-                return Err(StoreError::Backend(format!("clip {id}: its claim kept changing while it was recalled")));
+                return Err(StoreError::Backend(format!(
+                    "clip {id}: its claim kept changing while it was recalled"
+                )));
             }
         }
         self.queue(keys, seq, id, None).await?;
         if recalled.from != PURGED_SENDER {
-            self.count_usage(&recalled.from, -i64::try_from(self.clip_bytes_before_recall(seq).await?).unwrap_or(0)).await;
+            self.count_usage(
+                &recalled.from,
+                -i64::try_from(self.clip_bytes_before_recall(seq).await?).unwrap_or(0),
+            )
+            .await;
         }
         self.erase_audio(id).await?;
         self.js.erase(&self.clips, seq).await?;
@@ -919,7 +1046,11 @@ impl Inner {
     /// The bytes the metadata message at `seq` recorded (0 once it is erased).
     async fn clip_bytes_before_recall(&self, seq: u64) -> Result<u64, StoreError> {
         Ok(match self.js.by_seq(&self.clips, seq).await? {
-            Some(msg) => parse::<ClipRec>(&format!("clip message {seq}"), &msg.payload)?.meta.bytes,
+            Some(msg) => {
+                parse::<ClipRec>(&format!("clip message {seq}"), &msg.payload)?
+                    .meta
+                    .bytes
+            }
             None => 0,
         })
     }
@@ -941,7 +1072,9 @@ impl Inner {
         };
         let key = self.layout.purged_key(subject, seq)?;
         // Lost: a record is there already (an earlier, interrupted purge of this clip).
-        self.purged.create(&self.js, &key, json(&anonymised)?).await?;
+        self.purged
+            .create(&self.js, &key, json(&anonymised)?)
+            .await?;
         let claim = id.to_string();
         let mut marked = false;
         for _ in 0..CLAIM_TRIES {
@@ -1001,7 +1134,9 @@ impl Inner {
         let mut count = 0;
         let mut from = first.max(1);
         'scan: while from <= last {
-            let until = from.saturating_add(SWEEP_WINDOW).min(last.saturating_add(1));
+            let until = from
+                .saturating_add(SWEEP_WINDOW)
+                .min(last.saturating_add(1));
             let msgs = self
                 .js
                 .scan(&self.clips, &self.layout.clips_all(), from, until)
@@ -1013,7 +1148,11 @@ impl Inner {
                     break 'scan;
                 }
                 self.delete_clip(msg.seq, &rec.meta.id).await?;
-                self.count_usage(&rec.meta.from, -i64::try_from(rec.meta.bytes).unwrap_or(i64::MAX)).await;
+                self.count_usage(
+                    &rec.meta.from,
+                    -i64::try_from(rec.meta.bytes).unwrap_or(i64::MAX),
+                )
+                .await;
                 count += 1;
             }
             from = until;
@@ -1040,16 +1179,24 @@ impl Inner {
         if self.channel(name).await?.is_none() {
             return Ok(None);
         }
-        let filter = self.layout.conversation_filter("", &Target::Channel(name.to_string()));
+        let filter = self
+            .layout
+            .conversation_filter("", &Target::Channel(name.to_string()));
         let (first, last) = self.js.span(&self.clips).await?;
         let mut count = 0;
         let mut from = first.max(1);
         while from <= last {
-            let until = from.saturating_add(SWEEP_WINDOW).min(last.saturating_add(1));
+            let until = from
+                .saturating_add(SWEEP_WINDOW)
+                .min(last.saturating_add(1));
             for msg in self.js.scan(&self.clips, &filter, from, until).await? {
                 let rec: ClipRec = parse(&format!("clip message {}", msg.seq), &msg.payload)?;
                 self.delete_clip(msg.seq, &rec.meta.id).await?;
-                self.count_usage(&rec.meta.from, -i64::try_from(rec.meta.bytes).unwrap_or(i64::MAX)).await;
+                self.count_usage(
+                    &rec.meta.from,
+                    -i64::try_from(rec.meta.bytes).unwrap_or(i64::MAX),
+                )
+                .await;
                 count += 1;
             }
             from = until;
@@ -1072,17 +1219,29 @@ impl Inner {
         let key = records::record_key(key)?;
         Ok(self.records.get(&self.js, &key).await?.map(|(bytes, rev)| {
             let keep = bytes.len().saturating_sub(RECORD_NONCE);
-            Record { value: bytes[..keep].to_vec(), rev }
+            Record {
+                value: bytes[..keep].to_vec(),
+                rev,
+            }
         }))
     }
 
-    pub async fn put_record(&self, key: &[&str], value: &[u8], rev: u64) -> Result<Option<u64>, StoreError> {
+    pub async fn put_record(
+        &self,
+        key: &[&str],
+        value: &[u8],
+        rev: u64,
+    ) -> Result<Option<u64>, StoreError> {
         let key = records::record_key(key)?;
         records::check_value(value)?;
         let mut stored = Vec::with_capacity(value.len() + RECORD_NONCE);
         stored.extend_from_slice(value);
         stored.extend_from_slice(&nonce().to_le_bytes());
-        match self.records.update(&self.js, &key, Bytes::from(stored), rev).await? {
+        match self
+            .records
+            .update(&self.js, &key, Bytes::from(stored), rev)
+            .await?
+        {
             Cas::Done(rev) => Ok(Some(rev)),
             Cas::Lost => Ok(None),
         }

@@ -38,11 +38,19 @@ pub(super) fn relative_path(id: &ClipId) -> String {
 /// fsyncs it, without any lock (concurrent commits sync their files in parallel). Returns
 /// the temp path for [`place`].
 pub(super) fn write_tmp(clips_dir: &Path, rel: &str, bytes: &[u8]) -> Result<PathBuf, StoreError> {
-    let file_name = Path::new(rel).file_name().and_then(|n| n.to_str()).unwrap_or("clip");
+    let file_name = Path::new(rel)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("clip");
     let suffix: u64 = rand::random();
-    let tmp = clips_dir.join(TMP_DIR).join(format!("{file_name}.{suffix:016x}.{PARTIAL_EXT}"));
+    let tmp = clips_dir
+        .join(TMP_DIR)
+        .join(format!("{file_name}.{suffix:016x}.{PARTIAL_EXT}"));
     let written = (|| {
-        let mut file = crate::private::file_options().write(true).create_new(true).open(&tmp)?;
+        let mut file = crate::private::file_options()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()
     })()
@@ -58,7 +66,11 @@ pub(super) fn write_tmp(clips_dir: &Path, rel: &str, bytes: &[u8]) -> Result<Pat
 /// `clips_dir/rel`, creating the shard directory if needed. Returns the final path and the
 /// directories whose entries changed: the caller fsyncs each once for the whole group
 /// (shard first, then `clips_dir` for a new shard) before it commits the rows.
-pub(super) fn place(clips_dir: &Path, rel: &str, tmp: &Path) -> Result<(PathBuf, Vec<PathBuf>), StoreError> {
+pub(super) fn place(
+    clips_dir: &Path,
+    rel: &str,
+    tmp: &Path,
+) -> Result<(PathBuf, Vec<PathBuf>), StoreError> {
     let final_path = clips_dir.join(rel);
     let shard = final_path.parent().unwrap_or(clips_dir).to_path_buf();
     let mut dirty = vec![shard.clone()];

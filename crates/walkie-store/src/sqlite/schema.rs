@@ -178,7 +178,8 @@ pub(super) fn clip_from_row(row: &Row<'_>) -> Result<ClipMeta, StoreError> {
 
 /// What an item holds, from its `content` column.
 pub(super) fn content_from(json: &str) -> Result<Content, StoreError> {
-    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("column content {json:?}: {e}")))
+    serde_json::from_str(json)
+        .map_err(|e| StoreError::Corrupt(format!("column content {json:?}: {e}")))
 }
 
 /// The `content` column's value for an item.

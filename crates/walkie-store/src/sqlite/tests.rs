@@ -6,7 +6,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-
 use super::*;
 use crate::conformance::{Backend, audio, meta, names, populate, send};
 
@@ -33,7 +32,6 @@ fn fresh() -> Dir {
 
 crate::conformance_tests!(fresh());
 
-
 /// A store with users alice, bob, carol and channel crew = {alice, bob}.
 fn setup() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
@@ -41,10 +39,6 @@ fn setup() -> (tempfile::TempDir, SqliteStore) {
     populate(&store);
     (dir, store)
 }
-
-
-
-
 
 fn clip_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -66,9 +60,6 @@ fn make_old(path: &Path) {
         .set_modified(hour_ago)
         .unwrap();
 }
-
-
-
 
 #[test]
 fn a_committed_clip_is_its_own_file_and_no_temp_file_stays() {
@@ -119,10 +110,6 @@ fn a_resend_or_a_conflict_writes_no_second_file() {
         "neither retry touched the file"
     );
 }
-
-
-
-
 
 #[test]
 fn everything_survives_a_reopen() {
@@ -220,7 +207,6 @@ fn corrupt_rows_and_newer_schemas_are_errors() {
     ));
 }
 
-
 #[test]
 fn concurrent_commits_from_two_stores_write_one_file_each() {
     let (dir, store) = setup();
@@ -294,8 +280,19 @@ fn a_group_commit_keeps_each_clip_once_and_tells_duplicates_from_conflicts() {
             std::thread::spawn(move || {
                 let mut outcomes = Vec::new();
                 for m in clips.iter().skip(t % 2).step_by(2) {
-                    let mine = if t < 4 { m.clone() } else { ClipMeta { from: "mallory".into(), ..m.clone() } };
-                    outcomes.push((m.id, t < 4, store.commit_clip(&mine, &names(&["bob"]), &audio(m))));
+                    let mine = if t < 4 {
+                        m.clone()
+                    } else {
+                        ClipMeta {
+                            from: "mallory".into(),
+                            ..m.clone()
+                        }
+                    };
+                    outcomes.push((
+                        m.id,
+                        t < 4,
+                        store.commit_clip(&mine, &names(&["bob"]), &audio(m)),
+                    ));
                 }
                 outcomes
             })
@@ -319,11 +316,20 @@ fn a_group_commit_keeps_each_clip_once_and_tells_duplicates_from_conflicts() {
     // Each id is stored once, by whoever came first; that sender's resend is a duplicate and
     // both sends of the other sender are conflicts.
     for (id, c) in &per_id {
-        assert!(*c == [1, 0, 1, 0, 2] || *c == [0, 1, 0, 1, 2], "{id}: {c:?}");
+        assert!(
+            *c == [1, 0, 1, 0, 2] || *c == [0, 1, 0, 1, 2],
+            "{id}: {c:?}"
+        );
     }
     assert_eq!(per_id.len(), 200);
     assert_eq!(clip_files(dir.path()).len(), 200);
-    assert!(fs::read_dir(dir.path().join("clips/tmp")).unwrap().next().is_none(), "no temp file left");
+    assert!(
+        fs::read_dir(dir.path().join("clips/tmp"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "no temp file left"
+    );
     for m in &clips {
         assert_eq!(store.clip_audio(&m.id).unwrap(), audio(m));
     }

@@ -20,7 +20,10 @@ use crate::engine::state::{Body, NoticeKind, Pixels};
 pub(crate) fn body_of(content: &Content, payload: &[u8]) -> Option<Body> {
     match parts(content, payload).ok()? {
         Parts::Text(text) => Some(Body::Text(text.to_string())),
-        Parts::Picture { full, thumb } => Some(Body::Picture { thumb: Arc::new(decode(thumb)?), full: Arc::new(full.to_vec()) }),
+        Parts::Picture { full, thumb } => Some(Body::Picture {
+            thumb: Arc::new(decode(thumb)?),
+            full: Arc::new(full.to_vec()),
+        }),
         Parts::Doodle { strokes, .. } => Some(Body::Doodle(Arc::new(Doodle::parse(strokes).ok()?))),
         Parts::Voice(_) | Parts::Recalled => None,
     }
@@ -38,16 +41,36 @@ fn summary(body: &Body) -> String {
 /// Decodes a small picture (a thumbnail) to RGBA.
 fn decode(bytes: &[u8]) -> Option<Pixels> {
     let img = image::load_from_memory(bytes).ok()?.to_rgba8();
-    Some(Pixels { size: [img.width() as usize, img.height() as usize], rgba: img.into_raw() })
+    Some(Pixels {
+        size: [img.width() as usize, img.height() as usize],
+        rgba: img.into_raw(),
+    })
 }
 
 /// A thumbnail of a picture about to be sent, made here while the relay makes its own.
 fn local_thumb(prepared: &[u8]) -> Option<(Pixels, u32, u32, PictureFormat)> {
     let img = image::load_from_memory(prepared).ok()?;
     let (w, h) = (img.width(), img.height());
-    let format = if image::guess_format(prepared).ok() == Some(image::ImageFormat::Png) { PictureFormat::Png } else { PictureFormat::Jpeg };
-    let small = img.thumbnail(walkie_proto::message::THUMB_SIDE, walkie_proto::message::THUMB_SIDE).to_rgba8();
-    Some((Pixels { size: [small.width() as usize, small.height() as usize], rgba: small.into_raw() }, w, h, format))
+    let format = if image::guess_format(prepared).ok() == Some(image::ImageFormat::Png) {
+        PictureFormat::Png
+    } else {
+        PictureFormat::Jpeg
+    };
+    let small = img
+        .thumbnail(
+            walkie_proto::message::THUMB_SIDE,
+            walkie_proto::message::THUMB_SIDE,
+        )
+        .to_rgba8();
+    Some((
+        Pixels {
+            size: [small.width() as usize, small.height() as usize],
+            rgba: small.into_raw(),
+        },
+        w,
+        h,
+        format,
+    ))
 }
 
 impl Worker {
@@ -72,7 +95,11 @@ impl Worker {
                     self.mark_read(id, client).await;
                 } else {
                     self.link.set_unplayed(id, true);
-                    self.notify(&target, &m.header.from, summary.unwrap_or_else(|| "sent a message".into()));
+                    self.notify(
+                        &target,
+                        &m.header.from,
+                        summary.unwrap_or_else(|| "sent a message".into()),
+                    );
                 }
             }
         }
@@ -99,8 +126,15 @@ impl Worker {
         if !self.focused {
             return;
         }
-        let Some(conv) = self.snap.selected_conversation() else { return };
-        let unread: Vec<ClipId> = conv.clips.iter().filter(|c| !c.mine && !c.played && !c.content.is_voice() && c.body.is_some()).map(|c| c.id).collect();
+        let Some(conv) = self.snap.selected_conversation() else {
+            return;
+        };
+        let unread: Vec<ClipId> = conv
+            .clips
+            .iter()
+            .filter(|c| !c.mine && !c.played && !c.content.is_voice() && c.body.is_some())
+            .map(|c| c.id)
+            .collect();
         for id in unread {
             self.mark_read(id, client).await;
         }
@@ -112,7 +146,13 @@ impl Worker {
         if self.focused || self.snap.settings.muted.contains(&target.to_string()) {
             return;
         }
-        let who = self.snap.people.persons.get(from).and_then(|p| p.display.clone()).unwrap_or_else(|| from.to_string());
+        let who = self
+            .snap
+            .people
+            .persons
+            .get(from)
+            .and_then(|p| p.display.clone())
+            .unwrap_or_else(|| from.to_string());
         let title = match target {
             walkie_proto::clip::Target::Channel(c) => format!("{who} in #{c}"),
             walkie_proto::clip::Target::User(_) => who,
@@ -122,9 +162,20 @@ impl Worker {
     }
 
     /// Queues a message in the outbox, shows it, and sends it if connected.
-    pub(super) async fn send_message(&mut self, client: Option<&Client>, to: Target, kind: Kind, payload: Vec<u8>, body: Body, content: Content) {
+    pub(super) async fn send_message(
+        &mut self,
+        client: Option<&Client>,
+        to: Target,
+        kind: Kind,
+        payload: Vec<u8>,
+        body: Body,
+        content: Content,
+    ) {
         let Some(outbox) = self.link.outbox().cloned() else {
-            self.notice(NoticeKind::Error, "Not connected: the message cannot be sent now.");
+            self.notice(
+                NoticeKind::Error,
+                "Not connected: the message cannot be sent now.",
+            );
             return;
         };
         let header = match outbox.add_message(to.clone(), kind, &payload) {
@@ -151,7 +202,10 @@ impl Worker {
         book::set_body(&mut self.snap.conversations, header.id, body);
         book::set_queued(&mut self.snap.conversations, header.id, true);
         let Some(client) = client else {
-            self.notice(NoticeKind::Info, "Not sent yet: it waits in the outbox and goes when the relay is back.");
+            self.notice(
+                NoticeKind::Info,
+                "Not sent yet: it waits in the outbox and goes when the relay is back.",
+            );
             return;
         };
         match client.send_message(&header, &payload).await {
@@ -165,7 +219,10 @@ impl Worker {
             Err(e) => {
                 let _ = outbox.reject(&header.id, &e.to_string());
                 book::remove(&mut self.snap.conversations, header.id);
-                self.notice(NoticeKind::Error, format!("The message was not sent: {}", refusal_text(&e)));
+                self.notice(
+                    NoticeKind::Error,
+                    format!("The message was not sent: {}", refusal_text(&e)),
+                );
             }
         }
     }
@@ -176,21 +233,38 @@ impl Worker {
         let chars = match walkie_proto::message::check_text(text.as_bytes()) {
             Ok(chars) => chars,
             Err(r) => {
-                self.notice(NoticeKind::Error, format!("The text was not sent: {}", r.message));
+                self.notice(
+                    NoticeKind::Error,
+                    format!("The text was not sent: {}", r.message),
+                );
                 return;
             }
         };
         let body = Body::Text(text.clone());
-        self.send_message(client, to, Kind::Text, text.into_bytes(), body, Content::Text { chars }).await;
+        self.send_message(
+            client,
+            to,
+            Kind::Text,
+            text.into_bytes(),
+            body,
+            Content::Text { chars },
+        )
+        .await;
     }
 
     /// Sends a picture file: checked, scaled and stripped of its metadata first.
-    pub(super) async fn send_picture(&mut self, client: Option<&Client>, to: Target, path: std::path::PathBuf) {
+    pub(super) async fn send_picture(
+        &mut self,
+        client: Option<&Client>,
+        to: Target,
+        path: std::path::PathBuf,
+    ) {
         let shown = path.display().to_string();
-        let prepared = tokio::task::spawn_blocking(move || walkie_client::picture::prepare_file(&path))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r);
+        let prepared =
+            tokio::task::spawn_blocking(move || walkie_client::picture::prepare_file(&path))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r);
         let prepared = match prepared {
             Ok(p) => p,
             Err(e) => {
@@ -199,37 +273,77 @@ impl Worker {
             }
         };
         let Some((thumb, width, height, format)) = local_thumb(&prepared) else {
-            self.notice(NoticeKind::Error, format!("{shown}: the picture cannot be read"));
+            self.notice(
+                NoticeKind::Error,
+                format!("{shown}: the picture cannot be read"),
+            );
             return;
         };
-        let body = Body::Picture { thumb: Arc::new(thumb), full: Arc::new(prepared.clone()) };
-        let content = Content::Picture { width, height, format, thumb: 0 };
-        self.send_message(client, to, Kind::Picture, prepared, body, content).await;
+        let body = Body::Picture {
+            thumb: Arc::new(thumb),
+            full: Arc::new(prepared.clone()),
+        };
+        let content = Content::Picture {
+            width,
+            height,
+            format,
+            thumb: 0,
+        };
+        self.send_message(client, to, Kind::Picture, prepared, body, content)
+            .await;
     }
 
     /// Sends a doodle drawn in the app.
-    pub(super) async fn send_doodle(&mut self, client: Option<&Client>, to: Target, doodle: Doodle) {
+    pub(super) async fn send_doodle(
+        &mut self,
+        client: Option<&Client>,
+        to: Target,
+        doodle: Doodle,
+    ) {
         if let Err(e) = doodle.check() {
             self.notice(NoticeKind::Error, format!("The doodle was not sent: {e}"));
             return;
         }
-        let content = Content::Doodle { width: doodle.width, height: doodle.height, strokes: doodle.strokes.len() as u32, points: doodle.points() as u32, png: 0 };
+        let content = Content::Doodle {
+            width: doodle.width,
+            height: doodle.height,
+            strokes: doodle.strokes.len() as u32,
+            points: doodle.points() as u32,
+            png: 0,
+        };
         let json = doodle.to_json();
-        self.send_message(client, to, Kind::Doodle, json, Body::Doodle(Arc::new(doodle)), content).await;
+        self.send_message(
+            client,
+            to,
+            Kind::Doodle,
+            json,
+            Body::Doodle(Arc::new(doodle)),
+            content,
+        )
+        .await;
     }
 
     /// Recalls one of your messages or clips.
     pub(super) async fn recall(&mut self, client: Option<&Client>, id: ClipId) {
         let Some(client) = client else {
-            self.notice(NoticeKind::Error, "Not connected: a message can be recalled once the relay is back.");
+            self.notice(
+                NoticeKind::Error,
+                "Not connected: a message can be recalled once the relay is back.",
+            );
             return;
         };
         match client.recall(id).await {
             Ok(()) => {
                 book::recall(&mut self.snap.conversations, id);
-                self.notice(NoticeKind::Info, "Recalled: it is deleted from the relay and from everyone's conversation.");
+                self.notice(
+                    NoticeKind::Info,
+                    "Recalled: it is deleted from the relay and from everyone's conversation.",
+                );
             }
-            Err(e) => self.notice(NoticeKind::Error, format!("Not recalled: {}", refusal_text(&e))),
+            Err(e) => self.notice(
+                NoticeKind::Error,
+                format!("Not recalled: {}", refusal_text(&e)),
+            ),
         }
     }
 

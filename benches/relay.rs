@@ -12,6 +12,8 @@
 //!   written → `ClipStored`).
 //! * idle: K authenticated connections held past the idle timeout (keep-alives only), then
 //!   pinged: how many hold, and the relay's RSS growth per connection.
+//! * rush: K members of channels of S members (S = 10, 1,000, 2,000) connect at once: relay
+//!   CPU per connect against S, and the control messages the members receive (presence).
 //!
 //! Relay CPU comes from `/proc/PID/stat` (utime+stime) and RSS from `/proc/PID/status`, so
 //! the load generator's own work is not counted. `cargo bench --bench relay` runs the full
@@ -20,7 +22,9 @@
 //! smoke plan checks that everything works. Results: markdown on stdout and in
 //! `target/walkie-bench/relay.md`, the chart in `target/walkie-bench/fanout-delay.png`.
 //! Environment overrides: `WALKIE_BENCH_FANOUT=10,100,1000`, `WALKIE_BENCH_INGEST=1,10,100`,
-//! `WALKIE_BENCH_IDLE=1000,10000`, `WALKIE_BENCH_HOLD_SECS=35`, `WALKIE_BENCH_OUT=DIR`,
+//! `WALKIE_BENCH_IDLE=1000,10000`, `WALKIE_BENCH_RUSH=10,1000,2000`, `WALKIE_BENCH_RUSH_K=2000`,
+//! `WALKIE_BENCH_HOLD_SECS=35`, `WALKIE_BENCH_OUT=DIR`, `WALKIE_BENCH_RELAY=PATH` and
+//! `WALKIE_BENCH_ALPN=walkie/2` (run another build of the relay, for a before/after),
 //! `WALKIE_BENCH_NICE=-10`: the bench and the relay it starts run at this nice value (root
 //! only; `0` leaves it), so compile jobs sharing the machine do not set the delays.
 
@@ -54,6 +58,9 @@ const CONNS_PER_ENDPOINT: usize = 100;
 const CONNECT_CONCURRENCY: usize = 64;
 /// Users the idle connections log in as (each holds several sessions).
 const IDLE_USERS: usize = 1_000;
+/// Control-stream messages (and their bytes) every bare session received, in all.
+static CONTROL_MSGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static CONTROL_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -61,6 +68,9 @@ struct Plan {
     fanout: Vec<usize>,
     ingest: Vec<usize>,
     idle: Vec<usize>,
+    /// Channel sizes of the rush, and how many members connect.
+    rush: Vec<usize>,
+    rush_k: usize,
     hold: Duration,
     fanout_clip_s: usize,
     ingest_clip_s: usize,
@@ -89,6 +99,8 @@ impl Plan {
                 fanout: list("WALKIE_BENCH_FANOUT", &[10, 100, 1000]),
                 ingest: list("WALKIE_BENCH_INGEST", &[1, 10, 100]),
                 idle: list("WALKIE_BENCH_IDLE", &[1000, 10_000]),
+                rush: list("WALKIE_BENCH_RUSH", &[10, 1000, 2000]),
+                rush_k: list("WALKIE_BENCH_RUSH_K", &[2000]).first().copied().unwrap_or(2000),
                 hold: secs("WALKIE_BENCH_HOLD_SECS", 35),
                 fanout_clip_s: 10,
                 ingest_clip_s: 5,
@@ -100,6 +112,8 @@ impl Plan {
                 fanout: vec![3],
                 ingest: vec![2],
                 idle: vec![10],
+                rush: vec![2, 6],
+                rush_k: 6,
                 hold: Duration::from_secs(1),
                 fanout_clip_s: 1,
                 ingest_clip_s: 1,
@@ -149,6 +163,12 @@ fn rss_kib(pid: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The relay binary to run: this build's, or `WALKIE_BENCH_RELAY` (another build of walkie,
+/// to compare before and after in one sitting; `WALKIE_BENCH_ALPN` then names its protocol).
+fn relay_binary() -> PathBuf {
+    std::env::var_os("WALKIE_BENCH_RELAY").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_walkie-relay")), PathBuf::from)
+}
+
 struct Relay {
     child: Child,
     _stdout: BufReader<ChildStdout>,
@@ -161,7 +181,7 @@ struct Relay {
 impl Relay {
     /// Starts `walkie-relay serve` on 127.0.0.1:0 with `data_dir` and the bench config file.
     fn start(data_dir: &Path, config: Option<&Path>, log: &Path, ticks: f64) -> Relay {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_walkie-relay"));
+        let mut cmd = Command::new(relay_binary());
         cmd.arg("--data-dir").arg(data_dir);
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
@@ -368,8 +388,17 @@ impl Session {
         }
         let (tx, pongs) = mpsc::unbounded_channel();
         tokio::spawn(async move {
-            while let Ok(Some(msg)) = read_frame::<ServerMsg>(&mut recv, MAX_CONTROL_FRAME).await {
-                if let ServerMsg::Pong { nonce } = msg {
+            // Raw frames, so that a relay of another protocol version (WALKIE_BENCH_RELAY) is
+            // drained and counted too; only pongs need decoding.
+            let mut len = [0u8; 4];
+            while recv.read_exact(&mut len).await.is_ok() {
+                let mut frame = vec![0u8; u32::from_be_bytes(len) as usize];
+                if recv.read_exact(&mut frame).await.is_err() {
+                    break;
+                }
+                CONTROL_MSGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                CONTROL_BYTES.fetch_add(frame.len() as u64 + 4, std::sync::atomic::Ordering::Relaxed);
+                if let Ok(ServerMsg::Pong { nonce }) = postcard::from_bytes::<ServerMsg>(&frame) {
                     let _ = tx.send(nonce);
                 }
             }
@@ -408,7 +437,10 @@ impl Session {
 fn endpoints(pin: Fingerprint, conns: usize) -> Vec<quinn::Endpoint> {
     let bind: SocketAddr = "127.0.0.1:0".parse().expect("bind address");
     (0..conns.div_ceil(CONNS_PER_ENDPOINT).max(1))
-        .map(|_| walkie_net::client_endpoint(pin, bind).expect("client endpoint"))
+        .map(|_| {
+            let alpn = std::env::var("WALKIE_BENCH_ALPN").unwrap_or_else(|_| String::from_utf8_lossy(walkie_proto::wire::ALPN).into_owned());
+            walkie_net::client_endpoint_with_alpn(pin, bind, alpn.as_bytes()).expect("client endpoint")
+        })
         .collect()
 }
 
@@ -530,8 +562,18 @@ impl Setup {
         users.extend((0..listeners).map(|i| format!("l{i}")));
         users.extend((0..talkers).map(|i| format!("t{i}")));
         users.extend((0..idle).map(|i| format!("i{i}")));
+        for &size in &plan.rush {
+            users.extend((0..plan.rush_k).map(|i| format!("r{size}-{i}")));
+        }
         for u in &users {
             store.add_user(u, &hash).expect("add user");
+        }
+        // The rush: for each channel size S, rush_k users of their own in channels of S.
+        for &size in &plan.rush {
+            let names: Vec<String> = (0..plan.rush_k).map(|i| format!("r{size}-{i}")).collect();
+            for (j, group) in names.chunks(size.max(1)).enumerate() {
+                store.add_channel(&format!("rush{size}-{j}"), group).expect("add channel");
+            }
         }
         for &n in &plan.fanout {
             let mut members = vec!["talker".to_string()];
@@ -560,7 +602,7 @@ impl Setup {
              max_unauthenticated_per_source = 100000\nretry_above_handshakes = 100000\nmax_sessions_per_user = 100000\nquota_mib_per_user = 0\n",
         )
         .expect("config file");
-        let help = Command::new(env!("CARGO_BIN_EXE_walkie-relay"))
+        let help = Command::new(relay_binary())
             .arg("--help")
             .output()
             .expect("walkie-relay --help");
@@ -1032,6 +1074,82 @@ async fn idle(setup: &Setup, k: usize, hold: Duration) -> IdleRow {
 }
 
 // ---------------------------------------------------------------------------------------
+// The rush: K members of channels of S connect at once.
+
+struct RushRow {
+    size: usize,
+    k: usize,
+    load: f64,
+    connected: usize,
+    connect_s: f64,
+    relay_cpu_s: f64,
+    control_msgs: u64,
+    control_bytes: u64,
+    errors: String,
+}
+
+async fn rush(setup: &Setup, size: usize, k: usize) -> RushRow {
+    let relay = setup.relay(&format!("rush-{size}"));
+    relay.settle(Duration::from_secs(5)).await;
+    let eps = endpoints(relay.pin, k);
+    let (cpu0, load) = (relay.cpu(), loadavg());
+    let (msgs0, bytes0) = (CONTROL_MSGS.load(std::sync::atomic::Ordering::Relaxed), CONTROL_BYTES.load(std::sync::atomic::Ordering::Relaxed));
+    let users = (0..k).map(|i| format!("r{size}-{i}")).collect();
+    let (sessions, connect) = connect_many(&eps, relay.addr, users, &setup.token).await;
+    let errors = tally_errors(sessions.iter().filter_map(|s| s.as_ref().err()));
+    let sessions: Vec<Session> = sessions.into_iter().filter_map(Result::ok).collect();
+    let connected = sessions.len();
+    // Presence batches and the sessions' first work end within a second or two.
+    relay.settle(Duration::from_secs(30)).await;
+    let cpu1 = relay.cpu();
+    let (msgs1, bytes1) = (CONTROL_MSGS.load(std::sync::atomic::Ordering::Relaxed), CONTROL_BYTES.load(std::sync::atomic::Ordering::Relaxed));
+    close_all(sessions, &eps).await;
+    relay.stop();
+    RushRow {
+        size,
+        k,
+        load,
+        connected,
+        connect_s: connect.as_secs_f64(),
+        relay_cpu_s: cpu1 - cpu0,
+        control_msgs: msgs1 - msgs0,
+        control_bytes: bytes1 - bytes0,
+        errors,
+    }
+}
+
+fn report_rush(rows: &[RushRow], md: &mut String) {
+    let _ = writeln!(md, "\n## The rush: K members of channels of S members connect at once ({CONNECT_CONCURRENCY} handshakes in flight)\n");
+    let _ = writeln!(
+        md,
+        "| S (channel size) | K connected (time) | relay CPU s | relay CPU ms per connect | ratio to the smallest S | control messages received (per member) | control bytes per member | machine load |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    let base = rows.first().map(|r| r.relay_cpu_s / r.connected.max(1) as f64);
+    for r in rows {
+        let per = r.relay_cpu_s / r.connected.max(1) as f64;
+        let _ = writeln!(
+            md,
+            "| {} | {}/{} ({:.1} s) | {:.2} | {:.2} | {:.2}x | {} ({:.1}) | {:.0} | {:.1} |",
+            r.size,
+            r.connected,
+            r.k,
+            r.connect_s,
+            r.relay_cpu_s,
+            per * 1e3,
+            base.map_or(f64::NAN, |b| per / b),
+            r.control_msgs,
+            r.control_msgs as f64 / r.connected.max(1) as f64,
+            r.control_bytes as f64 / r.connected.max(1) as f64,
+            r.load
+        );
+        if !r.errors.is_empty() {
+            let _ = writeln!(md, "\nS={} connection errors: {}\n", r.size, r.errors);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Report.
 
 fn out_dir() -> PathBuf {
@@ -1253,6 +1371,14 @@ fn main() {
                 rows.push(ingest(&setup, m, plan.ingest_clip_s, plan.ingest_for).await);
             }
             report_ingest(&rows, &mut md);
+        }
+        if plan.wants("rush") {
+            let mut rows = Vec::new();
+            for &size in &plan.rush {
+                eprintln!("rush S={size} K={} ...", plan.rush_k);
+                rows.push(rush(&setup, size, plan.rush_k).await);
+            }
+            report_rush(&rows, &mut md);
         }
         if plan.wants("idle") {
             let mut rows = Vec::new();

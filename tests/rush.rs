@@ -32,7 +32,12 @@ struct Seen {
 
 /// Reads a member's events until told to stop (events must be read, or the relay's control
 /// stream to them backs up).
-async fn follow(mut client: Client, clip: ClipId, mut stop: watch::Receiver<bool>, seen: watch::Sender<Seen>) -> Client {
+async fn follow(
+    mut client: Client,
+    clip: ClipId,
+    mut stop: watch::Receiver<bool>,
+    seen: watch::Sender<Seen>,
+) -> Client {
     loop {
         tokio::select! {
             event = client.next_event() => {
@@ -57,7 +62,11 @@ async fn a_big_channel_comes_online_at_once_while_one_member_talks() {
     let tmp = tempfile::tempdir().expect("tempdir");
     // Every client here comes from 127.0.0.1: the per-source cap (meant for one attacker's
     // address) is lifted so that only the relay-wide admission control applies.
-    let config = RelayConfig { max_unauthenticated_per_source: 4_096, clips_per_minute: 1_000, ..RelayConfig::default() };
+    let config = RelayConfig {
+        max_unauthenticated_per_source: 4_096,
+        clips_per_minute: 1_000,
+        ..RelayConfig::default()
+    };
     let relay = start_relay(&tmp.path().join("relay"), config).await;
     let mut names: Vec<String> = (0..MEMBERS).map(|i| format!("m{i:03}")).collect();
     names.push("talker".into());
@@ -65,11 +74,18 @@ async fn a_big_channel_comes_online_at_once_while_one_member_talks() {
     let members: Vec<&str> = names.iter().map(String::as_str).collect();
     relay.add_channel("all", &members);
 
-    let pcm: Vec<f32> = (0..48 * 20 * FRAMES).map(|i| (i as f32 * 0.03).sin() * 0.3).collect();
+    let pcm: Vec<f32> = (0..48 * 20 * FRAMES)
+        .map(|i| (i as f32 * 0.03).sin() * 0.3)
+        .collect();
     let clip = codec::encode_pcm(&pcm, &EncoderConfig::default()).expect("encodes");
     let packets = clip.packets.len();
     assert!(packets >= FRAMES);
-    let header = ClipHeader { id: ClipId::random(), to: Target::Channel("all".into()), started_at_ms: now_ms(), codec: clip.params };
+    let header = ClipHeader {
+        id: ClipId::random(),
+        to: Target::Channel("all".into()),
+        started_at_ms: now_ms(),
+        codec: clip.params,
+    };
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut followers = Vec::new();
@@ -78,13 +94,17 @@ async fn a_big_channel_comes_online_at_once_while_one_member_talks() {
     let connect = |cfg: ClientConfig| {
         let (stop, id) = (stop_rx.clone(), clip_id);
         async move {
-            let client = Client::connect(&cfg).await.map_err(|e| format!("{}: {e}", cfg.user))?;
+            let client = Client::connect(&cfg)
+                .await
+                .map_err(|e| format!("{}: {e}", cfg.user))?;
             let (tx, rx) = watch::channel(Seen::default());
             Ok::<_, String>((tokio::spawn(follow(client, id, stop, tx)), rx))
         }
     };
     // The talker and the first listeners are online before the clip starts.
-    let talker = Client::connect(&cfgs[MEMBERS]).await.expect("talker connects");
+    let talker = Client::connect(&cfgs[MEMBERS])
+        .await
+        .expect("talker connects");
     for cfg in &cfgs[..EARLY] {
         let (task, view) = connect(cfg.clone()).await.expect("connects");
         followers.push(task);
@@ -99,15 +119,14 @@ async fn a_big_channel_comes_online_at_once_while_one_member_talks() {
                 let mut upload = talker.start_clip(&header).await.expect("clip starts");
                 let start = Instant::now();
                 for (n, p) in packets.into_iter().enumerate() {
-                    tokio::time::sleep_until((start + Duration::from_millis(20 * n as u64)).into()).await;
+                    tokio::time::sleep_until((start + Duration::from_millis(20 * n as u64)).into())
+                        .await;
                     upload.packet(p).await.expect("packet");
                 }
                 upload.finish(clip.samples).await.expect("stored");
             };
             // The talker reads its events meanwhile (presence), as every client must.
-            let drain = async {
-                while talker.next_event_shared().await.is_some() {}
-            };
+            let drain = async { while talker.next_event_shared().await.is_some() {} };
             tokio::select! {
                 _ = send => {}
                 _ = drain => panic!("the talker's connection ended"),
@@ -125,7 +144,9 @@ async fn a_big_channel_comes_online_at_once_while_one_member_talks() {
         followers.push(task);
         views.push(view);
     }
-    let talker = within(60, "the clip is stored", talk).await.expect("talker task");
+    let talker = within(60, "the clip is stored", talk)
+        .await
+        .expect("talker task");
 
     // Every member ends up with the whole clip and an exact list of who is online.
     let everyone: BTreeSet<String> = names.iter().cloned().collect();
@@ -145,13 +166,26 @@ async fn a_big_channel_comes_online_at_once_while_one_member_talks() {
         if wrong.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "{} members still lack the clip or the right online list, e.g. {:?}", wrong.len(), views[names.iter().position(|n| *n == wrong[0]).unwrap_or(0)].borrow());
+        assert!(
+            Instant::now() < deadline,
+            "{} members still lack the clip or the right online list, e.g. {:?}",
+            wrong.len(),
+            views[names.iter().position(|n| *n == wrong[0]).unwrap_or(0)].borrow()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for view in &views[..EARLY] {
-        assert_eq!(view.borrow().live_packets, packets, "a listener there from the start hears every packet live");
+        assert_eq!(
+            view.borrow().live_packets,
+            packets,
+            "a listener there from the start hears every packet live"
+        );
     }
-    eprintln!("rush: {} members connected in {rush_secs:.2} s while the talker talked; all settled {:.2} s after the rush began", MEMBERS - EARLY, started.elapsed().as_secs_f64());
+    eprintln!(
+        "rush: {} members connected in {rush_secs:.2} s while the talker talked; all settled {:.2} s after the rush began",
+        MEMBERS - EARLY,
+        started.elapsed().as_secs_f64()
+    );
 
     // Going offline is told too: the early listeners leave, the rest see it.
     stop_tx.send(true).expect("stop");
@@ -165,12 +199,21 @@ async fn a_big_channel_comes_online_at_once_while_one_member_talks() {
     let mut left = BTreeSet::new();
     while left.len() < EARLY {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        assert!(!remaining.is_zero(), "only {} of {EARLY} departures were told", left.len());
-        if let Ok(Some(Event::Presence(user, false))) = tokio::time::timeout(remaining, watcher.next_event()).await {
+        assert!(
+            !remaining.is_zero(),
+            "only {} of {EARLY} departures were told",
+            left.len()
+        );
+        if let Ok(Some(Event::Presence(user, false))) =
+            tokio::time::timeout(remaining, watcher.next_event()).await
+        {
             left.insert(user);
         }
     }
-    assert_eq!(left, names[..EARLY].iter().cloned().collect::<BTreeSet<_>>());
+    assert_eq!(
+        left,
+        names[..EARLY].iter().cloned().collect::<BTreeSet<_>>()
+    );
     drop(clients);
     watcher.close().await;
     talker.close().await;

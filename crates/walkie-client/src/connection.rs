@@ -497,6 +497,7 @@ async fn read_control(
     events: mpsc::Sender<Event>,
     me: String,
 ) {
+    let presence = crate::presence::Presence::new(events.clone(), me);
     while let Ok(Some(msg)) = read_frame::<ServerMsg>(&mut recv, MAX_CONTROL_FRAME).await {
         match msg {
             ServerMsg::ClipStored { id, seq, duplicate } => {
@@ -523,19 +524,9 @@ async fn read_control(
             ServerMsg::Channels { channels } => {
                 let _ = events.send(Event::Channels(channels)).await;
             }
-            ServerMsg::Online { users } => {
-                let _ = events.send(Event::Online(users)).await;
-            }
-            ServerMsg::Presence { online, offline } => {
-                // One event per person, as before batching; the batch may name us.
-                let changes = online
-                    .into_iter()
-                    .map(|u| (u, true))
-                    .chain(offline.into_iter().map(|u| (u, false)));
-                for (user, online) in changes.filter(|(u, _)| *u != me) {
-                    let _ = events.send(Event::Presence(user, online)).await;
-                }
-            }
+            // Presence never waits for room in the event queue (see `presence.rs`).
+            ServerMsg::Online { users } => presence.online(users),
+            ServerMsg::Presence { online, offline } => presence.changes(online, offline),
             ServerMsg::PlayedBy { id, user } => {
                 let _ = events.send(Event::PlayedBy(id, user)).await;
             }

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `connection.rs` | [`Client`]: connecting (with failover), the hello, requests |
 //! | `routing.rs` | where the relay's replies go: the waiting request or upload, or an [`Event`] |
+//! | `presence.rs` | who is online as this connection heard it; presence that never holds up replies |
 //! | `error.rs` | [`ClientError`] and whether retrying may help |
 //! | `upload.rs` | [`Upload`]: one clip's stream, carried out for [`walkie_proto::upload::ClientUpload`] |
 //! | `receive.rs` | incoming streams: delivered clips and fetched files |
@@ -29,6 +30,7 @@ pub mod ops;
 pub mod outbox;
 pub mod people;
 pub mod picture;
+mod presence;
 pub mod profile;
 mod receive;
 mod routing;

@@ -12,7 +12,7 @@
 //! state at its end: one who came and went within it is told as offline, since a session that
 //! opened meanwhile was given a list naming them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -64,7 +64,8 @@ struct Pending {
 #[derive(Debug, Default)]
 pub struct Presence {
     here: HashMap<String, Here>,
-    members: HashMap<String, HashSet<String>>,
+    /// Online members of each channel, sorted (lists are read from them as they are).
+    members: HashMap<String, BTreeSet<String>>,
     pending: HashMap<String, Pending>,
 }
 
@@ -144,7 +145,18 @@ impl Presence {
 
     /// Who among the people `watch` names is online here, sorted, without `user`.
     pub fn online_for(&self, user: &str, watch: &Watch) -> Vec<String> {
-        let mut seen: HashSet<&str> = HashSet::new();
+        if let ([one], true) = (watch.channels.as_slice(), watch.contacts.is_empty()) {
+            // The common case (one big channel): one sorted set, copied as it is.
+            return self
+                .members
+                .get(one)
+                .into_iter()
+                .flatten()
+                .filter(|m| *m != user)
+                .cloned()
+                .collect();
+        }
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
         for channel in &watch.channels {
             seen.extend(
                 self.members
@@ -162,9 +174,7 @@ impl Presence {
                 .filter(|c| self.here.contains_key(*c)),
         );
         seen.remove(user);
-        let mut out: Vec<String> = seen.into_iter().map(str::to_string).collect();
-        out.sort();
-        out
+        seen.into_iter().map(str::to_string).collect()
     }
 
     /// The changes since the last call, each as the user's state now: users who came or went
@@ -227,10 +237,8 @@ impl Presence {
             let Some(members) = self.members.get(channel) else {
                 continue;
             };
-            let mut to: Vec<String> = members.iter().cloned().collect();
-            to.sort();
             out.push(Tell {
-                to,
+                to: members.iter().cloned().collect(),
                 online,
                 offline,
             });

@@ -17,7 +17,7 @@ use walkie_proto::wire::{
 };
 
 use crate::people::{self, PeopleError};
-use crate::registry::{ControlTx, Session, close};
+use crate::registry::{ControlTx, Outgoing, Session, close};
 use crate::server::{InHandshake, PreAuth};
 use crate::shared::Shared;
 use crate::{auth, deliver, presence, requests, upload};
@@ -167,14 +167,14 @@ pub(crate) async fn handle(
     {
         return;
     }
-    let (tx, rx) = mpsc::channel::<ServerMsg>(256);
+    let (tx, rx) = mpsc::channel::<Outgoing>(256);
     let watch = presence::watch_of(&shared, &user).await;
     let session = shared
         .registry
         .register(&user, credential, device, conn.clone(), tx.clone());
     let (here, first) = presence::Here::arrive(&shared, &user, watch);
     for msg in first {
-        let _ = tx.send(msg).await;
+        let _ = tx.send(msg.into()).await;
     }
     run_session(&shared, &session, send, recv, tx, rx).await;
     shared.registry.unregister(&session);
@@ -332,14 +332,17 @@ async fn run_session(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     tx: ControlTx,
-    mut rx: mpsc::Receiver<ServerMsg>,
+    mut rx: mpsc::Receiver<Outgoing>,
 ) {
     let writer = async move {
-        while let Some(msg) = rx.recv().await {
-            if write_frame(&mut send, &msg, MAX_CONTROL_FRAME)
-                .await
-                .is_err()
-            {
+        while let Some(out) = rx.recv().await {
+            let written = match out {
+                Outgoing::Msg(msg) => write_frame(&mut send, &msg, MAX_CONTROL_FRAME)
+                    .await
+                    .is_ok(),
+                Outgoing::Frame(frame) => send.write_chunk(frame).await.is_ok(),
+            };
+            if !written {
                 break;
             }
         }

@@ -109,10 +109,13 @@ async fn tell_played_elsewhere(shared: &Shared, session: &Session, delivered: &[
         .iter()
         .filter(|id| played.contains(&id.to_string()))
     {
-        let _ = session.control.try_send(ServerMsg::PlayedBy {
-            id: *id,
-            user: session.user.clone(),
-        });
+        let _ = session.control.try_send(
+            ServerMsg::PlayedBy {
+                id: *id,
+                user: session.user.clone(),
+            }
+            .into(),
+        );
     }
 }
 
@@ -265,17 +268,17 @@ pub(crate) async fn fetch(
     let meta = match shared.store(move |s| s.clip(&id)).await {
         Ok(Some(meta)) => meta,
         Ok(None) => {
-            let _ = tx.try_send(fail(ErrorCode::NotFound, not_readable(id).message));
+            let _ = tx.try_send(fail(ErrorCode::NotFound, not_readable(id).message).into());
             return;
         }
         Err(e) => {
-            let _ = tx.try_send(ServerMsg::Error(e.to_wire(Some(req), Some(id))));
+            let _ = tx.try_send(ServerMsg::Error(e.to_wire(Some(req), Some(id))).into());
             return;
         }
     };
     if !may_read(&shared, &session.user, &meta).await {
         // Same answer as for a missing clip, so ids cannot be probed.
-        let _ = tx.try_send(fail(ErrorCode::NotFound, not_readable(id).message));
+        let _ = tx.try_send(fail(ErrorCode::NotFound, not_readable(id).message).into());
         return;
     }
     let result = stream_file(&shared, &session, req, &meta).await;
@@ -283,26 +286,30 @@ pub(crate) async fn fetch(
     match result {
         Ok(()) => {}
         Err(SendError::Relay(RelayError::Store(walkie_store::StoreError::NotFound { .. }))) => {
-            let _ = tx.try_send(fail(
-                ErrorCode::NotFound,
-                format!("the audio of clip {id} was deleted"),
-            ));
+            let _ = tx.try_send(
+                fail(
+                    ErrorCode::NotFound,
+                    format!("the audio of clip {id} was deleted"),
+                )
+                .into(),
+            );
         }
         Err(SendError::Stalled) => {
             debug!(user = %session.user, clip = %id, "fetch stalled: the client reads nothing");
-            let _ = tx.try_send(fail(
-                ErrorCode::Timeout,
-                format!(
-                    "clip {id} was not read for {} s; the fetch ended",
-                    FETCH_STALL.as_secs()
-                ),
-            ));
+            let _ = tx.try_send(
+                fail(
+                    ErrorCode::Timeout,
+                    format!(
+                        "clip {id} was not read for {} s; the fetch ended",
+                        FETCH_STALL.as_secs()
+                    ),
+                )
+                .into(),
+            );
         }
         Err(e) => {
-            let _ = tx.try_send(fail(
-                ErrorCode::Storage,
-                format!("cannot send clip {id}: {e}"),
-            ));
+            let _ =
+                tx.try_send(fail(ErrorCode::Storage, format!("cannot send clip {id}: {e}")).into());
         }
     }
 }

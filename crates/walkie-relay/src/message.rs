@@ -37,14 +37,16 @@ pub(crate) async fn run(
     match receive(shared, session, &mut recv, header).await {
         Ok(Some((seq, duplicate))) => {
             let _ = recv.stop(0u32.into());
-            let _ = tx.send(ServerMsg::ClipStored { id, seq, duplicate }).await;
+            let _ = tx
+                .send(ServerMsg::ClipStored { id, seq, duplicate }.into())
+                .await;
         }
         Ok(None) => debug!(user = %session.user, message = %id, "message cancelled"),
         Err(refusal) => {
             debug!(user = %session.user, message = %id, "message refused: {}", refusal.message);
             let _ = recv.stop(1u32.into());
             // Never waits for a client that does not read its control stream.
-            let _ = tx.try_send(ServerMsg::Error(refusal.to_wire(id)));
+            let _ = tx.try_send(ServerMsg::Error(refusal.to_wire(id)).into());
         }
     }
 }

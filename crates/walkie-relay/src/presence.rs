@@ -10,10 +10,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tracing::debug;
 use walkie_proto::people::ContactState;
 use walkie_proto::presence::{Change, Watch};
-use walkie_proto::wire::ServerMsg;
+use walkie_proto::wire::{MAX_CONTROL_FRAME, ServerMsg, encode_frame};
 
 use crate::cluster::Notice;
 use crate::people;
@@ -124,7 +125,8 @@ fn flush(shared: &Shared) {
     tell_here(shared, &changes);
 }
 
-/// Sends `changes` (this relay's or another's) to the sessions here that may see them.
+/// Sends `changes` (this relay's or another's) to the sessions here that may see them; each
+/// message is encoded once for all its recipients.
 pub(crate) fn tell_here(shared: &Shared, changes: &[Change]) {
     let tells = lock(&shared.presence).tells(changes);
     for tell in tells {
@@ -141,7 +143,10 @@ pub(crate) fn tell_here(shared: &Shared, changes: &[Change]) {
                 online: on.map(<[String]>::to_vec).unwrap_or_default(),
                 offline: off.map(<[String]>::to_vec).unwrap_or_default(),
             };
-            shared.registry.tell(&tell.to, &msg);
+            match encode_frame(&msg, MAX_CONTROL_FRAME) {
+                Ok(frame) => shared.registry.tell_frame(&tell.to, &Bytes::from(frame)),
+                Err(e) => debug!("cannot encode a presence batch: {e}"),
+            }
         }
     }
 }

@@ -10,7 +10,23 @@ use walkie_proto::clip::ClipId;
 use walkie_proto::wire::{ErrorMsg, ServerMsg};
 
 /// Sends replies on a session's control stream from any task.
-pub(crate) type ControlTx = mpsc::Sender<ServerMsg>;
+pub(crate) type ControlTx = mpsc::Sender<Outgoing>;
+
+/// What a session's control-stream writer sends: a message, or a message already encoded as
+/// a frame (a presence batch is encoded once for all its recipients).
+#[derive(Clone, Debug)]
+pub enum Outgoing {
+    /// Encoded by the writer.
+    Msg(ServerMsg),
+    /// A whole frame (length prefix included), shared.
+    Frame(bytes::Bytes),
+}
+
+impl From<ServerMsg> for Outgoing {
+    fn from(msg: ServerMsg) -> Self {
+        Outgoing::Msg(msg)
+    }
+}
 
 /// One authenticated connection: the only thing called a session in walkie.
 #[derive(Debug)]
@@ -24,7 +40,7 @@ pub struct Session {
     /// Wakes the delivery pump when the user's inbox grows.
     pub wake: Notify,
     /// The session's control-stream writer.
-    pub control: mpsc::Sender<ServerMsg>,
+    pub control: ControlTx,
     /// The hash of the token the session authenticated with: when the user's stored token
     /// changes, the session ends.
     pub credential: walkie_store::TokenHash,
@@ -83,7 +99,7 @@ impl Registry {
         credential: walkie_store::TokenHash,
         device: Option<String>,
         conn: quinn::Connection,
-        control: mpsc::Sender<ServerMsg>,
+        control: ControlTx,
     ) -> Arc<Session> {
         let session = Arc::new(Session {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -121,7 +137,15 @@ impl Registry {
     pub fn tell(&self, users: &[String], msg: &ServerMsg) {
         let map = lock(&self.sessions);
         for s in users.iter().filter_map(|u| map.get(u)).flatten() {
-            let _ = s.control.try_send(msg.clone());
+            let _ = s.control.try_send(Outgoing::Msg(msg.clone()));
+        }
+    }
+
+    /// Sends one encoded frame to every session of `users` (best effort, as [`Registry::tell`]).
+    pub fn tell_frame(&self, users: &[String], frame: &bytes::Bytes) {
+        let map = lock(&self.sessions);
+        for s in users.iter().filter_map(|u| map.get(u)).flatten() {
+            let _ = s.control.try_send(Outgoing::Frame(frame.clone()));
         }
     }
 

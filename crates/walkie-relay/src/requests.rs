@@ -43,11 +43,14 @@ pub(crate) async fn control_loop(
             Ok(None) => return,
             Err(e) => {
                 let _ = tx
-                    .send(error(
-                        None,
-                        ErrorCode::BadRequest,
-                        format!("bad control message: {e}"),
-                    ))
+                    .send(
+                        error(
+                            None,
+                            ErrorCode::BadRequest,
+                            format!("bad control message: {e}"),
+                        )
+                        .into(),
+                    )
                     .await;
                 session.close(&ErrorMsg {
                     req: None,
@@ -178,7 +181,7 @@ pub(crate) async fn control_loop(
             }
         };
         if let Some(reply) = reply
-            && tx.send(reply).await.is_err()
+            && tx.send(reply.into()).await.is_err()
         {
             return;
         }

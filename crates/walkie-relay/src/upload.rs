@@ -245,7 +245,7 @@ impl Driver<'_> {
                 }
                 let _ = self
                     .tx
-                    .send(ServerMsg::ClipStored { id, seq, duplicate })
+                    .send(ServerMsg::ClipStored { id, seq, duplicate }.into())
                     .await;
                 None
             }
@@ -256,7 +256,7 @@ impl Driver<'_> {
             Action::Refuse(error) => {
                 // Refusals never wait for a client that does not read its control stream: a
                 // full queue drops them, so a flood of bad streams cannot pile up tasks here.
-                let _ = self.tx.try_send(ServerMsg::Error(error));
+                let _ = self.tx.try_send(ServerMsg::Error(error).into());
                 None
             }
             Action::AbortLive(error) => {

@@ -1166,13 +1166,14 @@ fn invite_links_sign_up_and_people_commands_keep_their_output() {
 fn the_demo_sends_a_clip_between_two_people_shown_by_their_display_names() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("out");
-    let report = ok_stdout(
-        walkie_home(&tmp.path().join("home"))
-            .args(["demo", "--out"])
-            .arg(&out)
-            .output()
-            .expect("runs"),
-    );
+    let output = walkie_home(&tmp.path().join("home"))
+        .args(["demo", "--out"])
+        .arg(&out)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!stderr.contains("WARN"), "the demo warns of nothing: {stderr}");
+    let report = ok_stdout(output);
     assert!(report.contains("Alice Liddell (@alice) sent a 7394 ms clip to channel crew; Bob 鲍勃 (@bob) received it"), "{report}");
     let wav = report
         .lines()

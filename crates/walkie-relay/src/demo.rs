@@ -28,8 +28,14 @@ pub struct DemoRelay {
 impl DemoRelay {
     /// Creates the data dir, the users and the channel, and starts the relay.
     pub async fn start() -> Result<DemoRelay, RelayError> {
-        let data = tempfile::Builder::new()
-            .prefix("walkie-demo-relay-")
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("walkie-demo-relay-");
+        // Private from the start, as every data dir (the crate's default follows the umask).
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(
+            walkie_store::private::DIR_MODE,
+        ));
+        let data = builder
             .tempdir()
             .map_err(|source| walkie_net::NetError::Io {
                 path: std::env::temp_dir(),

@@ -176,9 +176,19 @@ pub async fn start_with(
 ) -> Result<RelayHandle, RelayError> {
     let lock = lock_data_dir(data_dir)?;
     match walkie_store::private::tighten(data_dir) {
-        Ok(0) => {}
-        Ok(n) => {
-            tracing::warn!(dir = %data_dir.display(), "{n} files or directories of the data dir were readable by others; made private (0600 files, 0700 dirs)")
+        Ok(changed) if changed.is_empty() => {}
+        Ok(changed) => {
+            let named: Vec<String> = changed
+                .iter()
+                .take(3)
+                .map(|p| match p.strip_prefix(data_dir) {
+                    Ok(rel) if rel.as_os_str().is_empty() => "the dir itself".to_string(),
+                    Ok(rel) => rel.display().to_string(),
+                    Err(_) => p.display().to_string(),
+                })
+                .collect();
+            let n = changed.len();
+            tracing::warn!(dir = %data_dir.display(), "{n} files or directories of the data dir were readable by others ({}{}); made private (0600 files, 0700 dirs)", named.join(", "), if n > 3 { ", …" } else { "" })
         }
         Err(e) => {
             tracing::warn!(dir = %data_dir.display(), "cannot make the data dir private: {e}")

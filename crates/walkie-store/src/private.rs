@@ -38,12 +38,12 @@ pub fn file_options() -> OpenOptions {
 }
 
 /// Makes every directory under `root` (and `root`) 0700 and every file 0600 where they were
-/// more open; returns how many were changed. Symbolic links are not followed.
-pub fn tighten(root: &Path) -> io::Result<usize> {
+/// more open; returns those it changed. Symbolic links are not followed.
+pub fn tighten(root: &Path) -> io::Result<Vec<std::path::PathBuf>> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mut changed = 0;
+        let mut changed = Vec::new();
         let mut stack = vec![root.to_path_buf()];
         while let Some(path) = stack.pop() {
             let meta = fs::symlink_metadata(&path)?;
@@ -57,7 +57,7 @@ pub fn tighten(root: &Path) -> io::Result<usize> {
             let mode = meta.permissions().mode() & 0o777;
             if mode & !want != 0 {
                 fs::set_permissions(&path, fs::Permissions::from_mode(mode & want))?;
-                changed += 1;
+                changed.push(path.clone());
             }
             if meta.is_dir() {
                 for entry in fs::read_dir(&path)? {
@@ -70,7 +70,7 @@ pub fn tighten(root: &Path) -> io::Result<usize> {
     #[cfg(not(unix))]
     {
         let _ = root;
-        Ok(0)
+        Ok(Vec::new())
     }
 }
 
@@ -100,14 +100,17 @@ mod tests {
         fs::write(&loose, b"x").expect("written");
         fs::set_permissions(&loose, fs::Permissions::from_mode(0o644)).expect("chmod");
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod");
-        assert_eq!(tighten(&tmp.path().join("data")).expect("tightened"), 2);
+        assert_eq!(
+            tighten(&tmp.path().join("data")).expect("tightened").len(),
+            2
+        );
         assert_eq!(
             (mode(&loose), mode(&dir), mode(&file)),
             (0o600, 0o700, 0o600)
         );
         assert_eq!(
             tighten(&tmp.path().join("data")).expect("tightened"),
-            0,
+            Vec::<std::path::PathBuf>::new(),
             "nothing left to do"
         );
     }

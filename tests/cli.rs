@@ -1172,7 +1172,10 @@ fn the_demo_sends_a_clip_between_two_people_shown_by_their_display_names() {
         .output()
         .expect("runs");
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(!stderr.contains("WARN"), "the demo warns of nothing: {stderr}");
+    assert!(
+        !stderr.contains("WARN"),
+        "the demo warns of nothing: {stderr}"
+    );
     let report = ok_stdout(output);
     assert!(report.contains("Alice Liddell (@alice) sent a 7394 ms clip to channel crew; Bob 鲍勃 (@bob) received it"), "{report}");
     let wav = report

@@ -13,6 +13,9 @@
 //! streams at the end. Without `nats-server` the tests fail, saying how to install it.
 //! Relays of one deployment share one certificate: the tests copy relay 1's `cert.pem` and
 //! `key.pem` into the other relays' data dirs, as an operator does.
+// The RwLock guards are held across awaits on purpose: they serialise tests around the
+// shared NATS cluster (a test that stops a node must run alone).
+#![allow(clippy::await_holding_lock)]
 
 mod support;
 

@@ -55,7 +55,7 @@ fn devices() -> MutexGuard<'static, ()> {
         .expect("pulse-setup prints the server");
     let runtime_socket = ["PULSE_RUNTIME_PATH", "XDG_RUNTIME_DIR"]
         .iter()
-        .filter_map(|v| std::env::var_os(v))
+        .filter_map(std::env::var_os)
         .any(|dir| Path::new(&dir).join("pulse/native").exists());
     if std::env::var("PULSE_SERVER").ok().as_deref() != Some(server) && !runtime_socket {
         // SAFETY: set while holding DEVICES, before this test starts any thread of its own;
@@ -170,10 +170,10 @@ impl Timeline {
         let thread = std::thread::spawn(move || {
             let mut points: Vec<(u64, Instant)> = Vec::new();
             while !flag.load(Ordering::Relaxed) {
-                if let Some(p) = clock.played_up_to() {
-                    if points.last().is_none_or(|&(s, _)| s != p.samples) {
-                        points.push((p.samples, p.handed_at));
-                    }
+                if let Some(p) = clock.played_up_to()
+                    && points.last().is_none_or(|&(s, _)| s != p.samples)
+                {
+                    points.push((p.samples, p.handed_at));
                 }
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -373,6 +373,8 @@ fn talk_through_devices(
             tail = Some(captured.len() + 30);
         }
     }
+    // paplay has exited (the loop saw it); this only reaps it for good.
+    let _ = speaker.wait();
     link.end(id, captured.len() as u64 * 960);
     drop(link);
     eprintln!(

@@ -108,7 +108,7 @@ async fn channel_clip_reaches_online_and_offline_members_with_codec_quality() {
 
     // The received audio is the codec's output and nothing worse.
     let original = sample_48k(SAMPLE);
-    let received = walkie_media::codec::decode_clip(&clip).expect("decodes");
+    let received = walkie_media::codec::decode_clip(clip).expect("decodes");
     assert!(
         received.len().abs_diff(original.len()) <= 960,
         "duration {} vs {}",

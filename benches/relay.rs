@@ -96,7 +96,7 @@ impl Plan {
         };
         if full {
             Plan {
-                fanout: list("WALKIE_BENCH_FANOUT", &[10, 100, 1000]),
+                fanout: list("WALKIE_BENCH_FANOUT", &[10, 100, 1000, 2000]),
                 ingest: list("WALKIE_BENCH_INGEST", &[1, 10, 100]),
                 idle: list("WALKIE_BENCH_IDLE", &[1000, 10_000]),
                 rush: list("WALKIE_BENCH_RUSH", &[10, 1000, 2000]),
@@ -192,8 +192,21 @@ impl Relay {
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }
-        cmd.args(["serve", "--listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "warn")
+        cmd.args(["serve", "--listen", "127.0.0.1:0"]);
+        Relay::spawn(cmd, log, ticks)
+    }
+
+    /// Starts this bench as the raw-quinn fan-out server (see [`raw::serve`]) with its
+    /// certificate in `dir`.
+    fn start_raw(dir: &Path, log: &Path, ticks: f64) -> Relay {
+        let mut cmd = Command::new(std::env::current_exe().expect("the bench's own path"));
+        cmd.arg(raw::SERVE_ARG).arg(dir);
+        Relay::spawn(cmd, log, ticks)
+    }
+
+    /// Runs `cmd` and reads the `listening on` and `fingerprint` lines it prints.
+    fn spawn(mut cmd: Command, log: &Path, ticks: f64) -> Relay {
+        cmd.env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(log).expect("relay log file"));
@@ -881,6 +894,352 @@ async fn fanout(setup: &Setup, n: usize, clip_s: usize) -> FanoutRow {
 }
 
 // ---------------------------------------------------------------------------------------
+// The baseline: the same fan-out through quinn alone, no walkie code on the path.
+
+mod raw {
+    //! A fan-out server of quinn alone, run as a child process of this bench (so its CPU is
+    //! its own), on walkie's endpoint settings (`walkie_net::server_endpoint`, then
+    //! `open_session` as a relay does after a hello), with the same tokio runtime shape as
+    //! the relay. A connection names its role in one byte on a bidirectional stream:
+    //! `S`/`D` a listener by stream/datagram, `T`/`G` the talker by stream/datagram. Each
+    //! packet the talker sends goes to every listener of its kind as it comes: on one
+    //! unidirectional stream per listener fed by a task with a bounded queue (as walkie's
+    //! live sinks), or as a datagram.
+
+    use std::path::Path;
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use tokio::io::AsyncWriteExt;
+    use tokio::sync::mpsc;
+
+    /// The argument that makes this bench binary the server.
+    pub const SERVE_ARG: &str = "--raw-quinn-server";
+    /// Queue of one stream listener, in packets (walkie's `live_queue` default is the same).
+    const QUEUE: usize = 64;
+
+    #[derive(Default)]
+    struct Listeners {
+        streams: Vec<mpsc::Sender<Bytes>>,
+        datagrams: Vec<quinn::Connection>,
+    }
+
+    pub fn serve(dir: &Path) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let identity = walkie_net::RelayIdentity::load_or_create(dir).expect("identity");
+            let ep = walkie_net::server_endpoint(
+                "127.0.0.1:0".parse().expect("addr"),
+                &identity,
+                std::time::Duration::from_secs(30),
+            )
+            .expect("endpoint");
+            println!("listening on {}", ep.local_addr().expect("bound"));
+            println!("fingerprint {}", identity.fingerprint());
+            let listeners = Arc::new(Mutex::new(Listeners::default()));
+            while let Some(incoming) = ep.accept().await {
+                let listeners = listeners.clone();
+                tokio::spawn(async move {
+                    let Ok(conn) = incoming.await else { return };
+                    walkie_net::open_session(&conn, 64);
+                    let Ok((mut send, mut recv)) = conn.accept_bi().await else {
+                        return;
+                    };
+                    let mut role = [0u8; 1];
+                    if recv.read_exact(&mut role).await.is_err() {
+                        return;
+                    }
+                    let lock = || listeners.lock().unwrap_or_else(|p| p.into_inner());
+                    match role[0] {
+                        b'S' => {
+                            let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE);
+                            let Ok(mut uni) = conn.open_uni().await else {
+                                return;
+                            };
+                            lock().streams.push(tx);
+                            let _ = send.write_all(b"k").await;
+                            while let Some(b) = rx.recv().await {
+                                if uni.write_chunk(b).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                        b'D' => {
+                            lock().datagrams.push(conn.clone());
+                            let _ = send.write_all(b"k").await;
+                            conn.closed().await;
+                        }
+                        b'T' => {
+                            let _ = send.write_all(b"k").await;
+                            let Ok(mut uni) = conn.accept_uni().await else {
+                                return;
+                            };
+                            let mut len = [0u8; 2];
+                            while uni.read_exact(&mut len).await.is_ok() {
+                                let mut frame = vec![0u8; 2 + usize::from(u16::from_be_bytes(len))];
+                                frame[..2].copy_from_slice(&len);
+                                if uni.read_exact(&mut frame[2..]).await.is_err() {
+                                    break;
+                                }
+                                let frame = Bytes::from(frame);
+                                for tx in &lock().streams {
+                                    let _ = tx.try_send(frame.clone());
+                                }
+                            }
+                        }
+                        b'G' => {
+                            let _ = send.write_all(b"k").await;
+                            while let Ok(d) = conn.read_datagram().await {
+                                for c in &lock().datagrams {
+                                    let _ = c.send_datagram(d.clone());
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                    let _ = send.shutdown().await;
+                });
+            }
+        });
+    }
+}
+
+struct RawRow {
+    n: usize,
+    datagrams: bool,
+    connected: usize,
+    complete: usize,
+    lost: usize,
+    p50: f64,
+    p99: f64,
+    server_cpu_s: f64,
+    delivered: usize,
+    load: f64,
+}
+
+/// Opens a raw connection in `role` and waits for the server's ready byte.
+async fn raw_connect(
+    ep: quinn::Endpoint,
+    addr: SocketAddr,
+    role: u8,
+) -> Result<quinn::Connection, String> {
+    let conn = timeout(
+        Duration::from_secs(30),
+        ep.connect(addr, walkie_net::SERVER_NAME)
+            .map_err(|e| e.to_string())?,
+    )
+    .await
+    .map_err(|_| "handshake timed out".to_string())?
+    .map_err(|e| format!("handshake: {e}"))?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    send.write_all(&[role]).await.map_err(|e| e.to_string())?;
+    let mut ok = [0u8; 1];
+    timeout(Duration::from_secs(30), recv.read_exact(&mut ok))
+        .await
+        .map_err(|_| "no ready".to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(conn)
+}
+
+/// One listener: when each packet index arrived (the index is the packet's first 4 bytes).
+async fn raw_listen(
+    conn: quinn::Connection,
+    datagrams: bool,
+    packets: usize,
+    deadline: Instant,
+) -> Vec<Option<Instant>> {
+    let mut at = vec![None; packets];
+    let mut mark = |p: &[u8]| {
+        if let Some(i) = p
+            .get(..4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            && let Some(slot) = at.get_mut(i)
+        {
+            *slot = Some(Instant::now());
+            return i + 1 == packets;
+        }
+        false
+    };
+    if datagrams {
+        while let Ok(Ok(d)) = timeout_at(deadline, conn.read_datagram()).await {
+            if mark(&d) {
+                break;
+            }
+        }
+    } else if let Ok(Ok(mut uni)) = timeout_at(deadline, conn.accept_uni()).await {
+        let mut len = [0u8; 2];
+        while let Ok(Ok(())) = timeout_at(deadline, uni.read_exact(&mut len)).await {
+            let mut p = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            if !matches!(
+                timeout_at(deadline, uni.read_exact(&mut p)).await,
+                Ok(Ok(()))
+            ) || mark(&p)
+            {
+                break;
+            }
+        }
+    }
+    conn.close(0u32.into(), b"done");
+    at
+}
+
+/// The fan-out of `fanout` through quinn alone: one talker, N listeners, 70-byte packets
+/// every 20 ms for `clip_s` seconds, by stream or by datagram.
+async fn raw_fanout(setup: &Setup, n: usize, clip_s: usize, datagrams: bool) -> RawRow {
+    let dir = setup.logs.join(format!("raw-{n}-{datagrams}"));
+    std::fs::create_dir_all(&dir).expect("raw dir");
+    let server = Relay::start_raw(
+        &dir,
+        &setup.logs.join(format!("raw-{n}-{datagrams}.log")),
+        setup.ticks,
+    );
+    let npk = clip_s * 50;
+    let eps = endpoints(server.pin, n + 1);
+    let (listen_role, talk_role) = if datagrams {
+        (b'D', b'G')
+    } else {
+        (b'S', b'T')
+    };
+    let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let mut connecting = JoinSet::new();
+    for i in 0..n {
+        let (ep, gate, addr) = (eps[i % eps.len()].clone(), gate.clone(), server.addr);
+        connecting.spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            raw_connect(ep, addr, listen_role).await
+        });
+    }
+    let mut conns = Vec::new();
+    while let Some(r) = connecting.join_next().await {
+        if let Ok(Ok(c)) = r {
+            conns.push(c);
+        }
+    }
+    let connected = conns.len();
+    let talker = raw_connect(eps[n % eps.len()].clone(), server.addr, talk_role)
+        .await
+        .expect("raw talker connects");
+    server.settle(Duration::from_secs(30)).await;
+    let load = loadavg();
+    let deadline = Instant::now() + Duration::from_secs(clip_s as u64 + 30);
+    let mut tasks = JoinSet::new();
+    for c in conns {
+        tasks.spawn(raw_listen(c, datagrams, npk, deadline));
+    }
+    let cpu0 = server.cpu();
+    let mut up = if datagrams {
+        None
+    } else {
+        Some(talker.open_uni().await.expect("talker stream"))
+    };
+    let t0 = Instant::now() + Duration::from_millis(20);
+    let mut sent = Vec::with_capacity(npk);
+    for i in 0..npk {
+        sleep_until(t0 + Duration::from_millis(20 * i as u64)).await;
+        let mut p = vec![0x5au8; 70];
+        p[..4].copy_from_slice(&(i as u32).to_be_bytes());
+        sent.push(Instant::now());
+        match &mut up {
+            Some(s) => {
+                let mut frame = (p.len() as u16).to_be_bytes().to_vec();
+                frame.extend_from_slice(&p);
+                s.write_all(&frame).await.expect("talker writes");
+            }
+            None => talker
+                .send_datagram(bytes::Bytes::from(p))
+                .expect("talker datagram"),
+        }
+    }
+    let mut all = Vec::new();
+    let (mut complete, mut delivered) = (0, 0);
+    while let Some(r) = tasks.join_next().await {
+        let at = r.expect("raw listener");
+        let delays: Vec<f64> = at
+            .iter()
+            .zip(&sent)
+            .filter_map(|(g, s)| g.map(|g| g.saturating_duration_since(*s).as_secs_f64() * 1e3))
+            .collect();
+        delivered += delays.len();
+        complete += usize::from(delays.len() == npk);
+        all.extend(delays);
+    }
+    let server_cpu_s = server.cpu() - cpu0;
+    talker.close(0u32.into(), b"done");
+    for ep in &eps {
+        let _ = timeout(Duration::from_secs(3), ep.wait_idle()).await;
+    }
+    server.stop();
+    let all = sorted(all);
+    RawRow {
+        n,
+        datagrams,
+        connected,
+        complete,
+        lost: connected * npk - delivered,
+        p50: pct(&all, 50.0),
+        p99: pct(&all, 99.0),
+        server_cpu_s,
+        delivered,
+        load,
+    }
+}
+
+fn report_baseline(walkie: &[FanoutRow], raw: &[RawRow], md: &mut String) {
+    let _ = writeln!(
+        md,
+        "\n## Fan-out against quinn alone, in the same run (70-byte packets every 20 ms; walkie's are speech at 24 kb/s)\n"
+    );
+    let _ = writeln!(
+        md,
+        "| N | walkie p50 / p99 | raw streams p50 / p99 | raw datagrams p50 / p99 | walkie / raw streams, p50 and p99 | server CPU µs per delivered packet: walkie / raw streams / raw datagrams | walkie / raw streams, CPU | listeners complete: walkie / streams / datagrams | packets lost: walkie / streams / datagrams | load |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    for w in walkie {
+        let find = |d: bool| raw.iter().find(|r| r.n == w.n && r.datagrams == d);
+        let (Some(s), Some(d)) = (find(false), find(true)) else {
+            continue;
+        };
+        let w_pkts = (w.audio_s / 0.020).max(1.0);
+        let per = |cpu: f64, n: f64| cpu / n.max(1.0) * 1e6;
+        let (wc, sc, dc) = (
+            per(w.relay_cpu_s, w_pkts),
+            per(s.server_cpu_s, s.delivered as f64),
+            per(d.server_cpu_s, d.delivered as f64),
+        );
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {:.2}x / {:.2}x | {:.1} / {:.1} / {:.1} | {:.2}x | {}/{} / {}/{} / {}/{} | {} / {} / {} | {:.1} |",
+            w.n,
+            w.p50,
+            w.p99,
+            s.p50,
+            s.p99,
+            d.p50,
+            d.p99,
+            w.p50 / s.p50,
+            w.p99 / s.p99,
+            wc,
+            sc,
+            dc,
+            wc / sc,
+            w.complete,
+            w.connected,
+            s.complete,
+            s.connected,
+            d.complete,
+            d.connected,
+            w.lost,
+            s.lost,
+            d.lost,
+            s.load.max(d.load)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Ingest.
 
 struct IngestRow {
@@ -1496,7 +1855,7 @@ fn report_idle(rows: &[IdleRow], md: &mut String) {
     }
 }
 
-fn chart(rows: &[FanoutRow], dir: &Path) {
+fn chart(rows: &[FanoutRow], raw: &[RawRow], dir: &Path) {
     let line = |name: &str, f: &dyn Fn(&FanoutRow) -> f64| chart::Series {
         name: name.into(),
         points: rows
@@ -1511,12 +1870,21 @@ fn chart(rows: &[FanoutRow], dir: &Path) {
         line("p99", &|r| r.p99),
         line("max", &|r| r.max),
     ];
-    // The ceiling measured for quinn alone on this machine kind (shared/notes/quinn.md).
-    series.push(chart::Series {
-        name: "p99, quinn alone (reference)".into(),
-        points: vec![(10.0, 0.9), (100.0, 2.8), (1000.0, 16.0)],
-        dashed: true,
-    });
+    // Quinn alone, measured in the same run.
+    for (datagrams, name) in [
+        (false, "p99, quinn alone, streams (same run)"),
+        (true, "p99, quinn alone, datagrams (same run)"),
+    ] {
+        series.push(chart::Series {
+            name: name.into(),
+            points: raw
+                .iter()
+                .filter(|r| r.datagrams == datagrams && r.p99.is_finite() && r.p99 > 0.0)
+                .map(|r| (r.n as f64, r.p99))
+                .collect(),
+            dashed: true,
+        });
+    }
     let path = dir.join("fanout-delay.png");
     match chart::fanout_png(
         &path,
@@ -1551,8 +1919,14 @@ fn renice() -> i32 {
 }
 
 fn main() {
-    let nice = renice();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, dir] = args.as_slice()
+        && flag == raw::SERVE_ARG
+    {
+        raw::serve(Path::new(dir));
+        return;
+    }
+    let nice = renice();
     let full = args.iter().any(|a| a == "--bench");
     let filter = args.iter().find(|a| !a.starts_with('-')).cloned();
     let plan = Plan::from_env(full, filter);
@@ -1569,13 +1943,23 @@ fn main() {
     rt.block_on(async {
         if plan.wants("fanout") {
             let mut rows = Vec::new();
+            let mut raw_rows = Vec::new();
             for &n in &plan.fanout {
+                // Back to back at each N: walkie, then quinn alone by stream and by datagram.
                 eprintln!("fan-out N={n} ...");
                 rows.push(fanout(&setup, n, plan.fanout_clip_s).await);
+                for datagrams in [false, true] {
+                    eprintln!(
+                        "fan-out N={n}, quinn alone ({}) ...",
+                        if datagrams { "datagrams" } else { "streams" }
+                    );
+                    raw_rows.push(raw_fanout(&setup, n, plan.fanout_clip_s, datagrams).await);
+                }
             }
             report_fanout(&rows, &mut md);
+            report_baseline(&rows, &raw_rows, &mut md);
             if full {
-                chart(&rows, &dir);
+                chart(&rows, &raw_rows, &dir);
             }
         }
         if plan.wants("ingest") {

@@ -12,6 +12,9 @@
 //!   written → `ClipStored`).
 //! * idle: K authenticated connections held past the idle timeout (keep-alives only), then
 //!   pinged: how many hold, and the relay's RSS growth per connection.
+//! * fan-out baseline: at each N, right after walkie's fan-out, the same through quinn alone
+//!   (this binary re-run as a child server, `--raw-quinn-server`, on walkie's endpoint
+//!   settings), by stream and by datagram: walkie/raw delay and CPU per delivered packet.
 //! * rush: K members of channels of S members (S = 10, 1,000, 2,000) connect at once: relay
 //!   CPU per connect against S, and the control messages the members receive (presence).
 //!

@@ -24,7 +24,7 @@ pub struct Series {
     pub name: String,
     /// Points, x ascending.
     pub points: Vec<(f64, f64)>,
-    /// Drawn dashed (for reference figures not measured in this run).
+    /// Drawn dashed (the baseline: quinn alone, measured in the same run).
     pub dashed: bool,
 }
 
@@ -234,6 +234,7 @@ pub fn fanout_png(
             RGBColor(214, 39, 40),
             RGBColor(44, 160, 44),
             RGBColor(127, 127, 127),
+            RGBColor(148, 103, 189),
         ];
         for (i, s) in series.iter().enumerate() {
             let color = colors[i % colors.len()];

@@ -477,28 +477,58 @@ async fn connect_many(
     users: Vec<String>,
     token: &str,
 ) -> (Vec<Result<Session, String>>, Duration) {
+    let (eps, users, token) = (eps.to_vec(), Arc::new(users), token.to_string());
+    gated(users.len(), move |i| {
+        Session::connect(
+            eps[i % eps.len()].clone(),
+            addr,
+            users[i].clone(),
+            token.clone(),
+        )
+    })
+    .await
+}
+
+/// Runs `connect(i)` for each i below `n`, [`CONNECT_CONCURRENCY`] at a time. Returns the
+/// results in order and the time it took.
+async fn gated<T, F>(n: usize, connect: impl Fn(usize) -> F) -> (Vec<T>, Duration)
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = T> + Send + 'static,
+{
     let start = Instant::now();
     let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
     let mut tasks = JoinSet::new();
-    let n = users.len();
-    for (i, user) in users.into_iter().enumerate() {
-        let (ep, gate, token) = (eps[i % eps.len()].clone(), gate.clone(), token.to_string());
+    for i in 0..n {
+        let (gate, connecting) = (gate.clone(), connect(i));
         tasks.spawn(async move {
             let _permit = gate.acquire_owned().await;
-            (i, Session::connect(ep, addr, user, token).await)
+            (i, connecting.await)
         });
     }
-    let mut out: Vec<Option<Result<Session, String>>> = (0..n).map(|_| None).collect();
+    let mut out: Vec<Option<T>> = (0..n).map(|_| None).collect();
     while let Some(r) = tasks.join_next().await {
-        let (i, s) = r.expect("connect task");
-        out[i] = Some(s);
+        let (i, t) = r.expect("connect task");
+        out[i] = Some(t);
     }
     (
         out.into_iter()
-            .map(|s| s.expect("every slot filled"))
+            .map(|t| t.expect("every slot filled"))
             .collect(),
         start.elapsed(),
     )
+}
+
+/// Each packet's delay in ms (arrival minus the talker's send instant), for the packets that
+/// arrived.
+fn delays_ms(arrived: &[Option<Instant>], sent: &[Instant]) -> Vec<f64> {
+    arrived
+        .iter()
+        .zip(sent)
+        .filter_map(|(got, sent)| {
+            got.map(|g| g.saturating_duration_since(*sent).as_secs_f64() * 1e3)
+        })
+        .collect()
 }
 
 fn tally_errors<'a>(errors: impl Iterator<Item = &'a String>) -> String {
@@ -847,14 +877,7 @@ async fn fanout(setup: &Setup, n: usize, clip_s: usize) -> FanoutRow {
     let mut back = Vec::with_capacity(connected);
     while let Some(r) = tasks.join_next().await {
         let (s, heard) = r.expect("listener task");
-        let delays: Vec<f64> = heard
-            .at
-            .iter()
-            .zip(&sent)
-            .filter_map(|(got, sent)| {
-                got.map(|g| g.saturating_duration_since(*sent).as_secs_f64() * 1e3)
-            })
-            .collect();
+        let delays = delays_ms(&heard.at, &sent);
         received += delays.len();
         if delays.len() == npk && heard.ended {
             complete += 1;
@@ -1106,21 +1129,12 @@ async fn raw_fanout(setup: &Setup, n: usize, clip_s: usize, datagrams: bool) -> 
     } else {
         (b'S', b'T')
     };
-    let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
-    let mut connecting = JoinSet::new();
-    for i in 0..n {
-        let (ep, gate, addr) = (eps[i % eps.len()].clone(), gate.clone(), server.addr);
-        connecting.spawn(async move {
-            let _permit = gate.acquire_owned().await;
-            raw_connect(ep, addr, listen_role).await
-        });
-    }
-    let mut conns = Vec::new();
-    while let Some(r) = connecting.join_next().await {
-        if let Ok(Ok(c)) = r {
-            conns.push(c);
-        }
-    }
+    let addr = server.addr;
+    let (conns, _) = gated(n, |i| {
+        raw_connect(eps[i % eps.len()].clone(), addr, listen_role)
+    })
+    .await;
+    let conns: Vec<quinn::Connection> = conns.into_iter().filter_map(Result::ok).collect();
     let connected = conns.len();
     let talker = raw_connect(eps[n % eps.len()].clone(), server.addr, talk_role)
         .await
@@ -1160,11 +1174,7 @@ async fn raw_fanout(setup: &Setup, n: usize, clip_s: usize, datagrams: bool) -> 
     let (mut complete, mut delivered) = (0, 0);
     while let Some(r) = tasks.join_next().await {
         let at = r.expect("raw listener");
-        let delays: Vec<f64> = at
-            .iter()
-            .zip(&sent)
-            .filter_map(|(g, s)| g.map(|g| g.saturating_duration_since(*s).as_secs_f64() * 1e3))
-            .collect();
+        let delays = delays_ms(&at, &sent);
         delivered += delays.len();
         complete += usize::from(delays.len() == npk);
         all.extend(delays);
@@ -1602,14 +1612,7 @@ async fn rush_live(setup: &Setup, size: usize, k: usize, clip_s: usize) -> RushL
     let mut back = Vec::new();
     while let Some(r) = tasks.join_next().await {
         let (s, heard) = r.expect("listener task");
-        let delays: Vec<f64> = heard
-            .at
-            .iter()
-            .zip(&sent)
-            .filter_map(|(got, sent)| {
-                got.map(|g| g.saturating_duration_since(*sent).as_secs_f64() * 1e3)
-            })
-            .collect();
+        let delays = delays_ms(&heard.at, &sent);
         complete += usize::from(delays.len() == npk && heard.ended);
         all.extend(delays);
         back.push(s);

@@ -162,11 +162,7 @@ pub(crate) fn channels_changed(shared: &Shared, user: &str, channels: Vec<String
     watch.channels = channels;
     let online = presence.rewatch(user, watch);
     drop(presence);
-    for msg in online.map(online_messages).into_iter().flatten() {
-        shared
-            .registry
-            .tell(std::slice::from_ref(&user.to_string()), &msg);
-    }
+    tell_new_list(shared, user, online);
 }
 
 /// `users`' contacts changed: each of them online here gets their watch read again.
@@ -177,9 +173,18 @@ pub(crate) async fn contacts_changed(shared: &Shared, users: &[String]) {
         }
         let watch = watch_of(shared, user).await;
         let online = lock(&shared.presence).rewatch(user, watch);
-        for msg in online.map(online_messages).into_iter().flatten() {
-            shared.registry.tell(std::slice::from_ref(user), &msg);
-        }
+        tell_new_list(shared, user, online);
+    }
+}
+
+/// Sends `user` who they now see (what [`Presence::rewatch`] returned: nothing when they are
+/// not online here).
+///
+/// [`Presence::rewatch`]: walkie_proto::presence::Presence::rewatch
+fn tell_new_list(shared: &Shared, user: &str, online: Option<Vec<String>>) {
+    let to = [user.to_string()];
+    for msg in online.map(online_messages).into_iter().flatten() {
+        shared.registry.tell(&to, &msg);
     }
 }
 

@@ -135,17 +135,18 @@ impl Registry {
 
     /// Sends `msg` to every session of `users` (best effort: a full queue drops it).
     pub fn tell(&self, users: &[String], msg: &ServerMsg) {
-        let map = lock(&self.sessions);
-        for s in users.iter().filter_map(|u| map.get(u)).flatten() {
-            let _ = s.control.try_send(Outgoing::Msg(msg.clone()));
-        }
+        self.send_each(users, Outgoing::Msg(msg.clone()));
     }
 
     /// Sends one encoded frame to every session of `users` (best effort, as [`Registry::tell`]).
     pub fn tell_frame(&self, users: &[String], frame: &bytes::Bytes) {
+        self.send_each(users, Outgoing::Frame(frame.clone()));
+    }
+
+    fn send_each(&self, users: &[String], out: Outgoing) {
         let map = lock(&self.sessions);
         for s in users.iter().filter_map(|u| map.get(u)).flatten() {
-            let _ = s.control.try_send(Outgoing::Frame(frame.clone()));
+            let _ = s.control.try_send(out.clone());
         }
     }
 

@@ -1,48 +1,63 @@
 //! The embedded store: [`SqliteStore`] owns a relay's data dir, with SQLite for users,
-//! channels, clip metadata and inboxes, and one Ogg Opus file per clip.
+//! channels, clip metadata and inboxes, and clip payloads appended to segment files.
 //!
 //! # Layout
 //! ```text
 //! DIR/walkie.db              SQLite: WAL, synchronous=FULL, schema version in PRAGMA user_version
-//! DIR/clips/<ab>/<id>.opus   one standard Ogg Opus file per clip, <ab> = the id's first 2 hex digits
-//! DIR/clips/tmp/             files being written: <id>.opus.<random>.partial
+//! DIR/clips/seg/<x>.seg      segments: payloads one after another, each a whole Ogg Opus file
+//!                            (or message payload) at the offset its row gives (`audio_at`)
+//! DIR/clips/<ab>/<id>.opus   one Ogg Opus file per clip, for clips stored by older builds
+//! DIR/clips/tmp/             files older builds were writing: <id>.opus.<random>.partial
 //! ```
 //!
-//! # Why files, not blobs
-//! The stored file *is* the standard Ogg Opus file that fetch and export hand out, byte for
-//! byte: `opusinfo` or a media player read it in place, it streams from disk without loading
-//! a whole clip into memory, and the database holds only metadata, so it stays small and its
-//! WAL, checkpoints and backups stay cheap.
+//! # Why segments, not blobs or a file per clip
+//! A stored payload *is* the standard Ogg Opus file that fetch and export hand out, byte for
+//! byte, read in place without loading the whole segment, and the database holds only
+//! metadata, so it stays small and its WAL, checkpoints and backups stay cheap. A file per
+//! clip did the same, but creating and syncing a file per clip was most of the relay's CPU
+//! under load (inode allocation, directory locks, one fsync per file): a segment takes a
+//! whole group commit's payloads with one write each and one `fdatasync`.
 //!
-//! # Commit protocol
-//! [`Store::commit_clip`] holds the database write lock (`BEGIN IMMEDIATE`, which excludes
-//! writers in every process) from its duplicate check to its commit:
-//! 1. a known id from the same sender is a [`CommitOutcome::Duplicate`] and nothing is
-//!    written; from another sender it is [`StoreError::IdConflict`];
-//! 2. the bytes go to a `.partial` file in `clips/tmp/`, which is fsynced and renamed to its
-//!    final path; the directory is fsynced (and `clips/` too when the shard dir is new);
-//! 3. the clip row and one inbox row per recipient are inserted and committed, durable on
-//!    return thanks to `synchronous=FULL`.
+//! # Commit protocol (group commit)
+//! [`Store::commit_clip`] and [`Store::ack`] queue their work, then take the write
+//! connection; whoever holds it commits everything queued in one transaction
+//! (`BEGIN IMMEDIATE`, which excludes writers in every process):
+//! 1. for each clip, a known id from the same sender is a [`CommitOutcome::Duplicate`] and
+//!    nothing is written; from another sender it is [`StoreError::IdConflict`];
+//! 2. a new clip's payload is appended to this store's segment and its clip row and one inbox
+//!    row per recipient are inserted; an ack deletes its inbox row;
+//! 3. the segment is synced (`fdatasync`), then the transaction commits, durable on return
+//!    thanks to `synchronous=FULL`.
 //!
-//! So no row ever points at a half-written file. If step 3 fails the file is removed again.
+//! So no row ever points at bytes not yet on disk, and every clip, inbox change and ack
+//! waiting rides one segment sync and one WAL sync. If the transaction fails the payloads
+//! it appended are erased again.
+//!
+//! # Erasing
+//! Purge, recall, channel deletion and retention commit their row changes first, then erase
+//! the payloads: a hole punched in the segment (its blocks given back; zeros where the file
+//! system cannot), or the old file overwritten and removed. A segment no row points to any
+//! more is removed by [`SqliteStore::open`] and after each retention pass.
 //!
 //! # Sharing the data dir
 //! The relay and admin commands (`walkie-relay user add ...`) open the same dir at the same
 //! time, so nothing is cached: every call reads the database and sees what any process has
 //! committed. Writes use one connection per store (a mutex in-process, SQLite's lock across
 //! processes, waiting up to 5 s); reads use a small pool of query-only connections that, in
-//! WAL mode, never wait for a writer.
+//! WAL mode, never wait for a writer. Each store appends only to a segment it created.
 //!
 //! # Crash leftovers
-//! A crash can leave a `.partial` file (before the rename) or a clip file without a row
-//! (between the rename and the commit). [`SqliteStore::open`] removes both, with two guards so
-//! that it is safe while another process uses the dir: it only considers files last modified
-//! more than [`LEFTOVER_MIN_AGE`] ago, and it decides and removes while holding the write
-//! lock, which every commit holds from its check to its commit. A file that a commit in
-//! progress is writing or has just renamed is therefore never taken for a leftover.
+//! A crash between a segment sync and the commit leaves bytes no row points to inside a
+//! segment (space only, given back when the segment goes). Older builds could leave a
+//! `.partial` file or a clip file without a row. [`SqliteStore::open`] removes those, and
+//! segments no row points to, with two guards so that it is safe while another process uses
+//! the dir: it only considers files last modified more than [`LEFTOVER_MIN_AGE`] ago, and it
+//! decides and removes while holding the write lock, which every commit holds from its check
+//! to its commit.
 
 mod files;
 mod schema;
+mod segments;
 
 use std::fs;
 use std::path::{Component, Path, PathBuf};
@@ -56,6 +71,7 @@ use rusqlite::{
 use walkie_proto::clip::{ClipId, ClipMeta, Target, now_ms};
 
 use self::schema::{CLIP_COLUMNS, get, query_clips};
+use self::segments::Segment;
 use crate::{ChannelInfo, CommitOutcome, Record, Store, StoreError, TokenHash, records};
 
 /// SQLite's errors become the backend-neutral [`StoreError::Database`] (with SQLite's words).
@@ -79,78 +95,110 @@ pub struct SqliteStore {
     clips_dir: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
-    /// Clips whose files are synced, waiting for the next group commit.
+    /// Clips and acks waiting for the next group commit.
     queue: Mutex<Vec<Arc<Job>>>,
+    /// The segment this store appends to; locked only by the holder of `writer`.
+    segment: Mutex<Option<Segment>>,
 }
 
-/// One clip in a group commit.
+/// What a group commit does for one caller.
+#[derive(Debug)]
+enum Work {
+    /// Store a clip (or message) and queue it in its recipients' inboxes.
+    Clip {
+        meta: ClipMeta,
+        recipients: Vec<String>,
+        payload: Vec<u8>,
+    },
+    /// Take a delivered item out of one inbox.
+    Ack { key: String, id: ClipId },
+}
+
+/// What a group commit did for one caller.
+#[derive(Debug)]
+enum Done {
+    Clip(CommitOutcome),
+    Acked,
+}
+
+/// One caller's work in a group commit.
 #[derive(Debug)]
 struct Job {
-    meta: ClipMeta,
-    recipients: Vec<String>,
-    /// Where its file goes, relative to `clips/`.
-    rel: String,
-    /// Its synced temp file.
-    tmp: PathBuf,
-    len: usize,
+    work: Work,
     /// Set by the lock holder that committed it.
-    result: Mutex<Option<Result<CommitOutcome, StoreError>>>,
+    result: Mutex<Option<Result<Done, StoreError>>>,
 }
 
 impl Job {
-    fn take(&self) -> Option<Result<CommitOutcome, StoreError>> {
+    fn take(&self) -> Option<Result<Done, StoreError>> {
         self.result
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()
     }
 
-    fn set(&self, r: Result<CommitOutcome, StoreError>) {
+    fn set(&self, r: Result<Done, StoreError>) {
         *self.result.lock().unwrap_or_else(PoisonError::into_inner) = Some(r);
     }
 }
 
 /// Commits `group` in one transaction. Each clip: a known id is a duplicate (same sender) or a
-/// conflict, and its temp file goes; a new one has its file renamed into place and its rows
-/// inserted (a later clip of the group with the same id sees it). Then every touched
-/// directory is fsynced once, and the transaction commits. On a failure nothing of the group
-/// is kept and every clip of it gets the error (its files removed: no row refers to them).
-fn commit_group(conn: &mut Connection, clips_dir: &Path, group: &[Arc<Job>]) {
-    let mut placed: Vec<PathBuf> = Vec::new();
-    let run = (|| -> Result<Vec<Result<CommitOutcome, StoreError>>, StoreError> {
+/// conflict; a new one has its payload appended to the segment and its rows inserted (a later
+/// clip of the group with the same id sees it). Each ack deletes its inbox row. Then the
+/// segment is synced once and the transaction commits. On a failure nothing of the group is
+/// kept and every job of it gets the error (the payloads appended are erased: no row refers
+/// to them).
+fn commit_group(
+    conn: &mut Connection,
+    slot: &mut Option<Segment>,
+    clips_dir: &Path,
+    group: &[Arc<Job>],
+) {
+    let mut appended: Vec<(PathBuf, u64, u64)> = Vec::new();
+    segments::check(slot);
+    let run = (|| -> Result<Vec<Result<Done, StoreError>>, StoreError> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut outcomes = Vec::with_capacity(group.len());
-        let mut dirty: Vec<PathBuf> = Vec::new();
         for job in group {
+            let (meta, recipients, payload) = match &job.work {
+                Work::Ack { key, id } => {
+                    ack_in(&tx, key, id)?;
+                    outcomes.push(Ok(Done::Acked));
+                    continue;
+                }
+                Work::Clip {
+                    meta,
+                    recipients,
+                    payload,
+                } => (meta, recipients, payload),
+            };
             let existing = tx
-                .query_row(
-                    "SELECT seq, sender FROM clips WHERE id = ?1",
-                    [job.meta.id.0],
-                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
-                )
+                .prepare_cached("SELECT seq, sender FROM clips WHERE id = ?1")?
+                .query_row([meta.id.0], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })
                 .optional()?;
             if let Some((seq, sender)) = existing {
-                let _ = fs::remove_file(&job.tmp);
-                outcomes.push(if sender == job.meta.from {
-                    to_seq(seq).map(CommitOutcome::Duplicate)
+                outcomes.push(if sender == meta.from {
+                    to_seq(seq).map(|s| Done::Clip(CommitOutcome::Duplicate(s)))
                 } else {
-                    Err(StoreError::IdConflict(job.meta.id))
+                    Err(StoreError::IdConflict(meta.id))
                 });
                 continue;
             }
-            let (path, dirs) = files::place(clips_dir, &job.rel, &job.tmp)?;
-            placed.push(path);
-            for d in dirs {
-                if !dirty.contains(&d) {
-                    dirty.push(d);
-                }
-            }
-            let seq = insert_clip(&tx, &job.meta, &job.recipients, &job.rel, job.len)?;
-            outcomes.push(Ok(CommitOutcome::Stored(seq)));
+            let seg = segments::current(slot, clips_dir, payload.len() as u64)?;
+            let at = seg.append(payload)?;
+            appended.push((seg.path().to_path_buf(), at, payload.len() as u64));
+            let stored = Stored {
+                file: seg.rel(),
+                at: Some(at),
+                bytes: payload.len(),
+            };
+            let seq = insert_clip(&tx, meta, recipients, &stored)?;
+            outcomes.push(Ok(Done::Clip(CommitOutcome::Stored(seq))));
         }
-        // Shards before clips/: a new shard's own entry is synced after its contents.
-        for d in &dirty {
-            files::sync_dir(d)?;
+        if let Some(seg) = slot.as_mut() {
+            seg.sync()?;
         }
         tx.commit()?;
         Ok(outcomes)
@@ -162,17 +210,30 @@ fn commit_group(conn: &mut Connection, clips_dir: &Path, group: &[Arc<Job>]) {
             }
         }
         Err(e) => {
-            // Rolled back: no row refers to the files placed for this group.
-            for path in &placed {
-                let _ = fs::remove_file(path);
+            // Rolled back: no row refers to the payloads appended for this group.
+            for (path, at, len) in &appended {
+                let _ = segments::erase(path, *at, *len);
             }
             let copies: Vec<StoreError> = group.iter().skip(1).map(|_| clone_error(&e)).collect();
             for (job, err) in group.iter().zip(std::iter::once(e).chain(copies)) {
-                let _ = fs::remove_file(&job.tmp);
                 job.set(Err(err));
             }
         }
     }
+}
+
+/// Where a payload is: its own file (older builds) or a range of a segment.
+#[derive(Debug)]
+enum Payload {
+    File(PathBuf),
+    Range { path: PathBuf, at: u64, len: u64 },
+}
+
+/// Where a new clip's payload was put, for its row.
+struct Stored<'a> {
+    file: &'a str,
+    at: Option<u64>,
+    bytes: usize,
 }
 
 /// The same failure for every clip of a group (I/O errors keep their kind and message).
@@ -211,21 +272,24 @@ impl SqliteStore {
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
             queue: Mutex::new(Vec::new()),
+            segment: Mutex::new(None),
         };
         store.sweep_leftovers(LEFTOVER_MIN_AGE)?;
         Ok(store)
     }
 
-    /// Removes `.partial` files and row-less clip files older than `min_age`; returns how many.
+    /// Removes `.partial` files, row-less clip files and segments no row points to, all older
+    /// than `min_age`; returns how many.
     fn sweep_leftovers(&self, min_age: Duration) -> Result<usize, StoreError> {
         let found = files::scan(&self.clips_dir, min_age)?;
+        let mut removed = self.remove_dead_segments(min_age)?;
         if found.partial.is_empty() && found.clips.is_empty() {
-            return Ok(0);
+            return Ok(removed);
         }
         let mut conn = self.writer();
         // Writes nothing: the transaction only holds the write lock while files are judged.
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut removed = found
+        removed += found
             .partial
             .iter()
             .filter(|p| files::remove_leftover(p))
@@ -234,6 +298,35 @@ impl SqliteStore {
         let mut known = tx.prepare("SELECT 1 FROM clips WHERE id = ?1 AND file != ''")?;
         for (id, path) in &found.clips {
             if !known.exists([id.0])? && files::remove_leftover(path) {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes segments last modified at least `min_age` ago that no row points to (all their
+    /// payloads erased, or bytes of a commit that never happened), but never the one this
+    /// store appends to. Decided and done under the write lock.
+    fn remove_dead_segments(&self, min_age: Duration) -> Result<usize, StoreError> {
+        let old = segments::old_segments(&self.clips_dir, min_age);
+        if old.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.writer();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let ours = self
+            .segment
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|s| s.rel().to_string());
+        let mut used = tx.prepare_cached("SELECT 1 FROM clips WHERE file = ?1 LIMIT 1")?;
+        let mut removed = 0;
+        for rel in old {
+            if Some(&rel) != ours.as_ref()
+                && !used.exists([&rel])?
+                && files::remove_leftover(&self.clips_dir.join(&rel))
+            {
                 removed += 1;
             }
         }
@@ -304,13 +397,16 @@ impl SqliteStore {
         })
     }
 
-    /// Where a clip's audio file is (checked to stay inside the clips dir).
-    fn audio_path(&self, id: &ClipId) -> Result<std::path::PathBuf, StoreError> {
-        let file: String = self
+    /// Where a clip's payload is (checked to stay inside the clips dir).
+    fn payload_of(&self, id: &ClipId) -> Result<Payload, StoreError> {
+        let (file, at, bytes): (String, Option<i64>, i64) = self
             .read(|conn| {
-                first(conn, "SELECT file FROM clips WHERE id = ?1", [id.0], |r| {
-                    get(r, 0)
-                })
+                first(
+                    conn,
+                    "SELECT file, audio_at, bytes FROM clips WHERE id = ?1",
+                    [id.0],
+                    |r| Ok((get(r, 0)?, get(r, 1)?, get(r, 2)?)),
+                )
             })?
             .ok_or_else(|| StoreError::NotFound {
                 kind: "clip",
@@ -322,15 +418,92 @@ impl SqliteStore {
                 name: id.to_string(),
             });
         }
-        if !Path::new(&file)
+        self.locate(&file, at, bytes)
+            .map_err(|why| StoreError::Corrupt(format!("clip {id} {why}")))
+    }
+
+    /// A row's payload location from its `file`, `audio_at` and `bytes`, or what is wrong.
+    fn locate(&self, file: &str, at: Option<i64>, bytes: i64) -> Result<Payload, String> {
+        if !Path::new(file)
             .components()
             .all(|c| matches!(c, Component::Normal(_)))
         {
-            return Err(StoreError::Corrupt(format!(
-                "clip {id} has file name {file:?}"
-            )));
+            return Err(format!("has file name {file:?}"));
         }
-        Ok(self.clips_dir.join(file))
+        let path = self.clips_dir.join(file);
+        match at {
+            None => Ok(Payload::File(path)),
+            Some(at) => match (u64::try_from(at), u64::try_from(bytes)) {
+                (Ok(at), Ok(len)) => Ok(Payload::Range { path, at, len }),
+                _ => Err(format!("has payload range {at}+{bytes}")),
+            },
+        }
+    }
+
+    /// The payloads of the rows `sql` selects (`file, audio_at, bytes`), skipping rows
+    /// without one; a row that names a bad location is an error.
+    fn payloads(
+        &self,
+        tx: &Transaction<'_>,
+        sql: &str,
+        params: impl Params,
+    ) -> Result<Vec<Payload>, StoreError> {
+        let mut stmt = tx.prepare(sql)?;
+        let rows = stmt.query_map(params, |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<i64>>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (file, at, bytes) = row?;
+            if file.is_empty() {
+                continue;
+            }
+            out.push(
+                self.locate(&file, at, bytes)
+                    .map_err(|why| StoreError::Corrupt(format!("a clip {why}")))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Erases payloads whose rows are gone or purged (see the module doc).
+    fn erase(&self, payloads: &[Payload]) -> Result<(), StoreError> {
+        for p in payloads {
+            match p {
+                Payload::File(path) => files::shred(path)?,
+                Payload::Range { path, at, len } => segments::erase(path, *at, *len)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues `work` for the next group commit and waits until it is committed (by this
+    /// thread or by whichever holds the write connection first).
+    fn submit(&self, work: Work) -> Result<Done, StoreError> {
+        let job = Arc::new(Job {
+            work,
+            result: Mutex::new(None),
+        });
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(job.clone());
+        let mut conn = self.writer();
+        if let Some(done) = job.take() {
+            return done; // an earlier lock holder committed it with its group
+        }
+        let group = std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut slot = self.segment.lock().unwrap_or_else(PoisonError::into_inner);
+        commit_group(&mut conn, &mut slot, &self.clips_dir, &group);
+        job.take().unwrap_or_else(|| {
+            Err(StoreError::Corrupt(
+                "a write was left out of its group commit".into(),
+            ))
+        })
     }
 }
 
@@ -390,17 +563,18 @@ fn insert_clip(
     tx: &Transaction<'_>,
     meta: &ClipMeta,
     recipients: &[String],
-    file: &str,
-    bytes: usize,
+    stored: &Stored<'_>,
 ) -> Result<u64, StoreError> {
     let (kind, name) = match &meta.to {
         Target::Channel(name) => ("c", name),
         Target::User(name) => ("u", name),
     };
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO clips (id, sender, target_kind, target_name, started_at_ms, duration_ms, packets, \
-         bytes, frame_samples, bitrate, pre_skip, file, stored_at_ms, content) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+         bytes, frame_samples, bitrate, pre_skip, file, stored_at_ms, content, audio_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    )?
+    .execute(
         params![
             meta.id.0,
             meta.from,
@@ -409,13 +583,14 @@ fn insert_clip(
             meta.started_at_ms,
             meta.duration_ms,
             meta.packets,
-            sql_int(bytes),
+            sql_int(stored.bytes),
             meta.codec.frame_samples,
             meta.codec.bitrate,
             meta.codec.pre_skip,
-            file,
+            stored.file,
             now_ms(),
-            schema::content_column(&meta.content)
+            schema::content_column(&meta.content),
+            stored.at.map(sql_int)
         ],
     )?;
     let seq = tx.last_insert_rowid();
@@ -433,6 +608,15 @@ fn queue(tx: &Transaction<'_>, keys: &[String], seq: i64) -> Result<(), StoreErr
         let user = key.split_once('/').map_or(key.as_str(), |(user, _)| user);
         queue.execute(params![key, seq, user])?;
     }
+    Ok(())
+}
+
+/// Takes the item `id` out of the inbox of delivery key `key` (nothing if it is not there).
+fn ack_in(tx: &Transaction<'_>, key: &str, id: &ClipId) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "DELETE FROM inbox WHERE user = ?1 AND seq = (SELECT seq FROM clips WHERE id = ?2)",
+    )?
+    .execute(params![key, id.0])?;
     Ok(())
 }
 
@@ -603,43 +787,25 @@ impl Store for SqliteStore {
         })
     }
 
-    /// The stored `bytes` is the length of `ogg`, whatever `meta.bytes` says.
-    /// Group commit: the clip's file is written and fsynced without a lock (so concurrent
-    /// commits sync in parallel), then queued; whoever holds the write lock next commits every
-    /// queued clip at once (renames, one fsync per touched directory, one transaction), so
-    /// under load many clips share each directory and WAL fsync.
+    /// The stored `bytes` is the length of `ogg`, whatever `meta.bytes` says. Group commit
+    /// (see the module doc): under load many clips share each segment sync and WAL sync.
     fn commit_clip(
         &self,
         meta: &ClipMeta,
         recipients: &[String],
         ogg: &[u8],
     ) -> Result<CommitOutcome, StoreError> {
-        let rel = files::relative_path(&meta.id);
-        let tmp = files::write_tmp(&self.clips_dir, &rel, ogg)?;
-        let job = Arc::new(Job {
+        match self.submit(Work::Clip {
             meta: meta.clone(),
             recipients: recipients.to_vec(),
-            rel,
-            tmp,
-            len: ogg.len(),
-            result: Mutex::new(None),
-        });
-        self.queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(job.clone());
-        let mut conn = self.writer();
-        if let Some(done) = job.take() {
-            return done; // an earlier lock holder committed it with its group
-        }
-        let group = std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner));
-        commit_group(&mut conn, &self.clips_dir, &group);
-        job.take().unwrap_or_else(|| {
-            Err(StoreError::Corrupt(format!(
-                "clip {} was left out of its group commit",
+            payload: ogg.to_vec(),
+        })? {
+            Done::Clip(outcome) => Ok(outcome),
+            Done::Acked => Err(StoreError::Corrupt(format!(
+                "clip {} was committed as an ack",
                 meta.id
-            )))
-        })
+            ))),
+        }
     }
 
     fn clip(&self, id: &ClipId) -> Result<Option<ClipMeta>, StoreError> {
@@ -652,13 +818,22 @@ impl Store for SqliteStore {
     }
 
     fn clip_audio(&self, id: &ClipId) -> Result<Vec<u8>, StoreError> {
-        let path = self.audio_path(id)?;
-        fs::read(&path).map_err(files::io_err(&path))
+        match self.payload_of(id)? {
+            Payload::File(path) => fs::read(&path).map_err(files::io_err(&path)),
+            Payload::Range { path, at, len } => {
+                segments::read(&path, at, len, 0, usize::try_from(len).unwrap_or(usize::MAX))
+            }
+        }
     }
 
     fn clip_audio_part(&self, id: &ClipId, offset: u64, max: usize) -> Result<Vec<u8>, StoreError> {
         use std::io::{Read, Seek, SeekFrom};
-        let path = self.audio_path(id)?;
+        let path = match self.payload_of(id)? {
+            Payload::File(path) => path,
+            Payload::Range { path, at, len } => {
+                return segments::read(&path, at, len, offset, max);
+            }
+        };
         let mut file = fs::File::open(&path).map_err(files::io_err(&path))?;
         if offset >= file.metadata().map_err(files::io_err(&path))?.len() {
             return Ok(Vec::new());
@@ -687,12 +862,13 @@ impl Store for SqliteStore {
         })
     }
 
+    /// Rides the group commit with clips (see the module doc).
     fn ack(&self, user: &str, id: &ClipId) -> Result<(), StoreError> {
-        self.writer().execute(
-            "DELETE FROM inbox WHERE user = ?1 AND seq = (SELECT seq FROM clips WHERE id = ?2)",
-            params![user, id.0],
-        )?;
-        Ok(())
+        self.submit(Work::Ack {
+            key: user.to_string(),
+            id: *id,
+        })
+        .map(|_| ())
     }
 
     fn clear_inbox(&self, key: &str) -> Result<(), StoreError> {
@@ -732,9 +908,9 @@ impl Store for SqliteStore {
         // Metadata first, in one transaction; the files go after the commit. A crash in
         // between leaves files no row points to, which the next open sweeps away.
         let files = self.write(|tx| {
-            let files = strings(
+            let files = self.payloads(
                 tx,
-                "SELECT file FROM clips WHERE sender = ?1 AND file != ''",
+                "SELECT file, audio_at, bytes FROM clips WHERE sender = ?1 AND file != ''",
                 [user],
             )?;
             tx.execute(
@@ -742,14 +918,12 @@ impl Store for SqliteStore {
                 [user],
             )?;
             tx.execute(
-                "UPDATE clips SET sender = ?2, file = '', bytes = 0, packets = 0 WHERE sender = ?1",
+                "UPDATE clips SET sender = ?2, file = '', audio_at = NULL, bytes = 0, packets = 0 WHERE sender = ?1",
                 params![user, crate::PURGED_SENDER],
             )?;
             Ok(files)
         })?;
-        for rel in &files {
-            files::shred(&self.clips_dir.join(rel))?;
-        }
+        self.erase(&files)?;
         Ok(files.len())
     }
 
@@ -757,11 +931,12 @@ impl Store for SqliteStore {
         // Metadata and inboxes first, in one transaction; the file goes after the commit (a
         // crash in between leaves a file no row points to, which the next open sweeps away).
         let done = self.write(|tx| {
-            let Some((seq, file)) = first(tx, "SELECT seq, file FROM clips WHERE id = ?1", [id.0], |r| Ok((get::<i64>(r, 0)?, get::<String>(r, 1)?)))? else {
+            let Some(seq) = first(tx, "SELECT seq FROM clips WHERE id = ?1", [id.0], |r| get::<i64>(r, 0))? else {
                 return Ok(None);
             };
+            let file = self.payloads(tx, "SELECT file, audio_at, bytes FROM clips WHERE seq = ?1", [seq])?;
             tx.execute(
-                "UPDATE clips SET content = ?2, file = '', bytes = 0, packets = 0, duration_ms = 0 WHERE seq = ?1",
+                "UPDATE clips SET content = ?2, file = '', audio_at = NULL, bytes = 0, packets = 0, duration_ms = 0 WHERE seq = ?1",
                 params![seq, schema::content_column(&walkie_proto::message::Content::Recalled)],
             )?;
             queue(tx, keys, seq)?;
@@ -771,9 +946,7 @@ impl Store for SqliteStore {
         let Some((file, meta)) = done else {
             return Ok(None);
         };
-        if !file.is_empty() {
-            files::shred(&self.clips_dir.join(&file))?;
-        }
+        self.erase(&file)?;
         Ok(meta)
     }
 
@@ -783,9 +956,9 @@ impl Store for SqliteStore {
                 return Ok(None);
             }
             let filter = "target_kind = 'c' AND target_name = ?1";
-            let files = strings(
+            let files = self.payloads(
                 tx,
-                &format!("SELECT file FROM clips WHERE {filter} AND file != ''"),
+                &format!("SELECT file, audio_at, bytes FROM clips WHERE {filter} AND file != ''"),
                 [name],
             )?;
             // Inbox entries go with their clips (ON DELETE CASCADE); purged clips have no file.
@@ -795,9 +968,7 @@ impl Store for SqliteStore {
         let Some((files, rows)) = files else {
             return Ok(None);
         };
-        for rel in &files {
-            files::shred(&self.clips_dir.join(rel))?;
-        }
+        self.erase(&files)?;
         Ok(Some(rows))
     }
 
@@ -864,16 +1035,17 @@ impl Store for SqliteStore {
 
     fn delete_clips_before(&self, before_ms: i64) -> Result<usize, StoreError> {
         let files = self.write(|tx| {
-            let files = strings(
+            let files = self.payloads(
                 tx,
-                "SELECT file FROM clips WHERE stored_at_ms < ?1 AND file != ''",
+                "SELECT file, audio_at, bytes FROM clips WHERE stored_at_ms < ?1 AND file != ''",
                 [before_ms],
             )?;
             tx.execute("DELETE FROM clips WHERE stored_at_ms < ?1", [before_ms])?;
             Ok(files)
         })?;
-        for rel in &files {
-            files::shred(&self.clips_dir.join(rel))?;
+        self.erase(&files)?;
+        if !files.is_empty() {
+            self.remove_dead_segments(LEFTOVER_MIN_AGE)?;
         }
         Ok(files.len())
     }

@@ -1,10 +1,9 @@
-//! Clip audio files under `DIR/clips/`: where they live, how one is written durably, and
-//! which files a crash may leave behind.
+//! Clip files under `DIR/clips/` as older builds wrote them (one Ogg Opus file per clip in
+//! `clips/<ab>/`, written through `clips/tmp/`): erasing one, syncing a directory, and which
+//! such files a crash left behind. New payloads go to segments (`super::segments`).
 //!
-//! Locking is the caller's job: [`super::SqliteStore`] writes and fsyncs a clip's temp file
-//! without a lock (so concurrent commits sync in parallel), and renames it into place and
-//! sweeps leftovers only while it holds the database write lock. The sweep only judges temp
-//! files older than a minute, so a temp file being written is never taken for a leftover.
+//! Locking is the caller's job: [`super::SqliteStore`] sweeps leftovers only while it holds
+//! the database write lock, and only judges files older than a minute.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -18,7 +17,6 @@ use crate::StoreError;
 /// Subdirectory of `clips/` for files being written. Three letters, so never a shard name.
 pub(super) const TMP_DIR: &str = "tmp";
 const PARTIAL_EXT: &str = "partial";
-const CLIP_EXT: &str = "opus";
 
 /// Wraps an I/O error with the path it concerns.
 pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -26,61 +24,6 @@ pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// Where a clip's file lives, relative to `clips/`: `<first 2 hex>/<32 hex>.opus`.
-pub(super) fn relative_path(id: &ClipId) -> String {
-    let hex = id.to_string();
-    format!("{}/{hex}.{CLIP_EXT}", &hex[..2])
-}
-
-/// First half of a group commit: writes `bytes` to a new temp file under `clips/tmp` and
-/// fsyncs it, without any lock (concurrent commits sync their files in parallel). Returns
-/// the temp path for [`place`].
-pub(super) fn write_tmp(clips_dir: &Path, rel: &str, bytes: &[u8]) -> Result<PathBuf, StoreError> {
-    let file_name = Path::new(rel)
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("clip");
-    let suffix: u64 = rand::random();
-    let tmp = clips_dir
-        .join(TMP_DIR)
-        .join(format!("{file_name}.{suffix:016x}.{PARTIAL_EXT}"));
-    let written = (|| {
-        let mut file = crate::private::file_options()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()
-    })()
-    .map_err(io_err(&tmp));
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    Ok(tmp)
-}
-
-/// Second half, under the write lock: renames a synced temp file to its place
-/// `clips_dir/rel`, creating the shard directory if needed. Returns the final path and the
-/// directories whose entries changed: the caller fsyncs each once for the whole group
-/// (shard first, then `clips_dir` for a new shard) before it commits the rows.
-pub(super) fn place(
-    clips_dir: &Path,
-    rel: &str,
-    tmp: &Path,
-) -> Result<(PathBuf, Vec<PathBuf>), StoreError> {
-    let final_path = clips_dir.join(rel);
-    let shard = final_path.parent().unwrap_or(clips_dir).to_path_buf();
-    let mut dirty = vec![shard.clone()];
-    match crate::private::create_dir(&shard) {
-        Ok(()) => dirty.push(clips_dir.to_path_buf()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io_err(&shard)(e)),
-    }
-    fs::rename(tmp, &final_path).map_err(io_err(&final_path))?;
-    Ok((final_path, dirty))
 }
 
 /// Overwrites a clip file with zeros, syncs it, and removes it, so its audio does not

@@ -75,6 +75,10 @@ const MIGRATIONS: &[&str] = &[
     // as JSON); every row before this is a voice clip. The payload of a message lives in the
     // item's file as a clip's Ogg Opus does.
     "ALTER TABLE clips ADD COLUMN content TEXT NOT NULL DEFAULT '\"Voice\"';",
+    // 5: payloads in segments (`super::segments`): a row with `audio_at` set has its payload
+    // at that offset, `bytes` long, in the segment its `file` names. NULL (every row before
+    // this): `file` is the payload's own file.
+    "ALTER TABLE clips ADD COLUMN audio_at INTEGER;",
 ];
 
 /// The schema version this build writes and understands.

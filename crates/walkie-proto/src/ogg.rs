@@ -13,6 +13,8 @@
 use std::io::{Cursor, Read, Write};
 use std::path::Path;
 
+use std::borrow::Cow;
+
 use ::ogg::{OggReadError, PacketReader, PacketWriteEndInfo, PacketWriter, PageParsingOptions};
 
 use crate::clip::{CodecParams, MAX_SAMPLES};
@@ -87,19 +89,20 @@ pub struct OggOpus {
 }
 
 /// Writes Ogg Opus to any `Write` as packets arrive; [`OggOpusWriter::finish`] ends the stream.
-pub struct OggOpusWriter<W: Write> {
-    inner: PacketWriter<'static, W>,
+/// Packets are borrowed for `'a` where the caller can (no copy until their page is written).
+pub struct OggOpusWriter<'a, W: Write> {
+    inner: PacketWriter<'a, W>,
     serial: u32,
     pre_skip: u64,
     /// The newest packet and the granule at its end: held back until we know if it is the last.
-    held: Option<(Vec<u8>, u64)>,
+    held: Option<(Cow<'a, [u8]>, u64)>,
     /// Granule at the start of the held packet (end of everything written before it).
     written: u64,
     page_samples: u64,
     page_bytes: usize,
 }
 
-impl<W: Write> OggOpusWriter<W> {
+impl<'a, W: Write> OggOpusWriter<'a, W> {
     /// Starts a stream: writes the `OpusHead` and `OpusTags` pages.
     pub fn new(
         out: W,
@@ -143,7 +146,8 @@ impl<W: Write> OggOpusWriter<W> {
     }
 
     /// Adds the next audio packet (checked with [`packet_samples`]).
-    pub fn write_packet(&mut self, packet: Vec<u8>) -> Result<(), OggError> {
+    pub fn write_packet(&mut self, packet: impl Into<Cow<'a, [u8]>>) -> Result<(), OggError> {
+        let packet = packet.into();
         let n = u64::from(packet_samples(&packet)?);
         let end = self.held.as_ref().map_or(0, |h| h.1) + n;
         if end > MAX_DECODED {
@@ -215,7 +219,7 @@ pub fn write_ogg(
         48_000,
     )?;
     for p in packets {
-        w.write_packet(p.clone())?;
+        w.write_packet(p.as_slice())?;
     }
     w.finish(samples)
 }

@@ -34,23 +34,24 @@ pub(crate) async fn may_access(
                 .map(|h| h.map(|_| true))
         }
     };
-    // A non-member learns no more than that it may not use the channel, whether or not it exists.
-    let not_member = || {
-        Refusal::new(
-            ErrorCode::Forbidden,
-            format!("you are not a member of channel {target}"),
-        )
-    };
     match result {
         Ok(Some(true)) => Ok(()),
-        Ok(Some(false)) => Err(not_member()),
-        Ok(None) if matches!(target, Target::Channel(_)) => Err(not_member()),
+        Ok(Some(false)) => Err(not_member(target)),
+        Ok(None) if matches!(target, Target::Channel(_)) => Err(not_member(target)),
         Ok(None) => Err(Refusal::new(
             ErrorCode::NotFound,
             format!("there is no user {target}"),
         )),
         Err(e) => Err(Refusal::new(ErrorCode::Storage, e.to_string())),
     }
+}
+
+/// A non-member learns no more than that it may not use the channel, whether or not it exists.
+fn not_member(target: &Target) -> Refusal {
+    Refusal::new(
+        ErrorCode::Forbidden,
+        format!("you are not a member of channel {target}"),
+    )
 }
 
 /// A user may read a channel clip if they are a member now, and a direct clip they sent or received.
@@ -70,11 +71,11 @@ pub(crate) async fn recipients(
     sender: &str,
     to: &Target,
 ) -> Result<Vec<String>, Refusal> {
-    may_access(shared, sender, to).await?;
     let storage = |e: crate::RelayError| Refusal::new(ErrorCode::Storage, e.to_string());
     let (from, default) = (sender.to_string(), shared.config.direct_from);
     let members = match to {
         Target::User(name) => {
+            may_access(shared, sender, to).await?;
             let recipient = name.clone();
             if !shared
                 .store(move |s| people::may_send_direct(s, &from, &recipient, default))
@@ -89,16 +90,15 @@ pub(crate) async fn recipients(
             vec![name.clone()]
         }
         Target::Channel(name) => {
+            // One trip to the store: the members (who may send, and who receives) and blocks.
             let name = name.clone();
             let (members, blockers) = shared
-                .store(move |s| {
-                    Ok((
-                        s.members(&name)?.unwrap_or_default(),
-                        people::blocked_by(s, &from)?,
-                    ))
-                })
+                .store(move |s| Ok((s.members(&name)?, people::blocked_by(s, &from)?)))
                 .await
                 .map_err(storage)?;
+            let members = members
+                .filter(|m| m.iter().any(|u| u == sender))
+                .ok_or_else(|| not_member(to))?;
             members
                 .into_iter()
                 .filter(|m| !blockers.contains(m))

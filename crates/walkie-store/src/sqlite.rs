@@ -61,7 +61,7 @@ mod segments;
 
 use std::fs;
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rusqlite::{
@@ -96,9 +96,18 @@ pub struct SqliteStore {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     /// Clips and acks waiting for the next group commit.
-    queue: Mutex<Vec<Arc<Job>>>,
+    queue: Mutex<Queue>,
+    /// Signalled after each group commit: its jobs have their results.
+    committed: Condvar,
     /// The segment this store appends to; locked only by the holder of `writer`.
     segment: Mutex<Option<Segment>>,
+}
+
+/// The jobs waiting for a group commit, and whether a caller is committing a group now.
+#[derive(Debug, Default)]
+struct Queue {
+    jobs: Vec<Arc<Job>>,
+    leader: bool,
 }
 
 /// What a group commit does for one caller.
@@ -222,6 +231,34 @@ fn commit_group(
     }
 }
 
+/// The leader's turn; ending it lets the next caller lead. Ending it by a panic also gives
+/// every job of its group that has no result an error, so that no caller waits forever.
+struct Lead<'a> {
+    store: &'a SqliteStore,
+    group: Vec<Arc<Job>>,
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for job in &self.group {
+                let mut result = job.result.lock().unwrap_or_else(PoisonError::into_inner);
+                if result.is_none() {
+                    *result = Some(Err(StoreError::Backend(
+                        "the group commit this write was in failed".into(),
+                    )));
+                }
+            }
+        }
+        self.store
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .leader = false;
+        self.store.committed.notify_all();
+    }
+}
+
 /// Where a payload is: its own file (older builds) or a range of a segment.
 #[derive(Debug)]
 enum Payload {
@@ -271,7 +308,8 @@ impl SqliteStore {
             clips_dir,
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
-            queue: Mutex::new(Vec::new()),
+            queue: Mutex::new(Queue::default()),
+            committed: Condvar::new(),
             segment: Mutex::new(None),
         };
         store.sweep_leftovers(LEFTOVER_MIN_AGE)?;
@@ -481,29 +519,43 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Queues `work` for the next group commit and waits until it is committed (by this
-    /// thread or by whichever holds the write connection first).
+    /// Queues `work` for the next group commit and waits until it is committed. One caller
+    /// at a time leads: it takes everything queued, commits it as one group and wakes the
+    /// others; the rest wait on a condition variable, not on the write connection, so a
+    /// group's callers return at once instead of taking the connection one after another.
     fn submit(&self, work: Work) -> Result<Done, StoreError> {
         let job = Arc::new(Job {
             work,
             result: Mutex::new(None),
         });
-        self.queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(job.clone());
-        let mut conn = self.writer();
-        if let Some(done) = job.take() {
-            return done; // an earlier lock holder committed it with its group
+        let lock_queue = || self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut queue = lock_queue();
+        queue.jobs.push(job.clone());
+        loop {
+            if let Some(done) = job.take() {
+                return done; // committed with a group, by this caller or another
+            }
+            if queue.leader {
+                queue = self
+                    .committed
+                    .wait(queue)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            queue.leader = true;
+            let group = std::mem::take(&mut queue.jobs);
+            drop(queue);
+            // Resets `leader` and wakes the waiters even if the commit panics.
+            let lead = Lead {
+                store: self,
+                group,
+            };
+            let mut conn = self.writer();
+            let mut slot = self.segment.lock().unwrap_or_else(PoisonError::into_inner);
+            commit_group(&mut conn, &mut slot, &self.clips_dir, &lead.group);
+            drop((slot, conn, lead));
+            queue = lock_queue();
         }
-        let group = std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner));
-        let mut slot = self.segment.lock().unwrap_or_else(PoisonError::into_inner);
-        commit_group(&mut conn, &mut slot, &self.clips_dir, &group);
-        job.take().unwrap_or_else(|| {
-            Err(StoreError::Corrupt(
-                "a write was left out of its group commit".into(),
-            ))
-        })
     }
 }
 

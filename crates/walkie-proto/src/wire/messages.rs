@@ -557,10 +557,11 @@ pub enum StreamFrame {
         /// The clip's metadata.
         meta: ClipMeta,
     },
-    /// One Opus packet.
-    Packet(Vec<u8>),
+    /// One Opus packet. (As a byte string: postcard writes the same bytes as for a sequence
+    /// of `u8`, a length then the bytes, without a call per byte.)
+    Packet(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A piece of a file.
-    Chunk(Vec<u8>),
+    Chunk(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The clip is complete: how many packets were sent and the decoded length in 48 kHz
     /// samples (after pre-skip, before which the decoder output is discarded).
     End {
@@ -585,6 +586,33 @@ mod tests {
 
     fn arb_name() -> impl Strategy<Value = String> {
         "[a-z0-9][a-z0-9._-]{0,31}"
+    }
+
+    /// The frames before packets were byte strings: a packet as a sequence of `u8`.
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    enum AsSequence {
+        Upload(ClipHeader),
+        Deliver(DeliverHeader),
+        File { req: ReqId, meta: ClipMeta },
+        Packet(Vec<u8>),
+        Chunk(Vec<u8>),
+    }
+
+    proptest! {
+        /// Packets and chunks as byte strings put the same bytes on the wire as the sequence
+        /// of `u8` they were, both ways: no protocol version needed for the change.
+        #[test]
+        fn byte_strings_are_wire_compatible(bytes in proptest::collection::vec(any::<u8>(), 0..1500)) {
+            for (new, old) in [
+                (StreamFrame::Packet(bytes.clone()), AsSequence::Packet(bytes.clone())),
+                (StreamFrame::Chunk(bytes.clone()), AsSequence::Chunk(bytes.clone())),
+            ] {
+                let (a, b) = (postcard::to_stdvec(&new).unwrap(), postcard::to_stdvec(&old).unwrap());
+                prop_assert_eq!(&a, &b);
+                prop_assert_eq!(postcard::from_bytes::<StreamFrame>(&b).unwrap(), new);
+                prop_assert_eq!(postcard::from_bytes::<AsSequence>(&a).unwrap(), old);
+            }
+        }
     }
     fn arb_id() -> impl Strategy<Value = ClipId> {
         any::<[u8; 16]>().prop_map(ClipId)

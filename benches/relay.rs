@@ -1311,9 +1311,8 @@ async fn ingest(setup: &Setup, m: usize, clip_s: usize, run_for: Duration) -> In
                 let t_start = Instant::now();
                 let sent = async {
                     let mut up = client.start_clip(&header).await?;
-                    for p in packets.iter() {
-                        up.packet(p.clone()).await?;
-                    }
+                    // As `walkie send` does: a recorded clip's packets all at once.
+                    up.packets(packets.iter().cloned()).await?;
                     Ok::<_, walkie_client::ClientError>(up)
                 }
                 .await;

@@ -369,9 +369,7 @@ impl Client {
         samples: u64,
     ) -> Result<(u64, bool), ClientError> {
         let mut up = self.start_clip(header).await?;
-        for p in packets {
-            up.packet(p.clone()).await?;
-        }
+        up.packets(packets.iter().cloned()).await?;
         up.finish(samples).await
     }
 

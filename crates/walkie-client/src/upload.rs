@@ -5,13 +5,15 @@
 use std::time::Instant;
 
 use tokio::sync::oneshot;
-use walkie_net::write_frame;
 use walkie_proto::clip::{ClipHeader, ClipId};
 use walkie_proto::upload::{Answer, ClientAction, ClientUpload};
-use walkie_proto::wire::{ErrorMsg, MAX_STREAM_FRAME};
+use walkie_proto::wire::{ErrorMsg, MAX_STREAM_FRAME, encode_frame};
 
 use crate::error::ClientError;
 use crate::routing::{SharedWaiters, lock};
+
+/// Queued frames are written together up to about this many bytes per write.
+const BATCH_BYTES: usize = 32 * 1024;
 
 /// A clip being uploaded: push packets as they are made, then [`Upload::finish`] (or cancel).
 pub struct Upload {
@@ -52,6 +54,19 @@ impl Upload {
     pub async fn packet(&mut self, packet: Vec<u8>) -> Result<(), ClientError> {
         self.absorb();
         self.core.send(packet)?;
+        self.drive().await
+    }
+
+    /// Sends packets that are all at hand (a recorded clip, a resend from the outbox) in as
+    /// few stream writes as they fit in; otherwise as [`Self::packet`] for each.
+    pub async fn packets(
+        &mut self,
+        packets: impl IntoIterator<Item = Vec<u8>>,
+    ) -> Result<(), ClientError> {
+        self.absorb();
+        for packet in packets {
+            self.core.send(packet)?;
+        }
         self.drive().await
     }
 
@@ -101,28 +116,57 @@ impl Upload {
     }
 
     /// Carries out the queued writes; a failed write makes the core wait for the relay's
-    /// reason, and this waits with it. Fails if the upload is settled as failed.
+    /// reason, and this waits with it. Fails if the upload is settled as failed. Frames
+    /// queued together go out in one write (up to [`BATCH_BYTES`]).
     async fn drive(&mut self) -> Result<(), ClientError> {
+        let mut batch = Vec::new();
         while let Some(action) = self.core.poll_action() {
-            match action {
-                ClientAction::Write(frame) => {
-                    if let Err(e) = write_frame(&mut self.send, &frame, MAX_STREAM_FRAME).await {
-                        // The relay stopped the stream: its reason arrives on the control stream.
-                        self.core.write_failed(e.to_string(), Instant::now());
-                    }
+            let frame = match action {
+                ClientAction::Write(frame) => frame,
+                other => {
+                    self.write(&mut batch).await;
+                    self.carry_out(other);
+                    continue;
                 }
-                ClientAction::FinishStream => {
-                    let _ = self.send.finish();
-                }
-                ClientAction::Reset(code) => {
-                    let _ = self.send.reset(code.into());
-                }
+            };
+            match encode_frame(&frame, MAX_STREAM_FRAME) {
+                Ok(bytes) => batch.extend_from_slice(&bytes),
+                Err(e) => self.core.write_failed(e.to_string(), Instant::now()),
+            }
+            if batch.len() >= BATCH_BYTES {
+                self.write(&mut batch).await;
             }
         }
+        self.write(&mut batch).await;
         while self.core.is_waiting() {
             self.wait().await;
         }
         self.core.settled().map_err(ClientError::from)
+    }
+
+    /// Writes the frames in `batch` and empties it.
+    async fn write(&mut self, batch: &mut Vec<u8>) {
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.send.write_all(batch).await {
+            // The relay stopped the stream: its reason arrives on the control stream.
+            self.core.write_failed(e.to_string(), Instant::now());
+        }
+        batch.clear();
+    }
+
+    /// Carries out an action other than a write.
+    fn carry_out(&mut self, action: ClientAction) {
+        match action {
+            ClientAction::Write(_) => {}
+            ClientAction::FinishStream => {
+                let _ = self.send.finish();
+            }
+            ClientAction::Reset(code) => {
+                let _ = self.send.reset(code.into());
+            }
+        }
     }
 
     /// Waits for the relay's answer or the core's next deadline.

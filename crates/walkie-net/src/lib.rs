@@ -8,6 +8,10 @@
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
+mod frames;
+
+pub use frames::FrameReader;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -15,10 +15,14 @@ use std::path::Path;
 
 use std::borrow::Cow;
 
-use ::ogg::{OggReadError, PacketReader, PacketWriteEndInfo, PacketWriter, PageParsingOptions};
+use ::ogg::{OggReadError, PacketReader, PageParsingOptions};
+
+use self::pages::PageWriter;
 
 use crate::clip::{CodecParams, MAX_SAMPLES};
 use crate::toc::{MAX_PACKET_SAMPLES, TocError, packet_samples};
+
+mod pages;
 
 /// Errors reading or writing Ogg Opus.
 #[derive(Debug, thiserror::Error)]
@@ -91,8 +95,7 @@ pub struct OggOpus {
 /// Writes Ogg Opus to any `Write` as packets arrive; [`OggOpusWriter::finish`] ends the stream.
 /// Packets are borrowed for `'a` where the caller can (no copy until their page is written).
 pub struct OggOpusWriter<'a, W: Write> {
-    inner: PacketWriter<'a, W>,
-    serial: u32,
+    inner: PageWriter<W>,
     pre_skip: u64,
     /// The newest packet and the granule at its end: held back until we know if it is the last.
     held: Option<(Cow<'a, [u8]>, u64)>,
@@ -110,7 +113,7 @@ impl<'a, W: Write> OggOpusWriter<'a, W> {
         serial: u32,
         input_sample_rate: u32,
     ) -> Result<Self, OggError> {
-        let mut inner = PacketWriter::new(out);
+        let mut inner = PageWriter::new(out, serial);
         let mut head = Vec::with_capacity(19);
         head.extend_from_slice(b"OpusHead");
         head.extend_from_slice(&[1, 1]);
@@ -129,14 +132,18 @@ impl<'a, W: Write> OggOpusWriter<'a, W> {
             put_field(&mut tags, c);
         }
         for packet in [head, tags] {
-            inner
-                .write_packet(packet, serial, PacketWriteEndInfo::EndPage, 0)
-                .map_err(write_err)?;
+            if packet.len() > pages::MAX_PACKET {
+                return Err(OggError::TooLarge(format!(
+                    "an Ogg Opus header of {} bytes",
+                    packet.len()
+                )));
+            }
+            inner.add(&packet, 0);
+            inner.flush(false).map_err(write_err)?;
         }
         let pre_skip = u64::from(params.pre_skip);
         Ok(Self {
             inner,
-            serial,
             pre_skip,
             held: None,
             written: 0,
@@ -149,6 +156,13 @@ impl<'a, W: Write> OggOpusWriter<'a, W> {
     pub fn write_packet(&mut self, packet: impl Into<Cow<'a, [u8]>>) -> Result<(), OggError> {
         let packet = packet.into();
         let n = u64::from(packet_samples(&packet)?);
+        if packet.len() > pages::MAX_PACKET {
+            return Err(OggError::TooLarge(format!(
+                "an audio packet of {} bytes (at most {} fit an Ogg page)",
+                packet.len(),
+                pages::MAX_PACKET
+            )));
+        }
         let end = self.held.as_ref().map_or(0, |h| h.1) + n;
         if end > MAX_DECODED {
             return Err(OggError::TooLarge(
@@ -156,19 +170,17 @@ impl<'a, W: Write> OggOpusWriter<'a, W> {
             ));
         }
         if let Some((prev, granule)) = self.held.replace((packet, end)) {
+            if !self.inner.fits(prev.len()) {
+                // A full page ends early: packets are never split across pages.
+                self.inner.flush(false).map_err(write_err)?;
+                (self.page_samples, self.page_bytes) = (0, 0);
+            }
             self.page_samples += granule - self.written;
             self.page_bytes += prev.len();
-            let flush = self.page_samples >= PAGE_SAMPLES || self.page_bytes >= PAGE_BYTES;
-            let info = if flush {
-                PacketWriteEndInfo::EndPage
-            } else {
-                PacketWriteEndInfo::NormalPacket
-            };
-            self.inner
-                .write_packet(prev, self.serial, info, granule)
-                .map_err(write_err)?;
+            self.inner.add(&prev, granule);
             self.written = granule;
-            if flush {
+            if self.page_samples >= PAGE_SAMPLES || self.page_bytes >= PAGE_BYTES {
+                self.inner.flush(false).map_err(write_err)?;
                 (self.page_samples, self.page_bytes) = (0, 0);
             }
         }
@@ -195,9 +207,11 @@ impl<'a, W: Write> OggOpusWriter<'a, W> {
                 self.pre_skip, self.written
             )));
         }
-        self.inner
-            .write_packet(last, self.serial, PacketWriteEndInfo::EndStream, granule)
-            .map_err(write_err)?;
+        if !self.inner.fits(last.len()) && !self.inner.is_empty() {
+            self.inner.flush(false).map_err(write_err)?;
+        }
+        self.inner.add(&last, granule);
+        self.inner.flush(true).map_err(write_err)?;
         let mut out = self.inner.into_inner();
         out.flush().map_err(write_err)?;
         Ok(out)
@@ -467,6 +481,89 @@ mod tests {
         (c.params, c.packets, c.samples)
     }
 
+    /// The writer as it was on the `ogg` crate's `PacketWriter`, to compare bytes with.
+    fn write_with_ogg_crate(
+        params: &CodecParams,
+        packets: &[Vec<u8>],
+        samples: u64,
+        serial: u32,
+    ) -> Vec<u8> {
+        use ::ogg::{PacketWriteEndInfo as Info, PacketWriter};
+        let ours = write_ogg(params, &packets[..1], 1, serial).unwrap();
+        let headers = pages(&ours);
+        let (head_len, tags_len) = (headers[0].len, headers[1].len);
+        let mut w = PacketWriter::new(Vec::new());
+        for p in [
+            &ours[28..head_len],
+            &ours[head_len + 28..head_len + tags_len],
+        ] {
+            w.write_packet(p.to_vec(), serial, Info::EndPage, 0)
+                .unwrap();
+        }
+        let pre_skip = u64::from(params.pre_skip);
+        let (mut end, mut page_samples, mut page_bytes) = (0u64, 0u64, 0usize);
+        for (i, p) in packets.iter().enumerate() {
+            let start = end;
+            end += u64::from(packet_samples(p).unwrap());
+            if i + 1 == packets.len() {
+                w.write_packet(p.clone(), serial, Info::EndStream, pre_skip + samples)
+                    .unwrap();
+                break;
+            }
+            page_samples += end - start;
+            page_bytes += p.len();
+            let flush = page_samples >= PAGE_SAMPLES || page_bytes >= PAGE_BYTES;
+            let info = if flush {
+                Info::EndPage
+            } else {
+                Info::NormalPacket
+            };
+            w.write_packet(p.clone(), serial, info, end).unwrap();
+            if flush {
+                (page_samples, page_bytes) = (0, 0);
+            }
+        }
+        w.into_inner()
+    }
+
+    #[test]
+    fn pages_are_byte_for_byte_what_the_ogg_crate_wrote() {
+        for len in [960, 3 * 48_000 + 77, 5 * 48_000 + 500] {
+            let (params, packets, samples) = clip(len);
+            let samples = samples.min(params.pre_skip as u64 + samples) - params.pre_skip as u64;
+            assert_eq!(
+                write_ogg(&params, &packets, samples, 9).unwrap(),
+                write_with_ogg_crate(&params, &packets, samples, 9),
+                "{len} samples"
+            );
+        }
+    }
+
+    #[test]
+    fn a_page_full_of_lacing_values_ends_early_and_no_packet_is_split() {
+        // 2.5 ms CELT packets (TOC config 16): 400 a second, more than a page's 255 values.
+        let packets: Vec<Vec<u8>> = (0..1_000u32).map(|i| vec![0x80, (i % 251) as u8]).collect();
+        let params = CodecParams {
+            frame_samples: 120,
+            bitrate: 6_000,
+            pre_skip: 312,
+        };
+        let samples = 1_000 * 120 - 312 - 50;
+        let bytes = write_ogg(&params, &packets, samples, 5).unwrap();
+        let pages = pages(&bytes);
+        assert!(pages.iter().all(|p| p.body_len <= 255 * 2));
+        assert!(pages.iter().any(|p| p.packet_ends == 255), "a full page");
+        let got = read_ogg(&bytes).unwrap();
+        assert_eq!((got.packets, got.samples), (packets, samples));
+        // One packet longer than a page can hold is refused (by Opus's own limits first).
+        let mut huge = vec![0x80];
+        huge.resize(pages::MAX_PACKET + 1, 0);
+        assert!(matches!(
+            write_ogg(&params, &[huge], 100, 5),
+            Err(OggError::TooLarge(_) | OggError::Packet(_))
+        ));
+    }
+
     #[test]
     fn write_then_read_round_trips() {
         let (params, packets, samples) = clip(3 * 48_000 + 77);
@@ -542,12 +639,12 @@ mod tests {
 
     /// An Ogg stream with valid pages holding `packets`, one per page, every page at `granule`.
     fn ogg_stream_at(packets: &[&[u8]], granule: u64) -> Vec<u8> {
-        let mut w = PacketWriter::new(Vec::new());
+        let mut w = ::ogg::PacketWriter::new(Vec::new());
         for (i, p) in packets.iter().enumerate() {
             let info = if i + 1 == packets.len() {
-                PacketWriteEndInfo::EndStream
+                ::ogg::PacketWriteEndInfo::EndStream
             } else {
-                PacketWriteEndInfo::EndPage
+                ::ogg::PacketWriteEndInfo::EndPage
             };
             w.write_packet(p.to_vec(), 9, info, granule).unwrap();
         }

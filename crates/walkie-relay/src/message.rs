@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::{debug, info};
-use walkie_net::{NetError, read_frame};
+use walkie_net::{FrameReader, NetError};
 use walkie_proto::assemble::Refusal;
 use walkie_proto::clip::{ClipMeta, CodecParams, now_ms, validate_name};
 use walkie_proto::message::{
@@ -29,14 +29,14 @@ use crate::upload::check_send;
 pub(crate) async fn run(
     shared: &Arc<Shared>,
     session: &Arc<Session>,
-    mut recv: quinn::RecvStream,
+    mut recv: FrameReader,
     tx: &ControlTx,
     header: MessageHeader,
 ) {
     let id = header.id;
     match receive(shared, session, &mut recv, header).await {
         Ok(Some((seq, duplicate))) => {
-            let _ = recv.stop(0u32.into());
+            let _ = recv.stream().stop(0u32.into());
             let _ = tx
                 .send(ServerMsg::ClipStored { id, seq, duplicate }.into())
                 .await;
@@ -44,7 +44,7 @@ pub(crate) async fn run(
         Ok(None) => debug!(user = %session.user, message = %id, "message cancelled"),
         Err(refusal) => {
             debug!(user = %session.user, message = %id, "message refused: {}", refusal.message);
-            let _ = recv.stop(1u32.into());
+            let _ = recv.stream().stop(1u32.into());
             // Never waits for a client that does not read its control stream.
             let _ = tx.try_send(ServerMsg::Error(refusal.to_wire(id)).into());
         }
@@ -55,7 +55,7 @@ pub(crate) async fn run(
 async fn receive(
     shared: &Shared,
     session: &Session,
-    recv: &mut quinn::RecvStream,
+    recv: &mut FrameReader,
     header: MessageHeader,
 ) -> Result<Option<(u64, bool)>, Refusal> {
     let user = &session.user;
@@ -137,7 +137,7 @@ const MAX_UPLOAD_TIME: std::time::Duration = std::time::Duration::from_secs(300)
 async fn read_payload(
     shared: &Shared,
     session: &Session,
-    recv: &mut quinn::RecvStream,
+    recv: &mut FrameReader,
     kind: Kind,
 ) -> Result<Option<Vec<u8>>, Refusal> {
     let mut assembler = MessageAssembler::new(kind);
@@ -145,7 +145,7 @@ async fn read_payload(
     let deadline = tokio::time::Instant::now() + MAX_UPLOAD_TIME;
     loop {
         let wait = idle.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
-        let read = tokio::time::timeout(wait, read_frame::<StreamFrame>(recv, MAX_STREAM_FRAME))
+        let read = tokio::time::timeout(wait, recv.next::<StreamFrame>(MAX_STREAM_FRAME))
             .await
             .map_err(|_| {
                 if tokio::time::Instant::now() >= deadline {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::{debug, info};
-use walkie_net::{NetError, read_frame};
+use walkie_net::{FrameReader, NetError};
 use walkie_proto::assemble::Refusal;
 use walkie_proto::clip::{ClipId, ClipMeta};
 use walkie_proto::upload::{
@@ -29,9 +29,10 @@ use crate::shared::{Shared, lock};
 pub(crate) async fn run(
     shared: Arc<Shared>,
     session: Arc<Session>,
-    mut recv: quinn::RecvStream,
+    recv: quinn::RecvStream,
     tx: ControlTx,
 ) {
+    let mut recv = FrameReader::new(recv);
     let mut core = RelayUpload::new(
         &session.user,
         shared.config.upload_limits(),
@@ -41,7 +42,7 @@ pub(crate) async fn run(
     // The first frame says what the stream carries: a clip (the core's) or a message.
     let first = tokio::time::timeout(
         shared.config.stream_idle,
-        read_frame::<StreamFrame>(&mut recv, MAX_STREAM_FRAME),
+        recv.next::<StreamFrame>(MAX_STREAM_FRAME),
     )
     .await;
     match first {
@@ -87,13 +88,10 @@ pub(crate) async fn run(
         let deadline = core.poll_timeout().map(tokio::time::Instant::from_std);
         let next = async {
             match deadline {
-                Some(d) => tokio::time::timeout_at(
-                    d,
-                    read_frame::<StreamFrame>(&mut recv, MAX_STREAM_FRAME),
-                )
-                .await
-                .ok(),
-                None => Some(read_frame::<StreamFrame>(&mut recv, MAX_STREAM_FRAME).await),
+                Some(d) => tokio::time::timeout_at(d, recv.next::<StreamFrame>(MAX_STREAM_FRAME))
+                    .await
+                    .ok(),
+                None => Some(recv.next::<StreamFrame>(MAX_STREAM_FRAME).await),
             }
         };
         match next.await {
@@ -145,7 +143,7 @@ struct Live {
 
 impl Driver<'_> {
     /// Does what the core asked; the answer to feed back, for the actions that are questions.
-    async fn carry_out(&mut self, action: Action, recv: &mut quinn::RecvStream) -> Option<Input> {
+    async fn carry_out(&mut self, action: Action, recv: &mut FrameReader) -> Option<Input> {
         let user = &self.session.user;
         match action {
             Action::Check { id, target } => Some(Input::Checked(self.check(id, &target).await)),
@@ -250,7 +248,7 @@ impl Driver<'_> {
                 None
             }
             Action::StopReading(code) => {
-                let _ = recv.stop(code.into());
+                let _ = recv.stream().stop(code.into());
                 None
             }
             Action::Refuse(error) => {

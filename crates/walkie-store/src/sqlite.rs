@@ -546,10 +546,7 @@ impl SqliteStore {
             let group = std::mem::take(&mut queue.jobs);
             drop(queue);
             // Resets `leader` and wakes the waiters even if the commit panics.
-            let lead = Lead {
-                store: self,
-                group,
-            };
+            let lead = Lead { store: self, group };
             let mut conn = self.writer();
             let mut slot = self.segment.lock().unwrap_or_else(PoisonError::into_inner);
             commit_group(&mut conn, &mut slot, &self.clips_dir, &lead.group);
@@ -872,9 +869,13 @@ impl Store for SqliteStore {
     fn clip_audio(&self, id: &ClipId) -> Result<Vec<u8>, StoreError> {
         match self.payload_of(id)? {
             Payload::File(path) => fs::read(&path).map_err(files::io_err(&path)),
-            Payload::Range { path, at, len } => {
-                segments::read(&path, at, len, 0, usize::try_from(len).unwrap_or(usize::MAX))
-            }
+            Payload::Range { path, at, len } => segments::read(
+                &path,
+                at,
+                len,
+                0,
+                usize::try_from(len).unwrap_or(usize::MAX),
+            ),
         }
     }
 

@@ -188,7 +188,10 @@ fn erasing_leaves_no_byte_of_a_payload_in_its_segment() {
     assert_eq!(store.purge_user("alice").unwrap(), 1);
     assert!(store.recall_clip(&recalled.id, &[]).unwrap().is_some());
     let bytes = fs::read(&seg).unwrap();
-    assert!(!contains(&bytes, &audio(&purged)), "the purged payload is gone");
+    assert!(
+        !contains(&bytes, &audio(&purged)),
+        "the purged payload is gone"
+    );
     assert!(!contains(&bytes, &audio(&recalled)), "the recalled one too");
     assert_eq!(store.clip_audio(&kept.id).unwrap(), audio(&kept));
     assert!(matches!(
@@ -340,7 +343,10 @@ fn a_missing_file_is_an_io_error_naming_it() {
         .unwrap()
         .set_len(3)
         .unwrap();
-    assert!(matches!(store.clip_audio(&n.id), Err(StoreError::Corrupt(_))));
+    assert!(matches!(
+        store.clip_audio(&n.id),
+        Err(StoreError::Corrupt(_))
+    ));
     let old = as_old_layout(dir.path(), &n);
     fs::remove_file(&old).unwrap();
     assert!(matches!(store.clip_audio(&n.id), Err(StoreError::Io { path, .. }) if path == old));
@@ -412,7 +418,10 @@ fn concurrent_commits_from_two_stores_each_fill_their_own_segment() {
     let payloads: u64 = stored.iter().map(|m| audio(m).len() as u64).sum();
     assert_eq!(segment_bytes(dir.path()), payloads, "each payload once");
     for m in &stored {
-        assert_eq!(stores[(m.seq % 2) as usize].clip_audio(&m.id).unwrap(), audio(m));
+        assert_eq!(
+            stores[(m.seq % 2) as usize].clip_audio(&m.id).unwrap(),
+            audio(m)
+        );
     }
 }
 

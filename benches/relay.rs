@@ -28,6 +28,7 @@
 //! `WALKIE_BENCH_IDLE=1000,10000`, `WALKIE_BENCH_RUSH=10,1000,2000`, `WALKIE_BENCH_RUSH_K=2000`,
 //! `WALKIE_BENCH_HOLD_SECS=35`, `WALKIE_BENCH_OUT=DIR`, `WALKIE_BENCH_RELAY=PATH` and
 //! `WALKIE_BENCH_ALPN=walkie/2` (run another build of the relay, for a before/after),
+//! `WALKIE_BENCH_SCHEMA=4` (its data dir at schema 4, from before clip segments),
 //! `WALKIE_BENCH_NICE=-10`: the bench and the relay it starts run at this nice value (root
 //! only; `0` leaves it), so compile jobs sharing the machine do not set the delays.
 
@@ -598,6 +599,19 @@ struct Setup {
     ticks: f64,
 }
 
+/// With `WALKIE_BENCH_SCHEMA=4`, takes the fresh data dir back to schema 4 (before clip
+/// segments) for a relay built before them: it holds no clip yet, so dropping the one column
+/// added since is the whole difference.
+fn older_schema(data: &std::path::Path) {
+    let Some(want) = std::env::var("WALKIE_BENCH_SCHEMA").ok() else {
+        return;
+    };
+    assert_eq!(want, "4", "WALKIE_BENCH_SCHEMA: only 4 is known");
+    let db = rusqlite::Connection::open(data.join("walkie.db")).expect("open walkie.db");
+    db.execute_batch("ALTER TABLE clips DROP COLUMN audio_at; PRAGMA user_version = 4;")
+        .expect("back to schema 4");
+}
+
 impl Setup {
     /// Users: `talker`, `l0..` (listeners, in channels `fan{N}`), `t0..` (ingest talkers, each
     /// in `in{i}` with the offline user `offline`), `i0..` (idle, in no channel). One token for all.
@@ -645,6 +659,7 @@ impl Setup {
                 .expect("add channel");
         }
         drop(store);
+        older_schema(&data);
         eprintln!(
             "setup: {} users in {:.1} s",
             users.len(),

@@ -73,7 +73,7 @@ impl<W: Write> PageWriter<W> {
 
     /// Whether a packet of `len` bytes still fits on the page being filled.
     pub(super) fn fits(&self, len: usize) -> bool {
-        self.lacing.len() + len / 255 + 1 <= MAX_SEGMENTS
+        self.lacing.len() + len / 255 < MAX_SEGMENTS
     }
 
     /// Whether no packet is on the page being filled.

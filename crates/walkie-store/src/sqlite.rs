@@ -164,9 +164,11 @@ fn commit_group(
     group: &[Arc<Job>],
 ) {
     let mut appended: Vec<(PathBuf, u64, u64)> = Vec::new();
-    segments::check(slot);
     let run = (|| -> Result<Vec<Result<Done, StoreError>>, StoreError> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Under the write lock, which another process's sweep also holds while it removes
+        // segments: checked before it, a segment could be removed before we append to it.
+        segments::check(slot);
         let mut outcomes = Vec::with_capacity(group.len());
         for job in group {
             let (meta, recipients, payload) = match &job.work {

@@ -9,9 +9,10 @@
 //!
 //! Locking is the caller's job: every function here that writes runs while the store holds
 //! the database write lock, which excludes writers in every process. Each store appends only
-//! to a segment it created itself; before each group it checks that the file at the
-//! segment's path is still the one it holds (another process's sweep may have removed a
-//! segment no row pointed to), and starts a new one if not.
+//! to a segment it created itself; at the start of each group, under that lock, it checks
+//! that the file at the segment's path is still the one it holds (another process's sweep,
+//! which holds the same lock, may have removed a segment no row pointed to), and starts a
+//! new one if not.
 
 use std::fs::{self, File};
 use std::io;

@@ -6,7 +6,7 @@
 //! the database write lock, and only judges files older than a minute.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -35,14 +35,8 @@ pub(super) fn shred(path: &Path) -> Result<(), StoreError> {
         Err(e) => return Err(io_err(path)(e)),
     };
     (|| {
-        let mut file = OpenOptions::new().write(true).open(path)?;
-        let zeros = vec![0u8; 64 * 1024];
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(zeros.len() as u64) as usize;
-            file.write_all(&zeros[..n])?;
-            left -= n as u64;
-        }
+        let file = OpenOptions::new().write(true).open(path)?;
+        write_zeros(&file, 0, len)?;
         file.sync_all()?;
         fs::remove_file(path)
     })()
@@ -51,6 +45,41 @@ pub(super) fn shred(path: &Path) -> Result<(), StoreError> {
         sync_dir(dir)?;
     }
     Ok(())
+}
+
+/// Overwrites `len` bytes of `file` at `at` with zeros (not synced).
+pub(super) fn write_zeros(file: &File, at: u64, len: u64) -> io::Result<()> {
+    let zeros = vec![0u8; 64 * 1024];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(zeros.len() as u64) as usize;
+        write_all_at(file, &zeros[..n], at + done)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// Writes all of `bytes` at offset `at` of `file`.
+#[cfg(unix)]
+pub(super) fn write_all_at(file: &File, bytes: &[u8], at: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, bytes, at)
+}
+
+#[cfg(not(unix))]
+pub(super) fn write_all_at(mut file: &File, bytes: &[u8], at: u64) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    file.seek(SeekFrom::Start(at))?;
+    file.write_all(bytes)
+}
+
+/// Whether `path` is a regular file last modified at least `min_age` before `now`.
+pub(super) fn old_enough(path: &Path, now: SystemTime, min_age: Duration) -> bool {
+    fs::symlink_metadata(path)
+        .ok()
+        .filter(|m| m.is_file())
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| now.duration_since(t).ok())
+        .is_some_and(|age| age >= min_age)
 }
 
 /// Makes a directory's entries (creations, renames, removals) durable.
@@ -78,14 +107,7 @@ pub(super) struct Leftovers {
 /// is an error.
 pub(super) fn scan(clips_dir: &Path, min_age: Duration) -> Result<Leftovers, StoreError> {
     let now = SystemTime::now();
-    let old_enough = |path: &Path| {
-        fs::symlink_metadata(path)
-            .ok()
-            .filter(|m| m.is_file())
-            .and_then(|m| m.modified().ok())
-            .and_then(|t| now.duration_since(t).ok())
-            .is_some_and(|age| age >= min_age)
-    };
+    let old_enough = |path: &Path| old_enough(path, now, min_age);
     let mut out = Leftovers::default();
     for path in list_dir(&clips_dir.join(TMP_DIR)) {
         if path.extension().is_some_and(|e| e == PARTIAL_EXT) && old_enough(&path) {
@@ -114,7 +136,7 @@ pub(super) fn scan(clips_dir: &Path, min_age: Duration) -> Result<Leftovers, Sto
 }
 
 /// The entries of a directory, or none if it cannot be read.
-fn list_dir(dir: &Path) -> Vec<PathBuf> {
+pub(super) fn list_dir(dir: &Path) -> Vec<PathBuf> {
     match fs::read_dir(dir) {
         Ok(entries) => entries.filter_map(Result::ok).map(|e| e.path()).collect(),
         Err(_) => Vec::new(),

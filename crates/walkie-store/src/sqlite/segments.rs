@@ -18,7 +18,7 @@ use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::files::{io_err, sync_dir};
+use super::files::{io_err, list_dir, old_enough, sync_dir, write_all_at, write_zeros};
 use crate::StoreError;
 
 /// Subdirectory of `clips/` holding segments. Three letters, so never a shard name.
@@ -181,13 +181,7 @@ pub(super) fn erase(path: &Path, at: u64, len: u64) -> Result<(), StoreError> {
     }
     (|| {
         if !punch_hole(&file, at, len) {
-            let zeros = vec![0u8; 64 * 1024];
-            let mut done = 0u64;
-            while done < len {
-                let n = (len - done).min(zeros.len() as u64) as usize;
-                write_all_at(&file, &zeros[..n], at + done)?;
-                done += n as u64;
-            }
+            write_zeros(&file, at, len)?;
         }
         file.sync_data()
     })()
@@ -198,40 +192,20 @@ pub(super) fn erase(path: &Path, at: u64, len: u64) -> Result<(), StoreError> {
 /// `min_age` ago.
 pub(super) fn old_segments(clips_dir: &Path, min_age: std::time::Duration) -> Vec<String> {
     let now = std::time::SystemTime::now();
-    let Ok(entries) = fs::read_dir(clips_dir.join(SEG_DIR)) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter(|e| {
-            e.metadata()
-                .ok()
-                .filter(fs::Metadata::is_file)
-                .and_then(|m| m.modified().ok())
-                .and_then(|t| now.duration_since(t).ok())
-                .is_some_and(|age| age >= min_age)
+    list_dir(&clips_dir.join(SEG_DIR))
+        .into_iter()
+        .filter(|path| path.extension().is_some_and(|e| e == SEG_EXT))
+        .filter(|path| old_enough(path, now, min_age))
+        .filter_map(|path| {
+            let name = path.file_name()?.to_str()?;
+            Some(format!("{SEG_DIR}/{name}"))
         })
-        .filter_map(|e| e.file_name().to_str().map(str::to_string))
-        .filter(|n| n.ends_with(&format!(".{SEG_EXT}")))
-        .map(|n| format!("{SEG_DIR}/{n}"))
         .collect()
-}
-
-#[cfg(unix)]
-fn write_all_at(file: &File, bytes: &[u8], at: u64) -> io::Result<()> {
-    std::os::unix::fs::FileExt::write_all_at(file, bytes, at)
 }
 
 #[cfg(unix)]
 fn read_exact_at(file: &File, out: &mut [u8], at: u64) -> io::Result<()> {
     std::os::unix::fs::FileExt::read_exact_at(file, out, at)
-}
-
-#[cfg(not(unix))]
-fn write_all_at(mut file: &File, bytes: &[u8], at: u64) -> io::Result<()> {
-    use std::io::{Seek, SeekFrom, Write};
-    file.seek(SeekFrom::Start(at))?;
-    file.write_all(bytes)
 }
 
 #[cfg(not(unix))]

@@ -1215,16 +1215,18 @@ async fn raw_fanout(setup: &Setup, n: usize, clip_s: usize, datagrams: bool) -> 
     }
 }
 
+/// A report's heading and table header, the separator row counted from the header.
+fn table_head(md: &mut String, title: &str, header: &str) {
+    let columns = header.matches('|').count().saturating_sub(1);
+    let _ = writeln!(md, "\n## {title}\n\n{header}\n|{}", "---|".repeat(columns));
+}
+
 fn report_baseline(walkie: &[FanoutRow], raw: &[RawRow], md: &mut String) {
-    let _ = writeln!(
+    table_head(
         md,
-        "\n## Fan-out against quinn alone, in the same run (70-byte packets every 20 ms; walkie's are speech at 24 kb/s)\n"
+        "Fan-out against quinn alone, in the same run (70-byte packets every 20 ms; walkie's are speech at 24 kb/s)",
+        "| N | walkie p50 / p99 | raw streams p50 / p99 | raw datagrams p50 / p99 | walkie / raw streams, p50 and p99 | server CPU µs per delivered packet: walkie / raw streams / raw datagrams | walkie / raw streams, CPU | listeners complete: walkie / streams / datagrams | packets lost: walkie / streams / datagrams | load |",
     );
-    let _ = writeln!(
-        md,
-        "| N | walkie p50 / p99 | raw streams p50 / p99 | raw datagrams p50 / p99 | walkie / raw streams, p50 and p99 | server CPU µs per delivered packet: walkie / raw streams / raw datagrams | walkie / raw streams, CPU | listeners complete: walkie / streams / datagrams | packets lost: walkie / streams / datagrams | load |"
-    );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
     for w in walkie {
         let find = |d: bool| raw.iter().find(|r| r.n == w.n && r.datagrams == d);
         let (Some(s), Some(d)) = (find(false), find(true)) else {
@@ -1675,15 +1677,11 @@ fn crowd_runtime() -> tokio::runtime::Runtime {
 }
 
 fn report_rush_live(rows: &[RushLiveRow], md: &mut String) {
-    let _ = writeln!(
+    table_head(
         md,
-        "\n## The rush while one member talks: early listeners' live delay as the rest of the channel connects\n"
+        "The rush while one member talks: early listeners' live delay as the rest of the channel connects",
+        "| S (channel size) | listeners online before | complete listeners | live delay p50 | p99 | max | members rushing in: connected (time) | machine load |",
     );
-    let _ = writeln!(
-        md,
-        "| S (channel size) | listeners online before | complete listeners | live delay p50 | p99 | max | members rushing in: connected (time) | machine load |"
-    );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
     for r in rows {
         let _ = writeln!(
             md,
@@ -1707,15 +1705,13 @@ fn report_rush_live(rows: &[RushLiveRow], md: &mut String) {
 }
 
 fn report_rush(rows: &[RushRow], md: &mut String) {
-    let _ = writeln!(
+    table_head(
         md,
-        "\n## The rush: K members of channels of S members connect at once ({CONNECT_CONCURRENCY} handshakes in flight)\n"
+        &format!(
+            "The rush: K members of channels of S members connect at once ({CONNECT_CONCURRENCY} handshakes in flight)"
+        ),
+        "| S (channel size) | K connected (time) | relay CPU s | relay CPU ms per connect | ratio to the smallest S | control messages received (per member) | control bytes per member | machine load |",
     );
-    let _ = writeln!(
-        md,
-        "| S (channel size) | K connected (time) | relay CPU s | relay CPU ms per connect | ratio to the smallest S | control messages received (per member) | control bytes per member | machine load |"
-    );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
     let base = rows
         .first()
         .map(|r| r.relay_cpu_s / r.connected.max(1) as f64);
@@ -1756,18 +1752,13 @@ fn out_dir() -> PathBuf {
 }
 
 fn report_fanout(rows: &[FanoutRow], md: &mut String) {
-    let _ = writeln!(
+    table_head(
         md,
-        "\n## Fan-out: one talker, a {} s clip paced at 20 ms/packet, N listeners\n",
-        rows.first().map_or(0, |r| r.packets / 50)
-    );
-    let _ = writeln!(
-        md,
-        "| N | connected (time, relay CPU s) | complete listeners | packets lost | delay p50 | p99 | p99.9 | max | listener p99: median / worst | relay CPU s per delivered audio-s | relay CPU % (of one core) | load-gen CPU s | UDP drops, relay / load-gen sockets | talker ack after end | listener acks stored | machine load |"
-    );
-    let _ = writeln!(
-        md,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        &format!(
+            "Fan-out: one talker, a {} s clip paced at 20 ms/packet, N listeners",
+            rows.first().map_or(0, |r| r.packets / 50)
+        ),
+        "| N | connected (time, relay CPU s) | complete listeners | packets lost | delay p50 | p99 | p99.9 | max | listener p99: median / worst | relay CPU s per delivered audio-s | relay CPU % (of one core) | load-gen CPU s | UDP drops, relay / load-gen sockets | talker ack after end | listener acks stored | machine load |",
     );
     for r in rows {
         let window = r.packets as f64 * 0.020;
@@ -1803,17 +1794,15 @@ fn report_fanout(rows: &[FanoutRow], md: &mut String) {
 }
 
 fn report_ingest(rows: &[IngestRow], md: &mut String) {
-    let _ = writeln!(
+    table_head(
         md,
-        "\n## Ingest: M talkers on M channels, back-to-back {} s clips, each after the previous ack\n",
-        rows.first()
-            .map_or(0, |r| (r.audio_s / r.acked.max(1) as f64).round() as usize)
+        &format!(
+            "Ingest: M talkers on M channels, back-to-back {} s clips, each after the previous ack",
+            rows.first()
+                .map_or(0, |r| (r.audio_s / r.acked.max(1) as f64).round() as usize)
+        ),
+        "| M | clips acked | in | clips/s | audio ingested (x real time) | ack p50 | ack p99 | upload p50 (packets into the send buffer) | relay CPU s per audio-s | relay CPU % (of one core) | UDP drops, relay / load-gen sockets | failures | machine load |",
     );
-    let _ = writeln!(
-        md,
-        "| M | clips acked | in | clips/s | audio ingested (x real time) | ack p50 | ack p99 | upload p50 (packets into the send buffer) | relay CPU s per audio-s | relay CPU % (of one core) | UDP drops, relay / load-gen sockets | failures | machine load |"
-    );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let _ = writeln!(
             md,
@@ -1840,15 +1829,11 @@ fn report_ingest(rows: &[IngestRow], md: &mut String) {
 }
 
 fn report_idle(rows: &[IdleRow], md: &mut String) {
-    let _ = writeln!(
+    table_head(
         md,
-        "\n## Idle authenticated connections (keep-alive only)\n"
+        "Idle authenticated connections (keep-alive only)",
+        "| K | connected (time) | relay CPU s to accept | alive after hold | answered a ping | relay RSS before → after | relay RSS per connection | load-gen RSS per connection | relay CPU while idle | UDP drops, relay / load-gen sockets | machine load |",
     );
-    let _ = writeln!(
-        md,
-        "| K | connected (time) | relay CPU s to accept | alive after hold | answered a ping | relay RSS before → after | relay RSS per connection | load-gen RSS per connection | relay CPU while idle | UDP drops, relay / load-gen sockets | machine load |"
-    );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let _ = writeln!(
             md,

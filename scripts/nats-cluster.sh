@@ -4,7 +4,8 @@
 # Usage:
 #   scripts/nats-cluster.sh [start] [BASE_DIR]  start the nodes that are not running, wait until
 #                                              every node is healthy and a JetStream meta leader
-#                                              exists (30 s at most), print the --store value
+#                                              exists (NATS_WAIT_SECS, default 60 s, at most),
+#                                              print the --store value
 #   scripts/nats-cluster.sh stop [BASE_DIR]     stop every node (SIGTERM, then SIGKILL after 10 s)
 #   scripts/nats-cluster.sh kill N [BASE_DIR]   kill -9 node N (1..3), for failure tests;
 #                                              `start` brings it back with its data
@@ -28,7 +29,7 @@ CLIENT_PORT=${NATS_CLIENT_PORT:-14222}
 CLUSTER_PORT=${NATS_CLUSTER_PORT:-16222}
 MONITOR_PORT=${NATS_MONITOR_PORT:-18222}
 CLUSTER_NAME=${NATS_CLUSTER_NAME:-walkie}
-WAIT_SECS=30
+WAIT_SECS=${NATS_WAIT_SECS:-60}
 
 die() { echo "nats-cluster: $*" >&2; exit 1; }
 
@@ -85,6 +86,17 @@ healthy() {
   http_get "$MONITOR_PORT" /jsz | grep -Eq '"leader": *"[^"]+"'
 }
 
+# Says on stderr what each node answers about its health and the tail of its log, so that a
+# start that times out (seen once on a fresh CI machine, never reproduced) can be diagnosed.
+explain_unhealthy() {
+  local n
+  for n in $(seq 1 $NODES); do
+    echo "nats-cluster: n$n pid '$(node_pid "$n")', /healthz: $(http_get "$((MONITOR_PORT + n - 1))" /healthz | tail -n 1)" >&2
+    tail -n 8 "$BASE/n$n.log" 2>/dev/null | sed "s/^/nats-cluster:   n$n log: /" >&2 || true
+  done
+  echo "nats-cluster: meta leader seen by n1: $(http_get "$MONITOR_PORT" /jsz | grep -Eo '"leader": *"[^"]*"' | head -n 1)" >&2
+}
+
 cmd_start() {
   command -v nats-server >/dev/null ||
     die "nats-server is not installed: run scripts/install-deps.sh (or apt-get install -y nats-server)"
@@ -102,7 +114,10 @@ cmd_start() {
         die "node n$n exited; its log is $BASE/n$n.log"
       fi
     done
-    [ $((SECONDS - started)) -lt $WAIT_SECS ] || die "the cluster in $BASE is not healthy after ${WAIT_SECS}s (logs: $BASE/n*.log)"
+    if [ $((SECONDS - started)) -ge "$WAIT_SECS" ]; then
+      explain_unhealthy
+      die "the cluster in $BASE is not healthy after ${WAIT_SECS}s (logs: $BASE/n*.log)"
+    fi
     sleep 0.2
   done
   if [ -n "${NATS_OWNER_PID:-}" ]; then watch_owner "$NATS_OWNER_PID"; fi

@@ -6,8 +6,9 @@
 //! test (`#[ignore]`, run with `--ignored --nocapture`) prints ingest and fan-out figures
 //! through the cluster next to the embedded store's.
 //!
-//! The cluster is `scripts/nats-cluster.sh` with its own dir and ports (client 34222-34224,
-//! cluster 36222-36224, monitor 38222-38224), so these tests and `tests/nats_store.rs` never
+//! The cluster is `scripts/nats-cluster.sh` with its own dir and ports (client 25222-25224,
+//! cluster 27222-27224, monitor 29222-29224; below Linux's ephemeral range, 32768-60999, so no client socket holds
+//! one), so these tests and `tests/nats_store.rs` never
 //! share nodes; it is started on first use and stopped by the script's watcher once this test
 //! process has exited (`NATS_OWNER_PID`). Each test uses its own random prefix and deletes its
 //! streams at the end. Without `nats-server` the tests fail, saying how to install it.
@@ -40,9 +41,9 @@ use walkie_store::nats::{NatsConfig, NatsStore};
 
 const NATS: support::NatsTestCluster = support::NatsTestCluster {
     base_dir: "/tmp/walkie-nats-cluster-test",
-    client_port: 34222,
-    cluster_port: 36222,
-    monitor_port: 38222,
+    client_port: 25222,
+    cluster_port: 27222,
+    monitor_port: 29222,
 };
 const RELAY_BIN: &str = env!("CARGO_BIN_EXE_walkie-relay");
 

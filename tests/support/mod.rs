@@ -176,6 +176,12 @@ pub struct NatsTestCluster {
 impl NatsTestCluster {
     /// Runs `scripts/nats-cluster.sh ARGS BASE_DIR` with this cluster's ports; its stdout.
     pub fn script(&self, args: &[&str]) -> String {
+        self.try_script(args)
+            .unwrap_or_else(|e| panic!("scripts/nats-cluster.sh {args:?} failed:\n{e}"))
+    }
+
+    /// Runs the script; its stdout, or its stderr if it failed.
+    fn try_script(&self, args: &[&str]) -> Result<String, String> {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/nats-cluster.sh");
         let out = std::process::Command::new("bash")
             .arg(script)
@@ -188,12 +194,10 @@ impl NatsTestCluster {
             .env("NATS_OWNER_PID", std::process::id().to_string())
             .output()
             .expect("bash runs");
-        assert!(
-            out.status.success(),
-            "scripts/nats-cluster.sh {args:?} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
     /// Starts the nodes that are not running and returns the servers (`HOST:PORT`).
@@ -207,7 +211,19 @@ impl NatsTestCluster {
             "nats-server is not installed: these tests need it. Install it with scripts/install-deps.sh \
              (or `apt-get install -y nats-server`), then run them again"
         );
-        let out = self.script(&["start"]);
+        // A fresh cluster once stayed without a healthy meta leader for 30 s on a fresh CI
+        // machine (never reproduced; the script now prints each node's answer and log when
+        // that happens). Stopping it and starting it once more is what an operator would do.
+        let out = match self.try_script(&["start"]) {
+            Ok(out) => out,
+            Err(first) => {
+                eprintln!(
+                    "the NATS test cluster did not start; stopping it and trying again:\n{first}"
+                );
+                let _ = self.try_script(&["stop"]);
+                self.script(&["start"])
+            }
+        };
         let list = out.lines().last().unwrap_or_default();
         let list = list.strip_prefix("nats://").unwrap_or(list);
         list.split(',').map(str::to_string).collect()

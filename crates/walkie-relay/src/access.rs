@@ -8,6 +8,9 @@ use walkie_proto::assemble::Refusal;
 use walkie_proto::clip::{ClipMeta, Target};
 use walkie_proto::wire::ErrorCode;
 
+use walkie_proto::people::DirectFrom;
+use walkie_store::{Store, StoreError};
+
 use crate::people;
 use crate::shared::Shared;
 
@@ -18,32 +21,36 @@ pub(crate) async fn may_access(
     user: &str,
     target: &Target,
 ) -> Result<(), Refusal> {
-    let result = match target {
-        Target::Channel(name) => {
-            let name = name.clone();
-            shared
-                .store(move |s| s.members(&name))
-                .await
-                .map(|m| m.map(|m| m.iter().any(|u| u == user)))
-        }
-        Target::User(name) => {
-            let name = name.clone();
-            shared
-                .store(move |s| s.token_hash(&name))
-                .await
-                .map(|h| h.map(|_| true))
-        }
-    };
-    match result {
-        Ok(Some(true)) => Ok(()),
-        Ok(Some(false)) => Err(not_member(target)),
-        Ok(None) if matches!(target, Target::Channel(_)) => Err(not_member(target)),
-        Ok(None) => Err(Refusal::new(
-            ErrorCode::NotFound,
-            format!("there is no user {target}"),
-        )),
-        Err(e) => Err(Refusal::new(ErrorCode::Storage, e.to_string())),
-    }
+    let (user, target) = (user.to_string(), target.clone());
+    shared
+        .store(move |s| may_access_in(s, &user, &target))
+        .await
+        .map_err(storage)?
+}
+
+/// [`may_access`] inside a store trip: the store's error, or the rule's answer.
+fn may_access_in(s: &dyn Store, user: &str, target: &Target) -> Result<Allowed, StoreError> {
+    Ok(match target {
+        Target::Channel(name) => match s.members(name)? {
+            Some(m) if m.iter().any(|u| u == user) => Ok(()),
+            _ => Err(not_member(target)),
+        },
+        Target::User(name) => match s.token_hash(name)? {
+            Some(_) => Ok(()),
+            None => Err(Refusal::new(
+                ErrorCode::NotFound,
+                format!("there is no user {target}"),
+            )),
+        },
+    })
+}
+
+/// A rule's answer: allowed, or the refusal to report.
+type Allowed = Result<(), Refusal>;
+
+/// A store failure, as the refusal a client is told.
+fn storage(e: crate::RelayError) -> Refusal {
+    Refusal::new(ErrorCode::Storage, e.to_string())
 }
 
 /// A non-member learns no more than that it may not use the channel, whether or not it exists.
@@ -65,45 +72,40 @@ pub(crate) async fn may_read(shared: &Shared, user: &str, meta: &ClipMeta) -> bo
 /// Who gets a clip `sender` sends to `to` (the sender left out), once `sender` may send there:
 /// a direct clip only if its recipient takes direct clips from the sender (their choice, and
 /// never from someone they blocked: both refused in the same words, so a blocked sender cannot
-/// tell); a channel clip reaches every member but those who blocked the sender.
-pub(crate) async fn recipients(
-    shared: &Shared,
+/// tell); a channel clip reaches every member but those who blocked the sender. Runs inside a
+/// store trip (the caller's, so that one trip answers everything a send asks): the store's
+/// error, or the rule's answer.
+pub(crate) fn recipients_in(
+    s: &dyn Store,
     sender: &str,
     to: &Target,
-) -> Result<Vec<String>, Refusal> {
-    let storage = |e: crate::RelayError| Refusal::new(ErrorCode::Storage, e.to_string());
-    let (from, default) = (sender.to_string(), shared.config.direct_from);
+    default: DirectFrom,
+) -> Result<Result<Vec<String>, Refusal>, StoreError> {
     let members = match to {
         Target::User(name) => {
-            may_access(shared, sender, to).await?;
-            let recipient = name.clone();
-            if !shared
-                .store(move |s| people::may_send_direct(s, &from, &recipient, default))
-                .await
-                .map_err(storage)?
-            {
-                return Err(Refusal::new(
+            if let Err(refusal) = may_access_in(s, sender, to)? {
+                return Ok(Err(refusal));
+            }
+            if !people::may_send_direct(s, sender, name, default)? {
+                return Ok(Err(Refusal::new(
                     ErrorCode::Forbidden,
                     format!("{to} takes direct clips from their contacts only"),
-                ));
+                )));
             }
             vec![name.clone()]
         }
         Target::Channel(name) => {
-            // One trip to the store: the members (who may send, and who receives) and blocks.
-            let name = name.clone();
-            let (members, blockers) = shared
-                .store(move |s| Ok((s.members(&name)?, people::blocked_by(s, &from)?)))
-                .await
-                .map_err(storage)?;
-            let members = members
-                .filter(|m| m.iter().any(|u| u == sender))
-                .ok_or_else(|| not_member(to))?;
+            // The members (who may send, and who receives) and blocks.
+            let Some(members) = s.members(name)?.filter(|m| m.iter().any(|u| u == sender))
+            else {
+                return Ok(Err(not_member(to)));
+            };
+            let blockers = people::blocked_by(s, sender)?;
             members
                 .into_iter()
                 .filter(|m| !blockers.contains(m))
                 .collect()
         }
     };
-    Ok(members.into_iter().filter(|m| m != sender).collect())
+    Ok(Ok(members.into_iter().filter(|m| m != sender).collect()))
 }

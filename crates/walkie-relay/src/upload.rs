@@ -309,6 +309,13 @@ impl Driver<'_> {
 /// may not use it or is over their quota), and whether `id` is stored already or being
 /// uploaded by someone; reserves `id` for this sender unless another holds it (the guard
 /// frees it when dropped).
+///
+/// One store trip answers the questions (recipients, whether `id` is stored, the sender's
+/// usage when its count is not fresh), then the id is reserved, only for a sender who may
+/// send (in a cluster a reservation is a write every relay sees). A clip with this id that
+/// is committed between the trip and the reservation was uploaded under a reservation that
+/// ended before this one began; the store answers this commit as its duplicate, or refuses
+/// it as a conflict if another user sent it, so nothing is stored twice.
 pub(crate) async fn check_send(
     shared: &Shared,
     session: &Session,
@@ -316,7 +323,35 @@ pub(crate) async fn check_send(
     target: &walkie_proto::clip::Target,
 ) -> Result<(Checked, Option<ClipGuard>), Refusal> {
     let user = &session.user;
-    let recipients = access::recipients(shared, user, target).await?;
+    let storage = |e: RelayError| Refusal::new(ErrorCode::Storage, e.to_string());
+    let quota = shared.config.quota_bytes_per_user;
+    let now = Instant::now();
+    let cached = quota.and_then(|_| shared.usage.fresh(user, now));
+    let read_usage = quota.is_some() && cached.is_none();
+    let (who, to, default) = (user.clone(), target.clone(), shared.config.direct_from);
+    let (recipients, stored, read) = shared
+        .store(move |s| {
+            let recipients = match access::recipients_in(s, &who, &to, default)? {
+                Ok(r) => r,
+                Err(refusal) => return Ok((Err(refusal), None, None)),
+            };
+            let stored = s.committed(&id)?;
+            let used = if read_usage {
+                s.stored_bytes_of(&who)?
+            } else {
+                None
+            };
+            Ok((Ok(recipients), stored, used))
+        })
+        .await
+        .map_err(storage)?;
+    let recipients = recipients?;
+    if let Some(bytes) = read {
+        shared.usage.set(user, bytes, now);
+    }
+    if let Some(quota) = quota {
+        check_quota(cached.or(read), quota)?;
+    }
     let in_flight = shared
         .cluster
         .reserve_clip(id, user, shared.config.max_hold())
@@ -327,31 +362,6 @@ pub(crate) async fn check_send(
         user: user.clone(),
         clip: id,
     });
-    // One trip to the store: is the id stored, and (when the count is not fresh) what the
-    // sender stores.
-    let quota = shared.config.quota_bytes_per_user;
-    let now = Instant::now();
-    let cached = quota.and_then(|_| shared.usage.fresh(user, now));
-    let read_usage = quota.is_some() && cached.is_none();
-    let who = user.clone();
-    let (stored, read) = shared
-        .store(move |s| {
-            let stored = s.committed(&id)?;
-            let used = if read_usage {
-                s.stored_bytes_of(&who)?
-            } else {
-                None
-            };
-            Ok((stored, used))
-        })
-        .await
-        .map_err(|e| Refusal::new(ErrorCode::Storage, e.to_string()))?;
-    if let Some(bytes) = read {
-        shared.usage.set(user, bytes, now);
-    }
-    if let Some(quota) = quota {
-        check_quota(cached.or(read), quota)?;
-    }
     Ok((
         Checked {
             recipients,

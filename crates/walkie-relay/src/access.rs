@@ -96,8 +96,7 @@ pub(crate) fn recipients_in(
         }
         Target::Channel(name) => {
             // The members (who may send, and who receives) and blocks.
-            let Some(members) = s.members(name)?.filter(|m| m.iter().any(|u| u == sender))
-            else {
+            let Some(members) = s.members(name)?.filter(|m| m.iter().any(|u| u == sender)) else {
                 return Ok(Err(not_member(to)));
             };
             let blockers = people::blocked_by(s, sender)?;

@@ -16,31 +16,23 @@ pub(super) const MAX_PACKET: usize = 255 * 255 - 1;
 const BEGIN: u8 = 0x02;
 const END: u8 = 0x04;
 
-/// The CRC-32 of Ogg (polynomial 0x04c11db7, not reflected, initial value and final XOR 0).
-const CRC_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut r = (i as u32) << 24;
-        let mut bit = 0;
-        while bit < 8 {
-            r = if r & 0x8000_0000 != 0 {
-                (r << 1) ^ 0x04c1_1db7
-            } else {
-                r << 1
-            };
-            bit += 1;
-        }
-        table[i] = r;
-        i += 1;
-    }
-    table
-};
+/// The CRC-32 of Ogg: polynomial 0x04c11db7, not reflected, initial value and final XOR 0
+/// (the `crc` crate's slice-by-16 tables: a byte-at-a-time table was 6% of the relay's CPU
+/// under durable ingest).
+const OGG_CRC: crc::Crc<u32, crc::Table<16>> =
+    crc::Crc::<u32, crc::Table<16>>::new(&crc::Algorithm {
+        width: 32,
+        poly: 0x04c1_1db7,
+        init: 0,
+        refin: false,
+        refout: false,
+        xorout: 0,
+        check: 0x89a1_897f,
+        residue: 0,
+    });
 
 fn crc(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0, |c, &b| {
-        (c << 8) ^ CRC_TABLE[usize::from((c >> 24) as u8 ^ b)]
-    })
+    OGG_CRC.checksum(bytes)
 }
 
 /// Writes the pages of one logical stream to `out`.

@@ -36,6 +36,7 @@ pub mod auth;
 pub mod avatar;
 pub mod cli;
 pub mod cluster;
+mod committer;
 pub mod config;
 mod conn;
 mod deliver;
@@ -204,8 +205,10 @@ pub async fn start_with(
     let limits = UserLimits::new(config.clips_per_minute, config.bytes_per_second);
     let signups = f64::from(config.signups_per_source_per_hour.max(1));
     let message_rate = config.message_bytes_per_second.max(1) as f64;
+    let committer = committer::Committer::start(store.clone())?;
     let shared = Arc::new(Shared {
         store,
+        committer,
         registry: Registry::default(),
         config,
         shutdown,

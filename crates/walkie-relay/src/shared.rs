@@ -11,16 +11,19 @@ use tokio::sync::watch;
 use walkie_proto::clip::ClipMeta;
 use walkie_proto::rate::{KeyedLimits, UserLimits};
 use walkie_proto::wire::{ErrorCode, ErrorMsg, ServerMsg};
-use walkie_store::{CommitOutcome, Store, StoreError};
+use walkie_store::{CommitOutcome, NewClip, Store, StoreError};
 
 use crate::RelayError;
 use crate::cluster::{Cluster, Notice};
+use crate::committer::Committer;
 use crate::config::RelayConfig;
 use crate::registry::Registry;
 
 /// State shared by every connection task.
 pub(crate) struct Shared {
     pub store: Arc<dyn Store>,
+    /// Commits clips and messages in batches, on its own thread.
+    pub committer: Committer,
     pub registry: Registry,
     pub config: RelayConfig,
     pub shutdown: watch::Receiver<bool>,
@@ -137,8 +140,13 @@ impl Shared {
         recipients: &[String],
         payload: Vec<u8>,
     ) -> Result<CommitOutcome, RelayError> {
-        let keys = self.delivery_keys(recipients).await?;
-        self.store(move |s| s.commit_clip(&meta, &keys, &payload))
+        let recipients = self.delivery_keys(recipients).await?;
+        self.committer
+            .commit(NewClip {
+                meta,
+                recipients,
+                payload,
+            })
             .await
     }
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use walkie_proto::clip::{ClipId, ClipMeta, CodecParams, Target};
 use walkie_proto::message::{Content, PictureFormat};
 
-use crate::{ChannelInfo, CommitOutcome, PURGED_SENDER, Store, StoreError};
+use crate::{ChannelInfo, CommitOutcome, NewClip, PURGED_SENDER, Store, StoreError};
 
 /// What the suite needs of a backend.
 pub trait Backend {
@@ -38,6 +38,7 @@ macro_rules! conformance_tests {
             channels_need_existing_members,
             committed_clips_read_back_byte_equal_small_large_and_empty,
             a_resend_is_a_duplicate_and_another_sender_conflicts,
+            a_batch_commits_each_clip_in_order,
             pending_is_oldest_first_per_recipient_and_ack_removes,
             channel_history_is_newest_last_with_limit_and_before,
             history_finds_old_clips_behind_many_newer_ones_elsewhere,
@@ -355,6 +356,75 @@ pub fn a_resend_is_a_duplicate_and_another_sender_conflicts(b: &dyn Backend) {
         audio(&m),
         "neither resend touched the audio"
     );
+}
+
+/// `commit_clips` answers each clip of a batch in the batch's order, as `commit_clip` would:
+/// new clips are stored, a known id is a duplicate or a conflict, an id repeated in the
+/// batch is committed once; every stored clip reads back and is queued.
+pub fn a_batch_commits_each_clip_in_order(b: &dyn Backend) {
+    let store = b.store();
+    populate(store);
+    let old = send(store, "alice", "crew", &["bob"]);
+    let fresh: Vec<ClipMeta> = (0..5).map(|_| meta("bob", "crew")).collect();
+    let repeated = meta("alice", "@bob");
+    let forged = ClipMeta {
+        from: "carol".into(),
+        ..old.clone()
+    };
+    let clip = |m: &ClipMeta, to: &[&str]| NewClip {
+        meta: m.clone(),
+        recipients: names(to),
+        payload: audio(m),
+    };
+    let mut batch: Vec<NewClip> = fresh.iter().map(|m| clip(m, &["alice"])).collect();
+    batch.insert(2, clip(&old, &["bob"]));
+    batch.push(clip(&repeated, &["bob"]));
+    batch.push(clip(&forged, &[]));
+    batch.push(clip(&repeated, &["bob"]));
+    let out = store.commit_clips(batch);
+    assert_eq!(out.len(), 9);
+    assert_eq!(
+        out[2].as_ref().ok(),
+        Some(&CommitOutcome::Duplicate(old.seq)),
+        "a known id from its sender is a duplicate: {out:?}"
+    );
+    assert!(
+        matches!(&out[7], Err(StoreError::IdConflict(id)) if *id == old.id),
+        "a known id from another sender conflicts: {out:?}"
+    );
+    let seq_of = |r: &Result<CommitOutcome, StoreError>| match r {
+        Ok(CommitOutcome::Stored(seq)) => *seq,
+        other => panic!("a new clip of the batch was not stored: {other:?}"),
+    };
+    let new_seqs: Vec<u64> = [0, 1, 3, 4, 5, 6]
+        .iter()
+        .map(|&i| seq_of(&out[i]))
+        .collect();
+    let mut unique = new_seqs.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), 6, "every new clip has its own seq: {out:?}");
+    assert!(new_seqs.iter().all(|&s| s > old.seq));
+    assert_eq!(
+        out[8].as_ref().ok(),
+        Some(&CommitOutcome::Duplicate(new_seqs[5])),
+        "an id repeated in the batch is committed once: {out:?}"
+    );
+    for m in fresh.iter().chain([&repeated]) {
+        assert_eq!(store.clip_audio(&m.id).unwrap(), audio(m));
+    }
+    // Queued once each; in the order of their seqs, which a store that runs a batch's
+    // commits at once (NATS) gives in the order they finish.
+    let mut queued = ids(&store.pending("alice", 0, 10).unwrap());
+    let mut want = ids(&fresh);
+    queued.sort_unstable_by_key(|id| id.0);
+    want.sort_unstable_by_key(|id| id.0);
+    assert_eq!(queued, want, "queued once each");
+    assert_eq!(
+        ids(&store.pending("bob", 0, 10).unwrap()),
+        vec![old.id, repeated.id]
+    );
+    assert!(store.commit_clips(Vec::new()).is_empty());
 }
 
 /// Each recipient's inbox holds what was queued for them, oldest first, until they ack it.

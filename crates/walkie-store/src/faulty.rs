@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use walkie_proto::clip::{ClipId, ClipMeta, Target};
 
-use crate::{ChannelInfo, CommitOutcome, Store, StoreError, TokenHash};
+use crate::{ChannelInfo, CommitOutcome, NewClip, Store, StoreError, TokenHash};
 
 /// Wraps a store and fails its writes on demand.
 pub struct FaultyStore {
@@ -39,12 +39,17 @@ impl FaultyStore {
     fn check(&self) -> Result<(), StoreError> {
         if self.full.load(Ordering::SeqCst) {
             self.refused.fetch_add(1, Ordering::SeqCst);
-            return Err(StoreError::Io {
-                path: "clips".into(),
-                source: std::io::Error::from_raw_os_error(28), // ENOSPC: No space left on device
-            });
+            return Err(disk_full());
         }
         Ok(())
+    }
+}
+
+/// The error a full disk gives.
+fn disk_full() -> StoreError {
+    StoreError::Io {
+        path: "clips".into(),
+        source: std::io::Error::from_raw_os_error(28), // ENOSPC: No space left on device
     }
 }
 
@@ -105,6 +110,20 @@ impl Store for FaultyStore {
     ) -> Result<CommitOutcome, StoreError> {
         self.check()?;
         self.inner.commit_clip(meta, recipients, ogg)
+    }
+    fn commit_clips(&self, clips: Vec<NewClip>) -> Vec<Result<CommitOutcome, StoreError>> {
+        match self.check() {
+            Ok(()) => self.inner.commit_clips(clips),
+            // Each clip is a write refused, as one by one.
+            Err(first) => {
+                let more = clips.len().saturating_sub(1);
+                self.refused.fetch_add(more as u64, Ordering::SeqCst);
+                std::iter::once(Err(first))
+                    .chain((0..more).map(|_| Err(disk_full())))
+                    .take(clips.len())
+                    .collect()
+            }
+        }
     }
     fn clip(&self, id: &ClipId) -> Result<Option<ClipMeta>, StoreError> {
         self.inner.clip(id)

@@ -105,6 +105,17 @@ pub enum CommitOutcome {
     Duplicate(u64),
 }
 
+/// One clip for [`Store::commit_clips`]: what [`Store::commit_clip`] takes, owned.
+#[derive(Clone, Debug)]
+pub struct NewClip {
+    /// The clip's metadata (`seq` is ignored: the store assigns it).
+    pub meta: ClipMeta,
+    /// The inboxes (delivery keys) it is queued in.
+    pub recipients: Vec<String>,
+    /// Its stored bytes (a whole Ogg Opus file, or a message's payload).
+    pub payload: Vec<u8>,
+}
+
 /// Durable storage for a relay. Implementations must be safe to share between threads and
 /// between processes on the same data (admin commands run while the relay serves).
 pub trait Store: Send + Sync + 'static {
@@ -195,6 +206,17 @@ pub trait Store: Send + Sync + 'static {
         recipients: &[String],
         ogg: &[u8],
     ) -> Result<CommitOutcome, StoreError>;
+    /// Commits each clip as [`Store::commit_clip`] does (an id that came earlier in the batch
+    /// is committed after it: its duplicate, or a conflict); each clip's outcome, in the
+    /// batch's order. The default commits them one after another; the SQLite
+    /// store makes a batch durable together (one group commit), the NATS store runs its
+    /// commits at once. For a caller that gathers clips from many senders on one thread.
+    fn commit_clips(&self, clips: Vec<NewClip>) -> Vec<Result<CommitOutcome, StoreError>> {
+        clips
+            .iter()
+            .map(|c| self.commit_clip(&c.meta, &c.recipients, &c.payload))
+            .collect()
+    }
     /// Metadata of one stored clip.
     fn clip(&self, id: &ClipId) -> Result<Option<ClipMeta>, StoreError>;
     /// Metadata of a clip whose commit is complete (stored and queued for every recipient):

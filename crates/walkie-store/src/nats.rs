@@ -101,7 +101,7 @@ use self::layout::Layout;
 use self::ops::Inner;
 use walkie_proto::clip::{ClipId, ClipMeta, Target};
 
-use crate::{ChannelInfo, CommitOutcome, Record, Store, StoreError, TokenHash};
+use crate::{ChannelInfo, CommitOutcome, NewClip, Record, Store, StoreError, TokenHash};
 
 /// Where a NATS store lives and how it talks to the cluster.
 #[derive(Clone, Debug)]
@@ -404,6 +404,44 @@ impl Store for NatsStore {
             Bytes::copy_from_slice(ogg),
         );
         self.run(move |s| async move { s.commit_clip(&meta, &recipients, ogg, None).await })
+    }
+
+    /// The commits run at once (each is a few round trips to the cluster); a clip whose id
+    /// came earlier in the batch runs after all of them, so it sees the earlier one.
+    fn commit_clips(&self, clips: Vec<NewClip>) -> Vec<Result<CommitOutcome, StoreError>> {
+        let n = clips.len();
+        let result = self.run(move |s| async move {
+            let mut seen = std::collections::HashSet::new();
+            let (first, again): (Vec<_>, Vec<_>) = clips
+                .into_iter()
+                .enumerate()
+                .partition(|(_, c)| seen.insert(c.meta.id));
+            let commit = |c: NewClip| {
+                let s = Arc::clone(&s);
+                async move {
+                    s.commit_clip(&c.meta, &c.recipients, Bytes::from(c.payload), None)
+                        .await
+                }
+            };
+            let mut out: Vec<(usize, Result<CommitOutcome, StoreError>)> =
+                futures::future::join_all(
+                    first
+                        .into_iter()
+                        .map(|(i, c)| async move { (i, commit(c).await) }),
+                )
+                .await;
+            for (i, c) in again {
+                out.push((i, commit(c).await));
+            }
+            out.sort_by_key(|(i, _)| *i);
+            Ok(out.into_iter().map(|(_, r)| r).collect::<Vec<_>>())
+        });
+        match result {
+            Ok(outcomes) => outcomes,
+            Err(e) => (0..n)
+                .map(|_| Err(StoreError::Backend(e.to_string())))
+                .collect(),
+        }
     }
 
     fn clip(&self, id: &ClipId) -> Result<Option<ClipMeta>, StoreError> {

@@ -72,7 +72,7 @@ use walkie_proto::clip::{ClipId, ClipMeta, Target, now_ms};
 
 use self::schema::{CLIP_COLUMNS, get, query_clips};
 use self::segments::Segment;
-use crate::{ChannelInfo, CommitOutcome, Record, Store, StoreError, TokenHash, records};
+use crate::{ChannelInfo, CommitOutcome, NewClip, Record, Store, StoreError, TokenHash, records};
 
 /// SQLite's errors become the backend-neutral [`StoreError::Database`] (with SQLite's words).
 impl From<rusqlite::Error> for StoreError {
@@ -144,6 +144,13 @@ impl Job {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()
+    }
+
+    fn is_done(&self) -> bool {
+        self.result
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
     }
 
     fn set(&self, r: Result<Done, StoreError>) {
@@ -526,16 +533,37 @@ impl SqliteStore {
     /// others; the rest wait on a condition variable, not on the write connection, so a
     /// group's callers return at once instead of taking the connection one after another.
     fn submit(&self, work: Work) -> Result<Done, StoreError> {
-        let job = Arc::new(Job {
-            work,
-            result: Mutex::new(None),
-        });
+        self.submit_all(vec![work])
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Backend("a group commit lost a job".into())))
+    }
+
+    /// [`SqliteStore::submit`] for several jobs at once: they join the same group (in
+    /// order), and their results come back in order.
+    fn submit_all(&self, works: Vec<Work>) -> Vec<Result<Done, StoreError>> {
+        let jobs: Vec<Arc<Job>> = works
+            .into_iter()
+            .map(|work| {
+                Arc::new(Job {
+                    work,
+                    result: Mutex::new(None),
+                })
+            })
+            .collect();
         let lock_queue = || self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         let mut queue = lock_queue();
-        queue.jobs.push(job.clone());
+        queue.jobs.extend(jobs.iter().cloned());
         loop {
-            if let Some(done) = job.take() {
-                return done; // committed with a group, by this caller or another
+            if jobs.iter().all(|j| j.is_done()) {
+                // Committed with a group, by this caller or another.
+                return jobs
+                    .iter()
+                    .map(|j| {
+                        j.take().unwrap_or_else(|| {
+                            Err(StoreError::Backend("a group commit lost a job".into()))
+                        })
+                    })
+                    .collect();
             }
             if queue.leader {
                 queue = self
@@ -857,6 +885,29 @@ impl Store for SqliteStore {
                 meta.id
             ))),
         }
+    }
+
+    /// One group commit for the whole batch (and whatever else is queued then).
+    fn commit_clips(&self, clips: Vec<NewClip>) -> Vec<Result<CommitOutcome, StoreError>> {
+        let ids: Vec<ClipId> = clips.iter().map(|c| c.meta.id).collect();
+        let works = clips
+            .into_iter()
+            .map(|c| Work::Clip {
+                meta: c.meta,
+                recipients: c.recipients,
+                payload: c.payload,
+            })
+            .collect();
+        self.submit_all(works)
+            .into_iter()
+            .zip(ids)
+            .map(|(done, id)| match done? {
+                Done::Clip(outcome) => Ok(outcome),
+                Done::Acked => Err(StoreError::Corrupt(format!(
+                    "clip {id} was committed as an ack"
+                ))),
+            })
+            .collect()
     }
 
     fn clip(&self, id: &ClipId) -> Result<Option<ClipMeta>, StoreError> {

@@ -467,7 +467,7 @@ pub fn clip_ingest(data: &[u8]) -> Verdict {
     let (mut decoded, mut last) = (0u64, 0u64);
     for p in &input.packets {
         let before = asm.samples_so_far();
-        if let Err(e) = asm.push(p.clone()) {
+        if let Err(e) = asm.push(p) {
             let codes = [
                 ErrorCode::BadRequest,
                 ErrorCode::TooLarge,
@@ -492,8 +492,9 @@ pub fn clip_ingest(data: &[u8]) -> Verdict {
         }
     };
     assert_eq!(
-        done.packets, input.packets,
-        "the assembled packets differ from those sent"
+        done.packets as usize,
+        input.packets.len(),
+        "the assembled packet count differs from those sent"
     );
     assert_eq!(done.samples, input.end_samples);
     assert!(
@@ -508,20 +509,23 @@ pub fn clip_ingest(data: &[u8]) -> Verdict {
         "end {end} outside the last packet {}..={decoded}",
         decoded - last
     );
-    // The relay writes what it accepted as an Ogg Opus file; within the 10-minute file cap that
-    // must work and read back as the same clip.
-    if done.samples <= MAX_SAMPLES {
-        let file = ogg::write_ogg(&input.header.codec, &done.packets, done.samples, 1)
-            .unwrap_or_else(|e| panic!("an accepted clip cannot be written as Ogg Opus: {e}"));
-        let back = ogg::read_ogg(&file).unwrap_or_else(|e| {
-            panic!("the relay's Ogg file of an accepted clip is unreadable: {e}")
-        });
-        assert_eq!(back.packets, done.packets);
-        assert_eq!(
-            (back.samples, back.params.pre_skip),
-            (done.samples, input.header.codec.pre_skip)
-        );
-    }
+    // The assembler wrote what it accepted as the Ogg Opus file the relay stores: it must read
+    // back as the same clip, and be what writing the clip at once gives.
+    let back = ogg::read_ogg(&done.ogg)
+        .unwrap_or_else(|e| panic!("the relay's Ogg file of an accepted clip is unreadable: {e}"));
+    assert_eq!(
+        back.packets, input.packets,
+        "the stored packets differ from those sent"
+    );
+    assert_eq!(
+        (back.samples, back.params.pre_skip),
+        (done.samples, input.header.codec.pre_skip)
+    );
+    let id = input.header.id.0;
+    let serial = u32::from_le_bytes([id[0], id[1], id[2], id[3]]);
+    let whole = ogg::write_ogg(&input.header.codec, &input.packets, done.samples, serial)
+        .unwrap_or_else(|e| panic!("an accepted clip cannot be written at once: {e}"));
+    assert_eq!(done.ogg, whole, "streamed and whole files differ");
     Verdict::Accepted
 }
 

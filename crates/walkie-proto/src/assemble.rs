@@ -1,7 +1,9 @@
 //! Assembling one uploaded clip, without I/O: validates the header, each packet and the end
-//! marker against the relay's limits, and keeps the packets until the clip is complete.
+//! marker against the relay's limits, and writes the packets into the clip's Ogg Opus file in
+//! memory as they arrive (each packet copied once, its TOC read once).
 
-use crate::clip::{ClipHeader, validate_name};
+use crate::clip::{ClipHeader, CodecParams, validate_name};
+use crate::ogg::OggOpusWriter;
 use crate::toc::{MAX_PACKET_BYTES, packet_samples};
 use crate::wire::{ErrorCode, ErrorMsg};
 
@@ -63,35 +65,57 @@ pub fn check_header(header: &ClipHeader) -> Result<(), Refusal> {
 }
 
 /// A clip being received.
-#[derive(Debug)]
 pub struct ClipAssembler {
     pre_skip: u64,
     max_samples: u64,
-    packets: Vec<Vec<u8>>,
+    codec: CodecParams,
+    /// The Ogg stream's serial number, from the clip id.
+    serial: u32,
+    /// The file so far, from the first packet on.
+    ogg: Option<OggOpusWriter<Vec<u8>>>,
+    packets: usize,
     decoded_samples: u64,
     last_packet_samples: u64,
-    bytes: usize,
+}
+
+impl std::fmt::Debug for ClipAssembler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClipAssembler")
+            .field("packets", &self.packets)
+            .field("decoded_samples", &self.decoded_samples)
+            .field("max_samples", &self.max_samples)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A complete, validated clip.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assembled {
-    /// The Opus packets in order.
-    pub packets: Vec<Vec<u8>>,
+    /// The whole Ogg Opus file.
+    pub ogg: Vec<u8>,
+    /// How many Opus packets it holds.
+    pub packets: u32,
     /// Decoded length in 48 kHz samples (after pre-skip).
     pub samples: u64,
 }
 
+/// What a clip's Ogg file starts with room for (a 5-second clip at 24 kb/s is about 16 KB).
+const FILE_START_CAPACITY: usize = 16 * 1024;
+
 impl ClipAssembler {
     /// Starts a clip allowed to last at most `max_clip_ms`.
     pub fn new(header: &ClipHeader, max_clip_ms: u32) -> Self {
+        // The serial only tells streams apart inside one physical Ogg file (one here).
+        let id = header.id.0;
         Self {
             pre_skip: header.codec.pre_skip.into(),
             max_samples: u64::from(max_clip_ms) * 48,
-            packets: Vec::new(),
+            codec: header.codec,
+            serial: u32::from_le_bytes([id[0], id[1], id[2], id[3]]),
+            ogg: None,
+            packets: 0,
             decoded_samples: 0,
             last_packet_samples: 0,
-            bytes: 0,
         }
     }
 
@@ -108,7 +132,7 @@ impl ClipAssembler {
 
     /// Adds one packet; refuses malformed packets and clips that grow past the maximum
     /// (allowing one frame and the pre-skip of encoder padding at the end).
-    pub fn push(&mut self, packet: Vec<u8>) -> Result<(), Refusal> {
+    pub fn push(&mut self, packet: &[u8]) -> Result<(), Refusal> {
         if packet.len() > MAX_PACKET_BYTES {
             return Err(Refusal::new(
                 ErrorCode::TooLarge,
@@ -118,10 +142,10 @@ impl ClipAssembler {
                 ),
             ));
         }
-        let n = packet_samples(&packet).map_err(|e| {
+        let n = packet_samples(packet).map_err(|e| {
             Refusal::new(
                 ErrorCode::BadRequest,
-                format!("packet {} is not valid Opus: {e}", self.packets.len()),
+                format!("packet {} is not valid Opus: {e}", self.packets),
             )
         })?;
         self.decoded_samples += u64::from(n);
@@ -130,8 +154,20 @@ impl ClipAssembler {
         if self.decoded_samples > allowance {
             return Err(self.too_long());
         }
-        self.bytes += packet.len();
-        self.packets.push(packet);
+        let ogg = match &mut self.ogg {
+            Some(w) => w,
+            None => self.ogg.insert(
+                OggOpusWriter::new(
+                    Vec::with_capacity(FILE_START_CAPACITY),
+                    &self.codec,
+                    self.serial,
+                    48_000,
+                )
+                .map_err(cannot_build)?,
+            ),
+        };
+        ogg.write_counted(packet, n).map_err(cannot_build)?;
+        self.packets += 1;
         Ok(())
     }
 
@@ -147,16 +183,16 @@ impl ClipAssembler {
 
     /// Completes the clip with the sender's end marker, which must agree with what arrived.
     pub fn finish(self, packets: u32, samples: u64) -> Result<Assembled, Refusal> {
-        if packets as usize != self.packets.len() {
+        if packets as usize != self.packets {
             return Err(Refusal::new(
                 ErrorCode::BadRequest,
                 format!(
                     "the end marker counts {packets} packets but {} arrived",
-                    self.packets.len()
+                    self.packets
                 ),
             ));
         }
-        if self.packets.is_empty() {
+        if self.packets == 0 {
             return Err(Refusal::new(
                 ErrorCode::BadRequest,
                 "the clip has no audio packets",
@@ -179,11 +215,25 @@ impl ClipAssembler {
         if samples > self.max_samples {
             return Err(self.too_long());
         }
+        let ogg = self
+            .ogg
+            .ok_or_else(|| Refusal::new(ErrorCode::BadRequest, "the clip has no audio packets"))?
+            .finish(samples)
+            .map_err(cannot_build)?;
         Ok(Assembled {
-            packets: self.packets,
+            ogg,
+            packets,
             samples,
         })
     }
+}
+
+/// The file could not be written (a packet past the 10-minute limit of the Ogg writer).
+fn cannot_build(e: crate::ogg::OggError) -> Refusal {
+    Refusal::new(
+        ErrorCode::BadRequest,
+        format!("cannot build the Ogg file: {e}"),
+    )
 }
 
 #[cfg(test)]
@@ -210,13 +260,21 @@ mod tests {
         let clip = synthetic_clip(500 * 48);
         let mut asm = ClipAssembler::new(&header(clip.params.pre_skip), 60_000);
         for p in &clip.packets {
-            asm.push(p.clone()).expect("valid packet");
+            asm.push(p).expect("valid packet");
         }
         let done = asm
             .finish(clip.packets.len() as u32, clip.samples)
             .expect("complete");
         assert_eq!(done.samples, 24_000);
-        assert_eq!(done.packets, clip.packets);
+        assert_eq!(done.packets as usize, clip.packets.len());
+        // The file is what writing the whole clip at once gives, byte for byte.
+        let whole = crate::ogg::write_ogg(&clip.params, &clip.packets, clip.samples, 0x0101_0101)
+            .expect("a valid clip");
+        assert_eq!(done.ogg, whole);
+        assert_eq!(
+            crate::ogg::read_ogg(&done.ogg).expect("readable").packets,
+            clip.packets
+        );
     }
 
     #[test]
@@ -226,7 +284,7 @@ mod tests {
         let err = clip
             .packets
             .iter()
-            .try_for_each(|p| asm.push(p.clone()))
+            .try_for_each(|p| asm.push(p))
             .expect_err("too long");
         assert_eq!(err.code, ErrorCode::TooLong);
     }
@@ -235,11 +293,11 @@ mod tests {
     fn refuses_garbage_and_lying_end_markers() {
         let mut asm = ClipAssembler::new(&header(312), 60_000);
         assert_eq!(
-            asm.push(vec![]).expect_err("empty").code,
+            asm.push(&[]).expect_err("empty").code,
             ErrorCode::BadRequest
         );
         assert_eq!(
-            asm.push(vec![0; MAX_PACKET_BYTES + 1])
+            asm.push(&vec![0; MAX_PACKET_BYTES + 1])
                 .expect_err("huge")
                 .code,
             ErrorCode::TooLarge
@@ -247,7 +305,7 @@ mod tests {
         let clip = synthetic_clip(100 * 48);
         let mut asm = ClipAssembler::new(&header(clip.params.pre_skip), 60_000);
         for p in &clip.packets {
-            asm.push(p.clone()).expect("valid");
+            asm.push(p).expect("valid");
         }
         assert_eq!(
             asm.finish(99, clip.samples).expect_err("count").code,
@@ -255,12 +313,12 @@ mod tests {
         );
         let mut asm = ClipAssembler::new(&header(clip.params.pre_skip), 60_000);
         for p in &clip.packets {
-            asm.push(p.clone()).expect("valid");
+            asm.push(p).expect("valid");
         }
         let n = clip.packets.len() as u32;
         let mut short = ClipAssembler::new(&header(clip.params.pre_skip), 60_000);
         for p in &clip.packets {
-            short.push(p.clone()).expect("valid");
+            short.push(p).expect("valid");
         }
         assert_eq!(
             asm.finish(n, 48_000 * 10).expect_err("samples").code,

@@ -13,8 +13,6 @@
 use std::io::{Cursor, Read, Write};
 use std::path::Path;
 
-use std::borrow::Cow;
-
 use ::ogg::{OggReadError, PacketReader, PageParsingOptions};
 
 use self::pages::PageWriter;
@@ -93,19 +91,22 @@ pub struct OggOpus {
 }
 
 /// Writes Ogg Opus to any `Write` as packets arrive; [`OggOpusWriter::finish`] ends the stream.
-/// Packets are borrowed for `'a` where the caller can (no copy until their page is written).
-pub struct OggOpusWriter<'a, W: Write> {
+/// Each packet is copied once, onto its page (the newest into a buffer reused for every
+/// packet, as it waits to learn whether it is the last).
+pub struct OggOpusWriter<W: Write> {
     inner: PageWriter<W>,
     pre_skip: u64,
-    /// The newest packet and the granule at its end: held back until we know if it is the last.
-    held: Option<(Cow<'a, [u8]>, u64)>,
+    /// The newest packet, held back until we know if it is the last ...
+    held: Vec<u8>,
+    /// ... and the granule at its end (`None` before the first packet).
+    held_end: Option<u64>,
     /// Granule at the start of the held packet (end of everything written before it).
     written: u64,
     page_samples: u64,
     page_bytes: usize,
 }
 
-impl<'a, W: Write> OggOpusWriter<'a, W> {
+impl<W: Write> OggOpusWriter<W> {
     /// Starts a stream: writes the `OpusHead` and `OpusTags` pages.
     pub fn new(
         out: W,
@@ -145,7 +146,8 @@ impl<'a, W: Write> OggOpusWriter<'a, W> {
         Ok(Self {
             inner,
             pre_skip,
-            held: None,
+            held: Vec::new(),
+            held_end: None,
             written: 0,
             page_samples: 0,
             page_bytes: 0,
@@ -153,9 +155,14 @@ impl<'a, W: Write> OggOpusWriter<'a, W> {
     }
 
     /// Adds the next audio packet (checked with [`packet_samples`]).
-    pub fn write_packet(&mut self, packet: impl Into<Cow<'a, [u8]>>) -> Result<(), OggError> {
-        let packet = packet.into();
-        let n = u64::from(packet_samples(&packet)?);
+    pub fn write_packet(&mut self, packet: &[u8]) -> Result<(), OggError> {
+        let n = packet_samples(packet)?;
+        self.write_counted(packet, n)
+    }
+
+    /// [`Self::write_packet`] for a packet whose samples `n` the caller has just counted
+    /// with [`packet_samples`] (the relay's assembler: a packet's TOC is read once).
+    pub(crate) fn write_counted(&mut self, packet: &[u8], n: u32) -> Result<(), OggError> {
         if packet.len() > pages::MAX_PACKET {
             return Err(OggError::TooLarge(format!(
                 "an audio packet of {} bytes (at most {} fit an Ogg page)",
@@ -163,34 +170,37 @@ impl<'a, W: Write> OggOpusWriter<'a, W> {
                 pages::MAX_PACKET
             )));
         }
-        let end = self.held.as_ref().map_or(0, |h| h.1) + n;
+        let end = self.held_end.unwrap_or(0) + u64::from(n);
         if end > MAX_DECODED {
             return Err(OggError::TooLarge(
                 "the packets exceed the 10-minute clip limit".into(),
             ));
         }
-        if let Some((prev, granule)) = self.held.replace((packet, end)) {
-            if !self.inner.fits(prev.len()) {
+        if let Some(granule) = self.held_end.replace(end) {
+            let prev = self.held.len();
+            if !self.inner.fits(prev) {
                 // A full page ends early: packets are never split across pages.
                 self.inner.flush(false).map_err(write_err)?;
                 (self.page_samples, self.page_bytes) = (0, 0);
             }
             self.page_samples += granule - self.written;
-            self.page_bytes += prev.len();
-            self.inner.add(&prev, granule);
+            self.page_bytes += prev;
+            self.inner.add(&self.held, granule);
             self.written = granule;
             if self.page_samples >= PAGE_SAMPLES || self.page_bytes >= PAGE_BYTES {
                 self.inner.flush(false).map_err(write_err)?;
                 (self.page_samples, self.page_bytes) = (0, 0);
             }
         }
+        self.held.clear();
+        self.held.extend_from_slice(packet);
         Ok(())
     }
 
     /// Ends the stream: the last packet goes on a page flagged end-of-stream with granule
     /// `pre_skip + samples`, which must fall within the last packet. Returns the writer.
     pub fn finish(mut self, samples: u64) -> Result<W, OggError> {
-        let Some((last, end)) = self.held.take() else {
+        let Some(end) = self.held_end else {
             return Err(OggError::Inconsistent(
                 "an Ogg Opus stream needs at least one audio packet".into(),
             ));
@@ -207,10 +217,10 @@ impl<'a, W: Write> OggOpusWriter<'a, W> {
                 self.pre_skip, self.written
             )));
         }
-        if !self.inner.fits(last.len()) && !self.inner.is_empty() {
+        if !self.inner.fits(self.held.len()) && !self.inner.is_empty() {
             self.inner.flush(false).map_err(write_err)?;
         }
-        self.inner.add(&last, granule);
+        self.inner.add(&self.held, granule);
         self.inner.flush(true).map_err(write_err)?;
         let mut out = self.inner.into_inner();
         out.flush().map_err(write_err)?;
@@ -633,7 +643,7 @@ mod tests {
         assert!(write_ogg(&params, &packets, 0, 1).is_err());
         assert!(write_ogg(&params, &[vec![]], 0, 1).is_err());
         let mut w = OggOpusWriter::new(Vec::new(), &params, 1, 48_000).unwrap();
-        w.write_packet(packets[0].clone()).unwrap();
+        w.write_packet(&packets[0]).unwrap();
         assert!(w.finish(MAX_SAMPLES + 1).is_err());
     }
 

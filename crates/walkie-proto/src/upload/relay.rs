@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use crate::assemble::{ClipAssembler, Refusal, check_header};
 use crate::clip::{ClipHeader, ClipId, ClipMeta, Target};
-use crate::ogg;
 use crate::wire::{DeliverHeader, ErrorCode, ErrorMsg, StreamFrame};
 
 /// The limits one upload is held to.
@@ -534,7 +533,7 @@ impl RelayUpload {
         now: Instant,
     ) -> State {
         let ended = match input {
-            Input::Frame(StreamFrame::Packet(p)) => match asm.push(p.clone()) {
+            Input::Frame(StreamFrame::Packet(p)) => match asm.push(&p) {
                 Ok(()) => {
                     // Checked (size, TOC) before anyone hears it.
                     self.actions.push_back(Action::Forward(p));
@@ -593,27 +592,7 @@ impl RelayUpload {
             Ok(a) => a,
             Err(refusal) => return self.abandon(header.id, refusal),
         };
-        // The file's serial only tells streams apart inside one physical Ogg file (one here).
-        let serial = u32::from_le_bytes([
-            header.id.0[0],
-            header.id.0[1],
-            header.id.0[2],
-            header.id.0[3],
-        ]);
-        let file =
-            match ogg::write_ogg(&header.codec, &assembled.packets, assembled.samples, serial) {
-                Ok(f) => f,
-                Err(e) => {
-                    return self.abandon(
-                        header.id,
-                        Refusal::new(
-                            ErrorCode::BadRequest,
-                            format!("cannot build the Ogg file: {e}"),
-                        ),
-                    );
-                }
-            };
-        let packets = u32::try_from(assembled.packets.len()).unwrap_or(u32::MAX);
+        let (file, packets) = (assembled.ogg, assembled.packets);
         let meta = ClipMeta {
             id: header.id,
             from: self.sender.clone(),
@@ -885,7 +864,7 @@ mod tests {
             ("alice", 100, &["bob".to_string()][..])
         );
         assert_eq!(
-            ogg::read_ogg(ogg).expect("a valid file").packets,
+            crate::ogg::read_ogg(ogg).expect("a valid file").packets,
             clip.packets
         );
         u.handle(Input::Committed(Ok(7)), t);

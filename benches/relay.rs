@@ -30,7 +30,9 @@
 //! `WALKIE_BENCH_ALPN=walkie/2` (run another build of the relay, for a before/after),
 //! `WALKIE_BENCH_SCHEMA=4` (its data dir at schema 4, from before clip segments),
 //! `WALKIE_BENCH_NICE=-10`: the bench and the relay it starts run at this nice value (root
-//! only; `0` leaves it), so compile jobs sharing the machine do not set the delays.
+//! only; `0` leaves it), so compile jobs sharing the machine do not set the delays;
+//! `WALKIE_BENCH_RELAY_CPUS=0`: the relay (and the raw-quinn server) run on these CPUs only
+//! (`taskset -c` syntax), for scaling from one core to two.
 
 #[path = "support/chart.rs"]
 mod chart;
@@ -234,6 +236,18 @@ impl Relay {
             }
         }
         let pid = child.id().to_string();
+        if let Some(cpus) = relay_cpus() {
+            // Every thread the server has by now (it listens, so its runtime and commit
+            // thread run); threads it starts later inherit the mask from their parent.
+            let pinned = Command::new("taskset")
+                .args(["-a", "-p", "-c", &cpus, &pid])
+                .stdout(Stdio::null())
+                .status();
+            if !pinned.is_ok_and(|s| s.success()) {
+                let _ = child.kill();
+                panic!("cannot pin the server to CPUs {cpus} with taskset (util-linux)");
+            }
+        }
         Relay {
             child,
             _stdout: out,
@@ -1902,6 +1916,14 @@ fn chart(rows: &[FanoutRow], raw: &[RawRow], dir: &Path) {
     }
 }
 
+/// `WALKIE_BENCH_RELAY_CPUS` (a `taskset -c` list such as `0` or `0,1`): the CPUs the relay
+/// (and the raw-quinn server) may run on, for scaling from one core to two.
+fn relay_cpus() -> Option<String> {
+    std::env::var("WALKIE_BENCH_RELAY_CPUS")
+        .ok()
+        .filter(|c| !c.trim().is_empty())
+}
+
 /// Renices this (still single-threaded) process, so every thread and child made later
 /// inherits the value; returns the nice value in force.
 fn renice() -> i32 {
@@ -1998,7 +2020,8 @@ fn main() {
         }
     });
     let header = format!(
-        "Relay: `walkie-relay serve` child process (RUST_LOG=warn); load generator: this process, tokio with 2 workers, {CONNS_PER_ENDPOINT} connections per client endpoint, {CONNECT_CONCURRENCY} handshakes in flight; nice {nice} for both. Machine: {} cores, load average at start {:.1}.\n",
+        "Relay: `walkie-relay serve` child process (RUST_LOG=warn); load generator: this process, tokio with 2 workers, {CONNS_PER_ENDPOINT} connections per client endpoint, {CONNECT_CONCURRENCY} handshakes in flight; nice {nice} for both{}. Machine: {} cores, load average at start {:.1}.\n",
+        relay_cpus().map_or(String::new(), |c| format!("; relay pinned to CPUs {c} (taskset)")),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load_at_start
     );

@@ -2021,7 +2021,9 @@ fn main() {
     });
     let header = format!(
         "Relay: `walkie-relay serve` child process (RUST_LOG=warn); load generator: this process, tokio with 2 workers, {CONNS_PER_ENDPOINT} connections per client endpoint, {CONNECT_CONCURRENCY} handshakes in flight; nice {nice} for both{}. Machine: {} cores, load average at start {:.1}.\n",
-        relay_cpus().map_or(String::new(), |c| format!("; relay pinned to CPUs {c} (taskset)")),
+        relay_cpus().map_or(String::new(), |c| format!(
+            "; relay pinned to CPUs {c} (taskset)"
+        )),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load_at_start
     );

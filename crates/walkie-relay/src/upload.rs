@@ -61,6 +61,9 @@ pub(crate) async fn run(
         stored: None,
         reserved: None,
     };
+    let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
     loop {
         while let Some(action) = core.poll_action() {
             if let Some(input) = driver.carry_out(action, &mut recv).await {
@@ -85,22 +88,39 @@ pub(crate) async fn run(
             }
             None => {}
         }
-        let deadline = core.poll_timeout().map(tokio::time::Instant::from_std);
+        // The timer is set again only when the core's deadline comes earlier than it, or
+        // after it fired: the deadlines move later with every packet, and a timer that fires
+        // before the deadline that counts is harmless (the core ignores a timeout before its
+        // deadline). Re-arming a timer per frame cost more than reading the frame.
+        if let Some(d) = core.poll_timeout()
+            && armed.is_none_or(|a| d < a)
+        {
+            timer.as_mut().reset(d.into());
+            armed = Some(d);
+        }
         let next = async {
-            match deadline {
-                Some(d) => tokio::time::timeout_at(d, recv.next::<StreamFrame>(MAX_STREAM_FRAME))
-                    .await
-                    .ok(),
-                None => Some(recv.next::<StreamFrame>(MAX_STREAM_FRAME).await),
+            if armed.is_none() {
+                return Some(recv.next::<StreamFrame>(MAX_STREAM_FRAME).await);
+            }
+            tokio::select! {
+                biased;
+                read = recv.next::<StreamFrame>(MAX_STREAM_FRAME) => Some(read),
+                () = &mut timer => None,
             }
         };
         match next.await {
-            None => core.handle_timeout(Instant::now()),
+            None => {
+                armed = None;
+                core.handle_timeout(Instant::now());
+            }
             Some(read) => {
-                if let Ok(Some(StreamFrame::Packet(p))) = &read {
-                    driver.pace(p.len()).await;
+                let mut now = Instant::now();
+                if let Ok(Some(StreamFrame::Packet(p))) = &read
+                    && driver.pace(p.len(), now).await
+                {
+                    now = Instant::now();
                 }
-                core.handle(input_of(read), Instant::now());
+                core.handle(input_of(read), now);
             }
         }
     }
@@ -296,12 +316,15 @@ impl Driver<'_> {
         Ok(checked)
     }
 
-    /// Over the per-user upload rate: slow the sender down rather than refuse.
-    async fn pace(&self, bytes: usize) {
-        let pause = lock(&self.shared.limits).pace_bytes(&self.session.user, bytes, Instant::now());
-        if !pause.is_zero() {
-            tokio::time::sleep(pause).await;
+    /// Over the per-user upload rate: slow the sender down rather than refuse; true if it
+    /// waited.
+    async fn pace(&self, bytes: usize, now: Instant) -> bool {
+        let pause = lock(&self.shared.limits).pace_bytes(&self.session.user, bytes, now);
+        if pause.is_zero() {
+            return false;
         }
+        tokio::time::sleep(pause).await;
+        true
     }
 }
 

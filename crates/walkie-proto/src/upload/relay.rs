@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::assemble::{ClipAssembler, Refusal, check_header};
+use crate::assemble::{Assembled, ClipAssembler, Refusal, check_header};
 use crate::clip::{ClipHeader, ClipId, ClipMeta, Target};
 use crate::wire::{DeliverHeader, ErrorCode, ErrorMsg, StreamFrame};
 
@@ -355,6 +355,34 @@ impl RelayUpload {
 
     /// Feeds what happened.
     pub fn handle(&mut self, input: Input, now: Instant) {
+        // A packet while receiving, nearly every input of an upload: taken in place, without
+        // moving the state out and back (a state is a few hundred bytes).
+        let input = match (input, &mut self.state) {
+            (Input::Frame(StreamFrame::Packet(p)), State::Receiving { asm, .. }) => {
+                match asm.push(&p) {
+                    Ok(()) => {
+                        let received = asm.received_samples();
+                        self.forward(p, received, now);
+                    }
+                    Err(refusal) => {
+                        let state =
+                            std::mem::replace(&mut self.state, State::Done(Outcome::Cancelled));
+                        if let State::Receiving {
+                            header,
+                            recipients,
+                            floor,
+                            ..
+                        } = state
+                        {
+                            self.state =
+                                self.end_receiving(header, recipients, floor, Err(refusal));
+                        }
+                    }
+                }
+                return;
+            }
+            (input, _) => input,
+        };
         let state = std::mem::replace(&mut self.state, State::Done(Outcome::Cancelled));
         self.state = match (state, input) {
             (State::AwaitHeader, Input::Frame(StreamFrame::Upload(header))) => {
@@ -401,7 +429,7 @@ impl RelayUpload {
                     floor,
                 },
                 input,
-            ) => self.on_receiving(header, recipients, asm, floor, input, now),
+            ) => self.on_receiving(header, recipients, asm, floor, input),
             (
                 State::Committing {
                     header,
@@ -527,30 +555,12 @@ impl RelayUpload {
         &mut self,
         header: ClipHeader,
         recipients: Vec<String>,
-        mut asm: ClipAssembler,
+        asm: ClipAssembler,
         floor: bool,
         input: Input,
-        now: Instant,
     ) -> State {
         let ended = match input {
-            Input::Frame(StreamFrame::Packet(p)) => match asm.push(&p) {
-                Ok(()) => {
-                    // Checked (size, TOC) before anyone hears it.
-                    self.actions.push_back(Action::Forward(p));
-                    self.idle_deadline = Some(now + self.limits.stream_idle);
-                    if let Some(since) = self.floor_since {
-                        let audio = Duration::from_millis(asm.received_samples() / 48);
-                        self.floor_deadline = Some(since + audio + self.limits.floor_gap);
-                    }
-                    return State::Receiving {
-                        header,
-                        recipients,
-                        asm,
-                        floor,
-                    };
-                }
-                Err(refusal) => Err(refusal),
-            },
+            // (Packets are taken in place by `handle`.)
             Input::Frame(StreamFrame::End { packets, samples }) => asm.finish(packets, samples),
             Input::Frame(StreamFrame::Abort(_)) | Input::Reset(0) => Err(self.cancelled()),
             Input::Frame(_) => Err(Refusal::new(
@@ -579,6 +589,28 @@ impl RelayUpload {
                 };
             }
         };
+        self.end_receiving(header, recipients, floor, ended)
+    }
+
+    /// A packet was checked (size, TOC) and joined the file: it goes to the live copies, and
+    /// the deadlines move on (`received`: the audio so far, in samples).
+    fn forward(&mut self, packet: Vec<u8>, received: u64, now: Instant) {
+        self.actions.push_back(Action::Forward(packet));
+        self.idle_deadline = Some(now + self.limits.stream_idle);
+        if let Some(since) = self.floor_since {
+            let audio = Duration::from_millis(received / 48);
+            self.floor_deadline = Some(since + audio + self.limits.floor_gap);
+        }
+    }
+
+    /// The clip ended: complete (`ended` holds its file) or refused.
+    fn end_receiving(
+        &mut self,
+        header: ClipHeader,
+        recipients: Vec<String>,
+        floor: bool,
+        ended: Result<Assembled, Refusal>,
+    ) -> State {
         self.clear_deadlines();
         // The talker has let go (or the clip failed): the floor is free before the talker
         // hears `ClipStored`, so whoever is told "stored" may talk next.

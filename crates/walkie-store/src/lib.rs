@@ -2,7 +2,8 @@
 //! the stores that keep it.
 //!
 //! The relay talks only to the [`Store`] trait. Every method is synchronous and may block on
-//! disk or network: async callers use `spawn_blocking`. The store holds no authorization
+//! disk or network: async callers use `spawn_blocking`, or a thread of their own (the relay
+//! commits clips in batches on one, with [`Store::commit_clips`]). The store holds no authorization
 //! logic; the relay decides who may read or write what. Errors are [`StoreError`], the same
 //! for every backend.
 //!

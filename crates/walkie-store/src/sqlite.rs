@@ -19,8 +19,9 @@
 //! whole group commit's payloads with one write each and one `fdatasync`.
 //!
 //! # Commit protocol (group commit)
-//! [`Store::commit_clip`] and [`Store::ack`] queue their work, then take the write
-//! connection; whoever holds it commits everything queued in one transaction
+//! [`Store::commit_clip`], [`Store::commit_clips`] (a batch, queued together: the relay's
+//! commit thread) and [`Store::ack`] queue their work, then one caller at a time takes the
+//! write connection and commits everything queued in one transaction
 //! (`BEGIN IMMEDIATE`, which excludes writers in every process):
 //! 1. for each clip, a known id from the same sender is a [`CommitOutcome::Duplicate`] and
 //!    nothing is written; from another sender it is [`StoreError::IdConflict`];

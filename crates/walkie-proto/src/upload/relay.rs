@@ -239,7 +239,8 @@ enum State {
     Receiving {
         header: ClipHeader,
         recipients: Vec<String>,
-        asm: ClipAssembler,
+        // Boxed: the file grows in it, and the state moves on every input but a packet.
+        asm: Box<ClipAssembler>,
         floor: bool,
     },
     /// Waiting for [`Input::Committed`].
@@ -542,7 +543,7 @@ impl RelayUpload {
             self.floor_since = Some(now);
             self.floor_deadline = Some(now + self.limits.floor_gap);
         }
-        let asm = ClipAssembler::new(&header, self.limits.max_clip_ms);
+        let asm = Box::new(ClipAssembler::new(&header, self.limits.max_clip_ms));
         State::Receiving {
             header,
             recipients,
@@ -555,13 +556,13 @@ impl RelayUpload {
         &mut self,
         header: ClipHeader,
         recipients: Vec<String>,
-        asm: ClipAssembler,
+        asm: Box<ClipAssembler>,
         floor: bool,
         input: Input,
     ) -> State {
         let ended = match input {
             // (Packets are taken in place by `handle`.)
-            Input::Frame(StreamFrame::End { packets, samples }) => asm.finish(packets, samples),
+            Input::Frame(StreamFrame::End { packets, samples }) => (*asm).finish(packets, samples),
             Input::Frame(StreamFrame::Abort(_)) | Input::Reset(0) => Err(self.cancelled()),
             Input::Frame(_) => Err(Refusal::new(
                 ErrorCode::BadRequest,

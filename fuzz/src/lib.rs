@@ -14,7 +14,7 @@ use std::fmt::Debug;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use walkie_media::audio::{self, resample, wav};
-use walkie_proto::assemble::{ClipAssembler, check_header};
+use walkie_proto::assemble::{ClipAssembler, check_header, ogg_serial};
 use walkie_proto::clip::{ClipHeader, ClipId, CodecParams, MAX_SAMPLES, Target};
 use walkie_proto::ogg;
 use walkie_proto::toc::packet_samples;
@@ -521,8 +521,7 @@ pub fn clip_ingest(data: &[u8]) -> Verdict {
         (back.samples, back.params.pre_skip),
         (done.samples, input.header.codec.pre_skip)
     );
-    let id = input.header.id.0;
-    let serial = u32::from_le_bytes([id[0], id[1], id[2], id[3]]);
+    let serial = ogg_serial(&input.header.id);
     let whole = ogg::write_ogg(&input.header.codec, &input.packets, done.samples, serial)
         .unwrap_or_else(|e| panic!("an accepted clip cannot be written at once: {e}"));
     assert_eq!(done.ogg, whole, "streamed and whole files differ");

@@ -2,7 +2,7 @@
 //! marker against the relay's limits, and writes the packets into the clip's Ogg Opus file in
 //! memory as they arrive (each packet copied once, its TOC read once).
 
-use crate::clip::{ClipHeader, CodecParams, validate_name};
+use crate::clip::{ClipHeader, ClipId, CodecParams, validate_name};
 use crate::ogg::OggOpusWriter;
 use crate::toc::{MAX_PACKET_BYTES, packet_samples};
 use crate::wire::{ErrorCode, ErrorMsg};
@@ -32,7 +32,7 @@ impl Refusal {
     }
 
     /// The wire form, about `clip`.
-    pub fn to_wire(&self, clip: crate::clip::ClipId) -> ErrorMsg {
+    pub fn to_wire(&self, clip: ClipId) -> ErrorMsg {
         ErrorMsg {
             req: None,
             clip: Some(clip),
@@ -99,19 +99,23 @@ pub struct Assembled {
     pub samples: u64,
 }
 
+/// The serial number of a clip's stored Ogg stream: the first bytes of its id (a serial only
+/// tells streams apart inside one physical Ogg file, and there is one here).
+pub fn ogg_serial(id: &ClipId) -> u32 {
+    u32::from_le_bytes([id.0[0], id.0[1], id.0[2], id.0[3]])
+}
+
 /// What a clip's Ogg file starts with room for (a 5-second clip at 24 kb/s is about 16 KB).
 const FILE_START_CAPACITY: usize = 16 * 1024;
 
 impl ClipAssembler {
     /// Starts a clip allowed to last at most `max_clip_ms`.
     pub fn new(header: &ClipHeader, max_clip_ms: u32) -> Self {
-        // The serial only tells streams apart inside one physical Ogg file (one here).
-        let id = header.id.0;
         Self {
             pre_skip: header.codec.pre_skip.into(),
             max_samples: u64::from(max_clip_ms) * 48,
             codec: header.codec,
-            serial: u32::from_le_bytes([id[0], id[1], id[2], id[3]]),
+            serial: ogg_serial(&header.id),
             ogg: None,
             packets: 0,
             decoded_samples: 0,

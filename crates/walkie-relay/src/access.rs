@@ -49,7 +49,7 @@ fn may_access_in(s: &dyn Store, user: &str, target: &Target) -> Result<Allowed, 
 type Allowed = Result<(), Refusal>;
 
 /// A store failure, as the refusal a client is told.
-fn storage(e: crate::RelayError) -> Refusal {
+pub(crate) fn storage(e: crate::RelayError) -> Refusal {
     Refusal::new(ErrorCode::Storage, e.to_string())
 }
 

@@ -77,27 +77,12 @@ fn run(store: &dyn Store, mut rx: mpsc::Receiver<(NewClip, Reply)>) {
 mod tests {
     use super::*;
     use std::collections::HashSet;
-    use walkie_proto::clip::{ClipId, ClipMeta, CodecParams};
+    use walkie_store::conformance;
     use walkie_store::faulty::FaultyStore;
 
     fn clip(from: &str) -> NewClip {
-        let meta = ClipMeta {
-            id: ClipId::random(),
-            from: from.into(),
-            to: "crew".parse().expect("a target"),
-            started_at_ms: 1_700_000_000_000,
-            duration_ms: 1000,
-            packets: 50,
-            bytes: 0,
-            codec: CodecParams {
-                frame_samples: 960,
-                bitrate: 24_000,
-                pre_skip: 312,
-            },
-            seq: 0,
-            content: Default::default(),
-        };
-        let payload = [b"OggS".as_slice(), &meta.id.0].concat();
+        let meta = conformance::meta(from, "crew");
+        let payload = conformance::audio(&meta);
         NewClip {
             meta,
             recipients: vec!["bob".into()],
@@ -110,7 +95,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> =
             Arc::new(walkie_store::sqlite::SqliteStore::open(dir.path()).unwrap());
-        walkie_store::conformance::populate(store.as_ref());
+        conformance::populate(store.as_ref());
         let committer = Arc::new(Committer::start(store.clone()).unwrap());
         let clips: Vec<NewClip> = (0..300).map(|_| clip("alice")).collect();
         let tasks: Vec<_> = clips

@@ -346,7 +346,6 @@ pub(crate) async fn check_send(
     target: &walkie_proto::clip::Target,
 ) -> Result<(Checked, Option<ClipGuard>), Refusal> {
     let user = &session.user;
-    let storage = |e: RelayError| Refusal::new(ErrorCode::Storage, e.to_string());
     let quota = shared.config.quota_bytes_per_user;
     let now = Instant::now();
     let cached = quota.and_then(|_| shared.usage.fresh(user, now));
@@ -367,7 +366,7 @@ pub(crate) async fn check_send(
             Ok((Ok(recipients), stored, used))
         })
         .await
-        .map_err(storage)?;
+        .map_err(access::storage)?;
     let recipients = recipients?;
     if let Some(bytes) = read {
         shared.usage.set(user, bytes, now);

@@ -112,18 +112,12 @@ impl Store for FaultyStore {
         self.inner.commit_clip(meta, recipients, ogg)
     }
     fn commit_clips(&self, clips: Vec<NewClip>) -> Vec<Result<CommitOutcome, StoreError>> {
-        match self.check() {
-            Ok(()) => self.inner.commit_clips(clips),
+        if self.full.load(Ordering::SeqCst) {
             // Each clip is a write refused, as one by one.
-            Err(first) => {
-                let more = clips.len().saturating_sub(1);
-                self.refused.fetch_add(more as u64, Ordering::SeqCst);
-                std::iter::once(Err(first))
-                    .chain((0..more).map(|_| Err(disk_full())))
-                    .take(clips.len())
-                    .collect()
-            }
+            self.refused.fetch_add(clips.len() as u64, Ordering::SeqCst);
+            return clips.iter().map(|_| Err(disk_full())).collect();
         }
+        self.inner.commit_clips(clips)
     }
     fn clip(&self, id: &ClipId) -> Result<Option<ClipMeta>, StoreError> {
         self.inner.clip(id)

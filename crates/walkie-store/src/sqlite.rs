@@ -283,6 +283,12 @@ struct Stored<'a> {
     bytes: usize,
 }
 
+/// A job that came back from its group without a result (never expected: every job of a
+/// group gets one, even when the leader panics).
+fn lost_job() -> StoreError {
+    StoreError::Backend("a group commit lost a job".into())
+}
+
 /// The same failure for every clip of a group (I/O errors keep their kind and message).
 fn clone_error(e: &StoreError) -> StoreError {
     match e {
@@ -536,7 +542,7 @@ impl SqliteStore {
     fn submit(&self, work: Work) -> Result<Done, StoreError> {
         self.submit_all(vec![work])
             .pop()
-            .unwrap_or_else(|| Err(StoreError::Backend("a group commit lost a job".into())))
+            .unwrap_or_else(|| Err(lost_job()))
     }
 
     /// [`SqliteStore::submit`] for several jobs at once: they join the same group (in
@@ -559,11 +565,7 @@ impl SqliteStore {
                 // Committed with a group, by this caller or another.
                 return jobs
                     .iter()
-                    .map(|j| {
-                        j.take().unwrap_or_else(|| {
-                            Err(StoreError::Backend("a group commit lost a job".into()))
-                        })
-                    })
+                    .map(|j| j.take().unwrap_or_else(|| Err(lost_job())))
                     .collect();
             }
             if queue.leader {
@@ -875,17 +877,13 @@ impl Store for SqliteStore {
         recipients: &[String],
         ogg: &[u8],
     ) -> Result<CommitOutcome, StoreError> {
-        match self.submit(Work::Clip {
+        self.commit_clips(vec![NewClip {
             meta: meta.clone(),
             recipients: recipients.to_vec(),
             payload: ogg.to_vec(),
-        })? {
-            Done::Clip(outcome) => Ok(outcome),
-            Done::Acked => Err(StoreError::Corrupt(format!(
-                "clip {} was committed as an ack",
-                meta.id
-            ))),
-        }
+        }])
+        .pop()
+        .unwrap_or_else(|| Err(lost_job()))
     }
 
     /// One group commit for the whole batch (and whatever else is queued then).

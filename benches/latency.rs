@@ -344,6 +344,7 @@ fn run() -> Result<(), String> {
                     Ok(PlayerEvent::Played { id: p } | PlayerEvent::Abandoned { id: p }) => {
                         done |= p == id
                     }
+                    Ok(PlayerEvent::LiveStats { .. }) => {}
                     Err(e) => return Err(format!("playback failed: {e}")),
                 }
             }

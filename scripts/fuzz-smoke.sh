@@ -6,7 +6,7 @@
 #
 # Settings (environment):
 #   FUZZ_SECONDS    seconds of fuzzing per target (default 25)
-#   FUZZ_TARGETS    space-separated targets (default: all seven)
+#   FUZZ_TARGETS    space-separated targets (default: all eight)
 #   FUZZ_SANITIZER  address (default) or none
 #
 # Works on the stable toolchain: cargo fuzz passes nightly-only rustc flags (-Zsanitizer=...),
@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds="${FUZZ_SECONDS:-25}"
-targets="${FUZZ_TARGETS:-wire_frames ogg_reader wav_reader clip_ingest upload_core message picture}"
+targets="${FUZZ_TARGETS:-wire_frames ogg_reader wav_reader clip_ingest upload_core message picture live_datagram}"
 sanitizer="${FUZZ_SANITIZER:-address}"
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -290,6 +290,14 @@ pub async fn listen_and_play(
                     played += 1;
                     let _ = client.played(id).await;
                 }
+                Ok(PlayerEvent::LiveStats { id, stats }) => eprintln!(
+                    "{id} live: {} played, {} late, {} concealed, {} recovered from FEC, {} dropped",
+                    stats.played,
+                    stats.late,
+                    stats.skipped + stats.expanded,
+                    stats.recovered,
+                    stats.drained + stats.overflowed
+                ),
                 Ok(_) => {}
                 Err(message) => {
                     return Err(ClientError::Config(format!("playback failed: {message}")));

@@ -376,13 +376,13 @@ async fn a_listener_on_another_relay_hears_the_talker_live_and_an_offline_member
         (h.id, "alice", true, crew())
     );
     let first = wait_for(&mut bob_c, 20, "bob's first live packet", |e| match e {
-        Event::LivePacket(id, p) => Some((id, p)),
+        Event::LivePacket(id, p) => Some((id, p.index, p.data)),
         _ => None,
     })
     .await;
     assert_eq!(
         first,
-        (h.id, clip.packets[0].clone()),
+        (h.id, 0, clip.packets[0].clone()),
         "packets arrive in order, while alice still talks"
     );
     for p in &clip.packets[10..] {

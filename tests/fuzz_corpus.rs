@@ -29,7 +29,7 @@ use walkie_proto::wire::{
 };
 
 /// Every fuzz target, named as its corpus directory and binary.
-const TARGETS: [&str; 7] = [
+const TARGETS: [&str; 8] = [
     "wire_frames",
     "ogg_reader",
     "wav_reader",
@@ -37,6 +37,7 @@ const TARGETS: [&str; 7] = [
     "upload_core",
     "message",
     "picture",
+    "live_datagram",
 ];
 /// Library bugs the fuzzers found that are not fixed yet: (target, text in the panic message,
 /// what goes wrong). A panic matching one is printed, not failed on, so that `cargo test` stays
@@ -92,6 +93,7 @@ fn run(target: &str, data: &[u8]) -> Outcome {
         "upload_core" => Outcome::Plain(targets::upload_core(data)),
         "message" => Outcome::Plain(targets::message(data)),
         "picture" => Outcome::Plain(targets::picture(data)),
+        "live_datagram" => Outcome::Plain(targets::live_datagram(data)),
         other => panic!("unknown target {other}"),
     }
 }
@@ -1115,6 +1117,35 @@ fn upload_seeds() -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+fn live_datagram_seeds() -> Vec<(String, Vec<u8>)> {
+    use walkie_proto::wire::LiveBody;
+    let p = |n: u8| vec![0xf8, n, n, n];
+    let body = |packets: &[(u32, Vec<u8>)]| {
+        LiveBody::new(packets.iter().map(|(i, d)| (*i, &d[..]))).expect("a body")
+    };
+    let one = body(&[(0, p(0))]).for_stream(2);
+    let three = body(&[(7, p(7)), (6, p(6)), (5, p(5))]).for_stream(3);
+    let far = body(&[(200, p(1))]).for_stream(6);
+    let mut trailing = one.clone();
+    trailing.push(0);
+    let out = vec![
+        ("ok-one-packet", one.clone()),
+        ("ok-three-copies", three),
+        ("ok-beyond-the-window", far),
+        ("bad-unknown-kind", vec![9, 2, 1, 0, 1, 0xf8]),
+        ("bad-four-copies", vec![1, 2, 4]),
+        ("bad-trailing-byte", trailing),
+        ("bad-cut-short", one[..one.len() - 1].to_vec()),
+        (
+            "bad-huge-length",
+            vec![1, 2, 1, 0, 0xff, 0xff, 0xff, 0xff, 0x0f],
+        ),
+    ];
+    out.into_iter()
+        .map(|(n, d)| (format!("{n}.bin"), d))
+        .collect()
+}
+
 #[test]
 #[ignore = "writes fuzz/corpus/; run by hand after a format change"]
 fn regenerate_seeds() {
@@ -1125,6 +1156,7 @@ fn regenerate_seeds() {
     write_corpus("upload_core", upload_seeds());
     write_corpus("message", message_seeds());
     write_corpus("picture", picture_seeds());
+    write_corpus("live_datagram", live_datagram_seeds());
     for target in TARGETS {
         let seeds = seeds(target);
         let bytes: usize = seeds.iter().map(|(_, d)| d.len()).sum();

@@ -15,9 +15,7 @@ use walkie_client::{Client, ClientError, Event};
 use walkie_media::codec::{self, EncoderConfig};
 use walkie_net::{self, read_frame, write_frame};
 use walkie_proto::clip::{ClipHeader, ClipId, CodecParams, Target, now_ms};
-use walkie_proto::wire::{
-    ClientMsg, ErrorCode, MAX_CONTROL_FRAME, MAX_STREAM_FRAME, ServerMsg, StreamFrame,
-};
+use walkie_proto::wire::{ErrorCode, MAX_CONTROL_FRAME, MAX_STREAM_FRAME, ServerMsg, StreamFrame};
 use walkie_relay::{self as relay, RelayConfig, auth};
 use walkie_store::faulty::FaultyStore;
 use walkie_store::sqlite::SqliteStore;
@@ -410,39 +408,6 @@ async fn tokens_never_appear_in_the_relays_log() {
         !stored.windows(token.len()).any(|w| w == token.as_bytes()),
         "the token is stored only hashed"
     );
-}
-
-/// A raw QUIC connection to the relay, authenticated as `cfg`'s user.
-async fn raw_session(
-    cfg: &walkie_client::ClientConfig,
-) -> (
-    quinn::Endpoint,
-    quinn::Connection,
-    quinn::SendStream,
-    quinn::RecvStream,
-) {
-    let ep = walkie_net::client_endpoint(cfg.pin, "127.0.0.1:0".parse().expect("addr"))
-        .expect("endpoint");
-    let conn = ep
-        .connect(cfg.relay.parse().expect("addr"), walkie_net::SERVER_NAME)
-        .expect("connect")
-        .await
-        .expect("handshake");
-    let (mut send, mut recv) = conn.open_bi().await.expect("control stream");
-    let hello = ClientMsg::Hello {
-        user: cfg.user.clone(),
-        token: cfg.token.clone(),
-        client: "raw".into(),
-    };
-    write_frame(&mut send, &hello, MAX_CONTROL_FRAME)
-        .await
-        .expect("hello");
-    let welcome = read_frame::<ServerMsg>(&mut recv, MAX_CONTROL_FRAME)
-        .await
-        .expect("reads")
-        .expect("a message");
-    assert!(matches!(welcome, ServerMsg::Welcome { .. }), "{welcome:?}");
-    (ep, conn, send, recv)
 }
 
 /// Reads control messages until an error arrives.

@@ -46,7 +46,8 @@ async fn follow(
                     Event::Online(users) => s.online = users.into_iter().collect(),
                     Event::Presence(user, true) => { s.online.insert(user); }
                     Event::Presence(user, false) => { s.online.remove(&user); }
-                    Event::LivePacket(id, _) if id == clip => s.live_packets += 1,
+                    // Stream copies: every packet once (datagram copies may be lost or repeated).
+                    Event::LivePacket(id, p) if id == clip && p.via == walkie_proto::received::Via::Stream => s.live_packets += 1,
                     Event::Clip(c) if c.header.id == clip => s.clip_packets = Some(c.packets.len()),
                     _ => {}
                 });

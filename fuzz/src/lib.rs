@@ -16,11 +16,12 @@ use serde::de::DeserializeOwned;
 use walkie_media::audio::{self, resample, wav};
 use walkie_proto::assemble::{ClipAssembler, check_header, ogg_serial};
 use walkie_proto::clip::{ClipHeader, ClipId, CodecParams, MAX_SAMPLES, Target};
+use walkie_proto::live::{DATAGRAM_WINDOW, LiveForward};
 use walkie_proto::ogg;
 use walkie_proto::toc::packet_samples;
 use walkie_proto::wire::{
-    self as proto, ClientMsg, ErrorCode, FrameError, MAX_CONTROL_FRAME, MAX_STREAM_FRAME,
-    ServerMsg, StreamFrame,
+    self as proto, ClientMsg, ErrorCode, FrameError, LiveBody, LiveDatagram, MAX_CONTROL_FRAME,
+    MAX_STREAM_FRAME, ServerMsg, StreamFrame,
 };
 
 /// Whether a parser accepted an input.
@@ -961,4 +962,67 @@ pub fn picture(data: &[u8]) -> Verdict {
         }
         Err(_) => Verdict::Refused,
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// live_datagram
+// ---------------------------------------------------------------------------------------------
+
+/// Fuzz target `live_datagram`: a live datagram as a relay or a listener reads it
+/// ([`LiveDatagram::decode`]). What decodes encodes again to a datagram with the same packets;
+/// a relay's fast path ([`LiveForward`]) fed its packets, then the same packets by the stream,
+/// forwards each index at most once, never one outside the window ahead of the stream, and
+/// refuses a stream copy that differs from the datagram that went first.
+pub fn live_datagram(data: &[u8]) -> Verdict {
+    let Ok(d) = LiveDatagram::decode(data) else {
+        return Verdict::Refused;
+    };
+    let again = LiveBody::new(d.packets().iter().copied())
+        .expect("decoded packets make a body")
+        .for_stream(d.stream);
+    assert_eq!(
+        LiveDatagram::decode(&again).expect("a re-encoded datagram decodes"),
+        d
+    );
+    let mut fast = LiveForward::new(1_000);
+    let mut sent = std::collections::HashSet::new();
+    let mut early = std::collections::HashMap::new();
+    for &(index, packet) in d.packets() {
+        if let Some(out) = fast.from_datagram(index, packet) {
+            assert!(
+                index < DATAGRAM_WINDOW,
+                "{index} forwarded ahead of the window"
+            );
+            assert!(sent.insert(out.index), "{index} forwarded twice");
+            assert!(out.body(2).is_some());
+            early.insert(index, packet.to_vec());
+        }
+    }
+    // The stream brings packets 0, 1, ... : each the datagram's bytes, or other bytes.
+    let last = early.keys().max().copied().unwrap_or(0);
+    for index in 0..=last {
+        let stream_copy = early
+            .get(&index)
+            .cloned()
+            .unwrap_or_else(|| vec![0xf8, 0xff]);
+        match fast.from_stream(&stream_copy) {
+            Ok(Some(out)) => assert!(sent.insert(out.index), "{index} forwarded twice"),
+            Ok(None) => {}
+            Err(e) => panic!("the stream copy of {index} matches its datagram but: {e}"),
+        }
+    }
+    if let Some((&index, packet)) = early.iter().next() {
+        let mut other = LiveForward::new(1_000);
+        other.from_datagram(index, packet);
+        for _ in 0..index {
+            let _ = other.from_stream(&[0xf8, 0xff]);
+        }
+        let mut changed = packet.clone();
+        changed.push(0);
+        assert!(
+            other.from_stream(&changed).is_err(),
+            "a stream copy unlike its datagram was taken"
+        );
+    }
+    Verdict::Accepted
 }

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use walkie_client::{Client, ClientConfig, Event};
+
+pub mod impair;
 use walkie_relay::{self as relay, RelayConfig, RelayHandle, auth};
 use walkie_store::Store;
 use walkie_store::sqlite::SqliteStore;
@@ -79,6 +81,37 @@ pub fn sample_path(name: &str) -> PathBuf {
 /// A sample at 48 kHz mono through walkie's WAV path.
 pub fn sample_48k(name: &str) -> Vec<f32> {
     walkie_media::audio::load_wav_48k_mono(&sample_path(name)).expect("sample loads")
+}
+
+/// The recorded human voice used for speech over lossy paths: the eight channel-name
+/// announcements of Debian's alsa-utils (`/usr/share/sounds/alsa/Front_Left.wav` and the
+/// others but `Noise.wav`; 48 kHz mono recordings, 11.4 s together), one after another.
+/// Written as one 48 kHz WAV in `dir` for a `wav:` audio source; returns its path and audio.
+pub fn recorded_speech(dir: &Path) -> (PathBuf, Vec<f32>) {
+    const PARTS: [&str; 8] = [
+        "Front_Left",
+        "Front_Center",
+        "Front_Right",
+        "Rear_Left",
+        "Rear_Center",
+        "Rear_Right",
+        "Side_Left",
+        "Side_Right",
+    ];
+    let mut pcm = Vec::new();
+    for part in PARTS {
+        let path = Path::new("/usr/share/sounds/alsa").join(format!("{part}.wav"));
+        let audio = walkie_media::audio::load_wav_48k_mono(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (recorded speech comes from Debian's alsa-utils: bash scripts/install-deps.sh)",
+                path.display()
+            )
+        });
+        pcm.extend(audio);
+    }
+    let path = dir.join("recorded-speech.wav");
+    walkie_media::audio::wav::write_wav_mono16(&path, 48_000, &pcm).expect("speech WAV written");
+    (path, pcm)
 }
 
 /// The same audio straight through the `opus` crate (raw libopus), no walkie code: VOIP,
@@ -245,4 +278,43 @@ pub async fn wait_for<T>(
         }
     })
     .await
+}
+
+/// A raw QUIC connection to the relay, authenticated as `cfg`'s user.
+pub async fn raw_session(
+    cfg: &walkie_client::ClientConfig,
+) -> (
+    quinn::Endpoint,
+    quinn::Connection,
+    quinn::SendStream,
+    quinn::RecvStream,
+) {
+    let ep = walkie_net::client_endpoint(cfg.pin, "127.0.0.1:0".parse().expect("addr"))
+        .expect("endpoint");
+    let conn = ep
+        .connect(cfg.relay.parse().expect("addr"), walkie_net::SERVER_NAME)
+        .expect("connect")
+        .await
+        .expect("handshake");
+    let (mut send, mut recv) = conn.open_bi().await.expect("control stream");
+    let hello = walkie_proto::wire::ClientMsg::Hello {
+        user: cfg.user.clone(),
+        token: cfg.token.clone(),
+        client: "raw".into(),
+    };
+    walkie_net::write_frame(&mut send, &hello, walkie_proto::wire::MAX_CONTROL_FRAME)
+        .await
+        .expect("hello");
+    let welcome = walkie_net::read_frame::<walkie_proto::wire::ServerMsg>(
+        &mut recv,
+        walkie_proto::wire::MAX_CONTROL_FRAME,
+    )
+    .await
+    .expect("reads")
+    .expect("a message");
+    assert!(
+        matches!(welcome, walkie_proto::wire::ServerMsg::Welcome { .. }),
+        "{welcome:?}"
+    );
+    (ep, conn, send, recv)
 }

@@ -53,6 +53,8 @@ pub struct Client {
     user: String,
     /// The relay's longest clip, from its welcome.
     max_clip_ms: u32,
+    /// The loss on the way to the relay, measured across clips (for their repeats and FEC).
+    loss: net::PathLoss,
     writer: tokio::task::JoinHandle<()>,
 }
 
@@ -215,12 +217,21 @@ impl Client {
             events_tx.clone(),
             cfg.user.clone(),
         ));
+        let live_streams = receive::LiveStreams::default();
+        tokio::spawn(receive::read_datagrams(
+            conn.clone(),
+            live_streams.clone(),
+            events_tx.clone(),
+        ));
         tokio::spawn(receive::accept_streams(
             conn.clone(),
             waiters.clone(),
             events_tx,
+            live_streams,
         ));
+        let loss = net::PathLoss::new(&conn);
         Ok(Client {
+            loss,
             conn,
             endpoint,
             control,
@@ -358,7 +369,15 @@ impl Client {
             .open_uni()
             .await
             .map_err(|e| connection_error(&e))?;
-        Upload::start(send, header, rx, self.waiters.clone()).await
+        Upload::start(
+            send,
+            header,
+            rx,
+            self.waiters.clone(),
+            self.conn.clone(),
+            self.loss.clone(),
+        )
+        .await
     }
 
     /// Sends a whole clip and waits until the relay has stored it: `(seq, duplicate)`.
@@ -421,6 +440,31 @@ impl Client {
         .await;
         lock(&self.waiters).uploads.remove(&header.id);
         result
+    }
+
+    /// Moves the connection to a new local UDP socket (the network changed: another Wi-Fi,
+    /// cellular): QUIC migrates the connection to the new address, and a clip being talked
+    /// goes on. The socket is bound like the first one, on an ephemeral port.
+    pub fn rebind(&self) -> Result<std::net::SocketAddr, ClientError> {
+        let old = self
+            .endpoint
+            .local_addr()
+            .map_err(|e| ClientError::Config(format!("no local address: {e}")))?;
+        let any: SocketAddr = if old.is_ipv6() {
+            "[::]:0".parse()
+        } else {
+            "0.0.0.0:0".parse()
+        }
+        .map_err(|_| ClientError::Config("bad bind address".into()))?;
+        let socket = std::net::UdpSocket::bind(any)
+            .map_err(|e| ClientError::Config(format!("cannot bind a new socket: {e}")))?;
+        let addr = socket
+            .local_addr()
+            .map_err(|e| ClientError::Config(format!("no local address: {e}")))?;
+        self.endpoint
+            .rebind(socket)
+            .map_err(|e| ClientError::Config(format!("cannot move to the new socket: {e}")))?;
+        Ok(addr)
     }
 
     /// Recalls one of your own messages or clips within the relay's recall window: its

@@ -3,17 +3,24 @@
 //! are read beside them so a long live clip never holds up the rest. A live clip is known by
 //! its id while it is talked: a second live stream under an id already live is not heard, so
 //! nobody's packets are ever mixed into another's clip.
+//!
+//! A live clip's packets also come as datagrams naming the clip's stream: [`read_datagrams`]
+//! turns those of a stream being read into events beside the stream's own copies (the
+//! player takes whichever copy of a packet comes first).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
 use walkie_net::read_frame;
 use walkie_proto::clip::ClipId;
 use walkie_proto::message::{Content, MAX_STORED_PAYLOAD};
-use walkie_proto::received::{ReceivedClip, ReceivedMessage};
-use walkie_proto::wire::{DeliverHeader, ErrorCode, ErrorMsg, MAX_STREAM_FRAME, StreamFrame};
+use walkie_proto::received::{LivePacket, ReceivedClip, ReceivedMessage, Via};
+use walkie_proto::wire::{
+    DeliverHeader, ErrorCode, ErrorMsg, LiveDatagram, MAX_STREAM_FRAME, StreamFrame,
+};
 
 use crate::routing::{Event, Reply, SharedWaiters, lock};
 
@@ -22,10 +29,76 @@ const MAX_FILE_BYTES: usize = 16 << 20;
 /// Most packets accepted in one delivered clip (10 minutes of 10 ms frames).
 const MAX_PACKETS: usize = 60_000;
 
+/// The live clips being read, by the id of their stream (what their datagrams name), and
+/// the datagrams that came ahead of their stream's header.
+#[derive(Default)]
+pub(crate) struct LiveStreamMap {
+    clips: HashMap<u64, ClipId>,
+    /// `(when, stream, packets)` for streams not known yet: at most [`PENDING`], for at most
+    /// [`PENDING_AGE`].
+    pending: VecDeque<(Instant, u64, Vec<LivePacket>)>,
+}
+
+/// Datagrams kept for a stream whose header has not arrived (it may be lost and on its way
+/// again while the datagrams flow).
+const PENDING: usize = 64;
+/// How long such a datagram waits.
+const PENDING_AGE: Duration = Duration::from_secs(1);
+
+pub(crate) type LiveStreams = Arc<Mutex<LiveStreamMap>>;
+
+fn live_lock(m: &LiveStreams) -> std::sync::MutexGuard<'_, LiveStreamMap> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Turns the connection's live datagrams into packet events until it closes. A datagram for
+/// a stream that is not (or no longer) a live clip being read is dropped.
+pub(crate) async fn read_datagrams(
+    conn: quinn::Connection,
+    streams: LiveStreams,
+    events: mpsc::Sender<Event>,
+) {
+    while let Ok(bytes) = conn.read_datagram().await {
+        let Ok(datagram) = LiveDatagram::decode(&bytes) else {
+            continue;
+        };
+        let packets: Vec<LivePacket> = datagram
+            .packets()
+            .iter()
+            .enumerate()
+            .map(|(k, &(index, data))| LivePacket {
+                index,
+                data: data.to_vec(),
+                via: if k == 0 { Via::Datagram } else { Via::Repeat },
+            })
+            .collect();
+        let id = {
+            let mut map = live_lock(&streams);
+            match map.clips.get(&datagram.stream).copied() {
+                Some(id) => id,
+                None => {
+                    if map.pending.len() == PENDING {
+                        map.pending.pop_front();
+                    }
+                    map.pending
+                        .push_back((Instant::now(), datagram.stream, packets));
+                    continue;
+                }
+            }
+        };
+        for packet in packets {
+            if events.send(Event::LivePacket(id, packet)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 pub(crate) async fn accept_streams(
     conn: quinn::Connection,
     waiters: SharedWaiters,
     events: mpsc::Sender<Event>,
+    streams: LiveStreams,
 ) {
     let mut seen = HashSet::new();
     let mut live = tokio::task::JoinSet::new();
@@ -47,9 +120,27 @@ pub(crate) async fn accept_streams(
                 let _ = events.send(Event::LiveStarted(header.clone())).await;
                 let talking = talking.clone();
                 let events = events.clone();
+                let stream = u64::from(recv.id());
+                let early: Vec<LivePacket> = {
+                    let mut map = live_lock(&streams);
+                    map.clips.insert(stream, header.id);
+                    let mut early = Vec::new();
+                    map.pending.retain_mut(|(at, s, packets)| {
+                        if *s == stream && at.elapsed() <= PENDING_AGE {
+                            early.append(packets);
+                        }
+                        *s != stream
+                    });
+                    early
+                };
+                for packet in early {
+                    let _ = events.send(Event::LivePacket(header.id, packet)).await;
+                }
+                let streams = streams.clone();
                 live.spawn(async move {
                     let id = header.id;
                     read_clip(recv, header, events, true).await;
+                    live_lock(&streams).clips.remove(&stream);
                     talking
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -102,7 +193,12 @@ async fn read_clip(
         match read_frame::<StreamFrame>(&mut recv, MAX_STREAM_FRAME).await {
             Ok(Some(StreamFrame::Packet(p))) if packets.len() < MAX_PACKETS => {
                 if live {
-                    let _ = events.send(Event::LivePacket(header.id, p.clone())).await;
+                    let packet = LivePacket {
+                        index: packets.len() as u32,
+                        data: p.clone(),
+                        via: Via::Stream,
+                    };
+                    let _ = events.send(Event::LivePacket(header.id, packet)).await;
                 }
                 packets.push(p);
             }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
 use walkie_proto::clip::{ClipId, ClipMeta};
-use walkie_proto::received::{ReceivedClip, ReceivedMessage};
+use walkie_proto::received::{LivePacket, ReceivedClip, ReceivedMessage};
 use walkie_proto::wire::{ContactEntry, DeliverHeader, ErrorMsg, ServerMsg};
 
 /// Something the relay pushed.
@@ -14,8 +14,9 @@ use walkie_proto::wire::{ContactEntry, DeliverHeader, ErrorMsg, ServerMsg};
 pub enum Event {
     /// A live clip started (its packets are arriving).
     LiveStarted(DeliverHeader),
-    /// The next packet of a live clip, as it arrives (before the clip ends).
-    LivePacket(ClipId, Vec<u8>),
+    /// A packet of a live clip, as it arrives (before the clip ends): from the clip's stream
+    /// in order, and from datagrams in any order and maybe twice.
+    LivePacket(ClipId, LivePacket),
     /// A clip arrived completely and is stored at the relay.
     Clip(ReceivedClip),
     /// A message (text, picture, doodle) arrived, or one was recalled (its content says

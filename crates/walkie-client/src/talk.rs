@@ -17,6 +17,7 @@ use walkie_media::audio::source::{AudioSource, FRAME_SAMPLES, Pull};
 use walkie_media::codec::opus::Encoder;
 use walkie_media::codec::{EncodedClip, EncoderConfig};
 use walkie_proto::clip::{ClipHeader, ClipId, Target, now_ms};
+use walkie_proto::live::Resilience;
 
 use crate::outbox::Outbox;
 use crate::{Client, ClientError};
@@ -32,6 +33,9 @@ pub struct TalkOptions {
     pub preroll: Duration,
     /// Audio kept after the key is released (default 200 ms).
     pub tail: Duration,
+    /// The least loss (percent) the encoder's in-band FEC is tuned to, whatever is measured
+    /// (the relay's figure for the listeners' side; 0 by default).
+    pub min_expected_loss: u8,
 }
 
 impl TalkOptions {
@@ -42,6 +46,7 @@ impl TalkOptions {
             encoder: EncoderConfig::default(),
             preroll: Duration::from_millis(100),
             tail: Duration::from_millis(200),
+            min_expected_loss: 0,
         }
     }
 }
@@ -57,6 +62,8 @@ pub struct TalkControl {
     released_at_ms: AtomicU64,
     frames: AtomicU64,
     level: AtomicU32,
+    /// The loss the encoder is tuned to, in percent (0: in-band FEC off).
+    expected_loss: AtomicU8,
 }
 
 impl TalkControl {
@@ -93,6 +100,16 @@ impl TalkControl {
     pub fn level(&self) -> f32 {
         f32::from_bits(self.level.load(Ordering::Relaxed))
     }
+
+    /// Tunes the encoder to a path that loses `percent` of its packets, from the next frame.
+    pub fn expect_loss(&self, percent: u8) {
+        self.expected_loss.store(percent, Ordering::Relaxed);
+    }
+
+    /// The loss the encoder is tuned to, in percent.
+    pub fn expected_loss(&self) -> u8 {
+        self.expected_loss.load(Ordering::Relaxed)
+    }
 }
 
 /// How a clip ended.
@@ -106,6 +123,8 @@ pub enum TalkOutcome {
         seq: u64,
         /// Its length.
         duration: Duration,
+        /// What was encoded and sent, packet by packet.
+        encoded: EncodedClip,
     },
     /// The live upload failed after the clip was complete; it waits in the outbox.
     Queued {
@@ -163,6 +182,11 @@ pub async fn talk(
     while let Some(item) = rx.recv().await {
         match item {
             Produced::Packet(p) => {
+                if let Some(up) = upload.as_mut() {
+                    // The encoder follows the loss measured on the way to the relay.
+                    let fec = Resilience::for_loss(up.loss_permille()).fec_loss_percent;
+                    control.expect_loss(fec.max(opts.min_expected_loss));
+                }
                 if let Some(up) = upload.as_mut()
                     && let Err(e) = up.packet(p.clone()).await
                 {
@@ -230,6 +254,7 @@ pub async fn talk(
                 id: header.id,
                 seq,
                 duration: Duration::from_millis((samples + 24) / 48),
+                encoded: clip,
             }
         }
         Err(e) if e.is_transient() => TalkOutcome::Queued {
@@ -260,7 +285,12 @@ fn produce(
     let mut frames = 0u64;
     let mut tail_frames: Option<u64> = None;
     let send = |p: Produced| tx.blocking_send(p).is_ok();
+    let mut tuned = 0u8;
     loop {
+        let loss = control.expected_loss();
+        if loss != tuned && encoder.set_expected_loss(loss).is_ok() {
+            tuned = loss;
+        }
         match control.state.load(Ordering::SeqCst) {
             CANCELLED => return source,
             RELEASED if tail_frames.is_none() => {

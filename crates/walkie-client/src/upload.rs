@@ -5,7 +5,9 @@
 use std::time::Instant;
 
 use tokio::sync::oneshot;
+use walkie_net::{DatagramPath, PathLoss};
 use walkie_proto::clip::{ClipHeader, ClipId};
+use walkie_proto::live::LiveForward;
 use walkie_proto::upload::{Answer, ClientAction, ClientUpload};
 use walkie_proto::wire::{ErrorMsg, MAX_STREAM_FRAME, encode_frame};
 
@@ -23,6 +25,15 @@ pub struct Upload {
     /// The answer arrived (or the connection closed): nothing more comes on `ack`.
     answered: bool,
     waiters: SharedWaiters,
+    /// Packets sent one by one as they are made (a live clip) also go as datagrams.
+    fast: Fast,
+}
+
+/// The datagram copies of a live upload's packets.
+struct Fast {
+    stream: u64,
+    forward: LiveForward,
+    path: DatagramPath,
 }
 
 impl Upload {
@@ -32,13 +43,21 @@ impl Upload {
         header: &ClipHeader,
         ack: oneshot::Receiver<Result<(u64, bool), ErrorMsg>>,
         waiters: SharedWaiters,
+        conn: quinn::Connection,
+        loss: PathLoss,
     ) -> Result<Upload, ClientError> {
+        let fast = Fast {
+            stream: send.id().into(),
+            forward: LiveForward::new(u32::MAX),
+            path: DatagramPath::new(conn, loss),
+        };
         let mut up = Upload {
             send,
             ack,
             core: ClientUpload::new(header),
             answered: false,
             waiters,
+            fast,
         };
         up.drive().await?;
         Ok(up)
@@ -49,12 +68,22 @@ impl Upload {
         self.core.id()
     }
 
-    /// Sends one Opus packet. A refusal that already came (too long, not a member) fails it;
+    /// Sends one Opus packet as it is made: on the clip's stream, and first as a datagram
+    /// (repeating older packets when the path loses some) so that listeners need not wait
+    /// for a retransmission. A refusal that already came (too long, not a member) fails it;
     /// after "already stored" (a resent clip) it does nothing.
     pub async fn packet(&mut self, packet: Vec<u8>) -> Result<(), ClientError> {
         self.absorb();
+        if let Ok(Some(out)) = self.fast.forward.from_stream(&packet) {
+            self.fast.path.send(self.fast.stream, &out);
+        }
         self.core.send(packet)?;
         self.drive().await
+    }
+
+    /// The loss of the path to the relay measured while this clip was sent, in permille.
+    pub fn loss_permille(&self) -> u32 {
+        self.fast.path.loss_permille()
     }
 
     /// Sends packets that are all at hand (a recorded clip, a resend from the outbox) in as

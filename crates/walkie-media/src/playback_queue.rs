@@ -11,13 +11,21 @@ use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use walkie_proto::clip::{ClipId, CodecParams};
-use walkie_proto::received::ReceivedClip;
+use walkie_proto::received::{LivePacket, ReceivedClip, Via};
 use walkie_proto::wire::DeliverHeader;
 
-use crate::jitter::{JitterBuffer, JitterConfig, Playout};
+use crate::jitter::{JitterBuffer, JitterConfig, JitterStats, Playout};
 
 /// Most packets kept for one clip (10 minutes of 10 ms frames), like the receiver's cap.
 const MAX_PACKETS: usize = 60_000;
+/// The target a connection's first live clip starts from, before any clip has shown the
+/// path's jitter: a few arrivals understate it, and starting too low inserts concealed frames
+/// into the first words while the delay grows; starting high costs 60 ms on a clean path,
+/// given back at the first pause (quiet frames are dropped while over target).
+const FIRST_START: Duration = Duration::from_millis(100);
+/// How far a datagram's packet may be ahead of the clip's stream (10 s of 20 ms frames): the
+/// slots up to it are made at once.
+const MAX_AHEAD: usize = 500;
 
 /// Queue settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +64,8 @@ pub enum Step {
     Packet(Vec<u8>),
     /// Play one frame of packet-loss concealment.
     Conceal,
+    /// Decode one frame from this (next) packet's in-band FEC data: its own packet is lost.
+    Recover(Vec<u8>),
     /// The clip played to its end: mark it played.
     Finished {
         /// The clip.
@@ -70,17 +80,84 @@ pub enum Step {
     },
 }
 
+/// A packet as it arrived.
+#[derive(Clone, Debug)]
+struct Arrived {
+    data: Vec<u8>,
+    at: Instant,
+    via: Via,
+}
+
 #[derive(Clone, Debug)]
 struct Entry {
     id: ClipId,
     from: String,
     seq: u64,
     codec: CodecParams,
-    packets: Vec<Vec<u8>>,
-    arrivals: Vec<Instant>,
+    /// Packets by index (`None`: not here yet, or already handed out from the backlog).
+    packets: Vec<Option<Arrived>>,
+    /// Packets that came by the stream: it is in order, so this is also the next one's index.
+    streamed: usize,
     /// Decoded length, once the clip is complete.
     end: Option<u64>,
     last_activity: Instant,
+}
+
+impl Entry {
+    fn new(id: ClipId, from: &str, seq: u64, codec: CodecParams, now: Instant) -> Entry {
+        Entry {
+            id,
+            from: from.to_string(),
+            seq,
+            codec,
+            packets: Vec::new(),
+            streamed: 0,
+            end: None,
+            last_activity: now,
+        }
+    }
+
+    /// Keeps a copy of a packet; true if it is the first copy of its index.
+    fn take(&mut self, p: &LivePacket, now: Instant) -> bool {
+        let i = p.index as usize;
+        if i >= MAX_PACKETS || i > self.streamed + MAX_AHEAD {
+            return false;
+        }
+        self.last_activity = now;
+        if p.via == Via::Stream {
+            self.streamed = self.streamed.max(i + 1);
+        }
+        if self.packets.len() <= i {
+            self.packets.resize_with(i + 1, || None);
+        }
+        if self.packets[i].is_some() {
+            return false;
+        }
+        self.packets[i] = Some(Arrived {
+            data: p.data.clone(),
+            at: now,
+            via: p.via,
+        });
+        true
+    }
+
+    /// The time the first packet arrived.
+    fn first_arrival(&self) -> Option<Instant> {
+        self.packets.iter().flatten().map(|a| a.at).min()
+    }
+
+    /// A jitter buffer from slot `first` holding the packets already here from there on,
+    /// starting from the target `start`.
+    fn jitter_from(&self, cfg: JitterConfig, first: usize, start: Duration) -> JitterBuffer {
+        let mut jb = JitterBuffer::starting_at(cfg, first as u64);
+        jb.start_from(start);
+        for (i, a) in self.packets.iter().enumerate().skip(first) {
+            if let Some(a) = a {
+                jb.push(i as u64, a.data.clone(), a.at, a.via);
+            }
+        }
+        jb
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -108,6 +185,11 @@ pub struct PlaybackQueue {
     current: Option<Current>,
     /// Every clip queued, playing or played (not those abandoned, so a stored copy can play).
     seen: HashSet<ClipId>,
+    /// The jitter buffer's counts of the live clip that just finished, until taken.
+    live_stats: Option<(ClipId, JitterStats)>,
+    /// The target delay the last live clip ended with: the next one starts from it (the path
+    /// is the same connection). The first clip starts from [`FIRST_START`].
+    path_target: Duration,
 }
 
 impl PlaybackQueue {
@@ -119,6 +201,8 @@ impl PlaybackQueue {
             waiting: VecDeque::new(),
             current: None,
             seen: HashSet::new(),
+            live_stats: None,
+            path_target: FIRST_START,
         }
     }
 
@@ -128,16 +212,8 @@ impl PlaybackQueue {
         if header.from == self.me || self.seen.contains(&header.id) {
             return false;
         }
-        let entry = Entry {
-            id: header.id,
-            from: header.from.clone(),
-            seq: if header.live { 0 } else { header.seq },
-            codec: header.codec,
-            packets: Vec::new(),
-            arrivals: Vec::new(),
-            end: None,
-            last_activity: now,
-        };
+        let seq = if header.live { 0 } else { header.seq };
+        let entry = Entry::new(header.id, &header.from, seq, header.codec, now);
         self.insert(entry);
         true
     }
@@ -172,36 +248,34 @@ impl PlaybackQueue {
         if self.seen.contains(&id) {
             return false;
         }
-        let mut entry = Entry {
+        let mut entry = Entry::new(
             id,
-            from: clip.header.from.clone(),
-            seq: clip.header.seq,
-            codec: clip.header.codec,
-            packets: Vec::new(),
-            arrivals: Vec::new(),
-            end: None,
-            last_activity: now,
-        };
+            &clip.header.from,
+            clip.header.seq,
+            clip.header.codec,
+            now,
+        );
         fill(&mut entry, clip, now);
         self.insert(entry);
         true
     }
 
-    /// The next packet of a live clip.
-    pub fn packet(&mut self, id: ClipId, packet: Vec<u8>, now: Instant) {
+    /// A copy of a live clip's packet (by its stream or as a datagram; the first copy of
+    /// each index counts).
+    pub fn packet(&mut self, id: ClipId, packet: LivePacket, now: Instant) {
         if let Some(cur) = self.current.as_mut().filter(|c| c.entry.id == id) {
-            if cur.entry.end.is_some() || cur.entry.packets.len() >= MAX_PACKETS {
+            if cur.entry.end.is_some() {
                 return;
             }
-            if let Mode::Live(jb) = &mut cur.mode {
-                jb.push(cur.entry.packets.len() as u64, packet.clone(), now);
+            if cur.entry.take(&packet, now)
+                && let Mode::Live(jb) = &mut cur.mode
+            {
+                jb.push(u64::from(packet.index), packet.data, now, packet.via);
             }
-            push_packet(&mut cur.entry, packet, now);
         } else if let Some(e) = self.waiting.iter_mut().find(|e| e.id == id)
             && e.end.is_none()
-            && e.packets.len() < MAX_PACKETS
         {
-            push_packet(e, packet, now);
+            e.take(&packet, now);
         }
     }
 
@@ -212,8 +286,9 @@ impl PlaybackQueue {
                 cur.entry.end = Some(samples);
                 cur.entry.last_activity = now;
                 if let Mode::Live(jb) = &mut cur.mode {
-                    jb.end(cur.entry.packets.len() as u64);
+                    jb.end(cur.entry.streamed as u64);
                 }
+                cur.entry.packets.truncate(cur.entry.streamed);
             }
         } else if let Some(e) = self.waiting.iter_mut().find(|e| e.id == id) {
             e.end.get_or_insert(samples);
@@ -235,6 +310,11 @@ impl PlaybackQueue {
             self.seen.remove(&id);
         }
         found
+    }
+
+    /// The jitter buffer's counts of the live clip that finished last (once).
+    pub fn take_live_stats(&mut self) -> Option<(ClipId, JitterStats)> {
+        self.live_stats.take()
     }
 
     /// Clips waiting behind the one playing.
@@ -262,6 +342,7 @@ impl PlaybackQueue {
             }
             let stall = self.cfg.stall;
             let jitter = self.cfg.jitter;
+            let start = self.path_target;
             let cur = self.current.as_mut()?;
             let id = cur.entry.id;
             if cur.aborted
@@ -284,24 +365,40 @@ impl PlaybackQueue {
             }
             match &mut cur.mode {
                 Mode::Backlog { cursor } => {
-                    if let Some(p) = cur.entry.packets.get_mut(*cursor) {
-                        *cursor += 1;
-                        return Some(Step::Packet(std::mem::take(p)));
+                    let complete = cur.entry.end.is_some();
+                    match cur.entry.packets.get_mut(*cursor) {
+                        Some(slot @ Some(_)) => {
+                            *cursor += 1;
+                            let data = slot.take().map(|a| a.data).unwrap_or_default();
+                            return Some(Step::Packet(data));
+                        }
+                        // (A complete clip has every packet; this only guards the index.)
+                        Some(None) if complete => {
+                            *cursor += 1;
+                            return Some(Step::Conceal);
+                        }
+                        None if complete => {
+                            let samples = cur.entry.end.unwrap_or_default();
+                            self.current = None;
+                            return Some(Step::Finished { id, samples });
+                        }
+                        // Caught up with a clip still being recorded: join it live, with
+                        // what came ahead of the gap.
+                        _ => {
+                            let jb = cur.entry.jitter_from(jitter, *cursor, start);
+                            cur.mode = Mode::Live(Box::new(jb));
+                        }
                     }
-                    if let Some(samples) = cur.entry.end {
-                        self.current = None;
-                        return Some(Step::Finished { id, samples });
-                    }
-                    // Caught up with a clip still being recorded: join it live.
-                    let first = *cursor as u64;
-                    cur.mode = Mode::Live(Box::new(JitterBuffer::starting_at(jitter, first)));
                 }
                 Mode::Live(jb) => {
                     return match jb.pop(now)? {
                         Playout::Packet(p) => Some(Step::Packet(p)),
                         Playout::Conceal => Some(Step::Conceal),
+                        Playout::Recover(p) => Some(Step::Recover(p)),
                         Playout::Ended => {
                             tracing::debug!(clip = %id, stats = ?jb.stats(), "live clip played through the jitter buffer");
+                            self.live_stats = Some((id, jb.stats()));
+                            self.path_target = jb.target();
                             let samples = cur.entry.end.unwrap_or_default();
                             self.current = None;
                             Some(Step::Finished { id, samples })
@@ -316,15 +413,14 @@ impl PlaybackQueue {
     fn begin(&self, entry: Entry, now: Instant) -> Current {
         let fresh = entry.end.is_none()
             && entry
-                .arrivals
-                .first()
-                .is_none_or(|&t| now.saturating_duration_since(t) <= self.cfg.jitter.cap);
+                .first_arrival()
+                .is_none_or(|t| now.saturating_duration_since(t) <= self.cfg.jitter.cap);
         let mode = if fresh {
-            let mut jb = JitterBuffer::new(self.cfg.jitter);
-            for (i, (p, &t)) in entry.packets.iter().zip(&entry.arrivals).enumerate() {
-                jb.push(i as u64, p.clone(), t);
-            }
-            Mode::Live(Box::new(jb))
+            Mode::Live(Box::new(entry.jitter_from(
+                self.cfg.jitter,
+                0,
+                self.path_target,
+            )))
         } else {
             Mode::Backlog { cursor: 0 }
         };
@@ -351,23 +447,21 @@ impl PlaybackQueue {
     }
 }
 
-fn push_packet(e: &mut Entry, packet: Vec<u8>, now: Instant) {
-    e.packets.push(packet);
-    e.arrivals.push(now);
-    e.last_activity = now;
-}
-
 /// Completes `e` from a stored copy: the packets it lacks, its length and its seq.
 fn fill(e: &mut Entry, clip: &ReceivedClip, now: Instant) {
-    let have = e.packets.len();
-    for p in clip
-        .packets
-        .iter()
-        .skip(have)
-        .take(MAX_PACKETS.saturating_sub(have))
-    {
-        push_packet(e, p.clone(), now);
+    let n = clip.packets.len().min(MAX_PACKETS);
+    e.packets.resize_with(n.max(e.packets.len()), || None);
+    e.packets.truncate(n);
+    for (slot, p) in e.packets.iter_mut().zip(&clip.packets).skip(e.streamed) {
+        if slot.is_none() {
+            *slot = Some(Arrived {
+                data: p.clone(),
+                at: now,
+                via: Via::Stream,
+            });
+        }
     }
+    e.streamed = n;
     e.end = Some(clip.samples);
     e.last_activity = now;
     if e.seq == 0 {
@@ -408,6 +502,15 @@ mod tests {
         vec![
             n, k, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66,
         ]
+    }
+
+    /// A packet from `pk` as it comes by the clip's stream (its index is `k`).
+    fn streamed(data: Vec<u8>) -> LivePacket {
+        LivePacket {
+            index: u32::from(data[1]),
+            data,
+            via: Via::Stream,
+        }
     }
 
     fn stored(n: u8, from: &str, seq: u64, packets: u8) -> ReceivedClip {
@@ -480,8 +583,8 @@ mod tests {
         let mut now = t0;
         let mut steps = Vec::new();
         for k in 0..10u8 {
-            q.packet(ClipId([5; 16]), pk(5, k), now);
-            q.packet(ClipId([6; 16]), pk(6, k), now); // ignored: not queued
+            q.packet(ClipId([5; 16]), streamed(pk(5, k)), now);
+            q.packet(ClipId([6; 16]), streamed(pk(6, k)), now); // ignored: not queued
             if let Some(s) = q.next(now + Duration::from_millis(7)) {
                 steps.push(s);
             }
@@ -513,7 +616,7 @@ mod tests {
         // Bob talks for 40 frames while Ann's stored clip plays; his clip ends after 40.
         for k in 0..60u8 {
             if k < 40 {
-                q.packet(a, pk(2, k), now);
+                q.packet(a, streamed(pk(2, k)), now);
             }
             if k == 40 {
                 q.end(a, 40 * 960 - 312, now);
@@ -546,7 +649,7 @@ mod tests {
         // backlog runs out before his clip ends and the rest plays live.
         for k in 0..100u8 {
             if k < 60 {
-                q.packet(b, pk(2, k), now);
+                q.packet(b, streamed(pk(2, k)), now);
             } else if k == 60 {
                 q.end(b, 60 * 960 - 312, now);
             }
@@ -580,7 +683,7 @@ mod tests {
         let t0 = Instant::now();
         let mut q = PlaybackQueue::new("me", QueueConfig::default());
         q.offer(&header(4, "ann", true, 0), t0);
-        q.packet(ClipId([4; 16]), pk(4, 0), t0);
+        q.packet(ClipId([4; 16]), streamed(pk(4, 0)), t0);
         let steps = drain(&mut q, t0, 1_000);
         let (played, ends) = summary(&steps);
         assert_eq!(played, vec![(4, 0)]);
@@ -607,7 +710,7 @@ mod tests {
         let mut now = t0;
         let mut steps = Vec::new();
         for k in 0..5u8 {
-            q.packet(c, pk(3, k), now);
+            q.packet(c, streamed(pk(3, k)), now);
             if let Some(s) = q.next(now) {
                 steps.push(s);
             }

@@ -13,12 +13,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use walkie_proto::clip::ClipId;
-use walkie_proto::received::ReceivedClip;
+use walkie_proto::received::{LivePacket, ReceivedClip};
 use walkie_proto::wire::DeliverHeader;
 
 use crate::audio::sink::AudioSink;
 use crate::codec::CodecError;
 use crate::codec::opus::Decoder;
+use crate::jitter::JitterStats;
 use crate::playback_queue::{PlaybackQueue, QueueConfig, Step};
 
 /// Tolerance when matching sink positions (a resampling sink rounds): 1 ms.
@@ -65,6 +66,14 @@ pub enum PlayerEvent {
     Abandoned {
         /// The clip.
         id: ClipId,
+    },
+    /// A clip played live through the jitter buffer finished: what the network did to it
+    /// (late, concealed, recovered from FEC data, dropped), for the logs and the app's view.
+    LiveStats {
+        /// The clip.
+        id: ClipId,
+        /// The jitter buffer's counts.
+        stats: JitterStats,
     },
 }
 
@@ -192,6 +201,15 @@ impl<S: AudioSink> Player<S> {
                         self.play(&pcm)?;
                     }
                 }
+                Step::Recover(next) => {
+                    if let Some(pl) = &mut self.playing {
+                        let pcm = match pl.decoder.recover(&next, pl.frame) {
+                            Ok(pcm) => pcm,
+                            Err(_) => pl.decoder.conceal(pl.frame)?,
+                        };
+                        self.play(&pcm)?;
+                    }
+                }
                 Step::Finished { id, .. } => {
                     if let Some(tail) = self
                         .playing
@@ -204,6 +222,18 @@ impl<S: AudioSink> Player<S> {
                     }
                     self.playing = None;
                     self.finishing.push_back((id, self.sink.written()));
+                    if let Some((id, stats)) = self.queue.take_live_stats() {
+                        tracing::info!(
+                            clip = %id,
+                            played = stats.played,
+                            late = stats.late,
+                            concealed = stats.skipped + stats.expanded,
+                            fec_recovered = stats.recovered,
+                            dropped = stats.drained + stats.overflowed,
+                            "live clip played"
+                        );
+                        events.push(PlayerEvent::LiveStats { id, stats });
+                    }
                 }
                 Step::Abandoned { id } => {
                     self.playing = None;
@@ -258,8 +288,8 @@ impl<S: AudioSink> Player<S> {
 pub enum PlayerInput {
     /// A live clip starts ([`PlaybackQueue::offer`]).
     Offer(DeliverHeader),
-    /// The next packet of a live clip.
-    Packet(ClipId, Vec<u8>),
+    /// A copy of a live clip's packet (by stream or datagram).
+    Packet(ClipId, LivePacket),
     /// A live clip is complete, with its decoded length.
     End(ClipId, u64),
     /// A live clip was abandoned.
@@ -513,12 +543,17 @@ mod tests {
             } else {
                 p.clone()
             };
+            let p = LivePacket {
+                index: k as u32,
+                data: p,
+                via: walkie_proto::received::Via::Stream,
+            };
             handle.send(PlayerInput::Packet(c.header.id, p));
             std::thread::sleep(Duration::from_millis(20));
         }
         handle.send(PlayerInput::End(c.header.id, c.samples));
         let mut seen = Vec::new();
-        while seen.len() < 2 {
+        while seen.len() < 3 {
             match handle
                 .events()
                 .recv_timeout(Duration::from_secs(5))
@@ -527,10 +562,18 @@ mod tests {
             {
                 PlayerEvent::Started { id, .. } => seen.push(format!("started {}", id.0[0])),
                 PlayerEvent::Played { id } => seen.push(format!("played {}", id.0[0])),
+                PlayerEvent::LiveStats { id, stats } => {
+                    assert_eq!(id, c.header.id);
+                    assert_eq!(
+                        stats.played + stats.skipped + stats.recovered + stats.drained,
+                        c.packets.len() as u64
+                    );
+                    seen.push("stats".into());
+                }
                 e => panic!("{e:?}"),
             }
         }
-        assert_eq!(seen, vec!["started 7", "played 7"]);
+        assert_eq!(seen, vec!["started 7", "stats", "played 7"]);
         let (sink, _) = handle.finish();
         let sink = sink.unwrap();
         let out = sink.recorded();

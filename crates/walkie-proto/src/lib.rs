@@ -20,6 +20,7 @@
 //! | who is online at a relay, and batching what their channel mates and contacts hear | [`presence`] |
 //! | messages beside clips: text, pictures, doodles; their limits and payloads | [`message`] |
 //! | the upload of one clip as state machines: the relay's side and the client's side | [`upload`] |
+//! | live packets as datagrams: first copy wins, repeats, loss and the resilience it calls for | [`live`] |
 
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
@@ -27,6 +28,7 @@
 pub mod assemble;
 pub mod clip;
 pub mod floor;
+pub mod live;
 pub mod logsafe;
 pub mod message;
 pub mod ogg;

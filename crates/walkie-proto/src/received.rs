@@ -1,9 +1,33 @@
-//! A clip as a recipient holds it (its delivery header, its packets and its length), and a
-//! message as a recipient holds it (its delivery header and its payload).
+//! A clip as a recipient holds it (its delivery header, its packets and its length), one
+//! packet of a live clip as it arrives, and a message as a recipient holds it (its delivery
+//! header and its payload).
 
 use crate::clip::{ClipMeta, Target};
 use crate::ogg::{OggError, write_ogg};
 use crate::wire::DeliverHeader;
+
+/// One packet of a live clip as it arrived: by the clip's stream (in order) or in a datagram
+/// (maybe out of order, maybe again: the first copy of each index counts).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LivePacket {
+    /// Its number in the clip, from 0.
+    pub index: u32,
+    /// The Opus packet.
+    pub data: Vec<u8>,
+    /// How it came.
+    pub via: Via,
+}
+
+/// How a copy of a live packet came.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// The clip's stream: every packet, in order, retransmitted when lost.
+    Stream,
+    /// The datagram sent for this packet.
+    Datagram,
+    /// Repeated in the datagram of a later packet (its own datagram may have been lost).
+    Repeat,
+}
 
 /// A complete clip pushed by the relay: its delivery header, its Opus packets and its length.
 #[derive(Clone, Debug, PartialEq, Eq)]

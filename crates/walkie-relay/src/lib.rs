@@ -39,6 +39,7 @@ pub mod cluster;
 mod committer;
 pub mod config;
 mod conn;
+mod datagrams;
 mod deliver;
 pub mod demo;
 pub mod doodle;

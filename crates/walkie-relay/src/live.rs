@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -12,8 +13,9 @@ use tokio::task::JoinHandle;
 use tracing::debug;
 
 use bytes::Bytes;
-use walkie_net::write_frame;
+use walkie_net::{DatagramPath, write_frame};
 use walkie_proto::clip::ClipId;
+use walkie_proto::live::Outgoing;
 use walkie_proto::toc::MAX_PACKET_BYTES;
 use walkie_proto::wire::{
     DeliverHeader, ErrorCode, ErrorMsg, MAX_STREAM_FRAME, ServerMsg, StreamFrame, encode_frame,
@@ -59,11 +61,19 @@ impl Encoded {
     }
 }
 
-/// A live copy of a clip going to one recipient session.
+/// The stream id of a live copy not yet opened.
+const NOT_OPEN: u64 = u64::MAX;
+
+/// A live copy of a clip going to one recipient session: frames on a stream of its own, and
+/// each packet also as a datagram naming that stream, with as many older packets repeated as
+/// the recipient's measured loss calls for.
 pub(crate) struct LiveSink {
     pub session: Arc<Session>,
     pub tx: Option<mpsc::Sender<Encoded>>,
     task: JoinHandle<bool>,
+    /// The id of the stream once it is open.
+    stream: Arc<AtomicU64>,
+    datagrams: DatagramPath,
 }
 
 impl LiveSink {
@@ -71,10 +81,14 @@ impl LiveSink {
     pub fn open(session: Arc<Session>, header: DeliverHeader, queue: usize) -> Self {
         let (tx, mut rx) = mpsc::channel::<Encoded>(queue.max(1));
         let conn = session.conn.clone();
+        let stream = Arc::new(AtomicU64::new(NOT_OPEN));
+        let opened = stream.clone();
+        let datagrams = DatagramPath::new(session.conn.clone(), session.loss.clone());
         let task = tokio::spawn(async move {
             let Ok(mut send) = conn.open_uni().await else {
                 return false;
             };
+            opened.store(send.id().into(), Ordering::Release);
             if write_frame(&mut send, &StreamFrame::Deliver(header), MAX_STREAM_FRAME)
                 .await
                 .is_err()
@@ -102,6 +116,17 @@ impl LiveSink {
             session,
             tx: Some(tx),
             task,
+            stream,
+            datagrams,
+        }
+    }
+
+    /// Sends a packet as a datagram (once the stream is open: the datagram names it), with
+    /// as many older packets repeated as the recipient's measured loss calls for.
+    pub fn datagram(&mut self, out: &Outgoing) {
+        let stream = self.stream.load(Ordering::Acquire);
+        if self.tx.is_some() && stream != NOT_OPEN {
+            self.datagrams.send(stream, out);
         }
     }
 

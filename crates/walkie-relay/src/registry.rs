@@ -50,6 +50,10 @@ pub struct Session {
     /// The inbox this session is delivered from (the user's, or its device's own).
     pub inbox: String,
     live_sent: Mutex<HashSet<ClipId>>,
+    /// Where the session's live datagrams go.
+    pub datagrams: Arc<crate::datagrams::Routes>,
+    /// The loss on the way to this session's client, for the repeats of its live copies.
+    pub loss: walkie_net::PathLoss,
 }
 
 impl Session {
@@ -101,6 +105,7 @@ impl Registry {
         conn: quinn::Connection,
         control: ControlTx,
     ) -> Arc<Session> {
+        let loss = walkie_net::PathLoss::new(&conn);
         let session = Arc::new(Session {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user: user.to_string(),
@@ -114,6 +119,8 @@ impl Registry {
             },
             device,
             live_sent: Mutex::new(HashSet::new()),
+            datagrams: Arc::default(),
+            loss,
         });
         let mut map = lock(&self.sessions);
         let list = map.entry(user.to_string()).or_default();

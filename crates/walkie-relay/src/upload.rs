@@ -12,10 +12,11 @@ use tracing::{debug, info};
 use walkie_net::{FrameReader, NetError};
 use walkie_proto::assemble::Refusal;
 use walkie_proto::clip::{ClipId, ClipMeta};
+use walkie_proto::live::LiveForward;
 use walkie_proto::upload::{
     Action, Checked, CommitFailure, FloorRefusal, Input, Outcome, RelayUpload,
 };
-use walkie_proto::wire::{ErrorCode, MAX_STREAM_FRAME, ServerMsg, StreamFrame};
+use walkie_proto::wire::{ErrorCode, LiveDatagram, MAX_STREAM_FRAME, ServerMsg, StreamFrame};
 use walkie_store::{CommitOutcome, StoreError};
 
 use crate::RelayError;
@@ -45,6 +46,12 @@ pub(crate) async fn run(
         recv.next::<StreamFrame>(MAX_STREAM_FRAME),
     )
     .await;
+    // A clip's packets may also come as datagrams naming this stream.
+    let mut route = matches!(first, Ok(Ok(Some(StreamFrame::Upload(_))))).then(|| {
+        session
+            .datagrams
+            .open(&session.conn, recv.stream().id().into())
+    });
     match first {
         Ok(Ok(Some(StreamFrame::Message(header)))) => {
             return crate::message::run(&shared, &session, recv, &tx, header).await;
@@ -99,21 +106,20 @@ pub(crate) async fn run(
             armed = Some(d);
         }
         let next = async {
-            if armed.is_none() {
-                return Some(recv.next::<StreamFrame>(MAX_STREAM_FRAME).await);
-            }
             tokio::select! {
                 biased;
-                read = recv.next::<StreamFrame>(MAX_STREAM_FRAME) => Some(read),
-                () = &mut timer => None,
+                Some(d) = async { route.as_mut()?.rx.recv().await }, if route.is_some() => Next::Datagram(d),
+                read = recv.next::<StreamFrame>(MAX_STREAM_FRAME) => Next::Read(read),
+                () = &mut timer, if armed.is_some() => Next::Timeout,
             }
         };
         match next.await {
-            None => {
+            Next::Datagram(d) => driver.datagram(&d),
+            Next::Timeout => {
                 armed = None;
                 core.handle_timeout(Instant::now());
             }
-            Some(read) => {
+            Next::Read(read) => {
                 let mut now = Instant::now();
                 if let Ok(Some(StreamFrame::Packet(p))) = &read
                     && driver.pace(p.len(), now).await
@@ -124,6 +130,13 @@ pub(crate) async fn run(
             }
         }
     }
+}
+
+/// What woke the upload.
+enum Next {
+    Read(Result<Option<StreamFrame>, NetError>),
+    Datagram(bytes::Bytes),
+    Timeout,
 }
 
 /// What a read from the clip stream means to the core.
@@ -156,6 +169,8 @@ struct Driver<'a> {
 struct Live {
     id: ClipId,
     sinks: Vec<LiveSink>,
+    /// Which packets went out as datagrams, from the stream or the talker's datagrams.
+    fast: LiveForward,
     remote: RemoteOut,
     /// The sessions still receiving live were marked (so their pumps skip the stored copy).
     marked: bool,
@@ -204,9 +219,13 @@ impl Driver<'_> {
                     .map(|s| LiveSink::open(s, header.clone(), self.shared.config.live_queue))
                     .collect();
                 let remote = RemoteOut::start(self.shared, &header, &recipients);
+                let frame_ms = u64::from(header.codec.frame_samples.max(1)) / 48;
+                let max_packets =
+                    self.shared.config.max_hold().as_millis() as u64 / frame_ms.max(1);
                 self.live = Some(Live {
                     id: header.id,
                     sinks,
+                    fast: LiveForward::new(u32::try_from(max_packets + 1).unwrap_or(u32::MAX)),
                     remote,
                     marked: false,
                 });
@@ -223,6 +242,17 @@ impl Driver<'_> {
                         }
                     }
                     live.remote.packet(&packet);
+                    match live.fast.from_stream(&packet) {
+                        // First here: it goes out as a datagram too.
+                        Ok(Some(out)) => {
+                            for sink in &mut live.sinks {
+                                sink.datagram(&out);
+                            }
+                        }
+                        Ok(None) => {}
+                        // Listeners heard other audio than what would be stored.
+                        Err(mismatch) => return Some(Input::Broken(mismatch.to_string())),
+                    }
                 }
                 None
             }
@@ -314,6 +344,21 @@ impl Driver<'_> {
         let (checked, guard) = check_send(self.shared, self.session, id, target).await?;
         self.reserved = guard;
         Ok(checked)
+    }
+
+    /// A datagram from the talker naming this clip's stream: its packets that are new go to
+    /// the listeners at once, ahead of the stream (which is not waited for).
+    fn datagram(&mut self, bytes: &[u8]) {
+        let (Some(live), Ok(datagram)) = (&mut self.live, LiveDatagram::decode(bytes)) else {
+            return;
+        };
+        for &(index, packet) in datagram.packets() {
+            if let Some(out) = live.fast.from_datagram(index, packet) {
+                for sink in &mut live.sinks {
+                    sink.datagram(&out);
+                }
+            }
+        }
     }
 
     /// Over the per-user upload rate: slow the sender down rather than refuse; true if it

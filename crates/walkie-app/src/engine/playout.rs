@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use walkie_media::audio::null::NullSink;
 use walkie_media::audio::open::open_sink;
 use walkie_media::audio::sink::AudioSink;
+use walkie_media::jitter::JitterStats;
 use walkie_media::player::{self, Player, PlayerConfig, PlayerEvent, PlayerHandle, PlayerInput};
 use walkie_proto::clip::{ClipId, CodecParams, Target, now_ms};
-use walkie_proto::received::ReceivedClip;
+use walkie_proto::received::{LivePacket, ReceivedClip, Via};
 use walkie_proto::wire::DeliverHeader;
 
 /// A live clip with no news for this long is no longer shown as talking.
@@ -40,6 +41,9 @@ struct LiveClip {
     heard: bool,
 }
 
+/// Live clips whose jitter-buffer counts are kept for the debug view.
+const LIVE_STATS_KEPT: usize = 8;
+
 /// The player, the ids it plays under, and what it is busy with.
 #[derive(Default)]
 pub struct Playout {
@@ -52,6 +56,10 @@ pub struct Playout {
     live: HashMap<ClipId, LiveClip>,
     /// The microphone test's clip while it runs.
     mic_test: Option<ClipId>,
+    /// What the network did to the latest live clips heard (the debug view shows them).
+    live_stats: std::collections::VecDeque<(ClipId, JitterStats)>,
+    /// The next packet's index in the microphone test.
+    mic_test_next: u32,
     /// True when the player plays into an output device (or the `null` sink asked for by
     /// name); false for the silent stand-in after a device failed to open: then nothing is
     /// heard, so nothing counts as played.
@@ -154,8 +162,8 @@ impl Playout {
         }
     }
 
-    /// The next packet of a live clip (or of the microphone test).
-    pub fn live_packet(&mut self, id: ClipId, packet: Vec<u8>) {
+    /// A copy of a live clip's packet (by its stream or as a datagram).
+    pub fn live_packet(&mut self, id: ClipId, packet: LivePacket) {
         if let Some(l) = self.live.get_mut(&id) {
             l.last = Instant::now();
             if l.heard {
@@ -219,6 +227,7 @@ impl Playout {
         let id = ClipId::random();
         self.aliases.insert(id, None);
         self.mic_test = Some(id);
+        self.mic_test_next = 0;
         let header = DeliverHeader {
             id,
             from: "microphone test".into(),
@@ -232,6 +241,11 @@ impl Playout {
         self.send(PlayerInput::Offer(header));
     }
 
+    /// The jitter buffer's counts of the latest live clips heard, oldest first.
+    pub fn live_stats(&self) -> impl Iterator<Item = &(ClipId, JitterStats)> {
+        self.live_stats.iter()
+    }
+
     /// True while the microphone test plays.
     pub fn testing(&self) -> bool {
         self.mic_test.is_some()
@@ -240,6 +254,12 @@ impl Playout {
     /// The next packet of the microphone test.
     pub fn test_packet(&mut self, packet: Vec<u8>) {
         if let Some(id) = self.mic_test {
+            let packet = LivePacket {
+                index: self.mic_test_next,
+                data: packet,
+                via: Via::Stream,
+            };
+            self.mic_test_next = self.mic_test_next.saturating_add(1);
             self.send(PlayerInput::Packet(id, packet));
         }
     }
@@ -263,6 +283,13 @@ impl Playout {
                 Ok(PlayerEvent::Started { id, .. }) => (id, Heard::Started),
                 Ok(PlayerEvent::Played { id }) => (id, Heard::Played),
                 Ok(PlayerEvent::Abandoned { id }) => (id, Heard::Abandoned),
+                Ok(PlayerEvent::LiveStats { id, stats }) => {
+                    if self.live_stats.len() == LIVE_STATS_KEPT {
+                        self.live_stats.pop_front();
+                    }
+                    self.live_stats.push_back((id, stats));
+                    continue;
+                }
                 Err(message) => {
                     out.push(Heard::Failed(message));
                     failed = true;

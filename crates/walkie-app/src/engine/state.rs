@@ -257,6 +257,9 @@ pub struct Snapshot {
     pub people: super::people::PeopleView,
     /// The latest desktop notification raised: its conversation and text.
     pub last_notification: Option<(Target, String)>,
+    /// What the network did to the latest live clips heard, oldest first (the settings'
+    /// network view shows them).
+    pub live_stats: Vec<(ClipId, walkie_media::jitter::JitterStats)>,
 }
 
 impl Snapshot {

@@ -787,7 +787,9 @@ impl Worker {
             Ok((outcome, source)) => {
                 self.mic.give_back(Some(source));
                 match outcome {
-                    TalkOutcome::Stored { id, seq, duration } => {
+                    TalkOutcome::Stored {
+                        id, seq, duration, ..
+                    } => {
                         let ms = u32::try_from(duration.as_millis()).unwrap_or(u32::MAX);
                         book::add_clip(&mut self.snap.conversations, &me, &meta(id, seq, ms), true);
                         self.fetches.audio(id);
@@ -1213,7 +1215,12 @@ impl Worker {
 
     /// What the player did: what plays now, played marks and receipts.
     async fn player_events(&mut self, client: Option<&Client>) {
-        for heard in self.playout.poll() {
+        let heard_now = self.playout.poll();
+        let live: Vec<_> = self.playout.live_stats().copied().collect();
+        if live != self.snap.live_stats {
+            self.snap.live_stats = live;
+        }
+        for heard in heard_now {
             match heard {
                 Heard::Started(id) => self.snap.playing = Some(id),
                 Heard::Played(id) => {

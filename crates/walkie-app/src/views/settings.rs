@@ -5,6 +5,8 @@ use eframe::egui::{self, RichText, Ui};
 
 use super::widgets;
 use crate::engine::{AppSettings, BITRATE_RANGE, Command, Engine, Snapshot};
+use walkie_media::jitter::JitterStats;
+use walkie_proto::clip::ClipId;
 
 /// Whether the settings panel is open.
 #[derive(Default)]
@@ -29,6 +31,25 @@ fn device_combo(ui: &mut Ui, label: &str, value: &mut Option<String>, names: &[S
                 .changed();
         });
     changed
+}
+
+/// One line per live clip heard, newest first: what the jitter buffer did with its packets.
+pub fn network_lines(stats: &[(ClipId, JitterStats)]) -> Vec<String> {
+    stats
+        .iter()
+        .rev()
+        .map(|(id, s)| {
+            let short: String = id.to_string().chars().take(8).collect();
+            format!(
+                "{short}: {} played, {} late, {} concealed, {} from FEC, {} dropped",
+                s.played,
+                s.late,
+                s.skipped + s.expanded,
+                s.recovered,
+                s.drained + s.overflowed
+            )
+        })
+        .collect()
 }
 
 /// Draws the settings panel.
@@ -81,6 +102,16 @@ pub fn show(ui: &mut Ui, snap: &Snapshot, engine: &Engine, _view: &mut SettingsV
         engine.send(Command::SetSettings(s));
     }
     ui.add_space(10.0);
+    ui.collapsing("Network (live clips)", |ui| {
+        let lines = network_lines(&snap.live_stats);
+        if lines.is_empty() {
+            ui.label(RichText::new("No live clip heard yet.").weak());
+        }
+        for line in lines {
+            ui.label(RichText::new(line).small().monospace());
+        }
+    });
+    ui.add_space(10.0);
     ui.label(RichText::new("Microphone test").strong());
     match &snap.mic_test {
         Some(meter) => {
@@ -101,5 +132,35 @@ pub fn show(ui: &mut Ui, snap: &Snapshot, engine: &Engine, _view: &mut SettingsV
                 engine.send(Command::MicTest);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_network_view_lists_the_latest_clip_first() {
+        let stats = |played, recovered| JitterStats {
+            played,
+            recovered,
+            late: 2,
+            skipped: 1,
+            expanded: 3,
+            drained: 4,
+            overflowed: 1,
+        };
+        let lines = network_lines(&[
+            (ClipId([0x11; 16]), stats(100, 0)),
+            (ClipId([0xab; 16]), stats(250, 7)),
+        ]);
+        assert_eq!(
+            lines,
+            vec![
+                "abababab: 250 played, 2 late, 4 concealed, 7 from FEC, 5 dropped",
+                "11111111: 100 played, 2 late, 4 concealed, 0 from FEC, 5 dropped",
+            ]
+        );
+        assert!(network_lines(&[]).is_empty());
     }
 }

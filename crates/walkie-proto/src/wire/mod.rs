@@ -18,9 +18,11 @@
 //! Every frame is a big-endian `u32` length followed by that many bytes of `postcard`-encoded
 //! message. Lengths are checked against a cap before any buffer is allocated.
 
+pub mod datagram;
 pub mod frame;
 pub mod messages;
 
+pub use datagram::{DatagramError, LiveBody, LiveDatagram};
 pub use frame::{FrameError, decode_frame, encode_frame};
 pub use messages::*;
 

@@ -589,6 +589,12 @@ async fn read_control(
                     let _ = tx.send(Reply::People(reply));
                 }
             }
+            ServerMsg::ListenersLoss { clip, permille } => {
+                let mut w = lock(&waiters);
+                if w.uploads.contains_key(&clip) {
+                    w.listeners_loss.insert(clip, permille.min(1000));
+                }
+            }
             ServerMsg::Welcome { .. } | ServerMsg::Pong { .. } | ServerMsg::Joined { .. } => {}
         }
     }
@@ -596,4 +602,5 @@ async fn read_control(
     let mut w = lock(&waiters);
     w.requests.clear();
     w.uploads.clear();
+    w.listeners_loss.clear();
 }

@@ -54,6 +54,9 @@ type UploadWaiter = oneshot::Sender<Result<(u64, bool), ErrorMsg>>;
 pub(crate) struct Waiters {
     pub(crate) requests: HashMap<u64, oneshot::Sender<Reply>>,
     pub(crate) uploads: HashMap<ClipId, UploadWaiter>,
+    /// The relay's figure for the loss to each live upload's listeners, in permille (only
+    /// for uploads in progress).
+    pub(crate) listeners_loss: HashMap<ClipId, u16>,
 }
 
 pub(crate) type SharedWaiters = Arc<Mutex<Waiters>>;

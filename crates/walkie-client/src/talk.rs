@@ -183,8 +183,10 @@ pub async fn talk(
         match item {
             Produced::Packet(p) => {
                 if let Some(up) = upload.as_mut() {
-                    // The encoder follows the loss measured on the way to the relay.
-                    let fec = Resilience::for_loss(up.loss_permille()).fec_loss_percent;
+                    // The encoder follows the loss left after the datagrams' repeats: on the
+                    // way to the relay (measured here) and on to the listeners (the relay's).
+                    let fec =
+                        Resilience::fec_percent(up.loss_permille(), up.listeners_loss_permille());
                     control.expect_loss(fec.max(opts.min_expected_loss));
                 }
                 if let Some(up) = upload.as_mut()

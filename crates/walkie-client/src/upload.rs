@@ -86,6 +86,15 @@ impl Upload {
         self.fast.path.loss_permille()
     }
 
+    /// The worst loss on the way from the relay to this clip's listeners, as the relay
+    /// measured and told it when the clip started, in permille (0 until told).
+    pub fn listeners_loss_permille(&self) -> u32 {
+        lock(&self.waiters)
+            .listeners_loss
+            .get(&self.core.id())
+            .map_or(0, |p| u32::from(*p))
+    }
+
     /// Sends packets that are all at hand (a recorded clip, a resend from the outbox) in as
     /// few stream writes as they fit in; otherwise as [`Self::packet`] for each.
     pub async fn packets(
@@ -223,6 +232,8 @@ impl Upload {
 
 impl Drop for Upload {
     fn drop(&mut self) {
-        lock(&self.waiters).uploads.remove(&self.core.id());
+        let mut w = lock(&self.waiters);
+        w.uploads.remove(&self.core.id());
+        w.listeners_loss.remove(&self.core.id());
     }
 }

@@ -23,7 +23,7 @@
 //!   Once a clip's datagrams flow, a packet whose first copy is the stream's was lost as a
 //!   datagram and retransmitted: its arrival says nothing about the path's jitter and is
 //!   left out of the target (which would otherwise grow to wait for retransmissions).
-//! * Over target, the buffer drains back down by dropping quiet frames (near-silent packets:
+//! * More than two frames over target, the buffer drains back down by dropping quiet frames (near-silent packets:
 //!   Opus DTX frames, or ones no larger than the clip's smallest by a quarter, which at a
 //!   variable bitrate is background between words). Speech frames are dropped only when the
 //!   delay stays more than 60 ms over target for `drain_hold`, one every [`DRAIN_EVERY`]
@@ -338,7 +338,9 @@ impl JitterBuffer {
         }
         let delay = self.delay(now);
         let target = self.target();
-        if delay > target + self.cfg.frame {
+        // Over target by more than two frames: drain (within that, a little extra delay is
+        // cheaper than a warped pause).
+        if delay > target + 2 * self.cfg.frame {
             self.over_since.get_or_insert(now);
         } else {
             self.over_since = None;

@@ -47,21 +47,36 @@ impl Resilience {
     /// encoder is told the loss that is left after them (`2 * p^(c+1)` for two legs): FEC is
     /// on only where the repeats are not enough.
     pub fn for_loss(permille: u32) -> Resilience {
-        let copies = match permille {
+        Resilience {
+            fec_loss_percent: Self::fec_percent(permille, permille),
+            copies: Self::copies_for(permille),
+        }
+    }
+
+    /// The older packets each datagram repeats on a leg that loses `permille`.
+    pub fn copies_for(permille: u32) -> u8 {
+        match permille {
             p if p >= Self::TWO_COPIES_FROM => 2,
             p if p >= Self::ONE_COPY_FROM => 1,
             _ => 0,
-        };
+        }
+    }
+
+    /// The chance that a leg losing `permille` loses a frame despite its repeats:
+    /// `p^(copies + 1)`.
+    pub fn left_after_repeats(permille: u32) -> f64 {
         let p = f64::from(permille.min(1000)) / 1000.0;
-        let left = 2.0 * p.powi(i32::from(copies) + 1);
-        let fec_loss_percent = if left >= 0.01 {
+        p.powi(i32::from(Self::copies_for(permille)) + 1)
+    }
+
+    /// The expected loss to tune the encoder's in-band FEC to, in percent (0: off), for a
+    /// talker whose own leg loses `up` permille and whose listeners' legs lose up to `down`.
+    pub fn fec_percent(up: u32, down: u32) -> u8 {
+        let left = Self::left_after_repeats(up) + Self::left_after_repeats(down);
+        if left >= 0.01 {
             ((left * 100.0).ceil() as u8).min(Self::MAX_FEC_PERCENT)
         } else {
             0
-        };
-        Resilience {
-            fec_loss_percent,
-            copies,
         }
     }
 }
@@ -349,6 +364,9 @@ mod tests {
             }
         );
         assert_eq!(Resilience::for_loss(1000).fec_loss_percent, 25);
+        // A clean uplink and listeners losing 30%: 2.7% left, FEC tuned to 3%.
+        assert_eq!(Resilience::fec_percent(0, 300), 3);
+        assert_eq!(Resilience::fec_percent(0, 0), 0);
     }
 
     #[test]

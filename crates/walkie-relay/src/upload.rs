@@ -132,6 +132,16 @@ pub(crate) async fn run(
     }
 }
 
+/// The worst loss the relay measures on the way to the sessions of `sinks`, in permille.
+fn sinks_loss(sinks: &[LiveSink]) -> u16 {
+    let worst = sinks
+        .iter()
+        .map(|s| s.session.loss.permille())
+        .max()
+        .unwrap_or(0);
+    u16::try_from(worst.min(1000)).unwrap_or(1000)
+}
+
 /// What woke the upload.
 enum Next {
     Read(Result<Option<StreamFrame>, NetError>),
@@ -217,7 +227,16 @@ impl Driver<'_> {
                     .iter()
                     .flat_map(|r| self.shared.registry.sessions_of(r))
                     .map(|s| LiveSink::open(s, header.clone(), self.shared.config.live_queue))
-                    .collect();
+                    .collect::<Vec<_>>();
+                // The talker tunes its FEC to its listeners' loss (measured here, per session).
+                let worst = sinks_loss(&sinks);
+                let _ = self.tx.try_send(
+                    ServerMsg::ListenersLoss {
+                        clip: header.id,
+                        permille: worst,
+                    }
+                    .into(),
+                );
                 let remote = RemoteOut::start(self.shared, &header, &recipients);
                 let frame_ms = u64::from(header.codec.frame_samples.max(1)) / 48;
                 let max_packets =

@@ -427,6 +427,16 @@ pub enum ServerMsg {
         /// The message or clip.
         id: ClipId,
     },
+    /// To a talker whose clip starts going out live: the worst loss the relay measures on
+    /// the way to the clip's listeners at this relay, in permille (0 to 1000; 0 when not
+    /// measured yet). The talker tunes its encoder's in-band FEC to what this loss and its
+    /// own leave after the datagrams' repeats ([`crate::live::Resilience`]). Once per clip.
+    ListenersLoss {
+        /// The clip.
+        clip: ClipId,
+        /// Loss in permille.
+        permille: u16,
+    },
 }
 
 /// An error reported to a peer: what failed, a stable code, and a sentence for humans.
@@ -949,6 +959,8 @@ mod tests {
                     until_ms
                 }),
             (any::<u64>(), arb_id()).prop_map(|(req, id)| ServerMsg::Recalled { req, id }),
+            (arb_id(), 0u16..=1000)
+                .prop_map(|(clip, permille)| ServerMsg::ListenersLoss { clip, permille }),
             (
                 any::<u64>(),
                 proptest::collection::vec(

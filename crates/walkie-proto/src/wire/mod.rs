@@ -2,8 +2,10 @@
 //! (The uploads it carries are driven by the state machines of [`crate::upload`].)
 //!
 //! # Flow
-//! A connection negotiates ALPN [`ALPN`] (`walkie/3` since presence is told in batches;
-//! `walkie/2` added messages beside clips; another version is refused in the TLS handshake). The client opens one bidirectional *control* stream and sends
+//! A connection negotiates ALPN [`ALPN`] (`walkie/4` since live packets also travel as
+//! datagrams and the relay tells a talker its listeners' loss; `walkie/3` told presence in
+//! batches; `walkie/2` added messages beside clips; another version is refused in the TLS
+//! handshake). The client opens one bidirectional *control* stream and sends
 //! [`ClientMsg::Hello`]; the relay answers [`ServerMsg::Welcome`] or an error and closes.
 //! After that the relay pushes every clip the user has not acknowledged, oldest first, then
 //! live ones, each on its own unidirectional stream opened by the relay
@@ -27,7 +29,7 @@ pub use frame::{FrameError, decode_frame, encode_frame};
 pub use messages::*;
 
 /// ALPN protocol id; the version lives here so incompatible peers fail the handshake.
-pub const ALPN: &[u8] = b"walkie/3";
+pub const ALPN: &[u8] = b"walkie/4";
 /// Largest control-stream frame (history pages are the biggest messages).
 pub const MAX_CONTROL_FRAME: usize = 1 << 20;
 /// Largest frame on a clip or file stream.

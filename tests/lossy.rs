@@ -320,6 +320,20 @@ async fn the_proxy_drops_and_delays_as_asked_in_each_direction() {
     assert_eq!(proxy.clients(), 1);
 }
 
+/// The header of a clip `id` of 20 ms packets to channel crew.
+fn crew_header(id: walkie_proto::clip::ClipId) -> walkie_proto::clip::ClipHeader {
+    walkie_proto::clip::ClipHeader {
+        id,
+        to: Target::Channel("crew".into()),
+        started_at_ms: walkie_proto::clip::now_ms(),
+        codec: walkie_proto::clip::CodecParams {
+            frame_samples: 960,
+            bitrate: 24_000,
+            pre_skip: 312,
+        },
+    }
+}
+
 /// A 20 ms Opus packet (TOC 0xf8: CELT, one frame) tagged with `k` and a `fill` byte.
 fn fake_packet(k: u32, fill: u8) -> Vec<u8> {
     let mut p = vec![0xf8];
@@ -335,7 +349,7 @@ fn fake_packet(k: u32, fill: u8) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn datagrams_unlike_the_stream_or_naming_others_streams_are_refused() {
     use walkie_net::write_frame;
-    use walkie_proto::clip::{ClipHeader, ClipId, CodecParams, now_ms};
+    use walkie_proto::clip::ClipId;
     use walkie_proto::wire::{LiveBody, MAX_STREAM_FRAME, StreamFrame};
     use walkie_store::Store;
 
@@ -346,17 +360,6 @@ async fn datagrams_unlike_the_stream_or_naming_others_streams_are_refused() {
     let mallory = relay.add_user("mallory");
     relay.add_channel("crew", &["alice", "bob", "mallory"]);
     let mut bob_c = relay.connect(&bob).await;
-    let crew = Target::Channel("crew".into());
-    let header = |id: ClipId| ClipHeader {
-        id,
-        to: crew.clone(),
-        started_at_ms: now_ms(),
-        codec: CodecParams {
-            frame_samples: 960,
-            bitrate: 24_000,
-            pre_skip: 312,
-        },
-    };
 
     // 1. Mallory's datagrams say one thing, her stream another.
     let (_ep, conn, _send, mut control) = support::raw_session(&mallory).await;
@@ -365,7 +368,7 @@ async fn datagrams_unlike_the_stream_or_naming_others_streams_are_refused() {
     let stream = u64::from(up.id());
     write_frame(
         &mut up,
-        &StreamFrame::Upload(header(forged)),
+        &StreamFrame::Upload(crew_header(forged)),
         MAX_STREAM_FRAME,
     )
     .await
@@ -431,7 +434,10 @@ async fn datagrams_unlike_the_stream_or_naming_others_streams_are_refused() {
     // 2. Alice talks; Mallory sends datagrams naming alice's stream id on her own connection.
     let alice_c = relay.connect(&alice).await;
     let mine = ClipId::random();
-    let mut upload = alice_c.start_clip(&header(mine)).await.expect("starts");
+    let mut upload = alice_c
+        .start_clip(&crew_header(mine))
+        .await
+        .expect("starts");
     let flood = {
         let conn = conn.clone();
         tokio::spawn(async move {
@@ -480,7 +486,7 @@ async fn datagrams_unlike_the_stream_or_naming_others_streams_are_refused() {
 /// through a proxy losing 30% of what the relay sends him; alice talks directly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_talker_learns_its_listeners_loss_from_the_relay() {
-    use walkie_proto::clip::{ClipHeader, ClipId, CodecParams, now_ms};
+    use walkie_proto::clip::ClipId;
     use walkie_proto::live::Resilience;
 
     let dir = tempfile::tempdir().expect("temp dir");
@@ -502,16 +508,6 @@ async fn a_talker_learns_its_listeners_loss_from_the_relay() {
     .await
     .expect("bob connects through the proxy");
     let alice_c = relay.connect(&alice).await;
-    let header = || ClipHeader {
-        id: ClipId::random(),
-        to: Target::Channel("crew".into()),
-        started_at_ms: now_ms(),
-        codec: CodecParams {
-            frame_samples: 960,
-            bitrate: 24_000,
-            pre_skip: 312,
-        },
-    };
     // Bob reads everything that comes, so the relay keeps sending to him.
     let reading = tokio::spawn(async move {
         let mut clips = 0;
@@ -531,7 +527,7 @@ async fn a_talker_learns_its_listeners_loss_from_the_relay() {
     // needs 100 packets), the second starts with the figure.
     let mut told = Vec::new();
     for _ in 0..2 {
-        let h = header();
+        let h = crew_header(ClipId::random());
         let mut up = alice_c.start_clip(&h).await.expect("starts");
         for k in 0..150 {
             up.packet(fake_packet(k, 3)).await.expect("packet");

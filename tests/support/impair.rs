@@ -104,9 +104,9 @@ struct Inner {
     rng: Mutex<StdRng>,
     clients: Mutex<HashMap<SocketAddr, Client>>,
     /// Client to relay.
-    pub up_counts: Counts,
+    up_counts: Counts,
     /// Relay to clients.
-    pub down_counts: Counts,
+    down_counts: Counts,
 }
 
 /// The proxy; stops when dropped.

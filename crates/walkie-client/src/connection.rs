@@ -92,6 +92,17 @@ fn remember_good(list: &str, index: usize) {
     good.push((list.to_string(), index));
 }
 
+/// The unspecified address of `addr`'s family with port 0: where a client's socket binds.
+fn any_port_like(addr: &SocketAddr) -> SocketAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let ip = if addr.is_ipv6() {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    };
+    SocketAddr::new(ip, 0)
+}
+
 /// A QUIC connection to the relay at `relay` whose certificate has the fingerprint `pin`,
 /// with its endpoint; waits at most `timeout` for the handshake.
 pub(crate) async fn dial(
@@ -100,13 +111,7 @@ pub(crate) async fn dial(
     timeout: Duration,
 ) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
     let addr = resolve(relay).await?;
-    let bind: SocketAddr = if addr.is_ipv6() {
-        "[::]:0".parse()
-    } else {
-        "0.0.0.0:0".parse()
-    }
-    .map_err(|_| ClientError::Config("bad bind address".into()))?;
-    let endpoint = net::client_endpoint(pin, bind)?;
+    let endpoint = net::client_endpoint(pin, any_port_like(&addr))?;
     let connecting = endpoint
         .connect(addr, net::SERVER_NAME)
         .map_err(|e| NetError::Connect {
@@ -450,13 +455,7 @@ impl Client {
             .endpoint
             .local_addr()
             .map_err(|e| ClientError::Config(format!("no local address: {e}")))?;
-        let any: SocketAddr = if old.is_ipv6() {
-            "[::]:0".parse()
-        } else {
-            "0.0.0.0:0".parse()
-        }
-        .map_err(|_| ClientError::Config("bad bind address".into()))?;
-        let socket = std::net::UdpSocket::bind(any)
+        let socket = std::net::UdpSocket::bind(any_port_like(&old))
             .map_err(|e| ClientError::Config(format!("cannot bind a new socket: {e}")))?;
         let addr = socket
             .local_addr()

@@ -33,9 +33,6 @@ pub struct TalkOptions {
     pub preroll: Duration,
     /// Audio kept after the key is released (default 200 ms).
     pub tail: Duration,
-    /// The least loss (percent) the encoder's in-band FEC is tuned to, whatever is measured
-    /// (the relay's figure for the listeners' side; 0 by default).
-    pub min_expected_loss: u8,
 }
 
 impl TalkOptions {
@@ -46,7 +43,6 @@ impl TalkOptions {
             encoder: EncoderConfig::default(),
             preroll: Duration::from_millis(100),
             tail: Duration::from_millis(200),
-            min_expected_loss: 0,
         }
     }
 }
@@ -187,7 +183,7 @@ pub async fn talk(
                     // way to the relay (measured here) and on to the listeners (the relay's).
                     let fec =
                         Resilience::fec_percent(up.loss_permille(), up.listeners_loss_permille());
-                    control.expect_loss(fec.max(opts.min_expected_loss));
+                    control.expect_loss(fec);
                 }
                 if let Some(up) = upload.as_mut()
                     && let Err(e) = up.packet(p.clone()).await

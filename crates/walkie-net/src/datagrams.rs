@@ -82,10 +82,10 @@ impl DatagramPath {
         self.loss.permille()
     }
 
-    /// Sends `out` as a datagram naming `stream`; false once the connection takes none.
-    pub fn send(&mut self, stream: u64, out: &Outgoing) -> bool {
+    /// Sends `out` as a datagram naming `stream` (nothing once the connection takes none).
+    pub fn send(&mut self, stream: u64, out: &Outgoing) {
         if !self.on {
-            return false;
+            return;
         }
         if self.until_reading == 0 {
             self.until_reading = READ_EVERY;
@@ -93,7 +93,7 @@ impl DatagramPath {
         }
         self.until_reading -= 1;
         let Some(body) = out.body(self.copies) else {
-            return true;
+            return;
         };
         match self
             .conn
@@ -111,6 +111,5 @@ impl DatagramPath {
             // The peer takes no datagrams, or the connection is gone.
             Err(_) => self.on = false,
         }
-        self.on
     }
 }

@@ -330,39 +330,27 @@ mod tests {
 
     #[test]
     fn resilience_follows_the_loss() {
-        assert_eq!(Resilience::for_loss(0), Resilience::default());
-        assert_eq!(Resilience::for_loss(4), Resilience::default());
-        // 0.5% on each leg: 1% end to end, FEC tuned to it.
-        assert_eq!(
-            Resilience::for_loss(5),
-            Resilience {
-                fec_loss_percent: 1,
-                copies: 0
-            }
-        );
-        // 1.5%: one copy leaves 0.05%: no FEC.
-        assert_eq!(
-            Resilience::for_loss(15),
-            Resilience {
-                fec_loss_percent: 0,
-                copies: 1
-            }
-        );
-        // 10%: two copies leave 0.2%; 30%: 5.4% left, FEC tuned to 6%.
-        assert_eq!(
-            Resilience::for_loss(100),
-            Resilience {
-                fec_loss_percent: 0,
-                copies: 2
-            }
-        );
-        assert_eq!(
-            Resilience::for_loss(300),
-            Resilience {
-                fec_loss_percent: 6,
-                copies: 2
-            }
-        );
+        // (loss per leg in permille, FEC percent, copies)
+        for (permille, fec_loss_percent, copies) in [
+            (0, 0, 0),
+            (4, 0, 0),
+            // 0.5% on each leg: 1% end to end, FEC tuned to it.
+            (5, 1, 0),
+            // 1.5%: one copy leaves 0.05%: no FEC.
+            (15, 0, 1),
+            // 10%: two copies leave 0.2%; 30%: 5.4% left, FEC tuned to 6%.
+            (100, 0, 2),
+            (300, 6, 2),
+        ] {
+            assert_eq!(
+                Resilience::for_loss(permille),
+                Resilience {
+                    fec_loss_percent,
+                    copies
+                },
+                "{permille} permille"
+            );
+        }
         assert_eq!(Resilience::for_loss(1000).fec_loss_percent, 25);
         // A clean uplink and listeners losing 30%: 2.7% left, FEC tuned to 3%.
         assert_eq!(Resilience::fec_percent(0, 300), 3);

@@ -209,6 +209,19 @@ impl JitterBuffer {
         if timely {
             let rel = now.saturating_duration_since(a0).as_nanos() as i128
                 - i128::from(index) * self.frame_ns();
+            if !self.started {
+                // Before playout, packets that come in one burst were sent together: the
+                // talker's pre-roll goes out at once at key down. The earlier ones waited at
+                // the talker, not on the path, so they are no later than the last of the
+                // burst says (counted as late, they would raise the target by the pre-roll
+                // and the buffer would drain it back out of the first pauses).
+                for (at, r) in self.arrivals.iter_mut().rev() {
+                    if now.saturating_duration_since(*at) > self.cfg.frame {
+                        break;
+                    }
+                    *r = (*r).min(rel);
+                }
+            }
             self.arrivals.push_back((now, rel));
         }
         while self.arrivals.len() > 1
@@ -509,6 +522,41 @@ mod tests {
             );
         }
         assert_eq!(sim.jb.target(), ms(40));
+    }
+
+    #[test]
+    fn a_pre_roll_burst_is_not_taken_for_jitter() {
+        // Key down sends 100 ms of pre-roll at once; then a packet every 20 ms.
+        let arrive = |i: u64| {
+            if i < 5 {
+                Duration::ZERO
+            } else {
+                F * (i as u32 - 4) + wobble(i)
+            }
+        };
+        let sim = Sim::run(400, true, arrive, 420);
+        assert!(
+            matches!(sim.log[0].1, Some(Playout::Packet(_))),
+            "plays at once from the burst: {:?}",
+            sim.log[0]
+        );
+        let played = sim.played();
+        assert_eq!(
+            played,
+            (0..400).collect::<Vec<_>>(),
+            "every packet, in order"
+        );
+        let stats = sim.jb.stats();
+        assert_eq!(
+            (stats.expanded, stats.skipped, stats.drained),
+            (0, 0, 0),
+            "{stats:?}"
+        );
+        assert_eq!(sim.jb.target(), ms(40), "the pre-roll is not jitter");
+        // Played 87 ms behind the last packet of the burst, as the burst allows, throughout.
+        for (at, _, delay) in &sim.log[..395] {
+            assert!(*delay <= ms(90), "delay {delay:?} at {at:?}");
+        }
     }
 
     #[test]

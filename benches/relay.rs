@@ -34,6 +34,8 @@
 //! `WALKIE_BENCH_RELAY_CPUS=0`: the relay (and the raw-quinn server) run on these CPUs only
 //! (`taskset -c` syntax), for scaling from one core to two.
 
+/// Shared by the benchmarks; each draws one kind of chart.
+#[allow(dead_code)]
 #[path = "support/chart.rs"]
 mod chart;
 

@@ -8,197 +8,14 @@
 
 mod support;
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::impair::{ImpairProxy, Impairment};
+use support::live_path::{Carriage, mouth_to_ear_ms, quantile, talk_through};
 use tokio::net::UdpSocket;
-use walkie_client::outbox::Outbox;
-use walkie_client::talk::{self, TalkControl, TalkOptions, TalkOutcome};
 use walkie_client::{Client, ClientConfig, Event};
-use walkie_media::audio::null::NullSink;
-use walkie_media::audio::open::{CaptureConfig, open_source};
-use walkie_media::jitter::JitterStats;
-use walkie_media::player::{self, Player, PlayerConfig, PlayerEvent, PlayerInput};
 use walkie_proto::clip::Target;
-use walkie_proto::received::Via;
 use walkie_relay::RelayConfig;
-
-/// What one talk through the proxy gave.
-struct Run {
-    pesq: f32,
-    /// The stored clip's PESQ-WB: the codec alone (with whatever FEC the encoder put in).
-    stored_pesq: f32,
-    stats: JitterStats,
-    /// Packets whose first copy bob got in a datagram, of `packets`.
-    datagram_first: usize,
-    packets: usize,
-    /// The stored clip's packets are the ones alice's encoder made.
-    stored_exact: bool,
-    /// UDP payload bytes through the proxy, both clients together, each way.
-    up_bytes: u64,
-    down_bytes: u64,
-    seconds: f64,
-}
-
-/// What bob heard: his audio, the jitter counts, and how many packets' first copy came in a
-/// datagram (their own, or repeated in a later one).
-struct Heard {
-    audio: Vec<f32>,
-    stats: JitterStats,
-    datagram_first: usize,
-}
-
-/// Bob hears one live clip through the player.
-async fn bob_hears(mut bob: Client) -> Heard {
-    let handle = player::spawn(Player::new(
-        NullSink::realtime().recording(),
-        "bob",
-        PlayerConfig::default(),
-    ))
-    .expect("player starts");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut stats = None;
-    let mut played = false;
-    let mut firsts = std::collections::HashSet::new();
-    let mut datagram_first = 0;
-    while !played && Instant::now() < deadline {
-        while let Ok(ev) = handle.events().try_recv() {
-            match ev.expect("playback works") {
-                PlayerEvent::LiveStats { stats: s, .. } => stats = Some(s),
-                PlayerEvent::Played { .. } => played = true,
-                PlayerEvent::Abandoned { id } => panic!("bob's player abandoned {id}"),
-                PlayerEvent::Started { .. } => {}
-            }
-        }
-        let Ok(event) = tokio::time::timeout(Duration::from_millis(10), bob.next_event()).await
-        else {
-            continue;
-        };
-        match event.expect("bob stays connected") {
-            Event::LiveStarted(h) => {
-                handle.send(PlayerInput::Offer(h));
-            }
-            Event::LivePacket(id, p) => {
-                if firsts.insert(p.index) && p.via != Via::Stream {
-                    datagram_first += 1;
-                }
-                handle.send(PlayerInput::Packet(id, p));
-            }
-            Event::Clip(clip) => {
-                assert!(clip.header.live, "bob hears the clip live");
-                handle.send(PlayerInput::End(clip.header.id, clip.samples));
-                bob.ack(clip.header.id).await.expect("acks");
-            }
-            _ => {}
-        }
-    }
-    assert!(played, "bob's player finished the clip within 60 s");
-    let (sink, _) = handle.finish();
-    bob.close().await;
-    Heard {
-        audio: sink
-            .expect("the player hands its sink back")
-            .recorded()
-            .to_vec(),
-        stats: stats.expect("a live clip reports its jitter counts"),
-        datagram_first,
-    }
-}
-
-/// Alice talks the speech at `wav` to crew through a proxy impairing both ways with `path`;
-/// with `rebind`, her client moves to a new socket that far into the clip.
-async fn talk_through(
-    dir: &Path,
-    path: Impairment,
-    seed: u64,
-    rebind: Option<Duration>,
-    wav: &Path,
-    speech: &[f32],
-) -> Run {
-    let relay = support::start_relay(&dir.join("relay"), RelayConfig::default()).await;
-    let alice = relay.add_user("alice");
-    let bob = relay.add_user("bob");
-    relay.add_channel("crew", &["alice", "bob"]);
-    let proxy = ImpairProxy::start(relay.handle.addr, path, path, seed).await;
-    let via = |c: ClientConfig| ClientConfig {
-        relay: proxy.addr.to_string(),
-        ..c
-    };
-    let bob_c = Client::connect(&via(bob)).await.expect("bob connects");
-    let listening = tokio::spawn(bob_hears(bob_c));
-    let alice_c = Client::connect(&via(alice)).await.expect("alice connects");
-    let outbox = Outbox::open(&dir.join("outbox")).expect("outbox");
-    let source = open_source(
-        Some(&format!("wav:{}", wav.display())),
-        CaptureConfig::default(),
-    )
-    .expect("wav source");
-    let opts = TalkOptions {
-        preroll: Duration::ZERO,
-        tail: Duration::ZERO,
-        ..TalkOptions::new(Target::Channel("crew".into()))
-    };
-    let length = Duration::from_secs_f64(speech.len() as f64 / 48_000.0 + 0.2);
-    let started = Instant::now();
-    let talking = talk::talk(
-        Some(&alice_c),
-        &outbox,
-        source,
-        &opts,
-        TalkControl::new(),
-        Some(length),
-    );
-    let moving = async {
-        if let Some(after) = rebind {
-            tokio::time::sleep(after).await;
-            let before = proxy.clients();
-            alice_c.rebind().expect("alice moves to a new socket");
-            Some(before)
-        } else {
-            None
-        }
-    };
-    let (talked, before) =
-        support::within(90, "alice's talk", async { tokio::join!(talking, moving) }).await;
-    let (outcome, _source) = talked.expect("the clip is sent");
-    let TalkOutcome::Stored { id, encoded, .. } = outcome else {
-        panic!("the clip was not stored: {outcome:?}")
-    };
-    let seconds = started.elapsed().as_secs_f64();
-    if let Some(before) = before {
-        assert!(
-            proxy.clients() > before,
-            "alice's datagrams came from a new address after the rebind"
-        );
-    }
-    let (meta, ogg) = alice_c.fetch(id).await.expect("the stored clip is fetched");
-    let stored = walkie_proto::ogg::read_ogg(&ogg).expect("stored Ogg reads");
-    let stored_exact = stored.packets == encoded.packets && meta.id == id;
-    let stored_pcm =
-        walkie_media::codec::decode_packets(&stored.params, &stored.packets, stored.samples)
-            .expect("the stored clip decodes");
-    let stored_pesq = support::pesq_wb(speech, &stored_pcm);
-    let heard = support::within(90, "bob's listening", listening)
-        .await
-        .expect("bob's task");
-    alice_c.close().await;
-    let pesq = support::pesq_wb(speech, &heard.audio);
-    let (stats, datagram_first) = (heard.stats, heard.datagram_first);
-    let packets = encoded.packets.len();
-    let (up_bytes, down_bytes) = (proxy.up().get().2, proxy.down().get().2);
-    Run {
-        pesq,
-        stored_pesq,
-        stats,
-        datagram_first,
-        packets,
-        stored_exact,
-        up_bytes,
-        down_bytes,
-        seconds,
-    }
-}
 
 /// At 10% random loss each way with 30 ms ± 20 ms of delay (the acceptance path),
 /// with alice's client moving to a new socket half way through: the stored clip is exactly
@@ -215,7 +32,16 @@ async fn speech_survives_ten_percent_loss_each_way_and_a_rebind() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (wav, speech) = support::recorded_speech(dir.path());
     let clean_dir = dir.path().join("clean");
-    let clean = talk_through(&clean_dir, Impairment::NONE, 1, None, &wav, &speech).await;
+    let clean = talk_through(
+        &clean_dir,
+        Impairment::NONE,
+        1,
+        None,
+        &wav,
+        &speech,
+        Carriage::Resilient,
+    )
+    .await;
     let lossy_dir = dir.path().join("lossy");
     let lossy = talk_through(
         &lossy_dir,
@@ -224,13 +50,16 @@ async fn speech_survives_ten_percent_loss_each_way_and_a_rebind() {
         Some(Duration::from_secs(5)),
         &wav,
         &speech,
+        Carriage::Resilient,
     )
     .await;
     for (name, run) in [("clean", &clean), ("10% loss, 30 ± 20 ms", &lossy)] {
         println!(
-            "{name}: PESQ-WB {:.2} live, {:.2} stored; {}/{} packets first by datagram; {:?}; {:.0} + {:.0} bytes/s up + down through the proxy",
+            "{name}: PESQ-WB {:.2} live, {:.2} stored; mouth to ear p50 {:.0} ms, p95 {:.0} ms; {}/{} packets first by datagram; {:?}; {:.0} + {:.0} bytes/s up + down through the proxy",
             run.pesq,
             run.stored_pesq,
+            quantile(&run.mouth_to_ear, 0.5),
+            quantile(&run.mouth_to_ear, 0.95),
             run.datagram_first,
             run.packets,
             run.stats,
@@ -271,6 +100,23 @@ async fn speech_survives_ten_percent_loss_each_way_and_a_rebind() {
         "{:?}",
         clean.stats
     );
+}
+
+/// Mouth to ear is read off where each window of speech lands in what was heard: speech
+/// heard 137 ms after it went in (the sink's first sample 90 ms after the speech's first),
+/// with a stretch of silence, is found 137 ms late wherever there is speech.
+#[test]
+fn mouth_to_ear_is_found_where_the_speech_lands() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_, speech) = support::recorded_speech(dir.path());
+    let lead = 47 * 48; // heard sample r is speech sample r - 47 ms: 90 + 47 = 137 ms
+    let mut heard = vec![0.0f32; lead];
+    heard.extend_from_slice(&speech);
+    let found = mouth_to_ear_ms(&speech, &heard, 90.0);
+    assert!(found.len() >= 20, "{} windows of speech", found.len());
+    assert!(found.iter().all(|&d| (d - 137.0).abs() <= 1.0), "{found:?}");
+    // Nothing is found in silence.
+    assert!(mouth_to_ear_ms(&speech, &vec![0.0; speech.len()], 90.0).is_empty());
 }
 
 /// The proxy itself: seeded loss and jittered delay each way, counted.

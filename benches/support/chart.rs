@@ -1,10 +1,11 @@
-//! A PNG line chart of fan-out delay against the number of listeners, drawn with plotters'
-//! bitmap backend. Text is rasterised with ab_glyph from a TrueType file read at run time
+//! PNG line charts for the benchmarks (fan-out delay against listeners; live speech quality
+//! against loss), drawn with plotters' bitmap backend. Text is rasterised with ab_glyph from a TrueType file read at run time
 //! (DejaVu Sans by default), so no fontconfig or freetype is needed.
 
 use std::path::Path;
 
 use ab_glyph::{Font, FontVec, PxScale, ScaleFont, point};
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters_backend::text_anchor::{HPos, VPos};
 use plotters_backend::{
@@ -182,12 +183,11 @@ impl<'a> DrawingBackend for Glyphs<'a> {
     }
 }
 
-/// Draws the series on log-log axes and writes a PNG of `size` pixels to `path`.
-pub fn fanout_png(
+/// Draws on a white `size` canvas with [`Glyphs`] text and writes it to `path` as a PNG.
+fn render(
     path: &Path,
-    title: &str,
-    series: &[Series],
     size: (u32, u32),
+    draw: impl FnOnce(&DrawingArea<Glyphs<'_>, Shift>) -> Result<(), String>,
 ) -> Result<(), String> {
     let font = load_font()?;
     let (w, h) = size;
@@ -199,14 +199,33 @@ pub fn fanout_png(
         };
         let root = backend.into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
-        let all = series.iter().flat_map(|s| s.points.iter());
+        draw(&root)?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w, h);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut writer = enc.write_header().map_err(|e| e.to_string())?;
+    writer.write_image_data(&buf).map_err(|e| e.to_string())?;
+    writer.finish().map_err(|e| e.to_string())
+}
+
+/// A PNG of fan-out delay (log scale) against listeners (log scale).
+pub fn fanout_png(
+    path: &Path,
+    title: &str,
+    series: &[Series],
+    size: (u32, u32),
+) -> Result<(), String> {
+    render(path, size, |root| {
         let (mut ymin, mut ymax) = (f64::MAX, f64::MIN);
-        for &(_, y) in all {
+        for &(_, y) in series.iter().flat_map(|s| s.points.iter()) {
             ymin = ymin.min(y);
             ymax = ymax.max(y);
         }
         let (ymin, ymax) = ((ymin / 2.0).max(0.01), ymax * 2.0);
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption(title, ("sans-serif", 20))
             .margin(12)
             .x_label_area_size(45)
@@ -229,52 +248,111 @@ pub fn fanout_png(
             .axis_desc_style(("sans-serif", 14))
             .draw()
             .map_err(|e| e.to_string())?;
-        let colors = [
-            RGBColor(31, 119, 180),
-            RGBColor(214, 39, 40),
-            RGBColor(44, 160, 44),
-            RGBColor(127, 127, 127),
-            RGBColor(148, 103, 189),
-        ];
-        for (i, s) in series.iter().enumerate() {
-            let color = colors[i % colors.len()];
-            let style = Color::stroke_width(&color, 2);
-            if s.dashed {
-                chart
-                    .draw_series(DashedLineSeries::new(s.points.clone(), 6, 4, style))
-                    .map_err(|e| e.to_string())?
-                    .label(s.name.clone())
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], Color::stroke_width(&color, 2))
-                    });
-            } else {
-                chart
-                    .draw_series(LineSeries::new(s.points.clone(), style))
-                    .map_err(|e| e.to_string())?
-                    .label(s.name.clone())
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], Color::stroke_width(&color, 2))
-                    });
-                chart
-                    .draw_series(s.points.iter().map(|&p| Circle::new(p, 4, color.filled())))
-                    .map_err(|e| e.to_string())?;
-            }
-        }
+        draw_lines(&mut chart, series)?;
+        legend(&mut chart, SeriesLabelPosition::UpperLeft)
+    })
+}
+
+/// The axes of a [`lines_png`] chart: descriptions and linear ranges.
+pub struct Axes<'a> {
+    /// What x is.
+    pub x_desc: &'a str,
+    /// What y is.
+    pub y_desc: &'a str,
+    /// The x range shown.
+    pub x: std::ops::Range<f64>,
+    /// The y range shown.
+    pub y: std::ops::Range<f64>,
+}
+
+/// A PNG line chart on linear axes.
+pub fn lines_png(
+    path: &Path,
+    title: &str,
+    axes: &Axes<'_>,
+    series: &[Series],
+    size: (u32, u32),
+) -> Result<(), String> {
+    render(path, size, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .build_cartesian_2d(axes.x.clone(), axes.y.clone())
+            .map_err(|e| e.to_string())?;
         chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 13))
+            .configure_mesh()
+            .x_desc(axes.x_desc)
+            .y_desc(axes.y_desc)
+            .label_style(("sans-serif", 13))
+            .axis_desc_style(("sans-serif", 14))
             .draw()
             .map_err(|e| e.to_string())?;
-        root.present().map_err(|e| e.to_string())?;
+        draw_lines(&mut chart, series)?;
+        legend(&mut chart, SeriesLabelPosition::LowerLeft)
+    })
+}
+
+/// The series' legend, boxed, at `at`.
+fn legend<'a, DB, CT>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    at: SeriesLabelPosition,
+) -> Result<(), String>
+where
+    DB: DrawingBackend + 'a,
+    CT: CoordTranslate,
+{
+    chart
+        .configure_series_labels()
+        .position(at)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(|e| e.to_string())
+}
+
+/// Draws `series` on `chart`: solid lines with dots, or dashed, each in its own colour.
+fn draw_lines<'a, DB, CT>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    series: &[Series],
+) -> Result<(), String>
+where
+    DB: DrawingBackend + 'a,
+    CT: CoordTranslate<From = (f64, f64)>,
+{
+    let colors = [
+        RGBColor(31, 119, 180),
+        RGBColor(214, 39, 40),
+        RGBColor(44, 160, 44),
+        RGBColor(127, 127, 127),
+        RGBColor(148, 103, 189),
+        RGBColor(255, 127, 14),
+    ];
+    for (i, s) in series.iter().enumerate() {
+        let color = colors[i % colors.len()];
+        let style = Color::stroke_width(&color, 2);
+        if s.dashed {
+            chart
+                .draw_series(DashedLineSeries::new(s.points.clone(), 6, 4, style))
+                .map_err(|e| e.to_string())?
+                .label(s.name.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], Color::stroke_width(&color, 2))
+                });
+        } else {
+            chart
+                .draw_series(LineSeries::new(s.points.clone(), style))
+                .map_err(|e| e.to_string())?
+                .label(s.name.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], Color::stroke_width(&color, 2))
+                });
+            chart
+                .draw_series(s.points.iter().map(|&p| Circle::new(p, 4, color.filled())))
+                .map_err(|e| e.to_string())?;
+        }
     }
-    let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w, h);
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    let mut writer = enc.write_header().map_err(|e| e.to_string())?;
-    writer.write_image_data(&buf).map_err(|e| e.to_string())?;
-    writer.finish().map_err(|e| e.to_string())
+    Ok(())
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use walkie_client::{Client, ClientConfig, Event};
 
 pub mod impair;
+pub mod live_path;
 use walkie_relay::{self as relay, RelayConfig, RelayHandle, auth};
 use walkie_store::Store;
 use walkie_store::sqlite::SqliteStore;

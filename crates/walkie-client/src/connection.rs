@@ -55,6 +55,8 @@ pub struct Client {
     max_clip_ms: u32,
     /// The loss on the way to the relay, measured across clips (for their repeats and FEC).
     loss: net::PathLoss,
+    /// Whether live clips go as datagrams too.
+    datagrams: Datagrams,
     writer: tokio::task::JoinHandle<()>,
 }
 
@@ -103,15 +105,29 @@ fn any_port_like(addr: &SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, 0)
 }
 
+/// Whether a connection's live clips also travel as datagrams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Datagrams {
+    /// Live packets go as datagrams beside the stream both ways (the default).
+    On,
+    /// The reliable stream only, both ways, and no in-band FEC: what walkie did before
+    /// datagrams, kept to measure what resilience buys and costs.
+    Off,
+}
+
 /// A QUIC connection to the relay at `relay` whose certificate has the fingerprint `pin`,
 /// with its endpoint; waits at most `timeout` for the handshake.
 pub(crate) async fn dial(
     pin: Fingerprint,
     relay: &str,
     timeout: Duration,
+    datagrams: Datagrams,
 ) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
     let addr = resolve(relay).await?;
-    let endpoint = net::client_endpoint(pin, any_port_like(&addr))?;
+    let endpoint = match datagrams {
+        Datagrams::On => net::client_endpoint(pin, any_port_like(&addr))?,
+        Datagrams::Off => net::stream_only_client_endpoint(pin, any_port_like(&addr))?,
+    };
     let connecting = endpoint
         .connect(addr, net::SERVER_NAME)
         .map_err(|e| NetError::Connect {
@@ -137,8 +153,19 @@ impl Client {
     /// and moves on from one that does not answer, is busy or fails; a refusal for good (a
     /// wrong token, say) is returned at once.
     pub async fn connect(cfg: &ClientConfig) -> Result<Client, ClientError> {
+        Self::connect_with(cfg, Datagrams::On).await
+    }
+
+    /// Like [`Client::connect`], for a connection whose live clips travel on the reliable
+    /// streams only, both ways, with no in-band FEC: no datagrams are sent or taken. This is
+    /// how walkie carried live audio before datagrams; benchmarks compare the two.
+    pub async fn connect_stream_only(cfg: &ClientConfig) -> Result<Client, ClientError> {
+        Self::connect_with(cfg, Datagrams::Off).await
+    }
+
+    async fn connect_with(cfg: &ClientConfig, datagrams: Datagrams) -> Result<Client, ClientError> {
         if !cfg.relay.contains(',') {
-            return Self::connect_to(cfg, &cfg.relay, Duration::from_secs(10)).await;
+            return Self::connect_to(cfg, &cfg.relay, Duration::from_secs(10), datagrams).await;
         }
         let relays: Vec<&str> = cfg
             .relay
@@ -152,7 +179,7 @@ impl Client {
         let first = last_good(&cfg.relay) % relays.len();
         let mut last_err = None;
         for k in (0..relays.len()).map(|i| (first + i) % relays.len()) {
-            match Self::connect_to(cfg, relays[k], FAILOVER_CONNECT_TIMEOUT).await {
+            match Self::connect_to(cfg, relays[k], FAILOVER_CONNECT_TIMEOUT, datagrams).await {
                 Ok(client) => {
                     remember_good(&cfg.relay, k);
                     return Ok(client);
@@ -172,8 +199,9 @@ impl Client {
         cfg: &ClientConfig,
         relay: &str,
         timeout: Duration,
+        datagrams: Datagrams,
     ) -> Result<Client, ClientError> {
-        let (endpoint, conn) = dial(cfg.pin, relay, timeout).await?;
+        let (endpoint, conn) = dial(cfg.pin, relay, timeout, datagrams).await?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| connection_error(&e))?;
         let hello = ClientMsg::Hello {
             user: cfg.user.clone(),
@@ -237,6 +265,7 @@ impl Client {
         let loss = net::PathLoss::new(&conn);
         Ok(Client {
             loss,
+            datagrams,
             conn,
             endpoint,
             control,
@@ -381,6 +410,7 @@ impl Client {
             self.waiters.clone(),
             self.conn.clone(),
             self.loss.clone(),
+            self.datagrams,
         )
         .await
     }

@@ -50,7 +50,13 @@ pub async fn join(
     display: Option<&str>,
 ) -> Result<Joined, ClientError> {
     let pin = Fingerprint::parse(&link.fingerprint)?;
-    let (endpoint, conn) = dial(pin, &link.addr, Duration::from_secs(10)).await?;
+    let (endpoint, conn) = dial(
+        pin,
+        &link.addr,
+        Duration::from_secs(10),
+        crate::connection::Datagrams::On,
+    )
+    .await?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| connection_error(&e))?;
     let ask = ClientMsg::Join {
         code: link.code.clone(),

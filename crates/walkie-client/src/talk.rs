@@ -178,7 +178,7 @@ pub async fn talk(
     while let Some(item) = rx.recv().await {
         match item {
             Produced::Packet(p) => {
-                if let Some(up) = upload.as_mut() {
+                if let Some(up) = upload.as_mut().filter(|up| up.resilient()) {
                     // The encoder follows the loss left after the datagrams' repeats: on the
                     // way to the relay (measured here) and on to the listeners (the relay's).
                     let fec =

@@ -6,6 +6,8 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 use walkie_net::{DatagramPath, PathLoss};
+
+use crate::connection::Datagrams;
 use walkie_proto::clip::{ClipHeader, ClipId};
 use walkie_proto::live::LiveForward;
 use walkie_proto::upload::{Answer, ClientAction, ClientUpload};
@@ -45,11 +47,15 @@ impl Upload {
         waiters: SharedWaiters,
         conn: quinn::Connection,
         loss: PathLoss,
+        datagrams: Datagrams,
     ) -> Result<Upload, ClientError> {
         let fast = Fast {
             stream: send.id().into(),
             forward: LiveForward::new(u32::MAX),
-            path: DatagramPath::new(conn, loss),
+            path: match datagrams {
+                Datagrams::On => DatagramPath::new(conn, loss),
+                Datagrams::Off => DatagramPath::off(conn, loss),
+            },
         };
         let mut up = Upload {
             send,
@@ -79,6 +85,12 @@ impl Upload {
         }
         self.core.send(packet)?;
         self.drive().await
+    }
+
+    /// Whether this clip's packets also go as datagrams (in-band FEC is tuned only then: on
+    /// the stream alone a lost packet is retransmitted, never missing).
+    pub fn resilient(&self) -> bool {
+        self.fast.path.is_on()
     }
 
     /// The loss of the path to the relay measured while this clip was sent, in permille.

@@ -77,6 +77,19 @@ impl DatagramPath {
         }
     }
 
+    /// A path that sends nothing: live packets go on the reliable stream only.
+    pub fn off(conn: quinn::Connection, loss: PathLoss) -> DatagramPath {
+        DatagramPath {
+            on: false,
+            ..DatagramPath::new(conn, loss)
+        }
+    }
+
+    /// Whether datagrams are still being sent.
+    pub fn is_on(&self) -> bool {
+        self.on
+    }
+
     /// The loss measured so far, in permille.
     pub fn loss_permille(&self) -> u32 {
         self.loss.permille()

@@ -372,11 +372,31 @@ pub fn client_endpoint(pin: Fingerprint, bind: SocketAddr) -> Result<quinn::Endp
     client_endpoint_with_alpn(pin, bind, ALPN)
 }
 
+/// Like [`client_endpoint`], for connections that take no datagrams: the relay sends their
+/// live clips on the reliable streams only (measuring what datagrams buy and cost).
+pub fn stream_only_client_endpoint(
+    pin: Fingerprint,
+    bind: SocketAddr,
+) -> Result<quinn::Endpoint, NetError> {
+    let mut transport = transport(IDLE_TIMEOUT, Some(KEEP_ALIVE))?;
+    transport.datagram_receive_buffer_size(None);
+    endpoint_with(pin, bind, ALPN, transport)
+}
+
 /// Like [`client_endpoint`] with another ALPN (tests use it to check version refusal).
 pub fn client_endpoint_with_alpn(
     pin: Fingerprint,
     bind: SocketAddr,
     alpn: &[u8],
+) -> Result<quinn::Endpoint, NetError> {
+    endpoint_with(pin, bind, alpn, transport(IDLE_TIMEOUT, Some(KEEP_ALIVE))?)
+}
+
+fn endpoint_with(
+    pin: Fingerprint,
+    bind: SocketAddr,
+    alpn: &[u8],
+    transport: quinn::TransportConfig,
 ) -> Result<quinn::Endpoint, NetError> {
     let provider = provider();
     let verifier = Arc::new(PinnedVerifier {
@@ -392,7 +412,7 @@ pub fn client_endpoint_with_alpn(
     tls.alpn_protocols = vec![alpn.to_vec()];
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport(IDLE_TIMEOUT, Some(KEEP_ALIVE))?));
+    config.transport_config(Arc::new(transport));
     let mut endpoint =
         quinn::Endpoint::client(bind).map_err(|source| NetError::Bind { addr: bind, source })?;
     endpoint.set_default_client_config(config);

@@ -55,6 +55,8 @@ pub struct NullSink {
     busy_until: Option<Instant>,
     written: u64,
     recording: Option<Vec<f32>>,
+    /// When the first sample written was due to come out (a paced sink).
+    first_out: Option<Instant>,
 }
 
 /// Duration of `n` samples at 48 kHz.
@@ -70,6 +72,7 @@ impl NullSink {
             busy_until: None,
             written: 0,
             recording: None,
+            first_out: None,
         }
     }
 
@@ -80,6 +83,7 @@ impl NullSink {
             busy_until: None,
             written: 0,
             recording: None,
+            first_out: None,
         }
     }
 
@@ -92,6 +96,12 @@ impl NullSink {
     /// Everything played so far (empty unless made with [`NullSink::recording`]).
     pub fn recorded(&self) -> &[f32] {
         self.recording.as_deref().unwrap_or(&[])
+    }
+
+    /// When the first sample written came out of a paced sink (`None` before any, or for
+    /// an instant sink): the time origin of [`NullSink::recorded`] while nothing underran.
+    pub fn first_out(&self) -> Option<Instant> {
+        self.first_out
     }
 
     fn queued(&self, now: Instant) -> Duration {
@@ -113,6 +123,7 @@ impl AudioSink for NullSink {
                 std::thread::sleep(excess);
             }
             let from = self.busy_until.map_or(now, |b| b.max(now));
+            self.first_out.get_or_insert(from);
             self.busy_until = Some(from + samples_duration(pcm48.len() as u64));
         }
         Ok(())
@@ -182,7 +193,17 @@ mod tests {
         assert_eq!(fast.played_up_to().unwrap().samples, 960);
         let mut slow = NullSink::realtime();
         assert!(slow.played_up_to().is_none());
+        let before = Instant::now();
         slow.play(&[0.0; 4_800]).unwrap();
+        assert!(
+            slow.first_out()
+                .is_some_and(|t| t >= before && t <= Instant::now())
+        );
+        assert_eq!(
+            fast.first_out(),
+            None,
+            "an instant sink plays at no set time"
+        );
         let q = slow.queued_ms();
         assert!((90..=100).contains(&q), "{q}");
         assert!(slow.played_up_to().unwrap().samples < 4_800);

@@ -185,7 +185,7 @@ fn chart_pesq(rows: &[Row], dir: &Path) {
         let mut jitters: Vec<u64> = rows.iter().filter_map(|r| r.jitter_ms).collect();
         jitters.sort_unstable();
         jitters.dedup();
-        for j in jitters {
+        for (k, j) in jitters.into_iter().enumerate() {
             series.push(chart::Series {
                 name: format!("{}, {DELAY_MS} ± {j} ms", name(carriage)),
                 points: rows
@@ -194,6 +194,8 @@ fn chart_pesq(rows: &[Row], dir: &Path) {
                     .map(|r| (f64::from(r.loss_pct), f64::from(r.run.pesq)))
                     .collect(),
                 dashed: carriage == Carriage::StreamOnly,
+                // One colour per jitter; stream only dashed beside resilient.
+                color: Some(k),
             });
         }
     }

@@ -1885,6 +1885,7 @@ fn chart(rows: &[FanoutRow], raw: &[RawRow], dir: &Path) {
             .filter(|p| p.1.is_finite() && p.1 > 0.0)
             .collect(),
         dashed: false,
+        color: None,
     };
     let mut series = vec![
         line("p50", &|r| r.p50),
@@ -1904,6 +1905,7 @@ fn chart(rows: &[FanoutRow], raw: &[RawRow], dir: &Path) {
                 .map(|r| (r.n as f64, r.p99))
                 .collect(),
             dashed: true,
+            color: None,
         });
     }
     let path = dir.join("fanout-delay.png");

@@ -27,6 +27,8 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
     /// Drawn dashed (the baseline: quinn alone, measured in the same run).
     pub dashed: bool,
+    /// The palette entry to draw it in; `None`: the series' own position.
+    pub color: Option<usize>,
 }
 
 /// Loads the first font found.
@@ -331,7 +333,7 @@ where
         RGBColor(255, 127, 14),
     ];
     for (i, s) in series.iter().enumerate() {
-        let color = colors[i % colors.len()];
+        let color = colors[s.color.unwrap_or(i) % colors.len()];
         let style = Color::stroke_width(&color, 2);
         if s.dashed {
             chart

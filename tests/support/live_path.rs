@@ -14,6 +14,8 @@ use walkie_client::talk::{self, TalkControl, TalkOptions, TalkOutcome};
 use walkie_client::{Client, ClientConfig, Event};
 use walkie_media::audio::null::NullSink;
 use walkie_media::audio::open::{CaptureConfig, open_source};
+use walkie_media::audio::sink::AudioSink;
+use walkie_media::audio::source::AudioSource;
 use walkie_media::jitter::JitterStats;
 use walkie_media::player::{self, Player, PlayerConfig, PlayerEvent, PlayerInput};
 use walkie_proto::clip::Target;
@@ -40,6 +42,54 @@ impl Carriage {
     }
 }
 
+/// Where alice's speech comes from and where bob's player puts it out.
+pub trait Ends {
+    /// Bob's speaker.
+    type Sink: AudioSink + Send + 'static;
+    /// Opens bob's speaker.
+    fn speaker(&mut self) -> Self::Sink;
+    /// Opens alice's microphone with the speech going into it; and when the speech's first
+    /// sample went in, where that is known (for mouth to ear).
+    fn microphone(&mut self) -> (Box<dyn AudioSource>, Option<Instant>);
+    /// How much longer than the speech alice keeps talking.
+    fn tail(&self) -> Duration {
+        Duration::from_millis(200)
+    }
+    /// What came out of bob's speaker, cut to the speech (±50 ms), and when its first sample
+    /// came out, where that is known.
+    fn heard(&mut self, speaker: Self::Sink) -> (Vec<f32>, Option<Instant>);
+}
+
+/// A paced WAV file as the microphone, a paced recording null sink as the speaker.
+pub struct WavEnds<'a> {
+    /// The speech.
+    pub wav: &'a Path,
+}
+
+impl Ends for WavEnds<'_> {
+    type Sink = NullSink;
+
+    fn speaker(&mut self) -> NullSink {
+        NullSink::realtime().recording()
+    }
+
+    fn microphone(&mut self) -> (Box<dyn AudioSource>, Option<Instant>) {
+        // The paced source's clock starts when it opens: sample j of the speech goes into
+        // the microphone at `spoken + j / 48 kHz`.
+        let spoken = Instant::now();
+        let source = open_source(
+            Some(&format!("wav:{}", self.wav.display())),
+            CaptureConfig::default(),
+        )
+        .expect("wav source");
+        (source, Some(spoken))
+    }
+
+    fn heard(&mut self, speaker: NullSink) -> (Vec<f32>, Option<Instant>) {
+        (speaker.recorded().to_vec(), speaker.first_out())
+    }
+}
+
 /// What one talk through the proxy gave.
 pub struct Run {
     pub pesq: f32,
@@ -60,24 +110,18 @@ pub struct Run {
     pub mouth_to_ear: Vec<f64>,
 }
 
-/// What bob heard: his audio, the jitter counts, and how many packets' first copy came in a
-/// datagram (their own, or repeated in a later one).
-pub struct Heard {
-    pub audio: Vec<f32>,
+/// What bob heard: his speaker, the jitter counts, and how many packets' first copy came in
+/// a datagram (their own, or repeated in a later one).
+pub struct Heard<S> {
+    pub speaker: S,
     pub stats: JitterStats,
     pub datagram_first: usize,
-    /// When the first sample of `audio` came out of the sink.
-    pub first_out: Instant,
 }
 
-/// Bob hears one live clip through the player.
-pub async fn bob_hears(mut bob: Client) -> Heard {
-    let handle = player::spawn(Player::new(
-        NullSink::realtime().recording(),
-        "bob",
-        PlayerConfig::default(),
-    ))
-    .expect("player starts");
+/// Bob hears one live clip through the player into `speaker`.
+pub async fn bob_hears<S: AudioSink + Send + 'static>(mut bob: Client, speaker: S) -> Heard<S> {
+    let handle =
+        player::spawn(Player::new(speaker, "bob", PlayerConfig::default())).expect("player starts");
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut stats = None;
     let mut played = false;
@@ -117,12 +161,10 @@ pub async fn bob_hears(mut bob: Client) -> Heard {
     assert!(played, "bob's player finished the clip within 60 s");
     let (sink, _) = handle.finish();
     bob.close().await;
-    let sink = sink.expect("the player hands its sink back");
     Heard {
-        audio: sink.recorded().to_vec(),
+        speaker: sink.expect("the player hands its sink back"),
         stats: stats.expect("a live clip reports its jitter counts"),
         datagram_first,
-        first_out: sink.first_out().expect("bob's sink played"),
     }
 }
 
@@ -137,6 +179,28 @@ pub async fn talk_through(
     speech: &[f32],
     carriage: Carriage,
 ) -> Run {
+    talk_between(
+        &mut WavEnds { wav },
+        dir,
+        path,
+        seed,
+        rebind,
+        speech,
+        carriage,
+    )
+    .await
+}
+
+/// [`talk_through`] between any [`Ends`]: `speech` is what goes into the microphone.
+pub async fn talk_between<E: Ends>(
+    ends: &mut E,
+    dir: &Path,
+    path: Impairment,
+    seed: u64,
+    rebind: Option<Duration>,
+    speech: &[f32],
+    carriage: Carriage,
+) -> Run {
     let relay = super::start_relay(&dir.join("relay"), RelayConfig::default()).await;
     let alice = relay.add_user("alice");
     let bob = relay.add_user("bob");
@@ -147,23 +211,16 @@ pub async fn talk_through(
         ..c
     };
     let bob_c = carriage.connect(&via(bob)).await;
-    let listening = tokio::spawn(bob_hears(bob_c));
+    let listening = tokio::spawn(bob_hears(bob_c, ends.speaker()));
     let alice_c = carriage.connect(&via(alice)).await;
     let outbox = Outbox::open(&dir.join("outbox")).expect("outbox");
-    // The paced source's clock starts when it opens: sample j of the speech goes into the
-    // microphone at `spoken + j / 48 kHz`.
-    let spoken = Instant::now();
-    let source = open_source(
-        Some(&format!("wav:{}", wav.display())),
-        CaptureConfig::default(),
-    )
-    .expect("wav source");
+    let (source, spoken) = ends.microphone();
     let opts = TalkOptions {
         preroll: Duration::ZERO,
         tail: Duration::ZERO,
         ..TalkOptions::new(Target::Channel("crew".into()))
     };
-    let length = Duration::from_secs_f64(speech.len() as f64 / 48_000.0 + 0.2);
+    let length = Duration::from_secs_f64(speech.len() as f64 / 48_000.0) + ends.tail();
     let started = Instant::now();
     let talking = talk::talk(
         Some(&alice_c),
@@ -207,13 +264,15 @@ pub async fn talk_through(
         .await
         .expect("bob's task");
     alice_c.close().await;
-    let pesq = super::pesq_wb(speech, &heard.audio);
-    let offset_ms = heard
-        .first_out
-        .saturating_duration_since(spoken)
-        .as_secs_f64()
-        * 1e3;
-    let mouth_to_ear = mouth_to_ear_ms(speech, &heard.audio, offset_ms);
+    let (audio, first_out) = ends.heard(heard.speaker);
+    let pesq = super::pesq_wb(speech, &audio);
+    let mouth_to_ear = match (spoken, first_out) {
+        (Some(spoken), Some(out)) => {
+            let offset = out.saturating_duration_since(spoken).as_secs_f64() * 1e3;
+            mouth_to_ear_ms(speech, &audio, offset)
+        }
+        _ => Vec::new(),
+    };
     let (stats, datagram_first) = (heard.stats, heard.datagram_first);
     let packets = encoded.packets.len();
     let (up_bytes, down_bytes) = (proxy.up().get().2, proxy.down().get().2);

@@ -3,7 +3,9 @@
 //! `mic.monitor`, encoded, handed over live, decoded and played through cpal into `spk`,
 //! and `parecord -d spk.monitor` records what came out. The recording is checked the way a
 //! listener would: wide-band PESQ against the sample, nothing clipped at the start or the end,
-//! and queued clips heard in order. Latency figures are printed, never asserted.
+//! and queued clips heard in order. Latency figures are printed, never asserted. Recorded
+//! speech also goes through the impairing proxy of `tests/support/impair.rs` (10% loss each
+//! way, 30 ± 20 ms, a rebind) between the devices, with the in-process relay and clients.
 //!
 //! The hand-over between capture and playback is [`Link`]: today [`DirectLink`] passes the
 //! packets straight to the player; a loopback relay can take its place.

@@ -102,6 +102,36 @@ async fn speech_survives_ten_percent_loss_each_way_and_a_rebind() {
     );
 }
 
+/// A stream-only connection (`Client::connect_stream_only`, the benchmark's "before")
+/// neither sends nor takes datagrams: every first copy bob gets came by the stream, the clip
+/// is stored exactly, and on a clean path it sounds as it should.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_only_client_sends_and_takes_no_datagrams() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (wav, speech) = support::recorded_speech(dir.path());
+    let run = talk_through(
+        &dir.path().join("run"),
+        Impairment::NONE,
+        3,
+        None,
+        &wav,
+        &speech,
+        Carriage::StreamOnly,
+    )
+    .await;
+    assert_eq!(run.datagram_first, 0, "no datagram reached bob");
+    assert!(run.stored_exact, "the stored clip is what alice encoded");
+    assert!(run.pesq > 4.0, "PESQ-WB {:.2}", run.pesq);
+    assert_eq!(run.stats.skipped + run.stats.recovered, 0, "{:?}", run.stats);
+    // Without datagram copies the wire carries about the stream alone: less than the
+    // resilient run's 12 + 15 kB/s on this path (BENCHMARKS.md section 12: 7 + 10).
+    let (up, down) = (
+        run.up_bytes as f64 / run.seconds,
+        run.down_bytes as f64 / run.seconds,
+    );
+    assert!(up < 10_000.0 && down < 13_000.0, "{up:.0} + {down:.0} bytes/s");
+}
+
 /// Mouth to ear is read off where each window of speech lands in what was heard: speech
 /// heard 137 ms after it went in (the sink's first sample 90 ms after the speech's first),
 /// with a stretch of silence, is found 137 ms late wherever there is speech.

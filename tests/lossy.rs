@@ -122,14 +122,22 @@ async fn a_stream_only_client_sends_and_takes_no_datagrams() {
     assert_eq!(run.datagram_first, 0, "no datagram reached bob");
     assert!(run.stored_exact, "the stored clip is what alice encoded");
     assert!(run.pesq > 4.0, "PESQ-WB {:.2}", run.pesq);
-    assert_eq!(run.stats.skipped + run.stats.recovered, 0, "{:?}", run.stats);
+    assert_eq!(
+        run.stats.skipped + run.stats.recovered,
+        0,
+        "{:?}",
+        run.stats
+    );
     // Without datagram copies the wire carries about the stream alone: less than the
     // resilient run's 12 + 15 kB/s on this path (BENCHMARKS.md section 12: 7 + 10).
     let (up, down) = (
         run.up_bytes as f64 / run.seconds,
         run.down_bytes as f64 / run.seconds,
     );
-    assert!(up < 10_000.0 && down < 13_000.0, "{up:.0} + {down:.0} bytes/s");
+    assert!(
+        up < 10_000.0 && down < 13_000.0,
+        "{up:.0} + {down:.0} bytes/s"
+    );
 }
 
 /// Mouth to ear is read off where each window of speech lands in what was heard: speech

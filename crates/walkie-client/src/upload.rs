@@ -6,13 +6,12 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 use walkie_net::{DatagramPath, PathLoss};
-
-use crate::connection::Datagrams;
 use walkie_proto::clip::{ClipHeader, ClipId};
 use walkie_proto::live::LiveForward;
 use walkie_proto::upload::{Answer, ClientAction, ClientUpload};
 use walkie_proto::wire::{ErrorMsg, MAX_STREAM_FRAME, encode_frame};
 
+use crate::connection::Datagrams;
 use crate::error::ClientError;
 use crate::routing::{SharedWaiters, lock};
 

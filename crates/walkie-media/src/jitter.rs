@@ -19,6 +19,13 @@
 //!   show it was lost, its slot is given up and it is dropped if it comes late. A slot given
 //!   up is decoded from the in-band FEC data of the packet after it when that one is here
 //!   ([`Playout::Recover`]), and concealed otherwise.
+//! * Before playout starts, packets that arrive in one burst (within a frame) count as no
+//!   later than the last of the burst: the talker's pre-roll goes out at once at key down,
+//!   and its earlier packets waited at the talker, not on the path.
+//! * The player takes frames `lead` (40 ms) before they are heard, and takes its first ones
+//!   at once to fill its sink: once playing, a packet makes its slot if it is no later than
+//!   about the target less the lead. The 30 ms margin covers most of that; starting the
+//!   lead later as well was tried on the lossy path and measured no better.
 //! * Packets come in two copies, by stream and as a datagram; the first copy of each counts.
 //!   Once a clip's datagrams flow, a packet whose first copy is the stream's was lost as a
 //!   datagram and retransmitted: its arrival says nothing about the path's jitter and is

@@ -23,6 +23,10 @@
 //! `WALKIE_LATENCY_CLIP_MS=MS` override. The results are printed as markdown and written to
 //! `target/walkie-bench/latency.md`.
 
+/// Where the reports go.
+#[path = "support/out.rs"]
+mod out;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -454,7 +458,7 @@ fn run() -> Result<(), String> {
         within(&access, 300.0)
     ));
     println!("{md}");
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/walkie-bench");
+    let out = out::out_dir();
     if std::fs::create_dir_all(&out).is_ok() {
         let _ = std::fs::write(out.join("latency.md"), &md);
     }

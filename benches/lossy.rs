@@ -23,13 +23,17 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+/// Where the reports go.
+#[path = "support/out.rs"]
+mod out;
+
 /// Shared by the benchmarks; each draws one kind of chart.
 #[allow(dead_code)]
 #[path = "support/chart.rs"]
 mod chart;
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use support::impair::Impairment;
 use support::live_path::{Carriage, Run, quantile, talk_through};
@@ -44,16 +48,6 @@ struct Row {
     /// `None`: no impairment at all (the reference).
     jitter_ms: Option<u64>,
     run: Run,
-}
-
-fn out_dir() -> PathBuf {
-    if let Ok(d) = std::env::var("WALKIE_BENCH_OUT") {
-        return PathBuf::from(d);
-    }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("walkie-bench")
 }
 
 fn name(c: Carriage) -> &'static str {
@@ -112,7 +106,7 @@ fn main() {
     }
     let md = report(&rows, full);
     println!("{md}");
-    let out = out_dir();
+    let out = out::out_dir();
     if let Err(e) =
         std::fs::create_dir_all(&out).and_then(|()| std::fs::write(out.join("lossy.md"), &md))
     {

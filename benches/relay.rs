@@ -34,6 +34,10 @@
 //! `WALKIE_BENCH_RELAY_CPUS=0`: the relay (and the raw-quinn server) run on these CPUs only
 //! (`taskset -c` syntax), for scaling from one core to two.
 
+/// Where the reports go.
+#[path = "support/out.rs"]
+mod out;
+
 /// Shared by the benchmarks; each draws one kind of chart.
 #[allow(dead_code)]
 #[path = "support/chart.rs"]
@@ -1757,16 +1761,6 @@ fn report_rush(rows: &[RushRow], md: &mut String) {
 // ---------------------------------------------------------------------------------------
 // Report.
 
-fn out_dir() -> PathBuf {
-    if let Ok(d) = std::env::var("WALKIE_BENCH_OUT") {
-        return PathBuf::from(d);
-    }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("walkie-bench")
-}
-
 fn report_fanout(rows: &[FanoutRow], md: &mut String) {
     table_head(
         md,
@@ -1968,7 +1962,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let dir = out_dir();
+    let dir = out::out_dir();
     std::fs::create_dir_all(&dir).expect("output dir");
     let mut md = String::new();
     rt.block_on(async {

@@ -36,7 +36,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use support::impair::Impairment;
-use support::live_path::{Carriage, Run, quantile, talk_through};
+use support::live_path::{Carriage, Run, talk_through};
+use support::quantile;
 
 /// One-way delay of the impaired rows, before jitter.
 const DELAY_MS: u64 = 30;

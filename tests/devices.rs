@@ -302,11 +302,6 @@ fn energy(x: &[f32]) -> f32 {
     x.iter().map(|s| s * s).sum()
 }
 
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
 fn header(
     id: ClipId,
     from: &str,
@@ -424,7 +419,7 @@ fn talk_through_devices(
             .any(|e| matches!(e, PlayerEvent::Played { id: played } if *played == id)),
         "{events:?}"
     );
-    let mut latency: Vec<f64> = captured
+    let latency: Vec<f64> = captured
         .iter()
         .enumerate()
         .filter_map(|(k, at)| {
@@ -435,8 +430,8 @@ fn talk_through_devices(
     let first = latency.first().copied().unwrap_or(f64::NAN);
     let n = latency.len();
     let (p50, p99) = (
-        percentile(&mut latency, 0.5),
-        percentile(&mut latency, 0.99),
+        support::quantile(&latency, 0.5),
+        support::quantile(&latency, 0.99),
     );
     eprintln!(
         "mouth-to-ear via PulseAudio: first frame {first:.1} ms; over {n} frames p50 {p50:.1} ms, p99 {p99:.1} ms"

@@ -11,7 +11,8 @@ mod support;
 use std::time::Duration;
 
 use support::impair::{ImpairProxy, Impairment};
-use support::live_path::{Carriage, mouth_to_ear_ms, quantile, talk_through};
+use support::live_path::{Carriage, mouth_to_ear_ms, talk_through};
+use support::quantile;
 use tokio::net::UdpSocket;
 use walkie_client::{Client, ClientConfig, Event};
 use walkie_proto::clip::Target;

@@ -2,8 +2,9 @@
 //! `wav:` source, paced in real time) to channel crew through [`ImpairProxy`] (loss, delay
 //! and jitter on every datagram, both ways, for her and for bob); bob's client hands what
 //! arrives, by stream and as datagrams, to the player (adaptive jitter buffer, in-band FEC,
-//! concealment) playing into a paced recording sink. Used by `tests/lossy.rs` and
-//! `benches/lossy.rs`.
+//! concealment) playing into bob's speaker. The two ends are an [`Ends`]: a WAV file and a
+//! paced recording sink ([`WavEnds`]: `tests/lossy.rs`, `benches/lossy.rs`), or the
+//! PulseAudio devices (`tests/devices.rs`).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -55,8 +56,8 @@ pub trait Ends {
     fn tail(&self) -> Duration {
         Duration::from_millis(200)
     }
-    /// What came out of bob's speaker, cut to the speech (±50 ms), and when its first sample
-    /// came out, where that is known.
+    /// What came out of bob's speaker, from within 50 ms before the speech (PESQ aligns
+    /// the rest), and when its first sample came out, where that is known.
     fn heard(&mut self, speaker: Self::Sink) -> (Vec<f32>, Option<Instant>);
 }
 
@@ -364,15 +365,4 @@ fn centred(x: &[f32]) -> (f64, f64) {
         .sum::<f64>()
         .sqrt();
     (mean, norm)
-}
-
-/// The `q` quantile (0..=1) of `values`, by nearest rank; NaN when empty.
-pub fn quantile(values: &[f64], q: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let k = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
-    v[k]
 }

@@ -1,5 +1,5 @@
 //! Shared test helpers: a real relay on 127.0.0.1:0 with a temp data dir, users and
-//! channels, speech samples, the raw-libopus baseline, and wide-band PESQ scoring.
+//! channels, speech samples, the raw-libopus baseline, wide-band PESQ scoring and quantiles.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -318,4 +318,15 @@ pub async fn raw_session(
         "{welcome:?}"
     );
     (ep, conn, send, recv)
+}
+
+/// The `q` quantile (0..=1) of `values`, by nearest rank; NaN when empty.
+pub fn quantile(values: &[f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let k = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+    v[k]
 }

@@ -30,9 +30,9 @@
 //!   Once a clip's datagrams flow, a packet whose first copy is the stream's was lost as a
 //!   datagram and retransmitted: its arrival says nothing about the path's jitter and is
 //!   left out of the target (which would otherwise grow to wait for retransmissions).
-//! * More than two frames over target, the buffer drains back down by dropping quiet frames (near-silent packets:
-//!   Opus DTX frames, or ones no larger than the clip's smallest by a quarter, which at a
-//!   variable bitrate is background between words). Speech frames are dropped only when the
+//! * More than two frames over target, the buffer drains back down by dropping quiet frames
+//!   (near-silent packets: Opus DTX frames, or ones no larger than the clip's smallest by a
+//!   quarter, which at a variable bitrate is background between words). Speech frames are dropped only when the
 //!   delay stays more than 60 ms over target for `drain_hold`, one every [`DRAIN_EVERY`]
 //!   frames: a dropped word costs more than a little extra delay.
 //! * A burst holding more than the cap drops its oldest packets; the buffer never holds

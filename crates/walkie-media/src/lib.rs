@@ -7,7 +7,7 @@
 //! | audio sources and sinks, the name table that opens them, silence and WAV backends | [`audio::source`], [`audio::sink`], [`audio::open`] | |
 //! | microphone and speaker through cpal | [`audio::capture`], [`audio::speaker`], [`audio::cpal`] | `devices` |
 //! | the Opus encoder and decoder (libopus), whole clips, WAV <-> Ogg Opus files | [`codec`] | `opus` |
-//! | the jitter buffer for live clips | [`jitter`] | |
+//! | the jitter buffer for live clips, and the quiet frames it changes timing in | [`jitter`], [`pause`] | |
 //! | the playback queue: clips one after another, live ones as they come | [`playback_queue`] | |
 //! | the player: the queue through the decoder into a sink | [`player`] | `opus` |
 //!
@@ -22,6 +22,7 @@ pub mod audio;
 #[cfg(feature = "opus")]
 pub mod codec;
 pub mod jitter;
+pub mod pause;
 pub mod playback_queue;
 #[cfg(feature = "opus")]
 pub mod player;

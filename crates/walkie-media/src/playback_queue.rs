@@ -19,12 +19,12 @@ use crate::jitter::{JitterBuffer, JitterConfig, JitterStats, Playout};
 /// Most packets kept for one clip (10 minutes of 10 ms frames), like the receiver's cap.
 const MAX_PACKETS: usize = 60_000;
 /// The target a connection's first live clip starts from, before any clip has shown the
-/// path's jitter: a few arrivals understate it, and starting too low inserts concealed frames
-/// into the first words while the delay grows. 80 ms is two frames over the 40 ms floor: on a
-/// clean path the buffer then stays there for that clip (it drains only more than two frames
-/// over target), so nothing of the clip's timing is warped; the next clip starts from what
-/// this one learned.
-const FIRST_START: Duration = Duration::from_millis(80);
+/// path's jitter. The buffer holds the delay a clip starts with (it changes it only in long
+/// pauses), so the first guess is a cautious one: 150 ms covers 30 ± 20 ms of jitter on both
+/// the talker's and the listener's hop with datagrams lost and repeated (BENCHMARKS.md
+/// section 12). On a clean path it costs that first clip about 100 ms of extra delay; the
+/// next clip starts from what this one learned.
+const FIRST_START: Duration = Duration::from_millis(150);
 /// How far a datagram's packet may be ahead of the clip's stream (10 s of 20 ms frames): the
 /// slots up to it are made at once.
 const MAX_AHEAD: usize = 500;
@@ -314,6 +314,18 @@ impl PlaybackQueue {
         found
     }
 
+    /// The frame just played was quiet or speech: the live jitter buffer changes timing only
+    /// in long pauses ([`JitterBuffer::heard`]).
+    pub fn heard(&mut self, quiet: bool) {
+        if let Some(Current {
+            mode: Mode::Live(jb),
+            ..
+        }) = self.current.as_mut()
+        {
+            jb.heard(quiet);
+        }
+    }
+
     /// The jitter buffer's counts of the live clip that finished last (once).
     pub fn take_live_stats(&mut self) -> Option<(ClipId, JitterStats)> {
         self.live_stats.take()
@@ -584,7 +596,8 @@ mod tests {
         assert!(!q.offer(&header(6, "me", true, 0), t0), "own live clip");
         let mut now = t0;
         let mut steps = Vec::new();
-        for k in 0..10u8 {
+        // 400 ms: the first clip of a connection starts 150 ms in (FIRST_START).
+        for k in 0..20u8 {
             q.packet(ClipId([5; 16]), streamed(pk(5, k)), now);
             q.packet(ClipId([6; 16]), streamed(pk(6, k)), now); // ignored: not queued
             if let Some(s) = q.next(now + Duration::from_millis(7)) {
@@ -595,14 +608,14 @@ mod tests {
         let (played, _) = summary(&steps);
         assert!(played.len() >= 5, "playing while live: {steps:?}");
         assert_eq!(played[0], (5, 0));
-        q.end(ClipId([5; 16]), 10 * 960 - 312, now);
+        q.end(ClipId([5; 16]), 20 * 960 - 312, now);
         steps.extend(drain(&mut q, now, 100));
         let (played, ends) = summary(&steps);
-        assert_eq!(played, (0..10).map(|k| (5, k)).collect::<Vec<_>>());
+        assert_eq!(played, (0..20).map(|k| (5, k)).collect::<Vec<_>>());
         assert_eq!(ends, vec!["played 5"]);
         assert!(matches!(
             steps.last(),
-            Some(Step::Finished { samples: 9_288, .. })
+            Some(Step::Finished { samples: 18_888, .. })
         ));
     }
 

@@ -20,6 +20,7 @@ use crate::audio::sink::AudioSink;
 use crate::codec::CodecError;
 use crate::codec::opus::Decoder;
 use crate::jitter::JitterStats;
+use crate::pause::QuietFrames;
 use crate::playback_queue::{PlaybackQueue, QueueConfig, Step};
 
 /// Tolerance when matching sink positions (a resampling sink rounds): 1 ms.
@@ -87,6 +88,8 @@ struct Playing {
     /// A stored clip played faster than real time: its audio goes through the time-stretcher
     /// (the pitch kept). Live clips always play at 1x.
     stretch: Option<wsola::TimeStretch>,
+    /// The level of what was decoded, told to the jitter buffer.
+    quiet: QuietFrames,
 }
 
 /// Plays the queue into a sink.
@@ -105,8 +108,10 @@ pub struct Player<S: AudioSink> {
 impl<S: AudioSink> Player<S> {
     /// A player for user `me` (whose own clips are skipped) into `sink`.
     pub fn new(sink: S, me: &str, cfg: PlayerConfig) -> Player<S> {
+        let mut queue = cfg.queue;
+        queue.jitter.lead = cfg.lead;
         Player {
-            queue: PlaybackQueue::new(me, cfg.queue),
+            queue: PlaybackQueue::new(me, queue),
             sink,
             lead_ms: u32::try_from(cfg.lead.as_millis()).unwrap_or(u32::MAX),
             playing: None,
@@ -178,6 +183,7 @@ impl<S: AudioSink> Player<S> {
                         skip: usize::from(codec.pre_skip),
                         remaining: samples,
                         stretch,
+                        quiet: QuietFrames::new(),
                     });
                     events.push(PlayerEvent::Started {
                         id,
@@ -257,6 +263,7 @@ impl<S: AudioSink> Player<S> {
         let Some(pl) = &mut self.playing else {
             return Ok(());
         };
+        self.queue.heard(pl.quiet.is_quiet(pcm));
         let drop = pl.skip.min(pcm.len());
         pl.skip -= drop;
         let mut pcm = &pcm[drop..];

@@ -149,6 +149,7 @@ mod tests {
             expanded: 3,
             drained: 4,
             overflowed: 1,
+            stretched: 2,
         };
         let lines = network_lines(&[
             (ClipId([0x11; 16]), stats(100, 0)),

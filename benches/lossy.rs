@@ -136,7 +136,7 @@ fn line(r: &Row) -> String {
         quantile(&run.mouth_to_ear, 0.5),
         quantile(&run.mouth_to_ear, 0.95),
         s.late,
-        s.skipped + s.expanded,
+        s.skipped + s.expanded + s.stretched,
         s.recovered,
         s.drained + s.overflowed,
         if run.stored_exact { "yes" } else { "NO" },

@@ -25,7 +25,7 @@ use walkie_relay::RelayConfig;
 ///
 /// The bound: live PESQ-WB within 0.5 of the loss-free run. The jitter buffer holds the
 /// delay a clip starts with and conceals late packets in place (see `walkie_media::jitter`);
-/// runs score 3.9 to 4.3 against 4.31 without loss (BENCHMARKS.md section 12).
+/// runs score 4.2 to 4.3 against 4.31 without loss (BENCHMARKS.md section 13).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn speech_survives_ten_percent_loss_each_way_and_a_rebind() {
     let dir = tempfile::tempdir().expect("temp dir");

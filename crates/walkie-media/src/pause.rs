@@ -48,11 +48,17 @@ mod tests {
     fn quiet_is_near_silence_or_far_under_the_clip_peak() {
         let mut q = QuietFrames::new();
         assert!(q.is_quiet(&[0.0; 960]), "digital silence");
-        assert!(!q.is_quiet(&tone(0.01)), "soft speech in a quiet clip so far");
+        assert!(
+            !q.is_quiet(&tone(0.01)),
+            "soft speech in a quiet clip so far"
+        );
         assert!(!q.is_quiet(&tone(0.3)), "speech");
         assert!(q.is_quiet(&tone(0.005)), "30 dB under the peak");
         assert!(!q.is_quiet(&tone(0.05)), "a softer word is still speech");
-        assert!(!q.is_quiet(&[f32::NAN; 960]), "broken audio is not taken for a pause");
+        assert!(
+            !q.is_quiet(&[f32::NAN; 960]),
+            "broken audio is not taken for a pause"
+        );
         assert!(q.is_quiet(&[]));
     }
 
@@ -64,6 +70,9 @@ mod tests {
         for _ in 0..3_000 {
             q.is_quiet(&tone(0.02));
         }
-        assert!(!q.is_quiet(&tone(0.02)), "a minute later it is speech again");
+        assert!(
+            !q.is_quiet(&tone(0.02)),
+            "a minute later it is speech again"
+        );
     }
 }

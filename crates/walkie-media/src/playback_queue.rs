@@ -22,7 +22,7 @@ const MAX_PACKETS: usize = 60_000;
 /// path's jitter. The buffer holds the delay a clip starts with (it changes it only in long
 /// pauses), so the first guess is a cautious one: 150 ms covers 30 ± 20 ms of jitter on both
 /// the talker's and the listener's hop with datagrams lost and repeated (BENCHMARKS.md
-/// section 12). On a clean path it costs that first clip about 100 ms of extra delay; the
+/// section 13). On a clean path it costs that first clip about 100 ms of extra delay; the
 /// next clip starts from what this one learned.
 const FIRST_START: Duration = Duration::from_millis(150);
 /// How far a datagram's packet may be ahead of the clip's stream (10 s of 20 ms frames): the
@@ -615,7 +615,10 @@ mod tests {
         assert_eq!(ends, vec!["played 5"]);
         assert!(matches!(
             steps.last(),
-            Some(Step::Finished { samples: 18_888, .. })
+            Some(Step::Finished {
+                samples: 18_888,
+                ..
+            })
         ));
     }
 

@@ -26,9 +26,10 @@
 //!   Timing shifted inside speech costs far more than a concealed frame: on the recorded
 //!   speech, a frame inserted into a word costs about 0.2 of PESQ-WB, two inserted into a
 //!   240 ms pause between words up to 0.45 (the ITU reference scorer agrees), a frame
-//!   concealed in place 0.02-0.07 (BENCHMARKS.md section 13). Only after `retime_pause` (1 s) of quiet may the buffer play a frame of
-//!   concealment to bring the delay up to a target that has grown; it drains only past the
-//!   cap. The next clip on the connection starts from the target this one ended with.
+//!   concealed in place 0.02-0.07 (BENCHMARKS.md section 13). Only after `retime_pause`
+//!   (1 s) of quiet may the buffer play a frame of concealment to bring the delay up to a
+//!   target that has grown; it drains only past the cap. The next clip on the connection
+//!   starts from the target this one ended with.
 //! * Without reports of what is heard (a caller that decodes nothing), the buffer adapts at
 //!   any frame instead: a missing packet is waited for by concealing without advancing (the
 //!   delay grows one frame), as long as the delay stays under the cap and no two later

@@ -1,6 +1,8 @@
 //! Tells quiet frames from speech in a clip's decoded audio, so that the jitter buffer
 //! changes a live clip's timing only in its pauses.
 
+use crate::audio::source::rms;
+
 /// Below this RMS (about -54 dBFS) a frame is quiet whatever the clip's level.
 const SILENT_RMS: f32 = 0.002;
 /// A frame this many times weaker than the clip's loudest (about -30 dB) is quiet.
@@ -21,14 +23,13 @@ impl QuietFrames {
         QuietFrames::default()
     }
 
-    /// Takes the next decoded frame; true when it is quiet: near silence, or about 30 dB under
-    /// the clip's loudest frame so far.
+    /// Takes the next decoded frame; true when it is quiet: near silence, or about 30 dB
+    /// under the clip's loudest frame so far.
     pub fn is_quiet(&mut self, pcm: &[f32]) -> bool {
         if pcm.is_empty() {
             return true;
         }
-        let energy: f32 = pcm.iter().map(|s| s * s).sum();
-        let rms = (energy / pcm.len() as f32).sqrt();
+        let rms = rms(pcm);
         // A NaN from a broken decoder counts as loud: no timing is changed on its account.
         let rms = if rms.is_finite() { rms } else { 1.0 };
         self.peak = (self.peak * PEAK_DECAY).max(rms);

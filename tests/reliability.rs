@@ -639,3 +639,47 @@ async fn bad_input_closes_only_the_offending_stream_or_connection() {
     assert_eq!(got.header.id, ok.id, "bob got only the valid clip");
     relay.handle.shutdown().await;
 }
+
+/// A client whose application takes none of its events (a busy UI, or a test that only
+/// fetches) still gets the answer to its own fetch: the inbox streams that wait for the
+/// application never hold up the stream that carries a fetched file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_takes_no_events_still_gets_its_fetches() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(&tmp.path().join("relay"), RelayConfig::default()).await;
+    let _alice = relay.add_user("alice");
+    let bob = relay.add_user("bob");
+    // More inbox items than the client's event queue holds (256), stored while bob is away.
+    let (params, packets, samples) = tone_clip(20);
+    let ogg = walkie_proto::ogg::write_ogg(&params, &packets, samples, 7).expect("ogg");
+    let clips: Vec<walkie_store::NewClip> = (0..300)
+        .map(|_| walkie_store::NewClip {
+            meta: walkie_proto::clip::ClipMeta {
+                id: ClipId::random(),
+                from: "alice".into(),
+                to: Target::User("bob".into()),
+                started_at_ms: now_ms(),
+                duration_ms: 20,
+                packets: packets.len() as u32,
+                bytes: ogg.len() as u64,
+                codec: params,
+                seq: 0,
+                content: Default::default(),
+            },
+            recipients: vec!["bob".into()],
+            payload: ogg.clone(),
+        })
+        .collect();
+    let last = clips.last().expect("clips").meta.id;
+    for outcome in relay.store.commit_clips(clips) {
+        outcome.expect("stored");
+    }
+    let b = relay.connect(&bob).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (meta, file) = within(10, "a fetch behind a full event queue", b.fetch(last))
+        .await
+        .expect("fetched");
+    assert_eq!(meta.id, last);
+    assert_eq!(file, ogg);
+    relay.handle.shutdown().await;
+}

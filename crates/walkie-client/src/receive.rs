@@ -1,6 +1,7 @@
 //! Incoming streams from the relay: delivered clips (live or from the inbox), messages (from
-//! the inbox) and fetched files. Inbox clips are read one after another so they arrive oldest first; live clips
-//! are read beside them so a long live clip never holds up the rest. A live clip is known by
+//! the inbox) and fetched files. Inbox clips are read one after another so they arrive oldest
+//! first; live clips and fetched files are read beside them, so a long live clip never holds
+//! up the rest and an application slow to take its events still gets its fetches. A live clip is known by
 //! its id while it is talked: a second live stream under an id already live is not heard, so
 //! nobody's packets are ever mixed into another's clip.
 //!
@@ -100,11 +101,17 @@ pub(crate) async fn accept_streams(
     events: mpsc::Sender<Event>,
     streams: LiveStreams,
 ) {
-    let mut seen = HashSet::new();
-    let mut live = tokio::task::JoinSet::new();
+    // Nothing here waits for the application to take its events: inbox items go to their
+    // own reader (in order; it waits for the application), live clips and fetched files
+    // are read beside. An application slow to take events must not hold up the reply to
+    // its own fetch. What queues is bounded by the streams the relay may have open at once
+    // (QUIC stream credit), never by what the relay sends over time.
+    let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
+    let mut beside = tokio::task::JoinSet::new();
+    beside.spawn(read_inbox(inbox_rx, events.clone()));
     let talking: Arc<Mutex<HashSet<ClipId>>> = Arc::default();
     while let Ok(mut recv) = conn.accept_uni().await {
-        while live.try_join_next().is_some() {}
+        while beside.try_join_next().is_some() {}
         let first = read_frame::<StreamFrame>(&mut recv, MAX_STREAM_FRAME).await;
         match first {
             Ok(Some(StreamFrame::Deliver(header))) if header.live => {
@@ -117,9 +124,6 @@ pub(crate) async fn accept_streams(
                     let _ = recv.stop(1u32.into());
                     continue;
                 }
-                let _ = events.send(Event::LiveStarted(header.clone())).await;
-                let talking = talking.clone();
-                let events = events.clone();
                 let stream = u64::from(recv.id());
                 let early: Vec<LivePacket> = {
                     let mut map = live_lock(&streams);
@@ -133,12 +137,13 @@ pub(crate) async fn accept_streams(
                     });
                     early
                 };
-                for packet in early {
-                    let _ = events.send(Event::LivePacket(header.id, packet)).await;
-                }
-                let streams = streams.clone();
-                live.spawn(async move {
+                let (talking, events, streams) = (talking.clone(), events.clone(), streams.clone());
+                beside.spawn(async move {
                     let id = header.id;
+                    let _ = events.send(Event::LiveStarted(header.clone())).await;
+                    for packet in early {
+                        let _ = events.send(Event::LivePacket(id, packet)).await;
+                    }
                     read_clip(recv, header, events, true).await;
                     live_lock(&streams).clips.remove(&stream);
                     talking
@@ -147,37 +152,57 @@ pub(crate) async fn accept_streams(
                         .remove(&id);
                 });
             }
-            Ok(Some(StreamFrame::Deliver(header))) if !header.content.is_voice() => {
-                // Messages come from the inbox only, in order with clips. A recalled one comes
-                // again under an id already seen: it replaces what was shown.
-                let recalled = header.content == Content::Recalled;
-                if seen.insert(header.id) || recalled {
-                    read_message(recv, header, events.clone()).await;
-                }
-            }
             Ok(Some(StreamFrame::Deliver(header))) => {
-                // Inbox clips: in order. The relay may resend one it delivered live moments ago.
-                if seen.insert(header.id) {
-                    read_clip(recv, header, events.clone(), false).await;
+                // The inbox reader is gone only when the events' receiver is: nobody listens.
+                if inbox_tx.send((recv, header)).is_err() {
+                    return;
                 }
             }
             Ok(Some(StreamFrame::File { req, meta })) => {
-                let reply = match read_file(&mut recv).await {
-                    Ok(bytes) => Reply::File(meta, bytes),
-                    Err(message) => Reply::Error(ErrorMsg {
-                        req: Some(req),
-                        clip: None,
-                        code: ErrorCode::BadRequest,
-                        message,
-                    }),
-                };
-                if let Some(tx) = lock(&waiters).requests.remove(&req) {
-                    let _ = tx.send(reply);
-                }
+                let waiters = waiters.clone();
+                beside.spawn(async move {
+                    let reply = match read_file(&mut recv).await {
+                        Ok(bytes) => Reply::File(meta, bytes),
+                        Err(message) => Reply::Error(ErrorMsg {
+                            req: Some(req),
+                            clip: None,
+                            code: ErrorCode::BadRequest,
+                            message,
+                        }),
+                    };
+                    if let Some(tx) = lock(&waiters).requests.remove(&req) {
+                        let _ = tx.send(reply);
+                    }
+                });
             }
             _ => {
                 let _ = recv.stop(1u32.into());
             }
+        }
+    }
+}
+
+/// Reads the inbox's clips and messages one after another, oldest first, each handed to the
+/// application before the next is read.
+async fn read_inbox(
+    mut inbox: mpsc::UnboundedReceiver<(quinn::RecvStream, DeliverHeader)>,
+    events: mpsc::Sender<Event>,
+) {
+    let mut seen = HashSet::new();
+    while let Some((recv, header)) = inbox.recv().await {
+        if events.is_closed() {
+            return;
+        }
+        if !header.content.is_voice() {
+            // A recalled message comes again under an id already seen: it replaces what was
+            // shown.
+            let recalled = header.content == Content::Recalled;
+            if seen.insert(header.id) || recalled {
+                read_message(recv, header, events.clone()).await;
+            }
+        } else if seen.insert(header.id) {
+            // The relay may resend a clip it delivered live moments ago.
+            read_clip(recv, header, events.clone(), false).await;
         }
     }
 }

@@ -13,6 +13,7 @@ $SUDO apt-get update -q
 #         scripts/pulse-setup.sh; paplay/parecord play into the virtual mic and record the speaker)
 #         alsa-utils (its /usr/share/sounds/alsa/*.wav: eight short recordings of a human voice,
 #         the real speech the lossy-network tests and `cargo bench --bench lossy` score)
+#         systemd (systemd-analyze verify checks contrib/walkie-relay.service: tests/contrib.rs)
 # app:    libvulkan1 + mesa-vulkan-drivers (wgpu on lavapipe without a GPU), libegl1 + libgl1-mesa-dri (GL
 #         fallback), libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6 (winit on X11; all loaded at run
 #         time), xvfb + xauth (`xvfb-run walkie app` and the app's screenshot on a headless machine),
@@ -20,5 +21,5 @@ $SUDO apt-get update -q
 #         any script; the app falls back to it and to Noto CJK when installed)
 $SUDO apt-get install -y -q --no-install-recommends \
   cmake pkg-config libasound2-dev build-essential \
-  opus-tools espeak-ng sox nats-server pulseaudio pulseaudio-utils libasound2-plugins alsa-utils \
+  opus-tools espeak-ng sox nats-server pulseaudio pulseaudio-utils libasound2-plugins alsa-utils systemd \
   libvulkan1 mesa-vulkan-drivers libegl1 libgl1-mesa-dri libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6 xvfb xauth fonts-wqy-microhei

@@ -54,6 +54,17 @@ enum Command {
         /// Longest clip accepted, in seconds [default: 60, or the config file's].
         #[arg(long, value_name = "SECS")]
         max_clip_secs: Option<u32>,
+        /// Serve metrics and health over HTTP on this TCP address: `/metrics` (Prometheus
+        /// text), `/healthz` (the process answers), `/readyz` (the store takes writes). Off
+        /// by default. Bind loopback or a private address (e.g. 127.0.0.1:9300): it needs no
+        /// login. Prints `metrics on http://ADDR/metrics`.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<SocketAddr>,
+        /// How log lines on stderr look: `text` (one readable line each, control characters
+        /// escaped) or `json` (one JSON object per line, for a log collector). The lines on
+        /// stdout stay as they are.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+        log_format: LogFormat,
     },
     /// Manage users.
     #[command(subcommand)]
@@ -64,6 +75,28 @@ enum Command {
     /// Invite people: an invite link signs a new user up with `walkie join LINK --name NAME`.
     #[command(subcommand)]
     Invite(InviteCmd),
+    /// Back up the relay to one file, safe while it serves; prints `backup FILE: N clips, M bytes`.
+    ///
+    /// The file holds the database, every clip and message it points to, and the certificate
+    /// and key (clients' pinned fingerprint holds after a restore). The backup is a consistent
+    /// snapshot taken without stalling the relay's commits; a clip erased while it runs is in
+    /// it as it is after. It never overwrites FILE. The embedded store only: back a NATS store
+    /// up with its cluster's tools (`nats stream backup`).
+    Backup {
+        /// The file to write (refused if it exists; written as FILE.partial, then renamed).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Restore a backup into a new data dir (--data-dir DIR); prints `restored N clips into DIR`.
+    ///
+    /// DIR must not exist, or be empty. Every file's size and SHA-256, the database's
+    /// integrity and every clip's place in its file are checked before DIR appears; a refused
+    /// restore leaves nothing. Then serve from DIR: same certificate, same users and tokens.
+    Restore {
+        /// A file written by `walkie-relay backup`.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -161,17 +194,39 @@ fn check_names(names: &[String]) -> Result<(), String> {
         .try_for_each(|n| validate_name(n).map_err(|e| e.to_string()))
 }
 
+/// How log lines on stderr look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// One readable line per event.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// Runs the command line given to this process; the process's exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        // Plain text, every line escaped: peers choose some of what is logged.
-        .with_writer(crate::logwriter::EscapedStderr)
-        .with_ansi(false)
-        .init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    match &cli.command {
+        Command::Serve {
+            log_format: LogFormat::Json,
+            ..
+        } => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            // JSON strings escape every control character themselves.
+            .with_writer(std::io::stderr)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        _ => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            // Plain text, every line escaped: peers choose some of what is logged.
+            .with_writer(crate::logwriter::EscapedStderr)
+            .with_ansi(false)
+            .init(),
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -242,11 +297,27 @@ fn open_store(choice: &StoreChoice, dir: &std::path::Path) -> Result<Arc<dyn Sto
 fn run(cli: Cli) -> Result<(), String> {
     let choice = store_choice(&cli)?;
     let dir = data_dir(&cli.data_dir)?;
+    // Before a store is opened: opening one creates the data dir restore must make.
+    match (&cli.command, &choice) {
+        #[cfg(feature = "nats")]
+        (Command::Backup { .. } | Command::Restore { .. }, StoreChoice::Nats(_)) => {
+            return Err(crate::backup::NATS_REFUSED.into());
+        }
+        (Command::Backup { out }, _) => {
+            return crate::backup::backup(&dir, out).map_err(|e| e.to_string());
+        }
+        (Command::Restore { file }, _) => {
+            return crate::backup::restore(file, &dir).map_err(|e| e.to_string());
+        }
+        _ => {}
+    }
     let store = open_store(&choice, &dir)?;
     match cli.command {
         Command::Serve {
             listen,
             max_clip_secs,
+            metrics,
+            log_format: _,
         } => {
             let mut config = match &cli.config {
                 Some(path) => RelayFile::load(path)
@@ -260,8 +331,13 @@ fn run(cli: Cli) -> Result<(), String> {
             if let Some(secs) = max_clip_secs {
                 config.max_clip_ms = secs.saturating_mul(1000);
             }
+            if metrics.is_some() {
+                config.metrics = metrics;
+            }
             serve(config, dir, store, choice)
         }
+        // Done above, before the store was opened.
+        Command::Backup { .. } | Command::Restore { .. } => Ok(()),
         Command::User(cmd) => user(store.as_ref(), cmd),
         Command::Channel(cmd) => channel(store.as_ref(), cmd),
         Command::Invite(InviteCmd::Create {
@@ -408,6 +484,9 @@ fn serve(
         println!("listening on {}", handle.addr);
         println!("fingerprint {}", handle.fingerprint);
         println!("certificate {}", handle.cert_path.display());
+        if let Some(at) = handle.metrics_addr {
+            println!("metrics on http://{at}/metrics");
+        }
         use std::io::Write;
         let _ = std::io::stdout().flush();
         stop.await;

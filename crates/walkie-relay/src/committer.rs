@@ -10,12 +10,14 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::error;
 use walkie_store::{CommitOutcome, NewClip, Store, StoreError};
 
 use crate::RelayError;
+use crate::metrics::Metrics;
 
 /// Clips waiting for the commit thread at most (then uploads wait for room).
 const QUEUE: usize = 1024;
@@ -32,11 +34,11 @@ pub(crate) struct Committer {
 impl Committer {
     /// Starts the commit thread for `store`; it ends once every handle is dropped and the
     /// clips queued by then are committed.
-    pub fn start(store: Arc<dyn Store>) -> Result<Committer, RelayError> {
+    pub fn start(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Result<Committer, RelayError> {
         let (tx, rx) = mpsc::channel(QUEUE);
         std::thread::Builder::new()
             .name("walkie-commit".into())
-            .spawn(move || run(store.as_ref(), rx))
+            .spawn(move || run(store.as_ref(), &metrics, rx))
             .map_err(|e| RelayError::Task(format!("cannot start the commit thread: {e}")))?;
         Ok(Committer { tx })
     }
@@ -56,14 +58,25 @@ impl Committer {
 }
 
 /// The commit thread: one batch at a time, of everything queued when it starts.
-fn run(store: &dyn Store, mut rx: mpsc::Receiver<(NewClip, Reply)>) {
+fn run(store: &dyn Store, metrics: &Metrics, mut rx: mpsc::Receiver<(NewClip, Reply)>) {
     let mut batch = Vec::with_capacity(BATCH);
     while rx.blocking_recv_many(&mut batch, BATCH) > 0 {
         let (clips, replies): (Vec<NewClip>, Vec<Reply>) = batch.drain(..).unzip();
+        let sizes: Vec<(bool, usize)> = clips
+            .iter()
+            .map(|c| (c.meta.content.is_voice(), c.payload.len()))
+            .collect();
+        let started = Instant::now();
         // A panic in the store fails this batch (its uploads are told, as the replies drop)
         // and not the thread: the next batch is committed as usual.
         match std::panic::catch_unwind(AssertUnwindSafe(|| store.commit_clips(clips))) {
             Ok(outcomes) => {
+                metrics.commit_took(started.elapsed());
+                for ((voice, bytes), outcome) in sizes.iter().zip(&outcomes) {
+                    if matches!(outcome, Ok(CommitOutcome::Stored(_))) {
+                        metrics.stored(*voice, *bytes);
+                    }
+                }
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(outcome); // the upload may be gone (its talker left)
                 }
@@ -96,7 +109,8 @@ mod tests {
         let store: Arc<dyn Store> =
             Arc::new(walkie_store::sqlite::SqliteStore::open(dir.path()).unwrap());
         conformance::populate(store.as_ref());
-        let committer = Arc::new(Committer::start(store.clone()).unwrap());
+        let committer =
+            Arc::new(Committer::start(store.clone(), Arc::new(Metrics::new())).unwrap());
         let clips: Vec<NewClip> = (0..300).map(|_| clip("alice")).collect();
         let tasks: Vec<_> = clips
             .iter()
@@ -128,7 +142,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let inner = Arc::new(walkie_store::sqlite::SqliteStore::open(dir.path()).unwrap());
         let store = Arc::new(FaultyStore::new(inner));
-        let committer = Committer::start(store.clone()).unwrap();
+        let committer = Committer::start(store.clone(), Arc::new(Metrics::new())).unwrap();
         store.set_disk_full(true);
         let failed = committer.commit(clip("alice")).await;
         assert!(matches!(failed, Err(RelayError::Store(_))), "{failed:?}");

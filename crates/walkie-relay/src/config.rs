@@ -4,6 +4,7 @@
 //!
 //! ```toml
 //! listen = "[::]:7300"        # UDP address
+//! # metrics = "127.0.0.1:9300"  # TCP address of the metrics and health listener (off unless set)
 //! max_clip_secs = 60          # longest clip accepted
 //! idle_timeout_secs = 30      # a silent connection is closed
 //! stream_idle_secs = 10       # a clip stream with no audio for this long is dropped
@@ -43,6 +44,9 @@ use crate::people::ChannelCreate;
 pub struct RelayConfig {
     /// UDP address to listen on (default `[::]:7300`).
     pub listen: SocketAddr,
+    /// TCP address of the operators' HTTP listener (`/metrics`, `/healthz`, `/readyz`);
+    /// none by default. Meant for loopback or a private network.
+    pub metrics: Option<SocketAddr>,
     /// Longest clip accepted, in milliseconds (default 60 000, like WeChat).
     pub max_clip_ms: u32,
     /// A connection silent this long is closed (default 30 s).
@@ -110,6 +114,7 @@ impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0u16; 8], 7300)),
+            metrics: None,
             max_clip_ms: 60_000,
             idle_timeout: Duration::from_secs(30),
             stream_idle: Duration::from_secs(10),
@@ -179,6 +184,7 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct RelayFile {
     listen: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
     max_clip_secs: Option<u32>,
     idle_timeout_secs: Option<u64>,
     stream_idle_secs: Option<u64>,
@@ -229,6 +235,7 @@ impl RelayFile {
         let secs = Duration::from_secs;
         RelayConfig {
             listen: self.listen.unwrap_or(base.listen),
+            metrics: self.metrics.or(base.metrics),
             max_clip_ms: self
                 .max_clip_secs
                 .map_or(base.max_clip_ms, |s| s.saturating_mul(1000)),

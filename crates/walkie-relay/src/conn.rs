@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 use walkie_net::{read_frame, write_frame};
 use walkie_proto::clip::validate_user_name;
 use walkie_proto::logsafe::escape;
@@ -16,6 +16,7 @@ use walkie_proto::wire::{
     ClientMsg, ErrorCode, ErrorMsg, MAX_CONTROL_FRAME, MAX_HELLO_FIELD, MAX_HELLO_FRAME, ServerMsg,
 };
 
+use crate::metrics::Metrics;
 use crate::people::{self, PeopleError};
 use crate::registry::{ControlTx, Outgoing, Session, close};
 use crate::server::{InHandshake, PreAuth};
@@ -58,16 +59,20 @@ pub(crate) async fn handle(
     let conn = match handshake {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
+            shared.metrics.handshake("failed");
             debug!(%remote, "handshake failed: {e}");
             return;
         }
         Err(_) => {
+            shared.metrics.handshake("timeout");
             debug!(%remote, "handshake took longer than {HANDSHAKE_TIMEOUT:?}; dropped");
             return;
         }
     };
+    shared.metrics.handshake("ok");
     let accepted = tokio::time::timeout(shared.config.hello_timeout, conn.accept_bi()).await;
     let Ok(Ok((mut send, mut recv))) = accepted else {
+        shared.metrics.refused("no_control_stream");
         close(&conn, &refusal(ErrorCode::Timeout, "no control stream"));
         return;
     };
@@ -76,7 +81,7 @@ pub(crate) async fn handle(
         read_frame::<ClientMsg>(&mut recv, MAX_HELLO_FRAME),
     )
     .await;
-    let (user, (credential, device)) = match hello {
+    let (user, ((credential, device), client)) = match hello {
         Ok(Ok(Some(ClientMsg::Hello {
             user,
             token,
@@ -84,12 +89,18 @@ pub(crate) async fn handle(
         }))) => match authenticate(&shared, &user, &token).await {
             Ok(found) => {
                 let client: String = client.chars().take(MAX_HELLO_FIELD).collect();
-                info!(%remote, %user, device = found.1.as_deref().unwrap_or(people::MAIN_DEVICE), client = %escape(&client), "session opened");
-                (user, found)
+                (user, (found, client))
             }
             Err(msg) => {
                 warn!(%remote, user = %escape(&user), "refused: {}", msg);
-                refuse(&conn, &mut send, ErrorCode::Unauthorized, &msg).await;
+                refuse(
+                    &shared.metrics,
+                    &conn,
+                    &mut send,
+                    ErrorCode::Unauthorized,
+                    &msg,
+                )
+                .await;
                 return;
             }
         },
@@ -115,6 +126,7 @@ pub(crate) async fn handle(
         }
         Ok(Ok(Some(_))) => {
             return refuse(
+                &shared.metrics,
                 &conn,
                 &mut send,
                 ErrorCode::BadRequest,
@@ -124,6 +136,7 @@ pub(crate) async fn handle(
         }
         Ok(Err(e)) => {
             return refuse(
+                &shared.metrics,
                 &conn,
                 &mut send,
                 ErrorCode::BadRequest,
@@ -132,7 +145,14 @@ pub(crate) async fn handle(
             .await;
         }
         Ok(Ok(None)) | Err(_) => {
-            return refuse(&conn, &mut send, ErrorCode::Timeout, "no hello in time").await;
+            return refuse(
+                &shared.metrics,
+                &conn,
+                &mut send,
+                ErrorCode::Timeout,
+                "no hello in time",
+            )
+            .await;
         }
     };
     // Authenticated: the attempt's pre-authentication slot goes, a connection slot comes.
@@ -141,7 +161,7 @@ pub(crate) async fn handle(
     if shared.connections.fetch_add(1, Ordering::Relaxed) >= shared.config.max_connections {
         let busy = shared.busy();
         debug!(%remote, %user, "refused: {}", busy.message);
-        refuse(&conn, &mut send, busy.code, &busy.message).await;
+        refuse(&shared.metrics, &conn, &mut send, busy.code, &busy.message).await;
         return;
     }
     let open = shared.registry.sessions_of(&user).len();
@@ -152,7 +172,7 @@ pub(crate) async fn handle(
             busy.message
         );
         debug!(%remote, %user, "refused: {message}");
-        refuse(&conn, &mut send, busy.code, &message).await;
+        refuse(&shared.metrics, &conn, &mut send, busy.code, &message).await;
         return;
     }
     walkie_net::open_session(&conn, shared.config.max_streams_per_conn);
@@ -172,24 +192,35 @@ pub(crate) async fn handle(
     let session = shared
         .registry
         .register(&user, credential, device, conn.clone(), tx.clone());
-    let (here, first) = presence::Here::arrive(&shared, &user, watch);
-    for msg in first {
-        let _ = tx.send(msg.into()).await;
+    shared.metrics.sessions_opened.inc();
+    // Every line of the session, its requests' included, names the session and its user.
+    let span = tracing::info_span!("session", session = session.id, user = %user);
+    async {
+        info!(%remote, device = session.device.as_deref().unwrap_or(people::MAIN_DEVICE), client = %escape(&client), "session opened");
+        let opened = std::time::Instant::now();
+        let (here, first) = presence::Here::arrive(&shared, &user, watch);
+        for msg in first {
+            let _ = tx.send(msg.into()).await;
+        }
+        run_session(&shared, &session, send, recv, tx, rx).await;
+        shared.registry.unregister(&session);
+        drop(here);
+        info!(secs = opened.elapsed().as_secs(), "session closed");
     }
-    run_session(&shared, &session, send, recv, tx, rx).await;
-    shared.registry.unregister(&session);
-    drop(here);
-    info!(%user, "session closed");
+    .instrument(span)
+    .await
 }
 
 /// Refuses a connection before its session: the error on the control stream, then a close
 /// that carries it too.
 async fn refuse(
+    metrics: &Metrics,
     conn: &quinn::Connection,
     send: &mut quinn::SendStream,
     code: ErrorCode,
     message: &str,
 ) {
+    metrics.refused(code.name());
     let error = refusal(code, message);
     let _ = write_frame(send, &ServerMsg::Error(error.clone()), MAX_CONTROL_FRAME).await;
     let _ = send.finish();
@@ -232,10 +263,24 @@ async fn join(
             "too many sign-ups from your address; retry after {} minutes",
             ms / 60_000 + 1
         );
-        return refuse(conn, send, ErrorCode::Busy { retry_after_ms: ms }, &message).await;
+        return refuse(
+            &shared.metrics,
+            conn,
+            send,
+            ErrorCode::Busy { retry_after_ms: ms },
+            &message,
+        )
+        .await;
     }
     if code.as_ref().is_some_and(|c| c.len() > MAX_HELLO_FIELD) || name.len() > MAX_HELLO_FIELD {
-        return refuse(conn, send, ErrorCode::BadRequest, "bad sign-up").await;
+        return refuse(
+            &shared.metrics,
+            conn,
+            send,
+            ErrorCode::BadRequest,
+            "bad sign-up",
+        )
+        .await;
     }
     let open = shared.config.open_signup;
     let (who, now) = (name.clone(), walkie_proto::clip::now_ms());
@@ -273,10 +318,11 @@ async fn join(
         }
         Ok(Err(PeopleError::Refused(code, message))) => {
             warn!(%remote, name = %escape(&name), "sign-up refused: {message}");
-            refuse(conn, send, code, &message).await;
+            refuse(&shared.metrics, conn, send, code, &message).await;
         }
         Ok(Err(PeopleError::Store(e))) => {
             refuse(
+                &shared.metrics,
                 conn,
                 send,
                 ErrorCode::Storage,
@@ -286,6 +332,7 @@ async fn join(
         }
         Err(e) => {
             refuse(
+                &shared.metrics,
                 conn,
                 send,
                 ErrorCode::Storage,

@@ -268,48 +268,70 @@ pub(crate) async fn fetch(
     let meta = match shared.store(move |s| s.clip(&id)).await {
         Ok(Some(meta)) => meta,
         Ok(None) => {
-            let _ = tx.try_send(fail(ErrorCode::NotFound, not_readable(id).message).into());
+            answer(
+                &shared,
+                &tx,
+                fail(ErrorCode::NotFound, not_readable(id).message),
+            )
+            .await;
             return;
         }
         Err(e) => {
-            let _ = tx.try_send(ServerMsg::Error(e.to_wire(Some(req), Some(id))).into());
+            answer(
+                &shared,
+                &tx,
+                ServerMsg::Error(e.to_wire(Some(req), Some(id))),
+            )
+            .await;
             return;
         }
     };
     if !may_read(&shared, &session.user, &meta).await {
         // Same answer as for a missing clip, so ids cannot be probed.
-        let _ = tx.try_send(fail(ErrorCode::NotFound, not_readable(id).message).into());
+        answer(
+            &shared,
+            &tx,
+            fail(ErrorCode::NotFound, not_readable(id).message),
+        )
+        .await;
         return;
     }
     let result = stream_file(&shared, &session, req, &meta).await;
-    // Answers never wait for a client that does not read its control stream.
     match result {
         Ok(()) => {}
         Err(SendError::Relay(RelayError::Store(walkie_store::StoreError::NotFound { .. }))) => {
-            let _ = tx.try_send(
+            answer(
+                &shared,
+                &tx,
                 fail(
                     ErrorCode::NotFound,
                     format!("the audio of clip {id} was deleted"),
-                )
-                .into(),
-            );
+                ),
+            )
+            .await;
         }
         Err(SendError::Stalled) => {
             debug!(user = %session.user, clip = %id, "fetch stalled: the client reads nothing");
-            let _ = tx.try_send(
+            answer(
+                &shared,
+                &tx,
                 fail(
                     ErrorCode::Timeout,
                     format!(
                         "clip {id} was not read for {} s; the fetch ended",
                         FETCH_STALL.as_secs()
                     ),
-                )
-                .into(),
-            );
+                ),
+            )
+            .await;
         }
         Err(e) => {
-            let _ =
-                tx.try_send(fail(ErrorCode::Storage, format!("cannot send clip {id}: {e}")).into());
+            answer(
+                &shared,
+                &tx,
+                fail(ErrorCode::Storage, format!("cannot send clip {id}: {e}")),
+            )
+            .await;
         }
     }
 }
@@ -359,6 +381,21 @@ async fn stream_file(
             let _ = send.reset(ErrorCode::Timeout.quic_code().into());
             Err(e)
         }
+    }
+}
+
+/// How long an answer waits for room in the session's control queue.
+const ANSWER_WAIT: Duration = Duration::from_secs(5);
+
+/// Sends a fetch's answer on the session's control queue, waiting a bounded time for room:
+/// a client that reads nothing for that long loses it (counted and logged), so a fetch task
+/// never waits forever on a client that does not read.
+async fn answer(shared: &Shared, tx: &ControlTx, msg: ServerMsg) {
+    if let Err(tokio::sync::mpsc::error::SendTimeoutError::Timeout(_)) =
+        tx.send_timeout(msg.into(), ANSWER_WAIT).await
+    {
+        shared.metrics.answers_dropped.inc();
+        warn!("a fetch's answer was dropped: the client read nothing for {ANSWER_WAIT:?}");
     }
 }
 

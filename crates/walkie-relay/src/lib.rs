@@ -9,6 +9,7 @@
 //! | layer | file | owns |
 //! |---|---|---|
 //! | 1 | `server.rs` | the accept loop and admission (handshake slots, the pending cap) |
+//! | 1 | `http.rs` | the operators' HTTP listener: metrics, health, readiness |
 //! | 2 | `conn.rs` | one connection: handshake, hello and authentication, the session's tasks |
 //! | 3 | `requests.rs` | control-stream requests: ack, played, history, fetch, people |
 //! | 4 | `people.rs` | invites, profiles, contacts and groups users make, in the store's records |
@@ -23,9 +24,11 @@
 //! | 5 | `registry.rs` | who is online: sessions, wake-ups |
 //! | 5 | `cluster/` | the link to the other relays: floors, notices (`cluster/nats.rs` over NATS) |
 //! | 6 | `shared.rs`, `config.rs`, `auth.rs`, `quota.rs` | shared state, settings, tokens, what each sender stores |
+//! | 6 | `metrics.rs` | the operators' counters, gauges and histograms |
 //! | | `maintenance.rs` | revoking removed users' sessions, retention |
 //! | | `demo.rs` | an in-process relay with two users and a channel (`walkie demo`, `walkie app --demo`) |
 //! | | `cli.rs` | the `walkie-relay` command line |
+//! | | `backup.rs` | the `backup` and `restore` commands (the store's backup, with the relay's identity) |
 //! | | `logwriter.rs` | log lines on stderr with peer-controlled text escaped |
 
 #![warn(missing_docs)]
@@ -34,6 +37,7 @@
 mod access;
 pub mod auth;
 pub mod avatar;
+mod backup;
 pub mod cli;
 pub mod cluster;
 mod committer;
@@ -43,10 +47,12 @@ mod datagrams;
 mod deliver;
 pub mod demo;
 pub mod doodle;
+mod http;
 mod live;
 mod logwriter;
 mod maintenance;
 mod message;
+mod metrics;
 pub mod people;
 mod people_requests;
 pub mod picture;
@@ -136,6 +142,8 @@ pub struct RelayHandle {
     pub fingerprint: Fingerprint,
     /// Its certificate file (`DATA_DIR/cert.pem`).
     pub cert_path: PathBuf,
+    /// Where the metrics listener listens, when the relay has one (`serve --metrics`).
+    pub metrics_addr: Option<SocketAddr>,
     endpoint: quinn::Endpoint,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -206,7 +214,19 @@ pub async fn start_with(
     let limits = UserLimits::new(config.clips_per_minute, config.bytes_per_second);
     let signups = f64::from(config.signups_per_source_per_hour.max(1));
     let message_rate = config.message_bytes_per_second.max(1) as f64;
-    let committer = committer::Committer::start(store.clone())?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let committer = committer::Committer::start(store.clone(), metrics.clone())?;
+    let metrics_listener = match config.metrics {
+        Some(at) => Some(http::bind(at).await?),
+        None => None,
+    };
+    let metrics_addr = match &metrics_listener {
+        Some(l) => Some(l.local_addr().map_err(|source| RelayError::Io {
+            path: "metrics listener".into(),
+            source,
+        })?),
+        None => None,
+    };
     let shared = Arc::new(Shared {
         store,
         committer,
@@ -223,17 +243,30 @@ pub async fn start_with(
         media: tokio::sync::Semaphore::new(1),
         message_bytes: Mutex::new(KeyedLimits::new(MESSAGE_BYTE_BURST, message_rate)),
         presence: Default::default(),
+        metrics,
     });
     tokio::spawn(presence::run(shared.clone()));
     tokio::spawn(maintenance::run(shared.clone()));
     if let Some(incoming) = cluster.incoming() {
         tokio::spawn(live::run_inbound(shared.clone(), incoming));
     }
-    let task = tokio::spawn(server::accept_loop(endpoint.clone(), shared));
+    let admission = server::Admission::default();
+    if let Some(listener) = metrics_listener {
+        let counts = Arc::new(http::Counts {
+            handshaking: admission.in_handshake.clone(),
+            unauthenticated: {
+                let u = admission.unauthenticated.clone();
+                Arc::new(move || u.total())
+            },
+        });
+        tokio::spawn(http::serve(listener, shared.clone(), counts));
+    }
+    let task = tokio::spawn(server::accept_loop(endpoint.clone(), shared, admission));
     Ok(RelayHandle {
         addr,
         fingerprint: identity.fingerprint(),
         cert_path: identity.cert_path,
+        metrics_addr,
         endpoint,
         stop,
         task,

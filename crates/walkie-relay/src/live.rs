@@ -22,6 +22,7 @@ use walkie_proto::wire::{
 };
 
 use crate::cluster::{Cluster, Inbound, Notice};
+use crate::metrics::{Held, Metrics};
 use crate::registry::Session;
 use crate::shared::Shared;
 
@@ -36,6 +37,8 @@ const MAX_RECIPIENTS: usize = 100_000;
 pub(crate) struct Encoded {
     bytes: Bytes,
     last: bool,
+    /// When it was made (the packet's arrival), for the fan-out delay.
+    at: Instant,
 }
 
 impl Encoded {
@@ -45,6 +48,7 @@ impl Encoded {
         encode_frame(frame, MAX_STREAM_FRAME).ok().map(|v| Encoded {
             bytes: Bytes::from(v),
             last,
+            at: Instant::now(),
         })
     }
 
@@ -57,6 +61,7 @@ impl Encoded {
         Encoded {
             bytes: self.bytes.clone(),
             last: self.last,
+            at: self.at,
         }
     }
 }
@@ -78,13 +83,20 @@ pub(crate) struct LiveSink {
 
 impl LiveSink {
     /// Opens a stream to `session` and sends `header`; frames pushed later follow it.
-    pub fn open(session: Arc<Session>, header: DeliverHeader, queue: usize) -> Self {
+    pub fn open(
+        session: Arc<Session>,
+        header: DeliverHeader,
+        queue: usize,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
         let (tx, mut rx) = mpsc::channel::<Encoded>(queue.max(1));
+        let metrics = metrics.clone();
         let conn = session.conn.clone();
         let stream = Arc::new(AtomicU64::new(NOT_OPEN));
         let opened = stream.clone();
         let datagrams = DatagramPath::new(session.conn.clone(), session.loss.clone());
         let task = tokio::spawn(async move {
+            let _listening = Held::new(&metrics.live_listeners);
             let Ok(mut send) = conn.open_uni().await else {
                 return false;
             };
@@ -101,9 +113,11 @@ impl LiveSink {
                 // delivered (a reset would discard it).
                 ended = frame.last;
                 // The shared bytes go to quinn as they are: no copy per listener.
+                let at = frame.at;
                 if send.write_chunk(frame.bytes).await.is_err() {
                     return false;
                 }
+                metrics.fanout_seconds.observe(at.elapsed().as_secs_f64());
             }
             if ended {
                 let _ = send.finish();
@@ -323,7 +337,9 @@ fn handle(shared: &Arc<Shared>, live: &mut HashMap<ClipId, Remote>, notice: Noti
             }
             let sinks: Vec<LiveSink> = sessions
                 .into_iter()
-                .map(|s| LiveSink::open(s, header.clone(), shared.config.live_queue))
+                .map(|s| {
+                    LiveSink::open(s, header.clone(), shared.config.live_queue, &shared.metrics)
+                })
                 .collect();
             live.insert(
                 id,

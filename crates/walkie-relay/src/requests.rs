@@ -61,6 +61,8 @@ pub(crate) async fn control_loop(
                 return;
             }
         };
+        let (kind, req) = describe(&msg);
+        let started = std::time::Instant::now();
         let reply = match msg {
             ClientMsg::Hello { .. } | ClientMsg::Join { .. } => {
                 Some(error(None, ErrorCode::BadRequest, "already authenticated"))
@@ -180,11 +182,51 @@ pub(crate) async fn control_loop(
                 None
             }
         };
+        let outcome = match &reply {
+            Some(ServerMsg::Error(e)) => e.code.name(),
+            _ => "ok",
+        };
+        shared.metrics.request(kind);
+        let micros = started.elapsed().as_micros() as u64;
+        // Pings come every few seconds from every client: only on request.
+        if kind == "ping" {
+            tracing::debug!(request = kind, outcome, micros, "request");
+        } else {
+            tracing::info!(request = kind, req, outcome, micros, "request");
+        }
         if let Some(reply) = reply
             && tx.send(reply.into()).await.is_err()
         {
             return;
         }
+    }
+}
+
+/// A control message's kind, as logs and metrics name it, and its request id (0 for the
+/// messages that carry none). Never any of its content: that is the user's.
+fn describe(msg: &ClientMsg) -> (&'static str, u64) {
+    match msg {
+        ClientMsg::Hello { .. } => ("hello", 0),
+        ClientMsg::Join { .. } => ("join", 0),
+        ClientMsg::History { req, .. } => ("history", *req),
+        ClientMsg::Fetch { req, .. } => ("fetch", *req),
+        ClientMsg::Ack { .. } => ("ack", 0),
+        ClientMsg::Ping { .. } => ("ping", 0),
+        ClientMsg::Played { .. } => ("played", 0),
+        ClientMsg::SetProfile { req, .. } => ("set-profile", *req),
+        ClientMsg::Profiles { req, .. } => ("profiles", *req),
+        ClientMsg::Contact { req, .. } => ("contact", *req),
+        ClientMsg::Contacts { req, .. } => ("contacts", *req),
+        ClientMsg::Group { req, .. } => ("group", *req),
+        ClientMsg::Groups { req, .. } => ("groups", *req),
+        ClientMsg::LinkDevice { req, .. } => ("link-device", *req),
+        ClientMsg::Devices { req, .. } => ("devices", *req),
+        ClientMsg::RemoveDevice { req, .. } => ("remove-device", *req),
+        ClientMsg::SetAvatar { req, .. } => ("set-avatar", *req),
+        ClientMsg::Avatar { req, .. } => ("avatar", *req),
+        ClientMsg::Suggest { req, .. } => ("suggest", *req),
+        ClientMsg::Nearby { req, .. } => ("nearby", *req),
+        ClientMsg::Recall { req, .. } => ("recall", *req),
     }
 }
 

@@ -56,8 +56,7 @@ impl Unauthenticated {
     }
 
     /// Attempts not yet authenticated, in total.
-    #[cfg(test)]
-    fn total(&self) -> usize {
+    pub(crate) fn total(&self) -> usize {
         self.total.load(Ordering::Relaxed)
     }
 }
@@ -98,12 +97,27 @@ impl Drop for PreAuth {
     }
 }
 
-pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+/// The counts admission keeps across connections (the metrics read them too).
+#[derive(Default)]
+pub(crate) struct Admission {
+    /// Connections in their QUIC handshake.
+    pub in_handshake: Arc<AtomicUsize>,
+    /// Connections admitted and not authenticated yet, in all and per source.
+    pub unauthenticated: Arc<Unauthenticated>,
+}
+
+pub(crate) async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    admission: Admission,
+) {
     let mut shutdown = shared.shutdown.clone();
     let mut tasks = tokio::task::JoinSet::new();
     let handshakes = Arc::new(Semaphore::new(shared.config.max_handshakes.max(1)));
-    let in_handshake = Arc::new(AtomicUsize::new(0));
-    let unauthenticated = Arc::new(Unauthenticated::default());
+    let Admission {
+        in_handshake,
+        unauthenticated,
+    } = admission;
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
@@ -114,6 +128,7 @@ pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) 
                     && in_handshake.load(Ordering::Relaxed) >= shared.config.retry_above_handshakes
                 {
                     tracing::debug!(%remote, "under load: address validation (Retry) asked");
+                    shared.metrics.refused("retry");
                     let _ = incoming.retry();
                     continue;
                 }
@@ -123,6 +138,7 @@ pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) 
                     shared.config.max_unauthenticated_per_source,
                 ) else {
                     tracing::debug!(%remote, "refused: too many connection attempts not yet authenticated (from this source or in all)");
+                    shared.metrics.refused("unauthenticated_cap");
                     incoming.refuse();
                     continue;
                 };
@@ -134,6 +150,7 @@ pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) 
                         Ok(Ok(permit)) => conn::handle(shared, incoming, permit, counted, pre_auth).await,
                         _ => {
                             tracing::debug!(%remote, "refused: no handshake slot within {HANDSHAKE_QUEUE_WAIT:?}");
+                            shared.metrics.refused("no_handshake_slot");
                             incoming.refuse();
                         }
                     }

@@ -17,6 +17,7 @@ use crate::RelayError;
 use crate::cluster::{Cluster, Notice};
 use crate::committer::Committer;
 use crate::config::RelayConfig;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 
 /// State shared by every connection task.
@@ -46,6 +47,8 @@ pub(crate) struct Shared {
     pub media: tokio::sync::Semaphore,
     /// Who is online here, as the people who see them, and the changes not told yet.
     pub presence: Mutex<walkie_proto::presence::Presence>,
+    /// What the relay counts for its operators.
+    pub metrics: Arc<Metrics>,
 }
 
 /// How long a user's list of devices is trusted before it is read again: a device linked

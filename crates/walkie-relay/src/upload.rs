@@ -23,6 +23,7 @@ use crate::RelayError;
 use crate::access;
 use crate::cluster::{Cluster, FloorError};
 use crate::live::{Encoded, LiveSink, RemoteOut, abort_live, end_live};
+use crate::metrics::Held;
 use crate::registry::{ControlTx, Session};
 use crate::shared::{Shared, lock};
 
@@ -207,7 +208,9 @@ impl Driver<'_> {
                     .await
                 {
                     Ok(()) => {
+                        self.shared.metrics.floor_grants.inc();
                         self.floor = Some(FloorGuard {
+                            _held: Held::new(&self.shared.metrics.floors_held),
                             cluster: self.shared.cluster.clone(),
                             channel,
                             user: user.clone(),
@@ -226,7 +229,14 @@ impl Driver<'_> {
                 let sinks = recipients
                     .iter()
                     .flat_map(|r| self.shared.registry.sessions_of(r))
-                    .map(|s| LiveSink::open(s, header.clone(), self.shared.config.live_queue))
+                    .map(|s| {
+                        LiveSink::open(
+                            s,
+                            header.clone(),
+                            self.shared.config.live_queue,
+                            &self.shared.metrics,
+                        )
+                    })
                     .collect::<Vec<_>>();
                 // The talker tunes its FEC to its listeners' loss (measured here, per session).
                 let worst = sinks_loss(&sinks);
@@ -490,6 +500,7 @@ impl Drop for ClipGuard {
 /// Holds a channel's floor for one clip; releases it when dropped (the clip ended, was
 /// refused, or its task ended with the talker's connection).
 struct FloorGuard {
+    _held: Held,
     cluster: Arc<dyn Cluster>,
     channel: String,
     user: String,

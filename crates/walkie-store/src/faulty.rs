@@ -171,6 +171,13 @@ impl Store for FaultyStore {
         self.check()?;
         self.inner.clear_inbox(key)
     }
+    fn ready(&self) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.ready()
+    }
+    fn inbox_depth(&self) -> Result<Option<u64>, StoreError> {
+        self.inner.inbox_depth()
+    }
     fn delete_channel(&self, name: &str) -> Result<Option<usize>, StoreError> {
         self.check()?;
         self.inner.delete_channel(name)

@@ -249,6 +249,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<ClipMeta>, StoreError>;
     /// Marks a clip delivered to `user` (removes it from their inbox). Unknown ids are ignored.
     fn ack(&self, user: &str, id: &ClipId) -> Result<(), StoreError>;
+    /// Whether the store can take writes now (for a readiness check): an error says why not.
+    /// The default answers yes; stores that can fail to write check for real.
+    fn ready(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Items waiting in all inboxes (not acknowledged yet), for the metrics; `None` when the
+    /// store cannot count them cheaply.
+    fn inbox_depth(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
     /// Empties the inbox of a delivery key (a removed device's).
     fn clear_inbox(&self, _key: &str) -> Result<(), StoreError> {
         Err(StoreError::Unsupported("clearing an inbox"))

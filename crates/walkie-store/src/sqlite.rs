@@ -55,7 +55,12 @@
 //! the dir: it only considers files last modified more than [`LEFTOVER_MIN_AGE`] ago, and it
 //! decides and removes while holding the write lock, which every commit holds from its check
 //! to its commit.
+//!
+//! # Backups
+//! [`SqliteStore::backup`] writes the database and the payloads it points to into one file
+//! while the store is in use; [`backup::restore`] makes a new data dir from one.
 
+pub mod backup;
 mod files;
 mod schema;
 mod segments;
@@ -974,6 +979,25 @@ impl Store for SqliteStore {
             id: *id,
         })
         .map(|_| ())
+    }
+
+    /// Takes the database's write lock and gives it back, and creates and removes a file
+    /// beside the segments: both fail on a read-only or full file system.
+    fn ready(&self) -> Result<(), StoreError> {
+        {
+            let mut conn = self.writer();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.rollback()?;
+        }
+        let probe = self.clips_dir.join(".ready");
+        fs::write(&probe, b"walkie").map_err(files::io_err(&probe))?;
+        fs::remove_file(&probe).map_err(files::io_err(&probe))
+    }
+
+    fn inbox_depth(&self) -> Result<Option<u64>, StoreError> {
+        let n: i64 =
+            self.read(|conn| Ok(conn.query_row("SELECT COUNT(*) FROM inbox", [], |r| r.get(0))?))?;
+        Ok(Some(u64::try_from(n).unwrap_or(0)))
     }
 
     fn clear_inbox(&self, key: &str) -> Result<(), StoreError> {

@@ -1,0 +1,294 @@
+//! Running a relay in production: the metrics and health listener (`serve --metrics`), scraped
+//! while a clip is talked; JSON logs; `walkie-relay status`.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use walkie_client::{Client, ClientError, Event};
+use walkie_media::codec::{self, EncoderConfig};
+use walkie_proto::clip::{ClipHeader, ClipId, Target, now_ms};
+use walkie_relay::{self as relay, RelayConfig, auth};
+use walkie_store::Store;
+use walkie_store::faulty::FaultyStore;
+use walkie_store::sqlite::SqliteStore;
+
+/// One HTTP/1.1 request on a fresh connection: the status and the body.
+async fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("sent");
+    let mut raw = Vec::new();
+    within(10, "an HTTP answer", stream.read_to_end(&mut raw))
+        .await
+        .expect("read");
+    let text = String::from_utf8(raw).expect("utf-8");
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one sample (`name` with its labels, exactly as exposed); 0 when absent.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (n, v) = l.rsplit_once(' ')?;
+            (n == name).then(|| v.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    let (status, body) = http(addr, "GET", "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// Scrapes until `ok` holds of the exposition, for at most 10 s.
+async fn scrape_until(addr: std::net::SocketAddr, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = scrape(addr).await;
+        if ok(&text) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "{what}; last scrape:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_by_what_a_send_does_and_readiness_follows_the_store() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("relay");
+    let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&data).expect("store"));
+    let faulty = Arc::new(FaultyStore::new(sqlite.clone()));
+    let config = RelayConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        metrics: Some(([127, 0, 0, 1], 0).into()),
+        ..RelayConfig::default()
+    };
+    let handle = relay::start(config, &data, faulty.clone())
+        .await
+        .expect("relay starts");
+    let metrics = handle.metrics_addr.expect("a metrics listener");
+    let cfg = |user: &str| {
+        let token = auth::new_token();
+        sqlite
+            .add_user(user, &auth::hash_token(&token))
+            .expect("user");
+        walkie_client::ClientConfig {
+            relay: handle.addr.to_string(),
+            user: user.into(),
+            token,
+            pin: handle.fingerprint,
+        }
+    };
+    let (alice, bob) = (cfg("alice"), cfg("bob"));
+    sqlite
+        .add_channel("crew", &["alice".into(), "bob".into()])
+        .expect("channel");
+
+    let before = scrape(metrics).await;
+    for zero in [
+        "walkie_clips_stored_total",
+        "walkie_sessions",
+        "walkie_live_listeners",
+        "walkie_inbox_depth",
+    ] {
+        assert_eq!(sample(&before, zero), 0.0, "{zero} at start:\n{before}");
+    }
+    assert!(before.ends_with("# EOF\n"));
+
+    let a = Client::connect(&alice).await.expect("alice connects");
+    let mut b = Client::connect(&bob).await.expect("bob connects");
+    let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    let listener = tokio::spawn(async move {
+        while let Some(event) = b.next_event().await {
+            if let Event::Clip(clip) = event {
+                b.ack(clip.header.id).await.expect("acked");
+                let _ = heard_tx.send(clip.header.id);
+            }
+        }
+    });
+    scrape_until(metrics, "two sessions", |t| {
+        sample(t, "walkie_sessions") == 2.0
+            && sample(t, "walkie_connections{state=\"session\"}") == 2.0
+    })
+    .await;
+
+    // A 2 s clip, talked in real time: scraped while it is live.
+    let pcm: Vec<f32> = (0..96_000).map(|i| (i as f32 * 0.03).sin() * 0.3).collect();
+    let clip = codec::encode_pcm(&pcm, &EncoderConfig::default()).expect("encodes");
+    let header = ClipHeader {
+        id: ClipId::random(),
+        to: Target::Channel("crew".into()),
+        started_at_ms: now_ms(),
+        codec: clip.params,
+    };
+    let mut up = a.start_clip(&header).await.expect("upload starts");
+    let mut packets = clip.packets.iter();
+    for p in packets.by_ref().take(25) {
+        up.packet(p.clone()).await.expect("packet");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let during = scrape_until(metrics, "bob listening live while alice talks", |t| {
+        sample(t, "walkie_live_listeners") == 1.0 && sample(t, "walkie_floors_held") == 1.0
+    })
+    .await;
+    assert_eq!(sample(&during, "walkie_clips_stored_total"), 0.0);
+    assert_eq!(sample(&during, "walkie_floor_grants_total"), 1.0);
+    for p in packets {
+        up.packet(p.clone()).await.expect("packet");
+    }
+    up.finish(clip.samples).await.expect("stored");
+    let got = within(10, "bob hears the clip", heard.recv()).await;
+    assert_eq!(got, Some(header.id));
+    let (_, file) = a.fetch(header.id).await.expect("fetched");
+    let history = a
+        .history(Some(Target::Channel("crew".into())), 10, None)
+        .await
+        .expect("history");
+    assert_eq!(history.len(), 1);
+
+    let after = scrape_until(metrics, "the clip's live copy done", |t| {
+        sample(t, "walkie_live_listeners") == 0.0 && sample(t, "walkie_floors_held") == 0.0
+    })
+    .await;
+    assert_eq!(sample(&after, "walkie_clips_stored_total"), 1.0);
+    assert_eq!(
+        sample(&after, "walkie_items_stored_total{kind=\"clip\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&after, "walkie_stored_bytes_total"),
+        file.len() as f64,
+        "bytes stored are the stored file's"
+    );
+    assert!(sample(&after, "walkie_store_commit_seconds_count") >= 1.0);
+    // Every packet and the end marker went to bob's live copy.
+    assert!(
+        sample(&after, "walkie_fanout_delay_seconds_count") >= clip.packets.len() as f64,
+        "{after}"
+    );
+    assert_eq!(sample(&after, "walkie_sessions_opened_total"), 2.0);
+    assert_eq!(
+        sample(&after, "walkie_handshakes_total{reason=\"ok\"}"),
+        2.0
+    );
+    assert_eq!(sample(&after, "walkie_requests_total{kind=\"fetch\"}"), 1.0);
+    assert_eq!(
+        sample(&after, "walkie_requests_total{kind=\"history\"}"),
+        1.0
+    );
+
+    // A wrong token: one refusal, by its reason.
+    let mut wrong = alice.clone();
+    wrong.token = auth::new_token();
+    match Client::connect(&wrong).await {
+        Err(ClientError::Refused(_)) => {}
+        other => panic!("a wrong token is refused, got {:?}", other.map(|_| ())),
+    }
+    scrape_until(metrics, "the refusal counted", |t| {
+        sample(t, "walkie_refusals_total{reason=\"unauthorized\"}") == 1.0
+    })
+    .await;
+
+    // bob goes away; a clip for him waits in his inbox.
+    listener.abort();
+    let _ = listener.await;
+    scrape_until(metrics, "bob gone, his inbox empty", |t| {
+        sample(t, "walkie_sessions") == 1.0 && sample(t, "walkie_inbox_depth") == 0.0
+    })
+    .await;
+    let second = ClipHeader {
+        id: ClipId::random(),
+        ..header.clone()
+    };
+    a.send_clip(&second, &clip.packets, clip.samples)
+        .await
+        .expect("stored");
+    let waiting = scrape(metrics).await;
+    assert_eq!(sample(&waiting, "walkie_inbox_depth"), 1.0, "{waiting}");
+    assert_eq!(sample(&waiting, "walkie_clips_stored_total"), 2.0);
+
+    // Health and readiness; a store that cannot write is not ready.
+    assert_eq!(http(metrics, "GET", "/healthz").await, (200, "ok\n".into()));
+    assert_eq!(
+        http(metrics, "GET", "/readyz").await,
+        (200, "ready\n".into())
+    );
+    faulty.set_disk_full(true);
+    let (status, body) = http(metrics, "GET", "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.starts_with("not ready:"), "{body}");
+    assert_eq!(http(metrics, "GET", "/healthz").await.0, 200);
+    faulty.set_disk_full(false);
+    assert_eq!(http(metrics, "GET", "/readyz").await.0, 200);
+    // Nothing else is served.
+    assert_eq!(http(metrics, "GET", "/metrics/../etc").await.0, 404);
+    assert_eq!(http(metrics, "POST", "/metrics").await.0, 405);
+    handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_or_silent_scraper_holds_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(
+        &tmp.path().join("relay"),
+        RelayConfig {
+            metrics: Some(([127, 0, 0, 1], 0).into()),
+            ..RelayConfig::default()
+        },
+    )
+    .await;
+    let metrics = relay.handle.metrics_addr.expect("listener");
+    // Connections that send nothing, more than the listener serves at once.
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(
+            tokio::net::TcpStream::connect(metrics)
+                .await
+                .expect("connects"),
+        );
+    }
+    // A head larger than the listener reads is refused, not buffered.
+    let mut big = tokio::net::TcpStream::connect(metrics)
+        .await
+        .expect("connects");
+    let huge = format!(
+        "GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let _ = big.write_all(huge.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = within(
+        10,
+        "the oversized head's answer",
+        big.read_to_end(&mut answer),
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+    // The silent ones lose their slots after the head deadline (5 s); scrapes then work.
+    let text = within(20, "a scrape behind silent connections", scrape(metrics)).await;
+    assert!(text.contains("walkie_sessions"));
+    drop(idle);
+    relay.handle.shutdown().await;
+}

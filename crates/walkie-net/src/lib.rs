@@ -8,9 +8,11 @@
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
+mod certs;
 mod datagrams;
 mod frames;
 
+pub use certs::{ServerCert, read_pem_pair};
 pub use datagrams::{DatagramPath, PathLoss};
 pub use frames::FrameReader;
 
@@ -256,12 +258,21 @@ pub fn server_endpoint(
     identity: &RelayIdentity,
     idle: Duration,
 ) -> Result<quinn::Endpoint, NetError> {
+    server_endpoint_with(addr, ServerCert::from_identity(identity)?, idle)
+}
+
+/// Like [`server_endpoint`], presenting whatever `cert` holds at each handshake (a
+/// CA-issued certificate, renewed in place).
+pub fn server_endpoint_with(
+    addr: SocketAddr,
+    cert: Arc<ServerCert>,
+    idle: Duration,
+) -> Result<quinn::Endpoint, NetError> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| NetError::Tls(e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())
-        .map_err(|e| NetError::Tls(e.to_string()))?;
+        .with_cert_resolver(cert);
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));

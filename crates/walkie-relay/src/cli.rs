@@ -65,6 +65,14 @@ enum Command {
         /// stdout stay as they are.
         #[arg(long, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
         log_format: LogFormat,
+        /// Present this CA-issued certificate chain (PEM, leaf first) instead of the relay's
+        /// self-signed one: clients with no pin then check it against their system's roots
+        /// and the relay's name. Read again when the files change (renewals need no restart).
+        #[arg(long, value_name = "CHAIN.pem", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key (PEM) of --tls-cert.
+        #[arg(long, value_name = "KEY.pem", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Manage users.
     #[command(subcommand)]
@@ -318,6 +326,8 @@ fn run(cli: Cli) -> Result<(), String> {
             max_clip_secs,
             metrics,
             log_format: _,
+            tls_cert,
+            tls_key,
         } => {
             let mut config = match &cli.config {
                 Some(path) => RelayFile::load(path)
@@ -333,6 +343,9 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             if metrics.is_some() {
                 config.metrics = metrics;
+            }
+            if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
+                config.cert = crate::tls::CertSource::Files { cert, key };
             }
             serve(config, dir, store, choice)
         }

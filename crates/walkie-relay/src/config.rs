@@ -47,6 +47,10 @@ pub struct RelayConfig {
     /// TCP address of the operators' HTTP listener (`/metrics`, `/healthz`, `/readyz`);
     /// none by default. Meant for loopback or a private network.
     pub metrics: Option<SocketAddr>,
+    /// The certificate the relay presents (default: its own self-signed one, pinned).
+    pub cert: crate::tls::CertSource,
+    /// How often certificate files are checked for a renewal (default 30 s).
+    pub cert_check: Duration,
     /// Longest clip accepted, in milliseconds (default 60 000, like WeChat).
     pub max_clip_ms: u32,
     /// A connection silent this long is closed (default 30 s).
@@ -115,6 +119,8 @@ impl Default for RelayConfig {
         Self {
             listen: SocketAddr::from(([0u16; 8], 7300)),
             metrics: None,
+            cert: crate::tls::CertSource::SelfSigned,
+            cert_check: crate::tls::FILES_CHECK,
             max_clip_ms: 60_000,
             idle_timeout: Duration::from_secs(30),
             stream_idle: Duration::from_secs(10),
@@ -236,6 +242,8 @@ impl RelayFile {
         RelayConfig {
             listen: self.listen.unwrap_or(base.listen),
             metrics: self.metrics.or(base.metrics),
+            cert: base.cert,
+            cert_check: base.cert_check,
             max_clip_ms: self
                 .max_clip_secs
                 .map_or(base.max_clip_ms, |s| s.saturating_mul(1000)),

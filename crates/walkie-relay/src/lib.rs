@@ -30,6 +30,7 @@
 //! | | `cli.rs` | the `walkie-relay` command line |
 //! | | `backup.rs` | the `backup` and `restore` commands (the store's backup, with the relay's identity) |
 //! | | `logwriter.rs` | log lines on stderr with peer-controlled text escaped |
+//! | | `tls.rs` | which certificate the relay presents; CA-issued files read again when they change |
 
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
@@ -63,6 +64,7 @@ mod registry;
 mod requests;
 mod server;
 mod shared;
+pub mod tls;
 mod upload;
 
 use std::net::SocketAddr;
@@ -72,7 +74,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use walkie_net::{Fingerprint, NetError, RelayIdentity};
+use walkie_net::{Fingerprint, NetError};
 use walkie_proto::rate::{KeyedLimits, UserLimits};
 use walkie_store::{Store, StoreError};
 
@@ -204,8 +206,9 @@ pub async fn start_with(
             tracing::warn!(dir = %data_dir.display(), "cannot make the data dir private: {e}")
         }
     }
-    let identity = RelayIdentity::load_or_create(data_dir)?;
-    let endpoint = walkie_net::server_endpoint(config.listen, &identity, config.idle_timeout)?;
+    let (server_cert, cert_path) = tls::load(&config.cert, data_dir)?;
+    let endpoint =
+        walkie_net::server_endpoint_with(config.listen, server_cert.clone(), config.idle_timeout)?;
     let addr = endpoint.local_addr().map_err(|source| NetError::Bind {
         addr: config.listen,
         source,
@@ -250,6 +253,14 @@ pub async fn start_with(
     if let Some(incoming) = cluster.incoming() {
         tokio::spawn(live::run_inbound(shared.clone(), incoming));
     }
+    if let tls::CertSource::Files { cert, key } = &shared.config.cert {
+        tokio::spawn(tls::watch_files(
+            server_cert.clone(),
+            (cert.clone(), key.clone()),
+            shared.config.cert_check,
+            shared.shutdown.clone(),
+        ));
+    }
     let admission = server::Admission::default();
     if let Some(listener) = metrics_listener {
         let counts = Arc::new(http::Counts {
@@ -264,8 +275,8 @@ pub async fn start_with(
     let task = tokio::spawn(server::accept_loop(endpoint.clone(), shared, admission));
     Ok(RelayHandle {
         addr,
-        fingerprint: identity.fingerprint(),
-        cert_path: identity.cert_path,
+        fingerprint: server_cert.fingerprint(),
+        cert_path,
         metrics_addr,
         endpoint,
         stop,

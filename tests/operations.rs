@@ -292,3 +292,154 @@ async fn a_slow_or_silent_scraper_holds_nothing() {
     drop(idle);
     relay.handle.shutdown().await;
 }
+
+/// Runs `walkie-relay --data-dir DIR ARGS...`; its stdout, or a panic with its stderr.
+fn admin(data: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_walkie-relay"))
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "walkie-relay {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// A relay process killed when dropped.
+struct Served(std::process::Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_served_relay_logs_json_lines_and_status_reports_it() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("relay");
+    let token = admin(&data, &["user", "add", "alice"])
+        .lines()
+        .last()
+        .expect("a token")
+        .to_string();
+    admin(&data, &["channel", "add", "crew", "--members", "alice"]);
+    let log = tmp.path().join("relay.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_walkie-relay"))
+        .env("RUST_LOG", "info")
+        .arg("--data-dir")
+        .arg(&data)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("relay starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let relay = Served(child);
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let mut next = || lines.next().expect("a line").expect("utf-8");
+    let listening = next();
+    let addr = listening
+        .strip_prefix("listening on ")
+        .expect("the listening line first")
+        .to_string();
+    let pin = walkie_net::Fingerprint::parse(
+        next()
+            .strip_prefix("fingerprint ")
+            .expect("the fingerprint line"),
+    )
+    .expect("fingerprint");
+    assert!(next().starts_with("certificate "));
+    let metrics_line = next();
+    let metrics = metrics_line
+        .strip_prefix("metrics on http://")
+        .and_then(|m| m.strip_suffix("/metrics"))
+        .expect("the metrics line")
+        .to_string();
+
+    let a = Client::connect(&walkie_client::ClientConfig {
+        relay: addr.clone(),
+        user: "alice".into(),
+        token: token.clone(),
+        pin,
+    })
+    .await
+    .expect("alice connects");
+    a.history(Some(Target::Channel("crew".into())), 5, None)
+        .await
+        .expect("history");
+
+    // The state file is written every 2 s: status sees alice's session within a few.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let report = loop {
+        let report = admin(&data, &["status"]);
+        if report.contains("sessions 1 ") || Instant::now() > deadline {
+            break report;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let line = |key: &str| {
+        report
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_else(|| panic!("no {key:?} line in:\n{report}"))
+            .to_string()
+    };
+    assert!(line("relay running (pid ").contains(&format!("pid {}", relay.0.id())));
+    assert_eq!(line("listening on "), listening);
+    assert_eq!(line("metrics on "), metrics_line);
+    assert!(line("sessions ").starts_with("sessions 1 "), "{report}");
+    assert_eq!(line("users "), "users 1");
+    assert_eq!(line("channels "), "channels 1");
+    let storage: u64 = line("storage ")
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("a byte count");
+    assert!(storage > 0, "{report}");
+    let (status, _) = http(metrics.parse().expect("address"), "GET", "/readyz").await;
+    assert_eq!(status, 200);
+
+    drop(a);
+    drop(relay);
+    let report = admin(&data, &["status"]);
+    assert!(report.starts_with("relay not running\n"), "{report}");
+    assert!(report.contains("users 1\n"), "{report}");
+
+    // Every line on stderr is one JSON object; the session and each request have a line
+    // naming the session and its user; the token is nowhere.
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(!text.contains(&token), "the token was logged");
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let find = |message: &str| {
+        events
+            .iter()
+            .find(|e| e["fields"]["message"] == message)
+            .unwrap_or_else(|| panic!("no {message:?} line in:\n{text}"))
+    };
+    let opened = find("session opened");
+    assert_eq!(opened["span"]["user"], "alice", "{opened}");
+    assert!(opened["span"]["session"].is_u64(), "{opened}");
+    let request = find("request");
+    assert_eq!(request["fields"]["request"], "history", "{request}");
+    assert_eq!(request["fields"]["outcome"], "ok", "{request}");
+    assert_eq!(request["span"]["user"], "alice", "{request}");
+    assert_eq!(request["span"]["session"], opened["span"]["session"]);
+}

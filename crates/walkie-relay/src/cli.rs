@@ -74,6 +74,10 @@ enum Command {
         #[arg(long, value_name = "KEY.pem", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
     },
+    /// Show the relay on this data dir: whether it runs (pid, version, uptime), where it
+    /// listens, its metrics address, sessions, users, channels, inbox items waiting and the
+    /// storage it takes. One `key value` line each.
+    Status,
     /// Manage users.
     #[command(subcommand)]
     User(UserCmd),
@@ -317,6 +321,12 @@ fn run(cli: Cli) -> Result<(), String> {
         (Command::Restore { file }, _) => {
             return crate::backup::restore(file, &dir).map_err(|e| e.to_string());
         }
+        (Command::Status, StoreChoice::Sqlite) if !walkie_store::sqlite::backup::has_store(&dir) => {
+            return Err(format!(
+                "no relay data in {}: pass the --data-dir the relay serves from",
+                dir.display()
+            ));
+        }
         _ => {}
     }
     let store = open_store(&choice, &dir)?;
@@ -351,6 +361,11 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         // Done above, before the store was opened.
         Command::Backup { .. } | Command::Restore { .. } => Ok(()),
+        Command::Status => {
+            let sqlite = matches!(choice, StoreChoice::Sqlite);
+            print!("{}", crate::status::report(&dir, store.as_ref(), sqlite)?);
+            Ok(())
+        }
         Command::User(cmd) => user(store.as_ref(), cmd),
         Command::Channel(cmd) => channel(store.as_ref(), cmd),
         Command::Invite(InviteCmd::Create {

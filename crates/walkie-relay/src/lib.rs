@@ -30,6 +30,7 @@
 //! | | `cli.rs` | the `walkie-relay` command line |
 //! | | `backup.rs` | the `backup` and `restore` commands (the store's backup, with the relay's identity) |
 //! | | `logwriter.rs` | log lines on stderr with peer-controlled text escaped |
+//! | | `runstate.rs`, `status.rs` | the state file a running relay keeps for `walkie-relay status`, and the report |
 //! | | `tls.rs` | which certificate the relay presents; CA-issued files read again when they change |
 
 #![warn(missing_docs)]
@@ -62,8 +63,10 @@ mod quota;
 mod recall;
 mod registry;
 mod requests;
+pub mod runstate;
 mod server;
 mod shared;
+pub mod status;
 pub mod tls;
 mod upload;
 
@@ -261,6 +264,12 @@ pub async fn start_with(
             shared.shutdown.clone(),
         ));
     }
+    tokio::spawn(runstate::run(
+        shared.clone(),
+        data_dir.to_path_buf(),
+        runstate::initial(addr.to_string(), metrics_addr.map(|a| a.to_string())),
+        shared.shutdown.clone(),
+    ));
     let admission = server::Admission::default();
     if let Some(listener) = metrics_listener {
         let counts = Arc::new(http::Counts {

@@ -64,6 +64,9 @@ pub mod backup;
 mod files;
 mod schema;
 mod segments;
+mod usage;
+
+pub use usage::{StorageUse, storage_use};
 
 use std::fs;
 use std::path::{Component, Path, PathBuf};

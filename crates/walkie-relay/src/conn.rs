@@ -72,7 +72,7 @@ pub(crate) async fn handle(
     shared.metrics.handshake("ok");
     let accepted = tokio::time::timeout(shared.config.hello_timeout, conn.accept_bi()).await;
     let Ok(Ok((mut send, mut recv))) = accepted else {
-        shared.metrics.refused("no_control_stream");
+        shared.metrics.refused("no-control-stream");
         close(&conn, &refusal(ErrorCode::Timeout, "no control stream"));
         return;
     };

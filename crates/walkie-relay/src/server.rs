@@ -138,7 +138,7 @@ pub(crate) async fn accept_loop(
                     shared.config.max_unauthenticated_per_source,
                 ) else {
                     tracing::debug!(%remote, "refused: too many connection attempts not yet authenticated (from this source or in all)");
-                    shared.metrics.refused("unauthenticated_cap");
+                    shared.metrics.refused("unauthenticated-cap");
                     incoming.refuse();
                     continue;
                 };
@@ -150,7 +150,7 @@ pub(crate) async fn accept_loop(
                         Ok(Ok(permit)) => conn::handle(shared, incoming, permit, counted, pre_auth).await,
                         _ => {
                             tracing::debug!(%remote, "refused: no handshake slot within {HANDSHAKE_QUEUE_WAIT:?}");
-                            shared.metrics.refused("no_handshake_slot");
+                            shared.metrics.refused("no-handshake-slot");
                             incoming.refuse();
                         }
                     }

@@ -415,7 +415,10 @@ async fn accept_uploads(shared: Arc<Shared>, session: Arc<Session>, tx: ControlT
         tokio::select! {
             stream = session.conn.accept_uni() => {
                 let Ok(recv) = stream else { break };
-                tasks.spawn(upload::run(shared.clone(), session.clone(), recv, tx.clone()));
+                // Its lines carry the session's span (session id and user) too.
+                tasks.spawn(
+                    upload::run(shared.clone(), session.clone(), recv, tx.clone()).in_current_span(),
+                );
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }

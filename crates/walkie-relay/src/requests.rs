@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use walkie_net::read_frame;
 use walkie_proto::clip::{ClipId, Target};
 use walkie_proto::wire::{
@@ -175,10 +177,13 @@ pub(crate) async fn control_loop(
                     return;
                 };
                 let (shared, session, tx) = (shared.clone(), session.clone(), tx.clone());
-                tokio::spawn(async move {
-                    deliver::fetch(shared, session, req, id, tx).await;
-                    drop(slot);
-                });
+                tokio::spawn(
+                    async move {
+                        deliver::fetch(shared, session, req, id, tx).await;
+                        drop(slot);
+                    }
+                    .in_current_span(),
+                );
                 None
             }
         };

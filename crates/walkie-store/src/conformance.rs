@@ -446,8 +446,22 @@ pub fn pending_is_oldest_first_per_recipient_and_ack_removes(b: &dyn Backend) {
     );
     assert_eq!(ids(&store.pending("alice", 0, 1).unwrap()), vec![a.id]);
     assert_eq!(store.pending("carol", 0, 10).unwrap(), vec![]);
+    // The metrics' inbox depth, where a store counts it, is every entry not acknowledged.
+    let entries = |store: &dyn Store| {
+        ["alice", "bob", "ghost"]
+            .iter()
+            .map(|u| store.pending(u, 0, 100).unwrap().len() as u64)
+            .sum::<u64>()
+    };
+    let depth = store.inbox_depth().unwrap();
+    if let Some(depth) = depth {
+        assert_eq!(depth, entries(store));
+    }
     store.ack("alice", &a.id).unwrap();
     store.ack("alice", &ClipId::random()).unwrap();
+    if let Some(before) = depth {
+        assert_eq!(store.inbox_depth().unwrap(), Some(before - 1));
+    }
     assert_eq!(
         ids(&store.pending("alice", 0, 10).unwrap()),
         vec![b2.id, c.id]

@@ -485,6 +485,10 @@ impl Store for NatsStore {
         self.run(move |s| async move { s.ack(&user, &id).await })
     }
 
+    fn inbox_depth(&self) -> Result<Option<u64>, StoreError> {
+        self.run(move |s| async move { s.inbox_depth().await.map(Some) })
+    }
+
     fn history(
         &self,
         viewer: &str,

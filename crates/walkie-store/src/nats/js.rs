@@ -244,6 +244,19 @@ impl Js {
         .await
     }
 
+    /// How many messages a stream holds now.
+    pub async fn messages(&self, stream: &Stream) -> Result<u64, StoreError> {
+        self.retry("reading stream info", || async {
+            let mut stream = stream.clone();
+            stream
+                .info()
+                .await
+                .map(|info| info.state.messages)
+                .map_err(|e| transient("stream info", e))
+        })
+        .await
+    }
+
     /// Removes every message whose subject matches `filter`, leaving no marker behind.
     pub async fn purge(&self, stream: &Stream, filter: &str) -> Result<(), StoreError> {
         self.retry("purging", || async {

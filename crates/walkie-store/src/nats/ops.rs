@@ -776,6 +776,11 @@ impl Inner {
             .await
     }
 
+    /// Entries in every inbox: an ack purges its entry, so the stream's count is the depth.
+    pub async fn inbox_depth(&self) -> Result<u64, StoreError> {
+        self.js.messages(&self.inbox).await
+    }
+
     pub async fn clear_inbox(&self, key: &str) -> Result<(), StoreError> {
         self.js
             .purge(&self.inbox, &self.layout.inbox_filter(key))

@@ -231,7 +231,7 @@ fn run() -> Result<(), String> {
             relay: handle.addr.to_string(),
             user: name.into(),
             token,
-            pin: handle.fingerprint,
+            trust: handle.fingerprint.into(),
         })
     };
     let (alice, bob) = (user("alice")?, user("bob")?);

@@ -728,7 +728,7 @@ impl Setup {
             relay: relay.addr.to_string(),
             user: user.into(),
             token: self.token.clone(),
-            pin: relay.pin,
+            trust: relay.pin.into(),
         }
     }
 }

@@ -14,6 +14,7 @@ $SUDO apt-get update -q
 #         alsa-utils (its /usr/share/sounds/alsa/*.wav: eight short recordings of a human voice,
 #         the real speech the lossy-network tests and `cargo bench --bench lossy` score)
 #         systemd (systemd-analyze verify checks contrib/walkie-relay.service: tests/contrib.rs)
+#         pebble (the ACME test server and its DNS server pebble-challtestsrv: tests/acme.rs)
 # app:    libvulkan1 + mesa-vulkan-drivers (wgpu on lavapipe without a GPU), libegl1 + libgl1-mesa-dri (GL
 #         fallback), libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6 (winit on X11; all loaded at run
 #         time), xvfb + xauth (`xvfb-run walkie app` and the app's screenshot on a headless machine),
@@ -21,5 +22,5 @@ $SUDO apt-get update -q
 #         any script; the app falls back to it and to Noto CJK when installed)
 $SUDO apt-get install -y -q --no-install-recommends \
   cmake pkg-config libasound2-dev build-essential \
-  opus-tools espeak-ng sox nats-server pulseaudio pulseaudio-utils libasound2-plugins alsa-utils systemd \
+  opus-tools espeak-ng sox nats-server pulseaudio pulseaudio-utils libasound2-plugins alsa-utils systemd pebble \
   libvulkan1 mesa-vulkan-drivers libegl1 libgl1-mesa-dri libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6 xvfb xauth fonts-wqy-microhei

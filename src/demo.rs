@@ -109,7 +109,7 @@ pub async fn run(out: Option<&Path>) -> Result<DemoReport, DemoError> {
         relay: relay.handle.addr.to_string(),
         user: relay.users[i].0.clone(),
         token: relay.users[i].1.clone(),
-        pin: relay.handle.fingerprint,
+        trust: relay.handle.fingerprint.into(),
     };
     let mut bob = Client::connect(&cfg(1)).await?;
     lap("bob connects (QUIC + TLS 1.3 + hello)", &mut stages);

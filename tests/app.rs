@@ -112,7 +112,8 @@ fn world_app_speaker(
         user: Some(alice.user.clone()),
         token: Some(alice.token.clone()),
         cert: None,
-        fingerprint: Some(alice.pin.to_string()),
+        fingerprint: alice.trust.pin().map(|p| p.to_string()),
+        ca_file: None,
     };
     let opts = EngineOptions {
         config_dir,
@@ -531,7 +532,10 @@ fn the_connect_screen_shows_without_a_profile_and_explains_a_wrong_token() {
         ("Relay", alice.relay.clone()),
         ("User", "alice".into()),
         ("Token", "0".repeat(64)),
-        ("Fingerprint", alice.pin.to_string()),
+        (
+            "Fingerprint",
+            alice.trust.pin().expect("pinned").to_string(),
+        ),
     ] {
         harness.get_by_label(label).focus();
         harness.run_steps(1);
@@ -985,7 +989,7 @@ fn a_new_user_joins_from_an_invite_link_with_a_display_name() {
     let link = walkie_proto::people::InviteLink {
         addr: relay.handle.addr.to_string(),
         code: Some(code),
-        fingerprint: relay.handle.fingerprint.to_string(),
+        fingerprint: Some(relay.handle.fingerprint.to_string()),
     };
     let mut harness = connect_screen(dirs.path());
     type_into(&mut harness, "Invite link", &link.to_string());

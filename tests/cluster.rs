@@ -190,7 +190,7 @@ impl Deployment {
             relay: self.relays[relay].addr.to_string(),
             user: name.into(),
             token: self.tokens[name].clone(),
-            pin: self.relays[0].fingerprint,
+            trust: self.relays[0].fingerprint.into(),
         }
     }
 
@@ -518,7 +518,7 @@ async fn sign_up_contacts_and_channels_work_across_relays_on_a_nats_store() {
     let link = InviteLink {
         addr: d.relays[0].addr.to_string(),
         code: Some(code),
-        fingerprint: d.relays[0].fingerprint.to_string(),
+        fingerprint: Some(d.relays[0].fingerprint.to_string()),
     };
     let joined = walkie_client::people::join(&link, "zoe", Some("Zoë"))
         .await
@@ -1073,13 +1073,13 @@ async fn clients_of_a_killed_relay_fail_over_to_the_other_and_deliver_their_outb
         relay: relays.clone(),
         user: "alice".into(),
         token: alice_token,
-        pin,
+        trust: pin.into(),
     };
     let bob = ClientConfig {
         relay: relays,
         user: "bob".into(),
         token: bob_token,
-        pin,
+        trust: pin.into(),
     };
 
     // alice's outbox holds 8 clips; she flushes them through relay 1, which dies mid-way.
@@ -1305,7 +1305,7 @@ async fn figures_ingest_and_fanout_cluster_vs_embedded() {
             relay: relay.to_string(),
             user: name.into(),
             token,
-            pin,
+            trust: pin.into(),
         }
     };
     add(

@@ -114,7 +114,7 @@ async fn sigkill_at_twenty_points_loses_and_duplicates_nothing() {
         relay: format!("127.0.0.1:{port}"),
         user: tokens[i].0.clone(),
         token: tokens[i].1.clone(),
-        pin,
+        trust: pin.into(),
     };
 
     // Senders: each queues and sends clips one after another while the relay is being killed.

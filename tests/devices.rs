@@ -657,7 +657,10 @@ impl CliWorld {
             .env("WALKIE_RELAY", &cfg.relay)
             .env("WALKIE_USER", &cfg.user)
             .env("WALKIE_TOKEN", &cfg.token)
-            .env("WALKIE_FINGERPRINT", cfg.pin.to_string())
+            .env(
+                "WALKIE_FINGERPRINT",
+                cfg.trust.pin().expect("pinned").to_string(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -282,7 +282,7 @@ async fn wrong_tokens_and_unknown_users_are_refused() {
     }
     // A client pinning another certificate refuses the relay.
     let mut wrong_pin = alice.clone();
-    wrong_pin.pin = walkie_net::Fingerprint([7; 32]);
+    wrong_pin.trust = walkie_net::Fingerprint([7; 32]).into();
     let e = Client::connect(&wrong_pin).await.err().expect("refused");
     assert!(e.to_string().contains("does not match the pinned"), "{e}");
     relay.handle.shutdown().await;

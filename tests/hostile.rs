@@ -86,7 +86,7 @@ impl RelayProcess {
             relay: self.addr.to_string(),
             user: user.into(),
             token: token.into(),
-            pin: self.pin,
+            trust: self.pin.into(),
         }
     }
 }

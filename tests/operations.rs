@@ -94,7 +94,7 @@ async fn metrics_move_by_what_a_send_does_and_readiness_follows_the_store() {
             relay: handle.addr.to_string(),
             user: user.into(),
             token,
-            pin: handle.fingerprint,
+            trust: handle.fingerprint.into(),
         }
     };
     let (alice, bob) = (cfg("alice"), cfg("bob"));
@@ -375,7 +375,7 @@ async fn a_served_relay_logs_json_lines_and_status_reports_it() {
         relay: addr.clone(),
         user: "alice".into(),
         token: token.clone(),
-        pin,
+        trust: pin.into(),
     })
     .await
     .expect("alice connects");

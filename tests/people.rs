@@ -55,7 +55,7 @@ fn link(relay: &TestRelay, invite: Invite) -> InviteLink {
     InviteLink {
         addr: relay.handle.addr.to_string(),
         code: Some(code),
-        fingerprint: relay.handle.fingerprint.to_string(),
+        fingerprint: Some(relay.handle.fingerprint.to_string()),
     }
 }
 
@@ -91,7 +91,7 @@ async fn an_invite_link_signs_people_up_and_every_bad_code_says_why() {
         .expect("joins");
     assert_eq!(
         (zoe.user.as_str(), zoe.channel.as_deref(), zoe.pin),
-        ("zoe", Some("crew"), relay.handle.fingerprint)
+        ("zoe", Some("crew"), Some(relay.handle.fingerprint))
     );
     assert_eq!(zoe.token.len(), 64);
     let zoe_cfg = relay.config_for("zoe", &zoe.token);
@@ -169,7 +169,7 @@ async fn an_invite_link_signs_people_up_and_every_bad_code_says_why() {
     );
     // A link with someone else's pin never reaches this relay's sign-up.
     let wrong_pin = InviteLink {
-        fingerprint: format!("sha256:{}", "ab".repeat(32)),
+        fingerprint: Some(format!("sha256:{}", "ab".repeat(32))),
         ..two.clone()
     };
     assert!(
@@ -205,7 +205,7 @@ async fn open_sign_up_is_a_setting_and_one_address_cannot_guess_codes_or_sign_up
     let open = InviteLink {
         addr: relay.handle.addr.to_string(),
         code: None,
-        fingerprint: relay.handle.fingerprint.to_string(),
+        fingerprint: Some(relay.handle.fingerprint.to_string()),
     };
     join(&open, "first", Some("First"))
         .await
@@ -801,7 +801,7 @@ async fn a_second_device_gets_every_clip_with_played_state_and_is_removed_within
     let (alice, bob) = (relay.add_user("alice"), relay.add_user("bob"));
     let (mut phone, bob_c) = (relay.connect(&alice).await, relay.connect(&bob).await);
     let (link, expires) = phone
-        .link_device(&alice.relay, alice.pin)
+        .link_device(&alice.relay, alice.trust.pin())
         .await
         .expect("a link");
     assert!(expires > now_ms() + 9 * 60_000 && expires <= now_ms() + 10 * 60_000);

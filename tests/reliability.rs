@@ -71,7 +71,7 @@ async fn a_full_disk_refuses_new_clips_keeps_serving_reads_and_recovers() {
             relay: handle.addr.to_string(),
             user: user.into(),
             token,
-            pin: handle.fingerprint,
+            trust: handle.fingerprint.into(),
         }
     };
     let (alice, bob) = (cfg("alice"), cfg("bob"));
@@ -375,7 +375,7 @@ async fn tokens_never_appear_in_the_relays_log() {
         relay: addr.clone(),
         user: "alice".into(),
         token: token.clone(),
-        pin,
+        trust: pin.into(),
     };
     let wrong_token = auth::new_token();
     let bad = walkie_client::ClientConfig {
@@ -444,7 +444,7 @@ async fn bad_input_closes_only_the_offending_stream_or_connection() {
 
     // A wrong ALPN (another protocol version) fails the handshake.
     let ep = walkie_net::client_endpoint_with_alpn(
-        alice.pin,
+        alice.trust.clone(),
         "127.0.0.1:0".parse().expect("addr"),
         b"walkie/0",
     )
@@ -461,8 +461,9 @@ async fn bad_input_closes_only_the_offending_stream_or_connection() {
 
     // A hello announcing a 4 GiB frame: refused before allocating, connection closed.
     {
-        let ep = walkie_net::client_endpoint(alice.pin, "127.0.0.1:0".parse().expect("addr"))
-            .expect("endpoint");
+        let ep =
+            walkie_net::client_endpoint(alice.trust.clone(), "127.0.0.1:0".parse().expect("addr"))
+                .expect("endpoint");
         let conn = ep
             .connect(relay.handle.addr, walkie_net::SERVER_NAME)
             .expect("connect")
@@ -482,8 +483,9 @@ async fn bad_input_closes_only_the_offending_stream_or_connection() {
     }
     // A truncated hello.
     {
-        let ep = walkie_net::client_endpoint(alice.pin, "127.0.0.1:0".parse().expect("addr"))
-            .expect("endpoint");
+        let ep =
+            walkie_net::client_endpoint(alice.trust.clone(), "127.0.0.1:0".parse().expect("addr"))
+                .expect("endpoint");
         let conn = ep
             .connect(relay.handle.addr, walkie_net::SERVER_NAME)
             .expect("connect")

@@ -100,7 +100,7 @@ async fn two_thousand_clients_in_a_second_all_get_their_clip_stored_once() {
         relay: addr.clone(),
         user: user.into(),
         token: token.into(),
-        pin,
+        trust: pin.into(),
     };
 
     let pcm: Vec<f32> = (0..48 * 200)

@@ -20,7 +20,9 @@ use walkie_proto::wire::GroupInfo;
 /// walkie: push-to-talk voice messages over QUIC.
 ///
 /// Connection settings come from flags, then environment variables, then the profile saved
-/// by `walkie login`.
+/// by `walkie login`. With --cert or --fingerprint the relay's certificate is pinned; without
+/// either, it must be issued for the HOST of --relay by a CA this system trusts (its CA
+/// bundle, or SSL_CERT_FILE; --ca-file adds one).
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -47,10 +49,12 @@ struct ConnArgs {
         hide_env_values = true
     )]
     token: Option<String>,
-    /// The relay's certificate to trust (its DATA_DIR/cert.pem).
+    /// The relay's certificate to trust (its DATA_DIR/cert.pem). Without it or
+    /// --fingerprint, the relay's certificate must be CA-issued for the HOST of --relay.
     #[arg(long, global = true, env = "WALKIE_CERT", value_name = "PATH")]
     cert: Option<PathBuf>,
     /// The relay's certificate fingerprint to trust, as printed by `walkie-relay serve`.
+    /// Without it or --cert, the relay's certificate must be CA-issued for the HOST of --relay.
     #[arg(
         long,
         global = true,
@@ -58,6 +62,10 @@ struct ConnArgs {
         value_name = "sha256:HEX"
     )]
     fingerprint: Option<String>,
+    /// With neither --cert nor --fingerprint: CA certificates (PEM) to trust besides the
+    /// system's, for a relay whose certificate a private CA issued.
+    #[arg(long, global = true, env = "WALKIE_CA_FILE", value_name = "PATH")]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -92,7 +100,8 @@ enum Command {
     /// Sign up with an invite link (`walkie://HOST:PORT/join/CODE#sha256:FINGERPRINT`, from
     /// `walkie-relay invite create` or a friend), or sign this device in with a link from
     /// `walkie device link`: saves the account as your profile as `walkie login` does, and
-    /// prints your user name on the last line.
+    /// prints your user name on the last line. A link without `#sha256:` is for a relay whose
+    /// certificate is CA-issued for HOST: it is checked against this system's CA roots.
     Join {
         /// The invite link.
         link: String,
@@ -435,7 +444,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            // The certificate verifier logs each refusal as an error of its own; our error
+            // line says the same with the relay's address, so it is not repeated.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,rustls_platform_verifier=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -564,6 +576,7 @@ fn settings(args: &ConnArgs) -> Result<Profile, ClientError> {
         token: args.token.clone(),
         cert: args.cert.clone(),
         fingerprint: args.fingerprint.clone(),
+        ca_file: args.ca_file.clone(),
     };
     Ok(flags.or(Profile::load(&profile::profile_path()?)?))
 }
@@ -732,6 +745,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     std::path::absolute(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
                 p.cert = Some(abs);
             }
+            if let Some(ca) = &p.ca_file {
+                let abs = std::path::absolute(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+                p.ca_file = Some(abs);
+            }
             let cfg = p.client_config()?;
             // Check the settings work before saving them.
             Client::connect(&cfg).await?.close().await;
@@ -757,13 +774,27 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .unwrap_or_default()
                 .trim_start_matches('@')
                 .to_string();
-            let joined = walkie_client::people::join(&link, &name, display.as_deref()).await?;
+            // A link's pin wins; without one, --ca-file's roots are trusted too.
+            let ca_file = match (&link.fingerprint, &cli.conn.ca_file) {
+                (None, Some(ca)) => {
+                    Some(std::path::absolute(ca).map_err(|e| format!("{}: {e}", ca.display()))?)
+                }
+                _ => None,
+            };
+            let extra = match &ca_file {
+                Some(ca) => walkie_net::load_ca_file(ca).map_err(ClientError::from)?,
+                None => Vec::new(),
+            };
+            let joined =
+                walkie_client::people::join_with_roots(&link, extra, &name, display.as_deref())
+                    .await?;
             let p = Profile {
                 relay: Some(joined.relay.clone()),
                 user: Some(joined.user.clone()),
                 token: Some(joined.token.clone()),
                 cert: None,
-                fingerprint: Some(joined.pin.to_string()),
+                fingerprint: joined.pin.map(|p| p.to_string()),
+                ca_file,
             };
             // As `walkie login`: the settings are checked by signing in before they are saved.
             Client::connect(&p.client_config()?).await?.close().await;
@@ -928,12 +959,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Device { action } => {
             let cfg = client_config(&cli.conn)?;
             let client = Client::connect(&cfg).await?;
-            let result = match action {
-                DeviceCmd::Link => {
-                    client
-                        .link_device(&cfg.relay, cfg.pin)
-                        .await
-                        .map(|(link, expires)| {
+            let result =
+                match action {
+                    DeviceCmd::Link => client.link_device(&cfg.relay, cfg.trust.pin()).await.map(
+                        |(link, expires)| {
                             vec![
                                 format!(
                                     "link for another device, valid until {} (once):",
@@ -941,15 +970,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                                 ),
                                 link.to_string(),
                             ]
-                        })
-                }
-                DeviceCmd::List => client.devices().await.map(device_lines),
-                DeviceCmd::Remove { id } => client.remove_device(&id).await.map(|left| {
-                    let mut lines = vec![format!("removed device {id}")];
-                    lines.extend(device_lines(left));
-                    lines
-                }),
-            };
+                        },
+                    ),
+                    DeviceCmd::List => client.devices().await.map(device_lines),
+                    DeviceCmd::Remove { id } => client.remove_device(&id).await.map(|left| {
+                        let mut lines = vec![format!("removed device {id}")];
+                        lines.extend(device_lines(left));
+                        lines
+                    }),
+                };
             client.close().await;
             for line in result? {
                 println!("{line}");

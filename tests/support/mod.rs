@@ -54,7 +54,7 @@ impl TestRelay {
             relay: self.handle.addr.to_string(),
             user: name.into(),
             token: token.into(),
-            pin: self.handle.fingerprint,
+            trust: self.handle.fingerprint.into(),
         }
     }
 
@@ -290,7 +290,7 @@ pub async fn raw_session(
     quinn::SendStream,
     quinn::RecvStream,
 ) {
-    let ep = walkie_net::client_endpoint(cfg.pin, "127.0.0.1:0".parse().expect("addr"))
+    let ep = walkie_net::client_endpoint(cfg.trust.clone(), "127.0.0.1:0".parse().expect("addr"))
         .expect("endpoint");
     let conn = ep
         .connect(cfg.relay.parse().expect("addr"), walkie_net::SERVER_NAME)

@@ -1,5 +1,5 @@
 //! [`Client`]: one connection to a relay (or to the first that answers of several), with
-//! pinned trust, authentication, request routing (history, fetch, acks, receipts), pushed
+//! pinned or CA-rooted trust, authentication, request routing (history, fetch, acks, receipts), pushed
 //! events, and uploads.
 
 use std::net::SocketAddr;
@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
-use walkie_net::{self as net, Fingerprint, NetError, read_frame, write_frame};
+use walkie_net::{self as net, NetError, Trust, read_frame, write_frame};
 use walkie_proto::clip::{ClipHeader, ClipId, ClipMeta, Target};
 use walkie_proto::message::MessageHeader;
 use walkie_proto::wire::{
@@ -37,8 +37,9 @@ pub struct ClientConfig {
     pub user: String,
     /// Secret token.
     pub token: String,
-    /// Pinned relay certificate fingerprint.
-    pub pin: Fingerprint,
+    /// How the relay's certificate is checked: a pinned fingerprint (a `Fingerprint` converts
+    /// with `.into()`), or the system's roots and the relay's host name.
+    pub trust: Trust,
 }
 
 /// A connected, authenticated client: one QUIC connection to a relay.
@@ -115,21 +116,22 @@ pub(crate) enum Datagrams {
     Off,
 }
 
-/// A QUIC connection to the relay at `relay` whose certificate has the fingerprint `pin`,
-/// with its endpoint; waits at most `timeout` for the handshake.
+/// A QUIC connection to the relay at `relay` whose certificate `trust` accepts (for the
+/// relay's host name when it is not pinned), with its endpoint; waits at most `timeout` for
+/// the handshake.
 pub(crate) async fn dial(
-    pin: Fingerprint,
+    trust: &Trust,
     relay: &str,
     timeout: Duration,
     datagrams: Datagrams,
 ) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
     let addr = resolve(relay).await?;
     let endpoint = match datagrams {
-        Datagrams::On => net::client_endpoint(pin, any_port_like(&addr))?,
-        Datagrams::Off => net::stream_only_client_endpoint(pin, any_port_like(&addr))?,
+        Datagrams::On => net::client_endpoint(trust.clone(), any_port_like(&addr))?,
+        Datagrams::Off => net::stream_only_client_endpoint(trust.clone(), any_port_like(&addr))?,
     };
     let connecting = endpoint
-        .connect(addr, net::SERVER_NAME)
+        .connect(addr, trust.server_name(relay))
         .map_err(|e| NetError::Connect {
             addr: relay.to_string(),
             reason: e.to_string(),
@@ -143,8 +145,23 @@ pub(crate) async fn dial(
                 timeout.as_secs()
             ),
         })?
-        .map_err(|e| net::handshake_error(relay, &e))?;
+        .map_err(|e| unpinned_hint(trust, relay, net::handshake_error(relay, &e)))?;
     Ok((endpoint, conn))
+}
+
+/// An untrusted relay's error, with what an unpinned client expected of its certificate (a
+/// private relay's self-signed one needs a pin).
+fn unpinned_hint(trust: &Trust, relay: &str, e: NetError) -> NetError {
+    match (trust, e) {
+        (Trust::Roots { .. }, NetError::Untrusted { addr, reason }) => NetError::Untrusted {
+            addr,
+            reason: format!(
+                "{reason} (with no pin, the relay's certificate must be issued for {} by a trusted CA; pin a self-signed one by its fingerprint)",
+                net::relay_host(relay)
+            ),
+        },
+        (_, e) => e,
+    }
 }
 
 impl Client {
@@ -201,7 +218,7 @@ impl Client {
         timeout: Duration,
         datagrams: Datagrams,
     ) -> Result<Client, ClientError> {
-        let (endpoint, conn) = dial(cfg.pin, relay, timeout, datagrams).await?;
+        let (endpoint, conn) = dial(&cfg.trust, relay, timeout, datagrams).await?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| connection_error(&e))?;
         let hello = ClientMsg::Hello {
             user: cfg.user.clone(),

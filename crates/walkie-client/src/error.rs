@@ -60,7 +60,7 @@ impl ClientError {
                     | ErrorCode::Timeout
                     | ErrorCode::Internal
             ),
-            // A relay that is not the pinned one stays so; a bad local file too.
+            // A relay whose certificate is not trusted stays so; a bad local file too.
             ClientError::Net(
                 NetError::Untrusted { .. }
                 | NetError::BadPem { .. }

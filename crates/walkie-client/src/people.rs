@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use walkie_net::{Fingerprint, read_frame, write_frame};
+use walkie_net::{CertificateDer, Fingerprint, Trust, read_frame, write_frame};
 use walkie_proto::people::{ContactAction, DirectFrom, GroupAction, InviteLink};
 use walkie_proto::wire::{
     AVATAR_PART, ClientMsg, ContactEntry, DeviceInfo, GroupInfo, MAX_CONTROL_FRAME, NearbyEntry,
@@ -19,8 +19,9 @@ use crate::routing::Reply;
 pub struct Joined {
     /// The relay's address from the link.
     pub relay: String,
-    /// The pinned certificate from the link.
-    pub pin: Fingerprint,
+    /// The pinned certificate from the link; `None` for a link without a pin (the relay's
+    /// certificate was checked against the system's roots and its name).
+    pub pin: Option<Fingerprint>,
     /// The new user's login name.
     pub user: String,
     /// Their token.
@@ -43,15 +44,32 @@ pub struct MyProfile {
 }
 
 /// Makes an account on the relay an invite link points at, over a connection pinned to the
-/// certificate the link names: `name` is the login name, `display` an optional display name.
+/// certificate the link names (a link without a pin: checked against the system's roots and
+/// the relay's name): `name` is the login name, `display` an optional display name.
 pub async fn join(
     link: &InviteLink,
     name: &str,
     display: Option<&str>,
 ) -> Result<Joined, ClientError> {
-    let pin = Fingerprint::parse(&link.fingerprint)?;
+    join_with_roots(link, Vec::new(), name, display).await
+}
+
+/// Like [`join`]; for a link without a pin, the `extra` roots are trusted besides the
+/// system's (a private CA's certificate). A link's pin wins: `extra` is not used then.
+pub async fn join_with_roots(
+    link: &InviteLink,
+    extra: Vec<CertificateDer<'static>>,
+    name: &str,
+    display: Option<&str>,
+) -> Result<Joined, ClientError> {
+    let pin = link
+        .fingerprint
+        .as_deref()
+        .map(Fingerprint::parse)
+        .transpose()?;
+    let trust = pin.map_or(Trust::Roots { extra }, Trust::Pinned);
     let (endpoint, conn) = dial(
-        pin,
+        &trust,
         &link.addr,
         Duration::from_secs(10),
         crate::connection::Datagrams::On,
@@ -280,11 +298,12 @@ impl Client {
     }
 
     /// A one-time link that signs another device in as this user (`walkie join LINK` there),
-    /// made with this connection's relay address and pin; and when it stops working.
+    /// made with this connection's relay address and pin (none: a link without a pin, for a
+    /// relay with a CA-issued certificate); and when it stops working.
     pub async fn link_device(
         &self,
         relay: &str,
-        pin: Fingerprint,
+        pin: Option<Fingerprint>,
     ) -> Result<(InviteLink, i64), ClientError> {
         match self.request(|req| ClientMsg::LinkDevice { req }).await? {
             Reply::People(ServerMsg::DeviceLink {
@@ -296,7 +315,7 @@ impl Client {
                     InviteLink {
                         addr,
                         code: Some(code),
-                        fingerprint: pin.to_string(),
+                        fingerprint: pin.map(|p| p.to_string()),
                     },
                     expires_ms,
                 ))

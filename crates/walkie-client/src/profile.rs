@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use walkie_net::{self as net, Fingerprint};
+use walkie_net::{self as net, Fingerprint, Trust};
 
 use crate::{ClientConfig, ClientError};
 
@@ -22,6 +22,9 @@ pub struct Profile {
     pub cert: Option<PathBuf>,
     /// `sha256:HEX` fingerprint of the relay's certificate.
     pub fingerprint: Option<String>,
+    /// With neither `cert` nor `fingerprint`: a PEM file of CA certificates trusted besides
+    /// the system's (a private CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 fn dirs() -> Result<directories::ProjectDirs, ClientError> {
@@ -100,10 +103,11 @@ pub fn save_private_toml<T: serde::Serialize>(path: &Path, value: &T) -> Result<
 }
 
 impl Profile {
-    /// Fields of `self` where set, otherwise those of `fallback`. A cert given here replaces
-    /// a fingerprint given there and the other way round.
+    /// Fields of `self` where set, otherwise those of `fallback`. Trust settings go together:
+    /// a cert, fingerprint or CA file given here replaces all of those given there.
     pub fn or(self, fallback: Profile) -> Profile {
-        let trust_here = self.cert.is_some() || self.fingerprint.is_some();
+        let trust_here =
+            self.cert.is_some() || self.fingerprint.is_some() || self.ca_file.is_some();
         Profile {
             relay: self.relay.or(fallback.relay),
             user: self.user.or(fallback.user),
@@ -114,28 +118,49 @@ impl Profile {
             } else {
                 fallback.fingerprint
             },
+            ca_file: if trust_here {
+                self.ca_file
+            } else {
+                fallback.ca_file
+            },
         }
     }
 
-    /// The pinned fingerprint: from the certificate file, else the fingerprint.
-    pub fn pin(&self) -> Result<Fingerprint, ClientError> {
+    /// How the relay's certificate is checked: pinned to the certificate file or fingerprint
+    /// when one is given (a pin wins over a CA file); otherwise against the system's roots,
+    /// and the CA file's, for the relay's host name.
+    pub fn trust(&self) -> Result<Trust, ClientError> {
+        if let Some(pin) = self.pin()? {
+            return Ok(Trust::Pinned(pin));
+        }
+        let extra = match &self.ca_file {
+            Some(path) => net::load_ca_file(path)?,
+            None => Vec::new(),
+        };
+        Ok(Trust::Roots { extra })
+    }
+
+    /// The pinned fingerprint: from the certificate file, else the fingerprint; `None` when
+    /// neither is given.
+    pub fn pin(&self) -> Result<Option<Fingerprint>, ClientError> {
         match (&self.cert, &self.fingerprint) {
             (Some(cert), Some(fp)) => {
                 // Both given: both must name the same certificate.
-                let (of_cert, given) = (Fingerprint::of(&net::load_cert(cert)?), Fingerprint::parse(fp)?);
+                let (of_cert, given) = (
+                    Fingerprint::of(&net::load_cert(cert)?),
+                    Fingerprint::parse(fp)?,
+                );
                 if of_cert != given {
                     return Err(ClientError::Config(format!(
                         "the certificate {} has fingerprint {of_cert}, not the {given} given with --fingerprint",
                         cert.display()
                     )));
                 }
-                Ok(of_cert)
+                Ok(Some(of_cert))
             }
-            (Some(cert), None) => Ok(Fingerprint::of(&net::load_cert(cert)?)),
-            (None, Some(fp)) => Ok(Fingerprint::parse(fp)?),
-            (None, None) => Err(ClientError::Config(
-                "no relay certificate to trust: pass --cert PATH (the relay's cert.pem) or --fingerprint sha256:HEX".into(),
-            )),
+            (Some(cert), None) => Ok(Some(Fingerprint::of(&net::load_cert(cert)?))),
+            (None, Some(fp)) => Ok(Some(Fingerprint::parse(fp)?)),
+            (None, None) => Ok(None),
         }
     }
 
@@ -163,7 +188,7 @@ impl Profile {
             relay,
             user,
             token,
-            pin: self.pin()?,
+            trust: self.trust()?,
         })
     }
 }
@@ -180,6 +205,7 @@ mod tests {
             token: Some("t".into()),
             cert: Some("/x.pem".into()),
             fingerprint: None,
+            ca_file: None,
         };
         let flags = Profile {
             user: Some("alice".into()),
@@ -238,6 +264,54 @@ mod tests {
     }
 
     #[test]
+    fn without_a_pin_the_system_roots_are_trusted_and_a_pin_wins() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let identity = net::RelayIdentity::load_or_create(dir.path()).expect("identity");
+        let base = Profile {
+            relay: Some("relay.example.org:7300".into()),
+            user: Some("ann".into()),
+            token: Some("t".into()),
+            ..Profile::default()
+        };
+        let cfg = base.client_config().expect("no pin is fine");
+        assert_eq!(cfg.trust, Trust::system());
+        // A CA file adds its roots.
+        let with_ca = Profile {
+            ca_file: Some(identity.cert_path.clone()),
+            ..base.clone()
+        };
+        assert_eq!(
+            with_ca.trust().expect("ca file"),
+            Trust::Roots {
+                extra: vec![identity.cert.clone()]
+            }
+        );
+        // A pin wins over a CA file.
+        let pinned = Profile {
+            fingerprint: Some(identity.fingerprint().to_string()),
+            ..with_ca.clone()
+        };
+        assert_eq!(
+            pinned.trust().expect("pin"),
+            Trust::Pinned(identity.fingerprint())
+        );
+        // A CA file given as a flag replaces a saved pin, not only adds to it.
+        let flags = Profile {
+            ca_file: Some(identity.cert_path.clone()),
+            ..Profile::default()
+        };
+        assert_eq!(
+            flags.or(pinned.clone()).trust().expect("ca"),
+            with_ca.trust().expect("ca")
+        );
+        let missing = Profile {
+            ca_file: Some(dir.path().join("absent.pem")),
+            ..base
+        };
+        assert!(missing.client_config().is_err());
+    }
+
+    #[test]
     fn a_certificate_and_a_fingerprint_must_agree() {
         let dir = tempfile::tempdir().expect("tempdir");
         let identity = net::RelayIdentity::load_or_create(dir.path()).expect("identity");
@@ -247,7 +321,10 @@ mod tests {
             fingerprint: Some(fp.into()),
             ..Profile::default()
         };
-        assert_eq!(both(&right).pin().expect("agree"), identity.fingerprint());
+        assert_eq!(
+            both(&right).pin().expect("agree"),
+            Some(identity.fingerprint())
+        );
         let wrong = format!("sha256:{}", "00".repeat(32));
         let e = both(&wrong)
             .pin()

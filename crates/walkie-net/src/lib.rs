@@ -1,6 +1,7 @@
 //! walkie's QUIC transport, shared by the relay and the client: endpoints with large socket
-//! buffers, the relay's self-signed certificate (rcgen), the client's pinned trust (certificate
-//! file or SHA-256 fingerprint), ALPN, and framed reads/writes on streams.
+//! buffers, the relay's self-signed certificate (rcgen), the client's trust (a pinned SHA-256
+//! fingerprint, or the system's CA roots and the relay's name: `trust.rs`), ALPN, and framed
+//! reads/writes on streams.
 //!
 //! Must not depend on: any store, the relay, the client, audio. Messages and framing rules come
 //! from [`walkie_proto::wire`]; this crate only moves their bytes.
@@ -11,10 +12,14 @@
 mod certs;
 mod datagrams;
 mod frames;
+mod trust;
 
 pub use certs::{ServerCert, read_pem_pair};
 pub use datagrams::{DatagramPath, PathLoss};
 pub use frames::FrameReader;
+/// A DER certificate, as [`Trust::Roots`] holds its extra roots.
+pub use rustls::pki_types::CertificateDer;
+pub use trust::{Trust, load_ca_file, relay_host};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,18 +27,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use walkie_proto::wire::{self as proto, ALPN, FrameError};
 
-/// The server name clients present; trust comes from the pinned certificate, not the name.
+/// The server name clients present when they pin: trust comes from the pinned certificate,
+/// not the name. Clients trusting CA roots present the relay's host name instead.
 pub const SERVER_NAME: &str = "walkie-relay";
 /// How long a connection may stay silent before it is closed (clients ping more often).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -81,8 +85,9 @@ pub enum NetError {
         /// Why.
         reason: String,
     },
-    /// The TLS handshake failed: the relay's certificate is not the pinned one, or the relay
-    /// speaks another protocol version. Trying again does not help.
+    /// The TLS handshake failed: the relay's certificate is not the pinned one (or, with no
+    /// pin, not issued for the relay's name by a trusted CA), or the relay speaks another
+    /// protocol version. Trying again does not help.
     #[error("cannot connect to {addr}: {reason}")]
     Untrusted {
         /// The relay address.
@@ -326,94 +331,49 @@ fn bind_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, NetError> {
     Ok(socket.into())
 }
 
-/// What the client trusts: one pinned certificate fingerprint.
-#[derive(Debug)]
-struct PinnedVerifier {
-    pin: Fingerprint,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for PinnedVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let seen = Fingerprint::of(end_entity);
-        if bool::from(subtle::ConstantTimeEq::ct_eq(&seen.0[..], &self.pin.0[..])) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(format!(
-                "the relay's certificate {seen} does not match the pinned {}",
-                self.pin
-            )))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General(
-            "TLS 1.2 is not used by walkie".into(),
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// A client endpoint on an ephemeral port that trusts only the relay with fingerprint `pin`.
-pub fn client_endpoint(pin: Fingerprint, bind: SocketAddr) -> Result<quinn::Endpoint, NetError> {
-    client_endpoint_with_alpn(pin, bind, ALPN)
+/// A client endpoint on an ephemeral port that trusts the relay as `trust` says: a
+/// [`Fingerprint`] pins its certificate; [`Trust::Roots`] checks it against the system's roots
+/// (and any extra ones) for the name given to `connect` ([`Trust::server_name`]).
+pub fn client_endpoint(
+    trust: impl Into<Trust>,
+    bind: SocketAddr,
+) -> Result<quinn::Endpoint, NetError> {
+    client_endpoint_with_alpn(trust, bind, ALPN)
 }
 
 /// Like [`client_endpoint`], for connections that take no datagrams: the relay sends their
 /// live clips on the reliable streams only (measuring what datagrams buy and cost).
 pub fn stream_only_client_endpoint(
-    pin: Fingerprint,
+    trust: impl Into<Trust>,
     bind: SocketAddr,
 ) -> Result<quinn::Endpoint, NetError> {
     let mut transport = transport(IDLE_TIMEOUT, Some(KEEP_ALIVE))?;
     transport.datagram_receive_buffer_size(None);
-    endpoint_with(pin, bind, ALPN, transport)
+    endpoint_with(&trust.into(), bind, ALPN, transport)
 }
 
 /// Like [`client_endpoint`] with another ALPN (tests use it to check version refusal).
 pub fn client_endpoint_with_alpn(
-    pin: Fingerprint,
+    trust: impl Into<Trust>,
     bind: SocketAddr,
     alpn: &[u8],
 ) -> Result<quinn::Endpoint, NetError> {
-    endpoint_with(pin, bind, alpn, transport(IDLE_TIMEOUT, Some(KEEP_ALIVE))?)
+    endpoint_with(
+        &trust.into(),
+        bind,
+        alpn,
+        transport(IDLE_TIMEOUT, Some(KEEP_ALIVE))?,
+    )
 }
 
 fn endpoint_with(
-    pin: Fingerprint,
+    trust: &Trust,
     bind: SocketAddr,
     alpn: &[u8],
     transport: quinn::TransportConfig,
 ) -> Result<quinn::Endpoint, NetError> {
     let provider = provider();
-    let verifier = Arc::new(PinnedVerifier {
-        pin,
-        algorithms: provider.signature_verification_algorithms,
-    });
+    let verifier = trust.verifier(&provider)?;
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| NetError::Tls(e.to_string()))?

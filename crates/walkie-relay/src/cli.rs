@@ -73,6 +73,8 @@ enum Command {
         /// The private key (PEM) of --tls-cert.
         #[arg(long, value_name = "KEY.pem", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        #[command(flatten)]
+        acme: AcmeArgs,
     },
     /// Show the relay on this data dir: whether it runs (pid, version, uptime), where it
     /// listens, its metrics address, sessions, users, channels, inbox items waiting and the
@@ -131,6 +133,10 @@ enum InviteCmd {
         /// configured port; set it for a relay behind NAT or DNS].
         #[arg(long, env = "WALKIE_PUBLIC_ADDRESS", value_name = "HOST:PORT")]
         address: Option<String>,
+        /// For a relay with a CA-issued certificate (--tls-cert or --acme): the link carries
+        /// no pin (`walkie://HOST:PORT/join/CODE`); clients check the certificate by name.
+        #[arg(long)]
+        no_pin: bool,
     },
 }
 
@@ -213,6 +219,52 @@ enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// `serve`'s ACME flags.
+#[derive(clap::Args)]
+struct AcmeArgs {
+    /// Get the relay's certificate for this DNS name from an ACME CA (Let's Encrypt unless
+    /// --acme-directory says otherwise) before listening, and renew it while serving (no
+    /// restart). Clients with no pin check it against their system's roots and the name.
+    /// Port 80 of DOMAIN must reach --acme-http. Kept in DIR/acme. Using it accepts the CA's
+    /// terms of service.
+    #[arg(long, value_name = "DOMAIN", value_parser = acme_domain, requires = "acme_contact", conflicts_with_all = ["tls_cert", "tls_key"])]
+    acme: Option<String>,
+    /// The ACME CA's directory URL.
+    #[arg(long, value_name = "URL", default_value = crate::acme::LETS_ENCRYPT, requires = "acme")]
+    acme_directory: String,
+    /// The email address the CA writes to about the account (expiry, policy changes).
+    #[arg(long, value_name = "EMAIL", requires = "acme")]
+    acme_contact: Option<String>,
+    /// TCP address that answers the CA's HTTP-01 challenges: what port 80 of DOMAIN reaches.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "[::]:80",
+        requires = "acme"
+    )]
+    acme_http: SocketAddr,
+    /// Extra roots (PEM) for the ACME server's HTTPS, e.g. a test CA.
+    #[arg(long, value_name = "PEM", requires = "acme")]
+    acme_ca_file: Option<PathBuf>,
+}
+
+impl AcmeArgs {
+    /// The ACME settings, when --acme is given.
+    fn config(self) -> Option<crate::acme::AcmeConfig> {
+        let (domain, contact) = (self.acme?, self.acme_contact?);
+        Some(crate::acme::AcmeConfig {
+            directory: self.acme_directory,
+            http: self.acme_http,
+            ca_file: self.acme_ca_file,
+            ..crate::acme::AcmeConfig::new(&domain, &contact)
+        })
+    }
+}
+
+fn acme_domain(text: &str) -> Result<String, String> {
+    crate::acme::validate_domain(text).map_err(|e| e.to_string())
 }
 
 /// Runs the command line given to this process; the process's exit code.
@@ -321,7 +373,9 @@ fn run(cli: Cli) -> Result<(), String> {
         (Command::Restore { file }, _) => {
             return crate::backup::restore(file, &dir).map_err(|e| e.to_string());
         }
-        (Command::Status, StoreChoice::Sqlite) if !walkie_store::sqlite::backup::has_store(&dir) => {
+        (Command::Status, StoreChoice::Sqlite)
+            if !walkie_store::sqlite::backup::has_store(&dir) =>
+        {
             return Err(format!(
                 "no relay data in {}: pass the --data-dir the relay serves from",
                 dir.display()
@@ -338,6 +392,7 @@ fn run(cli: Cli) -> Result<(), String> {
             log_format: _,
             tls_cert,
             tls_key,
+            acme,
         } => {
             let mut config = match &cli.config {
                 Some(path) => RelayFile::load(path)
@@ -357,6 +412,9 @@ fn run(cli: Cli) -> Result<(), String> {
             if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
                 config.cert = crate::tls::CertSource::Files { cert, key };
             }
+            if let Some(acme) = acme.config() {
+                config.cert = crate::tls::CertSource::Acme(acme);
+            }
             serve(config, dir, store, choice)
         }
         // Done above, before the store was opened.
@@ -373,6 +431,7 @@ fn run(cli: Cli) -> Result<(), String> {
             expires,
             channel,
             address,
+            no_pin,
         }) => {
             let config = match &cli.config {
                 Some(path) => RelayFile::load(path)
@@ -405,12 +464,17 @@ fn run(cli: Cli) -> Result<(), String> {
             if let Some(c) = &channel {
                 validate_name(c).map_err(|e| e.to_string())?;
             }
-            let identity = walkie_net::RelayIdentity::load_or_create(&dir).map_err(|e| {
-                format!(
-                    "cannot read the relay's certificate in {}: {e}",
-                    dir.display()
-                )
-            })?;
+            let fingerprint = if no_pin {
+                None
+            } else {
+                let identity = walkie_net::RelayIdentity::load_or_create(&dir).map_err(|e| {
+                    format!(
+                        "cannot read the relay's certificate in {}: {e}",
+                        dir.display()
+                    )
+                })?;
+                Some(identity.fingerprint().to_string())
+            };
             let now = walkie_proto::clip::now_ms();
             let invite = Invite {
                 uses_left: uses,
@@ -423,7 +487,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let link = InviteLink {
                 addr,
                 code: Some(code),
-                fingerprint: identity.fingerprint().to_string(),
+                fingerprint,
             };
             link.to_string()
                 .parse::<InviteLink>()

@@ -32,11 +32,13 @@
 //! | | `logwriter.rs` | log lines on stderr with peer-controlled text escaped |
 //! | | `runstate.rs`, `status.rs` | the state file a running relay keeps for `walkie-relay status`, and the report |
 //! | | `tls.rs` | which certificate the relay presents; CA-issued files read again when they change |
+//! | | `acme/` | `serve --acme`: a certificate from an ACME CA, obtained at start and renewed in place |
 
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
 mod access;
+pub mod acme;
 pub mod auth;
 pub mod avatar;
 mod backup;
@@ -99,6 +101,9 @@ pub enum RelayError {
     /// Network or TLS setup failed.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// No certificate could be obtained over ACME (`serve --acme`).
+    #[error(transparent)]
+    Acme(#[from] acme::AcmeError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -152,6 +157,8 @@ pub struct RelayHandle {
     endpoint: quinn::Endpoint,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// Keeps `DIR/relay.state` current; removes it on shutdown.
+    state: JoinHandle<()>,
     /// The data dir's lock, held while the relay runs.
     _lock: std::fs::File,
 }
@@ -161,6 +168,8 @@ impl RelayHandle {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        // Its state file is gone before the data dir is handed back (a caller may remove it).
+        let _ = self.state.await;
         self.endpoint.close(0u32.into(), b"relay shutting down");
         self.endpoint.wait_idle().await;
     }
@@ -209,7 +218,17 @@ pub async fn start_with(
             tracing::warn!(dir = %data_dir.display(), "cannot make the data dir private: {e}")
         }
     }
-    let (server_cert, cert_path) = tls::load(&config.cert, data_dir)?;
+    // Under --acme, the certificate (obtained now if needed) and its renewal task's state.
+    let (server_cert, cert_path, acme) = match &config.cert {
+        tls::CertSource::Acme(acme) => {
+            let acme = acme::Acme::start(acme, data_dir).await?;
+            (acme.cert(), acme.cert_path(), Some(acme))
+        }
+        source => {
+            let (cert, path) = tls::load(source, data_dir)?;
+            (cert, path, None)
+        }
+    };
     let endpoint =
         walkie_net::server_endpoint_with(config.listen, server_cert.clone(), config.idle_timeout)?;
     let addr = endpoint.local_addr().map_err(|source| NetError::Bind {
@@ -256,6 +275,9 @@ pub async fn start_with(
     if let Some(incoming) = cluster.incoming() {
         tokio::spawn(live::run_inbound(shared.clone(), incoming));
     }
+    if let Some(acme) = acme {
+        tokio::spawn(acme.renew(shared.shutdown.clone()));
+    }
     if let tls::CertSource::Files { cert, key } = &shared.config.cert {
         tokio::spawn(tls::watch_files(
             server_cert.clone(),
@@ -264,7 +286,7 @@ pub async fn start_with(
             shared.shutdown.clone(),
         ));
     }
-    tokio::spawn(runstate::run(
+    let state = tokio::spawn(runstate::run(
         shared.clone(),
         data_dir.to_path_buf(),
         runstate::initial(addr.to_string(), metrics_addr.map(|a| a.to_string())),
@@ -290,6 +312,7 @@ pub async fn start_with(
         endpoint,
         stop,
         task,
+        state,
         _lock: lock,
     })
 }

@@ -1,7 +1,8 @@
 //! Which certificate the relay presents ([`CertSource`]): its own self-signed one, which
 //! clients pin (the default: a private relay needs nothing else); an operator's CA-issued
 //! chain and key from PEM files, read again when the files change (a renewal by certbot or
-//! the like takes effect without a restart).
+//! the like takes effect without a restart); or one obtained and renewed over ACME
+//! ([`crate::acme`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,6 +26,9 @@ pub enum CertSource {
         /// The key.
         key: PathBuf,
     },
+    /// A certificate from an ACME CA (Let's Encrypt), obtained at start and renewed while
+    /// the relay serves (`serve --acme DOMAIN`; see [`crate::acme`]).
+    Acme(crate::acme::AcmeConfig),
 }
 
 /// How often certificate files are checked for a change.
@@ -43,6 +47,10 @@ pub(crate) fn load(
         CertSource::Files { cert, key } => {
             Ok((ServerCert::from_pem_files(cert, key)?, cert.clone()))
         }
+        // Obtained asynchronously, before this is called: see `start_with`.
+        CertSource::Acme(_) => Err(NetError::Tls(
+            "an ACME certificate is obtained by acme::Acme::start".into(),
+        )),
     }
 }
 

@@ -54,12 +54,13 @@ impl Demo {
             token: Some(token("alice")),
             cert: None,
             fingerprint: Some(pin.to_string()),
+            ca_file: None,
         };
         let bob_cfg = ClientConfig {
             relay: addr.to_string(),
             user: "bob".into(),
             token: token("bob"),
-            pin,
+            trust: pin.into(),
         };
         let sample = work.path().join("hello-crew.wav");
         std::fs::write(&sample, walkie_media::audio::DEMO_SPEECH).map_err(io(&sample))?;

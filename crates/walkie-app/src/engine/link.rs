@@ -141,6 +141,12 @@ pub fn explain(e: &ClientError, cfg: &ClientConfig) -> String {
                 cfg.relay, cfg.user, r.message
             )
         }
+        ClientError::Net(NetError::Untrusted { reason, .. }) if cfg.trust.pin().is_none() => {
+            format!(
+                "Untrusted certificate: the relay at {} has no certificate for that name from a CA this system trusts ({reason}). Check the address, or give the relay's fingerprint to pin it.",
+                cfg.relay
+            )
+        }
         ClientError::Net(NetError::Untrusted { reason, .. }) => format!(
             "Unknown certificate: the relay at {} is not the one you trust ({reason}). Check the fingerprint that walkie-relay serve prints, or its cert.pem.",
             cfg.relay
@@ -166,7 +172,7 @@ mod tests {
             relay: "h:1".into(),
             user: "ann".into(),
             token: "t".into(),
-            pin: walkie_net::Fingerprint([0; 32]),
+            trust: walkie_net::Fingerprint([0; 32]).into(),
         };
         let refused = ClientError::Refused(walkie_proto::wire::ErrorMsg {
             req: None,
@@ -180,6 +186,11 @@ mod tests {
             reason: "the relay's certificate sha256:aa does not match the pinned sha256:bb".into(),
         });
         assert!(explain(&pin, &cfg).starts_with("Unknown certificate"));
+        let by_name = ClientConfig {
+            trust: walkie_net::Trust::system(),
+            ..cfg.clone()
+        };
+        assert!(explain(&pin, &by_name).starts_with("Untrusted certificate"));
         let gone = ClientError::Net(NetError::Connect {
             addr: "h:1".into(),
             reason: "no answer within 10 s".into(),

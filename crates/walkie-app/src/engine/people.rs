@@ -151,7 +151,8 @@ pub async fn join(link: &str, name: &str, display: Option<&str>) -> Result<Profi
         user: Some(joined.user),
         token: Some(joined.token),
         cert: None,
-        fingerprint: Some(joined.pin.to_string()),
+        fingerprint: joined.pin.map(|p| p.to_string()),
+        ca_file: None,
     })
 }
 

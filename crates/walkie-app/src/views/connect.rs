@@ -22,6 +22,8 @@ pub struct ConnectForm {
     token: String,
     cert: String,
     fingerprint: String,
+    /// A profile's CA file, kept as it was (the form has no field for it).
+    ca_file: Option<PathBuf>,
     filled: bool,
 }
 
@@ -37,6 +39,7 @@ impl ConnectForm {
             .map(|c| c.display().to_string())
             .unwrap_or_default();
         self.fingerprint = s(&p.fingerprint);
+        self.ca_file = p.ca_file.clone();
     }
 
     fn profile(&self) -> Profile {
@@ -47,6 +50,7 @@ impl ConnectForm {
             token: opt(&self.token),
             cert: opt(&self.cert).map(PathBuf::from),
             fingerprint: opt(&self.fingerprint),
+            ca_file: self.ca_file.clone(),
         }
     }
 }

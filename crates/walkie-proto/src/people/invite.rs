@@ -1,7 +1,9 @@
 //! Invite links and the invites behind them. A link carries everything a new user needs:
 //! `walkie://HOST:PORT/join/CODE#sha256:FINGERPRINT` (the relay's address, a 128-bit code,
-//! and the pin of the relay's certificate). A relay that takes sign-ups without an invite
-//! hands out the same link without its code. The relay keeps only the code's hash; an
+//! and the pin of the relay's certificate). A relay with a CA-issued certificate may hand
+//! out links without the pin (`walkie://HOST:PORT/join/CODE`): clients then check its
+//! certificate against their system's roots and HOST. A relay that takes sign-ups without an
+//! invite hands out the same link without its code. The relay keeps only the code's hash; an
 //! [`Invite`] is what it keeps under it.
 
 use serde::{Deserialize, Serialize};
@@ -21,8 +23,9 @@ pub struct InviteLink {
     pub addr: String,
     /// The invite code; `None` for a relay's open sign-up link.
     pub code: Option<String>,
-    /// The relay certificate's pin, `sha256:HEX`.
-    pub fingerprint: String,
+    /// The relay certificate's pin, `sha256:HEX`; `None`: the certificate is checked against
+    /// the system's roots and the relay's host name.
+    pub fingerprint: Option<String>,
 }
 
 /// Why a link does not parse.
@@ -41,15 +44,18 @@ impl std::str::FromStr for InviteLink {
             .trim()
             .strip_prefix("walkie://")
             .ok_or_else(|| err("it does not start with walkie://"))?;
-        let (path, fingerprint) = rest
-            .split_once('#')
-            .ok_or_else(|| err("it has no #sha256: certificate pin"))?;
-        let hex = fingerprint
-            .strip_prefix("sha256:")
-            .ok_or_else(|| err("the pin after # must start with sha256:"))?;
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(err("the pin must be sha256: and 64 hex digits"));
-        }
+        let (path, fingerprint) = match rest.split_once('#') {
+            Some((path, pin)) => {
+                let hex = pin
+                    .strip_prefix("sha256:")
+                    .ok_or_else(|| err("the pin after # must start with sha256:"))?;
+                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(err("the pin must be sha256: and 64 hex digits"));
+                }
+                (path, Some(format!("sha256:{}", hex.to_ascii_lowercase())))
+            }
+            None => (rest, None),
+        };
         let (addr, join) = path
             .split_once('/')
             .ok_or_else(|| err("it has no /join path"))?;
@@ -74,7 +80,7 @@ impl std::str::FromStr for InviteLink {
         Ok(InviteLink {
             addr: addr.to_string(),
             code,
-            fingerprint: format!("sha256:{}", hex.to_ascii_lowercase()),
+            fingerprint,
         })
     }
 }
@@ -82,8 +88,12 @@ impl std::str::FromStr for InviteLink {
 impl std::fmt::Display for InviteLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.code {
-            Some(code) => write!(f, "walkie://{}/join/{code}#{}", self.addr, self.fingerprint),
-            None => write!(f, "walkie://{}/join#{}", self.addr, self.fingerprint),
+            Some(code) => write!(f, "walkie://{}/join/{code}", self.addr)?,
+            None => write!(f, "walkie://{}/join", self.addr)?,
+        }
+        match &self.fingerprint {
+            Some(pin) => write!(f, "#{pin}"),
+            None => Ok(()),
         }
     }
 }
@@ -167,7 +177,7 @@ mod tests {
         let link = InviteLink {
             addr: "relay.example.org:7300".into(),
             code: Some(code.clone()),
-            fingerprint: FP.into(),
+            fingerprint: Some(FP.into()),
         };
         let text = link.to_string();
         assert_eq!(
@@ -187,13 +197,28 @@ mod tests {
         .parse()
         .expect("case");
         assert_eq!(upper.code.as_deref(), Some(code.as_str()));
+        // Without a pin: a relay with a CA-issued certificate.
+        let unpinned = InviteLink {
+            addr: "relay.example.org:7300".into(),
+            code: Some(code.clone()),
+            fingerprint: None,
+        };
+        let text = unpinned.to_string();
+        assert_eq!(text, format!("walkie://relay.example.org:7300/join/{code}"));
+        assert_eq!(text.parse::<InviteLink>(), Ok(unpinned));
+        let open: InviteLink = "walkie://relay.example.org:7300/join"
+            .parse()
+            .expect("open sign-up link without a pin");
+        assert_eq!((open.code, open.fingerprint), (None, None));
     }
 
     #[test]
     fn broken_links_say_what_is_wrong() {
         for (link, why) in [
             ("http://h:1/join#x", "walkie://"),
-            ("walkie://h:1/join/abcd", "pin"),
+            ("walkie://h:1/join/abcd#", "sha256:"),
+            ("walkie://h:1/join/abcd", "32 hex"),
+            ("walkie://h/join", "HOST:PORT"),
             ("walkie://h:1/join/abcd#sha256:00", "64 hex"),
             (&format!("walkie://h:1/join/abcd#{FP}") as &str, "32 hex"),
             (&format!("walkie://h/join#{FP}"), "HOST:PORT"),

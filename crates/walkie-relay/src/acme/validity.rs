@@ -1,10 +1,11 @@
 //! When a certificate is valid (X.509 `notBefore`, `notAfter`) and when it is due for
-//! renewal: read from the DER with a walker that knows just the path to the validity
-//! (Certificate -> TBSCertificate -> version?, serial, signature, issuer, validity), so the
-//! relay needs no ASN.1 crate (x509-parser would add about twenty crates to its tree). Any
-//! input that is not such a certificate gives `None`, never a panic.
+//! renewal, read with RustCrypto's `x509-cert` (a full DER decoder of the certificate, a few
+//! small crates). Any input that is not a certificate gives `None`, never a panic.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
+
+use x509_cert::Certificate;
+use x509_cert::der::Decode;
 
 /// A certificate's validity period.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,35 +19,10 @@ pub(crate) struct Validity {
 impl Validity {
     /// The validity of a DER certificate, if it parses.
     pub(crate) fn of(cert_der: &[u8]) -> Option<Validity> {
-        let (tag, cert, _) = header(cert_der)?;
-        if tag != SEQUENCE {
-            return None;
-        }
-        let (tag, mut tbs, _) = header(cert)?;
-        if tag != SEQUENCE {
-            return None;
-        }
-        // The optional explicit [0] version.
-        let (tag, _, rest) = header(tbs)?;
-        if tag == VERSION {
-            tbs = rest;
-        }
-        // serialNumber, signature, issuer.
-        for want in [INTEGER, SEQUENCE, SEQUENCE] {
-            let (tag, _, rest) = header(tbs)?;
-            if tag != want {
-                return None;
-            }
-            tbs = rest;
-        }
-        let (tag, validity, _) = header(tbs)?;
-        if tag != SEQUENCE {
-            return None;
-        }
-        let (tag, not_before, rest) = header(validity)?;
-        let not_before = time(tag, not_before)?;
-        let (tag, not_after, _) = header(rest)?;
-        let not_after = time(tag, not_after)?;
+        let cert = Certificate::from_der(cert_der).ok()?;
+        let validity = &cert.tbs_certificate.validity;
+        let not_before = validity.not_before.to_system_time();
+        let not_after = validity.not_after.to_system_time();
         (not_after > not_before).then_some(Validity {
             not_before,
             not_after,
@@ -69,94 +45,10 @@ impl Validity {
     }
 }
 
-const INTEGER: u8 = 0x02;
-const SEQUENCE: u8 = 0x30;
-const VERSION: u8 = 0xa0;
-const UTC_TIME: u8 = 0x17;
-const GENERALIZED_TIME: u8 = 0x18;
-
-/// One DER element at the start of `input`: its tag, its content, and what follows it.
-/// Only the low-tag-number form and definite lengths of up to four bytes (DER's).
-fn header(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    if tag & 0x1f == 0x1f {
-        return None;
-    }
-    let (&first, mut rest) = rest.split_first()?;
-    let len = if first < 0x80 {
-        usize::from(first)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let (bytes, after) = rest.split_at(n);
-        rest = after;
-        bytes
-            .iter()
-            .fold(0usize, |len, &b| (len << 8) | usize::from(b))
-    };
-    if rest.len() < len {
-        return None;
-    }
-    let (content, after) = rest.split_at(len);
-    Some((tag, content, after))
-}
-
-/// A UTCTime (`YYMMDDHHMMSSZ`, years 1950-2049) or GeneralizedTime (`YYYYMMDDHHMMSSZ`).
-fn time(tag: u8, text: &[u8]) -> Option<SystemTime> {
-    let digits = match (tag, text.split_last()) {
-        (UTC_TIME, Some((b'Z', digits))) if digits.len() == 12 => digits,
-        (GENERALIZED_TIME, Some((b'Z', digits))) if digits.len() == 14 => digits,
-        _ => return None,
-    };
-    if !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let number = |at: usize, len: usize| {
-        digits[at..at + len]
-            .iter()
-            .fold(0i64, |n, d| n * 10 + i64::from(d - b'0'))
-    };
-    let (year, at) = if tag == UTC_TIME {
-        let yy = number(0, 2);
-        (if yy < 50 { 2000 + yy } else { 1900 + yy }, 2)
-    } else {
-        (number(0, 4), 4)
-    };
-    let (month, day) = (number(at, 2), number(at + 2, 2));
-    let (hour, minute, second) = (number(at + 4, 2), number(at + 6, 2), number(at + 8, 2));
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 59
-    {
-        return None;
-    }
-    let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
-    let magnitude = Duration::from_secs(secs.unsigned_abs());
-    if secs >= 0 {
-        UNIX_EPOCH.checked_add(magnitude)
-    } else {
-        UNIX_EPOCH.checked_sub(magnitude)
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
@@ -186,32 +78,6 @@ mod tests {
     }
 
     #[test]
-    fn times_with_a_time_of_day() {
-        assert_eq!(time(UTC_TIME, b"700101000001Z"), Some(at(1)));
-        assert_eq!(
-            time(UTC_TIME, b"991231235959Z"),
-            Some(at(946_684_799)),
-            "99 is 1999"
-        );
-        assert_eq!(
-            time(GENERALIZED_TIME, b"20000301123456Z"),
-            Some(at(951_914_096))
-        );
-        for bad in [
-            &b"700101000001"[..],
-            b"7001010000Z",
-            b"701301000000Z",
-            b"700100000000Z",
-            b"700101240000Z",
-            b"70010100000aZ",
-            b"",
-        ] {
-            assert_eq!(time(UTC_TIME, bad), None, "{bad:?}");
-        }
-        assert_eq!(time(0x04, b"700101000001Z"), None);
-    }
-
-    #[test]
     fn anything_else_is_none_and_never_a_panic() {
         let der = cert((2024, 1, 2), (2025, 1, 2));
         for len in 0..der.len() {
@@ -222,7 +88,7 @@ mod tests {
             for flip in [0x01u8, 0x80, 0xff] {
                 let mut bad = der.clone();
                 bad[i] ^= flip;
-                // Most flips land in bytes the walker skips; none may panic.
+                // Some flips land in bytes the validity does not depend on; none may panic.
                 seen_some += usize::from(Validity::of(&bad).is_some());
             }
         }

@@ -256,7 +256,8 @@ async fn a_slow_or_silent_scraper_holds_nothing() {
     )
     .await;
     let metrics = relay.handle.metrics_addr.expect("listener");
-    // Connections that send nothing, more than the listener serves at once.
+    // Connections from one source that send nothing, more than the listener serves at once:
+    // it keeps half its slots at most for them and closes the rest at once.
     let mut idle = Vec::new();
     for _ in 0..20 {
         idle.push(
@@ -265,10 +266,48 @@ async fn a_slow_or_silent_scraper_holds_nothing() {
                 .expect("connects"),
         );
     }
-    // A head larger than the listener reads is refused, not buffered.
-    let mut big = tokio::net::TcpStream::connect(metrics)
+    let mut closed = 0;
+    for stream in &mut idle {
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0)) =
+            tokio::time::timeout(Duration::from_millis(500), stream.read(&mut byte)).await
+        {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed >= 12,
+        "only {closed} of 20 idle connections were closed"
+    );
+    // Another source is served at once, while they hold their share.
+    let other = tokio::net::TcpSocket::new_v4().expect("socket");
+    other
+        .bind(([127, 0, 0, 2], 0).into())
+        .expect("a second loopback address");
+    let mut stream = within(
+        5,
+        "a connection from another source",
+        other.connect(metrics),
+    )
+    .await
+    .expect("connects");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
         .await
-        .expect("connects");
+        .expect("sent");
+    let mut answer = Vec::new();
+    within(
+        5,
+        "an answer beside the idle ones",
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("read");
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    // A head larger than the listener reads is refused, not buffered.
+    let other = tokio::net::TcpSocket::new_v4().expect("socket");
+    other.bind(([127, 0, 0, 3], 0).into()).expect("bind");
+    let mut big = other.connect(metrics).await.expect("connects");
     let huge = format!(
         "GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n",
         "a".repeat(64 * 1024)
@@ -286,8 +325,25 @@ async fn a_slow_or_silent_scraper_holds_nothing() {
         answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
         "{answer}"
     );
-    // The silent ones lose their slots after the head deadline (5 s); scrapes then work.
-    let text = within(20, "a scrape behind silent connections", scrape(metrics)).await;
+    // The silent ones lose their slots after the head deadline (5 s); scrapes from their
+    // source then work again.
+    let text = within(20, "a scrape behind silent connections", async {
+        loop {
+            let mut s = tokio::net::TcpStream::connect(metrics)
+                .await
+                .expect("connects");
+            let _ = s
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+                .await;
+            let mut raw = Vec::new();
+            let _ = s.read_to_end(&mut raw).await;
+            if !raw.is_empty() {
+                return String::from_utf8_lossy(&raw).into_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
     assert!(text.contains("walkie_sessions"));
     drop(idle);
     relay.handle.shutdown().await;

@@ -3,10 +3,9 @@
 //! open and writable). Nothing a client of the relay uses; meant for loopback or a private
 //! network, it shows counts, never names or tokens.
 //!
-//! Bounded like everything facing a network: a few connections at a time, a deadline for
-//! the request head and for the whole exchange, GET and HEAD only, no request bodies read.
+//! Bounded like everything facing a network (`listener.rs`): a few connections at a time,
+//! half of them from one source at most, deadlines, GET and HEAD only, no bodies read.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,13 +13,11 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tracing::{debug, warn};
 
+use crate::listener::{self, Bounds, respond};
 use crate::metrics::Snapshot;
 use crate::shared::Shared;
 
@@ -54,56 +51,26 @@ pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::RelayEr
         })
 }
 
+/// What the operators' listener takes on: scrapes are few and from one or two places.
+const BOUNDS: Bounds = Bounds {
+    connections: MAX_CONNECTIONS,
+    per_source: MAX_CONNECTIONS / 2,
+    head: HEAD_TIMEOUT,
+    whole: CONNECTION_TIMEOUT,
+    max_head: MAX_HEAD,
+};
+
 /// Serves until the relay shuts down.
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, counts: Arc<Counts>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut shutdown = shared.shutdown.clone();
-    loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = shutdown.changed() => return,
-        };
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait rather than spin.
-                    warn!("metrics listener: cannot accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
+    let serving = listener::serve(listener, BOUNDS, "metrics listener", move |req| {
         let (shared, counts) = (shared.clone(), counts.clone());
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let (shared, counts) = (shared.clone(), counts.clone());
-                async move { Ok::<_, Infallible>(answer(&shared, &counts, &req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEAD_TIMEOUT)
-                .max_buf_size(MAX_HEAD)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => debug!(%remote, "metrics connection: {e}"),
-                Err(_) => debug!(%remote, "metrics connection closed after {CONNECTION_TIMEOUT:?}"),
-            }
-            drop(permit);
-        });
+        async move { answer(&shared, &counts, &req).await }
+    });
+    tokio::select! {
+        _ = serving => {}
+        _ = shutdown.changed() => {}
     }
-}
-
-fn text(status: StatusCode, body: impl Into<Bytes>, kind: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body.into()));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(kind));
-    response
 }
 
 const PLAIN: &str = "text/plain; charset=utf-8";
@@ -116,7 +83,7 @@ async fn answer(
     req: &Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD only\n", PLAIN);
+        let mut r = respond(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD only\n", PLAIN);
         r.headers_mut()
             .insert(hyper::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
@@ -134,23 +101,23 @@ async fn answer(
                 sessions: shared.connections.load(Ordering::Relaxed),
                 inbox_depth,
             };
-            text(StatusCode::OK, shared.metrics.render(&now), OPENMETRICS)
+            respond(StatusCode::OK, shared.metrics.render(&now), OPENMETRICS)
         }
-        "/healthz" => text(StatusCode::OK, "ok\n", PLAIN),
+        "/healthz" => respond(StatusCode::OK, "ok\n", PLAIN),
         "/readyz" => match tokio::time::timeout(STORE_WAIT, shared.store(|s| s.ready())).await {
-            Ok(Ok(())) => text(StatusCode::OK, "ready\n", PLAIN),
-            Ok(Err(e)) => text(
+            Ok(Ok(())) => respond(StatusCode::OK, "ready\n", PLAIN),
+            Ok(Err(e)) => respond(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not ready: {e}\n"),
                 PLAIN,
             ),
-            Err(_) => text(
+            Err(_) => respond(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not ready: the store did not answer within {STORE_WAIT:?}\n"),
                 PLAIN,
             ),
         },
-        _ => text(
+        _ => respond(
             StatusCode::NOT_FOUND,
             "not found: /metrics, /healthz or /readyz\n",
             PLAIN,

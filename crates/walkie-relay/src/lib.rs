@@ -10,6 +10,7 @@
 //! |---|---|---|
 //! | 1 | `server.rs` | the accept loop and admission (handshake slots, the pending cap) |
 //! | 1 | `http.rs` | the operators' HTTP listener: metrics, health, readiness |
+//! | 2 | `listener.rs` | the small bounded HTTP/1 server it and the ACME responder run on |
 //! | 2 | `conn.rs` | one connection: handshake, hello and authentication, the session's tasks |
 //! | 3 | `requests.rs` | control-stream requests: ack, played, history, fetch, people |
 //! | 4 | `people.rs` | invites, profiles, contacts and groups users make, in the store's records |
@@ -52,6 +53,7 @@ mod deliver;
 pub mod demo;
 pub mod doodle;
 mod http;
+mod listener;
 mod live;
 mod logwriter;
 mod maintenance;

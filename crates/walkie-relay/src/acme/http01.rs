@@ -1,27 +1,25 @@
 //! The HTTP-01 challenge responder (RFC 8555 section 8.3) on `--acme-http ADDR`: answers
 //! `GET /.well-known/acme-challenge/TOKEN` with the key authorization of a challenge of an
 //! order in flight, and 404 to everything else. The ACME server fetches it from port 80 of
-//! the domain. Its own small hyper HTTP/1 server (the operators' listener in `http.rs` serves
-//! the relay's state and starts later): a few connections at a time, deadlines, no bodies,
-//! and at most [`MAX_TOKENS`] tokens, each removed when its order ends.
+//! the domain. Its own instance of the relay's bounded HTTP/1 server (`listener.rs`; the
+//! operators' listener serves the relay's state and starts later): a few connections at a
+//! time and fewer per source, deadlines, no bodies, and at most [`MAX_TOKENS`] tokens, each
+//! removed when its order ends.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::AcmeError;
+use crate::listener::{self, Bounds, respond};
 use crate::lock;
 
 /// The path the ACME server fetches, before the token.
@@ -30,6 +28,9 @@ const PREFIX: &str = "/.well-known/acme-challenge/";
 const MAX_TOKENS: usize = 16;
 /// Connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 16;
+/// Of those, from one source (the CA validates from a few addresses; an attacker holding
+/// connections open needs many to delay it).
+const MAX_PER_SOURCE: usize = 4;
 /// How long a client may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one connection may last.
@@ -104,42 +105,21 @@ impl Drop for Answering {
     }
 }
 
-async fn serve(listener: TcpListener, tokens: Tokens) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let (stream, remote) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors and the like: wait rather than spin.
-                warn!("ACME challenge listener: cannot accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let tokens = tokens.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let answer = answer(&tokens, &req);
-                async move { Ok::<_, Infallible>(answer) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEAD_TIMEOUT)
-                .max_buf_size(MAX_HEAD)
-                .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => debug!(%remote, "ACME challenge connection: {e}"),
-                Err(_) => {
-                    debug!(%remote, "ACME challenge connection closed after {CONNECTION_TIMEOUT:?}")
-                }
-            }
-            drop(permit);
-        });
-    }
+/// What the responder takes on: the CA's validation fetches (a few, from a few addresses).
+const BOUNDS: Bounds = Bounds {
+    connections: MAX_CONNECTIONS,
+    per_source: MAX_PER_SOURCE,
+    head: HEAD_TIMEOUT,
+    whole: CONNECTION_TIMEOUT,
+    max_head: MAX_HEAD,
+};
+
+async fn serve(socket: TcpListener, tokens: Tokens) {
+    listener::serve(socket, BOUNDS, "ACME challenge listener", move |req| {
+        let answer = answer(&tokens, &req);
+        async move { answer }
+    })
+    .await
 }
 
 fn answer(tokens: &Tokens, req: &Request<Incoming>) -> Response<Full<Bytes>> {
@@ -154,12 +134,7 @@ fn answer(tokens: &Tokens, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         None => (StatusCode::NOT_FOUND, Bytes::from_static(b"not found\n")),
     };
-    let mut response = Response::new(Full::new(body));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    response
+    respond(status, body, "text/plain")
 }
 
 #[cfg(test)]

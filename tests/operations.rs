@@ -499,3 +499,39 @@ async fn a_served_relay_logs_json_lines_and_status_reports_it() {
     assert_eq!(request["span"]["user"], "alice", "{request}");
     assert_eq!(request["span"]["session"], opened["span"]["session"]);
 }
+
+/// A start that fails in JSON mode says why in JSON too: every stderr line stays an object.
+#[test]
+fn a_failed_start_in_json_mode_is_reported_as_json() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_walkie-relay"))
+        .env("RUST_LOG", "off")
+        .arg("--data-dir")
+        .arg(tmp.path().join("relay"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            &addr,
+            "--log-format",
+            "json",
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stderr).expect("utf-8");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let last = lines.last().expect("a line, even with RUST_LOG=off");
+    assert_eq!(last["level"], "ERROR");
+    let message = last["fields"]["message"].as_str().expect("a message");
+    assert!(
+        message.starts_with("error: ") && message.contains(&addr),
+        "{message}"
+    );
+}

@@ -272,6 +272,29 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let json = matches!(
+        &cli.command,
+        Command::Serve {
+            log_format: LogFormat::Json,
+            ..
+        }
+    );
+    if json {
+        // A panic's report is one JSON line too, like every other line on stderr.
+        std::panic::set_hook(Box::new(|info| {
+            let at = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            let what = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            json_line("ERROR", &format!("panicked at {at}: {what}"));
+        }));
+    }
     match &cli.command {
         Command::Serve {
             log_format: LogFormat::Json,
@@ -293,11 +316,26 @@ pub fn main() -> ExitCode {
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if json => {
+            json_line("ERROR", &format!("error: {e}"));
+            ExitCode::from(1)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(1)
         }
     }
+}
+
+/// Writes one line on stderr as the JSON log format writes its lines (level, message,
+/// target), whatever the log filter says: what ends the process is always reported.
+fn json_line(level: &str, message: &str) {
+    let line = serde_json::json!({
+        "level": level,
+        "fields": { "message": message },
+        "target": "walkie_relay",
+    });
+    eprintln!("{line}");
 }
 
 /// Which store `--store` names.

@@ -56,7 +56,7 @@ use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::segments::SEGMENT_BYTES;
+use super::segments::{SEGMENT_BYTES, read_exact_at};
 use super::{Payload, SqliteStore, files, schema};
 use crate::StoreError;
 
@@ -677,15 +677,4 @@ fn io_err(path: &Path) -> impl Fn(io::Error) -> BackupError + '_ {
         path: path.to_path_buf(),
         source,
     }
-}
-
-#[cfg(unix)]
-fn read_exact_at(file: &File, out: &mut [u8], at: u64) -> io::Result<()> {
-    std::os::unix::fs::FileExt::read_exact_at(file, out, at)
-}
-
-#[cfg(not(unix))]
-fn read_exact_at(mut file: &File, out: &mut [u8], at: u64) -> io::Result<()> {
-    file.seek(SeekFrom::Start(at))?;
-    file.read_exact(out)
 }

@@ -203,13 +203,14 @@ pub(super) fn old_segments(clips_dir: &Path, min_age: std::time::Duration) -> Ve
         .collect()
 }
 
+/// Reads exactly `out.len()` bytes at `at` without moving a shared cursor.
 #[cfg(unix)]
-fn read_exact_at(file: &File, out: &mut [u8], at: u64) -> io::Result<()> {
+pub(super) fn read_exact_at(file: &File, out: &mut [u8], at: u64) -> io::Result<()> {
     std::os::unix::fs::FileExt::read_exact_at(file, out, at)
 }
 
 #[cfg(not(unix))]
-fn read_exact_at(mut file: &File, out: &mut [u8], at: u64) -> io::Result<()> {
+pub(super) fn read_exact_at(mut file: &File, out: &mut [u8], at: u64) -> io::Result<()> {
     use std::io::{Read, Seek, SeekFrom};
     file.seek(SeekFrom::Start(at))?;
     file.read_exact(out)

@@ -67,14 +67,15 @@ pub fn storage_use(dir: &Path) -> io::Result<StorageUse> {
     })
 }
 
+/// Bytes free for an unprivileged user on the file system of `dir`, where that is known.
 #[cfg(unix)]
-fn free_bytes(dir: &Path) -> Option<u64> {
+pub(super) fn free_bytes(dir: &Path) -> Option<u64> {
     rustix::fs::statvfs(dir)
         .ok()
         .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
 }
 
 #[cfg(not(unix))]
-fn free_bytes(_dir: &Path) -> Option<u64> {
+pub(super) fn free_bytes(_dir: &Path) -> Option<u64> {
     None
 }

@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 use super::{DB, FORMAT, FileEntry, MANIFEST, Manifest, is_extra_name, is_payload_path};
 use crate::StoreError;
-use crate::sqlite::{Payload, SqliteStore, files};
+use crate::sqlite::{Payload, SqliteStore, files, usage::free_bytes};
 
 /// The largest manifest read (it takes a couple of hundred bytes a file).
 const MAX_MANIFEST: u64 = 64 << 20;
@@ -421,19 +421,6 @@ fn check_payloads(store: &SqliteStore) -> Result<u64, RestoreError> {
         }
     }
     Ok(u64::try_from(clips).unwrap_or(0))
-}
-
-/// Bytes free for an unprivileged user on the file system of `dir`, where that is known.
-#[cfg(unix)]
-fn free_bytes(dir: &Path) -> Option<u64> {
-    rustix::fs::statvfs(dir)
-        .ok()
-        .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
-}
-
-#[cfg(not(unix))]
-fn free_bytes(_dir: &Path) -> Option<u64> {
-    None
 }
 
 /// Removes a directory tree when dropped, unless its path was taken out.

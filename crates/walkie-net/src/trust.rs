@@ -59,8 +59,8 @@ impl Trust {
     ) -> Result<Arc<dyn ServerCertVerifier>, NetError> {
         let algorithms = provider.signature_verification_algorithms;
         match self {
-            Trust::Pinned(pin) => Ok(Arc::new(PinnedVerifier {
-                pin: *pin,
+            Trust::Pinned(pin) => Ok(Arc::new(Verifier {
+                check: Check::Pinned(*pin),
                 algorithms,
             })),
             Trust::Roots { extra } => {
@@ -82,8 +82,8 @@ impl Trust {
                         "{e}: no CA certificate to check the relay's against (set SSL_CERT_FILE to a CA bundle, or pin the relay's certificate)"
                     )
                 });
-                Ok(Arc::new(RootsVerifier {
-                    platform,
+                Ok(Arc::new(Verifier {
+                    check: Check::Platform(platform),
                     algorithms,
                 }))
             }
@@ -136,67 +136,25 @@ pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, NetErro
     Ok(certs)
 }
 
-/// Trusts one pinned certificate fingerprint.
+/// How the relay's certificate is checked.
 #[derive(Debug)]
-struct PinnedVerifier {
-    pin: Fingerprint,
+enum Check {
+    /// It has this fingerprint.
+    Pinned(Fingerprint),
+    /// The platform's verifier accepts it for the relay's name; with no roots on the system
+    /// (and none given), every certificate is refused with the reason.
+    Platform(Result<rustls_platform_verifier::Verifier, String>),
+}
+
+/// A client's verifier: the certificate by [`Check`], the handshake's signatures by the
+/// provider's algorithms, TLS 1.3 only.
+#[derive(Debug)]
+struct Verifier {
+    check: Check,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for PinnedVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let seen = Fingerprint::of(end_entity);
-        if bool::from(subtle::ConstantTimeEq::ct_eq(&seen.0[..], &self.pin.0[..])) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(format!(
-                "the relay's certificate {seen} does not match the pinned {}",
-                self.pin
-            )))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General(
-            "TLS 1.2 is not used by walkie".into(),
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// Trusts what the platform's verifier accepts for the relay's name; with no roots on the
-/// system (and none given), refuses every certificate and says why.
-#[derive(Debug)]
-struct RootsVerifier {
-    platform: Result<rustls_platform_verifier::Verifier, String>,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for RootsVerifier {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -205,11 +163,21 @@ impl ServerCertVerifier for RootsVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match &self.platform {
-            Ok(platform) => {
+        match &self.check {
+            Check::Pinned(pin) => {
+                let seen = Fingerprint::of(end_entity);
+                if bool::from(subtle::ConstantTimeEq::ct_eq(&seen.0[..], &pin.0[..])) {
+                    Ok(ServerCertVerified::assertion())
+                } else {
+                    Err(rustls::Error::General(format!(
+                        "the relay's certificate {seen} does not match the pinned {pin}"
+                    )))
+                }
+            }
+            Check::Platform(Ok(platform)) => {
                 platform.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
             }
-            Err(why) => Err(rustls::Error::General(why.clone())),
+            Check::Platform(Err(why)) => Err(rustls::Error::General(why.clone())),
         }
     }
 

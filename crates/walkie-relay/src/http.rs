@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 
 use crate::listener::{self, Bounds, respond};
 use crate::metrics::Snapshot;
+use crate::server::Admission;
 use crate::shared::Shared;
 
 /// Connections served at once; more wait in the kernel's backlog.
@@ -31,14 +32,6 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_HEAD: usize = 16 * 1024;
 /// How long a scrape waits for the store's inbox count before leaving it out.
 const STORE_WAIT: Duration = Duration::from_secs(2);
-
-/// The relay's own counts the listener reads at each scrape.
-pub(crate) struct Counts {
-    /// Connections whose QUIC handshake is under way.
-    pub handshaking: Arc<AtomicUsize>,
-    /// Connections admitted and not authenticated yet (handshaking ones included).
-    pub unauthenticated: Arc<dyn Fn() -> usize + Send + Sync>,
-}
 
 /// Binds the listener (an error names the address), so the relay fails to start rather
 /// than run without the metrics it was asked for.
@@ -61,11 +54,13 @@ const BOUNDS: Bounds = Bounds {
 };
 
 /// Serves until the relay shuts down.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, counts: Arc<Counts>) {
+/// `admission` is the accept loop's own: its counts are the connections' gauges.
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, admission: Admission) {
+    let admission = Arc::new(admission);
     let mut shutdown = shared.shutdown.clone();
     let serving = listener::serve(listener, BOUNDS, "metrics listener", move |req| {
-        let (shared, counts) = (shared.clone(), counts.clone());
-        async move { answer(&shared, &counts, &req).await }
+        let (shared, admission) = (shared.clone(), admission.clone());
+        async move { answer(&shared, &admission, &req).await }
     });
     tokio::select! {
         _ = serving => {}
@@ -79,7 +74,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 
 async fn answer(
     shared: &Arc<Shared>,
-    counts: &Counts,
+    admission: &Admission,
     req: &Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -96,8 +91,8 @@ async fn answer(
                 .and_then(Result::ok)
                 .flatten();
             let now = Snapshot {
-                handshaking: counts.handshaking.load(Ordering::Relaxed),
-                unauthenticated: (counts.unauthenticated)(),
+                handshaking: admission.in_handshake.load(Ordering::Relaxed),
+                unauthenticated: admission.unauthenticated.total(),
                 sessions: shared.connections.load(Ordering::Relaxed),
                 inbox_depth,
             };

@@ -296,14 +296,7 @@ pub async fn start_with(
     ));
     let admission = server::Admission::default();
     if let Some(listener) = metrics_listener {
-        let counts = Arc::new(http::Counts {
-            handshaking: admission.in_handshake.clone(),
-            unauthenticated: {
-                let u = admission.unauthenticated.clone();
-                Arc::new(move || u.total())
-            },
-        });
-        tokio::spawn(http::serve(listener, shared.clone(), counts));
+        tokio::spawn(http::serve(listener, shared.clone(), admission.clone()));
     }
     let task = tokio::spawn(server::accept_loop(endpoint.clone(), shared, admission));
     Ok(RelayHandle {

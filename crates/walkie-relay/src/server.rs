@@ -97,8 +97,9 @@ impl Drop for PreAuth {
     }
 }
 
-/// The counts admission keeps across connections (the metrics read them too).
-#[derive(Default)]
+/// The counts admission keeps across connections (the metrics read them too); a clone shares
+/// them.
+#[derive(Clone, Default)]
 pub(crate) struct Admission {
     /// Connections in their QUIC handshake.
     pub in_handshake: Arc<AtomicUsize>,

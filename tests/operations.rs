@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -11,10 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use walkie_client::{Client, ClientError, Event};
 use walkie_media::codec::{self, EncoderConfig};
 use walkie_proto::clip::{ClipHeader, ClipId, Target, now_ms};
-use walkie_relay::{self as relay, RelayConfig, auth};
-use walkie_store::Store;
-use walkie_store::faulty::FaultyStore;
-use walkie_store::sqlite::SqliteStore;
+use walkie_relay::{RelayConfig, auth};
 
 /// One HTTP/1.1 request on a fresh connection: the status and the body.
 async fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
@@ -73,34 +69,14 @@ async fn scrape_until(addr: std::net::SocketAddr, what: &str, ok: impl Fn(&str) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_by_what_a_send_does_and_readiness_follows_the_store() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let data = tmp.path().join("relay");
-    let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&data).expect("store"));
-    let faulty = Arc::new(FaultyStore::new(sqlite.clone()));
     let config = RelayConfig {
-        listen: ([127, 0, 0, 1], 0).into(),
         metrics: Some(([127, 0, 0, 1], 0).into()),
         ..RelayConfig::default()
     };
-    let handle = relay::start(config, &data, faulty.clone())
-        .await
-        .expect("relay starts");
-    let metrics = handle.metrics_addr.expect("a metrics listener");
-    let cfg = |user: &str| {
-        let token = auth::new_token();
-        sqlite
-            .add_user(user, &auth::hash_token(&token))
-            .expect("user");
-        walkie_client::ClientConfig {
-            relay: handle.addr.to_string(),
-            user: user.into(),
-            token,
-            trust: handle.fingerprint.into(),
-        }
-    };
-    let (alice, bob) = (cfg("alice"), cfg("bob"));
-    sqlite
-        .add_channel("crew", &["alice".into(), "bob".into()])
-        .expect("channel");
+    let (relay, faulty) = start_faulty_relay(&tmp.path().join("relay"), config).await;
+    let metrics = relay.handle.metrics_addr.expect("a metrics listener");
+    let (alice, bob) = (relay.add_user("alice"), relay.add_user("bob"));
+    relay.add_channel("crew", &["alice", "bob"]);
 
     let before = scrape(metrics).await;
     for zero in [
@@ -241,7 +217,7 @@ async fn metrics_move_by_what_a_send_does_and_readiness_follows_the_store() {
     // Nothing else is served.
     assert_eq!(http(metrics, "GET", "/metrics/../etc").await.0, 404);
     assert_eq!(http(metrics, "POST", "/metrics").await.0, 405);
-    handle.shutdown().await;
+    relay.handle.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use support::*;
@@ -16,8 +15,7 @@ use walkie_media::codec::{self, EncoderConfig};
 use walkie_net::{self, read_frame, write_frame};
 use walkie_proto::clip::{ClipHeader, ClipId, CodecParams, Target, now_ms};
 use walkie_proto::wire::{ErrorCode, MAX_CONTROL_FRAME, MAX_STREAM_FRAME, ServerMsg, StreamFrame};
-use walkie_relay::{self as relay, RelayConfig, auth};
-use walkie_store::faulty::FaultyStore;
+use walkie_relay::{RelayConfig, auth};
 use walkie_store::sqlite::SqliteStore;
 use walkie_store::{PURGED_SENDER, Store};
 
@@ -52,32 +50,10 @@ fn refusal(e: ClientError) -> walkie_proto::wire::ErrorMsg {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_new_clips_keeps_serving_reads_and_recovers() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let data = tmp.path().join("relay");
-    let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&data).expect("store"));
-    let faulty = Arc::new(FaultyStore::new(sqlite.clone()));
-    let config = RelayConfig {
-        listen: ([127, 0, 0, 1], 0).into(),
-        ..RelayConfig::default()
-    };
-    let handle = relay::start(config, &data, faulty.clone())
-        .await
-        .expect("relay starts");
-    let cfg = |user: &str| {
-        let token = auth::new_token();
-        sqlite
-            .add_user(user, &auth::hash_token(&token))
-            .expect("user");
-        walkie_client::ClientConfig {
-            relay: handle.addr.to_string(),
-            user: user.into(),
-            token,
-            trust: handle.fingerprint.into(),
-        }
-    };
-    let (alice, bob) = (cfg("alice"), cfg("bob"));
-    sqlite
-        .add_channel("crew", &["alice".into(), "bob".into()])
-        .expect("channel");
+    let (relay, faulty) =
+        start_faulty_relay(&tmp.path().join("relay"), RelayConfig::default()).await;
+    let (alice, bob) = (relay.add_user("alice"), relay.add_user("bob"));
+    relay.add_channel("crew", &["alice", "bob"]);
     let alice_c = Client::connect(&alice).await.expect("connects");
     let (params, packets, samples) = tone_clip(400);
     let first = header(crew(), params);
@@ -151,8 +127,8 @@ async fn a_full_disk_refuses_new_clips_keeps_serving_reads_and_recovers() {
         report.stored.iter().map(|s| s.0).collect::<Vec<_>>(),
         vec![queued.id]
     );
-    assert!(sqlite.clip(&queued.id).expect("store").is_some());
-    handle.shutdown().await;
+    assert!(relay.store.clip(&queued.id).expect("store").is_some());
+    relay.handle.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,6 +38,29 @@ pub async fn start_relay(data: &Path, config: RelayConfig) -> TestRelay {
     }
 }
 
+/// Starts a relay on `127.0.0.1:0` serving `data` through the fault-injecting store (its
+/// disk can be made "full"); users and channels are added to the store underneath.
+pub async fn start_faulty_relay(
+    data: &Path,
+    config: RelayConfig,
+) -> (TestRelay, Arc<walkie_store::faulty::FaultyStore>) {
+    let store = Arc::new(SqliteStore::open(data).expect("store opens"));
+    let faulty = Arc::new(walkie_store::faulty::FaultyStore::new(store.clone()));
+    let config = RelayConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        ..config
+    };
+    let handle = relay::start(config, data, faulty.clone())
+        .await
+        .expect("relay starts");
+    let relay = TestRelay {
+        handle,
+        data: data.to_path_buf(),
+        store,
+    };
+    (relay, faulty)
+}
+
 impl TestRelay {
     /// Adds a user and returns their connection config.
     pub fn add_user(&self, name: &str) -> ClientConfig {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use walkie_proto::clip::now_ms;
 
 use crate::shared::Shared;
 
@@ -102,10 +103,6 @@ fn write(dir: &Path, state: &RunState) -> std::io::Result<()> {
     file.write_all(&bytes)?;
     drop(file);
     std::fs::rename(&tmp, dir.join(STATE_FILE))
-}
-
-fn now_ms() -> i64 {
-    walkie_proto::clip::now_ms() as i64
 }
 
 /// Keeps the state file current until shutdown, then removes it.

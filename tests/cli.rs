@@ -2,9 +2,12 @@
 //! and channel admin while it runs, and every `walkie` subcommand with its output format
 //! and exit codes.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use support::walkie_at_home;
 
 const WALKIE: &str = env!("CARGO_BIN_EXE_walkie");
 const RELAY: &str = env!("CARGO_BIN_EXE_walkie-relay");
@@ -751,17 +754,6 @@ fn permanent_send_failures_fail_at_once_and_are_never_delivered_later() {
     assert_eq!(history.lines().count(), 2, "{history}");
 }
 
-/// A `walkie` command with its own home and no connection settings but what it saved.
-fn walkie_home(home: &Path) -> Command {
-    let mut cmd = Command::new(WALKIE);
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", home)
-        .env("XDG_CONFIG_HOME", home.join("config"))
-        .env("XDG_DATA_HOME", home.join("data"));
-    cmd
-}
-
 fn failed_with(out: Output, code: i32, says: &str) {
     assert_eq!(
         out.status.code(),
@@ -873,20 +865,20 @@ fn invite_links_sign_up_and_people_commands_keep_their_output() {
     // Sign-up needs nothing but the link; the profile it saves works on its own.
     let zoe_home = tmp.path().join("zoe");
     let joined = ok_stdout(
-        walkie_home(&zoe_home)
+        walkie_at_home(&zoe_home)
             .args(["join", &link, "--name", "zoe", "--display", "Zoë 张"])
             .output()
             .expect("runs"),
     );
     assert_eq!(joined.lines().last(), Some("zoe"), "{joined}");
     assert!(joined.contains("member of channel crew"), "{joined}");
-    let zoe = |args: &[&str]| walkie_home(&zoe_home).args(args).output().expect("runs");
+    let zoe = |args: &[&str]| walkie_at_home(&zoe_home).args(args).output().expect("runs");
     assert_eq!(
         ok_stdout(zoe(&["profile"])),
         "user zoe\ndisplay Zoë 张\navatar -\ndirect-from anyone\nsuggestions on\n"
     );
     failed_with(
-        walkie_home(&tmp.path().join("x"))
+        walkie_at_home(&tmp.path().join("x"))
             .args(["join", &link, "--name", "xia"])
             .output()
             .expect("runs"),
@@ -894,7 +886,7 @@ fn invite_links_sign_up_and_people_commands_keep_their_output() {
         "already used",
     );
     failed_with(
-        walkie_home(&tmp.path().join("x"))
+        walkie_at_home(&tmp.path().join("x"))
             .args(["join", "walkie://nowhere", "--name", "xia"])
             .output()
             .expect("runs"),
@@ -1123,14 +1115,14 @@ fn invite_links_sign_up_and_people_commands_keep_their_output() {
     );
     let laptop_home = tmp.path().join("zoe-laptop");
     let joined = ok_stdout(
-        walkie_home(&laptop_home)
+        walkie_at_home(&laptop_home)
             .args(["join", &device_link, "--display", "Zoë's laptop"])
             .output()
             .expect("runs"),
     );
     assert_eq!(joined.lines().last(), Some("zoe"), "{joined}");
     let listed = ok_stdout(
-        walkie_home(&laptop_home)
+        walkie_at_home(&laptop_home)
             .args(["device", "list"])
             .output()
             .expect("runs"),
@@ -1146,7 +1138,7 @@ fn invite_links_sign_up_and_people_commands_keep_their_output() {
         format!("removed device {}\nmain first_device - this\n", laptop[0])
     );
     failed_with(
-        walkie_home(&laptop_home)
+        walkie_at_home(&laptop_home)
             .args(["device", "list"])
             .output()
             .expect("runs"),
@@ -1166,7 +1158,7 @@ fn invite_links_sign_up_and_people_commands_keep_their_output() {
 fn the_demo_sends_a_clip_between_two_people_shown_by_their_display_names() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("out");
-    let output = walkie_home(&tmp.path().join("home"))
+    let output = walkie_at_home(&tmp.path().join("home"))
         .args(["demo", "--out"])
         .arg(&out)
         .output()

@@ -19,7 +19,6 @@ use walkie_net::{CertificateDer, Fingerprint, NetError, Trust};
 use walkie_relay::RelayConfig;
 use walkie_relay::tls::CertSource;
 
-const WALKIE: &str = env!("CARGO_BIN_EXE_walkie");
 const RELAY: &str = env!("CARGO_BIN_EXE_walkie-relay");
 
 /// A private certificate authority.
@@ -197,18 +196,6 @@ async fn without_a_pin_the_ca_and_the_name_are_checked_and_a_pin_wins() {
     relay.handle.shutdown().await;
 }
 
-/// A `walkie` command with its own home under `home`, with none of this process's
-/// environment (no SSL_CERT_FILE or SSL_CERT_DIR unless given).
-fn walkie(home: &Path) -> Command {
-    let mut cmd = Command::new(WALKIE);
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", home)
-        .env("XDG_CONFIG_HOME", home.join("config"))
-        .env("XDG_DATA_HOME", home.join("data"));
-    cmd
-}
-
 /// Runs a command off the async runtime (the relay keeps serving meanwhile).
 async fn output(mut cmd: Command) -> Output {
     tokio::task::spawn_blocking(move || cmd.output().expect("runs"))
@@ -235,7 +222,7 @@ async fn the_walkie_binary_trusts_ssl_cert_file_and_joins_with_a_link_without_a_
     let alice = relay.add_user("alice");
     let addr = relay.handle.addr.to_string();
     let as_alice = |home: &Path| {
-        let mut cmd = walkie(home);
+        let mut cmd = walkie_at_home(home);
         cmd.env("WALKIE_RELAY", &addr)
             .env("WALKIE_USER", &alice.user)
             .env("WALKIE_TOKEN", &alice.token)
@@ -278,13 +265,13 @@ async fn the_walkie_binary_trusts_ssl_cert_file_and_joins_with_a_link_without_a_
         "{link}"
     );
     let zoe_home = tmp.path().join("zoe");
-    let mut join = walkie(&zoe_home);
+    let mut join = walkie_at_home(&zoe_home);
     join.env("SSL_CERT_FILE", &ca_pem)
         .args(["join", &link, "--name", "zoe"]);
     let joined = ok_stdout(&output(join).await);
     assert_eq!(joined.lines().last(), Some("zoe"), "{joined}");
     // The saved profile has no pin: zoe's next command checks the certificate by the CA.
-    let mut cmd = walkie(&zoe_home);
+    let mut cmd = walkie_at_home(&zoe_home);
     cmd.env("SSL_CERT_FILE", &ca_pem).arg("profile");
     assert!(ok_stdout(&output(cmd).await).starts_with("user zoe\n"));
     relay.handle.shutdown().await;

@@ -95,6 +95,18 @@ impl TestRelay {
     }
 }
 
+/// A `walkie` command with its own home under `home` and none of this process's environment
+/// (no connection settings, SSL_CERT_FILE or SSL_CERT_DIR but what it is given or saved).
+pub fn walkie_at_home(home: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_walkie"));
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("XDG_DATA_HOME", home.join("data"));
+    cmd
+}
+
 /// Path of a committed sample.
 pub fn sample_path(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
